@@ -1,0 +1,85 @@
+"""Command line of the agent: ``grid-resume agent --run-uri ... --workdir ... -- COMMAND``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from airflow_grid_resume.agent.errors import EXIT_USAGE
+from airflow_grid_resume.agent.supervisor import AgentOptions, configure_logging, run_agent
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-uri", required=True, help="s3://BUCKET/PREFIX of the run's ledger")
+    parser.add_argument("--workdir", required=True, help="the execution directory, restored and synced")
+    parser.add_argument("--session", type=int, help="session number to claim (default: the next free one)")
+    parser.add_argument("--include", action="append", default=[], metavar="GLOB", help="sync only matching paths")
+    parser.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="never sync matching paths")
+    parser.add_argument("--sync-interval", type=_positive, default=300.0, help="seconds between periodic syncs")
+    parser.add_argument("--heartbeat-interval", type=_positive, default=10.0, help="seconds between heartbeats")
+    parser.add_argument("--lease-ttl", type=_positive, default=60.0, help="seconds a silent agent keeps the run")
+    parser.add_argument("--log-interval", type=_positive, default=1.0, help="seconds between output uploads (<= 2)")
+    parser.add_argument("--imds-endpoint", help="metadata service (default: $AWS_EC2_METADATA_SERVICE_ENDPOINT)")
+    parser.add_argument("--imds-poll", type=_positive, default=1.0, help="seconds between notice polls")
+    parser.add_argument("--imds-timeout", type=_positive, default=1.0, help="timeout of one metadata request")
+    parser.add_argument("--no-imds", action="store_true", help="do not watch the metadata service")
+    parser.add_argument("--require-imds", action="store_true", help="fail if the metadata service is off")
+    parser.add_argument(
+        "--signal-grace", type=_positive, default=30.0, help="seconds the command gets after the agent's own SIGTERM"
+    )
+    parser.add_argument(
+        "--sync-reserve", type=_positive, default=10.0, help="minimum seconds kept for the final sync before reclaim"
+    )
+    parser.add_argument("--min-grace", type=_positive, default=5.0, help="minimum seconds the command gets to exit")
+    parser.add_argument("--parallelism", type=int, default=16, help="concurrent S3 transfers")
+    parser.add_argument("--region", help="AWS region of the bucket (default: the boto3 chain)")
+    parser.add_argument("--quiet", action="store_true", help="do not copy the command's output to the agent's")
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+
+
+def options_from(args: argparse.Namespace) -> AgentOptions:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    return AgentOptions(
+        run_uri=args.run_uri,
+        workdir=args.workdir,
+        command=command,
+        session=args.session,
+        include=args.include,
+        exclude=args.exclude,
+        sync_interval=args.sync_interval,
+        heartbeat_interval=args.heartbeat_interval,
+        lease_ttl=args.lease_ttl,
+        log_interval=min(args.log_interval, 2.0),
+        imds_endpoint=args.imds_endpoint,
+        imds_poll=args.imds_poll,
+        imds_timeout=args.imds_timeout,
+        no_imds=args.no_imds,
+        require_imds=args.require_imds,
+        signal_grace=args.signal_grace,
+        sync_reserve=args.sync_reserve,
+        min_grace=args.min_grace,
+        parallelism=max(1, args.parallelism),
+        region=args.region,
+        passthrough=not args.quiet,
+    )
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "grid-resume agent") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Run one spot session of a resumable run.")
+    add_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) if exc.code in (0, None) else EXIT_USAGE
+    configure_logging(args.verbose)
+    return run_agent(options_from(args))

@@ -1,0 +1,264 @@
+"""The run ledger: one S3 prefix per run, shared by the agent and the Airflow side.
+
+Layout under the run prefix (see docs/ledger.md)::
+
+    spec.json                               the run's spec (written by the Airflow side)
+    lease.json                              which agent holds the run (conditional writes)
+    manifests/SSSSSS-NNNNNN.json            immutable checkpoints, newest = greatest name
+    objects/sha256/<hex>                    content-addressed file bodies and chunks
+    sessions/SSSSSS/session.json            a session's start record (creating it claims the number)
+    sessions/SSSSSS/heartbeat.json          overwritten while the session lives
+    sessions/SSSSSS/logs/<offset>.log       the command's output, chunk by chunk, keyed by byte offset
+    sessions/SSSSSS/outcome.json            how the session ended (written once)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from airflow_grid_resume.agent.errors import CorruptObjectError, ManifestError
+from airflow_grid_resume.agent.manifest import Manifest, check_sha256, parse_manifest, parse_manifest_name
+from airflow_grid_resume.agent.s3client import (
+    explain_access_error,
+    is_not_found,
+    is_precondition_failed,
+)
+from airflow_grid_resume.agent.uri import S3Location
+
+LOG_OFFSET_DIGITS = 16
+MAX_LOG_CHUNK = 8 * 1024 * 1024
+_SESSION_DIR = re.compile(r"^(\d{6})/$")
+
+
+class ConditionalWriteLost(Exception):
+    """A conditional write found the key already written (or changed) by someone else."""
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    session: int
+    seq: int
+    key: str
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+
+class RunLedger:
+    """Typed access to one run's prefix. Every call goes through a retrying boto3 client."""
+
+    def __init__(self, client: Any, location: S3Location) -> None:
+        self.client = client
+        self.location = location
+
+    # -- keys -------------------------------------------------------------------------------
+    def key(self, *parts: str) -> str:
+        return self.location.key(*parts)
+
+    def object_key(self, sha256: str) -> str:
+        return self.key("objects", "sha256", check_sha256(sha256, "object name"))
+
+    def session_key(self, session: int, name: str) -> str:
+        return self.key("sessions", f"{session:06d}", name)
+
+    def log_key(self, session: int, offset: int) -> str:
+        return self.session_key(session, f"logs/{offset:0{LOG_OFFSET_DIGITS}d}.log")
+
+    # -- primitives -------------------------------------------------------------------------
+    def check_access(self) -> None:
+        """Fail early, with a message that says what to fix, if the bucket cannot be used."""
+        try:
+            self.client.list_objects_v2(Bucket=self.location.bucket, Prefix=self.key("manifests/"), MaxKeys=1)
+        except (ClientError, BotoCoreError) as exc:
+            raise explain_access_error(exc, self.location.bucket) from exc
+
+    def put(self, key: str, body: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+        """Write ``body``; conditional writes raise :class:`ConditionalWriteLost` on 412/409."""
+        kwargs: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key, "Body": body}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match:
+            kwargs["IfMatch"] = if_match
+        try:
+            return str(self.client.put_object(**kwargs)["ETag"])
+        except ClientError as exc:
+            if (if_none_match or if_match) and is_precondition_failed(exc):
+                raise ConditionalWriteLost(key) from exc
+            raise
+
+    def put_once(self, key: str, body: bytes) -> bool:
+        """Create ``key`` if absent. True if written now or already holding exactly ``body``.
+
+        A retried conditional write whose first attempt succeeded sees 412; reading the key
+        back tells that apart from a real conflict.
+        """
+        try:
+            self.put(key, body, if_none_match=True)
+            return True
+        except ConditionalWriteLost:
+            return self.get(key) == body
+
+    def get(self, key: str, *, byte_range: str | None = None) -> bytes | None:
+        """The object's bytes, or None if it does not exist."""
+        got = self.get_with_etag(key, byte_range=byte_range)
+        return None if got is None else got[0]
+
+    def get_with_etag(self, key: str, *, byte_range: str | None = None) -> tuple[bytes, str] | None:
+        kwargs: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key}
+        if byte_range:
+            kwargs["Range"] = byte_range
+        try:
+            resp = self.client.get_object(**kwargs)
+        except ClientError as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        return resp["Body"].read(), str(resp["ETag"])
+
+    def get_json(self, key: str) -> dict | None:
+        data = self.get(key)
+        if data is None:
+            return None
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def put_json(self, key: str, doc: dict) -> str:
+        return self.put(key, json_bytes(doc))
+
+    def list(self, prefix: str, *, start_after: str | None = None, delimiter: str | None = None) -> Iterator[dict]:
+        """Every object (or common prefix, as ``{"Prefix": ...}``) under ``prefix``, in key order."""
+        kwargs: dict[str, Any] = {"Bucket": self.location.bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
+            yield from page.get("CommonPrefixes", [])
+            yield from page.get("Contents", [])
+
+    # -- objects ----------------------------------------------------------------------------
+    def list_objects(self) -> dict[str, int]:
+        """sha256 -> size of every stored object (one LIST per 1000 objects)."""
+        prefix = self.key("objects", "sha256") + "/"
+        out = {}
+        for item in self.list(prefix):
+            name = item["Key"][len(prefix) :]
+            if len(name) == 64:
+                out[name] = int(item["Size"])
+        return out
+
+    def put_blob(self, sha256: str, body: bytes) -> None:
+        self.put(self.object_key(sha256), body)
+
+    def get_blob(self, sha256: str) -> bytes:
+        """An object's bytes, verified against its name."""
+        data = self.get(self.object_key(sha256))
+        if data is None:
+            raise CorruptObjectError(f"object {sha256} is missing")
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise CorruptObjectError(f"object {sha256} is corrupt (its bytes hash to {actual})")
+        return data
+
+    # -- manifests --------------------------------------------------------------------------
+    def list_manifests(self) -> list[StoredManifest]:
+        """Every manifest, newest first."""
+        prefix = self.key("manifests") + "/"
+        found = []
+        for item in self.list(prefix):
+            name = item["Key"][len(prefix) :]
+            parsed = parse_manifest_name(name)
+            if parsed:
+                found.append(StoredManifest(parsed[0], parsed[1], item["Key"]))
+        return sorted(found, key=lambda m: (m.session, m.seq), reverse=True)
+
+    def read_manifest(self, stored: StoredManifest) -> Manifest:
+        data = self.get(stored.key)
+        if data is None:
+            raise ManifestError(f"manifest {stored.name} disappeared")
+        manifest = parse_manifest(data, name=f"manifest {stored.name}")
+        if (manifest.session, manifest.seq) != (stored.session, stored.seq):
+            raise ManifestError(f"manifest {stored.name} claims to be {manifest.name}")
+        return manifest
+
+    def commit_manifest(self, manifest: Manifest) -> str:
+        """Write a manifest once; it is never overwritten. Returns its key."""
+        key = self.key("manifests", manifest.name)
+        if not self.put_once(key, manifest.to_json()):
+            raise ConditionalWriteLost(f"manifest {manifest.name} already exists with other content")
+        return key
+
+    # -- sessions ---------------------------------------------------------------------------
+    def list_sessions(self) -> list[int]:
+        prefix = self.key("sessions") + "/"
+        out = []
+        for item in self.list(prefix, delimiter="/"):
+            m = _SESSION_DIR.match(item.get("Prefix", "")[len(prefix) :])
+            if m:
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def claim_session(self, session: int, record: dict) -> bool:
+        """Create the session's start record; False if that session number is taken."""
+        try:
+            self.put(self.session_key(session, "session.json"), json_bytes(record), if_none_match=True)
+            return True
+        except ConditionalWriteLost:
+            return False
+
+    def write_heartbeat(self, session: int, doc: dict) -> None:
+        self.put_json(self.session_key(session, "heartbeat.json"), doc)
+
+    def read_heartbeat(self, session: int) -> dict | None:
+        return self.get_json(self.session_key(session, "heartbeat.json"))
+
+    def write_outcome(self, session: int, doc: dict) -> None:
+        if not self.put_once(self.session_key(session, "outcome.json"), json_bytes(doc)):
+            raise ConditionalWriteLost(f"session {session} already has a different outcome")
+
+    def read_outcome(self, session: int) -> dict | None:
+        return self.get_json(self.session_key(session, "outcome.json"))
+
+    # -- logs -------------------------------------------------------------------------------
+    def append_log(self, session: int, offset: int, data: bytes) -> None:
+        self.put(self.log_key(session, offset), data)
+
+    def read_log(self, session: int, offset: int = 0, *, limit: int = MAX_LOG_CHUNK) -> tuple[bytes, int]:
+        """Log bytes from ``offset`` (at most about ``limit``), and the offset to read from next."""
+        prefix = self.session_key(session, "logs") + "/"
+        start_after = self.log_key(session, offset - MAX_LOG_CHUNK) if offset >= MAX_LOG_CHUNK else None
+        out = bytearray()
+        position = offset
+        for item in self.list(prefix, start_after=start_after):
+            name = item["Key"][len(prefix) :]
+            if not name.endswith(".log") or not name[:-4].isdigit():
+                continue
+            start, size = int(name[:-4]), int(item["Size"])
+            if start + size <= position:
+                continue
+            if start > position:
+                break  # a gap: the chunk that covers ``position`` is not written yet
+            skip = position - start
+            data = self.get(item["Key"], byte_range=f"bytes={skip}-" if skip else None)
+            if data is None:
+                break
+            out += data
+            position += len(data)
+            if len(out) >= limit:
+                break
+        return bytes(out), position
+
+
+def json_bytes(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()

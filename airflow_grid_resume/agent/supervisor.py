@@ -1,0 +1,489 @@
+"""One spot session, start to end: lease, restore, run, watch, sync, record the outcome."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from airflow_grid_resume import __version__
+from airflow_grid_resume.agent.child import Child, SpawnError, become_subreaper
+from airflow_grid_resume.agent.errors import EXIT_SYNC_FAILED, AgentError, UsageError
+from airflow_grid_resume.agent.imds import (
+    ImdsClient,
+    ImdsDisabled,
+    ImdsUnavailable,
+    Notice,
+    NoticeWatcher,
+    resolve_endpoint,
+)
+from airflow_grid_resume.agent.lease import Lease, acquire_lease
+from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
+from airflow_grid_resume.agent.logship import LogShipper, LogSpool, SpoolLogHandler
+from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, Classification, classify
+from airflow_grid_resume.agent.restore import Restorer, RestoreResult
+from airflow_grid_resume.agent.s3client import make_s3_client
+from airflow_grid_resume.agent.scan import HashCache, PathFilter
+from airflow_grid_resume.agent.session import claim_session, command_env
+from airflow_grid_resume.agent.sync import SyncCancelled, Syncer
+from airflow_grid_resume.agent.uri import parse_s3_uri
+
+log = logging.getLogger("airflow_grid_resume.agent")
+
+
+@dataclass
+class AgentOptions:
+    run_uri: str
+    workdir: str
+    command: list[str]
+    session: int | None = None
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    sync_interval: float = 300.0
+    heartbeat_interval: float = 10.0
+    lease_ttl: float = 60.0
+    log_interval: float = 1.0
+    imds_endpoint: str | None = None
+    imds_poll: float = 1.0
+    imds_timeout: float = 1.0
+    no_imds: bool = False
+    require_imds: bool = False
+    signal_grace: float = 30.0
+    sync_reserve: float = 10.0
+    min_grace: float = 5.0
+    parallelism: int = 16
+    region: str | None = None
+    passthrough: bool = True
+
+
+def _utc(epoch: float | None = None) -> str:
+    ts = datetime.fromtimestamp(time.time() if epoch is None else epoch, timezone.utc)
+    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def prepare_workdir(path: str) -> str:
+    """Create the workdir if needed and prove it is writable, or say what to fix."""
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--workdir {path} cannot be created: {exc.strerror}") from exc
+    if not os.path.isdir(path):
+        raise UsageError(f"--workdir {path} exists and is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".grid-resume-tmp-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--workdir {path} is not writable: {exc.strerror}") from exc
+    return path
+
+
+class Supervisor:
+    """Runs one session. ``run()`` returns the agent's exit code; see docs/agent.md."""
+
+    def __init__(self, options: AgentOptions) -> None:
+        self.o = options
+        self.events: queue.Queue[tuple] = queue.Queue()
+        self.agent_id = uuid.uuid4().hex
+        self.state = "starting"
+        self.session = 0
+        self.notice: Notice | None = None
+        self.instance_id: str | None = None
+        self._stop_heartbeat = threading.Event()
+        self._sync_cancel = threading.Event()
+        self._sync_thread: threading.Thread | None = None
+        self.syncer: Syncer | None = None
+
+    # -- entry point -----------------------------------------------------------------------
+    def run(self) -> int:
+        if not self.o.command:
+            raise UsageError("no command given: put the training command after '--'")
+        location = parse_s3_uri(self.o.run_uri)
+        workdir = prepare_workdir(self.o.workdir)
+        ledger = RunLedger(make_s3_client(parallelism=self.o.parallelism, region=self.o.region), location)
+        ledger.check_access()
+        imds = self._probe_imds()
+        holder = {
+            "agent_id": self.agent_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "instance_id": self.instance_id or "",
+        }
+        lease = acquire_lease(ledger, holder, ttl=self.o.lease_ttl)
+        state_dir = tempfile.mkdtemp(prefix="grid-resume-agent-")
+        previous_handlers = self._install_signal_handlers()
+        spool_handler: SpoolLogHandler | None = None
+        watcher: NoticeWatcher | None = None
+        shipper: LogShipper | None = None
+        heartbeat: threading.Thread | None = None
+        try:
+            self.session = claim_session(
+                ledger,
+                {**holder, "started_at": _utc(), "command": self.o.command, "agent_version": __version__},
+                self.o.session,
+            )
+            lease.renew(session=self.session)
+            spool = LogSpool(os.path.join(state_dir, "output.log"))
+            spool_handler = SpoolLogHandler(spool)
+            log.addHandler(spool_handler)
+            shipper = LogShipper(ledger, self.session, spool, interval=self.o.log_interval)
+            shipper.start()
+            heartbeat = threading.Thread(target=self._heartbeat_loop, args=(ledger, lease, spool), daemon=True)
+            heartbeat.start()
+            log.info("session %d of %s started on %s", self.session, location, holder["host"])
+            if imds is not None:
+                watcher = NoticeWatcher(
+                    imds,
+                    on_notice=lambda n: self.events.put(("notice", n)),
+                    on_rebalance=lambda t: self.events.put(("rebalance", t)),
+                    interval=self.o.imds_poll,
+                )
+                watcher.start()
+            return self._session(ledger, workdir, spool, shipper)
+        finally:
+            if watcher:
+                watcher.stop()
+            self._stop_heartbeat.set()
+            if heartbeat:
+                heartbeat.join(timeout=10)
+            if shipper:
+                shipper.stop()
+            if spool_handler:
+                log.removeHandler(spool_handler)
+                spool_handler.spool.close()
+            with contextlib.suppress(Exception):
+                lease.release()
+            self._restore_signal_handlers(previous_handlers)
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+    # -- the session proper ----------------------------------------------------------------
+    def _session(self, ledger: RunLedger, workdir: str, spool: LogSpool, shipper: LogShipper) -> int:
+        started_at = _utc()
+        cache = HashCache()
+        self.state = "restoring"
+        restored = Restorer(ledger, workdir, parallelism=self.o.parallelism, cache=cache).restore()
+        log.info(restored.summary())
+        self.syncer = Syncer(
+            ledger,
+            workdir,
+            session=self.session,
+            path_filter=PathFilter(self.o.include, self.o.exclude),
+            cache=cache,
+            parallelism=self.o.parallelism,
+            last_manifest=restored.manifest,
+        )
+        self.syncer.forget_objects(restored.bad_objects)
+        early = self._pending_stop()
+        if early is not None:
+            log.warning("interruption before the command started (%s): nothing to run", early.source)
+            result = Classification(INTERRUPTED, 0, True, "interrupted before the command started")
+            return self._finish(ledger, shipper, spool, result, started_at, restored, final_sync=False)
+        env = command_env(
+            dict(os.environ),
+            session=self.session,
+            run_uri=self.o.run_uri,
+            workdir=workdir,
+            manifest=restored.manifest.name if restored.manifest else None,
+            instance_id=self.instance_id,
+        )
+        become_subreaper()
+        try:
+            child = Child(self.o.command, cwd=workdir, env=env, spool=spool, passthrough=self.o.passthrough)
+        except SpawnError as exc:
+            log.error("%s", exc)
+            result = classify(exc.exit_code, signalled=False)
+            return self._finish(ledger, shipper, spool, result, started_at, restored, final_sync=False)
+        self.state = "running"
+        log.info("started the command (pid %d): %s", child.pid, " ".join(self.o.command))
+        threading.Thread(target=lambda: self.events.put(("exited", child.wait())), daemon=True).start()
+        returncode, signalled, killed = self._watch(child)
+        stragglers = child.finish(grace=max(1.0, self.o.min_grace))
+        result = classify(returncode, signalled=signalled, killed_after_deadline=killed)
+        if stragglers:
+            result = Classification(
+                result.status,
+                result.exit_code,
+                False,
+                result.reason,
+                (*result.warnings, "processes left behind by the command were killed"),
+            )
+        return self._finish(ledger, shipper, spool, result, started_at, restored, final_sync=True)
+
+    def _watch(self, child: Child) -> tuple[int, bool, bool]:
+        """Wait for the command, reacting to notices, rebalances and the sync schedule."""
+        signalled = killed = False
+        kill_at: float | None = None
+        next_sync = time.monotonic() + self.o.sync_interval
+        while True:
+            now = time.monotonic()
+            waits = [next_sync - now] + ([kill_at - now] if kill_at is not None else [])
+            try:
+                event = self.events.get(timeout=max(0.0, min(waits)))
+            except queue.Empty:
+                event = None
+            now = time.monotonic()
+            if event is None:
+                if kill_at is not None and now >= kill_at:
+                    log.error("the command did not exit before the deadline: killing its process group")
+                    child.signal_group(signal.SIGKILL)
+                    killed, kill_at = True, None
+                if now >= next_sync:
+                    next_sync = now + self.o.sync_interval
+                    if not signalled:
+                        self._start_background_sync("periodic")
+                continue
+            kind = event[0]
+            if kind == "exited":
+                return event[1], signalled, killed
+            if kind == "rebalance":
+                log.info("rebalance recommendation (noticeTime %s): syncing now, not stopping", event[1] or "?")
+                if not signalled:
+                    self._start_background_sync("rebalance")
+            elif kind in ("notice", "signal", "lease_lost"):
+                notice = self._notice_from(event)
+                if signalled:
+                    if kind == "signal" and self.notice is not None and self.notice.source == "signal":
+                        log.warning("second stop signal: killing the command's process group now")
+                        child.signal_group(signal.SIGKILL)
+                        killed, kill_at = True, None
+                    elif kill_at is not None:
+                        kill_at = min(kill_at, self._kill_deadline(notice))
+                    continue
+                self.notice = notice
+                self.state = "stopping"
+                signalled = True
+                self._sync_cancel.set()
+                kill_at = self._kill_deadline(notice)
+                left = kill_at - time.monotonic()
+                log.warning(
+                    "interruption notice (%s, action %s, reclaim at %s): sending SIGTERM to the command's "
+                    "process group; it has %.1f s to save its state and exit",
+                    notice.source,
+                    notice.action,
+                    _utc(notice.time),
+                    left,
+                )
+                child.signal_group(signal.SIGTERM)
+
+    def _notice_from(self, event: tuple) -> Notice:
+        kind = event[0]
+        if kind == "notice":
+            return event[1]
+        if kind == "signal":
+            name = signal.Signals(event[1]).name
+            log.warning("the agent received %s", name)
+            return Notice("terminate", time.time() + self.o.signal_grace + self.o.sync_reserve, "signal")
+        log.error("the run's lease was taken by another agent: stopping this session")
+        return Notice("terminate", time.time() + self.o.signal_grace + self.o.sync_reserve, "lease")
+
+    def _kill_deadline(self, notice: Notice) -> float:
+        """Monotonic time after which the command is killed: the reclaim time minus what the
+        final sync is expected to need, but never less than ``min_grace`` from now."""
+        assert self.syncer is not None
+        reserve = self.syncer.estimated_seconds(self.o.sync_reserve)
+        seconds_left = notice.time - time.time() - reserve
+        return time.monotonic() + max(self.o.min_grace, seconds_left)
+
+    def _pending_stop(self) -> Notice | None:
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return None
+            if event[0] in ("notice", "signal", "lease_lost"):
+                self.notice = self._notice_from(event)
+                return self.notice
+
+    # -- syncing ---------------------------------------------------------------------------
+    def _start_background_sync(self, reason: str) -> None:
+        if self._sync_thread and self._sync_thread.is_alive():
+            log.info("a sync is already running; skipping the %s sync", reason)
+            return
+        self._sync_thread = threading.Thread(target=self._background_sync, args=(reason,), daemon=True)
+        self._sync_thread.start()
+
+    def _background_sync(self, reason: str) -> None:
+        assert self.syncer is not None
+        try:
+            self.state = "running+syncing"
+            log.info("%s sync: %s", reason, self.syncer.sync(reason, self._sync_cancel).summary())
+        except SyncCancelled:
+            log.info("%s sync cancelled by the interruption; the final sync reuses what it uploaded", reason)
+        except Exception as exc:
+            log.error("%s sync failed (the run keeps its previous checkpoint): %s", reason, exc)
+        finally:
+            if self.state == "running+syncing":
+                self.state = "running"
+
+    def _final_sync(self) -> tuple[str | None, str | None]:
+        """(manifest name, error). Retried once: content addressing makes a retry cheap."""
+        assert self.syncer is not None
+        if self._sync_thread:
+            self._sync_thread.join()
+        error = None
+        for attempt in (1, 2):
+            try:
+                result = self.syncer.sync("final", threading.Event())
+                log.info("final sync: %s", result.summary())
+                return (result.manifest.name if result.manifest else None), None
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                log.error("final sync attempt %d failed: %s", attempt, error)
+        last = self.syncer.last_manifest
+        return (last.name if last else None), error
+
+    # -- the end ---------------------------------------------------------------------------
+    def _finish(
+        self,
+        ledger: RunLedger,
+        shipper: LogShipper,
+        spool: LogSpool,
+        result: Classification,
+        started_at: str,
+        restored: RestoreResult,
+        *,
+        final_sync: bool,
+    ) -> int:
+        self.state = "syncing"
+        manifest, sync_error = (None, None)
+        if final_sync:
+            manifest, sync_error = self._final_sync()
+        elif self.syncer and self.syncer.last_manifest:
+            manifest = self.syncer.last_manifest.name
+        exit_code = result.agent_exit_code
+        status, warnings = result.status, list(result.warnings)
+        if sync_error:
+            warnings.append(f"the final sync failed: {sync_error}")
+            if result.status != FAILED:
+                exit_code = EXIT_SYNC_FAILED
+                if result.status != INTERRUPTED:
+                    status = FAILED
+        for w in warnings:
+            log.warning(w)
+        log.info("session %d ended: %s (%s)", self.session, status, result.reason)
+        outcome = {
+            "session": self.session,
+            "status": status,
+            "exit_code": result.exit_code,
+            "clean": result.clean and not sync_error,
+            "reason": result.reason,
+            "warnings": warnings,
+            "notice": self.notice.as_dict() if self.notice else None,
+            "manifest": manifest,
+            "restored_from": restored.manifest.name if restored.manifest else None,
+            "restore_fallbacks": [{"manifest": n, "reason": r} for n, r in restored.fallbacks],
+            "started_at": started_at,
+            "ended_at": _utc(),
+            "tail": spool.tail_lines(40) if status == FAILED else [],
+            "agent_exit_code": exit_code,
+        }
+        shipper.flush()
+        ledger.write_outcome(self.session, outcome)
+        self.state = "ended"
+        return exit_code
+
+    # -- heartbeat, lease, signals, metadata ---------------------------------------------------
+    def _heartbeat_loop(self, ledger: RunLedger, lease: Lease, spool: LogSpool) -> None:
+        seq = 0
+        lease_ok = True
+        while True:
+            seq += 1
+            try:
+                if lease_ok:
+                    lease.renew(session=self.session)
+            except ConditionalWriteLost:
+                lease_ok = False
+                self.events.put(("lease_lost",))
+            except Exception as exc:
+                log.warning("lease renewal failed, will retry: %s", exc)
+            try:
+                last = self.syncer.last_manifest if self.syncer else None
+                ledger.write_heartbeat(
+                    self.session,
+                    {
+                        "session": self.session,
+                        "seq": seq,
+                        "time": _utc(),
+                        "epoch": time.time(),
+                        "state": self.state,
+                        "log_bytes": spool.size,
+                        "last_manifest": last.name if last else None,
+                        "notice": self.notice.as_dict() if self.notice else None,
+                        "interval": self.o.heartbeat_interval,
+                    },
+                )
+            except Exception as exc:
+                log.warning("heartbeat failed, will retry: %s", exc)
+            if self._stop_heartbeat.wait(self.o.heartbeat_interval):
+                return
+
+    def _install_signal_handlers(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, _frame: self.events.put(("signal", signum)))
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _probe_imds(self) -> ImdsClient | None:
+        """Check the metadata service once before starting; 403 means it is disabled."""
+        if self.o.no_imds:
+            log.info("metadata service watching is off (--no-imds): notices arrive only as signals")
+            return None
+        endpoint = resolve_endpoint(self.o.imds_endpoint)
+        client = ImdsClient(endpoint, timeout=self.o.imds_timeout)
+        try:
+            client.token()
+            body = client.get("/latest/meta-data/instance-id")
+            self.instance_id = body.decode().strip() if body else None
+            return client
+        except ImdsDisabled as exc:
+            if self.o.require_imds:
+                raise UsageError(f"{exc} ({endpoint}), and --require-imds was given") from exc
+            log.warning("%s (%s): watching for signals only", exc, endpoint)
+            return None
+        except ImdsUnavailable as exc:
+            if self.o.require_imds:
+                raise UsageError(
+                    f"the metadata service at {endpoint} is unreachable ({exc}) and --require-imds was given"
+                ) from exc
+            log.warning("the metadata service at %s is unreachable (%s): will keep trying", endpoint, exc)
+            return client
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """The agent's own lines go to stderr, prefixed so they stand apart from the command's."""
+    if any(getattr(h, "_grid_resume", False) for h in log.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[grid-resume] %(asctime)s %(levelname)s %(message)s"))
+    handler._grid_resume = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def run_agent(options: AgentOptions) -> int:
+    """Run a session and turn AgentErrors into a message and their exit code."""
+    try:
+        return Supervisor(options).run()
+    except AgentError as exc:
+        log.error("%s", exc)
+        return exc.exit_code

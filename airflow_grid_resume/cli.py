@@ -1,0 +1,42 @@
+"""``grid-resume``: the project's command line. Subcommands import only what they need."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+USAGE = """usage: grid-resume COMMAND [OPTIONS]
+
+commands:
+  agent       run one spot session of a run (the on-instance supervisor)
+  imds        run the EC2 metadata-service emulator (spot notices, faults) in the foreground
+  build-agent write the agent zipapp to a file
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "agent":
+        from airflow_grid_resume.agent.cli import main as agent_main
+
+        return agent_main(rest)
+    if command == "imds":
+        from airflow_grid_resume.emulator.imds import main as imds_main
+
+        return imds_main(rest)
+    if command == "build-agent":
+        from airflow_grid_resume.agent.bundle import build_zipapp
+
+        target = rest[0] if rest else "dist/grid-resume-agent.pyz"
+        print(build_zipapp(target))
+        return 0
+    print(f"grid-resume: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

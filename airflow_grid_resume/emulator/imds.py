@@ -1,0 +1,318 @@
+"""An emulator of the EC2 instance metadata service with spot interruption and rebalance notices.
+
+It speaks IMDSv2 with real status codes: ``PUT /latest/api/token`` (400 without a valid TTL
+header), 401 for a missing, unknown or expired token, 404 on ``spot/instance-action`` until a
+notice is scheduled, 403 for every request once disabled. Faults (401/403/500/503 or a stalled
+response) can be injected for the next N requests. Control routes under ``/_emulator/`` drive it
+over HTTP; see docs/emulator.md. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MAX_TTL = 21600
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Fault:
+    status: int | None = None
+    delay: float = 0.0
+    count: int = 1
+    path_prefix: str = "/latest/"
+
+
+class MetadataService:
+    """One instance's metadata endpoint, on loopback. Use as a context manager."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        instance_id: str = "i-0emulated0000000",
+        instance_type: str = "g5.xlarge",
+        zone: str = "us-east-1a",
+        lifecycle: str = "spot",
+    ) -> None:
+        self.meta = {
+            "instance-id": instance_id,
+            "instance-type": instance_type,
+            "placement/availability-zone": zone,
+            "instance-life-cycle": lifecycle,
+            "ami-id": "ami-0emulated",
+        }
+        self._lock = threading.Lock()
+        self._tokens: dict[str, float] = {}
+        self._notice: tuple[str, float, float] | None = None  # action, visible_at, reclaim_at
+        self._rebalance_at: float | None = None
+        self._faults: list[Fault] = []
+        self.disabled = False
+        self.requests: dict[str, int] = {}
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> MetadataService:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="imds-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> MetadataService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- control -----------------------------------------------------------------------------
+    def schedule_notice(self, *, action: str = "terminate", in_seconds: float = 120.0, after: float = 0.0) -> dict:
+        """Make a notice visible ``after`` seconds from now, reclaiming ``in_seconds`` after that."""
+        if action not in ("terminate", "stop", "hibernate"):
+            raise ValueError(f"action must be terminate, stop or hibernate, got {action!r}")
+        visible = time.time() + after
+        with self._lock:
+            self._notice = (action, visible, visible + in_seconds)
+        return self.state()
+
+    def schedule_rebalance(self, *, after: float = 0.0) -> dict:
+        with self._lock:
+            self._rebalance_at = time.time() + after
+        return self.state()
+
+    def inject_fault(
+        self, *, status: int | None = None, delay: float = 0.0, count: int = 1, path_prefix: str = "/latest/"
+    ) -> dict:
+        if status is None and delay <= 0:
+            raise ValueError("a fault needs a status or a delay")
+        with self._lock:
+            self._faults.append(Fault(status, delay, count, path_prefix))
+        return self.state()
+
+    def expire_tokens(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+
+    def set_disabled(self, disabled: bool = True) -> None:
+        self.disabled = disabled
+
+    def reset(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+            self._notice = None
+            self._rebalance_at = None
+            self._faults.clear()
+            self.disabled = False
+            self.requests.clear()
+
+    def state(self) -> dict:
+        with self._lock:
+            notice = self._notice
+            return {
+                "endpoint": self.url,
+                "disabled": self.disabled,
+                "notice": None
+                if notice is None
+                else {"action": notice[0], "visible_at": notice[1], "time": iso(notice[2]), "reclaim_at": notice[2]},
+                "rebalance_at": self._rebalance_at,
+                "faults": [f.__dict__ for f in self._faults],
+                "tokens": len(self._tokens),
+                "requests": dict(self.requests),
+                **{k.replace("/", "_"): v for k, v in self.meta.items()},
+            }
+
+    # -- serving -----------------------------------------------------------------------------
+    def _take_fault(self, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if path.startswith(fault.path_prefix):
+                    fault.count -= 1
+                    if fault.count <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _answer(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, str, str]:
+        """(status, content type, body) for a metadata request."""
+        with self._lock:
+            self.requests[path] = self.requests.get(path, 0) + 1
+        if self.disabled:
+            return 403, "text/plain", "Forbidden"
+        now = time.time()
+        if method == "PUT":
+            if path != "/latest/api/token":
+                return 405, "text/plain", "Method Not Allowed"
+            try:
+                ttl = int(headers.get("x-aws-ec2-metadata-token-ttl-seconds", ""))
+            except ValueError:
+                return 400, "text/plain", "Bad Request: missing or invalid X-aws-ec2-metadata-token-ttl-seconds"
+            if not 1 <= ttl <= MAX_TTL:
+                return 400, "text/plain", "Bad Request: TTL must be 1-21600"
+            token = secrets.token_urlsafe(32)
+            with self._lock:
+                self._tokens[token] = now + ttl
+            return 200, "text/plain", token
+        if method != "GET":
+            return 405, "text/plain", "Method Not Allowed"
+        token = headers.get("x-aws-ec2-metadata-token")
+        with self._lock:
+            expires = self._tokens.get(token or "")
+        if expires is None or expires < now:
+            return 401, "text/plain", "Unauthorized"
+        return self._metadata(path, now)
+
+    def _metadata(self, path: str, now: float) -> tuple[int, str, str]:
+        prefix = "/latest/meta-data/"
+        if not path.startswith(prefix):
+            return 404, "text/plain", "Not Found"
+        name = path[len(prefix) :].rstrip("/")
+        with self._lock:
+            notice = self._notice if self._notice and self._notice[1] <= now else None
+            rebalance = self._rebalance_at if self._rebalance_at and self._rebalance_at <= now else None
+        if name == "spot/instance-action":
+            if notice is None:
+                return 404, "text/plain", "Not Found"
+            return 200, "application/json", json.dumps({"action": notice[0], "time": iso(notice[2])})
+        if name == "spot/termination-time":
+            if notice is None or notice[0] != "terminate":
+                return 404, "text/plain", "Not Found"
+            return 200, "text/plain", iso(notice[2])
+        if name == "events/recommendations/rebalance":
+            if rebalance is None:
+                return 404, "text/plain", "Not Found"
+            return 200, "application/json", json.dumps({"noticeTime": iso(rebalance)})
+        if name in self.meta:
+            return 200, "text/plain", self.meta[name]
+        if name == "":
+            return 200, "text/plain", "\n".join(sorted(self.meta))
+        return 404, "text/plain", "Not Found"
+
+    def _control(self, method: str, path: str, body: dict) -> tuple[int, dict]:
+        name = path[len("/_emulator/") :]
+        try:
+            if method == "GET" and name == "state":
+                return 200, self.state()
+            if method != "POST":
+                return 405, {"error": "use POST"}
+            if name == "notice":
+                return 200, self.schedule_notice(
+                    action=body.get("action", "terminate"),
+                    in_seconds=float(body.get("in_seconds", 120)),
+                    after=float(body.get("after", 0)),
+                )
+            if name == "rebalance":
+                return 200, self.schedule_rebalance(after=float(body.get("after", 0)))
+            if name == "fault":
+                return 200, self.inject_fault(
+                    status=body.get("status"),
+                    delay=float(body.get("delay", 0)),
+                    count=int(body.get("count", 1)),
+                    path_prefix=body.get("path_prefix", "/latest/"),
+                )
+            if name == "disable":
+                self.set_disabled(bool(body.get("disabled", True)))
+                return 200, self.state()
+            if name == "expire-tokens":
+                self.expire_tokens()
+                return 200, self.state()
+            if name == "reset":
+                self.reset()
+                return 200, self.state()
+        except (TypeError, ValueError) as exc:
+            return 400, {"error": str(exc)}
+        return 404, {"error": f"no control route {path}"}
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, content_type: str, body: str) -> None:
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, method: str) -> None:
+                path = self.path.split("?", 1)[0]
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                if path.startswith("/_emulator/"):
+                    try:
+                        body = json.loads(raw) if raw else {}
+                    except ValueError:
+                        self._send(400, "application/json", json.dumps({"error": "body must be JSON"}))
+                        return
+                    status, doc = service._control(method, path, body if isinstance(body, dict) else {})
+                    self._send(status, "application/json", json.dumps(doc))
+                    return
+                fault = service._take_fault(path)
+                if fault and fault.delay:
+                    time.sleep(fault.delay)
+                if fault and fault.status:
+                    self._send(fault.status, "text/plain", "injected fault")
+                    return
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                self._send(*service._answer(method, path, headers))
+
+            def do_GET(self) -> None:
+                self._handle("GET")
+
+            def do_PUT(self) -> None:
+                self._handle("PUT")
+
+            def do_POST(self) -> None:
+                self._handle("POST")
+
+        return Handler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="grid-resume imds", description="Run the metadata-service emulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--instance-id", default="i-0emulated0000000")
+    args = parser.parse_args(argv)
+    service = MetadataService(args.host, args.port, instance_id=args.instance_id).start()
+    print(json.dumps({"endpoint": service.url, "control": service.url + "/_emulator/"}), flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
