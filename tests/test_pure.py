@@ -1,0 +1,171 @@
+"""Pure logic, no server: paths, manifests, exit classification, filters, the hash cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from airflow_grid_resume.agent.errors import ManifestError, UnsafePathError, UsageError
+from airflow_grid_resume.agent.imds import parse_instance_action
+from airflow_grid_resume.agent.manifest import (
+    FORMAT,
+    FileEntry,
+    Manifest,
+    missing_objects,
+    parse_manifest,
+    parse_manifest_name,
+)
+from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, SUCCEEDED, classify
+from airflow_grid_resume.agent.paths import check_relative_path, safe_target
+from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter
+from airflow_grid_resume.agent.uri import parse_s3_uri
+
+SHA = hashlib.sha256(b"x").hexdigest()
+
+
+@pytest.mark.parametrize("path", ["../x", "/abs", "..\\x", "a/../../b", "a//b", "./a", "", "a\x00b", "C:x", "a/."])
+def test_hostile_paths_rejected(path: str) -> None:
+    with pytest.raises(UnsafePathError):
+        check_relative_path(path)
+
+
+@pytest.mark.parametrize("path", ["a", "a/b.txt", "ckpt/epoch=3.ckpt", "..hidden", "a..b/c"])
+def test_ordinary_paths_accepted(path: str) -> None:
+    assert check_relative_path(path) == path
+
+
+def test_safe_target_refuses_symlinked_parent(tmp_path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to(outside)
+    with pytest.raises(UnsafePathError, match="not a directory"):
+        safe_target(str(root), "link/passwd")
+    assert safe_target(str(root), "dir/file") == str(root / "dir" / "file")
+
+
+def _manifest_doc(files: list[dict], **extra) -> bytes:
+    doc = {"format": FORMAT, "session": 1, "seq": 1, "chunk_size": 4, "files": files, "links": [], "dirs": []}
+    doc.update(extra)
+    return json.dumps(doc).encode()
+
+
+def test_manifest_round_trip() -> None:
+    m = Manifest(
+        session=2, seq=3, created_at="t", reason="final", chunk_size=4,
+        files=(FileEntry("a", 9, 0o644, 1, SHA, (SHA, SHA, SHA)), FileEntry("b/c", 1, 0o755, 2, SHA)),
+    )
+    assert parse_manifest(m.to_json()) == m
+    assert m.name == "000002-000003.json" and parse_manifest_name(m.name) == (2, 3)
+
+
+@pytest.mark.parametrize("bad", ["../x", "/abs", "..\\x"])
+def test_manifest_with_hostile_path_rejected(bad: str) -> None:
+    data = _manifest_doc([{"path": bad, "size": 1, "mode": 420, "mtime_ns": 0, "sha256": SHA}])
+    with pytest.raises(ManifestError, match="unsafe path"):
+        parse_manifest(data)
+
+
+def test_manifest_wrong_chunk_count_and_bad_hash_rejected() -> None:
+    with pytest.raises(ManifestError, match="chunks"):
+        parse_manifest(_manifest_doc([{"path": "a", "size": 9, "mode": 420, "mtime_ns": 0, "sha256": SHA}]))
+    with pytest.raises(ManifestError, match="sha256"):
+        parse_manifest(_manifest_doc([{"path": "a", "size": 1, "mode": 420, "mtime_ns": 0, "sha256": "zz"}]))
+    with pytest.raises(ManifestError, match="JSON"):
+        parse_manifest(b"{nope")
+
+
+def test_missing_objects_counts_wrong_sizes() -> None:
+    m = Manifest(1, 1, "t", "r", chunk_size=4, files=(FileEntry("a", 6, 0o644, 0, SHA, ("1" * 64, "2" * 64)),))
+    assert missing_objects(m, {"1" * 64: 4, "2" * 64: 2}) == []
+    assert missing_objects(m, {"1" * 64: 4, "2" * 64: 3}) == [("a", "2" * 64)]
+
+
+# -- exit classification table ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("returncode", "signalled", "killed", "status", "clean", "agent_exit"),
+    [
+        (0, False, False, SUCCEEDED, True, 0),
+        (1, False, False, FAILED, False, 1),
+        (127, False, False, FAILED, False, 127),
+        (-9, False, False, FAILED, False, 137),  # killed by someone else, no notice: a failure
+        (0, True, False, INTERRUPTED, True, 0),  # the contract
+        (143, True, False, INTERRUPTED, True, 0),  # accepted with a warning
+        (-15, True, False, INTERRUPTED, True, 0),
+        (3, True, False, INTERRUPTED, False, 0),  # after our SIGTERM: interrupted, not failed
+        (-9, True, True, INTERRUPTED, False, 0),  # killed after the deadline
+    ],
+)
+def test_exit_classification(returncode, signalled, killed, status, clean, agent_exit) -> None:
+    c = classify(returncode, signalled=signalled, killed_after_deadline=killed)
+    assert (c.status, c.clean, c.agent_exit_code) == (status, clean, agent_exit)
+    if returncode in (143, -15):
+        assert any("143" in w for w in c.warnings)
+
+
+def test_uri_errors_say_what_to_fix() -> None:
+    assert parse_s3_uri("s3://my-bucket/a/b/").prefix == "a/b"
+    for bad in ("http://x/y", "s3://", "s3://UPPER/x", "s3://b/../x"):
+        with pytest.raises(UsageError, match="--run-uri"):
+            parse_s3_uri(bad)
+
+
+def test_notice_parsing() -> None:
+    action, when = parse_instance_action(b'{"action": "terminate", "time": "2026-11-24T10:00:00Z"}')
+    assert action == "terminate" and when == 1795514400.0
+    for bad in (b"oops", b'{"action": "reboot", "time": "2026-11-24T10:00:00Z"}', b'{"action": "stop"}'):
+        with pytest.raises(ValueError):
+            parse_instance_action(bad)
+
+
+# -- filters and the hash cache ---------------------------------------------------------------
+def test_path_filter_semantics() -> None:
+    f = PathFilter(exclude=["__pycache__", "*.tmp", "data/raw"])
+    assert f.excluded("a/__pycache__/x.pyc")
+    assert f.excluded("deep/x.tmp")
+    assert f.excluded("data/raw/part-1")
+    assert not f.excluded("data/rawish")
+    assert f.excluded("x.grid-resume-tmp-1234")
+    inc = PathFilter(include=["ckpt/*", "*.json"])
+    assert inc.included_file("ckpt/a.pt") and inc.included_file("x/y.json") and not inc.included_file("big.bin")
+
+
+def _stat(**kw):
+    base = dict(st_size=1, st_mtime_ns=0, st_ctime_ns=0, st_ino=1, st_dev=1)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_hash_cache_trusts_only_settled_files() -> None:
+    cache = HashCache()
+    now = time.time_ns()
+    digest = Digest(SHA, ())
+    old = _stat(st_mtime_ns=now - 10**10, st_ctime_ns=now - 10**10)
+    cache.store("a", old, digest, hashed_at_ns=now)
+    assert cache.lookup("a", old) == digest
+    assert cache.lookup("a", _stat(st_mtime_ns=old.st_mtime_ns, st_ctime_ns=now)) is None  # same size+mtime, new ctime
+    fresh = _stat(st_mtime_ns=now - 10**6, st_ctime_ns=now - 10**6)
+    cache.store("b", fresh, digest, hashed_at_ns=now)  # racily clean: must be hashed again
+    assert cache.lookup("b", fresh) is None
+
+
+def test_same_size_same_mtime_change_is_seen(tmp_path) -> None:
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"A" * 100)
+    os.utime(path, ns=(10**18, 10**18))
+    st1 = os.stat(path)
+    cache = HashCache()
+    cache.store("w.bin", st1, Digest(SHA, ()))
+    assert cache.lookup("w.bin", os.stat(path)) == Digest(SHA, ())
+    time.sleep(0.05)  # past the kernel's coarse timestamp tick; the racy window covers closer writes
+    path.write_bytes(b"B" * 100)
+    os.utime(path, ns=(10**18, 10**18))
+    st2 = os.stat(path)
+    assert (st2.st_size, st2.st_mtime_ns) == (st1.st_size, st1.st_mtime_ns)
+    assert cache.lookup("w.bin", st2) is None

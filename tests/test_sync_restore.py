@@ -1,0 +1,244 @@
+"""Sync and restore against moto's server over HTTP: integrity, incrementality, fallbacks, safety."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from airflow_grid_resume.agent import scan
+from airflow_grid_resume.agent.errors import LeaseHeldError, NoRestorableCheckpointError
+from airflow_grid_resume.agent.lease import acquire_lease
+from airflow_grid_resume.agent.ledger import RunLedger
+from airflow_grid_resume.agent.manifest import FileEntry, Manifest
+from airflow_grid_resume.agent.restore import Restorer
+from airflow_grid_resume.agent.s3client import make_s3_client
+from airflow_grid_resume.agent.sync import Syncer
+from airflow_grid_resume.emulator.faultproxy import FaultProxy, FaultRule
+
+CHUNK = 64 * 1024
+
+
+def make_tree(root: Path) -> None:
+    (root / "code").mkdir(parents=True)
+    (root / "code" / "train.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "code" / "train.sh").chmod(0o755)
+    (root / "secret.key").write_text("k")
+    (root / "secret.key").chmod(0o600)
+    (root / "empty" / "nested").mkdir(parents=True)
+    (root / "big.bin").write_bytes(os.urandom(5 * CHUNK + 123))
+    (root / "dup1").write_bytes(b"same bytes")
+    (root / "dup2").write_bytes(b"same bytes")
+    (root / "latest").symlink_to("big.bin")
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Everything restore must reproduce: bytes, mode, mtime, link targets, directories."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            st = path.lstat()
+            if path.is_symlink():
+                out[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            else:
+                out[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest(), stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+    return out
+
+
+def syncer(ledger: RunLedger, root: Path, session: int = 1, **kw) -> Syncer:
+    return Syncer(ledger, str(root), session=session, chunk_size=CHUNK, parallelism=8, **kw)
+
+
+def test_round_trip_restores_bytes_modes_links_and_empty_dirs(ledger: RunLedger, tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src)
+    result = syncer(ledger, src).sync("final")
+    assert result.committed
+    assert result.objects_uploaded == 6 + 1 + 1 + 1  # 6 chunks of big.bin, script, key, and dup1/dup2 once
+    restored = Restorer(ledger, str(dst)).restore()
+    assert restored.manifest is not None and restored.manifest.name == "000001-000001.json"
+    assert snapshot(dst) == snapshot(src)
+    assert not [p for p in dst.rglob("*") if "grid-resume-tmp" in p.name]
+
+
+def test_resync_uploads_nothing_and_new_session_dedups(ledger: RunLedger, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(scan, "RACY_WINDOW_NS", 0)
+    src = tmp_path / "src"
+    make_tree(src)
+    time.sleep(0.05)
+    s = syncer(ledger, src)
+    first = s.sync("periodic")
+    again = s.sync("periodic")
+    assert (again.committed, again.files_hashed, again.objects_uploaded) == (False, 0, 0)
+    # Next session on a fresh instance: restore, then sync the same tree -> nothing uploaded.
+    dst = tmp_path / "dst"
+    cache = scan.HashCache()
+    restored = Restorer(ledger, str(dst), cache=cache).restore()
+    s2 = syncer(ledger, dst, session=2, cache=cache, last_manifest=restored.manifest)
+    (dst / "new.txt").write_text("new")
+    second = s2.sync("final")
+    assert second.committed and second.objects_uploaded == 1 and second.files_hashed == 1
+    assert first.manifest is not None
+
+
+def test_same_size_same_mtime_change_is_synced(ledger: RunLedger, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(scan, "RACY_WINDOW_NS", 10_000_000)
+    src = tmp_path / "src"
+    src.mkdir()
+    weights = src / "weights.bin"
+    weights.write_bytes(b"A" * 4096)
+    os.utime(weights, ns=(1_700_000_000_000_000_000,) * 2)
+    time.sleep(0.05)
+    s = syncer(ledger, src)
+    s.sync("periodic")
+    assert s.sync("periodic").files_hashed == 0  # the cache is really used
+    time.sleep(0.05)
+    weights.write_bytes(b"B" * 4096)
+    os.utime(weights, ns=(1_700_000_000_000_000_000,) * 2)
+    result = s.sync("periodic")
+    assert result.committed and result.files_hashed == 1
+    dst = tmp_path / "dst"
+    Restorer(ledger, str(dst)).restore()
+    assert (dst / "weights.bin").read_bytes() == b"B" * 4096
+
+
+def _two_versions(ledger: RunLedger, tmp_path: Path) -> tuple[Path, str]:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ckpt").write_text("version one")
+    (src / "only-in-one").write_text("x")
+    s = syncer(ledger, src)
+    s.sync("periodic")
+    (src / "ckpt").write_text("version two!")
+    (src / "only-in-two").write_text("y")
+    s.sync("final")
+    return src, hashlib.sha256(b"version two!").hexdigest()
+
+
+def test_corrupt_object_falls_back_to_older_manifest(ledger: RunLedger, tmp_path: Path, caplog) -> None:
+    _, sha_two = _two_versions(ledger, tmp_path)
+    boto3.client("s3").put_object(Bucket=ledger.location.bucket, Key=ledger.object_key(sha_two), Body=b"garbage!!!!!")
+    dst = tmp_path / "dst"
+    result = Restorer(ledger, str(dst)).restore()
+    assert result.manifest is not None and result.manifest.name == "000001-000001.json"
+    assert (dst / "ckpt").read_text() == "version one"
+    assert not (dst / "only-in-two").exists()  # what the abandoned manifest wrote is removed
+    assert result.fallbacks and result.fallbacks[0][0] == "000001-000002.json"
+    assert "corrupt" in result.fallbacks[0][1]
+    assert "restored the older manifest 000001-000001.json" in caplog.text
+
+
+def test_missing_object_falls_back_without_touching_workdir(ledger: RunLedger, tmp_path: Path) -> None:
+    _, sha_two = _two_versions(ledger, tmp_path)
+    boto3.client("s3").delete_object(Bucket=ledger.location.bucket, Key=ledger.object_key(sha_two))
+    result = Restorer(ledger, str(tmp_path / "dst")).restore()
+    assert result.manifest is not None and result.manifest.seq == 1
+    assert "missing" in result.fallbacks[0][1]
+
+
+def test_no_verifiable_manifest_refuses_to_start_over(ledger: RunLedger, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    syncer(ledger, src).sync("final")
+    client = boto3.client("s3")
+    client.put_object(Bucket=ledger.location.bucket, Key=ledger.object_key(hashlib.sha256(b"a").hexdigest()), Body=b"b")
+    with pytest.raises(NoRestorableCheckpointError, match="Refusing to start over"):
+        Restorer(ledger, str(tmp_path / "dst")).restore()
+
+
+@pytest.mark.parametrize("hostile", ["../escaped", "/tmp/abs-escaped", "..\\escaped", "ok/../../escaped"])
+def test_hostile_manifest_paths_never_escape(ledger: RunLedger, tmp_path: Path, hostile: str) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "good").write_text("good")
+    syncer(ledger, src).sync("final")
+    sha = hashlib.sha256(b"evil").hexdigest()
+    ledger.put_blob(sha, b"evil")
+    evil = Manifest(1, 9, "t", "final", files=(FileEntry("good", 4, 0o644, 0, hashlib.sha256(b"good").hexdigest()),))
+    doc = evil.to_json().replace(b'"path":"good"', b'"path":' + _json_str(hostile)).replace(
+        hashlib.sha256(b"good").hexdigest().encode(), sha.encode()
+    )
+    ledger.put(ledger.key("manifests", "000001-000009.json"), doc)
+    root = tmp_path / "deep" / "dst"
+    result = Restorer(ledger, str(root)).restore()
+    assert result.manifest is not None and result.manifest.seq == 1  # the hostile one is rejected
+    assert "unsafe path" in result.fallbacks[0][1] and hostile.split("/")[0][:2] in result.fallbacks[0][1]
+    assert (root / "good").read_text() == "good"
+    assert not list(tmp_path.rglob("*escaped*")) and not Path("/tmp/abs-escaped").exists()
+
+
+def _json_str(s: str) -> bytes:
+    import json
+
+    return json.dumps(s).encode()
+
+
+def test_symlinked_directory_in_workdir_is_not_written_through(ledger: RunLedger, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_text("data")
+    syncer(ledger, src).sync("final")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "sub").symlink_to(outside)  # a local symlink where the manifest has a directory
+    Restorer(ledger, str(dst)).restore()
+    assert (dst / "sub" / "f").read_text() == "data" and not (dst / "sub").is_symlink()
+    assert list(outside.iterdir()) == []
+
+
+def test_throttling_and_5xx_are_retried(moto, bucket: str, tmp_path: Path) -> None:
+    with FaultProxy(moto.endpoint_url, seed=7) as proxy:
+        proxy.add_rule(FaultRule(status=503, rate=0.3, limit=10))
+        proxy.add_rule(FaultRule(status=500, rate=0.1, limit=4))
+        os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint_url
+        from airflow_grid_resume.agent.uri import parse_s3_uri
+
+        flaky = RunLedger(make_s3_client(parallelism=8), parse_s3_uri(f"s3://{bucket}/flaky"))
+        src = tmp_path / "src"
+        make_tree(src)
+        for i in range(40):
+            (src / f"small-{i}").write_bytes(os.urandom(100))
+        assert syncer(flaky, src).sync("final").committed
+        dst = tmp_path / "dst"
+        Restorer(flaky, str(dst), parallelism=8).restore()
+        assert proxy.injected == 14
+    os.environ["AWS_ENDPOINT_URL"] = moto.endpoint_url
+    assert snapshot(dst) == snapshot(src)
+
+
+def test_two_agents_one_lease(ledger: RunLedger) -> None:
+    first = acquire_lease(ledger, {"agent_id": "a", "session": 1, "host": "h1"}, ttl=60)
+    with pytest.raises(LeaseHeldError, match="another agent is already running") as err:
+        acquire_lease(ledger, {"agent_id": "b"}, ttl=60)
+    assert "h1" in str(err.value)
+    first.release()
+    second = acquire_lease(ledger, {"agent_id": "b"}, ttl=0.5)
+    time.sleep(0.6)
+    third = acquire_lease(ledger, {"agent_id": "c"}, ttl=60)  # expired: taken over
+    from airflow_grid_resume.agent.ledger import ConditionalWriteLost
+
+    with pytest.raises(ConditionalWriteLost):
+        second.renew()
+    third.renew()
+
+
+def test_log_reads_from_any_offset(ledger: RunLedger) -> None:
+    ledger.append_log(1, 0, b"hello ")
+    ledger.append_log(1, 6, b"world\n")
+    ledger.append_log(1, 12, b"again\n")
+    assert ledger.read_log(1, 0) == (b"hello world\nagain\n", 18)
+    assert ledger.read_log(1, 8) == (b"rld\nagain\n", 18)
+    assert ledger.read_log(1, 18) == (b"", 18)
+    assert ledger.read_log(2, 0) == (b"", 0)
