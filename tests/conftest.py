@@ -73,8 +73,8 @@ class AgentProcess:
     def __init__(self, args: list[str], env: dict[str, str], logdir: Path) -> None:
         self.stdout_path = logdir / f"agent-{uuid.uuid4().hex[:6]}.out"
         self.stderr_path = self.stdout_path.with_suffix(".err")
-        self._out = open(self.stdout_path, "wb")
-        self._err = open(self.stderr_path, "wb")
+        self._out = open(self.stdout_path, "wb")  # noqa: SIM115 (closed in wait())
+        self._err = open(self.stderr_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "airflow_grid_resume.agent", *args],
             stdout=self._out,
@@ -109,8 +109,14 @@ def agent(aws_env: dict[str, str], tmp_path: Path):
     """``agent(run_uri, workdir, *command, options=[...])`` starts an agent process."""
     started: list[AgentProcess] = []
 
-    def start(run_uri: str, workdir: Path | str, *command: str, options: list[str] | None = None,
-              imds: MetadataService | None = None, env: dict[str, str] | None = None) -> AgentProcess:
+    def start(
+        run_uri: str,
+        workdir: Path | str,
+        *command: str,
+        options: list[str] | None = None,
+        imds: MetadataService | None = None,
+        env: dict[str, str] | None = None,
+    ) -> AgentProcess:
         opts = list(options or [])
         opts += ["--imds-endpoint", imds.url] if imds else ["--no-imds"]
         full_env = {**os.environ, **aws_env, **(env or {})}

@@ -58,7 +58,11 @@ def _manifest_doc(files: list[dict], **extra) -> bytes:
 
 def test_manifest_round_trip() -> None:
     m = Manifest(
-        session=2, seq=3, created_at="t", reason="final", chunk_size=4,
+        session=2,
+        seq=3,
+        created_at="t",
+        reason="final",
+        chunk_size=4,
         files=(FileEntry("a", 9, 0o644, 1, SHA, (SHA, SHA, SHA)), FileEntry("b/c", 1, 0o755, 2, SHA)),
     )
     assert parse_manifest(m.to_json()) == m

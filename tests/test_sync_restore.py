@@ -50,7 +50,12 @@ def snapshot(root: Path) -> dict[str, tuple]:
             elif path.is_dir():
                 out[rel] = ("dir", stat.S_IMODE(st.st_mode))
             else:
-                out[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest(), stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+                out[rel] = (
+                    "file",
+                    hashlib.sha256(path.read_bytes()).hexdigest(),
+                    stat.S_IMODE(st.st_mode),
+                    st.st_mtime_ns,
+                )
     return out
 
 
@@ -165,8 +170,10 @@ def test_hostile_manifest_paths_never_escape(ledger: RunLedger, tmp_path: Path, 
     sha = hashlib.sha256(b"evil").hexdigest()
     ledger.put_blob(sha, b"evil")
     evil = Manifest(1, 9, "t", "final", files=(FileEntry("good", 4, 0o644, 0, hashlib.sha256(b"good").hexdigest()),))
-    doc = evil.to_json().replace(b'"path":"good"', b'"path":' + _json_str(hostile)).replace(
-        hashlib.sha256(b"good").hexdigest().encode(), sha.encode()
+    doc = (
+        evil.to_json()
+        .replace(b'"path":"good"', b'"path":' + _json_str(hostile))
+        .replace(hashlib.sha256(b"good").hexdigest().encode(), sha.encode())
     )
     ledger.put(ledger.key("manifests", "000001-000009.json"), doc)
     root = tmp_path / "deep" / "dst"

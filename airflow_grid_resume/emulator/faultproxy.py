@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import random
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -14,14 +15,19 @@ _ERROR_XML = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
     "<RequestId>emulated</RequestId></Error>"
 )
-CODES = {503: ("SlowDown", "Please reduce your request rate."), 500: ("InternalError", "We encountered an internal error.")}
+CODES = {
+    503: ("SlowDown", "Please reduce your request rate."),
+    500: ("InternalError", "We encountered an internal error."),
+}
 
 
 @dataclass
 class FaultRule:
-    """Fail matching requests with ``status`` at ``rate`` (0-1), at most ``limit`` times."""
+    """Fail matching requests with ``status`` at ``rate`` (0-1), at most ``limit`` times.
+    ``status=0`` with a ``delay`` slows matching requests down instead of failing them."""
 
     status: int = 503
+    delay: float = 0.0
     rate: float = 0.2
     method: str | None = None
     path_contains: str = ""
@@ -95,7 +101,9 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 rule = proxy._fault_for(self.command, self.path)
-                if rule is not None:
+                if rule is not None and rule.delay:
+                    time.sleep(rule.delay)
+                if rule is not None and rule.status:
                     code, message = CODES.get(rule.status, ("InternalError", "injected"))
                     data = _ERROR_XML.format(code=code, message=message).encode()
                     self.send_response(rule.status)

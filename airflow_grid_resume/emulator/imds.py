@@ -10,6 +10,7 @@ over HTTP; see docs/emulator.md. Standard library only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import signal
@@ -262,7 +263,9 @@ class MetadataService:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                # The client may have given up (a stalled-response fault), as with a real IMDS.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data)
 
             def _handle(self, method: str) -> None:
                 path = self.path.split("?", 1)[0]

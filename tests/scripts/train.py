@@ -13,7 +13,7 @@ import sys
 import time
 
 total, step_seconds = int(sys.argv[1]), float(sys.argv[2])
-opts = dict(zip(sys.argv[3::2], sys.argv[4::2]))
+opts = dict(zip(sys.argv[3::2], sys.argv[4::2], strict=False))
 save_every = int(opts.get("--save-every", 5))
 on_sigterm = opts.get("--on-sigterm", "save")
 session = os.environ.get("GRID_RESUME_SESSION", "?")

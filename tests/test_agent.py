@@ -1,0 +1,279 @@
+"""The agent as a real process: real signals, real process groups, moto over HTTP, the IMDS emulator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from airflow_grid_resume.agent.ledger import RunLedger
+from airflow_grid_resume.agent.s3client import make_s3_client
+from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.emulator.faultproxy import FaultProxy, FaultRule
+from airflow_grid_resume.emulator.imds import MetadataService
+from tests.conftest import TRAIN, pids_in_group
+
+FAST = ["--sync-reserve", "1", "--min-grace", "1", "--imds-poll", "0.2", "--log-interval", "0.3"]
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def train(steps: int = 30, step_seconds: float = 0.05, *extra: str) -> list[str]:
+    return [sys.executable, TRAIN, str(steps), str(step_seconds), *extra]
+
+
+def test_interrupt_and_resume_matches_uninterrupted(agent, bucket: str, ledger: RunLedger, tmp_path: Path) -> None:
+    reference = agent(f"s3://{bucket}/reference", tmp_path / "ref", *train(), options=FAST)
+    assert reference.wait() == 0
+    expected = (tmp_path / "ref" / "result.txt").read_text()
+
+    run = f"s3://{bucket}/{ledger.location.prefix}"
+    saved_steps = []
+    for session in (1, 2):
+        workdir = tmp_path / f"instance-{session}"  # a fresh instance: only the ledger carries state
+        with MetadataService() as imds:
+            proc = agent(run, workdir, *train(), options=FAST, imds=imds)
+            wait_for(lambda p=proc, s=session: f"step {8 * s + 2}" in p.stdout, what="training progress")
+            imds.schedule_notice(in_seconds=4)
+            assert proc.wait() == 0
+        outcome = ledger.read_outcome(session)
+        assert outcome["status"] == "interrupted" and outcome["clean"], outcome
+        assert outcome["notice"]["source"] == "imds"
+        saved = int(proc.stdout.split("saved at step ")[1].split()[0])
+        saved_steps.append(saved)
+        assert not (workdir / "result.txt").exists()
+    final = agent(run, tmp_path / "instance-3", *train(), options=FAST)
+    assert final.wait() == 0
+    assert ledger.read_outcome(3)["status"] == "succeeded"
+    assert (tmp_path / "instance-3" / "result.txt").read_text() == expected
+    # No step lost: each session resumed exactly where the previous one saved.
+    history = (tmp_path / "instance-3" / "history.txt").read_text().splitlines()
+    assert history == [
+        f"session 1: steps 0-{saved_steps[0]} interrupted",
+        f"session 2: steps {saved_steps[0]}-{saved_steps[1]} interrupted",
+        f"session 3: steps {saved_steps[1]}-30 done",
+    ]
+    assert "resumed at step" in final.stdout and "GRID" not in final.stderr
+
+
+def test_rebalance_syncs_without_stopping(agent, run_uri: str, ledger: RunLedger, tmp_path: Path, imds) -> None:
+    proc = agent(run_uri, tmp_path / "w", *train(40, 0.05), options=FAST, imds=imds)
+    wait_for(lambda: "step 10" in proc.stdout, what="progress")
+    imds.schedule_rebalance()
+    wait_for(lambda: any(m.session == 1 for m in ledger.list_manifests()), what="a rebalance manifest")
+    assert proc.wait() == 0
+    assert ledger.read_outcome(1)["status"] == "succeeded"
+    reasons = [ledger.read_manifest(m).reason for m in ledger.list_manifests()]
+    assert "rebalance" in reasons and "final" in reasons
+    assert "saved at step" not in proc.stdout  # never signalled
+
+
+def test_child_ignoring_sigterm_is_killed_with_grandchildren(agent, run_uri, ledger, tmp_path: Path, imds) -> None:
+    script = 'trap "" TERM; echo $$ > pgid; (sleep 300 &); sleep 300 & echo started; wait'
+    proc = agent(run_uri, tmp_path / "w", "sh", "-c", script, options=FAST, imds=imds)
+    pgid_file = tmp_path / "w" / "pgid"
+    wait_for(lambda: "started" in proc.stdout and pgid_file.exists(), what="the command to start")
+    pgid = int(pgid_file.read_text())
+    assert len(pids_in_group(pgid)) >= 3  # sh, its sleep, and the orphaned sleep
+    imds.schedule_notice(in_seconds=3)
+    assert proc.wait() == 0
+    assert pids_in_group(pgid) == []
+    outcome = ledger.read_outcome(1)
+    assert outcome["status"] == "interrupted" and outcome["clean"] is False
+    assert "killed" in outcome["reason"]
+
+
+def test_agent_sigterm_counts_as_notice(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
+    proc = agent(run_uri, tmp_path / "w", *train(200, 0.05), options=FAST)
+    wait_for(lambda: "step 5" in proc.stdout, what="progress")
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    outcome = ledger.read_outcome(1)
+    assert outcome["status"] == "interrupted" and outcome["notice"]["source"] == "signal"
+    restored = ledger.read_manifest(ledger.list_manifests()[0])
+    assert "ckpt.json" in [f.path for f in restored.files]
+
+
+def test_exit_143_is_interrupted_with_warning(agent, run_uri, ledger, tmp_path: Path, imds) -> None:
+    proc = agent(run_uri, tmp_path / "w", *train(200, 0.05, "--on-sigterm", "default"), options=FAST, imds=imds)
+    wait_for(lambda: "step 3" in proc.stdout, what="progress")
+    imds.schedule_notice(in_seconds=10)
+    assert proc.wait() == 0
+    outcome = ledger.read_outcome(1)
+    assert outcome["status"] == "interrupted" and outcome["exit_code"] == 143
+    assert any("143" in w for w in outcome["warnings"])
+    assert "143" in proc.stderr
+
+
+def test_script_failure_keeps_code_and_tail(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
+    proc = agent(run_uri, tmp_path / "w", "sh", "-c", "echo loading data; echo 'CUDA out of memory' >&2; exit 3")
+    assert proc.wait() == 3
+    outcome = ledger.read_outcome(1)
+    assert (outcome["status"], outcome["exit_code"]) == ("failed", 3)
+    assert "CUDA out of memory" in outcome["tail"]
+    assert "CUDA out of memory" in proc.stderr  # stderr passed through to the agent's stderr
+    assert "loading data" in proc.stdout
+
+
+def test_command_not_found_is_failed_127(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
+    proc = agent(run_uri, tmp_path / "w", "no-such-trainer", "--epochs", "3")
+    assert proc.wait() == 127
+    outcome = ledger.read_outcome(1)
+    assert (outcome["status"], outcome["exit_code"]) == ("failed", 127)
+    assert "command not found: 'no-such-trainer'" in proc.stderr
+
+
+def test_bad_input_is_explained(agent, bucket: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases = [
+        (("s3:/typo", tmp_path / "w"), 2, "--run-uri must look like s3://BUCKET/PREFIX"),
+        ((f"s3://{bucket}/r", blocker / "sub"), 2, "cannot be created"),
+        (("s3://no-such-bucket-here/r", tmp_path / "w"), 4, "bucket 'no-such-bucket-here' does not exist"),
+    ]
+    for (uri, workdir), code, message in cases:
+        proc = agent(uri, workdir, "true")
+        assert proc.wait() == code
+        assert message in proc.stderr
+    no_creds = agent(
+        f"s3://{bucket}/r",
+        tmp_path / "w",
+        "true",
+        env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"},
+    )
+    assert no_creds.wait() == 4
+    assert "no AWS credentials found" in no_creds.stderr
+
+
+def test_second_agent_on_same_run_is_refused(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
+    first = agent(run_uri, tmp_path / "a", *train(60, 0.05), options=FAST)
+    wait_for(lambda: "step 3" in first.stdout, what="first agent running")
+    second = agent(run_uri, tmp_path / "b", "sh", "-c", "echo should-not-run > ran")
+    assert second.wait() == 3
+    assert "another agent is already running" in second.stderr
+    assert not (tmp_path / "b" / "ran").exists()
+    assert first.wait() == 0 and ledger.read_outcome(1)["status"] == "succeeded"
+    assert ledger.list_sessions() == [1]
+
+
+def test_metadata_faults_are_never_a_notice(agent, run_uri, ledger, tmp_path: Path, imds) -> None:
+    imds.inject_fault(status=503, count=4)
+    imds.inject_fault(delay=1.5, count=2)  # longer than the 1 s request timeout
+    imds.inject_fault(status=500, count=2, path_prefix="/latest/meta-data/spot")
+    proc = agent(run_uri, tmp_path / "w", *train(400, 0.05), options=[*FAST, "--verbose"], imds=imds)
+    action = "/latest/meta-data/spot/instance-action"
+    wait_for(lambda: not imds.state()["faults"] and imds.state()["requests"].get(action, 0) >= 2, what="faults served")
+    assert proc.proc.poll() is None and "interruption notice" not in proc.stderr
+    imds.expire_tokens()  # the next request gets 401 and must fetch a new token
+    wait_for(lambda: "metadata token rejected (401)" in proc.stderr, what="the 401 to be seen")
+    imds.schedule_notice(in_seconds=5)
+    assert proc.wait() == 0
+    outcome = ledger.read_outcome(1)
+    assert outcome["status"] == "interrupted" and outcome["notice"]["source"] == "imds"
+    assert "answered HTTP 503" in proc.stderr and "timed out" in proc.stderr
+
+
+def test_metadata_disabled(agent, run_uri: str, ledger: RunLedger, tmp_path: Path, imds) -> None:
+    imds.set_disabled()
+    proc = agent(run_uri, tmp_path / "w", "true", options=FAST, imds=imds)
+    assert proc.wait() == 0
+    assert "disabled" in proc.stderr and "signals only" in proc.stderr
+    strict = agent(run_uri, tmp_path / "w2", "true", options=[*FAST, "--require-imds"], imds=imds)
+    assert strict.wait() == 2
+    assert "--require-imds" in strict.stderr
+
+
+def test_output_is_shipped_while_running(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
+    proc = agent(run_uri, tmp_path / "w", "sh", "-c", "echo first-line; sleep 5; echo last-line", options=FAST)
+    text = wait_for(lambda: ledger.read_log(1, 0)[0].decode(), timeout=4, what="output in the ledger")
+    wait_for(lambda: b"first-line" in ledger.read_log(1, 0)[0], timeout=4, what="the first line shipped")
+    assert proc.proc.poll() is None, "the line must be readable while the command still runs"
+    heartbeat = ledger.read_heartbeat(1)
+    assert heartbeat["state"] == "running"
+    assert proc.wait() == 0
+    data, offset = ledger.read_log(1, 0)
+    assert b"last-line" in data and offset == len(data)
+    assert text
+
+
+def test_heavy_output_is_not_lost(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
+    lines = 2_000_000  # 200 MB
+    code = f"import sys\nw=sys.stdout.write\nfor i in range({lines}): w('%099d\\n' % i)\n"
+    proc = agent(run_uri, tmp_path / "w", sys.executable, "-c", code, options=FAST)
+    assert proc.wait(timeout=180) == 0
+    assert os.path.getsize(proc.stdout_path) == lines * 100
+    shipped = sum(int(o["Size"]) for o in ledger.list(ledger.session_key(1, "logs/")))
+    assert shipped > lines * 100  # every byte of the command, plus the agent's own lines
+    tail, _ = ledger.read_log(1, shipped - 4096)
+    assert b"%099d" % (lines - 1) in tail
+
+
+def test_killed_mid_upload_restores_previous_manifest(agent, moto, bucket, tmp_path: Path) -> None:
+    run = f"s3://{bucket}/killed"
+    first = agent(run, tmp_path / "i1", "sh", "-c", "echo v1 > ckpt", options=FAST)
+    assert first.wait() == 0
+    with FaultProxy(moto.endpoint_url) as proxy:
+        proxy.add_rule(FaultRule(status=0, delay=0.5, rate=1.0, method="PUT", path_contains="/objects/"))
+        cmd = "echo v2 > ckpt; head -c 50000000 /dev/urandom > big.bin"
+        second = agent(
+            run,
+            tmp_path / "i2",
+            "sh",
+            "-c",
+            cmd,
+            options=[*FAST, "--parallelism", "1", "--lease-ttl", "2"],
+            env={"AWS_ENDPOINT_URL": proxy.endpoint_url},
+        )
+        wait_for(lambda: proxy.rules[0].hits >= 2, what="the final sync uploading")
+        second.kill()  # the instance vanishes mid-upload
+    ledger = RunLedger(make_s3_client(), parse_s3_uri(run))
+    assert [m.name for m in ledger.list_manifests()] == ["000001-000001.json"]
+    assert ledger.read_outcome(2) is None
+    time.sleep(2.1)  # the dead agent's lease expires
+    third = agent(run, tmp_path / "i3", "cat", "ckpt", options=FAST)
+    assert third.wait() == 0
+    assert "v1" in third.stdout and not (tmp_path / "i3" / "big.bin").exists()
+
+
+def test_zipapp_runs_with_only_python_and_boto3(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
+    pyz = tmp_path / "agent.pyz"
+    subprocess.run([sys.executable, "-m", "airflow_grid_resume.cli", "build-agent", str(pyz)], check=True)
+    venv = tmp_path / "ami"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    constraints = Path(__file__).parent.parent / "constraints.txt"
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "-c", str(constraints), "boto3"], check=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            str(pyz),
+            "--run-uri",
+            run_uri,
+            "--workdir",
+            str(tmp_path / "w"),
+            "--no-imds",
+            "--",
+            "sh",
+            "-c",
+            "echo from-zipapp > out.txt",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert ledger.read_outcome(1)["status"] == "succeeded"
+    frozen = subprocess.run([str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True).stdout
+    assert "airflow" not in frozen.lower()
