@@ -16,7 +16,6 @@ from airflow_grid_resume.agent.manifest import (
     FORMAT,
     FileEntry,
     Manifest,
-    missing_objects,
     parse_manifest,
     parse_manifest_name,
 )
@@ -83,12 +82,6 @@ def test_manifest_wrong_chunk_count_and_bad_hash_rejected() -> None:
         parse_manifest(_manifest_doc([{"path": "a", "size": 1, "mode": 420, "mtime_ns": 0, "sha256": "zz"}]))
     with pytest.raises(ManifestError, match="JSON"):
         parse_manifest(b"{nope")
-
-
-def test_missing_objects_counts_wrong_sizes() -> None:
-    m = Manifest(1, 1, "t", "r", chunk_size=4, files=(FileEntry("a", 6, 0o644, 0, SHA, ("1" * 64, "2" * 64)),))
-    assert missing_objects(m, {"1" * 64: 4, "2" * 64: 2}) == []
-    assert missing_objects(m, {"1" * 64: 4, "2" * 64: 3}) == [("a", "2" * 64)]
 
 
 # -- exit classification table ---------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_corrupt_object_falls_back_to_older_manifest(ledger: RunLedger, tmp_path
     assert "restored the older manifest 000001-000001.json" in caplog.text
 
 
-def test_missing_object_falls_back_without_touching_workdir(ledger: RunLedger, tmp_path: Path) -> None:
+def test_missing_object_falls_back(ledger: RunLedger, tmp_path: Path) -> None:
     _, sha_two = _two_versions(ledger, tmp_path)
     boto3.client("s3").delete_object(Bucket=ledger.location.bucket, Key=ledger.object_key(sha_two))
     result = Restorer(ledger, str(tmp_path / "dst")).restore()

@@ -148,15 +148,16 @@ class RunLedger:
             yield from page.get("Contents", [])
 
     # -- objects ----------------------------------------------------------------------------
-    def list_objects(self) -> dict[str, int]:
-        """sha256 -> size of every stored object (one LIST per 1000 objects)."""
-        prefix = self.key("objects", "sha256") + "/"
-        out = {}
-        for item in self.list(prefix):
-            name = item["Key"][len(prefix) :]
-            if len(name) == 64:
-                out[name] = int(item["Size"])
-        return out
+    def object_size(self, sha256: str) -> int | None:
+        """Size of a stored object, or None if it is not stored (one HEAD)."""
+        try:
+            return int(
+                self.client.head_object(Bucket=self.location.bucket, Key=self.object_key(sha256))["ContentLength"]
+            )
+        except ClientError as exc:
+            if is_not_found(exc):
+                return None
+            raise
 
     def put_blob(self, sha256: str, body: bytes) -> None:
         self.put(self.object_key(sha256), body)

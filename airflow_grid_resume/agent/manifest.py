@@ -190,21 +190,6 @@ def _list(doc: dict, key: str, name: str) -> Iterator[dict]:
     return iter(value)
 
 
-def missing_objects(manifest: Manifest, present: dict[str, int]) -> list[tuple[str, str]]:
-    """``(path, hash)`` of every object the manifest needs that ``present`` (hash -> size) lacks.
-
-    A present object of the wrong size counts as missing: it can never verify.
-    """
-    out = []
-    for f in manifest.files:
-        hashes = f.object_hashes()
-        for i, h in enumerate(hashes):
-            want = chunk_length(f.size, manifest.chunk_size, i) if f.chunks else f.size
-            if present.get(h) != want:
-                out.append((f.path, h))
-    return out
-
-
 def chunk_length(size: int, chunk_size: int, index: int) -> int:
     """Length of chunk ``index`` of a file of ``size`` bytes."""
     return max(0, min(chunk_size, size - index * chunk_size))

@@ -1,8 +1,9 @@
 """Bringing a workdir to the newest checkpoint of a run that fully verifies.
 
-Manifests are tried newest first. One whose objects are missing is skipped before anything is
-written; one whose bytes turn out corrupt (or whose paths are unsafe) is abandoned, the files it
+Manifests are tried newest first. One that is malformed or has unsafe paths is rejected before
+anything is written; one whose objects turn out missing or corrupt is abandoned, the files it
 created are removed, and the next older manifest is tried, each fallback logged with its reason.
+No LIST of the object store is needed: a missing object shows up as a 404 on its GET.
 Every file is written under a temporary name, verified, and renamed into place.
 """
 
@@ -26,7 +27,7 @@ from airflow_grid_resume.agent.errors import (
     UnsafePathError,
 )
 from airflow_grid_resume.agent.ledger import RunLedger
-from airflow_grid_resume.agent.manifest import FileEntry, Manifest, chunk_length, missing_objects
+from airflow_grid_resume.agent.manifest import FileEntry, Manifest, chunk_length
 from airflow_grid_resume.agent.paths import TEMP_MARKER, safe_target
 from airflow_grid_resume.agent.scan import Digest, HashCache, sha256_file
 
@@ -41,7 +42,16 @@ class RestoreResult:
     bytes_downloaded: int = 0
     seconds: float = 0.0
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
-    bad_objects: set[str] = field(default_factory=set)
+
+    def verified_objects(self) -> dict[str, int]:
+        """sha256 -> size of every object the restored manifest uses: all present and verified."""
+        if self.manifest is None:
+            return {}
+        out = {}
+        for f in self.manifest.files:
+            for i, h in enumerate(f.object_hashes()):
+                out[h] = chunk_length(f.size, self.manifest.chunk_size, i) if f.chunks else f.size
+        return out
 
     def summary(self) -> str:
         if self.manifest is None:
@@ -69,24 +79,14 @@ class Restorer:
         result = RestoreResult(manifest=None)
         if not stored:
             return result
-        present: dict[str, int] | None = None
         for candidate in stored:
             created: set[str] = set()
             try:
                 manifest = self.ledger.read_manifest(candidate)
                 _check_layout(manifest)
-                if present is None:
-                    present = self.ledger.list_objects()
-                missing = missing_objects(manifest, present)
-                if missing:
-                    path, sha = missing[0]
-                    raise CorruptObjectError(
-                        f"{len(missing)} object(s) missing or truncated, first {sha[:16]}... for {path!r}"
-                    )
                 self._apply(manifest, result, created)
             except (ManifestError, CorruptObjectError, UnsafePathError) as exc:
                 self._remove_created(created, keep=set())
-                _note_bad_objects(exc, result)
                 result.fallbacks.append((candidate.name, str(exc)))
                 log.error("cannot restore manifest %s: %s", candidate.name, exc)
                 continue
@@ -237,12 +237,6 @@ def _check_layout(manifest: Manifest) -> None:
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in leaves:
                 raise ManifestError(f"manifest {manifest.name}: {path!r} lies under the file {'/'.join(parts[:i])!r}")
-
-
-def _note_bad_objects(exc: Exception, result: RestoreResult) -> None:
-    text = str(exc)
-    if isinstance(exc, CorruptObjectError) and text.startswith("object "):
-        result.bad_objects.add(text.split()[1])
 
 
 def _write_all(fd: int, data: bytes) -> None:

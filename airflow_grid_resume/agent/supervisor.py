@@ -102,6 +102,7 @@ class Supervisor:
         self.notice: Notice | None = None
         self.instance_id: str | None = None
         self._stop_heartbeat = threading.Event()
+        self._beat_now = threading.Event()
         self._sync_cancel = threading.Event()
         self._sync_thread: threading.Thread | None = None
         self.syncer: Syncer | None = None
@@ -156,6 +157,7 @@ class Supervisor:
             if watcher:
                 watcher.stop()
             self._stop_heartbeat.set()
+            self._beat_now.set()
             if heartbeat:
                 heartbeat.join(timeout=10)
             if shipper:
@@ -172,7 +174,7 @@ class Supervisor:
     def _session(self, ledger: RunLedger, workdir: str, spool: LogSpool, shipper: LogShipper) -> int:
         started_at = _utc()
         cache = HashCache()
-        self.state = "restoring"
+        self._set_state("restoring")
         restored = Restorer(ledger, workdir, parallelism=self.o.parallelism, cache=cache).restore()
         log.info(restored.summary())
         self.syncer = Syncer(
@@ -183,8 +185,8 @@ class Supervisor:
             cache=cache,
             parallelism=self.o.parallelism,
             last_manifest=restored.manifest,
+            known_objects=restored.verified_objects(),
         )
-        self.syncer.forget_objects(restored.bad_objects)
         early = self._pending_stop()
         if early is not None:
             log.warning("interruption before the command started (%s): nothing to run", early.source)
@@ -205,7 +207,7 @@ class Supervisor:
             log.error("%s", exc)
             result = classify(exc.exit_code, signalled=False)
             return self._finish(ledger, shipper, spool, result, started_at, restored, final_sync=False)
-        self.state = "running"
+        self._set_state("running")
         log.info("started the command (pid %d): %s", child.pid, " ".join(self.o.command))
         threading.Thread(target=lambda: self.events.put(("exited", child.wait())), daemon=True).start()
         returncode, signalled, killed = self._watch(child)
@@ -262,7 +264,7 @@ class Supervisor:
                         kill_at = min(kill_at, self._kill_deadline(notice))
                     continue
                 self.notice = notice
-                self.state = "stopping"
+                self._set_state("stopping")
                 signalled = True
                 self._sync_cancel.set()
                 kill_at = self._kill_deadline(notice)
@@ -317,7 +319,7 @@ class Supervisor:
     def _background_sync(self, reason: str) -> None:
         assert self.syncer is not None
         try:
-            self.state = "running+syncing"
+            self._set_state("running+syncing")
             log.info("%s sync: %s", reason, self.syncer.sync(reason, self._sync_cancel).summary())
         except SyncCancelled:
             log.info("%s sync cancelled by the interruption; the final sync reuses what it uploaded", reason)
@@ -325,7 +327,7 @@ class Supervisor:
             log.error("%s sync failed (the run keeps its previous checkpoint): %s", reason, exc)
         finally:
             if self.state == "running+syncing":
-                self.state = "running"
+                self._set_state("running")
 
     def _final_sync(self) -> tuple[str | None, str | None]:
         """(manifest name, error). Retried once: content addressing makes a retry cheap."""
@@ -356,7 +358,7 @@ class Supervisor:
         *,
         final_sync: bool,
     ) -> int:
-        self.state = "syncing"
+        self._set_state("syncing")
         manifest, sync_error = (None, None)
         if final_sync:
             manifest, sync_error = self._final_sync()
@@ -391,10 +393,15 @@ class Supervisor:
         }
         shipper.flush()
         ledger.write_outcome(self.session, outcome)
-        self.state = "ended"
+        self._set_state("ended")
         return exit_code
 
     # -- heartbeat, lease, signals, metadata ---------------------------------------------------
+    def _set_state(self, state: str) -> None:
+        """Change state and write a heartbeat at once, so watchers see transitions promptly."""
+        self.state = state
+        self._beat_now.set()
+
     def _heartbeat_loop(self, ledger: RunLedger, lease: Lease, spool: LogSpool) -> None:
         seq = 0
         lease_ok = True
@@ -426,7 +433,9 @@ class Supervisor:
                 )
             except Exception as exc:
                 log.warning("heartbeat failed, will retry: %s", exc)
-            if self._stop_heartbeat.wait(self.o.heartbeat_interval):
+            self._beat_now.wait(self.o.heartbeat_interval)
+            self._beat_now.clear()
+            if self._stop_heartbeat.is_set():
                 return
 
     def _install_signal_handlers(self) -> dict:

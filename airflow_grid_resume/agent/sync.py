@@ -32,6 +32,9 @@ from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter, StatKe
 log = logging.getLogger(__name__)
 
 READ_BLOCK = 1024 * 1024
+# Objects at least this large are looked up (HEAD) before upload, so identical bytes stored by an
+# earlier session are not sent again even when the restored manifest did not reference them.
+HEAD_BEFORE_PUT = 1024 * 1024
 
 
 class FileChanged(Exception):
@@ -90,19 +93,15 @@ class Syncer:
         self.chunk_size = chunk_size
         self.last_manifest = last_manifest
         self.seq = 0
-        self._known = known_objects
+        # Objects known to be stored (sha256 -> size): seeded from the restored manifest, whose
+        # objects were just verified, and grown by every upload. Unknown large objects are
+        # checked with HEAD before upload; small ones are cheaper to send than to ask about.
+        self._known: dict[str, int] = dict(known_objects or {})
         self._known_lock = threading.Lock()
         self._lock = threading.Lock()
         # Throughput of the last sync that uploaded data, for the final-sync estimate.
         self.upload_bytes_per_s: float | None = None
         self.largest_upload = 0
-
-    def forget_objects(self, hashes: set[str]) -> None:
-        """Objects found corrupt or missing must be uploaded again when next seen."""
-        with self._known_lock:
-            if self._known is not None:
-                for h in hashes:
-                    self._known.pop(h, None)
 
     def estimated_seconds(self, floor: float) -> float:
         """What a final sync is expected to need: the largest upload so far at the measured rate."""
@@ -116,8 +115,6 @@ class Syncer:
 
     def _sync(self, reason: str, cancel: threading.Event) -> SyncResult:
         started = time.monotonic()
-        if self._known is None:
-            self._known = self.ledger.list_objects()
         tree = walk(self.root, self.filter)
         for rel in tree.skipped:
             log.warning("not syncing %s: not a regular file, directory or symlink", rel)
@@ -264,21 +261,23 @@ class Syncer:
 
     def _upload_if_new(self, sha: str, data: bytes, counters: _Counters) -> None:
         with self._known_lock:
-            assert self._known is not None
             if self._known.get(sha) == len(data) or sha in counters.in_flight:
                 return
             counters.in_flight.add(sha)
         started = time.monotonic()
         try:
-            self.ledger.put_blob(sha, data)
+            stored = len(data) >= HEAD_BEFORE_PUT and self.ledger.object_size(sha) == len(data)
+            if not stored:
+                self.ledger.put_blob(sha, data)
         finally:
             with self._known_lock:
                 counters.in_flight.discard(sha)
         with self._known_lock:
             self._known[sha] = len(data)
-            counters.objects += 1
-            counters.bytes += len(data)
-            counters.upload_seconds += time.monotonic() - started
+            if not stored:
+                counters.objects += 1
+                counters.bytes += len(data)
+                counters.upload_seconds += time.monotonic() - started
 
 
 class _Counters:

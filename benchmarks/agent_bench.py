@@ -1,0 +1,270 @@
+"""Agent benchmarks against moto's server on loopback, with the AWS CLI as the reference in the same run.
+
+    python benchmarks/agent_bench.py --aws .venv-awscli/bin/aws [--only NAME ...] [--quick]
+
+Prints a markdown table (and --json FILE writes the numbers). Targets (docs/benchmarks.md):
+  first sync 1 GiB file / aws s3 sync        <= 1.0
+  first sync 10,000 files (200 MiB) / aws    <= 1.0
+  re-sync, nothing changed, 10,000 files     <= 0.2
+  restore into an empty dir / aws download   <= 1.0
+  notice visible -> child SIGTERM, median    <= 1.5 s at the default 1 s poll
+  200 MB of output under the agent / alone   <= 1.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from airflow_grid_resume.agent.ledger import RunLedger  # noqa: E402
+from airflow_grid_resume.agent.s3client import make_s3_client  # noqa: E402
+from airflow_grid_resume.agent.scan import HashCache  # noqa: E402
+from airflow_grid_resume.agent.sync import Syncer  # noqa: E402
+from airflow_grid_resume.agent.uri import parse_s3_uri  # noqa: E402
+from airflow_grid_resume.emulator.imds import MetadataService  # noqa: E402
+from airflow_grid_resume.emulator.moto_server import MotoServer  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+def timed(cmd: list[str], env: dict[str, str], **kw) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, **kw)
+    return time.perf_counter() - started
+
+
+class Bench:
+    def __init__(self, aws: str, work: Path, quick: bool) -> None:
+        self.aws = aws
+        self.work = work
+        self.quick = quick
+        self.rows: list[dict] = []
+        self.moto = MotoServer().start()
+        self.env = {
+            **os.environ,
+            "AWS_ENDPOINT_URL": self.moto.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("AWS_")})
+        self.bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        boto3.client("s3").create_bucket(Bucket=self.bucket)
+
+    def close(self) -> None:
+        self.moto.stop()
+
+    def row(self, name: str, agent: float, reference: float, target: float, unit: str = "s") -> None:
+        ratio = agent / reference if reference else float("nan")
+        self.rows.append(
+            {
+                "benchmark": name,
+                "agent": agent,
+                "reference": reference,
+                "ratio": ratio,
+                "target": target,
+                "unit": unit,
+                "ok": ratio <= target,
+            }
+        )
+        print(
+            f"  {name}: agent {agent:.2f} {unit}, reference {reference:.2f} {unit}, ratio {ratio:.2f} "
+            f"(target <= {target})",
+            flush=True,
+        )
+
+    def aws_cmd(self, *args: str) -> list[str]:
+        return [self.aws, "s3", *args, "--endpoint-url", self.moto.endpoint_url, "--only-show-errors"]
+
+    def agent_cmd(self, run: str, workdir: Path, *command: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "airflow_grid_resume.agent",
+            "--run-uri",
+            run,
+            "--workdir",
+            str(workdir),
+            "--no-imds",
+            "--quiet",
+            "--",
+            *(command or ["true"]),
+        ]
+
+    # -- data sets -------------------------------------------------------------------------
+    def one_big_file(self) -> Path:
+        d = self.work / "big"
+        d.mkdir()
+        size = (256 if self.quick else 1024) * MiB
+        with open(d / "model.ckpt", "wb") as fh:
+            for _ in range(size // (16 * MiB)):
+                fh.write(os.urandom(16 * MiB))
+        return d
+
+    def many_small_files(self) -> Path:
+        d = self.work / "small"
+        n = 2000 if self.quick else 10_000
+        for i in range(n):
+            sub = d / f"shard-{i // 500:03d}"
+            sub.mkdir(parents=True, exist_ok=True)
+            (sub / f"sample-{i:05d}.bin").write_bytes(os.urandom(20 * 1024))
+        return d
+
+    # -- benchmarks ------------------------------------------------------------------------
+    def transfer(self, label: str, data: Path) -> None:
+        ref_prefix, run = f"s3://{self.bucket}/aws-{label}", f"s3://{self.bucket}/agent-{label}"
+        aws_up = timed(self.aws_cmd("sync", str(data), ref_prefix), self.env)
+        agent_up = timed(self.agent_cmd(run, data), self.env)
+        self.row(f"first sync, {label}", agent_up, aws_up, 1.0)
+        if label.startswith("10,000") or (self.quick and label.startswith("2,000")):
+            aws_again = timed(self.aws_cmd("sync", str(data), ref_prefix), self.env)
+            ledger = RunLedger(make_s3_client(), parse_s3_uri(f"s3://{self.bucket}/resync-{uuid.uuid4().hex[:6]}"))
+            syncer = Syncer(ledger, str(data), session=1, cache=HashCache())
+            syncer.sync("periodic")
+            started = time.perf_counter()
+            result = syncer.sync("periodic")
+            agent_again = time.perf_counter() - started
+            assert result.files_hashed == 0 and result.objects_uploaded == 0, result
+            self.row(f"re-sync nothing changed, {label}", agent_again, aws_again, 0.2)
+        aws_dst, agent_dst = self.work / f"aws-restore-{label[:5]}", self.work / f"agent-restore-{label[:5]}"
+        aws_down = timed(self.aws_cmd("sync", ref_prefix, str(aws_dst)), self.env)
+        agent_down = timed(self.agent_cmd(run, agent_dst), self.env)
+        assert _same_tree(data, agent_dst), "restored tree differs from the source"
+        self.row(f"restore into empty dir, {label}", agent_down, aws_down, 1.0)
+        shutil.rmtree(aws_dst)
+        shutil.rmtree(agent_dst)
+
+    def notice_latency(self, runs: int) -> None:
+        probe = self.work / "sigterm_probe.py"
+        probe.write_text(
+            "import signal, sys, time\n"
+            "def on_term(*_):\n"
+            "    open('sigterm_at', 'w').write(repr(time.time()))\n"
+            "    sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, on_term)\n"
+            "open('ready', 'w').close()\n"
+            "time.sleep(600)\n"
+        )
+        latencies = []
+        for i in range(runs):
+            workdir = self.work / f"notice-{i}"
+            with MetadataService() as imds:
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "airflow_grid_resume.agent",
+                        "--run-uri",
+                        f"s3://{self.bucket}/notice-{i}",
+                        "--workdir",
+                        str(workdir),
+                        "--imds-endpoint",
+                        imds.url,
+                        "--quiet",
+                        "--",
+                        sys.executable,
+                        str(probe),
+                    ],
+                    env=self.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                while not (workdir / "ready").exists():
+                    time.sleep(0.01)
+                time.sleep(0.1 + (i % 10) / 10)  # spread the notice across the poll interval
+                state = imds.schedule_notice(in_seconds=120)
+                proc.wait(60)
+            latencies.append(float((workdir / "sigterm_at").read_text()) - state["notice"]["visible_at"])
+        median = statistics.median(latencies)
+        self.rows.append(
+            {
+                "benchmark": "notice visible -> child SIGTERM (median)",
+                "agent": median,
+                "reference": None,
+                "ratio": None,
+                "target": 1.5,
+                "unit": "s",
+                "ok": median <= 1.5,
+                "samples": latencies,
+            }
+        )
+        print(f"  notice -> SIGTERM: median {median:.2f} s, max {max(latencies):.2f} s over {runs} runs", flush=True)
+
+    def output_throughput(self) -> None:
+        lines = 2_000_000  # 200 MB
+        code = f"import sys\nw=sys.stdout.write\nfor i in range({lines}): w('%099d\\n' % i)\n"
+        cmd = [sys.executable, "-c", code]
+        with open(os.devnull, "wb") as devnull:
+            alone = min(timed(cmd, self.env, stdout=devnull) for _ in range(3))
+            under = min(
+                timed(
+                    self.agent_cmd(f"s3://{self.bucket}/output-{i}", self.work / f"out-{i}", *cmd),
+                    self.env,
+                    stdout=devnull,
+                    stderr=subprocess.DEVNULL,
+                )
+                for i in range(3)
+            )
+        self.row("200 MB of output: under the agent / alone", under, alone, 1.1)
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    if files_a != files_b:
+        return False
+    return all((a / p).stat().st_size == (b / p).stat().st_size for p in files_a)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--aws", default=str(ROOT / ".venv-awscli" / "bin" / "aws"))
+    parser.add_argument("--only", action="append", choices=["big", "small", "notice", "output"])
+    parser.add_argument("--quick", action="store_true", help="smaller data sets, for a smoke run")
+    parser.add_argument("--notice-runs", type=int, default=10)
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args()
+    only = set(args.only or ["big", "small", "notice", "output"])
+    work = Path(tempfile.mkdtemp(prefix="grid-bench-"))
+    bench = Bench(args.aws, work, args.quick)
+    try:
+        if "small" in only:
+            n = "2,000" if args.quick else "10,000"
+            bench.transfer(f"{n} files x 20 KiB", bench.many_small_files())
+        if "big" in only:
+            bench.transfer(f"{'256 MiB' if args.quick else '1 GiB'} in one file", bench.one_big_file())
+        if "notice" in only:
+            bench.notice_latency(args.notice_runs)
+        if "output" in only:
+            bench.output_throughput()
+    finally:
+        bench.close()
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n| benchmark | agent | reference (aws CLI / alone) | ratio | target | ok |\n|---|---|---|---|---|---|")
+    for r in bench.rows:
+        ref = f"{r['reference']:.2f} s" if r["reference"] is not None else "-"
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+        target = f"<= {r['target']} s" if r["ratio"] is None else f"<= {r['target']}"
+        print(f"| {r['benchmark']} | {r['agent']:.2f} s | {ref} | {ratio} | {target} | {'yes' if r['ok'] else 'NO'} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(bench.rows, indent=2))
+    return 0 if all(r["ok"] for r in bench.rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
