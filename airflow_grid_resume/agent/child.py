@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -20,7 +19,8 @@ from airflow_grid_resume.agent.outcome import EXIT_COMMAND_NOT_EXECUTABLE, EXIT_
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
-READ_SIZE = 256 * 1024
+READ_SIZE = 1024 * 1024
+TAIL_INTERVAL = 0.05
 
 
 def become_subreaper() -> bool:
@@ -41,55 +41,80 @@ class SpawnError(Exception):
 
 
 class Child:
-    """A running command. Output goes to the agent's stdout/stderr and to the spool."""
+    """A running command. Its stdout and stderr are files, not pipes: the command writes at disk
+    (page cache) speed and can never block on the agent. A tail thread copies new bytes to the
+    agent's own stdout/stderr and to the combined spool that is shipped to the ledger."""
 
     def __init__(
-        self, argv: Sequence[str], *, cwd: str, env: dict[str, str], spool: LogSpool, passthrough: bool = True
-    ):
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: dict[str, str],
+        spool: LogSpool,
+        capture_dir: str,
+        passthrough: bool = True,
+    ) -> None:
+        self.spool = spool
+        self.passthrough = passthrough
+        self._streams: list[tuple[int, int]] = []  # (read fd, passthrough fd)
+        self._offsets: list[int] = []
+        write_fds = []
+        for name, target in (("stdout", 1), ("stderr", 2)):
+            path = os.path.join(capture_dir, f"command.{name}")
+            write_fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600))
+            self._streams.append((os.open(path, os.O_RDONLY), target))
+            self._offsets.append(0)
         try:
             self.proc = subprocess.Popen(
                 list(argv),
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stdout=write_fds[0],
+                stderr=write_fds[1],
                 start_new_session=True,
-                bufsize=0,
             )
         except FileNotFoundError as exc:
+            self._close_streams()
             raise SpawnError(EXIT_COMMAND_NOT_FOUND, f"command not found: {argv[0]!r} ({exc.strerror})") from exc
         except PermissionError as exc:
+            self._close_streams()
             raise SpawnError(
                 EXIT_COMMAND_NOT_EXECUTABLE, f"command not executable: {argv[0]!r} ({exc.strerror})"
             ) from exc
+        finally:
+            for fd in write_fds:
+                os.close(fd)
         self.pgid = self.proc.pid  # start_new_session makes the child its group's leader
-        self.spool = spool
-        self.passthrough = passthrough
-        self._pump = threading.Thread(target=self._pump_output, name="grid-pump", daemon=True)
-        self._pump.start()
+        self._stop_tail = threading.Event()
+        self._tail = threading.Thread(target=self._tail_output, name="grid-tail", daemon=True)
+        self._tail.start()
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def _pump_output(self) -> None:
-        sel = selectors.DefaultSelector()
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        sel.register(self.proc.stdout, selectors.EVENT_READ, 1)
-        sel.register(self.proc.stderr, selectors.EVENT_READ, 2)
-        open_streams = 2
-        while open_streams:
-            for key, _ in sel.select():
-                data = os.read(key.fileobj.fileno(), READ_SIZE)  # type: ignore[union-attr]
-                if not data:
-                    sel.unregister(key.fileobj)
-                    open_streams -= 1
-                    continue
+    def _copy_new_output(self) -> int:
+        copied = 0
+        for i, (fd, target) in enumerate(self._streams):
+            while data := os.pread(fd, READ_SIZE, self._offsets[i]):
+                self._offsets[i] += len(data)
+                copied += len(data)
                 self.spool.append(data)
                 if self.passthrough:
-                    _write_fd(key.data, data)
-        sel.close()
+                    _write_fd(target, data)
+        return copied
+
+    def _tail_output(self) -> None:
+        while not self._stop_tail.is_set():
+            if not self._copy_new_output():
+                self._stop_tail.wait(TAIL_INTERVAL)
+
+    def _close_streams(self) -> None:
+        for fd, _ in self._streams:
+            os.close(fd)
+        self._streams = []
 
     def wait(self, timeout: float | None = None) -> int | None:
         try:
@@ -128,10 +153,10 @@ class Child:
         while self.group_alive() and time.monotonic() < deadline:
             reap_orphans()
             time.sleep(0.02)
-        self._pump.join(timeout=5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
+        self._stop_tail.set()
+        self._tail.join(timeout=30)
+        self._copy_new_output()  # whatever was written after the tail's last pass
+        self._close_streams()
         return killed
 
 

@@ -202,7 +202,14 @@ class Supervisor:
         )
         become_subreaper()
         try:
-            child = Child(self.o.command, cwd=workdir, env=env, spool=spool, passthrough=self.o.passthrough)
+            child = Child(
+                self.o.command,
+                cwd=workdir,
+                env=env,
+                spool=spool,
+                capture_dir=os.path.dirname(spool.path),
+                passthrough=self.o.passthrough,
+            )
         except SpawnError as exc:
             log.error("%s", exc)
             result = classify(exc.exit_code, signalled=False)
