@@ -177,10 +177,22 @@ class Syncer:
             for rel, st in to_hash:
                 hashed_at = now_ns()
                 if st.st_size <= self.chunk_size:
-                    jobs.append((rel, st, hashed_at, pool.submit(self._small, rel, st, counters, cancel), []))
+                    small = pool.submit(self._piece, rel, st, 0, st.st_size, counters, cancel)
+                    jobs.append((rel, st, hashed_at, small, []))
                 else:
                     n = -(-st.st_size // self.chunk_size)
-                    chunks = [pool.submit(self._chunk, rel, st, i, counters, cancel) for i in range(n)]
+                    chunks = [
+                        pool.submit(
+                            self._piece,
+                            rel,
+                            st,
+                            i * self.chunk_size,
+                            chunk_length(st.st_size, self.chunk_size, i),
+                            counters,
+                            cancel,
+                        )
+                        for i in range(n)
+                    ]
                     jobs.append((rel, st, hashed_at, pool.submit(self._whole_sha256, rel, st, cancel), chunks))
             all_futures = [f for job in jobs for f in (job[3], *job[4])]
             done, _ = wait(all_futures, return_when=FIRST_EXCEPTION)
@@ -223,10 +235,15 @@ class Syncer:
             raise
         return fd
 
-    def _small(self, rel: str, st: os.stat_result, counters: _Counters, cancel: threading.Event) -> str:
+    def _piece(
+        self, rel: str, st: os.stat_result, offset: int, length: int, counters: _Counters, cancel: threading.Event
+    ) -> str:
+        """Read, hash and upload one object: a whole small file, or one chunk of a large one."""
         fd = self._open(rel, st, cancel)
         try:
-            data = _read_all(fd, st.st_size)
+            data = os.pread(fd, length, offset)
+            if len(data) != length:
+                raise FileChanged(rel)
             _check_same(rel, st, os.fstat(fd))
         finally:
             os.close(fd)
@@ -244,20 +261,6 @@ class Syncer:
         finally:
             os.close(fd)
         return whole.hexdigest()
-
-    def _chunk(self, rel: str, st: os.stat_result, index: int, counters: _Counters, cancel: threading.Event) -> str:
-        fd = self._open(rel, st, cancel)
-        try:
-            length = chunk_length(st.st_size, self.chunk_size, index)
-            data = os.pread(fd, length, index * self.chunk_size)
-            if len(data) != length:
-                raise FileChanged(rel)
-            _check_same(rel, st, os.fstat(fd))
-        finally:
-            os.close(fd)
-        sha = hashlib.sha256(data).hexdigest()
-        self._upload_if_new(sha, data, counters)
-        return sha
 
     def _upload_if_new(self, sha: str, data: bytes, counters: _Counters) -> None:
         with self._known_lock:
@@ -296,18 +299,3 @@ def _check_same(rel: str, before: os.stat_result, after: os.stat_result) -> None
     a, b = StatKey.of(before), StatKey.of(after)
     if (a.size, a.mtime_ns, a.ctime_ns, a.ino) != (b.size, b.mtime_ns, b.ctime_ns, b.ino):
         raise FileChanged(rel)
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    chunks = []
-    remaining = size + 1  # read one byte past the expected end to notice growth
-    while remaining > 0:
-        block = os.read(fd, min(remaining, READ_BLOCK * 8))
-        if not block:
-            break
-        chunks.append(block)
-        remaining -= len(block)
-    data = b"".join(chunks)
-    if len(data) != size:
-        raise FileChanged("size changed while reading")
-    return data
