@@ -1,0 +1,140 @@
+"""``LocalSpotCloud``: the emulator as a child process, with its control routes as methods."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class LocalSpotCloud:
+    """``with LocalSpotCloud(notice_seconds=5) as cloud: cloud.endpoint_url ...``"""
+
+    def __init__(
+        self,
+        *,
+        notice_seconds: float = 120.0,
+        port: int = 0,
+        state_dir: str | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        self.notice_seconds = notice_seconds
+        self.port = port
+        self.state_dir = state_dir
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen | None = None
+        self.info: dict[str, Any] = {}
+
+    @property
+    def endpoint_url(self) -> str:
+        return str(self.info["endpoint_url"])
+
+    def start(self) -> LocalSpotCloud:
+        cmd = [
+            sys.executable,
+            "-m",
+            "airflow_grid_resume.cli",
+            "emulator",
+            "--port",
+            str(self.port),
+            "--notice-seconds",
+            str(self.notice_seconds),
+        ]
+        if self.state_dir:
+            cmd += ["--state-dir", self.state_dir]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.stop()
+            raise RuntimeError("the local spot cloud exited before printing its endpoints")
+        self.info = json.loads(line)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> LocalSpotCloud:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def aws_env(self) -> dict[str, str]:
+        """Environment for boto3, aiobotocore and the agent to use this cloud."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "emulated",
+            "AWS_SECRET_ACCESS_KEY": "emulated",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    # -- control routes ------------------------------------------------------------------------
+    def _call(self, method: str, name: str, body: dict | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            f"{self.endpoint_url}/_emulator/{name}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"{method} /_emulator/{name}: HTTP {exc.code}: {exc.read().decode()}") from exc
+
+    def instances(self) -> list[dict]:
+        return list(self._call("GET", "instances")["instances"])
+
+    def instance(self, instance_id: str) -> dict:
+        return next(i for i in self.instances() if i["instance_id"] == instance_id)
+
+    def state(self) -> dict:
+        return dict(self._call("GET", "state"))
+
+    def interrupt(self, instance_id: str, *, in_seconds: float = 0.0, notice: bool = True) -> dict:
+        return dict(
+            self._call("POST", "interrupt", {"instance_id": instance_id, "in_seconds": in_seconds, "notice": notice})
+        )
+
+    def set_capacity(
+        self,
+        instance_type: str = "*",
+        zone: str = "*",
+        *,
+        available: bool,
+        for_seconds: float | None = None,
+        market: str = "spot",
+    ) -> dict:
+        return dict(
+            self._call(
+                "POST",
+                "capacity",
+                {
+                    "instance_type": instance_type,
+                    "zone": zone,
+                    "available": available,
+                    "for_seconds": for_seconds,
+                    "market": market,
+                },
+            )
+        )
+
+    def set_throttle(self, *, enabled: bool = True, burst: float = 5, rate: float = 2) -> dict:
+        return dict(self._call("POST", "throttle", {"enabled": enabled, "burst": burst, "rate": rate}))

@@ -1,0 +1,516 @@
+"""The local spot cloud: moto's EC2 and S3 over HTTP, plus what moto lacks.
+
+- A fault layer in front of moto: spot capacity withheld per (instance type, zone) for a while
+  (RunInstances answers HTTP 500 InsufficientInstanceCapacity, as EC2 does), RunInstances
+  throttling with EC2's token bucket (503 RequestLimitExceeded), and ClientToken idempotency
+  (same token, same parameters: the same instance; other parameters: IdempotentParameterMismatch).
+- A fabric: an instance launched with the project's bootstrap user data runs that very script as
+  a local process, in a fresh directory, with its own metadata service (``MetadataService``).
+- Interruptions: a notice through the instance's metadata service, then, after the notice
+  window, the process group killed and the instance terminated with Server.SpotInstanceTermination;
+  or a hard loss with no notice.
+
+Control routes live on the same port under ``/_emulator/`` (docs/emulator.md). Run it with
+``grid-resume emulator``; from Python, use :class:`airflow_grid_resume.emulator.client.LocalSpotCloud`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from airflow_grid_resume.emulator.imds import MetadataService
+from airflow_grid_resume.spot.bootstrap import parse_marker
+
+DEFAULT_NOTICE_SECONDS = 120.0
+SPOT_TERMINATION = "Server.SpotInstanceTermination"
+_EC2_ERROR = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
+    "<Message>{message}</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>"
+)
+_INSTANCE_ID = re.compile(rb"<instanceId>(i-[0-9a-f]+)</instanceId>")
+_REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/ec2/")
+
+
+class TokenBucket:
+    """EC2's API rate limit: ``burst`` tokens, refilled at ``rate`` per second."""
+
+    def __init__(self, burst: float, rate: float) -> None:
+        self.burst, self.rate = burst, rate
+        self.tokens = burst
+        self.updated = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return True
+            return False
+
+
+@dataclass
+class FabricInstance:
+    instance_id: str
+    instance_type: str
+    zone: str
+    lifecycle: str
+    region: str
+    directory: str
+    imds: MetadataService
+    launched_at: float = field(default_factory=time.time)
+    proc: subprocess.Popen | None = None
+    state: str = "running"
+    reason: str = ""
+    interruption_pending: bool = False
+    ended_at: float | None = None
+
+    def describe(self) -> dict:
+        return {
+            "instance_id": self.instance_id,
+            "instance_type": self.instance_type,
+            "zone": self.zone,
+            "lifecycle": self.lifecycle,
+            "state": self.state,
+            "reason": self.reason,
+            "pid": self.proc.pid if self.proc else None,
+            "exit_code": self.proc.returncode if self.proc else None,
+            "imds_endpoint": self.imds.url,
+            "directory": self.directory,
+            "launched_at": self.launched_at,
+            "ended_at": self.ended_at,
+        }
+
+
+class SpotCloud:
+    """The state and behaviour behind the WSGI app: capacity, tokens, instances, timers."""
+
+    def __init__(self, *, state_dir: str, endpoint_url: str, notice_seconds: float = DEFAULT_NOTICE_SECONDS) -> None:
+        self.state_dir = state_dir
+        self.endpoint_url = endpoint_url
+        self.notice_seconds = notice_seconds
+        self.lock = threading.RLock()
+        self.unavailable: dict[tuple[str, str, str], float] = {}  # (type, zone, market) -> until
+        self.run_instances_bucket: TokenBucket | None = TokenBucket(5, 2)
+        self.tokens: dict[str, tuple[str, bytes]] = {}
+        self.instances: dict[str, FabricInstance] = {}
+        self.timers: list[threading.Timer] = []
+        self.counters = {"run_instances": 0, "capacity_errors": 0, "throttled": 0, "idempotent_replays": 0}
+
+    # -- moto's backend (in this process) ------------------------------------------------------
+    @staticmethod
+    def backend(region: str) -> Any:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models import ec2_backends
+
+        return ec2_backends[DEFAULT_ACCOUNT_ID][region]
+
+    def zone_of(self, region: str, params: dict[str, str]) -> str:
+        if params.get("Placement.AvailabilityZone"):
+            return params["Placement.AvailabilityZone"]
+        if params.get("SubnetId"):
+            with contextlib.suppress(Exception):
+                return str(self.backend(region).get_subnet(params["SubnetId"]).availability_zone)
+        return f"{region}a"
+
+    # -- capacity ------------------------------------------------------------------------------
+    def set_capacity(
+        self, instance_type: str, zone: str, available: bool, for_seconds: float | None, market: str
+    ) -> dict:
+        markets = ("spot", "on-demand") if market == "all" else (market,)
+        with self.lock:
+            for m in markets:
+                key = (instance_type, zone, m)
+                if available:
+                    self.unavailable.pop(key, None)
+                else:
+                    self.unavailable[key] = time.time() + for_seconds if for_seconds else float("inf")
+        return self.capacity_state()
+
+    def has_capacity(self, instance_type: str, zone: str, market: str) -> bool:
+        with self.lock:
+            for key in ((instance_type, zone, market), ("*", zone, market), (instance_type, "*", market)):
+                until = self.unavailable.get(key)
+                if until is not None and until > time.time():
+                    return False
+        return True
+
+    def capacity_state(self) -> list[dict]:
+        now = time.time()
+        with self.lock:
+            return [
+                {
+                    "instance_type": t,
+                    "zone": z,
+                    "market": m,
+                    "available": False,
+                    "for_seconds": None if until == float("inf") else round(until - now, 3),
+                }
+                for (t, z, m), until in self.unavailable.items()
+                if until > now
+            ]
+
+    # -- the fabric ----------------------------------------------------------------------------
+    def start_instance(self, instance_id: str, region: str, params: dict[str, str], lifecycle: str) -> None:
+        user_data = params.get("UserData", "")
+        try:
+            script = base64.b64decode(user_data).decode() if user_data else ""
+        except (ValueError, UnicodeDecodeError):
+            script = ""
+        zone = self.zone_of(region, params)
+        directory = tempfile.mkdtemp(prefix=f"{instance_id}-", dir=os.path.join(self.state_dir, "instances"))
+        imds = MetadataService(
+            instance_id=instance_id, instance_type=params.get("InstanceType", "?"), zone=zone, lifecycle=lifecycle
+        ).start()
+        instance = FabricInstance(
+            instance_id, params.get("InstanceType", "?"), zone, lifecycle, region, directory, imds
+        )
+        with self.lock:
+            self.instances[instance_id] = instance
+        if parse_marker(script) is None:
+            return  # not ours: an instance without a process, as moto has it
+        with open(os.path.join(directory, "user-data.sh"), "w") as fh:
+            fh.write(script)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": directory,
+            "GRID_RESUME_HOME": os.path.join(directory, "home"),
+            "GRID_RESUME_NO_SHUTDOWN": "1",
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "emulated-instance-role",
+            "AWS_SECRET_ACCESS_KEY": "emulated-instance-role",
+            "AWS_DEFAULT_REGION": region,
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url,
+            "PYTHONUNBUFFERED": "1",
+        }
+        # python3 on the instance: this interpreter's directory comes first, as an AMI's python3 would.
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+        console = open(os.path.join(directory, "console.log"), "wb")  # noqa: SIM115 (closed by the waiter)
+        instance.proc = subprocess.Popen(
+            ["bash", os.path.join(directory, "user-data.sh")],
+            cwd=directory,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._wait_for, args=(instance, console), daemon=True).start()
+
+    def _wait_for(self, instance: FabricInstance, console: Any) -> None:
+        assert instance.proc is not None
+        instance.proc.wait()
+        console.close()
+        with self.lock:
+            if instance.state == "running":
+                # The bootstrap powers off when the agent ends: terminate, as shutdown behaviour says.
+                # During an interruption EC2 records the reclaim, whoever powered off first.
+                reason = SPOT_TERMINATION if instance.interruption_pending else "Client.InstanceInitiatedShutdown"
+                self._terminate(instance, reason, kill=False)
+
+    def _terminate(self, instance: FabricInstance, reason: str, *, kill: bool) -> None:
+        with self.lock:
+            if instance.state == "terminated":
+                return
+            instance.state = "terminated"
+            instance.reason = reason
+            instance.ended_at = time.time()
+        if kill and instance.proc and instance.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(instance.proc.pid, signal.SIGKILL)
+        instance.imds.stop()
+        with contextlib.suppress(Exception):
+            ec2 = self.backend(instance.region).get_instance(instance.instance_id)
+            if ec2.state != "terminated":
+                ec2.terminate()
+            if reason != "Client.UserInitiatedShutdown":
+                from moto.ec2.models.instances import StateReason
+
+                ec2.state_reason = StateReason(f"{reason}: {reason}", reason)
+                ec2._reason = reason
+
+    def on_terminate_api(self, instance_ids: Iterable[str]) -> None:
+        """TerminateInstances from a client: the OS shuts down (SIGTERM), then power is cut."""
+        for instance_id in instance_ids:
+            instance = self.instances.get(instance_id)
+            if instance is None or instance.state == "terminated":
+                continue
+            if instance.proc and instance.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(instance.proc.pid, signal.SIGTERM)
+            self._later(2.0, lambda i=instance: self._terminate(i, "Client.UserInitiatedShutdown", kill=True))
+
+    def interrupt(self, instance_id: str, in_seconds: float, notice: bool) -> dict:
+        instance = self.instances.get(instance_id)
+        if instance is None:
+            raise KeyError(f"no instance {instance_id} in the local spot cloud")
+        if instance.state == "terminated":
+            raise ValueError(f"instance {instance_id} is already terminated")
+        instance.interruption_pending = True
+        if notice:
+            instance.imds.schedule_notice(in_seconds=self.notice_seconds, after=in_seconds)
+            delay = in_seconds + self.notice_seconds
+        else:
+            delay = in_seconds
+        self._later(delay, lambda: self._terminate(instance, SPOT_TERMINATION, kill=True))
+        return {"instance_id": instance_id, "notice": notice, "terminate_in_seconds": delay}
+
+    def _later(self, delay: float, fn: Callable[[], None]) -> None:
+        timer = threading.Timer(max(0.0, delay), fn)
+        timer.daemon = True
+        with self.lock:
+            self.timers.append(timer)
+        timer.start()
+
+    def shutdown(self) -> None:
+        with self.lock:
+            timers, instances = list(self.timers), list(self.instances.values())
+        for timer in timers:
+            timer.cancel()
+        for instance in instances:
+            if instance.proc and instance.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(instance.proc.pid, signal.SIGKILL)
+                instance.proc.wait()
+            if instance.state != "terminated":
+                instance.state = "terminated"
+                instance.imds.stop()
+
+
+class SpotCloudApp:
+    """WSGI middleware in front of moto's dispatcher."""
+
+    def __init__(self, inner: Callable, cloud: SpotCloud) -> None:
+        self.inner = inner
+        self.cloud = cloud
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        if path.startswith("/_emulator/"):
+            return self._control(environ, body, start_response)
+        if environ.get("REQUEST_METHOD") == "POST" and b"Action=" in body[:4096]:
+            params = dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
+            match = _REGION.search(environ.get("HTTP_AUTHORIZATION", ""))
+            region = match.group(1) if match else "us-east-1"
+            if params.get("Action") == "RunInstances":
+                return self._run_instances(environ, params, region, start_response)
+            if params.get("Action") == "TerminateInstances":
+                ids = [v for k, v in params.items() if k.startswith("InstanceId.")]
+                result = self._forward(environ, start_response)
+                self.cloud.on_terminate_api(ids)
+                return result
+        return self.inner(environ, start_response)
+
+    def _forward(self, environ: dict, start_response: Callable) -> list[bytes]:
+        captured: dict = {}
+
+        def capture(status: str, headers: list, exc_info: Any = None) -> Callable:
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None
+
+        data = b"".join(self.inner(environ, capture))
+        start_response(captured["status"], captured["headers"])
+        captured["body"] = data
+        self._last = captured
+        return [data]
+
+    @staticmethod
+    def _error(start_response: Callable, status: str, code: str, message: str) -> list[bytes]:
+        data = _EC2_ERROR.format(code=code, message=message, request_id=os.urandom(8).hex()).encode()
+        start_response(status, [("Content-Type", "text/xml"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def _run_instances(
+        self, environ: dict, params: dict[str, str], region: str, start_response: Callable
+    ) -> list[bytes]:
+        cloud = self.cloud
+        token = params.get("ClientToken")
+        fingerprint = json.dumps(sorted((k, v) for k, v in params.items() if k != "ClientToken"))
+        with cloud.lock:
+            cloud.counters["run_instances"] += 1
+            if token and token in cloud.tokens:
+                known_fingerprint, response = cloud.tokens[token]
+                if known_fingerprint != fingerprint:
+                    return self._error(
+                        start_response,
+                        "400 Bad Request",
+                        "IdempotentParameterMismatch",
+                        "The client token you have provided is associated with a resource that is already deleted "
+                        "or that has different parameters.",
+                    )
+                cloud.counters["idempotent_replays"] += 1
+                start_response("200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(response)))])
+                return [response]
+        if cloud.run_instances_bucket is not None and not cloud.run_instances_bucket.take():
+            cloud.counters["throttled"] += 1
+            return self._error(
+                start_response, "503 Service Unavailable", "RequestLimitExceeded", "Request limit exceeded."
+            )
+        market = "spot" if params.get("InstanceMarketOptions.MarketType") == "spot" else "on-demand"
+        instance_type = params.get("InstanceType", "m1.small")
+        zone = cloud.zone_of(region, params)
+        if not cloud.has_capacity(instance_type, zone, market):
+            cloud.counters["capacity_errors"] += 1
+            return self._error(
+                start_response,
+                "500 Internal Server Error",
+                "InsufficientInstanceCapacity",
+                f"We currently do not have sufficient {instance_type} capacity in the Availability Zone you "
+                f"requested ({zone}). Our system will be working on provisioning additional capacity.",
+            )
+        result = self._forward(environ, start_response)
+        captured = self._last
+        if captured["status"].startswith("200"):
+            ids = [m.decode() for m in _INSTANCE_ID.findall(captured["body"])]
+            with cloud.lock:
+                if token:
+                    cloud.tokens[token] = (fingerprint, captured["body"])
+            for instance_id in ids[:1]:
+                cloud.start_instance(instance_id, region, params, "spot" if market == "spot" else "on-demand")
+        return result
+
+    def _control(self, environ: dict, body: bytes, start_response: Callable) -> list[bytes]:
+        name = environ["PATH_INFO"][len("/_emulator/") :]
+        method = environ.get("REQUEST_METHOD")
+        cloud = self.cloud
+        try:
+            doc = json.loads(body) if body else {}
+            if method == "GET" and name == "instances":
+                with cloud.lock:
+                    result: Any = {"instances": [i.describe() for i in cloud.instances.values()]}
+            elif method == "GET" and name == "state":
+                result = {
+                    "endpoint_url": cloud.endpoint_url,
+                    "capacity": cloud.capacity_state(),
+                    "counters": dict(cloud.counters),
+                    "notice_seconds": cloud.notice_seconds,
+                }
+            elif method == "POST" and name == "interrupt":
+                result = cloud.interrupt(
+                    str(doc["instance_id"]), float(doc.get("in_seconds", 0)), bool(doc.get("notice", True))
+                )
+            elif method == "POST" and name == "capacity":
+                result = {
+                    "capacity": cloud.set_capacity(
+                        str(doc.get("instance_type", "*")),
+                        str(doc.get("zone", "*")),
+                        bool(doc.get("available", False)),
+                        float(doc["for_seconds"]) if doc.get("for_seconds") else None,
+                        str(doc.get("market", "spot")),
+                    )
+                }
+            elif method == "POST" and name == "throttle":
+                cloud.run_instances_bucket = (
+                    TokenBucket(float(doc.get("burst", 5)), float(doc.get("rate", 2)))
+                    if doc.get("enabled", True)
+                    else None
+                )
+                result = {"throttle": doc}
+            else:
+                status, result = "404 Not Found", {"error": f"no control route {method} {environ['PATH_INFO']}"}
+                return _json(start_response, status, result)
+        except KeyError as exc:
+            return _json(start_response, "404 Not Found", {"error": str(exc).strip("'\"")})
+        except (TypeError, ValueError) as exc:
+            return _json(start_response, "400 Bad Request", {"error": str(exc)})
+        return _json(start_response, "200 OK", result)
+
+
+def _json(start_response: Callable, status: str, doc: Any) -> list[bytes]:
+    data = json.dumps(doc).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def serve(
+    host: str,
+    port: int,
+    state_dir: str | None,
+    notice_seconds: float,
+    ready: Callable[[dict], None],
+    stop: threading.Event,
+) -> None:
+    """Run the local spot cloud until ``stop`` is set; clean up everything it started."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no request log on stdout/stderr
+    own_dir = state_dir is None
+    state_dir = state_dir or tempfile.mkdtemp(prefix="grid-resume-cloud-")
+    os.makedirs(os.path.join(state_dir, "instances"), exist_ok=True)
+    cloud = SpotCloud(state_dir=state_dir, endpoint_url="", notice_seconds=notice_seconds)
+    app = SpotCloudApp(DomainDispatcherApplication(create_backend_app), cloud)
+    server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+    cloud.endpoint_url = f"http://{host}:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        ready(
+            {
+                "endpoint_url": cloud.endpoint_url,
+                "ec2_endpoint_url": cloud.endpoint_url,
+                "s3_endpoint_url": cloud.endpoint_url,
+                "control_url": cloud.endpoint_url + "/_emulator/",
+                "state_dir": state_dir,
+                "pid": os.getpid(),
+                "notice_seconds": notice_seconds,
+            }
+        )
+        stop.wait()
+    finally:
+        cloud.shutdown()
+        server.shutdown()
+        server.server_close()
+        if own_dir:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="grid-resume emulator", description="Run the local spot cloud.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--state-dir", help="where instances' directories live (default: a temp dir, removed on exit)")
+    parser.add_argument(
+        "--notice-seconds",
+        type=float,
+        default=DEFAULT_NOTICE_SECONDS,
+        help="seconds between a spot notice and the reclaim (EC2: 120)",
+    )
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def ready(info: dict) -> None:
+        print(json.dumps(info), flush=True)
+
+    serve(args.host, args.port, args.state_dir, args.notice_seconds, ready, stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

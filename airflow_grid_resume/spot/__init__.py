@@ -1,0 +1,1 @@
+"""Launching spot capacity: pure decisions (errors, backoff, pairs, idempotency) and the bootstrap."""

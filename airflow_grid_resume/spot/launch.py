@@ -1,0 +1,251 @@
+"""Pure launch logic: the launch spec, (type, zone) pairs, idempotency tokens, error classes, backoff.
+
+Nothing here talks to AWS; the hook and the trigger build on it, and it is tested without a server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+SPOT = "spot"
+ON_DEMAND = "on-demand"
+
+CAPACITY = "capacity"
+THROTTLE = "throttle"
+FATAL = "fatal"
+
+CAPACITY_CODES = frozenset(
+    {
+        "InsufficientInstanceCapacity",
+        "InsufficientCapacity",
+        "MaxSpotInstanceCountExceeded",
+        "SpotMaxPriceTooLow",
+        "UnfulfillableCapacity",
+        "VcpuLimitExceeded",
+        "InsufficientFreeAddressesInSubnet",
+    }
+)
+THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled"})
+
+# What to fix for the errors waiting cannot fix: (code prefix, parameter, advice).
+_FATAL_HINTS: tuple[tuple[str, str, str], ...] = (
+    ("InvalidAMIID", "image_id", "the AMI does not exist in this region or is not shared with the account"),
+    ("InvalidSubnetID", "subnet_ids", "the subnet does not exist in this region"),
+    ("InvalidSubnet", "subnet_ids", "the subnet does not exist in this region"),
+    ("InvalidGroup", "security_group_ids", "a security group does not exist or is in another VPC"),
+    ("InvalidKeyPair", "key_name", "the key pair does not exist in this region"),
+    ("InvalidParameterValue", "instance_types", "a launch parameter has an invalid value (often the instance type)"),
+    ("InvalidInstanceType", "instance_types", "the instance type does not exist or is not offered here"),
+    ("Unsupported", "instance_types", "the instance type is not supported in that zone or with that AMI"),
+    ("InvalidParameterCombination", "instance_types", "the AMI's architecture or virtualization does not fit the type"),
+    ("UnauthorizedOperation", "aws_conn_id", "the credentials may not launch instances (ec2:RunInstances)"),
+    ("AuthFailure", "aws_conn_id", "the credentials were rejected"),
+    ("InvalidClientTokenId", "aws_conn_id", "the access key does not exist"),
+    ("AccessDenied", "iam_instance_profile", "iam:PassRole on the instance profile's role is not allowed"),
+    ("InvalidIamInstanceProfile", "iam_instance_profile", "the instance profile does not exist"),
+    ("InvalidParameter", "launch spec", "a launch parameter is invalid"),
+    ("IdempotentParameterMismatch", "launch spec", "a retried launch changed its parameters; the session is stuck"),
+    ("InvalidUserData", "launch spec", "the rendered user data is invalid or too large"),
+)
+
+
+def classify_error(code: str) -> str:
+    """capacity (try the next pair, then wait), throttle (back off), or fatal (fail now)."""
+    if code in CAPACITY_CODES:
+        return CAPACITY
+    if code in THROTTLE_CODES:
+        return THROTTLE
+    return FATAL
+
+
+def explain_fatal(code: str, message: str) -> str:
+    """A message for an error waiting cannot fix, naming the parameter to change."""
+    for prefix, parameter, advice in _FATAL_HINTS:
+        if code.startswith(prefix):
+            return f"launch failed with {code}: {advice}. Fix the operator's {parameter!r}. AWS said: {message}"
+    return f"launch failed with {code}, which waiting cannot fix. AWS said: {message}"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One place to try: an instance type in one zone (through that zone's subnet)."""
+
+    instance_type: str
+    subnet_id: str
+    zone: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.instance_type}|{self.subnet_id}"
+
+
+@dataclass(frozen=True)
+class FallbackPolicy:
+    """When to give up on spot for a session and launch on-demand; all off by default."""
+
+    after_capacity_failures: int | None = None
+    after_interruptions: int | None = None
+    after_wait_seconds: float | None = None
+
+    def lifecycle(self, *, capacity_failures_in_a_row: int, interruptions: int, waited_seconds: float) -> str:
+        if self.after_capacity_failures is not None and capacity_failures_in_a_row >= self.after_capacity_failures:
+            return ON_DEMAND
+        if self.after_interruptions is not None and interruptions >= self.after_interruptions:
+            return ON_DEMAND
+        if self.after_wait_seconds is not None and waited_seconds >= self.after_wait_seconds:
+            return ON_DEMAND
+        return SPOT
+
+    def reason(self, *, capacity_failures_in_a_row: int, interruptions: int, waited_seconds: float) -> str:
+        if self.after_capacity_failures is not None and capacity_failures_in_a_row >= self.after_capacity_failures:
+            return f"{capacity_failures_in_a_row} spot capacity failures in a row"
+        if self.after_interruptions is not None and interruptions >= self.after_interruptions:
+            return f"{interruptions} interruptions"
+        return f"{waited_seconds:.0f} s waiting for spot capacity"
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything needed to launch one session's instance. Plain JSON via ``as_dict``/``from_dict``."""
+
+    image_id: str
+    instance_types: tuple[str, ...]
+    subnet_ids: tuple[str, ...]
+    security_group_ids: tuple[str, ...] = ()
+    iam_instance_profile: str | None = None
+    root_volume_gb: int | None = None
+    key_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    max_spot_price: str | None = None
+    expiry_hours: float = 72.0
+
+    def __post_init__(self) -> None:
+        problems = validate_spec(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def as_dict(self) -> dict:
+        doc = asdict(self)
+        doc["instance_types"] = list(self.instance_types)
+        doc["subnet_ids"] = list(self.subnet_ids)
+        doc["security_group_ids"] = list(self.security_group_ids)
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> LaunchSpec:
+        doc = dict(doc)
+        for key in ("instance_types", "subnet_ids", "security_group_ids"):
+            doc[key] = tuple(doc.get(key) or ())
+        return cls(**doc)
+
+
+def validate_spec(spec: LaunchSpec) -> list[str]:
+    problems = []
+    if not spec.image_id or not spec.image_id.startswith("ami-"):
+        problems.append(f"image_id must be an AMI id like 'ami-0123...', got {spec.image_id!r}")
+    if not spec.instance_types:
+        problems.append("instance_types must name at least one instance type")
+    if not spec.subnet_ids:
+        problems.append("subnet_ids must name at least one subnet (one per zone to try)")
+    if spec.root_volume_gb is not None and spec.root_volume_gb < 1:
+        problems.append(f"root_volume_gb must be positive, got {spec.root_volume_gb}")
+    for key in spec.tags:
+        if key.startswith("aws:") or key.startswith("grid-resume:"):
+            problems.append(f"tag {key!r} uses a reserved prefix (aws: or grid-resume:)")
+    return problems
+
+
+def make_pairs(instance_types: Sequence[str], subnet_zones: dict[str, str]) -> list[Pair]:
+    """Every (type, subnet) pair, in the user's order of types, then of subnets."""
+    return [Pair(t, s, z) for t in instance_types for s, z in subnet_zones.items()]
+
+
+def order_pairs(pairs: Iterable[Pair], failed_at: dict[str, float], now: float, cool_down: float) -> list[Pair]:
+    """Pairs that have not failed within ``cool_down`` seconds first, in the user's order; then
+    the recently failed ones, the longest-ago failure first."""
+    pairs = list(pairs)
+    fresh = [p for p in pairs if now - failed_at.get(p.key, -1e18) >= cool_down]
+    recent = sorted((p for p in pairs if p not in fresh), key=lambda p: failed_at[p.key])
+    return fresh + recent
+
+
+def client_token(run_id: str, session: int, pair: Pair, lifecycle: str) -> str:
+    """An idempotency token (<= 64 ASCII chars) for one launch attempt of one session on one pair.
+
+    The same attempt retried (lost response, restart) reuses it and EC2 returns the same instance;
+    each pair has its own token because EC2 rejects a reused token with other parameters.
+    """
+    digest = hashlib.sha256(f"{run_id}\n{session}\n{pair.key}\n{lifecycle}".encode()).hexdigest()
+    return f"gr-{digest[:48]}"
+
+
+def backoff_delay(attempt: int, *, base: float = 15.0, cap: float = 300.0, rng: random.Random | None = None) -> float:
+    """Delay before wait number ``attempt`` (1-based): exponential, capped, with "equal jitter"
+    (half fixed, half random) so waits never collapse to zero yet many waiters spread out."""
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+
+
+_TAG_SAFE = re.compile(r"[^A-Za-z0-9_.:/=+\-@ ]")
+
+
+def run_tags(run_id: str, session: int, expires_at: str, extra: dict[str, str]) -> dict[str, str]:
+    """Tags on every instance: run identity, session and expiry, so nothing is unaccounted for."""
+    return {
+        **extra,
+        "grid-resume:run-id": _TAG_SAFE.sub("_", run_id)[:256],
+        "grid-resume:session": str(session),
+        "grid-resume:expires-at": expires_at,
+        "Name": f"grid-resume {_TAG_SAFE.sub('_', run_id)[:200]} #{session}",
+    }
+
+
+def run_instances_params(
+    spec: LaunchSpec,
+    pair: Pair,
+    *,
+    lifecycle: str,
+    token: str,
+    tags: dict[str, str],
+    user_data: str,
+) -> dict:
+    """The RunInstances request for one pair: IMDSv2 required, shutdown terminates, tagged."""
+    params: dict = {
+        "ImageId": spec.image_id,
+        "InstanceType": pair.instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "SubnetId": pair.subnet_id,
+        "ClientToken": token,
+        "UserData": user_data,
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
+        "TagSpecifications": [
+            {"ResourceType": kind, "Tags": [{"Key": k, "Value": v} for k, v in sorted(tags.items())]}
+            for kind in ("instance", "volume")
+        ],
+    }
+    if spec.security_group_ids:
+        params["SecurityGroupIds"] = list(spec.security_group_ids)
+    if spec.iam_instance_profile:
+        key = "Arn" if spec.iam_instance_profile.startswith("arn:") else "Name"
+        params["IamInstanceProfile"] = {key: spec.iam_instance_profile}
+    if spec.key_name:
+        params["KeyName"] = spec.key_name
+    if spec.root_volume_gb:
+        params["BlockDeviceMappings"] = [
+            {
+                "DeviceName": "/dev/xvda",
+                "Ebs": {"VolumeSize": spec.root_volume_gb, "VolumeType": "gp3", "DeleteOnTermination": True},
+            }
+        ]
+    if lifecycle == SPOT:
+        options: dict = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+        if spec.max_spot_price:
+            options["MaxPrice"] = spec.max_spot_price
+        params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": options}
+    return params
