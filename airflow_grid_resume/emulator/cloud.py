@@ -453,10 +453,10 @@ def serve(
     stop: threading.Event,
 ) -> None:
     """Run the local spot cloud until ``stop`` is set; clean up everything it started."""
+    import logging
+
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
-
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no request log on stdout/stderr
     own_dir = state_dir is None

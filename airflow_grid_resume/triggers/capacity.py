@@ -1,0 +1,258 @@
+"""Waiting for spot capacity without holding a worker slot: try every allowed (type, zone) pair,
+back off with jitter while there is none, and hand back the one instance of the session."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+from botocore.exceptions import ClientError
+
+from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook
+from airflow_grid_resume.spot.bootstrap import render_user_data
+from airflow_grid_resume.spot.launch import (
+    CAPACITY,
+    FATAL,
+    SPOT,
+    FallbackPolicy,
+    LaunchSpec,
+    Pair,
+    backoff_delay,
+    explain_fatal,
+    make_pairs,
+    order_pairs,
+)
+from airflow_grid_resume.triggers.ratelimit import launch_bucket
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+class SpotCapacityTrigger(BaseTrigger):
+    """Launch the instance of session ``session`` of run ``run_id``, waiting for capacity.
+
+    Yields one event: ``launched`` (instance id, type, zone, subnet, lifecycle, spot price),
+    ``timeout`` (no capacity within ``max_wait`` seconds of ``started_at``), or ``error`` (a
+    launch error waiting cannot fix, with the parameter to change). A restart re-runs from these
+    kwargs: the tag lookup and per-pair ClientTokens make sure no second instance is launched.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        run_uri: str,
+        session: int,
+        spec: dict,
+        started_at: float,
+        max_wait: float,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        backoff_base: float = 15.0,
+        backoff_max: float = 300.0,
+        cool_down: float = 300.0,
+        fallback: dict | None = None,
+        interruptions: int = 0,
+    ) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.run_uri = run_uri
+        self.session = session
+        self.spec = spec
+        self.started_at = started_at
+        self.max_wait = max_wait
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.cool_down = cool_down
+        self.fallback = fallback
+        self.interruptions = interruptions
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "run_id": self.run_id,
+                "run_uri": self.run_uri,
+                "session": self.session,
+                "spec": self.spec,
+                "started_at": self.started_at,
+                "max_wait": self.max_wait,
+                "aws_conn_id": self.aws_conn_id,
+                "region_name": self.region_name,
+                "backoff_base": self.backoff_base,
+                "backoff_max": self.backoff_max,
+                "cool_down": self.cool_down,
+                "fallback": self.fallback,
+                "interruptions": self.interruptions,
+            },
+        )
+
+    def hook(self) -> SpotLaunchHook:
+        return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        spec = LaunchSpec.from_dict(self.spec)
+        policy = FallbackPolicy(**(self.fallback or {}))
+        hook = self.hook()
+        bucket = launch_bucket(self.aws_conn_id, self.region_name)
+        rng = random.Random(f"{self.run_id}:{self.session}")
+        failed_at: dict[str, float] = {}
+        failures_in_a_row = rounds = 0
+        announced = False
+        user_data = render_user_data(self.run_uri, self.session, self.region_name)
+        async with await hook.get_async_conn() as client:
+            existing = await hook.a_find_session_instance(self.run_id, self.session, client=client)
+            if existing is not None:
+                self.log.info("session %d already has instance %s: reattaching", self.session, existing["InstanceId"])
+                yield TriggerEvent(self._launched(existing, None, reused=True, rounds=0))
+                return
+            try:
+                zones = await hook.a_subnet_zones(list(spec.subnet_ids), client=client)
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
+                message = explain_fatal(code, str(exc.response.get("Error", {}).get("Message", exc)))
+                self.log.error("%s", message)
+                yield TriggerEvent({"status": "error", "code": code, "message": message})
+                return
+            pairs = make_pairs(spec.instance_types, zones)
+            while True:
+                waited = time.time() - self.started_at
+                lifecycle = policy.lifecycle(
+                    capacity_failures_in_a_row=failures_in_a_row,
+                    interruptions=self.interruptions,
+                    waited_seconds=waited,
+                )
+                if lifecycle != SPOT and not announced:
+                    announced = True
+                    reason = policy.reason(
+                        capacity_failures_in_a_row=failures_in_a_row,
+                        interruptions=self.interruptions,
+                        waited_seconds=waited,
+                    )
+                    self.log.warning("falling back to on-demand for session %d: %s", self.session, reason)
+                misses: list[str] = []
+                throttled = False
+                for pair in order_pairs(pairs, failed_at, time.monotonic(), self.cool_down):
+                    await bucket.acquire()
+                    try:
+                        instance = await hook.a_launch(
+                            spec,
+                            pair,
+                            lifecycle=lifecycle,
+                            run_id=self.run_id,
+                            session=self.session,
+                            user_data=user_data,
+                            client=client,
+                        )
+                    except LaunchError as exc:
+                        if exc.kind == FATAL:
+                            message = explain_fatal(exc.code, exc.message)
+                            self.log.error("%s", message)
+                            yield TriggerEvent(
+                                {
+                                    "status": "error",
+                                    "code": exc.code,
+                                    "message": message,
+                                    "instance_type": pair.instance_type,
+                                    "zone": pair.zone,
+                                }
+                            )
+                            return
+                        if exc.kind == CAPACITY:
+                            failed_at[pair.key] = time.monotonic()
+                            misses.append(f"{pair.instance_type} in {pair.zone} ({exc.code})")
+                            continue
+                        throttled = True  # RequestLimitExceeded: stop this round, back off
+                        misses.append(f"{pair.instance_type} in {pair.zone} (throttled: {exc.code})")
+                        break
+                    price = await self._price(hook, pair, lifecycle, client)
+                    yield TriggerEvent(
+                        self._launched(instance, price, reused=False, rounds=rounds + 1, lifecycle=lifecycle, pair=pair)
+                    )
+                    return
+                rounds += 1
+                if not throttled:
+                    failures_in_a_row += 1
+                remaining = self.started_at + self.max_wait - time.time()
+                if remaining <= 0:
+                    message = (
+                        f"no {lifecycle} capacity within {_duration(self.max_wait)} for any of "
+                        f"{', '.join(spec.instance_types)} in {', '.join(sorted(set(zones.values())))}"
+                    )
+                    self.log.error("%s", message)
+                    yield TriggerEvent(
+                        {
+                            "status": "timeout",
+                            "message": message,
+                            "rounds": rounds,
+                            "waited_seconds": time.time() - self.started_at,
+                        }
+                    )
+                    return
+                delay = min(remaining, backoff_delay(rounds, base=self.backoff_base, cap=self.backoff_max, rng=rng))
+                what = "spot" if lifecycle == SPOT else "on-demand"
+                self.log.info(
+                    "no %s capacity for %s; next try in %s (waited %s of %s)",
+                    what,
+                    ", ".join(misses),
+                    _duration(delay),
+                    _duration(time.time() - self.started_at),
+                    _duration(self.max_wait),
+                )
+                await asyncio.sleep(delay)
+
+    async def _price(self, hook: SpotLaunchHook, pair: Pair, lifecycle: str, client: Any) -> str | None:
+        if lifecycle != SPOT:
+            return None
+        try:
+            return await hook.a_spot_price(pair.instance_type, pair.zone, client=client)
+        except Exception as exc:  # the price is for the cost ledger; never fail a launch over it
+            self.log.warning("could not read the spot price of %s in %s: %s", pair.instance_type, pair.zone, exc)
+            return None
+
+    def _launched(
+        self,
+        instance: dict,
+        price: str | None,
+        *,
+        reused: bool,
+        rounds: int,
+        lifecycle: str | None = None,
+        pair: Pair | None = None,
+    ) -> dict:
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        lifecycle = lifecycle or tags.get("grid-resume:lifecycle") or instance.get("InstanceLifecycle") or SPOT
+        event = {
+            "status": "launched",
+            "instance_id": instance["InstanceId"],
+            "instance_type": instance.get("InstanceType"),
+            "zone": instance.get("Placement", {}).get("AvailabilityZone") or (pair.zone if pair else None),
+            "subnet_id": instance.get("SubnetId") or (pair.subnet_id if pair else None),
+            "lifecycle": "on-demand" if lifecycle in ("on-demand", "scheduled") else "spot",
+            "spot_price": price,
+            "reused": reused,
+            "rounds": rounds,
+            "waited_seconds": round(time.time() - self.started_at, 3),
+        }
+        self.log.info(
+            "%s %s instance %s (%s in %s%s)",
+            "reattached to" if reused else "launched",
+            event["lifecycle"],
+            event["instance_id"],
+            event["instance_type"],
+            event["zone"],
+            f", spot price {price} USD/h" if price else "",
+        )
+        return event

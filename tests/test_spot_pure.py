@@ -1,0 +1,139 @@
+"""Launch decisions without any server: error classes, pairs, tokens, backoff, fallback, user data."""
+
+from __future__ import annotations
+
+import base64
+import random
+
+import pytest
+
+from airflow_grid_resume.spot.bootstrap import USER_DATA_LIMIT, parse_marker, render_user_data
+from airflow_grid_resume.spot.launch import (
+    CAPACITY,
+    FATAL,
+    ON_DEMAND,
+    SPOT,
+    THROTTLE,
+    FallbackPolicy,
+    LaunchSpec,
+    Pair,
+    backoff_delay,
+    classify_error,
+    client_token,
+    explain_fatal,
+    make_pairs,
+    order_pairs,
+    run_instances_params,
+    run_tags,
+)
+
+CAPACITY_CODES = [
+    "InsufficientInstanceCapacity", "InsufficientCapacity", "MaxSpotInstanceCountExceeded", "SpotMaxPriceTooLow",
+    "UnfulfillableCapacity", "VcpuLimitExceeded", "InsufficientFreeAddressesInSubnet",
+]
+
+
+@pytest.mark.parametrize("code", CAPACITY_CODES)
+def test_capacity_codes(code: str) -> None:
+    assert classify_error(code) == CAPACITY
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "parameter"),
+    [
+        ("RequestLimitExceeded", THROTTLE, None),
+        ("InvalidAMIID.NotFound", FATAL, "image_id"),
+        ("InvalidSubnetID.NotFound", FATAL, "subnet_ids"),
+        ("UnauthorizedOperation", FATAL, "aws_conn_id"),
+        ("InvalidParameterValue", FATAL, "instance_types"),
+        ("InvalidGroup.NotFound", FATAL, "security_group_ids"),
+        ("SomethingNew", FATAL, None),
+    ],
+)
+def test_other_codes(code: str, kind: str, parameter: str | None) -> None:
+    assert classify_error(code) == kind
+    if kind == FATAL:
+        message = explain_fatal(code, "AWS text")
+        assert code in message and "AWS text" in message
+        if parameter:
+            assert repr(parameter) in message
+
+
+def test_pairs_prefer_those_not_just_failed() -> None:
+    pairs = make_pairs(["g5.xlarge", "g4dn.xlarge"], {"subnet-a": "us-east-1a", "subnet-b": "us-east-1b"})
+    assert [p.key for p in pairs] == [
+        "g5.xlarge|subnet-a", "g5.xlarge|subnet-b", "g4dn.xlarge|subnet-a", "g4dn.xlarge|subnet-b",
+    ]
+    failed = {"g5.xlarge|subnet-a": 100.0, "g5.xlarge|subnet-b": 80.0}
+    ordered = order_pairs(pairs, failed, now=120.0, cool_down=60.0)
+    assert [p.key for p in ordered] == [
+        "g4dn.xlarge|subnet-a", "g4dn.xlarge|subnet-b", "g5.xlarge|subnet-b", "g5.xlarge|subnet-a",
+    ]
+    assert order_pairs(pairs, failed, now=1000.0, cool_down=60.0) == pairs  # cooled down: user order again
+
+
+def test_client_token_is_stable_short_and_per_pair() -> None:
+    a, b = Pair("g5.xlarge", "subnet-a", "us-east-1a"), Pair("g5.xlarge", "subnet-b", "us-east-1b")
+    token = client_token("dag.task.run", 3, a, SPOT)
+    assert token == client_token("dag.task.run", 3, a, SPOT) and len(token) <= 64 and token.isascii()
+    assert token not in {client_token("dag.task.run", 4, a, SPOT), client_token("dag.task.run", 3, b, SPOT),
+                         client_token("dag.task.run", 3, a, ON_DEMAND)}
+
+
+def test_backoff_grows_with_jitter_and_cap() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(n, base=15, cap=300, rng=rng) for n in range(1, 9)]
+    assert 7.5 <= delays[0] <= 15 and 15 <= delays[1] <= 30
+    assert all(150 <= d <= 300 for d in delays[5:])
+    assert len({round(backoff_delay(3, rng=random.Random(s)), 3) for s in range(20)}) > 10  # spread out
+
+
+def test_fallback_policy() -> None:
+    off = FallbackPolicy()
+    assert off.lifecycle(capacity_failures_in_a_row=99, interruptions=99, waited_seconds=1e9) == SPOT
+    policy = FallbackPolicy(after_capacity_failures=3, after_interruptions=5, after_wait_seconds=3600)
+    assert policy.lifecycle(capacity_failures_in_a_row=2, interruptions=4, waited_seconds=3599) == SPOT
+    assert policy.lifecycle(capacity_failures_in_a_row=3, interruptions=0, waited_seconds=0) == ON_DEMAND
+    assert policy.lifecycle(capacity_failures_in_a_row=0, interruptions=5, waited_seconds=0) == ON_DEMAND
+    assert policy.lifecycle(capacity_failures_in_a_row=0, interruptions=0, waited_seconds=3600) == ON_DEMAND
+    assert "interruptions" in policy.reason(capacity_failures_in_a_row=0, interruptions=5, waited_seconds=0)
+
+
+def test_launch_spec_validation_names_the_parameter() -> None:
+    with pytest.raises(ValueError, match="image_id") as err:
+        LaunchSpec(image_id="ubuntu", instance_types=(), subnet_ids=())
+    assert "instance_types" in str(err.value) and "subnet_ids" in str(err.value)
+    spec = LaunchSpec(image_id="ami-1", instance_types=("g5.xlarge",), subnet_ids=("subnet-a",), tags={"team": "ml"})
+    assert LaunchSpec.from_dict(spec.as_dict()) == spec
+
+
+def test_run_instances_request_is_safe_and_tagged() -> None:
+    spec = LaunchSpec(image_id="ami-1", instance_types=("g5.xlarge",), subnet_ids=("subnet-a",),
+                      iam_instance_profile="grid-training", root_volume_gb=200, security_group_ids=("sg-1",))
+    pair = Pair("g5.xlarge", "subnet-a", "us-east-1a")
+    tags = run_tags("dag.task.run", 2, "2026-11-27T00:00:00Z", {"team": "ml"})
+    params = run_instances_params(spec, pair, lifecycle=SPOT, token="gr-x", tags=tags, user_data="#!/bin/bash")
+    assert params["MetadataOptions"]["HttpTokens"] == "required"
+    assert params["InstanceInitiatedShutdownBehavior"] == "terminate"
+    assert params["InstanceMarketOptions"]["SpotOptions"]["SpotInstanceType"] == "one-time"
+    assert (params["MinCount"], params["MaxCount"], params["ClientToken"]) == (1, 1, "gr-x")
+    tag_map = {t["Key"]: t["Value"] for t in params["TagSpecifications"][0]["Tags"]}
+    assert tag_map["grid-resume:session"] == "2" and tag_map["grid-resume:expires-at"].startswith("2026")
+    assert tag_map["team"] == "ml"
+    on_demand = run_instances_params(spec, pair, lifecycle=ON_DEMAND, token="t", tags=tags, user_data="")
+    assert "InstanceMarketOptions" not in on_demand
+
+
+def test_user_data_has_no_secrets_and_fits(monkeypatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SUPERSECRETKEYVALUE")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "SESSIONTOKENVALUE")
+    user_data = render_user_data("s3://bucket/grid-runs/dag.task.run", 7, "us-east-1")
+    assert "SUPERSECRETKEYVALUE" not in user_data and "SESSIONTOKENVALUE" not in user_data
+    for word in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "password"):
+        assert word not in user_data
+    assert len(base64.b64encode(user_data.encode())) <= USER_DATA_LIMIT
+    assert parse_marker(user_data) == {"run_uri": "s3://bucket/grid-runs/dag.task.run", "session": 7,
+                                       "region": "us-east-1"}
+    assert parse_marker("#!/bin/bash\necho other\n") is None
+    hostile = render_user_data("s3://bucket/x'; rm -rf / #", 1, None)
+    assert "'s3://bucket/x'\"'\"'; rm -rf / #'" in hostile  # shell-quoted
