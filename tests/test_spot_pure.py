@@ -28,8 +28,13 @@ from airflow_grid_resume.spot.launch import (
 )
 
 CAPACITY_CODES = [
-    "InsufficientInstanceCapacity", "InsufficientCapacity", "MaxSpotInstanceCountExceeded", "SpotMaxPriceTooLow",
-    "UnfulfillableCapacity", "VcpuLimitExceeded", "InsufficientFreeAddressesInSubnet",
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "MaxSpotInstanceCountExceeded",
+    "SpotMaxPriceTooLow",
+    "UnfulfillableCapacity",
+    "VcpuLimitExceeded",
+    "InsufficientFreeAddressesInSubnet",
 ]
 
 
@@ -62,12 +67,18 @@ def test_other_codes(code: str, kind: str, parameter: str | None) -> None:
 def test_pairs_prefer_those_not_just_failed() -> None:
     pairs = make_pairs(["g5.xlarge", "g4dn.xlarge"], {"subnet-a": "us-east-1a", "subnet-b": "us-east-1b"})
     assert [p.key for p in pairs] == [
-        "g5.xlarge|subnet-a", "g5.xlarge|subnet-b", "g4dn.xlarge|subnet-a", "g4dn.xlarge|subnet-b",
+        "g5.xlarge|subnet-a",
+        "g5.xlarge|subnet-b",
+        "g4dn.xlarge|subnet-a",
+        "g4dn.xlarge|subnet-b",
     ]
     failed = {"g5.xlarge|subnet-a": 100.0, "g5.xlarge|subnet-b": 80.0}
     ordered = order_pairs(pairs, failed, now=120.0, cool_down=60.0)
     assert [p.key for p in ordered] == [
-        "g4dn.xlarge|subnet-a", "g4dn.xlarge|subnet-b", "g5.xlarge|subnet-b", "g5.xlarge|subnet-a",
+        "g4dn.xlarge|subnet-a",
+        "g4dn.xlarge|subnet-b",
+        "g5.xlarge|subnet-b",
+        "g5.xlarge|subnet-a",
     ]
     assert order_pairs(pairs, failed, now=1000.0, cool_down=60.0) == pairs  # cooled down: user order again
 
@@ -76,8 +87,11 @@ def test_client_token_is_stable_short_and_per_pair() -> None:
     a, b = Pair("g5.xlarge", "subnet-a", "us-east-1a"), Pair("g5.xlarge", "subnet-b", "us-east-1b")
     token = client_token("dag.task.run", 3, a, SPOT)
     assert token == client_token("dag.task.run", 3, a, SPOT) and len(token) <= 64 and token.isascii()
-    assert token not in {client_token("dag.task.run", 4, a, SPOT), client_token("dag.task.run", 3, b, SPOT),
-                         client_token("dag.task.run", 3, a, ON_DEMAND)}
+    assert token not in {
+        client_token("dag.task.run", 4, a, SPOT),
+        client_token("dag.task.run", 3, b, SPOT),
+        client_token("dag.task.run", 3, a, ON_DEMAND),
+    }
 
 
 def test_backoff_grows_with_jitter_and_cap() -> None:
@@ -108,8 +122,14 @@ def test_launch_spec_validation_names_the_parameter() -> None:
 
 
 def test_run_instances_request_is_safe_and_tagged() -> None:
-    spec = LaunchSpec(image_id="ami-1", instance_types=("g5.xlarge",), subnet_ids=("subnet-a",),
-                      iam_instance_profile="grid-training", root_volume_gb=200, security_group_ids=("sg-1",))
+    spec = LaunchSpec(
+        image_id="ami-1",
+        instance_types=("g5.xlarge",),
+        subnet_ids=("subnet-a",),
+        iam_instance_profile="grid-training",
+        root_volume_gb=200,
+        security_group_ids=("sg-1",),
+    )
     pair = Pair("g5.xlarge", "subnet-a", "us-east-1a")
     tags = run_tags("dag.task.run", 2, "2026-11-27T00:00:00Z", {"team": "ml"})
     params = run_instances_params(spec, pair, lifecycle=SPOT, token="gr-x", tags=tags, user_data="#!/bin/bash")
@@ -132,8 +152,11 @@ def test_user_data_has_no_secrets_and_fits(monkeypatch) -> None:
     for word in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "password"):
         assert word not in user_data
     assert len(base64.b64encode(user_data.encode())) <= USER_DATA_LIMIT
-    assert parse_marker(user_data) == {"run_uri": "s3://bucket/grid-runs/dag.task.run", "session": 7,
-                                       "region": "us-east-1"}
+    assert parse_marker(user_data) == {
+        "run_uri": "s3://bucket/grid-runs/dag.task.run",
+        "session": 7,
+        "region": "us-east-1",
+    }
     assert parse_marker("#!/bin/bash\necho other\n") is None
     hostile = render_user_data("s3://bucket/x'; rm -rf / #", 1, None)
     assert "'s3://bucket/x'\"'\"'; rm -rf / #'" in hostile  # shell-quoted

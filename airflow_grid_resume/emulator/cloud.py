@@ -132,6 +132,12 @@ class SpotCloud:
                 return str(self.backend(region).get_subnet(params["SubnetId"]).availability_zone)
         return f"{region}a"
 
+    def image_exists(self, region: str, image_id: str) -> bool:
+        try:
+            return bool(self.backend(region).describe_images(ami_ids=[image_id]))
+        except Exception:
+            return False
+
     # -- capacity ------------------------------------------------------------------------------
     def set_capacity(
         self, instance_type: str, zone: str, available: bool, for_seconds: float | None, market: str
@@ -140,7 +146,10 @@ class SpotCloud:
         with self.lock:
             for m in markets:
                 key = (instance_type, zone, m)
-                if available:
+                if available and instance_type == "*" and zone == "*":  # all capacity back
+                    for other in [k for k in self.unavailable if k[2] == m]:
+                        self.unavailable.pop(other)
+                elif available:
                     self.unavailable.pop(key, None)
                 else:
                     self.unavailable[key] = time.time() + for_seconds if for_seconds else float("inf")
@@ -148,7 +157,12 @@ class SpotCloud:
 
     def has_capacity(self, instance_type: str, zone: str, market: str) -> bool:
         with self.lock:
-            for key in ((instance_type, zone, market), ("*", zone, market), (instance_type, "*", market)):
+            for key in (
+                (instance_type, zone, market),
+                ("*", zone, market),
+                (instance_type, "*", market),
+                ("*", "*", market),
+            ):
                 until = self.unavailable.get(key)
                 if until is not None and until > time.time():
                     return False
@@ -229,16 +243,15 @@ class SpotCloud:
 
     def _terminate(self, instance: FabricInstance, reason: str, *, kill: bool) -> None:
         with self.lock:
-            if instance.state == "terminated":
+            if instance.state in ("shutting-down", "terminated"):
                 return
-            instance.state = "terminated"
+            instance.state = "shutting-down"
             instance.reason = reason
-            instance.ended_at = time.time()
         if kill and instance.proc and instance.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(instance.proc.pid, signal.SIGKILL)
         instance.imds.stop()
-        with contextlib.suppress(Exception):
+        try:
             ec2 = self.backend(instance.region).get_instance(instance.instance_id)
             if ec2.state != "terminated":
                 ec2.terminate()
@@ -247,12 +260,17 @@ class SpotCloud:
 
                 ec2.state_reason = StateReason(f"{reason}: {reason}", reason)
                 ec2._reason = reason
+        except Exception as exc:  # the process is gone either way; say why moto was not told
+            print(f"local spot cloud: could not mark {instance.instance_id} terminated: {exc!r}", file=sys.stderr)
+        with self.lock:
+            instance.state = "terminated"
+            instance.ended_at = time.time()
 
     def on_terminate_api(self, instance_ids: Iterable[str]) -> None:
         """TerminateInstances from a client: the OS shuts down (SIGTERM), then power is cut."""
         for instance_id in instance_ids:
             instance = self.instances.get(instance_id)
-            if instance is None or instance.state == "terminated":
+            if instance is None or instance.state != "running":
                 continue
             if instance.proc and instance.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -263,8 +281,8 @@ class SpotCloud:
         instance = self.instances.get(instance_id)
         if instance is None:
             raise KeyError(f"no instance {instance_id} in the local spot cloud")
-        if instance.state == "terminated":
-            raise ValueError(f"instance {instance_id} is already terminated")
+        if instance.state != "running":
+            raise ValueError(f"instance {instance_id} is {instance.state}, not running")
         instance.interruption_pending = True
         if notice:
             instance.imds.schedule_notice(in_seconds=self.notice_seconds, after=in_seconds)
@@ -291,7 +309,7 @@ class SpotCloud:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(instance.proc.pid, signal.SIGKILL)
                 instance.proc.wait()
-            if instance.state != "terminated":
+            if instance.state == "running":
                 instance.state = "terminated"
                 instance.imds.stop()
 
@@ -367,6 +385,14 @@ class SpotCloudApp:
             cloud.counters["throttled"] += 1
             return self._error(
                 start_response, "503 Service Unavailable", "RequestLimitExceeded", "Request limit exceeded."
+            )
+        image_id = params.get("ImageId", "")
+        if not cloud.image_exists(region, image_id):  # EC2 checks this; moto does not
+            return self._error(
+                start_response,
+                "400 Bad Request",
+                "InvalidAMIID.NotFound",
+                f"The image id '[{image_id}]' does not exist",
             )
         market = "spot" if params.get("InstanceMarketOptions.MarketType") == "spot" else "on-demand"
         instance_type = params.get("InstanceType", "m1.small")

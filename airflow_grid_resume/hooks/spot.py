@@ -58,8 +58,9 @@ def _first_instance(response: dict) -> dict | None:
     return None
 
 
-def _expiry(hours: float) -> str:
-    return (datetime.now(timezone.utc) + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
+def expiry_tag(started_at: float, hours: float) -> str:
+    """The expiry tag value: ``hours`` after ``started_at`` (epoch seconds), UTC."""
+    return (datetime.fromtimestamp(started_at, timezone.utc) + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _latest_price(response: dict) -> str | None:
@@ -104,10 +105,18 @@ class SpotLaunchHook(AwsBaseHook):
 
     # -- launching -------------------------------------------------------------------------
     def launch(
-        self, spec: LaunchSpec, pair: Pair, *, lifecycle: str, run_id: str, session: int, user_data: str
+        self,
+        spec: LaunchSpec,
+        pair: Pair,
+        *,
+        lifecycle: str,
+        run_id: str,
+        session: int,
+        user_data: str,
+        expires_at: str,
     ) -> dict:
         """One RunInstances on one pair; returns the instance or raises LaunchError."""
-        params = self._params(spec, pair, lifecycle, run_id, session, user_data)
+        params = self._params(spec, pair, lifecycle, run_id, session, user_data, expires_at)
         try:
             response = self.conn.run_instances(**params)
         except ClientError as exc:
@@ -123,9 +132,10 @@ class SpotLaunchHook(AwsBaseHook):
         run_id: str,
         session: int,
         user_data: str,
+        expires_at: str,
         client: Any = None,
     ) -> dict:
-        params = self._params(spec, pair, lifecycle, run_id, session, user_data)
+        params = self._params(spec, pair, lifecycle, run_id, session, user_data, expires_at)
         async with _client(self, client) as ec2:
             try:
                 response = await ec2.run_instances(**params)
@@ -134,8 +144,12 @@ class SpotLaunchHook(AwsBaseHook):
         return response["Instances"][0]
 
     @staticmethod
-    def _params(spec: LaunchSpec, pair: Pair, lifecycle: str, run_id: str, session: int, user_data: str) -> dict:
-        tags = run_tags(run_id, session, _expiry(spec.expiry_hours), {**spec.tags, "grid-resume:lifecycle": lifecycle})
+    def _params(
+        spec: LaunchSpec, pair: Pair, lifecycle: str, run_id: str, session: int, user_data: str, expires_at: str
+    ) -> dict:
+        # Every parameter must be the same when a launch is retried, or EC2 rejects the ClientToken:
+        # hence an expiry fixed by the caller (from when the wait began), not computed here.
+        tags = run_tags(run_id, session, expires_at, {**spec.tags, "grid-resume:lifecycle": lifecycle})
         token = client_token(run_id, session, pair, lifecycle)
         return run_instances_params(spec, pair, lifecycle=lifecycle, token=token, tags=tags, user_data=user_data)
 

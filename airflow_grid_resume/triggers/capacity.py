@@ -12,7 +12,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook
+from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, expiry_tag
 from airflow_grid_resume.spot.bootstrap import render_user_data
 from airflow_grid_resume.spot.launch import (
     CAPACITY,
@@ -30,6 +30,8 @@ from airflow_grid_resume.triggers.ratelimit import launch_bucket
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     seconds = round(seconds)
     if seconds < 120:
         return f"{seconds} s"
@@ -112,6 +114,7 @@ class SpotCapacityTrigger(BaseTrigger):
         failures_in_a_row = rounds = 0
         announced = False
         user_data = render_user_data(self.run_uri, self.session, self.region_name)
+        expires_at = expiry_tag(self.started_at, spec.expiry_hours)
         async with await hook.get_async_conn() as client:
             existing = await hook.a_find_session_instance(self.run_id, self.session, client=client)
             if existing is not None:
@@ -154,6 +157,7 @@ class SpotCapacityTrigger(BaseTrigger):
                             run_id=self.run_id,
                             session=self.session,
                             user_data=user_data,
+                            expires_at=expires_at,
                             client=client,
                         )
                     except LaunchError as exc:

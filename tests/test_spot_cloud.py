@@ -1,0 +1,309 @@
+"""Spot launches, the capacity trigger and the local spot cloud, over HTTP with real boto3/aiobotocore."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import os
+import pkgutil
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from airflow.triggers.base import BaseTrigger
+from botocore.exceptions import ClientError
+
+import airflow_grid_resume.triggers as triggers_pkg
+from airflow_grid_resume.agent.bundle import build_zipapp
+from airflow_grid_resume.agent.ledger import RunLedger
+from airflow_grid_resume.agent.s3client import make_s3_client
+from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.emulator.client import LocalSpotCloud
+from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook
+from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
+from airflow_grid_resume.spot.launch import CAPACITY, THROTTLE, LaunchSpec, Pair
+from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
+
+AMI = "ami-03cf127a"  # one of the AMIs moto ships with
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    with LocalSpotCloud(notice_seconds=3) as c:
+        yield c
+
+
+@pytest.fixture
+def cloud_env(cloud: LocalSpotCloud, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for key, value in cloud.aws_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    cloud.set_capacity("*", "*", available=True, market="all")
+    cloud.set_throttle(enabled=True)
+    return cloud.aws_env()
+
+
+@pytest.fixture
+def subnets(cloud_env) -> list[dict]:
+    found = boto3.client("ec2").describe_subnets()["Subnets"]
+    return sorted(found, key=lambda s: s["AvailabilityZone"])[:2]
+
+
+def spec_for(subnets: list[dict], types=("g5.xlarge", "g4dn.xlarge"), image_id: str = AMI) -> dict:
+    return LaunchSpec(
+        image_id=image_id, instance_types=tuple(types), subnet_ids=tuple(s["SubnetId"] for s in subnets)
+    ).as_dict()
+
+
+def trigger_for(spec: dict, run_id: str | None = None, **kw) -> SpotCapacityTrigger:
+    run_id = run_id or f"run-{uuid.uuid4().hex[:8]}"
+    defaults = dict(
+        run_id=run_id,
+        run_uri=f"s3://nowhere/{run_id}",
+        session=1,
+        spec=spec,
+        started_at=time.time(),
+        max_wait=60,
+        aws_conn_id=None,
+        region_name="us-east-1",
+        backoff_base=0.3,
+        backoff_max=1.0,
+    )
+    defaults.update(kw)
+    return SpotCapacityTrigger(**defaults)
+
+
+def first_event(trigger: BaseTrigger) -> dict:
+    async def go() -> dict:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("the trigger ended without an event")
+
+    return asyncio.run(go())
+
+
+def instances_of(run_id: str) -> list[str]:
+    """Every instance ever launched for the run, whatever its state (a bootstrap that cannot reach
+    its ledger ends, and the instance terminates itself, as on EC2)."""
+    response = boto3.client("ec2").describe_instances(Filters=[{"Name": "tag:grid-resume:run-id", "Values": [run_id]}])
+    return [i["InstanceId"] for r in response["Reservations"] for i in r["Instances"]]
+
+
+def test_capacity_and_throttle_errors_are_classified(cloud, subnets) -> None:
+    hook = SpotLaunchHook(aws_conn_id=None, region_name="us-east-1")
+    spec = LaunchSpec.from_dict(spec_for(subnets))
+    pair = Pair("g5.xlarge", subnets[0]["SubnetId"], subnets[0]["AvailabilityZone"])
+    cloud.set_capacity("g5.xlarge", pair.zone, available=False)
+    with pytest.raises(LaunchError) as err:
+        hook.launch(
+            spec, pair, lifecycle="spot", run_id="r-cap", session=1, user_data="", expires_at="2030-01-01T00:00:00Z"
+        )
+    assert err.value.kind == CAPACITY and err.value.code == "InsufficientInstanceCapacity"
+    assert pair.zone in err.value.message
+    cloud.set_capacity("g5.xlarge", pair.zone, available=True)
+    cloud.set_throttle(burst=1, rate=0.001)
+    hook.launch(
+        spec, pair, lifecycle="spot", run_id="r-thr", session=1, user_data="", expires_at="2030-01-01T00:00:00Z"
+    )
+    with pytest.raises(LaunchError) as err:
+        hook.launch(
+            spec, pair, lifecycle="spot", run_id="r-thr", session=2, user_data="", expires_at="2030-01-01T00:00:00Z"
+        )
+    assert err.value.kind == THROTTLE and err.value.code == "RequestLimitExceeded"
+
+
+def test_client_token_idempotency(cloud_env, subnets) -> None:
+    ec2 = boto3.client("ec2")
+    args = dict(
+        ImageId=AMI,
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="g5.xlarge",
+        SubnetId=subnets[0]["SubnetId"],
+        ClientToken=f"tok-{uuid.uuid4().hex}",
+    )
+    first = ec2.run_instances(**args)["Instances"][0]["InstanceId"]
+    assert ec2.run_instances(**args)["Instances"][0]["InstanceId"] == first
+    with pytest.raises(ClientError, match="IdempotentParameterMismatch"):
+        ec2.run_instances(**{**args, "InstanceType": "g4dn.xlarge"})
+
+
+def test_trigger_waits_then_launches_on_the_next_free_pair(cloud, subnets, capsys) -> None:
+    zone_a, zone_b = subnets[0]["AvailabilityZone"], subnets[1]["AvailabilityZone"]
+    cloud.set_capacity("g5.xlarge", "*", available=False)
+    cloud.set_capacity("g4dn.xlarge", zone_a, available=False)
+    cloud.set_capacity("g4dn.xlarge", zone_b, available=False, for_seconds=2)
+    trigger = trigger_for(spec_for(subnets))
+    event = first_event(trigger)
+    assert event["status"] == "launched", event
+    assert (event["instance_type"], event["zone"], event["lifecycle"]) == ("g4dn.xlarge", zone_b, "spot")
+    assert event["spot_price"] is not None and event["rounds"] >= 2
+    assert instances_of(trigger.run_id) == [event["instance_id"]]
+    # Airflow routes trigger logs through structlog to the console (and, in a triggerer, the task log).
+    waits = [line for line in capsys.readouterr().out.splitlines() if "no spot capacity for" in line]
+    assert waits and f"g5.xlarge in {zone_a} (InsufficientInstanceCapacity)" in waits[0]
+    assert "next try in" in waits[0]
+
+
+def test_trigger_times_out(cloud, subnets) -> None:
+    cloud.set_capacity("*", "*", available=False)
+    event = first_event(trigger_for(spec_for(subnets), max_wait=1.5))
+    assert event["status"] == "timeout" and "no spot capacity within" in event["message"]
+
+
+def test_trigger_fails_at_once_on_errors_waiting_cannot_fix(cloud_env, subnets) -> None:
+    event = first_event(trigger_for(spec_for(subnets, image_id="ami-0doesnotexist")))
+    assert event["status"] == "error" and event["code"] == "InvalidAMIID.NotFound"
+    assert "'image_id'" in event["message"]
+    bad_subnet = {**spec_for(subnets), "subnet_ids": ["subnet-0nope"]}
+    event = first_event(trigger_for(bad_subnet))
+    assert event["status"] == "error" and "'subnet_ids'" in event["message"]
+
+
+def test_restart_after_launch_creates_no_second_instance(cloud_env, subnets) -> None:
+    spec = spec_for(subnets)
+    first = first_event(trigger_for(spec, run_id="restart-run"))
+    # The triggerer restarts and rebuilds the trigger from its kwargs: it must reattach.
+    again = first_event(trigger_for(spec, run_id="restart-run"))
+    assert again["instance_id"] == first["instance_id"] and again["reused"] is True
+    # A lost answer: the launch happened, the trigger never heard. The same token brings the same instance.
+    hook = SpotLaunchHook(aws_conn_id=None, region_name="us-east-1")
+    pair = Pair("g5.xlarge", subnets[0]["SubnetId"], subnets[0]["AvailabilityZone"])
+    launched = hook.launch(
+        LaunchSpec.from_dict(spec),
+        pair,
+        lifecycle="spot",
+        run_id="lost-answer",
+        session=4,
+        user_data="",
+        expires_at="2030-01-01T00:00:00Z",
+    )
+    retried = hook.launch(
+        LaunchSpec.from_dict(spec),
+        pair,
+        lifecycle="spot",
+        run_id="lost-answer",
+        session=4,
+        user_data="",
+        expires_at="2030-01-01T00:00:00Z",
+    )
+    assert retried["InstanceId"] == launched["InstanceId"]
+    assert instances_of("restart-run") == [first["instance_id"]]
+    assert instances_of("lost-answer") == [launched["InstanceId"]]
+
+
+def test_on_demand_fallback(cloud, subnets) -> None:
+    cloud.set_capacity("*", "*", available=False, market="spot")
+    trigger = trigger_for(spec_for(subnets), fallback={"after_capacity_failures": 2})
+    event = first_event(trigger)
+    assert event["status"] == "launched" and event["lifecycle"] == "on-demand" and event["spot_price"] is None
+    assert cloud.instance(event["instance_id"])["lifecycle"] == "on-demand"
+
+
+@pytest.fixture(scope="module")
+def agent_pyz(tmp_path_factory) -> str:
+    return build_zipapp(str(tmp_path_factory.mktemp("pyz") / "agent.pyz"))
+
+
+def prepare_run(bucket: str, run_id: str, agent_pyz: str, command: list[str]) -> str:
+    s3 = boto3.client("s3")
+    s3.upload_file(agent_pyz, bucket, f"{run_id}/{AGENT_KEY}")
+    spec = {"command": command, "agent_args": ["--heartbeat-interval", "1", "--imds-poll", "0.2"]}
+    s3.put_object(Bucket=bucket, Key=f"{run_id}/{SPEC_KEY}", Body=json.dumps(spec).encode())
+    return f"s3://{bucket}/{run_id}"
+
+
+def wait_until(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("notice", [True, False], ids=["with-notice", "hard-loss"])
+def test_interruption_reaches_the_agent_on_an_emulated_instance(cloud, subnets, agent_pyz, notice: bool) -> None:
+    bucket = f"cloud-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    run_id = f"run-{uuid.uuid4().hex[:6]}"
+    script = "trap 'echo saving; echo saved > ckpt; exit 0' TERM; echo training; while true; do sleep 0.1; done"
+    run_uri = prepare_run(bucket, run_id, agent_pyz, ["sh", "-c", script])
+    event = first_event(trigger_for(spec_for(subnets), run_id=run_id, run_uri=run_uri))
+    instance_id = event["instance_id"]
+    ledger = RunLedger(make_s3_client(), parse_s3_uri(run_uri))
+    wait_until(lambda: (ledger.read_heartbeat(1) or {}).get("state") == "running", what="the agent running")
+    assert b"training" in wait_until(lambda: ledger.read_log(1, 0)[0], what="output in the ledger")
+    cloud.interrupt(instance_id, notice=notice)
+    wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
+    described = SpotLaunchHook(aws_conn_id=None, region_name="us-east-1").describe_instances([instance_id])
+    assert described[instance_id]["State"]["Name"] == "terminated"
+    assert described[instance_id]["StateReason"]["Code"] == "Server.SpotInstanceTermination"
+    outcome = ledger.read_outcome(1)
+    if notice:
+        assert outcome["status"] == "interrupted" and outcome["notice"]["source"] == "imds", outcome
+        manifest = ledger.read_manifest(ledger.list_manifests()[0])
+        assert [f.path for f in manifest.files] == ["ckpt"]
+    else:
+        assert outcome is None  # a hard loss leaves no outcome: the Airflow side sees a lost instance
+    pid = cloud.instance(instance_id)["pid"]
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+
+
+def test_emulator_leaves_nothing_behind(tmp_path: Path, agent_pyz: str) -> None:
+    with LocalSpotCloud(notice_seconds=1) as c:
+        state_dir = Path(c.info["state_dir"])
+        env = c.aws_env()
+        os.environ.update(env)
+        try:
+            boto3.client("s3").create_bucket(Bucket="leak-check")
+            run_uri = prepare_run("leak-check", "r", agent_pyz, ["sleep", "300"])
+            sub = boto3.client("ec2").describe_subnets()["Subnets"][0]
+            event = first_event(trigger_for(spec_for([sub]), run_id="leak", run_uri=run_uri))
+            pid = wait_until(lambda: c.instance(event["instance_id"])["pid"], what="a fabric process")
+            assert state_dir.is_dir() and Path(f"/proc/{pid}").exists()
+            port = c.endpoint_url.rsplit(":", 1)[1]
+            emulator_pid = c.proc.pid
+        finally:
+            for key in env:
+                os.environ.pop(key, None)
+    assert not Path(f"/proc/{pid}").exists()
+    assert not Path(f"/proc/{emulator_pid}").exists()
+    import socket
+
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", int(port))) != 0
+    assert not state_dir.exists()  # its own temp dir, instances' directories included
+
+
+def test_every_trigger_survives_serialization() -> None:
+    """The triggerer rebuilds each trigger from its classpath and kwargs: both must round-trip."""
+    samples = {
+        "SpotCapacityTrigger": dict(
+            run_id="r",
+            run_uri="s3://b/r",
+            session=2,
+            spec={"image_id": "ami-1", "instance_types": ["g5.xlarge"], "subnet_ids": ["subnet-a"]},
+            started_at=1.0,
+            max_wait=60.0,
+            fallback={"after_interruptions": 3},
+        ),
+    }
+    found = []
+    for module_info in pkgutil.iter_modules(triggers_pkg.__path__):
+        module = importlib.import_module(f"{triggers_pkg.__name__}.{module_info.name}")
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, BaseTrigger) and cls is not BaseTrigger and cls.__module__ == module.__name__:
+                found.append(name)
+                assert name in samples, f"add a serialization sample for {name}"
+                classpath, kwargs = cls(**samples[name]).serialize()
+                assert json.loads(json.dumps(kwargs)) == kwargs  # plain JSON
+                module_name, class_name = classpath.rsplit(".", 1)
+                rebuilt = getattr(importlib.import_module(module_name), class_name)(**kwargs)
+                assert rebuilt.serialize() == (classpath, kwargs)
+    assert found == ["SpotCapacityTrigger"] or set(samples) <= set(found)
