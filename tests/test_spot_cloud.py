@@ -23,6 +23,7 @@ from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
+from airflow_grid_resume.emulator.cloud import descendants
 from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
 from airflow_grid_resume.spot.launch import CAPACITY, THROTTLE, LaunchSpec, Pair
@@ -267,12 +268,14 @@ def test_emulator_leaves_nothing_behind(tmp_path: Path, agent_pyz: str) -> None:
             event = first_event(trigger_for(spec_for([sub]), run_id="leak", run_uri=run_uri))
             pid = wait_until(lambda: c.instance(event["instance_id"])["pid"], what="a fabric process")
             assert state_dir.is_dir() and Path(f"/proc/{pid}").exists()
+            tree = wait_until(lambda: len(descendants(pid)) >= 3 and descendants(pid), what="agent and command")
             port = c.endpoint_url.rsplit(":", 1)[1]
             emulator_pid = c.proc.pid
         finally:
             for key in env:
                 os.environ.pop(key, None)
-    assert not Path(f"/proc/{pid}").exists()
+    alive = [p for p in tree if Path(f"/proc/{p}").exists() and " Z " not in Path(f"/proc/{p}/stat").read_text()]
+    assert alive == []  # bootstrap, agent and the command, whatever process group each made
     assert not Path(f"/proc/{emulator_pid}").exists()
     import socket
 

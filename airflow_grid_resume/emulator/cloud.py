@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+from airflow_grid_resume.agent.child import become_subreaper, reap_orphans
 from airflow_grid_resume.emulator.imds import MetadataService
 from airflow_grid_resume.spot.bootstrap import parse_marker
 
@@ -46,6 +47,33 @@ _EC2_ERROR = (
 )
 _INSTANCE_ID = re.compile(rb"<instanceId>(i-[0-9a-f]+)</instanceId>")
 _REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/ec2/")
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, from /proc (Linux), parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        out.append(current)
+        stack.extend(children.get(current, []))
+    return out
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a process and all its descendants, whatever process group or session they made:
+    an instance that is reclaimed or powered off takes every process with it."""
+    for member in descendants(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(member, sig)
 
 
 class TokenBucket:
@@ -248,8 +276,7 @@ class SpotCloud:
             instance.state = "shutting-down"
             instance.reason = reason
         if kill and instance.proc and instance.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(instance.proc.pid, signal.SIGKILL)
+            kill_tree(instance.proc.pid)
         instance.imds.stop()
         try:
             ec2 = self.backend(instance.region).get_instance(instance.instance_id)
@@ -273,8 +300,7 @@ class SpotCloud:
             if instance is None or instance.state != "running":
                 continue
             if instance.proc and instance.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(instance.proc.pid, signal.SIGTERM)
+                kill_tree(instance.proc.pid, signal.SIGTERM)  # the OS shutting down
             self._later(2.0, lambda i=instance: self._terminate(i, "Client.UserInitiatedShutdown", kill=True))
 
     def interrupt(self, instance_id: str, in_seconds: float, notice: bool) -> dict:
@@ -306,12 +332,12 @@ class SpotCloud:
             timer.cancel()
         for instance in instances:
             if instance.proc and instance.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(instance.proc.pid, signal.SIGKILL)
+                kill_tree(instance.proc.pid)
                 instance.proc.wait()
             if instance.state == "running":
                 instance.state = "terminated"
                 instance.imds.stop()
+        reap_orphans()  # orphans of killed instances were re-parented to us (we are their subreaper)
 
 
 class SpotCloudApp:
@@ -485,6 +511,7 @@ def serve(
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no request log on stdout/stderr
+    become_subreaper()
     own_dir = state_dir is None
     state_dir = state_dir or tempfile.mkdtemp(prefix="grid-resume-cloud-")
     os.makedirs(os.path.join(state_dir, "instances"), exist_ok=True)
