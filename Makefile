@@ -36,6 +36,7 @@ $(AWSCLI_VENV)/bin/aws:
 
 bench: $(STAMP) $(AWSCLI_VENV)/bin/aws
 	$(PY) benchmarks/agent_bench.py --aws $(AWSCLI_VENV)/bin/aws
+	$(PY) benchmarks/capacity_bench.py
 
 clean:
 	rm -rf $(VENV) $(AWSCLI_VENV) dist build .pytest_cache .ruff_cache

@@ -136,5 +136,9 @@ class LocalSpotCloud:
             )
         )
 
+    def set_fabric(self, *, enabled: bool) -> dict:
+        """Off: launched instances get no process (load tests with hundreds of instances)."""
+        return dict(self._call("POST", "fabric", {"enabled": enabled}))
+
     def set_throttle(self, *, enabled: bool = True, burst: float = 5, rate: float = 2) -> dict:
         return dict(self._call("POST", "throttle", {"enabled": enabled, "burst": burst, "rate": rate}))

@@ -142,6 +142,7 @@ class SpotCloud:
         self.tokens: dict[str, tuple[str, bytes]] = {}
         self.instances: dict[str, FabricInstance] = {}
         self.timers: list[threading.Timer] = []
+        self.fabric_enabled = True
         self.counters = {"run_instances": 0, "capacity_errors": 0, "throttled": 0, "idempotent_replays": 0}
 
     # -- moto's backend (in this process) ------------------------------------------------------
@@ -228,8 +229,8 @@ class SpotCloud:
         )
         with self.lock:
             self.instances[instance_id] = instance
-        if parse_marker(script) is None:
-            return  # not ours: an instance without a process, as moto has it
+        if parse_marker(script) is None or not self.fabric_enabled:
+            return  # not ours (or the fabric is off): an instance without a process, as moto has it
         with open(os.path.join(directory, "user-data.sh"), "w") as fh:
             fh.write(script)
         env = {
@@ -473,6 +474,9 @@ class SpotCloudApp:
                         str(doc.get("market", "spot")),
                     )
                 }
+            elif method == "POST" and name == "fabric":
+                cloud.fabric_enabled = bool(doc.get("enabled", True))
+                result = {"fabric": cloud.fabric_enabled}
             elif method == "POST" and name == "throttle":
                 cloud.run_instances_bucket = (
                     TokenBucket(float(doc.get("burst", 5)), float(doc.get("rate", 2)))

@@ -26,6 +26,7 @@ from airflow_grid_resume.spot.launch import (
     make_pairs,
     order_pairs,
 )
+from airflow_grid_resume.triggers.clients import shared_client
 from airflow_grid_resume.triggers.ratelimit import launch_bucket
 
 
@@ -115,7 +116,7 @@ class SpotCapacityTrigger(BaseTrigger):
         announced = False
         user_data = render_user_data(self.run_uri, self.session, self.region_name)
         expires_at = expiry_tag(self.started_at, spec.expiry_hours)
-        async with await hook.get_async_conn() as client:
+        async with shared_client(hook, ("ec2", self.aws_conn_id, self.region_name)) as client:
             existing = await hook.a_find_session_instance(self.run_id, self.session, client=client)
             if existing is not None:
                 self.log.info("session %d already has instance %s: reattaching", self.session, existing["InstanceId"])

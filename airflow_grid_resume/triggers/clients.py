@@ -1,0 +1,47 @@
+"""One aiobotocore client per (event loop, connection, region), shared by the triggers using it.
+
+Creating a client loads the service model (megabytes of JSON) on the event loop: 200 triggers each
+creating their own stalled a triggerer's loop for seconds. Triggers acquire the shared client and
+release it when they end; the last one out closes it, so nothing outlives its users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+
+class _Entry:
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.client: Any = None
+        self.context: Any = None
+        self.users = 0
+
+
+_ENTRIES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, _Entry]] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def shared_client(hook: AwsBaseHook, key: tuple) -> AsyncIterator[Any]:
+    """``async with shared_client(hook, (conn_id, region)) as client``: one client per key and loop."""
+    entries = _ENTRIES.setdefault(asyncio.get_running_loop(), {})
+    entry = entries.setdefault(key, _Entry())
+    async with entry.lock:
+        if entry.client is None:
+            entry.context = await hook.get_async_conn()
+            entry.client = await entry.context.__aenter__()
+        entry.users += 1
+    try:
+        yield entry.client
+    finally:
+        async with entry.lock:
+            entry.users -= 1
+            if entry.users == 0 and entry.client is not None:
+                context, entry.client, entry.context = entry.context, None, None
+                await context.__aexit__(None, None, None)
