@@ -128,7 +128,8 @@ def agent(aws_env: dict[str, str], tmp_path: Path):
     ) -> AgentProcess:
         opts = list(options or [])
         opts += ["--imds-endpoint", imds.url] if imds else ["--no-imds"]
-        full_env = {**os.environ, **aws_env, **(env or {})}
+        # An agent killed on purpose cannot remove its state dir: keep it under the test's tmp_path.
+        full_env = {**os.environ, **aws_env, "TMPDIR": str(tmp_path), **(env or {})}
         proc = AgentProcess(
             ["--run-uri", run_uri, "--workdir", str(workdir), "--heartbeat-interval", "1", *opts, "--", *command],
             full_env,

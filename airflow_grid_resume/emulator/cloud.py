@@ -244,7 +244,10 @@ class SpotCloud:
             "AWS_DEFAULT_REGION": region,
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url,
             "PYTHONUNBUFFERED": "1",
+            # The instance's /tmp: removed with the instance's directory, as an instance's disk goes with it.
+            "TMPDIR": os.path.join(directory, "tmp"),
         }
+        os.makedirs(env["TMPDIR"])
         # python3 on the instance: this interpreter's directory comes first, as an AMI's python3 would.
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
         console = open(os.path.join(directory, "console.log"), "wb")  # noqa: SIM115 (closed by the waiter)
