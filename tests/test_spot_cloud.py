@@ -174,24 +174,9 @@ def test_restart_after_launch_creates_no_second_instance(cloud_env, subnets) -> 
     # A lost answer: the launch happened, the trigger never heard. The same token brings the same instance.
     hook = SpotLaunchHook(aws_conn_id=None, region_name="us-east-1")
     pair = Pair("g5.xlarge", subnets[0]["SubnetId"], subnets[0]["AvailabilityZone"])
-    launched = hook.launch(
-        LaunchSpec.from_dict(spec),
-        pair,
-        lifecycle="spot",
-        run_id="lost-answer",
-        session=4,
-        user_data="",
-        expires_at="2030-01-01T00:00:00Z",
-    )
-    retried = hook.launch(
-        LaunchSpec.from_dict(spec),
-        pair,
-        lifecycle="spot",
-        run_id="lost-answer",
-        session=4,
-        user_data="",
-        expires_at="2030-01-01T00:00:00Z",
-    )
+    attempt = dict(lifecycle="spot", run_id="lost-answer", session=4, user_data="", expires_at="2030-01-01T00:00:00Z")
+    launched = hook.launch(LaunchSpec.from_dict(spec), pair, **attempt)
+    retried = hook.launch(LaunchSpec.from_dict(spec), pair, **attempt)
     assert retried["InstanceId"] == launched["InstanceId"]
     assert instances_of("restart-run") == [first["instance_id"]]
     assert instances_of("lost-answer") == [launched["InstanceId"]]
