@@ -17,9 +17,11 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from airflow_grid_resume import __version__
 from airflow_grid_resume.agent.child import Child, SpawnError, become_subreaper
-from airflow_grid_resume.agent.errors import EXIT_SYNC_FAILED, AgentError, UsageError
+from airflow_grid_resume.agent.errors import EXIT_LEDGER_UNAVAILABLE, EXIT_SYNC_FAILED, AgentError, UsageError
 from airflow_grid_resume.agent.imds import (
     ImdsClient,
     ImdsDisabled,
@@ -398,8 +400,12 @@ class Supervisor:
             "tail": spool.tail_lines(40) if status == FAILED else [],
             "agent_exit_code": exit_code,
         }
-        shipper.flush()
-        ledger.write_outcome(self.session, outcome)
+        try:
+            shipper.flush()
+            ledger.write_outcome(self.session, outcome)
+        except Exception as exc:  # retried already; the Airflow side will see no outcome and a silent heartbeat
+            log.error("could not record the outcome in the ledger (%s): %s", status, exc)
+            exit_code = exit_code or EXIT_LEDGER_UNAVAILABLE
         self._set_state("ended")
         return exit_code
 
@@ -503,3 +509,6 @@ def run_agent(options: AgentOptions) -> int:
     except AgentError as exc:
         log.error("%s", exc)
         return exc.exit_code
+    except (BotoCoreError, ClientError) as exc:  # after botocore's own retries
+        log.error("the run ledger failed after retries: %s", exc)
+        return EXIT_LEDGER_UNAVAILABLE
