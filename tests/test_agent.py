@@ -277,3 +277,18 @@ def test_zipapp_runs_with_only_python_and_boto3(agent, run_uri: str, ledger: Run
     assert ledger.read_outcome(1)["status"] == "succeeded"
     frozen = subprocess.run([str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True).stdout
     assert "airflow" not in frozen.lower()
+
+
+def test_unverifiable_checkpoints_are_recorded_not_overwritten(agent, run_uri, ledger, tmp_path: Path) -> None:
+    first = agent(run_uri, tmp_path / "i1", "sh", "-c", "echo precious > weights", options=FAST)
+    assert first.wait() == 0
+    manifest = ledger.read_manifest(ledger.list_manifests()[0])
+    sha = manifest.files[0].sha256
+    ledger.put(ledger.object_key(sha), b"bit rot!")
+    second = agent(run_uri, tmp_path / "i2", "sh", "-c", "echo fresh > weights", options=FAST)
+    assert second.wait() == 5
+    assert "Refusing to start over" in second.stderr
+    outcome = ledger.read_outcome(2)
+    assert outcome["status"] == "failed" and "no restorable checkpoint" in outcome["reason"]
+    assert not (tmp_path / "i2" / "weights").exists()  # the command never ran
+    assert [m.name for m in ledger.list_manifests()] == ["000001-000001.json"]  # nothing saved was replaced

@@ -21,7 +21,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume import __version__
 from airflow_grid_resume.agent.child import Child, SpawnError, become_subreaper
-from airflow_grid_resume.agent.errors import EXIT_LEDGER_UNAVAILABLE, EXIT_SYNC_FAILED, AgentError, UsageError
+from airflow_grid_resume.agent.errors import (
+    EXIT_LEDGER_UNAVAILABLE,
+    EXIT_SYNC_FAILED,
+    AgentError,
+    NoRestorableCheckpointError,
+    UsageError,
+)
 from airflow_grid_resume.agent.imds import (
     ImdsClient,
     ImdsDisabled,
@@ -177,7 +183,13 @@ class Supervisor:
         started_at = _utc()
         cache = HashCache()
         self._set_state("restoring")
-        restored = Restorer(ledger, workdir, parallelism=self.o.parallelism, cache=cache).restore()
+        try:
+            restored = Restorer(ledger, workdir, parallelism=self.o.parallelism, cache=cache).restore()
+        except NoRestorableCheckpointError as exc:
+            # Recorded, so the Airflow side sees why the session ended instead of a silent agent.
+            log.error("%s", exc)
+            result = Classification(FAILED, exc.exit_code, False, f"no restorable checkpoint: {exc}")
+            return self._finish(ledger, shipper, spool, result, started_at, RestoreResult(None), final_sync=False)
         log.info(restored.summary())
         self.syncer = Syncer(
             ledger,
