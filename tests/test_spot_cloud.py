@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import json
 import os
 import pkgutil
+import re
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +30,7 @@ from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
 from airflow_grid_resume.spot.launch import CAPACITY, THROTTLE, LaunchSpec, Pair
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
+from airflow_grid_resume.triggers.run import RunWatchTrigger
 
 AMI = "ami-03cf127a"  # one of the AMIs moto ships with
 
@@ -272,6 +275,9 @@ def test_emulator_leaves_nothing_behind(tmp_path: Path, agent_pyz: str) -> None:
 def test_every_trigger_survives_serialization() -> None:
     """The triggerer rebuilds each trigger from its classpath and kwargs: both must round-trip."""
     samples = {
+        "RunWatchTrigger": dict(
+            run_uri="s3://b/r", session=3, instance_id="i-0123", launched_at=1.0, deadline=9.0, log_offset=42
+        ),
         "SpotCapacityTrigger": dict(
             run_id="r",
             run_uri="s3://b/r",
@@ -294,4 +300,95 @@ def test_every_trigger_survives_serialization() -> None:
                 module_name, class_name = classpath.rsplit(".", 1)
                 rebuilt = getattr(importlib.import_module(module_name), class_name)(**kwargs)
                 assert rebuilt.serialize() == (classpath, kwargs)
-    assert found == ["SpotCapacityTrigger"] or set(samples) <= set(found)
+    assert sorted(found) == sorted(samples)
+
+
+# -- the run trigger ---------------------------------------------------------------------------
+def launch_session(subnets, agent_pyz: str, command: list[str]) -> tuple[str, str]:
+    """A run whose session 1 runs ``command`` on an emulated instance: (run_uri, instance id)."""
+    bucket = f"watch-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    run_id = f"run-{uuid.uuid4().hex[:6]}"
+    run_uri = prepare_run(bucket, run_id, agent_pyz, command)
+    event = first_event(trigger_for(spec_for(subnets), run_id=run_id, run_uri=run_uri))
+    return run_uri, event["instance_id"]
+
+
+def watch_for(run_uri: str, instance_id: str, **kw) -> RunWatchTrigger:
+    defaults = dict(
+        run_uri=run_uri,
+        session=1,
+        instance_id=instance_id,
+        launched_at=time.time(),
+        aws_conn_id=None,
+        region_name="us-east-1",
+        poll_interval=0.3,
+        instance_check_interval=1.0,
+        heartbeat_timeout=30,
+    )
+    defaults.update(kw)
+    return RunWatchTrigger(**defaults)
+
+
+def logged_lines(out: str, marker: str) -> list[str]:
+    """The numbers of task-log lines that are exactly ``<marker><n>`` (the command's own lines)."""
+    return re.findall(rf"\] {re.escape(marker)}(\d+) +\[", out)
+
+
+def test_watch_streams_every_line_once_and_reports_success(cloud, subnets, agent_pyz, capsys) -> None:
+    script = "for i in 1 2 3 4 5; do echo line-$i; sleep 0.3; done"
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sh", "-c", script])
+    event = first_event(watch_for(run_uri, instance_id))
+    assert event["status"] == "succeeded" and event["outcome"]["exit_code"] == 0
+    lines = logged_lines(capsys.readouterr().out, "line-")
+    assert lines == ["1", "2", "3", "4", "5"]
+    ledger = RunLedger(make_s3_client(), parse_s3_uri(run_uri))
+    assert event["log_offset"] == len(ledger.read_log(1, 0)[0])
+
+
+def test_watch_resumes_after_a_triggerer_restart_without_repeating(cloud, subnets, agent_pyz, capsys) -> None:
+    script = "for i in $(seq 1 12); do echo tick-$i; sleep 0.25; done"
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sh", "-c", script])
+    trigger = watch_for(run_uri, instance_id)
+
+    async def cut_short() -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(first_event_async(trigger), timeout=2.0)
+
+    asyncio.run(cut_short())  # the triggerer dies mid-stream
+    event = first_event(watch_for(run_uri, instance_id))  # rebuilt from the same kwargs
+    assert event["status"] == "succeeded"
+    assert logged_lines(capsys.readouterr().out, "tick-") == [str(i) for i in range(1, 13)]
+
+
+async def first_event_async(trigger: BaseTrigger) -> dict:
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("no event")
+
+
+def test_watch_reports_interruption_and_loss(cloud, subnets, agent_pyz) -> None:
+    script = "trap 'echo saved > ckpt; exit 0' TERM; while true; do sleep 0.1; done"
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sh", "-c", script])
+    wait_until(lambda: cloud.instance(instance_id)["pid"], what="the agent")
+    time.sleep(1.5)
+    cloud.interrupt(instance_id, notice=True)
+    assert first_event(watch_for(run_uri, instance_id))["status"] == "interrupted"
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sh", "-c", script])
+    time.sleep(1.5)
+    cloud.interrupt(instance_id, notice=False)
+    event = first_event(watch_for(run_uri, instance_id))
+    assert event["status"] == "lost" and "Server.SpotInstanceTermination" in event["reason"]
+
+
+def test_watch_enforces_max_run_and_terminates(cloud, subnets, agent_pyz) -> None:
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
+    event = first_event(watch_for(run_uri, instance_id, deadline=time.time() + 3))
+    assert event["status"] == "timeout" and "max_run" in event["reason"]
+    wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
+
+
+def test_watch_on_kill_terminates_the_instance(cloud, subnets, agent_pyz) -> None:
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
+    asyncio.run(watch_for(run_uri, instance_id).on_kill())
+    wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")

@@ -1,0 +1,255 @@
+"""Watching one session of a run: stream its output into the task log, tell how it ended.
+
+The ledger is the source of truth: the outcome the agent wrote decides succeeded, failed or
+interrupted. Without an outcome, a terminated instance or a heartbeat gone silent means the session
+was lost. The trigger enforces ``deadline`` (the operator's ``max_run``) itself, because Airflow's
+``execution_timeout`` does not count time spent deferred, and terminates the instance on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+from botocore.exceptions import ClientError
+
+from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger
+from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.hooks.spot import SpotLaunchHook
+from airflow_grid_resume.triggers.clients import shared_client
+from airflow_grid_resume.triggers.describe import describe_batcher
+
+GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
+
+
+class AsyncLedgerReader:
+    """The few ledger reads (and the one write) a run trigger needs, on aiobotocore."""
+
+    def __init__(self, client: Any, run_uri: str, session: int) -> None:
+        self.client = client
+        self.keys = RunLedger(None, parse_s3_uri(run_uri))
+        self.bucket = self.keys.location.bucket
+        self.session = session
+
+    async def get(self, key: str, byte_range: str | None = None) -> bytes | None:
+        kwargs = {"Bucket": self.bucket, "Key": key, **({"Range": byte_range} if byte_range else {})}
+        try:
+            response = await self.client.get_object(**kwargs)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        async with response["Body"] as body:
+            return await body.read()
+
+    async def get_json(self, name: str) -> dict | None:
+        data = await self.get(self.keys.session_key(self.session, name))
+        if data is None:
+            return None
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    async def put_json(self, name: str, doc: dict) -> None:
+        await self.client.put_object(
+            Bucket=self.bucket, Key=self.keys.session_key(self.session, name), Body=json.dumps(doc).encode()
+        )
+
+    async def read_log(self, offset: int, limit: int = MAX_LOG_CHUNK) -> tuple[bytes, int]:
+        """Bytes of the session's output from ``offset``; see RunLedger.read_log for the layout."""
+        prefix = self.keys.session_key(self.session, "logs") + "/"
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if offset >= MAX_LOG_CHUNK:
+            kwargs["StartAfter"] = self.keys.log_key(self.session, offset - MAX_LOG_CHUNK)
+        out, position = bytearray(), offset
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(**kwargs):
+            for item in page.get("Contents", []):
+                name = item["Key"][len(prefix) :]
+                if not name.endswith(".log") or not name[:-4].isdigit():
+                    continue
+                start, size = int(name[:-4]), int(item["Size"])
+                if start + size <= position:
+                    continue
+                if start > position:
+                    return bytes(out), position
+                skip = position - start
+                data = await self.get(item["Key"], f"bytes={skip}-" if skip else None)
+                if data is None:
+                    return bytes(out), position
+                out += data
+                position += len(data)
+                if len(out) >= limit:
+                    return bytes(out), position
+        return bytes(out), position
+
+
+class RunWatchTrigger(BaseTrigger):
+    """Stream session ``session`` of ``run_uri`` into the task log until it ends.
+
+    Events: ``succeeded``, ``failed``, ``interrupted`` (from the agent's outcome), ``lost`` (no
+    outcome, and the instance is gone or the agent silent), ``timeout`` (``deadline`` passed; the
+    instance is terminated). The log offset already written to the task log is kept in the ledger
+    (``sessions/N/watch.json``), so a triggerer restart neither repeats nor skips lines.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_uri: str,
+        session: int,
+        instance_id: str,
+        launched_at: float,
+        deadline: float | None = None,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        log_offset: int = 0,
+        poll_interval: float = 2.0,
+        instance_check_interval: float = 30.0,
+        heartbeat_timeout: float = 90.0,
+        boot_timeout: float = 900.0,
+    ) -> None:
+        super().__init__()
+        self.run_uri = run_uri
+        self.session = session
+        self.instance_id = instance_id
+        self.launched_at = launched_at
+        self.deadline = deadline
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+        self.log_offset = log_offset
+        self.poll_interval = poll_interval
+        self.instance_check_interval = instance_check_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.boot_timeout = boot_timeout
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "run_uri": self.run_uri,
+                "session": self.session,
+                "instance_id": self.instance_id,
+                "launched_at": self.launched_at,
+                "deadline": self.deadline,
+                "aws_conn_id": self.aws_conn_id,
+                "region_name": self.region_name,
+                "log_offset": self.log_offset,
+                "poll_interval": self.poll_interval,
+                "instance_check_interval": self.instance_check_interval,
+                "heartbeat_timeout": self.heartbeat_timeout,
+                "boot_timeout": self.boot_timeout,
+            },
+        )
+
+    def _ec2_hook(self) -> SpotLaunchHook:
+        return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        s3_hook = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        ec2_hook = self._ec2_hook()
+        batcher = describe_batcher(self.aws_conn_id, self.region_name)
+        async with (
+            shared_client(s3_hook, ("s3", self.aws_conn_id, self.region_name)) as s3,
+            shared_client(ec2_hook, ("ec2", self.aws_conn_id, self.region_name)) as ec2,
+        ):
+            ledger = AsyncLedgerReader(s3, self.run_uri, self.session)
+            watched = await ledger.get_json("watch.json") or {}
+            offset = max(self.log_offset, int(watched.get("log_offset", 0)))
+            pending = b""
+            next_instance_check = 0.0
+            gone_seen = False
+            while True:
+                offset, pending = await self._stream(ledger, offset, pending)
+                outcome = await ledger.get_json("outcome.json")
+                if outcome is not None:
+                    offset, pending = await self._stream(ledger, offset, pending, final=True)
+                    status = str(outcome.get("status"))
+                    self.log.info("session %d ended: %s (%s)", self.session, status, outcome.get("reason", ""))
+                    yield TriggerEvent(self._event(status, offset, outcome=outcome))
+                    return
+                now = time.time()
+                if self.deadline is not None and now >= self.deadline:
+                    self.log.error("max_run reached: terminating instance %s", self.instance_id)
+                    await self._terminate(ec2_hook, ec2)
+                    offset, pending = await self._stream(ledger, offset, pending, final=True)
+                    yield TriggerEvent(self._event("timeout", offset, reason="max_run reached; instance terminated"))
+                    return
+                silent = await self._lost_reason(ledger, now)
+                lost = None
+                if now >= next_instance_check or silent or gone_seen:
+                    next_instance_check = now + self.instance_check_interval
+                    instance = await batcher.state(ec2, self.instance_id)
+                    state = (instance or {}).get("State", {}).get("Name", "unknown to EC2")
+                    if instance is None or state in GONE_STATES:
+                        reason = (instance or {}).get("StateReason", {}).get("Code") or state
+                        # The agent records its outcome before the bootstrap powers off: look once more first.
+                        lost = (
+                            f"instance {self.instance_id} is {state} ({reason}) with no outcome" if gone_seen else None
+                        )
+                        gone_seen = True
+                    elif silent:
+                        lost = silent  # the instance runs but the agent is dead or hung: stop paying for it
+                if lost:
+                    offset, pending = await self._stream(ledger, offset, pending, final=True)
+                    self.log.warning("session %d lost: %s", self.session, lost)
+                    await self._terminate(ec2_hook, ec2)
+                    yield TriggerEvent(self._event("lost", offset, reason=lost))
+                    return
+                await asyncio.sleep(self.poll_interval)
+
+    async def _terminate(self, hook: SpotLaunchHook, client: Any = None) -> None:
+        try:
+            await hook.a_terminate([self.instance_id], client=client)
+        except ClientError as exc:  # already gone is fine; anything else is worth a line in the log
+            if "InvalidInstanceID" not in str(exc):
+                self.log.error("could not terminate instance %s: %s", self.instance_id, exc)
+
+    async def _lost_reason(self, ledger: AsyncLedgerReader, now: float) -> str | None:
+        """Why the agent looks dead, or None while it looks alive (or still booting)."""
+        heartbeat = await ledger.get_json("heartbeat.json")
+        if heartbeat is None:
+            if now - self.launched_at > self.boot_timeout:
+                return f"no heartbeat {self.boot_timeout:.0f} s after launch: the agent never started"
+            return None
+        silent = now - float(heartbeat.get("epoch", now))
+        if silent > self.heartbeat_timeout:
+            return f"the agent's heartbeat stopped {silent:.0f} s ago"
+        return None
+
+    async def _stream(
+        self, ledger: AsyncLedgerReader, offset: int, pending: bytes, *, final: bool = False
+    ) -> tuple[int, bytes]:
+        """Log every complete new line into the task log; remember how far in the ledger."""
+        data, _ = await ledger.read_log(offset + len(pending))
+        buffered = pending + data
+        cut = len(buffered) if final else buffered.rfind(b"\n") + 1
+        if cut <= 0:
+            return offset, buffered
+        for line in buffered[:cut].decode(errors="replace").splitlines():
+            self.log.info("%s", line)
+        offset += cut
+        await ledger.put_json("watch.json", {"log_offset": offset, "at": time.time()})
+        return offset, buffered[cut:]
+
+    def _event(self, status: str, offset: int, *, outcome: dict | None = None, reason: str | None = None) -> dict:
+        return {
+            "status": status,
+            "session": self.session,
+            "instance_id": self.instance_id,
+            "log_offset": offset,
+            "outcome": outcome,
+            "reason": reason or (outcome or {}).get("reason"),
+        }
+
+    async def on_kill(self) -> None:
+        """A user marked the deferred task failed/success or cleared it: the instance must not live on."""
+        self.log.warning("task stopped by a user: terminating instance %s", self.instance_id)
+        await self._terminate(self._ec2_hook())
