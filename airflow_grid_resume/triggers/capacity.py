@@ -241,6 +241,7 @@ class SpotCapacityTrigger(BaseTrigger):
         lifecycle = lifecycle or tags.get("grid-resume:lifecycle") or instance.get("InstanceLifecycle") or SPOT
         event = {
             "status": "launched",
+            "session": self.session,
             "instance_id": instance["InstanceId"],
             "instance_type": instance.get("InstanceType"),
             "zone": instance.get("Placement", {}).get("AvailabilityZone") or (pair.zone if pair else None),

@@ -1,0 +1,154 @@
+"""GridRunOperator with dag.test() against the local spot cloud: real agents on emulated instances."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import boto3
+import pytest
+
+from airflow_grid_resume.agent.ledger import RunLedger
+from airflow_grid_resume.agent.s3client import make_s3_client
+from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.emulator.client import LocalSpotCloud
+from tests.conftest import TRAIN
+
+AMI = "ami-03cf127a"
+
+
+@pytest.fixture(scope="module")
+def airflow_db() -> None:
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def spot_cloud(airflow_db):
+    with LocalSpotCloud(notice_seconds=3) as cloud:
+        saved = {k: os.environ.get(k) for k in cloud.aws_env()}
+        os.environ.update(cloud.aws_env())
+        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+        yield cloud
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def make_dag(dag_id: str, workdir: Path, bucket: str, **op_kwargs):
+    from airflow.sdk import DAG
+
+    from airflow_grid_resume.operators import GridRunOperator
+
+    subnets = sorted(boto3.client("ec2").describe_subnets()["Subnets"], key=lambda s: s["AvailabilityZone"])[:2]
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
+        GridRunOperator(
+            task_id="train",
+            command="python3 train.py 80 0.05",
+            workdir=str(workdir),
+            artifacts_uri=f"s3://{bucket}/grid-runs/",
+            instance_types=["g5.xlarge", "g4dn.xlarge"],
+            image_id=AMI,
+            subnet_ids=[s["SubnetId"] for s in subnets],
+            aws_conn_id=None,
+            region_name="us-east-1",
+            poll_interval=0.3,
+            agent_args=["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1", "--min-grace", "1"],
+            retry_delay=timedelta(seconds=1),
+            **op_kwargs,
+        )
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(collect_dags=False)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+    return dag
+
+
+@pytest.fixture
+def training_dir(tmp_path: Path) -> Path:
+    workdir = tmp_path / "training"
+    workdir.mkdir()
+    shutil.copy(TRAIN, workdir / "train.py")
+    return workdir
+
+
+def reference_result(tmp_path: Path) -> str:
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    subprocess.run([sys.executable, TRAIN, "80", "0.0"], cwd=ref, check=True, capture_output=True)
+    return (ref / "result.txt").read_text()
+
+
+def run_ledger(bucket: str) -> RunLedger:
+    client = make_s3_client()
+    runs = {
+        o["Key"].rsplit("/spec.json", 1)[0]
+        for o in client.list_objects_v2(Bucket=bucket)["Contents"]
+        if o["Key"].endswith("/spec.json")
+    }
+    assert len(runs) == 1, runs
+    return RunLedger(client, parse_s3_uri(f"s3://{bucket}/{runs.pop()}"))
+
+
+def result_of(ledger: RunLedger, tmp_path: Path) -> str:
+    from airflow_grid_resume.agent.restore import Restorer
+
+    out = tmp_path / f"restored-{uuid.uuid4().hex[:6]}"
+    Restorer(ledger, str(out)).restore()
+    return (out / "result.txt").read_text()
+
+
+def test_a_run_without_interruption(spot_cloud, training_dir: Path, tmp_path: Path) -> None:
+    bucket = f"op-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    dag = make_dag(f"grid_plain_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0)
+    dagrun = dag.test()
+    assert dagrun.state == "success"
+    ledger = run_ledger(bucket)
+    assert ledger.list_sessions() == [1]
+    assert ledger.read_outcome(1)["status"] == "succeeded"
+    assert result_of(ledger, tmp_path) == reference_result(tmp_path)
+
+
+def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: Path, tmp_path: Path) -> None:
+    bucket = f"op-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    interrupted: list[str] = []
+    stop = threading.Event()
+
+    def chaos() -> None:
+        """Interrupt the first two sessions once they have trained for a while."""
+        while not stop.is_set() and len(interrupted) < 2:
+            for instance in spot_cloud.instances():
+                if instance["state"] != "running" or instance["instance_id"] in interrupted or not instance["pid"]:
+                    continue
+                if time.time() - instance["launched_at"] > 1.5:
+                    spot_cloud.interrupt(instance["instance_id"], notice=True)
+                    interrupted.append(instance["instance_id"])
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=chaos, daemon=True)
+    thread.start()
+    try:
+        dag = make_dag(f"grid_chaos_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0, max_interruptions=3)
+        dagrun = dag.test()
+    finally:
+        stop.set()
+        thread.join(5)
+    assert len(interrupted) == 2
+    assert dagrun.state == "success"
+    ledger = run_ledger(bucket)
+    statuses = [ledger.read_outcome(s)["status"] for s in ledger.list_sessions()]
+    assert statuses == ["interrupted", "interrupted", "succeeded"]  # no failure retry spent (retries=0)
+    assert result_of(ledger, tmp_path) == reference_result(tmp_path)
