@@ -93,8 +93,10 @@ class GridRunOperator(BaseOperator):
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
         poll_interval: float = 2.0,
+        instance_check_interval: float = 30.0,
         heartbeat_timeout: float = 90.0,
         boot_timeout: float = 900.0,
+        capacity_backoff: tuple[float, float] = (15.0, 300.0),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -129,6 +131,8 @@ class GridRunOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
         self.poll_interval = poll_interval
+        self.instance_check_interval = instance_check_interval
+        self.capacity_backoff = (float(capacity_backoff[0]), float(capacity_backoff[1]))
         self.heartbeat_timeout = heartbeat_timeout
         self.boot_timeout = boot_timeout
         # Interruptions are retried too; the task's own ``retries`` stays the budget for failures.
@@ -230,6 +234,8 @@ class GridRunOperator(BaseOperator):
                 region_name=self.region_name,
                 fallback=self.fallback or None,
                 interruptions=interruptions,
+                backoff_base=self.capacity_backoff[0],
+                backoff_max=self.capacity_backoff[1],
             ),
             method_name="on_capacity",
         )
@@ -277,6 +283,7 @@ class GridRunOperator(BaseOperator):
                 aws_conn_id=self.aws_conn_id,
                 region_name=self.region_name,
                 poll_interval=self.poll_interval,
+                instance_check_interval=self.instance_check_interval,
                 heartbeat_timeout=self.heartbeat_timeout,
                 boot_timeout=self.boot_timeout,
             ),

@@ -62,6 +62,31 @@ class AsyncLedgerReader:
             Bucket=self.bucket, Key=self.keys.session_key(self.session, name), Body=json.dumps(doc).encode()
         )
 
+    async def release_dead_lease(self, instance_id: str) -> bool:
+        """Release the run's lease if the agent of this session (now known dead) still holds it.
+
+        A killed agent cannot release its lease; the next session's agent would be refused until
+        the lease expires. The instance being terminated proves the holder is gone; the write is
+        conditional on the ETag read, so a lease taken meanwhile by a live agent is never touched.
+        """
+        key = self.keys.key("lease.json")
+        try:
+            response = await self.client.get_object(Bucket=self.bucket, Key=key)
+            async with response["Body"] as body:
+                doc = json.loads(await body.read())
+            etag = response["ETag"]
+        except (ClientError, ValueError):
+            return False
+        held_here = doc.get("session") == self.session or doc.get("instance_id") == instance_id
+        if doc.get("released") or not held_here:
+            return False
+        doc.update(released=True, released_by=f"airflow: instance {instance_id} is gone")
+        try:
+            await self.client.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(doc).encode(), IfMatch=etag)
+        except ClientError:
+            return False
+        return True
+
     async def read_log(self, offset: int, limit: int = MAX_LOG_CHUNK) -> tuple[bytes, int]:
         """Bytes of the session's output from ``offset``; see RunLedger.read_log for the layout."""
         prefix = self.keys.session_key(self.session, "logs") + "/"
@@ -201,6 +226,8 @@ class RunWatchTrigger(BaseTrigger):
                     offset, pending = await self._stream(ledger, offset, pending, final=True)
                     self.log.warning("session %d lost: %s", self.session, lost)
                     await self._terminate(ec2_hook, ec2)
+                    if await ledger.release_dead_lease(self.instance_id):
+                        self.log.info("released the lost agent's lease so the next session can start at once")
                     yield TriggerEvent(self._event("lost", offset, reason=lost))
                     return
                 await asyncio.sleep(self.poll_interval)
