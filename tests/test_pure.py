@@ -166,3 +166,19 @@ def test_same_size_same_mtime_change_is_seen(tmp_path) -> None:
     st2 = os.stat(path)
     assert (st2.st_size, st2.st_mtime_ns) == (st1.st_size, st1.st_mtime_ns)
     assert cache.lookup("w.bin", st2) is None
+
+
+def test_airflow_discovers_the_provider_and_its_links() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from airflow.providers_manager import ProvidersManager as P\n"
+        "p = P()\n"
+        "info = p.providers['airflow-grid-resume']\n"
+        "print(info.version)\n"
+        "print(sorted(c for c in p.extra_links_class_names if 'grid_resume' in c))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "0.1.0" in out
+    assert "airflow_grid_resume.links.GridArtifactsLink" in out and "airflow_grid_resume.links.GridInstanceLink" in out
