@@ -21,17 +21,18 @@ from typing import Any
 from airflow.exceptions import AirflowException, AirflowFailException
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import BaseOperator
+from botocore.exceptions import ClientError
 
 from airflow_grid_resume.agent.bundle import build_zipapp
 from airflow_grid_resume.agent.errors import UsageError
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
-from airflow_grid_resume.hooks.spot import SpotLaunchHook
+from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, expiry_tag
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink
-from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
-from airflow_grid_resume.spot.launch import LaunchSpec
-from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
+from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY, render_user_data
+from airflow_grid_resume.spot.launch import CAPACITY, FATAL, SPOT, FallbackPolicy, LaunchSpec, explain_fatal, make_pairs
+from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger, describe_launch, launched_event
 from airflow_grid_resume.triggers.run import RunWatchTrigger
 
 STATE_KEY = "grid_resume"
@@ -209,12 +210,21 @@ class GridRunOperator(BaseOperator):
             if instance.get("State", {}).get("Name") in ("pending", "running"):
                 self.log.info("reattaching to session %s on instance %s", state["session"], state["instance_id"])
                 return self._watch(context, run_uri, int(state["session"]), state["instance_id"], state)
-        session = max([0, *ledger.list_sessions(), int(state.get("session", 0))]) + 1
+        sessions = ledger.list_sessions()
+        if sessions and (ledger.read_outcome(sessions[-1]) or {}).get("status") == "succeeded":
+            # A retry or a clear after success (or Airflow re-running a try whose result it lost):
+            # the run is complete in the ledger, so report it instead of training again.
+            self.log.info("the run already succeeded in session %d: nothing to run", sessions[-1])
+            return self._summary(ledger, run_uri, {"status": "succeeded", "outcome": ledger.read_outcome(sessions[-1])})
+        session = max([0, *sessions, int(state.get("session", 0))]) + 1
         interruptions, _failures = self._history(ledger, session)
         first_started = float(state.get("first_started_at") or time.time())
         state = {"session": session, "run_uri": run_uri, "first_started_at": first_started}
         if store:
             store.set(STATE_KEY, state)
+        launched = self._launch_now(run_uri, session, interruptions)
+        if launched is not None:
+            return self.on_capacity(context, launched)
         self.log.info(
             "session %d of run %s: waiting for %s capacity (%d interruptions so far)",
             session,
@@ -240,6 +250,55 @@ class GridRunOperator(BaseOperator):
             method_name="on_capacity",
         )
 
+    def _launch_now(self, run_uri: str, session: int, interruptions: int) -> dict | None:
+        """One round over the pairs from the worker: with capacity at hand, no capacity deferral is
+        needed (and no trigger fires seconds after deferring). None means: wait in the trigger."""
+        hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        started_at = time.time()
+        existing = hook.find_session_instance(run_uri, session)
+        if existing is not None:
+            return launched_event(existing, None, session=session, started_at=started_at, reused=True, rounds=0)
+        try:
+            zones = hook.subnet_zones(list(self.spec.subnet_ids))
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            raise AirflowFailException(explain_fatal(str(err.get("Code")), str(err.get("Message", exc)))) from exc
+        lifecycle = FallbackPolicy(**self.fallback).lifecycle(
+            capacity_failures_in_a_row=0, interruptions=interruptions, waited_seconds=0
+        )
+        user_data = render_user_data(run_uri, session, self.region_name)
+        expires_at = expiry_tag(started_at, self.spec.expiry_hours)
+        for pair in make_pairs(self.spec.instance_types, zones):
+            try:
+                instance = hook.launch(
+                    self.spec,
+                    pair,
+                    lifecycle=lifecycle,
+                    run_id=run_uri,
+                    session=session,
+                    user_data=user_data,
+                    expires_at=expires_at,
+                )
+            except LaunchError as exc:
+                if exc.kind == FATAL:
+                    raise AirflowFailException(explain_fatal(exc.code, exc.message)) from exc
+                self.log.info("no %s capacity for %s in %s (%s)", lifecycle, pair.instance_type, pair.zone, exc.code)
+                if exc.kind == CAPACITY:
+                    continue
+                break
+            price = hook.spot_price(pair.instance_type, pair.zone) if lifecycle == SPOT else None
+            return launched_event(
+                instance,
+                price,
+                session=session,
+                started_at=started_at,
+                reused=False,
+                rounds=1,
+                lifecycle=lifecycle,
+                pair=pair,
+            )
+        return None
+
     def on_capacity(self, context: Any, event: dict | None = None) -> Any:
         event = event or {}
         session = int(event.get("session") or 0)
@@ -251,16 +310,7 @@ class GridRunOperator(BaseOperator):
         if store:
             store.set(STATE_KEY, state)
         run_uri = self._run_uri(context)
-        self.log.info(
-            "session %d: %s %s instance %s (%s in %s%s)",
-            session,
-            "reattached" if event.get("reused") else "launched",
-            event["lifecycle"],
-            event["instance_id"],
-            event["instance_type"],
-            event["zone"],
-            f", {event['spot_price']} USD/h" if event.get("spot_price") else "",
-        )
+        self.log.info("session %d: %s", session, describe_launch(event))
         return self._watch(context, run_uri, session, event["instance_id"], state)
 
     def _watch(self, context: Any, run_uri: str, session: int, instance_id: str, state: dict) -> None:

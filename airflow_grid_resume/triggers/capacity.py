@@ -218,6 +218,11 @@ class SpotCapacityTrigger(BaseTrigger):
                 )
                 await asyncio.sleep(delay)
 
+    def _launched(self, instance: dict, price: str | None, **kw: Any) -> dict:
+        event = launched_event(instance, price, session=self.session, started_at=self.started_at, **kw)
+        self.log.info("%s", describe_launch(event))
+        return event
+
     async def _price(self, hook: SpotLaunchHook, pair: Pair, lifecycle: str, client: Any) -> str | None:
         if lifecycle != SPOT:
             return None
@@ -227,38 +232,40 @@ class SpotCapacityTrigger(BaseTrigger):
             self.log.warning("could not read the spot price of %s in %s: %s", pair.instance_type, pair.zone, exc)
             return None
 
-    def _launched(
-        self,
-        instance: dict,
-        price: str | None,
-        *,
-        reused: bool,
-        rounds: int,
-        lifecycle: str | None = None,
-        pair: Pair | None = None,
-    ) -> dict:
-        tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-        lifecycle = lifecycle or tags.get("grid-resume:lifecycle") or instance.get("InstanceLifecycle") or SPOT
-        event = {
-            "status": "launched",
-            "session": self.session,
-            "instance_id": instance["InstanceId"],
-            "instance_type": instance.get("InstanceType"),
-            "zone": instance.get("Placement", {}).get("AvailabilityZone") or (pair.zone if pair else None),
-            "subnet_id": instance.get("SubnetId") or (pair.subnet_id if pair else None),
-            "lifecycle": "on-demand" if lifecycle in ("on-demand", "scheduled") else "spot",
-            "spot_price": price,
-            "reused": reused,
-            "rounds": rounds,
-            "waited_seconds": round(time.time() - self.started_at, 3),
-        }
-        self.log.info(
-            "%s %s instance %s (%s in %s%s)",
-            "reattached to" if reused else "launched",
-            event["lifecycle"],
-            event["instance_id"],
-            event["instance_type"],
-            event["zone"],
-            f", spot price {price} USD/h" if price else "",
-        )
-        return event
+
+def launched_event(
+    instance: dict,
+    price: str | None,
+    *,
+    session: int,
+    started_at: float,
+    reused: bool,
+    rounds: int,
+    lifecycle: str | None = None,
+    pair: Pair | None = None,
+) -> dict:
+    """The ``launched`` event, the same whether the trigger or the operator's first attempt launched."""
+    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+    lifecycle = lifecycle or tags.get("grid-resume:lifecycle") or instance.get("InstanceLifecycle") or SPOT
+    return {
+        "status": "launched",
+        "session": session,
+        "instance_id": instance["InstanceId"],
+        "instance_type": instance.get("InstanceType"),
+        "zone": instance.get("Placement", {}).get("AvailabilityZone") or (pair.zone if pair else None),
+        "subnet_id": instance.get("SubnetId") or (pair.subnet_id if pair else None),
+        "lifecycle": "on-demand" if lifecycle in ("on-demand", "scheduled") else "spot",
+        "spot_price": price,
+        "reused": reused,
+        "rounds": rounds,
+        "waited_seconds": round(time.time() - started_at, 3),
+    }
+
+
+def describe_launch(event: dict) -> str:
+    price = event.get("spot_price")
+    return (
+        f"{'reattached to' if event.get('reused') else 'launched'} {event['lifecycle']} instance "
+        f"{event['instance_id']} ({event['instance_type']} in {event['zone']}"
+        f"{f', spot price {price} USD/h' if price else ''})"
+    )
