@@ -88,10 +88,10 @@ def training_dir(tmp_path: Path) -> Path:
     return workdir
 
 
-def reference_result(tmp_path: Path) -> str:
-    ref = tmp_path / "reference"
-    ref.mkdir()
-    subprocess.run([sys.executable, TRAIN, "80", "0.0"], cwd=ref, check=True, capture_output=True)
+def reference_result(tmp_path: Path, steps: int = 80) -> str:
+    ref = tmp_path / f"reference-{steps}"
+    ref.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, TRAIN, str(steps), "0.0"], cwd=ref, check=True, capture_output=True)
     return (ref / "result.txt").read_text()
 
 
