@@ -310,6 +310,14 @@ class GridRunOperator(BaseOperator):
         if store:
             store.set(STATE_KEY, state)
         run_uri = self._run_uri(context)
+        if event.get("rounds", 1) > 1 or event.get("waited_seconds", 0) > 60:
+            # The capacity trigger's own log is replaced by the next deferral's: keep the wait in the task log.
+            self.log.info(
+                "session %d: waited %.0f s for capacity over %d rounds",
+                session,
+                float(event.get("waited_seconds", 0)),
+                int(event.get("rounds", 1)),
+            )
         self.log.info("session %d: %s", session, describe_launch(event))
         return self._watch(context, run_uri, session, event["instance_id"], state)
 

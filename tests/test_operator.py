@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -185,7 +186,7 @@ def chaos(cloud: LocalSpotCloud, *, times: int, notice: bool, after: float = 1.5
     return interrupted, stop
 
 
-def test_script_failure_is_retried_then_fails_naming_the_budget(spot_cloud, training_dir, capsys) -> None:
+def test_script_failure_is_retried_then_fails_naming_the_budget(spot_cloud, training_dir, capfd) -> None:
     bucket = new_bucket()
     dag = make_dag(
         f"grid_fail_{uuid.uuid4().hex[:6]}",
@@ -197,12 +198,12 @@ def test_script_failure_is_retried_then_fails_naming_the_budget(spot_cloud, trai
     assert dag.test().state == "failed"
     ledger = run_ledger(bucket)
     assert [ledger.read_outcome(s)["status"] for s in ledger.list_sessions()] == ["failed", "failed"]
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert "script failure budget exhausted: 2 failures > retries=1" in out
     assert "CUDA out of memory" in out
 
 
-def test_interruption_budget_exhausted(spot_cloud, training_dir, capsys) -> None:
+def test_interruption_budget_exhausted(spot_cloud, training_dir, capfd) -> None:
     bucket = new_bucket()
     _, stop = chaos(spot_cloud, times=5, notice=True)
     try:
@@ -217,7 +218,7 @@ def test_interruption_budget_exhausted(spot_cloud, training_dir, capsys) -> None
         assert dag.test().state == "failed"
     finally:
         stop.set()
-    assert "interruption budget exhausted: 2 interruptions > max_interruptions=1" in capsys.readouterr().out
+    assert "interruption budget exhausted: 2 interruptions > max_interruptions=1" in capfd.readouterr().out
     ledger = run_ledger(bucket)
     assert [ledger.read_outcome(s)["status"] for s in ledger.list_sessions()] == ["interrupted", "interrupted"]
 
@@ -244,14 +245,14 @@ def test_lost_instance_resumes_from_the_last_checkpoint(spot_cloud, training_dir
     assert result_of(ledger, tmp_path) == reference_result(tmp_path)
 
 
-def test_max_run_terminates_the_instance(spot_cloud, training_dir, capsys) -> None:
+def test_max_run_terminates_the_instance(spot_cloud, training_dir, capfd) -> None:
     bucket = new_bucket()
     dag = make_dag(
         f"grid_maxrun_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=2, max_run=4, command="sleep 300"
     )
     before = {i["instance_id"] for i in spot_cloud.instances()}
     assert dag.test().state == "failed"
-    assert "max_run (4 s) reached in session 1" in capsys.readouterr().out
+    assert "max_run (4 s) reached in session 1" in capfd.readouterr().out
     mine = [i for i in spot_cloud.instances() if i["instance_id"] not in before]
     assert len(mine) == 1
     wait = time.monotonic() + 10
@@ -260,15 +261,17 @@ def test_max_run_terminates_the_instance(spot_cloud, training_dir, capsys) -> No
     assert spot_cloud.instance(mine[0]["instance_id"])["state"] == "terminated"
 
 
-def test_capacity_withheld_then_released(spot_cloud, training_dir, tmp_path, capsys) -> None:
+def test_capacity_withheld_then_released(spot_cloud, training_dir, tmp_path, capfd) -> None:
     bucket = new_bucket()
-    spot_cloud.set_capacity("*", "*", available=False, for_seconds=3)
+    dag = make_dag(f"grid_drought_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0)
+    spot_cloud.set_capacity("*", "*", available=False, for_seconds=5)
     try:
-        dag = make_dag(f"grid_drought_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0)
         assert dag.test().state == "success"
     finally:
         spot_cloud.set_capacity("*", "*", available=True, market="all")
-    assert "no spot capacity for g5.xlarge in" in capsys.readouterr().out
+    out = capfd.readouterr().out
+    assert "no spot capacity for g5.xlarge in" in out
+    assert re.search(r"session 1: waited \d+ s for capacity over \d+ rounds", out)  # kept in the task's own log
     assert result_of(run_ledger(bucket), tmp_path) == reference_result(tmp_path)
 
 

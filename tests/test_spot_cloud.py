@@ -136,7 +136,7 @@ def test_client_token_idempotency(cloud_env, subnets) -> None:
         ec2.run_instances(**{**args, "InstanceType": "g4dn.xlarge"})
 
 
-def test_trigger_waits_then_launches_on_the_next_free_pair(cloud, subnets, capsys) -> None:
+def test_trigger_waits_then_launches_on_the_next_free_pair(cloud, subnets, capfd) -> None:
     zone_a, zone_b = subnets[0]["AvailabilityZone"], subnets[1]["AvailabilityZone"]
     cloud.set_capacity("g5.xlarge", "*", available=False)
     cloud.set_capacity("g4dn.xlarge", zone_a, available=False)
@@ -148,7 +148,7 @@ def test_trigger_waits_then_launches_on_the_next_free_pair(cloud, subnets, capsy
     assert event["spot_price"] is not None and event["rounds"] >= 2
     assert instances_of(trigger.run_id) == [event["instance_id"]]
     # Airflow routes trigger logs through structlog to the console (and, in a triggerer, the task log).
-    waits = [line for line in capsys.readouterr().out.splitlines() if "no spot capacity for" in line]
+    waits = [line for line in capfd.readouterr().out.splitlines() if "no spot capacity for" in line]
     assert waits and f"g5.xlarge in {zone_a} (InsufficientInstanceCapacity)" in waits[0]
     assert "next try in" in waits[0]
 
@@ -335,18 +335,18 @@ def logged_lines(out: str, marker: str) -> list[str]:
     return re.findall(rf"\] {re.escape(marker)}(\d+) +\[", out)
 
 
-def test_watch_streams_every_line_once_and_reports_success(cloud, subnets, agent_pyz, capsys) -> None:
+def test_watch_streams_every_line_once_and_reports_success(cloud, subnets, agent_pyz, capfd) -> None:
     script = "for i in 1 2 3 4 5; do echo line-$i; sleep 0.3; done"
     run_uri, instance_id = launch_session(subnets, agent_pyz, ["sh", "-c", script])
     event = first_event(watch_for(run_uri, instance_id))
     assert event["status"] == "succeeded" and event["outcome"]["exit_code"] == 0
-    lines = logged_lines(capsys.readouterr().out, "line-")
+    lines = logged_lines(capfd.readouterr().out, "line-")
     assert lines == ["1", "2", "3", "4", "5"]
     ledger = RunLedger(make_s3_client(), parse_s3_uri(run_uri))
     assert event["log_offset"] == len(ledger.read_log(1, 0)[0])
 
 
-def test_watch_resumes_after_a_triggerer_restart_without_repeating(cloud, subnets, agent_pyz, capsys) -> None:
+def test_watch_resumes_after_a_triggerer_restart_without_repeating(cloud, subnets, agent_pyz, capfd) -> None:
     script = "for i in $(seq 1 12); do echo tick-$i; sleep 0.25; done"
     run_uri, instance_id = launch_session(subnets, agent_pyz, ["sh", "-c", script])
     trigger = watch_for(run_uri, instance_id)
@@ -358,7 +358,7 @@ def test_watch_resumes_after_a_triggerer_restart_without_repeating(cloud, subnet
     asyncio.run(cut_short())  # the triggerer dies mid-stream
     event = first_event(watch_for(run_uri, instance_id))  # rebuilt from the same kwargs
     assert event["status"] == "succeeded"
-    assert logged_lines(capsys.readouterr().out, "tick-") == [str(i) for i in range(1, 13)]
+    assert logged_lines(capfd.readouterr().out, "tick-") == [str(i) for i in range(1, 13)]
 
 
 async def first_event_async(trigger: BaseTrigger) -> dict:
