@@ -182,3 +182,14 @@ def test_airflow_discovers_the_provider_and_its_links() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "0.1.0" in out
     assert "airflow_grid_resume.links.GridArtifactsLink" in out and "airflow_grid_resume.links.GridInstanceLink" in out
+
+
+def test_log_read_plan() -> None:
+    from airflow_grid_resume.agent.ledger import plan_log_reads
+
+    p = "run/sessions/000001/logs/"
+    listing = [(f"{p}{0:016d}.log", 6), (f"{p}{6:016d}.log", 6), (f"{p}{20:016d}.log", 5), (p + "junk", 1)]
+    assert plan_log_reads(listing, p, 0, 100) == [(f"{p}{0:016d}.log", None), (f"{p}{6:016d}.log", None)]  # gap at 12
+    assert plan_log_reads(listing, p, 8, 100) == [(f"{p}{6:016d}.log", "bytes=2-")]
+    assert plan_log_reads(listing, p, 12, 100) == []
+    assert plan_log_reads(listing, p, 0, 3) == [(f"{p}{0:016d}.log", None)]  # the limit is reached

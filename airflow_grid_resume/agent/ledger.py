@@ -235,30 +235,48 @@ class RunLedger:
     def append_log(self, session: int, offset: int, data: bytes) -> None:
         self.put(self.log_key(session, offset), data)
 
+    def log_listing(self, session: int, offset: int) -> tuple[str, str | None]:
+        """(prefix, start_after) of the LIST that finds every chunk able to hold bytes from ``offset``."""
+        prefix = self.session_key(session, "logs") + "/"
+        return prefix, (self.log_key(session, offset - MAX_LOG_CHUNK) if offset >= MAX_LOG_CHUNK else None)
+
     def read_log(self, session: int, offset: int = 0, *, limit: int = MAX_LOG_CHUNK) -> tuple[bytes, int]:
         """Log bytes from ``offset`` (at most about ``limit``), and the offset to read from next."""
-        prefix = self.session_key(session, "logs") + "/"
-        start_after = self.log_key(session, offset - MAX_LOG_CHUNK) if offset >= MAX_LOG_CHUNK else None
+        prefix, start_after = self.log_listing(session, offset)
+        listing = [(item["Key"], int(item["Size"])) for item in self.list(prefix, start_after=start_after)]
         out = bytearray()
-        position = offset
-        for item in self.list(prefix, start_after=start_after):
-            name = item["Key"][len(prefix) :]
-            if not name.endswith(".log") or not name[:-4].isdigit():
-                continue
-            start, size = int(name[:-4]), int(item["Size"])
-            if start + size <= position:
-                continue
-            if start > position:
-                break  # a gap: the chunk that covers ``position`` is not written yet
-            skip = position - start
-            data = self.get(item["Key"], byte_range=f"bytes={skip}-" if skip else None)
+        for key, byte_range in plan_log_reads(listing, prefix, offset, limit):
+            data = self.get(key, byte_range=byte_range)
             if data is None:
                 break
             out += data
-            position += len(data)
-            if len(out) >= limit:
-                break
-        return bytes(out), position
+        return bytes(out), offset + len(out)
+
+
+def plan_log_reads(
+    listing: list[tuple[str, int]], prefix: str, offset: int, limit: int
+) -> list[tuple[str, str | None]]:
+    """Which chunks (key, Range header) to fetch, in order, for the bytes from ``offset``.
+
+    Chunk objects are named by the byte offset they start at; reading stops at a gap (the chunk
+    covering the next byte is not written yet) and once about ``limit`` bytes are planned.
+    """
+    chunks = sorted(
+        (int(key[len(prefix) : -4]), size, key)
+        for key, size in listing
+        if key.startswith(prefix) and key.endswith(".log") and key[len(prefix) : -4].isdigit()
+    )
+    plan: list[tuple[str, str | None]] = []
+    position = offset
+    for start, size, key in chunks:
+        if start + size <= position:
+            continue
+        if start > position or position - offset >= limit:
+            break
+        skip = position - start
+        plan.append((key, f"bytes={skip}-" if skip else None))
+        position = start + size
+    return plan
 
 
 def json_bytes(doc: dict) -> bytes:

@@ -18,7 +18,7 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger
+from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger, plan_log_reads
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import SpotLaunchHook
 from airflow_grid_resume.triggers.clients import shared_client
@@ -88,32 +88,21 @@ class AsyncLedgerReader:
         return True
 
     async def read_log(self, offset: int, limit: int = MAX_LOG_CHUNK) -> tuple[bytes, int]:
-        """Bytes of the session's output from ``offset``; see RunLedger.read_log for the layout."""
-        prefix = self.keys.session_key(self.session, "logs") + "/"
+        """Bytes of the session's output from ``offset``; the same plan as ``RunLedger.read_log``."""
+        prefix, start_after = self.keys.log_listing(self.session, offset)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        if offset >= MAX_LOG_CHUNK:
-            kwargs["StartAfter"] = self.keys.log_key(self.session, offset - MAX_LOG_CHUNK)
-        out, position = bytearray(), offset
-        paginator = self.client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(**kwargs):
-            for item in page.get("Contents", []):
-                name = item["Key"][len(prefix) :]
-                if not name.endswith(".log") or not name[:-4].isdigit():
-                    continue
-                start, size = int(name[:-4]), int(item["Size"])
-                if start + size <= position:
-                    continue
-                if start > position:
-                    return bytes(out), position
-                skip = position - start
-                data = await self.get(item["Key"], f"bytes={skip}-" if skip else None)
-                if data is None:
-                    return bytes(out), position
-                out += data
-                position += len(data)
-                if len(out) >= limit:
-                    return bytes(out), position
-        return bytes(out), position
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        listing = []
+        async for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
+            listing += [(item["Key"], int(item["Size"])) for item in page.get("Contents", [])]
+        out = bytearray()
+        for key, byte_range in plan_log_reads(listing, prefix, offset, limit):
+            data = await self.get(key, byte_range)
+            if data is None:
+                break
+            out += data
+        return bytes(out), offset + len(out)
 
 
 class RunWatchTrigger(BaseTrigger):
