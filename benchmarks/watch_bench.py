@@ -1,0 +1,564 @@
+"""500 concurrent run watches in one triggerer process, against ledgers a load generator keeps writing.
+
+    python benchmarks/watch_bench.py [--runs 500] [--seconds 120 | --minutes 2] [--json FILE]
+
+Three processes besides the local spot cloud (which also holds ``--runs`` real EC2 instances, so
+the batched DescribeInstances has something to describe; its fabric is off, no instance runs):
+
+- the load generator writes, for every run, what the agent writes, with the agent's own code
+  (``RunLedger``, ``LogSpool``, ``LogShipper``): ``session.json`` once, ``heartbeat.json`` every
+  10 s, a log chunk once per second while there is output. Each run prints ``--lines-per-second``
+  lines, each carrying the time it was printed. 500 real agents do not fit on a 2-core machine;
+  the generator sends its PUTs over plain keep-alive HTTP (moto does not check signatures) so
+  that signing 600 requests per second does not eat the core the triggerer is measured on.
+- the triggerer runs the ``RunWatchTrigger.run()`` generators on ONE asyncio event loop, as
+  Airflow's triggerer does, at the operator's defaults (poll 2 s, instance check 30 s). Their task
+  log lines (structlog, as in Airflow) go to a capture stream that notes when each line arrives.
+- this process starts everything, notes the machine's load, then stops the generator: every run
+  writes its outcome, every watch must end ``succeeded`` having logged each line exactly once.
+
+Reported over the steady-state window (after ``--ramp`` + ``--warmup``): the triggerer's CPU in
+cores, event-loop lag (a 50 ms ticker's overshoot), S3 and EC2 calls per run per minute by
+operation, DescribeInstances calls against runs, and log latency (print -> line in the task log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import http.client
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".bench" / "airflow-home"))
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+
+BUCKET = "watch-bench"
+LINE = re.compile(r"wbench r=(\d+) s=(\d+) t=([0-9.]+)")
+GOAL_CORES, GOAL_LAG_MS = 0.5, 100.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# -- load generator ------------------------------------------------------------------------------
+class LoopbackS3:
+    """The two S3 calls ``RunLedger`` makes while writing (put_object, get_object), over keep-alive HTTP.
+
+    Unsigned requests with a credential scope that tells moto the service: enough for moto, and
+    an order of magnitude cheaper in CPU than botocore's signing and parsing.
+    """
+
+    def __init__(self, endpoint_url: str) -> None:
+        self.host = endpoint_url.split("://", 1)[1]
+        self.local = threading.local()
+        self.auth = (
+            "AWS4-HMAC-SHA256 Credential=emulated/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0"
+        )
+
+    def _request(self, method: str, path: str, body: bytes | None, headers: dict) -> tuple[int, dict, bytes]:
+        for attempt in range(5):
+            conn = getattr(self.local, "conn", None) or http.client.HTTPConnection(self.host, timeout=60)
+            self.local.conn = conn
+            try:
+                conn.request(method, path, body=body, headers={"Authorization": self.auth, **headers})
+                resp = conn.getresponse()
+                data = resp.read()
+                if resp.status in (500, 503) and attempt < 4:
+                    time.sleep(0.1 * (attempt + 1))
+                    continue
+                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self.local.conn = None
+                if attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        raise RuntimeError("unreachable")
+
+    def _error(self, status: int, op: str, data: bytes) -> Exception:
+        from botocore.exceptions import ClientError
+
+        code = re.search(rb"<Code>([^<]+)</Code>", data)
+        error = {"Code": code.group(1).decode() if code else str(status)}
+        return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, op)
+
+    def put_object(
+        self, *, Bucket: str, Key: str, Body: bytes, IfNoneMatch: str | None = None, IfMatch: str | None = None
+    ) -> dict:
+        headers = {"Content-Length": str(len(Body))}
+        if IfNoneMatch:
+            headers["If-None-Match"] = IfNoneMatch
+        if IfMatch:
+            headers["If-Match"] = IfMatch
+        status, got, data = self._request("PUT", f"/{Bucket}/{Key}", Body, headers)
+        if status != 200:
+            raise self._error(status, "PutObject", data)
+        return {"ETag": got.get("etag", "")}
+
+    def get_object(self, *, Bucket: str, Key: str, Range: str | None = None) -> dict:
+        import io
+
+        status, got, data = self._request("GET", f"/{Bucket}/{Key}", None, {"Range": Range} if Range else {})
+        if status not in (200, 206):
+            raise self._error(status, "GetObject", data)
+        return {"Body": io.BytesIO(data), "ETag": got.get("etag", "")}
+
+
+class FakeAgent:
+    """One run's agent as the ledger sees it: session record, heartbeats, output shipped every second."""
+
+    def __init__(self, index: int, run: dict, client: LoopbackS3, spool_dir: str, lines_per_second: float) -> None:
+        from airflow_grid_resume.agent.ledger import RunLedger
+        from airflow_grid_resume.agent.logship import LogShipper, LogSpool
+        from airflow_grid_resume.agent.uri import parse_s3_uri
+
+        self.index = index
+        self.run = run
+        self.ledger = RunLedger(client, parse_s3_uri(run["run_uri"]))
+        self.spool = LogSpool(os.path.join(spool_dir, f"{index:04d}.log"))
+        self.shipper = LogShipper(self.ledger, 1, self.spool, interval=1.0)  # flushed by the scheduler below
+        self.period = 1.0 / lines_per_second if lines_per_second > 0 else 0.0
+        self.next_line = time.time() + random.random() * (self.period or 1.0)
+        self.lines = 0
+        self.beats = 0
+        self.chunks = 0
+
+    def start(self) -> None:
+        from airflow_grid_resume import __version__
+
+        now = time.time()
+        record = {
+            "session": 1,
+            "agent_id": f"bench-{self.index:04d}",
+            "host": "bench",
+            "pid": os.getpid(),
+            "instance_id": self.run["instance_id"],
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "command": ["python", "train.py"],
+            "agent_version": __version__,
+        }
+        self.ledger.claim_session(1, record)
+        self.heartbeat()
+
+    def heartbeat(self, state: str = "running") -> None:
+        self.beats += 1
+        now = time.time()
+        self.ledger.write_heartbeat(
+            1,
+            {
+                "session": 1,
+                "seq": self.beats,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                "epoch": now,
+                "state": state,
+                "log_bytes": self.spool.size,
+                "last_manifest": None,
+                "notice": None,
+                "interval": 10.0,
+            },
+        )
+
+    def print_due(self, now: float) -> None:
+        """The lines the training printed since the last tick, each stamped with when it was printed."""
+        if not self.period:
+            return
+        out = []
+        while self.next_line <= now:
+            self.lines += 1
+            out.append(f"wbench r={self.index} s={self.lines} t={self.next_line:.6f} epoch=3 step=1234 loss=0.4321\n")
+            self.next_line += self.period * random.uniform(0.5, 1.5)
+        if out:
+            self.spool.append("".join(out).encode())
+
+    def ship(self) -> None:
+        before = self.shipper.shipped
+        self.shipper.flush()
+        self.chunks += self.shipper.shipped != before
+
+    def finish(self) -> None:
+        self.print_due(time.time())
+        self.ship()
+        self.ledger.write_outcome(
+            1,
+            {
+                "session": 1,
+                "status": "succeeded",
+                "exit_code": 0,
+                "clean": True,
+                "reason": "exit 0",
+                "warnings": [],
+                "notice": None,
+                "manifest": None,
+                "restored_from": None,
+                "restore_fallbacks": [],
+                "agent_exit_code": 0,
+            },
+        )
+        self.heartbeat("ended")
+        self.spool.close()
+
+
+def loadgen(args: argparse.Namespace) -> int:
+    plan = json.loads(Path(args.plan).read_text())
+    client = LoopbackS3(plan["endpoint_url"])
+    spool_dir = tempfile.mkdtemp(prefix="watch-bench-spool-")
+    agents = [FakeAgent(i, run, client, spool_dir, args.lines_per_second) for i, run in enumerate(plan["runs"])]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    late: list[float] = []
+    threads = max(1, args.loadgen_threads)
+
+    def worker(mine: list[FakeAgent]) -> None:
+        for agent in mine:
+            agent.start()
+        now = time.time()
+        events = []  # (due, kind, index): log ticks every 1 s, heartbeats every 10 s, phases spread
+        for n in range(len(mine)):
+            events.append((now + random.random(), 0, n))
+            events.append((now + random.random() * 10, 1, n))
+        heapq.heapify(events)
+        while not stop.is_set():
+            due, kind, n = heapq.heappop(events)
+            wait = due - time.time()
+            if wait > 0 and stop.wait(wait):
+                break
+            late.append(max(0.0, time.time() - due))
+            agent = mine[n]
+            if kind == 0:
+                agent.print_due(time.time())
+                agent.ship()
+                heapq.heappush(events, (due + 1.0, 0, n))
+            else:
+                agent.heartbeat()
+                heapq.heappush(events, (due + 10.0, 1, n))
+
+    workers = [threading.Thread(target=worker, args=(agents[w::threads],), daemon=True) for w in range(threads)]
+    for t in workers:
+        t.start()
+    print("loadgen-ready", flush=True)
+    for t in workers:
+        t.join()
+    for agent in agents:
+        agent.finish()
+    stats = {
+        "lines": {str(a.index): a.lines for a in agents},
+        "chunks": sum(a.chunks for a in agents),
+        "heartbeats": sum(a.beats for a in agents),
+        "schedule_late_p50_s": pct(late, 0.5),
+        "schedule_late_p99_s": pct(late, 0.99),
+    }
+    Path(args.out).write_text(json.dumps(stats))
+    return 0
+
+
+# -- the triggerer -------------------------------------------------------------------------------
+class TaskLogCapture:
+    """Where the triggers' structlog lines go: notes when each benchmark line arrives."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.seen: dict[int, list[int]] = {}
+        self.other = 0
+
+    def write(self, text: str) -> int:
+        now = time.time()
+        for m in LINE.finditer(text):
+            run, seq, printed = int(m.group(1)), int(m.group(2)), float(m.group(3))
+            self.latencies.append(now - printed)
+            self.seen.setdefault(run, []).append(seq)
+        if "wbench" not in text:
+            self.other += 1
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def triggerer(args: argparse.Namespace) -> int:
+    capture = TaskLogCapture()
+    control = os.fdopen(os.dup(1), "w", buffering=1)
+    sys.stdout = capture  # before Airflow configures structlog: the triggers' task log lands here
+    plan = json.loads(Path(args.plan).read_text())
+    os.environ.update(plan["aws_env"])
+    result = asyncio.run(watch_all(args, plan, capture, control))
+    Path(args.out).write_text(json.dumps(result))
+    return 0
+
+
+async def watch_all(args: argparse.Namespace, plan: dict, capture: TaskLogCapture, control: Any) -> dict:
+    from aiobotocore.client import AioBaseClient
+
+    from airflow_grid_resume.triggers.describe import describe_batcher
+    from airflow_grid_resume.triggers.run import RunWatchTrigger
+
+    calls: dict[str, int] = {}
+    original = AioBaseClient._make_api_call
+
+    async def counted(self: Any, operation_name: str, api_params: dict) -> Any:
+        name = f"{self.meta.service_model.service_name}.{operation_name}"
+        calls[name] = calls.get(name, 0) + 1
+        return await original(self, operation_name, api_params)
+
+    AioBaseClient._make_api_call = counted  # type: ignore[method-assign]
+    runs = plan["runs"]
+    events: dict[int, dict] = {}
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def one(i: int) -> None:
+        await asyncio.sleep(args.ramp * i / len(runs))  # watches arrive over the ramp, not all in one tick
+        trigger = RunWatchTrigger(
+            run_uri=runs[i]["run_uri"],
+            session=1,
+            instance_id=runs[i]["instance_id"],
+            launched_at=plan["launched_at"],
+            aws_conn_id=None,
+            region_name="us-east-1",
+            poll_interval=args.poll_interval,
+            instance_check_interval=args.instance_check_interval,
+        )
+        async for event in trigger.run():
+            events[i] = event.payload
+            return
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.05)
+            lags.append(time.perf_counter() - before - 0.05)
+
+    tick = asyncio.create_task(ticker())
+    tasks = [asyncio.create_task(one(i)) for i in range(len(runs))]
+    await asyncio.sleep(args.ramp + args.warmup)
+    batcher = describe_batcher(None, "us-east-1")
+    lags.clear()
+    n_lat = len(capture.latencies)
+    calls0, describes0 = dict(calls), batcher.calls
+    cpu0, wall0 = time.process_time(), time.time()
+    control.write(json.dumps({"window": "start", "at": wall0}) + "\n")
+    await asyncio.sleep(args.seconds)
+    cpu1, wall1 = time.process_time(), time.time()
+    calls1, describes1 = dict(calls), batcher.calls
+    window_lags = list(lags)
+    window_latencies = capture.latencies[n_lat:]
+    control.write(json.dumps({"window": "done", "at": wall1}) + "\n")
+    _, pending = await asyncio.wait(tasks, timeout=args.finish_timeout)
+    for task in pending:
+        task.cancel()
+    stop.set()
+    await tick
+    minutes = (wall1 - wall0) / 60
+    per_op = {k: (calls1.get(k, 0) - calls0.get(k, 0)) / len(runs) / minutes for k in sorted(calls1)}
+    duplicates = sum(len(v) - len(set(v)) for v in capture.seen.values())
+    return {
+        "runs": len(runs),
+        "window_seconds": wall1 - wall0,
+        "cpu_cores": (cpu1 - cpu0) / (wall1 - wall0),
+        "loop_lag_p50_ms": 1000 * pct(window_lags, 0.5),
+        "loop_lag_p99_ms": 1000 * pct(window_lags, 0.99),
+        "loop_lag_max_ms": 1000 * max(window_lags, default=float("nan")),
+        "calls_per_run_per_minute": per_op,
+        "s3_calls_per_run_per_minute": sum(v for k, v in per_op.items() if k.startswith("s3.")),
+        "ec2_calls_per_run_per_minute": sum(v for k, v in per_op.items() if k.startswith("ec2.")),
+        "api_calls_per_second": sum(calls1.get(k, 0) - calls0.get(k, 0) for k in calls1) / (wall1 - wall0),
+        "describe_instances_calls_in_window": describes1 - describes0,
+        "describe_instances_calls_unbatched_would_be": len(runs) * (wall1 - wall0) / args.instance_check_interval,
+        "log_latency_p50_s": statistics.median(window_latencies) if window_latencies else float("nan"),
+        "log_latency_p99_s": pct(window_latencies, 0.99),
+        "log_latency_max_s": max(window_latencies, default=float("nan")),
+        "log_lines_in_window": len(window_latencies),
+        "events": {str(i): e["status"] for i, e in events.items()},
+        "unfinished_watches": len(pending),
+        "lines_logged": {str(r): len(v) for r, v in capture.seen.items()},
+        "duplicate_lines": duplicates,
+        "gaps": sum(1 for v in capture.seen.values() if sorted(set(v)) != list(range(1, max(v) + 1))),
+        "calls_total": calls1,
+    }
+
+
+# -- the conductor -------------------------------------------------------------------------------
+def launch_instances(n: int) -> list[str]:
+    import boto3
+
+    ec2 = boto3.client("ec2")
+    subnet = sorted(ec2.describe_subnets()["Subnets"], key=lambda s: s["AvailabilityZone"])[0]["SubnetId"]
+    ids: list[str] = []
+    while len(ids) < n:
+        count = min(100, n - len(ids))
+        reservation = ec2.run_instances(
+            ImageId="ami-03cf127a",
+            InstanceType="g5.xlarge",
+            MinCount=count,
+            MaxCount=count,
+            SubnetId=subnet,
+            InstanceMarketOptions={"MarketType": "spot"},
+        )
+        ids += [i["InstanceId"] for i in reservation["Instances"]]
+    return ids
+
+
+def conduct(args: argparse.Namespace) -> dict:
+    import boto3
+
+    from airflow_grid_resume.emulator.client import LocalSpotCloud
+
+    work = Path(tempfile.mkdtemp(prefix="watch-bench-"))
+    me = [sys.executable, str(Path(__file__).resolve())]
+    common = ["--plan", str(work / "plan.json")]
+    with LocalSpotCloud() as cloud:
+        os.environ.update(cloud.aws_env())
+        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+        cloud.set_fabric(enabled=False)  # real EC2 instances, no processes: the load generator plays the agents
+        cloud.set_throttle(enabled=False)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        ids = launch_instances(args.runs)
+        runs = [
+            {"run_uri": f"s3://{BUCKET}/grid-runs/bench/run-{i:04d}", "instance_id": i_id} for i, i_id in enumerate(ids)
+        ]
+        plan = {"endpoint_url": cloud.endpoint_url, "aws_env": cloud.aws_env(), "runs": runs}
+        plan["launched_at"] = time.time()
+        (work / "plan.json").write_text(json.dumps(plan))
+        load_start = loadavg()
+        gen = subprocess.Popen(
+            [*me, "--role", "loadgen", *common, "--out", str(work / "loadgen.json"),
+                  "--lines-per-second", str(args.lines_per_second), "--loadgen-threads", str(args.loadgen_threads)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert gen.stdout is not None
+        if gen.stdout.readline().strip() != "loadgen-ready":
+            raise RuntimeError("the load generator did not start")
+        trig = subprocess.Popen(
+            [*me, "--role", "triggerer", *common, "--out", str(work / "triggerer.json"),
+                  "--seconds", str(args.seconds), "--ramp", str(args.ramp), "--warmup", str(args.warmup),
+                  "--poll-interval", str(args.poll_interval),
+                  "--instance-check-interval", str(args.instance_check_interval),
+                  "--finish-timeout", str(args.finish_timeout)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert trig.stdout is not None
+        others = {"emulator": cloud.info["pid"], "loadgen": gen.pid}
+        marks = {}
+        for line in trig.stdout:
+            msg = json.loads(line)
+            if msg.get("window") == "start":
+                marks["start"] = ({k: proc_cpu(p) for k, p in others.items()}, machine_busy(), time.time())
+            elif msg.get("window") == "done":
+                marks["done"] = ({k: proc_cpu(p) for k, p in others.items()}, machine_busy(), time.time())
+                load_window = loadavg()
+                gen.send_signal(signal.SIGTERM)  # every run ends: outcome written, the watches must end
+                break
+        gen.wait(timeout=300)
+        trig.wait(timeout=args.finish_timeout + 60)
+        if trig.returncode or gen.returncode:
+            raise RuntimeError(f"triggerer exit {trig.returncode}, load generator exit {gen.returncode}")
+        result = json.loads((work / "triggerer.json").read_text())
+        generated = json.loads((work / "loadgen.json").read_text())
+    (cpu_a, busy_a, t_a), (cpu_b, busy_b, t_b) = marks["start"], marks["done"]
+    missing = sum(1 for r, n in generated["lines"].items() if n and result["lines_logged"].get(r, 0) != n)
+    statuses: dict[str, int] = {}
+    for status in result.pop("events").values():
+        statuses[status] = statuses.get(status, 0) + 1
+    result.pop("lines_logged")
+    result.update(
+        {
+            "poll_interval": args.poll_interval,
+            "instance_check_interval": args.instance_check_interval,
+            "lines_per_second_per_run": args.lines_per_second,
+            "watch_events": statuses,
+            "runs_with_lines_missing": missing,
+            "lines_generated": sum(generated["lines"].values()),
+            "log_chunks_written": generated["chunks"],
+            "loadgen_schedule_late_p99_s": generated["schedule_late_p99_s"],
+            "other_processes_cores": {k: (cpu_b[k] - cpu_a[k]) / (t_b - t_a) for k in cpu_a},
+            "machine_cores_busy": (busy_b[0] - busy_a[0]) / (busy_b[1] - busy_a[1]) * os.cpu_count(),
+            "cpu_count": os.cpu_count(),
+            "loadavg_at_start": load_start,
+            "loadavg_at_window_end": load_window,
+        }
+    )
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=120.0, help="the steady-state window")
+    parser.add_argument("--minutes", type=float, help="the steady-state window in minutes (overrides --seconds)")
+    parser.add_argument("--ramp", type=float, default=10.0, help="the watches start spread over this many seconds")
+    parser.add_argument("--warmup", type=float, default=30.0, help="seconds after the ramp excluded from the figures")
+    parser.add_argument("--poll-interval", type=float, default=2.0, help="GridRunOperator's default")
+    parser.add_argument("--instance-check-interval", type=float, default=30.0, help="GridRunOperator's default")
+    parser.add_argument("--lines-per-second", type=float, default=3.0, help="output lines per run per second")
+    parser.add_argument("--loadgen-threads", type=int, default=16)
+    parser.add_argument("--finish-timeout", type=float, default=180.0)
+    parser.add_argument("--json")
+    roles = ("conductor", "loadgen", "triggerer")
+    parser.add_argument("--role", choices=roles, default="conductor", help=argparse.SUPPRESS)
+    parser.add_argument("--plan", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.minutes is not None:
+        args.seconds = args.minutes * 60
+    if args.role == "loadgen":
+        return loadgen(args)
+    if args.role == "triggerer":
+        return triggerer(args)
+    result = conduct(args)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    ok = (
+        result["cpu_cores"] < GOAL_CORES
+        and result["loop_lag_p99_ms"] < GOAL_LAG_MS
+        and result["describe_instances_calls_in_window"] < result["describe_instances_calls_unbatched_would_be"] / 10
+        and result["watch_events"] == {"succeeded": args.runs}
+        and result["runs_with_lines_missing"] == 0
+        and result["duplicate_lines"] == 0
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
