@@ -12,6 +12,7 @@ commands:
   emulator    run the local spot cloud (EC2 + S3 + capacity faults + instance fabric) in the foreground
   imds        run the EC2 metadata-service emulator (spot notices, faults) in the foreground
   build-agent write the agent zipapp to a file
+  verify      run a training command through seeded spot interruptions locally and say if it resumes
 """
 
 
@@ -33,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from airflow_grid_resume.emulator.imds import main as imds_main
 
         return imds_main(rest)
+    if command == "verify":
+        from airflow_grid_resume.verify.cli import main as verify_main
+
+        return verify_main(rest)
     if command == "build-agent":
         from airflow_grid_resume.agent.bundle import build_zipapp
 

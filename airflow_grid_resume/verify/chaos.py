@@ -1,0 +1,47 @@
+"""Where to interrupt: seeded, reproducible points in the reference's work.
+
+Points are chosen in *work* seconds (the reference's run time after its start-up), cumulative
+over the run. Session k is interrupted ``start-up + (point[k] - work done so far)`` seconds after
+its command starts: a script that resumes is then interrupted at the chosen point of its work, and
+one that starts over is interrupted again and again before it can finish, so the final,
+uninterrupted session shows what was kept.
+"""
+
+from __future__ import annotations
+
+import random
+
+EARLY = (0.05, 0.2)  # the first point of several: early, where a first slow checkpoint write may be under way
+LATER = (0.3, 0.9)  # the others: one in each equal slice of this range, so they never bunch up
+SINGLE = (0.3, 0.7)  # a lone point: far enough in that a start-over is measurable
+
+
+def plan_points(seed: int, count: int, work_seconds: float) -> list[float]:
+    """``count`` cumulative work points in (0, work_seconds), increasing; the same for the same seed."""
+    if count <= 0 or work_seconds <= 0:
+        return []
+    rng = random.Random(seed)
+    if count == 1:
+        return [rng.uniform(*SINGLE) * work_seconds]
+    fractions = [rng.uniform(*EARLY)]
+    low, high = LATER
+    width = (high - low) / (count - 1)
+    fractions += [rng.uniform(low + i * width, low + (i + 1) * width) for i in range(count - 1)]
+    return [f * work_seconds for f in fractions]
+
+
+def next_offset(point: float, done: float, startup: float, min_work: float) -> float:
+    """Seconds after the next session's command starts at which to post its notice.
+
+    ``done`` is the work actually done before the previous interruptions (their SIGTERMs land a
+    little after the notice is posted), so the points stay where they were chosen; each session
+    gets at least ``min_work`` seconds of work."""
+    return max(0.0, startup) + max(min_work, point - done)
+
+
+def startup_seconds(first_output_after: float | None, duration: float) -> float:
+    """The reference's start-up: the time to its first line of output, unless that comes so late
+    (past half the run) that it says nothing about start-up; then none is assumed."""
+    if first_output_after is None or first_output_after < 0 or first_output_after > duration / 2:
+        return 0.0
+    return first_output_after

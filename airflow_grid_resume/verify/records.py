@@ -1,0 +1,133 @@
+"""What verify measured about one agent session: plain data, shared by the runner and the verdict."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# The documented protocol: a line "grid-resume-progress N" (N = completed units of work).
+DEFAULT_PROGRESS_REGEX = r"grid-resume-progress[:= ]\s*(\d+(?:\.\d+)?)"
+_GRACE = re.compile(r"it has (\d+(?:\.\d+)?) s to save")
+
+
+@dataclass
+class SessionRecord:
+    """One agent process, as seen by verify (timestamps are epoch seconds).
+
+    ``started_at``, ``sigterm_at``, ``exited_at`` and ``returncode`` come from the probe that
+    wraps the command inside the agent's process group; ``exited_at`` is None when the probe was
+    killed with the command (the agent's SIGKILL at the deadline). ``outcome`` is the session's
+    outcome.json from the ledger.
+    """
+
+    label: str
+    session: int | None = None
+    planned_offset: float | None = None
+    notice_posted_at: float | None = None
+    agent_exit: int | None = None
+    agent_ended_at: float | None = None
+    outcome: dict | None = None
+    started_at: float | None = None
+    sigterm_at: float | None = None
+    exited_at: float | None = None
+    returncode: int | None = None
+    first_output_at: float | None = None
+    progress: list[tuple[float, float]] = field(default_factory=list)
+    tail: list[str] = field(default_factory=list)
+    agent_lines: list[str] = field(default_factory=list)
+    timed_out: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.timed_out:
+            return "timed out"
+        return str(self.outcome.get("status")) if self.outcome else "no outcome"
+
+    @property
+    def interrupted(self) -> bool:
+        """The command got the agent's SIGTERM for a notice while it ran (not verify's own stop)."""
+        return self.sigterm_at is not None and self.started_at is not None and not self.timed_out
+
+    @property
+    def killed(self) -> bool:
+        """SIGTERMed and never exited by itself: the agent killed it at the deadline."""
+        return self.interrupted and self.exited_at is None
+
+    @property
+    def crashed(self) -> bool:
+        """Ended non-zero without any interruption."""
+        return self.outcome is not None and self.outcome.get("status") == "failed" and not self.interrupted
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.exited_at is None:
+            return None
+        return self.exited_at - self.started_at
+
+    @property
+    def ran_before_sigterm(self) -> float | None:
+        if not self.interrupted:
+            return None
+        assert self.sigterm_at is not None and self.started_at is not None
+        return self.sigterm_at - self.started_at
+
+    @property
+    def ran_before_stop(self) -> float | None:
+        """Seconds the command could work: until its SIGTERM or, when it ignored that, until it was
+        killed (about when its agent ended)."""
+        if not self.interrupted:
+            return None
+        assert self.sigterm_at is not None and self.started_at is not None
+        if self.killed and self.agent_ended_at is not None:
+            return self.agent_ended_at - self.started_at
+        return self.sigterm_at - self.started_at
+
+    @property
+    def grace_seconds(self) -> float | None:
+        """What the agent said the command had to exit after SIGTERM (from its log line)."""
+        for line in self.agent_lines:
+            match = _GRACE.search(line)
+            if match:
+                return float(match.group(1))
+        return None
+
+    @property
+    def exit_latency(self) -> float | None:
+        """Seconds from SIGTERM to the command's exit."""
+        if self.sigterm_at is None or self.exited_at is None:
+            return None
+        return self.exited_at - self.sigterm_at
+
+    @property
+    def first_output_after(self) -> float | None:
+        if self.first_output_at is None or self.started_at is None:
+            return None
+        return self.first_output_at - self.started_at
+
+    @property
+    def restored_from(self) -> str | None:
+        return self.outcome.get("restored_from") if self.outcome else None
+
+    @property
+    def manifest(self) -> str | None:
+        return self.outcome.get("manifest") if self.outcome else None
+
+    @property
+    def progress_values(self) -> list[float]:
+        return [value for _, value in self.progress]
+
+
+def parse_progress(line: str, pattern: re.Pattern[str]) -> float | None:
+    """The progress number in an output line (the regex's first group), or None."""
+    match = pattern.search(line)
+    if not match:
+        return None
+    try:
+        return float(match.group(1) if match.groups() else match.group(0))
+    except (ValueError, IndexError):
+        return None
+
+
+def compile_progress(regex: str | None) -> re.Pattern[str]:
+    """The user's ``--progress-regex`` or the protocol's marker."""
+    return re.compile(regex or DEFAULT_PROGRESS_REGEX)

@@ -1,0 +1,83 @@
+"""The report, in plain words: what happened in each session, each check, the verdict. Pure."""
+
+from __future__ import annotations
+
+import shlex
+
+from airflow_grid_resume.verify.records import SessionRecord
+from airflow_grid_resume.verify.runner import VerifyResult
+from airflow_grid_resume.verify.verdict import Verdict
+
+
+def render(result: VerifyResult, verdict: Verdict) -> str:
+    cfg = result.config
+    lines = [
+        f"grid-resume verify: {shlex.join(cfg.command)}",
+        f"  seed {cfg.seed} (rerun with --seed {cfg.seed}), {_plural(cfg.interruptions, 'interruption')} planned, "
+        f"{cfg.notice_seconds:g} s notice (the agent allows about {cfg.allowed_seconds:.1f} s after SIGTERM)",
+        f"  workdir snapshot: {result.snapshot}",
+    ]
+    if result.points:
+        points = ", ".join(f"{p:.2f}" for p in result.points)
+        lines.append(
+            f"  interruption points: {points} s of work (start-up {result.startup:.2f} s, the time to the "
+            "reference's first output line)"
+        )
+    if result.kept_dir:
+        lines.append(f"  kept: {result.kept_dir}")
+    lines.append("")
+    for record in [result.reference, *result.chain]:
+        lines.append(f"  {record.label:<11} {describe(record)}")
+    lines.append("")
+    for check in verdict.checks:
+        lines.append(f"[{check.status}] {check.name}: {check.summary}")
+        lines.extend(f"       {detail}" for detail in check.details)
+        if check.fix and check.status in ("FAIL", "WARN", "NOTE", "SKIP"):
+            lines.append(f"       how to fix: {check.fix}")
+    lines.append("")
+    lines.append(f"verdict: {verdict.headline} (exit {verdict.exit_code})")
+    return "\n".join(lines) + "\n"
+
+
+def describe(record: SessionRecord) -> str:
+    """One line: how this session went."""
+    parts = []
+    if record.restored_from and not record.restored_from.startswith("000000-"):
+        parts.append(f"restored {record.restored_from}")
+    if record.started_at is None:
+        reason = (record.outcome or {}).get("reason") or (record.agent_lines[-1] if record.agent_lines else "")
+        return f"the command never started (agent exit {record.agent_exit}): {reason}"
+    if record.interrupted:
+        planned = f" (planned {record.planned_offset:.2f} s)" if record.planned_offset is not None else ""
+        parts.append(f"SIGTERM {_s(record.ran_before_sigterm)} in{planned}")
+        if record.killed:
+            parts.append("still running at the deadline: killed")
+        else:
+            parts.append(f"exit {record.returncode} {_s(record.exit_latency)} after it")
+        if record.manifest:
+            parts.append(f"saved {record.manifest}")
+    elif record.timed_out:
+        parts.append("did not finish in time: stopped by verify")
+    elif record.status == "succeeded":
+        parts.append(f"succeeded in {_s(record.duration)}")
+        if record.planned_offset is not None:
+            parts.append(f"before its interruption point ({record.planned_offset:.2f} s)")
+    else:
+        reason = (record.outcome or {}).get("reason") or record.status
+        parts.append(f"{record.status}: {reason} after {_s(record.duration)}")
+    if record.progress:
+        values = record.progress_values
+        parts.append(f"progress {_n(values[0])}..{_n(max(values))}")
+    return "; ".join(parts)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _n(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _s(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds:.2f} s"

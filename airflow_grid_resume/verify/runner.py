@@ -1,0 +1,392 @@
+"""Running the sessions: a local moto S3, one metadata service and one real agent process per session.
+
+The workdir is uploaded as session 0 of two runs (as the operator does), one for the reference and
+one for the interrupted chain; every session restores into a fresh temporary directory, as a new
+instance would. The command runs under the probe (``verify.probe``), which times it from inside
+the agent's process group. Everything started here is stopped, and every temporary directory
+removed, before ``run()`` returns or raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import boto3
+from botocore.config import Config
+
+from airflow_grid_resume.agent.ledger import RunLedger
+from airflow_grid_resume.agent.manifest import Manifest
+from airflow_grid_resume.agent.scan import PathFilter
+from airflow_grid_resume.agent.sync import Syncer
+from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.emulator.imds import MetadataService
+from airflow_grid_resume.emulator.moto_server import MotoServer
+from airflow_grid_resume.verify.chaos import next_offset, plan_points, startup_seconds
+from airflow_grid_resume.verify.churn import ChurnReport, analyse, snapshot
+from airflow_grid_resume.verify.outputs import OutputDiff, diff_outputs, file_hashes
+from airflow_grid_resume.verify.probe import read_record
+from airflow_grid_resume.verify.records import SessionRecord, compile_progress, parse_progress
+
+AGENT_PREFIX = "[grid-resume]"
+TAIL_LINES = 40
+POLL = 0.02
+MIN_WORK_SHARE = 0.03  # each interrupted session works at least this share of the reference
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    command: tuple[str, ...]
+    workdir: str = "."
+    interruptions: int = 3
+    seed: int = 0
+    notice_seconds: float = 120.0
+    outputs: tuple[str, ...] = ()
+    progress_regex: str | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    large_bytes: int = 100 * 1024 * 1024
+    timeout: float = 3600.0
+    sync_interval: float = 300.0
+    show_output: bool = False
+    keep: bool = False
+    s3_endpoint: str | None = None  # an S3-compatible endpoint already running (tests); default: start moto
+
+    @property
+    def sync_reserve(self) -> float:
+        """The agent's --sync-reserve: its default (10 s), less for short test notices."""
+        return min(10.0, max(0.5, self.notice_seconds / 4))
+
+    @property
+    def min_grace(self) -> float:
+        return min(5.0, max(0.5, self.notice_seconds / 2))
+
+    @property
+    def allowed_seconds(self) -> float:
+        """About how long the agent lets the command run after SIGTERM (the notice time has 1 s resolution)."""
+        return max(self.min_grace, self.notice_seconds - self.sync_reserve)
+
+
+@dataclass
+class VerifyResult:
+    config: VerifyConfig
+    reference: SessionRecord
+    chain: list[SessionRecord] = field(default_factory=list)
+    points: list[float] = field(default_factory=list)
+    startup: float = 0.0
+    outputs: OutputDiff | None = None
+    churn: ChurnReport | None = None
+    snapshot: str = ""
+    kept_dir: str | None = None
+
+
+class Verifier:
+    """``Verifier(config).run()``: the reference run, then the interrupted chain; returns what was measured."""
+
+    def __init__(self, config: VerifyConfig, say: Callable[[str], None] | None = None) -> None:
+        if not config.command:
+            raise ValueError("no command given: put the training command after '--'")
+        if not os.path.isdir(config.workdir):
+            raise ValueError(f"--workdir {config.workdir} is not a directory")
+        self.config = config
+        self.say = say or (lambda _msg: None)
+        self.pattern = compile_progress(config.progress_regex)
+        self.root = ""
+        self.env: dict[str, str] = {}
+
+    def run(self) -> VerifyResult:
+        with contextlib.ExitStack() as stack:
+            self.root = tempfile.mkdtemp(prefix="grid-resume-verify-")
+            if self.config.keep:
+                self.say(f"keeping {self.root}")
+            else:
+                stack.callback(shutil.rmtree, self.root, True)
+            os.makedirs(os.path.join(self.root, "tmp"))
+            os.makedirs(os.path.join(self.root, "probe"))
+            endpoint = self.config.s3_endpoint or stack.enter_context(MotoServer()).endpoint_url
+            self.env = self._agent_env(endpoint)
+            client = _s3_client(endpoint)
+            bucket = f"grid-resume-verify-{uuid.uuid4().hex[:12]}"
+            client.create_bucket(Bucket=bucket)
+            return self._run(client, bucket)
+
+    def _run(self, client: Any, bucket: str) -> VerifyResult:
+        cfg = self.config
+        reference_uri, chain_uri = f"s3://{bucket}/reference", f"s3://{bucket}/interrupted"
+        reference_ledger = RunLedger(client, parse_s3_uri(reference_uri))
+        chain_ledger = RunLedger(client, parse_s3_uri(chain_uri))
+        path_filter = PathFilter(list(cfg.include), list(cfg.exclude))
+        summary = ""
+        for ledger in (reference_ledger, chain_ledger):
+            summary = (
+                Syncer(ledger, os.path.abspath(cfg.workdir), session=0, path_filter=path_filter)
+                .sync("snapshot")
+                .summary()
+            )
+        self.say(f"snapshot of {os.path.abspath(cfg.workdir)}: {summary}")
+
+        self.say("reference run (no interruption)...")
+        reference = self._session("reference", reference_uri, reference_ledger, 1, None, cfg.timeout)
+        result = VerifyResult(cfg, reference, snapshot=summary, kept_dir=self.root if cfg.keep else None)
+        self.say(f"reference: {reference.status} in {_secs(reference.duration)}")
+        if reference.status != "succeeded" or reference.duration is None:
+            return result
+        result.startup = startup_seconds(reference.first_output_after, reference.duration)
+        work = reference.duration - result.startup
+        result.points = plan_points(cfg.seed, cfg.interruptions, work)
+        limit = max(60.0, 3 * reference.duration) + cfg.notice_seconds + 30
+        session, done = 0, 0.0
+        for point in result.points:
+            session += 1
+            offset = next_offset(point, done, result.startup, MIN_WORK_SHARE * work)
+            self.say(f"session {session}: interrupting {offset:.2f} s after the command starts...")
+            record = self._session(f"session {session}", chain_uri, chain_ledger, session, offset, limit)
+            result.chain.append(record)
+            self.say(f"session {session}: {record.status}")
+            if not (record.interrupted and record.status == "interrupted"):
+                break  # finished before its point, crashed or hung: the chain ends here
+            done += max(0.0, (record.ran_before_stop or 0.0) - result.startup)
+        else:
+            session += 1
+            self.say(f"session {session}: no interruption, to the end...")
+            record = self._session(f"session {session}", chain_uri, chain_ledger, session, None, limit)
+            result.chain.append(record)
+            self.say(f"session {session}: {record.status} in {_secs(record.duration)}")
+        finished = result.chain[-1].status == "succeeded"
+        if finished:
+            result.outputs = diff_outputs(
+                file_hashes(_newest(reference_ledger)), file_hashes(_newest(chain_ledger)), cfg.outputs
+            )
+        manifests = [m for m in reversed(chain_ledger.list_manifests()) if m.session >= 1]
+        result.churn = analyse([snapshot(chain_ledger.read_manifest(m)) for m in manifests], cfg.large_bytes)
+        return result
+
+    # -- one session -------------------------------------------------------------------------
+    def _session(
+        self, label: str, run_uri: str, ledger: RunLedger, expected: int, offset: float | None, timeout: float
+    ) -> SessionRecord:
+        cfg = self.config
+        record = SessionRecord(label, planned_offset=offset)
+        base = os.path.join(self.root, "probe", re.sub(r"\W+", "-", label))
+        workdir = tempfile.mkdtemp(prefix="instance-", dir=self.root)
+        start: dict | None = None
+        try:
+            with MetadataService(instance_id=f"i-verify{uuid.uuid4().hex[:9]}") as imds:
+                with self._agent(run_uri, workdir, imds.url, base) as proc:
+                    collector = _Collector(proc, self.pattern, label, self.say if cfg.show_output else None)
+                    try:
+                        deadline = time.monotonic() + timeout
+                        start = _wait_for(lambda: read_record(f"{base}.start.json"), proc, deadline)
+                        if start and offset is not None:
+                            notice_at = float(start["started_at"]) + offset
+                            while proc.poll() is None and time.time() < notice_at:
+                                time.sleep(min(POLL, max(0.0, notice_at - time.time())))
+                            if proc.poll() is None:
+                                imds.schedule_notice(in_seconds=cfg.notice_seconds)
+                                record.notice_posted_at = time.time()
+                        try:
+                            proc.wait(max(0.1, deadline - time.monotonic()))
+                        except subprocess.TimeoutExpired:
+                            record.timed_out = True
+                            self.say(f"{label}: no end after {timeout:.0f} s: stopping it")
+                    finally:
+                        self._stop(proc)
+                        record.agent_ended_at = time.time()
+                        collector.close(record)
+                record.agent_exit = proc.returncode
+        finally:
+            start = start or read_record(f"{base}.start.json")
+            if record.timed_out or (record.agent_exit or 0) < 0:
+                _kill_group((start or {}).get("pgid"))  # the agent was killed: its command may outlive it
+            if not cfg.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+        end = read_record(f"{base}.end.json") or {}
+        sigterm = read_record(f"{base}.sigterm.json") or {}
+        if start:
+            record.session = int(start.get("session") or expected)
+            record.started_at = float(start["started_at"])
+        record.session = record.session or expected
+        record.sigterm_at = sigterm.get("sigterm_at") or end.get("sigterm_at")
+        record.exited_at = end.get("exited_at")
+        record.returncode = end.get("returncode")
+        record.outcome = ledger.read_outcome(record.session)
+        return record
+
+    @contextlib.contextmanager
+    def _agent(self, run_uri: str, workdir: str, imds_url: str, base: str) -> Iterator[subprocess.Popen]:
+        """The agent as a child process in its own session; on exit from the block it is stopped
+        (SIGTERM, which it forwards to the command, then SIGKILL) if it still runs."""
+        cfg = self.config
+        argv = [
+            sys.executable,
+            "-m",
+            "airflow_grid_resume.agent",
+            "--run-uri",
+            run_uri,
+            "--workdir",
+            workdir,
+            "--imds-endpoint",
+            imds_url,
+            "--imds-poll",
+            "0.2",
+            "--log-interval",
+            "0.5",
+            "--heartbeat-interval",
+            "5",
+            "--sync-interval",
+            str(cfg.sync_interval),
+            "--sync-reserve",
+            str(cfg.sync_reserve),
+            "--min-grace",
+            str(cfg.min_grace),
+            "--signal-grace",
+            str(cfg.notice_seconds),
+            *[arg for glob in cfg.include for arg in ("--include", glob)],
+            *[arg for glob in cfg.exclude for arg in ("--exclude", glob)],
+            "--",
+            sys.executable,
+            "-m",
+            "airflow_grid_resume.verify.probe",
+            base,
+            "--",
+            *cfg.command,
+        ]
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env,
+            start_new_session=True,
+        )
+        try:
+            yield proc
+        finally:
+            self._stop(proc)
+
+    def _stop(self, proc: subprocess.Popen) -> None:
+        """SIGTERM to a running agent (it stops its command as on a notice), SIGKILL if it lingers."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.config.notice_seconds + self.config.sync_reserve + 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _agent_env(self, endpoint: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN")}
+        env.update(
+            {
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true",
+                # A killed agent cannot remove its state dir: keep it under ours.
+                "TMPDIR": os.path.join(self.root, "tmp"),
+            }
+        )
+        return env
+
+
+class _Collector:
+    """Reads the agent's stdout and stderr as they come: the command's lines (the agent passes them
+    through) are timestamped, scanned for progress numbers and kept as a tail; the agent's own
+    ``[grid-resume]`` lines are kept apart for diagnostics."""
+
+    def __init__(
+        self, proc: subprocess.Popen, pattern: re.Pattern[str], label: str, echo: Callable[[str], None] | None
+    ) -> None:
+        self.pattern = pattern
+        self.label = label
+        self.echo = echo
+        self.lock = threading.Lock()
+        self.first_output_at: float | None = None
+        self.progress: list[tuple[float, float]] = []
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.agent_lines: deque[str] = deque(maxlen=TAIL_LINES)
+        self.threads = [
+            threading.Thread(target=self._pump, args=(stream,), daemon=True)
+            for stream in (proc.stdout, proc.stderr)
+            if stream is not None
+        ]
+        self.streams = [proc.stdout, proc.stderr]
+        for thread in self.threads:
+            thread.start()
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            now = time.time()
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            with self.lock:
+                if line.startswith(AGENT_PREFIX):
+                    self.agent_lines.append(line)
+                else:
+                    if self.first_output_at is None:
+                        self.first_output_at = now
+                    self.tail.append(line)
+                    value = parse_progress(line, self.pattern)
+                    if value is not None:
+                        self.progress.append((now, value))
+            if self.echo:
+                self.echo(f"  [{self.label}] {line}")
+
+    def close(self, record: SessionRecord) -> None:
+        """Wait for the pipes to drain (the agent has exited or is being stopped), then fill ``record``."""
+        for thread in self.threads:
+            thread.join(timeout=60)
+        for stream in self.streams:
+            if stream is not None:
+                stream.close()
+        with self.lock:
+            record.first_output_at = self.first_output_at
+            record.progress = list(self.progress)
+            record.tail = list(self.tail)
+            record.agent_lines = list(self.agent_lines)
+
+
+def _wait_for(read: Callable[[], dict | None], proc: subprocess.Popen, deadline: float) -> dict | None:
+    while time.monotonic() < deadline:
+        found = read()
+        if found is not None or proc.poll() is not None:
+            return found or read()
+        time.sleep(POLL)
+    return None
+
+
+def _kill_group(pgid: object) -> None:
+    """Whatever is left of the command's process group after its agent ended (only after a kill)."""
+    if isinstance(pgid, int) and pgid > 1:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def _newest(ledger: RunLedger) -> Manifest | None:
+    stored = ledger.list_manifests()
+    return ledger.read_manifest(stored[0]) if stored else None
+
+
+def _s3_client(endpoint: str) -> Any:
+    """A client for the local S3 only: explicit endpoint and test keys, nothing from the user's AWS setup."""
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    )
+    return session.client("s3", endpoint_url=endpoint, config=Config(retries={"mode": "standard", "max_attempts": 10}))
+
+
+def _secs(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds:.2f} s"

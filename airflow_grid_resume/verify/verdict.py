@@ -1,0 +1,443 @@
+"""Deciding, from the session records alone, whether a command is resumable. Pure: no I/O.
+
+Four checks (docs/verify.md explains each and how to fix what it finds):
+
+- ``sigterm``: every interrupted session's command exited 0 after SIGTERM, in time;
+- ``resume``: no session crashed or hung after a restore, and the interruptions did not throw the
+  work away (from progress numbers when the output has them, else from wall time);
+- ``outputs``: the files matching ``--outputs`` equal the reference's;
+- ``sync``: large or churning files (advice only, never a failure).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+
+from airflow_grid_resume.verify.churn import ChurnReport, suggest_excludes
+from airflow_grid_resume.verify.outputs import OutputDiff
+from airflow_grid_resume.verify.records import SessionRecord
+
+PASS, NOTE, WARN, FAIL, SKIP = "PASS", "NOTE", "WARN", "FAIL", "SKIP"
+
+EXIT_RESUMABLE = 0
+EXIT_NOT_RESUMABLE = 1
+EXIT_INCONCLUSIVE = 3
+
+# Time heuristic: share of the work done before the interruptions that the final session did not
+# have to do again. A script that starts over keeps about none of it; one that resumes, nearly all.
+KEPT_FAIL_BELOW = 0.5
+KEPT_WARN_BELOW = 0.75
+# Progress: an interruption that costs more than this share of the whole run is worth a warning.
+LOST_WARN_ABOVE = 0.25
+# Exit latency after SIGTERM above this share of what the agent allows is cutting it close.
+LATENCY_WARN_ABOVE = 0.5
+# Errors that say a file ended too soon: what loading a checkpoint cut mid-write looks like.
+_TRUNCATED = re.compile(
+    r"JSONDecodeError|UnpicklingError|EOFError|unexpected end|Unexpected EOF|truncated|PytorchStreamReader|"
+    r"BadZipFile|not a zip file|corrupt|ran out of input|HDF5|safetensors",
+    re.IGNORECASE,
+)
+CHURN_MIN_BYTES = 1024 * 1024  # churning files smaller than this are cheap to re-upload: listed, not advised
+
+FIX_SIGTERM_KILLED = (
+    "handle SIGTERM: set a flag in the handler, save a checkpoint at the next safe point and exit 0 well within "
+    "the notice (EC2 gives 120 s, minus the time the final sync needs). A handler that never runs looks the same: "
+    "SIG_IGN, a shell wrapper that does not pass signals on (use exec), a C extension that blocks for long."
+)
+FIX_SIGTERM_143 = (
+    "install a SIGTERM handler that saves a checkpoint and then exits 0; dying of the signal throws away the "
+    "work since the last periodic checkpoint and can cut a checkpoint write in half."
+)
+FIX_SIGTERM_CODE = "after saving on SIGTERM, exit 0: any other code tells the agent the state may not be saved."
+FIX_CRASH = (
+    "the usual cause is a checkpoint cut mid-write: write it to a temporary file in the same directory, flush and "
+    "fsync it, then os.replace() it over the old one, so a restore only ever sees a whole checkpoint."
+)
+FIX_START_OVER = (
+    "at start, look for the checkpoint in the working directory (the agent restores it there; "
+    "GRID_RESUME_RESUMED=1 says one was restored) and continue from it: model, optimizer, scheduler, RNG states, "
+    "step/epoch counters."
+)
+FIX_LOSS = "checkpoint more often, or save on SIGTERM, so an interruption costs less work."
+FIX_OUTPUTS = (
+    "the outputs must not depend on where the run was interrupted: save and restore everything the computation "
+    "depends on (RNG states, data-loader position, optimizer and scheduler state, running metrics), and do not "
+    "write per-session values (times, session numbers) into output files."
+)
+FIX_SYNC = (
+    "exclude what the script does not need to resume (logs, caches, event files, copies of the data) with the "
+    "agent's --exclude; keep the checkpoint itself."
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    summary: str
+    details: tuple[str, ...] = ()
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class Window:
+    """The notice the emulated EC2 gives, and how long the agent lets the command run after SIGTERM."""
+
+    notice_seconds: float
+    allowed_seconds: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    checks: list[Check] = field(default_factory=list)
+    exit_code: int = EXIT_RESUMABLE
+    headline: str = ""
+
+    @property
+    def resumable(self) -> bool:
+        return self.exit_code == EXIT_RESUMABLE
+
+    def check(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+
+def decide(
+    reference: SessionRecord,
+    chain: Sequence[SessionRecord],
+    *,
+    window: Window,
+    startup: float,
+    outputs: OutputDiff | None,
+    output_globs: Sequence[str],
+    churn: ChurnReport | None,
+    large_bytes: int,
+) -> Verdict:
+    """The verdict. Exit 0: resumable; 1: a check failed; 3: nothing could be tested."""
+    if reference.status != "succeeded":
+        reason = (reference.outcome or {}).get("reason") or reference.status
+        check = Check(
+            "reference",
+            FAIL,
+            f"the command does not succeed even without interruptions ({reason})",
+            _evidence(reference),
+            "make it run to the end with exit 0 first (try it with grid-resume agent, or locally in a copy of the "
+            "directory).",
+        )
+        return Verdict([check], EXIT_INCONCLUSIVE, "INCONCLUSIVE: the reference run failed")
+    if not any(r.interrupted for r in chain):
+        check = Check(
+            "sigterm",
+            SKIP,
+            "no interruption reached the command: it finished (or stopped) before the first chosen point",
+            tuple(f"{r.label}: {r.status}" for r in chain),
+            "use a run long enough to interrupt (a few seconds at least), or a different --seed.",
+        )
+        return Verdict([check], EXIT_INCONCLUSIVE, "INCONCLUSIVE: nothing was interrupted")
+    finished = bool(chain) and chain[-1].status == "succeeded"
+    checks = [
+        check_sigterm(chain, window),
+        check_resume(reference, chain, startup),
+        check_outputs(outputs, output_globs, finished),
+        check_sync(churn, large_bytes),
+    ]
+    failed = [c.name for c in checks if c.status == FAIL]
+    if failed:
+        return Verdict(checks, EXIT_NOT_RESUMABLE, f"NOT RESUMABLE ({', '.join(failed)})")
+    warned = [c.name for c in checks if c.status == WARN]
+    return Verdict(checks, EXIT_RESUMABLE, "RESUMABLE" + (f", with warnings ({', '.join(warned)})" if warned else ""))
+
+
+def check_sigterm(chain: Sequence[SessionRecord], window: Window) -> Check:
+    interrupted = [r for r in chain if r.interrupted]
+    allowed = window.allowed_seconds
+    killed = [r for r in interrupted if r.killed]
+    died = [r for r in interrupted if not r.killed and r.returncode == 143]
+    other = [r for r in interrupted if not r.killed and r.returncode not in (0, 143)]
+    if killed:
+        grace = killed[0].grace_seconds or allowed
+        return Check(
+            "sigterm",
+            FAIL,
+            f"ignores SIGTERM: still running {grace:.1f} s after it (all the agent allowed of a "
+            f"{window.notice_seconds:g} s notice), so the agent killed it",
+            tuple(f"{r.label}: SIGTERM {_s(r.ran_before_sigterm)} in, killed at the deadline" for r in killed),
+            FIX_SIGTERM_KILLED,
+        )
+    if died:
+        return Check(
+            "sigterm",
+            FAIL,
+            "dies of SIGTERM (exit 143) instead of saving its state and exiting 0",
+            tuple(f"{r.label}: exit 143 {_s(r.exit_latency)} after SIGTERM" for r in died),
+            FIX_SIGTERM_143,
+        )
+    if other:
+        return Check(
+            "sigterm",
+            FAIL,
+            f"exits {other[0].returncode} after SIGTERM instead of 0",
+            tuple(f"{r.label}: exit {r.returncode} {_s(r.exit_latency)} after SIGTERM" for r in other),
+            FIX_SIGTERM_CODE,
+        )
+    latencies = [r.exit_latency for r in interrupted if r.exit_latency is not None]
+    worst = max(latencies, default=0.0)
+    details = tuple(f"{r.label}: exit 0 {_s(r.exit_latency)} after SIGTERM" for r in interrupted)
+    where = f"the agent allows {allowed:.1f} s of a {window.notice_seconds:g} s notice"
+    if worst > LATENCY_WARN_ABOVE * allowed:
+        return Check(
+            "sigterm",
+            WARN,
+            f"exits 0 on SIGTERM, but takes up to {worst:.2f} s ({where}): close to being killed",
+            details,
+            "save less on SIGTERM (the periodic checkpoint plus what changed since) or save faster.",
+        )
+    return Check("sigterm", PASS, f"exits 0 on SIGTERM within {worst:.2f} s ({where})", details)
+
+
+def check_resume(reference: SessionRecord, chain: Sequence[SessionRecord], startup: float) -> Check:
+    details: list[str] = []
+    for previous, record in pairwise(chain):
+        if previous.manifest and record.restored_from and record.restored_from != previous.manifest:
+            details.append(
+                f"{record.label} restored {record.restored_from}, not {previous.manifest} "
+                f"(the checkpoint {previous.label} left): {(record.outcome or {}).get('restore_fallbacks')}"
+            )
+    for previous, record in pairwise(chain):
+        if record.crashed:
+            code = (record.outcome or {}).get("exit_code")
+            tail = _command_lines((record.outcome or {}).get("tail") or record.tail)
+            truncated = next((line for line in reversed(tail) if _TRUNCATED.search(line)), None)
+            why = (
+                f": the restored checkpoint looks truncated, interrupted mid-write ({truncated.strip()})"
+                if truncated
+                else f" (exit {code}, see its last lines)"
+            )
+            return Check(
+                "resume",
+                FAIL,
+                f"crashes after resuming: {record.label} failed {_s(record.duration)} after it restored the "
+                f"checkpoint {previous.label} saved when interrupted{why}",
+                (*details, *(f"| {line}" for line in tail[-8:])),
+                FIX_CRASH,
+            )
+        if record.timed_out:
+            return Check(
+                "resume",
+                FAIL,
+                f"hangs after resuming: {record.label} did not finish within its time limit",
+                (*details, *(f"| {line}" for line in record.tail[-8:])),
+                FIX_CRASH,
+            )
+    final = chain[-1]
+    if final.status != "succeeded":
+        return Check(
+            "resume",
+            FAIL,
+            f"the interrupted run did not finish: {final.label} ended {final.status}",
+            (*details, *(f"| {line}" for line in final.tail[-8:])),
+        )
+    by_progress = progress_losses(reference, chain)
+    by_time = time_loss(reference, chain, startup)
+    if by_time is not None:
+        work_done, lost = by_time
+        count = sum(1 for r in chain if r.interrupted)
+        details.append(
+            f"wall time: the sessions worked {work_done:.1f} s before being interrupted; the final session needed "
+            f"{_s(final.duration)} against the reference's {_s(reference.duration)}: about {max(lost, 0):.1f} s of "
+            f"work lost in all ({max(lost, 0) / count:.1f} s per interruption)"
+        )
+    if by_progress:
+        total = _span(reference)
+        lines = [
+            f"interruption {i}: reached {_n(reached)}, resumed at {_n(first)}: "
+            + ("STARTED OVER" if over else f"{_n(lost)} redone ({lost / total:.0%} of the run)" if total else "")
+            for i, (reached, first, lost, over) in enumerate(by_progress, 1)
+        ]
+        over = [i for i, (*_, started_over) in enumerate(by_progress, 1) if started_over]
+        if over:
+            return Check(
+                "resume",
+                FAIL,
+                "starts over: after interruption "
+                + ", ".join(map(str, over))
+                + " it began again from the first step instead of its checkpoint",
+                (*lines, *details),
+                FIX_START_OVER,
+            )
+        worst = max(lost for _, _, lost, _ in by_progress)
+        if total and worst > LOST_WARN_ABOVE * total:
+            return Check(
+                "resume",
+                WARN,
+                f"resumes, but an interruption cost up to {_n(worst)} steps ({worst / total:.0%} of the run)",
+                (*lines, *details),
+                FIX_LOSS,
+            )
+        return Check(
+            "resume",
+            PASS,
+            f"resumes from its checkpoint: at most {_n(worst)} step{'' if worst == 1 else 's'} redone per interruption",
+            (*lines, *details),
+        )
+    if by_time is None:
+        return Check("resume", SKIP, "could not measure the work kept (no timings)", tuple(details))
+    work_done, lost = by_time
+    kept = 1.0 - lost / work_done if work_done > 0 else 1.0
+    if work_done > 0 and kept < KEPT_FAIL_BELOW:
+        return Check(
+            "resume",
+            FAIL,
+            f"starts over (or loses most of its work): the final session needed {_s(final.duration)}, about as "
+            f"long as the whole reference run ({_s(reference.duration)}); only {max(kept, 0):.0%} of the "
+            f"{work_done:.1f} s worked before the interruptions was kept",
+            tuple(details),
+            FIX_START_OVER,
+        )
+    if work_done > 0 and kept < KEPT_WARN_BELOW:
+        return Check(
+            "resume",
+            WARN,
+            f"resumes, but keeps only {kept:.0%} of the work done before the interruptions",
+            tuple(details),
+            FIX_LOSS,
+        )
+    return Check(
+        "resume",
+        PASS,
+        f"resumes: kept about {min(kept, 1.0):.0%} of the work done before the interruptions (by wall time; "
+        "print progress numbers and pass --progress-regex for a step count)",
+        tuple(details),
+    )
+
+
+def progress_losses(reference: SessionRecord, chain: Sequence[SessionRecord]) -> list[tuple[float, float, float, bool]]:
+    """Per interruption: (progress reached so far, first progress after the resume, units redone,
+    started over). Empty when the output carries no progress numbers to compare."""
+    ref = reference.progress_values
+    if not ref:
+        return []
+    first_ref, unit = ref[0], _unit(ref)
+    out = []
+    reached: float | None = None
+    for record, following in pairwise(chain):
+        if record.progress_values:
+            reached = max(record.progress_values + ([reached] if reached is not None else []))
+        if not record.interrupted or reached is None or not following.progress_values:
+            continue
+        first = following.progress_values[0]
+        started_over = first <= first_ref < reached
+        out.append((reached, first, max(0.0, reached - first + unit), started_over))
+    return out
+
+
+def time_loss(reference: SessionRecord, chain: Sequence[SessionRecord], startup: float) -> tuple[float, float] | None:
+    """(work seconds done before the interruptions, seconds of it lost), from wall time.
+
+    A session's work is its run time after start-up; what the final session did not have to redo
+    was kept. Start-up is counted once per session, so repeated start-ups are not counted as loss."""
+    final = chain[-1]
+    if reference.duration is None or final.duration is None:
+        return None
+    ran = [r.ran_before_stop for r in chain[:-1] if r.interrupted]
+    if not ran or any(r is None for r in ran):
+        return None
+    work_done = sum(max(0.0, r - startup) for r in ran if r is not None)
+    lost = work_done + max(0.0, final.duration - startup) - max(0.0, reference.duration - startup)
+    return work_done, lost
+
+
+def check_outputs(outputs: OutputDiff | None, globs: Sequence[str], finished: bool) -> Check:
+    if not globs:
+        return Check("outputs", SKIP, "not compared: pass --outputs GLOB (repeatable) to name the final outputs")
+    if not finished or outputs is None:
+        return Check("outputs", SKIP, "not compared: the interrupted run did not finish")
+    if outputs.compared == 0:
+        return Check(
+            "outputs",
+            WARN,
+            f"--outputs {' '.join(globs)} matched no file in either run's final checkpoint",
+            fix="outputs are compared as the agent syncs them: check the glob and that they are not excluded.",
+        )
+    if not outputs.matches:
+        details = [f"differs: {p}" for p in outputs.differ]
+        details += [f"missing after interruptions: {p}" for p in outputs.missing]
+        details += [f"only after interruptions: {p}" for p in outputs.extra]
+        names = outputs.differ + outputs.missing + outputs.extra
+        return Check(
+            "outputs",
+            FAIL,
+            f"the final outputs differ from the reference's: {', '.join(names)}",
+            tuple(details),
+            FIX_OUTPUTS,
+        )
+    return Check("outputs", PASS, f"{len(outputs.same)} output files match the reference: {', '.join(outputs.same)}")
+
+
+def check_sync(churn: ChurnReport | None, large_bytes: int) -> Check:
+    if churn is None or churn.syncs == 0:
+        return Check("sync", SKIP, "no synced checkpoint to analyse")
+    advised = [f for f in churn.findings if f.large or f.size >= CHURN_MIN_BYTES]
+    small = [f.path for f in churn.churning if f not in advised]
+    details = []
+    for f in advised:
+        what = []
+        if f.large:
+            what.append(f"large ({_mib(f.size)})")
+        if f.churns:
+            what.append(f"changed at every one of its {f.syncs} syncs ({_mib(f.bytes_reuploaded)} uploaded again)")
+        elif f.changes:
+            what.append(f"changed at {f.changes} of {f.syncs - 1} syncs")
+        details.append(f"{f.path}: {', '.join(what)}" + ("" if f.churns or f.large else f" ({_mib(f.size)})"))
+    if small:
+        details.append(f"small files that change at every sync (cheap; expected of a checkpoint): {', '.join(small)}")
+    context = f"{churn.syncs} sync{'' if churn.syncs == 1 else 's'}, {_mib(churn.total_bytes)} in the last one"
+    if not advised:
+        return Check(
+            "sync",
+            PASS,
+            f"nothing large (>= {_mib(large_bytes)}) or large and changing at every sync ({context})",
+            tuple(details),
+        )
+    suggestion = " ".join(f"--exclude '{g}'" for g in suggest_excludes(advised))
+    return Check(
+        "sync",
+        NOTE,
+        f"large or churning files ({context}); consider: {suggestion}",
+        tuple(details),
+        FIX_SYNC,
+    )
+
+
+def _command_lines(lines: Sequence[str]) -> list[str]:
+    return [line for line in lines if not line.startswith("[grid-resume]")]
+
+
+def _evidence(record: SessionRecord) -> tuple[str, ...]:
+    """The last lines that explain a failed session: its output tail, else the agent's own lines."""
+    tail = _command_lines((record.outcome or {}).get("tail") or record.tail)
+    return tuple(f"| {line}" for line in (tail[-10:] if tail else record.agent_lines[-5:]))
+
+
+def _unit(values: Sequence[float]) -> float:
+    steps = [b - a for a, b in pairwise(values) if b > a]
+    return min(steps) if steps else 1.0
+
+
+def _span(record: SessionRecord) -> float:
+    values = record.progress_values
+    return (max(values) - values[0] + _unit(values)) if values else 0.0
+
+
+def _n(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _s(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds:.2f} s"
+
+
+def _mib(size: float) -> str:
+    return f"{size / 1048576:.1f} MiB"
