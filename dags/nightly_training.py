@@ -67,7 +67,7 @@ MODELS = [
         "name": "image_classifier",
         "command": "python3 train.py --model resnet50 --epochs 30",
         "instance_types": ["g5.xlarge", "g6.xlarge", "g4dn.xlarge"],
-        "root_volume_gb": 200,
+        "root_volume_gb": 200,  # resizes the root only if the AMI's root device is /dev/xvda (Amazon Linux)
     },
     {
         "name": "text_encoder",
