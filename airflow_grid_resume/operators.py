@@ -14,13 +14,13 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import ClientError
 
 from airflow_grid_resume.agent.bundle import build_zipapp
@@ -30,21 +30,18 @@ from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, expiry_tag
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink
+from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY, render_user_data
 from airflow_grid_resume.spot.launch import CAPACITY, FATAL, SPOT, FallbackPolicy, LaunchSpec, explain_fatal, make_pairs
+from airflow_grid_resume.spot.prices import on_demand_price
+from airflow_grid_resume.summary import read_records, summarize
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger, describe_launch, launched_event
 from airflow_grid_resume.triggers.run import RunWatchTrigger
 
 STATE_KEY = "grid_resume"
+FINAL_KEY = "final.json"
+RERUN_CHOICES = ("resume", "fresh")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
-
-
-class SessionInterrupted(AirflowException):
-    """The spot instance was reclaimed (or lost): retry, resuming from the last checkpoint."""
-
-
-class ScriptFailed(AirflowException):
-    """The training command itself failed: retry while the task's retries allow."""
 
 
 def run_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
@@ -54,13 +51,18 @@ def run_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
     return safe if safe == raw else f"{safe}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
 
 
-def _seconds(value: timedelta | float | int | None, name: str) -> float | None:
+def _seconds(value: timedelta | float | int | None, name: str, *, allow_zero: bool = False) -> float | None:
     if value is None:
         return None
     seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if seconds <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'0 or more' if allow_zero else 'positive'}, got {value!r}")
     return seconds
+
+
+def generation_uri(base_uri: str, generation: int) -> str:
+    """Where generation ``generation`` of a run lives: a fresh re-run nests under the first one."""
+    return base_uri if generation <= 1 else f"{base_uri}/rerun-{generation}"
 
 
 class GridRunOperator(BaseOperator):
@@ -98,9 +100,15 @@ class GridRunOperator(BaseOperator):
         heartbeat_timeout: float = 90.0,
         boot_timeout: float = 900.0,
         capacity_backoff: tuple[float, float] = (15.0, 300.0),
+        rerun: str = "resume",
+        interruption_retry_delay: timedelta | float = timedelta(0),
+        on_interruption_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
+        on_demand_prices: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if rerun not in RERUN_CHOICES:
+            raise ValueError(f"rerun must be one of {', '.join(map(repr, RERUN_CHOICES))}, got {rerun!r}")
         if not command or (isinstance(command, str) and not command.strip()):
             raise ValueError("command must not be empty: give the training command, e.g. 'python train.py'")
         if not isinstance(artifacts_uri, str) or not artifacts_uri.startswith("s3://"):
@@ -136,29 +144,65 @@ class GridRunOperator(BaseOperator):
         self.capacity_backoff = (float(capacity_backoff[0]), float(capacity_backoff[1]))
         self.heartbeat_timeout = heartbeat_timeout
         self.boot_timeout = boot_timeout
+        self.rerun = rerun
+        self.on_demand_prices = dict(on_demand_prices or {})
+        for type_, price in self.on_demand_prices.items():
+            if not isinstance(price, (int, float)) or price < 0:
+                raise ValueError(f"on_demand_prices[{type_!r}] must be a USD-per-hour number, got {price!r}")
+        delay = _seconds(interruption_retry_delay, "interruption_retry_delay", allow_zero=True)
+        self.interruption_retry_delay = timedelta(seconds=delay or 0)
+        if callable(on_interruption_callback):
+            on_interruption_callback = [on_interruption_callback]
+        self.on_interruption_callback = list(on_interruption_callback or [])
         # Interruptions are retried too; the task's own ``retries`` stays the budget for failures.
         self.failure_retries = self.retries or 0
         self.retries = self.failure_retries + (max_interruptions if auto_resume else 0)
+        if not isinstance(self.retry_policy, InterruptionRetryPolicy):
+            self.retry_policy = InterruptionRetryPolicy(self.interruption_retry_delay, inner=self.retry_policy)
 
-    # -- helpers ---------------------------------------------------------------------------------
-    def _run_uri(self, context: Any) -> str:
+    # -- the run in the ledger ----------------------------------------------------------------------
+    def _base_uri(self, context: Any) -> str:
         ti = context["ti"]
         key = run_key(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
         return f"{self.artifacts_uri.rstrip('/')}/{key}"
 
-    def _ledger(self, run_uri: str) -> RunLedger:
+    def _ledger(self, run_uri: str, client: Any = None) -> RunLedger:
         try:
             location = parse_s3_uri(run_uri, what="artifacts_uri")
         except UsageError as exc:
             raise AirflowFailException(str(exc)) from exc
-        return RunLedger(S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).get_conn(), location)
+        if client is None:
+            client = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).get_conn()
+        return RunLedger(client, location)
+
+    def _current_run(self, base_uri: str) -> tuple[int, RunLedger, dict | None]:
+        """The newest generation of this task instance's run, and how it ended (None: not yet)."""
+        generation, ledger = 1, self._ledger(base_uri)
+        final = ledger.get_json(ledger.key(FINAL_KEY))
+        while final is not None:
+            newer = self._ledger(generation_uri(base_uri, generation + 1), ledger.client)
+            if newer.get_json(newer.key(SPEC_KEY)) is None:
+                break
+            generation, ledger = generation + 1, newer
+            final = ledger.get_json(ledger.key(FINAL_KEY))
+        return generation, ledger, final
+
+    def _run_ledger(self, context: Any, event: dict) -> tuple[str, RunLedger]:
+        run_uri = event.get("run_uri") or self._base_uri(context)
+        return run_uri, self._ledger(run_uri)
 
     def _argv(self) -> list[str]:
         return ["bash", "-c", self.command] if isinstance(self.command, str) else list(self.command)
 
     def _prepare(self, ledger: RunLedger, run_uri: str) -> None:
-        """Agent, spec and the workdir snapshot, uploaded once per run (a retry finds them)."""
-        if ledger.get(ledger.key(SPEC_KEY)) is not None:
+        """Agent and workdir snapshot once per run (a retry finds them); the spec whenever it changed,
+        so a failed run cleared after fixing its command resumes with the fixed one."""
+        spec = {"command": self._argv(), "agent_args": self.agent_args, "run_uri": run_uri}
+        stored = ledger.get_json(ledger.key(SPEC_KEY))
+        if stored is not None:
+            if {k: stored.get(k) for k in spec} != spec:
+                self.log.info("the command changed since the last session: now %s", spec["command"])
+                ledger.put_json(ledger.key(SPEC_KEY), spec)
             return
         if self.workdir and not os.path.isdir(self.workdir):
             raise AirflowFailException(f"workdir {self.workdir!r} does not exist or is not a directory")
@@ -169,26 +213,54 @@ class GridRunOperator(BaseOperator):
         if self.workdir and not ledger.list_manifests():
             result = Syncer(ledger, self.workdir, session=0).sync("snapshot")
             self.log.info("uploaded the workdir snapshot %s: %s", self.workdir, result.summary())
-        spec = {"command": self._argv(), "agent_args": self.agent_args, "run_uri": run_uri}
-        ledger.put(ledger.key(SPEC_KEY), json.dumps(spec).encode())
+        ledger.put_json(ledger.key(SPEC_KEY), spec)
 
-    def _history(self, ledger: RunLedger, before: int) -> tuple[int, int]:
-        """(interruptions, failures) of the sessions before ``before``, from the ledger's outcomes."""
+    @staticmethod
+    def _history(ledger: RunLedger, before: int) -> tuple[int, int]:
+        """(interruptions, failures) since the run last ended (a clear gives fresh budgets), from the
+        ledger's records of the sessions before ``before``."""
+        final = ledger.get_json(ledger.key(FINAL_KEY)) or {}
+        after = int(final.get("session") or 0) if final.get("status") != "succeeded" else 0
         interruptions = failures = 0
-        for session in ledger.list_sessions():
-            if session >= before:
+        for record in read_records(ledger):
+            if not after < record["session"] < before:
                 continue
-            outcome = ledger.read_outcome(session) or {"status": "lost"}
-            if outcome.get("status") in ("interrupted", "lost"):
+            status = (record["outcome"] or record["closed"] or {}).get("status", "lost")
+            if status in ("interrupted", "lost"):
                 interruptions += 1
-            elif outcome.get("status") == "failed":
+            elif status == "failed":
                 failures += 1
         return interruptions, failures
 
+    def _end_run(self, ledger: RunLedger, session: int, status: str, reason: str) -> None:
+        """Record that the run ended (a later clear of the task starts from here)."""
+        ledger.put_json(
+            ledger.key(FINAL_KEY), {"status": status, "session": session, "reason": reason, "at": time.time()}
+        )
+
+    def _fail(self, ledger: RunLedger, session: int, message: str) -> AirflowFailException:
+        self._end_run(ledger, session, "failed", message.splitlines()[0])
+        return AirflowFailException(message)
+
     # -- the lifecycle -------------------------------------------------------------------------------
     def execute(self, context: Any) -> Any:
-        run_uri = self._run_uri(context)
-        ledger = self._ledger(run_uri)
+        base_uri = self._base_uri(context)
+        generation, ledger, final = self._current_run(base_uri)
+        if final is not None and self.rerun == "fresh":
+            generation += 1
+            ledger = self._ledger(generation_uri(base_uri, generation), ledger.client)
+            self.log.info(
+                "the run ended (%s) before; rerun='fresh': starting over as %s", final.get("status"), ledger.location
+            )
+        elif final is not None and final.get("status") == "succeeded":
+            self.log.info("the run already succeeded in session %s; rerun='resume': nothing to run", final["session"])
+            return self._summary(ledger, {"status": "succeeded"})
+        elif final is not None:
+            self.log.info(
+                "the run failed before (%s); rerun='resume': resuming from its last checkpoint with fresh budgets",
+                final.get("reason"),
+            )
+        run_uri = generation_uri(base_uri, generation)
         self._prepare(ledger, run_uri)
         loc = ledger.location
         GridArtifactsLink.persist(
@@ -201,6 +273,8 @@ class GridRunOperator(BaseOperator):
         )
         store = context.get("task_state_store")
         state = (store.get(STATE_KEY) if store else None) or {}
+        if state.get("run_uri") != run_uri:
+            state = {}
         if state.get("instance_id") and ledger.read_outcome(int(state["session"])) is None:
             instance = (
                 SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
@@ -212,10 +286,11 @@ class GridRunOperator(BaseOperator):
                 return self._watch(context, run_uri, int(state["session"]), state["instance_id"], state)
         sessions = ledger.list_sessions()
         if sessions and (ledger.read_outcome(sessions[-1]) or {}).get("status") == "succeeded":
-            # A retry or a clear after success (or Airflow re-running a try whose result it lost):
+            # Airflow re-running a try whose result it lost (the run ended before it was recorded):
             # the run is complete in the ledger, so report it instead of training again.
             self.log.info("the run already succeeded in session %d: nothing to run", sessions[-1])
-            return self._summary(ledger, run_uri, {"status": "succeeded", "outcome": ledger.read_outcome(sessions[-1])})
+            self._end_run(ledger, sessions[-1], "succeeded", "succeeded")
+            return self._summary(ledger, {"status": "succeeded", "outcome": ledger.read_outcome(sessions[-1])})
         session = max([0, *sessions, int(state.get("session", 0))]) + 1
         interruptions, _failures = self._history(ledger, session)
         first_started = float(state.get("first_started_at") or time.time())
@@ -257,7 +332,8 @@ class GridRunOperator(BaseOperator):
         started_at = time.time()
         existing = hook.find_session_instance(run_uri, session)
         if existing is not None:
-            return launched_event(existing, None, session=session, started_at=started_at, reused=True, rounds=0)
+            event = launched_event(existing, None, session=session, started_at=started_at, reused=True, rounds=0)
+            return {**event, "run_uri": run_uri}
         try:
             zones = hook.subnet_zones(list(self.spec.subnet_ids))
         except ClientError as exc:
@@ -287,7 +363,7 @@ class GridRunOperator(BaseOperator):
                     continue
                 break
             price = hook.spot_price(pair.instance_type, pair.zone) if lifecycle == SPOT else None
-            return launched_event(
+            event = launched_event(
                 instance,
                 price,
                 session=session,
@@ -297,6 +373,7 @@ class GridRunOperator(BaseOperator):
                 lifecycle=lifecycle,
                 pair=pair,
             )
+            return {**event, "run_uri": run_uri}
         return None
 
     def on_capacity(self, context: Any, event: dict | None = None) -> Any:
@@ -304,14 +381,16 @@ class GridRunOperator(BaseOperator):
         session = int(event.get("session") or 0)
         if event.get("status") != "launched":
             raise AirflowFailException(f"session {session}: {event.get('message') or event}")
+        run_uri, ledger = self._run_ledger(context, event)
         store = context.get("task_state_store")
         state = (store.get(STATE_KEY) if store else None) or {"session": session, "first_started_at": time.time()}
-        state.update(instance_id=event["instance_id"], launched_at=time.time(), launch=event)
+        state.update(run_uri=run_uri, instance_id=event["instance_id"], launched_at=time.time(), launch=event)
         if store:
             store.set(STATE_KEY, state)
-        run_uri = self._run_uri(context)
+        for line in event.get("wait_log") or []:
+            # The capacity trigger's own log file is replaced by the next deferral's: replay its story here.
+            self.log.info("capacity wait: %s", line)
         if event.get("rounds", 1) > 1 or event.get("waited_seconds", 0) > 60:
-            # The capacity trigger's own log is replaced by the next deferral's: keep the wait in the task log.
             self.log.info(
                 "session %d: waited %.0f s for capacity over %d rounds",
                 session,
@@ -319,6 +398,18 @@ class GridRunOperator(BaseOperator):
                 int(event.get("rounds", 1)),
             )
         self.log.info("session %d: %s", session, describe_launch(event))
+        ledger.put_once(
+            ledger.session_key(session, "launch.json"),
+            json.dumps(
+                {
+                    **{k: event.get(k) for k in ("instance_id", "instance_type", "zone", "subnet_id", "lifecycle")},
+                    "spot_price": float(event["spot_price"]) if event.get("spot_price") else None,
+                    "on_demand_price": on_demand_price(event.get("instance_type"), self.on_demand_prices),
+                    "launched_at": float(event.get("launched_at") or time.time()),
+                    "waited_seconds": event.get("waited_seconds"),
+                }
+            ).encode(),
+        )
         return self._watch(context, run_uri, session, event["instance_id"], state)
 
     def _watch(self, context: Any, run_uri: str, session: int, instance_id: str, state: dict) -> None:
@@ -352,24 +443,28 @@ class GridRunOperator(BaseOperator):
         event = event or {}
         session = int(event.get("session") or 0)
         status = event.get("status")
-        run_uri = self._run_uri(context)
-        ledger = self._ledger(run_uri)
+        _, ledger = self._run_ledger(context, event)
+        closed = {"status": status, "reason": event.get("reason"), "instance_id": event.get("instance_id")}
+        ledger.put_json(ledger.session_key(session, "closed.json"), {**closed, "at": time.time()})
         interruptions, failures = self._history(ledger, session + 1)
         if status == "succeeded":
-            return self._summary(ledger, run_uri, event)
+            self._end_run(ledger, session, "succeeded", "succeeded")
+            return self._summary(ledger, event)
         if status == "timeout":
-            raise AirflowFailException(
-                f"max_run ({self.max_run:.0f} s) reached in session {session}: the instance was terminated"
-            )
+            message = f"max_run ({self.max_run:.0f} s) reached in session {session}: the instance was terminated"
+            raise self._fail(ledger, session, message)
         if status in ("interrupted", "lost"):
             what = "interrupted" if status == "interrupted" else f"lost ({event.get('reason')})"
             if not self.auto_resume:
-                raise AirflowFailException(f"session {session} was {what} and auto_resume is off")
+                raise self._fail(ledger, session, f"session {session} was {what} and auto_resume is off")
             if interruptions > self.max_interruptions:
-                raise AirflowFailException(
+                raise self._fail(
+                    ledger,
+                    session,
                     f"interruption budget exhausted: {interruptions} interruptions > max_interruptions="
-                    f"{self.max_interruptions} (session {session} was {what})"
+                    f"{self.max_interruptions} (session {session} was {what})",
                 )
+            self._alert_as_interruption()
             raise SessionInterrupted(
                 f"session {session} was {what}: the next try resumes from the last checkpoint "
                 f"({interruptions} of {self.max_interruptions} interruptions used)"
@@ -377,23 +472,26 @@ class GridRunOperator(BaseOperator):
         outcome = event.get("outcome") or {}
         tail = "\n".join(outcome.get("tail") or [])
         if failures > self.failure_retries:
-            raise AirflowFailException(
+            raise self._fail(
+                ledger,
+                session,
                 f"script failure budget exhausted: {failures} failures > retries={self.failure_retries}. "
-                f"Session {session}: {outcome.get('reason')}\n{tail}"
+                f"Session {session}: {outcome.get('reason')}\n{tail}",
             )
         raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}\n{tail}")
 
-    def _summary(self, ledger: RunLedger, run_uri: str, event: dict) -> dict:
-        sessions = ledger.list_sessions()
-        statuses = [(ledger.read_outcome(s) or {"status": "lost"}).get("status") for s in sessions]
-        return {
-            "run_uri": run_uri,
-            "sessions": len(sessions),
-            "interruptions": sum(1 for s in statuses if s in ("interrupted", "lost")),
-            "failures": sum(1 for s in statuses if s == "failed"),
-            "final_outcome": event.get("status"),
-            "last_manifest": (event.get("outcome") or {}).get("manifest"),
-        }
+    def _alert_as_interruption(self) -> None:
+        """An interruption is routine on spot: this try's retry runs ``on_interruption_callback``
+        instead of ``on_retry_callback`` and sends no retry email. Airflow reads both from the task
+        object when the try ends, after this method returns."""
+        self.on_retry_callback = list(self.on_interruption_callback)
+        self.email_on_retry = False
+
+    def _summary(self, ledger: RunLedger, event: dict) -> dict:
+        summary = summarize(read_records(ledger), final_outcome=event.get("status"))
+        manifests = ledger.list_manifests()
+        last = (event.get("outcome") or {}).get("manifest") or (manifests[-1].name if manifests else None)
+        return {"run_uri": str(ledger.location), **summary, "last_manifest": last}
 
     def on_kill(self) -> None:
         """Killed while on a worker (between launch and defer): never leave the instance running.
@@ -404,4 +502,4 @@ class GridRunOperator(BaseOperator):
             SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).terminate([instance_id])
 
 
-__all__ = ["GridRunOperator", "ScriptFailed", "SessionInterrupted", "run_key"]
+__all__ = ["GridRunOperator", "ScriptFailed", "SessionInterrupted", "generation_uri", "run_key"]

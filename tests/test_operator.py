@@ -12,6 +12,7 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -44,14 +45,16 @@ def spot_cloud(airflow_db):
                 os.environ[key] = value
 
 
-def make_dag(dag_id: str, workdir: Path, bucket: str, **op_kwargs):
+def make_dag(dag_id: str, workdir: Path, bucket: str, operator_class: type | None = None, **op_kwargs):
     from airflow.sdk import DAG
 
     from airflow_grid_resume.operators import GridRunOperator
 
+    operator_class = operator_class or GridRunOperator
+
     subnets = sorted(boto3.client("ec2").describe_subnets()["Subnets"], key=lambda s: s["AvailabilityZone"])[:2]
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
-        GridRunOperator(
+        operator_class(
             task_id="train",
             command=op_kwargs.pop("command", "python3 train.py 80 0.05"),
             workdir=str(workdir),
@@ -68,7 +71,7 @@ def make_dag(dag_id: str, workdir: Path, bucket: str, **op_kwargs):
                 "agent_args",
                 ["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1", "--min-grace", "1"],
             ),
-            retry_delay=timedelta(seconds=1),
+            retry_delay=op_kwargs.pop("retry_delay", timedelta(seconds=1)),
             **op_kwargs,
         )
     from airflow.dag_processing.bundles.manager import DagBundlesManager
@@ -115,16 +118,65 @@ def result_of(ledger: RunLedger, tmp_path: Path) -> str:
     return (out / "result.txt").read_text()
 
 
-def test_a_run_without_interruption(spot_cloud, training_dir: Path, tmp_path: Path) -> None:
+def summary_of(dagrun) -> dict:
+    """The task's XCom return value, read from the metadata DB as the UI and downstream tasks see it."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(
+            XComModel.get_many(run_id=dagrun.run_id, key="return_value", task_ids="train", dag_ids=dagrun.dag_id)
+        ).first()
+        return XComModel.deserialize_value(row)
+
+
+LOGICAL = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+def test_a_run_without_interruption_and_clearing_it_reports_the_finished_run(
+    spot_cloud, training_dir: Path, tmp_path: Path, capfd
+) -> None:
     bucket = f"op-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     dag = make_dag(f"grid_plain_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0)
-    dagrun = dag.test()
+    dagrun = dag.test(logical_date=LOGICAL, run_after=LOGICAL)
     assert dagrun.state == "success"
     ledger = run_ledger(bucket)
     assert ledger.list_sessions() == [1]
     assert ledger.read_outcome(1)["status"] == "succeeded"
     assert result_of(ledger, tmp_path) == reference_result(tmp_path)
+    summary = summary_of(dagrun)
+    assert (summary["sessions"], summary["interruptions"], summary["failures"]) == (1, 0, 0)
+    assert summary["final_outcome"] == "succeeded" and summary["last_manifest"]
+    assert summary["spot_seconds"] > 1 and summary["on_demand_seconds"] == 0
+    assert 0 < summary["estimated_cost_usd"] < summary["on_demand_cost_usd"]  # moto's spot price < g5 list price
+    capfd.readouterr()
+    # Clearing the succeeded task (rerun="resume", the default) reports the finished run: no new instance.
+    before = len(spot_cloud.instances())
+    again = dag.test(logical_date=LOGICAL, run_after=LOGICAL)
+    assert again.state == "success" and again.run_id == dagrun.run_id
+    assert "already succeeded in session 1" in capfd.readouterr().out
+    assert len(spot_cloud.instances()) == before and ledger.list_sessions() == [1]
+    assert summary_of(again)["sessions"] == 1
+
+
+def test_clearing_a_finished_run_with_rerun_fresh_starts_over(spot_cloud, training_dir, tmp_path, capfd) -> None:
+    bucket = new_bucket()
+    dag = make_dag(f"grid_fresh_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0, rerun="fresh")
+    first = dag.test(logical_date=LOGICAL, run_after=LOGICAL)
+    assert first.state == "success"
+    capfd.readouterr()
+    second = dag.test(logical_date=LOGICAL, run_after=LOGICAL)
+    assert second.state == "success"
+    assert "rerun='fresh': starting over" in capfd.readouterr().out
+    summary = summary_of(second)
+    assert summary["run_uri"].endswith("/rerun-2") and summary["sessions"] == 1
+    fresh = RunLedger(make_s3_client(), parse_s3_uri(summary["run_uri"]))
+    assert fresh.read_outcome(1)["status"] == "succeeded"
+    assert result_of(fresh, tmp_path) == reference_result(tmp_path)
+    # the first run is kept as it was
+    first_run = RunLedger(make_s3_client(), parse_s3_uri(summary["run_uri"].rsplit("/rerun-2", 1)[0]))
+    assert first_run.list_sessions() == [1] and first_run.read_outcome(1)["status"] == "succeeded"
 
 
 def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: Path, tmp_path: Path) -> None:
@@ -146,8 +198,20 @@ def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: P
 
     thread = threading.Thread(target=chaos, daemon=True)
     thread.start()
+    alerts: list[str] = []
     try:
-        dag = make_dag(f"grid_chaos_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0, max_interruptions=3)
+        dag = make_dag(
+            f"grid_chaos_{uuid.uuid4().hex[:6]}",
+            training_dir,
+            bucket,
+            retries=0,
+            max_interruptions=3,
+            # An interruption must not wait the user's retry_delay (the test would take hours) nor
+            # look like a failure to alerting: on_retry_callback is for script failures only.
+            retry_delay=timedelta(hours=1),
+            on_retry_callback=lambda context: alerts.append("retry"),
+            on_interruption_callback=lambda context: alerts.append("interruption"),
+        )
         dagrun = dag.test()
     finally:
         stop.set()
@@ -158,6 +222,11 @@ def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: P
     statuses = [ledger.read_outcome(s)["status"] for s in ledger.list_sessions()]
     assert statuses == ["interrupted", "interrupted", "succeeded"]  # no failure retry spent (retries=0)
     assert result_of(ledger, tmp_path) == reference_result(tmp_path)
+    assert alerts == ["interruption", "interruption"]
+    summary = summary_of(dagrun)
+    assert (summary["sessions"], summary["interruptions"], summary["failures"]) == (3, 2, 0)
+    assert [d["status"] for d in summary["session_details"]] == statuses
+    assert len({d["instance_id"] for d in summary["session_details"]}) == 3
 
 
 def new_bucket() -> str:
@@ -166,8 +235,10 @@ def new_bucket() -> str:
     return bucket
 
 
-def chaos(cloud: LocalSpotCloud, *, times: int, notice: bool, after: float = 1.5) -> tuple[list[str], threading.Event]:
-    """Interrupt the next ``times`` instances once each has run ``after`` seconds."""
+def chaos(
+    cloud: LocalSpotCloud, *, times: int, notice: bool, after: float = 1.5, instance_type: str | None = None
+) -> tuple[list[str], threading.Event]:
+    """Interrupt the next ``times`` instances (of ``instance_type``) once each has run ``after`` seconds."""
     interrupted: list[str] = []
     stop = threading.Event()
 
@@ -175,7 +246,10 @@ def chaos(cloud: LocalSpotCloud, *, times: int, notice: bool, after: float = 1.5
         while not stop.is_set() and len(interrupted) < times:
             for instance in cloud.instances():
                 ready = (
-                    instance["state"] == "running" and instance["pid"] and time.time() - instance["launched_at"] > after
+                    instance["state"] == "running"
+                    and instance["pid"]
+                    and time.time() - instance["launched_at"] > after
+                    and instance_type in (None, instance["instance_type"])
                 )
                 if ready and instance["instance_id"] not in interrupted:
                     cloud.interrupt(instance["instance_id"], notice=notice)
@@ -188,19 +262,32 @@ def chaos(cloud: LocalSpotCloud, *, times: int, notice: bool, after: float = 1.5
 
 def test_script_failure_is_retried_then_fails_naming_the_budget(spot_cloud, training_dir, capfd) -> None:
     bucket = new_bucket()
+    alerts: list[str] = []
+    dag_id = f"grid_fail_{uuid.uuid4().hex[:6]}"
     dag = make_dag(
-        f"grid_fail_{uuid.uuid4().hex[:6]}",
+        dag_id,
         training_dir,
         bucket,
         retries=1,
         command="echo 'CUDA out of memory' >&2; exit 3",
+        on_retry_callback=lambda context: alerts.append("retry"),
+        on_interruption_callback=lambda context: alerts.append("interruption"),
     )
-    assert dag.test().state == "failed"
+    assert dag.test(logical_date=LOGICAL, run_after=LOGICAL).state == "failed"
     ledger = run_ledger(bucket)
     assert [ledger.read_outcome(s)["status"] for s in ledger.list_sessions()] == ["failed", "failed"]
     out = capfd.readouterr().out
     assert "script failure budget exhausted: 2 failures > retries=1" in out
     assert "CUDA out of memory" in out
+    assert alerts == ["retry"]  # the failure that was retried alerts like any Airflow retry
+    # The user fixes the command and clears the task: the failed run resumes from its last
+    # checkpoint (rerun="resume") with fresh budgets, and trains to the end.
+    fixed = make_dag(dag_id, training_dir, bucket, retries=0, command="python3 train.py 40 0.05")
+    assert fixed.test(logical_date=LOGICAL, run_after=LOGICAL).state == "success"
+    out = capfd.readouterr().out
+    assert "resuming from its last checkpoint with fresh budgets" in out
+    assert "the command changed since the last session" in out
+    assert [ledger.read_outcome(s)["status"] for s in ledger.list_sessions()] == ["failed", "failed", "succeeded"]
 
 
 def test_interruption_budget_exhausted(spot_cloud, training_dir, capfd) -> None:
@@ -298,3 +385,61 @@ def test_parameters_are_validated_with_their_names() -> None:
     for change, name in cases:
         with pytest.raises(ValueError, match=name):
             GridRunOperator(**{**base, **change})
+
+
+def crash_before_defer_operator() -> type:
+    from airflow_grid_resume.operators import GridRunOperator
+
+    class CrashBeforeDefer(GridRunOperator):
+        """Its first try dies on the worker after the launch, before deferring to the run trigger."""
+
+        def _watch(self, context: Any, run_uri: str, session: int, instance_id: str, state: dict) -> None:
+            if context["ti"].try_number == 1:
+                raise RuntimeError(f"worker died after launching {instance_id}, before deferring")
+            return super()._watch(context, run_uri, session, instance_id, state)
+
+    return CrashBeforeDefer
+
+
+def test_a_worker_crash_between_launch_and_defer_reattaches(spot_cloud, training_dir, tmp_path, capfd) -> None:
+    bucket = new_bucket()
+    before = {i["instance_id"] for i in spot_cloud.instances()}
+    dag = make_dag(
+        f"grid_crash_{uuid.uuid4().hex[:6]}", training_dir, bucket, operator_class=crash_before_defer_operator()
+    )
+    dagrun = dag.test()
+    assert dagrun.state == "success"
+    out = capfd.readouterr().out
+    assert "worker died after launching" in out
+    assert "reattaching to session 1 on instance" in out
+    mine = [i for i in spot_cloud.instances() if i["instance_id"] not in before]
+    assert len(mine) == 1, mine  # the task state store led the next try back to it: no second instance
+    ledger = run_ledger(bucket)
+    assert ledger.list_sessions() == [1] and ledger.read_outcome(1)["status"] == "succeeded"
+    assert result_of(ledger, tmp_path) == reference_result(tmp_path)
+
+
+def test_extra_links_point_at_the_instance_and_the_artifacts(spot_cloud, training_dir) -> None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink
+
+    bucket = new_bucket()
+    dag = make_dag(f"grid_links_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0, command="true")
+    dagrun = dag.test()
+    assert dagrun.state == "success"
+    ledger = run_ledger(bucket)
+    with create_session() as session:
+        ti = session.query(TaskInstance).filter_by(dag_id=dag.dag_id, run_id=dagrun.run_id, task_id="train").one()
+        key = ti.key
+    task = dag.get_task("train")
+    instance_id = summary_of(dagrun)["session_details"][0]["instance_id"]
+    instance_url = GridInstanceLink().get_link(task, ti_key=key)
+    artifacts_url = GridArtifactsLink().get_link(task, ti_key=key)
+    assert instance_url == (
+        "https://console.aws.amazon.com/ec2/home?region=us-east-1#InstanceDetails:instanceId=" + instance_id
+    )
+    assert artifacts_url == (
+        f"https://console.aws.amazon.com/s3/buckets/{bucket}?region=us-east-1&prefix={ledger.location.prefix}/"
+    )

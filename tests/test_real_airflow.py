@@ -1,6 +1,7 @@
 """The real thing: scheduler, triggerer, dag-processor and api-server (SQLite, LocalExecutor) run a
-DAG with GridRunOperator through an interruption on the local spot cloud. dag.test() runs triggers
-in-process and hides classpath and serialization mistakes; this does not."""
+DAG with GridRunOperator through a capacity wait and an interruption on the local spot cloud, and a
+user marks another deferred run failed through the REST API. dag.test() runs triggers in-process
+and hides classpath and serialization mistakes; this does not."""
 
 from __future__ import annotations
 
@@ -13,15 +14,21 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import boto3
 
+from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.restore import Restorer
+from airflow_grid_resume.agent.s3client import make_s3_client
+from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.emulator.moto_server import free_port
 from tests.conftest import TRAIN
-from tests.test_operator import chaos, reference_result, run_ledger
+from tests.test_operator import chaos, reference_result
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
@@ -31,29 +38,64 @@ from datetime import datetime, timedelta, timezone
 from airflow.sdk import DAG
 from airflow_grid_resume.operators import GridRunOperator
 
-with DAG("grid_real", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc), catchup=False) as dag:
-    GridRunOperator(
-        task_id="train",
-        command="python3 train.py 160 0.05",
-        workdir=os.environ["GRID_E2E_WORKDIR"],
-        artifacts_uri="s3://" + os.environ["GRID_E2E_BUCKET"] + "/grid-runs/",
-        instance_types=["g5.xlarge"],
-        image_id="ami-03cf127a",
-        subnet_ids=os.environ["GRID_E2E_SUBNETS"].split(","),
-        aws_conn_id=None,
-        region_name="us-east-1",
-        poll_interval=0.5,
-        instance_check_interval=1.0,
-        capacity_backoff=(0.5, 1.0),
-        agent_args=["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1", "--min-grace", "1"],
-        retries=0,
-        retry_delay=timedelta(seconds=1),
-    )
+COMMON = dict(
+    workdir=os.environ["GRID_E2E_WORKDIR"],
+    artifacts_uri="s3://" + os.environ["GRID_E2E_BUCKET"] + "/grid-runs/",
+    image_id="ami-03cf127a",
+    subnet_ids=os.environ["GRID_E2E_SUBNETS"].split(","),
+    aws_conn_id=None,
+    region_name="us-east-1",
+    poll_interval=0.5,
+    instance_check_interval=1.0,
+    capacity_backoff=(0.5, 1.0),
+    agent_args=["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1", "--min-grace", "1"],
+    retries=0,
+    retry_delay=timedelta(hours=1),
+)
+
+with DAG("grid_real", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc), catchup=False):
+    GridRunOperator(task_id="train", command="python3 train.py 160 0.05", instance_types=["g5.xlarge"], **COMMON)
+
+with DAG("grid_real_stop", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc), catchup=False):
+    GridRunOperator(task_id="train", command="sleep 600", instance_types=["g4dn.xlarge"], **COMMON)
 """
 
 
-def airflow(env: dict, *args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "airflow", *args], env=env, capture_output=True, text=True).stdout
+class Api:
+    """The api-server's public REST API, as a user's script or the UI calls it."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.token: str | None = None
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        if self.token is None:
+            with urllib.request.urlopen(f"{self.base}/auth/token", timeout=10) as resp:  # all-admins mode
+                self.token = json.loads(resp.read())["access_token"]
+        req = urllib.request.Request(
+            f"{self.base}/api/v2{path}",
+            data=json.dumps(body).encode() if body is not None else None,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def task(self, dag_id: str, run_id: str) -> dict:
+        return self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/train")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (OSError, ValueError, KeyError):
+            result = None
+        if result:
+            return result
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) -> None:
@@ -115,27 +157,53 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
                     )
                 )
         stop_chaos = threading.Event()  # replaced by the chaos thread's own once the run is triggered
+        api = Api(port)
         try:
-            deadline = time.monotonic() + 120
-            while "grid_real" not in airflow(env, "dags", "list", "-o", "json"):
-                assert time.monotonic() < deadline, "the dag-processor never parsed the DAG"
-                time.sleep(2)
-            airflow(env, "dags", "unpause", "grid_real")
-            airflow(env, "dags", "trigger", "grid_real")
-            interrupted, stop_chaos = chaos(cloud, times=1, notice=True, after=2.0)
-            state = "queued"
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline:
-                lines = [
-                    ln
-                    for ln in airflow(env, "dags", "list-runs", "grid_real", "-o", "json").splitlines()
-                    if ln.startswith("[")
-                ]
-                if lines and json.loads(lines[-1]):
-                    state = json.loads(lines[-1])[0]["state"]
-                if state in ("success", "failed"):
-                    break
-                time.sleep(2)
+            wait_for("the api-server", lambda: api.call("GET", "/version"), 120)
+            wait_for("the DAGs to be parsed", lambda: api.call("GET", "/dags/grid_real_stop")["dag_id"], 120, 2)
+            for dag_id in ("grid_real", "grid_real_stop"):
+                api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+            # No g5 capacity at first: the first try waits in the capacity trigger, then watches the run
+            # in the run trigger: two deferrals in one try, whose story must all reach the task log.
+            cloud.set_capacity("g5.xlarge", "*", available=False, for_seconds=6)
+            run_id = api.call("POST", "/dags/grid_real/dagRuns", {"logical_date": None})["dag_run_id"]
+            stop_id = api.call("POST", "/dags/grid_real_stop/dagRuns", {"logical_date": None})["dag_run_id"]
+            interrupted, stop_chaos = chaos(cloud, times=1, notice=True, after=2.0, instance_type="g5.xlarge")
+
+            # A user marks the deferred task failed: the trigger's on_kill terminates its instance.
+            stopped = wait_for(
+                "grid_real_stop's instance to run while its task is deferred",
+                lambda: (
+                    api.task("grid_real_stop", stop_id)["state"] == "deferred"
+                    and [i for i in cloud.instances() if i["instance_type"] == "g4dn.xlarge" and i["pid"]]
+                ),
+                120,
+            )[0]
+            links = api.call("GET", f"/dags/grid_real_stop/dagRuns/{stop_id}/taskInstances/train/links")
+            assert links["extra_links"]["Spot instance"].endswith("instanceId=" + stopped["instance_id"]), links
+            assert (
+                "/s3/buckets/real-airflow?region=us-east-1&prefix=grid-runs/grid_real_stop/train/"
+                in (links["extra_links"]["Run artifacts"])
+            ), links
+            api.call(
+                "PATCH",
+                f"/dags/grid_real_stop/dagRuns/{stop_id}/taskInstances/train",
+                {"new_state": "failed"},
+            )
+            wait_for(
+                "the instance of the task marked failed to be terminated",
+                lambda: cloud.instance(stopped["instance_id"])["state"] == "terminated",
+                60,
+            )
+
+            state = wait_for(
+                "grid_real to finish",
+                lambda: (
+                    (s := api.call("GET", f"/dags/grid_real/dagRuns/{run_id}")["state"]) in ("success", "failed") and s
+                ),
+                240,
+                2,
+            )
         finally:
             stop_chaos.set()
             for proc in procs:
@@ -150,12 +218,22 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
         assert state == "success", logs
         assert len(interrupted) == 1
         os.environ.update(aws)
-        ledger = run_ledger("real-airflow")
+        client = make_s3_client()
+        spec_keys = [o["Key"] for o in client.list_objects_v2(Bucket="real-airflow")["Contents"]]
+        real_run = next(k for k in spec_keys if k.endswith("/spec.json") and "/grid_real/" in k)
+        ledger = RunLedger(client, parse_s3_uri("s3://real-airflow/" + real_run.rsplit("/spec.json", 1)[0]))
         statuses = [(ledger.read_outcome(s) or {}).get("status") for s in ledger.list_sessions()]
         assert statuses[0] == "interrupted" and statuses[-1] == "succeeded", statuses
         restored = tmp_path / "restored"
         Restorer(ledger, str(restored)).restore()
         assert (restored / "result.txt").read_text() == reference_result(tmp_path, steps=160)
-        task_logs = "".join(p.read_text(errors="replace") for p in (home / "logs").rglob("attempt=*.log*"))
-        assert "saved at step" in task_logs  # the training output streamed into the task log
+        # The first try's story, in its log files: the capacity wait (replayed into the worker's log,
+        # since the run trigger's log replaces the capacity trigger's), the launch, the streamed output.
+        try_dir = next((home / "logs").rglob("dag_id=grid_real/**/task_id=train"))
+        first_try = "".join(p.read_text(errors="replace") for p in sorted(try_dir.glob("attempt=1.log*")))
+        assert "capacity wait: no spot capacity for g5.xlarge" in first_try
+        assert "session 1: launched spot instance" in first_try
+        assert "saved at step" in first_try  # the training output streamed into the task log
+        assert "was interrupted" in first_try
+        assert "saved at step" in "".join(p.read_text(errors="replace") for p in try_dir.glob("attempt=2.log*"))
     assert not [p for p in procs if p.poll() is None]

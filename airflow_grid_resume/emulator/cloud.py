@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -38,6 +39,7 @@ from urllib.parse import parse_qsl
 from airflow_grid_resume.agent.child import become_subreaper, reap_orphans
 from airflow_grid_resume.emulator.imds import MetadataService
 from airflow_grid_resume.spot.bootstrap import parse_marker
+from airflow_grid_resume.spot.prices import on_demand_price
 
 DEFAULT_NOTICE_SECONDS = 120.0
 SPOT_TERMINATION = "Server.SpotInstanceTermination"
@@ -47,6 +49,15 @@ _EC2_ERROR = (
 )
 _INSTANCE_ID = re.compile(rb"<instanceId>(i-[0-9a-f]+)</instanceId>")
 _REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/ec2/")
+_PRICE_ITEM = re.compile(rb"<item>(?:(?!</item>).)*?<spotPrice>[^<]*</spotPrice>(?:(?!</item>).)*?</item>", re.S)
+
+
+def default_spot_price(instance_type: str, zone: str) -> float:
+    """A plausible spot price: 30-45 % of the on-demand list price, stable per type and zone
+    (moto answers 0.00001 for everything, which makes every cost estimate zero)."""
+    listed = on_demand_price(instance_type) or 0.10
+    spread = int.from_bytes(hashlib.sha256(f"{instance_type}/{zone}".encode()).digest()[:2], "big") / 65535
+    return round(listed * (0.30 + 0.15 * spread), 4)
 
 
 def descendants(pid: int) -> list[int]:
@@ -144,6 +155,14 @@ class SpotCloud:
         self.timers: list[threading.Timer] = []
         self.fabric_enabled = True
         self.counters = {"run_instances": 0, "capacity_errors": 0, "throttled": 0, "idempotent_replays": 0}
+        self.spot_prices: dict[tuple[str, str], float] = {}  # (type, zone) -> USD/h set through the control API
+
+    def spot_price(self, instance_type: str, zone: str) -> float:
+        with self.lock:
+            for key in ((instance_type, zone), (instance_type, "*"), ("*", zone), ("*", "*")):
+                if key in self.spot_prices:
+                    return self.spot_prices[key]
+        return default_spot_price(instance_type, zone)
 
     # -- moto's backend (in this process) ------------------------------------------------------
     @staticmethod
@@ -364,6 +383,8 @@ class SpotCloudApp:
             region = match.group(1) if match else "us-east-1"
             if params.get("Action") == "RunInstances":
                 return self._run_instances(environ, params, region, start_response)
+            if params.get("Action") == "DescribeSpotPriceHistory":
+                return self._spot_price_history(environ, params.get("AvailabilityZone"), start_response)
             if params.get("Action") == "TerminateInstances":
                 ids = [v for k, v in params.items() if k.startswith("InstanceId.")]
                 result = self._forward(environ, start_response)
@@ -383,6 +404,34 @@ class SpotCloudApp:
         captured["body"] = data
         self._last = captured
         return [data]
+
+    def _spot_price_history(self, environ: dict, zone: str | None, start_response: Callable) -> list[bytes]:
+        """moto's answer with each item's price replaced by this cloud's price for its type and zone,
+        and only for the zone asked for (as EC2 does; moto ignores AvailabilityZone)."""
+        captured: dict = {}
+
+        def capture(status: str, headers: list, exc_info: Any = None) -> Callable:
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None
+
+        body = b"".join(self.inner(environ, capture))
+
+        def reprice(match: re.Match) -> bytes:
+            item = match.group(0)
+            found_type = re.search(rb"<instanceType>([^<]+)</instanceType>", item)
+            found_zone = re.search(rb"<availabilityZone>([^<]+)</availabilityZone>", item)
+            if not (found_type and found_zone):
+                return item
+            if zone and found_zone.group(1).decode() != zone:
+                return b""
+            price = self.cloud.spot_price(found_type.group(1).decode(), found_zone.group(1).decode())
+            return re.sub(rb"<spotPrice>[^<]*</spotPrice>", f"<spotPrice>{price:.6f}</spotPrice>".encode(), item)
+
+        if captured["status"].startswith("200"):
+            body = _PRICE_ITEM.sub(reprice, body)
+        headers = [(k, str(len(body)) if k.lower() == "content-length" else v) for k, v in captured["headers"]]
+        start_response(captured["status"], headers)
+        return [body]
 
     @staticmethod
     def _error(start_response: Callable, status: str, code: str, message: str) -> list[bytes]:
@@ -477,6 +526,11 @@ class SpotCloudApp:
                         str(doc.get("market", "spot")),
                     )
                 }
+            elif method == "POST" and name == "spot-price":
+                key = (str(doc.get("instance_type", "*")), str(doc.get("zone", "*")))
+                with cloud.lock:
+                    cloud.spot_prices[key] = float(doc["price"])
+                result = {"spot_price": {"instance_type": key[0], "zone": key[1], "price": cloud.spot_prices[key]}}
             elif method == "POST" and name == "fabric":
                 cloud.fabric_enabled = bool(doc.get("enabled", True))
                 result = {"fabric": cloud.fabric_enabled}

@@ -114,6 +114,7 @@ class SpotCapacityTrigger(BaseTrigger):
         failed_at: dict[str, float] = {}
         failures_in_a_row = rounds = 0
         announced = False
+        wait_log = WaitLog()
         user_data = render_user_data(self.run_uri, self.session, self.region_name)
         expires_at = expiry_tag(self.started_at, spec.expiry_hours)
         async with shared_client(hook, ("ec2", self.aws_conn_id, self.region_name)) as client:
@@ -146,6 +147,7 @@ class SpotCapacityTrigger(BaseTrigger):
                         waited_seconds=waited,
                     )
                     self.log.warning("falling back to on-demand for session %d: %s", self.session, reason)
+                    wait_log.append(f"falling back to on-demand: {reason}")
                 misses: list[str] = []
                 throttled = False
                 for pair in order_pairs(pairs, failed_at, time.monotonic(), self.cool_down):
@@ -183,9 +185,10 @@ class SpotCapacityTrigger(BaseTrigger):
                         misses.append(f"{pair.instance_type} in {pair.zone} (throttled: {exc.code})")
                         break
                     price = await self._price(hook, pair, lifecycle, client)
-                    yield TriggerEvent(
-                        self._launched(instance, price, reused=False, rounds=rounds + 1, lifecycle=lifecycle, pair=pair)
+                    event = self._launched(
+                        instance, price, reused=False, rounds=rounds + 1, lifecycle=lifecycle, pair=pair
                     )
+                    yield TriggerEvent({**event, "wait_log": wait_log.lines()})
                     return
                 rounds += 1
                 if not throttled:
@@ -208,20 +211,18 @@ class SpotCapacityTrigger(BaseTrigger):
                     return
                 delay = min(remaining, backoff_delay(rounds, base=self.backoff_base, cap=self.backoff_max, rng=rng))
                 what = "spot" if lifecycle == SPOT else "on-demand"
-                self.log.info(
-                    "no %s capacity for %s; next try in %s (waited %s of %s)",
-                    what,
-                    ", ".join(misses),
-                    _duration(delay),
-                    _duration(time.time() - self.started_at),
-                    _duration(self.max_wait),
+                line = (
+                    f"no {what} capacity for {', '.join(misses)}; next try in {_duration(delay)} "
+                    f"(waited {_duration(time.time() - self.started_at)} of {_duration(self.max_wait)})"
                 )
+                self.log.info("%s", line)
+                wait_log.append(line)
                 await asyncio.sleep(delay)
 
     def _launched(self, instance: dict, price: str | None, **kw: Any) -> dict:
         event = launched_event(instance, price, session=self.session, started_at=self.started_at, **kw)
         self.log.info("%s", describe_launch(event))
-        return event
+        return {**event, "run_uri": self.run_uri}
 
     async def _price(self, hook: SpotLaunchHook, pair: Pair, lifecycle: str, client: Any) -> str | None:
         if lifecycle != SPOT:
@@ -231,6 +232,31 @@ class SpotCapacityTrigger(BaseTrigger):
         except Exception as exc:  # the price is for the cost ledger; never fail a launch over it
             self.log.warning("could not read the spot price of %s in %s: %s", pair.instance_type, pair.zone, exc)
             return None
+
+
+class WaitLog:
+    """The capacity wait's story, carried in the launched event: Airflow 3.3 writes a try's trigger
+    log to one file per triggerer, so the run trigger's log replaces this one. Bounded: the first
+    and the latest lines of a long wait, and how many were left out."""
+
+    def __init__(self, keep: int = 20) -> None:
+        self.keep = keep
+        self.head: list[str] = []
+        self.tail: list[str] = []
+        self.dropped = 0
+
+    def append(self, line: str) -> None:
+        if len(self.head) < self.keep // 2:
+            self.head.append(line)
+            return
+        self.tail.append(line)
+        if len(self.tail) > self.keep - len(self.head):
+            self.tail.pop(0)
+            self.dropped += 1
+
+    def lines(self) -> list[str]:
+        skipped = [f"... {self.dropped} more rounds ..."] if self.dropped else []
+        return [*self.head, *skipped, *self.tail]
 
 
 def launched_event(
@@ -259,6 +285,7 @@ def launched_event(
         "reused": reused,
         "rounds": rounds,
         "waited_seconds": round(time.time() - started_at, 3),
+        "launched_at": time.time(),
     }
 
 

@@ -258,6 +258,7 @@ class RunWatchTrigger(BaseTrigger):
     def _event(self, status: str, offset: int, *, outcome: dict | None = None, reason: str | None = None) -> dict:
         return {
             "status": status,
+            "run_uri": self.run_uri,
             "session": self.session,
             "instance_id": self.instance_id,
             "log_offset": offset,

@@ -1,0 +1,119 @@
+"""The run summary: sessions, interruptions, failures, seconds and cost, computed from the ledger.
+
+The ledger is the source of truth, so the summary (the task's XCom, the demo's report) is a pure
+function of the records each session left there:
+
+- ``launch.json`` (written by the Airflow side when the instance was launched): type, zone,
+  spot or on-demand, the hourly prices, ``launched_at``;
+- ``outcome.json`` (written by the agent): status and ``ended_at``;
+- ``closed.json`` (written by the Airflow side when it saw the session end): its verdict, which is
+  the only record of a *lost* session, and ``at``.
+
+Seconds are counted from launch to the end the ledger knows of: an estimate of EC2's per-second
+billing (which also counts boot and shutdown), good to a few seconds per session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+INTERRUPTED = ("interrupted", "lost")
+
+
+def _epoch(value: Any) -> float | None:
+    """Seconds since the epoch from a number or an ISO-8601 UTC string, None if neither."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def session_status(record: Mapping[str, Any]) -> str:
+    """What ended the session: the agent's outcome, else the Airflow side's verdict, else lost."""
+    outcome = record.get("outcome") or {}
+    closed = record.get("closed") or {}
+    return str(outcome.get("status") or closed.get("status") or "lost")
+
+
+def session_seconds(record: Mapping[str, Any]) -> float:
+    """Seconds the session's instance ran: from launch to the last end the ledger recorded."""
+    launch = record.get("launch") or {}
+    outcome = record.get("outcome") or {}
+    closed = record.get("closed") or {}
+    start = _epoch(launch.get("launched_at"))
+    if start is None:
+        start = _epoch(outcome.get("started_at"))
+    ends = [e for e in (_epoch(closed.get("at")), _epoch(outcome.get("ended_at"))) if e is not None]
+    if start is None or not ends:
+        return 0.0
+    return max(0.0, max(ends) - start)
+
+
+def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = None) -> dict[str, Any]:
+    """Aggregate per-session records (in session order) into the run summary."""
+    sessions = []
+    totals = {"spot": 0.0, "on-demand": 0.0}
+    cost = on_demand_cost = 0.0
+    cost_known = True
+    for record in records:
+        launch = record.get("launch") or {}
+        lifecycle = "on-demand" if launch.get("lifecycle") == "on-demand" else "spot"
+        seconds = session_seconds(record)
+        totals[lifecycle] += seconds
+        od_price = launch.get("on_demand_price")
+        paid_price = od_price if lifecycle == "on-demand" else launch.get("spot_price")
+        try:
+            session_cost = float(paid_price) * seconds / 3600 if paid_price is not None else None
+            session_od = float(od_price) * seconds / 3600 if od_price is not None else None
+        except (TypeError, ValueError):
+            session_cost = session_od = None
+        if session_cost is None or session_od is None:
+            cost_known = False
+        else:
+            cost += session_cost
+            on_demand_cost += session_od
+        sessions.append(
+            {
+                "session": record.get("session"),
+                "status": session_status(record),
+                "instance_id": launch.get("instance_id"),
+                "instance_type": launch.get("instance_type"),
+                "zone": launch.get("zone"),
+                "lifecycle": lifecycle,
+                "seconds": round(seconds, 1),
+                "estimated_cost_usd": None if session_cost is None else round(session_cost, 4),
+            }
+        )
+    statuses = [s["status"] for s in sessions]
+    return {
+        "sessions": len(sessions),
+        "interruptions": sum(1 for s in statuses if s in INTERRUPTED),
+        "failures": sum(1 for s in statuses if s == "failed"),
+        "spot_seconds": round(totals["spot"], 1),
+        "on_demand_seconds": round(totals["on-demand"], 1),
+        "estimated_cost_usd": round(cost, 4) if cost_known else None,
+        "on_demand_cost_usd": round(on_demand_cost, 4) if cost_known else None,
+        "final_outcome": final_outcome or (statuses[-1] if statuses else None),
+        "session_details": sessions,
+    }
+
+
+def read_records(ledger: Any) -> list[dict[str, Any]]:
+    """Each session's launch, outcome and closing records, read from a ``RunLedger``."""
+    records = []
+    for session in ledger.list_sessions():
+        records.append(
+            {
+                "session": session,
+                "launch": ledger.get_json(ledger.session_key(session, "launch.json")),
+                "outcome": ledger.read_outcome(session),
+                "closed": ledger.get_json(ledger.session_key(session, "closed.json")),
+            }
+        )
+    return records

@@ -1,0 +1,128 @@
+"""Pure pieces of the operator side: the run summary and cost, the wait log, the retry policy."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from airflow_grid_resume.operators import generation_uri
+from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
+from airflow_grid_resume.spot.prices import on_demand_price
+from airflow_grid_resume.summary import session_seconds, session_status, summarize
+from airflow_grid_resume.triggers.capacity import WaitLog
+
+
+def launch(at: float, lifecycle: str = "spot", spot: float | None = 0.30, od: float | None = 1.006) -> dict:
+    return {
+        "instance_id": f"i-{int(at)}",
+        "instance_type": "g5.xlarge",
+        "zone": "us-east-1a",
+        "lifecycle": lifecycle,
+        "spot_price": spot,
+        "on_demand_price": od,
+        "launched_at": at,
+    }
+
+
+def test_summary_counts_sessions_seconds_and_cost_from_the_records() -> None:
+    records = [
+        # interrupted after an hour (agent outcome, ISO end time)
+        {"session": 1, "launch": launch(0), "outcome": {"status": "interrupted", "ended_at": "1970-01-01T01:00:00Z"}},
+        # lost: no outcome, the Airflow side's verdict 30 min later
+        {"session": 2, "launch": launch(4000), "outcome": None, "closed": {"status": "lost", "at": 5800}},
+        # on-demand fallback, succeeded after 2 h
+        {
+            "session": 3,
+            "launch": launch(6000, "on-demand", spot=None),
+            "outcome": {"status": "succeeded", "ended_at": 13200.0},
+        },
+    ]
+    summary = summarize(records)
+    assert (summary["sessions"], summary["interruptions"], summary["failures"]) == (3, 2, 0)
+    assert summary["spot_seconds"] == 3600 + 1800
+    assert summary["on_demand_seconds"] == 7200
+    assert summary["estimated_cost_usd"] == pytest.approx(0.30 * 1.5 + 1.006 * 2, abs=1e-3)
+    assert summary["on_demand_cost_usd"] == pytest.approx(1.006 * 3.5, abs=1e-3)
+    assert summary["final_outcome"] == "succeeded"
+    assert [s["status"] for s in summary["session_details"]] == ["interrupted", "lost", "succeeded"]
+
+
+def test_unknown_prices_make_the_cost_unknown_not_zero() -> None:
+    records = [{"session": 1, "launch": launch(0, od=None), "outcome": {"status": "succeeded", "ended_at": 60.0}}]
+    summary = summarize(records)
+    assert summary["estimated_cost_usd"] is None and summary["on_demand_cost_usd"] is None
+    assert summary["spot_seconds"] == 60
+
+
+def test_a_session_without_records_is_lost_and_costs_no_seconds() -> None:
+    assert session_status({"session": 4}) == "lost"
+    assert session_seconds({"session": 4}) == 0.0
+    assert session_status({"outcome": {"status": "failed"}, "closed": {"status": "failed"}}) == "failed"
+
+
+def test_on_demand_price_table_and_overrides() -> None:
+    assert on_demand_price("g5.xlarge") == pytest.approx(1.006)
+    assert on_demand_price("g5.xlarge", {"g5.xlarge": 1.5}) == 1.5
+    assert on_demand_price("x9.huge") is None and on_demand_price(None) is None
+
+
+def test_wait_log_keeps_the_first_and_latest_rounds() -> None:
+    log = WaitLog(keep=6)
+    for i in range(100):
+        log.append(f"round {i}")
+    lines = log.lines()
+    assert lines[:3] == ["round 0", "round 1", "round 2"]
+    assert lines[3] == "... 94 more rounds ..."
+    assert lines[4:] == ["round 97", "round 98", "round 99"]
+    short = WaitLog(keep=6)
+    short.append("only")
+    assert short.lines() == ["only"]
+
+
+def test_interruptions_retry_promptly_and_failures_defer_to_the_user() -> None:
+    class Fail:
+        def evaluate(self, exception, try_number, max_tries, context=None):
+            from airflow.sdk import RetryDecision
+
+            return RetryDecision.fail("user policy")
+
+    policy = InterruptionRetryPolicy(timedelta(seconds=0), inner=None)
+    decision = policy.evaluate(SessionInterrupted("session 2 was interrupted"), 2, 10)
+    assert decision.action.value == "retry" and decision.retry_delay == timedelta(0)
+    assert "spot interruption" in decision.reason
+    assert policy.evaluate(ScriptFailed("exit 3"), 2, 10).action.value == "default"
+    wrapped = InterruptionRetryPolicy(timedelta(seconds=5), inner=Fail())
+    assert wrapped.evaluate(ScriptFailed("exit 3"), 2, 10).action.value == "fail"
+    assert wrapped.evaluate(SessionInterrupted("x"), 2, 10).retry_delay == timedelta(seconds=5)
+
+
+def test_operator_wraps_the_users_retry_policy_and_validates_new_parameters() -> None:
+    from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
+
+    from airflow_grid_resume.operators import GridRunOperator
+
+    base = dict(
+        task_id="t",
+        command="python train.py",
+        artifacts_uri="s3://b/runs",
+        instance_types=["g5.xlarge"],
+        image_id="ami-1",
+        subnet_ids=["subnet-1"],
+    )
+    user = ExceptionRetryPolicy(rules=[RetryRule(exception=KeyError, action=RetryAction.FAIL)])
+    op = GridRunOperator(**base, retries=2, max_interruptions=5, retry_policy=user)
+    assert isinstance(op.retry_policy, InterruptionRetryPolicy) and op.retry_policy.inner is user
+    assert op.retries == 7 and op.failure_retries == 2
+    for change, name in [
+        ({"rerun": "again"}, "rerun"),
+        ({"interruption_retry_delay": -1}, "interruption_retry_delay"),
+        ({"on_demand_prices": {"g5.xlarge": "cheap"}}, "on_demand_prices"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            GridRunOperator(**{**base, **change})
+
+
+def test_generation_uris_nest_under_the_first_run() -> None:
+    assert generation_uri("s3://b/runs/d/t/r", 1) == "s3://b/runs/d/t/r"
+    assert generation_uri("s3://b/runs/d/t/r", 3) == "s3://b/runs/d/t/r/rerun-3"
