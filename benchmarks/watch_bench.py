@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,123 @@ def machine_busy() -> tuple[float, float]:
 
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# -- a fast S3 for the ledgers -------------------------------------------------------------------
+class LedgerS3:
+    """The S3 subset a run ledger uses (PUT with If-None-Match/If-Match, GET with Range, HEAD,
+    ListObjectsV2 with StartAfter and pages of 1000), in memory, on aiohttp.
+
+    moto's server cannot carry 500 ledgers on 2 cores: measured, it saturated at about 110 trigger
+    calls per second while the load generator fell a minute behind (docs/benchmarks.md).
+    """
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], tuple[bytes, str, str]] = {}  # (bucket, key) -> body, etag, mtime
+        self.keys: dict[str, list[str]] = {}  # bucket -> sorted keys
+        self.requests = 0
+
+    @staticmethod
+    def _error(status: int, code: str) -> Any:
+        from aiohttp import web
+
+        body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{code}</Message></Error>'
+        return web.Response(status=status, body=body.encode(), content_type="application/xml")
+
+    async def handle(self, request: Any) -> Any:
+        import bisect
+        import hashlib
+        from email.utils import formatdate
+        from xml.sax.saxutils import escape
+
+        from aiohttp import web
+
+        self.requests += 1
+        bucket, _, key = request.path[1:].partition("/")
+        key = urllib.parse.unquote(key)
+        if request.method == "PUT" and not key:
+            self.keys.setdefault(bucket, [])
+            return web.Response(status=200)
+        if bucket not in self.keys:
+            return self._error(404, "NoSuchBucket")
+        if request.method == "PUT":
+            body = await request.read()
+            current = self.objects.get((bucket, key))
+            if request.headers.get("If-None-Match") == "*" and current is not None:
+                return self._error(412, "PreconditionFailed")
+            if_match = request.headers.get("If-Match")
+            if if_match is not None and (current is None or current[1] != if_match):
+                return self._error(412 if current else 404, "PreconditionFailed" if current else "NoSuchKey")
+            etag = '"' + hashlib.md5(body).hexdigest() + '"'
+            if current is None:
+                bisect.insort(self.keys[bucket], key)
+            self.objects[(bucket, key)] = (body, etag, formatdate(usegmt=True))
+            return web.Response(status=200, headers={"ETag": etag})
+        if not key:  # ListObjectsV2
+            q = request.query
+            prefix = q.get("prefix", "")
+            after = q.get("continuation-token") or q.get("start-after") or ""
+            keys = self.keys[bucket]
+            i = bisect.bisect_right(keys, after) if after else bisect.bisect_left(keys, prefix)
+            page = []
+            while i < len(keys) and keys[i].startswith(prefix) and len(page) < 1000:
+                page.append(keys[i])
+                i += 1
+            truncated = len(page) == 1000 and i < len(keys) and keys[i].startswith(prefix)
+            parts = [
+                '<?xml version="1.0" encoding="UTF-8"?>',
+                '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">',
+                f"<Name>{bucket}</Name><Prefix>{escape(prefix)}</Prefix><KeyCount>{len(page)}</KeyCount>",
+                f"<MaxKeys>1000</MaxKeys><IsTruncated>{'true' if truncated else 'false'}</IsTruncated>",
+            ]
+            for k in page:
+                body, etag, _ = self.objects[(bucket, k)]
+                parts.append(
+                    f"<Contents><Key>{escape(k)}</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified>"
+                    f"<ETag>{escape(etag)}</ETag><Size>{len(body)}</Size><StorageClass>STANDARD</StorageClass></Contents>"
+                )
+            if truncated:
+                parts.append(f"<NextContinuationToken>{escape(page[-1])}</NextContinuationToken>")
+            parts.append("</ListBucketResult>")
+            return web.Response(status=200, body="".join(parts).encode(), content_type="application/xml")
+        found = self.objects.get((bucket, key))
+        if found is None:
+            return self._error(404, "NoSuchKey")
+        body, etag, mtime = found
+        headers = {"ETag": etag, "Last-Modified": mtime}
+        status = 200
+        byte_range = request.headers.get("Range")
+        if byte_range:
+            start = int(byte_range.split("=", 1)[1].split("-", 1)[0])
+            headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+            body, status = body[start:], 206
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(len(body))
+            return web.Response(status=status, headers=headers)
+        return web.Response(status=status, body=body, headers=headers, content_type="binary/octet-stream")
+
+
+def serve_s3(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    store = LedgerS3()
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", store.handle)
+
+    async def main() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        print(json.dumps({"endpoint_url": f"http://127.0.0.1:{port}"}), flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(main())
+    return 0
 
 
 # -- load generator ------------------------------------------------------------------------------
@@ -440,61 +558,80 @@ def launch_instances(n: int) -> list[str]:
 
 
 def conduct(args: argparse.Namespace) -> dict:
-    import boto3
-
     from airflow_grid_resume.emulator.client import LocalSpotCloud
 
     work = Path(tempfile.mkdtemp(prefix="watch-bench-"))
     me = [sys.executable, str(Path(__file__).resolve())]
     common = ["--plan", str(work / "plan.json")]
-    with LocalSpotCloud() as cloud:
-        os.environ.update(cloud.aws_env())
-        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-        cloud.set_fabric(enabled=False)  # real EC2 instances, no processes: the load generator plays the agents
-        cloud.set_throttle(enabled=False)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        ids = launch_instances(args.runs)
-        runs = [
-            {"run_uri": f"s3://{BUCKET}/grid-runs/bench/run-{i:04d}", "instance_id": i_id} for i, i_id in enumerate(ids)
-        ]
-        plan = {"endpoint_url": cloud.endpoint_url, "aws_env": cloud.aws_env(), "runs": runs}
-        plan["launched_at"] = time.time()
-        (work / "plan.json").write_text(json.dumps(plan))
-        load_start = loadavg()
-        gen = subprocess.Popen(
-            [*me, "--role", "loadgen", *common, "--out", str(work / "loadgen.json"),
-                  "--lines-per-second", str(args.lines_per_second), "--loadgen-threads", str(args.loadgen_threads)],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert gen.stdout is not None
-        if gen.stdout.readline().strip() != "loadgen-ready":
-            raise RuntimeError("the load generator did not start")
-        trig = subprocess.Popen(
-            [*me, "--role", "triggerer", *common, "--out", str(work / "triggerer.json"),
-                  "--seconds", str(args.seconds), "--ramp", str(args.ramp), "--warmup", str(args.warmup),
-                  "--poll-interval", str(args.poll_interval),
-                  "--instance-check-interval", str(args.instance_check_interval),
-                  "--finish-timeout", str(args.finish_timeout)],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert trig.stdout is not None
-        others = {"emulator": cloud.info["pid"], "loadgen": gen.pid}
-        marks = {}
-        for line in trig.stdout:
-            msg = json.loads(line)
-            if msg.get("window") == "start":
-                marks["start"] = ({k: proc_cpu(p) for k, p in others.items()}, machine_busy(), time.time())
-            elif msg.get("window") == "done":
-                marks["done"] = ({k: proc_cpu(p) for k, p in others.items()}, machine_busy(), time.time())
-                load_window = loadavg()
-                gen.send_signal(signal.SIGTERM)  # every run ends: outcome written, the watches must end
-                break
-        gen.wait(timeout=300)
-        trig.wait(timeout=args.finish_timeout + 60)
-        if trig.returncode or gen.returncode:
-            raise RuntimeError(f"triggerer exit {trig.returncode}, load generator exit {gen.returncode}")
-        result = json.loads((work / "triggerer.json").read_text())
-        generated = json.loads((work / "loadgen.json").read_text())
+    s3 = None
+    if args.s3 == "fast":
+        s3 = subprocess.Popen([*me, "--role", "s3"], stdout=subprocess.PIPE, text=True)
+        assert s3.stdout is not None
+        s3_endpoint = json.loads(s3.stdout.readline())["endpoint_url"]
+    try:
+        with LocalSpotCloud() as cloud:
+            aws_env = {**cloud.aws_env(), "AWS_EC2_METADATA_DISABLED": "true"}
+            if s3 is not None:
+                aws_env["AWS_ENDPOINT_URL_S3"] = s3_endpoint  # EC2 stays on the local spot cloud
+            os.environ.update(aws_env)
+            return measure(args, cloud, aws_env, s3_endpoint if s3 else cloud.endpoint_url, s3, work, me, common)
+    finally:
+        if s3 is not None:
+            s3.terminate()
+            s3.wait(30)
+
+
+def measure(
+    args: argparse.Namespace, cloud: Any, aws_env: dict, s3_endpoint: str, s3: Any, work: Path, me: list, common: list
+) -> dict:
+    """Instances, load generator, triggerer; the machine's load over the triggerer's window."""
+    import boto3
+
+    cloud.set_fabric(enabled=False)  # real EC2 instances, no processes: the load generator plays the agents
+    cloud.set_throttle(enabled=False)
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    ids = launch_instances(args.runs)
+    runs = [
+        {"run_uri": f"s3://{BUCKET}/grid-runs/bench/run-{i:04d}", "instance_id": i_id} for i, i_id in enumerate(ids)
+    ]
+    plan = {"endpoint_url": s3_endpoint, "aws_env": aws_env, "runs": runs}
+    plan["launched_at"] = time.time()
+    (work / "plan.json").write_text(json.dumps(plan))
+    load_start = loadavg()
+    gen = subprocess.Popen(
+        [*me, "--role", "loadgen", *common, "--out", str(work / "loadgen.json"),
+              "--lines-per-second", str(args.lines_per_second), "--loadgen-threads", str(args.loadgen_threads)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert gen.stdout is not None
+    if gen.stdout.readline().strip() != "loadgen-ready":
+        raise RuntimeError("the load generator did not start")
+    trig = subprocess.Popen(
+        [*me, "--role", "triggerer", *common, "--out", str(work / "triggerer.json"),
+              "--seconds", str(args.seconds), "--ramp", str(args.ramp), "--warmup", str(args.warmup),
+              "--poll-interval", str(args.poll_interval),
+              "--instance-check-interval", str(args.instance_check_interval),
+              "--finish-timeout", str(args.finish_timeout)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert trig.stdout is not None
+    others = {"emulator": cloud.info["pid"], "loadgen": gen.pid, **({"fast_s3": s3.pid} if s3 else {})}
+    marks = {}
+    for line in trig.stdout:
+        msg = json.loads(line)
+        if msg.get("window") == "start":
+            marks["start"] = ({k: proc_cpu(p) for k, p in others.items()}, machine_busy(), time.time())
+        elif msg.get("window") == "done":
+            marks["done"] = ({k: proc_cpu(p) for k, p in others.items()}, machine_busy(), time.time())
+            load_window = loadavg()
+            gen.send_signal(signal.SIGTERM)  # every run ends: outcome written, the watches must end
+            break
+    gen.wait(timeout=300)
+    trig.wait(timeout=args.finish_timeout + 60)
+    if trig.returncode or gen.returncode:
+        raise RuntimeError(f"triggerer exit {trig.returncode}, load generator exit {gen.returncode}")
+    result = json.loads((work / "triggerer.json").read_text())
+    generated = json.loads((work / "loadgen.json").read_text())
     (cpu_a, busy_a, t_a), (cpu_b, busy_b, t_b) = marks["start"], marks["done"]
     missing = sum(1 for r, n in generated["lines"].items() if n and result["lines_logged"].get(r, 0) != n)
     statuses: dict[str, int] = {}
@@ -503,6 +640,7 @@ def conduct(args: argparse.Namespace) -> dict:
     result.pop("lines_logged")
     result.update(
         {
+            "s3_server": args.s3,
             "poll_interval": args.poll_interval,
             "instance_check_interval": args.instance_check_interval,
             "lines_per_second_per_run": args.lines_per_second,
@@ -534,7 +672,8 @@ def main() -> int:
     parser.add_argument("--loadgen-threads", type=int, default=16)
     parser.add_argument("--finish-timeout", type=float, default=180.0)
     parser.add_argument("--json")
-    roles = ("conductor", "loadgen", "triggerer")
+    parser.add_argument("--s3", choices=("fast", "moto"), default="fast", help="who serves the ledgers' S3")
+    roles = ("conductor", "loadgen", "triggerer", "s3")
     parser.add_argument("--role", choices=roles, default="conductor", help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -545,6 +684,8 @@ def main() -> int:
         return loadgen(args)
     if args.role == "triggerer":
         return triggerer(args)
+    if args.role == "s3":
+        return serve_s3(args)
     result = conduct(args)
     print(json.dumps(result, indent=2))
     if args.json:
