@@ -362,7 +362,7 @@ class GridRunOperator(BaseOperator):
                 if exc.kind == CAPACITY:
                     continue
                 break
-            price = hook.spot_price(pair.instance_type, pair.zone) if lifecycle == SPOT else None
+            price = self._spot_price(hook, pair) if lifecycle == SPOT else None
             event = launched_event(
                 instance,
                 price,
@@ -375,6 +375,14 @@ class GridRunOperator(BaseOperator):
             )
             return {**event, "run_uri": run_uri}
         return None
+
+    def _spot_price(self, hook: SpotLaunchHook, pair: Any) -> str | None:
+        """The price is for the cost estimate: never fail a session that has its instance over it."""
+        try:
+            return hook.spot_price(pair.instance_type, pair.zone)
+        except Exception as exc:
+            self.log.warning("could not read the spot price of %s in %s: %s", pair.instance_type, pair.zone, exc)
+            return None
 
     def on_capacity(self, context: Any, event: dict | None = None) -> Any:
         event = event or {}

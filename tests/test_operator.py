@@ -420,6 +420,7 @@ def test_a_worker_crash_between_launch_and_defer_reattaches(spot_cloud, training
 
 
 def test_extra_links_point_at_the_instance_and_the_artifacts(spot_cloud, training_dir) -> None:
+    from airflow.models.serialized_dag import SerializedDagModel
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
@@ -430,13 +431,13 @@ def test_extra_links_point_at_the_instance_and_the_artifacts(spot_cloud, trainin
     dagrun = dag.test()
     assert dagrun.state == "success"
     ledger = run_ledger(bucket)
-    with create_session() as session:
-        ti = session.query(TaskInstance).filter_by(dag_id=dag.dag_id, run_id=dagrun.run_id, task_id="train").one()
-        key = ti.key
-    task = dag.get_task("train")
     instance_id = summary_of(dagrun)["session_details"][0]["instance_id"]
-    instance_url = GridInstanceLink().get_link(task, ti_key=key)
-    artifacts_url = GridArtifactsLink().get_link(task, ti_key=key)
+    with create_session() as session:
+        # what the api-server does for the UI: the serialized task renders the links from XCom
+        task = SerializedDagModel.get_dag(dag.dag_id, session=session).get_task("train")
+        ti = session.query(TaskInstance).filter_by(dag_id=dag.dag_id, run_id=dagrun.run_id, task_id="train").one()
+        instance_url = task.get_extra_links(ti, GridInstanceLink.name)
+        artifacts_url = task.get_extra_links(ti, GridArtifactsLink.name)
     assert instance_url == (
         "https://console.aws.amazon.com/ec2/home?region=us-east-1#InstanceDetails:instanceId=" + instance_id
     )

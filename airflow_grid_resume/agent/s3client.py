@@ -69,7 +69,7 @@ def explain_access_error(exc: BaseException, bucket: str) -> LedgerUnavailableEr
     if code in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
         return LedgerUnavailableError(
             f"access to bucket {bucket!r} was denied ({code}): the credentials need s3:GetObject, "
-            "s3:PutObject, s3:ListBucket and s3:DeleteObject on the run prefix"
+            "s3:PutObject and s3:ListBucket on the run prefix"
         )
     if isinstance(exc, (BotoCoreError, ClientError)):
         return LedgerUnavailableError(f"cannot reach the run ledger in bucket {bucket!r}: {exc}")

@@ -44,7 +44,8 @@ def command_env(
             ENV_SESSION: str(session),
             ENV_RUN_URI: run_uri,
             ENV_WORKDIR: os.path.abspath(workdir),
-            ENV_RESUMED: "1" if manifest else "0",
+            # The workdir snapshot (session 0's manifest) is the start, not a checkpoint to resume from.
+            ENV_RESUMED: "1" if manifest and not manifest.startswith("000000-") else "0",
             ENV_MANIFEST: manifest or "",
             ENV_INSTANCE_ID: instance_id or "",
         }
