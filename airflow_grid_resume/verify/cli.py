@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from airflow_grid_resume.verify.churn import ChurnReport
 from airflow_grid_resume.verify.report import render
-from airflow_grid_resume.verify.runner import Verifier, VerifyConfig
-from airflow_grid_resume.verify.verdict import Window, decide
+from airflow_grid_resume.verify.runner import Verifier, VerifyConfig, VerifyResult
+from airflow_grid_resume.verify.verdict import Verdict, Window, decide
 
 EXIT_USAGE = 2
 
@@ -109,7 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    verdict = decide(
+    verdict = judge(result)
+    print(render(result, verdict), end="")
+    return verdict.exit_code
+
+
+def judge(result: VerifyResult) -> Verdict:
+    """The verdict on what a run of the verifier measured."""
+    config = result.config
+    return decide(
         result.reference,
         result.chain,
         window=Window(config.notice_seconds, config.allowed_seconds),
@@ -119,8 +127,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         churn=result.churn or ChurnReport(0, 0),
         large_bytes=config.large_bytes,
     )
-    print(render(result, verdict), end="")
-    return verdict.exit_code
 
 
 def _raise_interrupt(*_: object) -> None:
