@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -351,3 +353,29 @@ def test_verifier_cleans_up_when_the_reference_fails(s3, tmp_path: Path, monkeyp
     assert "the command exited 4" in render(result, verdict)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]
     assert file_hashes(None) == {}
+
+
+def test_stopping_verify_stops_everything_it_started(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "airflow_grid_resume.cli", "verify", "--workdir", str(workdir), "--notice-seconds",
+         "2", "--", sys.executable, str(SCRIPTS / "good.py"), "400", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch)},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not list(scratch.glob("grid-resume-verify-*/probe/reference.start.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        assert _processes_mentioning(str(scratch))  # the agent, the probe and the script are running
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "everything it started was stopped" in err
+    assert list(scratch.iterdir()) == [] and not _processes_mentioning(str(scratch))

@@ -183,33 +183,29 @@ class Verifier:
         base = os.path.join(self.root, "probe", re.sub(r"\W+", "-", label))
         workdir = tempfile.mkdtemp(prefix="instance-", dir=self.root)
         start: dict | None = None
+        agent: subprocess.Popen | None = None
         try:
             with MetadataService(instance_id=f"i-verify{uuid.uuid4().hex[:9]}") as imds:
-                with self._agent(run_uri, workdir, imds.url, base) as proc:
-                    collector = _Collector(proc, self.pattern, label, self.say if cfg.show_output else None)
+                with self._agent(run_uri, workdir, imds.url, base) as agent:
+                    collector = _Collector(agent, self.pattern, label, self.say if cfg.show_output else None)
                     try:
                         deadline = time.monotonic() + timeout
-                        start = _wait_for(lambda: read_record(f"{base}.start.json"), proc, deadline)
+                        start = _wait_for(lambda: read_record(f"{base}.start.json"), agent, deadline)
                         if start and offset is not None:
-                            notice_at = float(start["started_at"]) + offset
-                            while proc.poll() is None and time.time() < notice_at:
-                                time.sleep(min(POLL, max(0.0, notice_at - time.time())))
-                            if proc.poll() is None:
-                                imds.schedule_notice(in_seconds=cfg.notice_seconds)
-                                record.notice_posted_at = time.time()
+                            self._interrupt_at(float(start["started_at"]) + offset, agent, imds, record)
                         try:
-                            proc.wait(max(0.1, deadline - time.monotonic()))
+                            agent.wait(max(0.1, deadline - time.monotonic()))
                         except subprocess.TimeoutExpired:
                             record.timed_out = True
                             self.say(f"{label}: no end after {timeout:.0f} s: stopping it")
                     finally:
-                        self._stop(proc)
+                        self._stop(agent)
                         record.agent_ended_at = time.time()
                         collector.close(record)
-                record.agent_exit = proc.returncode
+                record.agent_exit = agent.returncode
         finally:
             start = start or read_record(f"{base}.start.json")
-            if record.timed_out or (record.agent_exit or 0) < 0:
+            if agent is not None and (record.timed_out or agent.returncode is None or agent.returncode < 0):
                 _kill_group((start or {}).get("pgid"))  # the agent was killed: its command may outlive it
             if not cfg.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -277,13 +273,22 @@ class Verifier:
         finally:
             self._stop(proc)
 
+    def _interrupt_at(self, when: float, agent: subprocess.Popen, imds: MetadataService, record: SessionRecord) -> None:
+        """Post the spot notice on this session's metadata service at ``when`` (epoch), unless it already ended."""
+        while agent.poll() is None and time.time() < when:
+            time.sleep(min(POLL, max(0.0, when - time.time())))
+        if agent.poll() is None:
+            imds.schedule_notice(in_seconds=self.config.notice_seconds)
+            record.notice_posted_at = time.time()
+
     def _stop(self, proc: subprocess.Popen) -> None:
-        """SIGTERM to a running agent (it stops its command as on a notice), SIGKILL if it lingers."""
+        """SIGTERM to a running agent (it stops its command as on a notice), SIGKILL if it lingers or
+        if verify itself is interrupted meanwhile (a second Ctrl-C must not leave it running)."""
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(self.config.notice_seconds + self.config.sync_reserve + 30)
-            except subprocess.TimeoutExpired:
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
                 proc.kill()
                 proc.wait()
 
