@@ -60,6 +60,9 @@ def test_offsets_follow_the_work_actually_done() -> None:
     # The previous SIGTERM landed late (work done 2.5 instead of 2.0): the next point stays at 5.0.
     assert next_offset(5.0, 2.5, 0.5, 0.1) == pytest.approx(3.0)
     assert next_offset(5.0, 4.99, 0.5, 0.2) == pytest.approx(0.7)  # never less than the minimum work
+    # Late in a 6 s run: posted early enough that a resuming script is not done before the agent sees it.
+    assert next_offset(5.5, 3.0, 0.5, 0.1, work=6.0, latency=0.2) == pytest.approx(0.5 + 2.5)
+    assert next_offset(5.9, 5.0, 0.5, 0.1, work=6.0, latency=0.2) == pytest.approx(0.5 + 0.7)
     assert startup_seconds(0.3, 10.0) == 0.3
     assert startup_seconds(6.0, 10.0) == 0.0  # first output past half the run says nothing about start-up
     assert startup_seconds(None, 10.0) == 0.0

@@ -30,13 +30,20 @@ def plan_points(seed: int, count: int, work_seconds: float) -> list[float]:
     return [f * work_seconds for f in fractions]
 
 
-def next_offset(point: float, done: float, startup: float, min_work: float) -> float:
+def next_offset(
+    point: float, done: float, startup: float, min_work: float, work: float | None = None, latency: float = 0.0
+) -> float:
     """Seconds after the next session's command starts at which to post its notice.
 
     ``done`` is the work actually done before the previous interruptions (their SIGTERMs land a
     little after the notice is posted), so the points stay where they were chosen; each session
-    gets at least ``min_work`` seconds of work."""
-    return max(0.0, startup) + max(min_work, point - done)
+    gets at least ``min_work`` seconds of work. With the whole ``work`` known, the notice is also
+    posted early enough (``latency``: until the agent sees it) that a resuming script has not
+    already finished its remaining work, so timing noise does not swallow a planned interruption."""
+    wanted = point - done
+    if work is not None:
+        wanted = min(wanted, 0.9 * (work - done) - latency)
+    return max(0.0, startup) + max(min_work, wanted)
 
 
 def startup_seconds(first_output_after: float | None, duration: float) -> float:

@@ -60,7 +60,10 @@ def describe(record: SessionRecord) -> str:
         parts.append("did not finish in time: stopped by verify")
     elif record.status == "succeeded":
         parts.append(f"succeeded in {_s(record.duration)}")
-        if record.planned_offset is not None:
+        if record.notice_posted_at is not None and record.started_at is not None:
+            posted = record.notice_posted_at - record.started_at
+            parts.append(f"before the notice posted {posted:.2f} s in reached it")
+        elif record.planned_offset is not None:
             parts.append(f"before its interruption point ({record.planned_offset:.2f} s)")
     else:
         reason = (record.outcome or {}).get("reason") or record.status

@@ -44,6 +44,7 @@ from airflow_grid_resume.verify.records import SessionRecord, compile_progress, 
 AGENT_PREFIX = "[grid-resume]"
 TAIL_LINES = 40
 POLL = 0.02
+IMDS_POLL = 0.2  # the agents' --imds-poll: how late after its posting a notice is seen
 MIN_WORK_SHARE = 0.03  # each interrupted session works at least this share of the reference
 
 
@@ -151,7 +152,7 @@ class Verifier:
         session, done = 0, 0.0
         for point in result.points:
             session += 1
-            offset = next_offset(point, done, result.startup, MIN_WORK_SHARE * work)
+            offset = next_offset(point, done, result.startup, MIN_WORK_SHARE * work, work, IMDS_POLL)
             self.say(f"session {session}: interrupting {offset:.2f} s after the command starts...")
             record = self._session(f"session {session}", chain_uri, chain_ledger, session, offset, limit)
             result.chain.append(record)
@@ -237,7 +238,7 @@ class Verifier:
             "--imds-endpoint",
             imds_url,
             "--imds-poll",
-            "0.2",
+            str(IMDS_POLL),
             "--log-interval",
             "0.5",
             "--heartbeat-interval",
