@@ -292,3 +292,28 @@ def test_unverifiable_checkpoints_are_recorded_not_overwritten(agent, run_uri, l
     assert outcome["status"] == "failed" and "no restorable checkpoint" in outcome["reason"]
     assert not (tmp_path / "i2" / "weights").exists()  # the command never ran
     assert [m.name for m in ledger.list_manifests()] == ["000001-000001.json"]  # nothing saved was replaced
+
+
+def test_an_unwatched_session_stops_itself_and_keeps_its_checkpoint(agent, run_uri, ledger, tmp_path: Path) -> None:
+    """No trigger rewrites watch.json (its task was marked failed while no trigger ran): the agent
+    stops the command like an interruption, saves the checkpoint and ends, so the instance ends too."""
+    proc = agent(run_uri, tmp_path / "w", *train(400, 0.05), options=[*FAST, "--unwatched-timeout", "4"])
+    assert proc.wait() == 0
+    outcome = ledger.read_outcome(1)
+    assert outcome["status"] == "interrupted" and outcome["notice"]["source"] == "unwatched"
+    assert "no Airflow trigger has watched this session" in proc.stderr
+    saved = ledger.read_manifest(ledger.list_manifests()[-1])
+    assert "ckpt.json" in [f.path for f in saved.files]
+
+
+def test_a_watched_session_is_not_stopped(agent, run_uri, ledger, tmp_path: Path) -> None:
+    options = [*FAST, "--unwatched-timeout", "3", "--session", "1"]
+    proc = agent(run_uri, tmp_path / "w", *train(60, 0.1), options=options)
+    watch_key = ledger.session_key(1, "watch.json")
+    beats = 0
+    while proc.proc.poll() is None:
+        ledger.put_json(watch_key, {"log_offset": 0, "at": time.time(), "beat": beats})  # a trigger's beat
+        beats += 1
+        time.sleep(0.5)
+    assert proc.wait() == 0
+    assert ledger.read_outcome(1)["status"] == "succeeded"

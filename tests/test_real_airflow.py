@@ -28,7 +28,7 @@ from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.emulator.moto_server import free_port
 from tests.conftest import TRAIN
-from tests.test_operator import chaos, reference_result
+from tests.test_operator import reference_result
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
@@ -83,6 +83,22 @@ class Api:
 
     def task(self, dag_id: str, run_id: str) -> dict:
         return self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/train")
+
+
+def interrupt_after_a_checkpoint(cloud: LocalSpotCloud, s3: Any, interrupted: list[str]) -> None:
+    """Interrupt (with a notice) grid_real's first session once it has trained past its first checkpoints."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        listed = s3.list_objects_v2(Bucket="real-airflow", Prefix="grid-runs/grid_real/").get("Contents", [])
+        if any("/sessions/000001/logs/" in o["Key"] for o in listed):
+            run = next(o["Key"] for o in listed if o["Key"].endswith("/spec.json")).rsplit("/spec.json", 1)[0]
+            text, _ = RunLedger(s3, parse_s3_uri(f"s3://real-airflow/{run}")).read_log(1)
+            running = [i for i in cloud.instances() if i["instance_type"] == "g5.xlarge" and i["state"] == "running"]
+            if b"step 10\n" in text and running:
+                cloud.interrupt(running[0]["instance_id"], notice=True)
+                interrupted.append(running[0]["instance_id"])
+                return
+        time.sleep(0.5)
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
@@ -156,7 +172,6 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
                         start_new_session=True,
                     )
                 )
-        stop_chaos = threading.Event()  # replaced by the chaos thread's own once the run is triggered
         api = Api(port)
         try:
             wait_for("the api-server", lambda: api.call("GET", "/version"), 120)
@@ -165,10 +180,14 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
                 api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
             # No g5 capacity at first: the first try waits in the capacity trigger, then watches the run
             # in the run trigger: two deferrals in one try, whose story must all reach the task log.
-            cloud.set_capacity("g5.xlarge", "*", available=False, for_seconds=6)
+            cloud.set_capacity("g5.xlarge", "*", available=False)
             run_id = api.call("POST", "/dags/grid_real/dagRuns", {"logical_date": None})["dag_run_id"]
             stop_id = api.call("POST", "/dags/grid_real_stop/dagRuns", {"logical_date": None})["dag_run_id"]
-            interrupted, stop_chaos = chaos(cloud, times=1, notice=True, after=2.0, instance_type="g5.xlarge")
+            wait_for("grid_real to wait for capacity", lambda: api.task("grid_real", run_id)["state"] == "deferred", 90)
+            time.sleep(3)  # a few rounds of the capacity trigger
+            cloud.set_capacity("g5.xlarge", "*", available=True)
+            interrupted: list[str] = []
+            threading.Thread(target=interrupt_after_a_checkpoint, args=(cloud, s3, interrupted), daemon=True).start()
 
             # A user marks the deferred task failed: the trigger's on_kill terminates its instance.
             stopped = wait_for(
@@ -179,6 +198,18 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
                 ),
                 120,
             )[0]
+            # Wait until the run trigger really runs in the triggerer (it writes watch.json at once): a task
+            # marked failed before that loses its trigger without on_kill, and only the agent's own
+            # unwatched timeout (tested in test_agent.py) would end the instance.
+            wait_for(
+                "the run trigger of grid_real_stop to start watching",
+                lambda: [
+                    o
+                    for o in s3.list_objects_v2(Bucket="real-airflow", Prefix="grid-runs/grid_real_stop/")["Contents"]
+                    if o["Key"].endswith("/sessions/000001/watch.json")
+                ],
+                60,
+            )
             links = api.call("GET", f"/dags/grid_real_stop/dagRuns/{stop_id}/taskInstances/train/links")
             assert links["extra_links"]["Spot instance"].endswith("instanceId=" + stopped["instance_id"]), links
             assert (
@@ -205,7 +236,6 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
                 2,
             )
         finally:
-            stop_chaos.set()
             for proc in procs:
                 os.killpg(proc.pid, signal.SIGTERM)
             for proc in procs:
@@ -235,5 +265,6 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
         assert "session 1: launched spot instance" in first_try
         assert "saved at step" in first_try  # the training output streamed into the task log
         assert "was interrupted" in first_try
-        assert "saved at step" in "".join(p.read_text(errors="replace") for p in try_dir.glob("attempt=2.log*"))
+        second_try = "".join(p.read_text(errors="replace") for p in sorted(try_dir.glob("attempt=2.log*")))
+        assert "resumed at step" in second_try and "done" in second_try
     assert not [p for p in procs if p.poll() is None]

@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sync-interval", type=_positive, default=300.0, help="seconds between periodic syncs")
     parser.add_argument("--heartbeat-interval", type=_positive, default=10.0, help="seconds between heartbeats")
     parser.add_argument("--lease-ttl", type=_positive, default=60.0, help="seconds a silent agent keeps the run")
+    parser.add_argument(
+        "--unwatched-timeout",
+        type=float,
+        default=1800.0,
+        help="stop the session (as if interrupted) when no Airflow trigger has watched it this long; 0: never",
+    )
     parser.add_argument("--log-interval", type=_positive, default=1.0, help="seconds between output uploads (<= 2)")
     parser.add_argument("--imds-endpoint", help="metadata service (default: $AWS_EC2_METADATA_SERVICE_ENDPOINT)")
     parser.add_argument("--imds-poll", type=_positive, default=1.0, help="seconds between notice polls")
@@ -59,6 +65,7 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         sync_interval=args.sync_interval,
         heartbeat_interval=args.heartbeat_interval,
         lease_ttl=args.lease_ttl,
+        unwatched_timeout=max(0.0, args.unwatched_timeout),
         log_interval=min(args.log_interval, 2.0),
         imds_endpoint=args.imds_endpoint,
         imds_poll=args.imds_poll,

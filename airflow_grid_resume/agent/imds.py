@@ -41,7 +41,7 @@ class Notice:
 
     action: str
     time: float
-    source: str  # "imds", "signal" or "lease"
+    source: str  # "imds", "signal", "lease" or "unwatched"
 
     def as_dict(self) -> dict:
         return {"action": self.action, "time": _iso(self.time), "source": self.source}

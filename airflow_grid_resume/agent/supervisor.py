@@ -45,6 +45,7 @@ from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.scan import HashCache, PathFilter
 from airflow_grid_resume.agent.session import claim_session, command_env
 from airflow_grid_resume.agent.sync import SyncCancelled, Syncer
+from airflow_grid_resume.agent.unwatched import UnwatchedGuard
 from airflow_grid_resume.agent.uri import parse_s3_uri
 
 log = logging.getLogger("airflow_grid_resume.agent")
@@ -61,6 +62,7 @@ class AgentOptions:
     sync_interval: float = 300.0
     heartbeat_interval: float = 10.0
     lease_ttl: float = 60.0
+    unwatched_timeout: float = 1800.0
     log_interval: float = 1.0
     imds_endpoint: str | None = None
     imds_poll: float = 1.0
@@ -73,6 +75,9 @@ class AgentOptions:
     parallelism: int = 16
     region: str | None = None
     passthrough: bool = True
+
+
+STOP_EVENTS = ("notice", "signal", "lease_lost", "unwatched")
 
 
 def _utc(epoch: float | None = None) -> str:
@@ -274,7 +279,7 @@ class Supervisor:
                 log.info("rebalance recommendation (noticeTime %s): syncing now, not stopping", event[1] or "?")
                 if not signalled:
                     self._start_background_sync("rebalance")
-            elif kind in ("notice", "signal", "lease_lost"):
+            elif kind in STOP_EVENTS:
                 notice = self._notice_from(event)
                 if signalled:
                     if kind == "signal" and self.notice is not None and self.notice.source == "signal":
@@ -308,6 +313,13 @@ class Supervisor:
             name = signal.Signals(event[1]).name
             log.warning("the agent received %s", name)
             return Notice("terminate", time.time() + self.o.signal_grace + self.o.sync_reserve, "signal")
+        if kind == "unwatched":
+            log.error(
+                "no Airflow trigger has watched this session for %.0f s (its task was stopped while no trigger "
+                "ran, or the triggerer is down): stopping it so the instance does not run unattended",
+                event[1],
+            )
+            return Notice("terminate", time.time() + self.o.signal_grace + self.o.sync_reserve, "unwatched")
         log.error("the run's lease was taken by another agent: stopping this session")
         return Notice("terminate", time.time() + self.o.signal_grace + self.o.sync_reserve, "lease")
 
@@ -325,7 +337,7 @@ class Supervisor:
                 event = self.events.get_nowait()
             except queue.Empty:
                 return None
-            if event[0] in ("notice", "signal", "lease_lost"):
+            if event[0] in STOP_EVENTS:
                 self.notice = self._notice_from(event)
                 return self.notice
 
@@ -430,8 +442,18 @@ class Supervisor:
     def _heartbeat_loop(self, ledger: RunLedger, lease: Lease, spool: LogSpool) -> None:
         seq = 0
         lease_ok = True
+        guard = UnwatchedGuard(self.o.unwatched_timeout, time.monotonic())
         while True:
             seq += 1
+            if guard.due(time.monotonic()) and self.state in ("running", "running+syncing"):
+                try:
+                    found = ledger.get_with_etag(ledger.session_key(self.session, "watch.json"))
+                except Exception as exc:  # S3 trouble is not evidence that nobody watches
+                    log.warning("could not read watch.json, will retry: %s", exc)
+                else:
+                    if guard.observe(found[1] if found else None, time.monotonic()):
+                        self.events.put(("unwatched", guard.silent_for(time.monotonic())))
+                        guard.timeout = 0.0  # once
             try:
                 if lease_ok:
                     lease.renew(session=self.session)

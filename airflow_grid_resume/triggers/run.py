@@ -9,22 +9,25 @@ was lost. The trigger enforces ``deadline`` (the operator's ``max_run``) itself,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError
 
 from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger, plan_log_reads
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import SpotLaunchHook
-from airflow_grid_resume.triggers.clients import shared_client
+from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
 from airflow_grid_resume.triggers.describe import describe_batcher
 
 GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
+# How often, at most, the watch records its log offset in watch.json while output flows (and always
+# at the end, and when the triggerer cancels the watch): one PUT per poll would be 30 a minute per run.
+OFFSET_SAVE_INTERVAL = 10.0
 
 
 class AsyncLedgerReader:
@@ -35,6 +38,9 @@ class AsyncLedgerReader:
         self.keys = RunLedger(None, parse_s3_uri(run_uri))
         self.bucket = self.keys.location.bucket
         self.session = session
+        self.outcome_listed = False  # did the last read_log's LIST show outcome.json?
+        self._outcome_key = self.keys.session_key(session, "outcome.json")
+        self._chunk_end = -1  # an offset where a log chunk is known to end (the next one starts there)
 
     async def get(self, key: str, byte_range: str | None = None) -> bytes | None:
         kwargs = {"Bucket": self.bucket, "Key": key, **({"Range": byte_range} if byte_range else {})}
@@ -88,20 +94,32 @@ class AsyncLedgerReader:
         return True
 
     async def read_log(self, offset: int, limit: int = MAX_LOG_CHUNK) -> tuple[bytes, int]:
-        """Bytes of the session's output from ``offset``; the same plan as ``RunLedger.read_log``."""
+        """Bytes of the session's output from ``offset``; the same plan as ``RunLedger.read_log``.
+
+        One LIST of the session's prefix, not only of its logs: ``outcome.json`` sorts after every
+        log chunk, so the same LIST tells whether the session has ended (``outcome_listed``), and
+        the watch needs no GET of the outcome on each poll. Once a read ended at a chunk's end, the
+        next chunk starts exactly there (chunks are contiguous), so the LIST starts just before it
+        instead of re-listing every chunk of the last 8 MiB (thousands for a quiet, long session).
+        """
         prefix, start_after = self.keys.log_listing(self.session, offset)
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if offset == self._chunk_end and offset > 0:
+            start_after = self.keys.log_key(self.session, offset - 1)
+        session_prefix = self.keys.session_key(self.session, "") + "/"
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": session_prefix}
         if start_after:
             kwargs["StartAfter"] = start_after
         listing = []
         async for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
             listing += [(item["Key"], int(item["Size"])) for item in page.get("Contents", [])]
+        self.outcome_listed = any(key == self._outcome_key for key, _ in listing)
         out = bytearray()
         for key, byte_range in plan_log_reads(listing, prefix, offset, limit):
             data = await self.get(key, byte_range)
             if data is None:
                 break
             out += data
+            self._chunk_end = offset + len(out)  # whole chunks (or a chunk's tail) are read: a chunk ends here
         return bytes(out), offset + len(out)
 
 
@@ -129,8 +147,11 @@ class RunWatchTrigger(BaseTrigger):
         instance_check_interval: float = 30.0,
         heartbeat_timeout: float = 90.0,
         boot_timeout: float = 900.0,
+        watch_beat: float = 60.0,
     ) -> None:
         super().__init__()
+        self.watch_beat = watch_beat
+        self._watch_written = 0.0
         self.run_uri = run_uri
         self.session = session
         self.instance_id = instance_id
@@ -160,6 +181,7 @@ class RunWatchTrigger(BaseTrigger):
                 "instance_check_interval": self.instance_check_interval,
                 "heartbeat_timeout": self.heartbeat_timeout,
                 "boot_timeout": self.boot_timeout,
+                "watch_beat": self.watch_beat,
             },
         )
 
@@ -167,14 +189,19 @@ class RunWatchTrigger(BaseTrigger):
         return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        s3_hook = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        s3_hook = SharedS3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
         ec2_hook = self._ec2_hook()
         batcher = describe_batcher(self.aws_conn_id, self.region_name)
+        self._beat_epoch: float | None = None  # the newest heartbeat's epoch read so far
+        self._ledger: AsyncLedgerReader | None = None
+        self._offset_logged = self._offset_saved = -1
+        self._offset_saved_at = 0.0
         async with (
             shared_client(s3_hook, ("s3", self.aws_conn_id, self.region_name)) as s3,
             shared_client(ec2_hook, ("ec2", self.aws_conn_id, self.region_name)) as ec2,
+            self._log_offset_kept_on_cancel(),
         ):
-            ledger = AsyncLedgerReader(s3, self.run_uri, self.session)
+            ledger = self._ledger = AsyncLedgerReader(s3, self.run_uri, self.session)
             watched = await ledger.get_json("watch.json") or {}
             offset = max(self.log_offset, int(watched.get("log_offset", 0)))
             pending = b""
@@ -182,7 +209,9 @@ class RunWatchTrigger(BaseTrigger):
             gone_seen = False
             while True:
                 offset, pending = await self._stream(ledger, offset, pending)
-                outcome = await ledger.get_json("outcome.json")
+                if time.time() - self._watch_written >= self.watch_beat:
+                    await self._mark_watched(ledger, offset)  # the agent stops a session nobody watches
+                outcome = await ledger.get_json("outcome.json") if ledger.outcome_listed else None
                 if outcome is not None:
                     offset, pending = await self._stream(ledger, offset, pending, final=True)
                     status = str(outcome.get("status"))
@@ -229,13 +258,22 @@ class RunWatchTrigger(BaseTrigger):
                 self.log.error("could not terminate instance %s: %s", self.instance_id, exc)
 
     async def _lost_reason(self, ledger: AsyncLedgerReader, now: float) -> str | None:
-        """Why the agent looks dead, or None while it looks alive (or still booting)."""
-        heartbeat = await ledger.get_json("heartbeat.json")
-        if heartbeat is None:
-            if now - self.launched_at > self.boot_timeout:
-                return f"no heartbeat {self.boot_timeout:.0f} s after launch: the agent never started"
-            return None
-        silent = now - float(heartbeat.get("epoch", now))
+        """Why the agent looks dead, or None while it looks alive (or still booting).
+
+        The heartbeat is read only when what was last read no longer proves the agent alive (or
+        was never read and the boot time is over): a heartbeat younger than ``heartbeat_timeout``
+        needs no second look, and the judgement is always made on a fresh read. This saves one
+        GET per poll (the agent beats every 10 s, the watch polls every 2 s).
+        """
+        if self._beat_epoch is None and now - self.launched_at <= self.boot_timeout:
+            return None  # no heartbeat yet is fine while the agent may still be booting
+        if self._beat_epoch is None or now - self._beat_epoch > self.heartbeat_timeout:
+            heartbeat = await ledger.get_json("heartbeat.json")
+            if heartbeat is not None:
+                self._beat_epoch = float(heartbeat.get("epoch", now))
+        if self._beat_epoch is None:
+            return f"no heartbeat {self.boot_timeout:.0f} s after launch: the agent never started"
+        silent = now - self._beat_epoch
         if silent > self.heartbeat_timeout:
             return f"the agent's heartbeat stopped {silent:.0f} s ago"
         return None
@@ -252,8 +290,33 @@ class RunWatchTrigger(BaseTrigger):
         for line in buffered[:cut].decode(errors="replace").splitlines():
             self.log.info("%s", line)
         offset += cut
-        await ledger.put_json("watch.json", {"log_offset": offset, "at": time.time()})
+        self._offset_logged = offset
+        if final or time.time() - self._offset_saved_at >= OFFSET_SAVE_INTERVAL:
+            await self._save_offset(ledger, offset)
         return offset, buffered[cut:]
+
+    async def _save_offset(self, ledger: AsyncLedgerReader, offset: int) -> None:
+        """Record in ``watch.json`` how far the task log has the session's output."""
+        self._offset_saved, self._offset_saved_at = offset, time.time()
+        await self._mark_watched(ledger, offset)
+
+    @contextlib.asynccontextmanager
+    async def _log_offset_kept_on_cancel(self) -> AsyncIterator[None]:
+        """The triggerer stops the watch (restart, task moved): record the offset logged so far first,
+        so the next watch neither repeats nor skips lines. (A killed triggerer repeats at most the
+        last ``OFFSET_SAVE_INTERVAL`` seconds of output.)"""
+        try:
+            yield
+        except asyncio.CancelledError:
+            if self._ledger is not None and self._offset_logged > self._offset_saved:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._save_offset(self._ledger, self._offset_logged), 5.0)
+            raise
+
+    async def _mark_watched(self, ledger: AsyncLedgerReader, offset: int) -> None:
+        """``watch.json``: how far the task log has the output, and proof that a trigger watches."""
+        self._watch_written = time.time()
+        await ledger.put_json("watch.json", {"log_offset": offset, "at": self._watch_written})
 
     def _event(self, status: str, offset: int, *, outcome: dict | None = None, reason: str | None = None) -> dict:
         return {
