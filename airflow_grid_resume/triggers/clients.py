@@ -14,6 +14,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from botocore.config import Config
+
+# One shared client serves every run watch of a triggerer: 500 watches make several hundred calls a second.
+# botocore's default pool of 10 connections queues them behind each other (seen in
+# benchmarks/watch_bench.py); a connection is cheap, a request waiting for one is latency.
+SHARED_POOL_CONNECTIONS = 64
 
 
 class _Entry:
@@ -45,3 +52,22 @@ async def shared_client(hook: AwsBaseHook, key: tuple) -> AsyncIterator[Any]:
             if entry.users == 0 and entry.client is not None:
                 context, entry.client, entry.context = entry.context, None, None
                 await context.__aexit__(None, None, None)
+
+
+class SharedS3Hook(S3Hook):
+    """``S3Hook`` whose client is sized to be shared by many triggers.
+
+    The connection's own botocore config is kept; only a pool smaller than
+    ``SHARED_POOL_CONNECTIONS`` is widened, and response checksums are validated only where S3
+    requires it unless the connection asks otherwise (the ledger's small JSON and log reads do not
+    need a CRC pass each; the agent's own client does the same).
+    """
+
+    def _get_config(self, config: Config | None = None) -> Config:
+        config = super()._get_config(config)
+        extra: dict[str, Any] = {}
+        if (config.max_pool_connections or 0) < SHARED_POOL_CONNECTIONS:
+            extra["max_pool_connections"] = SHARED_POOL_CONNECTIONS
+        if getattr(config, "response_checksum_validation", None) is None:
+            extra["response_checksum_validation"] = "when_required"
+        return config.merge(Config(**extra)) if extra else config
