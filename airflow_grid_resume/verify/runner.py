@@ -251,6 +251,8 @@ class Verifier:
             str(cfg.min_grace),
             "--signal-grace",
             str(cfg.notice_seconds),
+            "--unwatched-timeout",
+            "0",  # nobody (no Airflow trigger) watches these sessions, and that is fine
             *[arg for glob in cfg.include for arg in ("--include", glob)],
             *[arg for glob in cfg.exclude for arg in ("--exclude", glob)],
             "--",
