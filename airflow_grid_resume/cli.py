@@ -9,6 +9,7 @@ USAGE = """usage: grid-resume COMMAND [OPTIONS]
 
 commands:
   agent       run one spot session of a run (the on-instance supervisor)
+  demo        the whole lifecycle on the local spot cloud with a real Airflow (what `make demo` runs)
   emulator    run the local spot cloud (EC2 + S3 + capacity faults + instance fabric) in the foreground
   imds        run the EC2 metadata-service emulator (spot notices, faults) in the foreground
   build-agent write the agent zipapp to a file
@@ -26,6 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from airflow_grid_resume.agent.cli import main as agent_main
 
         return agent_main(rest)
+    if command == "demo":
+        from airflow_grid_resume.demo.run import main as demo_main
+
+        return demo_main(rest)
     if command == "emulator":
         from airflow_grid_resume.emulator.cloud import main as emulator_main
 

@@ -22,7 +22,7 @@ from typing import Any
 INTERRUPTED = ("interrupted", "lost")
 
 
-def _epoch(value: Any) -> float | None:
+def epoch_seconds(value: Any) -> float | None:
     """Seconds since the epoch from a number or an ISO-8601 UTC string, None if neither."""
     if isinstance(value, (int, float)):
         return float(value)
@@ -46,10 +46,10 @@ def session_seconds(record: Mapping[str, Any]) -> float:
     launch = record.get("launch") or {}
     outcome = record.get("outcome") or {}
     closed = record.get("closed") or {}
-    start = _epoch(launch.get("launched_at"))
+    start = epoch_seconds(launch.get("launched_at"))
     if start is None:
-        start = _epoch(outcome.get("started_at"))
-    ends = [e for e in (_epoch(closed.get("at")), _epoch(outcome.get("ended_at"))) if e is not None]
+        start = epoch_seconds(outcome.get("started_at"))
+    ends = [e for e in (epoch_seconds(closed.get("at")), epoch_seconds(outcome.get("ended_at"))) if e is not None]
     if start is None or not ends:
         return 0.0
     return max(0.0, max(ends) - start)

@@ -1,0 +1,1 @@
+"""`make demo`: the whole auto-resume lifecycle on the local spot cloud with a real Airflow."""
