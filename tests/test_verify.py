@@ -260,14 +260,14 @@ def test_ignores_sigterm(s3, tmp_path: Path) -> None:
 
 
 def test_exits_143(s3, tmp_path: Path) -> None:
-    result, verdict, report = run_verify(s3, tmp_path, "exits_143", 24, 0.05, interruptions=1, seed=3)
+    result, verdict, report = run_verify(s3, tmp_path, "exits_143", 20, 0.05, interruptions=1, seed=3)
     assert verdict.exit_code == EXIT_NOT_RESUMABLE, report
     assert "[FAIL] sigterm: dies of SIGTERM (exit 143)" in report
     assert result.chain[0].returncode == 143 and result.chain[-1].status == "succeeded"
 
 
 def test_starts_over_is_caught_by_wall_time(s3, tmp_path: Path) -> None:
-    _, verdict, report = run_verify(s3, tmp_path, "starts_over", 30, 0.05, interruptions=2, seed=3)
+    _, verdict, report = run_verify(s3, tmp_path, "starts_over", 24, 0.05, interruptions=2, seed=3)
     assert verdict.exit_code == EXIT_NOT_RESUMABLE, report
     assert "[PASS] sigterm" in report and "[FAIL] resume: starts over" in report
 
@@ -283,7 +283,7 @@ def test_non_atomic_checkpoint_cut_by_the_early_interruption(s3, tmp_path: Path)
 
 def test_interruption_dependent_outputs_are_named(s3, tmp_path: Path) -> None:
     _, verdict, report = run_verify(
-        s3, tmp_path, "interruption_dependent", 24, 0.05, interruptions=1, seed=3,
+        s3, tmp_path, "interruption_dependent", 20, 0.05, interruptions=1, seed=3,
         outputs=("result.txt", "config.json"),
     )  # fmt: skip
     assert verdict.exit_code == EXIT_NOT_RESUMABLE, report
