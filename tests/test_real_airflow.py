@@ -5,17 +5,10 @@ and hides classpath and serialization mistakes; this does not."""
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +18,10 @@ from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.demo.stack import AirflowStack, wait_for
 from airflow_grid_resume.emulator.client import LocalSpotCloud
-from airflow_grid_resume.emulator.moto_server import free_port
 from tests.conftest import TRAIN
 from tests.test_operator import reference_result
-
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 DAG_FILE = """
 import os
@@ -61,30 +52,6 @@ with DAG("grid_real_stop", schedule=None, start_date=datetime(2026, 1, 1, tzinfo
 """
 
 
-class Api:
-    """The api-server's public REST API, as a user's script or the UI calls it."""
-
-    def __init__(self, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}"
-        self.token: str | None = None
-
-    def call(self, method: str, path: str, body: dict | None = None) -> dict:
-        if self.token is None:
-            with urllib.request.urlopen(f"{self.base}/auth/token", timeout=10) as resp:  # all-admins mode
-                self.token = json.loads(resp.read())["access_token"]
-        req = urllib.request.Request(
-            f"{self.base}/api/v2{path}",
-            data=json.dumps(body).encode() if body is not None else None,
-            method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
-
-    def task(self, dag_id: str, run_id: str) -> dict:
-        return self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/train")
-
-
 def interrupt_after_a_checkpoint(cloud: LocalSpotCloud, s3: Any, interrupted: list[str]) -> None:
     """Interrupt (with a notice) grid_real's first session once it has trained past its first checkpoints."""
     deadline = time.monotonic() + 180
@@ -99,19 +66,6 @@ def interrupt_after_a_checkpoint(cloud: LocalSpotCloud, s3: Any, interrupted: li
                 interrupted.append(running[0]["instance_id"])
                 return
         time.sleep(0.5)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except (OSError, ValueError, KeyError):
-            result = None
-        if result:
-            return result
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) -> None:
@@ -139,43 +93,14 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
             aws_secret_access_key="x",
         )
         subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
-        port = free_port()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
-            **aws,
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-            "GRID_E2E_WORKDIR": str(workdir),
-            "GRID_E2E_BUCKET": "real-airflow",
-            "GRID_E2E_SUBNETS": subnet,
-        }
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
-        procs = []
-        for component in COMPONENTS:
-            with open(tmp_path / f"{component}.log", "wb") as log_file:  # the child keeps its own descriptor
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "airflow", component],
-                        env=env,
-                        stdout=log_file,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
-        api = Api(port)
+        stack = AirflowStack(
+            home,
+            home / "dags",
+            {**aws, "GRID_E2E_WORKDIR": str(workdir), "GRID_E2E_BUCKET": "real-airflow", "GRID_E2E_SUBNETS": subnet},
+        )
+        api = stack.api
         try:
-            wait_for("the api-server", lambda: api.call("GET", "/version"), 120)
-            wait_for("the DAGs to be parsed", lambda: api.call("GET", "/dags/grid_real_stop")["dag_id"], 120, 2)
+            stack.start("grid_real_stop")
             for dag_id in ("grid_real", "grid_real_stop"):
                 api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
             # No g5 capacity at first: the first try waits in the capacity trigger, then watches the run
@@ -183,8 +108,13 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
             cloud.set_capacity("g5.xlarge", "*", available=False)
             run_id = api.call("POST", "/dags/grid_real/dagRuns", {"logical_date": None})["dag_run_id"]
             stop_id = api.call("POST", "/dags/grid_real_stop/dagRuns", {"logical_date": None})["dag_run_id"]
-            wait_for("grid_real to wait for capacity", lambda: api.task("grid_real", run_id)["state"] == "deferred", 90)
-            time.sleep(3)  # a few rounds of the capacity trigger
+            wait_for(
+                "grid_real to wait for capacity",
+                lambda: api.task_instance("grid_real", run_id, "train")["state"] == "deferred",
+                90,
+            )
+            # the worker's own launch attempt failed once; wait for two rounds of the capacity trigger
+            wait_for("the capacity trigger to try", lambda: cloud.state()["counters"]["capacity_errors"] >= 3, 60, 0.5)
             cloud.set_capacity("g5.xlarge", "*", available=True)
             interrupted: list[str] = []
             threading.Thread(target=interrupt_after_a_checkpoint, args=(cloud, s3, interrupted), daemon=True).start()
@@ -193,7 +123,7 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
             stopped = wait_for(
                 "grid_real_stop's instance to run while its task is deferred",
                 lambda: (
-                    api.task("grid_real_stop", stop_id)["state"] == "deferred"
+                    api.task_instance("grid_real_stop", stop_id, "train")["state"] == "deferred"
                     and [i for i in cloud.instances() if i["instance_type"] == "g4dn.xlarge" and i["pid"]]
                 ),
                 120,
@@ -236,15 +166,8 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
                 2,
             )
         finally:
-            for proc in procs:
-                os.killpg(proc.pid, signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        logs = "".join((tmp_path / f"{c}.log").read_text(errors="replace")[-3000:] for c in COMPONENTS)
+            stack.stop()
+        logs = stack.log_tails()
         assert state == "success", logs
         assert len(interrupted) == 1
         os.environ.update(aws)
@@ -267,4 +190,4 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
         assert "was interrupted" in first_try
         second_try = "".join(p.read_text(errors="replace") for p in sorted(try_dir.glob("attempt=2.log*")))
         assert "resumed at step" in second_try and "done" in second_try
-    assert not [p for p in procs if p.poll() is None]
+    assert not [p for p in stack.procs if p.poll() is None]
