@@ -687,9 +687,9 @@ def main() -> int:
     if args.role == "s3":
         return serve_s3(args)
     result = conduct(args)
-    print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
     ok = (
         result["cpu_cores"] < GOAL_CORES
         and result["loop_lag_p99_ms"] < GOAL_LAG_MS

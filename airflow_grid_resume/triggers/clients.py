@@ -11,11 +11,14 @@ import asyncio
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from botocore.config import Config
+from botocore.utils import parse_timestamp
+from dateutil.tz import tzutc
 
 # One shared client serves every run watch of a triggerer: 500 watches make several hundred calls a second.
 # botocore's default pool of 10 connections queues them behind each other (seen in
@@ -43,6 +46,7 @@ async def shared_client(hook: AwsBaseHook, key: tuple) -> AsyncIterator[Any]:
         if entry.client is None:
             entry.context = await hook.get_async_conn()
             entry.client = await entry.context.__aenter__()
+            use_fast_timestamps(entry.client)
         entry.users += 1
     try:
         yield entry.client
@@ -71,3 +75,37 @@ class SharedS3Hook(S3Hook):
         if getattr(config, "response_checksum_validation", None) is None:
             extra["response_checksum_validation"] = "when_required"
         return config.merge(Config(**extra)) if extra else config
+
+
+_UTC = tzutc()
+
+
+def fast_timestamp(value: Any) -> datetime:
+    """botocore's ``parse_timestamp`` for the two forms AWS sends, without dateutil's parser.
+
+    ``2026-11-25T11:00:00.000Z`` (XML bodies) and ``Wed, 25 Nov 2026 11:00:00 GMT`` (headers such as
+    Last-Modified) give the same tz-aware datetime as botocore's; anything else goes to botocore.
+    dateutil's generic parser was a tenth of the CPU of each GetObject and ListObjectsV2 of a run
+    watch (benchmarks/watch_bench.py).
+    """
+    if isinstance(value, str):
+        try:
+            if value.endswith("Z") and "T" in value:
+                return datetime.fromisoformat(value[:-1]).replace(tzinfo=_UTC)
+            if value.endswith(" GMT"):
+                return datetime.strptime(value, "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=_UTC)
+        except ValueError:
+            pass
+    return parse_timestamp(value)
+
+
+def use_fast_timestamps(client: Any) -> None:
+    """Make a client parse timestamps with ``fast_timestamp`` (botocore's documented parser default).
+
+    botocore builds a parser per response from the endpoint's ``ResponseParserFactory``; its
+    ``set_parser_defaults(timestamp_parser=...)`` is the supported switch. Left alone if botocore
+    ever moves it.
+    """
+    factory = getattr(getattr(client, "_endpoint", None), "_response_parser_factory", None)
+    if factory is not None and hasattr(factory, "set_parser_defaults"):
+        factory.set_parser_defaults(timestamp_parser=fast_timestamp)
