@@ -8,6 +8,7 @@ too, but the two have separate budgets (``max_interruptions`` and the task's own
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import BaseOperator
+from airflow.sdk.bases.operator import partial as sdk_partial
 from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import ClientError
 
@@ -104,6 +106,7 @@ class GridRunOperator(BaseOperator):
         interruption_retry_delay: timedelta | float = timedelta(0),
         on_interruption_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
         on_demand_prices: Mapping[str, float] | None = None,
+        failure_retries: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -155,10 +158,27 @@ class GridRunOperator(BaseOperator):
             on_interruption_callback = [on_interruption_callback]
         self.on_interruption_callback = list(on_interruption_callback or [])
         # Interruptions are retried too; the task's own ``retries`` stays the budget for failures.
-        self.failure_retries = self.retries or 0
-        self.retries = self.failure_retries + (max_interruptions if auto_resume else 0)
+        # (``failure_retries`` is given only by ``partial()``, which already added the interruptions.)
+        if failure_retries is None:
+            self.failure_retries = self.retries or 0
+            self.retries = self.failure_retries + (max_interruptions if auto_resume else 0)
+        else:
+            self.failure_retries = failure_retries
         if not isinstance(self.retry_policy, InterruptionRetryPolicy):
             self.retry_policy = InterruptionRetryPolicy(self.interruption_retry_delay, inner=self.retry_policy)
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Mapped tasks: the scheduler takes a mapped task's ``retries`` from its partial arguments,
+        before any ``__init__`` runs, so the interruption budget is added here as well."""
+        op_partial = sdk_partial(cls, **kwargs)
+        given = op_partial.kwargs
+        if given.get("failure_retries") is None:
+            failure = int(given.get("retries") or 0)
+            resume = given.get("auto_resume", True)
+            given["failure_retries"] = failure
+            given["retries"] = failure + (int(given.get("max_interruptions", 20)) if resume else 0)
+        return op_partial
 
     # -- the run in the ledger ----------------------------------------------------------------------
     def _base_uri(self, context: Any) -> str:
@@ -294,10 +314,14 @@ class GridRunOperator(BaseOperator):
         session = max([0, *sessions, int(state.get("session", 0))]) + 1
         interruptions, _failures = self._history(ledger, session)
         first_started = float(state.get("first_started_at") or time.time())
+        left = first_started + self.max_run - time.time() if self.max_run else None
+        if left is not None and left <= 0:
+            raise self._fail(ledger, session - 1, f"max_run ({self.max_run:.0f} s) reached before session {session}")
         state = {"session": session, "run_uri": run_uri, "first_started_at": first_started}
         if store:
             store.set(STATE_KEY, state)
-        launched = self._launch_now(run_uri, session, interruptions)
+        spec = self._resolved_spec()
+        launched = self._launch_now(spec, run_uri, session, interruptions)
         if launched is not None:
             return self.on_capacity(context, launched)
         self.log.info(
@@ -312,9 +336,9 @@ class GridRunOperator(BaseOperator):
                 run_id=run_uri,
                 run_uri=run_uri,
                 session=session,
-                spec=self.spec.as_dict(),
+                spec=spec.as_dict(),
                 started_at=time.time(),
-                max_wait=self.capacity_wait or 6 * 3600,
+                max_wait=min(self.capacity_wait or 6 * 3600, left or float("inf")),  # max_run bounds waits too
                 aws_conn_id=self.aws_conn_id,
                 region_name=self.region_name,
                 fallback=self.fallback or None,
@@ -325,7 +349,19 @@ class GridRunOperator(BaseOperator):
             method_name="on_capacity",
         )
 
-    def _launch_now(self, run_uri: str, session: int, interruptions: int) -> dict | None:
+    def _resolved_spec(self) -> LaunchSpec:
+        """The launch spec with what only AWS knows filled in (no I/O at parse time)."""
+        if not self.spec.root_volume_gb or self.spec.root_device_name:
+            return self.spec
+        hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        try:
+            device = hook.root_device_name(self.spec.image_id)
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            raise AirflowFailException(explain_fatal(str(err.get("Code")), str(err.get("Message", exc)))) from exc
+        return dataclasses.replace(self.spec, root_device_name=device)
+
+    def _launch_now(self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int) -> dict | None:
         """One round over the pairs from the worker: with capacity at hand, no capacity deferral is
         needed (and no trigger fires seconds after deferring). None means: wait in the trigger."""
         hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
@@ -335,7 +371,7 @@ class GridRunOperator(BaseOperator):
             event = launched_event(existing, None, session=session, started_at=started_at, reused=True, rounds=0)
             return {**event, "run_uri": run_uri}
         try:
-            zones = hook.subnet_zones(list(self.spec.subnet_ids))
+            zones = hook.subnet_zones(list(spec.subnet_ids))
         except ClientError as exc:
             err = exc.response.get("Error", {})
             raise AirflowFailException(explain_fatal(str(err.get("Code")), str(err.get("Message", exc)))) from exc
@@ -343,11 +379,11 @@ class GridRunOperator(BaseOperator):
             capacity_failures_in_a_row=0, interruptions=interruptions, waited_seconds=0
         )
         user_data = render_user_data(run_uri, session, self.region_name)
-        expires_at = expiry_tag(started_at, self.spec.expiry_hours)
-        for pair in make_pairs(self.spec.instance_types, zones):
+        expires_at = expiry_tag(started_at, spec.expiry_hours)
+        for pair in make_pairs(spec.instance_types, zones):
             try:
                 instance = hook.launch(
-                    self.spec,
+                    spec,
                     pair,
                     lifecycle=lifecycle,
                     run_id=run_uri,
@@ -477,7 +513,7 @@ class GridRunOperator(BaseOperator):
                 f"session {session} was {what}: the next try resumes from the last checkpoint "
                 f"({interruptions} of {self.max_interruptions} interruptions used)"
             )
-        outcome = event.get("outcome") or {}
+        outcome = event.get("outcome") or {"reason": event.get("reason")}
         tail = "\n".join(outcome.get("tail") or [])
         if failures > self.failure_retries:
             raise self._fail(

@@ -16,9 +16,8 @@ Where the settings come from, and why:
   default the run's logical date) and ``extra_args`` (appended to every training command, e.g. ``--max-steps 50``
   for a smoke run). They only reach template fields (``command``), so a change applies to the runs it is given to.
 
-One task per model (a loop), not ``GridRunOperator.partial(...).expand(...)``: the operator turns its ``retries``
-into ``retries + max_interruptions`` when it is built, and a mapped operator is never built at parse time, so the
-scheduler would give every mapped task only ``retries`` tries in all, interruptions included.
+One task per model (a loop), since each model has its own instance types and budgets. Dynamic task mapping
+(``GridRunOperator.partial(...).expand(...)``) works as well, one run per map index.
 """
 
 from __future__ import annotations

@@ -381,6 +381,31 @@ def test_watch_reports_interruption_and_loss(cloud, subnets, agent_pyz) -> None:
     assert event["status"] == "lost" and "Server.SpotInstanceTermination" in event["reason"]
 
 
+def test_the_root_device_comes_from_the_ami(cloud_env) -> None:
+    from botocore.exceptions import ClientError
+
+    hook = SpotLaunchHook(aws_conn_id=None, region_name="us-east-1")
+    image = boto3.client("ec2").describe_images(ImageIds=[AMI])["Images"][0]
+    assert hook.root_device_name(AMI) == image["RootDeviceName"]
+    with pytest.raises(ClientError, match="InvalidAMIID"):
+        hook.root_device_name("ami-00000000deadbeef")
+
+
+def test_an_instance_whose_bootstrap_fails_is_a_failure_not_an_interruption(cloud, subnets, agent_pyz) -> None:
+    """No agent in the ledger (as with an image without boto3, or no S3 access): the bootstrap powers
+    the instance off before any session starts. Relaunching would only burn the interruption budget."""
+    bucket = f"watch-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    run_id = f"run-{uuid.uuid4().hex[:6]}"
+    run_uri = prepare_run(bucket, run_id, agent_pyz, ["true"])
+    boto3.client("s3").delete_object(Bucket=bucket, Key=f"{run_id}/{AGENT_KEY}")
+    instance_id = first_event(trigger_for(spec_for(subnets), run_id=run_id, run_uri=run_uri))["instance_id"]
+    event = first_event(watch_for(run_uri, instance_id, boot_timeout=60))
+    assert event["status"] == "failed", event
+    assert "powered itself off before the agent started" in event["reason"]
+    assert "python3 >= 3.10 with boto3" in event["reason"]
+
+
 def test_watch_enforces_max_run_and_terminates(cloud, subnets, agent_pyz) -> None:
     run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
     event = first_event(watch_for(run_uri, instance_id, deadline=time.time() + 3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import random
 
 import pytest
@@ -50,7 +51,7 @@ def test_capacity_codes(code: str) -> None:
         ("InvalidAMIID.NotFound", FATAL, "image_id"),
         ("InvalidSubnetID.NotFound", FATAL, "subnet_ids"),
         ("UnauthorizedOperation", FATAL, "aws_conn_id"),
-        ("InvalidParameterValue", FATAL, "instance_types"),
+        ("InvalidParameterValue", FATAL, "launch spec"),
         ("InvalidGroup.NotFound", FATAL, "security_group_ids"),
         ("SomethingNew", FATAL, None),
     ],
@@ -142,6 +143,14 @@ def test_run_instances_request_is_safe_and_tagged() -> None:
     assert tag_map["team"] == "ml"
     on_demand = run_instances_params(spec, pair, lifecycle=ON_DEMAND, token="t", tags=tags, user_data="")
     assert "InstanceMarketOptions" not in on_demand
+    assert params["BlockDeviceMappings"][0]["DeviceName"] == "/dev/xvda"  # unresolved: Amazon Linux's
+    ubuntu = dataclasses.replace(spec, root_device_name="/dev/sda1")
+    mapped = run_instances_params(ubuntu, pair, lifecycle=SPOT, token="t", tags=tags, user_data="")
+    assert mapped["BlockDeviceMappings"][0] == {
+        "DeviceName": "/dev/sda1",  # the AMI's root device is resized, no second volume is added
+        "Ebs": {"VolumeSize": 200, "VolumeType": "gp3", "DeleteOnTermination": True},
+    }
+    assert LaunchSpec.from_dict(ubuntu.as_dict()) == ubuntu  # survives the trigger's JSON
 
 
 def test_user_data_has_no_secrets_and_fits(monkeypatch) -> None:

@@ -126,3 +126,30 @@ def test_operator_wraps_the_users_retry_policy_and_validates_new_parameters() ->
 def test_generation_uris_nest_under_the_first_run() -> None:
     assert generation_uri("s3://b/runs/d/t/r", 1) == "s3://b/runs/d/t/r"
     assert generation_uri("s3://b/runs/d/t/r", 3) == "s3://b/runs/d/t/r/rerun-3"
+
+
+def test_mapped_tasks_get_the_interruption_budget_too() -> None:
+    """The scheduler reads a mapped task's retries from partial(), before any __init__ runs."""
+    from datetime import datetime, timezone
+
+    from airflow.sdk import DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from airflow_grid_resume.operators import GridRunOperator
+
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with DAG("mapped", schedule=None, start_date=start, default_args={"retries": 3}):
+        mapped = GridRunOperator.partial(
+            task_id="train",
+            artifacts_uri="s3://b/runs",
+            instance_types=["g5.xlarge"],
+            image_id="ami-1",
+            subnet_ids=["subnet-1"],
+            max_interruptions=5,
+        ).expand(command=["python a.py", "python b.py"])
+    assert mapped.retries == 8  # 3 for script failures (from default_args) + 5 interruptions
+    serialized = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(mapped.dag))
+    assert serialized.get_task("train").retries == 8  # what the scheduler sets max_tries from
+    task = mapped.unmap({"command": "python a.py", "params": {}})
+    assert (task.retries, task.failure_retries) == (8, 3)  # not added twice on the worker
+    assert isinstance(task.retry_policy, InterruptionRetryPolicy)

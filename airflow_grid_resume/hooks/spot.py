@@ -153,6 +153,18 @@ class SpotLaunchHook(AwsBaseHook):
         token = client_token(run_id, session, pair, lifecycle)
         return run_instances_params(spec, pair, lifecycle=lifecycle, token=token, tags=tags, user_data=user_data)
 
+    # -- images ----------------------------------------------------------------------------
+    def root_device_name(self, image_id: str) -> str:
+        """The AMI's root device, so ``root_volume_gb`` resizes the root volume instead of adding one.
+        An unknown AMI raises the ClientError EC2 sends (InvalidAMIID.*)."""
+        images = self.conn.describe_images(ImageIds=[image_id]).get("Images", [])
+        if not images:
+            raise ClientError(
+                {"Error": {"Code": "InvalidAMIID.NotFound", "Message": f"The image id '[{image_id}]' does not exist"}},
+                "DescribeImages",
+            )
+        return str(images[0].get("RootDeviceName") or "/dev/xvda")
+
     # -- prices ----------------------------------------------------------------------------
     def spot_price(self, instance_type: str, zone: str) -> str | None:
         response = self.conn.describe_spot_price_history(

@@ -45,10 +45,20 @@ def render_user_data(run_uri: str, session: int, region: str | None) -> str:
         'export GRID_RESUME_HOME="${GRID_RESUME_HOME:-/var/lib/grid-resume}"\n'
         f"{region_line}"
         'mkdir -p "$GRID_RESUME_HOME/work" && cd "$GRID_RESUME_HOME"\n'
-        f"python3 - {shlex.quote(run_uri)} {int(session)} <<'GRID_RESUME_PY'\n"
+        "# The agent needs Python 3.10+ with boto3: the first interpreter on the image that has both.\n"
+        "PY=\n"
+        "for c in python3 python3.13 python3.12 python3.11 python3.10; do\n"
+        '  if command -v "$c" >/dev/null && "$c" -c "import sys, boto3; sys.exit(sys.version_info < (3, 10))"'
+        " 2>/dev/null; then PY=$c; break; fi\n"
+        "done\n"
+        'if [ -z "$PY" ]; then\n'
+        '  echo "grid-resume: no python3 >= 3.10 with boto3 on this image: the agent cannot start" >&2; status=78\n'
+        "else\n"
+        f"\"$PY\" - {shlex.quote(run_uri)} {int(session)} <<'GRID_RESUME_PY'\n"
         f"{launcher.strip()}\n"
         "GRID_RESUME_PY\n"
         "status=$?\n"
+        "fi\n"
         "# The session is over: power off, which terminates the instance (shutdown behaviour terminate).\n"
         'if [ "${GRID_RESUME_NO_SHUTDOWN:-0}" != 1 ]; then shutdown -h now; fi\n'
         "exit $status\n"

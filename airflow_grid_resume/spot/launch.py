@@ -38,11 +38,17 @@ _FATAL_HINTS: tuple[tuple[str, str, str], ...] = (
     ("InvalidSubnet", "subnet_ids", "the subnet does not exist in this region"),
     ("InvalidGroup", "security_group_ids", "a security group does not exist or is in another VPC"),
     ("InvalidKeyPair", "key_name", "the key pair does not exist in this region"),
-    ("InvalidParameterValue", "instance_types", "a launch parameter has an invalid value (often the instance type)"),
+    ("InvalidParameterValue", "launch spec", "a launch parameter has an invalid value (AWS's message names it)"),
     ("InvalidInstanceType", "instance_types", "the instance type does not exist or is not offered here"),
     ("Unsupported", "instance_types", "the instance type is not supported in that zone or with that AMI"),
     ("InvalidParameterCombination", "instance_types", "the AMI's architecture or virtualization does not fit the type"),
-    ("UnauthorizedOperation", "aws_conn_id", "the credentials may not launch instances (ec2:RunInstances)"),
+    (
+        "UnauthorizedOperation",
+        "aws_conn_id",
+        "the credentials lack a permission this launch needs: ec2:RunInstances, ec2:CreateTags, "
+        "ec2:DescribeSubnets, or iam:PassRole on the instance profile's role (AWS's message names the action; "
+        "decode it with `aws sts decode-authorization-message`)",
+    ),
     ("AuthFailure", "aws_conn_id", "the credentials were rejected"),
     ("InvalidClientTokenId", "aws_conn_id", "the access key does not exist"),
     ("AccessDenied", "iam_instance_profile", "iam:PassRole on the instance profile's role is not allowed"),
@@ -122,6 +128,9 @@ class LaunchSpec:
     tags: dict[str, str] = field(default_factory=dict)
     max_spot_price: str | None = None
     expiry_hours: float = 72.0
+    # The AMI's root device (DescribeImages RootDeviceName), resolved before launching when
+    # root_volume_gb is set: /dev/xvda on Amazon Linux, /dev/sda1 on Ubuntu and most Deep Learning AMIs.
+    root_device_name: str | None = None
 
     def __post_init__(self) -> None:
         problems = validate_spec(self)
@@ -239,7 +248,7 @@ def run_instances_params(
     if spec.root_volume_gb:
         params["BlockDeviceMappings"] = [
             {
-                "DeviceName": "/dev/xvda",
+                "DeviceName": spec.root_device_name or "/dev/xvda",
                 "Ebs": {"VolumeSize": spec.root_volume_gb, "VolumeType": "gp3", "DeleteOnTermination": True},
             }
         ]

@@ -123,6 +123,14 @@ class AsyncLedgerReader:
         return bytes(out), offset + len(out)
 
 
+SELF_SHUTDOWN = "Client.InstanceInitiatedShutdown"
+BOOT_FAILURE = (
+    "the instance powered itself off before the agent started: the image needs bash and python3 >= 3.10 with "
+    "boto3, and the instance profile needs s3:GetObject on the run's prefix (the instance's console output, "
+    "`aws ec2 get-console-output`, says which)"
+)
+
+
 class RunWatchTrigger(BaseTrigger):
     """Stream session ``session`` of ``run_uri`` into the task log until it ends.
 
@@ -226,7 +234,7 @@ class RunWatchTrigger(BaseTrigger):
                     yield TriggerEvent(self._event("timeout", offset, reason="max_run reached; instance terminated"))
                     return
                 silent = await self._lost_reason(ledger, now)
-                lost = None
+                lost = reason = None
                 if now >= next_instance_check or silent or gone_seen:
                     next_instance_check = now + self.instance_check_interval
                     instance = await batcher.state(ec2, self.instance_id)
@@ -240,6 +248,13 @@ class RunWatchTrigger(BaseTrigger):
                         gone_seen = True
                     elif silent:
                         lost = silent  # the instance runs but the agent is dead or hung: stop paying for it
+                if lost and reason == SELF_SHUTDOWN and await ledger.get_json("session.json") is None:
+                    # Powered itself off and never claimed its session: the bootstrap failed on this image
+                    # (no python3 >= 3.10 with boto3, no S3 access). Not spot weather: a failure.
+                    offset, pending = await self._stream(ledger, offset, pending, final=True)
+                    self.log.error("session %d: %s", self.session, BOOT_FAILURE)
+                    yield TriggerEvent(self._event("failed", offset, reason=BOOT_FAILURE))
+                    return
                 if lost:
                     offset, pending = await self._stream(ledger, offset, pending, final=True)
                     self.log.warning("session %d lost: %s", self.session, lost)
