@@ -20,6 +20,15 @@ from airflow_grid_resume.emulator.moto_server import MotoServer
 
 SCRIPTS = Path(__file__).parent / "scripts"
 TRAIN = str(SCRIPTS / "train.py")
+# The fewest valid GridRunOperator arguments, for tests of its parameters (no I/O happens at construction).
+OPERATOR_ARGS = dict(
+    task_id="t",
+    command="python train.py",
+    artifacts_uri="s3://b/runs",
+    instance_types=["g5.xlarge"],
+    image_id="ami-1",
+    subnet_ids=["subnet-1"],
+)
 
 
 @pytest.hookimpl(trylast=True)

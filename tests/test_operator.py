@@ -21,7 +21,7 @@ from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
-from tests.conftest import TRAIN
+from tests.conftest import OPERATOR_ARGS, TRAIN
 
 AMI = "ami-03cf127a"
 
@@ -365,14 +365,7 @@ def test_capacity_withheld_then_released(spot_cloud, training_dir, tmp_path, cap
 def test_parameters_are_validated_with_their_names() -> None:
     from airflow_grid_resume.operators import GridRunOperator
 
-    base = dict(
-        task_id="t",
-        command="python train.py",
-        artifacts_uri="s3://b/runs",
-        instance_types=["g5.xlarge"],
-        image_id="ami-1",
-        subnet_ids=["subnet-1"],
-    )
+    base = OPERATOR_ARGS
     cases = [
         ({"artifacts_uri": "/local/path"}, "artifacts_uri"),
         ({"command": "  "}, "command"),

@@ -11,6 +11,7 @@ from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, Ses
 from airflow_grid_resume.spot.prices import on_demand_price
 from airflow_grid_resume.summary import session_seconds, session_status, summarize
 from airflow_grid_resume.triggers.capacity import WaitLog
+from tests.conftest import OPERATOR_ARGS
 
 
 def launch(at: float, lifecycle: str = "spot", spot: float | None = 0.30, od: float | None = 1.006) -> dict:
@@ -102,14 +103,7 @@ def test_operator_wraps_the_users_retry_policy_and_validates_new_parameters() ->
 
     from airflow_grid_resume.operators import GridRunOperator
 
-    base = dict(
-        task_id="t",
-        command="python train.py",
-        artifacts_uri="s3://b/runs",
-        instance_types=["g5.xlarge"],
-        image_id="ami-1",
-        subnet_ids=["subnet-1"],
-    )
+    base = OPERATOR_ARGS
     user = ExceptionRetryPolicy(rules=[RetryRule(exception=KeyError, action=RetryAction.FAIL)])
     op = GridRunOperator(**base, retries=2, max_interruptions=5, retry_policy=user)
     assert isinstance(op.retry_policy, InterruptionRetryPolicy) and op.retry_policy.inner is user
