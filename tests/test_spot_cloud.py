@@ -417,3 +417,16 @@ def test_watch_on_kill_terminates_the_instance(cloud, subnets, agent_pyz) -> Non
     run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
     asyncio.run(watch_for(run_uri, instance_id).on_kill())
     wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
+
+
+def test_operator_on_kill_on_the_worker_terminates_the_instance(cloud, subnets, agent_pyz) -> None:
+    """Killed between the launch and the deferral (the worker's share of a try): same promise."""
+    from airflow_grid_resume.operators import GridRunOperator
+    from tests.conftest import OPERATOR_ARGS
+
+    _, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
+    operator = GridRunOperator(**{**OPERATOR_ARGS, "aws_conn_id": None, "region_name": "us-east-1"})
+    operator.on_kill()  # nothing launched yet by this operator: nothing to do, no error
+    operator._instance_id = instance_id  # what on_capacity/_watch record before deferring
+    operator.on_kill()
+    wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
