@@ -218,3 +218,44 @@ def test_unwatched_guard_counts_from_the_last_new_etag() -> None:
     assert guard.observe('"a"', 191.0) and guard.silent_for(191.0) == 101.0
     assert not UnwatchedGuard(timeout=0.0, now=0.0).due(1e9)  # 0 turns it off
     assert not guard.observe('"b"', 200.0)
+
+
+def test_describe_batcher_answers_requests_made_while_a_call_is_in_flight() -> None:
+    import asyncio
+
+    from airflow_grid_resume.triggers.describe import DescribeBatcher
+
+    class SlowEC2:
+        def __init__(self) -> None:
+            self.calls: list[list[str]] = []
+            self.gate = asyncio.Event()
+
+        async def describe_instances(self, InstanceIds: list[str]) -> dict:
+            self.calls.append(list(InstanceIds))
+            await self.gate.wait()
+            return {
+                "Reservations": [{"Instances": [{"InstanceId": i, "State": {"Name": "running"}}]} for i in InstanceIds]
+            }
+
+    async def scenario() -> None:
+        ec2, batcher = SlowEC2(), DescribeBatcher(window=0.01, max_ids=2)
+        first = [asyncio.create_task(batcher.state(ec2, i)) for i in ("i-1", "i-2", "i-3")]
+        while not ec2.calls:
+            await asyncio.sleep(0.005)
+        late = asyncio.create_task(batcher.state(ec2, "i-4"))  # arrives while the first call is in flight
+        ec2.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*first, late), timeout=5)
+        assert [r["InstanceId"] for r in results] == ["i-1", "i-2", "i-3", "i-4"]
+        assert ec2.calls == [["i-1", "i-2"], ["i-3"], ["i-4"]]  # at most max_ids per call
+
+    asyncio.run(scenario())
+
+
+def test_fast_timestamps_match_botocore() -> None:
+    from botocore.utils import parse_timestamp
+
+    from airflow_grid_resume.triggers.clients import fast_timestamp
+
+    for value in ("2026-11-25T11:00:00.000Z", "2026-11-25T11:00:00Z", "Wed, 25 Nov 2026 11:00:00 GMT", 1764068400):
+        assert fast_timestamp(value) == parse_timestamp(value)
+        assert fast_timestamp(value).utcoffset() == parse_timestamp(value).utcoffset()
