@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import heapq
 import http.client
 import json
@@ -487,11 +488,26 @@ async def watch_all(args: argparse.Namespace, plan: dict, capture: TaskLogCaptur
             await asyncio.sleep(0.05)
             lags.append(time.perf_counter() - before - 0.05)
 
+    gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:  # collections stop the loop: how long, how often
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_pauses[info["generation"]].append(time.perf_counter() - gc_started[0])
+
+    gc.callbacks.append(on_gc)
     tick = asyncio.create_task(ticker())
     tasks = [asyncio.create_task(one(i)) for i in range(len(runs))]
-    await asyncio.sleep(args.ramp + args.warmup)
+    await asyncio.sleep(args.ramp)
+    if args.gc_freeze:
+        gc.freeze()  # what a triggerer could do once started: long-lived objects leave the collector's scans
+    await asyncio.sleep(args.warmup)
     batcher = describe_batcher(None, "us-east-1")
     lags.clear()
+    for pauses in gc_pauses.values():
+        pauses.clear()
     n_lat = len(capture.latencies)
     calls0, describes0 = dict(calls), batcher.calls
     cpu0, wall0 = time.process_time(), time.time()
@@ -500,6 +516,7 @@ async def watch_all(args: argparse.Namespace, plan: dict, capture: TaskLogCaptur
     cpu1, wall1 = time.process_time(), time.time()
     calls1, describes1 = dict(calls), batcher.calls
     window_lags = list(lags)
+    window_gc = {g: list(p) for g, p in gc_pauses.items()}
     window_latencies = capture.latencies[n_lat:]
     control.write(json.dumps({"window": "done", "at": wall1}) + "\n")
     _, pending = await asyncio.wait(tasks, timeout=args.finish_timeout)
@@ -523,6 +540,10 @@ async def watch_all(args: argparse.Namespace, plan: dict, capture: TaskLogCaptur
         "api_calls_per_second": sum(calls1.get(k, 0) - calls0.get(k, 0) for k in calls1) / (wall1 - wall0),
         "describe_instances_calls_in_window": describes1 - describes0,
         "describe_instances_calls_unbatched_would_be": len(runs) * (wall1 - wall0) / args.instance_check_interval,
+        "gc_full_collections": len(window_gc[2]),
+        "gc_full_pause_max_ms": 1000 * max(window_gc[2], default=0.0),
+        "gc_young_pause_max_ms": 1000 * max(window_gc[0] + window_gc[1], default=0.0),
+        "gc_pause_total_ms": 1000 * sum(sum(p) for p in window_gc.values()),
         "log_latency_p50_s": statistics.median(window_latencies) if window_latencies else float("nan"),
         "log_latency_p99_s": pct(window_latencies, 0.99),
         "log_latency_max_s": max(window_latencies, default=float("nan")),
@@ -611,7 +632,7 @@ def measure(
               "--seconds", str(args.seconds), "--ramp", str(args.ramp), "--warmup", str(args.warmup),
               "--poll-interval", str(args.poll_interval),
               "--instance-check-interval", str(args.instance_check_interval),
-              "--finish-timeout", str(args.finish_timeout)],
+              "--finish-timeout", str(args.finish_timeout), *(["--gc-freeze"] if args.gc_freeze else [])],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert trig.stdout is not None
@@ -641,6 +662,7 @@ def measure(
     result.update(
         {
             "s3_server": args.s3,
+            "gc_freeze": args.gc_freeze,
             "poll_interval": args.poll_interval,
             "instance_check_interval": args.instance_check_interval,
             "lines_per_second_per_run": args.lines_per_second,
@@ -671,6 +693,7 @@ def main() -> int:
     parser.add_argument("--lines-per-second", type=float, default=3.0, help="output lines per run per second")
     parser.add_argument("--loadgen-threads", type=int, default=16)
     parser.add_argument("--finish-timeout", type=float, default=180.0)
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() in the triggerer after the ramp")
     parser.add_argument("--json")
     parser.add_argument("--s3", choices=("fast", "moto"), default="fast", help="who serves the ledgers' S3")
     roles = ("conductor", "loadgen", "triggerer", "s3")

@@ -8,6 +8,7 @@ release it when they end; the last one out closes it, so nothing outlives its us
 from __future__ import annotations
 
 import asyncio
+import gc
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,6 +48,7 @@ async def shared_client(hook: AwsBaseHook, key: tuple) -> AsyncIterator[Any]:
             entry.context = await hook.get_async_conn()
             entry.client = await entry.context.__aenter__()
             use_fast_timestamps(entry.client)
+            _freeze_long_lived(key)
         entry.users += 1
     try:
         yield entry.client
@@ -56,6 +58,22 @@ async def shared_client(hook: AwsBaseHook, key: tuple) -> AsyncIterator[Any]:
             if entry.users == 0 and entry.client is not None:
                 context, entry.client, entry.context = entry.context, None, None
                 await context.__aexit__(None, None, None)
+
+
+_FROZEN: set[tuple] = set()
+
+
+def _freeze_long_lived(key: tuple) -> None:
+    """Move what exists now (Airflow, botocore's service models just loaded) out of the collector's scans.
+
+    In a triggerer running 500 run watches, each full collection walked that whole heap and stopped
+    the event loop for 100-160 ms, about every 5 s: the loop lag's p99 (benchmarks/watch_bench.py).
+    ``gc.freeze()`` is cheap (no scan), frees nothing, and is done at most once per client key, so
+    the few cyclic leftovers it keeps are bounded.
+    """
+    if key not in _FROZEN:
+        _FROZEN.add(key)
+        gc.freeze()
 
 
 class SharedS3Hook(S3Hook):
