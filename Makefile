@@ -37,6 +37,7 @@ $(AWSCLI_VENV)/bin/aws:
 bench: $(STAMP) $(AWSCLI_VENV)/bin/aws
 	$(PY) benchmarks/agent_bench.py --aws $(AWSCLI_VENV)/bin/aws
 	$(PY) benchmarks/capacity_bench.py
+	$(PY) benchmarks/watch_bench.py --runs 500 --minutes 2
 
 clean:
 	rm -rf $(VENV) $(AWSCLI_VENV) dist build .pytest_cache .ruff_cache
