@@ -7,10 +7,11 @@ the batched DescribeInstances has something to describe; its fabric is off, no i
 
 - the load generator writes, for every run, what the agent writes, with the agent's own code
   (``RunLedger``, ``LogSpool``, ``LogShipper``): ``session.json`` once, ``heartbeat.json`` every
-  10 s, a log chunk once per second while there is output. Each run prints ``--lines-per-second``
-  lines, each carrying the time it was printed. 500 real agents do not fit on a 2-core machine;
-  the generator sends its PUTs over plain keep-alive HTTP (moto does not check signatures) so
-  that signing 600 requests per second does not eat the core the triggerer is measured on.
+  10 s, a log chunk every ``--log-interval`` (the agent's default, 2 s) while there is output.
+  Each run prints ``--lines-per-second`` lines, each carrying the time it was printed. 500 real
+  agents do not fit on a 2-core machine; the generator sends its PUTs over plain keep-alive HTTP
+  (moto does not check signatures) so that signing 600 requests per second does not eat the core
+  the triggerer is measured on.
 - the triggerer runs the ``RunWatchTrigger.run()`` generators on ONE asyncio event loop, as
   Airflow's triggerer does, at the operator's defaults (poll 2 s, instance check 30 s). Their task
   log lines (structlog, as in Airflow) go to a capture stream that notes when each line arrives.
@@ -372,7 +373,7 @@ def loadgen(args: argparse.Namespace) -> int:
         now = time.time()
         events = []  # (due, kind, index): log ticks every 1 s, heartbeats every 10 s, phases spread
         for n in range(len(mine)):
-            events.append((now + random.random(), 0, n))
+            events.append((now + random.random() * args.log_interval, 0, n))
             events.append((now + random.random() * 10, 1, n))
         heapq.heapify(events)
         while not stop.is_set():
@@ -385,7 +386,7 @@ def loadgen(args: argparse.Namespace) -> int:
             if kind == 0:
                 agent.print_due(time.time())
                 agent.ship()
-                heapq.heappush(events, (due + 1.0, 0, n))
+                heapq.heappush(events, (due + args.log_interval, 0, n))
             else:
                 agent.heartbeat()
                 heapq.heappush(events, (due + 10.0, 1, n))
@@ -666,6 +667,7 @@ def measure(
             "poll_interval": args.poll_interval,
             "instance_check_interval": args.instance_check_interval,
             "lines_per_second_per_run": args.lines_per_second,
+            "log_interval": args.log_interval,
             "watch_events": statuses,
             "runs_with_lines_missing": missing,
             "lines_generated": sum(generated["lines"].values()),
@@ -682,6 +684,8 @@ def measure(
 
 
 def main() -> int:
+    from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=120.0, help="the steady-state window")
@@ -691,6 +695,9 @@ def main() -> int:
     parser.add_argument("--poll-interval", type=float, default=2.0, help="GridRunOperator's default")
     parser.add_argument("--instance-check-interval", type=float, default=30.0, help="GridRunOperator's default")
     parser.add_argument("--lines-per-second", type=float, default=3.0, help="output lines per run per second")
+    parser.add_argument(
+        "--log-interval", type=float, default=DEFAULT_LOG_INTERVAL, help="seconds between log uploads (the agent's)"
+    )
     parser.add_argument("--loadgen-threads", type=int, default=16)
     parser.add_argument("--finish-timeout", type=float, default=180.0)
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() in the triggerer after the ramp")

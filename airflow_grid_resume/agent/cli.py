@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from airflow_grid_resume.agent.errors import EXIT_USAGE
+from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.supervisor import AgentOptions, configure_logging, run_agent
 
 
@@ -31,7 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1800.0,
         help="stop the session (as if interrupted) when no Airflow trigger has watched it this long; 0: never",
     )
-    parser.add_argument("--log-interval", type=_positive, default=1.0, help="seconds between output uploads (<= 2)")
+    parser.add_argument(
+        "--log-interval",
+        type=_positive,
+        default=DEFAULT_LOG_INTERVAL,
+        help="seconds between output uploads (<= 2; each upload is an S3 object the watching trigger reads)",
+    )
     parser.add_argument("--imds-endpoint", help="metadata service (default: $AWS_EC2_METADATA_SERVICE_ENDPOINT)")
     parser.add_argument("--imds-poll", type=_positive, default=1.0, help="seconds between notice polls")
     parser.add_argument("--imds-timeout", type=_positive, default=1.0, help="timeout of one metadata request")

@@ -16,6 +16,11 @@ from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger
 log = logging.getLogger(__name__)
 
 
+# Output is shipped every 2 s (the longest the contract allows): one S3 object per upload, and a
+# watching trigger's CPU is about one aiobotocore call per object (docs/benchmarks.md, run watches).
+DEFAULT_LOG_INTERVAL = 2.0
+
+
 class LogSpool:
     """An append-only local file of the combined output (command and agent lines)."""
 

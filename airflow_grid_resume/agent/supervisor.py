@@ -38,7 +38,7 @@ from airflow_grid_resume.agent.imds import (
 )
 from airflow_grid_resume.agent.lease import Lease, acquire_lease
 from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
-from airflow_grid_resume.agent.logship import LogShipper, LogSpool, SpoolLogHandler
+from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL, LogShipper, LogSpool, SpoolLogHandler
 from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, Classification, classify
 from airflow_grid_resume.agent.restore import Restorer, RestoreResult
 from airflow_grid_resume.agent.s3client import make_s3_client
@@ -63,7 +63,7 @@ class AgentOptions:
     heartbeat_interval: float = 10.0
     lease_ttl: float = 60.0
     unwatched_timeout: float = 1800.0
-    log_interval: float = 1.0
+    log_interval: float = DEFAULT_LOG_INTERVAL
     imds_endpoint: str | None = None
     imds_poll: float = 1.0
     imds_timeout: float = 1.0

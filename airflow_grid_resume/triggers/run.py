@@ -13,12 +13,14 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError
 
 from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger, plan_log_reads
+from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import SpotLaunchHook
 from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
@@ -41,6 +43,7 @@ class AsyncLedgerReader:
         self.outcome_listed = False  # did the last read_log's LIST show outcome.json?
         self._outcome_key = self.keys.session_key(session, "outcome.json")
         self._chunk_end = -1  # an offset where a log chunk is known to end (the next one starts there)
+        self._flowing = False  # did the last read find new output?
 
     async def get(self, key: str, byte_range: str | None = None) -> bytes | None:
         kwargs = {"Bucket": self.bucket, "Key": key, **({"Range": byte_range} if byte_range else {})}
@@ -52,6 +55,25 @@ class AsyncLedgerReader:
             raise
         async with response["Body"] as body:
             return await body.read()
+
+    async def _get_chunk(self, key: str) -> tuple[bytes, float | None] | None:
+        """A whole object and its age in seconds by S3's own clock (Date minus Last-Modified, so no
+        clock skew between hosts); None if it does not exist (yet)."""
+        try:
+            response = await self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        async with response["Body"] as body:
+            data = await body.read()
+        age = None
+        served = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        modified = response.get("LastModified")
+        if served and modified is not None:
+            with contextlib.suppress(TypeError, ValueError):
+                age = (parsedate_to_datetime(served) - modified).total_seconds()
+        return data, age
 
     async def get_json(self, name: str) -> dict | None:
         data = await self.get(self.keys.session_key(self.session, name))
@@ -102,6 +124,24 @@ class AsyncLedgerReader:
         next chunk starts exactly there (chunks are contiguous), so the LIST starts just before it
         instead of re-listing every chunk of the last 8 MiB (thousands for a quiet, long session).
         """
+        if self._flowing and offset == self._chunk_end and offset > 0:
+            # Output is flowing and the next chunk, if shipped yet, is named by this very offset: a GET
+            # instead of a LIST and a GET. A chunk already older than the agent's upload interval means
+            # the one after it is probably there too (catch up now, not one chunk per poll). A miss on
+            # the first GET falls back to the LIST, which also tells whether the session ended (the
+            # outcome is written after the last chunk, so a hit means not yet).
+            out = bytearray()
+            while len(out) < limit:
+                found = await self._get_chunk(self.keys.log_key(self.session, offset + len(out)))
+                if found is None:
+                    break
+                data, age = found
+                out += data
+                if age is None or age < DEFAULT_LOG_INTERVAL:
+                    break
+            if out:
+                self._chunk_end = offset + len(out)
+                return bytes(out), offset + len(out)
         prefix, start_after = self.keys.log_listing(self.session, offset)
         if offset == self._chunk_end and offset > 0:
             start_after = self.keys.log_key(self.session, offset - 1)
@@ -120,6 +160,7 @@ class AsyncLedgerReader:
                 break
             out += data
             self._chunk_end = offset + len(out)  # whole chunks (or a chunk's tail) are read: a chunk ends here
+        self._flowing = bool(out)
         return bytes(out), offset + len(out)
 
 
