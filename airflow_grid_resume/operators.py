@@ -345,6 +345,7 @@ class GridRunOperator(BaseOperator):
                 interruptions=interruptions,
                 backoff_base=self.capacity_backoff[0],
                 backoff_max=self.capacity_backoff[1],
+                deferred_at=time.time(),
             ),
             method_name="on_capacity",
         )
@@ -479,6 +480,7 @@ class GridRunOperator(BaseOperator):
                 instance_check_interval=self.instance_check_interval,
                 heartbeat_timeout=self.heartbeat_timeout,
                 boot_timeout=self.boot_timeout,
+                deferred_at=time.time(),
             ),
             method_name="on_session_end",
         )

@@ -147,3 +147,12 @@ def test_mapped_tasks_get_the_interruption_budget_too() -> None:
     task = mapped.unmap({"command": "python a.py", "params": {}})
     assert (task.retries, task.failure_retries) == (8, 3)  # not added twice on the worker
     assert isinstance(task.retry_policy, InterruptionRetryPolicy)
+
+
+def test_trigger_events_wait_until_the_deferral_has_settled() -> None:
+    from airflow_grid_resume.triggers.settle import SETTLE_SECONDS, settle_delay
+
+    assert settle_delay(None, 100.0) == 0.0  # not deferred by the operator (direct use): no wait
+    assert settle_delay(100.0, 101.0) == SETTLE_SECONDS - 1.0  # fired a second after deferring
+    assert settle_delay(100.0, 100.0 + SETTLE_SECONDS + 5) == 0.0  # long after: at once
+    assert settle_delay(100.0, 50.0) == SETTLE_SECONDS  # a clock that went back never waits longer

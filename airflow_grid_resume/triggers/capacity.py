@@ -28,6 +28,7 @@ from airflow_grid_resume.spot.launch import (
 )
 from airflow_grid_resume.triggers.clients import shared_client
 from airflow_grid_resume.triggers.ratelimit import launch_bucket
+from airflow_grid_resume.triggers.settle import settled
 
 
 def _duration(seconds: float) -> str:
@@ -66,8 +67,10 @@ class SpotCapacityTrigger(BaseTrigger):
         cool_down: float = 300.0,
         fallback: dict | None = None,
         interruptions: int = 0,
+        deferred_at: float | None = None,
     ) -> None:
         super().__init__()
+        self.deferred_at = deferred_at
         self.run_id = run_id
         self.run_uri = run_uri
         self.session = session
@@ -99,6 +102,7 @@ class SpotCapacityTrigger(BaseTrigger):
                 "cool_down": self.cool_down,
                 "fallback": self.fallback,
                 "interruptions": self.interruptions,
+                "deferred_at": self.deferred_at,
             },
         )
 
@@ -106,6 +110,10 @@ class SpotCapacityTrigger(BaseTrigger):
         return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        async for event in settled(self._events(), self.deferred_at):
+            yield event
+
+    async def _events(self) -> AsyncIterator[TriggerEvent]:
         spec = LaunchSpec.from_dict(self.spec)
         policy = FallbackPolicy(**(self.fallback or {}))
         hook = self.hook()

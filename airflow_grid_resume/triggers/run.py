@@ -25,6 +25,7 @@ from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import SpotLaunchHook
 from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
 from airflow_grid_resume.triggers.describe import describe_batcher
+from airflow_grid_resume.triggers.settle import settled
 
 GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
 # How often, at most, the watch records its log offset in watch.json while output flows (and always
@@ -197,8 +198,10 @@ class RunWatchTrigger(BaseTrigger):
         heartbeat_timeout: float = 90.0,
         boot_timeout: float = 900.0,
         watch_beat: float = 60.0,
+        deferred_at: float | None = None,
     ) -> None:
         super().__init__()
+        self.deferred_at = deferred_at
         self.watch_beat = watch_beat
         self._watch_written = 0.0
         self.run_uri = run_uri
@@ -231,6 +234,7 @@ class RunWatchTrigger(BaseTrigger):
                 "heartbeat_timeout": self.heartbeat_timeout,
                 "boot_timeout": self.boot_timeout,
                 "watch_beat": self.watch_beat,
+                "deferred_at": self.deferred_at,
             },
         )
 
@@ -238,6 +242,10 @@ class RunWatchTrigger(BaseTrigger):
         return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        async for event in settled(self._events(), self.deferred_at):
+            yield event
+
+    async def _events(self) -> AsyncIterator[TriggerEvent]:
         s3_hook = SharedS3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
         ec2_hook = self._ec2_hook()
         batcher = describe_batcher(self.aws_conn_id, self.region_name)
