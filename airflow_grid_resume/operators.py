@@ -30,13 +30,13 @@ from airflow_grid_resume.agent.errors import UsageError
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
-from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, expiry_tag
+from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, expiry_tag, launch_error
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY, render_user_data
 from airflow_grid_resume.spot.launch import CAPACITY, FATAL, SPOT, FallbackPolicy, LaunchSpec, explain_fatal, make_pairs
 from airflow_grid_resume.spot.prices import on_demand_price
-from airflow_grid_resume.summary import read_records, summarize
+from airflow_grid_resume.summary import INTERRUPTED, read_records, session_status, summarize
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger, describe_launch, launched_event
 from airflow_grid_resume.triggers.run import RunWatchTrigger
 
@@ -242,11 +242,13 @@ class GridRunOperator(BaseOperator):
         final = ledger.get_json(ledger.key(FINAL_KEY)) or {}
         after = int(final.get("session") or 0) if final.get("status") != "succeeded" else 0
         interruptions = failures = 0
-        for record in read_records(ledger):
-            if not after < record["session"] < before:
+        for session in ledger.list_sessions():
+            if not after < session < before:
                 continue
-            status = (record["outcome"] or record["closed"] or {}).get("status", "lost")
-            if status in ("interrupted", "lost"):
+            outcome = ledger.read_outcome(session)  # the Airflow side's verdict only matters without one
+            closed = None if outcome else ledger.get_json(ledger.session_key(session, "closed.json"))
+            status = session_status({"outcome": outcome, "closed": closed})
+            if status in INTERRUPTED:
                 interruptions += 1
             elif status == "failed":
                 failures += 1
@@ -305,12 +307,13 @@ class GridRunOperator(BaseOperator):
                 self.log.info("reattaching to session %s on instance %s", state["session"], state["instance_id"])
                 return self._watch(context, run_uri, int(state["session"]), state["instance_id"], state)
         sessions = ledger.list_sessions()
-        if sessions and (ledger.read_outcome(sessions[-1]) or {}).get("status") == "succeeded":
+        last_outcome = ledger.read_outcome(sessions[-1]) if sessions else None
+        if (last_outcome or {}).get("status") == "succeeded":
             # Airflow re-running a try whose result it lost (the run ended before it was recorded):
             # the run is complete in the ledger, so report it instead of training again.
             self.log.info("the run already succeeded in session %d: nothing to run", sessions[-1])
             self._end_run(ledger, sessions[-1], "succeeded", "succeeded")
-            return self._summary(ledger, {"status": "succeeded", "outcome": ledger.read_outcome(sessions[-1])})
+            return self._summary(ledger, {"status": "succeeded", "outcome": last_outcome})
         session = max([0, *sessions, int(state.get("session", 0))]) + 1
         interruptions, _failures = self._history(ledger, session)
         first_started = float(state.get("first_started_at") or time.time())
@@ -358,8 +361,8 @@ class GridRunOperator(BaseOperator):
         try:
             device = hook.root_device_name(self.spec.image_id)
         except ClientError as exc:
-            err = exc.response.get("Error", {})
-            raise AirflowFailException(explain_fatal(str(err.get("Code")), str(err.get("Message", exc)))) from exc
+            err = launch_error(exc)
+            raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
         return dataclasses.replace(self.spec, root_device_name=device)
 
     def _launch_now(self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int) -> dict | None:
@@ -374,8 +377,8 @@ class GridRunOperator(BaseOperator):
         try:
             zones = hook.subnet_zones(list(spec.subnet_ids))
         except ClientError as exc:
-            err = exc.response.get("Error", {})
-            raise AirflowFailException(explain_fatal(str(err.get("Code")), str(err.get("Message", exc)))) from exc
+            err = launch_error(exc)
+            raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
         lifecycle = FallbackPolicy(**self.fallback).lifecycle(
             capacity_failures_in_a_row=0, interruptions=interruptions, waited_seconds=0
         )
@@ -492,14 +495,14 @@ class GridRunOperator(BaseOperator):
         _, ledger = self._run_ledger(context, event)
         closed = {"status": status, "reason": event.get("reason"), "instance_id": event.get("instance_id")}
         ledger.put_json(ledger.session_key(session, "closed.json"), {**closed, "at": time.time()})
-        interruptions, failures = self._history(ledger, session + 1)
         if status == "succeeded":
             self._end_run(ledger, session, "succeeded", "succeeded")
             return self._summary(ledger, event)
         if status == "timeout":
             message = f"max_run ({self.max_run:.0f} s) reached in session {session}: the instance was terminated"
             raise self._fail(ledger, session, message)
-        if status in ("interrupted", "lost"):
+        interruptions, failures = self._history(ledger, session + 1)
+        if status in INTERRUPTED:
             what = "interrupted" if status == "interrupted" else f"lost ({event.get('reason')})"
             if not self.auto_resume:
                 raise self._fail(ledger, session, f"session {session} was {what} and auto_resume is off")

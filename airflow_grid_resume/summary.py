@@ -41,8 +41,8 @@ def session_status(record: Mapping[str, Any]) -> str:
     return str(outcome.get("status") or closed.get("status") or "lost")
 
 
-def session_seconds(record: Mapping[str, Any]) -> float:
-    """Seconds the session's instance ran: from launch to the last end the ledger recorded."""
+def session_span(record: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(launch, end) in epoch seconds: from the launch to the last end the ledger recorded."""
     launch = record.get("launch") or {}
     outcome = record.get("outcome") or {}
     closed = record.get("closed") or {}
@@ -50,9 +50,13 @@ def session_seconds(record: Mapping[str, Any]) -> float:
     if start is None:
         start = epoch_seconds(outcome.get("started_at"))
     ends = [e for e in (epoch_seconds(closed.get("at")), epoch_seconds(outcome.get("ended_at"))) if e is not None]
-    if start is None or not ends:
-        return 0.0
-    return max(0.0, max(ends) - start)
+    return start, max(ends) if ends else None
+
+
+def session_seconds(record: Mapping[str, Any]) -> float:
+    """Seconds the session's instance ran."""
+    start, end = session_span(record)
+    return 0.0 if start is None or end is None else max(0.0, end - start)
 
 
 def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = None) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class StoredManifest:
     session: int
     seq: int
     key: str
+    committed_at: float | None = None  # the object's LastModified, epoch seconds (for timelines)
 
     @property
     def name(self) -> str:
@@ -181,7 +182,9 @@ class RunLedger:
             name = item["Key"][len(prefix) :]
             parsed = parse_manifest_name(name)
             if parsed:
-                found.append(StoredManifest(parsed[0], parsed[1], item["Key"]))
+                modified = item.get("LastModified")
+                committed_at = modified.timestamp() if modified is not None else None
+                found.append(StoredManifest(parsed[0], parsed[1], item["Key"], committed_at))
         return sorted(found, key=lambda m: (m.session, m.seq), reverse=True)
 
     def read_manifest(self, stored: StoredManifest) -> Manifest:

@@ -31,7 +31,7 @@ from airflow_grid_resume.demo.report import last_step, steps_lost, summary_lines
 from airflow_grid_resume.demo.stack import AirflowStack
 from airflow_grid_resume.demo.timeline import timeline_svg
 from airflow_grid_resume.emulator.client import LocalSpotCloud
-from airflow_grid_resume.summary import epoch_seconds, read_records, session_status, summarize
+from airflow_grid_resume.summary import read_records, session_span, session_status, summarize
 
 DAG_ID, TASK_ID, BUCKET, AMI = "grid_resume_demo", "train_digits", "grid-demo", "ami-03cf127a"
 
@@ -199,18 +199,12 @@ def finish(
     metrics_file = result_dir / "metrics.json"
     metric = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
     ref_thread.join(300)
-    manifests = {m.name: m for m in ledger.list_manifests()}
-    committed = {
-        o["Key"].rsplit("/", 1)[-1]: o["LastModified"].timestamp()
-        for o in ledger.client.list_objects_v2(Bucket=ledger.location.bucket, Prefix=ledger.key("manifests/"))[
-            "Contents"
-        ]
-    }
+    manifests = ledger.list_manifests()
     rows = []
     for r in records:
-        launch, outcome, closed = r["launch"] or {}, r["outcome"] or {}, r["closed"] or {}
-        start = float(launch.get("launched_at") or 0)
-        ends = [v for v in (closed.get("at"), epoch_seconds(outcome.get("ended_at"))) if v]
+        launch = r["launch"] or {}
+        start, end = session_span(r)
+        start = start or 0.0
         rows.append(
             {
                 "session": r["session"],
@@ -219,10 +213,8 @@ def finish(
                 "lifecycle": launch.get("lifecycle"),
                 "wait_start": start - float(launch.get("waited_seconds") or 0),
                 "start": start,
-                "end": max(ends) if ends else start,
-                "checkpoints": [
-                    t for name, t in committed.items() if name in manifests and manifests[name].session == r["session"]
-                ],
+                "end": end or start,
+                "checkpoints": [m.committed_at for m in manifests if m.session == r["session"] and m.committed_at],
             }
         )
     picture = home / "timeline.svg"

@@ -392,29 +392,27 @@ class SpotCloudApp:
                 return result
         return self.inner(environ, start_response)
 
-    def _forward(self, environ: dict, start_response: Callable) -> list[bytes]:
+    def _call_inner(self, environ: dict) -> dict:
+        """moto's whole answer: ``{"status", "headers", "body"}``, before anything is sent on."""
         captured: dict = {}
 
         def capture(status: str, headers: list, exc_info: Any = None) -> Callable:
             captured["status"], captured["headers"] = status, headers
             return lambda data: None
 
-        data = b"".join(self.inner(environ, capture))
+        captured["body"] = b"".join(self.inner(environ, capture))
+        return captured
+
+    def _forward(self, environ: dict, start_response: Callable) -> list[bytes]:
+        captured = self._last = self._call_inner(environ)
         start_response(captured["status"], captured["headers"])
-        captured["body"] = data
-        self._last = captured
-        return [data]
+        return [captured["body"]]
 
     def _spot_price_history(self, environ: dict, zone: str | None, start_response: Callable) -> list[bytes]:
         """moto's answer with each item's price replaced by this cloud's price for its type and zone,
         and only for the zone asked for (as EC2 does; moto ignores AvailabilityZone)."""
-        captured: dict = {}
-
-        def capture(status: str, headers: list, exc_info: Any = None) -> Callable:
-            captured["status"], captured["headers"] = status, headers
-            return lambda data: None
-
-        body = b"".join(self.inner(environ, capture))
+        captured = self._call_inner(environ)
+        body = captured["body"]
 
         def reprice(match: re.Match) -> bytes:
             item = match.group(0)

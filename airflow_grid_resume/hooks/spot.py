@@ -38,7 +38,7 @@ class LaunchError(Exception):
         self.kind = classify_error(code)
 
 
-def _launch_error(exc: ClientError) -> LaunchError:
+def launch_error(exc: ClientError) -> LaunchError:
     err = exc.response.get("Error", {})
     return LaunchError(str(err.get("Code", "Unknown")), str(err.get("Message", exc)))
 
@@ -120,7 +120,7 @@ class SpotLaunchHook(AwsBaseHook):
         try:
             response = self.conn.run_instances(**params)
         except ClientError as exc:
-            raise _launch_error(exc) from exc
+            raise launch_error(exc) from exc
         return response["Instances"][0]
 
     async def a_launch(
@@ -140,7 +140,7 @@ class SpotLaunchHook(AwsBaseHook):
             try:
                 response = await ec2.run_instances(**params)
             except ClientError as exc:
-                raise _launch_error(exc) from exc
+                raise launch_error(exc) from exc
         return response["Instances"][0]
 
     @staticmethod

@@ -12,7 +12,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, expiry_tag
+from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, expiry_tag, launch_error
 from airflow_grid_resume.spot.bootstrap import render_user_data
 from airflow_grid_resume.spot.launch import (
     CAPACITY,
@@ -134,10 +134,10 @@ class SpotCapacityTrigger(BaseTrigger):
             try:
                 zones = await hook.a_subnet_zones(list(spec.subnet_ids), client=client)
             except ClientError as exc:
-                code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
-                message = explain_fatal(code, str(exc.response.get("Error", {}).get("Message", exc)))
+                err = launch_error(exc)
+                message = explain_fatal(err.code, err.message)
                 self.log.error("%s", message)
-                yield TriggerEvent({"status": "error", "code": code, "message": message})
+                yield TriggerEvent({"status": "error", "code": err.code, "message": message})
                 return
             pairs = make_pairs(spec.instance_types, zones)
             while True:

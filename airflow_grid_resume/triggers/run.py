@@ -46,7 +46,8 @@ class AsyncLedgerReader:
         self._chunk_end = -1  # an offset where a log chunk is known to end (the next one starts there)
         self._flowing = False  # did the last read find new output?
 
-    async def get(self, key: str, byte_range: str | None = None) -> bytes | None:
+    async def _fetch(self, key: str, byte_range: str | None = None) -> tuple[bytes, dict] | None:
+        """An object's bytes and its response, or None when it does not exist (yet)."""
         kwargs = {"Bucket": self.bucket, "Key": key, **({"Range": byte_range} if byte_range else {})}
         try:
             response = await self.client.get_object(**kwargs)
@@ -55,19 +56,19 @@ class AsyncLedgerReader:
                 return None
             raise
         async with response["Body"] as body:
-            return await body.read()
+            return await body.read(), response
+
+    async def get(self, key: str, byte_range: str | None = None) -> bytes | None:
+        found = await self._fetch(key, byte_range)
+        return None if found is None else found[0]
 
     async def _get_chunk(self, key: str) -> tuple[bytes, float | None] | None:
         """A whole object and its age in seconds by S3's own clock (Date minus Last-Modified, so no
         clock skew between hosts); None if it does not exist (yet)."""
-        try:
-            response = await self.client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise
-        async with response["Body"] as body:
-            data = await body.read()
+        found = await self._fetch(key)
+        if found is None:
+            return None
+        data, response = found
         age = None
         served = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
         modified = response.get("LastModified")
@@ -100,10 +101,10 @@ class AsyncLedgerReader:
         """
         key = self.keys.key("lease.json")
         try:
-            response = await self.client.get_object(Bucket=self.bucket, Key=key)
-            async with response["Body"] as body:
-                doc = json.loads(await body.read())
-            etag = response["ETag"]
+            found = await self._fetch(key)
+            if found is None:
+                return False
+            doc, etag = json.loads(found[0]), found[1]["ETag"]
         except (ClientError, ValueError):
             return False
         held_here = doc.get("session") == self.session or doc.get("instance_id") == instance_id
