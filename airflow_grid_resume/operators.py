@@ -538,8 +538,10 @@ class GridRunOperator(BaseOperator):
 
     def _summary(self, ledger: RunLedger, event: dict) -> dict:
         summary = summarize(read_records(ledger), final_outcome=event.get("status"))
-        manifests = ledger.list_manifests()
-        last = (event.get("outcome") or {}).get("manifest") or (manifests[-1].name if manifests else None)
+        last = (event.get("outcome") or {}).get("manifest")
+        if last is None:  # reported without this session's outcome: the newest committed checkpoint
+            newest_first = ledger.list_manifests()
+            last = newest_first[0].name if newest_first else None
         return {"run_uri": str(ledger.location), **summary, "last_manifest": last}
 
     def on_kill(self) -> None:

@@ -158,6 +158,7 @@ def test_a_run_without_interruption_and_clearing_it_reports_the_finished_run(
     assert "already succeeded in session 1" in capfd.readouterr().out
     assert len(spot_cloud.instances()) == before and ledger.list_sessions() == [1]
     assert summary_of(again)["sessions"] == 1
+    assert summary_of(again)["last_manifest"] == summary["last_manifest"]  # the final checkpoint, not the snapshot
 
 
 def test_clearing_a_finished_run_with_rerun_fresh_starts_over(spot_cloud, training_dir, tmp_path, capfd) -> None:
