@@ -125,3 +125,17 @@ def test_the_demo_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert json.loads((interrupted / "metrics.json").read_text()) == json.loads(
         (reference / "metrics.json").read_text()
     )
+
+
+def test_a_session_the_airflow_side_misread_fails_the_demo() -> None:
+    from airflow_grid_resume.demo.report import misread_sessions
+
+    records = [
+        {"session": 1, "outcome": {"status": "interrupted"}, "closed": {"status": "interrupted"}},
+        {"session": 2, "outcome": None, "closed": {"status": "lost"}},  # a real loss: no outcome
+        {"session": 3, "outcome": {"status": "succeeded"}, "closed": {"status": "lost"}},
+    ]
+    misread = misread_sessions(records)
+    assert misread == ["session 3: the agent said succeeded, the Airflow side saw lost"]
+    good = dict(dag_state="success", statuses=["interrupted", "lost", "succeeded"], expected_interruptions=2)
+    assert verdict(**good, metric=1, reference=1, misread=misread) == misread

@@ -48,11 +48,29 @@ def steps_lost(sessions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return lost
 
 
+def misread_sessions(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Sessions the Airflow side closed differently from how the agent said they ended (a watch that
+    called a finished session lost, say): the ledger's two views must agree."""
+    found = []
+    for record in records:
+        agent = (record.get("outcome") or {}).get("status")
+        airflow = (record.get("closed") or {}).get("status")
+        if agent and airflow and agent != airflow:
+            found.append(f"session {record.get('session')}: the agent said {agent}, the Airflow side saw {airflow}")
+    return found
+
+
 def verdict(
-    *, dag_state: str, statuses: Sequence[str], expected_interruptions: int, metric: Any, reference: Any
+    *,
+    dag_state: str,
+    statuses: Sequence[str],
+    expected_interruptions: int,
+    metric: Any,
+    reference: Any,
+    misread: Sequence[str] = (),
 ) -> list[str]:
     """Why the lifecycle did not work, one line per problem; empty means it worked."""
-    problems = []
+    problems = list(misread)
     if dag_state != "success":
         problems.append(f"the DAG run ended {dag_state}")
     interruptions = sum(1 for s in statuses if s in ("interrupted", "lost"))

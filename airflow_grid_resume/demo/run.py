@@ -27,7 +27,7 @@ from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.demo.chaos import HARD_LOSS, ChaosSchedule
-from airflow_grid_resume.demo.report import last_step, steps_lost, summary_lines, verdict
+from airflow_grid_resume.demo.report import last_step, misread_sessions, steps_lost, summary_lines, verdict
 from airflow_grid_resume.demo.stack import AirflowStack
 from airflow_grid_resume.demo.timeline import timeline_svg
 from airflow_grid_resume.emulator.client import LocalSpotCloud
@@ -229,6 +229,7 @@ def finish(
         expected_interruptions=chaos.interruptions,
         metric=metric,
         reference=reference or None,
+        misread=misread_sessions(records),
     )
     print()
     if problems:

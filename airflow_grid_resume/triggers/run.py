@@ -269,7 +269,10 @@ class RunWatchTrigger(BaseTrigger):
                 offset, pending = await self._stream(ledger, offset, pending)
                 if time.time() - self._watch_written >= self.watch_beat:
                     await self._mark_watched(ledger, offset)  # the agent stops a session nobody watches
-                outcome = await ledger.get_json("outcome.json") if ledger.outcome_listed else None
+                # The LIST shows the outcome; a poll served by the next chunk's GET did not LIST, so once
+                # the instance was seen gone the outcome is read directly before anything is called lost
+                # (the agent writes it before the bootstrap powers off).
+                outcome = await ledger.get_json("outcome.json") if ledger.outcome_listed or gone_seen else None
                 if outcome is not None:
                     offset, pending = await self._stream(ledger, offset, pending, final=True)
                     status = str(outcome.get("status"))
