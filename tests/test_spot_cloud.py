@@ -25,7 +25,7 @@ from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
-from airflow_grid_resume.emulator.cloud import descendants
+from airflow_grid_resume.emulator.cloud import descendants, marked_processes
 from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
 from airflow_grid_resume.spot.launch import CAPACITY, THROTTLE, LaunchSpec, Pair
@@ -417,6 +417,7 @@ def test_watch_on_kill_terminates_the_instance(cloud, subnets, agent_pyz) -> Non
     run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
     asyncio.run(watch_for(run_uri, instance_id).on_kill())
     wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
+    assert marked_processes(instance_id) == []
 
 
 def test_operator_on_kill_on_the_worker_terminates_the_instance(cloud, subnets, agent_pyz) -> None:
@@ -430,3 +431,4 @@ def test_operator_on_kill_on_the_worker_terminates_the_instance(cloud, subnets, 
     operator._instance_id = instance_id  # what on_capacity/_watch record before deferring
     operator.on_kill()
     wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
+    assert marked_processes(instance_id) == []  # killed while it booted: nothing of it lives on

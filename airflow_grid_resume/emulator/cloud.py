@@ -87,6 +87,47 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
             os.kill(member, sig)
 
 
+INSTANCE_MARKER = "GRID_RESUME_EMULATED_INSTANCE"
+
+
+def marked_processes(instance_id: str) -> list[int]:
+    """Every live process whose environment says it belongs to ``instance_id``: found even after
+    its parents died and it was re-parented (a snapshot of a tree misses what forks meanwhile)."""
+    needle = f"{INSTANCE_MARKER}={instance_id}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as fh:
+                    if needle in fh.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def kill_instance(instance_id: str, root: int | None) -> None:
+    """An instance that is reclaimed or powered off takes every process with it: kill its tree and
+    every marked process until none is left (SIGKILLed processes fork no more)."""
+    for _ in range(100):
+        members = set(descendants(root) if root else []) | set(marked_processes(instance_id))
+        live = [p for p in members if _alive(p)]
+        if not live:
+            return
+        for member in live:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(member, signal.SIGKILL)
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class TokenBucket:
     """EC2's API rate limit: ``burst`` tokens, refilled at ``rate`` per second."""
 
@@ -262,6 +303,7 @@ class SpotCloud:
             "AWS_SECRET_ACCESS_KEY": "emulated-instance-role",
             "AWS_DEFAULT_REGION": region,
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url,
+            INSTANCE_MARKER: instance_id,  # how every process of the instance is found when it ends
             "PYTHONUNBUFFERED": "1",
             # The instance's /tmp: removed with the instance's directory, as an instance's disk goes with it.
             "TMPDIR": os.path.join(directory, "tmp"),
@@ -298,8 +340,8 @@ class SpotCloud:
                 return
             instance.state = "shutting-down"
             instance.reason = reason
-        if kill and instance.proc and instance.proc.poll() is None:
-            kill_tree(instance.proc.pid)
+        root = instance.proc.pid if kill and instance.proc and instance.proc.poll() is None else None
+        kill_instance(instance.instance_id, root)  # also what the powered-off bootstrap left behind
         instance.imds.stop()
         try:
             ec2 = self.backend(instance.region).get_instance(instance.instance_id)
@@ -354,8 +396,9 @@ class SpotCloud:
         for timer in timers:
             timer.cancel()
         for instance in instances:
-            if instance.proc and instance.proc.poll() is None:
-                kill_tree(instance.proc.pid)
+            alive = instance.proc is not None and instance.proc.poll() is None
+            kill_instance(instance.instance_id, instance.proc.pid if alive else None)
+            if instance.proc is not None:
                 instance.proc.wait()
             if instance.state == "running":
                 instance.state = "terminated"
