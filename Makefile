@@ -5,14 +5,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo agent bench clean
+.PHONY: test lint demo agent bench clean system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,demo]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# Debian packages the tests need (scripts/system-packages.txt).
+system-deps:
+	scripts/install-system-packages.sh
+
+test: $(STAMP) system-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
