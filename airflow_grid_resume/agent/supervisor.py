@@ -40,6 +40,7 @@ from airflow_grid_resume.agent.lease import Lease, acquire_lease
 from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL, LogShipper, LogSpool, SpoolLogHandler
 from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, Classification, classify
+from airflow_grid_resume.agent.progress import ProgressTracker
 from airflow_grid_resume.agent.restore import Restorer, RestoreResult
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.scan import HashCache, PathFilter
@@ -119,6 +120,7 @@ class Supervisor:
         self._sync_cancel = threading.Event()
         self._sync_thread: threading.Thread | None = None
         self.syncer: Syncer | None = None
+        self.progress = ProgressTracker()  # the command's "grid-resume: progress" lines
 
     # -- entry point -----------------------------------------------------------------------
     def run(self) -> int:
@@ -228,6 +230,7 @@ class Supervisor:
                 spool=spool,
                 capture_dir=os.path.dirname(spool.path),
                 passthrough=self.o.passthrough,
+                progress=self.progress,
             )
         except SpawnError as exc:
             log.error("%s", exc)
@@ -423,6 +426,7 @@ class Supervisor:
             "ended_at": _utc(),
             "tail": spool.tail_lines(40) if status == FAILED else [],
             "agent_exit_code": exit_code,
+            **self.progress.outcome_field(),
         }
         try:
             shipper.flush()
@@ -476,6 +480,7 @@ class Supervisor:
                         "last_manifest": last.name if last else None,
                         "notice": self.notice.as_dict() if self.notice else None,
                         "interval": self.o.heartbeat_interval,
+                        **self.progress.heartbeat_field(),
                     },
                 )
             except Exception as exc:
