@@ -14,6 +14,11 @@ import random
 EARLY = (0.05, 0.2)  # the first point of several: early, where a first slow checkpoint write may be under way
 LATER = (0.3, 0.9)  # the others: one in each equal slice of this range, so they never bunch up
 SINGLE = (0.3, 0.7)  # a lone point: far enough in that a start-over is measurable
+# After SIGTERM an interrupted session's command gets half the reference's work still left, at least
+# FLOOR_SECONDS and at most what the notice allows: a script that ignores SIGTERM is then killed
+# before it can finish, whatever its length, and one that saves on SIGTERM exits long before.
+LEFT_SHARE = 0.5
+FLOOR_SECONDS = 3.0
 
 
 def plan_points(seed: int, count: int, work_seconds: float) -> list[float]:
@@ -52,3 +57,9 @@ def startup_seconds(first_output_after: float | None, duration: float) -> float:
     if first_output_after is None or first_output_after < 0 or first_output_after > duration / 2:
         return 0.0
     return first_output_after
+
+
+def allowed_after_sigterm(work_left: float, most: float) -> float:
+    """Seconds the command gets after SIGTERM when about ``work_left`` seconds of work remain; ``most``
+    is what the user's notice window leaves after the sync reserve."""
+    return min(most, max(FLOOR_SECONDS, LEFT_SHARE * work_left))
