@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -187,14 +188,20 @@ def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: P
     stop = threading.Event()
 
     def chaos() -> None:
-        """Interrupt the first two sessions once they have trained for a while."""
+        """Interrupt the first two sessions once their agent has run the command for a while."""
+        running_since: dict[str, float] = {}
         while not stop.is_set() and len(interrupted) < 2:
-            for instance in spot_cloud.instances():
-                if instance["state"] != "running" or instance["instance_id"] in interrupted or not instance["pid"]:
-                    continue
-                if time.time() - instance["launched_at"] > 1.5:
-                    spot_cloud.interrupt(instance["instance_id"], notice=True)
-                    interrupted.append(instance["instance_id"])
+            session = len(interrupted) + 1
+            with contextlib.suppress(Exception):
+                ledger = run_ledger(bucket)
+                started = ledger.get_json(ledger.session_key(session, "session.json")) or {}
+                beat = ledger.read_heartbeat(session) or {}
+                instance_id = started.get("instance_id")
+                if instance_id and beat.get("state") == "running":
+                    since = running_since.setdefault(instance_id, time.monotonic())
+                    if time.monotonic() - since > 1.0 and instance_id not in interrupted:
+                        spot_cloud.interrupt(instance_id, notice=True)
+                        interrupted.append(instance_id)
             time.sleep(0.2)
 
     thread = threading.Thread(target=chaos, daemon=True)
