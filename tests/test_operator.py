@@ -243,25 +243,37 @@ def new_bucket() -> str:
     return bucket
 
 
+def command_started(instance: dict) -> bool:
+    """Has the agent on this emulated instance started the command (its console says so)?"""
+    try:
+        with open(os.path.join(instance["directory"], "console.log"), errors="replace") as fh:
+            return "started the command" in fh.read()
+    except OSError:
+        return False
+
+
 def chaos(
     cloud: LocalSpotCloud, *, times: int, notice: bool, after: float = 1.5, instance_type: str | None = None
 ) -> tuple[list[str], threading.Event]:
-    """Interrupt the next ``times`` instances (of ``instance_type``) once each has run ``after`` seconds."""
+    """Interrupt the next ``times`` instances (of ``instance_type``) once each has run its command for ``after``
+    seconds (counted from the agent starting it, so a slow boot on a busy machine changes nothing)."""
     interrupted: list[str] = []
     stop = threading.Event()
+    started: dict[str, float] = {}
 
     def loop() -> None:
         while not stop.is_set() and len(interrupted) < times:
             for instance in cloud.instances():
-                ready = (
-                    instance["state"] == "running"
-                    and instance["pid"]
-                    and time.time() - instance["launched_at"] > after
-                    and instance_type in (None, instance["instance_type"])
-                )
-                if ready and instance["instance_id"] not in interrupted:
-                    cloud.interrupt(instance["instance_id"], notice=notice)
-                    interrupted.append(instance["instance_id"])
+                instance_id = instance["instance_id"]
+                if instance["state"] != "running" or instance_id in interrupted:
+                    continue
+                if instance_type not in (None, instance["instance_type"]):
+                    continue
+                if instance_id not in started and command_started(instance):
+                    started[instance_id] = time.monotonic()
+                if instance_id in started and time.monotonic() - started[instance_id] > after:
+                    cloud.interrupt(instance_id, notice=notice)
+                    interrupted.append(instance_id)
             time.sleep(0.2)
 
     threading.Thread(target=loop, daemon=True).start()

@@ -75,6 +75,7 @@ class AgentOptions:
     signal_grace: float = 30.0
     sync_reserve: float = 10.0
     min_grace: float = 5.0
+    notice_window: float = 120.0
     parallelism: int = 16
     region: str | None = None
     passthrough: bool = True
@@ -339,7 +340,7 @@ class Supervisor:
         assert self.syncer is not None
         if notice.source == "imds":
             seen_ago = time.monotonic() - self._notice_seen.setdefault(notice.time, time.monotonic())
-            seconds_left = seconds_until_reclaim(notice.time, time.time(), seen_ago)
+            seconds_left = seconds_until_reclaim(notice.time, time.time(), seen_ago, self.o.notice_window)
         else:
             seconds_left = notice.time - time.time()
         try:
