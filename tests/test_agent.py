@@ -363,3 +363,24 @@ def test_a_full_disk_ends_the_session_as_a_failure_that_says_so(agent, run_uri, 
     assert outcome["status"] == "failed" and "No space left on device" in outcome["reason"], outcome
     assert "root_volume_gb" in outcome["hint"]
     assert "root_volume_gb" in second.stderr
+
+
+def test_progress_lines_reach_heartbeat_and_outcome(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
+    script = (
+        "echo 'grid-resume: progress 4/10'; printf 'grid-resume: progress 5/10\\rgrid-resume: progress 6/10\\n' >&2;"
+        " sleep 3; echo 'grid-resume: progress 7/10'"
+    )
+    proc = agent(run_uri, tmp_path / "w", "sh", "-c", script, options=[*FAST, "--heartbeat-interval", "0.5"])
+    beat = wait_for(
+        lambda: (hb := ledger.read_heartbeat(1)) and hb.get("progress") and hb, timeout=10, what="progress in a beat"
+    )
+    assert beat["progress"] == {"done": 6, "total": 10} and beat["state"] == "running"
+    assert proc.wait() == 0
+    assert ledger.read_outcome(1)["progress"] == {"first": 4, "last": 7, "total": 10}
+
+
+def test_no_progress_lines_no_progress_field(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
+    proc = agent(run_uri, tmp_path / "w", "sh", "-c", "echo step 3 of 10", options=FAST)
+    assert proc.wait() == 0
+    assert "progress" not in ledger.read_outcome(1)
+    assert "progress" not in ledger.read_heartbeat(1)

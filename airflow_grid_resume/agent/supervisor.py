@@ -43,6 +43,7 @@ from airflow_grid_resume.agent.lease import Lease, acquire_lease
 from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL, LogShipper, LogSpool, SpoolLogHandler
 from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, Classification, classify
+from airflow_grid_resume.agent.progress import ProgressTracker
 from airflow_grid_resume.agent.restore import Restorer, RestoreResult
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.scan import HashCache, PathFilter
@@ -126,6 +127,7 @@ class Supervisor:
         self.notice_warnings: list[str] = []  # late notice, checkpoint too large for the window
         self._notice_seen: dict[float, float] = {}  # notice time -> when first seen (monotonic)
         self._child: Child | None = None
+        self.progress = ProgressTracker()  # the command's "grid-resume: progress" lines
 
     # -- entry point -----------------------------------------------------------------------
     def run(self) -> int:
@@ -238,6 +240,7 @@ class Supervisor:
                 spool=spool,
                 capture_dir=os.path.dirname(spool.path),
                 passthrough=self.o.passthrough,
+                progress=self.progress,
             )
         except SpawnError as exc:
             log.error("%s", exc)
@@ -454,6 +457,7 @@ class Supervisor:
             "ended_at": _utc(),
             "tail": spool.tail_lines(40) if status == FAILED else [],
             "agent_exit_code": exit_code,
+            **self.progress.outcome_field(),
         }
         try:
             shipper.flush()
@@ -570,6 +574,7 @@ class Supervisor:
                         "last_manifest": last.name if last else None,
                         "notice": self.notice.as_dict() if self.notice else None,
                         "interval": self.o.heartbeat_interval,
+                        **self.progress.heartbeat_field(),
                     },
                 )
             except Exception as exc:
