@@ -28,11 +28,6 @@ AMI = "ami-03cf127a"
 
 
 @pytest.fixture(scope="module")
-def airflow_db() -> None:
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
 def spot_cloud(airflow_db):
     with LocalSpotCloud(notice_seconds=3) as cloud:
         saved = {k: os.environ.get(k) for k in cloud.aws_env()}
