@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -179,28 +178,7 @@ def test_clearing_a_finished_run_with_rerun_fresh_starts_over(spot_cloud, traini
 def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: Path, tmp_path: Path) -> None:
     bucket = f"op-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
-    interrupted: list[str] = []
-    stop = threading.Event()
-
-    def chaos() -> None:
-        """Interrupt the first two sessions once their agent has run the command for a while."""
-        running_since: dict[str, float] = {}
-        while not stop.is_set() and len(interrupted) < 2:
-            session = len(interrupted) + 1
-            with contextlib.suppress(Exception):
-                ledger = run_ledger(bucket)
-                started = ledger.get_json(ledger.session_key(session, "session.json")) or {}
-                beat = ledger.read_heartbeat(session) or {}
-                instance_id = started.get("instance_id")
-                if instance_id and beat.get("state") == "running":
-                    since = running_since.setdefault(instance_id, time.monotonic())
-                    if time.monotonic() - since > 1.0 and instance_id not in interrupted:
-                        spot_cloud.interrupt(instance_id, notice=True)
-                        interrupted.append(instance_id)
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=chaos, daemon=True)
-    thread.start()
+    interrupted, stop = chaos(spot_cloud, times=2, notice=True, after=1.0)
     alerts: list[str] = []
     try:
         dag = make_dag(
@@ -218,7 +196,6 @@ def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: P
         dagrun = dag.test()
     finally:
         stop.set()
-        thread.join(5)
     assert len(interrupted) == 2
     assert dagrun.state == "success"
     ledger = run_ledger(bucket)
