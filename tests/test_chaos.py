@@ -30,7 +30,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import boto3
@@ -42,9 +41,8 @@ from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.emulator.cloud import SPOT_TERMINATION
-from tests.conftest import SCRIPTS
+from tests.conftest import SCRIPTS, command_started, make_dag
 
-AMI = "ami-03cf127a"
 STEPS, STEP_SECONDS, SAVE_EVERY = 36, 0.12, 4
 DEFAULT_SEEDS = "1 2 3"
 LINE = re.compile(r"CHAOS-LINE s=\d+ step=\d+;")
@@ -113,28 +111,6 @@ class WorkerKilled(Exception):
     """The worker process dying at a chosen line: Airflow fails the try and retries it."""
 
 
-@pytest.fixture(scope="module")
-def cloud(airflow_db):
-    with LocalSpotCloud(notice_seconds=3) as c:
-        saved = {k: os.environ.get(k) for k in c.aws_env()}
-        os.environ.update(c.aws_env())
-        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-        yield c
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def command_started(instance: dict) -> bool:
-    try:
-        with open(os.path.join(instance["directory"], "console.log"), errors="replace") as fh:
-            return "started the command" in fh.read()
-    except OSError:
-        return False
-
-
 class Chaos:
     """Applies a schedule while the DAG runs: faults at their times, interruptions once a command trains."""
 
@@ -188,51 +164,19 @@ class Chaos:
             time.sleep(0.1)
 
 
-def make_dag(dag_id: str, workdir: Path, bucket: str):
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-    from airflow.sdk import DAG
-
-    from airflow_grid_resume.operators import GridRunOperator
-
-    subnets = sorted(boto3.client("ec2").describe_subnets()["Subnets"], key=lambda s: s["AvailabilityZone"])[:2]
-    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
-        GridRunOperator(
-            task_id="train",
-            command=f"python3 chaos_train.py {STEPS} {STEP_SECONDS} {SAVE_EVERY}",
-            workdir=str(workdir),
-            artifacts_uri=f"s3://{bucket}/runs/",
-            instance_types=["g5.xlarge", "g4dn.xlarge"],
-            image_id=AMI,
-            subnet_ids=[s["SubnetId"] for s in subnets],
-            aws_conn_id=None,
-            region_name="us-east-1",
-            poll_interval=0.3,
-            instance_check_interval=1.0,
-            heartbeat_timeout=20.0,
-            not_found_grace=15.0,
-            capacity_backoff=(0.5, 1.0),
-            agent_args=[
-                "--heartbeat-interval",
-                "1",
-                "--imds-poll",
-                "0.2",
-                "--sync-reserve",
-                "1",
-                "--min-grace",
-                "1",
-                "--notice-window",
-                "3",
-            ],
-            retries=3,  # the worker kills
-            max_interruptions=4,
-            retry_delay=timedelta(seconds=1),
-        )
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(collect_dags=False)
-    bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
-    return dag
+def chaos_dag(dag_id: str, workdir: Path, bucket: str):
+    agent_args = ["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1", "--min-grace", "1"]
+    return make_dag(
+        dag_id,
+        workdir,
+        bucket,
+        command=f"python3 chaos_train.py {STEPS} {STEP_SECONDS} {SAVE_EVERY}",
+        heartbeat_timeout=20.0,
+        not_found_grace=15.0,
+        agent_args=[*agent_args, "--notice-window", "3"],
+        retries=3,  # the worker kills
+        max_interruptions=4,
+    )
 
 
 @contextlib.contextmanager
@@ -289,7 +233,7 @@ def session_of(instance: dict) -> int:
 
 
 @pytest.mark.parametrize("seed", seeds(), ids=lambda s: f"seed-{s}")
-def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(cloud, tmp_path: Path, capfd, seed: int) -> None:
+def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_path: Path, capfd, seed: int) -> None:
     schedule = schedule_for(seed)
     replay = f'GRID_CHAOS_SEEDS="{seed}" .venv/bin/python -m pytest tests/test_chaos.py -k seed-{seed}'
     print(f"chaos: {schedule.describe()}\nreplay: {replay}")
@@ -299,8 +243,8 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(cloud, tmp_path: 
     bucket = f"chaos-{seed}-{uuid.uuid4().hex[:6]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     expected = reference(tmp_path)
-    dag = make_dag(f"chaos_{seed}_{uuid.uuid4().hex[:6]}", workdir, bucket)
-    with worker_killed_at(schedule.crash) as killed, Chaos(cloud, schedule) as chaos:
+    dag = chaos_dag(f"chaos_{seed}_{uuid.uuid4().hex[:6]}", workdir, bucket)
+    with worker_killed_at(schedule.crash) as killed, Chaos(spot_cloud, schedule) as chaos:
         dagrun = dag.test()
     output = capfd.readouterr().out
     problems: list[str] = []
@@ -312,7 +256,7 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(cloud, tmp_path: 
     check(dagrun.state == "success", f"the DAG run ended {dagrun.state}")
     check(killed == ([schedule.crash] if schedule.crash else []), f"the worker kill at {schedule.crash} happened")
     client = make_s3_client()
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="runs/")["Contents"]]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="grid-runs/")["Contents"]]
     run_prefix = next(k for k in keys if k.endswith("/spec.json")).rsplit("/spec.json", 1)[0]
     run_uri = f"s3://{bucket}/{run_prefix}"
     ledger = RunLedger(client, parse_s3_uri(run_uri))
@@ -324,7 +268,7 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(cloud, tmp_path: 
     claimed = [s for s in ledger.list_sessions() if ledger.get_json(ledger.session_key(s, "session.json"))]
     check(all(s in by_session for s in claimed), f"every claimed session has its instance: {claimed} {by_session}")
     # Never two alive at once: each instance ended before the next one was launched (the cloud's clock).
-    emulated = {i["instance_id"]: i for i in cloud.instances()}
+    emulated = {i["instance_id"]: i for i in spot_cloud.instances()}
     spans = sorted(
         (emulated[i]["launched_at"], emulated[i]["ended_at"] or float("inf"), i) for v in by_session.values() for i in v
     )
@@ -333,7 +277,7 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(cloud, tmp_path: 
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(emulated[i]["state"] != "terminated" for *_, i in spans):
         time.sleep(0.3)
-        emulated = {i["instance_id"]: i for i in cloud.instances()}
+        emulated = {i["instance_id"]: i for i in spot_cloud.instances()}
     check(all(emulated[i]["state"] == "terminated" for *_, i in spans), "no instance runs after the run ended")
     for session, (instance_id,) in sorted((s, tuple(v)) for s, v in by_session.items() if len(v) == 1):
         outcome = ledger.read_outcome(session)
