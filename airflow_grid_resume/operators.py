@@ -118,6 +118,8 @@ class GridRunOperator(BaseOperator):
     :param heartbeat_timeout: seconds an agent may be silent before its session is declared lost.
     :param boot_timeout: seconds from launch to the first heartbeat before the session is declared lost.
     :param capacity_backoff: first and longest wait between capacity rounds, in seconds (with jitter).
+    :param not_found_grace: seconds an instance DescribeInstances does not list is still taken as existing
+        (EC2's eventual consistency: a just-launched instance can be unknown for a while) before it is gone.
     :param rerun: what clearing the task does once its run has ended: ``"resume"`` (a failed run resumes from
         its last checkpoint with fresh budgets, a succeeded one is reported again) or ``"fresh"`` (start over
         from ``workdir`` as a new run; the old one stays in S3).
