@@ -19,6 +19,7 @@ SINGLE = (0.3, 0.7)  # a lone point: far enough in that a start-over is measurab
 # before it can finish, whatever its length, and one that saves on SIGTERM exits long before.
 LEFT_SHARE = 0.5
 FLOOR_SECONDS = 3.0
+MIN_STEP_SHARE = 0.03  # with progress targets, each session does at least this share of the steps
 
 
 def plan_points(seed: int, count: int, work_seconds: float) -> list[float]:
@@ -67,3 +68,21 @@ def allowed_after_sigterm(work_left: float, most: float) -> float:
     """Seconds the command gets after SIGTERM when about ``work_left`` seconds of work remain; ``most``
     is what the user's notice window leaves after the sync reserve."""
     return min(most, max(FLOOR_SECONDS, LEFT_SHARE * work_left))
+
+
+def progress_span(reference: object) -> tuple[float, float] | None:
+    """The reference's first and last progress numbers, when it printed enough of them to aim at."""
+    values = list(getattr(reference, "progress_values", []) or [])
+    if len(values) < 4 or max(values) <= values[0]:
+        return None
+    return values[0], max(values)
+
+
+def progress_target(fraction: float, span: tuple[float, float], reached: float | None) -> float:
+    """The progress number at which to post a notice: ``fraction`` of the way through the reference's
+    progress, past what the previous sessions reached, and short of the end."""
+    first, last = span
+    target = round(first + fraction * (last - first))
+    if reached is not None:
+        target = max(target, reached + max(1, round(MIN_STEP_SHARE * (last - first))))
+    return float(min(max(target, first + 1), last - 1))

@@ -24,6 +24,7 @@ class SessionRecord:
     label: str
     session: int | None = None
     planned_offset: float | None = None
+    planned_step: float | None = None  # the progress number at which its notice was to be posted
     notice_posted_at: float | None = None
     agent_exit: int | None = None
     agent_ended_at: float | None = None

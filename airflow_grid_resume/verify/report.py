@@ -51,6 +51,8 @@ def describe(record: SessionRecord) -> str:
         return f"the command never started (agent exit {record.agent_exit}): {reason}"
     if record.interrupted:
         planned = f" (planned {record.planned_offset:.2f} s)" if record.planned_offset is not None else ""
+        if record.planned_step is not None:
+            planned = f" (notice planned at step {_n(record.planned_step)})"
         parts.append(f"SIGTERM {_s(record.ran_before_sigterm)} in{planned}")
         allowed = f" ({_s(record.grace_seconds)} allowed)" if record.grace_seconds is not None else ""
         if record.killed:
@@ -68,10 +70,15 @@ def describe(record: SessionRecord) -> str:
                 f"succeeded in {_s(record.duration)}: it finished before the agent saw the notice posted "
                 f"{posted:.2f} s in, so it was not interrupted"
             )
-        elif record.planned_offset is not None:
+        elif record.planned_offset is not None or record.planned_step is not None:
+            point = (
+                f"step {_n(record.planned_step)}"
+                if record.planned_step is not None
+                else f"{(record.planned_offset or 0.0):.2f} s"
+            )
             parts.append(
-                f"succeeded in {_s(record.duration)}: it finished before its interruption point "
-                f"({record.planned_offset:.2f} s), so it was not interrupted"
+                f"succeeded in {_s(record.duration)}: it finished before its interruption point ({point}), "
+                "so it was not interrupted"
             )
         else:
             parts.append(f"succeeded in {_s(record.duration)}")

@@ -41,6 +41,8 @@ from airflow_grid_resume.verify.chaos import (
     allowed_after_sigterm,
     next_offset,
     plan_points,
+    progress_span,
+    progress_target,
     startup_seconds,
 )
 from airflow_grid_resume.verify.churn import ChurnReport, analyse, snapshot
@@ -168,12 +170,20 @@ class Verifier:
         result.points = plan_points(cfg.seed, cfg.interruptions, work)
         # A resumed session that neither ends nor is stopped hangs: it gets three times the reference.
         limit = max(5.0, 3 * reference.duration) + cfg.allowed_seconds + cfg.sync_reserve + 5
-        session, done = 0, 0.0
+        steps = progress_span(reference)
+        session, done, reached = 0, 0.0, None
         for point in result.points:
             session += 1
             offset = next_offset(point, done, result.startup, MIN_WORK_SHARE * work, work, IMDS_POLL)
-            allowed = cfg.allowed_for(work - done - max(0.0, offset - result.startup))
-            self.say(f"session {session}: notice {offset:.2f} s after the command starts, {allowed:.1f} s to exit...")
+            target = None
+            if steps is not None:  # the script prints progress: interrupt at a step, immune to the machine's speed
+                target = progress_target(point / work, steps, reached)
+                left = work * max(0.0, steps[1] - target) / max(1.0, steps[1] - steps[0])
+                allowed = cfg.allowed_for(left)
+                self.say(f"session {session}: notice at step {target:g}, {allowed:.1f} s to exit...")
+            else:
+                allowed = cfg.allowed_for(work - done - max(0.0, offset - result.startup))
+                self.say(f"session {session}: notice {offset:.2f} s after the command starts, {allowed:.1f} s to exit")
             record = self._session(
                 f"session {session}",
                 chain_uri,
@@ -183,7 +193,10 @@ class Verifier:
                 limit,
                 allowed + cfg.sync_reserve,
                 result.startup,
+                target,
             )
+            if record.progress:
+                reached = max(record.progress_values + ([reached] if reached is not None else []))
             result.chain.append(record)
             self.say(f"session {session}: {record.status}")
             if record.ran_before_sigterm is not None:
@@ -217,9 +230,10 @@ class Verifier:
         timeout: float,
         notice_in: float | None = None,
         startup: float = 0.0,
+        target: float | None = None,
     ) -> SessionRecord:
         cfg = self.config
-        record = SessionRecord(label, planned_offset=offset)
+        record = SessionRecord(label, planned_offset=None if target is not None else offset, planned_step=target)
         base = os.path.join(self.root, "probe", re.sub(r"\W+", "-", label))
         workdir = self.instance  # a new instance: the same path, nothing in it
         shutil.rmtree(workdir, ignore_errors=True)
@@ -236,7 +250,10 @@ class Verifier:
                         if start and offset is not None:
                             notice = cfg.notice_seconds if notice_in is None else notice_in
                             when = float(start["started_at"]) + offset
-                            if startup > 0:
+                            if target is not None:
+                                _wait_for(lambda: collector.reached(target), agent, deadline)
+                                when = time.time()
+                            elif startup > 0:
                                 # Counted from this session's first output line: a start slower than the
                                 # reference's must not move the SIGTERM before the script's handler exists.
                                 first = _wait_for(lambda: collector.first_output_at, agent, deadline)
@@ -414,6 +431,11 @@ class _Collector:
             if self.echo:
                 self.echo(f"  [{self.label}] {line}")
 
+    def reached(self, target: float) -> bool:
+        """Whether the command has reported progress ``target`` or more."""
+        with self.lock:
+            return any(value >= target for _, value in self.progress[-50:])
+
     def close(self, record: SessionRecord) -> None:
         """Wait for the pipes to drain (the agent has exited or is being stopped), then fill ``record``."""
         for thread in self.threads:
@@ -435,7 +457,7 @@ def _agent_dies_with_verify() -> None:
 def _wait_for(read: Callable[[], Any], proc: subprocess.Popen, deadline: float) -> Any:
     while time.monotonic() < deadline:
         found = read()
-        if found is not None or proc.poll() is not None:
+        if found or proc.poll() is not None:
             return found or read()
         time.sleep(POLL)
     return None
