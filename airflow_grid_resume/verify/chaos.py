@@ -15,7 +15,7 @@ EARLY = (0.05, 0.2)  # the first point of several: early, where a first slow che
 LATER = (0.3, 0.9)  # the others: one in each equal slice of this range, so they never bunch up
 SINGLE = (0.3, 0.7)  # a lone point: far enough in that a start-over is measurable
 # After SIGTERM an interrupted session's command gets half the reference's work still left, at least
-# FLOOR_SECONDS and at most what the notice allows: a script that ignores SIGTERM is then killed
+# FLOOR_SECONDS (and its start-up time) and at most what the notice allows: a script that ignores SIGTERM is then killed
 # before it can finish, whatever its length, and one that saves on SIGTERM exits long before.
 LEFT_SHARE = 0.5
 FLOOR_SECONDS = 3.0
@@ -64,10 +64,12 @@ def startup_seconds(first_output_after: float | None, duration: float) -> float:
     return first_output_after
 
 
-def allowed_after_sigterm(work_left: float, most: float) -> float:
+def allowed_after_sigterm(work_left: float, most: float, startup: float = 0.0) -> float:
     """Seconds the command gets after SIGTERM when about ``work_left`` seconds of work remain; ``most``
-    is what the user's notice window leaves after the sync reserve."""
-    return min(most, max(FLOOR_SECONDS, LEFT_SHARE * work_left))
+    is what the user's notice window leaves after the sync reserve. Never less than the script's own
+    start-up: what took that long to set up (torch, a trainer, data-loader workers) takes a while to
+    save and tear down too, more so on a loaded machine."""
+    return min(most, max(FLOOR_SECONDS, startup, LEFT_SHARE * work_left))
 
 
 def progress_span(reference: object) -> tuple[float, float] | None:

@@ -16,7 +16,7 @@ def render(result: VerifyResult, verdict: Verdict) -> str:
         f"grid-resume verify: {shlex.join(cfg.command)}",
         f"  seed {cfg.seed} (rerun with --seed {cfg.seed}), {_plural(cfg.interruptions, 'interruption')} planned, "
         f"{cfg.notice_seconds:g} s notice (after SIGTERM a command gets half the work left, at least "
-        f"{FLOOR_SECONDS:g} s and at most {cfg.allowed_seconds:.1f} s)",
+        f"{FLOOR_SECONDS:g} s and its start-up, at most {cfg.allowed_seconds:.1f} s)",
         f"  workdir snapshot: {result.snapshot}",
     ]
     if result.points:

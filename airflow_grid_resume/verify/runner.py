@@ -90,9 +90,9 @@ class VerifyConfig:
         """At most how long the agent lets the command run after SIGTERM (the notice time has 1 s resolution)."""
         return max(self.min_grace, self.notice_seconds - self.sync_reserve)
 
-    def allowed_for(self, work_left: float) -> float:
+    def allowed_for(self, work_left: float, startup: float = 0.0) -> float:
         """The time after SIGTERM a session gets when about ``work_left`` seconds of work remain."""
-        return allowed_after_sigterm(work_left, self.allowed_seconds)
+        return allowed_after_sigterm(work_left, self.allowed_seconds, startup)
 
     @property
     def agent_min_grace(self) -> float:
@@ -179,10 +179,10 @@ class Verifier:
             if steps is not None:  # the script prints progress: interrupt at a step, immune to the machine's speed
                 target = progress_target(point / work, steps, reached)
                 left = work * max(0.0, steps[1] - target) / max(1.0, steps[1] - steps[0])
-                allowed = cfg.allowed_for(left)
+                allowed = cfg.allowed_for(left, result.startup)
                 self.say(f"session {session}: notice at step {target:g}, {allowed:.1f} s to exit...")
             else:
-                allowed = cfg.allowed_for(work - done - max(0.0, offset - result.startup))
+                allowed = cfg.allowed_for(work - done - max(0.0, offset - result.startup), result.startup)
                 self.say(f"session {session}: notice {offset:.2f} s after the command starts, {allowed:.1f} s to exit")
             record = self._session(
                 f"session {session}",

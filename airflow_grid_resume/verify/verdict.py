@@ -208,7 +208,8 @@ def check_sigterm(chain: Sequence[SessionRecord], window: Window, reference: Ses
             "sigterm",
             FAIL,
             f"ignores SIGTERM: still running {grace:.1f} s after it, so the agent killed it (verify allows half "
-            f"the work left, at least {FLOOR_SECONDS:g} s, at most what a {window.notice_seconds:g} s notice leaves)",
+            f"the work left, at least {FLOOR_SECONDS:g} s and its start-up, at most what a {window.notice_seconds:g} s "
+            "notice leaves)",
             tuple(
                 f"{r.label}: SIGTERM {_s(r.ran_before_sigterm)} in, still running {_s(r.grace_seconds)} later: killed"
                 for r in killed
