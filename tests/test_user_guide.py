@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,11 +39,14 @@ def example(heading: str) -> str:
 
 @pytest.mark.timeout(900)  # three torch processes start per example: slow on a loaded 2-core machine
 @pytest.mark.parametrize("heading", list(EXAMPLES))
-def test_the_guides_example_is_resumable(heading: str, tmp_path: Path) -> None:
+def test_the_guides_example_is_resumable(heading: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     sizes, outputs = EXAMPLES[heading]
-    workdir, scratch = tmp_path / "project", tmp_path / "scratch"
+    workdir = tmp_path / "project"
     workdir.mkdir()
-    scratch.mkdir()
+    # A short TMPDIR of its own: the command gets it back from verify's probe, and multiprocessing's sockets under
+    # pytest's deep tmp_path would exceed AF_UNIX's path limit.
+    scratch = Path(tempfile.mkdtemp(prefix="guide-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
     (workdir / "train.py").write_text(example(heading))
     # One thread: on a shared 2-core machine torch's thread pool spins; every session uses the same, so the
     # bit-exact comparison holds.

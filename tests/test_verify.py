@@ -29,6 +29,7 @@ from airflow_grid_resume.verify.chaos import (
 from airflow_grid_resume.verify.churn import analyse, snapshot, suggest_excludes
 from airflow_grid_resume.verify.cli import judge
 from airflow_grid_resume.verify.outputs import diff_outputs, file_hashes
+from airflow_grid_resume.verify.probe import USER_TMPDIR, command_env
 from airflow_grid_resume.verify.records import SessionRecord, progress_reader
 from airflow_grid_resume.verify.report import render
 from airflow_grid_resume.verify.runner import Verifier, VerifyConfig
@@ -63,6 +64,13 @@ def test_points_are_reproducible_early_first_and_inside_the_work() -> None:
         assert all(b > a for a, b in pairwise(points))
     assert 3.0 <= plan_points(1, 1, 10.0)[0] <= 7.0
     assert plan_points(1, 0, 10.0) == [] and plan_points(1, 3, 0.0) == []
+
+
+def test_the_command_gets_the_users_tmpdir_back() -> None:
+    agent_env = {"TMPDIR": "/tmp/grid-resume-verify-x/tmp", USER_TMPDIR: "/home/me/tmp", "PATH": "/bin"}
+    assert command_env(agent_env) == {"TMPDIR": "/home/me/tmp", "PATH": "/bin"}
+    assert command_env({"TMPDIR": "/tmp/grid-resume-verify-x/tmp", USER_TMPDIR: ""}) == {}  # none was set
+    assert command_env({"TMPDIR": "/x"}) == {"TMPDIR": "/x"}  # not under verify: unchanged
 
 
 def test_progress_targets_move_forward_and_stay_inside_the_run() -> None:

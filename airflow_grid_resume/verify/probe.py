@@ -24,6 +24,19 @@ import time
 from collections.abc import Sequence
 
 PR_SET_PDEATHSIG = 1
+USER_TMPDIR = "GRID_RESUME_VERIFY_TMPDIR"  # the TMPDIR verify was started with, for the command
+
+
+def command_env(env: dict[str, str]) -> dict[str, str]:
+    """The command's environment: the agent's, with the user's own TMPDIR instead of verify's."""
+    env = dict(env)
+    if USER_TMPDIR in env:
+        user = env.pop(USER_TMPDIR)
+        if user:
+            env["TMPDIR"] = user
+        else:
+            env.pop("TMPDIR", None)
+    return env
 
 
 def end_group_with_parent() -> None:
@@ -88,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "manifest": env.get("GRID_RESUME_MANIFEST"),
     }
     try:
-        child = subprocess.Popen(command)
+        child = subprocess.Popen(command, env=command_env(dict(os.environ)))
     except (FileNotFoundError, PermissionError) as exc:
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         print(f"cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)

@@ -47,7 +47,7 @@ from airflow_grid_resume.verify.chaos import (
 )
 from airflow_grid_resume.verify.churn import ChurnReport, analyse, snapshot
 from airflow_grid_resume.verify.outputs import OutputDiff, diff_outputs, file_hashes
-from airflow_grid_resume.verify.probe import read_record
+from airflow_grid_resume.verify.probe import USER_TMPDIR, read_record
 from airflow_grid_resume.verify.records import SessionRecord, progress_reader
 
 AGENT_PREFIX = "[grid-resume]"
@@ -377,8 +377,10 @@ class Verifier:
                 "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_DEFAULT_REGION": "us-east-1",
                 "AWS_EC2_METADATA_DISABLED": "true",
-                # A killed agent cannot remove its state dir: keep it under ours.
+                # A killed agent cannot remove its state dir: keep it under ours. The probe gives the command
+                # the user's own TMPDIR back (a deep one breaks multiprocessing's sockets: AF_UNIX path too long).
                 "TMPDIR": os.path.join(self.root, "tmp"),
+                USER_TMPDIR: os.environ.get("TMPDIR", ""),
             }
         )
         return env
