@@ -22,8 +22,8 @@ GUIDE = Path(__file__).parent.parent / "docs" / "user-guide.md"
 # heading -> (sizes, the final outputs verify compares)
 EXAMPLES = {
     "Plain Python": ({"STEPS": "1500000"}, ["result.json"]),
-    "PyTorch": ({"STEPS": "100", "SAMPLES": "6400", "WORKERS": "1"}, ["model-final.pt"]),
-    "PyTorch Lightning": ({"STEPS": "100", "SAMPLES": "6400", "WORKERS": "0"}, ["model-final.ckpt"]),
+    "PyTorch": ({"STEPS": "300", "SAMPLES": "12800", "WORKERS": "1"}, ["model-final.pt"]),
+    "PyTorch Lightning": ({"STEPS": "300", "SAMPLES": "12800", "WORKERS": "0"}, ["model-final.ckpt"]),
 }
 
 

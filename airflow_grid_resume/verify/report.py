@@ -22,8 +22,8 @@ def render(result: VerifyResult, verdict: Verdict) -> str:
     if result.points:
         points = ", ".join(f"{p:.2f}" for p in result.points)
         lines.append(
-            f"  interruption points: {points} s of work (start-up {result.startup:.2f} s, the time to the "
-            "reference's first output line)"
+            f"  interruption points: {points} s of work (start-up {result.startup:.2f} s: the time to the "
+            "reference's first progress line, less one step, or else to its first output line)"
         )
     if result.kept_dir:
         lines.append(f"  kept: {result.kept_dir}")

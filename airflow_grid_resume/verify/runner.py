@@ -165,12 +165,18 @@ class Verifier:
         self.say(f"reference: {reference.status} in {_secs(reference.duration)}")
         if reference.status != "succeeded" or reference.duration is None:
             return result
-        result.startup = startup_seconds(reference.first_output_after, reference.duration)
-        work = reference.duration - result.startup
+        steps = progress_span(reference)
+        if steps is not None and reference.started_at is not None:
+            # Progress lines say when the work starts: the first one, less the step it reports.
+            first_at, ref_last_at = reference.progress[0][0], reference.progress[-1][0]
+            step = (ref_last_at - first_at) / max(1.0, steps[1] - steps[0])
+            result.startup = max(0.0, min(first_at - reference.started_at - step, reference.duration))
+        else:
+            result.startup = startup_seconds(reference.first_output_after, reference.duration)
+        work = max(0.01, reference.duration - result.startup)
         result.points = plan_points(cfg.seed, cfg.interruptions, work)
         # A resumed session that neither ends nor is stopped hangs: it gets three times the reference.
         limit = max(5.0, 3 * reference.duration) + cfg.allowed_seconds + cfg.sync_reserve + 5
-        steps = progress_span(reference)
         session, done, reached = 0, 0.0, None
         for point in result.points:
             session += 1
