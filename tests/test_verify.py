@@ -204,6 +204,16 @@ def test_went_on_to_the_end_after_sigterm_fails_by_progress() -> None:
     assert "went on to step 30, the end of the run, after SIGTERM (progress at SIGTERM: 8)" in check.summary
 
 
+def test_a_sigterm_after_the_last_step_is_not_held_against_the_script() -> None:
+    reference, chain = _good()
+    chain[1].progress, chain[1].returncode = _steps(20, 6, 30), 143  # done at 22.5 s; SIGTERM at 23 s, exiting
+    chain[1].sigterm_at, chain[1].exited_at = 23.0, 23.05
+    check = decide(reference, chain, **_kwargs()).check("sigterm")
+    assert check is not None and check.status == PASS and "while it was exiting" in " ".join(check.details)
+    chain[1].progress = _steps(20, 6, 18)  # not done: dying of SIGTERM is a failure
+    assert decide(reference, chain, **_kwargs()).check("sigterm").status == FAIL
+
+
 def test_the_step_under_way_may_finish_after_sigterm() -> None:
     reference, chain = _good()
     chain[0].progress = _steps(10, 1, 6)  # step 6 completes 0.1 s after the SIGTERM, then it saves and exits

@@ -195,13 +195,23 @@ def kept_working(record: SessionRecord, reference: SessionRecord | None = None) 
     return None
 
 
+def finished_before_sigterm(record: SessionRecord, reference: SessionRecord | None) -> bool:
+    """Its progress had reached the reference's last step before the SIGTERM came: it was done."""
+    if reference is None or not reference.progress or record.sigterm_at is None:
+        return False
+    before = record.progress_by(record.sigterm_at)
+    return before is not None and before >= max(reference.progress_values)
+
+
 def check_sigterm(chain: Sequence[SessionRecord], window: Window, reference: SessionRecord | None = None) -> Check:
     interrupted = [r for r in chain if r.interrupted]
     allowed = window.allowed_seconds
     killed = [r for r in interrupted if r.killed]
     ignored = [(r, why) for r in interrupted if (why := kept_working(r, reference))]
-    died = [r for r in interrupted if not r.killed and r.returncode == 143]
-    other = [r for r in interrupted if not r.killed and r.returncode not in (0, 143)]
+    # A SIGTERM that lands while the interpreter exits after the last step cannot reach a handler any more.
+    done_first = [r for r in interrupted if finished_before_sigterm(r, reference)]
+    died = [r for r in interrupted if not r.killed and r.returncode == 143 and r not in done_first]
+    other = [r for r in interrupted if not r.killed and r.returncode not in (0, 143) and r not in done_first]
     if killed:
         grace = killed[0].grace_seconds or allowed
         return Check(
@@ -258,7 +268,9 @@ def check_sigterm(chain: Sequence[SessionRecord], window: Window, reference: Ses
     worst = slowest.exit_latency if slowest is not None and slowest.exit_latency is not None else 0.0
     worst_allowed = (slowest.grace_seconds if slowest is not None else None) or allowed
     details = tuple(
-        f"{r.label}: exit 0 {_s(r.exit_latency)} after SIGTERM (allowed {_s(r.grace_seconds or allowed)})"
+        f"{r.label}: SIGTERM after its last step, while it was exiting (exit {r.returncode}): not a test of it"
+        if r in done_first
+        else f"{r.label}: exit 0 {_s(r.exit_latency)} after SIGTERM (allowed {_s(r.grace_seconds or allowed)})"
         for r in interrupted
     )
     where = f"it was allowed {worst_allowed:.1f} s"
