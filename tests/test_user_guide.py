@@ -23,7 +23,7 @@ GUIDE = Path(__file__).parent.parent / "docs" / "user-guide.md"
 EXAMPLES = {
     "Plain Python": ({"STEPS": "1500000"}, ["result.json"]),
     "PyTorch": ({"STEPS": "300", "SAMPLES": "12800", "WORKERS": "1"}, ["model-final.pt"]),
-    "PyTorch Lightning": ({"STEPS": "300", "SAMPLES": "12800", "WORKERS": "0"}, ["model-final.ckpt"]),
+    "PyTorch Lightning": ({"STEPS": "300", "SAMPLES": "12800", "WORKERS": "0"}, ["model-final.pt"]),
 }
 
 
