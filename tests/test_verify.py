@@ -231,6 +231,10 @@ def test_went_on_working_after_sigterm_fails_by_time_without_progress() -> None:
     assert check is not None and check.status == FAIL and "went on working until it finished" in check.summary
     chain[0].exited_at = 10.65  # a prompt exit instead
     assert decide(reference, chain, **_kwargs()).check("sigterm").status == PASS
+    chain[0].exited_at, chain[2].exited_at = 10.6 + 1.0, 30.3  # exited sooner, but left nothing to the next one
+    chain[1].sigterm_at = None  # (a chain with one interruption)
+    check = decide(reference, [chain[0], chain[2]], **_kwargs()).check("sigterm")
+    assert check is not None and check.status == FAIL and "the next session had only" in check.summary
 
 
 def test_too_short_to_tell_an_ignorer_is_inconclusive() -> None:

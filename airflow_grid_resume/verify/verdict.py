@@ -41,6 +41,7 @@ LATENCY_WARN_ABOVE = 0.5
 STEPS_AFTER_SIGTERM = 1
 KEPT_WORKING_SHARE = 0.8
 KEPT_WORKING_MIN_LEFT = 0.5
+NEXT_WORK_SHARE = 0.25  # ... or the next session had less than this share of that work to do
 # Output lines reach verify up to this late (the agent's output tail polls every 50 ms).
 LINE_DELAY = 0.25
 # Errors that say a file ended too soon: what loading a checkpoint cut mid-write looks like.
@@ -153,7 +154,7 @@ def decide(
         return Verdict([check], EXIT_INCONCLUSIVE, "INCONCLUSIVE: nothing was interrupted")
     finished = bool(chain) and chain[-1].status == "succeeded"
     checks = [
-        check_sigterm(chain, window, reference),
+        check_sigterm(chain, window, reference, startup),
         check_resume(reference, chain, startup),
         check_outputs(outputs, output_globs, finished),
         check_sync(churn, large_bytes),
@@ -167,12 +168,18 @@ def decide(
     return Verdict(checks, EXIT_RESUMABLE, "RESUMABLE" + (f", with warnings ({', '.join(warned)})" if warned else ""))
 
 
-def kept_working(record: SessionRecord, reference: SessionRecord | None = None) -> str | None:
+def kept_working(
+    record: SessionRecord,
+    reference: SessionRecord | None = None,
+    following: SessionRecord | None = None,
+    startup: float = 0.0,
+) -> str | None:
     """Why an interrupted session that exited 0 looks like it ignored SIGTERM and simply finished, or None.
 
     By progress when the session printed any: more than the step under way done after the SIGTERM, up to the
     reference's last step. Otherwise by time: it exited only when about all the work left at the SIGTERM
-    would have been done (and enough was left to tell that from the time a save and exit take)."""
+    would have been done, or the next session found next to nothing left to do (and enough was left to tell
+    that from the time a save and exit take)."""
     if not record.interrupted or record.killed or record.returncode != 0 or record.sigterm_at is None:
         return None
     if record.progress:
@@ -192,6 +199,13 @@ def kept_working(record: SessionRecord, reference: SessionRecord | None = None) 
             f"exited {latency:.2f} s after SIGTERM, when about {left:.2f} s of work were left: it went on working "
             "until it finished"
         )
+    if following is not None and following.status == "succeeded" and following.duration is not None:
+        next_work = following.duration - startup
+        if next_work < NEXT_WORK_SHARE * left:
+            return (
+                f"exited {latency:.2f} s after SIGTERM, when about {left:.2f} s of work were left, and the next "
+                f"session had only {max(next_work, 0.0):.2f} s of work to do: it went on working until it finished"
+            )
     return None
 
 
@@ -203,11 +217,18 @@ def finished_before_sigterm(record: SessionRecord, reference: SessionRecord | No
     return before is not None and before >= max(reference.progress_values)
 
 
-def check_sigterm(chain: Sequence[SessionRecord], window: Window, reference: SessionRecord | None = None) -> Check:
+def check_sigterm(
+    chain: Sequence[SessionRecord], window: Window, reference: SessionRecord | None = None, startup: float = 0.0
+) -> Check:
     interrupted = [r for r in chain if r.interrupted]
     allowed = window.allowed_seconds
     killed = [r for r in interrupted if r.killed]
-    ignored = [(r, why) for r in interrupted if (why := kept_working(r, reference))]
+    nexts = [chain[i + 1] if i + 1 < len(chain) else None for i in range(len(chain))]
+    ignored = [
+        (r, why)
+        for r, following in zip(chain, nexts, strict=True)
+        if r.interrupted and (why := kept_working(r, reference, following, startup))
+    ]
     # A SIGTERM that lands while the interpreter exits after the last step cannot reach a handler any more.
     done_first = [r for r in interrupted if finished_before_sigterm(r, reference)]
     died = [r for r in interrupted if not r.killed and r.returncode == 143 and r not in done_first]
