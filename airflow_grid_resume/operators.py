@@ -588,9 +588,10 @@ class GridRunOperator(BaseOperator):
                 ledger,
                 session,
                 f"script failure budget exhausted: {failures} failures > retries={self.failure_retries}. "
-                f"Session {session}: {outcome.get('reason')}\n{tail}",
+                f"Session {session}: {outcome.get('reason')}. {outcome.get('hint') or ''}\n{tail}",
             )
-        raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}\n{tail}")
+        hint = f" {outcome['hint']}" if outcome.get("hint") else ""  # the agent's own failure, e.g. a full disk
+        raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}.{hint}\n{tail}")
 
     def _alert_as_interruption(self) -> None:
         """An interruption is routine on spot: this try's retry runs ``on_interruption_callback``
