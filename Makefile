@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,demo]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,demo,examples]'
 	touch $(STAMP)
 
 # Debian packages the tests need (scripts/system-packages.txt).

@@ -77,7 +77,61 @@ def generation_uri(base_uri: str, generation: int) -> str:
 
 
 class GridRunOperator(BaseOperator):
-    """Run ``command`` in ``workdir`` on EC2 spot capacity, resuming after interruptions."""
+    """Run ``command`` in ``workdir`` on EC2 spot capacity, resuming after interruptions.
+
+    One Airflow try is one spot session; the task's own ``retries`` is the budget for failures of the script,
+    ``max_interruptions`` the budget for interruptions and lost instances (docs/operator.md).
+
+    .. seealso::
+        For more information on how to use this operator, take a look at the guide: docs/user-guide.md
+
+    :param command: the training command, the same in every session: a string run as ``bash -c COMMAND`` or a
+        list run as argv. (templated)
+    :param artifacts_uri: ``s3://bucket/prefix/`` under which each task instance's run ledger lives
+        (``<prefix>/<dag_id>/<task_id>/<run_id>[/<map_index>]``). (templated)
+    :param instance_types: instance types to try, in order of preference, each in every subnet.
+    :param image_id: the AMI (``ami-...``) the instances boot; it needs python3 and boto3 for the agent.
+    :param subnet_ids: subnets to launch in, one per availability zone accepted.
+    :param workdir: a directory on the Airflow worker, uploaded at the run's first try as the execution
+        directory's first content; None: the command starts in an empty directory. (templated)
+    :param security_group_ids: security groups of the instances (none: the VPC's default group).
+    :param iam_instance_profile: the instance profile's name or ARN; the instance needs it to reach the bucket.
+    :param root_volume_gb: size in GiB of the root volume (gp3), mapped on the AMI's own root device.
+    :param key_name: an EC2 key pair, for SSH while debugging.
+    :param instance_tags: extra tags on the instances and their volumes (``aws:`` and ``grid-resume:`` are
+        reserved).
+    :param use_spot: False runs every session on-demand.
+    :param auto_resume: False fails the task on an interruption instead of resuming.
+    :param max_interruptions: how many sessions may end by an interruption or a lost instance before the task
+        fails; added to the task's ``retries``, which stays the budget for script failures.
+    :param capacity_wait: how long one session waits for capacity before the task fails (timedelta or seconds).
+    :param max_run: wall-clock limit of the whole run from its first try, waits included (timedelta or seconds);
+        past it the instance is terminated and the task fails without retry.
+    :param fallback: when to launch a session on-demand instead: ``{"after_capacity_failures": N,
+        "after_interruptions": K, "after_wait_seconds": S}``, each optional.
+    :param agent_args: extra options for the agent on the instance (docs/agent.md), e.g.
+        ``["--sync-interval", "120"]``.
+    :param aws_conn_id: the Airflow AWS connection; None uses boto3's default credential chain.
+    :param region_name: the AWS region; also exported to the instance as ``AWS_DEFAULT_REGION``.
+    :param poll_interval: seconds between the trigger's reads of the run's output and outcome.
+    :param instance_check_interval: seconds between checks that the instance still exists.
+    :param heartbeat_timeout: seconds an agent may be silent before its session is declared lost.
+    :param boot_timeout: seconds from launch to the first heartbeat before the session is declared lost.
+    :param capacity_backoff: first and longest wait between capacity rounds, in seconds (with jitter).
+    :param not_found_grace: seconds an instance DescribeInstances does not list is still taken as existing
+        (EC2's eventual consistency: a just-launched instance can be unknown for a while) before it is gone.
+    :param rerun: what clearing the task does once its run has ended: ``"resume"`` (a failed run resumes from
+        its last checkpoint with fresh budgets, a succeeded one is reported again) or ``"fresh"`` (start over
+        from ``workdir`` as a new run; the old one stays in S3).
+    :param interruption_retry_delay: delay before the try after an interruption (timedelta or seconds); a script
+        failure waits the task's ``retry_delay``.
+    :param on_interruption_callback: a callable, or a list of them, called instead of ``on_retry_callback`` when a
+        try ended by an interruption or a lost instance.
+    :param on_demand_prices: USD per hour by instance type (``{"g5.xlarge": 1.006}``), overriding the built-in
+        us-east-1 Linux table used for the on-demand side of the cost estimate.
+    :param failure_retries: set by ``partial()`` for mapped tasks (the failure budget it split from ``retries``);
+        do not pass it yourself.
+    """
 
     template_fields: Sequence[str] = ("command", "workdir", "artifacts_uri")
     operator_extra_links = (GridInstanceLink(), GridArtifactsLink())
