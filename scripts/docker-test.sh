@@ -124,7 +124,7 @@ if grep -E '0\.0\.0\.0|:::' <<<"$published" | grep -q -- '->'; then
   echo "a port is published beyond 127.0.0.1: $published" >&2
   exit 1
 fi
-"${PYTHON:-.venv/bin/python}" scripts/docker_check.py \
+DOCKER=$docker "${PYTHON:-.venv/bin/python}" scripts/docker_check.py \
   --api "http://127.0.0.1:$GRID_RESUME_UI_PORT" --cloud "http://127.0.0.1:$GRID_RESUME_CLOUD_PORT" \
   --steps "$GRID_DEMO_STEPS" --compose "$compose -p $project -f docker/compose.yaml"
 say "docker-test passed in ${SECONDS} s (images kept for the next run: $image $airflow_standin $postgres_standin $base)"
