@@ -99,8 +99,6 @@ def defer_exit_gaps(home: Path) -> list[float]:
 
 @pytest.mark.timeout(480)
 def test_ha_triggerers_and_a_scheduler_restart_on_postgres(tmp_path: Path) -> None:
-    if shutil.which("runuser") is None:
-        pytest.skip("runuser is needed to run PostgreSQL as its own user")
     home = tmp_path / "airflow"
     (home / "dags").mkdir(parents=True)
     (home / "dags" / "grid_ha.py").write_text(DAG_FILE)
