@@ -88,7 +88,7 @@ build() { # build TAG LOG ARGS...: quiet unless it fails
   local tag=$1 log=$2
   shift 2
   local started=$SECONDS
-  if ! "$docker" build -t "$tag" "$@" >"$work/$log" 2>&1; then
+  if ! "$docker" build --force-rm -t "$tag" "$@" >"$work/$log" 2>&1; then
     tail -40 "$work/$log" >&2
     return 1
   fi
