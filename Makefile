@@ -34,7 +34,8 @@ demo: $(STAMP)
 
 # docker/Dockerfile and docker/compose.yaml for real, with no image registry: stand-ins for the official images from
 # Debian packages, the compose stack up, the demo DAG through an interruption and a triggerer kill, all torn down
-# (about 3 min once the base images are cached, 6-8 min the first time). Starts dockerd if none runs.
+# (a few minutes once the images' layers are cached; the first run builds them: 10-15 min on a busy 2-core machine).
+# Starts dockerd if none runs, and stops it afterwards.
 docker-test: $(STAMP) system-deps
 	scripts/docker-test.sh
 
