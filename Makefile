@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo agent bench clean system-deps chaos
+.PHONY: test lint demo agent bench clean system-deps chaos docker-test
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ agent: $(STAMP)
 # make demo KEEP=1 leaves Airflow running afterwards and prints the UI address.
 demo: $(STAMP)
 	$(VENV)/bin/grid-resume demo $(if $(KEEP),--keep-running,)
+
+# docker/Dockerfile and docker/compose.yaml for real, with no image registry: stand-ins for the official images from
+# Debian packages, the compose stack up, the demo DAG through an interruption and a triggerer kill, all torn down
+# (a few minutes once the images' layers are cached; the first run builds them: 10-15 min on a busy 2-core machine).
+# Starts dockerd if none runs, and stops it afterwards.
+docker-test: $(STAMP) system-deps
+	scripts/docker-test.sh
 
 # Benchmarks compare against the AWS CLI, which pins its own botocore: it gets its own venv.
 AWSCLI_VENV := .venv-awscli

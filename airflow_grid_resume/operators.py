@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -26,7 +25,7 @@ from airflow.sdk.bases.operator import partial as sdk_partial
 from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.agent.bundle import build_zipapp
+from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.errors import UsageError
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.sync import Syncer
@@ -291,10 +290,7 @@ class GridRunOperator(BaseOperator):
             return
         if self.workdir and not os.path.isdir(self.workdir):
             raise AirflowFailException(f"workdir {self.workdir!r} does not exist or is not a directory")
-        with tempfile.TemporaryDirectory(prefix="grid-resume-op-") as tmp:
-            pyz = build_zipapp(os.path.join(tmp, "agent.pyz"))
-            with open(pyz, "rb") as fh:
-                ledger.put(ledger.key(AGENT_KEY), fh.read())
+        ledger.put(ledger.key(AGENT_KEY), agent_zipapp())
         if self.workdir and not ledger.list_manifests():
             result = Syncer(ledger, self.workdir, session=0).sync("snapshot")
             self.log.info("uploaded the workdir snapshot %s: %s", self.workdir, result.summary())

@@ -1,14 +1,18 @@
-"""A real Airflow (scheduler, triggerer, dag-processor, api-server; SQLite, LocalExecutor) in a
-throwaway home, and its REST API: what the demo and the end-to-end test run against."""
+"""A real Airflow (scheduler, triggerer, dag-processor, api-server; LocalExecutor) in a throwaway home, on
+SQLite or on a throwaway PostgreSQL, and its REST API: what the demo and the end-to-end tests run against."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +23,8 @@ from typing import Any
 from airflow_grid_resume.emulator.moto_server import free_port
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# Where Debian puts the server binaries when they are not on PATH.
+POSTGRES_BIN_DIRS = ("/usr/local/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin")
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
@@ -63,11 +69,95 @@ class AirflowApi:
         return str(self.call("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None})["dag_run_id"])
 
 
-class AirflowStack:
-    """Start the four components with their own home and stop every process they started."""
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 for Airflow's metadata database.
 
-    def __init__(self, home: Path, dags_folder: Path, extra_env: dict[str, str]) -> None:
+    The server refuses to run as root: as root, it runs as the ``postgres`` user (runuser). fsync is off:
+    the cluster lives as long as one test.
+    """
+
+    def __init__(self, user: str = "postgres") -> None:
+        self.user = user
+        self.port = 0
+        self.dir: str | None = None
+
+    @staticmethod
+    def _binary(name: str) -> str:
+        found = shutil.which(name) or next(
+            (os.path.join(d, name) for d in POSTGRES_BIN_DIRS if os.access(os.path.join(d, name), os.X_OK)), None
+        )
+        if found is None:
+            raise FileNotFoundError(f"no PostgreSQL {name} on PATH or in {', '.join(POSTGRES_BIN_DIRS)}")
+        return found
+
+    def _as_user(self) -> list[str]:
+        return ["runuser", "-u", self.user, "--"] if os.geteuid() == 0 else []
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> PostgresServer:
+        self.dir = tempfile.mkdtemp(prefix="grid-resume-pg-")
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, self.user, self.user)
+        self.port = free_port()
+        data = os.path.join(self.dir, "data")
+        subprocess.run(
+            [*self._as_user(), self._binary("initdb"), "-D", data, "--auth=trust", "-U", self.user, "--no-sync"],
+            check=True,
+            capture_output=True,
+        )
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c max_connections=300 "
+            "-c fsync=off -c synchronous_commit=off"
+        )
+        log = os.path.join(self.dir, "server.log")
+        subprocess.run(
+            [*self._as_user(), self._binary("pg_ctl"), "-D", data, "-o", options, "-l", log, "-w", "start"],
+            check=True,
+            capture_output=True,
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.dir is None:
+            return
+        data = os.path.join(self.dir, "data")
+        if os.path.exists(os.path.join(data, "postmaster.pid")):
+            subprocess.run(
+                [*self._as_user(), self._binary("pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"],
+                check=False,
+                capture_output=True,
+            )
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class AirflowStack:
+    """Start the components with their own home and stop every process they started.
+
+    ``components`` names the processes: an Airflow command, with ``-N`` to run more than one
+    (``("triggerer-1", "triggerer-2")``); ``database_url`` puts the metadata database elsewhere than
+    SQLite in the home (``PostgresServer.url``).
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        dags_folder: Path,
+        extra_env: dict[str, str],
+        components: tuple[str, ...] = COMPONENTS,
+        database_url: str | None = None,
+    ) -> None:
         self.home = home
+        self.components = components
         self.port = free_port()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
@@ -85,31 +175,52 @@ class AirflowStack:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            **({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url} if database_url else {}),
         }
-        self.procs: list[subprocess.Popen] = []
+        # each triggerer serves its trigger logs on its own port
+        self.log_ports = {name: free_port() for name in components}
+        self.procs: list[subprocess.Popen] = []  # every process ever started, restarts included
+        self.running: dict[str, subprocess.Popen] = {}
         self.api = AirflowApi(f"http://127.0.0.1:{self.port}")
 
     @property
     def url(self) -> str:
         return self.api.base_url
 
-    def start(self, ready_dag: str, timeout: float = 180) -> AirflowStack:
+    def launch(self, name: str) -> subprocess.Popen:
+        """Start component ``name`` (again: its log file is appended to)."""
+        env = {**self.env, "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.log_ports[name])}
+        with open(self.home / f"{name}.log", "ab") as log_file:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "airflow", re.sub(r"-\d+$", "", name)],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs.append(proc)
+        self.running[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal component ``name``'s whole process group (SIGKILL: as a crash or an OOM kill would) and reap it."""
+        proc = self.running.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def start(self, ready_dag: str, timeout: float = 180, only: tuple[str, ...] | None = None) -> AirflowStack:
+        """Migrate the database, start the components (``only`` these, if given: ``launch`` the rest later)."""
         self.home.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [sys.executable, "-m", "airflow", "db", "migrate"], env=self.env, check=True, capture_output=True
         )
-        for component in COMPONENTS:
-            with open(self.home / f"{component}.log", "wb") as log_file:  # the child keeps its own descriptor
-                self.procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "airflow", component],
-                        env=self.env,
-                        stdout=log_file,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
+        for component in only or self.components:
+            self.launch(component)
         wait_for("the api-server", lambda: self.api.call("GET", "/version"), timeout)
         wait_for(f"the DAG {ready_dag} to be parsed", lambda: self.api.call("GET", f"/dags/{ready_dag}"), timeout, 2)
         return self
@@ -117,17 +228,19 @@ class AirflowStack:
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs:
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        self.running.clear()
 
     def log_tails(self, chars: int = 3000) -> str:
         return "".join(
-            f"--- {c}.log\n" + (self.home / f"{c}.log").read_text(errors="replace")[-chars:] for c in COMPONENTS
+            f"--- {c}.log\n" + (self.home / f"{c}.log").read_text(errors="replace")[-chars:] for c in self.components
         )
 
     def __enter__(self) -> AirflowStack:
