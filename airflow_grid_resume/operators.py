@@ -42,6 +42,7 @@ from airflow_grid_resume.triggers.run import RunWatchTrigger
 
 STATE_KEY = "grid_resume"
 FINAL_KEY = "final.json"
+RUN_XCOM = "_grid_resume_run"  # read by the UI plugin (ui/source.py)
 RERUN_CHOICES = ("resume", "fresh")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 
@@ -217,7 +218,7 @@ class GridRunOperator(BaseOperator):
     def _prepare(self, ledger: RunLedger, run_uri: str) -> None:
         """Agent and workdir snapshot once per run (a retry finds them); the spec whenever it changed,
         so a failed run cleared after fixing its command resumes with the fixed one."""
-        spec = {"command": self._argv(), "agent_args": self.agent_args, "run_uri": run_uri}
+        spec = {"command": self._argv(), "agent_args": self.agent_args, "run_uri": run_uri, "budgets": self._budgets()}
         stored = ledger.get_json(ledger.key(SPEC_KEY))
         if stored is not None:
             if {k: stored.get(k) for k in spec} != spec:
@@ -234,6 +235,10 @@ class GridRunOperator(BaseOperator):
             result = Syncer(ledger, self.workdir, session=0).sync("snapshot")
             self.log.info("uploaded the workdir snapshot %s: %s", self.workdir, result.summary())
         ledger.put_json(ledger.key(SPEC_KEY), spec)
+
+    def _budgets(self) -> dict[str, int]:
+        """The limits the run view shows its budgets against."""
+        return {"max_interruptions": self.max_interruptions, "failure_retries": self.failure_retries}
 
     @staticmethod
     def _history(ledger: RunLedger, before: int) -> tuple[int, int]:
@@ -292,6 +297,10 @@ class GridRunOperator(BaseOperator):
             aws_partition="aws",
             bucket=loc.bucket,
             prefix=loc.prefix,
+        )
+        # Where the UI plugin reads this run's ledger, and through which connection (never credentials).
+        context["ti"].xcom_push(
+            key=RUN_XCOM, value={"run_uri": run_uri, "aws_conn_id": self.aws_conn_id, "region_name": self.region_name}
         )
         store = context.get("task_state_store")
         state = (store.get(STATE_KEY) if store else None) or {}
