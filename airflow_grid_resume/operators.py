@@ -36,7 +36,7 @@ from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, Ses
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY, render_user_data
 from airflow_grid_resume.spot.launch import CAPACITY, FATAL, SPOT, FallbackPolicy, LaunchSpec, explain_fatal, make_pairs
 from airflow_grid_resume.spot.prices import on_demand_price
-from airflow_grid_resume.summary import INTERRUPTED, read_records, session_status, summarize
+from airflow_grid_resume.summary import INTERRUPTED, read_records, session_status, summarize, summary_lines
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger, describe_launch, launched_event
 from airflow_grid_resume.triggers.run import RunWatchTrigger
 
@@ -267,6 +267,7 @@ class GridRunOperator(BaseOperator):
 
     def _fail(self, ledger: RunLedger, session: int, message: str) -> AirflowFailException:
         self._end_run(ledger, session, "failed", message.splitlines()[0])
+        self._summary(ledger, {"status": "failed"})  # the last try's log ends with the run's story
         return AirflowFailException(message)
 
     # -- the lifecycle -------------------------------------------------------------------------------
@@ -523,8 +524,14 @@ class GridRunOperator(BaseOperator):
                     f"{self.max_interruptions} (session {session} was {what})",
                 )
             self._alert_as_interruption()
+            how = (
+                "ended by a spot notice" if status == "interrupted" else f"lost without notice ({event.get('reason')})"
+            )
+            manifest = (event.get("outcome") or {}).get("manifest") or next(iter(ledger.list_manifests()), None)
+            name = getattr(manifest, "name", manifest)
+            resume = f"checkpoint {name} in {ledger.location}" if name else "the start (no checkpoint yet)"
             raise SessionInterrupted(
-                f"session {session} was {what}: the next try resumes from the last checkpoint "
+                f"spot interruption: session {session} {how}; the next try resumes from {resume} "
                 f"({interruptions} of {self.max_interruptions} interruptions used)"
             )
         outcome = event.get("outcome") or {"reason": event.get("reason")}
@@ -546,12 +553,17 @@ class GridRunOperator(BaseOperator):
         self.email_on_retry = False
 
     def _summary(self, ledger: RunLedger, event: dict) -> dict:
-        summary = summarize(read_records(ledger), final_outcome=event.get("status"))
+        records = read_records(ledger)
+        summary = summarize(records, final_outcome=event.get("status"))
         last = (event.get("outcome") or {}).get("manifest")
         if last is None:  # reported without this session's outcome: the newest committed checkpoint
             newest_first = ledger.list_manifests()
             last = newest_first[0].name if newest_first else None
-        return {"run_uri": str(ledger.location), **summary, "last_manifest": last}
+        summary = {"run_uri": str(ledger.location), **summary, "last_manifest": last}
+        closed = {r["session"]: r["closed"] for r in records}
+        for line in summary_lines(summary, run_uri=str(ledger.location), closed=closed):
+            self.log.info("%s", line)
+        return summary
 
     def on_kill(self) -> None:
         """Killed while on a worker (between launch and defer): never leave the instance running.
