@@ -47,7 +47,7 @@ def cloud_env(cloud: LocalSpotCloud, monkeypatch: pytest.MonkeyPatch) -> dict[st
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     cloud.set_capacity("*", "*", available=True, market="all")
-    cloud.set_throttle(enabled=True)
+    cloud.reset_faults()
     return cloud.aws_env()
 
 
