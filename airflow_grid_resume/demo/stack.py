@@ -158,6 +158,7 @@ class AirflowStack:
                         + (["--skip-serve-logs"] if component in ("scheduler", "triggerer") else [])
                         + (["--port", str(self.log_port)] if component == LOG_SERVER else []),
                         env=self.env,
+                        cwd=self.home,  # not a source checkout: its *.egg-info would list the plugin twice
                         stdout=log_file,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,

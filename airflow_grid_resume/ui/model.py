@@ -230,7 +230,7 @@ def current_state(
         if done is not None:
             text += f", step {done}" + (f" of {total}" if total else "")
         state.update(phase="running", text=text, eta_seconds=_eta(rows, record, now))
-    elif ti_state == "deferred" or waiting:
+    elif waiting or (ti_state == "deferred" and (last is None or last["status"] != "succeeded")):
         wait = waiting or {}
         types = ", ".join(wait.get("instance_types") or []) or "an instance"
         waited = now - float(wait["started_at"]) if wait.get("started_at") else None
@@ -240,6 +240,8 @@ def current_state(
             if wait.get("max_wait"):
                 text += f" of at most {float(wait['max_wait']):.0f} s"
         state.update(phase="waiting", text=text)
+    elif last is not None and last["status"] == "succeeded" and ti_state in ("deferred", "running", "queued"):
+        state.update(phase="running", text=f"session {last['session']} succeeded; Airflow is finishing the task")
     elif ti_state == "up_for_retry":
         state.update(phase="waiting", text="between tries: the next try resumes from the last checkpoint")
     elif last is not None:
