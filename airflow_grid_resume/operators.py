@@ -31,7 +31,8 @@ from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, expiry_tag, launch_error
-from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink
+from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
+from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY, render_user_data
 from airflow_grid_resume.spot.launch import CAPACITY, FATAL, SPOT, FallbackPolicy, LaunchSpec, explain_fatal, make_pairs
@@ -193,6 +194,7 @@ class GridRunOperator(BaseOperator):
         except UsageError as exc:
             raise AirflowFailException(str(exc)) from exc
         if client is None:
+            quiet_credential_logs()
             client = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).get_conn()
         return RunLedger(client, location)
 
@@ -292,12 +294,7 @@ class GridRunOperator(BaseOperator):
         self._prepare(ledger, run_uri)
         loc = ledger.location
         GridArtifactsLink.persist(
-            context=context,
-            operator=self,
-            region_name=self.region_name or "us-east-1",
-            aws_partition="aws",
-            bucket=loc.bucket,
-            prefix=loc.prefix,
+            context=context, operator=self, **self._link_target(), bucket=loc.bucket, prefix=loc.prefix
         )
         # Where the UI plugin reads this run's ledger, and through which connection (never credentials).
         context["ti"].xcom_push(
@@ -465,6 +462,7 @@ class GridRunOperator(BaseOperator):
                     "on_demand_price": on_demand_price(event.get("instance_type"), self.on_demand_prices),
                     "launched_at": float(event.get("launched_at") or time.time()),
                     "waited_seconds": event.get("waited_seconds"),
+                    "try_number": context["ti"].try_number,
                 }
             ).encode(),
         )
@@ -475,9 +473,9 @@ class GridRunOperator(BaseOperator):
         GridInstanceLink.persist(
             context=context,
             operator=self,
-            region_name=self.region_name or "us-east-1",
-            aws_partition="aws",
+            **self._link_target(),
             instance_id=instance_id,
+            by_try=self._instances_by_try(run_uri, context["ti"].try_number, instance_id),
         )
         deadline = float(state.get("first_started_at", time.time())) + self.max_run if self.max_run else None
         self.defer(
@@ -544,6 +542,22 @@ class GridRunOperator(BaseOperator):
                 f"Session {session}: {outcome.get('reason')}\n{tail}",
             )
         raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}\n{tail}")
+
+    def _link_target(self) -> dict:
+        """Region, partition and (on the local spot cloud) its address, for the extra links."""
+        if getattr(self, "_target", None) is None:
+            self._target = link_target(SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name))
+        return self._target
+
+    def _instances_by_try(self, run_uri: str, try_number: int, instance_id: str) -> dict[str, str]:
+        """Each try's instance (launch.json records the try), so a past try's link opens its own."""
+        ledger = self._ledger(run_uri)
+        found = {}
+        for session in ledger.list_sessions():
+            launch = ledger.get_json(ledger.session_key(session, "launch.json")) or {}
+            if launch.get("try_number") and launch.get("instance_id"):
+                found[str(launch["try_number"])] = str(launch["instance_id"])
+        return {**found, str(try_number): instance_id}
 
     def _alert_as_interruption(self) -> None:
         """An interruption is routine on spot: this try's retry runs ``on_interruption_callback``

@@ -6,11 +6,9 @@ the UI's session cookie): the run view needs read access to the DAG's task insta
 dashboard lists only the DAGs the user may read. The ledgers are read here, on the server.
 """
 
-from __future__ import annotations
-
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query
@@ -53,8 +51,10 @@ def _run_view(dag_id: str, run_id: str, task_id: str, map_index: int) -> tuple[d
 def create_app() -> FastAPI:
     """Built when the plugin is imported; nothing here touches the database or AWS until a request."""
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
+    from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
 
+    # (no ``from __future__ import annotations`` in this module: FastAPI must see the Annotated
+    # dependencies of these nested functions as objects, not as strings it cannot resolve)
     app = FastAPI(title="Grid Resume", description="Spot training runs of airflow-grid-resume")
     read_ti = [Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE))]
 
@@ -74,7 +74,9 @@ def create_app() -> FastAPI:
         return JSONResponse(view if view is not None else {"error": why}, status_code=200 if view else 404)
 
     @app.get("/", response_class=HTMLResponse, dependencies=[Depends(requires_access_dag("GET"))])
-    def fleet_page(user: GetUserDep, days: float = Query(default=7.0, gt=0, le=366)) -> HTMLResponse:
+    def fleet_page(
+        user: Annotated[Any, Depends(get_user)], days: Annotated[float, Query(gt=0, le=366)] = 7.0
+    ) -> HTMLResponse:
         from airflow.api_fastapi.app import get_auth_manager
         from airflow.utils.session import create_session
 

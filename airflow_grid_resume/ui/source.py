@@ -60,6 +60,9 @@ def open_ledger(pointer: dict[str, Any]) -> RunLedger:
     """The run's ledger, read through the task's own AWS connection (``aws_conn_id``, region)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+    from airflow_grid_resume.quiet import quiet_credential_logs
+
+    quiet_credential_logs()
     hook = S3Hook(aws_conn_id=pointer.get("aws_conn_id"), region_name=pointer.get("region_name"))
     return RunLedger(hook.get_conn(), parse_s3_uri(str(pointer["run_uri"]), what="run_uri"))
 
