@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -435,7 +436,8 @@ def test_extra_links_point_at_the_instance_and_the_artifacts(spot_cloud, trainin
         artifacts_url = task.get_extra_links(ti, GridArtifactsLink.name)
     # On the local spot cloud the links open the pages it serves (the AWS console cannot show it).
     assert instance_url == f"{spot_cloud.endpoint_url}/_emulator/pages/instances/{instance_id}"
-    assert artifacts_url.startswith(f"{spot_cloud.endpoint_url}/_emulator/pages/ledger?bucket={bucket}&prefix=")
+    prefix = urllib.parse.quote(f"{ledger.location.prefix}/", safe="")
+    assert artifacts_url == f"{spot_cloud.endpoint_url}/_emulator/pages/ledger?bucket={bucket}&prefix={prefix}"
     with urllib.request.urlopen(instance_url, timeout=10) as resp:
         page = resp.read().decode()
     assert instance_id in page and "terminated" in page

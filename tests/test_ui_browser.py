@@ -146,8 +146,10 @@ def test_run_view_and_dashboard_tell_an_interruption_from_a_failure(browser: Any
             ledger = wait_for("the run's ledger", lambda: _ledger(s3), 90, 0.5)
             wait_for(
                 "session 1 to train a few steps",
-                lambda: b"grid-resume: progress 4/" in ledger.read_log(1)[0]
-                and (ledger.read_heartbeat(1) or {}).get("state") == "running",
+                lambda: (
+                    b"grid-resume: progress 4/" in ledger.read_log(1)[0]
+                    and (ledger.read_heartbeat(1) or {}).get("state") == "running"
+                ),
                 90,
                 0.5,
             )
