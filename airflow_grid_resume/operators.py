@@ -8,6 +8,7 @@ too, but the two have separate budgets (``max_interruptions`` and the task's own
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -30,16 +31,24 @@ from airflow_grid_resume.agent.errors import UsageError
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
-from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, expiry_tag, launch_error
+from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, expiry_tag, hook_client, launch_error
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
 from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
-from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY, render_user_data
-from airflow_grid_resume.spot.launch import CAPACITY, FATAL, SPOT, FallbackPolicy, LaunchSpec, explain_fatal, make_pairs
+from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
+from airflow_grid_resume.spot.launch import SPOT, FallbackPolicy, LaunchSpec, explain_fatal
+from airflow_grid_resume.spot.planner import LaunchPlanner
 from airflow_grid_resume.spot.prices import on_demand_price
 from airflow_grid_resume.summary import INTERRUPTED, read_records, session_status, summarize, summary_lines
-from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger, describe_launch, launched_event
-from airflow_grid_resume.triggers.run import RunWatchTrigger
+from airflow_grid_resume.triggers.capacity import (
+    ATTEMPT_RECORD,
+    SessionLauncher,
+    SpotCapacityTrigger,
+    describe_launch,
+    launched_event,
+)
+from airflow_grid_resume.triggers.ratelimit import AsyncTokenBucket
+from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
 
 STATE_KEY = "grid_resume"
 FINAL_KEY = "final.json"
@@ -103,6 +112,7 @@ class GridRunOperator(BaseOperator):
         instance_check_interval: float = 30.0,
         heartbeat_timeout: float = 90.0,
         boot_timeout: float = 900.0,
+        not_found_grace: float = 120.0,
         capacity_backoff: tuple[float, float] = (15.0, 300.0),
         rerun: str = "resume",
         interruption_retry_delay: timedelta | float = timedelta(0),
@@ -148,6 +158,7 @@ class GridRunOperator(BaseOperator):
         self.instance_check_interval = instance_check_interval
         self.capacity_backoff = (float(capacity_backoff[0]), float(capacity_backoff[1]))
         self.heartbeat_timeout = heartbeat_timeout
+        self.not_found_grace = not_found_grace
         self.boot_timeout = boot_timeout
         self.rerun = rerun
         self.on_demand_prices = dict(on_demand_prices or {})
@@ -304,15 +315,6 @@ class GridRunOperator(BaseOperator):
         state = (store.get(STATE_KEY) if store else None) or {}
         if state.get("run_uri") != run_uri:
             state = {}
-        if state.get("instance_id") and ledger.read_outcome(int(state["session"])) is None:
-            instance = (
-                SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
-                .describe_instances([state["instance_id"]])
-                .get(state["instance_id"], {})
-            )
-            if instance.get("State", {}).get("Name") in ("pending", "running"):
-                self.log.info("reattaching to session %s on instance %s", state["session"], state["instance_id"])
-                return self._watch(context, run_uri, int(state["session"]), state["instance_id"], state)
         sessions = ledger.list_sessions()
         last_outcome = ledger.read_outcome(sessions[-1]) if sessions else None
         if (last_outcome or {}).get("status") == "succeeded":
@@ -321,17 +323,40 @@ class GridRunOperator(BaseOperator):
             self.log.info("the run already succeeded in session %d: nothing to run", sessions[-1])
             self._end_run(ledger, sessions[-1], "succeeded", "succeeded")
             return self._summary(ledger, {"status": "succeeded", "outcome": last_outcome})
-        session = max([0, *sessions, int(state.get("session", 0))]) + 1
+        latest = max([0, *sessions, int(state.get("session", 0))])
+        # At most one instance per session: a session not closed yet (no outcome, no verdict of ours) is
+        # resumed, never skipped, whatever line of a try or a trigger died before.
+        if latest and self._is_open(ledger, latest):
+            session = latest
+            launch = ledger.get_json(ledger.session_key(session, "launch.json")) or {}
+            if state.get("session") == session and state.get("instance_id"):
+                launch = {**launch, "instance_id": state["instance_id"], "launched_at": state.get("launched_at")}
+            if launch.get("instance_id"):
+                self.log.info("reattaching to session %d on instance %s", session, launch["instance_id"])
+                state = {
+                    **state,
+                    "session": session,
+                    "run_uri": run_uri,
+                    "instance_id": launch["instance_id"],
+                    "launched_at": float(launch.get("launched_at") or time.time()),
+                    "first_started_at": float(state.get("first_started_at") or time.time()),
+                }
+                if store:
+                    store.set(STATE_KEY, state)
+                return self._watch(context, run_uri, session, launch["instance_id"], state)
+        else:
+            session = latest + 1
         interruptions, _failures = self._history(ledger, session)
         first_started = float(state.get("first_started_at") or time.time())
         left = first_started + self.max_run - time.time() if self.max_run else None
         if left is not None and left <= 0:
             raise self._fail(ledger, session - 1, f"max_run ({self.max_run:.0f} s) reached before session {session}")
+        spec = self._resolved_spec()
+        expires_at = self._plan_session(ledger, session, spec)
         state = {"session": session, "run_uri": run_uri, "first_started_at": first_started}
         if store:
             store.set(STATE_KEY, state)
-        spec = self._resolved_spec()
-        launched = self._launch_now(spec, run_uri, session, interruptions)
+        launched = self._launch_now(spec, run_uri, session, interruptions, expires_at)
         if launched is not None:
             return self.on_capacity(context, launched)
         self.log.info(
@@ -356,9 +381,32 @@ class GridRunOperator(BaseOperator):
                 backoff_base=self.capacity_backoff[0],
                 backoff_max=self.capacity_backoff[1],
                 deferred_at=time.time(),
+                expires_at=expires_at,
             ),
             method_name="on_capacity",
         )
+
+    @staticmethod
+    def _is_open(ledger: RunLedger, session: int) -> bool:
+        """Not ended yet: neither the agent's outcome nor the Airflow side's verdict (closed.json)."""
+        if ledger.read_outcome(session) is not None:
+            return False
+        return ledger.get_json(ledger.session_key(session, "closed.json")) is None
+
+    def _plan_session(self, ledger: RunLedger, session: int, spec: LaunchSpec) -> str:
+        """Fix session ``session`` in the ledger before anything is launched for it, with the expiry tag
+        every launch attempt of the session carries (a retried RunInstances must repeat its parameters
+        exactly, or EC2 rejects its ClientToken). Returns that expiry."""
+        key = ledger.session_key(session, ATTEMPT_RECORD)
+        record = ledger.get_json(key)
+        if record and record.get("expires_at"):
+            return str(record["expires_at"])
+        expires_at = expiry_tag(time.time(), spec.expiry_hours)
+        doc = {"session": session, "expires_at": expires_at, "attempt": None, "at": time.time()}
+        if not ledger.put_once(key, json.dumps(doc).encode()):  # another try planned it first: use its expiry
+            record = ledger.get_json(key) or {}
+            expires_at = str(record.get("expires_at") or expires_at)
+        return expires_at
 
     def _resolved_spec(self) -> LaunchSpec:
         """The launch spec with what only AWS knows filled in (no I/O at parse time)."""
@@ -372,46 +420,69 @@ class GridRunOperator(BaseOperator):
             raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
         return dataclasses.replace(self.spec, root_device_name=device)
 
-    def _launch_now(self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int) -> dict | None:
-        """One round over the pairs from the worker: with capacity at hand, no capacity deferral is
-        needed (and no trigger fires seconds after deferring). None means: wait in the trigger."""
+    def _launch_now(
+        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str
+    ) -> dict | None:
+        """One round over the pairs from the worker, with the capacity trigger's own launcher: with
+        capacity at hand, no capacity deferral is needed (and no trigger fires seconds after
+        deferring). None means: wait in the trigger."""
+        return asyncio.run(self._a_launch_now(spec, run_uri, session, interruptions, expires_at))
+
+    async def _a_launch_now(
+        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str
+    ) -> dict | None:
         hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        s3_hook = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
         started_at = time.time()
-        existing = hook.find_session_instance(run_uri, session)
-        if existing is not None:
-            event = launched_event(existing, None, session=session, started_at=started_at, reused=True, rounds=0)
-            return {**event, "run_uri": run_uri}
-        try:
-            zones = hook.subnet_zones(list(spec.subnet_ids))
-        except ClientError as exc:
-            err = launch_error(exc)
-            raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
-        lifecycle = FallbackPolicy(**self.fallback).lifecycle(
-            capacity_failures_in_a_row=0, interruptions=interruptions, waited_seconds=0
-        )
-        user_data = render_user_data(run_uri, session, self.region_name)
-        expires_at = expiry_tag(started_at, spec.expiry_hours)
-        for pair in make_pairs(spec.instance_types, zones):
+        async with hook_client(hook) as ec2, hook_client(s3_hook) as s3:
+            launcher = SessionLauncher(
+                hook,
+                ec2,
+                AsyncLedgerReader(s3, run_uri, session),
+                spec=spec,
+                run_id=run_uri,
+                run_uri=run_uri,
+                session=session,
+                region=self.region_name,
+                expires_at=expires_at,
+                bucket=AsyncTokenBucket(),
+                log=self.log,
+            )
+            existing = await launcher.existing()
+            if existing is not None:
+                event = launched_event(existing, None, session=session, started_at=started_at, reused=True, rounds=0)
+                return {**event, "run_uri": run_uri}
             try:
-                instance = hook.launch(
-                    spec,
-                    pair,
-                    lifecycle=lifecycle,
-                    run_id=run_uri,
-                    session=session,
-                    user_data=user_data,
-                    expires_at=expires_at,
-                )
-            except LaunchError as exc:
-                if exc.kind == FATAL:
-                    raise AirflowFailException(explain_fatal(exc.code, exc.message)) from exc
-                self.log.info("no %s capacity for %s in %s (%s)", lifecycle, pair.instance_type, pair.zone, exc.code)
-                if exc.kind == CAPACITY:
-                    continue
-                break
-            price = self._spot_price(hook, pair) if lifecycle == SPOT else None
+                pairs = await launcher.pairs()
+            except (ClientError, *NO_ANSWER) as exc:
+                err = launch_error(exc)
+                raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
+            planner = LaunchPlanner(
+                pairs,
+                run_id=run_uri,
+                session=session,
+                policy=FallbackPolicy(**self.fallback),
+                interruptions=interruptions,
+                replay=await launcher.last_attempt(),
+            )
+            result = await launcher.round(planner, 0.0)
+            if result.error is not None:
+                raise AirflowFailException(result.error["message"])
+            for miss in result.misses:
+                self.log.info("no capacity at once: %s", miss)
+            if result.instance is None or result.attempt is None:
+                return None
+            pair, lifecycle = result.attempt.pair, result.attempt.lifecycle
+            price = None
+            if lifecycle == SPOT:
+                try:  # the price is for the cost estimate: never fail a session that has its instance over it
+                    price = await hook.a_spot_price(pair.instance_type, pair.zone, client=ec2)
+                except Exception as exc:
+                    self.log.warning(
+                        "could not read the spot price of %s in %s: %s", pair.instance_type, pair.zone, exc
+                    )
             event = launched_event(
-                instance,
+                result.instance,
                 price,
                 session=session,
                 started_at=started_at,
@@ -421,15 +492,6 @@ class GridRunOperator(BaseOperator):
                 pair=pair,
             )
             return {**event, "run_uri": run_uri}
-        return None
-
-    def _spot_price(self, hook: SpotLaunchHook, pair: Any) -> str | None:
-        """The price is for the cost estimate: never fail a session that has its instance over it."""
-        try:
-            return hook.spot_price(pair.instance_type, pair.zone)
-        except Exception as exc:
-            self.log.warning("could not read the spot price of %s in %s: %s", pair.instance_type, pair.zone, exc)
-            return None
 
     def on_capacity(self, context: Any, event: dict | None = None) -> Any:
         event = event or {}
@@ -490,6 +552,7 @@ class GridRunOperator(BaseOperator):
                 poll_interval=self.poll_interval,
                 instance_check_interval=self.instance_check_interval,
                 heartbeat_timeout=self.heartbeat_timeout,
+                not_found_grace=self.not_found_grace,
                 boot_timeout=self.boot_timeout,
                 deferred_at=time.time(),
             ),
@@ -585,7 +648,9 @@ class GridRunOperator(BaseOperator):
         instance_id = getattr(self, "_instance_id", None)
         if instance_id:
             self.log.warning("task killed: terminating instance %s", instance_id)
-            SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).terminate([instance_id])
+            hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            if not hook.ensure_terminated(instance_id, timeout=60.0):
+                self.log.error("could not confirm that %s is terminated; `grid-resume reap` finds it", instance_id)
 
 
 __all__ = ["GridRunOperator", "ScriptFailed", "SessionInterrupted", "generation_uri", "run_key"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -189,14 +190,20 @@ def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: P
     stop = threading.Event()
 
     def chaos() -> None:
-        """Interrupt the first two sessions once they have trained for a while."""
+        """Interrupt the first two sessions once their agent has run the command for a while."""
+        running_since: dict[str, float] = {}
         while not stop.is_set() and len(interrupted) < 2:
-            for instance in spot_cloud.instances():
-                if instance["state"] != "running" or instance["instance_id"] in interrupted or not instance["pid"]:
-                    continue
-                if time.time() - instance["launched_at"] > 1.5:
-                    spot_cloud.interrupt(instance["instance_id"], notice=True)
-                    interrupted.append(instance["instance_id"])
+            session = len(interrupted) + 1
+            with contextlib.suppress(Exception):
+                ledger = run_ledger(bucket)
+                started = ledger.get_json(ledger.session_key(session, "session.json")) or {}
+                beat = ledger.read_heartbeat(session) or {}
+                instance_id = started.get("instance_id")
+                if instance_id and beat.get("state") == "running":
+                    since = running_since.setdefault(instance_id, time.monotonic())
+                    if time.monotonic() - since > 1.0 and instance_id not in interrupted:
+                        spot_cloud.interrupt(instance_id, notice=True)
+                        interrupted.append(instance_id)
             time.sleep(0.2)
 
     thread = threading.Thread(target=chaos, daemon=True)
@@ -238,25 +245,37 @@ def new_bucket() -> str:
     return bucket
 
 
+def command_started(instance: dict) -> bool:
+    """Has the agent on this emulated instance started the command (its console says so)?"""
+    try:
+        with open(os.path.join(instance["directory"], "console.log"), errors="replace") as fh:
+            return "started the command" in fh.read()
+    except OSError:
+        return False
+
+
 def chaos(
     cloud: LocalSpotCloud, *, times: int, notice: bool, after: float = 1.5, instance_type: str | None = None
 ) -> tuple[list[str], threading.Event]:
-    """Interrupt the next ``times`` instances (of ``instance_type``) once each has run ``after`` seconds."""
+    """Interrupt the next ``times`` instances (of ``instance_type``) once each has run its command for ``after``
+    seconds (counted from the agent starting it, so a slow boot on a busy machine changes nothing)."""
     interrupted: list[str] = []
     stop = threading.Event()
+    started: dict[str, float] = {}
 
     def loop() -> None:
         while not stop.is_set() and len(interrupted) < times:
             for instance in cloud.instances():
-                ready = (
-                    instance["state"] == "running"
-                    and instance["pid"]
-                    and time.time() - instance["launched_at"] > after
-                    and instance_type in (None, instance["instance_type"])
-                )
-                if ready and instance["instance_id"] not in interrupted:
-                    cloud.interrupt(instance["instance_id"], notice=notice)
-                    interrupted.append(instance["instance_id"])
+                instance_id = instance["instance_id"]
+                if instance["state"] != "running" or instance_id in interrupted:
+                    continue
+                if instance_type not in (None, instance["instance_type"]):
+                    continue
+                if instance_id not in started and command_started(instance):
+                    started[instance_id] = time.monotonic()
+                if instance_id in started and time.monotonic() - started[instance_id] > after:
+                    cloud.interrupt(instance_id, notice=notice)
+                    interrupted.append(instance_id)
             time.sleep(0.2)
 
     threading.Thread(target=loop, daemon=True).start()

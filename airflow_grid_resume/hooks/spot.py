@@ -305,10 +305,15 @@ class SpotLaunchHook(AwsBaseHook):
             await asyncio.sleep(interval)
 
 
+def hook_client(hook: AwsBaseHook, client: Any = None) -> Any:
+    """``async with hook_client(hook) as client``: a fresh aiobotocore client of any AWS hook, closed after."""
+    return _client(hook, client)
+
+
 class _client:
     """``async with`` over a caller's long-lived client (left open) or a fresh one (closed)."""
 
-    def __init__(self, hook: SpotLaunchHook, client: Any) -> None:
+    def __init__(self, hook: AwsBaseHook, client: Any) -> None:
         self.hook, self.client, self._cm = hook, client, None
 
     async def __aenter__(self) -> Any:
