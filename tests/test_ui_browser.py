@@ -158,6 +158,12 @@ def test_run_view_and_dashboard_tell_an_interruption_from_a_failure(browser: Any
             assert f"of {STEPS}" in state.inner_text()  # the agent's heartbeat carries the script's progress
             assert frame.get_by_test_id("progress").inner_text().startswith("step ")
 
+            # Airflow's own log view of the deferred try: served live by the stack's loopback log server
+            live_log = api.call("GET", f"/dags/grid_ui/dagRuns/{quote(run_id, safe='')}/taskInstances/train/logs/1")
+            assert "grid-resume: progress" in str(live_log["content"]), str(live_log)[-2000:]
+            assert f"http://127.0.0.1:{stack.log_port}/log/" in str(live_log), str(live_log)[:2000]
+            assert "Could not read served logs" not in str(live_log)
+
             instance_id = ledger.get_json(ledger.session_key(1, "launch.json"))["instance_id"]
             cloud.interrupt(instance_id, notice=True)
             final = wait_for(
