@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -50,8 +51,16 @@ def reference_run(training_dir: Path, steps: int, into: Path) -> dict:
     """The same training, uninterrupted, on this machine: what the resumed run must reproduce."""
     into.mkdir(parents=True, exist_ok=True)
     shutil.copy(training_dir / "train.py", into / "train.py")
+    # The environment an emulated instance gets (the local spot cloud passes PATH only): numerics depend on
+    # it (an OPENBLAS_CORETYPE in this shell picks another BLAS kernel, whose sums differ in the last bit).
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(into), "PYTHONUNBUFFERED": "1"}
     subprocess.run(
-        [sys.executable, "train.py", "--steps", str(steps)], cwd=into, check=True, capture_output=True, timeout=300
+        [sys.executable, "train.py", "--steps", str(steps)],
+        cwd=into,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     return json.loads((into / "metrics.json").read_text())
 
