@@ -194,6 +194,15 @@ def test_run_view_and_dashboard_tell_an_interruption_from_a_failure(browser: Any
             sessions = frame.get_by_test_id("sessions").inner_text()
             assert "us-east-1" in sessions and "spot" in sessions
 
+            # Each try's "Spot instance" link opens that try's own instance, on the local spot cloud's pages.
+            second = ledger.get_json(ledger.session_key(2, "launch.json"))["instance_id"]
+            links_path = f"/dags/grid_ui/dagRuns/{quote(run_id, safe='')}/taskInstances/train/links"
+            for try_number, expected in ((1, instance_id), (2, second)):
+                link = api.call("GET", f"{links_path}?try_number={try_number}")["extra_links"]["Spot instance"]
+                assert link == f"{cloud.endpoint_url}/_emulator/pages/instances/{expected}", (try_number, link)
+            page.goto(api.call("GET", f"{links_path}?try_number=1")["extra_links"]["Spot instance"])
+            assert "terminated" in page.get_by_test_id("instance").inner_text()
+
             page.goto(f"{url}/plugin/grid-resume-fleet")
             frame = page.frame_locator("iframe")
             runs = frame.get_by_test_id("runs")
