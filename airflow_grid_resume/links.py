@@ -1,5 +1,5 @@
-"""Extra links on the task: each try's own instance and the run's artifacts, persisted to XCom
-before each deferral so they show while the task waits.
+"""Extra links on the task: the current session's instance and the run's artifacts, persisted to
+XCom before each deferral so they show while the task waits.
 
 On AWS they open the console in the connection's partition and region. On the local spot cloud
 (an endpoint that answers ``/_emulator/state``) they open the pages it serves instead
@@ -13,7 +13,6 @@ import urllib.request
 from typing import Any
 
 from airflow.providers.amazon.aws.links.base_aws import BASE_AWS_CONSOLE_LINK, BaseAwsLink
-from airflow.providers.common.compat.sdk import XCom
 
 from airflow_grid_resume.emulator.pages import instance_page_path, ledger_page_path
 
@@ -45,7 +44,12 @@ def _local_cloud(endpoint: str | None) -> str | None:
 
 
 class GridInstanceLink(BaseAwsLink):
-    """The instance of the try the user looks at (each try is one session on its own instance)."""
+    """The instance of the task's current (or last) try.
+
+    Airflow 3.3 renders a link once, on the worker at the end of a try, into an XCom of the task
+    instance (not of the try), so every try shows the last try's link; the Spot run tab
+    (``ui/``) links each try's own instance.
+    """
 
     name = "Spot instance"
     key = "_grid_resume_instance"
@@ -55,17 +59,6 @@ class GridInstanceLink(BaseAwsLink):
         if kwargs.get("local_cloud") and kwargs.get("instance_id"):
             return str(kwargs["local_cloud"]) + instance_page_path(str(kwargs["instance_id"]))
         return super().format_link(**kwargs)
-
-    def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        try:
-            conf = XCom.get_value(key=self.key, ti_key=ti_key)
-        except Exception:
-            return ""
-        if not conf:
-            return ""
-        by_try = conf.get("by_try") or {}
-        instance_id = by_try.get(str(ti_key.try_number)) if by_try else conf.get("instance_id")
-        return self.format_link(**{**conf, "instance_id": instance_id}) if instance_id else ""
 
 
 class GridArtifactsLink(BaseAwsLink):

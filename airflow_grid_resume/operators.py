@@ -524,7 +524,6 @@ class GridRunOperator(BaseOperator):
                     "on_demand_price": on_demand_price(event.get("instance_type"), self.on_demand_prices),
                     "launched_at": float(event.get("launched_at") or time.time()),
                     "waited_seconds": event.get("waited_seconds"),
-                    "try_number": context["ti"].try_number,
                 }
             ).encode(),
         )
@@ -537,7 +536,6 @@ class GridRunOperator(BaseOperator):
             operator=self,
             **self._link_target(),
             instance_id=instance_id,
-            by_try=self._instances_by_try(run_uri, context["ti"].try_number, instance_id),
         )
         deadline = float(state.get("first_started_at", time.time())) + self.max_run if self.max_run else None
         self.defer(
@@ -611,16 +609,6 @@ class GridRunOperator(BaseOperator):
         if getattr(self, "_target", None) is None:
             self._target = link_target(SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name))
         return self._target
-
-    def _instances_by_try(self, run_uri: str, try_number: int, instance_id: str) -> dict[str, str]:
-        """Each try's instance (launch.json records the try), so a past try's link opens its own."""
-        ledger = self._ledger(run_uri)
-        found = {}
-        for session in ledger.list_sessions():
-            launch = ledger.get_json(ledger.session_key(session, "launch.json")) or {}
-            if launch.get("try_number") and launch.get("instance_id"):
-                found[str(launch["try_number"])] = str(launch["instance_id"])
-        return {**found, str(try_number): instance_id}
 
     def _alert_as_interruption(self) -> None:
         """An interruption is routine on spot: this try's retry runs ``on_interruption_callback``

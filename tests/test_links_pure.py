@@ -1,9 +1,7 @@
-"""Extra links: each try's own instance; the console in the connection's partition and region, or
-the local spot cloud's pages (no server needed for the formatting)."""
+"""Extra links: the console in the connection's partition and region, or the local spot cloud's
+pages (no server needed for the formatting)."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink
 
@@ -27,17 +25,3 @@ def test_local_spot_cloud_links_open_its_pages() -> None:
     assert GridArtifactsLink().format_link(local_cloud=local, bucket="b", prefix="runs/x") == (
         local + "/_emulator/pages/ledger?bucket=b&prefix=runs%2Fx%2F"
     )
-
-
-def test_a_past_try_links_to_its_own_instance(monkeypatch) -> None:
-    conf = {
-        "region_name": "us-east-1",
-        "aws_domain": "aws.amazon.com",
-        "instance_id": "i-3",
-        "by_try": {"1": "i-1", "3": "i-3"},
-    }
-    monkeypatch.setattr("airflow_grid_resume.links.XCom.get_value", lambda key, ti_key: conf)
-    link = GridInstanceLink()
-    assert link.get_link(None, ti_key=SimpleNamespace(try_number=1)).endswith("instanceId=i-1")
-    assert link.get_link(None, ti_key=SimpleNamespace(try_number=3)).endswith("instanceId=i-3")
-    assert link.get_link(None, ti_key=SimpleNamespace(try_number=2)) == ""  # that try never got an instance

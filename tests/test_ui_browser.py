@@ -47,7 +47,10 @@ def save():
 while step < {STEPS}:
     if stop:
         save(); print("saved at step", step, flush=True); sys.exit(0)
-    time.sleep(0.2)
+    # session 1 trains slowly (the test looks at it live, then interrupts it); the resumed session hurries
+    for _ in range(10 if os.environ.get("GRID_RESUME_SESSION") == "1" else 1):
+        if not stop:
+            time.sleep(0.1 if os.environ.get("GRID_RESUME_SESSION") == "1" else 0.05)
     step += 1
     for part in range(4):  # a tqdm-style bar on stderr: carriage returns, no newline
         print(f"\\rstep {{step}}: {{25 * part}} %", end="", file=sys.stderr, flush=True)
@@ -194,13 +197,13 @@ def test_run_view_and_dashboard_tell_an_interruption_from_a_failure(browser: Any
             sessions = frame.get_by_test_id("sessions").inner_text()
             assert "us-east-1" in sessions and "spot" in sessions
 
-            # Each try's "Spot instance" link opens that try's own instance, on the local spot cloud's pages.
+            # Each try's row links its own instance (Airflow's extra link shows the last try's on every try).
             second = ledger.get_json(ledger.session_key(2, "launch.json"))["instance_id"]
-            links_path = f"/dags/grid_ui/dagRuns/{quote(run_id, safe='')}/taskInstances/train/links"
-            for try_number, expected in ((1, instance_id), (2, second)):
-                link = api.call("GET", f"{links_path}?try_number={try_number}")["extra_links"]["Spot instance"]
-                assert link == f"{cloud.endpoint_url}/_emulator/pages/instances/{expected}", (try_number, link)
-            page.goto(api.call("GET", f"{links_path}?try_number=1")["extra_links"]["Spot instance"])
+            links = api.call("GET", f"/dags/grid_ui/dagRuns/{quote(run_id, safe='')}/taskInstances/train/links")
+            assert links["extra_links"]["Spot instance"] == f"{cloud.endpoint_url}/_emulator/pages/instances/{second}"
+            first_link = tries.locator("tr").nth(1).get_by_role("link", name=instance_id).get_attribute("href")
+            assert first_link == f"{cloud.endpoint_url}/_emulator/pages/instances/{instance_id}"
+            page.goto(first_link)
             assert "terminated" in page.get_by_test_id("instance").inner_text()
 
             page.goto(f"{url}/plugin/grid-resume-fleet")

@@ -176,3 +176,20 @@ def test_fleet_totals_pairs_and_runs_near_a_budget() -> None:
     assert board["totals"]["saved_usd"] > 0
     html = render.fleet_page(board, days=7, run_link=lambda r: f"/x/{r['dag_id']}")
     assert "interruptions 0 left of 2" in html and "/x/b" in html
+
+
+def test_each_try_links_its_own_instance() -> None:
+    view = model.run_view(_docs(), TRIES, now=T0 + 500, ti_state="success")
+    local = model.with_instance_links(view, {"local_cloud": "http://127.0.0.1:5000"})
+    assert [t["instance_url"] for t in local["tries"]] == [
+        f"http://127.0.0.1:5000/_emulator/pages/instances/i-{n}" for n in (1, 2, 3)
+    ]
+    console = model.with_instance_links(
+        model.run_view(_docs(), TRIES, now=T0 + 500), {"aws_domain": "amazonaws.cn", "region_name": "cn-north-1"}
+    )
+    assert console["sessions"][0]["instance_url"] == (
+        "https://console.amazonaws.cn/ec2/home?region=cn-north-1#InstanceDetails:instanceId=i-1"
+    )
+    html = render.run_page(local, title="t", now=T0 + 500)
+    assert "href='http://127.0.0.1:5000/_emulator/pages/instances/i-1'" in html
+    assert model.with_instance_links(view, {})["tries"][0]["instance_url"] is None

@@ -41,11 +41,13 @@ def _run_view(dag_id: str, run_id: str, task_id: str, map_index: int) -> tuple[d
         pointer = source.run_pointer(session, ti)
         tries = source.tries(session, ti)
         waiting = source.waiting_for(session, ti)
+        links = source.link_conf(session, ti)
         ti_state = ti.state
     if pointer is None:
         return None, "the task has not created its run yet"
     docs = source.read_ledger_docs(source.open_ledger(pointer))
-    return model.run_view(docs, tries, now=now, ti_state=ti_state, waiting=waiting), ""
+    view = model.run_view(docs, tries, now=now, ti_state=ti_state, waiting=waiting)
+    return model.with_instance_links(view, links), ""
 
 
 def create_app() -> FastAPI:

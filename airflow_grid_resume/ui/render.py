@@ -60,6 +60,14 @@ def _table(headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], te
     return f'<table data-testid="{test_id}"><tr>{head}</tr>{body}</table>'
 
 
+def _instance(row: Mapping[str, Any]) -> str:
+    """The instance id, linked to its own page when the view knows where (``instance_url``)."""
+    text = escape(row.get("instance_id") or "-")
+    if row.get("instance_url"):
+        return f"<a target='_blank' rel='noopener' href='{escape(row['instance_url'])}'>{text}</a>"
+    return text
+
+
 def page(title: str, content: str, *, live: bool) -> str:
     script = LIVE_SCRIPT % (REFRESH_SECONDS * 1000) if live else ""
     return (
@@ -139,7 +147,7 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
                         escape(str(t["state"])),
                         _t(t["start"]),
                         escape(", ".join(map(str, t["sessions"])) or "-"),
-                        escape(t["instance_id"] or "-"),
+                        _instance(t),
                         (
                             f"<span class='marker'>⚡ {escape(t['ended_by'])}</span>"
                             if t["kind"] == "interruption"
@@ -167,7 +175,7 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
                 ),
                 [
                     str(s["session"]),
-                    escape(s["instance_id"] or "-"),
+                    _instance(s),
                     escape(str(s["instance_type"])),
                     escape(str(s["zone"])),
                     escape(s["lifecycle"]),

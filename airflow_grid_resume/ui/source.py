@@ -124,8 +124,7 @@ def tries(session: Any, ti: Any) -> list[dict[str, Any]]:
     return [out[k] for k in sorted(out)]
 
 
-def run_pointer(session: Any, ti: Any) -> dict[str, Any] | None:
-    """Where the task instance's run ledger is and which connection reads it (the operator's XCom)."""
+def _xcom(session: Any, ti: Any, key: str) -> dict[str, Any] | None:
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
 
@@ -135,7 +134,7 @@ def run_pointer(session: Any, ti: Any) -> dict[str, Any] | None:
             XComModel.run_id == ti.run_id,
             XComModel.task_id == ti.task_id,
             XComModel.map_index == ti.map_index,
-            XComModel.key == RUN_XCOM,
+            XComModel.key == key,
         )
     )
     if isinstance(value, str):
@@ -143,7 +142,22 @@ def run_pointer(session: Any, ti: Any) -> dict[str, Any] | None:
             value = json.loads(value)
         except ValueError:
             return None
-    return value if isinstance(value, dict) and value.get("run_uri") else None
+    return value if isinstance(value, dict) else None
+
+
+def run_pointer(session: Any, ti: Any) -> dict[str, Any] | None:
+    """Where the task instance's run ledger is and which connection reads it (the operator's XCom)."""
+    value = _xcom(session, ti, RUN_XCOM)
+    return value if value and value.get("run_uri") else None
+
+
+def link_conf(session: Any, ti: Any) -> dict[str, Any]:
+    """What the instance links need (console domain and region, or the local spot cloud's address):
+    the operator's instance-link XCom, without its instance id."""
+    from airflow_grid_resume.links import GridInstanceLink
+
+    value = _xcom(session, ti, GridInstanceLink.key) or {}
+    return {k: value[k] for k in ("region_name", "aws_domain", "local_cloud") if k in value}
 
 
 def waiting_for(session: Any, ti: Any) -> dict[str, Any] | None:
