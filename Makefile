@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo agent bench clean system-deps
+.PHONY: test lint demo agent bench clean system-deps chaos
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ system-deps:
 test: $(STAMP) system-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# The seeded simulation of the whole lifecycle under every fault (tests/test_chaos.py): make test runs a fixed
+# set of seeds; make chaos SEEDS=N runs seeds 1..N (about a minute each).
+SEEDS ?= 20
+chaos: $(STAMP) system-deps
+	GRID_CHAOS_SEEDS="$$(seq -s ' ' 1 $(SEEDS))" $(PY) -m pytest -q tests/test_chaos.py -k seed
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -600,9 +600,10 @@ class GridRunOperator(BaseOperator):
                 ledger,
                 session,
                 f"script failure budget exhausted: {failures} failures > retries={self.failure_retries}. "
-                f"Session {session}: {outcome.get('reason')}\n{tail}",
+                f"Session {session}: {outcome.get('reason')}. {outcome.get('hint') or ''}\n{tail}",
             )
-        raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}\n{tail}")
+        hint = f" {outcome['hint']}" if outcome.get("hint") else ""  # the agent's own failure, e.g. a full disk
+        raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}.{hint}\n{tail}")
 
     def _link_target(self) -> dict:
         """Region, partition and (on the local spot cloud) its address, for the extra links."""

@@ -112,14 +112,14 @@ def read_records(ledger: Any) -> list[dict[str, Any]]:
     """Each session's launch, outcome and closing records, read from a ``RunLedger``."""
     records = []
     for session in ledger.list_sessions():
-        records.append(
-            {
-                "session": session,
-                "launch": ledger.get_json(ledger.session_key(session, "launch.json")),
-                "outcome": ledger.read_outcome(session),
-                "closed": ledger.get_json(ledger.session_key(session, "closed.json")),
-            }
-        )
+        record = {
+            "session": session,
+            "launch": ledger.get_json(ledger.session_key(session, "launch.json")),
+            "outcome": ledger.read_outcome(session),
+            "closed": ledger.get_json(ledger.session_key(session, "closed.json")),
+        }
+        if record["launch"] or record["outcome"] or record["closed"]:  # planned but never launched: no session
+            records.append(record)
     return records
 
 

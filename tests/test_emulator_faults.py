@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConn
 
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.emulator.cloud import _without_instances
-from airflow_grid_resume.emulator.faults import EC2_DEFAULT_BUCKETS, Faults, TokenBucket, bucket_key, libfaketime
+from airflow_grid_resume.emulator.faults import EC2_DEFAULT_BUCKETS, Faults, TokenBucket, bucket_key
 from airflow_grid_resume.spot.bootstrap import MARKER
 
 AMI = "ami-03cf127a"
@@ -179,7 +179,6 @@ def test_a_dropped_s3_put_is_applied(cloud, ec2) -> None:
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
 
 
-@pytest.mark.skipif(libfaketime() is None, reason="libfaketime is installed by make system-deps")
 def test_instances_launched_after_a_clock_change_run_on_a_skewed_clock(cloud, ec2) -> None:
     cloud.set_clock(offset_seconds=-900)
     header = json.dumps({"run_uri": "s3://none/x", "session": 1, "region": "us-east-1"})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
 import subprocess
@@ -24,67 +22,7 @@ from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
-from tests.conftest import OPERATOR_ARGS, TRAIN
-
-AMI = "ami-03cf127a"
-
-
-@pytest.fixture(scope="module")
-def airflow_db() -> None:
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def spot_cloud(airflow_db):
-    with LocalSpotCloud(notice_seconds=3) as cloud:
-        saved = {k: os.environ.get(k) for k in cloud.aws_env()}
-        os.environ.update(cloud.aws_env())
-        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-        yield cloud
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def make_dag(dag_id: str, workdir: Path, bucket: str, operator_class: type | None = None, **op_kwargs):
-    from airflow.sdk import DAG
-
-    from airflow_grid_resume.operators import GridRunOperator
-
-    operator_class = operator_class or GridRunOperator
-
-    subnets = sorted(boto3.client("ec2").describe_subnets()["Subnets"], key=lambda s: s["AvailabilityZone"])[:2]
-    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
-        operator_class(
-            task_id="train",
-            command=op_kwargs.pop("command", "python3 train.py 80 0.05"),
-            workdir=str(workdir),
-            artifacts_uri=f"s3://{bucket}/grid-runs/",
-            instance_types=["g5.xlarge", "g4dn.xlarge"],
-            image_id=AMI,
-            subnet_ids=[s["SubnetId"] for s in subnets],
-            aws_conn_id=None,
-            region_name="us-east-1",
-            poll_interval=0.3,
-            instance_check_interval=1.0,
-            capacity_backoff=(0.5, 1.0),
-            agent_args=op_kwargs.pop(
-                "agent_args",
-                ["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1", "--min-grace", "1"],
-            ),
-            retry_delay=op_kwargs.pop("retry_delay", timedelta(seconds=1)),
-            **op_kwargs,
-        )
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(collect_dags=False)
-    bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
-    return dag
+from tests.conftest import OPERATOR_ARGS, TRAIN, command_started, make_dag
 
 
 @pytest.fixture
@@ -186,28 +124,7 @@ def test_clearing_a_finished_run_with_rerun_fresh_starts_over(spot_cloud, traini
 def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: Path, tmp_path: Path) -> None:
     bucket = f"op-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
-    interrupted: list[str] = []
-    stop = threading.Event()
-
-    def chaos() -> None:
-        """Interrupt the first two sessions once their agent has run the command for a while."""
-        running_since: dict[str, float] = {}
-        while not stop.is_set() and len(interrupted) < 2:
-            session = len(interrupted) + 1
-            with contextlib.suppress(Exception):
-                ledger = run_ledger(bucket)
-                started = ledger.get_json(ledger.session_key(session, "session.json")) or {}
-                beat = ledger.read_heartbeat(session) or {}
-                instance_id = started.get("instance_id")
-                if instance_id and beat.get("state") == "running":
-                    since = running_since.setdefault(instance_id, time.monotonic())
-                    if time.monotonic() - since > 1.0 and instance_id not in interrupted:
-                        spot_cloud.interrupt(instance_id, notice=True)
-                        interrupted.append(instance_id)
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=chaos, daemon=True)
-    thread.start()
+    interrupted, stop = chaos(spot_cloud, times=2, notice=True, after=1.0)
     alerts: list[str] = []
     try:
         dag = make_dag(
@@ -225,7 +142,6 @@ def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: P
         dagrun = dag.test()
     finally:
         stop.set()
-        thread.join(5)
     assert len(interrupted) == 2
     assert dagrun.state == "success"
     ledger = run_ledger(bucket)
@@ -243,15 +159,6 @@ def new_bucket() -> str:
     bucket = f"op-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     return bucket
-
-
-def command_started(instance: dict) -> bool:
-    """Has the agent on this emulated instance started the command (its console says so)?"""
-    try:
-        with open(os.path.join(instance["directory"], "console.log"), errors="replace") as fh:
-            return "started the command" in fh.read()
-    except OSError:
-        return False
 
 
 def chaos(

@@ -519,6 +519,7 @@ class Supervisor:
             "ended_at": _utc(),
             "tail": spool.tail_lines(40),
             "agent_exit_code": EXIT_AGENT_CRASHED,
+            **self.progress.outcome_field(),
         }
         log.error("session %d ended: failed (%s). %s", self.session, outcome["reason"], outcome["hint"])
         try:

@@ -40,7 +40,13 @@ from xml.etree import ElementTree
 
 from airflow_grid_resume.agent.child import become_subreaper, reap_orphans
 from airflow_grid_resume.emulator import pages
-from airflow_grid_resume.emulator.faults import FAULT_MESSAGE, FAULT_STATUS, Faults, skewed_clock_env
+from airflow_grid_resume.emulator.faults import (
+    FAULT_MESSAGE,
+    FAULT_STATUS,
+    Faults,
+    build_skew_library,
+    skewed_clock_env,
+)
 from airflow_grid_resume.emulator.imds import MetadataService
 from airflow_grid_resume.spot.bootstrap import parse_marker
 from airflow_grid_resume.spot.prices import on_demand_price
@@ -300,7 +306,7 @@ class SpotCloud:
             # The instance's /tmp: removed with the instance's directory, as an instance's disk goes with it.
             "TMPDIR": os.path.join(directory, "tmp"),
             # Its own wall clock, when the control route set one: libfaketime in every process it starts.
-            **skewed_clock_env(self.faults.clock_offset_seconds),
+            **skewed_clock_env(self.faults.clock_offset_seconds, self.faults.skew_library),
         }
         os.makedirs(env["TMPDIR"])
         # python3 on the instance: this interpreter's directory comes first, as an AMI's python3 would.
@@ -617,7 +623,8 @@ class SpotCloudApp:
             elif method == "POST" and name == "drop":
                 result = faults.add_drop(str(doc.get("action", "*")), int(doc.get("count", 1)))
             elif method == "POST" and name == "reset-faults":
-                cloud.faults = Faults()
+                library, cloud.faults = cloud.faults.skew_library, Faults()
+                cloud.faults.skew_library = library
                 result = cloud.faults.state()
             elif method == "POST" and name == "consistency":
                 seconds = float(doc.get("describe_not_found_seconds", 0))
@@ -627,7 +634,8 @@ class SpotCloudApp:
                 result = {"describe_not_found_seconds": seconds}
             elif method == "POST" and name == "clock":
                 offset = float(doc.get("offset_seconds", 0))
-                skewed_clock_env(offset)  # refuses clearly when libfaketime is missing
+                if offset and faults.skew_library is None:
+                    faults.skew_library = build_skew_library(cloud.state_dir)  # a clear error without gcc
                 faults.clock_offset_seconds = offset
                 result = {"offset_seconds": offset}
             else:

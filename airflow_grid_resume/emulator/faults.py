@@ -8,7 +8,6 @@ instances launched next. ``SpotCloudApp`` (emulator/cloud.py) consults it on eve
 
 from __future__ import annotations
 
-import glob
 import threading
 import time
 from dataclasses import dataclass
@@ -85,20 +84,90 @@ class Countdown:
         return self.count > 0 and self.api in ("*", action)
 
 
-def libfaketime() -> str | None:
-    """The path of libfaketime (Debian package ``faketime``), or None if it is not installed."""
-    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1") + glob.glob("/usr/lib/faketime/libfaketime.so.1"))
-    return found[0] if found else None
+# A skewed wall clock for one process tree, preloaded into an emulated instance's processes: it shifts
+# CLOCK_REALTIME (clock_gettime, gettimeofday, time) by GRID_RESUME_CLOCK_OFFSET seconds and leaves the
+# monotonic clock alone. libfaketime (Debian's 0.9.10) was tried first: it also fakes CLOCK_MONOTONIC, and
+# Python's time.sleep and threading waits then fail with EINVAL or hang.
+SKEW_SOURCE = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <sys/time.h>
+#include <time.h>
+
+static long long offset_ns;
+static int (*real_clock_gettime)(clockid_t, struct timespec *);
+static int (*real_gettimeofday)(struct timeval *, void *);
+
+__attribute__((constructor)) static void init(void) {
+    const char *value = getenv("GRID_RESUME_CLOCK_OFFSET");
+    offset_ns = value ? (long long)(atof(value) * 1e9) : 0;
+    real_clock_gettime = dlsym(RTLD_NEXT, "clock_gettime");
+    real_gettimeofday = dlsym(RTLD_NEXT, "gettimeofday");
+}
+
+static void shift(struct timespec *ts) {
+    long long ns = (long long)ts->tv_sec * 1000000000LL + ts->tv_nsec + offset_ns;
+    ts->tv_sec = ns / 1000000000LL;
+    ts->tv_nsec = ns % 1000000000LL;
+}
+
+int clock_gettime(clockid_t clock, struct timespec *ts) {
+    if (!real_clock_gettime) real_clock_gettime = dlsym(RTLD_NEXT, "clock_gettime");
+    int rc = real_clock_gettime(clock, ts);
+    if (rc == 0 && (clock == CLOCK_REALTIME || clock == CLOCK_REALTIME_COARSE)) shift(ts);
+    return rc;
+}
+
+int gettimeofday(struct timeval *tv, void *tz) {
+    if (!real_gettimeofday) real_gettimeofday = dlsym(RTLD_NEXT, "gettimeofday");
+    int rc = real_gettimeofday(tv, tz);
+    if (rc == 0 && tv) {
+        struct timespec ts = {tv->tv_sec, tv->tv_usec * 1000};
+        shift(&ts);
+        tv->tv_sec = ts.tv_sec;
+        tv->tv_usec = ts.tv_nsec / 1000;
+    }
+    return rc;
+}
+
+time_t time(time_t *out) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (out) *out = ts.tv_sec;
+    return ts.tv_sec;
+}
+"""
 
 
-def skewed_clock_env(offset_seconds: float) -> dict[str, str]:
+def build_skew_library(directory: str) -> str:
+    """Compile the clock-skew shim into ``directory`` (once) and return its path; needs gcc."""
+    import os
+    import shutil
+    import subprocess
+
+    target = os.path.join(directory, "grid-resume-skew.so")
+    if os.path.exists(target):
+        return target
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        raise ValueError("a skewed clock needs a C compiler (gcc) to build its preload library")
+    source = os.path.join(directory, "grid-resume-skew.c")
+    with open(source, "w") as fh:
+        fh.write(SKEW_SOURCE)
+    done = subprocess.run(
+        [compiler, "-O2", "-shared", "-fPIC", "-o", target, source, "-ldl"], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise ValueError(f"building the clock-skew library failed: {done.stderr.strip()[:500]}")
+    return target
+
+
+def skewed_clock_env(offset_seconds: float, library: str | None) -> dict[str, str]:
     """Environment that makes a process tree's wall clock run ``offset_seconds`` off (monotonic untouched)."""
-    if not offset_seconds:
+    if not offset_seconds or library is None:
         return {}
-    library = libfaketime()
-    if library is None:
-        raise ValueError("a skewed clock needs libfaketime: install the Debian package faketime (make system-deps)")
-    return {"LD_PRELOAD": library, "FAKETIME": f"{offset_seconds:+.0f}", "DONT_FAKE_MONOTONIC": "1"}
+    return {"LD_PRELOAD": library, "GRID_RESUME_CLOCK_OFFSET": f"{offset_seconds:.3f}"}
 
 
 class Faults:
@@ -111,6 +180,7 @@ class Faults:
         self.drops: list[Countdown] = []
         self.describe_not_found_seconds = 0.0
         self.clock_offset_seconds = 0.0
+        self.skew_library: str | None = None  # built by the clock route, when first needed
         self.counters = {"throttled": 0, "faults": 0, "dropped": 0, "not_found": 0}
 
     # -- throttling -------------------------------------------------------------------------
