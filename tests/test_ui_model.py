@@ -193,3 +193,11 @@ def test_each_try_links_its_own_instance() -> None:
     html = render.run_page(local, title="t", now=T0 + 500)
     assert "href='http://127.0.0.1:5000/_emulator/pages/instances/i-1'" in html
     assert model.with_instance_links(view, {})["tries"][0]["instance_url"] is None
+
+
+def test_a_session_planned_but_not_launched_is_no_session() -> None:
+    docs = _docs(running=True)
+    docs["sessions"].append({"session": 4, "start": None, "launch": None, "heartbeat": None, "outcome": None})
+    view = model.run_view(docs, TRIES, now=T0 + 303, ti_state="deferred")
+    assert [s["session"] for s in view["sessions"]] == [1, 2, 3]
+    assert view["state"]["phase"] == "running"

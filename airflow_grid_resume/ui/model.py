@@ -206,7 +206,7 @@ def current_state(
     """
     final = docs.get("final") or {}
     last = rows[-1] if rows else None
-    sessions = docs.get("sessions") or []
+    sessions = [r for r in docs.get("sessions") or [] if any(r.get(k) for k in ("launch", "outcome", "closed"))]
     record = sessions[-1] if sessions else {}
     beat = (record.get("heartbeat") or {}) if last and last["status"] == "running" else {}
     progress = beat.get("progress") or {}
@@ -292,7 +292,8 @@ def run_view(
     waiting: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything the run view of one task instance shows."""
-    records = list(docs.get("sessions") or [])
+    # a session planned (launch-attempt.json) but not launched is no session yet (as in summary.read_records)
+    records = [r for r in docs.get("sessions") or [] if any(r.get(k) for k in ("launch", "outcome", "closed"))]
     rows = [session_row(r, now) for r in records]
     lost = steps_lost(records)
     for row in rows:
