@@ -31,13 +31,14 @@ from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, expiry_tag, hook_client, launch_error
-from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink
+from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
+from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
 from airflow_grid_resume.spot.launch import SPOT, FallbackPolicy, LaunchSpec, explain_fatal
 from airflow_grid_resume.spot.planner import LaunchPlanner
 from airflow_grid_resume.spot.prices import on_demand_price
-from airflow_grid_resume.summary import INTERRUPTED, read_records, session_status, summarize
+from airflow_grid_resume.summary import INTERRUPTED, read_records, session_status, summarize, summary_lines
 from airflow_grid_resume.triggers.capacity import (
     ATTEMPT_RECORD,
     SessionLauncher,
@@ -50,6 +51,7 @@ from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
 
 STATE_KEY = "grid_resume"
 FINAL_KEY = "final.json"
+RUN_XCOM = "_grid_resume_run"  # read by the UI plugin (ui/source.py)
 RERUN_CHOICES = ("resume", "fresh")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 
@@ -256,6 +258,7 @@ class GridRunOperator(BaseOperator):
         except UsageError as exc:
             raise AirflowFailException(str(exc)) from exc
         if client is None:
+            quiet_credential_logs()
             client = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).get_conn()
         return RunLedger(client, location)
 
@@ -281,7 +284,7 @@ class GridRunOperator(BaseOperator):
     def _prepare(self, ledger: RunLedger, run_uri: str) -> None:
         """Agent and workdir snapshot once per run (a retry finds them); the spec whenever it changed,
         so a failed run cleared after fixing its command resumes with the fixed one."""
-        spec = {"command": self._argv(), "agent_args": self.agent_args, "run_uri": run_uri}
+        spec = {"command": self._argv(), "agent_args": self.agent_args, "run_uri": run_uri, "budgets": self._budgets()}
         stored = ledger.get_json(ledger.key(SPEC_KEY))
         if stored is not None:
             if {k: stored.get(k) for k in spec} != spec:
@@ -295,6 +298,10 @@ class GridRunOperator(BaseOperator):
             result = Syncer(ledger, self.workdir, session=0).sync("snapshot")
             self.log.info("uploaded the workdir snapshot %s: %s", self.workdir, result.summary())
         ledger.put_json(ledger.key(SPEC_KEY), spec)
+
+    def _budgets(self) -> dict[str, int]:
+        """The limits the run view shows its budgets against."""
+        return {"max_interruptions": self.max_interruptions, "failure_retries": self.failure_retries}
 
     @staticmethod
     def _history(ledger: RunLedger, before: int) -> tuple[int, int]:
@@ -323,6 +330,7 @@ class GridRunOperator(BaseOperator):
 
     def _fail(self, ledger: RunLedger, session: int, message: str) -> AirflowFailException:
         self._end_run(ledger, session, "failed", message.splitlines()[0])
+        self._summary(ledger, {"status": "failed"})  # the last try's log ends with the run's story
         return AirflowFailException(message)
 
     # -- the lifecycle -------------------------------------------------------------------------------
@@ -347,12 +355,11 @@ class GridRunOperator(BaseOperator):
         self._prepare(ledger, run_uri)
         loc = ledger.location
         GridArtifactsLink.persist(
-            context=context,
-            operator=self,
-            region_name=self.region_name or "us-east-1",
-            aws_partition="aws",
-            bucket=loc.bucket,
-            prefix=loc.prefix,
+            context=context, operator=self, **self._link_target(), bucket=loc.bucket, prefix=loc.prefix
+        )
+        # Where the UI plugin reads this run's ledger, and through which connection (never credentials).
+        context["ti"].xcom_push(
+            key=RUN_XCOM, value={"run_uri": run_uri, "aws_conn_id": self.aws_conn_id, "region_name": self.region_name}
         )
         store = context.get("task_state_store")
         state = (store.get(STATE_KEY) if store else None) or {}
@@ -577,8 +584,7 @@ class GridRunOperator(BaseOperator):
         GridInstanceLink.persist(
             context=context,
             operator=self,
-            region_name=self.region_name or "us-east-1",
-            aws_partition="aws",
+            **self._link_target(),
             instance_id=instance_id,
         )
         deadline = float(state.get("first_started_at", time.time())) + self.max_run if self.max_run else None
@@ -627,8 +633,14 @@ class GridRunOperator(BaseOperator):
                     f"{self.max_interruptions} (session {session} was {what})",
                 )
             self._alert_as_interruption()
+            how = (
+                "ended by a spot notice" if status == "interrupted" else f"lost without notice ({event.get('reason')})"
+            )
+            manifest = (event.get("outcome") or {}).get("manifest") or next(iter(ledger.list_manifests()), None)
+            name = getattr(manifest, "name", manifest)
+            resume = f"checkpoint {name} in {ledger.location}" if name else "the start (no checkpoint yet)"
             raise SessionInterrupted(
-                f"session {session} was {what}: the next try resumes from the last checkpoint "
+                f"spot interruption: session {session} {how}; the next try resumes from {resume} "
                 f"({interruptions} of {self.max_interruptions} interruptions used)"
             )
         outcome = event.get("outcome") or {"reason": event.get("reason")}
@@ -643,6 +655,12 @@ class GridRunOperator(BaseOperator):
         hint = f" {outcome['hint']}" if outcome.get("hint") else ""  # the agent's own failure, e.g. a full disk
         raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}.{hint}\n{tail}")
 
+    def _link_target(self) -> dict:
+        """Region, partition and (on the local spot cloud) its address, for the extra links."""
+        if getattr(self, "_target", None) is None:
+            self._target = link_target(SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name))
+        return self._target
+
     def _alert_as_interruption(self) -> None:
         """An interruption is routine on spot: this try's retry runs ``on_interruption_callback``
         instead of ``on_retry_callback`` and sends no retry email. Airflow reads both from the task
@@ -651,12 +669,17 @@ class GridRunOperator(BaseOperator):
         self.email_on_retry = False
 
     def _summary(self, ledger: RunLedger, event: dict) -> dict:
-        summary = summarize(read_records(ledger), final_outcome=event.get("status"))
+        records = read_records(ledger)
+        summary = summarize(records, final_outcome=event.get("status"))
         last = (event.get("outcome") or {}).get("manifest")
         if last is None:  # reported without this session's outcome: the newest committed checkpoint
             newest_first = ledger.list_manifests()
             last = newest_first[0].name if newest_first else None
-        return {"run_uri": str(ledger.location), **summary, "last_manifest": last}
+        summary = {"run_uri": str(ledger.location), **summary, "last_manifest": last}
+        closed = {r["session"]: r["closed"] for r in records}
+        for line in summary_lines(summary, run_uri=str(ledger.location), closed=closed):
+            self.log.info("%s", line)
+        return summary
 
     def on_kill(self) -> None:
         """Killed while on a worker (between launch and defer): never leave the instance running.

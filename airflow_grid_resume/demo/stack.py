@@ -22,7 +22,22 @@ from typing import Any
 
 from airflow_grid_resume.emulator.moto_server import free_port
 
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+LOG_SERVER = "log-server"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", LOG_SERVER)
+COMMANDS = {
+    LOG_SERVER: [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "airflow.utils.serve_logs.log_server:get_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+}
 # Where Debian puts the server binaries when they are not on PATH.
 POSTGRES_BIN_DIRS = ("/usr/local/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin")
 
@@ -41,17 +56,35 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float =
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def loopback_hostname() -> str:
+    """``[core] hostname_callable`` of the stack: the api-server fetches a running task's log from
+    the log server at the task's hostname, and that server listens on the loopback interface only."""
+    return "127.0.0.1"
+
+
 class AirflowApi:
     """The api-server's public REST API (v2), as a user's script or the UI calls it."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, login: tuple[str, str] | None = None) -> None:
         self.base_url = base_url
+        self.login = login
         self.token: str | None = None
 
+    def get_token(self) -> str:
+        """A JWT: with ``login``, from the user's password; else (all admins) for the asking."""
+        if self.login is None:
+            request = urllib.request.Request(f"{self.base_url}/auth/token")
+        else:
+            body = json.dumps({"username": self.login[0], "password": self.login[1]}).encode()
+            request = urllib.request.Request(
+                f"{self.base_url}/auth/token", data=body, headers={"Content-Type": "application/json"}
+            )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return str(json.loads(resp.read())["access_token"])
+
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
-        if self.token is None:  # simple auth manager, all admins: a token for the asking
-            with urllib.request.urlopen(f"{self.base_url}/auth/token", timeout=10) as resp:
-                self.token = json.loads(resp.read())["access_token"]
+        if self.token is None:
+            self.token = self.get_token()
         req = urllib.request.Request(
             f"{self.base_url}/api/v2{path}",
             data=json.dumps(body).encode() if body is not None else None,
@@ -144,8 +177,14 @@ class AirflowStack:
     """Start the components with their own home and stop every process they started.
 
     ``components`` names the processes: an Airflow command, with ``-N`` to run more than one
-    (``("triggerer-1", "triggerer-2")``); ``database_url`` puts the metadata database elsewhere than
-    SQLite in the home (``PostgresServer.url``).
+    (``("triggerer-1", "triggerer-2")``), or ``log-server``; ``database_url`` puts the metadata database
+    elsewhere than SQLite in the home (``PostgresServer.url``).
+
+    Everything listens on 127.0.0.1 only: the api-server (``[api] host``) and one log server for the
+    worker's and the triggerers' logs (Airflow's own binds every interface and has no host option, so
+    the scheduler and triggerers run with ``--skip-serve-logs`` and the stack starts it on loopback).
+    ``login`` (user, password) turns the simple auth manager's "everyone is admin" off: that user
+    (an admin) must log in.
     """
 
     def __init__(
@@ -155,10 +194,13 @@ class AirflowStack:
         extra_env: dict[str, str],
         components: tuple[str, ...] = COMPONENTS,
         database_url: str | None = None,
+        login: tuple[str, str] | None = None,
     ) -> None:
         self.home = home
         self.components = components
         self.port = free_port()
+        self.log_port = free_port()
+        self.login = login
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
             **extra_env,
@@ -167,21 +209,25 @@ class AirflowStack:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.port}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False" if login else "True",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{login[0]}:admin" if login else "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.loopback_hostname",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            # one log server on one machine serves the worker's and the triggerers' log files
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_port),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.log_port),
             **({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url} if database_url else {}),
         }
-        # each triggerer serves its trigger logs on its own port
-        self.log_ports = {name: free_port() for name in components}
         self.procs: list[subprocess.Popen] = []  # every process ever started, restarts included
         self.running: dict[str, subprocess.Popen] = {}
-        self.api = AirflowApi(f"http://127.0.0.1:{self.port}")
+        self.api = AirflowApi(f"http://127.0.0.1:{self.port}", login)
 
     @property
     def url(self) -> str:
@@ -189,11 +235,15 @@ class AirflowStack:
 
     def launch(self, name: str) -> subprocess.Popen:
         """Start component ``name`` (again: its log file is appended to)."""
-        env = {**self.env, "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.log_ports[name])}
+        command = re.sub(r"-\d+$", "", name)
+        argv = COMMANDS.get(command, [sys.executable, "-m", "airflow", command])
+        argv = argv + (["--skip-serve-logs"] if command in ("scheduler", "triggerer") else [])
+        argv = argv + (["--port", str(self.log_port)] if command == LOG_SERVER else [])
         with open(self.home / f"{name}.log", "ab") as log_file:  # the child keeps its own descriptor
             proc = subprocess.Popen(
-                [sys.executable, "-m", "airflow", re.sub(r"-\d+$", "", name)],
-                env=env,
+                argv,
+                env=self.env,
+                cwd=self.home,  # not a source checkout: its *.egg-info would list the plugin twice
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -219,6 +269,8 @@ class AirflowStack:
         subprocess.run(
             [sys.executable, "-m", "airflow", "db", "migrate"], env=self.env, check=True, capture_output=True
         )
+        if self.login:
+            (self.home / "passwords.json").write_text(json.dumps({self.login[0]: self.login[1]}))
         for component in only or self.components:
             self.launch(component)
         wait_for("the api-server", lambda: self.api.call("GET", "/version"), timeout)

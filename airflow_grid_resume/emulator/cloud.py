@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl
 from xml.etree import ElementTree
 
 from airflow_grid_resume.agent.child import become_subreaper, reap_orphans
+from airflow_grid_resume.emulator import pages
 from airflow_grid_resume.emulator.faults import (
     FAULT_MESSAGE,
     FAULT_STATUS,
@@ -574,6 +575,8 @@ class SpotCloudApp:
         method = environ.get("REQUEST_METHOD")
         cloud = self.cloud
         faults = cloud.faults
+        if method == "GET" and name.startswith(pages.PREFIX):  # where the AWS console would be
+            return pages.serve(cloud, name, environ, start_response, lambda: pages.local_s3(cloud.endpoint_url))
         try:
             doc = json.loads(body) if body else {}
             if method == "GET" and name == "instances":
