@@ -51,3 +51,7 @@ class ManifestError(ValueError):
 
 class CorruptObjectError(ValueError):
     """An object's bytes do not match the sha256 it is stored under."""
+
+
+class UnsupportedFormatError(NoRestorableCheckpointError):
+    """A ledger document has a newer format than this agent knows: it refuses rather than guess."""

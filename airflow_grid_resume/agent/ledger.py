@@ -4,7 +4,9 @@ Layout under the run prefix (see docs/ledger.md)::
 
     spec.json                               the run's spec (written by the Airflow side)
     lease.json                              which agent holds the run (conditional writes)
+    latest.json                             names the newest manifest (written after it, conditionally)
     manifests/SSSSSS-NNNNNN.json            immutable checkpoints, newest = greatest name
+    packs/<hex>                             content-addressed packs of small files
     objects/sha256/<hex>                    content-addressed file bodies and chunks
     sessions/SSSSSS/session.json            a session's start record (creating it claims the number)
     sessions/SSSSSS/heartbeat.json          overwritten while the session lives
@@ -24,7 +26,15 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume.agent.errors import CorruptObjectError, ManifestError
-from airflow_grid_resume.agent.manifest import Manifest, check_sha256, parse_manifest, parse_manifest_name
+from airflow_grid_resume.agent.manifest import (
+    FileEntry,
+    Manifest,
+    check_sha256,
+    format_version,
+    manifest_name,
+    parse_manifest,
+    parse_manifest_name,
+)
 from airflow_grid_resume.agent.s3client import (
     explain_access_error,
     is_not_found,
@@ -35,6 +45,9 @@ from airflow_grid_resume.agent.uri import S3Location
 LOG_OFFSET_DIGITS = 16
 MAX_LOG_CHUNK = 8 * 1024 * 1024
 _SESSION_DIR = re.compile(r"^(\d{6})/$")
+POINTER = "latest.json"
+POINTER_FORMAT_PREFIX = "grid-resume-latest/"
+POINTER_FORMAT_VERSION = 1
 
 
 class ConditionalWriteLost(Exception):
@@ -66,6 +79,18 @@ class RunLedger:
 
     def object_key(self, sha256: str) -> str:
         return self.key("objects", "sha256", check_sha256(sha256, "object name"))
+
+    def pack_key(self, sha256: str) -> str:
+        return self.key("packs", check_sha256(sha256, "pack name"))
+
+    def manifest_key(self, session: int, seq: int) -> str:
+        return self.key("manifests", manifest_name(session, seq))
+
+    def blob_keys(self, entry: FileEntry) -> list[str]:
+        """The keys holding a file's bytes: its pack, or its object(s); none for an empty file."""
+        if entry.pack:
+            return [self.pack_key(entry.pack)]
+        return [self.object_key(h) for h in entry.object_hashes()]
 
     def session_key(self, session: int, name: str) -> str:
         return self.key("sessions", f"{session:06d}", name)
@@ -173,12 +198,45 @@ class RunLedger:
             raise CorruptObjectError(f"object {sha256} is corrupt (its bytes hash to {actual})")
         return data
 
+    def put_pack(self, sha256: str, body: bytes) -> None:
+        """Store a pack under its own hash (rewriting an existing pack writes the same bytes)."""
+        self.put(self.pack_key(sha256), body)
+
+    def get_pack_range(self, sha256: str, start: int, length: int) -> bytes:
+        """``length`` bytes of a pack from ``start`` (one ranged GET); unverified, the caller checks
+        every file in it against its own sha256."""
+        data = self.get(self.pack_key(sha256), byte_range=f"bytes={start}-{start + length - 1}")
+        if data is None:
+            raise CorruptObjectError(f"pack {sha256} is missing")
+        if len(data) != length:
+            raise CorruptObjectError(f"pack {sha256} is shorter than its manifest says ({len(data)} of {length} bytes)")
+        return data
+
+    def delete_keys(self, keys: list[str]) -> int:
+        """Delete keys, 1,000 per request (S3's limit); returns how many were deleted."""
+        deleted = 0
+        for i in range(0, len(keys), 1000):
+            batch = keys[i : i + 1000]
+            resp = self.client.delete_objects(
+                Bucket=self.location.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+            )
+            errors = resp.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise ClientError(
+                    {"Error": {"Code": first.get("Code", ""), "Message": first.get("Message", "")}}, "DeleteObjects"
+                )
+            deleted += len(batch)
+        return deleted
+
     # -- manifests --------------------------------------------------------------------------
-    def list_manifests(self) -> list[StoredManifest]:
-        """Every manifest, newest first."""
+    def list_manifests(self, *, from_name: str | None = None) -> list[StoredManifest]:
+        """Every manifest, newest first; with ``from_name``, only that one (if it exists) and newer:
+        one LIST starting right before it, whatever the number of older manifests."""
         prefix = self.key("manifests") + "/"
         found = []
-        for item in self.list(prefix):
+        start_after = prefix + from_name.removesuffix(".json") if from_name else None
+        for item in self.list(prefix, start_after=start_after):
             name = item["Key"][len(prefix) :]
             parsed = parse_manifest_name(name)
             if parsed:
@@ -202,6 +260,43 @@ class RunLedger:
         if not self.put_once(key, manifest.to_json()):
             raise ConditionalWriteLost(f"manifest {manifest.name} already exists with other content")
         return key
+
+    # -- the newest-checkpoint pointer --------------------------------------------------------
+    def read_pointer(self) -> tuple[str, str] | None:
+        """(manifest name, ETag) of ``latest.json``, or None when absent or unreadable.
+
+        A pointer in a newer format than this agent knows raises UnsupportedFormatError."""
+        got = self.get_with_etag(self.key(POINTER))
+        name = None if got is None else pointer_target(got[0])
+        return None if got is None or name is None else (name, got[1])
+
+    def advance_pointer(self, manifest: Manifest, etag: str | None) -> str:
+        """Point ``latest.json`` at ``manifest`` unless it already names a newer one; returns the
+        ETag to pass next time. Conditional (If-Match on the ETag we last saw, If-None-Match when
+        there was none), so a stale writer never moves the pointer back."""
+        body = json_bytes(
+            {
+                "format": f"{POINTER_FORMAT_PREFIX}{POINTER_FORMAT_VERSION}",
+                "manifest": manifest.name,
+                "session": manifest.session,
+                "seq": manifest.seq,
+                "created_at": manifest.created_at,
+            }
+        )
+        key = self.key(POINTER)
+        for _ in range(3):
+            try:
+                return self.put(key, body, if_match=etag) if etag else self.put(key, body, if_none_match=True)
+            except ConditionalWriteLost:
+                got = self.get_with_etag(key)
+                if got is None:
+                    etag = None
+                    continue
+                name = pointer_target(got[0])
+                if name is not None and parse_manifest_name(name) >= (manifest.session, manifest.seq):  # type: ignore[operator]
+                    return got[1]
+                etag = got[1]
+        raise ConditionalWriteLost(f"{key} kept changing while it was being advanced")
 
     # -- sessions ---------------------------------------------------------------------------
     def list_sessions(self) -> list[int]:
@@ -280,6 +375,23 @@ def plan_log_reads(
         plan.append((key, f"bytes={skip}-" if skip else None))
         position = start + size
     return plan
+
+
+def pointer_target(body: bytes) -> str | None:
+    """The manifest name in a ``latest.json`` body; None if it is not a valid pointer. A newer
+    pointer format raises UnsupportedFormatError (never guessed at)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    try:
+        format_version(doc, POINTER, POINTER_FORMAT_PREFIX, POINTER_FORMAT_VERSION)
+    except ManifestError:
+        return None
+    name = doc.get("manifest")
+    return name if isinstance(name, str) and parse_manifest_name(name) else None
 
 
 def json_bytes(doc: dict) -> bytes:
