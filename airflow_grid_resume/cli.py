@@ -13,6 +13,7 @@ commands:
   emulator    run the local spot cloud (EC2 + S3 + capacity faults + instance fabric) in the foreground
   imds        run the EC2 metadata-service emulator (spot notices, faults) in the foreground
   build-agent write the agent zipapp to a file
+  gc          keep a run's newest checkpoints and delete what none of them references (dry run by default)
   verify      run a training command through seeded spot interruptions locally and say if it resumes
 """
 
@@ -43,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from airflow_grid_resume.verify.cli import main as verify_main
 
         return verify_main(rest)
+    if command == "gc":
+        from airflow_grid_resume.agent.gc import main as gc_main
+
+        return gc_main(rest)
     if command == "build-agent":
         from airflow_grid_resume.agent.bundle import build_zipapp
 
