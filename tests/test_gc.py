@@ -87,3 +87,18 @@ def test_gc_during_a_sync_keeps_what_the_uncommitted_manifest_needs(ledger: RunL
     dst = tmp_path / "dst"
     assert Restorer(ledger, str(dst)).restore().manifest.name == "000002-000001.json"
     assert snapshot(dst) == snapshot(src)
+
+
+def test_the_operator_keeps_its_newest_checkpoints_when_a_run_succeeds(ledger: RunLedger, tmp_path: Path) -> None:
+    from airflow_grid_resume.operators import GridRunOperator
+    from tests.conftest import OPERATOR_ARGS
+
+    src = tmp_path / "src"
+    _versions(ledger, src, 4)
+    GridRunOperator(**OPERATOR_ARGS, keep_checkpoints=None)._retain(ledger)  # None: keep everything
+    assert len(ledger.list_manifests()) == 4
+    GridRunOperator(**OPERATOR_ARGS, keep_checkpoints=2)._retain(ledger)
+    assert [m.name for m in ledger.list_manifests()] == ["000001-000004.json", "000001-000003.json"]
+    dst = tmp_path / "dst"
+    Restorer(ledger, str(dst)).restore()
+    assert snapshot(dst) == snapshot(src)
