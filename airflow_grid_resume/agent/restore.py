@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 # Needed files of one pack closer than this are fetched by one ranged GET (the gap's bytes cost
 # less than a second request); see docs/ledger.md, "Packs".
 RANGE_MERGE_GAP = 1024 * 1024
+# A run is cut at this many bytes, so a pack is read (and its files written) by several workers at
+# once: S3's own advice for throughput is parallel ranged GETs of a few MiB.
+RANGE_MAX = 2 * 1024 * 1024
 
 
 @dataclass
@@ -133,10 +136,13 @@ class Restorer:
         pool = ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="grid-restore")
         partials: list[_Partial] = []
         try:
+            # Only files that exist locally are checked (in parallel: the check may hash them).
+            targets = [(f, safe_target(self.root, f.path)) for f in manifest.files]
+            present = [(f, t) for f, t in targets if os.path.lexists(t)]
             size = manifest.chunk_size
-            checks = [(self._already_there, f, safe_target(self.root, f.path), size) for f in manifest.files]
-            kept = _run_all(pool, checks)
-            todo = [f for f, ok in zip(manifest.files, kept, strict=True) if not ok]
+            kept = _run_all(pool, [(self._already_there, f, t, size) for f, t in present])
+            kept_paths = {f.path for (f, _), ok in zip(present, kept, strict=True) if ok}
+            todo = [f for f in manifest.files if f.path not in kept_paths]
             result.files_kept += len(manifest.files) - len(todo)
             tasks: list[tuple] = []
             packed: dict[str, list[FileEntry]] = {}
@@ -274,19 +280,22 @@ class Restorer:
                 pass
 
 
-def plan_pack_reads(files: list[FileEntry], gap: int = RANGE_MERGE_GAP) -> list[list[FileEntry]]:
+def plan_pack_reads(
+    files: list[FileEntry], gap: int = RANGE_MERGE_GAP, longest: int = RANGE_MAX
+) -> list[list[FileEntry]]:
     """Files of one pack grouped into runs that one ranged GET each covers, in pack order.
 
-    Neighbours closer than ``gap`` share a GET; files that share bytes (deduplicated) share a run."""
+    Neighbours closer than ``gap`` share a GET unless the run would exceed ``longest`` bytes;
+    files that share bytes (deduplicated) share a run."""
     runs: list[list[FileEntry]] = []
-    end = -1
+    start = end = -1
     for f in sorted(files, key=lambda f: (f.offset, f.size)):
-        if runs and f.offset <= end + gap:
+        if runs and (f.offset < end or (f.offset <= end + gap and f.offset + f.size - start <= longest)):
             runs[-1].append(f)
             end = max(end, f.offset + f.size)
         else:
             runs.append([f])
-            end = f.offset + f.size
+            start, end = f.offset, f.offset + f.size
     return runs
 
 
