@@ -114,3 +114,16 @@ def test_restore_reads_the_pointer_and_finds_a_manifest_it_missed(ledger: RunLed
     again = tmp_path / "again"
     assert Restorer(ledger, str(again)).restore().manifest.name == "000001-000006.json"
     assert (again / "step").read_text() == "cut off"
+
+
+def test_a_session_keeps_a_bounded_number_of_its_manifests(ledger: RunLedger, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    s = syncer(ledger, src, keep_manifests=2)
+    for i in range(4):
+        (src / "step").write_text(str(i))
+        assert s.sync("periodic").committed
+    assert [m.name for m in ledger.list_manifests()] == ["000001-000004.json", "000001-000003.json"]
+    dst = tmp_path / "dst"
+    assert Restorer(ledger, str(dst)).restore().manifest.name == "000001-000004.json"
+    assert (dst / "step").read_text() == "3"
