@@ -174,17 +174,6 @@ class RunLedger:
             yield from page.get("Contents", [])
 
     # -- objects ----------------------------------------------------------------------------
-    def object_size(self, sha256: str) -> int | None:
-        """Size of a stored object, or None if it is not stored (one HEAD)."""
-        try:
-            return int(
-                self.client.head_object(Bucket=self.location.bucket, Key=self.object_key(sha256))["ContentLength"]
-            )
-        except ClientError as exc:
-            if is_not_found(exc):
-                return None
-            raise
-
     def put_blob(self, sha256: str, body: bytes) -> None:
         self.put(self.object_key(sha256), body)
 
