@@ -295,3 +295,31 @@ def test_fast_timestamps_match_botocore() -> None:
     for value in ("2026-11-25T11:00:00.000Z", "2026-11-25T11:00:00Z", "Wed, 25 Nov 2026 11:00:00 GMT", 1764068400):
         assert fast_timestamp(value) == parse_timestamp(value)
         assert fast_timestamp(value).utcoffset() == parse_timestamp(value).utcoffset()
+
+
+def test_docs_list_every_key_of_the_layout_and_its_writers() -> None:
+    """docs/ledger.md is checked against the contract in code: every key, and "Airflow side" for keys
+    only the Airflow side writes."""
+    from pathlib import Path
+
+    from airflow_grid_resume.agent import layout
+
+    docs = (Path(__file__).parent.parent / "docs" / "ledger.md").read_text()
+    block = docs.split("```", 2)[1]
+    lines = [line.strip() for line in block.splitlines()]
+    for rule in layout.RULES:
+        found = [line for line in lines if line.startswith(rule.key + " ")]
+        assert found, f"docs/ledger.md does not list {rule.key}"
+        assert ("Airflow side" in found[0]) == (rule.writers == ("airflow",)), found[0]
+    assert layout.log_chunk(3, 42) == "sessions/000003/logs/0000000000000042.log"
+    assert layout.manifest(1, 2) == "manifests/000001-000002.json"
+
+
+def test_pointer_record_round_trip_and_refusal() -> None:
+    from airflow_grid_resume.agent.layout import Pointer
+
+    p = Pointer("000002-000003.json", 2, 3, "t")
+    assert Pointer.from_json(p.to_json()) == p
+    assert Pointer.from_json(b"{nope") is None and Pointer.from_json(b'{"format": "x/1"}') is None
+    with pytest.raises(UnsupportedFormatError):
+        Pointer.from_json(b'{"format": "grid-resume-latest/2", "manifest": "000001-000001.json"}')

@@ -1,17 +1,7 @@
 """The run ledger: one S3 prefix per run, shared by the agent and the Airflow side.
 
-Layout under the run prefix (see docs/ledger.md)::
-
-    spec.json                               the run's spec (written by the Airflow side)
-    lease.json                              which agent holds the run (conditional writes)
-    latest.json                             names the newest manifest (written after it, conditionally)
-    manifests/SSSSSS-NNNNNN.json            immutable checkpoints, newest = greatest name
-    packs/<hex>                             content-addressed packs of small files
-    objects/sha256/<hex>                    content-addressed file bodies and chunks
-    sessions/SSSSSS/session.json            a session's start record (creating it claims the number)
-    sessions/SSSSSS/heartbeat.json          overwritten while the session lives
-    sessions/SSSSSS/logs/<offset>.log       the command's output, chunk by chunk, keyed by byte offset
-    sessions/SSSSSS/outcome.json            how the session ended (written once)
+Typed access over boto3 (stdlib + botocore otherwise); the keys and the rules of who writes them are
+in :mod:`airflow_grid_resume.agent.layout`, the manifest format in :mod:`.manifest`; see docs/ledger.md.
 """
 
 from __future__ import annotations
@@ -25,13 +15,11 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.errors import CorruptObjectError, ManifestError
 from airflow_grid_resume.agent.manifest import (
     FileEntry,
     Manifest,
-    check_sha256,
-    format_version,
-    manifest_name,
     parse_manifest,
     parse_manifest_name,
 )
@@ -42,12 +30,8 @@ from airflow_grid_resume.agent.s3client import (
 )
 from airflow_grid_resume.agent.uri import S3Location
 
-LOG_OFFSET_DIGITS = 16
 MAX_LOG_CHUNK = 8 * 1024 * 1024
 _SESSION_DIR = re.compile(r"^(\d{6})/$")
-POINTER = "latest.json"
-POINTER_FORMAT_PREFIX = "grid-resume-latest/"
-POINTER_FORMAT_VERSION = 1
 
 
 class ConditionalWriteLost(Exception):
@@ -78,13 +62,13 @@ class RunLedger:
         return self.location.key(*parts)
 
     def object_key(self, sha256: str) -> str:
-        return self.key("objects", "sha256", check_sha256(sha256, "object name"))
+        return self.key(layout.blob(sha256))
 
     def pack_key(self, sha256: str) -> str:
-        return self.key("packs", check_sha256(sha256, "pack name"))
+        return self.key(layout.pack(sha256))
 
     def manifest_key(self, session: int, seq: int) -> str:
-        return self.key("manifests", manifest_name(session, seq))
+        return self.key(layout.manifest(session, seq))
 
     def blob_keys(self, entry: FileEntry) -> list[str]:
         """The keys holding a file's bytes: its pack, or its object(s); none for an empty file."""
@@ -93,16 +77,16 @@ class RunLedger:
         return [self.object_key(h) for h in entry.object_hashes()]
 
     def session_key(self, session: int, name: str) -> str:
-        return self.key("sessions", f"{session:06d}", name)
+        return self.key(layout.session_dir(session), name)
 
     def log_key(self, session: int, offset: int) -> str:
-        return self.session_key(session, f"logs/{offset:0{LOG_OFFSET_DIGITS}d}.log")
+        return self.key(layout.log_chunk(session, offset))
 
     # -- primitives -------------------------------------------------------------------------
     def check_access(self) -> None:
         """Fail early, with a message that says what to fix, if the bucket cannot be used."""
         try:
-            self.client.list_objects_v2(Bucket=self.location.bucket, Prefix=self.key("manifests/"), MaxKeys=1)
+            self.client.list_objects_v2(Bucket=self.location.bucket, Prefix=self.key(layout.MANIFESTS) + "/", MaxKeys=1)
         except (ClientError, BotoCoreError) as exc:
             raise explain_access_error(exc, self.location.bucket) from exc
 
@@ -222,7 +206,7 @@ class RunLedger:
     def list_manifests(self, *, from_name: str | None = None) -> list[StoredManifest]:
         """Every manifest, newest first; with ``from_name``, only that one (if it exists) and newer:
         one LIST starting right before it, whatever the number of older manifests."""
-        prefix = self.key("manifests") + "/"
+        prefix = self.key(layout.MANIFESTS) + "/"
         found = []
         start_after = prefix + from_name.removesuffix(".json") if from_name else None
         for item in self.list(prefix, start_after=start_after):
@@ -245,7 +229,7 @@ class RunLedger:
 
     def commit_manifest(self, manifest: Manifest) -> str:
         """Write a manifest once; it is never overwritten. Returns its key."""
-        key = self.key("manifests", manifest.name)
+        key = self.manifest_key(manifest.session, manifest.seq)
         if not self.put_once(key, manifest.to_json()):
             raise ConditionalWriteLost(f"manifest {manifest.name} already exists with other content")
         return key
@@ -255,24 +239,16 @@ class RunLedger:
         """(manifest name, ETag) of ``latest.json``, or None when absent or unreadable.
 
         A pointer in a newer format than this agent knows raises UnsupportedFormatError."""
-        got = self.get_with_etag(self.key(POINTER))
-        name = None if got is None else pointer_target(got[0])
-        return None if got is None or name is None else (name, got[1])
+        got = self.get_with_etag(self.key(layout.POINTER))
+        pointer = None if got is None else layout.Pointer.from_json(got[0])
+        return None if got is None or pointer is None else (pointer.manifest, got[1])
 
     def advance_pointer(self, manifest: Manifest, etag: str | None) -> str:
         """Point ``latest.json`` at ``manifest`` unless it already names a newer one; returns the
         ETag to pass next time. Conditional (If-Match on the ETag we last saw, If-None-Match when
         there was none), so a stale writer never moves the pointer back."""
-        body = json_bytes(
-            {
-                "format": f"{POINTER_FORMAT_PREFIX}{POINTER_FORMAT_VERSION}",
-                "manifest": manifest.name,
-                "session": manifest.session,
-                "seq": manifest.seq,
-                "created_at": manifest.created_at,
-            }
-        )
-        key = self.key(POINTER)
+        ours = layout.Pointer(manifest.name, manifest.session, manifest.seq, manifest.created_at)
+        body, key = ours.to_json(), self.key(layout.POINTER)
         for _ in range(3):
             try:
                 return self.put(key, body, if_match=etag) if etag else self.put(key, body, if_none_match=True)
@@ -281,15 +257,15 @@ class RunLedger:
                 if got is None:
                     etag = None
                     continue
-                name = pointer_target(got[0])
-                if name is not None and parse_manifest_name(name) >= (manifest.session, manifest.seq):  # type: ignore[operator]
+                theirs = layout.Pointer.from_json(got[0])
+                if theirs is not None and theirs.order >= ours.order:
                     return got[1]
                 etag = got[1]
         raise ConditionalWriteLost(f"{key} kept changing while it was being advanced")
 
     # -- sessions ---------------------------------------------------------------------------
     def list_sessions(self) -> list[int]:
-        prefix = self.key("sessions") + "/"
+        prefix = self.key(layout.SESSIONS) + "/"
         out = []
         for item in self.list(prefix, delimiter="/"):
             m = _SESSION_DIR.match(item.get("Prefix", "")[len(prefix) :])
@@ -300,23 +276,23 @@ class RunLedger:
     def claim_session(self, session: int, record: dict) -> bool:
         """Create the session's start record; False if that session number is taken."""
         try:
-            self.put(self.session_key(session, "session.json"), json_bytes(record), if_none_match=True)
+            self.put(self.key(layout.session_record(session)), json_bytes(record), if_none_match=True)
             return True
         except ConditionalWriteLost:
             return False
 
     def write_heartbeat(self, session: int, doc: dict) -> None:
-        self.put_json(self.session_key(session, "heartbeat.json"), doc)
+        self.put_json(self.key(layout.heartbeat(session)), doc)
 
     def read_heartbeat(self, session: int) -> dict | None:
-        return self.get_json(self.session_key(session, "heartbeat.json"))
+        return self.get_json(self.key(layout.heartbeat(session)))
 
     def write_outcome(self, session: int, doc: dict) -> None:
-        if not self.put_once(self.session_key(session, "outcome.json"), json_bytes(doc)):
+        if not self.put_once(self.key(layout.outcome(session)), json_bytes(doc)):
             raise ConditionalWriteLost(f"session {session} already has a different outcome")
 
     def read_outcome(self, session: int) -> dict | None:
-        return self.get_json(self.session_key(session, "outcome.json"))
+        return self.get_json(self.key(layout.outcome(session)))
 
     # -- logs -------------------------------------------------------------------------------
     def append_log(self, session: int, offset: int, data: bytes) -> None:
@@ -324,7 +300,7 @@ class RunLedger:
 
     def log_listing(self, session: int, offset: int) -> tuple[str, str | None]:
         """(prefix, start_after) of the LIST that finds every chunk able to hold bytes from ``offset``."""
-        prefix = self.session_key(session, "logs") + "/"
+        prefix = self.key(layout.logs(session)) + "/"
         return prefix, (self.log_key(session, offset - MAX_LOG_CHUNK) if offset >= MAX_LOG_CHUNK else None)
 
     def read_log(self, session: int, offset: int = 0, *, limit: int = MAX_LOG_CHUNK) -> tuple[bytes, int]:
@@ -364,23 +340,6 @@ def plan_log_reads(
         plan.append((key, f"bytes={skip}-" if skip else None))
         position = start + size
     return plan
-
-
-def pointer_target(body: bytes) -> str | None:
-    """The manifest name in a ``latest.json`` body; None if it is not a valid pointer. A newer
-    pointer format raises UnsupportedFormatError (never guessed at)."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict):
-        return None
-    try:
-        format_version(doc, POINTER, POINTER_FORMAT_PREFIX, POINTER_FORMAT_VERSION)
-    except ManifestError:
-        return None
-    name = doc.get("manifest")
-    return name if isinstance(name, str) and parse_manifest_name(name) else None
 
 
 def json_bytes(doc: dict) -> bytes:
