@@ -53,8 +53,9 @@ def timed(cmd: list[str], env: dict[str, str], **kw) -> float:
 
 
 class Bench:
-    def __init__(self, aws: str, work: Path, quick: bool) -> None:
+    def __init__(self, aws: str, work: Path, quick: bool, baseline: str | None = None) -> None:
         self.aws = aws
+        self.baseline = baseline
         self.work = work
         self.quick = quick
         self.rows: list[dict] = []
@@ -110,6 +111,26 @@ class Bench:
             "--",
             *(command or ["true"]),
         ]
+
+    def baseline_env(self) -> dict[str, str]:
+        """The environment that runs the agent from the ``--baseline`` source tree instead (run with
+        another working directory: ``python -m`` puts the current one first on the path)."""
+        return {**self.env, "PYTHONPATH": str(self.baseline)}
+
+    def against_baseline(self, label: str, data: Path) -> None:
+        """This agent against an earlier version (``--baseline DIR``, e.g. ``git archive 01d88dc``),
+        same data, same server, whole sessions: first sync, then restore into an empty directory."""
+        runs = {name: f"s3://{self.bucket}/{name}-{uuid.uuid4().hex[:6]}" for name in ("new", "old")}
+        old_up = timed(self.agent_cmd(runs["old"], data), self.baseline_env(), cwd=self.work)
+        new_up = timed(self.agent_cmd(runs["new"], data), self.env)
+        self.row(f"first sync, {label}: this agent / the baseline agent", new_up, old_up, 1.0)
+        old_dst, new_dst = self.work / "baseline-restore", self.work / "new-restore"
+        old_down = timed(self.agent_cmd(runs["old"], old_dst), self.baseline_env(), cwd=self.work)
+        new_down = timed(self.agent_cmd(runs["new"], new_dst), self.env)
+        assert _same_tree(data, new_dst) and _same_tree(data, old_dst), "a restored tree differs from the source"
+        self.row(f"restore into empty dir, {label}: this agent / the baseline agent", new_down, old_down, 1.0)
+        shutil.rmtree(old_dst)
+        shutil.rmtree(new_dst)
 
     # -- data sets -------------------------------------------------------------------------
     def one_big_file(self) -> Path:
@@ -310,20 +331,30 @@ def _sha(path: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--aws", default=str(ROOT / ".venv-awscli" / "bin" / "aws"))
-    parser.add_argument("--only", action="append", choices=["big", "small", "notice", "output"])
+    parser.add_argument("--only", action="append", choices=["big", "small", "notice", "output", "baseline"])
     parser.add_argument("--quick", action="store_true", help="smaller data sets, for a smoke run")
     parser.add_argument("--notice-runs", type=int, default=10)
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument(
+        "--baseline",
+        help="source tree of an earlier version (git archive REV | tar -x -C DIR): the 1 GiB file is also "
+        "synced and restored by that agent, and this one is compared with it",
+    )
     args = parser.parse_args()
     only = set(args.only or ["big", "small", "notice", "output"])
     work = Path(tempfile.mkdtemp(prefix="grid-bench-"))
-    bench = Bench(args.aws, work, args.quick)
+    bench = Bench(args.aws, work, args.quick, args.baseline)
     try:
         if "small" in only:
             n = "2,000" if args.quick else "10,000"
             bench.transfer(f"{n} files x 2-18 KB", bench.many_small_files(), small=True)
-        if "big" in only:
-            bench.transfer(f"{'256 MiB' if args.quick else '1 GiB'} in one file", bench.one_big_file(), small=False)
+        if "big" in only or "baseline" in only:
+            label = f"{'256 MiB' if args.quick else '1 GiB'} in one file"
+            big = bench.one_big_file()
+            if "big" in only:
+                bench.transfer(label, big, small=False)
+            if args.baseline:
+                bench.against_baseline(label, big)
         if "notice" in only:
             bench.notice_latency(args.notice_runs)
         if "output" in only:
