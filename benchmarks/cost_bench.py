@@ -58,7 +58,7 @@ def per_hour(before: dict[str, int], after: dict[str, int], seconds: float) -> d
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=3.0)
-    parser.add_argument("--lines-per-second", type=float, default=3.0)
+    parser.add_argument("--lines-per-second", type=float, default=3.0, help="0: a run with no output")
     parser.add_argument("--spot-price", type=float, default=0.21)
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -79,11 +79,14 @@ def main() -> int:
         instance_id = instance["Instances"][0]["InstanceId"]
         run_uri = f"s3://{bucket}/run"
         seconds = args.minutes * 60
-        pause = 1 / args.lines_per_second
-        printer = (
-            f"import time\nend = time.time() + {seconds!r}\ni = 0\n"
-            f"while time.time() < end:\n    print('line', i, flush=True); i += 1; time.sleep({pause!r})\n"
-        )
+        if args.lines_per_second > 0:
+            pause = 1 / args.lines_per_second
+            printer = (
+                f"import time\nend = time.time() + {seconds!r}\ni = 0\n"
+                f"while time.time() < end:\n    print('line', i, flush=True); i += 1; time.sleep({pause!r})\n"
+            )
+        else:  # a quiet run: no output at all
+            printer = f"import time\ntime.sleep({seconds!r})\n"
         agent = subprocess.Popen(
             [
                 *(sys.executable, "-m", "airflow_grid_resume.agent", "--run-uri", run_uri),
