@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.agent.manifest import (
     DEFAULT_CHUNK_SIZE,
+    FORMAT_VERSION,
     SMALL_FILE,
     DirEntry,
     FileEntry,
@@ -124,6 +125,7 @@ class Syncer:
         # sha256 -> where the last committed manifest (restored and verified, or our own) holds
         # those bytes. Only these are reused: gc never deletes what the newest manifest references.
         self._where: dict[str, _Where] = _locations(last_manifest)
+        self._last_index: tuple[Manifest | None, dict[str, FileEntry]] = (None, {})
         self._pending: dict[str, _Where] = {}
         self._lock_where = threading.Lock()
         self._pack = _Pack()
@@ -156,8 +158,22 @@ class Syncer:
             log.warning("not syncing %s: not a regular file, directory or symlink", rel)
         entries: dict[str, FileEntry | tuple] = {}
         to_hash: list[tuple[str, os.stat_result]] = []
+        # Unchanged files reuse the last manifest's own entries (same bytes, same place): no new
+        # objects, and comparing the new manifest with the last one is mostly identity checks.
+        last = self._last_entries()
         for rel, st in tree.files.items():
             digest = self.cache.lookup(rel, st)
+            prev = last.get(rel)
+            if (
+                digest is not None
+                and prev is not None
+                and prev.sha256 == digest.sha256
+                and prev.mtime_ns == st.st_mtime_ns
+                and prev.size == st.st_size
+                and prev.mode == stat.S_IMODE(st.st_mode)
+            ):
+                entries[rel] = prev
+                continue
             entry = self._stored_entry(rel, st, digest) if digest else None
             if entry is not None:
                 entries[rel] = entry
@@ -203,6 +219,16 @@ class Syncer:
             self.upload_bytes_per_s = counters.bytes / (result.seconds or counters.upload_seconds)
             self.largest_upload = max(self.largest_upload, counters.bytes)
         return result
+
+    def _last_entries(self) -> dict[str, FileEntry]:
+        """path -> entry of the last manifest, when a sync may reuse its entries as they are (format
+        1 entries are rewritten: their small files go into packs)."""
+        last = self.last_manifest
+        if last is None or last.version != FORMAT_VERSION or last.chunk_size != self.chunk_size:
+            return {}
+        if self._last_index[0] is not last:
+            self._last_index = (last, {f.path: f for f in last.files})
+        return self._last_index[1]
 
     def _stored_entry(self, rel: str, st: os.stat_result, digest: Digest) -> FileEntry | None:
         """The entry of an unchanged file whose bytes the last manifest holds; None to read it again."""
