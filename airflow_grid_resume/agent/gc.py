@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.errors import AgentError, ManifestError, UsageError
 from airflow_grid_resume.agent.ledger import RunLedger, StoredManifest
 from airflow_grid_resume.agent.manifest import Manifest
@@ -59,8 +60,8 @@ class GcPlan:
         return sum(b.size for b in self.blobs)
 
     def lines(self, uri: str, grace: float, applied: bool) -> list[str]:
-        packs = [b for b in self.blobs if "/packs/" in b.key]
-        objects = [b for b in self.blobs if "/packs/" not in b.key]
+        packs = [b for b in self.blobs if _is_pack(b.key)]
+        objects = [b for b in self.blobs if not _is_pack(b.key)]
         out = [
             f"run {uri}: keeping {len(self.kept)} manifest(s) ({', '.join(self.kept) or 'none'}), "
             f"{'deleted' if applied else 'would delete'} {len(self.manifests)}",
@@ -81,6 +82,10 @@ class GcPlan:
         if not applied:
             out.append("dry run: nothing was deleted (add --apply to delete)")
         return out
+
+
+def _is_pack(key: str) -> bool:
+    return f"/{layout.PACKS}/" in f"/{key}"
 
 
 def _mib(n: int) -> str:
@@ -120,7 +125,7 @@ def plan_gc(
         plan.stored += 1
         plan.stored_bytes += blob.size
         if blob.key in referenced:
-            if "/packs/" in blob.key:
+            if _is_pack(blob.key):
                 plan.live_pack_bytes += blob.size
                 plan.dead_pack_bytes += blob.size - _covered(referenced[blob.key])
         elif now - blob.modified < grace:
@@ -146,7 +151,7 @@ def _pinned(ledger: RunLedger, now: float) -> set[str]:
     pointer = ledger.read_pointer()
     if pointer:
         out.add(pointer[0])
-    lease = ledger.get_json(ledger.key("lease.json")) or {}
+    lease = ledger.get_json(ledger.key(layout.LEASE)) or {}
     live = not lease.get("released") and float(lease.get("expires_at") or 0) > now
     if live and isinstance(lease.get("session"), int):
         beat = ledger.read_heartbeat(lease["session"]) or {}
@@ -157,7 +162,7 @@ def _pinned(ledger: RunLedger, now: float) -> set[str]:
 
 def _list_blobs(ledger: RunLedger) -> list[Blob]:
     out = []
-    for prefix in (ledger.key("packs") + "/", ledger.key("objects", "sha256") + "/"):
+    for prefix in (ledger.key(layout.PACKS) + "/", ledger.key(layout.OBJECTS) + "/"):
         for item in ledger.list(prefix):
             out.append(Blob(item["Key"], int(item["Size"]), item["LastModified"].timestamp()))
     return out
