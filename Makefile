@@ -51,8 +51,11 @@ $(AWSCLI_VENV)/bin/aws:
 	$(PYTHON) -m venv $(AWSCLI_VENV)
 	$(AWSCLI_VENV)/bin/pip install --quiet -r benchmarks/requirements-awscli.txt
 
+# make bench BASELINE=01d88dc also times that revision's agent on the 1 GiB file, in the same run.
 bench: $(STAMP) $(AWSCLI_VENV)/bin/aws
-	$(PY) benchmarks/agent_bench.py --aws $(AWSCLI_VENV)/bin/aws
+	$(if $(BASELINE),rm -rf .bench/baseline && mkdir -p .bench/baseline && git archive $(BASELINE) airflow_grid_resume | tar -x -C .bench/baseline,)
+	$(PY) benchmarks/agent_bench.py --aws $(AWSCLI_VENV)/bin/aws $(if $(BASELINE),--baseline .bench/baseline,)
+	$(PY) benchmarks/cost_bench.py
 	$(PY) benchmarks/capacity_bench.py
 	$(PY) benchmarks/watch_bench.py --runs 500 --minutes 2
 

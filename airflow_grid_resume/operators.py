@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 
 from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.errors import UsageError
+from airflow_grid_resume.agent.gc import DEFAULT_GRACE_SECONDS, collect_garbage
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
@@ -172,6 +173,7 @@ class GridRunOperator(BaseOperator):
         on_interruption_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
         on_demand_prices: Mapping[str, float] | None = None,
         failure_retries: int | None = None,
+        keep_checkpoints: int | None = 3,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -215,6 +217,9 @@ class GridRunOperator(BaseOperator):
         self.boot_timeout = boot_timeout
         self.rerun = rerun
         self.on_demand_prices = dict(on_demand_prices or {})
+        if keep_checkpoints is not None and keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be 1 or more (None keeps all), got {keep_checkpoints!r}")
+        self.keep_checkpoints = keep_checkpoints
         for type_, price in self.on_demand_prices.items():
             if not isinstance(price, (int, float)) or price < 0:
                 raise ValueError(f"on_demand_prices[{type_!r}] must be a USD-per-hour number, got {price!r}")
@@ -327,6 +332,19 @@ class GridRunOperator(BaseOperator):
         ledger.put_json(
             ledger.key(FINAL_KEY), {"status": status, "session": session, "reason": reason, "at": time.time()}
         )
+
+    def _retain(self, ledger: RunLedger) -> None:
+        """Keep the newest ``keep_checkpoints`` of a run that succeeded (grid-resume gc --apply);
+        a failure costs only storage, never the task."""
+        if self.keep_checkpoints is None:
+            return
+        try:
+            plan = collect_garbage(ledger, keep=self.keep_checkpoints, apply=True)
+        except Exception as exc:
+            self.log.warning("checkpoint retention skipped (the run is unaffected): %s", exc)
+            return
+        for line in plan.lines(str(ledger.location), DEFAULT_GRACE_SECONDS, applied=True):
+            self.log.info("retention: %s", line)
 
     def _fail(self, ledger: RunLedger, session: int, message: str) -> AirflowFailException:
         self._end_run(ledger, session, "failed", message.splitlines()[0])
@@ -616,6 +634,7 @@ class GridRunOperator(BaseOperator):
         ledger.put_json(ledger.session_key(session, "closed.json"), {**closed, "at": time.time()})
         if status == "succeeded":
             self._end_run(ledger, session, "succeeded", "succeeded")
+            self._retain(ledger)
             return self._summary(ledger, event)
         if status == "timeout":
             message = f"max_run ({self.max_run:.0f} s) reached in session {session}: the instance was terminated"
