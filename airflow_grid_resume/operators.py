@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -26,8 +25,9 @@ from airflow.sdk.bases.operator import partial as sdk_partial
 from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.agent.bundle import build_zipapp
+from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.errors import UsageError
+from airflow_grid_resume.agent.gc import DEFAULT_GRACE_SECONDS, collect_garbage
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
@@ -79,7 +79,63 @@ def generation_uri(base_uri: str, generation: int) -> str:
 
 
 class GridRunOperator(BaseOperator):
-    """Run ``command`` in ``workdir`` on EC2 spot capacity, resuming after interruptions."""
+    """Run ``command`` in ``workdir`` on EC2 spot capacity, resuming after interruptions.
+
+    One Airflow try is one spot session; the task's own ``retries`` is the budget for failures of the script,
+    ``max_interruptions`` the budget for interruptions and lost instances (docs/operator.md).
+
+    .. seealso::
+        For more information on how to use this operator, take a look at the guide: docs/user-guide.md
+
+    :param command: the training command, the same in every session: a string run as ``bash -c COMMAND`` or a
+        list run as argv. (templated)
+    :param artifacts_uri: ``s3://bucket/prefix/`` under which each task instance's run ledger lives
+        (``<prefix>/<dag_id>/<task_id>/<run_id>[/<map_index>]``). (templated)
+    :param instance_types: instance types to try, in order of preference, each in every subnet.
+    :param image_id: the AMI (``ami-...``) the instances boot; it needs python3 and boto3 for the agent.
+    :param subnet_ids: subnets to launch in, one per availability zone accepted.
+    :param workdir: a directory on the Airflow worker, uploaded at the run's first try as the execution
+        directory's first content; None: the command starts in an empty directory. (templated)
+    :param security_group_ids: security groups of the instances (none: the VPC's default group).
+    :param iam_instance_profile: the instance profile's name or ARN; the instance needs it to reach the bucket.
+    :param root_volume_gb: size in GiB of the root volume (gp3), mapped on the AMI's own root device.
+    :param key_name: an EC2 key pair, for SSH while debugging.
+    :param instance_tags: extra tags on the instances and their volumes (``aws:`` and ``grid-resume:`` are
+        reserved).
+    :param use_spot: False runs every session on-demand.
+    :param auto_resume: False fails the task on an interruption instead of resuming.
+    :param max_interruptions: how many sessions may end by an interruption or a lost instance before the task
+        fails; added to the task's ``retries``, which stays the budget for script failures.
+    :param capacity_wait: how long one session waits for capacity before the task fails (timedelta or seconds).
+    :param max_run: wall-clock limit of the whole run from its first try, waits included (timedelta or seconds);
+        past it the instance is terminated and the task fails without retry.
+    :param fallback: when to launch a session on-demand instead: ``{"after_capacity_failures": N,
+        "after_interruptions": K, "after_wait_seconds": S}``, each optional.
+    :param agent_args: extra options for the agent on the instance (docs/agent.md), e.g.
+        ``["--sync-interval", "120"]``.
+    :param aws_conn_id: the Airflow AWS connection; None uses boto3's default credential chain.
+    :param region_name: the AWS region; also exported to the instance as ``AWS_DEFAULT_REGION``.
+    :param poll_interval: seconds between the trigger's reads of the run's output and outcome.
+    :param instance_check_interval: seconds between checks that the instance still exists.
+    :param heartbeat_timeout: seconds an agent may be silent before its session is declared lost.
+    :param boot_timeout: seconds from launch to the first heartbeat before the session is declared lost.
+    :param capacity_backoff: first and longest wait between capacity rounds, in seconds (with jitter).
+    :param not_found_grace: seconds an instance DescribeInstances does not list is still taken as existing
+        (EC2's eventual consistency: a just-launched instance can be unknown for a while) before it is gone.
+    :param keep_checkpoints: how many of the newest checkpoints a run that succeeded keeps in S3 (the rest, and
+        every object or pack only they referenced, is deleted as ``grid-resume gc --apply`` does); None keeps all.
+    :param rerun: what clearing the task does once its run has ended: ``"resume"`` (a failed run resumes from
+        its last checkpoint with fresh budgets, a succeeded one is reported again) or ``"fresh"`` (start over
+        from ``workdir`` as a new run; the old one stays in S3).
+    :param interruption_retry_delay: delay before the try after an interruption (timedelta or seconds); a script
+        failure waits the task's ``retry_delay``.
+    :param on_interruption_callback: a callable, or a list of them, called instead of ``on_retry_callback`` when a
+        try ended by an interruption or a lost instance.
+    :param on_demand_prices: USD per hour by instance type (``{"g5.xlarge": 1.006}``), overriding the built-in
+        us-east-1 Linux table used for the on-demand side of the cost estimate.
+    :param failure_retries: set by ``partial()`` for mapped tasks (the failure budget it split from ``retries``);
+        do not pass it yourself.
+    """
 
     template_fields: Sequence[str] = ("command", "workdir", "artifacts_uri")
     operator_extra_links = (GridInstanceLink(), GridArtifactsLink())
@@ -119,6 +175,7 @@ class GridRunOperator(BaseOperator):
         on_interruption_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
         on_demand_prices: Mapping[str, float] | None = None,
         failure_retries: int | None = None,
+        keep_checkpoints: int | None = 3,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -162,6 +219,9 @@ class GridRunOperator(BaseOperator):
         self.boot_timeout = boot_timeout
         self.rerun = rerun
         self.on_demand_prices = dict(on_demand_prices or {})
+        if keep_checkpoints is not None and keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be 1 or more (None keeps all), got {keep_checkpoints!r}")
+        self.keep_checkpoints = keep_checkpoints
         for type_, price in self.on_demand_prices.items():
             if not isinstance(price, (int, float)) or price < 0:
                 raise ValueError(f"on_demand_prices[{type_!r}] must be a USD-per-hour number, got {price!r}")
@@ -240,10 +300,7 @@ class GridRunOperator(BaseOperator):
             return
         if self.workdir and not os.path.isdir(self.workdir):
             raise AirflowFailException(f"workdir {self.workdir!r} does not exist or is not a directory")
-        with tempfile.TemporaryDirectory(prefix="grid-resume-op-") as tmp:
-            pyz = build_zipapp(os.path.join(tmp, "agent.pyz"))
-            with open(pyz, "rb") as fh:
-                ledger.put(ledger.key(AGENT_KEY), fh.read())
+        ledger.put(ledger.key(AGENT_KEY), agent_zipapp())
         if self.workdir and not ledger.list_manifests():
             result = Syncer(ledger, self.workdir, session=0).sync("snapshot")
             self.log.info("uploaded the workdir snapshot %s: %s", self.workdir, result.summary())
@@ -277,6 +334,19 @@ class GridRunOperator(BaseOperator):
         ledger.put_json(
             ledger.key(FINAL_KEY), {"status": status, "session": session, "reason": reason, "at": time.time()}
         )
+
+    def _retain(self, ledger: RunLedger) -> None:
+        """Keep the newest ``keep_checkpoints`` of a run that succeeded (grid-resume gc --apply);
+        a failure costs only storage, never the task."""
+        if self.keep_checkpoints is None:
+            return
+        try:
+            plan = collect_garbage(ledger, keep=self.keep_checkpoints, apply=True)
+        except Exception as exc:
+            self.log.warning("checkpoint retention skipped (the run is unaffected): %s", exc)
+            return
+        for line in plan.lines(str(ledger.location), DEFAULT_GRACE_SECONDS, applied=True):
+            self.log.info("retention: %s", line)
 
     def _fail(self, ledger: RunLedger, session: int, message: str) -> AirflowFailException:
         self._end_run(ledger, session, "failed", message.splitlines()[0])
@@ -566,6 +636,7 @@ class GridRunOperator(BaseOperator):
         ledger.put_json(ledger.session_key(session, "closed.json"), {**closed, "at": time.time()})
         if status == "succeeded":
             self._end_run(ledger, session, "succeeded", "succeeded")
+            self._retain(ledger)
             return self._summary(ledger, event)
         if status == "timeout":
             message = f"max_run ({self.max_run:.0f} s) reached in session {session}: the instance was terminated"

@@ -362,8 +362,9 @@ class SessionLauncher:
 
 class WaitLog:
     """The capacity wait's story, carried in the launched event: Airflow 3.3 writes a try's trigger
-    log to one file per triggerer, so the run trigger's log replaces this one. Bounded: the first
-    and the latest lines of a long wait, and how many were left out."""
+    log to one file per triggerer, so the run trigger's log replaces this one (the UI shows only the
+    current deferral's trigger log; raised upstream in the review of apache/airflow#70635, no issue
+    of its own). Bounded: the first and the latest lines of a long wait, and how many were left out."""
 
     def __init__(self, keep: int = 20) -> None:
         self.keep = keep

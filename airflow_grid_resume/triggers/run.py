@@ -3,7 +3,8 @@
 The ledger is the source of truth: the outcome the agent wrote decides succeeded, failed or
 interrupted. Without an outcome, a terminated instance or a heartbeat gone silent means the session
 was lost. The trigger enforces ``deadline`` (the operator's ``max_run``) itself, because Airflow's
-``execution_timeout`` does not count time spent deferred, and terminates the instance on the way out.
+``execution_timeout`` does not count time spent deferred (apache/airflow#69678 and #73475, open in
+Airflow 3), and terminates the instance on the way out.
 """
 
 from __future__ import annotations
