@@ -122,6 +122,8 @@ class GridRunOperator(BaseOperator):
     :param capacity_backoff: first and longest wait between capacity rounds, in seconds (with jitter).
     :param not_found_grace: seconds an instance DescribeInstances does not list is still taken as existing
         (EC2's eventual consistency: a just-launched instance can be unknown for a while) before it is gone.
+    :param keep_checkpoints: how many of the newest checkpoints a run that succeeded keeps in S3 (the rest, and
+        every object or pack only they referenced, is deleted as ``grid-resume gc --apply`` does); None keeps all.
     :param rerun: what clearing the task does once its run has ended: ``"resume"`` (a failed run resumes from
         its last checkpoint with fresh budgets, a succeeded one is reported again) or ``"fresh"`` (start over
         from ``workdir`` as a new run; the old one stays in S3).

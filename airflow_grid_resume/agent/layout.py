@@ -5,7 +5,8 @@ Layout under the run prefix::
 
     spec.json  agent/grid-resume-agent.pyz  final.json  lease.json  latest.json
     manifests/SSSSSS-NNNNNN.json  packs/<sha256>  objects/sha256/<sha256>  rerun-N/ (a whole run)
-    sessions/SSSSSS/{session,heartbeat,outcome,launch-attempt,launch,watch,closed}.json  sessions/SSSSSS/logs/<offset>.log
+    sessions/SSSSSS/{session,heartbeat,outcome,launch-attempt,launch,watch,closed}.json
+    sessions/SSSSSS/logs/<offset>.log
 """
 
 from __future__ import annotations
