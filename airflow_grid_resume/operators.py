@@ -394,6 +394,8 @@ class GridRunOperator(BaseOperator):
             self._end_run(ledger, sessions[-1], "succeeded", "succeeded")
             return self._summary(ledger, {"status": "succeeded", "outcome": last_outcome})
         latest = max([0, *sessions, int(state.get("session", 0))])
+        if latest:
+            self._close_if_unwatched(ledger, run_uri, latest)
         # At most one instance per session: a session not closed yet (no outcome, no verdict of ours) is
         # resumed, never skipped, whatever line of a try or a trigger died before.
         if latest and self._is_open(ledger, latest):
@@ -455,6 +457,23 @@ class GridRunOperator(BaseOperator):
             ),
             method_name="on_capacity",
         )
+
+    def _close_if_unwatched(self, ledger: RunLedger, run_uri: str, session: int) -> None:
+        """A session that ended while no try watched it (the try that launched it died before deferring):
+        record the Airflow side's verdict from the agent's outcome, and make sure its instance is gone."""
+        outcome = ledger.read_outcome(session)
+        if outcome is None or ledger.get_json(ledger.session_key(session, "closed.json")) is not None:
+            return
+        hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        launch = ledger.get_json(ledger.session_key(session, "launch.json")) or {}
+        instance_id = launch.get("instance_id") or (hook.find_session_instance(run_uri, session) or {}).get(
+            "InstanceId"
+        )
+        self.log.info("session %d ended (%s) while no try watched it", session, outcome.get("status"))
+        if instance_id and not hook.ensure_terminated(instance_id, timeout=120.0):
+            self.log.error("could not confirm that %s is terminated; `grid-resume reap` finds it", instance_id)
+        closed = {"status": outcome.get("status"), "reason": outcome.get("reason"), "instance_id": instance_id}
+        ledger.put_json(ledger.session_key(session, "closed.json"), {**closed, "unwatched": True, "at": time.time()})
 
     @staticmethod
     def _is_open(ledger: RunLedger, session: int) -> bool:
