@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo agent bench clean system-deps chaos
+.PHONY: test lint demo agent bench clean system-deps chaos docker-test
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,14 +38,24 @@ agent: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/grid-resume demo $(if $(KEEP),--keep-running,)
 
+# docker/Dockerfile and docker/compose.yaml for real, with no image registry: stand-ins for the official images from
+# Debian packages, the compose stack up, the demo DAG through an interruption and a triggerer kill, all torn down
+# (a few minutes once the images' layers are cached; the first run builds them: 10-15 min on a busy 2-core machine).
+# Starts dockerd if none runs, and stops it afterwards.
+docker-test: $(STAMP) system-deps
+	scripts/docker-test.sh
+
 # Benchmarks compare against the AWS CLI, which pins its own botocore: it gets its own venv.
 AWSCLI_VENV := .venv-awscli
 $(AWSCLI_VENV)/bin/aws:
 	$(PYTHON) -m venv $(AWSCLI_VENV)
 	$(AWSCLI_VENV)/bin/pip install --quiet -r benchmarks/requirements-awscli.txt
 
+# make bench BASELINE=01d88dc also times that revision's agent on the 1 GiB file, in the same run.
 bench: $(STAMP) $(AWSCLI_VENV)/bin/aws
-	$(PY) benchmarks/agent_bench.py --aws $(AWSCLI_VENV)/bin/aws
+	$(if $(BASELINE),rm -rf .bench/baseline && mkdir -p .bench/baseline && git archive $(BASELINE) airflow_grid_resume | tar -x -C .bench/baseline,)
+	$(PY) benchmarks/agent_bench.py --aws $(AWSCLI_VENV)/bin/aws $(if $(BASELINE),--baseline .bench/baseline,)
+	$(PY) benchmarks/cost_bench.py
 	$(PY) benchmarks/capacity_bench.py
 	$(PY) benchmarks/watch_bench.py --runs 500 --minutes 2
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -26,19 +25,21 @@ from airflow.sdk.bases.operator import partial as sdk_partial
 from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.agent.bundle import build_zipapp
+from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.errors import UsageError
+from airflow_grid_resume.agent.gc import DEFAULT_GRACE_SECONDS, collect_garbage
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, expiry_tag, hook_client, launch_error
-from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink
+from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
+from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
 from airflow_grid_resume.spot.launch import SPOT, FallbackPolicy, LaunchSpec, explain_fatal
 from airflow_grid_resume.spot.planner import LaunchPlanner
 from airflow_grid_resume.spot.prices import on_demand_price
-from airflow_grid_resume.summary import INTERRUPTED, read_records, session_status, summarize
+from airflow_grid_resume.summary import INTERRUPTED, read_records, session_status, summarize, summary_lines
 from airflow_grid_resume.triggers.capacity import (
     ATTEMPT_RECORD,
     SessionLauncher,
@@ -51,6 +52,7 @@ from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
 
 STATE_KEY = "grid_resume"
 FINAL_KEY = "final.json"
+RUN_XCOM = "_grid_resume_run"  # read by the UI plugin (ui/source.py)
 RERUN_CHOICES = ("resume", "fresh")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 
@@ -120,6 +122,8 @@ class GridRunOperator(BaseOperator):
     :param capacity_backoff: first and longest wait between capacity rounds, in seconds (with jitter).
     :param not_found_grace: seconds an instance DescribeInstances does not list is still taken as existing
         (EC2's eventual consistency: a just-launched instance can be unknown for a while) before it is gone.
+    :param keep_checkpoints: how many of the newest checkpoints a run that succeeded keeps in S3 (the rest, and
+        every object or pack only they referenced, is deleted as ``grid-resume gc --apply`` does); None keeps all.
     :param rerun: what clearing the task does once its run has ended: ``"resume"`` (a failed run resumes from
         its last checkpoint with fresh budgets, a succeeded one is reported again) or ``"fresh"`` (start over
         from ``workdir`` as a new run; the old one stays in S3).
@@ -171,6 +175,7 @@ class GridRunOperator(BaseOperator):
         on_interruption_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
         on_demand_prices: Mapping[str, float] | None = None,
         failure_retries: int | None = None,
+        keep_checkpoints: int | None = 3,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -214,6 +219,9 @@ class GridRunOperator(BaseOperator):
         self.boot_timeout = boot_timeout
         self.rerun = rerun
         self.on_demand_prices = dict(on_demand_prices or {})
+        if keep_checkpoints is not None and keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be 1 or more (None keeps all), got {keep_checkpoints!r}")
+        self.keep_checkpoints = keep_checkpoints
         for type_, price in self.on_demand_prices.items():
             if not isinstance(price, (int, float)) or price < 0:
                 raise ValueError(f"on_demand_prices[{type_!r}] must be a USD-per-hour number, got {price!r}")
@@ -257,6 +265,7 @@ class GridRunOperator(BaseOperator):
         except UsageError as exc:
             raise AirflowFailException(str(exc)) from exc
         if client is None:
+            quiet_credential_logs()
             client = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).get_conn()
         return RunLedger(client, location)
 
@@ -282,7 +291,7 @@ class GridRunOperator(BaseOperator):
     def _prepare(self, ledger: RunLedger, run_uri: str) -> None:
         """Agent and workdir snapshot once per run (a retry finds them); the spec whenever it changed,
         so a failed run cleared after fixing its command resumes with the fixed one."""
-        spec = {"command": self._argv(), "agent_args": self.agent_args, "run_uri": run_uri}
+        spec = {"command": self._argv(), "agent_args": self.agent_args, "run_uri": run_uri, "budgets": self._budgets()}
         stored = ledger.get_json(ledger.key(SPEC_KEY))
         if stored is not None:
             if {k: stored.get(k) for k in spec} != spec:
@@ -291,14 +300,15 @@ class GridRunOperator(BaseOperator):
             return
         if self.workdir and not os.path.isdir(self.workdir):
             raise AirflowFailException(f"workdir {self.workdir!r} does not exist or is not a directory")
-        with tempfile.TemporaryDirectory(prefix="grid-resume-op-") as tmp:
-            pyz = build_zipapp(os.path.join(tmp, "agent.pyz"))
-            with open(pyz, "rb") as fh:
-                ledger.put(ledger.key(AGENT_KEY), fh.read())
+        ledger.put(ledger.key(AGENT_KEY), agent_zipapp())
         if self.workdir and not ledger.list_manifests():
             result = Syncer(ledger, self.workdir, session=0).sync("snapshot")
             self.log.info("uploaded the workdir snapshot %s: %s", self.workdir, result.summary())
         ledger.put_json(ledger.key(SPEC_KEY), spec)
+
+    def _budgets(self) -> dict[str, int]:
+        """The limits the run view shows its budgets against."""
+        return {"max_interruptions": self.max_interruptions, "failure_retries": self.failure_retries}
 
     @staticmethod
     def _history(ledger: RunLedger, before: int) -> tuple[int, int]:
@@ -325,8 +335,22 @@ class GridRunOperator(BaseOperator):
             ledger.key(FINAL_KEY), {"status": status, "session": session, "reason": reason, "at": time.time()}
         )
 
+    def _retain(self, ledger: RunLedger) -> None:
+        """Keep the newest ``keep_checkpoints`` of a run that succeeded (grid-resume gc --apply);
+        a failure costs only storage, never the task."""
+        if self.keep_checkpoints is None:
+            return
+        try:
+            plan = collect_garbage(ledger, keep=self.keep_checkpoints, apply=True)
+        except Exception as exc:
+            self.log.warning("checkpoint retention skipped (the run is unaffected): %s", exc)
+            return
+        for line in plan.lines(str(ledger.location), DEFAULT_GRACE_SECONDS, applied=True):
+            self.log.info("retention: %s", line)
+
     def _fail(self, ledger: RunLedger, session: int, message: str) -> AirflowFailException:
         self._end_run(ledger, session, "failed", message.splitlines()[0])
+        self._summary(ledger, {"status": "failed"})  # the last try's log ends with the run's story
         return AirflowFailException(message)
 
     # -- the lifecycle -------------------------------------------------------------------------------
@@ -351,12 +375,11 @@ class GridRunOperator(BaseOperator):
         self._prepare(ledger, run_uri)
         loc = ledger.location
         GridArtifactsLink.persist(
-            context=context,
-            operator=self,
-            region_name=self.region_name or "us-east-1",
-            aws_partition="aws",
-            bucket=loc.bucket,
-            prefix=loc.prefix,
+            context=context, operator=self, **self._link_target(), bucket=loc.bucket, prefix=loc.prefix
+        )
+        # Where the UI plugin reads this run's ledger, and through which connection (never credentials).
+        context["ti"].xcom_push(
+            key=RUN_XCOM, value={"run_uri": run_uri, "aws_conn_id": self.aws_conn_id, "region_name": self.region_name}
         )
         store = context.get("task_state_store")
         state = (store.get(STATE_KEY) if store else None) or {}
@@ -371,6 +394,8 @@ class GridRunOperator(BaseOperator):
             self._end_run(ledger, sessions[-1], "succeeded", "succeeded")
             return self._summary(ledger, {"status": "succeeded", "outcome": last_outcome})
         latest = max([0, *sessions, int(state.get("session", 0))])
+        if latest:
+            self._close_if_unwatched(ledger, run_uri, latest)
         # At most one instance per session: a session not closed yet (no outcome, no verdict of ours) is
         # resumed, never skipped, whatever line of a try or a trigger died before.
         if latest and self._is_open(ledger, latest):
@@ -432,6 +457,23 @@ class GridRunOperator(BaseOperator):
             ),
             method_name="on_capacity",
         )
+
+    def _close_if_unwatched(self, ledger: RunLedger, run_uri: str, session: int) -> None:
+        """A session that ended while no try watched it (the try that launched it died before deferring):
+        record the Airflow side's verdict from the agent's outcome, and make sure its instance is gone."""
+        outcome = ledger.read_outcome(session)
+        if outcome is None or ledger.get_json(ledger.session_key(session, "closed.json")) is not None:
+            return
+        hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        launch = ledger.get_json(ledger.session_key(session, "launch.json")) or {}
+        instance_id = launch.get("instance_id") or (hook.find_session_instance(run_uri, session) or {}).get(
+            "InstanceId"
+        )
+        self.log.info("session %d ended (%s) while no try watched it", session, outcome.get("status"))
+        if instance_id and not hook.ensure_terminated(instance_id, timeout=120.0):
+            self.log.error("could not confirm that %s is terminated; `grid-resume reap` finds it", instance_id)
+        closed = {"status": outcome.get("status"), "reason": outcome.get("reason"), "instance_id": instance_id}
+        ledger.put_json(ledger.session_key(session, "closed.json"), {**closed, "unwatched": True, "at": time.time()})
 
     @staticmethod
     def _is_open(ledger: RunLedger, session: int) -> bool:
@@ -581,8 +623,7 @@ class GridRunOperator(BaseOperator):
         GridInstanceLink.persist(
             context=context,
             operator=self,
-            region_name=self.region_name or "us-east-1",
-            aws_partition="aws",
+            **self._link_target(),
             instance_id=instance_id,
         )
         deadline = float(state.get("first_started_at", time.time())) + self.max_run if self.max_run else None
@@ -614,6 +655,7 @@ class GridRunOperator(BaseOperator):
         ledger.put_json(ledger.session_key(session, "closed.json"), {**closed, "at": time.time()})
         if status == "succeeded":
             self._end_run(ledger, session, "succeeded", "succeeded")
+            self._retain(ledger)
             return self._summary(ledger, event)
         if status == "timeout":
             message = f"max_run ({self.max_run:.0f} s) reached in session {session}: the instance was terminated"
@@ -631,8 +673,14 @@ class GridRunOperator(BaseOperator):
                     f"{self.max_interruptions} (session {session} was {what})",
                 )
             self._alert_as_interruption()
+            how = (
+                "ended by a spot notice" if status == "interrupted" else f"lost without notice ({event.get('reason')})"
+            )
+            manifest = (event.get("outcome") or {}).get("manifest") or next(iter(ledger.list_manifests()), None)
+            name = getattr(manifest, "name", manifest)
+            resume = f"checkpoint {name} in {ledger.location}" if name else "the start (no checkpoint yet)"
             raise SessionInterrupted(
-                f"session {session} was {what}: the next try resumes from the last checkpoint "
+                f"spot interruption: session {session} {how}; the next try resumes from {resume} "
                 f"({interruptions} of {self.max_interruptions} interruptions used)"
             )
         outcome = event.get("outcome") or {"reason": event.get("reason")}
@@ -642,9 +690,16 @@ class GridRunOperator(BaseOperator):
                 ledger,
                 session,
                 f"script failure budget exhausted: {failures} failures > retries={self.failure_retries}. "
-                f"Session {session}: {outcome.get('reason')}\n{tail}",
+                f"Session {session}: {outcome.get('reason')}. {outcome.get('hint') or ''}\n{tail}",
             )
-        raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}\n{tail}")
+        hint = f" {outcome['hint']}" if outcome.get("hint") else ""  # the agent's own failure, e.g. a full disk
+        raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}.{hint}\n{tail}")
+
+    def _link_target(self) -> dict:
+        """Region, partition and (on the local spot cloud) its address, for the extra links."""
+        if getattr(self, "_target", None) is None:
+            self._target = link_target(SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name))
+        return self._target
 
     def _alert_as_interruption(self) -> None:
         """An interruption is routine on spot: this try's retry runs ``on_interruption_callback``
@@ -654,12 +709,17 @@ class GridRunOperator(BaseOperator):
         self.email_on_retry = False
 
     def _summary(self, ledger: RunLedger, event: dict) -> dict:
-        summary = summarize(read_records(ledger), final_outcome=event.get("status"))
+        records = read_records(ledger)
+        summary = summarize(records, final_outcome=event.get("status"))
         last = (event.get("outcome") or {}).get("manifest")
         if last is None:  # reported without this session's outcome: the newest committed checkpoint
             newest_first = ledger.list_manifests()
             last = newest_first[0].name if newest_first else None
-        return {"run_uri": str(ledger.location), **summary, "last_manifest": last}
+        summary = {"run_uri": str(ledger.location), **summary, "last_manifest": last}
+        closed = {r["session"]: r["closed"] for r in records}
+        for line in summary_lines(summary, run_uri=str(ledger.location), closed=closed):
+            self.log.info("%s", line)
+        return summary
 
     def on_kill(self) -> None:
         """Killed while on a worker (between launch and defer): never leave the instance running.

@@ -44,6 +44,7 @@ with DAG(
         max_run=timedelta(minutes=15),
         capacity_backoff=(2.0, 5.0),
         poll_interval=1.0,
+        keep_checkpoints=None,  # the demo's timeline draws every checkpoint the run committed
         instance_check_interval=2.0,
         heartbeat_timeout=8.0,
         agent_args=["--heartbeat-interval", "2", "--sync-interval", "5", "--imds-poll", "0.5", "--sync-reserve", "2"],

@@ -195,10 +195,12 @@ def test_metadata_disabled(agent, run_uri: str, ledger: RunLedger, tmp_path: Pat
 
 
 def test_output_is_shipped_while_running(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
-    proc = agent(run_uri, tmp_path / "w", "sh", "-c", "echo first-line; sleep 5; echo last-line", options=FAST)
-    text = wait_for(lambda: ledger.read_log(1, 0)[0].decode(), timeout=4, what="output in the ledger")
-    wait_for(lambda: b"first-line" in ledger.read_log(1, 0)[0], timeout=4, what="the first line shipped")
+    script = "echo first-line; while [ ! -e release ]; do sleep 0.1; done; echo last-line"
+    proc = agent(run_uri, tmp_path / "w", "sh", "-c", script, options=FAST)
+    text = wait_for(lambda: ledger.read_log(1, 0)[0].decode(), timeout=30, what="output in the ledger")
+    wait_for(lambda: b"first-line" in ledger.read_log(1, 0)[0], timeout=30, what="the first line shipped")
     assert proc.proc.poll() is None, "the line must be readable while the command still runs"
+    (tmp_path / "w" / "release").touch()
     heartbeat = ledger.read_heartbeat(1)
     assert heartbeat["state"] == "running"
     assert proc.wait() == 0
@@ -283,8 +285,7 @@ def test_unverifiable_checkpoints_are_recorded_not_overwritten(agent, run_uri, l
     first = agent(run_uri, tmp_path / "i1", "sh", "-c", "echo precious > weights", options=FAST)
     assert first.wait() == 0
     manifest = ledger.read_manifest(ledger.list_manifests()[0])
-    sha = manifest.files[0].sha256
-    ledger.put(ledger.object_key(sha), b"bit rot!")
+    ledger.put(ledger.blob_keys(manifest.files[0])[0], b"bit rot!")
     second = agent(run_uri, tmp_path / "i2", "sh", "-c", "echo fresh > weights", options=FAST)
     assert second.wait() == 5
     assert "Refusing to start over" in second.stderr

@@ -232,6 +232,7 @@ def session_of(instance: dict) -> int:
     return int({t["Key"]: t["Value"] for t in instance.get("Tags", [])}["grid-resume:session"])
 
 
+@pytest.mark.timeout(900)  # dag.test's own start-up alone can take a minute on a busy machine
 @pytest.mark.parametrize("seed", seeds(), ids=lambda s: f"seed-{s}")
 def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_path: Path, capfd, seed: int) -> None:
     schedule = schedule_for(seed)

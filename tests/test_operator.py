@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -358,9 +360,13 @@ def test_extra_links_point_at_the_instance_and_the_artifacts(spot_cloud, trainin
         ti = session.query(TaskInstance).filter_by(dag_id=dag.dag_id, run_id=dagrun.run_id, task_id="train").one()
         instance_url = task.get_extra_links(ti, GridInstanceLink.name)
         artifacts_url = task.get_extra_links(ti, GridArtifactsLink.name)
-    assert instance_url == (
-        "https://console.aws.amazon.com/ec2/home?region=us-east-1#InstanceDetails:instanceId=" + instance_id
-    )
-    assert artifacts_url == (
-        f"https://console.aws.amazon.com/s3/buckets/{bucket}?region=us-east-1&prefix={ledger.location.prefix}/"
-    )
+    # On the local spot cloud the links open the pages it serves (the AWS console cannot show it).
+    assert instance_url == f"{spot_cloud.endpoint_url}/_emulator/pages/instances/{instance_id}"
+    prefix = urllib.parse.quote(f"{ledger.location.prefix}/", safe="")
+    assert artifacts_url == f"{spot_cloud.endpoint_url}/_emulator/pages/ledger?bucket={bucket}&prefix={prefix}"
+    with urllib.request.urlopen(instance_url, timeout=10) as resp:
+        page = resp.read().decode()
+    assert instance_id in page and "terminated" in page
+    with urllib.request.urlopen(artifacts_url, timeout=10) as resp:
+        page = resp.read().decode()
+    assert "spec.json" in page and "sessions/000001/outcome.json" in page

@@ -10,21 +10,25 @@ from types import SimpleNamespace
 
 import pytest
 
-from airflow_grid_resume.agent.errors import ManifestError, UnsafePathError, UsageError
+from airflow_grid_resume.agent.errors import ManifestError, UnsafePathError, UnsupportedFormatError, UsageError
 from airflow_grid_resume.agent.imds import parse_instance_action
 from airflow_grid_resume.agent.manifest import (
     FORMAT,
     FileEntry,
     Manifest,
+    as_current,
+    chunk_root,
     parse_manifest,
     parse_manifest_name,
 )
 from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, SUCCEEDED, classify
 from airflow_grid_resume.agent.paths import check_relative_path, safe_target
+from airflow_grid_resume.agent.restore import plan_pack_reads
 from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter
 from airflow_grid_resume.agent.uri import parse_s3_uri
 
 SHA = hashlib.sha256(b"x").hexdigest()
+PACK = hashlib.sha256(b"pack").hexdigest()
 
 
 @pytest.mark.parametrize("path", ["../x", "/abs", "..\\x", "a/../../b", "a//b", "./a", "", "a\x00b", "C:x", "a/."])
@@ -62,10 +66,42 @@ def test_manifest_round_trip() -> None:
         created_at="t",
         reason="final",
         chunk_size=4,
-        files=(FileEntry("a", 9, 0o644, 1, SHA, (SHA, SHA, SHA)), FileEntry("b/c", 1, 0o755, 2, SHA)),
+        files=(
+            FileEntry("a", 9, 0o644, 1, chunk_root((SHA, SHA, SHA)), (SHA, SHA, SHA)),
+            FileEntry("b/c", 1, 0o755, 2, SHA, pack=PACK, offset=7),
+            FileEntry("d", 2, 0o644, 2, SHA),
+        ),
     )
     assert parse_manifest(m.to_json()) == m
+    assert json.loads(m.to_json())["packs"] == [PACK]
     assert m.name == "000002-000003.json" and parse_manifest_name(m.name) == (2, 3)
+
+
+def test_newer_manifest_format_is_refused_with_what_to_do() -> None:
+    with pytest.raises(UnsupportedFormatError, match=r"grid-resume-manifest/3, newer than this agent.*upgrade"):
+        parse_manifest(_manifest_doc([], format="grid-resume-manifest/3"))
+    with pytest.raises(ManifestError, match="not a grid-resume-manifest/N"):
+        parse_manifest(_manifest_doc([], format="something-else/1"))
+
+
+def test_v2_manifest_checks_pack_references_and_chunk_roots() -> None:
+    entry = {"path": "a", "size": 1, "mode": 420, "mtime_ns": 0, "sha256": SHA, "pack": 1, "offset": 0}
+    with pytest.raises(ManifestError, match="pack index 1 out of range"):
+        parse_manifest(_manifest_doc([entry], packs=[PACK]))
+    chunked = {"path": "a", "size": 9, "mode": 420, "mtime_ns": 0, "sha256": SHA, "chunks": [SHA] * 3}
+    with pytest.raises(ManifestError, match="root of its chunks"):
+        parse_manifest(_manifest_doc([chunked]))
+    v1 = parse_manifest(_manifest_doc([chunked], format="grid-resume-manifest/1"))  # v1: the whole-file hash
+    assert v1.version == 1 and as_current(v1.files[0]).sha256 == chunk_root([SHA] * 3)
+
+
+def test_pack_reads_merge_neighbours_and_split_far_apart_files() -> None:
+    def f(name: str, offset: int, size: int) -> FileEntry:
+        return FileEntry(name, size, 0o644, 0, SHA, pack=PACK, offset=offset)
+
+    files = [f("c", 5_000_000, 10), f("a", 0, 100), f("b", 100, 50), f("dup", 0, 100), f("d", 5_000_010, 5)]
+    runs = plan_pack_reads(files, gap=1024)
+    assert [[x.path for x in run] for run in runs] == [["a", "dup", "b"], ["c", "d"]]
 
 
 @pytest.mark.parametrize("bad", ["../x", "/abs", "..\\x"])
@@ -258,3 +294,31 @@ def test_fast_timestamps_match_botocore() -> None:
     for value in ("2026-11-25T11:00:00.000Z", "2026-11-25T11:00:00Z", "Wed, 25 Nov 2026 11:00:00 GMT", 1764068400):
         assert fast_timestamp(value) == parse_timestamp(value)
         assert fast_timestamp(value).utcoffset() == parse_timestamp(value).utcoffset()
+
+
+def test_docs_list_every_key_of_the_layout_and_its_writers() -> None:
+    """docs/ledger.md is checked against the contract in code: every key, and "Airflow side" for keys
+    only the Airflow side writes."""
+    from pathlib import Path
+
+    from airflow_grid_resume.agent import layout
+
+    docs = (Path(__file__).parent.parent / "docs" / "ledger.md").read_text()
+    block = docs.split("```", 2)[1]
+    lines = [line.strip() for line in block.splitlines()]
+    for rule in layout.RULES:
+        found = [line for line in lines if line.startswith(rule.key + " ")]
+        assert found, f"docs/ledger.md does not list {rule.key}"
+        assert ("Airflow side" in found[0]) == (rule.writers == ("airflow",)), found[0]
+    assert layout.log_chunk(3, 42) == "sessions/000003/logs/0000000000000042.log"
+    assert layout.manifest(1, 2) == "manifests/000001-000002.json"
+
+
+def test_pointer_record_round_trip_and_refusal() -> None:
+    from airflow_grid_resume.agent.layout import Pointer
+
+    p = Pointer("000002-000003.json", 2, 3, "t")
+    assert Pointer.from_json(p.to_json()) == p
+    assert Pointer.from_json(b"{nope") is None and Pointer.from_json(b'{"format": "x/1"}') is None
+    with pytest.raises(UnsupportedFormatError):
+        Pointer.from_json(b'{"format": "grid-resume-latest/2", "manifest": "000001-000001.json"}')

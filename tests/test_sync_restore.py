@@ -68,7 +68,13 @@ def test_round_trip_restores_bytes_modes_links_and_empty_dirs(ledger: RunLedger,
     make_tree(src)
     result = syncer(ledger, src).sync("final")
     assert result.committed
-    assert result.objects_uploaded == 6 + 1 + 1 + 1  # 6 chunks of big.bin, script, key, and dup1/dup2 once
+    assert result.objects_uploaded == 6  # the chunks of big.bin
+    assert result.packs_uploaded == 1  # script, key, and dup1/dup2 once: one pack
+    manifest = result.manifest
+    assert manifest is not None
+    packed = {f.path: f for f in manifest.files if f.pack}
+    assert set(packed) == {"code/train.sh", "secret.key", "dup1", "dup2"}
+    assert packed["dup1"].offset == packed["dup2"].offset  # identical bytes stored once
     restored = Restorer(ledger, str(dst)).restore()
     assert restored.manifest is not None and restored.manifest.name == "000001-000001.json"
     assert snapshot(dst) == snapshot(src)
@@ -91,7 +97,8 @@ def test_resync_uploads_nothing_and_new_session_dedups(ledger: RunLedger, tmp_pa
     s2 = syncer(ledger, dst, session=2, cache=cache, last_manifest=restored.manifest)
     (dst / "new.txt").write_text("new")
     second = s2.sync("final")
-    assert second.committed and second.objects_uploaded == 1 and second.files_hashed == 1
+    assert second.committed and second.files_hashed == 1
+    assert (second.packs_uploaded, second.objects_uploaded, second.bytes_uploaded) == (1, 0, 3)  # one tiny pack
     assert first.manifest is not None
 
 
@@ -116,6 +123,12 @@ def test_same_size_same_mtime_change_is_synced(ledger: RunLedger, tmp_path: Path
     assert (dst / "weights.bin").read_bytes() == b"B" * 4096
 
 
+def _key_of(ledger: RunLedger, path: str) -> str:
+    """The pack or object holding ``path`` in the newest manifest."""
+    newest = ledger.read_manifest(ledger.list_manifests()[0])
+    return ledger.blob_keys(next(f for f in newest.files if f.path == path))[0]
+
+
 def _two_versions(ledger: RunLedger, tmp_path: Path) -> tuple[Path, str]:
     src = tmp_path / "src"
     src.mkdir()
@@ -126,12 +139,16 @@ def _two_versions(ledger: RunLedger, tmp_path: Path) -> tuple[Path, str]:
     (src / "ckpt").write_text("version two!")
     (src / "only-in-two").write_text("y")
     s.sync("final")
-    return src, hashlib.sha256(b"version two!").hexdigest()
+    return src, _key_of(ledger, "ckpt")
 
 
-def test_corrupt_object_falls_back_to_older_manifest(ledger: RunLedger, tmp_path: Path, caplog) -> None:
-    _, sha_two = _two_versions(ledger, tmp_path)
-    boto3.client("s3").put_object(Bucket=ledger.location.bucket, Key=ledger.object_key(sha_two), Body=b"garbage!!!!!")
+def test_corrupt_pack_falls_back_to_older_manifest(ledger: RunLedger, tmp_path: Path, caplog) -> None:
+    _, pack_two = _two_versions(ledger, tmp_path)
+    assert "/packs/" in pack_two
+    client = boto3.client("s3")
+    good = client.get_object(Bucket=ledger.location.bucket, Key=pack_two)["Body"].read()
+    rotten = bytes(b ^ 0x20 for b in good)  # same length: only the sha256 of each file can tell
+    client.put_object(Bucket=ledger.location.bucket, Key=pack_two, Body=rotten)
     dst = tmp_path / "dst"
     result = Restorer(ledger, str(dst)).restore()
     assert result.manifest is not None and result.manifest.name == "000001-000001.json"
@@ -143,8 +160,8 @@ def test_corrupt_object_falls_back_to_older_manifest(ledger: RunLedger, tmp_path
 
 
 def test_missing_object_falls_back(ledger: RunLedger, tmp_path: Path) -> None:
-    _, sha_two = _two_versions(ledger, tmp_path)
-    boto3.client("s3").delete_object(Bucket=ledger.location.bucket, Key=ledger.object_key(sha_two))
+    _, pack_two = _two_versions(ledger, tmp_path)
+    boto3.client("s3").delete_object(Bucket=ledger.location.bucket, Key=pack_two)
     result = Restorer(ledger, str(tmp_path / "dst")).restore()
     assert result.manifest is not None and result.manifest.seq == 1
     assert "missing" in result.fallbacks[0][1]
@@ -155,8 +172,7 @@ def test_no_verifiable_manifest_refuses_to_start_over(ledger: RunLedger, tmp_pat
     src.mkdir()
     (src / "a").write_text("a")
     syncer(ledger, src).sync("final")
-    client = boto3.client("s3")
-    client.put_object(Bucket=ledger.location.bucket, Key=ledger.object_key(hashlib.sha256(b"a").hexdigest()), Body=b"b")
+    boto3.client("s3").put_object(Bucket=ledger.location.bucket, Key=_key_of(ledger, "a"), Body=b"b")
     with pytest.raises(NoRestorableCheckpointError, match="Refusing to start over"):
         Restorer(ledger, str(tmp_path / "dst")).restore()
 

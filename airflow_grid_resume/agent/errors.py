@@ -54,6 +54,10 @@ class CorruptObjectError(ValueError):
     """An object's bytes do not match the sha256 it is stored under."""
 
 
+class UnsupportedFormatError(NoRestorableCheckpointError):
+    """A ledger document has a newer format than this agent knows: it refuses rather than guess."""
+
+
 def crash_hint(exc: BaseException) -> str:
     """What to do about an unexpected agent error, for the outcome and the task log."""
     import errno

@@ -1,15 +1,7 @@
 """The run ledger: one S3 prefix per run, shared by the agent and the Airflow side.
 
-Layout under the run prefix (see docs/ledger.md)::
-
-    spec.json                               the run's spec (written by the Airflow side)
-    lease.json                              which agent holds the run (conditional writes)
-    manifests/SSSSSS-NNNNNN.json            immutable checkpoints, newest = greatest name
-    objects/sha256/<hex>                    content-addressed file bodies and chunks
-    sessions/SSSSSS/session.json            a session's start record (creating it claims the number)
-    sessions/SSSSSS/heartbeat.json          overwritten while the session lives
-    sessions/SSSSSS/logs/<offset>.log       the command's output, chunk by chunk, keyed by byte offset
-    sessions/SSSSSS/outcome.json            how the session ended (written once)
+Typed access over boto3 (stdlib + botocore otherwise); the keys and the rules of who writes them are
+in :mod:`airflow_grid_resume.agent.layout`, the manifest format in :mod:`.manifest`; see docs/ledger.md.
 """
 
 from __future__ import annotations
@@ -23,8 +15,14 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.errors import CorruptObjectError, ManifestError
-from airflow_grid_resume.agent.manifest import Manifest, check_sha256, parse_manifest, parse_manifest_name
+from airflow_grid_resume.agent.manifest import (
+    FileEntry,
+    Manifest,
+    parse_manifest,
+    parse_manifest_name,
+)
 from airflow_grid_resume.agent.s3client import (
     explain_access_error,
     is_not_found,
@@ -32,7 +30,6 @@ from airflow_grid_resume.agent.s3client import (
 )
 from airflow_grid_resume.agent.uri import S3Location
 
-LOG_OFFSET_DIGITS = 16
 MAX_LOG_CHUNK = 8 * 1024 * 1024
 _SESSION_DIR = re.compile(r"^(\d{6})/$")
 
@@ -65,19 +62,31 @@ class RunLedger:
         return self.location.key(*parts)
 
     def object_key(self, sha256: str) -> str:
-        return self.key("objects", "sha256", check_sha256(sha256, "object name"))
+        return self.key(layout.blob(sha256))
+
+    def pack_key(self, sha256: str) -> str:
+        return self.key(layout.pack(sha256))
+
+    def manifest_key(self, session: int, seq: int) -> str:
+        return self.key(layout.manifest(session, seq))
+
+    def blob_keys(self, entry: FileEntry) -> list[str]:
+        """The keys holding a file's bytes: its pack, or its object(s); none for an empty file."""
+        if entry.pack:
+            return [self.pack_key(entry.pack)]
+        return [self.object_key(h) for h in entry.object_hashes()]
 
     def session_key(self, session: int, name: str) -> str:
-        return self.key("sessions", f"{session:06d}", name)
+        return self.key(layout.session_dir(session), name)
 
     def log_key(self, session: int, offset: int) -> str:
-        return self.session_key(session, f"logs/{offset:0{LOG_OFFSET_DIGITS}d}.log")
+        return self.key(layout.log_chunk(session, offset))
 
     # -- primitives -------------------------------------------------------------------------
     def check_access(self) -> None:
         """Fail early, with a message that says what to fix, if the bucket cannot be used."""
         try:
-            self.client.list_objects_v2(Bucket=self.location.bucket, Prefix=self.key("manifests/"), MaxKeys=1)
+            self.client.list_objects_v2(Bucket=self.location.bucket, Prefix=self.key(layout.MANIFESTS) + "/", MaxKeys=1)
         except (ClientError, BotoCoreError) as exc:
             raise explain_access_error(exc, self.location.bucket) from exc
 
@@ -149,17 +158,6 @@ class RunLedger:
             yield from page.get("Contents", [])
 
     # -- objects ----------------------------------------------------------------------------
-    def object_size(self, sha256: str) -> int | None:
-        """Size of a stored object, or None if it is not stored (one HEAD)."""
-        try:
-            return int(
-                self.client.head_object(Bucket=self.location.bucket, Key=self.object_key(sha256))["ContentLength"]
-            )
-        except ClientError as exc:
-            if is_not_found(exc):
-                return None
-            raise
-
     def put_blob(self, sha256: str, body: bytes) -> None:
         self.put(self.object_key(sha256), body)
 
@@ -173,12 +171,45 @@ class RunLedger:
             raise CorruptObjectError(f"object {sha256} is corrupt (its bytes hash to {actual})")
         return data
 
+    def put_pack(self, sha256: str, body: bytes) -> None:
+        """Store a pack under its own hash (rewriting an existing pack writes the same bytes)."""
+        self.put(self.pack_key(sha256), body)
+
+    def get_pack_range(self, sha256: str, start: int, length: int) -> bytes:
+        """``length`` bytes of a pack from ``start`` (one ranged GET); unverified, the caller checks
+        every file in it against its own sha256."""
+        data = self.get(self.pack_key(sha256), byte_range=f"bytes={start}-{start + length - 1}")
+        if data is None:
+            raise CorruptObjectError(f"pack {sha256} is missing")
+        if len(data) != length:
+            raise CorruptObjectError(f"pack {sha256} is shorter than its manifest says ({len(data)} of {length} bytes)")
+        return data
+
+    def delete_keys(self, keys: list[str]) -> int:
+        """Delete keys, 1,000 per request (S3's limit); returns how many were deleted."""
+        deleted = 0
+        for i in range(0, len(keys), 1000):
+            batch = keys[i : i + 1000]
+            resp = self.client.delete_objects(
+                Bucket=self.location.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+            )
+            errors = resp.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise ClientError(
+                    {"Error": {"Code": first.get("Code", ""), "Message": first.get("Message", "")}}, "DeleteObjects"
+                )
+            deleted += len(batch)
+        return deleted
+
     # -- manifests --------------------------------------------------------------------------
-    def list_manifests(self) -> list[StoredManifest]:
-        """Every manifest, newest first."""
-        prefix = self.key("manifests") + "/"
+    def list_manifests(self, *, from_name: str | None = None) -> list[StoredManifest]:
+        """Every manifest, newest first; with ``from_name``, only that one (if it exists) and newer:
+        one LIST starting right before it, whatever the number of older manifests."""
+        prefix = self.key(layout.MANIFESTS) + "/"
         found = []
-        for item in self.list(prefix):
+        start_after = prefix + from_name.removesuffix(".json") if from_name else None
+        for item in self.list(prefix, start_after=start_after):
             name = item["Key"][len(prefix) :]
             parsed = parse_manifest_name(name)
             if parsed:
@@ -198,14 +229,43 @@ class RunLedger:
 
     def commit_manifest(self, manifest: Manifest) -> str:
         """Write a manifest once; it is never overwritten. Returns its key."""
-        key = self.key("manifests", manifest.name)
+        key = self.manifest_key(manifest.session, manifest.seq)
         if not self.put_once(key, manifest.to_json()):
             raise ConditionalWriteLost(f"manifest {manifest.name} already exists with other content")
         return key
 
+    # -- the newest-checkpoint pointer --------------------------------------------------------
+    def read_pointer(self) -> tuple[str, str] | None:
+        """(manifest name, ETag) of ``latest.json``, or None when absent or unreadable.
+
+        A pointer in a newer format than this agent knows raises UnsupportedFormatError."""
+        got = self.get_with_etag(self.key(layout.POINTER))
+        pointer = None if got is None else layout.Pointer.from_json(got[0])
+        return None if got is None or pointer is None else (pointer.manifest, got[1])
+
+    def advance_pointer(self, manifest: Manifest, etag: str | None) -> str:
+        """Point ``latest.json`` at ``manifest`` unless it already names a newer one; returns the
+        ETag to pass next time. Conditional (If-Match on the ETag we last saw, If-None-Match when
+        there was none), so a stale writer never moves the pointer back."""
+        ours = layout.Pointer(manifest.name, manifest.session, manifest.seq, manifest.created_at)
+        body, key = ours.to_json(), self.key(layout.POINTER)
+        for _ in range(3):
+            try:
+                return self.put(key, body, if_match=etag) if etag else self.put(key, body, if_none_match=True)
+            except ConditionalWriteLost:
+                got = self.get_with_etag(key)
+                if got is None:
+                    etag = None
+                    continue
+                theirs = layout.Pointer.from_json(got[0])
+                if theirs is not None and theirs.order >= ours.order:
+                    return got[1]
+                etag = got[1]
+        raise ConditionalWriteLost(f"{key} kept changing while it was being advanced")
+
     # -- sessions ---------------------------------------------------------------------------
     def list_sessions(self) -> list[int]:
-        prefix = self.key("sessions") + "/"
+        prefix = self.key(layout.SESSIONS) + "/"
         out = []
         for item in self.list(prefix, delimiter="/"):
             m = _SESSION_DIR.match(item.get("Prefix", "")[len(prefix) :])
@@ -216,20 +276,20 @@ class RunLedger:
     def claim_session(self, session: int, record: dict) -> bool:
         """Create the session's start record; False if that session number is taken (a 412 whose
         stored record is exactly ours was our own write with a lost answer: claimed)."""
-        return self.put_once(self.session_key(session, "session.json"), json_bytes(record))
+        return self.put_once(self.key(layout.session_record(session)), json_bytes(record))
 
     def write_heartbeat(self, session: int, doc: dict) -> None:
-        self.put_json(self.session_key(session, "heartbeat.json"), doc)
+        self.put_json(self.key(layout.heartbeat(session)), doc)
 
     def read_heartbeat(self, session: int) -> dict | None:
-        return self.get_json(self.session_key(session, "heartbeat.json"))
+        return self.get_json(self.key(layout.heartbeat(session)))
 
     def write_outcome(self, session: int, doc: dict) -> None:
-        if not self.put_once(self.session_key(session, "outcome.json"), json_bytes(doc)):
+        if not self.put_once(self.key(layout.outcome(session)), json_bytes(doc)):
             raise ConditionalWriteLost(f"session {session} already has a different outcome")
 
     def read_outcome(self, session: int) -> dict | None:
-        return self.get_json(self.session_key(session, "outcome.json"))
+        return self.get_json(self.key(layout.outcome(session)))
 
     # -- logs -------------------------------------------------------------------------------
     def append_log(self, session: int, offset: int, data: bytes) -> None:
@@ -237,7 +297,7 @@ class RunLedger:
 
     def log_listing(self, session: int, offset: int) -> tuple[str, str | None]:
         """(prefix, start_after) of the LIST that finds every chunk able to hold bytes from ``offset``."""
-        prefix = self.session_key(session, "logs") + "/"
+        prefix = self.key(layout.logs(session)) + "/"
         return prefix, (self.log_key(session, offset - MAX_LOG_CHUNK) if offset >= MAX_LOG_CHUNK else None)
 
     def read_log(self, session: int, offset: int = 0, *, limit: int = MAX_LOG_CHUNK) -> tuple[bytes, int]:

@@ -1,29 +1,50 @@
 """Manifests: the immutable, complete description of one checkpoint of the execution directory.
 
-A manifest lists every file with its size, mode, mtime and sha256. Files larger than the chunk
-size are stored as a list of content-addressed chunks; smaller ones as one object named by the
-file's own sha256. Everything here is pure: no I/O.
+A manifest lists every file with its size, mode, mtime and content hash, and where its bytes are:
+
+- a small file (under ``SMALL_FILE``) is a range of a content-addressed *pack* (``pack``, ``offset``);
+- a file larger than the chunk size is a list of content-addressed chunk objects (``chunks``);
+- anything else (and every small file of a format-1 manifest) is one object named by its sha256;
+- an empty file has no bytes anywhere.
+
+Format 2 (``grid-resume-manifest/2``) is written; format 1 (no packs, and a chunked file's
+``sha256`` is the hash of its whole content) is still read. A newer format is refused, never
+guessed at. Everything here is pure: no I/O.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from airflow_grid_resume.agent.errors import ManifestError, UnsafePathError
+from airflow_grid_resume.agent.errors import ManifestError, UnsafePathError, UnsupportedFormatError
 from airflow_grid_resume.agent.paths import check_relative_path
 
-FORMAT = "grid-resume-manifest/1"
+FORMAT_PREFIX = "grid-resume-manifest/"
+FORMAT_VERSION = 2
+FORMAT = f"{FORMAT_PREFIX}{FORMAT_VERSION}"
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+# Files smaller than this go into packs: below about 1 MiB a request's latency costs more than its
+# bytes on S3 (see docs/ledger.md, "Packs").
+SMALL_FILE = 1024 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MANIFEST_NAME = re.compile(r"^(\d{6})-(\d{6})\.json$")
 
 
+def chunk_root(chunks: Iterable[str]) -> str:
+    """The content hash of a chunked file in format 2: sha256 over its chunks' binary digests.
+
+    It identifies the bytes as well as a whole-file hash does (given the chunk size), and costs no
+    second pass over the file on sync nor on restore."""
+    return hashlib.sha256(b"".join(bytes.fromhex(c) for c in chunks)).hexdigest()
+
+
 @dataclass(frozen=True)
 class FileEntry:
-    """A regular file. ``chunks`` is empty when the file is stored as a single object."""
+    """A regular file and where its bytes are stored (see the module docstring)."""
 
     path: str
     size: int
@@ -31,10 +52,19 @@ class FileEntry:
     mtime_ns: int
     sha256: str
     chunks: tuple[str, ...] = ()
+    pack: str = ""
+    offset: int = 0
 
     def object_hashes(self) -> tuple[str, ...]:
-        """The content addresses holding this file's bytes, in order."""
-        return self.chunks if self.chunks else (self.sha256,)
+        """The content-addressed objects (not packs) holding this file's bytes, in order."""
+        if self.chunks:
+            return self.chunks
+        return () if self.pack or self.size == 0 else (self.sha256,)
+
+    @property
+    def content_id(self) -> str:
+        """The format-2 content hash: what a sync that reads this file now records."""
+        return chunk_root(self.chunks) if self.chunks else self.sha256
 
 
 @dataclass(frozen=True)
@@ -66,6 +96,7 @@ class Manifest:
     links: tuple[LinkEntry, ...] = ()
     dirs: tuple[DirEntry, ...] = ()
     extra: dict = field(default_factory=dict)
+    version: int = FORMAT_VERSION
 
     @property
     def name(self) -> str:
@@ -78,11 +109,22 @@ class Manifest:
     def object_hashes(self) -> set[str]:
         return {h for f in self.files for h in f.object_hashes()}
 
+    def pack_hashes(self) -> set[str]:
+        return {f.pack for f in self.files if f.pack}
+
     def same_content(self, other: Manifest | None) -> bool:
-        """True when both describe the same tree (ignores session, seq, time and reason)."""
-        return other is not None and (self.files, self.links, self.dirs) == (other.files, other.links, other.dirs)
+        """True when both describe the same tree stored the same way (ignores session, seq, time, reason)."""
+        return (
+            other is not None
+            and other.version == self.version
+            and (self.files, self.links, self.dirs) == (other.files, other.links, other.dirs)
+        )
 
     def to_json(self) -> bytes:
+        if self.version != FORMAT_VERSION:
+            raise ValueError(f"only {FORMAT} manifests are written")
+        packs = sorted(self.pack_hashes())
+        index = {p: i for i, p in enumerate(packs)}
         doc = {
             "format": FORMAT,
             "session": self.session,
@@ -90,8 +132,9 @@ class Manifest:
             "created_at": self.created_at,
             "reason": self.reason,
             "chunk_size": self.chunk_size,
-            "totals": {"files": len(self.files), "bytes": self.total_bytes},
-            "files": [_file_doc(f) for f in self.files],
+            "totals": {"files": len(self.files), "bytes": self.total_bytes, "packs": len(packs)},
+            "packs": packs,
+            "files": [_file_doc(f, index) for f in self.files],
             "links": [{"path": s.path, "target": s.target} for s in self.links],
             "dirs": [{"path": d.path, "mode": d.mode} for d in self.dirs],
             **({"extra": self.extra} if self.extra else {}),
@@ -99,10 +142,12 @@ class Manifest:
         return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _file_doc(f: FileEntry) -> dict:
-    doc = {"path": f.path, "size": f.size, "mode": f.mode, "mtime_ns": f.mtime_ns, "sha256": f.sha256}
+def _file_doc(f: FileEntry, packs: dict[str, int]) -> dict:
+    doc: dict = {"path": f.path, "size": f.size, "mode": f.mode, "mtime_ns": f.mtime_ns, "sha256": f.sha256}
     if f.chunks:
         doc["chunks"] = list(f.chunks)
+    if f.pack:
+        doc["pack"], doc["offset"] = packs[f.pack], f.offset
     return doc
 
 
@@ -137,17 +182,41 @@ def _path(doc: dict, what: str) -> str:
         raise ManifestError(f"{what}: unsafe path rejected: {exc}") from exc
 
 
+def format_version(doc: dict, name: str, prefix: str, known: int) -> int:
+    """The version of a ledger document's ``format`` field; a newer one than ``known`` is refused.
+
+    Refusing (instead of reading what looks familiar) is what keeps an old agent from restoring,
+    and then overwriting, a run that a newer agent wrote in a layout it does not understand."""
+    value = doc.get("format")
+    if not isinstance(value, str) or not value.startswith(prefix) or not value[len(prefix) :].isdigit():
+        raise ManifestError(f"{name} is not a {prefix}N document (format {value!r})")
+    version = int(value[len(prefix) :])
+    if version > known:
+        raise UnsupportedFormatError(
+            f"{name} has format {value}, newer than this agent reads (up to {prefix}{known}): upgrade "
+            "airflow-grid-resume (the agent zipapp comes from the provider package) to resume this run. "
+            "Nothing in the run or the workdir was changed."
+        )
+    if version < 1:
+        raise ManifestError(f"{name} has an invalid format {value!r}")
+    return version
+
+
 def parse_manifest(data: bytes, *, name: str = "manifest") -> Manifest:
     """Parse and fully validate a manifest read back from the ledger (untrusted input)."""
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{name} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ManifestError(f"{name} is not a {FORMAT} document")
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{name} is not a {FORMAT_PREFIX}N document")
+    version = format_version(doc, name, FORMAT_PREFIX, FORMAT_VERSION)
     chunk_size = _int(doc, "chunk_size", name, minimum=1)
+    packs = doc.get("packs", []) if version >= 2 else []
+    if not isinstance(packs, list):
+        raise ManifestError(f"{name}: field 'packs' must be a list")
+    packs = [check_sha256(p, f"{name} pack") for p in packs]
     files: list[FileEntry] = []
-    seen: set[str] = set()
     for raw in _list(doc, "files", name):
         path = _path(raw, name)
         what = f"{name} file {path!r}"
@@ -157,8 +226,18 @@ def parse_manifest(data: bytes, *, name: str = "manifest") -> Manifest:
         expected_chunks = -(-size // chunk_size) if size > chunk_size else 0
         if len(chunks) != expected_chunks:
             raise ManifestError(f"{what}: {len(chunks)} chunks for {size} bytes, expected {expected_chunks}")
-        files.append(FileEntry(path, size, _int(raw, "mode", what) & 0o7777, _int(raw, "mtime_ns", what), sha, chunks))
-        seen.add(path)
+        if version >= 2 and chunks and chunk_root(chunks) != sha:
+            raise ManifestError(f"{what}: sha256 is not the root of its chunks")
+        pack, offset = "", 0
+        if "pack" in raw:
+            index = raw.get("pack")
+            if version < 2 or chunks or not isinstance(index, int) or isinstance(index, bool):
+                raise ManifestError(f"{what}: invalid pack reference {index!r}")
+            if not 0 <= index < len(packs):
+                raise ManifestError(f"{what}: pack index {index} out of range (the manifest lists {len(packs)})")
+            pack, offset = packs[index], _int(raw, "offset", what)
+        mode = _int(raw, "mode", what) & 0o7777
+        files.append(FileEntry(path, size, mode, _int(raw, "mtime_ns", what), sha, chunks, pack, offset))
     links = []
     for raw in _list(doc, "links", name):
         path = _path(raw, name)
@@ -180,6 +259,7 @@ def parse_manifest(data: bytes, *, name: str = "manifest") -> Manifest:
         links=tuple(links),
         dirs=tuple(dirs),
         extra=doc.get("extra") if isinstance(doc.get("extra"), dict) else {},
+        version=version,
     )
 
 
@@ -197,3 +277,8 @@ def chunk_length(size: int, chunk_size: int, index: int) -> int:
 
 def sort_entries(entries: Iterable[FileEntry]) -> tuple[FileEntry, ...]:
     return tuple(sorted(entries, key=lambda e: e.path))
+
+
+def as_current(entry: FileEntry) -> FileEntry:
+    """A format-1 entry as a format-2 sync records it: same stored bytes, format-2 content hash."""
+    return entry if not entry.chunks else replace(entry, sha256=entry.content_id)

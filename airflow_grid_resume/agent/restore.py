@@ -1,15 +1,20 @@
 """Bringing a workdir to the newest checkpoint of a run that fully verifies.
 
-Manifests are tried newest first. One that is malformed or has unsafe paths is rejected before
-anything is written; one whose objects turn out missing or corrupt is abandoned, the files it
-created are removed, and the next older manifest is tried, each fallback logged with its reason.
-No LIST of the object store is needed: a missing object shows up as a 404 on its GET.
-Every file is written under a temporary name, verified, and renamed into place.
+The newest manifest is found from ``latest.json`` plus one LIST of what is newer than it (the
+pointer is written after the manifest, so it can lag by one); all manifests are listed only when
+there is no pointer or everything from it on fails. Manifests are tried newest first. One that is
+malformed or has unsafe paths is rejected before anything is written; one whose packs or objects
+turn out missing or corrupt is abandoned, the files it created are removed, and the next older
+manifest is tried, each fallback logged with its reason. A manifest in a newer format than this
+agent reads stops the restore with UnsupportedFormatError. Packs are read with one ranged GET per
+run of needed files, in parallel; every file is written under a temporary name, verified against
+its sha256 (a chunked file chunk by chunk), and renamed into place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -17,6 +22,7 @@ import stat
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -25,13 +31,21 @@ from airflow_grid_resume.agent.errors import (
     ManifestError,
     NoRestorableCheckpointError,
     UnsafePathError,
+    UnsupportedFormatError,
 )
-from airflow_grid_resume.agent.ledger import RunLedger
+from airflow_grid_resume.agent.ledger import RunLedger, StoredManifest
 from airflow_grid_resume.agent.manifest import FileEntry, Manifest, chunk_length
 from airflow_grid_resume.agent.paths import TEMP_MARKER, safe_target
 from airflow_grid_resume.agent.scan import Digest, HashCache, sha256_file
 
 log = logging.getLogger(__name__)
+
+# Needed files of one pack closer than this are fetched by one ranged GET (the gap's bytes cost
+# less than a second request); see docs/ledger.md, "Packs".
+RANGE_MERGE_GAP = 1024 * 1024
+# A run is cut at this many bytes, so a pack is read (and its files written) by several workers at
+# once: S3's own advice for throughput is parallel ranged GETs of a few MiB.
+RANGE_MAX = 2 * 1024 * 1024
 
 
 @dataclass
@@ -42,16 +56,6 @@ class RestoreResult:
     bytes_downloaded: int = 0
     seconds: float = 0.0
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
-
-    def verified_objects(self) -> dict[str, int]:
-        """sha256 -> size of every object the restored manifest uses: all present and verified."""
-        if self.manifest is None:
-            return {}
-        out = {}
-        for f in self.manifest.files:
-            for i, h in enumerate(f.object_hashes()):
-                out[h] = chunk_length(f.size, self.manifest.chunk_size, i) if f.chunks else f.size
-        return out
 
     def summary(self) -> str:
         if self.manifest is None:
@@ -72,19 +76,33 @@ class Restorer:
         self.cache = cache if cache is not None else HashCache()
         self._lock = threading.Lock()
 
+    def candidates(self) -> Iterator[StoredManifest]:
+        """Manifests newest first: from the pointer on (one GET, one LIST), then all of them."""
+        pointer = self.ledger.read_pointer()
+        tried: set[str] = set()
+        if pointer is not None:
+            for stored in self.ledger.list_manifests(from_name=pointer[0]):
+                tried.add(stored.name)
+                yield stored
+        for stored in self.ledger.list_manifests():
+            if stored.name not in tried:
+                yield stored
+
     def restore(self) -> RestoreResult:
         """Restore the newest verifiable manifest; raise if manifests exist but none verifies."""
         started = time.monotonic()
-        stored = self.ledger.list_manifests()
         result = RestoreResult(manifest=None)
-        if not stored:
-            return result
-        for candidate in stored:
+        tried = 0
+        for candidate in self.candidates():
+            tried += 1
             created: set[str] = set()
             try:
                 manifest = self.ledger.read_manifest(candidate)
                 _check_layout(manifest)
                 self._apply(manifest, result, created)
+            except UnsupportedFormatError:
+                self._remove_created(created, keep=set())
+                raise
             except (ManifestError, CorruptObjectError, UnsafePathError) as exc:
                 self._remove_created(created, keep=set())
                 result.fallbacks.append((candidate.name, str(exc)))
@@ -100,8 +118,10 @@ class Restorer:
                     ", ".join(name for name, _ in result.fallbacks),
                 )
             return result
+        if not tried:
+            return result
         raise NoRestorableCheckpointError(
-            f"the run has {len(stored)} checkpoint manifest(s) but none verifies "
+            f"the run has {tried} checkpoint manifest(s) but none verifies "
             f"({'; '.join(f'{n}: {why}' for n, why in result.fallbacks[:3])}). Refusing to start over, "
             "which would silently lose the run's work."
         )
@@ -116,20 +136,33 @@ class Restorer:
         pool = ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="grid-restore")
         partials: list[_Partial] = []
         try:
-            kept = _run_all(pool, [(self._already_there, f, safe_target(self.root, f.path)) for f in manifest.files])
-            todo = [f for f, ok in zip(manifest.files, kept, strict=True) if not ok]
+            # Only files that exist locally are checked (in parallel: the check may hash them).
+            targets = [(f, safe_target(self.root, f.path)) for f in manifest.files]
+            present = [(f, t) for f, t in targets if os.path.lexists(t)]
+            size = manifest.chunk_size
+            kept = _run_all(pool, [(self._already_there, f, t, size) for f, t in present])
+            kept_paths = {f.path for (f, _), ok in zip(present, kept, strict=True) if ok}
+            todo = [f for f in manifest.files if f.path not in kept_paths]
             result.files_kept += len(manifest.files) - len(todo)
             tasks: list[tuple] = []
+            packed: dict[str, list[FileEntry]] = {}
             for f in todo:
                 if f.chunks:
                     partial = _Partial.open(f, safe_target(self.root, f.path))
                     partials.append(partial)
                     tasks += [(self._fetch_chunk, partial, i, manifest.chunk_size) for i in range(len(f.chunks))]
+                elif f.pack:
+                    packed.setdefault(f.pack, []).append(f)
+                elif f.size == 0:
+                    tasks.append((self._write_file, f, b"", created))
                 else:
                     tasks.append((self._restore_small, f, created))
+            for pack, files in packed.items():
+                tasks += [(self._restore_range, pack, run, created) for run in plan_pack_reads(files)]
             downloaded = _run_all(pool, tasks)
             result.bytes_downloaded += sum(downloaded)
-            _run_all(pool, [(self._finish_large, p, created) for p in partials])
+            whole = manifest.version < 2  # format 1 records the hash of a chunked file's whole content
+            _run_all(pool, [(self._finish_large, p, created, whole) for p in partials])
             result.files_written += len(todo)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -154,10 +187,26 @@ class Restorer:
             created.add(rel)
 
     def _restore_small(self, f: FileEntry, created: set[str]) -> int:
-        target = safe_target(self.root, f.path)
         data = self.ledger.get_blob(f.sha256)
         if len(data) != f.size:
             raise CorruptObjectError(f"object {f.sha256} for {f.path!r} has {len(data)} bytes, expected {f.size}")
+        return self._write_file(f, data, created)
+
+    def _restore_range(self, pack: str, files: list[FileEntry], created: set[str]) -> int:
+        """One ranged GET of a pack, then every file in it verified and renamed into place."""
+        start = min(f.offset for f in files)
+        data = self.ledger.get_pack_range(pack, start, max(f.offset + f.size for f in files) - start)
+        view = memoryview(data)
+        for f in files:
+            body = view[f.offset - start : f.offset - start + f.size]
+            actual = hashlib.sha256(body).hexdigest()
+            if actual != f.sha256:
+                raise CorruptObjectError(f"pack {pack} is corrupt: {f.path!r} hashes to {actual}, not {f.sha256}")
+            self._write_file(f, body, created)
+        return len(data)
+
+    def _write_file(self, f: FileEntry, data: bytes | memoryview, created: set[str]) -> int:
+        target = safe_target(self.root, f.path)
         tmp = _temp_name(target)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -178,9 +227,11 @@ class Restorer:
         os.pwrite(partial.fd, data, index * chunk_size)
         return len(data)
 
-    def _finish_large(self, partial: _Partial, created: set[str]) -> None:
+    def _finish_large(self, partial: _Partial, created: set[str], whole: bool) -> None:
+        """Every chunk was verified on arrival (and format 2's sha256 is the root of the chunks,
+        checked when the manifest was parsed); format 1 also checks the whole file's hash."""
         f = partial.entry
-        if sha256_file(partial.tmp) != f.sha256:
+        if whole and sha256_file(partial.tmp) != f.sha256:
             raise CorruptObjectError(f"file {f.path!r} does not match its sha256 once assembled")
         os.fchmod(partial.fd, f.mode)
         partial.close()
@@ -190,22 +241,22 @@ class Restorer:
     def _install(self, tmp: str, target: str, f: FileEntry, created: set[str]) -> None:
         os.utime(tmp, ns=(f.mtime_ns, f.mtime_ns))
         self._replace(tmp, target, f.path, created)
-        self.cache.store(f.path, os.lstat(target), Digest(f.sha256, f.chunks))
+        self.cache.store(f.path, os.lstat(target), Digest(f.content_id, f.chunks))
 
-    def _already_there(self, f: FileEntry, target: str) -> bool:
+    def _already_there(self, f: FileEntry, target: str, chunk_size: int) -> bool:
         try:
             st = os.lstat(target)
         except FileNotFoundError:
             return False
         if not stat.S_ISREG(st.st_mode) or st.st_size != f.size:
             return False
-        if self.cache.lookup(f.path, st) is None and sha256_file(target) != f.sha256:
+        if self.cache.lookup(f.path, st) is None and not _same_bytes(target, f, chunk_size):
             return False
         if stat.S_IMODE(st.st_mode) != f.mode:
             os.chmod(target, f.mode)
         if st.st_mtime_ns != f.mtime_ns:
             os.utime(target, ns=(f.mtime_ns, f.mtime_ns), follow_symlinks=False)
-        self.cache.store(f.path, os.lstat(target), Digest(f.sha256, f.chunks))
+        self.cache.store(f.path, os.lstat(target), Digest(f.content_id, f.chunks))
         return True
 
     def _replace(self, tmp: str, target: str, rel: str, created: set[str]) -> None:
@@ -227,6 +278,36 @@ class Restorer:
                     os.unlink(path)
             except OSError:
                 pass
+
+
+def plan_pack_reads(
+    files: list[FileEntry], gap: int = RANGE_MERGE_GAP, longest: int = RANGE_MAX
+) -> list[list[FileEntry]]:
+    """Files of one pack grouped into runs that one ranged GET each covers, in pack order.
+
+    Neighbours closer than ``gap`` share a GET unless the run would exceed ``longest`` bytes;
+    files that share bytes (deduplicated) share a run."""
+    runs: list[list[FileEntry]] = []
+    start = end = -1
+    for f in sorted(files, key=lambda f: (f.offset, f.size)):
+        if runs and (f.offset < end or (f.offset <= end + gap and f.offset + f.size - start <= longest)):
+            runs[-1].append(f)
+            end = max(end, f.offset + f.size)
+        else:
+            runs.append([f])
+            start, end = f.offset, f.offset + f.size
+    return runs
+
+
+def _same_bytes(path: str, f: FileEntry, chunk_size: int) -> bool:
+    """Whether a local file holds an entry's bytes (one read: by chunks for a chunked file)."""
+    if not f.chunks:
+        return sha256_file(path) == f.sha256
+    with open(path, "rb", buffering=0) as fh:
+        for expected in f.chunks:
+            if hashlib.sha256(fh.read(chunk_size)).hexdigest() != expected:
+                return False
+    return True
 
 
 def _check_layout(manifest: Manifest) -> None:

@@ -216,7 +216,6 @@ class Supervisor:
             cache=cache,
             parallelism=self.o.parallelism,
             last_manifest=restored.manifest,
-            known_objects=restored.verified_objects(),
         )
         early = self._pending_stop()
         if early is not None:

@@ -1,8 +1,13 @@
 """Making the execution directory durable: hash what changed, upload new content, commit a manifest.
 
-Objects are content addressed, so bytes already in the run (from any session) are never sent
-again. The manifest is written last, once, with a conditional write: a sync cut off half way
-leaves only unreferenced objects behind, never a manifest that cannot be restored.
+Small files go into content-addressed packs, larger ones into content-addressed objects (whole, or
+8 MiB chunks), so bytes the last checkpoint already holds are never sent again and a sync that
+changes a few small files writes one small pack. The manifest is written last, once, with a
+conditional write, then the ``latest.json`` pointer: a sync cut off half way leaves only
+unreferenced packs and objects behind, never a manifest that cannot be restored.
+
+Deduplication is against the last committed manifest only (and within the sync): that is what
+lets ``grid-resume gc`` run during a sync (see docs/ledger.md, "Garbage collection").
 """
 
 from __future__ import annotations
@@ -17,24 +22,30 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from airflow_grid_resume.agent.ledger import RunLedger
+from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.agent.manifest import (
     DEFAULT_CHUNK_SIZE,
+    FORMAT_VERSION,
+    SMALL_FILE,
     DirEntry,
     FileEntry,
     LinkEntry,
     Manifest,
+    as_current,
     chunk_length,
+    chunk_root,
     sort_entries,
 )
 from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter, StatKey, now_ns, walk
 
 log = logging.getLogger(__name__)
 
-READ_BLOCK = 1024 * 1024
-# Objects at least this large are looked up (HEAD) before upload, so identical bytes stored by an
-# earlier session are not sent again even when the restored manifest did not reference them.
-HEAD_BEFORE_PUT = 1024 * 1024
+# A pack is sealed and uploaded once it holds this much (see docs/ledger.md, "Packs").
+PACK_TARGET = 16 * 1024 * 1024
+# Manifests a session keeps of its own: older ones are deleted after each commit (gc takes their
+# unreferenced bytes). Enough for the restore fallback chain and the run's timeline.
+MANIFESTS_PER_SESSION = 20
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 class FileChanged(Exception):
@@ -52,6 +63,7 @@ class SyncResult:
     files: int = 0
     files_hashed: int = 0
     objects_uploaded: int = 0
+    packs_uploaded: int = 0
     bytes_uploaded: int = 0
     seconds: float = 0.0
     unstable: list[str] = field(default_factory=list)
@@ -59,13 +71,25 @@ class SyncResult:
     def summary(self) -> str:
         what = f"manifest {self.manifest.name}" if self.committed and self.manifest else "no change"
         return (
-            f"{what}: {self.files} files, {self.files_hashed} hashed, {self.objects_uploaded} objects "
-            f"({_mib(self.bytes_uploaded)}) uploaded in {self.seconds:.1f} s"
+            f"{what}: {self.files} files, {self.files_hashed} hashed, {self.packs_uploaded} packs and "
+            f"{self.objects_uploaded} objects ({_mib(self.bytes_uploaded)}) uploaded in {self.seconds:.1f} s"
         )
 
 
 def _mib(n: int) -> str:
     return f"{n / 1048576:.1f} MiB"
+
+
+class _Pack:
+    """A pack being filled; its name (the sha256 of its bytes) is known once it is sealed."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.sha = ""
+
+
+# Where a blob is: (pack, offset) for a packed one; (None, 0) for an object of its own.
+_Where = tuple["_Pack | str | None", int]
 
 
 class Syncer:
@@ -82,7 +106,8 @@ class Syncer:
         parallelism: int = 16,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         last_manifest: Manifest | None = None,
-        known_objects: dict[str, int] | None = None,
+        pack_target: int = PACK_TARGET,
+        keep_manifests: int = MANIFESTS_PER_SESSION,
     ) -> None:
         self.ledger = ledger
         self.root = root
@@ -91,14 +116,23 @@ class Syncer:
         self.cache = cache or HashCache()
         self.parallelism = parallelism
         self.chunk_size = chunk_size
+        self.pack_target = pack_target
+        # A file is packed below this size; never above the chunk size (tests use tiny chunks).
+        self.small_file = min(SMALL_FILE, chunk_size)
+        self.keep_manifests = keep_manifests
         self.last_manifest = last_manifest
         self.seq = 0
-        # Objects known to be stored (sha256 -> size): seeded from the restored manifest, whose
-        # objects were just verified, and grown by every upload. Unknown large objects are
-        # checked with HEAD before upload; small ones are cheaper to send than to ask about.
-        self._known: dict[str, int] = dict(known_objects or {})
-        self._known_lock = threading.Lock()
+        # sha256 -> where the last committed manifest (restored and verified, or our own) holds
+        # those bytes. Only these are reused: gc never deletes what the newest manifest references.
+        self._where: dict[str, _Where] = _locations(last_manifest)
+        self._last_index: tuple[Manifest | None, dict[str, FileEntry]] = (None, {})
+        self._pending: dict[str, _Where] = {}
+        self._lock_where = threading.Lock()
+        self._pack = _Pack()
         self._lock = threading.Lock()
+        self._pointer_etag: str | None = None
+        self._committed: list[str] = []  # this session's manifest keys, oldest first
+        self._can_delete = True
         # Throughput of the last sync that uploaded data, for the final-sync estimate.
         self.upload_bytes_per_s: float | None = None
         self.largest_upload = 0
@@ -118,19 +152,40 @@ class Syncer:
 
     def sync(self, reason: str, cancel: threading.Event | None = None) -> SyncResult:
         with self._lock:
-            return self._sync(reason, cancel or threading.Event())
+            self._pending, self._pack = {}, _Pack()
+            try:
+                return self._sync(reason, cancel or threading.Event())
+            finally:
+                self._pending, self._pack = {}, _Pack()
 
     def _sync(self, reason: str, cancel: threading.Event) -> SyncResult:
         started = time.monotonic()
         tree = walk(self.root, self.filter)
         for rel in tree.skipped:
             log.warning("not syncing %s: not a regular file, directory or symlink", rel)
-        entries: dict[str, FileEntry] = {}
+        entries: dict[str, FileEntry | tuple] = {}
         to_hash: list[tuple[str, os.stat_result]] = []
+        # Unchanged files reuse the last manifest's own entries (same bytes, same place): no new
+        # objects, and comparing the new manifest with the last one is mostly identity checks.
+        last = self._last_entries()
         for rel, st in tree.files.items():
             digest = self.cache.lookup(rel, st)
-            if digest:
-                entries[rel] = _entry(rel, st, digest)
+            prev = last.get(rel)
+            if (
+                digest is not None
+                and prev is not None
+                and prev.sha256 == digest.sha256
+                and prev.mtime_ns == st.st_mtime_ns
+                and prev.size == st.st_size
+                and prev.mode == stat.S_IMODE(st.st_mode)
+            ):
+                entries[rel] = prev
+                continue
+            entry = self._stored_entry(rel, st, digest) if digest else None
+            if entry is not None:
+                entries[rel] = entry
+            elif st.st_size == 0:
+                entries[rel] = _entry(rel, st, EMPTY_SHA256)
             else:
                 to_hash.append((rel, st))
         result = SyncResult(manifest=None, committed=False, files=len(tree.files), files_hashed=len(to_hash))
@@ -139,8 +194,11 @@ class Syncer:
             self._hash_and_upload(to_hash, entries, result, counters, cancel)
         if cancel.is_set():
             raise SyncCancelled()
-        result.objects_uploaded, result.bytes_uploaded = counters.objects, counters.bytes
-        upload_seconds = counters.upload_seconds
+        if self._pack.buf:
+            self._upload_pack(self._pack, counters)
+        result.objects_uploaded, result.packs_uploaded = counters.objects, counters.packs
+        result.bytes_uploaded = counters.bytes
+        files = [e if isinstance(e, FileEntry) else _resolve(*e) for e in entries.values()]
         self.seq += 1
         manifest = Manifest(
             session=self.session,
@@ -148,7 +206,7 @@ class Syncer:
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             reason=reason,
             chunk_size=self.chunk_size,
-            files=sort_entries(entries.values()),
+            files=sort_entries(files),
             links=tuple(LinkEntry(p, t) for p, t in sorted(tree.links.items())),
             dirs=tuple(DirEntry(p, m) for p, m in sorted(tree.dirs.items())),
         )
@@ -156,41 +214,90 @@ class Syncer:
             self.seq -= 1
             result.manifest = self.last_manifest
         else:
-            self.ledger.commit_manifest(manifest)
+            key = self.ledger.commit_manifest(manifest)
             self.last_manifest = manifest
+            self._where = _locations(manifest)
             result.manifest, result.committed = manifest, True
+            self._advance_pointer(manifest)
+            self._committed.append(key)
+            self._forget_old_manifests()
         result.seconds = time.monotonic() - started
-        if counters.bytes >= 4 * 1024 * 1024 and upload_seconds > 0:
-            self.upload_bytes_per_s = counters.bytes / (result.seconds or upload_seconds)
+        if counters.bytes >= 4 * 1024 * 1024 and counters.upload_seconds > 0:
+            self.upload_bytes_per_s = counters.bytes / (result.seconds or counters.upload_seconds)
             self.largest_upload = max(self.largest_upload, counters.bytes)
         if counters.bytes:
             self.last_upload = counters.bytes
         return result
 
+    def _last_entries(self) -> dict[str, FileEntry]:
+        """path -> entry of the last manifest, when a sync may reuse its entries as they are (format
+        1 entries are rewritten: their small files go into packs)."""
+        last = self.last_manifest
+        if last is None or last.version != FORMAT_VERSION or last.chunk_size != self.chunk_size:
+            return {}
+        if self._last_index[0] is not last:
+            self._last_index = (last, {f.path: f for f in last.files})
+        return self._last_index[1]
+
+    def _stored_entry(self, rel: str, st: os.stat_result, digest: Digest) -> FileEntry | None:
+        """The entry of an unchanged file whose bytes the last manifest holds; None to read it again."""
+        if st.st_size == 0:
+            return _entry(rel, st, EMPTY_SHA256)
+        if digest.chunks:
+            if all(c in self._where for c in digest.chunks):
+                return _entry(rel, st, digest.sha256, digest.chunks)
+            return None
+        where = self._where.get(digest.sha256)
+        if where is None or (st.st_size < self.small_file) != (where[0] is not None):
+            return None
+        return _entry(rel, st, digest.sha256, pack=where[0] or "", offset=where[1])  # type: ignore[arg-type]
+
+    def _advance_pointer(self, manifest: Manifest) -> None:
+        """Best effort: restore finds a newer manifest by a LIST when the pointer lags."""
+        try:
+            self._pointer_etag = self.ledger.advance_pointer(manifest, self._pointer_etag)
+        except ConditionalWriteLost as exc:
+            log.warning("latest.json not advanced to %s: %s", manifest.name, exc)
+        except Exception as exc:
+            self._pointer_etag = None
+            log.warning("latest.json not advanced to %s (restore will list manifests): %s", manifest.name, exc)
+
+    def _forget_old_manifests(self) -> None:
+        """Keep at most ``keep_manifests`` of this session's manifests (best effort)."""
+        if not self._can_delete or self.keep_manifests <= 0 or len(self._committed) <= self.keep_manifests:
+            return
+        old, self._committed = self._committed[: -self.keep_manifests], self._committed[-self.keep_manifests :]
+        try:
+            self.ledger.delete_keys(old)
+        except Exception as exc:
+            self._can_delete = False
+            log.warning("cannot delete this session's old manifests (needs s3:DeleteObject), keeping all: %s", exc)
+
     # -- hashing and uploading ----------------------------------------------------------------
     def _hash_and_upload(
         self,
         to_hash: list[tuple[str, os.stat_result]],
-        entries: dict[str, FileEntry],
+        entries: dict[str, FileEntry | tuple],
         result: SyncResult,
         counters: _Counters,
         cancel: threading.Event,
     ) -> None:
-        """Hash and upload in one pool. A large file is one whole-file hashing task plus one task
-        per chunk, all independent, so no worker ever waits on another (no pool deadlock)."""
+        """Read, hash and upload in one pool. A large file is one task per chunk, all independent,
+        so no worker ever waits on another (no pool deadlock) and every byte is read once."""
         previous = {f.path: f for f in self.last_manifest.files} if self.last_manifest else {}
         pool = ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="grid-sync")
-        jobs: list[tuple[str, os.stat_result, int, Future, list[Future]]] = []
+        jobs: list[tuple[str, os.stat_result, int, list[Future]]] = []
         failed = False
         try:
             for rel, st in to_hash:
                 hashed_at = now_ns()
-                if st.st_size <= self.chunk_size:
-                    small = pool.submit(self._piece, rel, st, 0, st.st_size, counters, cancel)
-                    jobs.append((rel, st, hashed_at, small, []))
+                if st.st_size < self.small_file:
+                    futures = [pool.submit(self._small, rel, st, counters, cancel)]
+                elif st.st_size <= self.chunk_size:
+                    futures = [pool.submit(self._piece, rel, st, 0, st.st_size, counters, cancel)]
                 else:
                     n = -(-st.st_size // self.chunk_size)
-                    chunks = [
+                    futures = [
                         pool.submit(
                             self._piece,
                             rel,
@@ -202,8 +309,8 @@ class Syncer:
                         )
                         for i in range(n)
                     ]
-                    jobs.append((rel, st, hashed_at, pool.submit(self._whole_sha256, rel, st, cancel), chunks))
-            all_futures = [f for job in jobs for f in (job[3], *job[4])]
+                jobs.append((rel, st, hashed_at, futures))
+            all_futures = [f for job in jobs for f in job[3]]
             done, _ = wait(all_futures, return_when=FIRST_EXCEPTION)
             for fut in done:
                 exc = fut.exception()
@@ -211,97 +318,132 @@ class Syncer:
                     failed = True
                     raise exc
             wait(all_futures)
-            for rel, st, hashed_at, main, chunks in jobs:
-                errors = [f.exception() for f in (main, *chunks) if f.exception() is not None]
+            for rel, st, hashed_at, futures in jobs:
+                errors = [f.exception() for f in futures if f.exception() is not None]
                 if errors:
                     if not all(isinstance(e, FileChanged) for e in errors):
                         failed = True
                         raise next(e for e in errors if not isinstance(e, FileChanged))
                     result.unstable.append(rel)
                     if rel in previous:
-                        entries[rel] = previous[rel]
+                        entries[rel] = as_current(previous[rel])
                         log.warning("%s changed while it was read; keeping its previous version", rel)
                     else:
                         log.warning("%s changed while it was read; it is left out of this checkpoint", rel)
                     continue
-                digest = Digest(main.result(), tuple(f.result() for f in chunks))
-                entries[rel] = _entry(rel, st, digest)
+                if st.st_size < self.small_file:
+                    sha, (pack, offset) = futures[0].result()
+                    entries[rel] = (rel, st, sha, pack, offset)
+                    self.cache.store(rel, st, Digest(sha, ()), hashed_at_ns=hashed_at)
+                    continue
+                shas = tuple(f.result() for f in futures)
+                digest = Digest(chunk_root(shas), shas) if st.st_size > self.chunk_size else Digest(shas[0], ())
+                entries[rel] = _entry(rel, st, digest.sha256, digest.chunks)
                 self.cache.store(rel, st, digest, hashed_at_ns=hashed_at)
         finally:
             pool.shutdown(wait=True, cancel_futures=failed or cancel.is_set())
 
-    def _open(self, rel: str, st: os.stat_result, cancel: threading.Event) -> int:
+    def _read(self, rel: str, st: os.stat_result, offset: int, length: int, cancel: threading.Event) -> bytes:
+        """``length`` bytes at ``offset``, raising FileChanged unless the file stayed the same."""
         if cancel.is_set():
             raise SyncCancelled()
         try:
             fd = os.open(os.path.join(self.root, rel), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except (FileNotFoundError, OSError) as exc:
+        except OSError as exc:
             raise FileChanged(rel) from exc
         try:
             _check_same(rel, st, os.fstat(fd))
-        except FileChanged:
-            os.close(fd)
-            raise
-        return fd
-
-    def _piece(
-        self, rel: str, st: os.stat_result, offset: int, length: int, counters: _Counters, cancel: threading.Event
-    ) -> str:
-        """Read, hash and upload one object: a whole small file, or one chunk of a large one."""
-        fd = self._open(rel, st, cancel)
-        try:
             data = os.pread(fd, length, offset)
             if len(data) != length:
                 raise FileChanged(rel)
             _check_same(rel, st, os.fstat(fd))
         finally:
             os.close(fd)
+        return data
+
+    def _small(self, rel: str, st: os.stat_result, counters: _Counters, cancel: threading.Event) -> tuple:
+        """Read and hash a small file and place it in the current pack (unless stored already)."""
+        data = self._read(rel, st, 0, st.st_size, cancel)
         sha = hashlib.sha256(data).hexdigest()
-        self._upload_if_new(sha, data, counters)
-        return sha
+        sealed = None
+        with self._lock_where:
+            where = self._where.get(sha) or self._pending.get(sha)
+            if where is None or where[0] is None:  # a small file's bytes always go to a pack
+                where = (self._pack, len(self._pack.buf))
+                self._pack.buf += data
+                self._pending[sha] = where
+                if len(self._pack.buf) >= self.pack_target:
+                    sealed, self._pack = self._pack, _Pack()
+        if sealed is not None:
+            self._upload_pack(sealed, counters)
+        return sha, where
 
-    def _whole_sha256(self, rel: str, st: os.stat_result, cancel: threading.Event) -> str:
-        fd = self._open(rel, st, cancel)
-        try:
-            whole = hashlib.sha256()
-            while block := os.read(fd, READ_BLOCK * 8):
-                whole.update(block)
-            _check_same(rel, st, os.fstat(fd))
-        finally:
-            os.close(fd)
-        return whole.hexdigest()
+    def _upload_pack(self, pack: _Pack, counters: _Counters) -> None:
+        started = time.monotonic()
+        data = bytes(pack.buf)
+        sha = hashlib.sha256(data).hexdigest()
+        self.ledger.put_pack(sha, data)
+        pack.sha = sha
+        with self._lock_where:
+            counters.packs += 1
+            counters.bytes += len(data)
+            counters.upload_seconds += time.monotonic() - started
 
-    def _upload_if_new(self, sha: str, data: bytes, counters: _Counters) -> None:
-        with self._known_lock:
-            if self._known.get(sha) == len(data) or sha in counters.in_flight:
-                return
-            counters.in_flight.add(sha)
+    def _piece(
+        self, rel: str, st: os.stat_result, offset: int, length: int, counters: _Counters, cancel: threading.Event
+    ) -> str:
+        """Read, hash and upload one object: a whole mid-sized file, or one chunk of a large one."""
+        data = self._read(rel, st, offset, length, cancel)
+        sha = hashlib.sha256(data).hexdigest()
+        with self._lock_where:
+            if sha in self._where or sha in self._pending:
+                return sha
+            self._pending[sha] = (None, 0)
         started = time.monotonic()
         try:
-            stored = len(data) >= HEAD_BEFORE_PUT and self.ledger.object_size(sha) == len(data)
-            if not stored:
-                self.ledger.put_blob(sha, data)
-        finally:
-            with self._known_lock:
-                counters.in_flight.discard(sha)
-        with self._known_lock:
-            self._known[sha] = len(data)
-            if not stored:
-                counters.objects += 1
-                counters.bytes += len(data)
-                counters.upload_seconds += time.monotonic() - started
+            self.ledger.put_blob(sha, data)
+        except BaseException:
+            with self._lock_where:
+                self._pending.pop(sha, None)
+            raise
+        with self._lock_where:
+            counters.objects += 1
+            counters.bytes += len(data)
+            counters.upload_seconds += time.monotonic() - started
+        return sha
 
 
 class _Counters:
     def __init__(self) -> None:
         self.objects = 0
+        self.packs = 0
         self.bytes = 0
         self.upload_seconds = 0.0
-        self.in_flight: set[str] = set()
 
 
-def _entry(rel: str, st: os.stat_result, digest: Digest) -> FileEntry:
-    return FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, digest.sha256, digest.chunks)
+def _locations(manifest: Manifest | None) -> dict[str, _Where]:
+    """Where a manifest holds each blob: packed small files and objects (whole files, chunks)."""
+    out: dict[str, _Where] = {}
+    for f in manifest.files if manifest else ():
+        if f.pack:
+            out[f.sha256] = (f.pack, f.offset)
+        else:
+            for h in f.object_hashes():
+                out[h] = (None, 0)
+    return out
+
+
+def _resolve(rel: str, st: os.stat_result, sha: str, pack: _Pack | str, offset: int) -> FileEntry:
+    name = pack.sha if isinstance(pack, _Pack) else pack
+    if not name:
+        raise RuntimeError(f"{rel}: its pack was never uploaded")
+    return _entry(rel, st, sha, pack=name, offset=offset)
+
+
+def _entry(
+    rel: str, st: os.stat_result, sha: str, chunks: tuple[str, ...] = (), *, pack: str = "", offset: int = 0
+) -> FileEntry:
+    return FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, sha, chunks, pack, offset)
 
 
 def _check_same(rel: str, before: os.stat_result, after: os.stat_result) -> None:

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from urllib.parse import parse_qsl
 from xml.etree import ElementTree
 
 from airflow_grid_resume.agent.child import become_subreaper, reap_orphans
+from airflow_grid_resume.emulator import pages
 from airflow_grid_resume.emulator.faults import (
     FAULT_MESSAGE,
     FAULT_STATUS,
@@ -308,8 +310,11 @@ class SpotCloud:
             **skewed_clock_env(self.faults.clock_offset_seconds, self.faults.skew_library),
         }
         os.makedirs(env["TMPDIR"])
-        # python3 on the instance: this interpreter's directory comes first, as an AMI's python3 would.
+        # python3 on the instance: this interpreter's directory comes first, as an AMI's python3 would, with the
+        # packages this one has (boto3): installed with pip --user (the official Airflow image) they are found
+        # through PYTHONUSERBASE, since the instance has its own HOME.
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+        env["PYTHONUSERBASE"] = site.getuserbase()
         console = open(os.path.join(directory, "console.log"), "wb")  # noqa: SIM115 (closed by the waiter)
         instance.proc = subprocess.Popen(
             ["bash", os.path.join(directory, "user-data.sh")],
@@ -570,6 +575,8 @@ class SpotCloudApp:
         method = environ.get("REQUEST_METHOD")
         cloud = self.cloud
         faults = cloud.faults
+        if method == "GET" and name.startswith(pages.PREFIX):  # where the AWS console would be
+            return pages.serve(cloud, name, environ, start_response, lambda: pages.local_s3(cloud.endpoint_url))
         try:
             doc = json.loads(body) if body else {}
             if method == "GET" and name == "instances":

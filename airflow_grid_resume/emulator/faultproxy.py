@@ -40,6 +40,18 @@ class FaultRule:
     drop: bool = False
 
 
+def request_kind(method: str, path: str, body: bytes) -> str:
+    """The AWS operation of a request, for counting: S3's by method and query, EC2's by its Action."""
+    query = urlsplit(path).query
+    if method == "POST" and b"Action=" in body:
+        return "ec2:" + body.split(b"Action=", 1)[1].split(b"&", 1)[0].decode(errors="replace")
+    if method == "GET":
+        return "ListObjectsV2" if "list-type=2" in query else "GetObject"
+    if method == "POST" and "delete" in query:
+        return "DeleteObjects"
+    return {"PUT": "PutObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(method, method)
+
+
 class FaultProxy:
     def __init__(self, upstream: str, *, seed: int = 0, host: str = "127.0.0.1") -> None:
         parts = urlsplit(upstream)
@@ -48,6 +60,7 @@ class FaultProxy:
         self.rules: list[FaultRule] = []
         self.injected = 0
         self.forwarded = 0
+        self.calls: dict[str, int] = {}  # API operation -> requests seen (see request_kind)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, 0), self._handler_class())
@@ -105,6 +118,9 @@ class FaultProxy:
             def _proxy(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                kind = request_kind(self.command, self.path, body)
+                with proxy._lock:
+                    proxy.calls[kind] = proxy.calls.get(kind, 0) + 1
                 rule = proxy._fault_for(self.command, self.path)
                 if rule is not None and rule.delay:
                     time.sleep(rule.delay)

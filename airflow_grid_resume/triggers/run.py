@@ -24,6 +24,7 @@ from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger, plan_log_
 from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import GONE, SpotLaunchHook
+from airflow_grid_resume.logtext import complete_cut, log_lines
 from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
 from airflow_grid_resume.triggers.describe import Unknown, describe_batcher
 from airflow_grid_resume.triggers.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
@@ -381,10 +382,10 @@ class RunWatchTrigger(BaseTrigger):
         """Log every complete new line into the task log; remember how far in the ledger."""
         data, _ = await ledger.read_log(offset + len(pending))
         buffered = pending + data
-        cut = len(buffered) if final else buffered.rfind(b"\n") + 1
+        cut = len(buffered) if final else complete_cut(buffered)
         if cut <= 0:
             return offset, buffered
-        for line in buffered[:cut].decode(errors="replace").splitlines():
+        for line in log_lines(buffered[:cut].decode(errors="replace")):
             self.log.info("%s", line)
         offset += cut
         self._offset_logged = offset

@@ -1,0 +1,129 @@
+"""Ledger formats against moto's server: a v1 run restores and continues in v2, a newer format is
+refused, the latest.json pointer (and a stale one), and how many requests a restore makes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+
+from airflow_grid_resume.agent.errors import UnsupportedFormatError
+from airflow_grid_resume.agent.ledger import RunLedger
+from airflow_grid_resume.agent.restore import Restorer
+from airflow_grid_resume.agent.scan import HashCache
+from tests.test_sync_restore import snapshot, syncer
+from tests.v1_tree import make_v1_tree
+
+V1_FIXTURE = Path(__file__).parent / "fixtures" / "ledger-v1"
+
+
+def _upload_v1(ledger: RunLedger) -> None:
+    client = boto3.client("s3")
+    for path in sorted(p for p in V1_FIXTURE.rglob("*") if p.is_file()):
+        key = ledger.key(str(path.relative_to(V1_FIXTURE)))
+        client.put_object(Bucket=ledger.location.bucket, Key=key, Body=path.read_bytes())
+
+
+def _count_requests(ledger: RunLedger) -> dict[str, int]:
+    counts: dict[str, int] = {}
+
+    def count(model, **_) -> None:
+        counts[model.name] = counts.get(model.name, 0) + 1
+
+    ledger.client.meta.events.register("before-call.s3", count)
+    return counts
+
+
+def test_a_v1_run_restores_bit_exact_and_continues_in_v2(ledger: RunLedger, tmp_path: Path) -> None:
+    _upload_v1(ledger)
+    expected = tmp_path / "expected"
+    make_v1_tree(expected, version=2)
+    dst, cache = tmp_path / "dst", HashCache()
+    restored = Restorer(ledger, str(dst), cache=cache).restore()
+    assert restored.manifest is not None and restored.manifest.version == 1
+    assert restored.manifest.name == "000001-000002.json" and not restored.fallbacks
+    assert snapshot(dst) == snapshot(expected)
+    # The next session writes v2 on top: the large file's chunks are reused, small files are packed.
+    s = syncer(ledger, dst, session=2, cache=cache, last_manifest=restored.manifest)
+    result = s.sync("final")
+    assert result.committed and result.manifest.version == 2
+    assert result.objects_uploaded == 0 and result.packs_uploaded == 1
+    raw = json.loads(ledger.get(ledger.key("manifests", "000002-000001.json")))
+    assert raw["format"] == "grid-resume-manifest/2"
+    again = tmp_path / "again"
+    assert Restorer(ledger, str(again)).restore().manifest.name == "000002-000001.json"
+    assert snapshot(again) == snapshot(expected)
+
+
+def test_a_corrupt_v1_object_falls_back_to_the_older_v1_manifest(ledger: RunLedger, tmp_path: Path) -> None:
+    _upload_v1(ledger)
+    newest = ledger.read_manifest(ledger.list_manifests()[0])
+    ckpt = next(f for f in newest.files if f.path == "ckpt")
+    ledger.put(ledger.blob_keys(ckpt)[0], b"version 9")  # same length, other bytes
+    dst = tmp_path / "dst"
+    result = Restorer(ledger, str(dst)).restore()
+    assert result.manifest.name == "000001-000001.json" and "corrupt" in result.fallbacks[0][1]
+    assert (dst / "ckpt").read_text() == "version 1" and not (dst / "only-in-two").exists()
+
+
+def test_a_newer_format_is_refused_and_nothing_is_written(ledger: RunLedger, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    syncer(ledger, src).sync("final")
+    future = {"format": "grid-resume-manifest/3", "session": 2, "seq": 1, "chunk_size": 1, "files": []}
+    ledger.put(ledger.key("manifests", "000002-000001.json"), json.dumps(future).encode())
+    dst = tmp_path / "dst"
+    with pytest.raises(UnsupportedFormatError, match="upgrade airflow-grid-resume"):
+        Restorer(ledger, str(dst)).restore()
+    assert not dst.exists() or not list(dst.iterdir())  # no fallback to the older one either
+    ledger.put(ledger.key("latest.json"), json.dumps({"format": "grid-resume-latest/2", "manifest": "x"}).encode())
+    with pytest.raises(UnsupportedFormatError, match=r"latest\.json has format grid-resume-latest/2"):
+        Restorer(ledger, str(dst)).restore()
+
+
+def test_restore_reads_the_pointer_and_finds_a_manifest_it_missed(ledger: RunLedger, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i}").write_bytes(os.urandom(2000))
+    s = syncer(ledger, src)
+    for i in range(5):
+        (src / "step").write_text(str(i))
+        s.sync("periodic")
+    pointer = json.loads(ledger.get(ledger.key("latest.json")))
+    assert pointer["manifest"] == "000001-000005.json"
+    counts = _count_requests(ledger)
+    dst = tmp_path / "dst"
+    restored = Restorer(ledger, str(dst)).restore().manifest
+    got = dict(counts)
+    assert restored.name == "000001-000005.json"
+    # The pointer, one LIST from it, the manifest, one ranged GET per pack run: no LIST of all manifests.
+    assert got == {
+        "GetObject": 2 + len(restored.pack_hashes()),
+        "ListObjectsV2": 1,
+    }
+    # A sync cut off between its manifest and the pointer: restore still finds the newest manifest.
+    (src / "step").write_text("cut off")
+    s.ledger.advance_pointer = lambda manifest, etag: etag  # type: ignore[method-assign]
+    s.sync("final")
+    assert json.loads(ledger.get(ledger.key("latest.json")))["manifest"] == "000001-000005.json"
+    again = tmp_path / "again"
+    assert Restorer(ledger, str(again)).restore().manifest.name == "000001-000006.json"
+    assert (again / "step").read_text() == "cut off"
+
+
+def test_a_session_keeps_a_bounded_number_of_its_manifests(ledger: RunLedger, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    s = syncer(ledger, src, keep_manifests=2)
+    for i in range(4):
+        (src / "step").write_text(str(i))
+        assert s.sync("periodic").committed
+    assert [m.name for m in ledger.list_manifests()] == ["000001-000004.json", "000001-000003.json"]
+    dst = tmp_path / "dst"
+    assert Restorer(ledger, str(dst)).restore().manifest.name == "000001-000004.json"
+    assert (dst / "step").read_text() == "3"
