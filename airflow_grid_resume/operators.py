@@ -33,6 +33,7 @@ from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, expiry_tag, hook_client, launch_error
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
+from airflow_grid_resume.logtext import log_lines
 from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
@@ -469,7 +470,17 @@ class GridRunOperator(BaseOperator):
         instance_id = launch.get("instance_id") or (hook.find_session_instance(run_uri, session) or {}).get(
             "InstanceId"
         )
-        self.log.info("session %d ended (%s) while no try watched it", session, outcome.get("status"))
+        self.log.info("session %d ended (%s) while no try watched it; its output:", session, outcome.get("status"))
+        watched = ledger.get_json(ledger.session_key(session, "watch.json")) or {}
+        offset = int(watched.get("log_offset") or 0)
+        while True:  # the task log must have every line the session shipped
+            data, offset_after = ledger.read_log(session, offset)
+            if not data:
+                break
+            for line in log_lines(data.decode(errors="replace")):
+                self.log.info("%s", line)
+            offset = offset_after
+        ledger.put_json(ledger.session_key(session, "watch.json"), {"log_offset": offset, "at": time.time()})
         if instance_id and not hook.ensure_terminated(instance_id, timeout=120.0):
             self.log.error("could not confirm that %s is terminated; `grid-resume reap` finds it", instance_id)
         closed = {"status": outcome.get("status"), "reason": outcome.get("reason"), "instance_id": instance_id}
