@@ -14,6 +14,7 @@ commands:
   imds        run the EC2 metadata-service emulator (spot notices, faults) in the foreground
   build-agent write the agent zipapp to a file
   gc          keep a run's newest checkpoints and delete what none of them references (dry run by default)
+  reap        list (--apply: terminate) instances tagged by grid-resume whose expiry passed or whose run ended
   verify      run a training command through seeded spot interruptions locally and say if it resumes
 """
 
@@ -48,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from airflow_grid_resume.agent.gc import main as gc_main
 
         return gc_main(rest)
+    if command == "reap":
+        from airflow_grid_resume.reaper import main as reap_main
+
+        return reap_main(rest)
     if command == "build-agent":
         from airflow_grid_resume.agent.bundle import build_zipapp
 

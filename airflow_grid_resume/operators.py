@@ -8,12 +8,12 @@ too, but the two have separate budgets (``max_interruptions`` and the task's own
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -25,24 +25,34 @@ from airflow.sdk.bases.operator import partial as sdk_partial
 from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.agent.bundle import build_zipapp
+from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.errors import UsageError
 from airflow_grid_resume.agent.gc import DEFAULT_GRACE_SECONDS, collect_garbage
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
-from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, expiry_tag, launch_error
-from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink
+from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, expiry_tag, hook_client, launch_error
+from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
+from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
-from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY, render_user_data
-from airflow_grid_resume.spot.launch import CAPACITY, FATAL, SPOT, FallbackPolicy, LaunchSpec, explain_fatal, make_pairs
+from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
+from airflow_grid_resume.spot.launch import SPOT, FallbackPolicy, LaunchSpec, explain_fatal
+from airflow_grid_resume.spot.planner import LaunchPlanner
 from airflow_grid_resume.spot.prices import on_demand_price
-from airflow_grid_resume.summary import INTERRUPTED, read_records, session_status, summarize
-from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger, describe_launch, launched_event
-from airflow_grid_resume.triggers.run import RunWatchTrigger
+from airflow_grid_resume.summary import INTERRUPTED, read_records, session_status, summarize, summary_lines
+from airflow_grid_resume.triggers.capacity import (
+    ATTEMPT_RECORD,
+    SessionLauncher,
+    SpotCapacityTrigger,
+    describe_launch,
+    launched_event,
+)
+from airflow_grid_resume.triggers.ratelimit import AsyncTokenBucket
+from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
 
 STATE_KEY = "grid_resume"
 FINAL_KEY = "final.json"
+RUN_XCOM = "_grid_resume_run"  # read by the UI plugin (ui/source.py)
 RERUN_CHOICES = ("resume", "fresh")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 
@@ -69,7 +79,63 @@ def generation_uri(base_uri: str, generation: int) -> str:
 
 
 class GridRunOperator(BaseOperator):
-    """Run ``command`` in ``workdir`` on EC2 spot capacity, resuming after interruptions."""
+    """Run ``command`` in ``workdir`` on EC2 spot capacity, resuming after interruptions.
+
+    One Airflow try is one spot session; the task's own ``retries`` is the budget for failures of the script,
+    ``max_interruptions`` the budget for interruptions and lost instances (docs/operator.md).
+
+    .. seealso::
+        For more information on how to use this operator, take a look at the guide: docs/user-guide.md
+
+    :param command: the training command, the same in every session: a string run as ``bash -c COMMAND`` or a
+        list run as argv. (templated)
+    :param artifacts_uri: ``s3://bucket/prefix/`` under which each task instance's run ledger lives
+        (``<prefix>/<dag_id>/<task_id>/<run_id>[/<map_index>]``). (templated)
+    :param instance_types: instance types to try, in order of preference, each in every subnet.
+    :param image_id: the AMI (``ami-...``) the instances boot; it needs python3 and boto3 for the agent.
+    :param subnet_ids: subnets to launch in, one per availability zone accepted.
+    :param workdir: a directory on the Airflow worker, uploaded at the run's first try as the execution
+        directory's first content; None: the command starts in an empty directory. (templated)
+    :param security_group_ids: security groups of the instances (none: the VPC's default group).
+    :param iam_instance_profile: the instance profile's name or ARN; the instance needs it to reach the bucket.
+    :param root_volume_gb: size in GiB of the root volume (gp3), mapped on the AMI's own root device.
+    :param key_name: an EC2 key pair, for SSH while debugging.
+    :param instance_tags: extra tags on the instances and their volumes (``aws:`` and ``grid-resume:`` are
+        reserved).
+    :param use_spot: False runs every session on-demand.
+    :param auto_resume: False fails the task on an interruption instead of resuming.
+    :param max_interruptions: how many sessions may end by an interruption or a lost instance before the task
+        fails; added to the task's ``retries``, which stays the budget for script failures.
+    :param capacity_wait: how long one session waits for capacity before the task fails (timedelta or seconds).
+    :param max_run: wall-clock limit of the whole run from its first try, waits included (timedelta or seconds);
+        past it the instance is terminated and the task fails without retry.
+    :param fallback: when to launch a session on-demand instead: ``{"after_capacity_failures": N,
+        "after_interruptions": K, "after_wait_seconds": S}``, each optional.
+    :param agent_args: extra options for the agent on the instance (docs/agent.md), e.g.
+        ``["--sync-interval", "120"]``.
+    :param aws_conn_id: the Airflow AWS connection; None uses boto3's default credential chain.
+    :param region_name: the AWS region; also exported to the instance as ``AWS_DEFAULT_REGION``.
+    :param poll_interval: seconds between the trigger's reads of the run's output and outcome.
+    :param instance_check_interval: seconds between checks that the instance still exists.
+    :param heartbeat_timeout: seconds an agent may be silent before its session is declared lost.
+    :param boot_timeout: seconds from launch to the first heartbeat before the session is declared lost.
+    :param capacity_backoff: first and longest wait between capacity rounds, in seconds (with jitter).
+    :param not_found_grace: seconds an instance DescribeInstances does not list is still taken as existing
+        (EC2's eventual consistency: a just-launched instance can be unknown for a while) before it is gone.
+    :param keep_checkpoints: how many of the newest checkpoints a run that succeeded keeps in S3 (the rest, and
+        every object or pack only they referenced, is deleted as ``grid-resume gc --apply`` does); None keeps all.
+    :param rerun: what clearing the task does once its run has ended: ``"resume"`` (a failed run resumes from
+        its last checkpoint with fresh budgets, a succeeded one is reported again) or ``"fresh"`` (start over
+        from ``workdir`` as a new run; the old one stays in S3).
+    :param interruption_retry_delay: delay before the try after an interruption (timedelta or seconds); a script
+        failure waits the task's ``retry_delay``.
+    :param on_interruption_callback: a callable, or a list of them, called instead of ``on_retry_callback`` when a
+        try ended by an interruption or a lost instance.
+    :param on_demand_prices: USD per hour by instance type (``{"g5.xlarge": 1.006}``), overriding the built-in
+        us-east-1 Linux table used for the on-demand side of the cost estimate.
+    :param failure_retries: set by ``partial()`` for mapped tasks (the failure budget it split from ``retries``);
+        do not pass it yourself.
+    """
 
     template_fields: Sequence[str] = ("command", "workdir", "artifacts_uri")
     operator_extra_links = (GridInstanceLink(), GridArtifactsLink())
@@ -102,6 +168,7 @@ class GridRunOperator(BaseOperator):
         instance_check_interval: float = 30.0,
         heartbeat_timeout: float = 90.0,
         boot_timeout: float = 900.0,
+        not_found_grace: float = 120.0,
         capacity_backoff: tuple[float, float] = (15.0, 300.0),
         rerun: str = "resume",
         interruption_retry_delay: timedelta | float = timedelta(0),
@@ -148,6 +215,7 @@ class GridRunOperator(BaseOperator):
         self.instance_check_interval = instance_check_interval
         self.capacity_backoff = (float(capacity_backoff[0]), float(capacity_backoff[1]))
         self.heartbeat_timeout = heartbeat_timeout
+        self.not_found_grace = not_found_grace
         self.boot_timeout = boot_timeout
         self.rerun = rerun
         self.on_demand_prices = dict(on_demand_prices or {})
@@ -197,6 +265,7 @@ class GridRunOperator(BaseOperator):
         except UsageError as exc:
             raise AirflowFailException(str(exc)) from exc
         if client is None:
+            quiet_credential_logs()
             client = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).get_conn()
         return RunLedger(client, location)
 
@@ -222,7 +291,7 @@ class GridRunOperator(BaseOperator):
     def _prepare(self, ledger: RunLedger, run_uri: str) -> None:
         """Agent and workdir snapshot once per run (a retry finds them); the spec whenever it changed,
         so a failed run cleared after fixing its command resumes with the fixed one."""
-        spec = {"command": self._argv(), "agent_args": self.agent_args, "run_uri": run_uri}
+        spec = {"command": self._argv(), "agent_args": self.agent_args, "run_uri": run_uri, "budgets": self._budgets()}
         stored = ledger.get_json(ledger.key(SPEC_KEY))
         if stored is not None:
             if {k: stored.get(k) for k in spec} != spec:
@@ -231,14 +300,15 @@ class GridRunOperator(BaseOperator):
             return
         if self.workdir and not os.path.isdir(self.workdir):
             raise AirflowFailException(f"workdir {self.workdir!r} does not exist or is not a directory")
-        with tempfile.TemporaryDirectory(prefix="grid-resume-op-") as tmp:
-            pyz = build_zipapp(os.path.join(tmp, "agent.pyz"))
-            with open(pyz, "rb") as fh:
-                ledger.put(ledger.key(AGENT_KEY), fh.read())
+        ledger.put(ledger.key(AGENT_KEY), agent_zipapp())
         if self.workdir and not ledger.list_manifests():
             result = Syncer(ledger, self.workdir, session=0).sync("snapshot")
             self.log.info("uploaded the workdir snapshot %s: %s", self.workdir, result.summary())
         ledger.put_json(ledger.key(SPEC_KEY), spec)
+
+    def _budgets(self) -> dict[str, int]:
+        """The limits the run view shows its budgets against."""
+        return {"max_interruptions": self.max_interruptions, "failure_retries": self.failure_retries}
 
     @staticmethod
     def _history(ledger: RunLedger, before: int) -> tuple[int, int]:
@@ -280,6 +350,7 @@ class GridRunOperator(BaseOperator):
 
     def _fail(self, ledger: RunLedger, session: int, message: str) -> AirflowFailException:
         self._end_run(ledger, session, "failed", message.splitlines()[0])
+        self._summary(ledger, {"status": "failed"})  # the last try's log ends with the run's story
         return AirflowFailException(message)
 
     # -- the lifecycle -------------------------------------------------------------------------------
@@ -304,26 +375,16 @@ class GridRunOperator(BaseOperator):
         self._prepare(ledger, run_uri)
         loc = ledger.location
         GridArtifactsLink.persist(
-            context=context,
-            operator=self,
-            region_name=self.region_name or "us-east-1",
-            aws_partition="aws",
-            bucket=loc.bucket,
-            prefix=loc.prefix,
+            context=context, operator=self, **self._link_target(), bucket=loc.bucket, prefix=loc.prefix
+        )
+        # Where the UI plugin reads this run's ledger, and through which connection (never credentials).
+        context["ti"].xcom_push(
+            key=RUN_XCOM, value={"run_uri": run_uri, "aws_conn_id": self.aws_conn_id, "region_name": self.region_name}
         )
         store = context.get("task_state_store")
         state = (store.get(STATE_KEY) if store else None) or {}
         if state.get("run_uri") != run_uri:
             state = {}
-        if state.get("instance_id") and ledger.read_outcome(int(state["session"])) is None:
-            instance = (
-                SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
-                .describe_instances([state["instance_id"]])
-                .get(state["instance_id"], {})
-            )
-            if instance.get("State", {}).get("Name") in ("pending", "running"):
-                self.log.info("reattaching to session %s on instance %s", state["session"], state["instance_id"])
-                return self._watch(context, run_uri, int(state["session"]), state["instance_id"], state)
         sessions = ledger.list_sessions()
         last_outcome = ledger.read_outcome(sessions[-1]) if sessions else None
         if (last_outcome or {}).get("status") == "succeeded":
@@ -332,17 +393,40 @@ class GridRunOperator(BaseOperator):
             self.log.info("the run already succeeded in session %d: nothing to run", sessions[-1])
             self._end_run(ledger, sessions[-1], "succeeded", "succeeded")
             return self._summary(ledger, {"status": "succeeded", "outcome": last_outcome})
-        session = max([0, *sessions, int(state.get("session", 0))]) + 1
+        latest = max([0, *sessions, int(state.get("session", 0))])
+        # At most one instance per session: a session not closed yet (no outcome, no verdict of ours) is
+        # resumed, never skipped, whatever line of a try or a trigger died before.
+        if latest and self._is_open(ledger, latest):
+            session = latest
+            launch = ledger.get_json(ledger.session_key(session, "launch.json")) or {}
+            if state.get("session") == session and state.get("instance_id"):
+                launch = {**launch, "instance_id": state["instance_id"], "launched_at": state.get("launched_at")}
+            if launch.get("instance_id"):
+                self.log.info("reattaching to session %d on instance %s", session, launch["instance_id"])
+                state = {
+                    **state,
+                    "session": session,
+                    "run_uri": run_uri,
+                    "instance_id": launch["instance_id"],
+                    "launched_at": float(launch.get("launched_at") or time.time()),
+                    "first_started_at": float(state.get("first_started_at") or time.time()),
+                }
+                if store:
+                    store.set(STATE_KEY, state)
+                return self._watch(context, run_uri, session, launch["instance_id"], state)
+        else:
+            session = latest + 1
         interruptions, _failures = self._history(ledger, session)
         first_started = float(state.get("first_started_at") or time.time())
         left = first_started + self.max_run - time.time() if self.max_run else None
         if left is not None and left <= 0:
             raise self._fail(ledger, session - 1, f"max_run ({self.max_run:.0f} s) reached before session {session}")
+        spec = self._resolved_spec()
+        expires_at = self._plan_session(ledger, session, spec)
         state = {"session": session, "run_uri": run_uri, "first_started_at": first_started}
         if store:
             store.set(STATE_KEY, state)
-        spec = self._resolved_spec()
-        launched = self._launch_now(spec, run_uri, session, interruptions)
+        launched = self._launch_now(spec, run_uri, session, interruptions, expires_at)
         if launched is not None:
             return self.on_capacity(context, launched)
         self.log.info(
@@ -367,9 +451,32 @@ class GridRunOperator(BaseOperator):
                 backoff_base=self.capacity_backoff[0],
                 backoff_max=self.capacity_backoff[1],
                 deferred_at=time.time(),
+                expires_at=expires_at,
             ),
             method_name="on_capacity",
         )
+
+    @staticmethod
+    def _is_open(ledger: RunLedger, session: int) -> bool:
+        """Not ended yet: neither the agent's outcome nor the Airflow side's verdict (closed.json)."""
+        if ledger.read_outcome(session) is not None:
+            return False
+        return ledger.get_json(ledger.session_key(session, "closed.json")) is None
+
+    def _plan_session(self, ledger: RunLedger, session: int, spec: LaunchSpec) -> str:
+        """Fix session ``session`` in the ledger before anything is launched for it, with the expiry tag
+        every launch attempt of the session carries (a retried RunInstances must repeat its parameters
+        exactly, or EC2 rejects its ClientToken). Returns that expiry."""
+        key = ledger.session_key(session, ATTEMPT_RECORD)
+        record = ledger.get_json(key)
+        if record and record.get("expires_at"):
+            return str(record["expires_at"])
+        expires_at = expiry_tag(time.time(), spec.expiry_hours)
+        doc = {"session": session, "expires_at": expires_at, "attempt": None, "at": time.time()}
+        if not ledger.put_once(key, json.dumps(doc).encode()):  # another try planned it first: use its expiry
+            record = ledger.get_json(key) or {}
+            expires_at = str(record.get("expires_at") or expires_at)
+        return expires_at
 
     def _resolved_spec(self) -> LaunchSpec:
         """The launch spec with what only AWS knows filled in (no I/O at parse time)."""
@@ -383,46 +490,69 @@ class GridRunOperator(BaseOperator):
             raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
         return dataclasses.replace(self.spec, root_device_name=device)
 
-    def _launch_now(self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int) -> dict | None:
-        """One round over the pairs from the worker: with capacity at hand, no capacity deferral is
-        needed (and no trigger fires seconds after deferring). None means: wait in the trigger."""
+    def _launch_now(
+        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str
+    ) -> dict | None:
+        """One round over the pairs from the worker, with the capacity trigger's own launcher: with
+        capacity at hand, no capacity deferral is needed (and no trigger fires seconds after
+        deferring). None means: wait in the trigger."""
+        return asyncio.run(self._a_launch_now(spec, run_uri, session, interruptions, expires_at))
+
+    async def _a_launch_now(
+        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str
+    ) -> dict | None:
         hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        s3_hook = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
         started_at = time.time()
-        existing = hook.find_session_instance(run_uri, session)
-        if existing is not None:
-            event = launched_event(existing, None, session=session, started_at=started_at, reused=True, rounds=0)
-            return {**event, "run_uri": run_uri}
-        try:
-            zones = hook.subnet_zones(list(spec.subnet_ids))
-        except ClientError as exc:
-            err = launch_error(exc)
-            raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
-        lifecycle = FallbackPolicy(**self.fallback).lifecycle(
-            capacity_failures_in_a_row=0, interruptions=interruptions, waited_seconds=0
-        )
-        user_data = render_user_data(run_uri, session, self.region_name)
-        expires_at = expiry_tag(started_at, spec.expiry_hours)
-        for pair in make_pairs(spec.instance_types, zones):
+        async with hook_client(hook) as ec2, hook_client(s3_hook) as s3:
+            launcher = SessionLauncher(
+                hook,
+                ec2,
+                AsyncLedgerReader(s3, run_uri, session),
+                spec=spec,
+                run_id=run_uri,
+                run_uri=run_uri,
+                session=session,
+                region=self.region_name,
+                expires_at=expires_at,
+                bucket=AsyncTokenBucket(),
+                log=self.log,
+            )
+            existing = await launcher.existing()
+            if existing is not None:
+                event = launched_event(existing, None, session=session, started_at=started_at, reused=True, rounds=0)
+                return {**event, "run_uri": run_uri}
             try:
-                instance = hook.launch(
-                    spec,
-                    pair,
-                    lifecycle=lifecycle,
-                    run_id=run_uri,
-                    session=session,
-                    user_data=user_data,
-                    expires_at=expires_at,
-                )
-            except LaunchError as exc:
-                if exc.kind == FATAL:
-                    raise AirflowFailException(explain_fatal(exc.code, exc.message)) from exc
-                self.log.info("no %s capacity for %s in %s (%s)", lifecycle, pair.instance_type, pair.zone, exc.code)
-                if exc.kind == CAPACITY:
-                    continue
-                break
-            price = self._spot_price(hook, pair) if lifecycle == SPOT else None
+                pairs = await launcher.pairs()
+            except (ClientError, *NO_ANSWER) as exc:
+                err = launch_error(exc)
+                raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
+            planner = LaunchPlanner(
+                pairs,
+                run_id=run_uri,
+                session=session,
+                policy=FallbackPolicy(**self.fallback),
+                interruptions=interruptions,
+                replay=await launcher.last_attempt(),
+            )
+            result = await launcher.round(planner, 0.0)
+            if result.error is not None:
+                raise AirflowFailException(result.error["message"])
+            for miss in result.misses:
+                self.log.info("no capacity at once: %s", miss)
+            if result.instance is None or result.attempt is None:
+                return None
+            pair, lifecycle = result.attempt.pair, result.attempt.lifecycle
+            price = None
+            if lifecycle == SPOT:
+                try:  # the price is for the cost estimate: never fail a session that has its instance over it
+                    price = await hook.a_spot_price(pair.instance_type, pair.zone, client=ec2)
+                except Exception as exc:
+                    self.log.warning(
+                        "could not read the spot price of %s in %s: %s", pair.instance_type, pair.zone, exc
+                    )
             event = launched_event(
-                instance,
+                result.instance,
                 price,
                 session=session,
                 started_at=started_at,
@@ -432,15 +562,6 @@ class GridRunOperator(BaseOperator):
                 pair=pair,
             )
             return {**event, "run_uri": run_uri}
-        return None
-
-    def _spot_price(self, hook: SpotLaunchHook, pair: Any) -> str | None:
-        """The price is for the cost estimate: never fail a session that has its instance over it."""
-        try:
-            return hook.spot_price(pair.instance_type, pair.zone)
-        except Exception as exc:
-            self.log.warning("could not read the spot price of %s in %s: %s", pair.instance_type, pair.zone, exc)
-            return None
 
     def on_capacity(self, context: Any, event: dict | None = None) -> Any:
         event = event or {}
@@ -483,8 +604,7 @@ class GridRunOperator(BaseOperator):
         GridInstanceLink.persist(
             context=context,
             operator=self,
-            region_name=self.region_name or "us-east-1",
-            aws_partition="aws",
+            **self._link_target(),
             instance_id=instance_id,
         )
         deadline = float(state.get("first_started_at", time.time())) + self.max_run if self.max_run else None
@@ -500,6 +620,7 @@ class GridRunOperator(BaseOperator):
                 poll_interval=self.poll_interval,
                 instance_check_interval=self.instance_check_interval,
                 heartbeat_timeout=self.heartbeat_timeout,
+                not_found_grace=self.not_found_grace,
                 boot_timeout=self.boot_timeout,
                 deferred_at=time.time(),
             ),
@@ -533,8 +654,14 @@ class GridRunOperator(BaseOperator):
                     f"{self.max_interruptions} (session {session} was {what})",
                 )
             self._alert_as_interruption()
+            how = (
+                "ended by a spot notice" if status == "interrupted" else f"lost without notice ({event.get('reason')})"
+            )
+            manifest = (event.get("outcome") or {}).get("manifest") or next(iter(ledger.list_manifests()), None)
+            name = getattr(manifest, "name", manifest)
+            resume = f"checkpoint {name} in {ledger.location}" if name else "the start (no checkpoint yet)"
             raise SessionInterrupted(
-                f"session {session} was {what}: the next try resumes from the last checkpoint "
+                f"spot interruption: session {session} {how}; the next try resumes from {resume} "
                 f"({interruptions} of {self.max_interruptions} interruptions used)"
             )
         outcome = event.get("outcome") or {"reason": event.get("reason")}
@@ -544,9 +671,16 @@ class GridRunOperator(BaseOperator):
                 ledger,
                 session,
                 f"script failure budget exhausted: {failures} failures > retries={self.failure_retries}. "
-                f"Session {session}: {outcome.get('reason')}\n{tail}",
+                f"Session {session}: {outcome.get('reason')}. {outcome.get('hint') or ''}\n{tail}",
             )
-        raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}\n{tail}")
+        hint = f" {outcome['hint']}" if outcome.get("hint") else ""  # the agent's own failure, e.g. a full disk
+        raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}.{hint}\n{tail}")
+
+    def _link_target(self) -> dict:
+        """Region, partition and (on the local spot cloud) its address, for the extra links."""
+        if getattr(self, "_target", None) is None:
+            self._target = link_target(SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name))
+        return self._target
 
     def _alert_as_interruption(self) -> None:
         """An interruption is routine on spot: this try's retry runs ``on_interruption_callback``
@@ -556,12 +690,17 @@ class GridRunOperator(BaseOperator):
         self.email_on_retry = False
 
     def _summary(self, ledger: RunLedger, event: dict) -> dict:
-        summary = summarize(read_records(ledger), final_outcome=event.get("status"))
+        records = read_records(ledger)
+        summary = summarize(records, final_outcome=event.get("status"))
         last = (event.get("outcome") or {}).get("manifest")
         if last is None:  # reported without this session's outcome: the newest committed checkpoint
             newest_first = ledger.list_manifests()
             last = newest_first[0].name if newest_first else None
-        return {"run_uri": str(ledger.location), **summary, "last_manifest": last}
+        summary = {"run_uri": str(ledger.location), **summary, "last_manifest": last}
+        closed = {r["session"]: r["closed"] for r in records}
+        for line in summary_lines(summary, run_uri=str(ledger.location), closed=closed):
+            self.log.info("%s", line)
+        return summary
 
     def on_kill(self) -> None:
         """Killed while on a worker (between launch and defer): never leave the instance running.
@@ -569,7 +708,9 @@ class GridRunOperator(BaseOperator):
         instance_id = getattr(self, "_instance_id", None)
         if instance_id:
             self.log.warning("task killed: terminating instance %s", instance_id)
-            SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).terminate([instance_id])
+            hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            if not hook.ensure_terminated(instance_id, timeout=60.0):
+                self.log.error("could not confirm that %s is terminated; `grid-resume reap` finds it", instance_id)
 
 
 __all__ = ["GridRunOperator", "ScriptFailed", "SessionInterrupted", "generation_uri", "run_key"]

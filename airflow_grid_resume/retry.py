@@ -16,8 +16,14 @@ from airflow.sdk import RetryDecision, RetryPolicy
 from airflow.sdk.exceptions import AirflowException
 
 
-class SessionInterrupted(AirflowException):
-    """The spot instance was reclaimed (or lost): retry, resuming from the last checkpoint."""
+class SessionInterrupted(SystemExit):
+    """The spot instance was reclaimed (or lost): retry, resuming from the last checkpoint.
+
+    A ``SystemExit``, not an ``AirflowException``: Airflow 3.3's task runner logs every exception
+    with ``log.exception("Task failed with exception")`` and its traceback, except ``SystemExit``,
+    which gets one line (``Task exited`` with the message) and still goes through the retry policy
+    and the retry budget. An interruption is routine on spot; its try log should say so in a line.
+    """
 
 
 class ScriptFailed(AirflowException):

@@ -112,12 +112,48 @@ def read_records(ledger: Any) -> list[dict[str, Any]]:
     """Each session's launch, outcome and closing records, read from a ``RunLedger``."""
     records = []
     for session in ledger.list_sessions():
-        records.append(
-            {
-                "session": session,
-                "launch": ledger.get_json(ledger.session_key(session, "launch.json")),
-                "outcome": ledger.read_outcome(session),
-                "closed": ledger.get_json(ledger.session_key(session, "closed.json")),
-            }
-        )
+        record = {
+            "session": session,
+            "launch": ledger.get_json(ledger.session_key(session, "launch.json")),
+            "outcome": ledger.read_outcome(session),
+            "closed": ledger.get_json(ledger.session_key(session, "closed.json")),
+        }
+        if record["launch"] or record["outcome"] or record["closed"]:  # planned but never launched: no session
+            records.append(record)
     return records
+
+
+def _how(status: str, reason: Any) -> str:
+    if status == "interrupted":
+        return "interrupted (spot notice)"
+    if status == "lost":
+        return f"lost without notice ({reason})" if reason else "lost without notice"
+    return status
+
+
+def summary_lines(summary: Mapping[str, Any], *, run_uri: str, closed: Mapping[int, Any] | None = None) -> list[str]:
+    """The run summary as the last try's log ends with it: every session and what ended it, the
+    cost against on-demand, where the newest checkpoint is. ``closed``: each session's closed.json."""
+    lines = [
+        f"run summary: {summary['sessions']} sessions, {summary['interruptions']} interruptions, "
+        f"{summary['failures']} failures; {summary.get('final_outcome')}"
+    ]
+    for d in summary["session_details"]:
+        reason = ((closed or {}).get(d["session"]) or {}).get("reason")
+        cost = d.get("estimated_cost_usd")
+        lines.append(
+            f"  session {d['session']}: {_how(d['status'], reason)} on {d['instance_type']} {d['lifecycle']} in "
+            f"{d['zone']} ({d['instance_id']}), {d['seconds']:.0f} s"
+            + (f", {cost:.4f} USD" if cost is not None else "")
+        )
+    cost, on_demand = summary.get("estimated_cost_usd"), summary.get("on_demand_cost_usd")
+    if cost is not None and on_demand:
+        lines.append(
+            f"  cost (estimate): {cost:.4f} USD against {on_demand:.4f} USD on demand "
+            f"({100 * (1 - cost / on_demand):.0f} % saved)"
+        )
+    last = summary.get("last_manifest")
+    lines.append(
+        f"  newest checkpoint: {run_uri.rstrip('/')}/manifests/{last}" if last else "  no checkpoint was committed"
+    )
+    return lines

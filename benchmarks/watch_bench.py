@@ -1,6 +1,9 @@
-"""500 concurrent run watches in one triggerer process, against ledgers a load generator keeps writing.
+"""Concurrent run watches in one triggerer process (or ``--triggerers N`` sharing them), against ledgers a load
+generator keeps writing.
 
-    python benchmarks/watch_bench.py [--runs 500] [--seconds 120 | --minutes 2] [--json FILE]
+    python benchmarks/watch_bench.py [--runs 500] [--seconds 120 | --minutes 2] [--triggerers 1] [--json FILE]
+    python benchmarks/watch_bench.py --runs 1000 --minutes 2                  # Airflow's default [triggerer] capacity
+    python benchmarks/watch_bench.py --runs 2000 --minutes 2 --triggerers 2   # two triggerers, 1000 watches each
 
 Three processes besides the local spot cloud (which also holds ``--runs`` real EC2 instances, so
 the batched DescribeInstances has something to describe; its fabric is off, no instance runs):
@@ -441,6 +444,9 @@ def triggerer(args: argparse.Namespace) -> int:
     control = os.fdopen(os.dup(1), "w", buffering=1)
     sys.stdout = capture  # before Airflow configures structlog: the triggers' task log lands here
     plan = json.loads(Path(args.plan).read_text())
+    if args.shard:  # "K/N": this process watches every Nth run from the Kth, as Airflow spreads triggers
+        k, n = (int(x) for x in args.shard.split("/"))
+        plan["runs"] = plan["runs"][k::n]
     os.environ.update(plan["aws_env"])
     result = asyncio.run(watch_all(args, plan, capture, control))
     Path(args.out).write_text(json.dumps(result))
@@ -603,6 +609,36 @@ def conduct(args: argparse.Namespace) -> dict:
             s3.wait(30)
 
 
+def merge_triggerers(results: list[dict]) -> dict:
+    """One result for several triggerer processes: the worst triggerer's CPU, lag and latency against the goals
+    (each must meet them), totals for calls and lines, and each triggerer's own figures."""
+    if len(results) == 1:
+        return results[0]
+    worst = ("cpu_cores", "loop_lag_p50_ms", "loop_lag_p99_ms", "loop_lag_max_ms", "gc_full_pause_max_ms",
+             "gc_young_pause_max_ms", "log_latency_p50_s", "log_latency_p99_s", "log_latency_max_s")  # fmt: skip
+    summed = ("runs", "describe_instances_calls_in_window", "describe_instances_calls_unbatched_would_be",
+              "gc_full_collections", "log_lines_in_window", "unfinished_watches", "duplicate_lines", "gaps",
+              "api_calls_per_second")  # fmt: skip
+    merged: dict[str, Any] = {k: max(r[k] for r in results) for k in worst}
+    merged.update({k: sum(r[k] for r in results) for k in summed})
+    merged["cpu_cores_total"] = sum(r["cpu_cores"] for r in results)
+    merged["window_seconds"] = min(r["window_seconds"] for r in results)
+    runs = merged["runs"]
+    per_op: dict[str, float] = {}
+    for r in results:  # per run per minute: weighted by each triggerer's share of the runs
+        for op, rate in r["calls_per_run_per_minute"].items():
+            per_op[op] = per_op.get(op, 0.0) + rate * r["runs"] / runs
+    merged["calls_per_run_per_minute"] = per_op
+    merged["s3_calls_per_run_per_minute"] = sum(v for k, v in per_op.items() if k.startswith("s3."))
+    merged["ec2_calls_per_run_per_minute"] = sum(v for k, v in per_op.items() if k.startswith("ec2."))
+    merged["events"] = {f"{k}:{i}": e for k, r in enumerate(results) for i, e in r["events"].items()}
+    merged["lines_logged"] = {run: n for r in results for run, n in r["lines_logged"].items()}
+    merged["per_triggerer"] = [
+        {k: v for k, v in r.items() if k not in ("events", "lines_logged", "calls_total")} for r in results
+    ]
+    return merged
+
+
 def measure(
     args: argparse.Namespace, cloud: Any, aws_env: dict, s3_endpoint: str, s3: Any, work: Path, me: list, common: list
 ) -> dict:
@@ -628,31 +664,41 @@ def measure(
     assert gen.stdout is not None
     if gen.stdout.readline().strip() != "loadgen-ready":
         raise RuntimeError("the load generator did not start")
-    trig = subprocess.Popen(
-        [*me, "--role", "triggerer", *common, "--out", str(work / "triggerer.json"),
-              "--seconds", str(args.seconds), "--ramp", str(args.ramp), "--warmup", str(args.warmup),
-              "--poll-interval", str(args.poll_interval),
-              "--instance-check-interval", str(args.instance_check_interval),
-              "--finish-timeout", str(args.finish_timeout), *(["--gc-freeze"] if args.gc_freeze else [])],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert trig.stdout is not None
+    trigs = [
+        subprocess.Popen(
+            [*me, "--role", "triggerer", *common, "--out", str(work / f"triggerer-{k}.json"),
+                  "--shard", f"{k}/{args.triggerers}",
+                  "--seconds", str(args.seconds), "--ramp", str(args.ramp), "--warmup", str(args.warmup),
+                  "--poll-interval", str(args.poll_interval),
+                  "--instance-check-interval", str(args.instance_check_interval),
+                  "--finish-timeout", str(args.finish_timeout), *(["--gc-freeze"] if args.gc_freeze else [])],
+            stdout=subprocess.PIPE, text=True,
+        )
+        for k in range(args.triggerers)
+    ]  # fmt: skip
     others = {"emulator": cloud.info["pid"], "loadgen": gen.pid, **({"fast_s3": s3.pid} if s3 else {})}
     marks = {}
-    for line in trig.stdout:
-        msg = json.loads(line)
-        if msg.get("window") == "start":
-            marks["start"] = ({k: proc_cpu(p) for k, p in others.items()}, machine_busy(), time.time())
-        elif msg.get("window") == "done":
+    # Each triggerer reports its window's start, then its end: the others are measured from the last start to
+    # the first end, when every triggerer is in its window.
+    for trig in trigs:
+        assert trig.stdout is not None
+        if json.loads(trig.stdout.readline()).get("window") != "start":
+            raise RuntimeError("a triggerer did not report its window")
+    marks["start"] = ({k: proc_cpu(p) for k, p in others.items()}, machine_busy(), time.time())
+    for index, trig in enumerate(trigs):
+        assert trig.stdout is not None
+        if json.loads(trig.stdout.readline()).get("window") != "done":
+            raise RuntimeError("a triggerer did not end its window")
+        if index == 0:
             marks["done"] = ({k: proc_cpu(p) for k, p in others.items()}, machine_busy(), time.time())
             load_window = loadavg()
-            gen.send_signal(signal.SIGTERM)  # every run ends: outcome written, the watches must end
-            break
+    gen.send_signal(signal.SIGTERM)  # every run ends: outcome written, the watches must end
     gen.wait(timeout=300)
-    trig.wait(timeout=args.finish_timeout + 60)
-    if trig.returncode or gen.returncode:
-        raise RuntimeError(f"triggerer exit {trig.returncode}, load generator exit {gen.returncode}")
-    result = json.loads((work / "triggerer.json").read_text())
+    for trig in trigs:
+        trig.wait(timeout=args.finish_timeout + 60)
+    if any(t.returncode for t in trigs) or gen.returncode:
+        raise RuntimeError(f"triggerer exits {[t.returncode for t in trigs]}, load generator exit {gen.returncode}")
+    result = merge_triggerers([json.loads((work / f"triggerer-{k}.json").read_text()) for k in range(len(trigs))])
     generated = json.loads((work / "loadgen.json").read_text())
     (cpu_a, busy_a, t_a), (cpu_b, busy_b, t_b) = marks["start"], marks["done"]
     missing = sum(1 for r, n in generated["lines"].items() if n and result["lines_logged"].get(r, 0) != n)
@@ -663,6 +709,7 @@ def measure(
     result.update(
         {
             "s3_server": args.s3,
+            "triggerers": args.triggerers,
             "gc_freeze": args.gc_freeze,
             "poll_interval": args.poll_interval,
             "instance_check_interval": args.instance_check_interval,
@@ -700,6 +747,7 @@ def main() -> int:
     )
     parser.add_argument("--loadgen-threads", type=int, default=16)
     parser.add_argument("--finish-timeout", type=float, default=180.0)
+    parser.add_argument("--triggerers", type=int, default=1, help="triggerer processes sharing the runs")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() in the triggerer after the ramp")
     parser.add_argument("--json")
     parser.add_argument("--s3", choices=("fast", "moto"), default="fast", help="who serves the ledgers' S3")
@@ -707,6 +755,7 @@ def main() -> int:
     parser.add_argument("--role", choices=roles, default="conductor", help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--shard", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.minutes is not None:
         args.seconds = args.minutes * 60

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import boto3
@@ -15,6 +16,7 @@ import pytest
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.emulator.imds import MetadataService
 from airflow_grid_resume.emulator.moto_server import MotoServer
 
@@ -38,6 +40,12 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("AIRFLOW_HOME", str(home))
     os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """The test session's Airflow metadata DB, migrated once (dag.test needs one)."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="session")
@@ -166,3 +174,69 @@ def pids_in_group(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             found.append(int(entry))
     return found
+
+
+AMI = "ami-03cf127a"  # one of the AMIs moto ships with
+
+
+@pytest.fixture(scope="module")
+def spot_cloud(airflow_db):
+    """The local spot cloud (3 s notices) for a test module, with boto3 pointed at it."""
+    with LocalSpotCloud(notice_seconds=3) as cloud:
+        saved = {k: os.environ.get(k) for k in cloud.aws_env()}
+        os.environ.update(cloud.aws_env())
+        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+        yield cloud
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def make_dag(dag_id: str, workdir: Path, bucket: str, operator_class: type | None = None, **op_kwargs):
+    from airflow.sdk import DAG
+
+    from airflow_grid_resume.operators import GridRunOperator
+
+    operator_class = operator_class or GridRunOperator
+
+    subnets = sorted(boto3.client("ec2").describe_subnets()["Subnets"], key=lambda s: s["AvailabilityZone"])[:2]
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
+        operator_class(
+            task_id="train",
+            command=op_kwargs.pop("command", "python3 train.py 80 0.05"),
+            workdir=str(workdir),
+            artifacts_uri=f"s3://{bucket}/grid-runs/",
+            instance_types=["g5.xlarge", "g4dn.xlarge"],
+            image_id=AMI,
+            subnet_ids=[s["SubnetId"] for s in subnets],
+            aws_conn_id=None,
+            region_name="us-east-1",
+            poll_interval=0.3,
+            instance_check_interval=1.0,
+            capacity_backoff=(0.5, 1.0),
+            agent_args=op_kwargs.pop(
+                "agent_args",
+                ["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1", "--min-grace", "1"],
+            ),
+            retry_delay=op_kwargs.pop("retry_delay", timedelta(seconds=1)),
+            **op_kwargs,
+        )
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(collect_dags=False)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+    return dag
+
+
+def command_started(instance: dict) -> bool:
+    """Has the agent on this emulated instance started the command (its console says so)?"""
+    try:
+        with open(os.path.join(instance["directory"], "console.log"), errors="replace") as fh:
+            return "started the command" in fh.read()
+    except OSError:
+        return False

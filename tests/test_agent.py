@@ -195,10 +195,12 @@ def test_metadata_disabled(agent, run_uri: str, ledger: RunLedger, tmp_path: Pat
 
 
 def test_output_is_shipped_while_running(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
-    proc = agent(run_uri, tmp_path / "w", "sh", "-c", "echo first-line; sleep 5; echo last-line", options=FAST)
-    text = wait_for(lambda: ledger.read_log(1, 0)[0].decode(), timeout=4, what="output in the ledger")
-    wait_for(lambda: b"first-line" in ledger.read_log(1, 0)[0], timeout=4, what="the first line shipped")
+    script = "echo first-line; while [ ! -e release ]; do sleep 0.1; done; echo last-line"
+    proc = agent(run_uri, tmp_path / "w", "sh", "-c", script, options=FAST)
+    text = wait_for(lambda: ledger.read_log(1, 0)[0].decode(), timeout=30, what="output in the ledger")
+    wait_for(lambda: b"first-line" in ledger.read_log(1, 0)[0], timeout=30, what="the first line shipped")
     assert proc.proc.poll() is None, "the line must be readable while the command still runs"
+    (tmp_path / "w" / "release").touch()
     heartbeat = ledger.read_heartbeat(1)
     assert heartbeat["state"] == "running"
     assert proc.wait() == 0
@@ -316,3 +318,70 @@ def test_a_watched_session_is_not_stopped(agent, run_uri, ledger, tmp_path: Path
         time.sleep(0.5)
     assert proc.wait() == 0
     assert ledger.read_outcome(1)["status"] == "succeeded"
+
+
+def test_lost_answers_to_its_conditional_writes_are_adopted(agent, moto, bucket: str, tmp_path: Path) -> None:
+    """A lease or session write applied by S3 whose answer was lost is retried by botocore and sees 412:
+    the agent reads its own bytes back and carries on, instead of stopping as if its lease were stolen."""
+    run = f"s3://{bucket}/lost-answers"
+    with FaultProxy(moto.endpoint_url) as proxy:
+        lease = proxy.add_rule(FaultRule(drop=True, rate=1.0, method="PUT", path_contains="lease.json", limit=3))
+        claim = proxy.add_rule(FaultRule(drop=True, rate=1.0, method="PUT", path_contains="session.json", limit=1))
+        proc = agent(run, tmp_path / "w", *train(40, 0.05), options=FAST, env={"AWS_ENDPOINT_URL": proxy.endpoint_url})
+        assert proc.wait() == 0, proc.stderr
+    assert (lease.hits, claim.hits) == (3, 1)
+    outcome = RunLedger(make_s3_client(), parse_s3_uri(run)).read_outcome(1)
+    assert outcome["status"] == "succeeded" and outcome["notice"] is None, outcome
+    assert "taken by another agent" not in proc.stderr
+
+
+def _tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
+
+
+def test_a_full_disk_ends_the_session_as_a_failure_that_says_so(agent, run_uri, ledger, tmp_path: Path) -> None:
+    """An agent error nobody planned for (here: the new instance's disk is too small for the checkpoint)
+    is a failed outcome with a hint, never a silent agent the Airflow side would relaunch again and again."""
+    first = agent(run_uri, tmp_path / "big", "sh", "-c", "head -c 3000000 /dev/urandom > ckpt.bin", options=FAST)
+    assert first.wait() == 0
+    small = tmp_path / "small"
+    if not _tmpfs(small, "1m"):
+        import pytest
+
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        second = agent(run_uri, small / "w", "true", options=FAST)
+        assert second.wait() == 70
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+    outcome = ledger.read_outcome(2)
+    assert outcome["status"] == "failed" and "No space left on device" in outcome["reason"], outcome
+    assert "root_volume_gb" in outcome["hint"]
+    assert "root_volume_gb" in second.stderr
+
+
+def test_progress_lines_reach_heartbeat_and_outcome(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
+    script = (
+        "echo 'grid-resume: progress 4/10'; printf 'grid-resume: progress 5/10\\rgrid-resume: progress 6/10\\n' >&2;"
+        " sleep 3; echo 'grid-resume: progress 7/10'"
+    )
+    proc = agent(run_uri, tmp_path / "w", "sh", "-c", script, options=[*FAST, "--heartbeat-interval", "0.5"])
+    beat = wait_for(
+        lambda: (hb := ledger.read_heartbeat(1)) and hb.get("progress") and hb, timeout=10, what="progress in a beat"
+    )
+    assert beat["progress"] == {"done": 6, "total": 10} and beat["state"] == "running"
+    assert proc.wait() == 0
+    assert ledger.read_outcome(1)["progress"] == {"first": 4, "last": 7, "total": 10}
+
+
+def test_no_progress_lines_no_progress_field(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
+    proc = agent(run_uri, tmp_path / "w", "sh", "-c", "echo step 3 of 10", options=FAST)
+    assert proc.wait() == 0
+    assert "progress" not in ledger.read_outcome(1)
+    assert "progress" not in ledger.read_heartbeat(1)

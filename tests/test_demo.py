@@ -139,3 +139,14 @@ def test_a_session_the_airflow_side_misread_fails_the_demo() -> None:
     assert misread == ["session 3: the agent said succeeded, the Airflow side saw lost"]
     good = dict(dag_state="success", statuses=["interrupted", "lost", "succeeded"], expected_interruptions=2)
     assert verdict(**good, metric=1, reference=1, misread=misread) == misread
+
+
+def test_live_status_says_what_it_means() -> None:
+    from airflow_grid_resume.demo.run import live_status
+
+    assert live_status({"state": None, "try_number": 0}, 0, 0, 2) == (
+        "task not scheduled yet (no try yet), no session yet, chaos: 0 of 2 planned interruptions done"
+    )
+    assert live_status({"state": "deferred", "try_number": 2}, 2, 1, 2) == (
+        "task deferred (try 2), session 2, chaos: 1 of 2 planned interruptions done"
+    )

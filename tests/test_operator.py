@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,67 +22,7 @@ from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
-from tests.conftest import OPERATOR_ARGS, TRAIN
-
-AMI = "ami-03cf127a"
-
-
-@pytest.fixture(scope="module")
-def airflow_db() -> None:
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def spot_cloud(airflow_db):
-    with LocalSpotCloud(notice_seconds=3) as cloud:
-        saved = {k: os.environ.get(k) for k in cloud.aws_env()}
-        os.environ.update(cloud.aws_env())
-        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-        yield cloud
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def make_dag(dag_id: str, workdir: Path, bucket: str, operator_class: type | None = None, **op_kwargs):
-    from airflow.sdk import DAG
-
-    from airflow_grid_resume.operators import GridRunOperator
-
-    operator_class = operator_class or GridRunOperator
-
-    subnets = sorted(boto3.client("ec2").describe_subnets()["Subnets"], key=lambda s: s["AvailabilityZone"])[:2]
-    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
-        operator_class(
-            task_id="train",
-            command=op_kwargs.pop("command", "python3 train.py 80 0.05"),
-            workdir=str(workdir),
-            artifacts_uri=f"s3://{bucket}/grid-runs/",
-            instance_types=["g5.xlarge", "g4dn.xlarge"],
-            image_id=AMI,
-            subnet_ids=[s["SubnetId"] for s in subnets],
-            aws_conn_id=None,
-            region_name="us-east-1",
-            poll_interval=0.3,
-            instance_check_interval=1.0,
-            capacity_backoff=(0.5, 1.0),
-            agent_args=op_kwargs.pop(
-                "agent_args",
-                ["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1", "--min-grace", "1"],
-            ),
-            retry_delay=op_kwargs.pop("retry_delay", timedelta(seconds=1)),
-            **op_kwargs,
-        )
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(collect_dags=False)
-    bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
-    return dag
+from tests.conftest import OPERATOR_ARGS, TRAIN, command_started, make_dag
 
 
 @pytest.fixture
@@ -183,22 +124,7 @@ def test_clearing_a_finished_run_with_rerun_fresh_starts_over(spot_cloud, traini
 def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: Path, tmp_path: Path) -> None:
     bucket = f"op-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
-    interrupted: list[str] = []
-    stop = threading.Event()
-
-    def chaos() -> None:
-        """Interrupt the first two sessions once they have trained for a while."""
-        while not stop.is_set() and len(interrupted) < 2:
-            for instance in spot_cloud.instances():
-                if instance["state"] != "running" or instance["instance_id"] in interrupted or not instance["pid"]:
-                    continue
-                if time.time() - instance["launched_at"] > 1.5:
-                    spot_cloud.interrupt(instance["instance_id"], notice=True)
-                    interrupted.append(instance["instance_id"])
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=chaos, daemon=True)
-    thread.start()
+    interrupted, stop = chaos(spot_cloud, times=2, notice=True, after=1.0)
     alerts: list[str] = []
     try:
         dag = make_dag(
@@ -216,7 +142,6 @@ def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: P
         dagrun = dag.test()
     finally:
         stop.set()
-        thread.join(5)
     assert len(interrupted) == 2
     assert dagrun.state == "success"
     ledger = run_ledger(bucket)
@@ -239,22 +164,25 @@ def new_bucket() -> str:
 def chaos(
     cloud: LocalSpotCloud, *, times: int, notice: bool, after: float = 1.5, instance_type: str | None = None
 ) -> tuple[list[str], threading.Event]:
-    """Interrupt the next ``times`` instances (of ``instance_type``) once each has run ``after`` seconds."""
+    """Interrupt the next ``times`` instances (of ``instance_type``) once each has run its command for ``after``
+    seconds (counted from the agent starting it, so a slow boot on a busy machine changes nothing)."""
     interrupted: list[str] = []
     stop = threading.Event()
+    started: dict[str, float] = {}
 
     def loop() -> None:
         while not stop.is_set() and len(interrupted) < times:
             for instance in cloud.instances():
-                ready = (
-                    instance["state"] == "running"
-                    and instance["pid"]
-                    and time.time() - instance["launched_at"] > after
-                    and instance_type in (None, instance["instance_type"])
-                )
-                if ready and instance["instance_id"] not in interrupted:
-                    cloud.interrupt(instance["instance_id"], notice=notice)
-                    interrupted.append(instance["instance_id"])
+                instance_id = instance["instance_id"]
+                if instance["state"] != "running" or instance_id in interrupted:
+                    continue
+                if instance_type not in (None, instance["instance_type"]):
+                    continue
+                if instance_id not in started and command_started(instance):
+                    started[instance_id] = time.monotonic()
+                if instance_id in started and time.monotonic() - started[instance_id] > after:
+                    cloud.interrupt(instance_id, notice=notice)
+                    interrupted.append(instance_id)
             time.sleep(0.2)
 
     threading.Thread(target=loop, daemon=True).start()
@@ -432,9 +360,13 @@ def test_extra_links_point_at_the_instance_and_the_artifacts(spot_cloud, trainin
         ti = session.query(TaskInstance).filter_by(dag_id=dag.dag_id, run_id=dagrun.run_id, task_id="train").one()
         instance_url = task.get_extra_links(ti, GridInstanceLink.name)
         artifacts_url = task.get_extra_links(ti, GridArtifactsLink.name)
-    assert instance_url == (
-        "https://console.aws.amazon.com/ec2/home?region=us-east-1#InstanceDetails:instanceId=" + instance_id
-    )
-    assert artifacts_url == (
-        f"https://console.aws.amazon.com/s3/buckets/{bucket}?region=us-east-1&prefix={ledger.location.prefix}/"
-    )
+    # On the local spot cloud the links open the pages it serves (the AWS console cannot show it).
+    assert instance_url == f"{spot_cloud.endpoint_url}/_emulator/pages/instances/{instance_id}"
+    prefix = urllib.parse.quote(f"{ledger.location.prefix}/", safe="")
+    assert artifacts_url == f"{spot_cloud.endpoint_url}/_emulator/pages/ledger?bucket={bucket}&prefix={prefix}"
+    with urllib.request.urlopen(instance_url, timeout=10) as resp:
+        page = resp.read().decode()
+    assert instance_id in page and "terminated" in page
+    with urllib.request.urlopen(artifacts_url, timeout=10) as resp:
+        page = resp.read().decode()
+    assert "spec.json" in page and "sessions/000001/outcome.json" in page

@@ -266,12 +266,11 @@ def test_describe_batcher_answers_requests_made_while_a_call_is_in_flight() -> N
             self.calls: list[list[str]] = []
             self.gate = asyncio.Event()
 
-        async def describe_instances(self, InstanceIds: list[str]) -> dict:
-            self.calls.append(list(InstanceIds))
+        async def describe_instances(self, Filters: list[dict]) -> dict:
+            ids = Filters[0]["Values"]
+            self.calls.append(list(ids))
             await self.gate.wait()
-            return {
-                "Reservations": [{"Instances": [{"InstanceId": i, "State": {"Name": "running"}}]} for i in InstanceIds]
-            }
+            return {"Reservations": [{"Instances": [{"InstanceId": i, "State": {"Name": "running"}}]} for i in ids]}
 
     async def scenario() -> None:
         ec2, batcher = SlowEC2(), DescribeBatcher(window=0.01, max_ids=2)

@@ -47,7 +47,7 @@ def cloud_env(cloud: LocalSpotCloud, monkeypatch: pytest.MonkeyPatch) -> dict[st
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     cloud.set_capacity("*", "*", available=True, market="all")
-    cloud.set_throttle(enabled=True)
+    cloud.reset_faults()
     return cloud.aws_env()
 
 
@@ -432,3 +432,29 @@ def test_operator_on_kill_on_the_worker_terminates_the_instance(cloud, subnets, 
     operator.on_kill()
     wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
     assert marked_processes(instance_id) == []  # killed while it booted: nothing of it lives on
+
+
+def test_watch_calls_nothing_lost_on_eventual_consistency_throttling_and_5xx(cloud, subnets, agent_pyz) -> None:
+    """A just-launched instance EC2 does not know yet, a throttled and failing DescribeInstances, and a
+    slow-beating agent: no evidence that it is gone, so the healthy session runs to its end."""
+    cloud.set_consistency(describe_not_found_seconds=4)
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sh", "-c", "sleep 6; echo done"])
+    cloud.inject_fault("DescribeInstances", code="InternalError", count=4)
+    cloud.set_throttle("DescribeInstances", burst=1, rate=0.5)
+    event = first_event(watch_for(run_uri, instance_id, instance_check_interval=0.3, not_found_grace=8))
+    assert event["status"] == "succeeded", event
+    assert cloud.state()["counters"]["not_found"] >= 1 or cloud.state()["counters"]["throttled"] >= 1
+    assert cloud.instance(instance_id)["reason"] == "Client.InstanceInitiatedShutdown"  # it ended by itself
+
+
+def test_a_lost_run_instances_answer_is_replayed_into_the_same_instance(cloud, subnets) -> None:
+    cloud.drop_responses("RunInstances", count=1)
+    event = first_event(trigger_for(spec_for(subnets), run_id="lost-answer-run"))
+    assert event["status"] == "launched", event
+    found = boto3.client("ec2").describe_instances(
+        Filters=[
+            {"Name": "tag:grid-resume:run-id", "Values": ["lost-answer-run"]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )
+    assert [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]] == [event["instance_id"]]

@@ -6,9 +6,12 @@ import os
 import shutil
 import tempfile
 import zipapp
+from pathlib import Path
 
 import airflow_grid_resume
 
+# An image or a deployment that built the zipapp once names it here (docker/Dockerfile does).
+PREBUILT_ENV = "GRID_RESUME_AGENT_ZIPAPP"
 _MAIN = "import sys\nfrom airflow_grid_resume.agent.cli import main\nsys.exit(main(prog='grid-resume-agent'))\n"
 
 
@@ -27,3 +30,20 @@ def build_zipapp(target: str) -> str:
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         zipapp.create_archive(staging, target, interpreter="/usr/bin/env python3", compressed=True)
     return target
+
+
+def agent_zipapp() -> bytes:
+    """The zipapp an instance downloads: the prebuilt file named by ``$GRID_RESUME_AGENT_ZIPAPP`` when set (built
+    with the installed package, so it matches it), else one built now."""
+    prebuilt = os.environ.get(PREBUILT_ENV)
+    if prebuilt:
+        try:
+            with open(prebuilt, "rb") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"{PREBUILT_ENV}={prebuilt!r} cannot be read ({exc.strerror}): "
+                f"run `grid-resume build-agent {prebuilt}` or unset {PREBUILT_ENV}"
+            ) from exc
+    with tempfile.TemporaryDirectory(prefix="grid-resume-zipapp-") as tmp:
+        return Path(build_zipapp(os.path.join(tmp, "agent.pyz"))).read_bytes()

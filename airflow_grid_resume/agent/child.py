@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from airflow_grid_resume.agent.logship import LogSpool
 from airflow_grid_resume.agent.outcome import EXIT_COMMAND_NOT_EXECUTABLE, EXIT_COMMAND_NOT_FOUND
+from airflow_grid_resume.agent.progress import ProgressTracker
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,10 @@ class Child:
         spool: LogSpool,
         capture_dir: str,
         passthrough: bool = True,
+        progress: ProgressTracker | None = None,
     ) -> None:
         self.spool = spool
+        self.progress = progress
         self.passthrough = passthrough
         self._streams: list[tuple[int, int]] = []  # (read fd, passthrough fd)
         self._offsets: list[int] = []
@@ -102,6 +105,8 @@ class Child:
                 self._offsets[i] += len(data)
                 copied += len(data)
                 self.spool.append(data)
+                if self.progress is not None:
+                    self.progress.feed(data, stream=i)
                 if self.passthrough:
                     _write_fd(target, data)
         return copied
@@ -156,6 +161,8 @@ class Child:
         self._stop_tail.set()
         self._tail.join(timeout=30)
         self._copy_new_output()  # whatever was written after the tail's last pass
+        if self.progress is not None:
+            self.progress.close()
         self._close_streams()
         return killed
 

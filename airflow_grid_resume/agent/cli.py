@@ -50,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sync-reserve", type=_positive, default=10.0, help="minimum seconds kept for the final sync before reclaim"
     )
     parser.add_argument("--min-grace", type=_positive, default=5.0, help="minimum seconds the command gets to exit")
+    parser.add_argument(
+        "--notice-window",
+        type=_positive,
+        default=120.0,
+        help="seconds between a spot notice and the reclaim, assumed when the instance's clock disagrees with the "
+        "notice's time (EC2: 120)",
+    )
     parser.add_argument("--parallelism", type=int, default=16, help="concurrent S3 transfers")
     parser.add_argument("--region", help="AWS region of the bucket (default: the boto3 chain)")
     parser.add_argument("--quiet", action="store_true", help="do not copy the command's output to the agent's")
@@ -81,6 +88,7 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         signal_grace=args.signal_grace,
         sync_reserve=args.sync_reserve,
         min_grace=args.min_grace,
+        notice_window=args.notice_window,
         parallelism=max(1, args.parallelism),
         region=args.region,
         passthrough=not args.quiet,

@@ -9,6 +9,7 @@ EXIT_LEASE_HELD = 3
 EXIT_LEDGER_UNAVAILABLE = 4
 EXIT_NO_RESTORABLE_CHECKPOINT = 5
 EXIT_SYNC_FAILED = 75
+EXIT_AGENT_CRASHED = 70  # EX_SOFTWARE: an unexpected error in the agent, recorded as a failed outcome
 
 
 class AgentError(Exception):
@@ -55,3 +56,19 @@ class CorruptObjectError(ValueError):
 
 class UnsupportedFormatError(NoRestorableCheckpointError):
     """A ledger document has a newer format than this agent knows: it refuses rather than guess."""
+
+
+def crash_hint(exc: BaseException) -> str:
+    """What to do about an unexpected agent error, for the outcome and the task log."""
+    import errno
+
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC:
+        return "The instance's disk is full: raise root_volume_gb, or keep less in the working directory."
+    if code in (errno.EACCES, errno.EPERM):
+        return "A file in the working directory is not accessible to the agent: check its permissions."
+    if code == errno.EMFILE:
+        return "Too many open files: raise the instance's open-file limit (ulimit -n) or open fewer files."
+    if isinstance(exc, MemoryError):
+        return "The agent ran out of memory: use an instance type with more memory."
+    return "This looks like a bug in grid-resume: the traceback is in the task log; please report it."

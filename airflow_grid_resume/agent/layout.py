@@ -5,7 +5,8 @@ Layout under the run prefix::
 
     spec.json  agent/grid-resume-agent.pyz  final.json  lease.json  latest.json
     manifests/SSSSSS-NNNNNN.json  packs/<sha256>  objects/sha256/<sha256>  rerun-N/ (a whole run)
-    sessions/SSSSSS/{session,heartbeat,outcome,launch,watch,closed}.json  sessions/SSSSSS/logs/<offset>.log
+    sessions/SSSSSS/{session,heartbeat,outcome,launch-attempt,launch,watch,closed}.json
+    sessions/SSSSSS/logs/<offset>.log
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def launch(session: int) -> str:
     return f"{session_dir(session)}/launch.json"
 
 
+def launch_attempt(session: int) -> str:
+    """The session's expiry tag and the last RunInstances attempted for it, written before each attempt."""
+    return f"{session_dir(session)}/launch-attempt.json"
+
+
 def watch(session: int) -> str:
     return f"{session_dir(session)}/watch.json"
 
@@ -104,6 +110,7 @@ RULES = (
     Rule("sessions/SSSSSS/heartbeat.json", ("agent",), "overwrite"),
     Rule("sessions/SSSSSS/logs/<16-digit offset>.log", ("agent",), "append"),
     Rule("sessions/SSSSSS/outcome.json", ("agent",), "once"),
+    Rule("sessions/SSSSSS/launch-attempt.json", ("airflow",), "overwrite"),
     Rule("sessions/SSSSSS/launch.json", ("airflow",), "once"),
     Rule("sessions/SSSSSS/watch.json", ("airflow",), "overwrite"),
     Rule("sessions/SSSSSS/closed.json", ("airflow",), "overwrite"),

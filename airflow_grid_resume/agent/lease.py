@@ -2,7 +2,9 @@
 
 Acquire creates ``lease.json`` with If-None-Match; if it exists and is released or expired it is
 taken over with If-Match on the ETag that was read, so of two racing agents exactly one wins.
-Renewals use If-Match on our own last ETag: a lost renewal means someone broke our lease.
+Renewals use If-Match on our own last ETag: a lost renewal means someone broke our lease. Every one
+of these writes reads the key back after a 412 and adopts it when it holds exactly our bytes: that
+412 was the retry of our own write whose answer was lost.
 """
 
 from __future__ import annotations
@@ -35,15 +37,30 @@ class Lease:
         """Extend the lease; raises ConditionalWriteLost if another agent took it."""
         now = time.time() if now is None else now
         self.holder.update(fields, renewed_at=now, expires_at=now + self.ttl)
-        self.etag = self.ledger.put(self.key, json_bytes(self.holder), if_match=self.etag)
+        self.etag = write_adopting_own(self.ledger, self.key, json_bytes(self.holder), if_match=self.etag)
 
     def release(self) -> None:
         """Mark the lease released so the next session can start at once."""
         self.holder.update(released=True, renewed_at=time.time())
         try:
-            self.etag = self.ledger.put(self.key, json_bytes(self.holder), if_match=self.etag)
+            self.etag = write_adopting_own(self.ledger, self.key, json_bytes(self.holder), if_match=self.etag)
         except ConditionalWriteLost:
             log.warning("the run lease was taken by another agent before release")
+
+
+def write_adopting_own(
+    ledger: RunLedger, key: str, body: bytes, *, if_match: str | None = None, if_none_match: bool = False
+) -> str:
+    """A conditional write that survives its own lost answer: botocore retries a PUT whose response
+    was lost, the retry sees 412 because the first attempt did succeed, and reading the key back finds
+    exactly our bytes. Then it is ours (its ETag is returned); anything else is a real conflict."""
+    try:
+        return ledger.put(key, body, if_match=if_match, if_none_match=if_none_match)
+    except ConditionalWriteLost:
+        current = ledger.get_with_etag(key)
+        if current is not None and current[0] == body:
+            return current[1]
+        raise
 
 
 def describe_holder(doc: dict, now: float) -> str:
@@ -60,12 +77,12 @@ def acquire_lease(ledger: RunLedger, holder: dict, *, ttl: float, now: float | N
     doc = {**holder, "acquired_at": now, "renewed_at": now, "expires_at": now + ttl, "released": False}
     key = ledger.key("lease.json")
     try:
-        return Lease(ledger, doc, ledger.put(key, json_bytes(doc), if_none_match=True), ttl)
+        return Lease(ledger, doc, write_adopting_own(ledger, key, json_bytes(doc), if_none_match=True), ttl)
     except ConditionalWriteLost:
         pass
     current = ledger.get_with_etag(key)
     if current is None:  # released and deleted between our two calls: try once more
-        return Lease(ledger, doc, ledger.put(key, json_bytes(doc), if_none_match=True), ttl)
+        return Lease(ledger, doc, write_adopting_own(ledger, key, json_bytes(doc), if_none_match=True), ttl)
     body, etag = current
     try:
         existing = json.loads(body)
@@ -78,6 +95,6 @@ def acquire_lease(ledger: RunLedger, holder: dict, *, ttl: float, now: float | N
             "touching the run. If that agent is gone, wait for its lease to expire."
         )
     try:
-        return Lease(ledger, doc, ledger.put(key, json_bytes(doc), if_match=etag), ttl)
+        return Lease(ledger, doc, write_adopting_own(ledger, key, json_bytes(doc), if_match=etag), ttl)
     except ConditionalWriteLost as exc:
         raise LeaseHeldError(f"another agent took the lease of {ledger.location} at the same moment") from exc

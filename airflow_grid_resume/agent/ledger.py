@@ -274,12 +274,9 @@ class RunLedger:
         return sorted(out)
 
     def claim_session(self, session: int, record: dict) -> bool:
-        """Create the session's start record; False if that session number is taken."""
-        try:
-            self.put(self.key(layout.session_record(session)), json_bytes(record), if_none_match=True)
-            return True
-        except ConditionalWriteLost:
-            return False
+        """Create the session's start record; False if that session number is taken (a 412 whose
+        stored record is exactly ours was our own write with a lost answer: claimed)."""
+        return self.put_once(self.key(layout.session_record(session)), json_bytes(record))
 
     def write_heartbeat(self, session: int, doc: dict) -> None:
         self.put_json(self.key(layout.heartbeat(session)), doc)

@@ -21,12 +21,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume import __version__
 from airflow_grid_resume.agent.child import Child, SpawnError, become_subreaper
+from airflow_grid_resume.agent.deadline import plan_final_sync, seconds_until_reclaim
 from airflow_grid_resume.agent.errors import (
+    EXIT_AGENT_CRASHED,
     EXIT_LEDGER_UNAVAILABLE,
     EXIT_SYNC_FAILED,
     AgentError,
     NoRestorableCheckpointError,
     UsageError,
+    crash_hint,
 )
 from airflow_grid_resume.agent.imds import (
     ImdsClient,
@@ -40,6 +43,7 @@ from airflow_grid_resume.agent.lease import Lease, acquire_lease
 from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL, LogShipper, LogSpool, SpoolLogHandler
 from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, Classification, classify
+from airflow_grid_resume.agent.progress import ProgressTracker
 from airflow_grid_resume.agent.restore import Restorer, RestoreResult
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.scan import HashCache, PathFilter
@@ -72,6 +76,7 @@ class AgentOptions:
     signal_grace: float = 30.0
     sync_reserve: float = 10.0
     min_grace: float = 5.0
+    notice_window: float = 120.0
     parallelism: int = 16
     region: str | None = None
     passthrough: bool = True
@@ -119,6 +124,10 @@ class Supervisor:
         self._sync_cancel = threading.Event()
         self._sync_thread: threading.Thread | None = None
         self.syncer: Syncer | None = None
+        self.notice_warnings: list[str] = []  # late notice, checkpoint too large for the window
+        self._notice_seen: dict[float, float] = {}  # notice time -> when first seen (monotonic)
+        self._child: Child | None = None
+        self.progress = ProgressTracker()  # the command's "grid-resume: progress" lines
 
     # -- entry point -----------------------------------------------------------------------
     def run(self) -> int:
@@ -165,7 +174,10 @@ class Supervisor:
                     interval=self.o.imds_poll,
                 )
                 watcher.start()
-            return self._session(ledger, workdir, spool, shipper)
+            try:
+                return self._session(ledger, workdir, spool, shipper)
+            except Exception as exc:  # an agent bug, a full disk...: a failure the Airflow side can read
+                return self._crashed(ledger, shipper, spool, exc)
         finally:
             if watcher:
                 watcher.stop()
@@ -227,11 +239,13 @@ class Supervisor:
                 spool=spool,
                 capture_dir=os.path.dirname(spool.path),
                 passthrough=self.o.passthrough,
+                progress=self.progress,
             )
         except SpawnError as exc:
             log.error("%s", exc)
             result = classify(exc.exit_code, signalled=False)
             return self._finish(ledger, shipper, spool, result, started_at, restored, final_sync=False)
+        self._child = child
         self._set_state("running")
         log.info("started the command (pid %d): %s", child.pid, " ".join(self.o.command))
         threading.Thread(target=lambda: self.events.put(("exited", child.wait())), daemon=True).start()
@@ -323,12 +337,32 @@ class Supervisor:
         return Notice("terminate", time.time() + self.o.signal_grace + self.o.sync_reserve, "lease")
 
     def _kill_deadline(self, notice: Notice) -> float:
-        """Monotonic time after which the command is killed: the reclaim time minus what the
-        final sync is expected to need, but never less than ``min_grace`` from now."""
+        """Monotonic time after which the command is killed: the reclaim time minus what the final
+        sync is expected to need for what is pending now, but never less than ``min_grace`` from now."""
         assert self.syncer is not None
-        reserve = self.syncer.estimated_seconds(self.o.sync_reserve)
-        seconds_left = notice.time - time.time() - reserve
-        return time.monotonic() + max(self.o.min_grace, seconds_left)
+        if notice.source == "imds":
+            seen_ago = time.monotonic() - self._notice_seen.setdefault(notice.time, time.monotonic())
+            seconds_left = seconds_until_reclaim(notice.time, time.time(), seen_ago, self.o.notice_window)
+        else:
+            seconds_left = notice.time - time.time()
+        try:
+            pending = self.syncer.pending_bytes()
+        except OSError as exc:
+            log.warning("could not measure what is pending for the final sync: %s", exc)
+            pending = self.syncer.largest_upload
+        plan = plan_final_sync(
+            pending_bytes=pending,
+            checkpoint_bytes=self.syncer.last_upload,
+            bytes_per_s=self.syncer.upload_bytes_per_s,
+            floor=self.o.sync_reserve,
+            seconds_left=seconds_left,
+            min_grace=self.o.min_grace,
+        )
+        for warning in plan.warnings:
+            if warning not in self.notice_warnings:
+                log.warning("%s", warning)
+                self.notice_warnings.append(warning)
+        return time.monotonic() + max(self.o.min_grace, seconds_left - plan.reserve)
 
     def _pending_stop(self) -> Notice | None:
         while True:
@@ -397,7 +431,7 @@ class Supervisor:
         elif self.syncer and self.syncer.last_manifest:
             manifest = self.syncer.last_manifest.name
         exit_code = result.agent_exit_code
-        status, warnings = result.status, list(result.warnings)
+        status, warnings = result.status, [*result.warnings, *self.notice_warnings]
         if sync_error:
             warnings.append(f"the final sync failed: {sync_error}")
             if result.status != FAILED:
@@ -422,6 +456,7 @@ class Supervisor:
             "ended_at": _utc(),
             "tail": spool.tail_lines(40) if status == FAILED else [],
             "agent_exit_code": exit_code,
+            **self.progress.outcome_field(),
         }
         try:
             shipper.flush()
@@ -431,6 +466,68 @@ class Supervisor:
             exit_code = exit_code or EXIT_LEDGER_UNAVAILABLE
         self._set_state("ended")
         return exit_code
+
+    def _abandon_restore(self, ledger: RunLedger, silent_for: float) -> None:
+        """Nobody has watched for the whole timeout and the restore has not finished (it may hang on a
+        slow or stuck S3): record why and end the process, so the bootstrap powers the instance off.
+        Nothing was changed in the ledger yet; the next session restores again."""
+        log.error(
+            "no Airflow trigger has watched this session for %.0f s and the restore has not finished: ending the "
+            "session so the instance does not run unattended",
+            silent_for,
+        )
+        outcome = {
+            "session": self.session,
+            "status": INTERRUPTED,
+            "exit_code": 0,
+            "clean": True,
+            "reason": "stopped while restoring: nobody watched the session",
+            "warnings": [],
+            "notice": {"action": "terminate", "time": _utc(), "source": "unwatched"},
+            "manifest": None,
+            "ended_at": _utc(),
+            "tail": [],
+            "agent_exit_code": 0,
+        }
+        with contextlib.suppress(Exception):
+            ledger.write_outcome(self.session, outcome)
+        os._exit(0)
+
+    def _crashed(self, ledger: RunLedger, shipper: LogShipper, spool: LogSpool, exc: Exception) -> int:
+        """Any unexpected exception ends the session as ``failed`` with the error and a hint, never as a
+        silent agent (which the Airflow side would call lost and relaunch, again and again)."""
+        log.exception("the agent failed: %s", exc)
+        if self._child is not None and self._child.wait(0) is None:
+            self._child.signal_group(signal.SIGTERM)  # the command may still save its state
+            if self._child.wait(self.o.min_grace) is None:
+                self._child.signal_group(signal.SIGKILL)
+        manifest = None
+        if self.syncer is not None:
+            with contextlib.suppress(Exception):
+                manifest, _ = self._final_sync()
+        outcome = {
+            "session": self.session,
+            "status": FAILED,
+            "exit_code": EXIT_AGENT_CRASHED,
+            "clean": False,
+            "reason": f"the agent failed: {type(exc).__name__}: {exc}",
+            "hint": crash_hint(exc),
+            "warnings": list(self.notice_warnings),
+            "notice": self.notice.as_dict() if self.notice else None,
+            "manifest": manifest,
+            "ended_at": _utc(),
+            "tail": spool.tail_lines(40),
+            "agent_exit_code": EXIT_AGENT_CRASHED,
+            **self.progress.outcome_field(),
+        }
+        log.error("session %d ended: failed (%s). %s", self.session, outcome["reason"], outcome["hint"])
+        try:
+            shipper.flush()
+            ledger.write_outcome(self.session, outcome)
+        except Exception as write_error:
+            log.error("could not record the outcome in the ledger either: %s", write_error)
+        self._set_state("ended")
+        return EXIT_AGENT_CRASHED
 
     # -- heartbeat, lease, signals, metadata ---------------------------------------------------
     def _set_state(self, state: str) -> None:
@@ -444,13 +541,15 @@ class Supervisor:
         guard = UnwatchedGuard(self.o.unwatched_timeout, time.monotonic())
         while True:
             seq += 1
-            if guard.due(time.monotonic()) and self.state in ("running", "running+syncing"):
+            if guard.due(time.monotonic()) and self.state in ("restoring", "running", "running+syncing"):
                 try:
                     found = ledger.get_with_etag(ledger.session_key(self.session, "watch.json"))
                 except Exception as exc:  # S3 trouble is not evidence that nobody watches
                     log.warning("could not read watch.json, will retry: %s", exc)
                 else:
                     if guard.observe(found[1] if found else None, time.monotonic()):
+                        if self.state == "restoring":
+                            self._abandon_restore(ledger, guard.silent_for(time.monotonic()))
                         self.events.put(("unwatched", guard.silent_for(time.monotonic())))
                         guard.timeout = 0.0  # once
             try:
@@ -475,6 +574,7 @@ class Supervisor:
                         "last_manifest": last.name if last else None,
                         "notice": self.notice.as_dict() if self.notice else None,
                         "interval": self.o.heartbeat_interval,
+                        **self.progress.heartbeat_field(),
                     },
                 )
             except Exception as exc:

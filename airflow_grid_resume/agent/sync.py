@@ -136,12 +136,19 @@ class Syncer:
         # Throughput of the last sync that uploaded data, for the final-sync estimate.
         self.upload_bytes_per_s: float | None = None
         self.largest_upload = 0
+        self.last_upload = 0  # bytes the last sync uploaded: about one checkpoint
 
     def estimated_seconds(self, floor: float) -> float:
         """What a final sync is expected to need: the largest upload so far at the measured rate."""
         if not self.upload_bytes_per_s or not self.largest_upload:
             return floor
         return max(floor, 1.5 * self.largest_upload / self.upload_bytes_per_s)
+
+    def pending_bytes(self) -> int:
+        """Bytes of files changed since they were last hashed (a stat walk, no reads): what a sync now
+        would have to upload at most."""
+        tree = walk(self.root, self.filter)
+        return sum(st.st_size for rel, st in tree.files.items() if not self.cache.lookup(rel, st))
 
     def sync(self, reason: str, cancel: threading.Event | None = None) -> SyncResult:
         with self._lock:
@@ -218,6 +225,8 @@ class Syncer:
         if counters.bytes >= 4 * 1024 * 1024 and counters.upload_seconds > 0:
             self.upload_bytes_per_s = counters.bytes / (result.seconds or counters.upload_seconds)
             self.largest_upload = max(self.largest_upload, counters.bytes)
+        if counters.bytes:
+            self.last_upload = counters.bytes
         return result
 
     def _last_entries(self) -> dict[str, FileEntry]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -50,8 +51,16 @@ def reference_run(training_dir: Path, steps: int, into: Path) -> dict:
     """The same training, uninterrupted, on this machine: what the resumed run must reproduce."""
     into.mkdir(parents=True, exist_ok=True)
     shutil.copy(training_dir / "train.py", into / "train.py")
+    # The environment an emulated instance gets (the local spot cloud passes PATH only): numerics depend on
+    # it (an OPENBLAS_CORETYPE in this shell picks another BLAS kernel, whose sums differ in the last bit).
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(into), "PYTHONUNBUFFERED": "1"}
     subprocess.run(
-        [sys.executable, "train.py", "--steps", str(steps)], cwd=into, check=True, capture_output=True, timeout=300
+        [sys.executable, "train.py", "--steps", str(steps)],
+        cwd=into,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     return json.loads((into / "metrics.json").read_text())
 
@@ -96,6 +105,14 @@ class RunView:
         return sessions[-1] if sessions else 0
 
 
+def live_status(ti: dict, session: int, chaos_done: int, chaos_planned: int) -> str:
+    """One line of the live view, in words (the REST API answers None before the task is scheduled)."""
+    state = ti.get("state") or "not scheduled yet"
+    tried = f"try {ti['try_number']}" if ti.get("try_number") else "no try yet"
+    where = f"session {session}" if session else "no session yet"
+    return f"task {state} ({tried}), {where}, chaos: {chaos_done} of {chaos_planned} planned interruptions done"
+
+
 def run_demo(args: argparse.Namespace) -> int:
     home = Path(args.home).resolve()
     dags = Path(args.dags).resolve()
@@ -135,23 +152,24 @@ def run_demo(args: argparse.Namespace) -> int:
         stack = AirflowStack(home / "airflow", dags, env)
         try:
             stack.start(DAG_ID)
-            say(f"Airflow is up at {stack.url} ({time.monotonic() - started:.0f} s)")
+            say(
+                f"Airflow is up at {stack.url}, listening on 127.0.0.1 only "
+                f"(start-up {time.monotonic() - started:.0f} s)"
+            )
             withhold = chaos.withholding()
             if withhold:
                 cloud.set_capacity("*", "*", available=False, for_seconds=withhold.seconds, market="all")
                 say(f"chaos: {withhold.describe()}")
             run_id = stack.api.trigger(DAG_ID)
             say(f"triggered {DAG_ID} ({run_id})")
+            triggered = time.monotonic()
             view = RunView(s3)
             dag_state, last_status = "queued", ""
             deadline = time.monotonic() + args.timeout
             while time.monotonic() < deadline:
                 current = view.poll()
                 ti = stack.api.task_instance(DAG_ID, run_id, TASK_ID)
-                status = (
-                    f"task {ti.get('state')} (try {ti.get('try_number')}), session {current or '-'}, "
-                    f"interruptions {len(chaos.done)}/{chaos.interruptions}"
-                )
+                status = live_status(ti, current, len(chaos.done), chaos.interruptions)
                 if status != last_status:  # the live view: a line whenever the run changes state
                     say(f"{status}, step {view.step}/{args.steps}")
                     last_status = status
@@ -167,7 +185,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     view.poll()
                     break
                 time.sleep(1)
-            say(f"the DAG run ended: {dag_state} ({time.monotonic() - started:.0f} s)")
+            say(f"the DAG run ended: {dag_state}, {time.monotonic() - triggered:.0f} s after it was triggered")
             return finish(args, home, view, dag_state, chaos, ref_thread, reference, stack)
         finally:
             stack.stop()  # with --keep-running, finish() returns only after Ctrl-C
@@ -239,8 +257,15 @@ def finish(
         return 1
     print("  ✓ the run survived every interruption and trained to the same model as the uninterrupted reference")
     if args.keep_running:
-        print(f"\n  Airflow keeps running at {stack.url} (no login needed: simple auth manager, all admins).")
-        print(f"  Look at DAG {DAG_ID}: the task's tries, their logs and the 'Spot instance' / 'Run artifacts' links.")
+        print(
+            f"\n  Airflow keeps running at {stack.url}, listening on 127.0.0.1 only: no login is asked (simple "
+            "auth manager, every user an admin), so nobody else on the network can reach it."
+        )
+        print(
+            f"  Open DAG {DAG_ID}, task {TASK_ID}: its 'Spot run' tab shows every try, what ended it, the cost "
+            "and the checkpoints; 'Spot training' (Browse menu) lists every run; each try's 'Spot instance' link "
+            "opens its own instance on the local spot cloud."
+        )
         print("  Press Ctrl-C to stop everything.")
         try:
             while True:

@@ -1,14 +1,18 @@
-"""A real Airflow (scheduler, triggerer, dag-processor, api-server; SQLite, LocalExecutor) in a
-throwaway home, and its REST API: what the demo and the end-to-end test run against."""
+"""A real Airflow (scheduler, triggerer, dag-processor, api-server; LocalExecutor) in a throwaway home, on
+SQLite or on a throwaway PostgreSQL, and its REST API: what the demo and the end-to-end tests run against."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +22,24 @@ from typing import Any
 
 from airflow_grid_resume.emulator.moto_server import free_port
 
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+LOG_SERVER = "log-server"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", LOG_SERVER)
+COMMANDS = {
+    LOG_SERVER: [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "airflow.utils.serve_logs.log_server:get_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+}
+# Where Debian puts the server binaries when they are not on PATH.
+POSTGRES_BIN_DIRS = ("/usr/local/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin")
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
@@ -35,17 +56,35 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float =
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def loopback_hostname() -> str:
+    """``[core] hostname_callable`` of the stack: the api-server fetches a running task's log from
+    the log server at the task's hostname, and that server listens on the loopback interface only."""
+    return "127.0.0.1"
+
+
 class AirflowApi:
     """The api-server's public REST API (v2), as a user's script or the UI calls it."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, login: tuple[str, str] | None = None) -> None:
         self.base_url = base_url
+        self.login = login
         self.token: str | None = None
 
+    def get_token(self) -> str:
+        """A JWT: with ``login``, from the user's password; else (all admins) for the asking."""
+        if self.login is None:
+            request = urllib.request.Request(f"{self.base_url}/auth/token")
+        else:
+            body = json.dumps({"username": self.login[0], "password": self.login[1]}).encode()
+            request = urllib.request.Request(
+                f"{self.base_url}/auth/token", data=body, headers={"Content-Type": "application/json"}
+            )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return str(json.loads(resp.read())["access_token"])
+
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
-        if self.token is None:  # simple auth manager, all admins: a token for the asking
-            with urllib.request.urlopen(f"{self.base_url}/auth/token", timeout=10) as resp:
-                self.token = json.loads(resp.read())["access_token"]
+        if self.token is None:
+            self.token = self.get_token()
         req = urllib.request.Request(
             f"{self.base_url}/api/v2{path}",
             data=json.dumps(body).encode() if body is not None else None,
@@ -63,12 +102,105 @@ class AirflowApi:
         return str(self.call("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None})["dag_run_id"])
 
 
-class AirflowStack:
-    """Start the four components with their own home and stop every process they started."""
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 for Airflow's metadata database.
 
-    def __init__(self, home: Path, dags_folder: Path, extra_env: dict[str, str]) -> None:
-        self.home = home
+    The server refuses to run as root: as root, it runs as the ``postgres`` user (runuser). fsync is off:
+    the cluster lives as long as one test.
+    """
+
+    def __init__(self, user: str = "postgres") -> None:
+        self.user = user
+        self.port = 0
+        self.dir: str | None = None
+
+    @staticmethod
+    def _binary(name: str) -> str:
+        found = shutil.which(name) or next(
+            (os.path.join(d, name) for d in POSTGRES_BIN_DIRS if os.access(os.path.join(d, name), os.X_OK)), None
+        )
+        if found is None:
+            raise FileNotFoundError(f"no PostgreSQL {name} on PATH or in {', '.join(POSTGRES_BIN_DIRS)}")
+        return found
+
+    def _as_user(self) -> list[str]:
+        return ["runuser", "-u", self.user, "--"] if os.geteuid() == 0 else []
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> PostgresServer:
+        self.dir = tempfile.mkdtemp(prefix="grid-resume-pg-")
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, self.user, self.user)
         self.port = free_port()
+        data = os.path.join(self.dir, "data")
+        subprocess.run(
+            [*self._as_user(), self._binary("initdb"), "-D", data, "--auth=trust", "-U", self.user, "--no-sync"],
+            check=True,
+            capture_output=True,
+        )
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c max_connections=300 "
+            "-c fsync=off -c synchronous_commit=off"
+        )
+        log = os.path.join(self.dir, "server.log")
+        subprocess.run(
+            [*self._as_user(), self._binary("pg_ctl"), "-D", data, "-o", options, "-l", log, "-w", "start"],
+            check=True,
+            capture_output=True,
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.dir is None:
+            return
+        data = os.path.join(self.dir, "data")
+        if os.path.exists(os.path.join(data, "postmaster.pid")):
+            subprocess.run(
+                [*self._as_user(), self._binary("pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"],
+                check=False,
+                capture_output=True,
+            )
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class AirflowStack:
+    """Start the components with their own home and stop every process they started.
+
+    ``components`` names the processes: an Airflow command, with ``-N`` to run more than one
+    (``("triggerer-1", "triggerer-2")``), or ``log-server``; ``database_url`` puts the metadata database
+    elsewhere than SQLite in the home (``PostgresServer.url``).
+
+    Everything listens on 127.0.0.1 only: the api-server (``[api] host``) and one log server for the
+    worker's and the triggerers' logs (Airflow's own binds every interface and has no host option, so
+    the scheduler and triggerers run with ``--skip-serve-logs`` and the stack starts it on loopback).
+    ``login`` (user, password) turns the simple auth manager's "everyone is admin" off: that user
+    (an admin) must log in.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        dags_folder: Path,
+        extra_env: dict[str, str],
+        components: tuple[str, ...] = COMPONENTS,
+        database_url: str | None = None,
+        login: tuple[str, str] | None = None,
+    ) -> None:
+        self.home = home
+        self.components = components
+        self.port = free_port()
+        self.log_port = free_port()
+        self.login = login
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
             **extra_env,
@@ -77,39 +209,70 @@ class AirflowStack:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.port}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False" if login else "True",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{login[0]}:admin" if login else "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.loopback_hostname",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            # one log server on one machine serves the worker's and the triggerers' log files
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_port),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.log_port),
+            **({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url} if database_url else {}),
         }
-        self.procs: list[subprocess.Popen] = []
-        self.api = AirflowApi(f"http://127.0.0.1:{self.port}")
+        self.procs: list[subprocess.Popen] = []  # every process ever started, restarts included
+        self.running: dict[str, subprocess.Popen] = {}
+        self.api = AirflowApi(f"http://127.0.0.1:{self.port}", login)
 
     @property
     def url(self) -> str:
         return self.api.base_url
 
-    def start(self, ready_dag: str, timeout: float = 180) -> AirflowStack:
+    def launch(self, name: str) -> subprocess.Popen:
+        """Start component ``name`` (again: its log file is appended to)."""
+        command = re.sub(r"-\d+$", "", name)
+        argv = COMMANDS.get(command, [sys.executable, "-m", "airflow", command])
+        argv = argv + (["--skip-serve-logs"] if command in ("scheduler", "triggerer") else [])
+        argv = argv + (["--port", str(self.log_port)] if command == LOG_SERVER else [])
+        with open(self.home / f"{name}.log", "ab") as log_file:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                argv,
+                env=self.env,
+                cwd=self.home,  # not a source checkout: its *.egg-info would list the plugin twice
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs.append(proc)
+        self.running[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal component ``name``'s whole process group (SIGKILL: as a crash or an OOM kill would) and reap it."""
+        proc = self.running.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def start(self, ready_dag: str, timeout: float = 180, only: tuple[str, ...] | None = None) -> AirflowStack:
+        """Migrate the database, start the components (``only`` these, if given: ``launch`` the rest later)."""
         self.home.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [sys.executable, "-m", "airflow", "db", "migrate"], env=self.env, check=True, capture_output=True
         )
-        for component in COMPONENTS:
-            with open(self.home / f"{component}.log", "wb") as log_file:  # the child keeps its own descriptor
-                self.procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "airflow", component],
-                        env=self.env,
-                        stdout=log_file,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
+        if self.login:
+            (self.home / "passwords.json").write_text(json.dumps({self.login[0]: self.login[1]}))
+        for component in only or self.components:
+            self.launch(component)
         wait_for("the api-server", lambda: self.api.call("GET", "/version"), timeout)
         wait_for(f"the DAG {ready_dag} to be parsed", lambda: self.api.call("GET", f"/dags/{ready_dag}"), timeout, 2)
         return self
@@ -117,17 +280,19 @@ class AirflowStack:
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs:
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        self.running.clear()
 
     def log_tails(self, chars: int = 3000) -> str:
         return "".join(
-            f"--- {c}.log\n" + (self.home / f"{c}.log").read_text(errors="replace")[-chars:] for c in COMPONENTS
+            f"--- {c}.log\n" + (self.home / f"{c}.log").read_text(errors="replace")[-chars:] for c in self.components
         )
 
     def __enter__(self) -> AirflowStack:

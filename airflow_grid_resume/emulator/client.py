@@ -144,5 +144,36 @@ class LocalSpotCloud:
         """Off: launched instances get no process (load tests with hundreds of instances)."""
         return dict(self._call("POST", "fabric", {"enabled": enabled}))
 
-    def set_throttle(self, *, enabled: bool = True, burst: float = 5, rate: float = 2) -> dict:
-        return dict(self._call("POST", "throttle", {"enabled": enabled, "burst": burst, "rate": rate}))
+    def set_throttle(
+        self, api: str = "RunInstances", *, enabled: bool = True, burst: float | None = None, rate: float | None = None
+    ) -> dict:
+        """A token bucket for ``api`` (an action, ``Describe*``, ``*``; EC2's default size unless given);
+        ``api="defaults"``: every bucket EC2 documents; ``api="all", enabled=False``: none."""
+        body: dict[str, Any] = {"api": api, "enabled": enabled}
+        if burst is not None:
+            body["burst"] = burst
+        if rate is not None:
+            body["rate"] = rate
+        return dict(self._call("POST", "throttle", body))
+
+    def inject_fault(self, api: str = "*", *, code: str = "InternalError", count: int = 1) -> dict:
+        """The next ``count`` requests of ``api`` ("*": any EC2 action) answer ``code`` without being carried out."""
+        return dict(self._call("POST", "fault", {"api": api, "code": code, "count": count}))
+
+    def drop_responses(self, action: str = "*", *, count: int = 1) -> dict:
+        """The next ``count`` requests of ``action`` (an EC2 action, ``PutObject`` for S3, "*") are carried
+        out, then their connection is closed with no answer."""
+        return dict(self._call("POST", "drop", {"action": action, "count": count}))
+
+    def set_consistency(self, *, describe_not_found_seconds: float) -> dict:
+        """For that long after its launch an instance is unknown to DescribeInstances (EC2's eventual consistency)."""
+        return dict(self._call("POST", "consistency", {"describe_not_found_seconds": describe_not_found_seconds}))
+
+    def reset_faults(self) -> dict:
+        """Every fault off again: throttling back to the RunInstances bucket alone, no pending faults or drops,
+        strong consistency, true clocks."""
+        return dict(self._call("POST", "reset-faults", {}))
+
+    def set_clock(self, *, offset_seconds: float) -> dict:
+        """Instances launched from now on run with their wall clock this many seconds off (libfaketime)."""
+        return dict(self._call("POST", "clock", {"offset_seconds": offset_seconds}))

@@ -26,6 +26,8 @@ import os
 import re
 import shutil
 import signal
+import site
+import socket
 import subprocess
 import sys
 import tempfile
@@ -35,8 +37,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
+from xml.etree import ElementTree
 
 from airflow_grid_resume.agent.child import become_subreaper, reap_orphans
+from airflow_grid_resume.emulator import pages
+from airflow_grid_resume.emulator.faults import (
+    FAULT_MESSAGE,
+    FAULT_STATUS,
+    Faults,
+    build_skew_library,
+    skewed_clock_env,
+)
 from airflow_grid_resume.emulator.imds import MetadataService
 from airflow_grid_resume.spot.bootstrap import parse_marker
 from airflow_grid_resume.spot.prices import on_demand_price
@@ -128,26 +139,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-class TokenBucket:
-    """EC2's API rate limit: ``burst`` tokens, refilled at ``rate`` per second."""
-
-    def __init__(self, burst: float, rate: float) -> None:
-        self.burst, self.rate = burst, rate
-        self.tokens = burst
-        self.updated = time.monotonic()
-        self.lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self.lock:
-            now = time.monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
-            if self.tokens >= 1:
-                self.tokens -= 1
-                return True
-            return False
-
-
 @dataclass
 class FabricInstance:
     instance_id: str
@@ -190,12 +181,13 @@ class SpotCloud:
         self.notice_seconds = notice_seconds
         self.lock = threading.RLock()
         self.unavailable: dict[tuple[str, str, str], float] = {}  # (type, zone, market) -> until
-        self.run_instances_bucket: TokenBucket | None = TokenBucket(5, 2)
+        self.faults = Faults()
         self.tokens: dict[str, tuple[str, bytes]] = {}
+        self.token_locks: dict[str, threading.Lock] = {}  # one launch per ClientToken at a time
         self.instances: dict[str, FabricInstance] = {}
         self.timers: list[threading.Timer] = []
         self.fabric_enabled = True
-        self.counters = {"run_instances": 0, "capacity_errors": 0, "throttled": 0, "idempotent_replays": 0}
+        self.counters = {"run_instances": 0, "capacity_errors": 0, "idempotent_replays": 0}
         self.spot_prices: dict[tuple[str, str], float] = {}  # (type, zone) -> USD/h set through the control API
 
     def spot_price(self, instance_type: str, zone: str) -> float:
@@ -226,6 +218,13 @@ class SpotCloud:
             return bool(self.backend(region).describe_images(ami_ids=[image_id]))
         except Exception:
             return False
+
+    def young_instances(self, now: float | None = None) -> set[str]:
+        """Instances still inside EC2's consistency window (unknown to DescribeInstances)."""
+        if not self.faults.describe_not_found_seconds:
+            return set()
+        with self.lock:
+            return {i.instance_id for i in self.instances.values() if self.faults.unknown_yet(i.launched_at, now)}
 
     # -- capacity ------------------------------------------------------------------------------
     def set_capacity(
@@ -307,10 +306,15 @@ class SpotCloud:
             "PYTHONUNBUFFERED": "1",
             # The instance's /tmp: removed with the instance's directory, as an instance's disk goes with it.
             "TMPDIR": os.path.join(directory, "tmp"),
+            # Its own wall clock, when the control route set one: libfaketime in every process it starts.
+            **skewed_clock_env(self.faults.clock_offset_seconds, self.faults.skew_library),
         }
         os.makedirs(env["TMPDIR"])
-        # python3 on the instance: this interpreter's directory comes first, as an AMI's python3 would.
+        # python3 on the instance: this interpreter's directory comes first, as an AMI's python3 would, with the
+        # packages this one has (boto3): installed with pip --user (the official Airflow image) they are found
+        # through PYTHONUSERBASE, since the instance has its own HOME.
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+        env["PYTHONUSERBASE"] = site.getuserbase()
         console = open(os.path.join(directory, "console.log"), "wb")  # noqa: SIM115 (closed by the waiter)
         instance.proc = subprocess.Popen(
             ["bash", os.path.join(directory, "user-data.sh")],
@@ -406,8 +410,17 @@ class SpotCloud:
         reap_orphans()  # orphans of killed instances were re-parented to us (we are their subreaper)
 
 
+Reply = tuple[str, list, bytes]  # status, headers, body: an answer not yet sent
+
+
 class SpotCloudApp:
-    """WSGI middleware in front of moto's dispatcher."""
+    """WSGI middleware in front of moto's dispatcher.
+
+    Every EC2 request passes, in EC2's order: injected 5xx (``/_emulator/fault``), the API's token
+    bucket (``/_emulator/throttle``), then the action itself; an answer marked for dropping
+    (``/_emulator/drop``) is computed, and the connection closed instead of sending it. S3 PUTs
+    (``PutObject``) can be dropped the same way.
+    """
 
     def __init__(self, inner: Callable, cloud: SpotCloud) -> None:
         self.inner = inner
@@ -420,42 +433,82 @@ class SpotCloudApp:
         environ["wsgi.input"] = io.BytesIO(body)
         if path.startswith("/_emulator/"):
             return self._control(environ, body, start_response)
+        faults = self.cloud.faults
         if environ.get("REQUEST_METHOD") == "POST" and b"Action=" in body[:4096]:
             params = dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
             match = _REGION.search(environ.get("HTTP_AUTHORIZATION", ""))
             region = match.group(1) if match else "us-east-1"
-            if params.get("Action") == "RunInstances":
-                return self._run_instances(environ, params, region, start_response)
-            if params.get("Action") == "DescribeSpotPriceHistory":
-                return self._spot_price_history(environ, params.get("AvailabilityZone"), start_response)
-            if params.get("Action") == "TerminateInstances":
-                ids = [v for k, v in params.items() if k.startswith("InstanceId.")]
-                result = self._forward(environ, start_response)
-                self.cloud.on_terminate_api(ids)
-                return result
+            action = params.get("Action", "")
+            code = faults.take_fault(action)
+            if code is not None:
+                reply = _error(FAULT_STATUS[code], code, FAULT_MESSAGE[code])
+            elif not faults.admit(action):
+                reply = _error("503 Service Unavailable", "RequestLimitExceeded", "Request limit exceeded.")
+            else:
+                reply = self._ec2(environ, action, params, region)
+            if faults.take_drop(action):
+                return self._drop(environ)
+            return _send(start_response, reply)
+        if environ.get("REQUEST_METHOD") == "PUT" and faults.take_drop("PutObject"):
+            self._call_inner(environ)  # applied, then the answer is lost
+            return self._drop(environ)
         return self.inner(environ, start_response)
 
-    def _call_inner(self, environ: dict) -> dict:
-        """moto's whole answer: ``{"status", "headers", "body"}``, before anything is sent on."""
+    def _ec2(self, environ: dict, action: str, params: dict[str, str], region: str) -> Reply:
+        if action == "RunInstances":
+            return self._run_instances(environ, params, region)
+        if action == "DescribeInstances":
+            return self._describe_instances(environ, params)
+        if action == "DescribeSpotPriceHistory":
+            return self._spot_price_history(environ, params.get("AvailabilityZone"))
+        if action == "TerminateInstances":
+            ids = [v for k, v in params.items() if k.startswith("InstanceId.")]
+            reply = self._call_inner(environ)
+            if reply[0].startswith("200"):
+                self.cloud.on_terminate_api(ids)
+            return reply
+        return self._call_inner(environ)
+
+    @staticmethod
+    def _drop(environ: dict) -> list[bytes]:
+        """Close the client's connection with no answer (the request was carried out)."""
+        sock = environ.get("werkzeug.socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        raise ConnectionResetError("local spot cloud: answer dropped on purpose")  # werkzeug closes quietly
+
+    def _call_inner(self, environ: dict) -> Reply:
+        """moto's whole answer, before anything is sent on (each request has its own capture)."""
         captured: dict = {}
 
         def capture(status: str, headers: list, exc_info: Any = None) -> Callable:
             captured["status"], captured["headers"] = status, headers
             return lambda data: None
 
-        captured["body"] = b"".join(self.inner(environ, capture))
-        return captured
+        body = b"".join(self.inner(environ, capture))
+        return captured["status"], captured["headers"], body
 
-    def _forward(self, environ: dict, start_response: Callable) -> list[bytes]:
-        captured = self._last = self._call_inner(environ)
-        start_response(captured["status"], captured["headers"])
-        return [captured["body"]]
+    def _describe_instances(self, environ: dict, params: dict[str, str]) -> Reply:
+        """EC2's eventual consistency: an instance younger than the consistency window is unknown
+        when asked for by id (the whole call fails, as on EC2) and left out of filtered answers."""
+        young = self.cloud.young_instances()
+        asked = [v for k, v in params.items() if k.startswith("InstanceId.")]
+        unknown = [i for i in asked if i in young]
+        if unknown:
+            self.cloud.faults.counters["not_found"] += 1
+            ids = ", ".join(f"'{i}'" for i in unknown)
+            return _error("400 Bad Request", "InvalidInstanceID.NotFound", f"The instance ID {ids} does not exist")
+        reply = self._call_inner(environ)
+        if young and reply[0].startswith("200"):
+            body = _without_instances(reply[2], young)
+            return reply[0], _with_length(reply[1], body), body
+        return reply
 
-    def _spot_price_history(self, environ: dict, zone: str | None, start_response: Callable) -> list[bytes]:
+    def _spot_price_history(self, environ: dict, zone: str | None) -> Reply:
         """moto's answer with each item's price replaced by this cloud's price for its type and zone,
         and only for the zone asked for (as EC2 does; moto ignores AvailabilityZone)."""
-        captured = self._call_inner(environ)
-        body = captured["body"]
+        status, headers, body = self._call_inner(environ)
 
         def reprice(match: re.Match) -> bytes:
             item = match.group(0)
@@ -468,79 +521,62 @@ class SpotCloudApp:
             price = self.cloud.spot_price(found_type.group(1).decode(), found_zone.group(1).decode())
             return re.sub(rb"<spotPrice>[^<]*</spotPrice>", f"<spotPrice>{price:.6f}</spotPrice>".encode(), item)
 
-        if captured["status"].startswith("200"):
+        if status.startswith("200"):
             body = _PRICE_ITEM.sub(reprice, body)
-        headers = [(k, str(len(body)) if k.lower() == "content-length" else v) for k, v in captured["headers"]]
-        start_response(captured["status"], headers)
-        return [body]
+        return status, _with_length(headers, body), body
 
-    @staticmethod
-    def _error(start_response: Callable, status: str, code: str, message: str) -> list[bytes]:
-        data = _EC2_ERROR.format(code=code, message=message, request_id=os.urandom(8).hex()).encode()
-        start_response(status, [("Content-Type", "text/xml"), ("Content-Length", str(len(data)))])
-        return [data]
-
-    def _run_instances(
-        self, environ: dict, params: dict[str, str], region: str, start_response: Callable
-    ) -> list[bytes]:
+    def _run_instances(self, environ: dict, params: dict[str, str], region: str) -> Reply:
         cloud = self.cloud
         token = params.get("ClientToken")
         fingerprint = json.dumps(sorted((k, v) for k, v in params.items() if k != "ClientToken"))
         with cloud.lock:
             cloud.counters["run_instances"] += 1
+            token_lock = cloud.token_locks.setdefault(token, threading.Lock()) if token else contextlib.nullcontext()
+        with token_lock:  # check, launch and record one token at a time: two racing retries, one instance
             if token and token in cloud.tokens:
                 known_fingerprint, response = cloud.tokens[token]
                 if known_fingerprint != fingerprint:
-                    return self._error(
-                        start_response,
+                    return _error(
                         "400 Bad Request",
                         "IdempotentParameterMismatch",
                         "The client token you have provided is associated with a resource that is already deleted "
                         "or that has different parameters.",
                     )
-                cloud.counters["idempotent_replays"] += 1
-                start_response("200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(response)))])
-                return [response]
-        if cloud.run_instances_bucket is not None and not cloud.run_instances_bucket.take():
-            cloud.counters["throttled"] += 1
-            return self._error(
-                start_response, "503 Service Unavailable", "RequestLimitExceeded", "Request limit exceeded."
-            )
-        image_id = params.get("ImageId", "")
-        if not cloud.image_exists(region, image_id):  # EC2 checks this; moto does not
-            return self._error(
-                start_response,
-                "400 Bad Request",
-                "InvalidAMIID.NotFound",
-                f"The image id '[{image_id}]' does not exist",
-            )
-        market = "spot" if params.get("InstanceMarketOptions.MarketType") == "spot" else "on-demand"
-        instance_type = params.get("InstanceType", "m1.small")
-        zone = cloud.zone_of(region, params)
-        if not cloud.has_capacity(instance_type, zone, market):
-            cloud.counters["capacity_errors"] += 1
-            return self._error(
-                start_response,
-                "500 Internal Server Error",
-                "InsufficientInstanceCapacity",
-                f"We currently do not have sufficient {instance_type} capacity in the Availability Zone you "
-                f"requested ({zone}). Our system will be working on provisioning additional capacity.",
-            )
-        result = self._forward(environ, start_response)
-        captured = self._last
-        if captured["status"].startswith("200"):
-            ids = [m.decode() for m in _INSTANCE_ID.findall(captured["body"])]
-            with cloud.lock:
+                with cloud.lock:
+                    cloud.counters["idempotent_replays"] += 1
+                return "200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(response)))], response
+            image_id = params.get("ImageId", "")
+            if not cloud.image_exists(region, image_id):  # EC2 checks this; moto does not
+                return _error("400 Bad Request", "InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
+            market = "spot" if params.get("InstanceMarketOptions.MarketType") == "spot" else "on-demand"
+            instance_type = params.get("InstanceType", "m1.small")
+            zone = cloud.zone_of(region, params)
+            if not cloud.has_capacity(instance_type, zone, market):
+                with cloud.lock:
+                    cloud.counters["capacity_errors"] += 1
+                return _error(
+                    "500 Internal Server Error",
+                    "InsufficientInstanceCapacity",
+                    f"We currently do not have sufficient {instance_type} capacity in the Availability Zone you "
+                    f"requested ({zone}). Our system will be working on provisioning additional capacity.",
+                )
+            reply = self._call_inner(environ)
+            if reply[0].startswith("200"):
+                ids = [m.decode() for m in _INSTANCE_ID.findall(reply[2])]
                 if token:
-                    cloud.tokens[token] = (fingerprint, captured["body"])
-            for instance_id in ids[:1]:
-                cloud.start_instance(instance_id, region, params, "spot" if market == "spot" else "on-demand")
-        return result
+                    with cloud.lock:
+                        cloud.tokens[token] = (fingerprint, reply[2])
+                for instance_id in ids[:1]:
+                    cloud.start_instance(instance_id, region, params, "spot" if market == "spot" else "on-demand")
+            return reply
 
     def _control(self, environ: dict, body: bytes, start_response: Callable) -> list[bytes]:
         name = environ["PATH_INFO"][len("/_emulator/") :]
         method = environ.get("REQUEST_METHOD")
         cloud = self.cloud
+        faults = cloud.faults
+        if method == "GET" and name.startswith(pages.PREFIX):  # where the AWS console would be
+            return pages.serve(cloud, name, environ, start_response, lambda: pages.local_s3(cloud.endpoint_url))
         try:
             doc = json.loads(body) if body else {}
             if method == "GET" and name == "instances":
@@ -550,8 +586,9 @@ class SpotCloudApp:
                 result = {
                     "endpoint_url": cloud.endpoint_url,
                     "capacity": cloud.capacity_state(),
-                    "counters": dict(cloud.counters),
+                    "counters": {**cloud.counters, **faults.counters},
                     "notice_seconds": cloud.notice_seconds,
+                    "faults": faults.state(),
                 }
             elif method == "POST" and name == "interrupt":
                 result = cloud.interrupt(
@@ -576,20 +613,80 @@ class SpotCloudApp:
                 cloud.fabric_enabled = bool(doc.get("enabled", True))
                 result = {"fabric": cloud.fabric_enabled}
             elif method == "POST" and name == "throttle":
-                cloud.run_instances_bucket = (
-                    TokenBucket(float(doc.get("burst", 5)), float(doc.get("rate", 2)))
-                    if doc.get("enabled", True)
-                    else None
-                )
-                result = {"throttle": doc}
+                burst, rate = doc.get("burst"), doc.get("rate")
+                result = {
+                    "throttle": faults.set_throttle(
+                        str(doc.get("api", "RunInstances")),
+                        enabled=bool(doc.get("enabled", True)),
+                        burst=None if burst is None else float(burst),
+                        rate=None if rate is None else float(rate),
+                    )
+                }
+            elif method == "POST" and name == "fault":
+                result = faults.add_fault(str(doc.get("api", "*")), str(doc["code"]), int(doc.get("count", 1)))
+            elif method == "POST" and name == "drop":
+                result = faults.add_drop(str(doc.get("action", "*")), int(doc.get("count", 1)))
+            elif method == "POST" and name == "reset-faults":
+                library, cloud.faults = cloud.faults.skew_library, Faults()
+                cloud.faults.skew_library = library
+                result = cloud.faults.state()
+            elif method == "POST" and name == "consistency":
+                seconds = float(doc.get("describe_not_found_seconds", 0))
+                if seconds < 0:
+                    raise ValueError(f"describe_not_found_seconds must be 0 or more, got {seconds}")
+                faults.describe_not_found_seconds = seconds
+                result = {"describe_not_found_seconds": seconds}
+            elif method == "POST" and name == "clock":
+                offset = float(doc.get("offset_seconds", 0))
+                if offset and faults.skew_library is None:
+                    faults.skew_library = build_skew_library(cloud.state_dir)  # a clear error without gcc
+                faults.clock_offset_seconds = offset
+                result = {"offset_seconds": offset}
             else:
                 status, result = "404 Not Found", {"error": f"no control route {method} {environ['PATH_INFO']}"}
                 return _json(start_response, status, result)
         except KeyError as exc:
-            return _json(start_response, "404 Not Found", {"error": str(exc).strip("'\"")})
+            return _json(start_response, "404 Not Found", {"error": f"missing or unknown {str(exc).strip(chr(39))}"})
         except (TypeError, ValueError) as exc:
             return _json(start_response, "400 Bad Request", {"error": str(exc)})
         return _json(start_response, "200 OK", result)
+
+
+def _error(status: str, code: str, message: str) -> Reply:
+    data = _EC2_ERROR.format(code=code, message=message, request_id=os.urandom(8).hex()).encode()
+    return status, [("Content-Type", "text/xml"), ("Content-Length", str(len(data)))], data
+
+
+def _send(start_response: Callable, reply: Reply) -> list[bytes]:
+    start_response(reply[0], reply[1])
+    return [reply[2]]
+
+
+def _with_length(headers: list, body: bytes) -> list:
+    return [(k, str(len(body)) if k.lower() == "content-length" else v) for k, v in headers]
+
+
+def _without_instances(body: bytes, hidden: set[str]) -> bytes:
+    """A DescribeInstances answer without the ``hidden`` instances (and reservations left empty)."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return body
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    ElementTree.register_namespace("", ns.strip("{}"))
+    reservations = root.find(f"{ns}reservationSet")
+    if reservations is None:
+        return body
+    for reservation in list(reservations):
+        instances = reservation.find(f"{ns}instancesSet")
+        if instances is None:
+            continue
+        for instance in list(instances):
+            if instance.findtext(f"{ns}instanceId") in hidden:
+                instances.remove(instance)
+        if len(instances) == 0:
+            reservations.remove(reservation)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(root)
 
 
 def _json(start_response: Callable, status: str, doc: Any) -> list[bytes]:

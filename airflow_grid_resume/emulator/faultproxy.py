@@ -1,10 +1,13 @@
 """An HTTP proxy in front of moto that injects the faults real AWS produces and moto never does:
-throttling (503 SlowDown), internal errors (500) and dropped connections, on a seeded schedule."""
+throttling (503 SlowDown), internal errors (500), slow answers and lost answers (the request is
+applied, the connection closed before the response), on a seeded schedule."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +27,8 @@ CODES = {
 @dataclass
 class FaultRule:
     """Fail matching requests with ``status`` at ``rate`` (0-1), at most ``limit`` times.
-    ``status=0`` with a ``delay`` slows matching requests down instead of failing them."""
+    ``status=0`` with a ``delay`` slows matching requests down instead of failing them;
+    ``drop=True`` carries them out upstream, then closes the connection with no answer (a lost response)."""
 
     status: int = 503
     delay: float = 0.0
@@ -33,6 +37,7 @@ class FaultRule:
     path_contains: str = ""
     limit: int | None = None
     hits: int = 0
+    drop: bool = False
 
 
 def request_kind(method: str, path: str, body: bytes) -> str:
@@ -119,7 +124,7 @@ class FaultProxy:
                 rule = proxy._fault_for(self.command, self.path)
                 if rule is not None and rule.delay:
                     time.sleep(rule.delay)
-                if rule is not None and rule.status:
+                if rule is not None and rule.status and not rule.drop:
                     code, message = CODES.get(rule.status, ("InternalError", "injected"))
                     data = _ERROR_XML.format(code=code, message=message).encode()
                     self.send_response(rule.status)
@@ -134,6 +139,11 @@ class FaultProxy:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
+                    if rule is not None and rule.drop:  # applied upstream; the client never hears of it
+                        self.close_connection = True
+                        with contextlib.suppress(OSError):
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                        return
                     self.send_response(resp.status)
                     for key, value in resp.getheaders():
                         if key.lower() not in ("transfer-encoding", "connection", "content-length"):

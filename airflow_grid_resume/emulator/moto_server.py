@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,11 +20,32 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """A ``preexec_fn``: the child gets ``sig`` when the process that started it dies, even by SIGKILL
+    (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing). Start it from a thread that lives as long as the
+    parent: the signal follows the death of the starting thread."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
 class MotoServer:
     """Start ``python -m moto.server`` on a free loopback port; stop it (and only it) on exit."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, *, startup_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        startup_timeout: float = 30.0,
+        tied_to_parent: bool = False,
+    ) -> None:
         self.host = host
+        self.tied_to_parent = tied_to_parent  # ends when the process that started it dies, even by SIGKILL
         self.port = port or free_port(host)
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
@@ -36,6 +60,7 @@ class MotoServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env={**os.environ, "MOTO_CALL_RESET_API": "true"},
+            preexec_fn=die_with_parent if self.tied_to_parent else None,
         )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

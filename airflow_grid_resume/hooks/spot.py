@@ -6,15 +6,22 @@ Pure request building and error classification live in :mod:`airflow_grid_resume
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from airflow_grid_resume.spot.launch import (
     SPOT,
+    THROTTLE,
+    TRANSIENT,
     LaunchSpec,
     Pair,
     classify_error,
@@ -22,6 +29,11 @@ from airflow_grid_resume.spot.launch import (
     run_instances_params,
     run_tags,
 )
+
+T = TypeVar("T")
+# No answer at all (refused, reset, read timeout): for a launch, EC2 may have carried it out.
+NO_ANSWER = (HTTPClientError, BotoConnectionError)
+GONE = ("shutting-down", "terminated")
 
 RUN_TAG = "grid-resume:run-id"
 SESSION_TAG = "grid-resume:session"
@@ -38,9 +50,48 @@ class LaunchError(Exception):
         self.kind = classify_error(code)
 
 
-def launch_error(exc: ClientError) -> LaunchError:
-    err = exc.response.get("Error", {})
-    return LaunchError(str(err.get("Code", "Unknown")), str(err.get("Message", exc)))
+def launch_error(exc: Exception) -> LaunchError:
+    """A ClientError, or no answer at all (code ``ConnectionError``, classified transient)."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return LaunchError(str(err.get("Code", "Unknown")), str(err.get("Message", exc)))
+    return LaunchError("ConnectionError", f"no answer from EC2: {type(exc).__name__}: {exc}")
+
+
+def retryable(exc: Exception) -> bool:
+    """Throttling, EC2's 5xx codes and lost answers: worth the same request again after a backoff."""
+    if isinstance(exc, (ClientError, *NO_ANSWER)):
+        return launch_error(exc).kind in (THROTTLE, TRANSIENT)
+    return False
+
+
+def retry_delay(attempt: int, base: float = 0.5, cap: float = 8.0) -> float:
+    """Full jitter: many triggers throttled at once do not retry in step."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+def call_with_retries(fn: Callable[[], T], attempts: int = 6) -> T:
+    """``fn()`` retried on throttling, 5xx and lost answers (reads and idempotent writes only)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (ClientError, *NO_ANSWER) as exc:
+            if attempt == attempts - 1 or not retryable(exc):
+                raise
+            time.sleep(retry_delay(attempt))
+    raise AssertionError("unreachable")
+
+
+async def a_call_with_retries(fn: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
+    """The async twin of :func:`call_with_retries`."""
+    for attempt in range(attempts):
+        try:
+            return await fn()
+        except (ClientError, *NO_ANSWER) as exc:
+            if attempt == attempts - 1 or not retryable(exc):
+                raise
+            await asyncio.sleep(retry_delay(attempt))
+    raise AssertionError("unreachable")
 
 
 def _session_filters(run_id: str, session: int) -> list[dict]:
@@ -84,24 +135,27 @@ class SpotLaunchHook(AwsBaseHook):
     # -- subnets ---------------------------------------------------------------------------
     def subnet_zones(self, subnet_ids: list[str]) -> dict[str, str]:
         """subnet id -> availability zone, in the order given."""
-        found = {
-            s["SubnetId"]: s["AvailabilityZone"] for s in self.conn.describe_subnets(SubnetIds=subnet_ids)["Subnets"]
-        }
+        response = call_with_retries(lambda: self.conn.describe_subnets(SubnetIds=subnet_ids))
+        found = {s["SubnetId"]: s["AvailabilityZone"] for s in response["Subnets"]}
         return {s: found[s] for s in subnet_ids}
 
     async def a_subnet_zones(self, subnet_ids: list[str], client: Any = None) -> dict[str, str]:
         async with _client(self, client) as ec2:
-            response = await ec2.describe_subnets(SubnetIds=subnet_ids)
+            response = await a_call_with_retries(lambda: ec2.describe_subnets(SubnetIds=subnet_ids))
         found = {s["SubnetId"]: s["AvailabilityZone"] for s in response["Subnets"]}
         return {s: found[s] for s in subnet_ids}
 
     # -- idempotency: the session's instance, if one exists -----------------------------------
     def find_session_instance(self, run_id: str, session: int) -> dict | None:
-        return _first_instance(self.conn.describe_instances(Filters=_session_filters(run_id, session)))
+        """The session's live instance by its tags. EC2 may not list an instance launched seconds ago
+        (eventual consistency): a miss is not proof, which is why launches replay their last token."""
+        filters = _session_filters(run_id, session)
+        return _first_instance(call_with_retries(lambda: self.conn.describe_instances(Filters=filters)))
 
     async def a_find_session_instance(self, run_id: str, session: int, client: Any = None) -> dict | None:
+        filters = _session_filters(run_id, session)
         async with _client(self, client) as ec2:
-            return _first_instance(await ec2.describe_instances(Filters=_session_filters(run_id, session)))
+            return _first_instance(await a_call_with_retries(lambda: ec2.describe_instances(Filters=filters)))
 
     # -- launching -------------------------------------------------------------------------
     def launch(
@@ -119,7 +173,7 @@ class SpotLaunchHook(AwsBaseHook):
         params = self._params(spec, pair, lifecycle, run_id, session, user_data, expires_at)
         try:
             response = self.conn.run_instances(**params)
-        except ClientError as exc:
+        except (ClientError, *NO_ANSWER) as exc:
             raise launch_error(exc) from exc
         return response["Instances"][0]
 
@@ -139,7 +193,7 @@ class SpotLaunchHook(AwsBaseHook):
         async with _client(self, client) as ec2:
             try:
                 response = await ec2.run_instances(**params)
-            except ClientError as exc:
+            except (ClientError, *NO_ANSWER) as exc:
                 raise launch_error(exc) from exc
         return response["Instances"][0]
 
@@ -181,29 +235,85 @@ class SpotLaunchHook(AwsBaseHook):
 
     # -- describing and terminating ----------------------------------------------------------
     def describe_instances(self, instance_ids: list[str]) -> dict[str, dict]:
-        """instance id -> instance, for many instances in one call (batched across runs)."""
-        pages = self.conn.get_paginator("describe_instances").paginate(InstanceIds=instance_ids)
-        return {i["InstanceId"]: i for page in pages for r in page["Reservations"] for i in r["Instances"]}
+        """instance id -> instance, for many instances in one call. A filter by instance-id, not
+        ``InstanceIds``: an id EC2 does not know (yet) is left out instead of failing the call."""
+        if not instance_ids:
+            return {}
+        filters = [{"Name": "instance-id", "Values": list(instance_ids)}]
+
+        def call() -> dict[str, dict]:
+            pages = self.conn.get_paginator("describe_instances").paginate(Filters=filters)
+            return {i["InstanceId"]: i for page in pages for r in page["Reservations"] for i in r["Instances"]}
+
+        return call_with_retries(call)
 
     async def a_describe_instances(self, instance_ids: list[str], client: Any = None) -> dict[str, dict]:
+        if not instance_ids:
+            return {}
+        filters = [{"Name": "instance-id", "Values": list(instance_ids)}]
         async with _client(self, client) as ec2:
-            response = await ec2.describe_instances(InstanceIds=instance_ids)
+            response = await a_call_with_retries(lambda: ec2.describe_instances(Filters=filters))
         return {i["InstanceId"]: i for r in response["Reservations"] for i in r["Instances"]}
 
     def terminate(self, instance_ids: list[str]) -> None:
-        if instance_ids:
-            self.conn.terminate_instances(InstanceIds=instance_ids)
+        """TerminateInstances, retried (it is idempotent); an id EC2 does not know is skipped."""
+        for instance_id in instance_ids:
+            try:
+                call_with_retries(lambda i=instance_id: self.conn.terminate_instances(InstanceIds=[i]))
+            except ClientError as exc:
+                if "InvalidInstanceID" not in launch_error(exc).code:
+                    raise
 
     async def a_terminate(self, instance_ids: list[str], client: Any = None) -> None:
-        if instance_ids:
-            async with _client(self, client) as ec2:
-                await ec2.terminate_instances(InstanceIds=instance_ids)
+        async with _client(self, client) as ec2:
+            for instance_id in instance_ids:
+                try:
+                    await a_call_with_retries(lambda i=instance_id: ec2.terminate_instances(InstanceIds=[i]))
+                except ClientError as exc:
+                    if "InvalidInstanceID" not in launch_error(exc).code:
+                        raise
+
+    def ensure_terminated(self, instance_id: str, *, timeout: float = 300.0, interval: float = 2.0) -> bool:
+        """Terminate and keep at it until EC2 says shutting-down or terminated; False if ``timeout`` passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.terminate([instance_id])
+                state = self.describe_instances([instance_id]).get(instance_id, {}).get("State", {}).get("Name")
+                if state in GONE:
+                    return True
+            except (ClientError, *NO_ANSWER):
+                pass  # retried already; keep trying until the deadline
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(interval)
+
+    async def a_ensure_terminated(
+        self, instance_id: str, *, client: Any = None, timeout: float = 300.0, interval: float = 2.0
+    ) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self.a_terminate([instance_id], client=client)
+                found = await self.a_describe_instances([instance_id], client=client)
+                if found.get(instance_id, {}).get("State", {}).get("Name") in GONE:
+                    return True
+            except (ClientError, *NO_ANSWER):
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(interval)
+
+
+def hook_client(hook: AwsBaseHook, client: Any = None) -> Any:
+    """``async with hook_client(hook) as client``: a fresh aiobotocore client of any AWS hook, closed after."""
+    return _client(hook, client)
 
 
 class _client:
     """``async with`` over a caller's long-lived client (left open) or a fresh one (closed)."""
 
-    def __init__(self, hook: SpotLaunchHook, client: Any) -> None:
+    def __init__(self, hook: AwsBaseHook, client: Any) -> None:
         self.hook, self.client, self._cm = hook, client, None
 
     async def __aenter__(self) -> Any:
@@ -217,4 +327,4 @@ class _client:
             await self._cm.__aexit__(*exc)
 
 
-__all__ = ["SPOT", "LaunchError", "SpotLaunchHook"]
+__all__ = ["SPOT", "LaunchError", "SpotLaunchHook", "a_call_with_retries", "call_with_retries", "retryable"]

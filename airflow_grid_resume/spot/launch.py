@@ -16,6 +16,7 @@ ON_DEMAND = "on-demand"
 
 CAPACITY = "capacity"
 THROTTLE = "throttle"
+TRANSIENT = "transient"  # 5xx or no answer: the request may or may not have been carried out
 FATAL = "fatal"
 
 CAPACITY_CODES = frozenset(
@@ -30,6 +31,19 @@ CAPACITY_CODES = frozenset(
     }
 )
 THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled"})
+# EC2's server-side errors and lost answers: retry the same request (for a launch, with the same ClientToken).
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "InternalFailure",
+        "Unavailable",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "RequestExpired",
+        "ConnectionError",  # our name for a connection error or read timeout: no answer at all
+    }
+)
 
 # What to fix for the errors waiting cannot fix: (code prefix, parameter, advice).
 _FATAL_HINTS: tuple[tuple[str, str, str], ...] = (
@@ -60,11 +74,14 @@ _FATAL_HINTS: tuple[tuple[str, str, str], ...] = (
 
 
 def classify_error(code: str) -> str:
-    """capacity (try the next pair, then wait), throttle (back off), or fatal (fail now)."""
+    """capacity (try the next pair, then wait), throttle (back off), transient (retry the same request
+    after a backoff: it may have been carried out), or fatal (fail now)."""
     if code in CAPACITY_CODES:
         return CAPACITY
     if code in THROTTLE_CODES:
         return THROTTLE
+    if code in TRANSIENT_CODES:
+        return TRANSIENT
     return FATAL
 
 

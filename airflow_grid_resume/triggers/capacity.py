@@ -4,31 +4,33 @@ back off with jitter while there is none, and hand back the one instance of the 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, expiry_tag, launch_error
+from airflow_grid_resume.hooks.spot import NO_ANSWER, LaunchError, SpotLaunchHook, expiry_tag, launch_error
 from airflow_grid_resume.spot.bootstrap import render_user_data
 from airflow_grid_resume.spot.launch import (
     CAPACITY,
-    FATAL,
     SPOT,
     FallbackPolicy,
     LaunchSpec,
     Pair,
-    backoff_delay,
     explain_fatal,
     make_pairs,
-    order_pairs,
 )
-from airflow_grid_resume.triggers.clients import shared_client
-from airflow_grid_resume.triggers.ratelimit import launch_bucket
+from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, RETRY_SAME, Attempt, LaunchPlanner
+from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
+from airflow_grid_resume.triggers.ratelimit import AsyncTokenBucket, launch_bucket
+from airflow_grid_resume.triggers.run import AsyncLedgerReader
 from airflow_grid_resume.triggers.settle import settled
+
+# sessions/N/launch-attempt.json: the session's expiry tag and the last RunInstances attempted (Airflow side).
+ATTEMPT_RECORD = "launch-attempt.json"
 
 
 def _duration(seconds: float) -> str:
@@ -68,8 +70,10 @@ class SpotCapacityTrigger(BaseTrigger):
         fallback: dict | None = None,
         interruptions: int = 0,
         deferred_at: float | None = None,
+        expires_at: str | None = None,
     ) -> None:
         super().__init__()
+        self.expires_at = expires_at
         self.deferred_at = deferred_at
         self.run_id = run_id
         self.run_uri = run_uri
@@ -103,6 +107,7 @@ class SpotCapacityTrigger(BaseTrigger):
                 "fallback": self.fallback,
                 "interruptions": self.interruptions,
                 "deferred_at": self.deferred_at,
+                "expires_at": self.expires_at,
             },
         )
 
@@ -115,112 +120,98 @@ class SpotCapacityTrigger(BaseTrigger):
 
     async def _events(self) -> AsyncIterator[TriggerEvent]:
         spec = LaunchSpec.from_dict(self.spec)
-        policy = FallbackPolicy(**(self.fallback or {}))
         hook = self.hook()
+        s3_hook = SharedS3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
         bucket = launch_bucket(self.aws_conn_id, self.region_name)
-        rng = random.Random(f"{self.run_id}:{self.session}")
-        failed_at: dict[str, float] = {}
-        failures_in_a_row = rounds = 0
-        announced = False
         wait_log = WaitLog()
-        user_data = render_user_data(self.run_uri, self.session, self.region_name)
-        expires_at = expiry_tag(self.started_at, spec.expiry_hours)
-        async with shared_client(hook, ("ec2", self.aws_conn_id, self.region_name)) as client:
-            existing = await hook.a_find_session_instance(self.run_id, self.session, client=client)
+        announced = False
+        async with (
+            shared_client(hook, ("ec2", self.aws_conn_id, self.region_name)) as client,
+            shared_client(s3_hook, ("s3", self.aws_conn_id, self.region_name)) as s3,
+        ):
+            launcher = SessionLauncher(
+                hook,
+                client,
+                AsyncLedgerReader(s3, self.run_uri, self.session),
+                spec=spec,
+                run_id=self.run_id,
+                run_uri=self.run_uri,
+                session=self.session,
+                region=self.region_name,
+                expires_at=self.expires_at or expiry_tag(self.started_at, spec.expiry_hours),
+                bucket=bucket,
+                log=self.log,
+            )
+            existing = await launcher.existing()
             if existing is not None:
                 self.log.info("session %d already has instance %s: reattaching", self.session, existing["InstanceId"])
                 yield TriggerEvent(self._launched(existing, None, reused=True, rounds=0))
                 return
             try:
-                zones = await hook.a_subnet_zones(list(spec.subnet_ids), client=client)
-            except ClientError as exc:
+                pairs = await launcher.pairs()
+            except (ClientError, *NO_ANSWER) as exc:
                 err = launch_error(exc)
                 message = explain_fatal(err.code, err.message)
                 self.log.error("%s", message)
                 yield TriggerEvent({"status": "error", "code": err.code, "message": message})
                 return
-            pairs = make_pairs(spec.instance_types, zones)
+            planner = LaunchPlanner(
+                pairs,
+                run_id=self.run_id,
+                session=self.session,
+                policy=FallbackPolicy(**(self.fallback or {})),
+                interruptions=self.interruptions,
+                cool_down=self.cool_down,
+                backoff_base=self.backoff_base,
+                backoff_max=self.backoff_max,
+                replay=await launcher.last_attempt(),
+            )
             while True:
                 waited = time.time() - self.started_at
-                lifecycle = policy.lifecycle(
-                    capacity_failures_in_a_row=failures_in_a_row,
-                    interruptions=self.interruptions,
-                    waited_seconds=waited,
-                )
+                lifecycle = planner.lifecycle(waited)
                 if lifecycle != SPOT and not announced:
                     announced = True
-                    reason = policy.reason(
-                        capacity_failures_in_a_row=failures_in_a_row,
-                        interruptions=self.interruptions,
-                        waited_seconds=waited,
-                    )
+                    reason = planner.fallback_reason(waited)
                     self.log.warning("falling back to on-demand for session %d: %s", self.session, reason)
                     wait_log.append(f"falling back to on-demand: {reason}")
-                misses: list[str] = []
-                throttled = False
-                for pair in order_pairs(pairs, failed_at, time.monotonic(), self.cool_down):
-                    await bucket.acquire()
-                    try:
-                        instance = await hook.a_launch(
-                            spec,
-                            pair,
-                            lifecycle=lifecycle,
-                            run_id=self.run_id,
-                            session=self.session,
-                            user_data=user_data,
-                            expires_at=expires_at,
-                            client=client,
-                        )
-                    except LaunchError as exc:
-                        if exc.kind == FATAL:
-                            message = explain_fatal(exc.code, exc.message)
-                            self.log.error("%s", message)
-                            yield TriggerEvent(
-                                {
-                                    "status": "error",
-                                    "code": exc.code,
-                                    "message": message,
-                                    "instance_type": pair.instance_type,
-                                    "zone": pair.zone,
-                                }
-                            )
-                            return
-                        if exc.kind == CAPACITY:
-                            failed_at[pair.key] = time.monotonic()
-                            misses.append(f"{pair.instance_type} in {pair.zone} ({exc.code})")
-                            continue
-                        throttled = True  # RequestLimitExceeded: stop this round, back off
-                        misses.append(f"{pair.instance_type} in {pair.zone} (throttled: {exc.code})")
-                        break
-                    price = await self._price(hook, pair, lifecycle, client)
+                result = await launcher.round(planner, waited)
+                if result.error is not None:
+                    yield TriggerEvent({"status": "error", **result.error})
+                    return
+                if result.instance is not None and result.attempt is not None:
+                    price = await self._price(hook, result.attempt.pair, result.attempt.lifecycle, client)
                     event = self._launched(
-                        instance, price, reused=False, rounds=rounds + 1, lifecycle=lifecycle, pair=pair
+                        result.instance,
+                        price,
+                        reused=False,
+                        rounds=planner.rounds + 1,
+                        lifecycle=result.attempt.lifecycle,
+                        pair=result.attempt.pair,
                     )
                     yield TriggerEvent({**event, "wait_log": wait_log.lines()})
                     return
-                rounds += 1
-                if not throttled:
-                    failures_in_a_row += 1
+                backoff = planner.end_round()
                 remaining = self.started_at + self.max_wait - time.time()
                 if remaining <= 0:
+                    zones = sorted({p.zone for p in pairs})
                     message = (
                         f"no {lifecycle} capacity within {_duration(self.max_wait)} for any of "
-                        f"{', '.join(spec.instance_types)} in {', '.join(sorted(set(zones.values())))}"
+                        f"{', '.join(spec.instance_types)} in {', '.join(zones)}"
                     )
                     self.log.error("%s", message)
                     yield TriggerEvent(
                         {
                             "status": "timeout",
                             "message": message,
-                            "rounds": rounds,
+                            "rounds": planner.rounds,
                             "waited_seconds": time.time() - self.started_at,
                         }
                     )
                     return
-                delay = min(remaining, backoff_delay(rounds, base=self.backoff_base, cap=self.backoff_max, rng=rng))
+                delay = min(remaining, backoff)
                 what = "spot" if lifecycle == SPOT else "on-demand"
                 line = (
-                    f"no {what} capacity for {', '.join(misses)}; next try in {_duration(delay)} "
+                    f"no {what} capacity for {', '.join(result.misses)}; next try in {_duration(delay)} "
                     f"(waited {_duration(time.time() - self.started_at)} of {_duration(self.max_wait)})"
                 )
                 self.log.info("%s", line)
@@ -242,10 +233,138 @@ class SpotCapacityTrigger(BaseTrigger):
             return None
 
 
+@dataclass
+class RoundResult:
+    """One round over the pairs: the instance launched, or what stopped the round."""
+
+    instance: dict | None = None
+    attempt: Attempt | None = None
+    error: dict | None = None  # an error waiting cannot fix: code, message, instance_type, zone
+    misses: list[str] = field(default_factory=list)
+
+
+class SessionLauncher:
+    """The I/O of launching one session's instance, shared by the worker's first round and the capacity
+    trigger: the tag lookup, the durable record of the last attempt, and a round of RunInstances as
+    :class:`~airflow_grid_resume.spot.planner.LaunchPlanner` orders it."""
+
+    def __init__(
+        self,
+        hook: SpotLaunchHook,
+        client: Any,
+        ledger: AsyncLedgerReader,
+        *,
+        spec: LaunchSpec,
+        run_id: str,
+        run_uri: str,
+        session: int,
+        region: str | None,
+        expires_at: str,
+        bucket: AsyncTokenBucket,
+        log: Any,
+    ) -> None:
+        self.hook, self.client, self.ledger = hook, client, ledger
+        self.spec = spec
+        self.run_id, self.session = run_id, session
+        self.user_data = render_user_data(run_uri, session, region)
+        self.expires_at = expires_at
+        self.bucket = bucket
+        self.log = log
+        self._recorded: dict | None = None
+
+    async def existing(self) -> dict | None:
+        """The session's instance found by its tags (EC2 may not list one launched seconds ago)."""
+        return await self.hook.a_find_session_instance(self.run_id, self.session, client=self.client)
+
+    async def pairs(self) -> list[Pair]:
+        zones = await self.hook.a_subnet_zones(list(self.spec.subnet_ids), client=self.client)
+        return make_pairs(self.spec.instance_types, zones)
+
+    async def last_attempt(self) -> Attempt | None:
+        """The attempt the previous launcher of this session made last: replayed first, with its token."""
+        try:
+            doc = await self.ledger.get_json(ATTEMPT_RECORD) or {}
+        except (ClientError, *NO_ANSWER) as exc:
+            self.log.warning("could not read the last launch attempt of session %d: %s", self.session, exc)
+            return None
+        self._recorded = doc.get("attempt")
+        try:
+            return Attempt.from_dict(doc["attempt"]) if doc.get("attempt") else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    async def _record(self, attempt: Attempt) -> None:
+        """Before an attempt: note it in the ledger, so a launcher started after a crash replays it."""
+        doc = attempt.as_dict()
+        if doc == self._recorded:
+            return
+        try:
+            await self.ledger.put_json(
+                ATTEMPT_RECORD,
+                {"session": self.session, "expires_at": self.expires_at, "attempt": doc, "at": time.time()},
+            )
+            self._recorded = doc
+        except (ClientError, *NO_ANSWER) as exc:  # the tag lookup still protects a restart
+            self.log.warning("could not record the launch attempt of session %d: %s", self.session, exc)
+
+    async def round(self, planner: LaunchPlanner, waited: float) -> RoundResult:
+        result = RoundResult()
+        for attempt in planner.round(time.monotonic(), waited):
+            while True:
+                await self._record(attempt)
+                planner.before(attempt)
+                await self.bucket.acquire()
+                try:
+                    instance = await self.hook.a_launch(
+                        self.spec,
+                        attempt.pair,
+                        lifecycle=attempt.lifecycle,
+                        run_id=self.run_id,
+                        session=self.session,
+                        user_data=self.user_data,
+                        expires_at=self.expires_at,
+                        client=self.client,
+                    )
+                except LaunchError as exc:
+                    action = planner.failed(attempt, exc.kind, time.monotonic())
+                    where = f"{attempt.pair.instance_type} in {attempt.pair.zone}"
+                    if action == GIVE_UP:
+                        message = explain_fatal(exc.code, exc.message)
+                        self.log.error("%s", message)
+                        result.error = {
+                            "code": exc.code,
+                            "message": message,
+                            "instance_type": attempt.pair.instance_type,
+                            "zone": attempt.pair.zone,
+                        }
+                        return result
+                    if action == RETRY_SAME:
+                        delay = planner.transient_delay()
+                        self.log.warning(
+                            "launch of %s got no clear answer (%s); retrying it with the same ClientToken in %.0f s",
+                            where,
+                            exc.code,
+                            delay,
+                        )
+                        await asyncio.sleep(delay)
+                        continue
+                    result.misses.append(
+                        f"{where} ({exc.code})" if exc.kind == CAPACITY else f"{where} ({exc.kind}: {exc.code})"
+                    )
+                    if action == END_ROUND:
+                        return result
+                    break
+                planner.launched(attempt)
+                result.instance, result.attempt = instance, attempt
+                return result
+        return result
+
+
 class WaitLog:
     """The capacity wait's story, carried in the launched event: Airflow 3.3 writes a try's trigger
-    log to one file per triggerer, so the run trigger's log replaces this one. Bounded: the first
-    and the latest lines of a long wait, and how many were left out."""
+    log to one file per triggerer, so the run trigger's log replaces this one (the UI shows only the
+    current deferral's trigger log; raised upstream in the review of apache/airflow#70635, no issue
+    of its own). Bounded: the first and the latest lines of a long wait, and how many were left out."""
 
     def __init__(self, keep: int = 20) -> None:
         self.keep = keep

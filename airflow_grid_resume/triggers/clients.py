@@ -21,6 +21,8 @@ from botocore.config import Config
 from botocore.utils import parse_timestamp
 from dateutil.tz import tzutc
 
+from airflow_grid_resume.quiet import quiet_credential_logs
+
 # One shared client serves every run watch of a triggerer: 500 watches make several hundred calls a second.
 # botocore's default pool of 10 connections queues them behind each other (seen in
 # benchmarks/watch_bench.py); a connection is cheap, a request waiting for one is latency.
@@ -45,6 +47,7 @@ async def shared_client(hook: AwsBaseHook, key: tuple) -> AsyncIterator[Any]:
     entry = entries.setdefault(key, _Entry())
     async with entry.lock:
         if entry.client is None:
+            quiet_credential_logs()
             entry.context = await hook.get_async_conn()
             entry.client = await entry.context.__aenter__()
             use_fast_timestamps(entry.client)

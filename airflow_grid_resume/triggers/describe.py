@@ -3,7 +3,8 @@
 EC2's Describe* budget is per account (100 burst, 20 per second); 500 triggers describing their
 own instance every 30 s would spend it for nothing. Requests that arrive within ``window`` seconds
 are answered by one DescribeInstances for all their ids (100 per call: parsing 500 instances at once
-held the event loop for about 100 ms).
+held the event loop for about 100 ms). Throttling, 5xx and lost answers are retried with backoff; a
+batch that still fails answers ``Unknown`` to its watches only.
 """
 
 from __future__ import annotations
@@ -12,7 +13,21 @@ import asyncio
 import weakref
 from typing import Any
 
-from botocore.exceptions import ClientError
+from airflow_grid_resume.hooks.spot import a_call_with_retries
+
+
+class Unknown:
+    """DescribeInstances could not be answered this time (throttled, 5xx, no answer, after retries):
+    no evidence either way. A watch waits for a real answer; it never reads this as "gone"."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Unknown({self.error!r})"
+
+
+InstanceView = dict | Unknown | None  # the instance; no answer; or not listed by EC2 (unknown id)
 
 
 class DescribeBatcher:
@@ -23,8 +38,9 @@ class DescribeBatcher:
         self._flush: asyncio.Task | None = None
         self.calls = 0
 
-    async def state(self, client: Any, instance_id: str) -> dict | None:
-        """The instance as DescribeInstances shows it, or None if EC2 no longer knows it."""
+    async def state(self, client: Any, instance_id: str) -> InstanceView:
+        """The instance as DescribeInstances shows it; None if EC2 does not list it; ``Unknown`` if EC2
+        could not be asked (each batch's failure stays with that batch's answers, never an exception)."""
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending.setdefault(instance_id, []).append(future)
         if self._flush is None or self._flush.done():
@@ -44,41 +60,26 @@ class DescribeBatcher:
         ids = list(pending)
         for start in range(0, len(ids), self.max_ids):
             batch = ids[start : start + self.max_ids]
-            found: dict[str, dict] = {}
-            error: Exception | None = None
+            answer: dict[str, InstanceView]
             try:
-                self.calls += 1
-                response = await client.describe_instances(InstanceIds=batch)
+                # A filter, not InstanceIds: one id EC2 does not know yet (eventual consistency) would fail
+                # the whole call; a filter leaves it out.
+                filters = [{"Name": "instance-id", "Values": batch}]
+
+                async def call(filters: list = filters) -> dict:
+                    self.calls += 1
+                    return await client.describe_instances(Filters=filters)
+
+                response = await a_call_with_retries(call)
                 found = {i["InstanceId"]: i for r in response["Reservations"] for i in r["Instances"]}
-            except ClientError as exc:
-                if "InvalidInstanceID" in str(exc):
-                    found = await self._one_by_one(client, batch)
-                else:
-                    error = exc
-            except Exception as exc:
-                error = exc
+                answer = {i: found.get(i) for i in batch}
+            except Exception as exc:  # this batch only: its watches learn nothing this round
+                unknown = Unknown(f"{type(exc).__name__}: {exc}")
+                answer = dict.fromkeys(batch, unknown)
             for instance_id in batch:
                 for future in pending[instance_id]:
-                    if future.done():
-                        continue
-                    if error is not None:
-                        future.set_exception(error)
-                    else:
-                        future.set_result(found.get(instance_id))
-
-    async def _one_by_one(self, client: Any, ids: list[str]) -> dict[str, dict]:
-        """One unknown id fails the whole call; fall back to asking for each id alone."""
-        found = {}
-        for instance_id in ids:
-            try:
-                self.calls += 1
-                response = await client.describe_instances(InstanceIds=[instance_id])
-            except ClientError:
-                continue
-            for r in response["Reservations"]:
-                for i in r["Instances"]:
-                    found[i["InstanceId"]] = i
-        return found
+                    if not future.done():
+                        future.set_result(answer[instance_id])
 
 
 _BATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, DescribeBatcher]] = (

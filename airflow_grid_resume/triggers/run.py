@@ -3,7 +3,8 @@
 The ledger is the source of truth: the outcome the agent wrote decides succeeded, failed or
 interrupted. Without an outcome, a terminated instance or a heartbeat gone silent means the session
 was lost. The trigger enforces ``deadline`` (the operator's ``max_run``) itself, because Airflow's
-``execution_timeout`` does not count time spent deferred, and terminates the instance on the way out.
+``execution_timeout`` does not count time spent deferred (apache/airflow#69678 and #73475, open in
+Airflow 3), and terminates the instance on the way out.
 """
 
 from __future__ import annotations
@@ -17,17 +18,23 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger, plan_log_reads
 from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.uri import parse_s3_uri
-from airflow_grid_resume.hooks.spot import SpotLaunchHook
+from airflow_grid_resume.hooks.spot import GONE, SpotLaunchHook
+from airflow_grid_resume.logtext import complete_cut, log_lines
 from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
-from airflow_grid_resume.triggers.describe import describe_batcher
+from airflow_grid_resume.triggers.describe import Unknown, describe_batcher
+from airflow_grid_resume.triggers.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
+from airflow_grid_resume.triggers.liveness import GONE as GONE_VERDICT
 from airflow_grid_resume.triggers.settle import settled
 
-GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
+# How long, after an outcome, the bootstrap gets to power the instance off by itself before it is terminated.
+SELF_SHUTDOWN_GRACE = 30.0
+# How long a watch keeps trying to have EC2 confirm a termination before it reports anyway.
+TERMINATE_TIMEOUT = 300.0
 # How often, at most, the watch records its log offset in watch.json while output flows (and always
 # at the end, and when the triggerer cancels the watch): one PUT per poll would be 30 a minute per run.
 OFFSET_SAVE_INTERVAL = 10.0
@@ -200,8 +207,10 @@ class RunWatchTrigger(BaseTrigger):
         boot_timeout: float = 900.0,
         watch_beat: float = 60.0,
         deferred_at: float | None = None,
+        not_found_grace: float = 120.0,
     ) -> None:
         super().__init__()
+        self.not_found_grace = not_found_grace
         self.deferred_at = deferred_at
         self.watch_beat = watch_beat
         self._watch_written = 0.0
@@ -236,6 +245,7 @@ class RunWatchTrigger(BaseTrigger):
                 "boot_timeout": self.boot_timeout,
                 "watch_beat": self.watch_beat,
                 "deferred_at": self.deferred_at,
+                "not_found_grace": self.not_found_grace,
             },
         )
 
@@ -250,101 +260,121 @@ class RunWatchTrigger(BaseTrigger):
         s3_hook = SharedS3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
         ec2_hook = self._ec2_hook()
         batcher = describe_batcher(self.aws_conn_id, self.region_name)
-        self._beat_epoch: float | None = None  # the newest heartbeat's epoch read so far
         self._ledger: AsyncLedgerReader | None = None
         self._offset_logged = self._offset_saved = -1
         self._offset_saved_at = 0.0
+        liveness = Liveness(
+            now=time.monotonic(),
+            launched_ago=time.time() - self.launched_at,  # both Airflow-side clocks
+            heartbeat_timeout=self.heartbeat_timeout,
+            boot_timeout=self.boot_timeout,
+            not_found_grace=self.not_found_grace,
+        )
         async with (
             shared_client(s3_hook, ("s3", self.aws_conn_id, self.region_name)) as s3,
             shared_client(ec2_hook, ("ec2", self.aws_conn_id, self.region_name)) as ec2,
             self._log_offset_kept_on_cancel(),
         ):
             ledger = self._ledger = AsyncLedgerReader(s3, self.run_uri, self.session)
-            watched = await ledger.get_json("watch.json") or {}
-            offset = max(self.log_offset, int(watched.get("log_offset", 0)))
-            pending = b""
+            offset, pending = self.log_offset, b""
+            started = False
             next_instance_check = 0.0
             gone_seen = False
+            failures = 0
             while True:
-                offset, pending = await self._stream(ledger, offset, pending)
-                if time.time() - self._watch_written >= self.watch_beat:
-                    await self._mark_watched(ledger, offset)  # the agent stops a session nobody watches
-                # The LIST shows the outcome; a poll served by the next chunk's GET did not LIST, so once
-                # the instance was seen gone the outcome is read directly before anything is called lost
-                # (the agent writes it before the bootstrap powers off).
-                outcome = await ledger.get_json("outcome.json") if ledger.outcome_listed or gone_seen else None
-                if outcome is not None:
-                    offset, pending = await self._stream(ledger, offset, pending, final=True)
-                    status = str(outcome.get("status"))
-                    self.log.info("session %d ended: %s (%s)", self.session, status, outcome.get("reason", ""))
-                    yield TriggerEvent(self._event(status, offset, outcome=outcome))
-                    return
-                now = time.time()
-                if self.deadline is not None and now >= self.deadline:
-                    self.log.error("max_run reached: terminating instance %s", self.instance_id)
-                    await self._terminate(ec2_hook, ec2)
-                    offset, pending = await self._stream(ledger, offset, pending, final=True)
-                    yield TriggerEvent(self._event("timeout", offset, reason="max_run reached; instance terminated"))
-                    return
-                silent = await self._lost_reason(ledger, now)
-                lost = reason = None
-                if now >= next_instance_check or silent or gone_seen:
-                    next_instance_check = now + self.instance_check_interval
-                    instance = await batcher.state(ec2, self.instance_id)
-                    state = (instance or {}).get("State", {}).get("Name", "unknown to EC2")
-                    if instance is None or state in GONE_STATES:
-                        reason = (instance or {}).get("StateReason", {}).get("Code") or state
-                        # The agent records its outcome before the bootstrap powers off: look once more first.
-                        lost = (
-                            f"instance {self.instance_id} is {state} ({reason}) with no outcome" if gone_seen else None
+                try:
+                    if not started:
+                        watched = await ledger.get_json("watch.json") or {}
+                        offset = max(self.log_offset, int(watched.get("log_offset", 0)))
+                        started = True
+                    offset, pending = await self._stream(ledger, offset, pending)
+                    if time.time() - self._watch_written >= self.watch_beat:
+                        await self._mark_watched(ledger, offset)  # the agent stops a session nobody watches
+                    # The LIST shows the outcome; a poll served by the next chunk's GET did not LIST, so once
+                    # the instance was seen gone the outcome is read directly before anything is called lost
+                    # (the agent writes it before the bootstrap powers off).
+                    outcome = await ledger.get_json("outcome.json") if ledger.outcome_listed or gone_seen else None
+                    if outcome is not None:
+                        offset, pending = await self._stream(ledger, offset, pending, final=True)
+                        status = str(outcome.get("status"))
+                        self.log.info("session %d ended: %s (%s)", self.session, status, outcome.get("reason", ""))
+                        await self._end_instance(ec2_hook, ec2, self_shutdown_grace=SELF_SHUTDOWN_GRACE)
+                        yield TriggerEvent(self._event(status, offset, outcome=outcome))
+                        return
+                    if self.deadline is not None and time.time() >= self.deadline:
+                        self.log.error("max_run reached: terminating instance %s", self.instance_id)
+                        await self._end_instance(ec2_hook, ec2)
+                        offset, pending = await self._stream(ledger, offset, pending, final=True)
+                        yield TriggerEvent(
+                            self._event("timeout", offset, reason="max_run reached; instance terminated")
                         )
+                        return
+                    now = time.monotonic()
+                    if liveness.heartbeat_due(now):
+                        beat = await ledger.get_json("heartbeat.json")
+                        liveness.heartbeat(None if beat is None else (beat.get("seq"), beat.get("time")), now)
+                    verdict = liveness.verdict(now)
+                    if now >= next_instance_check or verdict.kind not in (ALIVE, BOOTING) or gone_seen:
+                        next_instance_check = now + self.instance_check_interval
+                        view = await batcher.state(ec2, self.instance_id)
+                        if isinstance(view, Unknown):
+                            self.log.warning("could not describe %s this time: %s", self.instance_id, view.error)
+                        else:
+                            liveness.instance(view, now)
+                        verdict = liveness.verdict(now)
+                    lost = None
+                    if verdict.kind == GONE_VERDICT:
+                        # The agent records its outcome before the bootstrap powers off: look once more first.
+                        lost = f"instance {self.instance_id}: {verdict.reason}, with no outcome" if gone_seen else None
                         gone_seen = True
-                    elif silent:
-                        lost = silent  # the instance runs but the agent is dead or hung: stop paying for it
-                if lost and reason == SELF_SHUTDOWN and await ledger.get_json("session.json") is None:
-                    # Powered itself off and never claimed its session: the bootstrap failed on this image
-                    # (no python3 >= 3.10 with boto3, no S3 access). Not spot weather: a failure.
-                    offset, pending = await self._stream(ledger, offset, pending, final=True)
-                    self.log.error("session %d: %s", self.session, BOOT_FAILURE)
-                    yield TriggerEvent(self._event("failed", offset, reason=BOOT_FAILURE))
-                    return
-                if lost:
-                    offset, pending = await self._stream(ledger, offset, pending, final=True)
-                    self.log.warning("session %d lost: %s", self.session, lost)
-                    await self._terminate(ec2_hook, ec2)
-                    if await ledger.release_dead_lease(self.instance_id):
-                        self.log.info("released the lost agent's lease so the next session can start at once")
-                    yield TriggerEvent(self._event("lost", offset, reason=lost))
-                    return
-                await asyncio.sleep(self.poll_interval)
+                    elif verdict.kind in (SILENT, NO_AGENT) and liveness.not_found_since is None:
+                        lost = verdict.reason  # the instance runs but the agent is dead or hung: stop paying for it
+                    if lost and verdict.state == SELF_SHUTDOWN and await ledger.get_json("session.json") is None:
+                        # Powered itself off and never claimed its session: the bootstrap failed on this image
+                        # (no python3 >= 3.10 with boto3, no S3 access). Not spot weather: a failure.
+                        offset, pending = await self._stream(ledger, offset, pending, final=True)
+                        self.log.error("session %d: %s", self.session, BOOT_FAILURE)
+                        await self._end_instance(ec2_hook, ec2)
+                        yield TriggerEvent(self._event("failed", offset, reason=BOOT_FAILURE))
+                        return
+                    if lost:
+                        offset, pending = await self._stream(ledger, offset, pending, final=True)
+                        self.log.warning("session %d lost: %s", self.session, lost)
+                        await self._end_instance(ec2_hook, ec2)
+                        if await ledger.release_dead_lease(self.instance_id):
+                            self.log.info("released the lost agent's lease so the next session can start at once")
+                        yield TriggerEvent(self._event("lost", offset, reason=lost))
+                        return
+                    failures = 0
+                except (ClientError, BotoCoreError) as exc:  # after retries: no evidence of anything; try again
+                    failures += 1
+                    if failures in (1, 10) or failures % 100 == 0:
+                        self.log.warning("reading session %d failed (%d in a row): %s", self.session, failures, exc)
+                await asyncio.sleep(self.poll_interval * (2 ** min(failures, 3)))
 
-    async def _terminate(self, hook: SpotLaunchHook, client: Any = None) -> None:
+    async def _end_instance(self, hook: SpotLaunchHook, client: Any, *, self_shutdown_grace: float = 0.0) -> None:
+        """No instance outlives its session: after an outcome, give the bootstrap ``self_shutdown_grace``
+        seconds to power off on its own (the agent still releases its lease), then terminate and
+        retry until EC2 confirms. An unconfirmed termination is logged for ``grid-resume reap``."""
+        deadline = time.monotonic() + self_shutdown_grace
+        while time.monotonic() < deadline:
+            if await self._instance_state(hook, client) in GONE:
+                return
+            await asyncio.sleep(1.0)
+        if not await hook.a_ensure_terminated(self.instance_id, client=client, timeout=TERMINATE_TIMEOUT):
+            self.log.error(
+                "could not confirm that instance %s is terminated within %.0f s; `grid-resume reap` finds it by its "
+                "tags once its expiry passes",
+                self.instance_id,
+                TERMINATE_TIMEOUT,
+            )
+
+    async def _instance_state(self, hook: SpotLaunchHook, client: Any) -> str | None:
         try:
-            await hook.a_terminate([self.instance_id], client=client)
-        except ClientError as exc:  # already gone is fine; anything else is worth a line in the log
-            if "InvalidInstanceID" not in str(exc):
-                self.log.error("could not terminate instance %s: %s", self.instance_id, exc)
-
-    async def _lost_reason(self, ledger: AsyncLedgerReader, now: float) -> str | None:
-        """Why the agent looks dead, or None while it looks alive (or still booting).
-
-        The heartbeat is read only when what was last read no longer proves the agent alive (or
-        was never read and the boot time is over): a heartbeat younger than ``heartbeat_timeout``
-        needs no second look, and the judgement is always made on a fresh read. This saves one
-        GET per poll (the agent beats every 10 s, the watch polls every 2 s).
-        """
-        if self._beat_epoch is None and now - self.launched_at <= self.boot_timeout:
-            return None  # no heartbeat yet is fine while the agent may still be booting
-        if self._beat_epoch is None or now - self._beat_epoch > self.heartbeat_timeout:
-            heartbeat = await ledger.get_json("heartbeat.json")
-            if heartbeat is not None:
-                self._beat_epoch = float(heartbeat.get("epoch", now))
-        if self._beat_epoch is None:
-            return f"no heartbeat {self.boot_timeout:.0f} s after launch: the agent never started"
-        silent = now - self._beat_epoch
-        if silent > self.heartbeat_timeout:
-            return f"the agent's heartbeat stopped {silent:.0f} s ago"
-        return None
+            found = await hook.a_describe_instances([self.instance_id], client=client)
+        except (ClientError, BotoCoreError):
+            return None
+        return found.get(self.instance_id, {}).get("State", {}).get("Name")
 
     async def _stream(
         self, ledger: AsyncLedgerReader, offset: int, pending: bytes, *, final: bool = False
@@ -352,10 +382,10 @@ class RunWatchTrigger(BaseTrigger):
         """Log every complete new line into the task log; remember how far in the ledger."""
         data, _ = await ledger.read_log(offset + len(pending))
         buffered = pending + data
-        cut = len(buffered) if final else buffered.rfind(b"\n") + 1
+        cut = len(buffered) if final else complete_cut(buffered)
         if cut <= 0:
             return offset, buffered
-        for line in buffered[:cut].decode(errors="replace").splitlines():
+        for line in log_lines(buffered[:cut].decode(errors="replace")):
             self.log.info("%s", line)
         offset += cut
         self._offset_logged = offset
@@ -398,6 +428,8 @@ class RunWatchTrigger(BaseTrigger):
         }
 
     async def on_kill(self) -> None:
-        """A user marked the deferred task failed/success or cleared it: the instance must not live on."""
+        """A user marked the deferred task failed/success or cleared it: the instance must not live on.
+        Bounded by Airflow's ``[triggerer] on_kill_timeout`` (30 s); the reaper covers the rest."""
         self.log.warning("task stopped by a user: terminating instance %s", self.instance_id)
-        await self._terminate(self._ec2_hook())
+        if not await self._ec2_hook().a_ensure_terminated(self.instance_id, timeout=20.0):
+            self.log.error("could not confirm that %s is terminated; `grid-resume reap` finds it", self.instance_id)

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--progress-regex",
         metavar="REGEX",
-        help=r"progress number in the output, first group (e.g. 'step (\d+)'); default: 'grid-resume-progress N'",
+        help=r"progress number in the output, first group (e.g. '^step (\d+)'), for scripts that do not print "
+        "the protocol's 'grid-resume: progress DONE/TOTAL' lines",
     )
     parser.add_argument("--include", action="append", default=[], metavar="GLOB", help="as the agent's --include")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="as the agent's --exclude")

@@ -7,11 +7,14 @@ when the group's SIGTERM arrives, ``RECORD_BASE.end.json`` when the command exit
 the way the command did (re-raising the same signal), so the agent classifies the session
 exactly as it would without the probe. The agent's SIGKILL at the deadline kills the probe too:
 then there is no end record, which is how verify knows the command was killed.
+If the agent itself dies (verify was killed and took its agents with it), the probe kills its whole
+process group, command and children included, so nothing runs on unattended.
 Standard library only, and nothing to import: it must start fast.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -19,6 +22,27 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+
+PR_SET_PDEATHSIG = 1
+
+
+def end_group_with_parent() -> None:
+    """When the agent (our parent) dies, SIGKILL our process group: the command and all it started.
+    Linux ``PR_SET_PDEATHSIG``; elsewhere nothing."""
+    parent = os.getppid()
+
+    def end_group(*_: object) -> None:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    if not sys.platform.startswith("linux"):
+        return
+    signal.signal(signal.SIGHUP, end_group)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGHUP), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the prctl took effect
+        end_group()
 
 
 def write_record(path: str, doc: dict) -> None:
@@ -54,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_record(f"{base}.sigterm.json", {"sigterm_at": sigterm_at[0]})
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    end_group_with_parent()
     env = os.environ
     record = {
         "probe_pid": os.getpid(),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# The documented protocol: a line "grid-resume-progress N" (N = completed units of work).
-DEFAULT_PROGRESS_REGEX = r"grid-resume-progress[:= ]\s*(\d+(?:\.\d+)?)"
+from airflow_grid_resume.agent.progress import parse_progress as parse_protocol_line
+
 _GRACE = re.compile(r"it has (\d+(?:\.\d+)?) s to save")
 
 
@@ -23,6 +24,7 @@ class SessionRecord:
     label: str
     session: int | None = None
     planned_offset: float | None = None
+    planned_step: float | None = None  # the progress number at which its notice was to be posted
     notice_posted_at: float | None = None
     agent_exit: int | None = None
     agent_ended_at: float | None = None
@@ -36,6 +38,8 @@ class SessionRecord:
     tail: list[str] = field(default_factory=list)
     agent_lines: list[str] = field(default_factory=list)
     timed_out: bool = False
+    notice_in: float | None = None  # seconds from the notice's posting to its reclaim time
+    work_left: float | None = None  # seconds of the reference's work still left when SIGTERM came
 
     @property
     def status(self) -> str:
@@ -116,6 +120,11 @@ class SessionRecord:
     def progress_values(self) -> list[float]:
         return [value for _, value in self.progress]
 
+    def progress_by(self, when: float) -> float | None:
+        """The highest progress number received up to ``when`` (epoch), or None."""
+        values = [value for at, value in self.progress if at <= when]
+        return max(values) if values else None
+
 
 def parse_progress(line: str, pattern: re.Pattern[str]) -> float | None:
     """The progress number in an output line (the regex's first group), or None."""
@@ -128,6 +137,15 @@ def parse_progress(line: str, pattern: re.Pattern[str]) -> float | None:
         return None
 
 
-def compile_progress(regex: str | None) -> re.Pattern[str]:
-    """The user's ``--progress-regex`` or the protocol's marker."""
-    return re.compile(regex or DEFAULT_PROGRESS_REGEX)
+def progress_reader(regex: str | None) -> Callable[[str], float | None]:
+    """What reads a progress number from a line: the protocol (``grid-resume: progress DONE[/TOTAL]``,
+    docs/agent.md) or, when given, the user's ``--progress-regex`` (its first group)."""
+    if regex:
+        pattern = re.compile(regex)
+        return lambda line: parse_progress(line, pattern)
+
+    def read(line: str) -> float | None:
+        found = parse_protocol_line(line)
+        return None if found is None else float(found.done)
+
+    return read

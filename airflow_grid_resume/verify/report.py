@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 
+from airflow_grid_resume.verify.chaos import FLOOR_SECONDS
 from airflow_grid_resume.verify.records import SessionRecord
 from airflow_grid_resume.verify.runner import VerifyResult
 from airflow_grid_resume.verify.verdict import Verdict
@@ -14,7 +15,8 @@ def render(result: VerifyResult, verdict: Verdict) -> str:
     lines = [
         f"grid-resume verify: {shlex.join(cfg.command)}",
         f"  seed {cfg.seed} (rerun with --seed {cfg.seed}), {_plural(cfg.interruptions, 'interruption')} planned, "
-        f"{cfg.notice_seconds:g} s notice (the agent allows about {cfg.allowed_seconds:.1f} s after SIGTERM)",
+        f"{cfg.notice_seconds:g} s notice (after SIGTERM a command gets half the work left, at least "
+        f"{FLOOR_SECONDS:g} s and its start-up, at most {cfg.allowed_seconds:.1f} s)",
         f"  workdir snapshot: {result.snapshot}",
     ]
     if result.points:
@@ -49,22 +51,37 @@ def describe(record: SessionRecord) -> str:
         return f"the command never started (agent exit {record.agent_exit}): {reason}"
     if record.interrupted:
         planned = f" (planned {record.planned_offset:.2f} s)" if record.planned_offset is not None else ""
+        if record.planned_step is not None:
+            planned = f" (notice planned at step {_n(record.planned_step)})"
         parts.append(f"SIGTERM {_s(record.ran_before_sigterm)} in{planned}")
+        allowed = f" ({_s(record.grace_seconds)} allowed)" if record.grace_seconds is not None else ""
         if record.killed:
-            parts.append("still running at the deadline: killed")
+            parts.append(f"still running at the deadline{allowed}: killed")
         else:
-            parts.append(f"exit {record.returncode} {_s(record.exit_latency)} after it")
+            parts.append(f"exit {record.returncode} {_s(record.exit_latency)} after it{allowed}")
         if record.manifest:
-            parts.append(f"saved {record.manifest}")
+            parts.append(f"the agent's final sync committed {record.manifest}")
     elif record.timed_out:
         parts.append("did not finish in time: stopped by verify")
     elif record.status == "succeeded":
-        parts.append(f"succeeded in {_s(record.duration)}")
         if record.notice_posted_at is not None and record.started_at is not None:
             posted = record.notice_posted_at - record.started_at
-            parts.append(f"before the notice posted {posted:.2f} s in reached it")
-        elif record.planned_offset is not None:
-            parts.append(f"before its interruption point ({record.planned_offset:.2f} s)")
+            parts.append(
+                f"succeeded in {_s(record.duration)}: it finished before the agent saw the notice posted "
+                f"{posted:.2f} s in, so it was not interrupted"
+            )
+        elif record.planned_offset is not None or record.planned_step is not None:
+            point = (
+                f"step {_n(record.planned_step)}"
+                if record.planned_step is not None
+                else f"{(record.planned_offset or 0.0):.2f} s"
+            )
+            parts.append(
+                f"succeeded in {_s(record.duration)}: it finished before its interruption point ({point}), "
+                "so it was not interrupted"
+            )
+        else:
+            parts.append(f"succeeded in {_s(record.duration)}")
     else:
         reason = (record.outcome or {}).get("reason") or record.status
         parts.append(f"{record.status}: {reason} after {_s(record.duration)}")

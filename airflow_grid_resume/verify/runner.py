@@ -1,10 +1,11 @@
 """Running the sessions: a local moto S3, one metadata service and one real agent process per session.
 
 The workdir is uploaded as session 0 of two runs (as the operator does), one for the reference and
-one for the interrupted chain; every session restores into a fresh temporary directory, as a new
-instance would. The command runs under the probe (``verify.probe``), which times it from inside
-the agent's process group. Everything started here is stopped, and every temporary directory
-removed, before ``run()`` returns or raises.
+one for the interrupted chain; every session restores into a fresh, empty directory at the same
+absolute path, as a new instance would (checkpoints that record absolute paths, as Lightning's do,
+then match). The command runs under the probe (``verify.probe``), which times it from inside the
+agent's process group. Everything started here is stopped, and every temporary directory removed,
+before ``run()`` returns or raises; the agents and the local S3 also end if verify itself is killed.
 """
 
 from __future__ import annotations
@@ -34,18 +35,27 @@ from airflow_grid_resume.agent.scan import PathFilter
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.imds import MetadataService
-from airflow_grid_resume.emulator.moto_server import MotoServer
-from airflow_grid_resume.verify.chaos import next_offset, plan_points, startup_seconds
+from airflow_grid_resume.emulator.moto_server import MotoServer, die_with_parent
+from airflow_grid_resume.verify.chaos import (
+    FLOOR_SECONDS,
+    allowed_after_sigterm,
+    next_offset,
+    plan_points,
+    progress_span,
+    progress_target,
+    startup_seconds,
+)
 from airflow_grid_resume.verify.churn import ChurnReport, analyse, snapshot
 from airflow_grid_resume.verify.outputs import OutputDiff, diff_outputs, file_hashes
 from airflow_grid_resume.verify.probe import read_record
-from airflow_grid_resume.verify.records import SessionRecord, compile_progress, parse_progress
+from airflow_grid_resume.verify.records import SessionRecord, progress_reader
 
 AGENT_PREFIX = "[grid-resume]"
 TAIL_LINES = 40
 POLL = 0.02
 IMDS_POLL = 0.2  # the agents' --imds-poll: how late after its posting a notice is seen
 MIN_WORK_SHARE = 0.03  # each interrupted session works at least this share of the reference
+AGENT_SIGNAL_GRACE = 5.0  # how long the agent lets the command exit when verify itself stops the agent
 
 
 @dataclass(frozen=True)
@@ -77,8 +87,16 @@ class VerifyConfig:
 
     @property
     def allowed_seconds(self) -> float:
-        """About how long the agent lets the command run after SIGTERM (the notice time has 1 s resolution)."""
+        """At most how long the agent lets the command run after SIGTERM (the notice time has 1 s resolution)."""
         return max(self.min_grace, self.notice_seconds - self.sync_reserve)
+
+    def allowed_for(self, work_left: float, startup: float = 0.0) -> float:
+        """The time after SIGTERM a session gets when about ``work_left`` seconds of work remain."""
+        return allowed_after_sigterm(work_left, self.allowed_seconds, startup)
+
+    @property
+    def agent_min_grace(self) -> float:
+        return min(self.min_grace, FLOOR_SECONDS)
 
 
 @dataclass
@@ -104,8 +122,9 @@ class Verifier:
             raise ValueError(f"--workdir {config.workdir} is not a directory")
         self.config = config
         self.say = say or (lambda _msg: None)
-        self.pattern = compile_progress(config.progress_regex)
+        self.read_progress = progress_reader(config.progress_regex)
         self.root = ""
+        self.instance = ""  # the one workdir path every session uses, emptied in between
         self.env: dict[str, str] = {}
 
     def run(self) -> VerifyResult:
@@ -117,7 +136,8 @@ class Verifier:
                 stack.callback(shutil.rmtree, self.root, True)
             os.makedirs(os.path.join(self.root, "tmp"))
             os.makedirs(os.path.join(self.root, "probe"))
-            endpoint = self.config.s3_endpoint or stack.enter_context(MotoServer()).endpoint_url
+            self.instance = os.path.join(self.root, "instance")
+            endpoint = self.config.s3_endpoint or stack.enter_context(MotoServer(tied_to_parent=True)).endpoint_url
             self.env = self._agent_env(endpoint)
             client = _s3_client(endpoint)
             bucket = f"grid-resume-verify-{uuid.uuid4().hex[:12]}"
@@ -148,15 +168,39 @@ class Verifier:
         result.startup = startup_seconds(reference.first_output_after, reference.duration)
         work = reference.duration - result.startup
         result.points = plan_points(cfg.seed, cfg.interruptions, work)
-        limit = max(60.0, 3 * reference.duration) + cfg.notice_seconds + 30
-        session, done = 0, 0.0
+        # A resumed session that neither ends nor is stopped hangs: it gets three times the reference.
+        limit = max(5.0, 3 * reference.duration) + cfg.allowed_seconds + cfg.sync_reserve + 5
+        steps = progress_span(reference)
+        session, done, reached = 0, 0.0, None
         for point in result.points:
             session += 1
             offset = next_offset(point, done, result.startup, MIN_WORK_SHARE * work, work, IMDS_POLL)
-            self.say(f"session {session}: interrupting {offset:.2f} s after the command starts...")
-            record = self._session(f"session {session}", chain_uri, chain_ledger, session, offset, limit)
+            target = None
+            if steps is not None:  # the script prints progress: interrupt at a step, immune to the machine's speed
+                target = progress_target(point / work, steps, reached)
+                left = work * max(0.0, steps[1] - target) / max(1.0, steps[1] - steps[0])
+                allowed = cfg.allowed_for(left, result.startup)
+                self.say(f"session {session}: notice at step {target:g}, {allowed:.1f} s to exit...")
+            else:
+                allowed = cfg.allowed_for(work - done - max(0.0, offset - result.startup), result.startup)
+                self.say(f"session {session}: notice {offset:.2f} s after the command starts, {allowed:.1f} s to exit")
+            record = self._session(
+                f"session {session}",
+                chain_uri,
+                chain_ledger,
+                session,
+                offset,
+                limit,
+                allowed + cfg.sync_reserve,
+                result.startup,
+                target,
+            )
+            if record.progress:
+                reached = max(record.progress_values + ([reached] if reached is not None else []))
             result.chain.append(record)
             self.say(f"session {session}: {record.status}")
+            if record.ran_before_sigterm is not None:
+                record.work_left = max(0.0, work - done - max(0.0, record.ran_before_sigterm - result.startup))
             if not (record.interrupted and record.status == "interrupted"):
                 break  # finished before its point, crashed or hung: the chain ends here
             done += max(0.0, (record.ran_before_stop or 0.0) - result.startup)
@@ -177,23 +221,45 @@ class Verifier:
 
     # -- one session -------------------------------------------------------------------------
     def _session(
-        self, label: str, run_uri: str, ledger: RunLedger, expected: int, offset: float | None, timeout: float
+        self,
+        label: str,
+        run_uri: str,
+        ledger: RunLedger,
+        expected: int,
+        offset: float | None,
+        timeout: float,
+        notice_in: float | None = None,
+        startup: float = 0.0,
+        target: float | None = None,
     ) -> SessionRecord:
         cfg = self.config
-        record = SessionRecord(label, planned_offset=offset)
+        record = SessionRecord(label, planned_offset=None if target is not None else offset, planned_step=target)
         base = os.path.join(self.root, "probe", re.sub(r"\W+", "-", label))
-        workdir = tempfile.mkdtemp(prefix="instance-", dir=self.root)
+        workdir = self.instance  # a new instance: the same path, nothing in it
+        shutil.rmtree(workdir, ignore_errors=True)
+        os.makedirs(workdir)
         start: dict | None = None
         agent: subprocess.Popen | None = None
         try:
             with MetadataService(instance_id=f"i-verify{uuid.uuid4().hex[:9]}") as imds:
                 with self._agent(run_uri, workdir, imds.url, base) as agent:
-                    collector = _Collector(agent, self.pattern, label, self.say if cfg.show_output else None)
+                    collector = _Collector(agent, self.read_progress, label, self.say if cfg.show_output else None)
                     try:
                         deadline = time.monotonic() + timeout
                         start = _wait_for(lambda: read_record(f"{base}.start.json"), agent, deadline)
                         if start and offset is not None:
-                            self._interrupt_at(float(start["started_at"]) + offset, agent, imds, record)
+                            notice = cfg.notice_seconds if notice_in is None else notice_in
+                            when = float(start["started_at"]) + offset
+                            if target is not None:
+                                _wait_for(lambda: collector.reached(target), agent, deadline)
+                                when = time.time()
+                            elif startup > 0:
+                                # Counted from this session's first output line: a start slower than the
+                                # reference's must not move the SIGTERM before the script's handler exists.
+                                first = _wait_for(lambda: collector.first_output_at, agent, deadline)
+                                if first is not None:
+                                    when = max(when, first + offset - startup)
+                            self._interrupt_at(when, agent, imds, record, notice)
                         try:
                             agent.wait(max(0.1, deadline - time.monotonic()))
                         except subprocess.TimeoutExpired:
@@ -210,6 +276,7 @@ class Verifier:
                 _kill_group((start or {}).get("pgid"))  # the agent was killed: its command may outlive it
             if not cfg.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
+        record.notice_in = notice_in if offset is not None else None
         end = read_record(f"{base}.end.json") or {}
         sigterm = read_record(f"{base}.sigterm.json") or {}
         if start:
@@ -248,9 +315,9 @@ class Verifier:
             "--sync-reserve",
             str(cfg.sync_reserve),
             "--min-grace",
-            str(cfg.min_grace),
+            str(cfg.agent_min_grace),
             "--signal-grace",
-            str(cfg.notice_seconds),
+            str(min(cfg.notice_seconds, AGENT_SIGNAL_GRACE)),
             "--unwatched-timeout",
             "0",  # nobody (no Airflow trigger) watches these sessions, and that is fine
             *[arg for glob in cfg.include for arg in ("--include", glob)],
@@ -270,18 +337,24 @@ class Verifier:
             stderr=subprocess.PIPE,
             env=self.env,
             start_new_session=True,
+            # If verify is killed (SIGKILL, OOM), its agents die too, and each probe then kills its command's
+            # process group: nothing is left running against an S3 that is gone.
+            preexec_fn=_agent_dies_with_verify,
         )
         try:
             yield proc
         finally:
             self._stop(proc)
 
-    def _interrupt_at(self, when: float, agent: subprocess.Popen, imds: MetadataService, record: SessionRecord) -> None:
-        """Post the spot notice on this session's metadata service at ``when`` (epoch), unless it already ended."""
+    def _interrupt_at(
+        self, when: float, agent: subprocess.Popen, imds: MetadataService, record: SessionRecord, notice: float
+    ) -> None:
+        """Post the spot notice, reclaiming ``notice`` seconds later, on this session's metadata service at
+        ``when`` (epoch), unless the session already ended."""
         while agent.poll() is None and time.time() < when:
             time.sleep(min(POLL, max(0.0, when - time.time())))
         if agent.poll() is None:
-            imds.schedule_notice(in_seconds=self.config.notice_seconds)
+            imds.schedule_notice(in_seconds=notice)
             record.notice_posted_at = time.time()
 
     def _stop(self, proc: subprocess.Popen) -> None:
@@ -290,7 +363,7 @@ class Verifier:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(self.config.notice_seconds + self.config.sync_reserve + 30)
+                proc.wait(AGENT_SIGNAL_GRACE + self.config.sync_reserve + 30)
             except (subprocess.TimeoutExpired, KeyboardInterrupt):
                 proc.kill()
                 proc.wait()
@@ -317,9 +390,13 @@ class _Collector:
     ``[grid-resume]`` lines are kept apart for diagnostics."""
 
     def __init__(
-        self, proc: subprocess.Popen, pattern: re.Pattern[str], label: str, echo: Callable[[str], None] | None
+        self,
+        proc: subprocess.Popen,
+        read_progress: Callable[[str], float | None],
+        label: str,
+        echo: Callable[[str], None] | None,
     ) -> None:
-        self.pattern = pattern
+        self.read_progress = read_progress
         self.label = label
         self.echo = echo
         self.lock = threading.Lock()
@@ -346,12 +423,18 @@ class _Collector:
                 else:
                     if self.first_output_at is None:
                         self.first_output_at = now
-                    self.tail.append(line)
-                    value = parse_progress(line, self.pattern)
-                    if value is not None:
-                        self.progress.append((now, value))
+                    self.tail.append(line[-1000:])
+                    for part in line.split("\r"):  # progress bars rewrite one line with \r
+                        value = self.read_progress(part)
+                        if value is not None:
+                            self.progress.append((now, value))
             if self.echo:
                 self.echo(f"  [{self.label}] {line}")
+
+    def reached(self, target: float) -> bool:
+        """Whether the command has reported progress ``target`` or more."""
+        with self.lock:
+            return any(value >= target for _, value in self.progress[-50:])
 
     def close(self, record: SessionRecord) -> None:
         """Wait for the pipes to drain (the agent has exited or is being stopped), then fill ``record``."""
@@ -367,10 +450,14 @@ class _Collector:
             record.agent_lines = list(self.agent_lines)
 
 
-def _wait_for(read: Callable[[], dict | None], proc: subprocess.Popen, deadline: float) -> dict | None:
+def _agent_dies_with_verify() -> None:
+    die_with_parent(signal.SIGKILL)
+
+
+def _wait_for(read: Callable[[], Any], proc: subprocess.Popen, deadline: float) -> Any:
     while time.monotonic() < deadline:
         found = read()
-        if found is not None or proc.poll() is not None:
+        if found or proc.poll() is not None:
             return found or read()
         time.sleep(POLL)
     return None

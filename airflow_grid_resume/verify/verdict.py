@@ -2,7 +2,8 @@
 
 Four checks (docs/verify.md explains each and how to fix what it finds):
 
-- ``sigterm``: every interrupted session's command exited 0 after SIGTERM, in time;
+- ``sigterm``: every interrupted session's command stopped on SIGTERM (exited 0 in time, and did not
+  go on working until it happened to finish);
 - ``resume``: no session crashed or hung after a restore, and the interruptions did not throw the
   work away (from progress numbers when the output has them, else from wall time);
 - ``outputs``: the files matching ``--outputs`` equal the reference's;
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
+from airflow_grid_resume.verify.chaos import FLOOR_SECONDS
 from airflow_grid_resume.verify.churn import ChurnReport, suggest_excludes
 from airflow_grid_resume.verify.outputs import OutputDiff
 from airflow_grid_resume.verify.records import SessionRecord
@@ -34,6 +36,13 @@ KEPT_WARN_BELOW = 0.75
 LOST_WARN_ABOVE = 0.25
 # Exit latency after SIGTERM above this share of what the agent allows is cutting it close.
 LATENCY_WARN_ABOVE = 0.5
+# "Went on working after SIGTERM": by progress, more steps after it than the one under way; by time, an
+# exit this share of the work left or later, when enough was left (below that, exiting takes as long).
+STEPS_AFTER_SIGTERM = 1
+KEPT_WORKING_SHARE = 0.8
+KEPT_WORKING_MIN_LEFT = 0.5
+# Output lines reach verify up to this late (the agent's output tail polls every 50 ms).
+LINE_DELAY = 0.25
 # Errors that say a file ended too soon: what loading a checkpoint cut mid-write looks like.
 _TRUNCATED = re.compile(
     r"JSONDecodeError|UnpicklingError|EOFError|unexpected end|Unexpected EOF|truncated|PytorchStreamReader|"
@@ -46,6 +55,12 @@ FIX_SIGTERM_KILLED = (
     "handle SIGTERM: set a flag in the handler, save a checkpoint at the next safe point and exit 0 well within "
     "the notice (EC2 gives 120 s, minus the time the final sync needs). A handler that never runs looks the same: "
     "SIG_IGN, a shell wrapper that does not pass signals on (use exec), a C extension that blocks for long."
+)
+FIX_SIGTERM_IGNORED = (
+    "handle SIGTERM from the first line: set a flag in the handler, and in the training loop save a checkpoint "
+    "and exit 0 as soon as it is set. It exited 0 here only because the run was short enough to finish within the "
+    "notice; on EC2 a longer run is killed at the deadline and loses the work since its last periodic checkpoint. "
+    "Check the children too (a data-loader worker or a wrapper that ignores it) and use exec in shell wrappers."
 )
 FIX_SIGTERM_143 = (
     "install a SIGTERM handler that saves a checkpoint and then exits 0; dying of the signal throws away the "
@@ -138,7 +153,7 @@ def decide(
         return Verdict([check], EXIT_INCONCLUSIVE, "INCONCLUSIVE: nothing was interrupted")
     finished = bool(chain) and chain[-1].status == "succeeded"
     checks = [
-        check_sigterm(chain, window),
+        check_sigterm(chain, window, reference),
         check_resume(reference, chain, startup),
         check_outputs(outputs, output_globs, finished),
         check_sync(churn, large_bytes),
@@ -146,14 +161,45 @@ def decide(
     failed = [c.name for c in checks if c.status == FAIL]
     if failed:
         return Verdict(checks, EXIT_NOT_RESUMABLE, f"NOT RESUMABLE ({', '.join(failed)})")
+    if checks[0].status == SKIP:
+        return Verdict(checks, EXIT_INCONCLUSIVE, "INCONCLUSIVE: too short to tell whether it stops on SIGTERM")
     warned = [c.name for c in checks if c.status == WARN]
     return Verdict(checks, EXIT_RESUMABLE, "RESUMABLE" + (f", with warnings ({', '.join(warned)})" if warned else ""))
 
 
-def check_sigterm(chain: Sequence[SessionRecord], window: Window) -> Check:
+def kept_working(record: SessionRecord, reference: SessionRecord | None = None) -> str | None:
+    """Why an interrupted session that exited 0 looks like it ignored SIGTERM and simply finished, or None.
+
+    By progress when the session printed any: more than the step under way done after the SIGTERM, up to the
+    reference's last step. Otherwise by time: it exited only when about all the work left at the SIGTERM
+    would have been done (and enough was left to tell that from the time a save and exit take)."""
+    if not record.interrupted or record.killed or record.returncode != 0 or record.sigterm_at is None:
+        return None
+    if record.progress:
+        before = record.progress_by(record.sigterm_at + LINE_DELAY)
+        last = max(record.progress_values)
+        end = max(reference.progress_values) if reference is not None and reference.progress else None
+        after = last - (before if before is not None else min(record.progress_values))
+        if after > STEPS_AFTER_SIGTERM and (end is None or last >= end):
+            at = _n(before) if before is not None else "none yet"
+            return f"went on to step {_n(last)}, the end of the run, after SIGTERM (progress at SIGTERM: {at})"
+        return None
+    latency, left = record.exit_latency, record.work_left
+    if latency is None or left is None or left < KEPT_WORKING_MIN_LEFT:
+        return None
+    if latency >= KEPT_WORKING_SHARE * left:
+        return (
+            f"exited {latency:.2f} s after SIGTERM, when about {left:.2f} s of work were left: it went on working "
+            "until it finished"
+        )
+    return None
+
+
+def check_sigterm(chain: Sequence[SessionRecord], window: Window, reference: SessionRecord | None = None) -> Check:
     interrupted = [r for r in chain if r.interrupted]
     allowed = window.allowed_seconds
     killed = [r for r in interrupted if r.killed]
+    ignored = [(r, why) for r in interrupted if (why := kept_working(r, reference))]
     died = [r for r in interrupted if not r.killed and r.returncode == 143]
     other = [r for r in interrupted if not r.killed and r.returncode not in (0, 143)]
     if killed:
@@ -161,10 +207,22 @@ def check_sigterm(chain: Sequence[SessionRecord], window: Window) -> Check:
         return Check(
             "sigterm",
             FAIL,
-            f"ignores SIGTERM: still running {grace:.1f} s after it (all the agent allowed of a "
-            f"{window.notice_seconds:g} s notice), so the agent killed it",
-            tuple(f"{r.label}: SIGTERM {_s(r.ran_before_sigterm)} in, killed at the deadline" for r in killed),
+            f"ignores SIGTERM: still running {grace:.1f} s after it, so the agent killed it (verify allows half "
+            f"the work left, at least {FLOOR_SECONDS:g} s and its start-up, at most what a {window.notice_seconds:g} s "
+            "notice leaves)",
+            tuple(
+                f"{r.label}: SIGTERM {_s(r.ran_before_sigterm)} in, still running {_s(r.grace_seconds)} later: killed"
+                for r in killed
+            ),
             FIX_SIGTERM_KILLED,
+        )
+    if ignored:
+        return Check(
+            "sigterm",
+            FAIL,
+            f"ignores SIGTERM: {ignored[0][1]}",
+            tuple(f"{r.label}: SIGTERM {_s(r.ran_before_sigterm)} in; {why}" for r, why in ignored),
+            FIX_SIGTERM_IGNORED,
         )
     if died:
         return Check(
@@ -182,11 +240,29 @@ def check_sigterm(chain: Sequence[SessionRecord], window: Window) -> Check:
             tuple(f"{r.label}: exit {r.returncode} {_s(r.exit_latency)} after SIGTERM" for r in other),
             FIX_SIGTERM_CODE,
         )
-    latencies = [r.exit_latency for r in interrupted if r.exit_latency is not None]
-    worst = max(latencies, default=0.0)
-    details = tuple(f"{r.label}: exit 0 {_s(r.exit_latency)} after SIGTERM" for r in interrupted)
-    where = f"the agent allows {allowed:.1f} s of a {window.notice_seconds:g} s notice"
-    if worst > LATENCY_WARN_ABOVE * allowed:
+    telling = [r for r in interrupted if r.progress or (r.work_left or 0.0) >= KEPT_WORKING_MIN_LEFT]
+    if not telling:
+        return Check(
+            "sigterm",
+            SKIP,
+            f"too short to tell whether it stops on SIGTERM or ignores it and finishes: every SIGTERM came with "
+            f"less than {KEPT_WORKING_MIN_LEFT:g} s of work left, and it prints no progress lines",
+            tuple(f"{r.label}: exit {r.returncode} {_s(r.exit_latency)} after SIGTERM" for r in interrupted),
+            "make the verify run longer (a few seconds of work), or print 'grid-resume: progress DONE/TOTAL' lines.",
+        )
+    slowest = max(
+        (r for r in interrupted if r.exit_latency is not None),
+        key=lambda r: r.exit_latency / (r.grace_seconds or allowed),
+        default=None,
+    )
+    worst = slowest.exit_latency if slowest is not None and slowest.exit_latency is not None else 0.0
+    worst_allowed = (slowest.grace_seconds if slowest is not None else None) or allowed
+    details = tuple(
+        f"{r.label}: exit 0 {_s(r.exit_latency)} after SIGTERM (allowed {_s(r.grace_seconds or allowed)})"
+        for r in interrupted
+    )
+    where = f"it was allowed {worst_allowed:.1f} s"
+    if worst > LATENCY_WARN_ABOVE * worst_allowed:
         return Check(
             "sigterm",
             WARN,
@@ -308,7 +384,7 @@ def check_resume(reference: SessionRecord, chain: Sequence[SessionRecord], start
         "resume",
         PASS,
         f"resumes: kept about {min(kept, 1.0):.0%} of the work done before the interruptions (by wall time; "
-        "print progress numbers and pass --progress-regex for a step count)",
+        "print 'grid-resume: progress DONE/TOTAL' lines for a step count)",
         tuple(details),
     )
 

@@ -1,10 +1,10 @@
 """The body shared by the verify test scripts: a small deterministic "training" loop whose flaws
-each script chooses. ``SCRIPT [TOTAL_STEPS] [STEP_SECONDS]``.
+each script chooses. ``SCRIPT [TOTAL_STEPS] [STEP_SECONDS] [protocol]``.
 
-It prints ``step N`` after each completed step, keeps its state in ``ckpt.json``, appends to
-``events.log`` (a log that changes at every sync) and writes ``result.txt`` (a running sha256 over
-the steps: the same however often the run is interrupted, if no step is lost or redone wrongly)
-and ``config.json`` at the end.
+It prints ``step N`` after each completed step (and ``grid-resume: progress N/TOTAL`` with
+``protocol``), keeps its state in ``ckpt.json``, appends to ``events.log`` (a log that changes at
+every sync) and writes ``result.txt`` (a running sha256 over the steps: the same however often the
+run is interrupted, if no step is lost or redone wrongly) and ``config.json`` at the end.
 """
 
 import hashlib
@@ -12,8 +12,12 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
+
+# A helper process that ignores SIGTERM too (a data-loader worker that does), until its parent is gone.
+IGNORING_CHILD = "import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); sys.stdin.read()"
 
 
 def run(
@@ -24,9 +28,13 @@ def run(
     save_every: int = 5,
     slow_write: float = 0.0,  # seconds a checkpoint write takes (half written, then the rest)
     reseed_on_start: bool = False,  # an RNG that is not in the checkpoint: results depend on the resume points
+    ignoring_child: bool = False,  # start a child that ignores SIGTERM as well
+    hang_on_resume: bool = False,  # after a resume, wait forever (a deadlock), SIGTERM or not
+    record_cwd: bool = False,  # write the absolute working directory into config.json (as Lightning does)
 ) -> None:
     total = int(sys.argv[1]) if len(sys.argv) > 1 else 40
     step_seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 0.05
+    protocol = len(sys.argv) > 3 and sys.argv[3] == "protocol"
     stop = []
     if on_sigterm == "save":
         signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
@@ -53,6 +61,10 @@ def run(
         with open("ckpt.json") as fh:
             state = json.load(fh)
         print(f"resumed at step {state['step']}", flush=True)
+        if hang_on_resume:
+            while True:
+                time.sleep(1)
+    child = subprocess.Popen([sys.executable, "-c", IGNORING_CHILD], stdin=subprocess.PIPE) if ignoring_child else None
     rng = random.Random(7)
     with open("events.log", "a") as fh:
         fh.write(f"session {os.environ.get('GRID_RESUME_SESSION')} started at step {state['step']}\n")
@@ -66,11 +78,16 @@ def run(
         state["acc"] = hashlib.sha256(f"{state['acc']}:{state['step']}{noise}".encode()).hexdigest()
         state["step"] += 1
         print(f"step {state['step']}", flush=True)
+        if protocol:
+            print(f"grid-resume: progress {state['step']}/{total}", flush=True)
         if state["step"] % save_every == 0:
             save(state)
     save(state)
     with open("result.txt", "w") as fh:
         fh.write(state["acc"] + "\n")
     with open("config.json", "w") as fh:
-        json.dump({"total": total}, fh)
+        json.dump({"total": total, **({"cwd": os.getcwd()} if record_cwd else {})}, fh)
+    if child is not None:
+        child.stdin.close()
+        child.wait()
     print("done", flush=True)

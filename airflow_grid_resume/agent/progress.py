@@ -1,0 +1,124 @@
+"""The progress protocol: a script says how far it got by printing a line, the agent keeps the latest.
+
+A line ``grid-resume: progress DONE/TOTAL`` or ``grid-resume: progress DONE`` on stdout or stderr (integers;
+DONE = steps completed in the whole run, so after a resume it continues from the checkpoint's step). Text
+before the marker is allowed (a logging prefix), nothing but whitespace after it. The agent reports the
+latest in every heartbeat and the first and last DONE of the session in its outcome; the steps an
+interruption of session k lost are ``last(k) - (first(k+1) - 1)``.
+
+Stdlib only: this module ships inside the agent's zipapp.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+
+MARKER = "grid-resume: progress"
+_LINE = re.compile(r"(?:^|(?<=[^A-Za-z0-9_-]))grid-resume: progress ([0-9]{1,18})(?:/([0-9]{1,18}))?\s*$")
+# A progress line is short; of a longer unfinished line only its end can still hold one.
+MAX_PENDING = 4096
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int | None = None
+
+
+def parse_progress(line: str) -> Progress | None:
+    """The progress a line reports, or None (also for a total below 1, which cannot be a step count)."""
+    if MARKER not in line:
+        return None
+    match = _LINE.search(line.rstrip("\r\n"))
+    if match is None:
+        return None
+    total = int(match.group(2)) if match.group(2) is not None else None
+    if total is not None and total < 1:
+        return None
+    return Progress(int(match.group(1)), total)
+
+
+def format_progress(done: int, total: int | None = None) -> str:
+    """The line a script prints (for Python scripts that import the package; others print it themselves)."""
+    return f"{MARKER} {done}" if total is None else f"{MARKER} {done}/{total}"
+
+
+class ProgressTracker:
+    """Fed with the command's raw output bytes, per stream; keeps the first and latest progress seen.
+
+    Lines end at ``\\n`` or ``\\r`` (tqdm-style updates rewrite one terminal line with ``\\r``), and a line
+    may arrive in pieces. Thread-safe: the output tail feeds it while the heartbeat reads it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[object, bytes] = {}
+        self.first: Progress | None = None
+        self.latest: Progress | None = None
+        self.total: int | None = None
+
+    def feed(self, data: bytes, stream: object = 0) -> None:
+        if not data:
+            return
+        with self._lock:
+            buffer = self._pending.get(stream, b"") + data
+            *lines, rest = re.split(rb"[\r\n]", buffer)
+            for raw in lines:
+                self._see(raw)
+            self._pending[stream] = rest[-MAX_PENDING:]
+
+    def close(self) -> None:
+        """The output ended: an unfinished last line counts too."""
+        with self._lock:
+            for raw in self._pending.values():
+                self._see(raw)
+            self._pending.clear()
+
+    def _see(self, raw: bytes) -> None:
+        if MARKER.encode() not in raw:
+            return
+        found = parse_progress(raw[-MAX_PENDING:].decode("utf-8", errors="replace"))
+        if found is None:
+            return
+        if self.first is None:
+            self.first = found
+        self.latest = found
+        if found.total is not None:
+            self.total = found.total
+
+    def heartbeat_field(self) -> dict:
+        """What heartbeat.json gets: ``{"progress": ...}``, or nothing before any progress line."""
+        found = self.heartbeat()
+        return {} if found is None else {"progress": found}
+
+    def outcome_field(self) -> dict:
+        """What outcome.json gets: ``{"progress": ...}``, or nothing if the session printed none."""
+        found = self.outcome()
+        return {} if found is None else {"progress": found}
+
+    def heartbeat(self) -> dict | None:
+        """``{"done": N, "total": T}`` for heartbeat.json, or None before any progress line."""
+        with self._lock:
+            if self.latest is None:
+                return None
+            return {"done": self.latest.done, "total": self.total}
+
+    def outcome(self) -> dict | None:
+        """``{"first": N1, "last": N2, "total": T}`` for outcome.json, or None if none was seen."""
+        with self._lock:
+            if self.first is None or self.latest is None:
+                return None
+            return {"first": self.first.done, "last": self.latest.done, "total": self.total}
+
+
+def steps_lost(last_before: int | None, first_after: int | None) -> int | None:
+    """Steps an interruption lost: done at the end of one session minus what the next one resumed from.
+
+    The next session's first line reports the step it completed first, so it resumed from ``first - 1``.
+    None when either side reported no progress.
+    """
+    if last_before is None or first_after is None:
+        return None
+    return max(0, last_before - (first_after - 1))

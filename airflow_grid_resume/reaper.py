@@ -1,0 +1,158 @@
+"""``grid-resume reap``: find and terminate instances that outlived their run.
+
+The last line of defence behind the run trigger's own terminations (which a triggerer outage, a
+deleted trigger or an account-wide EC2 outage can defeat): every instance this project launches
+carries ``grid-resume:run-id``, ``grid-resume:session`` and ``grid-resume:expires-at`` tags. An
+instance is reaped when its expiry has passed, or when its run's ledger says the run ended in or
+after its session. Instances without the project's tags are never touched: the describe itself is
+filtered by the tag, and the selection checks it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+RUN_TAG = "grid-resume:run-id"
+SESSION_TAG = "grid-resume:session"
+EXPIRES_TAG = "grid-resume:expires-at"
+LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+
+
+@dataclass(frozen=True)
+class Reapable:
+    instance_id: str
+    run_id: str
+    session: int | None
+    reason: str
+
+
+def tags_of(instance: dict) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+
+
+def parse_expiry(value: str) -> datetime | None:
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except (TypeError, ValueError):
+        return None
+
+
+def select_reapable(
+    instances: Iterable[dict], now: datetime, run_ended_at_session: Callable[[str], int | None]
+) -> tuple[list[Reapable], list[str]]:
+    """(instances to terminate, notes on tagged instances kept). ``run_ended_at_session(run_id)`` is the
+    session a run ended in, None while it has not ended (or cannot be read)."""
+    reap, notes = [], []
+    for instance in instances:
+        tags = tags_of(instance)
+        run_id = tags.get(RUN_TAG)
+        state = instance.get("State", {}).get("Name")
+        if not run_id or state not in LIVE_STATES:
+            continue
+        instance_id = str(instance["InstanceId"])
+        try:
+            session: int | None = int(tags.get(SESSION_TAG, ""))
+        except ValueError:
+            session = None
+        expiry = parse_expiry(tags.get(EXPIRES_TAG, ""))
+        if expiry is not None and expiry <= now:
+            reap.append(Reapable(instance_id, run_id, session, f"expired at {tags[EXPIRES_TAG]}"))
+            continue
+        ended = run_ended_at_session(run_id)
+        if ended is not None and session is not None and session <= ended:
+            reap.append(Reapable(instance_id, run_id, session, f"its run ended in session {ended}"))
+            continue
+        if expiry is None:
+            notes.append(f"{instance_id}: no readable {EXPIRES_TAG} tag ({tags.get(EXPIRES_TAG)!r}); kept")
+    return reap, notes
+
+
+def run_ended_reader(s3_client: Any) -> Callable[[str], int | None]:
+    """``run_id -> session the run ended in`` from the run's ``final.json`` (the run id is its URI)."""
+    from airflow_grid_resume.agent.errors import UsageError
+    from airflow_grid_resume.agent.ledger import RunLedger
+    from airflow_grid_resume.agent.uri import parse_s3_uri
+
+    cache: dict[str, int | None] = {}
+
+    def ended(run_id: str) -> int | None:
+        if run_id not in cache:
+            try:
+                ledger = RunLedger(s3_client, parse_s3_uri(run_id))
+                final = ledger.get_json(ledger.key("final.json"))
+                cache[run_id] = int(final["session"]) if final and final.get("session") is not None else None
+            except (UsageError, Exception):
+                cache[run_id] = None  # unreadable: only the expiry decides
+        return cache[run_id]
+
+    return ended
+
+
+def tagged_instances(ec2_client: Any) -> list[dict]:
+    """Every live instance with the project's run tag (a filtered describe: nothing else is listed)."""
+    from airflow_grid_resume.hooks.spot import call_with_retries
+
+    filters = [{"Name": "tag-key", "Values": [RUN_TAG]}, {"Name": "instance-state-name", "Values": LIVE_STATES}]
+    pages = call_with_retries(lambda: list(ec2_client.get_paginator("describe_instances").paginate(Filters=filters)))
+    return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+
+def reap(ec2_client: Any, s3_client: Any | None, *, apply: bool, now: datetime | None = None) -> dict:
+    """Find (and with ``apply``, terminate) the instances that outlived their run; a JSON-able report."""
+    from airflow_grid_resume.hooks.spot import call_with_retries
+
+    now = now or datetime.now(timezone.utc)
+    ended = run_ended_reader(s3_client) if s3_client is not None else (lambda _run: None)
+    selected, notes = select_reapable(tagged_instances(ec2_client), now, ended)
+    terminated = []
+    if apply:
+        for item in selected:
+            call_with_retries(lambda i=item.instance_id: ec2_client.terminate_instances(InstanceIds=[i]))
+            terminated.append(item.instance_id)
+    return {
+        "reapable": [item.__dict__ for item in selected],
+        "terminated": terminated,
+        "notes": notes,
+        "applied": apply,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="grid-resume reap",
+        description="List (and with --apply, terminate) instances tagged by grid-resume whose expiry passed or whose "
+        "run ended. Instances without the grid-resume:run-id tag are never touched.",
+    )
+    parser.add_argument("--region", help="AWS region (default: the environment's)")
+    parser.add_argument("--apply", action="store_true", help="terminate them (default: only report)")
+    parser.add_argument("--no-read-runs", action="store_true", help="decide by the expiry tag alone")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name=args.region)
+    s3 = None if args.no_read_runs else boto3.client("s3", region_name=args.region)
+    report = reap(ec2, s3, apply=args.apply)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for item in report["reapable"]:
+        verb = "terminated" if item["instance_id"] in report["terminated"] else "would terminate"
+        print(f"{verb} {item['instance_id']} (run {item['run_id']}, session {item['session']}): {item['reason']}")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    if not report["reapable"]:
+        print("nothing to reap")
+    elif not args.apply:
+        print("(dry run: add --apply to terminate)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Which launch to try next for one session: one planner for the worker's first round and the capacity
+trigger's rounds, pure (no I/O, no clock of its own), tested without a server.
+
+The rule that keeps one instance per session: an attempt whose answer is unknown (a 5xx, a read
+timeout, a dropped connection: EC2 may have launched it) is retried, with the same ClientToken,
+before any other (type, zone) pair is tried, in this round and the next. The last attempt is also
+recorded in the ledger before it is made (``sessions/N/launch-attempt.json``), so a planner started
+after a crash replays it first: EC2 answers a replayed token with the instance it launched, if any.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from airflow_grid_resume.spot.launch import (
+    CAPACITY,
+    FATAL,
+    SPOT,
+    THROTTLE,
+    TRANSIENT,
+    FallbackPolicy,
+    Pair,
+    backoff_delay,
+    client_token,
+    order_pairs,
+)
+
+# Retries of an attempt with an unknown answer within one round (1, 2, 4, 8 s), before the round ends;
+# the next round starts with the same attempt again.
+TRANSIENT_RETRIES = 4
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One RunInstances of one session: a pair, a market, and the token that makes it idempotent."""
+
+    pair: Pair
+    lifecycle: str
+    token: str
+
+    def as_dict(self) -> dict:
+        return {
+            "instance_type": self.pair.instance_type,
+            "subnet_id": self.pair.subnet_id,
+            "zone": self.pair.zone,
+            "lifecycle": self.lifecycle,
+            "token": self.token,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> Attempt:
+        pair = Pair(str(doc["instance_type"]), str(doc["subnet_id"]), str(doc["zone"]))
+        return cls(pair, str(doc["lifecycle"]), str(doc["token"]))
+
+
+# What the caller does after an attempt failed.
+NEXT_PAIR = "next-pair"  # capacity: try the next pair of this round
+RETRY_SAME = "retry-same"  # unknown answer: retry this very attempt after ``transient_delay``
+END_ROUND = "end-round"  # throttled, or an unknown answer that stays unknown: back off, then a new round
+GIVE_UP = "give-up"  # an error waiting cannot fix
+
+
+class LaunchPlanner:
+    """Rounds of attempts over every allowed pair, with backoff, cool-down and on-demand fallback."""
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        *,
+        run_id: str,
+        session: int,
+        policy: FallbackPolicy | None = None,
+        interruptions: int = 0,
+        cool_down: float = 300.0,
+        backoff_base: float = 15.0,
+        backoff_max: float = 300.0,
+        replay: Attempt | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.pairs = list(pairs)
+        self.run_id = run_id
+        self.session = session
+        self.policy = policy or FallbackPolicy()
+        self.interruptions = interruptions
+        self.cool_down = cool_down
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.rng = rng or random.Random(f"{run_id}:{session}")
+        self.pending = replay  # an attempt whose answer is unknown: always tried first
+        self.failed_at: dict[str, float] = {}
+        self.failures_in_a_row = 0
+        self.rounds = 0
+        self._tries = 0  # retries of the pending attempt in this round
+        self._throttled = False
+
+    def lifecycle(self, waited_seconds: float) -> str:
+        return self.policy.lifecycle(
+            capacity_failures_in_a_row=self.failures_in_a_row,
+            interruptions=self.interruptions,
+            waited_seconds=waited_seconds,
+        )
+
+    def fallback_reason(self, waited_seconds: float) -> str:
+        return self.policy.reason(
+            capacity_failures_in_a_row=self.failures_in_a_row,
+            interruptions=self.interruptions,
+            waited_seconds=waited_seconds,
+        )
+
+    def attempt(self, pair: Pair, lifecycle: str) -> Attempt:
+        return Attempt(pair, lifecycle, client_token(self.run_id, self.session, pair, lifecycle))
+
+    def round(self, now: float, waited_seconds: float) -> list[Attempt]:
+        """The attempts of the next round, in order: the pending one first (alone: until its answer is
+        known no other pair may be tried), else every pair, those not just failed first."""
+        self._tries = 0
+        self._throttled = False
+        if self.pending is not None:
+            return [self.pending]
+        lifecycle = self.lifecycle(waited_seconds)
+        return [self.attempt(p, lifecycle) for p in order_pairs(self.pairs, self.failed_at, now, self.cool_down)]
+
+    def before(self, attempt: Attempt) -> None:
+        """Called before the request is sent: until an answer says otherwise, its result is unknown."""
+        self.pending = attempt
+
+    def launched(self, attempt: Attempt) -> None:
+        self.pending = None
+
+    def failed(self, attempt: Attempt, kind: str, now: float) -> str:
+        """What to do after ``attempt`` failed with an error of ``kind`` (spot.launch.classify_error)."""
+        if kind == TRANSIENT:
+            self._tries += 1
+            return RETRY_SAME if self._tries <= TRANSIENT_RETRIES else END_ROUND
+        self.pending = None  # a definitive answer: EC2 launched nothing for this token
+        if kind == CAPACITY:
+            self.failed_at[attempt.pair.key] = now
+            return NEXT_PAIR
+        if kind == THROTTLE:
+            self._throttled = True
+            return END_ROUND
+        return GIVE_UP if kind == FATAL else END_ROUND
+
+    def transient_delay(self) -> float:
+        """Before retrying an attempt whose answer was unknown: 1, 2, 4, 8 s."""
+        return float(2 ** max(0, self._tries - 1))
+
+    def end_round(self) -> float:
+        """The round found nothing: the delay before the next one (exponential, capped, jittered)."""
+        self.rounds += 1
+        if not self._throttled and self.pending is None:
+            self.failures_in_a_row += 1
+        return backoff_delay(self.rounds, base=self.backoff_base, cap=self.backoff_max, rng=self.rng)
+
+
+__all__ = ["END_ROUND", "GIVE_UP", "NEXT_PAIR", "RETRY_SAME", "SPOT", "Attempt", "LaunchPlanner"]

@@ -1,0 +1,468 @@
+"""What the run view and the fleet dashboard show, as pure functions: ledger documents and Airflow's
+tries in, a view model (plain dicts) out. No I/O here; ``ui/source.py`` reads, ``ui/render.py`` draws.
+
+A run's ledger documents, as ``ui/source.py`` gathers them (any may be missing)::
+
+    {"run_uri": "s3://...", "spec": {...}, "final": {...},
+     "sessions": [{"session": 1, "start": session.json, "launch": launch.json, "heartbeat": heartbeat.json,
+                   "outcome": outcome.json, "closed": closed.json}, ...],
+     "manifests": [{"name", "session", "seq", "committed_at", "bytes", "files"}, ...]}   newest first
+
+Airflow's tries: ``[{"try_number", "state", "start_date", "end_date"}]`` (epoch seconds or ISO strings).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow_grid_resume.summary import INTERRUPTED, epoch_seconds, session_span, session_status
+
+RUNNING_STATES = ("restoring", "running", "running+syncing", "stopping", "syncing")
+# How close to a budget a run must be to be flagged on the dashboard: at most this many left.
+CLOSE_TO_BUDGET = 1
+
+
+def ended_by(record: Mapping[str, Any]) -> str:
+    """What ended a session, in the words a user needs: spot notice, lost instance, script failure."""
+    outcome = record.get("outcome") or {}
+    closed = record.get("closed") or {}
+    status = session_status(record) if (outcome or closed) else "running"
+    if status == "succeeded":
+        return "succeeded"
+    if status == "interrupted":
+        source = (outcome.get("notice") or {}).get("source")
+        if source == "unwatched":
+            return "stopped: no Airflow trigger watched the run (checkpoint saved)"
+        if source == "lease":
+            return "stopped: another agent took over the run"
+        if source == "signal":
+            return "spot interruption (the instance was shut down)"
+        return "spot interruption notice"
+    if status == "lost":
+        reason = closed.get("reason") or "no heartbeat, no outcome"
+        return f"instance lost without notice ({reason})"
+    if status == "failed":
+        code = outcome.get("exit_code")
+        reason = outcome.get("reason") or closed.get("reason") or "unknown reason"
+        return f"script failed with exit code {code}" if code is not None else f"failed: {reason}"
+    if status == "timeout":
+        return "max_run reached: instance terminated"
+    return status
+
+
+def steps_lost(records: Sequence[Mapping[str, Any]]) -> dict[int, int | None]:
+    """Steps redone after each interrupted session: last(k) - (first(k+1) - 1), from the progress the
+    agent recorded in each outcome (see the progress protocol in docs/user-guide.md)."""
+    out: dict[int, int | None] = {}
+    for current, following in itertools.pairwise(records):
+        if session_status(current) not in INTERRUPTED:
+            continue
+        last = ((current.get("outcome") or {}).get("progress") or {}).get("last")
+        if last is None:  # a lost session wrote no outcome: its last heartbeat knows how far it got
+            last = ((current.get("heartbeat") or {}).get("progress") or {}).get("done")
+        nxt = following.get("outcome") or {}
+        first = (nxt.get("progress") or {}).get("first")
+        if first is None:
+            first = ((following.get("heartbeat") or {}).get("progress") or {}).get("first")
+        try:
+            out[int(current["session"])] = None if last is None or first is None else max(0, int(last) - int(first) + 1)
+        except (TypeError, ValueError):
+            out[int(current["session"])] = None
+    return out
+
+
+def _price(launch: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(price paid, on-demand price) per hour."""
+    try:
+        od = float(launch["on_demand_price"]) if launch.get("on_demand_price") is not None else None
+        paid = od if launch.get("lifecycle") == "on-demand" else launch.get("spot_price")
+        return (float(paid) if paid is not None else None), od
+    except (TypeError, ValueError):
+        return None, None
+
+
+def session_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """One session as the run view lists it; a running session counts until ``now``."""
+    launch = record.get("launch") or {}
+    heartbeat = record.get("heartbeat") or {}
+    outcome = record.get("outcome") or {}
+    start, end = session_span(record)
+    live = not outcome and not record.get("closed")
+    if live:
+        end = now
+    seconds = max(0.0, end - start) if start is not None and end is not None else 0.0
+    paid, od = _price(launch)
+    progress = outcome.get("progress") or {}
+    if not progress and heartbeat.get("progress"):
+        beat = heartbeat["progress"]
+        progress = {"last": beat.get("done"), "total": beat.get("total")}
+    return {
+        "session": int(record.get("session") or 0),
+        "status": "running" if live else session_status(record),
+        "ended_by": ended_by(record),
+        "instance_id": launch.get("instance_id") or (record.get("start") or {}).get("instance_id"),
+        "instance_type": launch.get("instance_type"),
+        "zone": launch.get("zone"),
+        "lifecycle": launch.get("lifecycle") or "spot",
+        "price_per_hour": paid,
+        "on_demand_per_hour": od,
+        "waited_seconds": float(launch.get("waited_seconds") or 0),
+        "start": start,
+        "end": end,
+        "seconds": round(seconds, 1),
+        "cost_usd": None if paid is None else round(paid * seconds / 3600, 4),
+        "on_demand_cost_usd": None if od is None else round(od * seconds / 3600, 4),
+        "notice_at": epoch_seconds((outcome.get("notice") or {}).get("time")),
+        "exit_code": outcome.get("exit_code"),
+        "progress_first": progress.get("first"),
+        "progress_last": progress.get("last"),
+        "progress_total": progress.get("total"),
+        "tail": list(outcome.get("tail") or [])[-10:],
+    }
+
+
+def match_tries(tries: Sequence[Mapping[str, Any]], sessions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per Airflow try with the session it ran (one try is one session): a session belongs
+    to the newest try that started before its instance was launched."""
+    ordered = sorted(tries, key=lambda t: int(t.get("try_number") or 0))
+    starts = [epoch_seconds(t.get("start_date")) for t in ordered]
+    by_try: dict[int, list[Mapping[str, Any]]] = {}
+    for s in sessions:
+        owner = None
+        for index, started in enumerate(starts):
+            if started is not None and s.get("start") is not None and started <= float(s["start"]) + 1:
+                owner = index
+        if owner is not None:
+            by_try.setdefault(owner, []).append(s)
+    rows = []
+    for index, t in enumerate(ordered):
+        ran = by_try.get(index, [])
+        last = ran[-1] if ran else None
+        state = t.get("state")
+        if last is not None:
+            ended = last["ended_by"] if last["status"] != "running" else "running"
+        elif state in ("deferred", "running", "queued", "scheduled", None):
+            ended = "waiting for capacity" if state == "deferred" else str(state or "starting")
+        else:
+            ended = f"ended before an instance was launched ({state})"
+        rows.append(
+            {
+                "try_number": int(t.get("try_number") or 0),
+                "state": state,
+                "start": epoch_seconds(t.get("start_date")),
+                "end": epoch_seconds(t.get("end_date")),
+                "sessions": [s["session"] for s in ran],
+                "instance_id": last["instance_id"] if last else None,
+                "ended_by": ended,
+                "kind": _kind(last),
+            }
+        )
+    return rows
+
+
+def _kind(session: Mapping[str, Any] | None) -> str:
+    """A CSS-friendly class: interruption, failure, success, running, none."""
+    if session is None:
+        return "none"
+    status = session["status"]
+    if status in INTERRUPTED:
+        return "interruption"
+    if status == "succeeded":
+        return "success"
+    if status == "running":
+        return "running"
+    return "failure"
+
+
+def budgets(spec: Mapping[str, Any] | None, final: Mapping[str, Any] | None, rows: Sequence[Mapping]) -> dict:
+    """Interruption and failure budgets used and left since the run last ended (a clear gives fresh
+    budgets), as the operator counts them. Limits come from the spec the operator wrote."""
+    limits = (spec or {}).get("budgets") or {}
+    after = int((final or {}).get("session") or 0) if (final or {}).get("status") not in (None, "succeeded") else 0
+    counted = [r for r in rows if r["session"] > after]
+    used_i = sum(1 for r in counted if r["status"] in INTERRUPTED)
+    used_f = sum(1 for r in counted if r["status"] == "failed")
+    out: dict[str, Any] = {"interruptions_used": used_i, "failures_used": used_f}
+    for name, used, key in (("interruptions", used_i, "max_interruptions"), ("failures", used_f, "failure_retries")):
+        limit = limits.get(key)
+        out[f"{name}_limit"] = limit
+        out[f"{name}_left"] = None if limit is None else max(0, int(limit) - used)
+    return out
+
+
+def current_state(
+    docs: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    ti_state: str | None,
+    now: float,
+    waiting: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The run's state right now in one sentence, plus what a progress bar needs.
+
+    ``waiting``: what the capacity trigger waits for (``instance_types``, ``started_at``,
+    ``max_wait``), when the task is deferred for capacity.
+    """
+    final = docs.get("final") or {}
+    last = rows[-1] if rows else None
+    sessions = [r for r in docs.get("sessions") or [] if any(r.get(k) for k in ("launch", "outcome", "closed"))]
+    record = sessions[-1] if sessions else {}
+    beat = (record.get("heartbeat") or {}) if last and last["status"] == "running" else {}
+    progress = beat.get("progress") or {}
+    done, total = progress.get("done"), progress.get("total")
+    if done is None and last is not None:
+        done, total = last.get("progress_last"), last.get("progress_total")
+    state: dict[str, Any] = {"phase": "unknown", "text": "", "done": done, "total": total, "eta_seconds": None}
+    if final.get("status") == "succeeded" and (last is None or last["status"] == "succeeded"):
+        state.update(phase="succeeded", text=f"succeeded in session {final.get('session')}")
+    elif final.get("status") == "failed" and ti_state in ("failed", None, "success", "upstream_failed"):
+        state.update(phase="failed", text=f"failed: {final.get('reason')}")
+    elif last is not None and last["status"] == "running":
+        age = now - float(beat["epoch"]) if beat.get("epoch") is not None else None
+        what = str(beat.get("state") or "booting")
+        if what == "stopping":
+            text = "stopping: spot notice received, saving a checkpoint"
+        elif beat:
+            text = f"{what} on {last['instance_type']} in {last['zone']}, heartbeat {age:.0f} s ago"
+        else:
+            text = f"booting {last['instance_type']} in {last['zone']} (no heartbeat yet)"
+        if done is not None:
+            text += f", step {done}" + (f" of {total}" if total else "")
+        state.update(phase="running", text=text, eta_seconds=_eta(rows, record, now))
+    elif waiting or (ti_state == "deferred" and (last is None or last["status"] != "succeeded")):
+        wait = waiting or {}
+        types = ", ".join(wait.get("instance_types") or []) or "an instance"
+        waited = now - float(wait["started_at"]) if wait.get("started_at") else None
+        text = f"waiting for spot capacity: {types}"
+        if waited is not None:
+            text += f", waited {waited:.0f} s"
+            if wait.get("max_wait"):
+                text += f" of at most {float(wait['max_wait']):.0f} s"
+        state.update(phase="waiting", text=text)
+    elif last is not None and last["status"] == "succeeded" and ti_state in ("deferred", "running", "queued"):
+        state.update(phase="running", text=f"session {last['session']} succeeded; Airflow is finishing the task")
+    elif ti_state == "up_for_retry":
+        state.update(phase="waiting", text="between tries: the next try resumes from the last checkpoint")
+    elif last is not None:
+        state.update(phase=last["status"], text=f"session {last['session']}: {last['ended_by']}")
+    else:
+        state.update(phase="waiting", text="no session yet")
+    return state
+
+
+def _eta(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], now: float) -> float | None:
+    """Seconds to the end at this session's pace (steps since its first reported step)."""
+    beat = record.get("heartbeat") or {}
+    progress = beat.get("progress") or {}
+    done, total, first = progress.get("done"), progress.get("total"), progress.get("first")
+    start = rows[-1].get("start") if rows else None
+    epoch = beat.get("epoch")
+    if None in (done, total, epoch, start):
+        return None
+    base = first if first is not None else (rows[-2].get("progress_last") or 0 if len(rows) > 1 else 0)
+    elapsed = float(epoch) - float(start)
+    if elapsed <= 0 or int(done) <= int(base):
+        return None
+    return max(0.0, (int(total) - int(done)) * elapsed / (int(done) - int(base)))
+
+
+def checkpoints(docs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The run's checkpoints, newest first, each with where it is."""
+    run_uri = str(docs.get("run_uri") or "").rstrip("/")
+    return [
+        {
+            "name": m.get("name"),
+            "session": m.get("session"),
+            "committed_at": m.get("committed_at"),
+            "bytes": m.get("bytes"),
+            "files": m.get("files"),
+            "uri": f"{run_uri}/manifests/{m.get('name')}",
+        }
+        for m in docs.get("manifests") or []
+    ]
+
+
+def run_view(
+    docs: Mapping[str, Any],
+    tries: Sequence[Mapping[str, Any]],
+    *,
+    now: float,
+    ti_state: str | None = None,
+    waiting: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything the run view of one task instance shows."""
+    # a session planned (launch-attempt.json) but not launched is no session yet (as in summary.read_records)
+    records = [r for r in docs.get("sessions") or [] if any(r.get(k) for k in ("launch", "outcome", "closed"))]
+    rows = [session_row(r, now) for r in records]
+    lost = steps_lost(records)
+    for row in rows:
+        row["steps_lost"] = lost.get(row["session"])
+    cost = [r["cost_usd"] for r in rows]
+    od = [r["on_demand_cost_usd"] for r in rows]
+    known = bool(rows) and None not in cost and None not in od
+    total_cost = round(sum(c for c in cost if c is not None), 4) if known else None
+    total_od = round(sum(c for c in od if c is not None), 4) if known else None
+    return {
+        "run_uri": docs.get("run_uri"),
+        "state": current_state(docs, rows, ti_state, now, waiting),
+        "sessions": rows,
+        "tries": match_tries(tries, rows),
+        "checkpoints": checkpoints(docs),
+        "budgets": budgets(docs.get("spec"), docs.get("final"), rows),
+        "cost": {
+            "spot_usd": total_cost,
+            "on_demand_usd": total_od,
+            "saved_percent": round(100 * (1 - total_cost / total_od)) if known and total_od else None,
+        },
+        "capacity_waited_seconds": round(sum(r["waited_seconds"] for r in rows), 1),
+        "interruptions": sum(1 for r in rows if r["status"] in INTERRUPTED),
+        "timeline": timeline(rows, docs, now),
+    }
+
+
+def timeline(rows: Sequence[Mapping[str, Any]], docs: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
+    """Events in time order: capacity waits, sessions, checkpoints, notices, ends."""
+    events: list[dict[str, Any]] = []
+    for r in rows:
+        if r["start"] is None:
+            continue
+        if r["waited_seconds"]:
+            events.append(
+                {
+                    "kind": "wait",
+                    "session": r["session"],
+                    "start": r["start"] - r["waited_seconds"],
+                    "end": r["start"],
+                    "text": f"waited {r['waited_seconds']:.0f} s for capacity",
+                }
+            )
+        where = f"{r['instance_type']} {r['lifecycle']} in {r['zone']}"
+        events.append(
+            {
+                "kind": "session",
+                "session": r["session"],
+                "start": r["start"],
+                "end": r["end"] or now,
+                "status": r["status"],
+                "text": f"session {r['session']} on {where}: {r['ended_by']}",
+            }
+        )
+        if r["notice_at"] is not None and r["status"] in INTERRUPTED:
+            events.append(
+                {
+                    "kind": "notice",
+                    "session": r["session"],
+                    "start": r["notice_at"],
+                    "end": r["notice_at"],
+                    "text": "spot interruption notice",
+                }
+            )
+        if r["status"] == "lost" and r["end"] is not None:
+            events.append(
+                {
+                    "kind": "lost",
+                    "session": r["session"],
+                    "start": r["end"],
+                    "end": r["end"],
+                    "text": "instance lost without notice",
+                }
+            )
+    for m in docs.get("manifests") or []:
+        if m.get("committed_at") is not None and m.get("session"):
+            events.append(
+                {
+                    "kind": "checkpoint",
+                    "session": m["session"],
+                    "start": m["committed_at"],
+                    "end": m["committed_at"],
+                    "text": f"checkpoint {m.get('name')}",
+                }
+            )
+    return sorted(events, key=lambda e: (e["start"], e["kind"] != "session"))
+
+
+def fleet(runs: Sequence[Mapping[str, Any]], *, now: float, since: float) -> dict[str, Any]:
+    """The dashboard over many runs: ``runs`` are ``{"dag_id", "task_id", "run_id", "map_index",
+    "ti_state", "view"}`` with ``view`` from :func:`run_view`. Counts only sessions started after ``since``."""
+    rows, per_pair = [], {}
+    totals = {
+        "waiting": 0,
+        "running": 0,
+        "finished": 0,
+        "capacity_waited_seconds": 0.0,
+        "spot_usd": 0.0,
+        "on_demand_usd": 0.0,
+        "interruptions": 0,
+    }
+    close = []
+    for run in runs:
+        view = run["view"]
+        phase = view["state"]["phase"]
+        group = "running" if phase == "running" else "waiting" if phase == "waiting" else "finished"
+        totals[group] += 1
+        for s in view["sessions"]:
+            if s["start"] is None or s["start"] < since:
+                continue
+            totals["capacity_waited_seconds"] += s["waited_seconds"]
+            if s["cost_usd"] is not None and s["on_demand_cost_usd"] is not None:
+                totals["spot_usd"] += s["cost_usd"]
+                totals["on_demand_usd"] += s["on_demand_cost_usd"]
+            if s["status"] in INTERRUPTED:
+                totals["interruptions"] += 1
+                key = (s["instance_type"] or "?", s["zone"] or "?")
+                per_pair[key] = per_pair.get(key, 0) + 1
+        b = view["budgets"]
+        near = [
+            f"{name} {b[f'{name}_left']} left of {b[f'{name}_limit']}"
+            for name in ("interruptions", "failures")
+            if b.get(f"{name}_left") is not None and b[f"{name}_left"] <= CLOSE_TO_BUDGET and group != "finished"
+        ]
+        row = {
+            **{k: run.get(k) for k in ("dag_id", "task_id", "run_id", "map_index", "ti_state")},
+            "group": group,
+            "state": view["state"]["text"],
+            "sessions": len(view["sessions"]),
+            "interruptions": view["interruptions"],
+            "cost": view["cost"],
+            "near_budget": near,
+            "capacity_waited_seconds": view["capacity_waited_seconds"],
+        }
+        rows.append(row)
+        if near:
+            close.append(row)
+    saved = totals["on_demand_usd"] - totals["spot_usd"]
+    return {
+        "runs": rows,
+        "totals": {
+            **totals,
+            "spot_usd": round(totals["spot_usd"], 4),
+            "on_demand_usd": round(totals["on_demand_usd"], 4),
+            "saved_usd": round(saved, 4),
+            "capacity_waited_seconds": round(totals["capacity_waited_seconds"], 1),
+        },
+        "interruptions_by_pair": [
+            {"instance_type": t, "zone": z, "interruptions": n}
+            for (t, z), n in sorted(per_pair.items(), key=lambda kv: -kv[1])
+        ],
+        "close_to_budget": close,
+        "since": since,
+        "now": now,
+    }
+
+
+def with_instance_links(view: dict[str, Any], conf: Mapping[str, Any]) -> dict[str, Any]:
+    """Each try's and session's own instance link (the console, or the local spot cloud's page), from
+    the operator's link settings: Airflow's own extra link shows the last try's instance on every try."""
+    from airflow_grid_resume.links import GridInstanceLink
+
+    link = GridInstanceLink()
+
+    def url(instance_id: str | None) -> str | None:
+        if not instance_id or not (conf.get("local_cloud") or conf.get("aws_domain")):
+            return None
+        return link.format_link(**{**conf, "instance_id": instance_id}) or None
+
+    for row in [*view["tries"], *view["sessions"]]:
+        row["instance_url"] = url(row.get("instance_id"))
+    return view

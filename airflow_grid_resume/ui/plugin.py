@@ -1,0 +1,45 @@
+"""The Airflow plugin the provider registers (``get_provider_info()["plugins"]``): the FastAPI app
+of ``ui/app.py`` on the api-server, a "Spot run" tab on every task instance and a "Spot training"
+page in the navigation (Airflow 3.1+ ``external_views``)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from airflow.plugins_manager import AirflowPlugin
+
+from airflow_grid_resume.ui.app import URL_PREFIX, create_app
+
+RUN_VIEW_ROUTE = "grid-resume-run"
+FLEET_ROUTE = "grid-resume-fleet"
+
+
+def base_path() -> str:
+    """The path part of ``[api] base_url`` ("" at the root): external views need absolute paths."""
+    from airflow.configuration import conf
+
+    base_url = conf.get("api", "base_url", fallback="/") or "/"
+    path = urlparse(base_url).path if base_url.startswith(("http://", "https://")) else base_url
+    return path.rstrip("/")
+
+
+class GridResumePlugin(AirflowPlugin):
+    name = "grid_resume"
+    fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Grid Resume"}]
+    external_views = [
+        {
+            "name": "Spot run",
+            "href": base_path()
+            + URL_PREFIX
+            + "/run?dag_id={DAG_ID}&run_id={RUN_ID}&task_id={TASK_ID}&map_index={MAP_INDEX}",
+            "destination": "task_instance",
+            "url_route": RUN_VIEW_ROUTE,
+        },
+        {
+            "name": "Spot training",
+            "href": base_path() + URL_PREFIX + "/",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": FLEET_ROUTE,
+        },
+    ]

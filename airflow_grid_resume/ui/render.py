@@ -1,0 +1,302 @@
+"""Server-rendered HTML of the run view and the fleet dashboard, from the view models of
+``ui/model.py``. Pure string building (every value escaped), no JavaScript framework: a page that
+is still live refreshes its own content every few seconds with one small inline script."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from html import escape
+from typing import Any
+
+from airflow_grid_resume.demo.timeline import timeline_svg
+
+REFRESH_SECONDS = 5
+STYLE = """
+body{font-family:system-ui,sans-serif;font-size:14px;margin:12px;color:#1d2733}
+h1{font-size:18px;margin:0 0 6px}h2{font-size:15px;margin:18px 0 6px}
+table{border-collapse:collapse;margin:4px 0}td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left}
+th{background:#f3f5f7}.interruption{background:#fdf1dc}.failure{background:#f8dde1}.success{background:#e3f4e6}
+.running{background:#e5effa}.state{font-size:15px;padding:8px;border-radius:4px;background:#eef2f6;margin:6px 0}
+.marker{font-weight:bold;color:#b5651d}.muted{color:#667}.bar{height:10px;background:#d0d7de;width:320px}
+.bar>div{height:10px;background:#2e7bd6}code{font-size:12px}
+"""
+LIVE_SCRIPT = """<script>
+setInterval(async () => {
+  const r = await fetch(location.href, {credentials: "same-origin"});
+  if (!r.ok) return;
+  const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+  const fresh = doc.getElementById("content");
+  if (fresh) document.getElementById("content").replaceWith(fresh);
+  if (!doc.getElementById("live")) location.reload();
+}, %d);
+</script>"""
+
+
+def _t(epoch: float | None) -> str:
+    return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(epoch)))
+
+
+def _usd(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.4f} USD"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value} B"
+
+
+def _table(headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], test_id: str) -> str:
+    """``rows``: (css class, cells already escaped)."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join(
+        f'<tr class="{escape(cls)}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cls, cells in rows
+    )
+    return f'<table data-testid="{test_id}"><tr>{head}</tr>{body}</table>'
+
+
+def _instance(row: Mapping[str, Any]) -> str:
+    """The instance id, linked to its own page when the view knows where (``instance_url``)."""
+    text = escape(row.get("instance_id") or "-")
+    if row.get("instance_url"):
+        return f"<a target='_blank' rel='noopener' href='{escape(row['instance_url'])}'>{text}</a>"
+    return text
+
+
+def page(title: str, content: str, *, live: bool) -> str:
+    script = LIVE_SCRIPT % (REFRESH_SECONDS * 1000) if live else ""
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><div id='content'>{content}"
+        + ("<span id='live' hidden></span>" if live else "")
+        + f"</div>{script}</body></html>"
+    )
+
+
+def _timeline(view: Mapping[str, Any], now: float) -> str:
+    rows = []
+    for s in view["sessions"]:
+        if s["start"] is None:
+            continue
+        rows.append(
+            {
+                "session": s["session"],
+                "status": s["status"],
+                "instance_type": s["instance_type"],
+                "lifecycle": s["lifecycle"],
+                "wait_start": s["start"] - s["waited_seconds"],
+                "start": s["start"],
+                "end": s["end"] or now,
+                "checkpoints": [
+                    c["committed_at"] for c in view["checkpoints"] if c["session"] == s["session"] and c["committed_at"]
+                ],
+            }
+        )
+    if not rows:
+        return "<p class='muted'>no session launched yet</p>"
+    return timeline_svg(rows, title=f"{len(rows)} sessions", width=860)
+
+
+def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
+    state = view["state"]
+    live = state["phase"] in ("running", "waiting")
+    parts = [
+        f"<h1>{escape(title)}</h1>",
+        f"<div class='muted'>ledger: <code>{escape(str(view['run_uri']))}</code></div>",
+    ]
+    parts.append(f'<div class="state" data-testid="state">{escape(state["text"])}</div>')
+    if state.get("done") is not None and state.get("total"):
+        pct = max(0.0, min(100.0, 100.0 * float(state["done"]) / float(state["total"])))
+        eta = f", about {state['eta_seconds']:.0f} s to go" if state.get("eta_seconds") is not None else ""
+        parts.append(
+            f'<div data-testid="progress">step {state["done"]} of {state["total"]} ({pct:.0f} %){escape(eta)}'
+            f'<div class="bar"><div style="width:{pct:.0f}%"></div></div></div>'
+        )
+    cost = view["cost"]
+    b = view["budgets"]
+    saved = f" ({cost['saved_percent']} % saved)" if cost.get("saved_percent") is not None else ""
+    budget_text = []
+    for name in ("interruptions", "failures"):
+        left, limit = b.get(f"{name}_left"), b.get(f"{name}_limit")
+        used = b.get(f"{name}_used")
+        budget_text.append(
+            f"{name}: {used} used" + (f", {left} of {limit} left" if limit is not None else " (no limit recorded)")
+        )
+    parts.append(
+        "<p data-testid='totals'>"
+        f"{len(view['sessions'])} sessions, {view['interruptions']} interruptions, "
+        f"capacity waited {view['capacity_waited_seconds']:.0f} s<br>"
+        f"<span data-testid='cost'>cost {_usd(cost['spot_usd'])} against {_usd(cost['on_demand_usd'])} on demand"
+        f"{saved}</span><br><span data-testid='budgets'>budgets: {escape('; '.join(budget_text))}</span></p>"
+    )
+    parts.append("<h2>Timeline</h2>" + _timeline(view, now))
+    parts.append("<h2>Airflow tries</h2>")
+    parts.append(
+        _table(
+            ["try", "Airflow state", "started", "session", "instance", "what ended it"],
+            [
+                (
+                    t["kind"],
+                    [
+                        str(t["try_number"]),
+                        escape(str(t["state"])),
+                        _t(t["start"]),
+                        escape(", ".join(map(str, t["sessions"])) or "-"),
+                        _instance(t),
+                        (
+                            f"<span class='marker'>⚡ {escape(t['ended_by'])}</span>"
+                            if t["kind"] == "interruption"
+                            else escape(t["ended_by"])
+                        ),
+                    ],
+                )
+                for t in view["tries"]
+            ],
+            "tries",
+        )
+    )
+    parts.append("<h2>Spot sessions</h2>")
+    session_rows = []
+    for s in view["sessions"]:
+        price = f"{s['price_per_hour']:.4f} USD/h" if s["price_per_hour"] is not None else "?"
+        lost = "-" if s.get("steps_lost") is None else str(s["steps_lost"])
+        steps = "-"
+        if s["progress_last"] is not None:
+            steps = f"{s['progress_first'] if s['progress_first'] is not None else '?'} → {s['progress_last']}"
+        session_rows.append(
+            (
+                {"interrupted": "interruption", "lost": "interruption", "succeeded": "success"}.get(
+                    s["status"], "running" if s["status"] == "running" else "failure"
+                ),
+                [
+                    str(s["session"]),
+                    _instance(s),
+                    escape(str(s["instance_type"])),
+                    escape(str(s["zone"])),
+                    escape(s["lifecycle"]),
+                    escape(price),
+                    _t(s["start"]),
+                    f"{s['seconds']:.0f} s",
+                    escape(steps),
+                    escape(lost),
+                    escape(_usd(s["cost_usd"])),
+                    escape(s["ended_by"]),
+                ],
+            )
+        )
+    parts.append(
+        _table(
+            [
+                "session",
+                "instance",
+                "type",
+                "zone",
+                "market",
+                "price",
+                "launched",
+                "ran",
+                "steps",
+                "steps lost",
+                "cost",
+                "ended by",
+            ],
+            session_rows,
+            "sessions",
+        )
+    )
+    parts.append("<h2>Checkpoints</h2>")
+    parts.append(
+        _table(
+            ["checkpoint", "session", "committed", "size", "where"],
+            [
+                (
+                    "",
+                    [
+                        escape(str(c["name"])),
+                        str(c["session"]),
+                        _t(c["committed_at"]),
+                        escape(_bytes(c["bytes"]) + (f" in {c['files']} files" if c.get("files") else "")),
+                        f"<code>{escape(c['uri'])}</code>",
+                    ],
+                )
+                for c in view["checkpoints"]
+            ],
+            "checkpoints",
+        )
+    )
+    for s in view["sessions"]:
+        if s["status"] == "failed" and s["tail"]:
+            parts.append(f"<h2>Session {s['session']}: last output</h2><pre>{escape(chr(10).join(s['tail']))}</pre>")
+    return page(title, "\n".join(parts), live=live)
+
+
+def message_page(title: str, text: str) -> str:
+    return page(title, f"<h1>{escape(title)}</h1><p data-testid='message'>{escape(text)}</p>", live=False)
+
+
+def fleet_page(board: Mapping[str, Any], *, days: float, run_link: Any) -> str:
+    """``run_link(row) -> str``: the address of a run's view."""
+    t = board["totals"]
+    parts = [
+        "<h1>Spot training runs</h1>",
+        f"<form class='muted'>period: last <input name='days' value='{days:g}' size='3'> days <button>show</button>"
+        "</form>",
+        f"<p data-testid='fleet-totals'>{t['running']} running, {t['waiting']} waiting, {t['finished']} finished; "
+        f"{t['interruptions']} interruptions; capacity waited {t['capacity_waited_seconds']:.0f} s; "
+        f"spot cost {t['spot_usd']:.4f} USD against {t['on_demand_usd']:.4f} USD on demand "
+        f"(saved {t['saved_usd']:.4f} USD)</p>",
+    ]
+    if board["close_to_budget"]:
+        parts.append(
+            "<h2>Close to a budget</h2><ul data-testid='near-budget'>"
+            + "".join(
+                f"<li><a target='_top' href='{escape(run_link(r))}'>{escape(r['dag_id'])}.{escape(r['task_id'])}</a>: "
+                f"{escape(', '.join(r['near_budget']))}</li>"
+                for r in board["close_to_budget"]
+            )
+            + "</ul>"
+        )
+    parts.append("<h2>Runs</h2>")
+    parts.append(
+        _table(
+            ["DAG", "task", "run", "Airflow state", "now", "sessions", "interruptions", "capacity wait", "cost"],
+            [
+                (
+                    {"running": "running", "waiting": "interruption"}.get(r["group"], ""),
+                    [
+                        escape(r["dag_id"]),
+                        f"<a target='_top' href='{escape(run_link(r))}'>{escape(r['task_id'])}"
+                        + (f"[{r['map_index']}]" if (r.get("map_index") or -1) >= 0 else "")
+                        + "</a>",
+                        escape(r["run_id"]),
+                        escape(str(r["ti_state"])),
+                        escape(r["state"]),
+                        str(r["sessions"]),
+                        str(r["interruptions"]),
+                        f"{r['capacity_waited_seconds']:.0f} s",
+                        escape(_usd(r["cost"]["spot_usd"])),
+                    ],
+                )
+                for r in board["runs"]
+            ],
+            "runs",
+        )
+    )
+    parts.append("<h2>Interruptions by instance type and zone</h2>")
+    parts.append(
+        _table(
+            ["instance type", "zone", "interruptions"],
+            [
+                ("", [escape(p["instance_type"]), escape(p["zone"]), str(p["interruptions"])])
+                for p in board["interruptions_by_pair"]
+            ],
+            "by-pair",
+        )
+    )
+    live = any(r["group"] != "finished" for r in board["runs"])
+    return page("Spot training runs", "\n".join(parts), live=live)

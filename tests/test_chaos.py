@@ -1,0 +1,311 @@
+"""A seeded simulation of the whole lifecycle on a cloud at least as unkind as EC2 (in the spirit of
+FoundationDB's simulation tests and Jepsen): the real operator, triggers and agent, the local spot cloud
+with eventual consistency, throttling on every API, 5xx, lost answers (EC2 and S3), skewed instance
+clocks, capacity droughts, notices and hard losses, and the worker killed at chosen points of a try.
+
+After each seed, from the ledger and the cloud's own instance list:
+- exactly one instance per session, never two alive at once for the run;
+- no instance running after the run ended;
+- every session's verdict on the Airflow side equals the agent's outcome, and a session called lost
+  was really reclaimed (no interruption spent on a healthy instance);
+- the final result equals an uninterrupted reference run's;
+- every output line the agent shipped reaches the task log exactly once (no triggerer restarts here:
+  the bound on repeats is 0; with a SIGKILLed triggerer it is the last 10 s of output, see docs/lifecycle.md).
+
+``GRID_CHAOS_SEEDS="1 2 3"`` (or ``make chaos SEEDS=N`` for 1..N) picks the seeds; a failure prints the
+command that replays it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import pytest
+
+from airflow_grid_resume.agent.ledger import RunLedger
+from airflow_grid_resume.agent.restore import Restorer
+from airflow_grid_resume.agent.s3client import make_s3_client
+from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.emulator.client import LocalSpotCloud
+from airflow_grid_resume.emulator.cloud import SPOT_TERMINATION
+from tests.conftest import SCRIPTS, command_started, make_dag
+
+STEPS, STEP_SECONDS, SAVE_EVERY = 36, 0.12, 4
+DEFAULT_SEEDS = "1 2 3"
+LINE = re.compile(r"CHAOS-LINE s=\d+ step=\d+;")
+
+
+def seeds() -> list[int]:
+    return [int(s) for s in os.environ.get("GRID_CHAOS_SEEDS", DEFAULT_SEEDS).split()]
+
+
+@dataclass
+class Schedule:
+    """Everything the seed decides, before anything runs."""
+
+    seed: int
+    consistency_seconds: float
+    describe_throttle: tuple[float, float] | None  # (burst, rate) for Describe* actions
+    clock_offset: float
+    drought_seconds: float  # spot capacity withheld at the start
+    crash: str | None  # where the worker dies once: "after-launch" (before the instance is recorded), "before-watch"
+    interruptions: list[tuple[float, bool]]  # (seconds of training before it, with a notice?)
+    faults: list[tuple[float, str, dict]] = field(default_factory=list)  # (at second, route, body)
+
+    def describe(self) -> str:
+        return (
+            f"seed {self.seed}: consistency {self.consistency_seconds:.1f} s, describe throttle "
+            f"{self.describe_throttle}, clock {self.clock_offset:+.0f} s, drought {self.drought_seconds:.0f} s, "
+            f"worker crash {self.crash}, interruptions {self.interruptions}, faults {self.faults}"
+        )
+
+
+def schedule_for(seed: int) -> Schedule:
+    rng = random.Random(seed)
+    faults = []
+    for _ in range(rng.randint(2, 5)):
+        at = round(rng.uniform(0, 25), 1)
+        kind = rng.choice(["drop-run", "drop-put", "fault-describe", "fault-run", "fault-terminate", "drop-describe"])
+        if kind == "drop-run":
+            faults.append((at, "drop", {"action": "RunInstances", "count": 1}))
+        elif kind == "drop-put":
+            faults.append((at, "drop", {"action": "PutObject", "count": rng.randint(1, 3)}))
+        elif kind == "drop-describe":
+            faults.append((at, "drop", {"action": "DescribeInstances", "count": rng.randint(1, 2)}))
+        else:
+            api = {"fault-describe": "DescribeInstances", "fault-run": "RunInstances"}.get(kind, "TerminateInstances")
+            code = rng.choice(["InternalError", "Unavailable"])
+            faults.append((at, "fault", {"api": api, "code": code, "count": rng.randint(1, 3)}))
+    return Schedule(
+        seed=seed,
+        consistency_seconds=rng.choice([0.0, 2.0, 5.0]),
+        describe_throttle=rng.choice([None, (4.0, 2.0), (10.0, 5.0)]),
+        clock_offset=rng.choice([0.0, -400.0, 400.0]),
+        drought_seconds=rng.choice([0.0, 0.0, 6.0]),
+        crash=rng.choice([None, "after-launch", "before-watch"]),
+        interruptions=[(round(rng.uniform(0.8, 2.0), 1), rng.random() < 0.6) for _ in range(rng.randint(1, 2))],
+        faults=sorted(faults),
+    )
+
+
+def test_schedules_are_seeded() -> None:
+    assert schedule_for(7) == schedule_for(7)
+    assert len({schedule_for(s).describe() for s in range(1, 10)}) > 5
+
+
+# -- the run --------------------------------------------------------------------------------------------
+class WorkerKilled(Exception):
+    """The worker process dying at a chosen line: Airflow fails the try and retries it."""
+
+
+class Chaos:
+    """Applies a schedule while the DAG runs: faults at their times, interruptions once a command trains."""
+
+    def __init__(self, cloud: LocalSpotCloud, schedule: Schedule) -> None:
+        self.cloud, self.schedule = cloud, schedule
+        self.interrupted: dict[str, bool] = {}  # instance id -> with a notice?
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Chaos:
+        s, cloud = self.schedule, self.cloud
+        cloud.reset_faults()
+        cloud.set_capacity("*", "*", available=True, market="all")
+        cloud.set_consistency(describe_not_found_seconds=s.consistency_seconds)
+        if s.describe_throttle:
+            cloud.set_throttle("Describe*", burst=s.describe_throttle[0], rate=s.describe_throttle[1])
+        cloud.set_clock(offset_seconds=s.clock_offset)
+        if s.drought_seconds:
+            cloud.set_capacity("*", "*", available=False, for_seconds=s.drought_seconds)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.cloud.reset_faults()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        faults = list(self.schedule.faults)
+        plan = list(self.schedule.interruptions)
+        running: dict[str, float] = {}
+        while not self.stop.is_set():
+            now = time.monotonic()
+            while faults and now - started >= faults[0][0]:
+                _, route, body = faults.pop(0)
+                with contextlib.suppress(Exception):
+                    self.cloud._call("POST", route, body)
+            with contextlib.suppress(Exception):
+                for instance in self.cloud.instances() if plan else []:
+                    instance_id = instance["instance_id"]
+                    if instance["state"] != "running" or instance_id in self.interrupted:
+                        continue
+                    if instance_id not in running and command_started(instance):
+                        running[instance_id] = now
+                    if instance_id in running and now - running[instance_id] >= plan[0][0]:
+                        _, notice = plan.pop(0)
+                        self.cloud.interrupt(instance_id, notice=notice)
+                        self.interrupted[instance_id] = notice
+                        break
+            time.sleep(0.1)
+
+
+def chaos_dag(dag_id: str, workdir: Path, bucket: str):
+    agent_args = ["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1", "--min-grace", "1"]
+    return make_dag(
+        dag_id,
+        workdir,
+        bucket,
+        command=f"python3 chaos_train.py {STEPS} {STEP_SECONDS} {SAVE_EVERY}",
+        heartbeat_timeout=20.0,
+        not_found_grace=15.0,
+        agent_args=[*agent_args, "--notice-window", "3"],
+        retries=3,  # the worker kills
+        max_interruptions=4,
+    )
+
+
+@contextlib.contextmanager
+def worker_killed_at(point: str | None):
+    """Kill the "worker" once at ``point``: after RunInstances answered but before the instance is
+    recorded anywhere, or after it is recorded but before the watch is deferred."""
+    from airflow_grid_resume.operators import GridRunOperator
+    from airflow_grid_resume.triggers.capacity import SessionLauncher
+
+    killed: list[str] = []
+    original_round, original_watch = SessionLauncher.round, GridRunOperator._watch
+
+    async def round_then_die(self, planner, waited):
+        result = await original_round(self, planner, waited)
+        if point == "after-launch" and result.instance is not None and not killed:
+            killed.append(point)
+            raise WorkerKilled(f"worker killed after launching {result.instance['InstanceId']}")
+        return result
+
+    def watch_then_die(self, context, run_uri, session, instance_id, state):
+        if point == "before-watch" and not killed:
+            killed.append(point)
+            raise WorkerKilled(f"worker killed before watching {instance_id}")
+        return original_watch(self, context, run_uri, session, instance_id, state)
+
+    SessionLauncher.round, GridRunOperator._watch = round_then_die, watch_then_die
+    try:
+        yield killed
+    finally:
+        SessionLauncher.round, GridRunOperator._watch = original_round, original_watch
+
+
+def reference(tmp_path: Path) -> str:
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    subprocess.run(
+        [sys.executable, str(SCRIPTS / "chaos_train.py"), str(STEPS), "0", str(SAVE_EVERY)],
+        cwd=ref,
+        check=True,
+        capture_output=True,
+    )
+    return (ref / "result.txt").read_text()
+
+
+# -- the checks -----------------------------------------------------------------------------------------
+def run_instances(run_uri: str) -> list[dict]:
+    ec2 = boto3.client("ec2")
+    found = ec2.describe_instances(Filters=[{"Name": "tag:grid-resume:run-id", "Values": [run_uri]}])
+    return [i for r in found["Reservations"] for i in r["Instances"]]
+
+
+def session_of(instance: dict) -> int:
+    return int({t["Key"]: t["Value"] for t in instance.get("Tags", [])}["grid-resume:session"])
+
+
+@pytest.mark.parametrize("seed", seeds(), ids=lambda s: f"seed-{s}")
+def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_path: Path, capfd, seed: int) -> None:
+    schedule = schedule_for(seed)
+    replay = f'GRID_CHAOS_SEEDS="{seed}" .venv/bin/python -m pytest tests/test_chaos.py -k seed-{seed}'
+    print(f"chaos: {schedule.describe()}\nreplay: {replay}")
+    workdir = tmp_path / "training"
+    workdir.mkdir()
+    shutil.copy(SCRIPTS / "chaos_train.py", workdir / "chaos_train.py")
+    bucket = f"chaos-{seed}-{uuid.uuid4().hex[:6]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    expected = reference(tmp_path)
+    dag = chaos_dag(f"chaos_{seed}_{uuid.uuid4().hex[:6]}", workdir, bucket)
+    with worker_killed_at(schedule.crash) as killed, Chaos(spot_cloud, schedule) as chaos:
+        dagrun = dag.test()
+    output = capfd.readouterr().out
+    problems: list[str] = []
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    check(dagrun.state == "success", f"the DAG run ended {dagrun.state}")
+    check(killed == ([schedule.crash] if schedule.crash else []), f"the worker kill at {schedule.crash} happened")
+    client = make_s3_client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="grid-runs/")["Contents"]]
+    run_prefix = next(k for k in keys if k.endswith("/spec.json")).rsplit("/spec.json", 1)[0]
+    run_uri = f"s3://{bucket}/{run_prefix}"
+    ledger = RunLedger(client, parse_s3_uri(run_uri))
+    instances = run_instances(run_uri)
+    by_session: dict[int, list[str]] = {}
+    for instance in instances:
+        by_session.setdefault(session_of(instance), []).append(instance["InstanceId"])
+    check(all(len(v) == 1 for v in by_session.values()), f"one instance per session: {by_session}")
+    claimed = [s for s in ledger.list_sessions() if ledger.get_json(ledger.session_key(s, "session.json"))]
+    check(all(s in by_session for s in claimed), f"every claimed session has its instance: {claimed} {by_session}")
+    # Never two alive at once: each instance ended before the next one was launched (the cloud's clock).
+    emulated = {i["instance_id"]: i for i in spot_cloud.instances()}
+    spans = sorted(
+        (emulated[i]["launched_at"], emulated[i]["ended_at"] or float("inf"), i) for v in by_session.values() for i in v
+    )
+    for (_, ended, first), (launched, _, second) in itertools.pairwise(spans):
+        check(ended <= launched + 0.05, f"{first} still ran when {second} was launched")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(emulated[i]["state"] != "terminated" for *_, i in spans):
+        time.sleep(0.3)
+        emulated = {i["instance_id"]: i for i in spot_cloud.instances()}
+    check(all(emulated[i]["state"] == "terminated" for *_, i in spans), "no instance runs after the run ended")
+    for session, (instance_id,) in sorted((s, tuple(v)) for s, v in by_session.items() if len(v) == 1):
+        outcome = ledger.read_outcome(session)
+        closed = ledger.get_json(ledger.session_key(session, "closed.json")) or {}
+        reclaimed = emulated[instance_id]["reason"] == SPOT_TERMINATION
+        if outcome is not None:
+            check(closed.get("status") == outcome["status"], f"session {session}: {closed} but the agent {outcome}")
+            if outcome["status"] == "interrupted":
+                check(reclaimed, f"session {session} interrupted although its instance was not reclaimed")
+        else:
+            check(closed.get("status") == "lost", f"session {session} has no outcome and is {closed}")
+            check(reclaimed, f"session {session} called lost, its instance healthy ({emulated[instance_id]['reason']})")
+    restored = tmp_path / "restored"
+    Restorer(ledger, str(restored)).restore()
+    result = (restored / "result.txt").read_text() if (restored / "result.txt").exists() else "(none)"
+    check(result == expected, f"result {result!r} differs from the reference {expected!r}")
+    for session in claimed:
+        shipped = ledger.read_log(session, 0)[0].decode(errors="replace")
+        for line in sorted(set(LINE.findall(shipped))):
+            logged, sent = output.count(line), shipped.count(line)
+            check(logged == sent, f"{line!r}: shipped {sent} times, in the task log {logged} times")
+    if problems:
+        log_file = tmp_path / "task-log.txt"
+        log_file.write_text(output)
+        errors = [line for line in output.splitlines() if re.search(r"\b(error|ERROR|failed|Traceback)\b", line)]
+        print("\n".join(errors[-40:]))
+        pytest.fail(
+            f"the run's output: {log_file}\n"
+            f"{schedule.describe()}\ninterrupted: {chaos.interrupted}\n- " + "\n- ".join(problems[:15]) + f"\n"
+            f"replay: {replay}"
+        )

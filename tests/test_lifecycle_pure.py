@@ -1,0 +1,194 @@
+"""The lifecycle's decisions, without any server: launch planning, liveness, the notice deadline, reaping."""
+
+from __future__ import annotations
+
+import errno
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from airflow_grid_resume.agent.deadline import plan_final_sync, seconds_until_reclaim
+from airflow_grid_resume.agent.errors import crash_hint
+from airflow_grid_resume.reaper import select_reapable
+from airflow_grid_resume.spot.launch import (
+    CAPACITY,
+    FATAL,
+    ON_DEMAND,
+    SPOT,
+    THROTTLE,
+    TRANSIENT,
+    FallbackPolicy,
+    Pair,
+    classify_error,
+)
+from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, NEXT_PAIR, RETRY_SAME, Attempt, LaunchPlanner
+from airflow_grid_resume.triggers.liveness import ALIVE, BOOTING, GONE, NO_AGENT, SILENT, Liveness
+
+PAIRS = [Pair("g5.xlarge", "subnet-a", "us-east-1a"), Pair("g5.xlarge", "subnet-b", "us-east-1b")]
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["InternalError", "InternalFailure", "Unavailable", "ServiceUnavailable", "RequestTimeout", "ConnectionError"],
+)
+def test_transient_ec2_errors_are_retried_not_final(code: str) -> None:
+    assert classify_error(code) == TRANSIENT
+
+
+def planner(**kw) -> LaunchPlanner:
+    return LaunchPlanner(PAIRS, run_id="s3://b/run", session=3, **kw)
+
+
+def test_a_launch_with_an_unknown_answer_is_retried_with_its_token_before_any_other_pair() -> None:
+    p = planner()
+    first = p.round(now=0.0, waited_seconds=0)[0]
+    p.before(first)
+    assert p.failed(first, TRANSIENT, now=1.0) == RETRY_SAME
+    assert p.transient_delay() == 1.0
+    for _ in range(3):
+        assert p.failed(first, TRANSIENT, now=1.0) == RETRY_SAME
+    assert p.failed(first, TRANSIENT, now=1.0) == END_ROUND  # still unknown: the round ends here...
+    p.end_round()
+    assert p.round(now=2.0, waited_seconds=2) == [first]  # ...and the next one starts with it, alone
+    assert p.failures_in_a_row == 0  # an unknown answer is not a capacity failure
+
+
+def test_a_replayed_attempt_comes_first_and_alone_with_the_same_token() -> None:
+    recorded = planner().attempt(PAIRS[1], SPOT)
+    restored = Attempt.from_dict(recorded.as_dict())
+    p = planner(replay=restored)
+    assert p.round(now=0.0, waited_seconds=0) == [recorded]
+    p.before(recorded)
+    assert p.failed(recorded, CAPACITY, now=0.0) == NEXT_PAIR  # a definitive answer: EC2 launched nothing
+    p.end_round()
+    assert [a.pair for a in p.round(now=1.0, waited_seconds=1)] == [PAIRS[0], PAIRS[1]]
+
+
+def test_capacity_moves_on_throttling_ends_the_round_fatal_gives_up() -> None:
+    p = planner(cool_down=300)
+    attempts = p.round(now=0.0, waited_seconds=0)
+    assert len(attempts) == 2 and attempts[0].token != attempts[1].token
+    assert p.failed(attempts[0], CAPACITY, now=0.0) == NEXT_PAIR
+    assert p.failed(attempts[1], THROTTLE, now=0.0) == END_ROUND
+    p.end_round()
+    assert p.failures_in_a_row == 0  # throttled rounds are not capacity failures
+    assert [a.pair for a in p.round(now=1.0, waited_seconds=1)] == [PAIRS[1], PAIRS[0]]  # just-failed last
+    assert p.failed(attempts[0], FATAL, now=1.0) == GIVE_UP
+
+
+def test_the_same_attempt_has_the_same_token_everywhere() -> None:
+    assert planner().attempt(PAIRS[0], SPOT) == planner().attempt(PAIRS[0], SPOT)
+    assert planner().attempt(PAIRS[0], SPOT).token != planner().attempt(PAIRS[0], ON_DEMAND).token
+
+
+def test_fallback_to_on_demand_after_capacity_failures() -> None:
+    p = planner(policy=FallbackPolicy(after_capacity_failures=2))
+    for t in range(2):
+        for attempt in p.round(now=float(t), waited_seconds=t):
+            p.failed(attempt, CAPACITY, now=float(t))
+        p.end_round()
+    assert {a.lifecycle for a in p.round(now=5.0, waited_seconds=5)} == {ON_DEMAND}
+
+
+# -- liveness -----------------------------------------------------------------------------------------
+def liveness(**kw) -> Liveness:
+    args = dict(now=1000.0, launched_ago=0.0, heartbeat_timeout=90, boot_timeout=900, not_found_grace=120)
+    return Liveness(**{**args, **kw})
+
+
+def test_a_heartbeat_that_changes_is_alive_whatever_its_clock_says() -> None:
+    live = liveness()
+    for step in range(20):  # the agent's clock could be hours off: only changes count
+        live.heartbeat((step, f"1970-01-01T00:00:{step:02d}Z"), now=1000.0 + 10 * step)
+        assert live.verdict(1000.0 + 10 * step).kind == ALIVE
+
+
+def test_silence_needs_the_same_heartbeat_read_over_more_than_the_timeout() -> None:
+    live = liveness()
+    live.heartbeat((1, "t"), now=1000.0)
+    assert live.verdict(now=1500.0).kind == ALIVE  # no read since: failed reads are no evidence
+    live.heartbeat((1, "t"), now=1060.0)
+    assert live.verdict(now=1060.0).kind == ALIVE
+    live.heartbeat((1, "t"), now=1100.0)
+    assert live.verdict(now=1100.0).kind == SILENT
+
+
+def test_a_restarted_watch_gives_the_agent_a_full_timeout() -> None:
+    live = liveness(launched_ago=5000.0)
+    live.heartbeat((77, "t"), now=1000.0)  # first sight of an old heartbeat: counted from now
+    assert live.verdict(now=1080.0).kind == ALIVE
+
+
+def test_gone_needs_positive_evidence() -> None:
+    live = liveness(launched_ago=10.0)
+    live.instance(None, now=1000.0)  # not listed: EC2's eventual consistency, just launched
+    assert live.verdict(now=1100.0).kind == BOOTING
+    live.instance(None, now=1200.0)
+    assert live.verdict(now=1200.0).kind == GONE  # not listed for longer than the window
+    live.instance({"State": {"Name": "running"}}, now=1201.0)
+    assert live.verdict(now=1201.0).kind == BOOTING
+    live.instance({"State": {"Name": "terminated"}, "StateReason": {"Code": "Server.SpotInstanceTermination"}}, 1202.0)
+    verdict = live.verdict(now=1202.0)
+    assert verdict.kind == GONE and verdict.state == "Server.SpotInstanceTermination"
+
+
+def test_an_agent_that_never_beats_is_reported_after_the_boot_timeout() -> None:
+    live = liveness(launched_ago=880.0)
+    live.heartbeat(None, now=1000.0)
+    assert live.verdict(now=1010.0).kind == BOOTING
+    live.heartbeat(None, now=1030.0)
+    assert live.verdict(now=1030.0).kind == NO_AGENT
+
+
+# -- the notice deadline ------------------------------------------------------------------------------
+def test_reclaim_time_survives_a_skewed_instance_clock() -> None:
+    assert seconds_until_reclaim(notice_time=1120.0, now=1000.0, seen_ago=0.0) == 120.0
+    # clock 10 min behind: the notice seems 12 min away; clock 10 min ahead: it seems past
+    assert seconds_until_reclaim(notice_time=1120.0, now=400.0, seen_ago=3.0) == 117.0
+    assert seconds_until_reclaim(notice_time=1120.0, now=1600.0, seen_ago=3.0) == 117.0
+    assert seconds_until_reclaim(notice_time=1030.0, now=1000.0, seen_ago=90.0) == 30.0  # a late notice
+
+
+def test_final_sync_reserve_comes_from_what_is_pending() -> None:
+    small = plan_final_sync(
+        pending_bytes=10_000_000, checkpoint_bytes=0, bytes_per_s=100e6, floor=10, seconds_left=118, min_grace=5
+    )
+    assert small.reserve == 10 and small.warnings == ()
+    big = plan_final_sync(
+        pending_bytes=20e9, checkpoint_bytes=0, bytes_per_s=100e6, floor=10, seconds_left=118, min_grace=5
+    )
+    assert big.reserve > 200 and any("more than a spot notice leaves" in w for w in big.warnings)
+    late = plan_final_sync(pending_bytes=0, checkpoint_bytes=0, bytes_per_s=None, floor=10, seconds_left=8, min_grace=5)
+    assert any(w.startswith("late notice") for w in late.warnings)
+
+
+def test_crash_hints_say_what_to_fix() -> None:
+    assert "root_volume_gb" in crash_hint(OSError(errno.ENOSPC, "No space left on device"))
+    assert "bug" in crash_hint(KeyError("x"))
+
+
+# -- the reaper ---------------------------------------------------------------------------------------
+def instance(instance_id: str, tags: dict[str, str], state: str = "running") -> dict:
+    return {
+        "InstanceId": instance_id,
+        "State": {"Name": state},
+        "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+    }
+
+
+def test_the_reaper_takes_expired_or_ended_tagged_instances_only() -> None:
+    now = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    past, future = (now - timedelta(hours=1)), (now + timedelta(hours=1))
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    run = {"grid-resume:run-id": "s3://b/r", "grid-resume:session": "2"}
+    instances = [
+        instance("i-expired", {**run, "grid-resume:expires-at": past.strftime(fmt)}),
+        instance("i-live", {**run, "grid-resume:session": "3", "grid-resume:expires-at": future.strftime(fmt)}),
+        instance("i-ended", {**run, "grid-resume:expires-at": future.strftime(fmt)}),
+        instance("i-theirs", {"Name": "not ours", "grid-resume:expires-at": past.strftime(fmt)}),
+        instance("i-gone", {**run, "grid-resume:expires-at": past.strftime(fmt)}, state="terminated"),
+        instance("i-untagged-expiry", {**run, "grid-resume:session": "9"}),
+    ]
+    reap, notes = select_reapable(instances, now, lambda run_id: 2 if run_id == "s3://b/r" else None)
+    assert {r.instance_id: r.reason.split()[0] for r in reap} == {"i-expired": "expired", "i-ended": "its"}
+    assert len(notes) == 1 and "i-untagged-expiry" in notes[0]

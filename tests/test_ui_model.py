@@ -1,0 +1,203 @@
+"""The UI plugin's view models and pages from ledger documents: pure, no server."""
+
+from __future__ import annotations
+
+from airflow_grid_resume.ui import model, render
+
+T0 = 1_800_000_000.0
+
+
+def _docs(*, running: bool = False) -> dict:
+    """Three sessions: a spot notice, a lost instance, then success (or still running)."""
+    launch = {
+        "instance_type": "g5.xlarge",
+        "zone": "us-east-1a",
+        "lifecycle": "spot",
+        "spot_price": 0.3,
+        "on_demand_price": 1.0,
+    }
+    sessions = [
+        {
+            "session": 1,
+            "launch": {**launch, "instance_id": "i-1", "launched_at": T0 + 20, "waited_seconds": 20},
+            "outcome": {
+                "status": "interrupted",
+                "notice": {"source": "imds", "time": "2027-01-15T08:01:00Z"},
+                "ended_at": T0 + 120,
+                "progress": {"first": 1, "last": 120, "total": 400},
+            },
+            "closed": {"status": "interrupted", "at": T0 + 121},
+        },
+        {
+            "session": 2,
+            "launch": {**launch, "instance_id": "i-2", "zone": "us-east-1b", "launched_at": T0 + 130},
+            "heartbeat": {"epoch": T0 + 200, "state": "running", "progress": {"done": 260, "total": 400}},
+            "outcome": None,
+            "closed": {"status": "lost", "reason": "instance i-2 is terminated with no outcome", "at": T0 + 210},
+        },
+        {
+            "session": 3,
+            "launch": {**launch, "instance_id": "i-3", "launched_at": T0 + 220},
+            "heartbeat": {"epoch": T0 + 300, "state": "running", "progress": {"done": 300, "total": 400, "first": 241}},
+            "outcome": None
+            if running
+            else {
+                "status": "succeeded",
+                "exit_code": 0,
+                "ended_at": T0 + 400,
+                "progress": {"first": 241, "last": 400, "total": 400},
+            },
+            "closed": None if running else {"status": "succeeded", "at": T0 + 401},
+        },
+    ]
+    return {
+        "run_uri": "s3://bucket/grid-runs/dag/train/run1",
+        "spec": {"budgets": {"max_interruptions": 2, "failure_retries": 1}},
+        "final": None if running else {"status": "succeeded", "session": 3},
+        "sessions": sessions,
+        "manifests": [
+            {"name": "000003-000002.json", "session": 3, "seq": 2, "committed_at": T0 + 390, "bytes": 2048, "files": 2},
+            {"name": "000001-000003.json", "session": 1, "seq": 3, "committed_at": T0 + 119, "bytes": 1024, "files": 2},
+            {"name": "000000-000001.json", "session": 0, "seq": 1, "committed_at": T0 + 1, "bytes": 10, "files": 1},
+        ],
+    }
+
+
+TRIES = [
+    {"try_number": 1, "state": "up_for_retry", "start_date": T0, "end_date": T0 + 122},
+    {"try_number": 2, "state": "up_for_retry", "start_date": T0 + 125, "end_date": T0 + 212},
+    {"try_number": 3, "state": "success", "start_date": T0 + 215, "end_date": T0 + 402},
+]
+
+
+def test_one_row_per_try_says_what_ended_it() -> None:
+    view = model.run_view(_docs(), TRIES, now=T0 + 500, ti_state="success")
+    tries = view["tries"]
+    assert [t["sessions"] for t in tries] == [[1], [2], [3]]
+    assert tries[0]["ended_by"] == "spot interruption notice" and tries[0]["kind"] == "interruption"
+    assert tries[1]["ended_by"].startswith("instance lost without notice (instance i-2 is terminated")
+    assert tries[2]["ended_by"] == "succeeded" and tries[2]["instance_id"] == "i-3"
+    assert view["state"] == {**view["state"], "phase": "succeeded", "text": "succeeded in session 3"}
+
+
+def test_steps_lost_cost_budgets_and_checkpoints() -> None:
+    view = model.run_view(_docs(), TRIES, now=T0 + 500, ti_state="success")
+    by_session = {s["session"]: s for s in view["sessions"]}
+    # session 2 was lost: no outcome says where it started, and its heartbeat names only the latest step
+    assert by_session[1]["steps_lost"] is None
+    assert by_session[2]["steps_lost"] == 20  # reached 260 (last heartbeat), resumed at 241
+    assert by_session[3]["steps_lost"] is None
+    assert by_session[2]["zone"] == "us-east-1b" and by_session[2]["price_per_hour"] == 0.3
+    # 101 + 80 + 181 s at 0.3 USD/h against 1.0 USD/h
+    assert abs(view["cost"]["spot_usd"] - 0.3 * 362 / 3600) < 1e-3
+    assert abs(view["cost"]["on_demand_usd"] - 362 / 3600) < 1e-3
+    assert view["cost"]["saved_percent"] == 70
+    assert view["budgets"]["interruptions_used"] == 2 and view["budgets"]["interruptions_left"] == 0
+    assert view["budgets"]["failures_left"] == 1
+    assert view["checkpoints"][0]["uri"] == "s3://bucket/grid-runs/dag/train/run1/manifests/000003-000002.json"
+    assert view["capacity_waited_seconds"] == 20
+    docs = _docs()
+    docs["sessions"][1]["heartbeat"]["progress"]["first"] = 111  # a heartbeat that also names the first step
+    resumed = {s["session"]: s["steps_lost"] for s in model.run_view(docs, TRIES, now=T0 + 500)["sessions"]}
+    assert resumed[1] == 10  # reached 120, resumed after 110
+    kinds = [e["kind"] for e in view["timeline"]]
+    assert kinds.count("session") == 3 and "notice" in kinds and "lost" in kinds and "checkpoint" in kinds
+
+
+def test_live_state_while_running_with_progress_and_eta() -> None:
+    tries = [*TRIES[:2], {"try_number": 3, "state": "deferred", "start_date": T0 + 215, "end_date": None}]
+    view = model.run_view(_docs(running=True), tries, now=T0 + 303, ti_state="deferred")
+    state = view["state"]
+    assert state["phase"] == "running"
+    assert state["text"] == "running on g5.xlarge in us-east-1a, heartbeat 3 s ago, step 300 of 400"
+    # 59 steps in 80 s since the session started at step 241: 100 to go
+    assert round(state["eta_seconds"]) == round(100 * 80 / 59)
+    assert view["tries"][2]["ended_by"] == "running"
+    assert view["sessions"][2]["seconds"] == 83.0  # counted until now
+    html = render.run_page(view, title="t", now=T0 + 303)
+    assert 'id="live"' in html or "id='live'" in html
+    assert "step 300 of 400 (75 %)" in html
+
+
+def test_waiting_for_capacity_says_for_what() -> None:
+    docs = {"run_uri": "s3://b/r", "sessions": [], "manifests": [], "spec": None, "final": None}
+    waiting = {"instance_types": ["g5.xlarge", "g4dn.xlarge"], "started_at": T0, "max_wait": 600}
+    view = model.run_view(
+        docs,
+        [{"try_number": 1, "state": "deferred", "start_date": T0}],
+        now=T0 + 40,
+        ti_state="deferred",
+        waiting=waiting,
+    )
+    assert view["state"]["text"] == "waiting for spot capacity: g5.xlarge, g4dn.xlarge, waited 40 s of at most 600 s"
+    assert view["tries"][0]["ended_by"] == "waiting for capacity"
+    assert view["cost"]["spot_usd"] is None
+
+
+def test_failure_is_a_script_failure_with_its_exit_code() -> None:
+    docs = _docs()
+    docs["sessions"][2]["outcome"] = {"status": "failed", "exit_code": 3, "ended_at": T0 + 400, "tail": ["boom"]}
+    docs["sessions"][2]["closed"] = {"status": "failed", "at": T0 + 401}
+    docs["final"] = {"status": "failed", "session": 3, "reason": "script failure budget exhausted"}
+    tries = [*TRIES[:2], {**TRIES[2], "state": "failed"}]
+    view = model.run_view(docs, tries, now=T0 + 500, ti_state="failed")
+    assert view["tries"][2]["ended_by"] == "script failed with exit code 3"
+    assert view["tries"][2]["kind"] == "failure"
+    assert view["state"]["text"] == "failed: script failure budget exhausted"
+    html = render.run_page(view, title="t", now=T0 + 500)
+    assert "boom" in html and "id='live'" not in html
+
+
+def test_page_escapes_what_it_shows() -> None:
+    docs = _docs()
+    docs["sessions"][0]["launch"]["instance_type"] = "<script>x</script>"
+    html = render.run_page(model.run_view(docs, TRIES, now=T0 + 500), title="<b>", now=T0 + 500)
+    assert "<script>x</script>" not in html and "&lt;script&gt;" in html
+
+
+def test_fleet_totals_pairs_and_runs_near_a_budget() -> None:
+    done = model.run_view(_docs(), TRIES, now=T0 + 500, ti_state="success")
+    live = model.run_view(_docs(running=True), TRIES[:2], now=T0 + 303, ti_state="deferred")
+    board = model.fleet(
+        [
+            {"dag_id": "a", "task_id": "t", "run_id": "r1", "map_index": -1, "ti_state": "success", "view": done},
+            {"dag_id": "b", "task_id": "t", "run_id": "r2", "map_index": -1, "ti_state": "deferred", "view": live},
+        ],
+        now=T0 + 600,
+        since=T0 - 10,
+    )
+    assert board["totals"]["running"] == 1 and board["totals"]["finished"] == 1
+    assert board["totals"]["interruptions"] == 4
+    assert {(p["instance_type"], p["zone"]): p["interruptions"] for p in board["interruptions_by_pair"]} == {
+        ("g5.xlarge", "us-east-1a"): 2,
+        ("g5.xlarge", "us-east-1b"): 2,
+    }
+    assert [r["dag_id"] for r in board["close_to_budget"]] == ["b"]  # the finished run is not at risk
+    assert board["totals"]["saved_usd"] > 0
+    html = render.fleet_page(board, days=7, run_link=lambda r: f"/x/{r['dag_id']}")
+    assert "interruptions 0 left of 2" in html and "/x/b" in html
+
+
+def test_each_try_links_its_own_instance() -> None:
+    view = model.run_view(_docs(), TRIES, now=T0 + 500, ti_state="success")
+    local = model.with_instance_links(view, {"local_cloud": "http://127.0.0.1:5000"})
+    assert [t["instance_url"] for t in local["tries"]] == [
+        f"http://127.0.0.1:5000/_emulator/pages/instances/i-{n}" for n in (1, 2, 3)
+    ]
+    console = model.with_instance_links(
+        model.run_view(_docs(), TRIES, now=T0 + 500), {"aws_domain": "amazonaws.cn", "region_name": "cn-north-1"}
+    )
+    assert console["sessions"][0]["instance_url"] == (
+        "https://console.amazonaws.cn/ec2/home?region=cn-north-1#InstanceDetails:instanceId=i-1"
+    )
+    html = render.run_page(local, title="t", now=T0 + 500)
+    assert "href='http://127.0.0.1:5000/_emulator/pages/instances/i-1'" in html
+    assert model.with_instance_links(view, {})["tries"][0]["instance_url"] is None
+
+
+def test_a_session_planned_but_not_launched_is_no_session() -> None:
+    docs = _docs(running=True)
+    docs["sessions"].append({"session": 4, "start": None, "launch": None, "heartbeat": None, "outcome": None})
+    view = model.run_view(docs, TRIES, now=T0 + 303, ti_state="deferred")
+    assert [s["session"] for s in view["sessions"]] == [1, 2, 3]
+    assert view["state"]["phase"] == "running"
