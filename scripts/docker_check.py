@@ -123,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     ).stdout
     assert hashlib.sha256(uploaded).digest() == hashlib.sha256(built).digest(), "the agent uploaded is not the image's"
     log = task_log(api, run_id, int(ti["try_number"]))
-    for expected in ("was interrupted", "resumed from checkpoint at step", "done: test accuracy"):
+    for expected in (
+        "spot interruption: session 1 ended by a spot notice",
+        "resumed from checkpoint at step",
+        "done: test accuracy",
+        "run summary: 2 sessions, 1 interruptions, 0 failures; succeeded",
+    ):
         assert expected in log, f"{expected!r} is not in the task log"
     say(f"success: sessions {statuses}, one instance each, the image's agent, the whole story in the task log")
     return 0

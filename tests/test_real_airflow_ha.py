@@ -121,7 +121,7 @@ def test_ha_triggerers_and_a_scheduler_restart_on_postgres(tmp_path: Path) -> No
                 "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": str(HEARTBEAT),
                 "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(HEALTH_THRESHOLD),
             },
-            components=("api-server", "scheduler", "dag-processor", "triggerer-1", "triggerer-2"),
+            components=("api-server", "scheduler", "dag-processor", "log-server", "triggerer-1", "triggerer-2"),
             database_url=pg.url,
         )
         api = stack.api
@@ -164,7 +164,7 @@ def test_ha_triggerers_and_a_scheduler_restart_on_postgres(tmp_path: Path) -> No
             )
 
         try:
-            stack.start("grid_ha", only=("api-server", "scheduler", "dag-processor"))
+            stack.start("grid_ha", only=("api-server", "scheduler", "dag-processor", "log-server"))
             names: dict[int, str] = {}  # triggerer job id -> process: started one at a time to tell them apart
             for name in ("triggerer-1", "triggerer-2"):
                 before = set(alive_triggerers())
@@ -226,9 +226,9 @@ def test_ha_triggerers_and_a_scheduler_restart_on_postgres(tmp_path: Path) -> No
             f"(bound {REPEAT_BOUND}); deferral to executor report: {gaps} s (event hold {SETTLE_SECONDS} s)\n"
             f"phases: {', '.join(phases)}"
         )
-        # Two deferrals, each reported by the executor; the gaps are printed, not asserted (they grow with the
-        # machine's load: 0.57 to 0.74 s three times, 6.51 s once, on 2 cores at load 10-15); what must hold is the
-        # assertion above.
+        # Two deferrals, each reported by the executor; the gaps are printed, not asserted: they grow with the
+        # machine's load (0.57 to 0.74 s, but 5.74 and 6.51 s for the first deferral of two runs, on 2 cores at
+        # load 4-15). What must hold is the assertion above.
         assert len(gaps) == 2, gaps
         restored = tmp_path / "restored"
         Restorer(ledger, str(restored)).restore()

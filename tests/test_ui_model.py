@@ -130,6 +130,28 @@ def test_waiting_for_capacity_says_for_what() -> None:
         waiting=waiting,
     )
     assert view["state"]["text"] == "waiting for spot capacity: g5.xlarge, g4dn.xlarge, waited 40 s of at most 600 s"
+    # the capacity trigger records each launch attempt (sessions/N/launch-attempt.json) before making it
+    docs["sessions"] = [
+        {
+            "session": 1,
+            "attempt": {
+                "at": T0 + 28,
+                "attempt": {"instance_type": "g4dn.xlarge", "zone": "us-east-1b", "lifecycle": "spot", "token": "t"},
+            },
+        }
+    ]
+    view = model.run_view(
+        docs,
+        [{"try_number": 1, "state": "deferred", "start_date": T0}],
+        now=T0 + 40,
+        ti_state="deferred",
+        waiting=waiting,
+    )
+    assert view["state"]["text"] == (
+        "waiting for spot capacity: g5.xlarge, g4dn.xlarge; last tried g4dn.xlarge spot in us-east-1b 12 s ago, "
+        "waited 40 s of at most 600 s"
+    )
+    assert view["sessions"] == [] and "token" not in str(view)  # a planned session is no session; no token shown
     assert view["tries"][0]["ended_by"] == "waiting for capacity"
     assert view["cost"]["spot_usd"] is None
 

@@ -235,6 +235,12 @@ def current_state(
         types = ", ".join(wait.get("instance_types") or []) or "an instance"
         waited = now - float(wait["started_at"]) if wait.get("started_at") else None
         text = f"waiting for spot capacity: {types}"
+        newest = (docs.get("sessions") or [{}])[-1]
+        tried = ((newest.get("attempt") or {}).get("attempt") or {}) if not newest.get("launch") else {}
+        if tried.get("instance_type"):
+            at = epoch_seconds((newest.get("attempt") or {}).get("at"))
+            text += f"; last tried {tried['instance_type']} {tried.get('lifecycle') or 'spot'} in {tried.get('zone')}"
+            text += f" {max(0.0, now - at):.0f} s ago" if at is not None else ""
         if waited is not None:
             text += f", waited {waited:.0f} s"
             if wait.get("max_wait"):

@@ -36,6 +36,10 @@ def read_ledger_docs(ledger: RunLedger, *, max_manifests: int = 10) -> dict[str,
         for name, key in SESSION_FILES.items():
             record[name] = ledger.get_json(ledger.key(key(number)))
         sessions.append(record)
+    if sessions:  # the newest session's latest launch attempt: what a capacity wait is trying now
+        from airflow_grid_resume.triggers.capacity import ATTEMPT_RECORD
+
+        sessions[-1]["attempt"] = ledger.get_json(ledger.session_key(sessions[-1]["session"], ATTEMPT_RECORD))
     manifests = []
     for index, stored in enumerate(ledger.list_manifests()):
         entry: dict[str, Any] = {
