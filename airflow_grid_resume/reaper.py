@@ -85,7 +85,7 @@ def run_ended_reader(s3_client: Any) -> Callable[[str], int | None]:
         if run_id not in cache:
             try:
                 ledger = RunLedger(s3_client, parse_s3_uri(run_id))
-                final = ledger.get_json(ledger.key("final.json"))
+                final = ledger.read_final()
                 cache[run_id] = int(final["session"]) if final and final.get("session") is not None else None
             except (UsageError, Exception):
                 cache[run_id] = None  # unreadable: only the expiry decides

@@ -114,9 +114,9 @@ def read_records(ledger: Any) -> list[dict[str, Any]]:
     for session in ledger.list_sessions():
         record = {
             "session": session,
-            "launch": ledger.get_json(ledger.session_key(session, "launch.json")),
+            "launch": ledger.read_launch(session),
             "outcome": ledger.read_outcome(session),
-            "closed": ledger.get_json(ledger.session_key(session, "closed.json")),
+            "closed": ledger.read_closed(session),
         }
         if record["launch"] or record["outcome"] or record["closed"]:  # planned but never launched: no session
             records.append(record)

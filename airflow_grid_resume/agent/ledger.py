@@ -291,6 +291,18 @@ class RunLedger:
     def read_outcome(self, session: int) -> dict | None:
         return self.get_json(self.key(layout.outcome(session)))
 
+    def read_launch(self, session: int) -> dict | None:
+        return self.get_json(self.key(layout.launch(session)))
+
+    def read_closed(self, session: int) -> dict | None:
+        return self.get_json(self.key(layout.closed(session)))
+
+    def read_final(self) -> dict | None:
+        return self.get_json(self.key(layout.FINAL))
+
+    def read_spec(self) -> dict | None:
+        return self.get_json(self.key(layout.SPEC))
+
     # -- logs -------------------------------------------------------------------------------
     def append_log(self, session: int, offset: int, data: bytes) -> None:
         self.put(self.log_key(session, offset), data)

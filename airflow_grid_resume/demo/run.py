@@ -174,9 +174,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     say(f"{status}, step {view.step}/{args.steps}")
                     last_status = status
                 for event in chaos.due(current, view.step):
-                    launch = (
-                        view.ledger.get_json(view.ledger.session_key(current, "launch.json")) if view.ledger else None
-                    )
+                    launch = view.ledger.read_launch(current) if view.ledger else None
                     if launch:
                         say(f"chaos: {event.describe()} ({launch['instance_id']})")
                         cloud.interrupt(launch["instance_id"], notice=event.kind != HARD_LOSS)

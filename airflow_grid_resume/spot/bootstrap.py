@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import shlex
 
+from airflow_grid_resume.agent import layout
+
 MARKER = "# grid-resume bootstrap v1 "
 USER_DATA_LIMIT = 16 * 1024
-AGENT_KEY = "agent/grid-resume-agent.pyz"
-SPEC_KEY = "spec.json"
+AGENT_KEY = layout.AGENT_ZIPAPP
+SPEC_KEY = layout.SPEC
 
 _LAUNCHER = r"""
 import json, os, sys

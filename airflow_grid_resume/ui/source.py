@@ -12,24 +12,29 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
+from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.uri import parse_s3_uri
 
 OPERATOR = "GridRunOperator"
 RUN_XCOM = "_grid_resume_run"  # pushed by the operator: {"run_uri", "aws_conn_id", "region_name"}
-SESSION_FILES = ("session", "launch", "heartbeat", "outcome", "closed")
+SESSION_FILES = {
+    "start": layout.session_record,
+    "launch": layout.launch,
+    "heartbeat": layout.heartbeat,
+    "outcome": layout.outcome,
+    "closed": layout.closed,
+}
 
 
 def read_ledger_docs(ledger: RunLedger, *, max_manifests: int = 10) -> dict[str, Any]:
     """A run's ledger documents as ``ui/model.py`` takes them: spec, final, every session's records
     and the newest ``max_manifests`` checkpoints with their size (one GET each)."""
-    from airflow_grid_resume.spot.bootstrap import SPEC_KEY
-
     sessions = []
     for number in ledger.list_sessions():
         record: dict[str, Any] = {"session": number}
-        for name in SESSION_FILES:
-            record["start" if name == "session" else name] = ledger.get_json(ledger.session_key(number, f"{name}.json"))
+        for name, key in SESSION_FILES.items():
+            record[name] = ledger.get_json(ledger.key(key(number)))
         sessions.append(record)
     if sessions:  # the newest session's latest launch attempt: what a capacity wait is trying now
         from airflow_grid_resume.triggers.capacity import ATTEMPT_RECORD
@@ -53,8 +58,8 @@ def read_ledger_docs(ledger: RunLedger, *, max_manifests: int = 10) -> dict[str,
         manifests.append(entry)
     return {
         "run_uri": str(ledger.location),
-        "spec": ledger.get_json(ledger.key(SPEC_KEY)),
-        "final": ledger.get_json(ledger.key("final.json")),
+        "spec": ledger.read_spec(),
+        "final": ledger.read_final(),
         "sessions": sessions,
         "manifests": manifests,
     }
