@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from airflow_grid_resume.agent.progress import steps_lost
+
 INTERRUPTED = ("interrupted", "lost")
 
 
@@ -94,8 +96,19 @@ def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = N
                 "estimated_cost_usd": None if session_cost is None else round(session_cost, 4),
             }
         )
+    # Steps an interruption lost, from the progress protocol: done at the end of one session minus what the
+    # next one resumed from (None when either side printed no progress lines).
+    progress = [((r.get("outcome") or {}).get("progress") or {}) for r in records]
+    for i, detail in enumerate(sessions):
+        detail["progress"] = progress[i] or None
+        interrupted = detail["status"] in INTERRUPTED and i + 1 < len(sessions)
+        detail["steps_lost"] = (
+            steps_lost(progress[i].get("last"), progress[i + 1].get("first")) if interrupted else None
+        )
+    lost = [d["steps_lost"] for d in sessions if d["steps_lost"] is not None]
     statuses = [s["status"] for s in sessions]
     return {
+        "steps_lost": sum(lost) if lost else None,
         "sessions": len(sessions),
         "interruptions": sum(1 for s in statuses if s in INTERRUPTED),
         "failures": sum(1 for s in statuses if s == "failed"),
@@ -145,6 +158,7 @@ def summary_lines(summary: Mapping[str, Any], *, run_uri: str, closed: Mapping[i
             f"  session {d['session']}: {_how(d['status'], reason)} on {d['instance_type']} {d['lifecycle']} in "
             f"{d['zone']} ({d['instance_id']}), {d['seconds']:.0f} s"
             + (f", {cost:.4f} USD" if cost is not None else "")
+            + (f", {d['steps_lost']} steps redone after it" if d.get("steps_lost") is not None else "")
         )
     cost, on_demand = summary.get("estimated_cost_usd"), summary.get("on_demand_cost_usd")
     if cost is not None and on_demand:

@@ -156,3 +156,17 @@ def test_trigger_events_wait_until_the_deferral_has_settled() -> None:
     assert settle_delay(100.0, 101.0) == SETTLE_SECONDS - 1.0  # fired a second after deferring
     assert settle_delay(100.0, 100.0 + SETTLE_SECONDS + 5) == 0.0  # long after: at once
     assert settle_delay(100.0, 50.0) == SETTLE_SECONDS  # a clock that went back never waits longer
+
+
+def test_steps_lost_per_interruption_come_from_the_progress_protocol() -> None:
+    def session(n: int, status: str, first: int | None, last: int | None) -> dict:
+        progress = {"first": first, "last": last, "total": 100} if first is not None else None
+        return {"session": n, "outcome": {"status": status, **({"progress": progress} if progress else {})}}
+
+    summary = summarize(
+        [session(1, "interrupted", 1, 40), session(2, "interrupted", 37, 70), session(3, "succeeded", 71, 100)]
+    )
+    assert [d["steps_lost"] for d in summary["session_details"]] == [4, 0, None]  # 37-40 redone, then none
+    assert summary["steps_lost"] == 4
+    quiet = summarize([session(1, "interrupted", None, None), session(2, "succeeded", None, None)])
+    assert quiet["steps_lost"] is None and quiet["session_details"][0]["steps_lost"] is None
