@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-_STEP = re.compile(r"^step (\d+)\b", re.M)
+_STEP = re.compile(r"^(?:step |grid-resume: progress )(\d+)\b", re.M)
 _SAVED = re.compile(r"checkpoint saved at step (\d+)")
 _RESUMED = re.compile(r"resumed from checkpoint at step (\d+)")
 

@@ -96,6 +96,7 @@ def main() -> int:
         step += 1
         if step % 10 == 0:
             print(f"step {step} loss {loss:.4f}", flush=True)
+            print(f"grid-resume: progress {step}/{args.steps}", flush=True)  # the run view's bar, steps lost
         if step % args.save_every == 0:
             save(params, step, rng)
         time.sleep(args.step_seconds)
