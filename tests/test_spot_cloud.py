@@ -451,10 +451,8 @@ def test_a_lost_run_instances_answer_is_replayed_into_the_same_instance(cloud, s
     cloud.drop_responses("RunInstances", count=1)
     event = first_event(trigger_for(spec_for(subnets), run_id="lost-answer-run"))
     assert event["status"] == "launched", event
+    # Any state: its bootstrap finds no run at s3://nowhere and powers the instance off at once.
     found = boto3.client("ec2").describe_instances(
-        Filters=[
-            {"Name": "tag:grid-resume:run-id", "Values": ["lost-answer-run"]},
-            {"Name": "instance-state-name", "Values": ["pending", "running"]},
-        ]
+        Filters=[{"Name": "tag:grid-resume:run-id", "Values": ["lost-answer-run"]}]
     )
     assert [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]] == [event["instance_id"]]
