@@ -72,11 +72,11 @@ def test_the_guides_example_is_resumable(heading: str, tmp_path: Path, request: 
     assert "verdict: RESUMABLE (exit 0)" in report, report
     assert "[PASS] sigterm: exits 0 on SIGTERM" in report, report
     assert "[PASS] resume: resumes from its checkpoint" in report, report  # counted in progress steps
-    assert f"[PASS] outputs: {len(outputs)} output files match the reference" in report, report
+    assert f"[PASS] outputs: {len(outputs)} output files match the reference: " in report, report
     assert re.search(r"session 2 +restored 000001-", report), report  # really interrupted and resumed
     if heading == "PyTorch Lightning":
         # A whole trainer checkpoint: other bytes after a resume, the same content, compared tensor by tensor.
-        assert "match the reference: model-final.ckpt (1 by content, the rest byte for byte)" in report, report
+        assert "[PASS] outputs: 1 output files match the reference: model-final.ckpt (by content)" in report, report
         assert "model-final.ckpt: the same content: " in report, report
         assert re.search(r"the same content: [1-9]\d* tensors and [1-9]\d* other values compared exactly", report)
 

@@ -382,8 +382,8 @@ def test_only_lightnings_documented_bookkeeping_is_ignored_and_it_is_listed() ->
     ]
     verdict = tree_verdict("final.ckpt", diff)
     assert verdict.equal and verdict.summary == (
-        "the same content: 1 tensors and 3 other values compared exactly (the bytes differ: pickle layout); "
-        "4 bookkeeping values not compared"
+        "the same content: 1 tensors and 3 other values compared exactly; 4 bookkeeping values not compared "
+        "(the bytes differ in how they were serialized and in the ignored bookkeeping below)"
     )
     assert "ignored (Lightning loop progress counters, 2 differ): ['loops']['fit_loop']" in verdict.details[0]
     assert "300 in the reference, 301 after interruptions" in verdict.details[0]

@@ -225,7 +225,11 @@ def tree_verdict(path: str, diff: TreeDiff, loaded_note: str = "") -> Comparison
         if more:
             details.append(f"{len(diff.differences)} keys differ in all; next: " + "; ".join(_item(d) for d in more))
     else:
-        summary = f"the same content: {counted} compared exactly (the bytes differ: pickle layout){skipped}"
+        how = " and in the ignored bookkeeping below" if diff.ignored else ""
+        summary = (
+            f"the same content: {counted} compared exactly{skipped} "
+            f"(the bytes differ {'' if how else 'only '}in how they were serialized{how})"
+        )
     for name, entries in diff.ignored.items():
         shown = "; ".join(_item(d) for d in entries[:SHOWN])
         extra = f" (and {len(entries) - SHOWN} more)" if len(entries) > SHOWN else ""

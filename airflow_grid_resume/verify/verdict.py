@@ -487,7 +487,11 @@ def check_outputs(outputs: OutputDiff | None, globs: Sequence[str], finished: bo
             FIX_OUTPUTS,
         )
     matched = sorted(outputs.same + outputs.equivalent)
-    how = f" ({len(outputs.equivalent)} by content, the rest byte for byte)" if outputs.equivalent else ""
+    how = ""
+    if outputs.equivalent:
+        how = (
+            " (by content)" if not outputs.same else f" ({len(outputs.equivalent)} by content, the rest byte for byte)"
+        )
     return Check(
         "outputs",
         PASS,
