@@ -78,6 +78,7 @@ def test_the_guides_example_is_resumable(heading: str, tmp_path: Path, request: 
         # A whole trainer checkpoint: other bytes after a resume, the same content, compared tensor by tensor.
         assert "[PASS] outputs: 1 output files match the reference: model-final.ckpt (by content)" in report, report
         assert "model-final.ckpt: the same content: " in report, report
+        assert re.search(r"ignored \(Lightning loop progress counters\): \d+ values, ", report), report
         assert re.search(r"the same content: [1-9]\d* tensors and [1-9]\d* other values compared exactly", report)
 
 

@@ -385,7 +385,8 @@ def test_only_lightnings_documented_bookkeeping_is_ignored_and_it_is_listed() ->
         "the same content: 1 tensors and 3 other values compared exactly; 4 bookkeeping values not compared "
         "(the bytes differ in how they were serialized and in the ignored bookkeeping below)"
     )
-    assert "ignored (Lightning loop progress counters, 2 differ): ['loops']['fit_loop']" in verdict.details[0]
+    assert "ignored (Lightning loop progress counters): 3 values, 2 differ: ['loops']['fit_loop']" in verdict.details[0]
+    assert verdict.details[1].startswith("ignored (Lightning Timer's elapsed time): 1 value, 1 differ: ")
     assert "300 in the reference, 301 after interruptions" in verdict.details[0]
     # What trains (weights, global_step, the loop's own step count) is never bookkeeping.
     bad = tree_verdict("final.ckpt", compare_trees(ckpt(300, 1.5, (1,), 300), ckpt(300, 1.5, (2,), 299), _leaf))

@@ -68,7 +68,7 @@ class TreeDiff:
     ignored: dict[str, list[Difference]] = field(default_factory=dict)  # rule name -> what differed
     values: int = 0  # leaves compared (not counting those under an ignored key)
     tensors: int = 0  # of them, tensors or arrays
-    skipped: int = 0  # leaves under an ignored key
+    skipped: dict[str, int] = field(default_factory=dict)  # rule name -> leaves under its keys (not compared)
 
     @property
     def equal(self) -> bool:
@@ -151,8 +151,9 @@ def compare_trees(
             diff.ignored.setdefault(rule.name, []).append(entry)
 
     def count(path: Path, tensor: bool = False) -> None:
-        if any(r.matches(path) for r in active):
-            diff.skipped += 1
+        rule = next((r for r in active if r.matches(path)), None)
+        if rule is not None:
+            diff.skipped[rule.name] = diff.skipped.get(rule.name, 0) + 1
         else:
             diff.values += 1
             diff.tensors += tensor
@@ -216,7 +217,8 @@ def compare_trees(
 def tree_verdict(path: str, diff: TreeDiff, loaded_note: str = "") -> Comparison:
     """The verdict on one torch file from its walk: the first differing key named, what was ignored listed."""
     counted = f"{diff.tensors} tensors and {diff.values - diff.tensors} other values"
-    skipped = f"; {diff.skipped} bookkeeping values not compared" if diff.skipped else ""
+    total = sum(diff.skipped.values())
+    skipped = f"; {total} bookkeeping values not compared" if total else ""
     details = []
     if diff.differences:
         first = diff.differences[0]
@@ -230,10 +232,17 @@ def tree_verdict(path: str, diff: TreeDiff, loaded_note: str = "") -> Comparison
             f"the same content: {counted} compared exactly{skipped} "
             f"(the bytes differ {'' if how else 'only '}in how they were serialized{how})"
         )
-    for name, entries in diff.ignored.items():
+    for name, count in diff.skipped.items():
+        entries = diff.ignored.get(name, [])
+        if not entries:
+            details.append(f"ignored ({name}): {_values(count)}, none differed")
+            continue
         shown = "; ".join(_item(d) for d in entries[:SHOWN])
         extra = f" (and {len(entries) - SHOWN} more)" if len(entries) > SHOWN else ""
-        details.append(f"ignored ({name}, {len(entries)} differ): {shown}{extra}")
+        details.append(f"ignored ({name}): {_values(count)}, {len(entries)} differ: {shown}{extra}")
+    for name, entries in diff.ignored.items():
+        if name not in diff.skipped:  # keys missing on one side only
+            details.append(f"ignored ({name}): " + "; ".join(_item(d) for d in entries[:SHOWN]))
     if diff.differences:
         details.append(f"compared as a torch file: {counted}, tensors bit for bit{skipped}")
     if loaded_note:
@@ -250,6 +259,10 @@ def command_verdict(path: str, command: str, returncode: int | None, stderr: str
     if returncode == 0:
         return Comparison(path, COMMAND, True, f"equivalent by --compare-command {command} (exit 0)", shown)
     return Comparison(path, COMMAND, False, f"--compare-command {command} says they differ (exit {returncode})", shown)
+
+
+def _values(count: int) -> str:
+    return f"{count} value{'' if count == 1 else 's'}"
 
 
 def _item(d: Difference) -> str:
