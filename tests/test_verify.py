@@ -36,10 +36,12 @@ from airflow_grid_resume.verify.compare import (
     TORCH,
     Comparison,
     bytes_verdict,
+    check_key,
     command_verdict,
     compare_trees,
     comparison_for,
     tree_verdict,
+    user_rule,
 )
 from airflow_grid_resume.verify.contents import run_command
 from airflow_grid_resume.verify.outputs import OutputDiff, diff_outputs, file_hashes
@@ -382,7 +384,7 @@ def test_only_lightnings_documented_bookkeeping_is_ignored_and_it_is_listed() ->
     ]
     verdict = tree_verdict("final.ckpt", diff)
     assert verdict.equal and verdict.summary == (
-        "the same content: 1 tensors and 3 other values compared exactly; 4 bookkeeping values not compared "
+        "the same content: 1 tensors and 3 other values compared exactly; 4 values under ignored keys not compared "
         "(the bytes differ in how they were serialized and in the ignored bookkeeping below)"
     )
     assert "ignored (Lightning loop progress counters): 3 values, 2 differ: ['loops']['fit_loop']" in verdict.details[0]
@@ -399,6 +401,21 @@ def test_only_lightnings_documented_bookkeeping_is_ignored_and_it_is_listed() ->
     plain = {k: v for k, v in ckpt(300, 1.5, (1,), 300).items() if k != "pytorch-lightning_version"}
     other = {k: v for k, v in ckpt(301, 1.5, (1,), 300).items() if k != "pytorch-lightning_version"}
     assert not compare_trees(plain, other, _leaf).equal
+
+
+def test_keys_the_user_ignores_are_left_out_in_any_file_and_listed() -> None:
+    ref = {"meta": {"saved_at": 1.0, "saved_by": "a"}, "w": Fake((1,))}
+    got = {"meta": {"saved_at": 2.0, "saved_by": "b"}, "w": Fake((1,))}
+    rule = user_rule(" ['meta']['saved_at'] ")
+    diff = compare_trees(ref, got, _leaf, [rule])
+    assert [d.key for d in diff.differences] == ["['meta']['saved_by']"]
+    assert (
+        "ignored (--ignore-key ['meta']['saved_at']): 1 value, 1 differ: ['meta']['saved_at']: 1.0 in the "
+        "reference, 2.0 after interruptions"
+    ) in tree_verdict("m.pt", diff).details
+    assert compare_trees(ref, got, _leaf, [user_rule("['meta']")]).equal  # and everything under it
+    assert not compare_trees(ref, got, _leaf, [user_rule("['meta']['saved']")]).equal  # a whole key, not a prefix
+    assert check_key("['meta']") == "" and "as the report prints it" in check_key("meta.saved_at")
 
 
 def test_tensors_are_compared_bit_for_bit() -> None:
@@ -682,6 +699,7 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert main(["--compare-command", "no-such-comparator --x", "--", "true"]) == 2
     assert main(["--compare-command", "", "--", "true"]) == 2
     assert main(["--compare-command", "'unbalanced", "--", "true"]) == 2
+    assert main(["--ignore-key", "meta.saved_at", "--", "true"]) == 2
 
 
 def _processes_mentioning(text: str) -> list[int]:

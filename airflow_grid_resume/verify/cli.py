@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from airflow_grid_resume.verify.churn import ChurnReport
+from airflow_grid_resume.verify.compare import check_key
 from airflow_grid_resume.verify.report import render
 from airflow_grid_resume.verify.runner import Verifier, VerifyConfig, VerifyResult
 from airflow_grid_resume.verify.verdict import Verdict, Window, decide
@@ -48,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
         "RESUMED_PATH, exit 0 = equivalent (its stderr is shown)",
     )
     parser.add_argument(
+        "--ignore-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="in torch outputs, a key not to compare (with all under it), as the report prints it, e.g. "
+        "\"['meta']['saved_at']\" (repeatable; listed in the report)",
+    )
+    parser.add_argument(
         "--progress-regex",
         metavar="REGEX",
         help=r"progress number in the output, first group (e.g. '^step (\d+)'), for scripts that do not print "
@@ -82,6 +91,7 @@ def config_from(args: argparse.Namespace) -> VerifyConfig:
         notice_seconds=args.notice_seconds,
         outputs=tuple(args.outputs),
         compare_command=tuple(shlex.split(args.compare_command or "")),
+        ignore_keys=tuple(args.ignore_key),
         progress_regex=args.progress_regex,
         include=tuple(args.include),
         exclude=tuple(args.exclude),
@@ -107,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not config.command:
         print("grid-resume verify: no command given: put the training command after '--'", file=sys.stderr)
         return EXIT_USAGE
-    problem = compare_command_problem(config.compare_command, args.compare_command)
+    problem = compare_command_problem(config.compare_command, args.compare_command) or next(
+        (p for p in map(check_key, config.ignore_keys) if p), ""
+    )
     if problem:
         print(f"grid-resume verify: {problem}", file=sys.stderr)
         return EXIT_USAGE

@@ -106,6 +106,25 @@ LIGHTNING_RULES: tuple[IgnoreRule, ...] = (
 )
 
 
+def user_rule(key: str) -> IgnoreRule:
+    """``--ignore-key KEY``: KEY as the report prints it (``['meta']['saved_at']``), ignored with all under it,
+    in every torch file."""
+    key = key.strip()
+
+    def matches(path: Path) -> bool:
+        text = key_text(path)
+        return text == key or (text.startswith(key) and text[len(key)] in "[.")
+
+    return IgnoreRule(f"--ignore-key {key}", "named by the user", lambda _top: True, matches)
+
+
+def check_key(key: str) -> str:
+    """What is wrong with an ``--ignore-key`` (empty when nothing)."""
+    if not key.strip().startswith("["):
+        return f"--ignore-key {key!r}: give the key as the report prints it, e.g. \"['meta']['saved_at']\""
+    return ""
+
+
 def comparison_for(path: str, *, torch_available: bool, command: Sequence[str] = ()) -> str:
     """Which comparison an output whose bytes differ gets: a torch file's content when torch can load it
     here, else the user's comparator when there is one, else the bytes."""
@@ -218,7 +237,7 @@ def tree_verdict(path: str, diff: TreeDiff, loaded_note: str = "") -> Comparison
     """The verdict on one torch file from its walk: the first differing key named, what was ignored listed."""
     counted = f"{diff.tensors} tensors and {diff.values - diff.tensors} other values"
     total = sum(diff.skipped.values())
-    skipped = f"; {total} bookkeeping values not compared" if total else ""
+    skipped = f"; {_values(total)} under ignored keys not compared" if total else ""
     details = []
     if diff.differences:
         first = diff.differences[0]

@@ -16,11 +16,14 @@ from airflow_grid_resume.agent.paths import safe_target
 from airflow_grid_resume.verify import torchfiles
 from airflow_grid_resume.verify.compare import (
     BYTES,
+    LIGHTNING_RULES,
     TORCH,
     Comparison,
+    IgnoreRule,
     bytes_verdict,
     command_verdict,
     comparison_for,
+    user_rule,
 )
 from airflow_grid_resume.verify.outputs import OutputDiff
 
@@ -33,12 +36,14 @@ def compare_contents(
     scratch: str,
     command: Sequence[str] = (),
     say: Callable[[str], None] = lambda _msg: None,
+    ignore_keys: Sequence[str] = (),
 ) -> OutputDiff:
     """``diff`` with a content comparison for every output whose bytes differ; ``runs`` is (ledger, final
     manifest) of the reference, then of the interrupted run."""
     if not diff.differ:
         return diff
     has_torch = torchfiles.torch_available()
+    rules = (*LIGHTNING_RULES, *(user_rule(k) for k in ignore_keys))
     contents = {}
     for path in diff.differ:
         method = comparison_for(path, torch_available=has_torch, command=command)
@@ -51,7 +56,7 @@ def compare_contents(
         )
         say(f"{path}: the bytes differ, comparing the content ({'torch' if method == TORCH else shlex.join(command)})")
         contents[path] = (
-            _compare_torch(path, reference, resumed)
+            _compare_torch(path, reference, resumed, rules)
             if method == TORCH
             else (run_command(command, path, reference, resumed))
         )
@@ -78,9 +83,11 @@ def run_command(command: Sequence[str], path: str, reference: str, resumed: str)
     return command_verdict(path, shown, proc.returncode, proc.stderr)
 
 
-def _compare_torch(path: str, reference: str, resumed: str) -> Comparison:
+def _compare_torch(
+    path: str, reference: str, resumed: str, rules: Sequence[IgnoreRule] = LIGHTNING_RULES
+) -> Comparison:
     try:
-        return torchfiles.compare_files(path, reference, resumed)
+        return torchfiles.compare_files(path, reference, resumed, rules)
     except Exception as exc:  # a file torch cannot load: its bytes differ, that is all
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         return Comparison(

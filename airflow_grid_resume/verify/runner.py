@@ -68,6 +68,7 @@ class VerifyConfig:
     notice_seconds: float = 120.0
     outputs: tuple[str, ...] = ()
     compare_command: tuple[str, ...] = ()  # compares an output whose bytes differ: CMD REFERENCE RESUMED
+    ignore_keys: tuple[str, ...] = ()  # keys of torch files not compared, as the report prints them
     progress_regex: str | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -229,6 +230,7 @@ class Verifier:
                     os.path.join(self.root, "compare"),
                     cfg.compare_command,
                     self.say,
+                    cfg.ignore_keys,
                 )
         manifests = [m for m in reversed(chain_ledger.list_manifests()) if m.session >= 1]
         result.churn = analyse([snapshot(chain_ledger.read_manifest(m)) for m in manifests], cfg.large_bytes)

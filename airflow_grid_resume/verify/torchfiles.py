@@ -12,9 +12,17 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
+from collections.abc import Sequence
 from typing import Any
 
-from airflow_grid_resume.verify.compare import Comparison, TreeDiff, compare_trees, tree_verdict
+from airflow_grid_resume.verify.compare import (
+    LIGHTNING_RULES,
+    Comparison,
+    IgnoreRule,
+    TreeDiff,
+    compare_trees,
+    tree_verdict,
+)
 
 
 def torch_available() -> bool:
@@ -60,11 +68,11 @@ def tensor_leaf(a: Any, b: Any) -> tuple[bool, str] | None:
     return None
 
 
-def compare_files(path: str, reference: str, resumed: str) -> Comparison:
+def compare_files(path: str, reference: str, resumed: str, rules: Sequence[IgnoreRule] = LIGHTNING_RULES) -> Comparison:
     """Load both files and compare them key by key (``path`` is the output's name in the report)."""
     ref, ref_note = load(reference)
     got, got_note = load(resumed)
-    diff: TreeDiff = compare_trees(ref, got, tensor_leaf)
+    diff: TreeDiff = compare_trees(ref, got, tensor_leaf, rules)
     return tree_verdict(path, diff, ref_note or got_note)
 
 
