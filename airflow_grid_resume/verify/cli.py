@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare-command",
         metavar="CMD",
-        help="compares an output whose bytes differ and that is not a torch file: run as CMD REFERENCE_PATH "
-        "RESUMED_PATH, exit 0 = equivalent (its stderr is shown)",
+        help="compares an output whose bytes differ and that verify cannot compare by content (not a torch file, "
+        "or no torch here): run as CMD REFERENCE_PATH RESUMED_PATH, exit 0 = equivalent (its stderr is shown)",
     )
     parser.add_argument(
         "--ignore-key",
