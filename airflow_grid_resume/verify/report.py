@@ -19,6 +19,8 @@ def render(result: VerifyResult, verdict: Verdict) -> str:
         f"{FLOOR_SECONDS:g} s and its start-up, at most {cfg.allowed_seconds:.1f} s)",
         f"  workdir snapshot: {result.snapshot}",
     ]
+    if cfg.outputs:
+        lines.append(f"  outputs: {' '.join(cfg.outputs)}; {compared_how(cfg.compare_command, cfg.ignore_keys)}")
     if result.points:
         points = ", ".join(f"{p:.2f}" for p in result.points)
         lines.append(
@@ -39,6 +41,16 @@ def render(result: VerifyResult, verdict: Verdict) -> str:
     lines.append("")
     lines.append(f"verdict: {verdict.headline} (exit {verdict.exit_code})")
     return "\n".join(lines) + "\n"
+
+
+def compared_how(command: tuple[str, ...], ignore_keys: tuple[str, ...] = ()) -> str:
+    """How the outputs are compared, in one clause."""
+    others = f"others by --compare-command {shlex.join(command)}" if command else "others by their bytes alone"
+    ignoring = f" (not comparing {', '.join(ignore_keys)})" if ignore_keys else ""
+    return (
+        f"equal bytes match; when the bytes differ, torch files (.ckpt, .pt, .pth) are compared tensor by tensor"
+        f"{ignoring}, {others}"
+    )
 
 
 def describe(record: SessionRecord) -> str:

@@ -6,7 +6,7 @@ Four checks (docs/verify.md explains each and how to fix what it finds):
   go on working until it happened to finish);
 - ``resume``: no session crashed or hung after a restore, and the interruptions did not throw the
   work away (from progress numbers when the output has them, else from wall time);
-- ``outputs``: the files matching ``--outputs`` equal the reference's;
+- ``outputs``: the files matching ``--outputs`` equal the reference's (bytes, or content: ``verify.compare``);
 - ``sync``: large or churning files (advice only, never a failure).
 """
 
@@ -466,19 +466,38 @@ def check_outputs(outputs: OutputDiff | None, globs: Sequence[str], finished: bo
             f"--outputs {' '.join(globs)} matched no file in either run's final checkpoint",
             fix="outputs are compared as the agent syncs them: check the glob and that they are not excluded.",
         )
+    equivalent = []
+    for p in outputs.equivalent:
+        c = outputs.contents[p]
+        equivalent += [f"{p}: {c.summary}", *(f"  {d}" for d in c.details)]
     if not outputs.matches:
-        details = [f"differs: {p}" for p in outputs.differ]
+        details = []
+        for p in outputs.different:
+            c = outputs.contents.get(p)
+            details.append(f"differs: {p}" + (f": {c.summary}" if c else ""))
+            details += [f"  {d}" for d in (c.details if c else ())]
         details += [f"missing after interruptions: {p}" for p in outputs.missing]
         details += [f"only after interruptions: {p}" for p in outputs.extra]
-        names = outputs.differ + outputs.missing + outputs.extra
+        names = outputs.different + outputs.missing + outputs.extra
         return Check(
             "outputs",
             FAIL,
             f"the final outputs differ from the reference's: {', '.join(names)}",
-            tuple(details),
+            tuple(details + equivalent),
             FIX_OUTPUTS,
         )
-    return Check("outputs", PASS, f"{len(outputs.same)} output files match the reference: {', '.join(outputs.same)}")
+    matched = sorted(outputs.same + outputs.equivalent)
+    how = ""
+    if outputs.equivalent:
+        how = (
+            " (by content)" if not outputs.same else f" ({len(outputs.equivalent)} by content, the rest byte for byte)"
+        )
+    return Check(
+        "outputs",
+        PASS,
+        f"{len(matched)} output files match the reference: {', '.join(matched)}{how}",
+        tuple(equivalent),
+    )
 
 
 def check_sync(churn: ChurnReport | None, large_bytes: int) -> Check:
