@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow_grid_resume.agent.progress import steps_lost
+from airflow_grid_resume.agent.records import Outcome, Record
 
 INTERRUPTED = ("interrupted", "lost")
 
@@ -122,18 +123,23 @@ def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = N
 
 
 def read_records(ledger: Any) -> list[dict[str, Any]]:
-    """Each session's launch, outcome and closing records, read from a ``RunLedger``."""
+    """Each session's launch, outcome and closing records, read from a ``RunLedger`` as typed records
+    (a newer format than this code knows is refused) and given to :func:`summarize` in their JSON form."""
     records = []
     for session in ledger.list_sessions():
         record = {
             "session": session,
-            "launch": ledger.read_launch(session),
-            "outcome": ledger.read_outcome(session),
-            "closed": ledger.read_closed(session),
+            "launch": _doc(ledger.read_launch(session)),
+            "outcome": _doc(ledger.read_record(Outcome, session)),
+            "closed": _doc(ledger.read_closed(session)),
         }
         if record["launch"] or record["outcome"] or record["closed"]:  # planned but never launched: no session
             records.append(record)
     return records
+
+
+def _doc(record: Record | None) -> dict[str, Any] | None:
+    return None if record is None else record.to_dict()
 
 
 def _how(status: str, reason: Any) -> str:

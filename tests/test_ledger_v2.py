@@ -127,3 +127,37 @@ def test_a_session_keeps_a_bounded_number_of_its_manifests(ledger: RunLedger, tm
     dst = tmp_path / "dst"
     assert Restorer(ledger, str(dst)).restore().manifest.name == "000001-000004.json"
     assert (dst / "step").read_text() == "3"
+
+
+def test_records_are_written_with_their_keys_rule_and_read_typed(ledger: RunLedger) -> None:
+    """Each record through RunLedger on moto's server: ``once`` keys keep their first content, an
+    overwrite key is rewritten, a document as today's dict writers leave it (no format) reads as v1,
+    and a newer one is refused."""
+    from airflow_grid_resume.agent import layout, records
+    from airflow_grid_resume.agent.ledger import ConditionalWriteLost
+
+    launch = records.Launch(instance_id="i-1", instance_type="m5.large", spot_price=0.03, launched_at=1.0)
+    ledger.write_record(launch, 1)
+    ledger.write_record(launch, 1)  # a retried write of the same bytes is ours
+    with pytest.raises(ConditionalWriteLost):
+        ledger.write_record(records.Launch(instance_id="i-2"), 1)
+    assert ledger.read_launch(1) == launch and ledger.read_launch(2) is None
+
+    ledger.write_record(records.Closed(status="lost", at=2.0), 1)
+    ledger.write_record(records.Closed(status="interrupted", at=3.0), 1)
+    assert ledger.read_closed(1).status == "interrupted"
+
+    first = ledger.write_record(records.Lease(agent_id="a", expires_at=10.0))  # cas: created with If-None-Match
+    with pytest.raises(ConditionalWriteLost):
+        ledger.write_record(records.Lease(agent_id="b", expires_at=20.0))
+    ledger.write_record(records.Lease(agent_id="a", expires_at=30.0), if_match=first)
+    assert ledger.read_record(records.Lease).expires_at == 30.0
+
+    # What supervisor.py writes today (a dict, no format) reads as version 1, unknown fields kept.
+    ledger.put_json(ledger.key(layout.heartbeat(1)), {"session": 1, "seq": 3, "state": "running", "extra_field": 1})
+    beat = ledger.read_record(records.Heartbeat, 1)
+    assert (beat.seq, beat.state, beat.extra) == (3, "running", {"extra_field": 1})
+
+    ledger.put_json(ledger.key(layout.FINAL), {"format": "grid-resume-final/9", "status": "succeeded"})
+    with pytest.raises(UnsupportedFormatError, match=r"final\.json has format grid-resume-final/9"):
+        ledger.read_final()
