@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -383,3 +384,17 @@ def test_no_progress_lines_no_progress_field(agent, run_uri: str, ledger: RunLed
     assert proc.wait() == 0
     assert "progress" not in ledger.read_outcome(1)
     assert "progress" not in ledger.read_heartbeat(1)
+
+
+def test_keep_manifests_bounds_a_sessions_own_checkpoints(agent, ledger: RunLedger, tmp_path: Path) -> None:
+    """``--keep-manifests 2``: of the checkpoints a session commits, only its newest two stay, and the
+    run restores from the last one."""
+    run = f"s3://{ledger.location.bucket}/{ledger.location.prefix}"
+    proc = agent(
+        run, tmp_path / "w", *train(40, 0.05), options=[*FAST, "--sync-interval", "0.2", "--keep-manifests", "2"]
+    )
+    assert proc.wait() == 0
+    committed = set(re.findall(r"sync: manifest (000001-\d{6}\.json)", proc.stderr))
+    names = [m.name for m in ledger.list_manifests() if m.session == 1]
+    assert len(committed) > 2 and len(names) == 2 and set(names) < committed, (committed, names, proc.stderr[-2000:])
+    assert ledger.read_outcome(1)["manifest"] == names[0]

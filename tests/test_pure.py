@@ -380,3 +380,21 @@ def test_no_ledger_key_is_spelled_outside_the_layout() -> None:
         and key.search(path.read_text())
     )
     assert set(offenders) <= KEYS_NOT_YET_FROM_LAYOUT, f"keys spelled outside agent/layout.py: {offenders}"
+
+
+def test_agent_keep_manifests_option() -> None:
+    """``--keep-manifests N`` reaches the Syncer's per-session bound through AgentOptions; 0 keeps all,
+    a negative or fractional number is a usage error (exit 2) saying what is wrong."""
+    import argparse
+
+    from airflow_grid_resume.agent import cli
+    from airflow_grid_resume.agent.sync import MANIFESTS_PER_SESSION
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    base = ["--run-uri", "s3://b/r", "--workdir", "/tmp/w"]
+    assert cli.options_from(parser.parse_args([*base, "--", "true"])).keep_manifests == MANIFESTS_PER_SESSION
+    assert cli.options_from(parser.parse_args([*base, "--keep-manifests", "0", "--", "true"])).keep_manifests == 0
+    assert cli.options_from(parser.parse_args([*base, "--keep-manifests", "5", "--", "true"])).keep_manifests == 5
+    assert cli.main([*base, "--keep-manifests", "-1", "--", "true"]) == 2
+    assert cli.main([*base, "--keep-manifests", "2.5", "--", "true"]) == 2
