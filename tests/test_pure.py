@@ -341,6 +341,25 @@ def test_docs_ledger_table_is_the_rules_and_records_in_code() -> None:
         assert record == "-" or fmt.startswith("grid-resume-"), rule.key
 
 
+def test_docs_ledger_lists_every_field_of_every_record() -> None:
+    """Each record's bullet in docs/ledger.md ("- `outcome.json`: ...", "`lease.json` holds ...") names every
+    one of its fields."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from airflow_grid_resume.agent import records
+
+    docs = (Path(__file__).parent.parent / "docs" / "ledger.md").read_text()
+    bullets = re.findall(r"^(?:- )?`([\w.-]+\.json)`(?::| holds) (.*?)(?=^- |^\n|^## |\Z)", docs, re.M | re.S)
+    by_name = {name: set(re.findall(r"`(\w+)`", text)) for name, text in bullets}
+    for cls in records.ALL:
+        name = cls.KEY.rsplit("/", 1)[-1]
+        assert name in by_name, f"docs/ledger.md has no bullet for {name}"
+        fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        assert fields <= by_name[name], f"{name}: docs/ledger.md does not name {sorted(fields - by_name[name])}"
+
+
 def test_pointer_record_round_trip_and_refusal() -> None:
     from airflow_grid_resume.agent.layout import Pointer
 
