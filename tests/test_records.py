@@ -169,3 +169,14 @@ def test_every_record_lives_at_a_key_of_the_layout_with_a_rule() -> None:
         records.record_key(records.Launch)
     with pytest.raises(KeyError):
         layout.rule("nope.json")
+
+
+def test_the_airflow_side_releases_only_a_dead_holders_lease() -> None:
+    """The shared rule for the lease's second writer: the session (or instance) known dead, not released."""
+    lease = records.Lease.from_dict(TODAY[records.Lease])
+    released = lease.released_for_dead(2, "i-other")
+    assert released is not None and released.released and "i-other is gone" in released.released_by
+    assert json.loads(released.to_json())["agent_id"] == lease.agent_id  # the holder stays on record
+    assert lease.released_for_dead(9, "i-0123") is not None  # its instance, whatever the session
+    assert lease.released_for_dead(3, "i-other") is None  # a live agent of another session: never touched
+    assert released.released_for_dead(2, "i-0123") is None  # already released

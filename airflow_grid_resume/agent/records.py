@@ -212,6 +212,7 @@ class Lease(Record):
 
     NAME = "lease"
     KEY = layout.LEASE
+    OMIT_NONE = ("released_by",)
 
     agent_id: str = ""
     host: str = ""
@@ -222,10 +223,19 @@ class Lease(Record):
     renewed_at: float | None = None
     expires_at: float = 0.0
     released: bool = False
+    released_by: str | None = None  # set when the Airflow side released it for an agent known dead
 
     def held(self, now: float) -> bool:
         """Whether the lease still keeps every other agent out: not released and not expired."""
         return not self.released and self.expires_at > now
+
+    def released_for_dead(self, session: int, instance_id: str) -> Lease | None:
+        """The Airflow side's release of a lease whose holder is known dead (its instance is gone), to
+        write with If-Match on the ETag this was read with; None when it is released already or held
+        by another session or instance (a live agent's lease is never touched)."""
+        if self.released or (self.session != session and self.instance_id != instance_id):
+            return None
+        return dataclasses.replace(self, released=True, released_by=f"airflow: instance {instance_id} is gone")
 
 
 # -- the Airflow side's documents -----------------------------------------------------------------
