@@ -40,7 +40,7 @@ from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, Ses
 from airflow_grid_resume.spot.launch import SPOT, FallbackPolicy, LaunchSpec, explain_fatal
 from airflow_grid_resume.spot.planner import LaunchPlanner
 from airflow_grid_resume.spot.prices import on_demand_price
-from airflow_grid_resume.summary import INTERRUPTED, read_records, session_status, summarize, summary_lines
+from airflow_grid_resume.summary import INTERRUPTED, ended_status, read_records, summarize, summary_lines
 from airflow_grid_resume.triggers.capacity import (
     SessionLauncher,
     SpotCapacityTrigger,
@@ -319,9 +319,9 @@ class GridRunOperator(BaseOperator):
         for session in ledger.list_sessions():
             if not after < session < before:
                 continue
-            outcome = ledger.read_outcome(session)  # the Airflow side's verdict only matters without one
+            outcome = ledger.read_record(Outcome, session)  # the Airflow side's verdict only matters without one
             closed = None if outcome else ledger.read_closed(session)
-            status = session_status({"outcome": outcome, "closed": closed.to_dict() if closed else None})
+            status = ended_status(outcome, closed)
             if status in INTERRUPTED:
                 interruptions += 1
             elif status == "failed":

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow_grid_resume.agent.progress import steps_lost
-from airflow_grid_resume.agent.records import Outcome, Record
+from airflow_grid_resume.agent.records import Closed, Outcome, Record
 
 INTERRUPTED = ("interrupted", "lost")
 
@@ -37,8 +37,13 @@ def epoch_seconds(value: Any) -> float | None:
     return None
 
 
-def session_status(record: Mapping[str, Any]) -> str:
+def ended_status(outcome: Outcome | None, closed: Closed | None) -> str:
     """What ended the session: the agent's outcome, else the Airflow side's verdict, else lost."""
+    return (outcome.status if outcome else None) or (closed.status if closed else None) or "lost"
+
+
+def session_status(record: Mapping[str, Any]) -> str:
+    """:func:`ended_status` of a record in its JSON form (``{"outcome": {...}, "closed": {...}}``)."""
     outcome = record.get("outcome") or {}
     closed = record.get("closed") or {}
     return str(outcome.get("status") or closed.get("status") or "lost")
