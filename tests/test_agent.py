@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from airflow_grid_resume.agent import records
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.uri import parse_s3_uri
@@ -377,6 +378,11 @@ def test_progress_lines_reach_heartbeat_and_outcome(agent, run_uri: str, ledger:
     assert beat["progress"] == {"done": 6, "total": 10} and beat["state"] == "running"
     assert proc.wait() == 0
     assert ledger.read_outcome(1)["progress"] == {"first": 4, "last": 7, "total": 10}
+    # Every document the agent writes is its typed record, with no field the record does not know.
+    for cls in (records.SessionStart, records.Heartbeat, records.Outcome, records.Lease):
+        record = ledger.read_record(cls, 1)
+        assert record is not None and record.extra == {}, (cls.__name__, record)
+    assert ledger.read_record(records.Outcome, 1).progress == {"first": 4, "last": 7, "total": 10}
 
 
 def test_no_progress_lines_no_progress_field(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
