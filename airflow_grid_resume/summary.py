@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow_grid_resume.agent.progress import steps_lost
+from airflow_grid_resume.agent.records import Closed, Outcome, Record
 
 INTERRUPTED = ("interrupted", "lost")
 
@@ -36,8 +37,13 @@ def epoch_seconds(value: Any) -> float | None:
     return None
 
 
-def session_status(record: Mapping[str, Any]) -> str:
+def ended_status(outcome: Outcome | None, closed: Closed | None) -> str:
     """What ended the session: the agent's outcome, else the Airflow side's verdict, else lost."""
+    return (outcome.status if outcome else None) or (closed.status if closed else None) or "lost"
+
+
+def session_status(record: Mapping[str, Any]) -> str:
+    """:func:`ended_status` of a record in its JSON form (``{"outcome": {...}, "closed": {...}}``)."""
     outcome = record.get("outcome") or {}
     closed = record.get("closed") or {}
     return str(outcome.get("status") or closed.get("status") or "lost")
@@ -122,18 +128,23 @@ def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = N
 
 
 def read_records(ledger: Any) -> list[dict[str, Any]]:
-    """Each session's launch, outcome and closing records, read from a ``RunLedger``."""
+    """Each session's launch, outcome and closing records, read from a ``RunLedger`` as typed records
+    (a newer format than this code knows is refused) and given to :func:`summarize` in their JSON form."""
     records = []
     for session in ledger.list_sessions():
         record = {
             "session": session,
-            "launch": ledger.read_launch(session),
-            "outcome": ledger.read_outcome(session),
-            "closed": ledger.read_closed(session),
+            "launch": _doc(ledger.read_launch(session)),
+            "outcome": _doc(ledger.read_record(Outcome, session)),
+            "closed": _doc(ledger.read_closed(session)),
         }
         if record["launch"] or record["outcome"] or record["closed"]:  # planned but never launched: no session
             records.append(record)
     return records
+
+
+def _doc(record: Record | None) -> dict[str, Any] | None:
+    return None if record is None else record.to_dict()
 
 
 def _how(status: str, reason: Any) -> str:

@@ -170,3 +170,19 @@ def test_steps_lost_per_interruption_come_from_the_progress_protocol() -> None:
     assert summary["steps_lost"] == 4
     quiet = summarize([session(1, "interrupted", None, None), session(2, "succeeded", None, None)])
     assert quiet["steps_lost"] is None and quiet["session_details"][0]["steps_lost"] is None
+
+
+def test_what_ended_a_session_typed_and_in_json_form_agree() -> None:
+    from airflow_grid_resume.agent.records import Closed, Outcome
+    from airflow_grid_resume.summary import ended_status, session_status
+
+    cases = [
+        (Outcome(session=1, status="failed"), Closed(status="interrupted")),
+        (None, Closed(status="interrupted")),
+        (None, Closed()),
+        (None, None),
+    ]
+    for outcome, closed in cases:
+        as_json = {"outcome": outcome.to_dict() if outcome else None, "closed": closed.to_dict() if closed else None}
+        assert ended_status(outcome, closed) == session_status(as_json)
+    assert [ended_status(o, c) for o, c in cases] == ["failed", "interrupted", "lost", "lost"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from airflow_grid_resume.agent.manifest import FileEntry, Manifest
+from airflow_grid_resume.agent.records import Outcome
 from airflow_grid_resume.emulator.moto_server import MotoServer
 from airflow_grid_resume.verify.chaos import (
     EARLY,
@@ -167,7 +168,7 @@ def _record(label: str, start: float, **kw) -> SessionRecord:
     status = kw.pop("status", "succeeded")
     outcome = {"status": status, "manifest": kw.pop("manifest", None), "restored_from": kw.pop("restored", None)}
     outcome.update(kw.pop("outcome", {}))
-    return SessionRecord(label, session=1, outcome=outcome, started_at=start, **kw)
+    return SessionRecord(label, session=1, outcome=Outcome(session=1, **outcome), started_at=start, **kw)
 
 
 def _steps(start: float, first: int, last: int, rate: float = 10.0) -> list[tuple[float, float]]:

@@ -48,7 +48,7 @@ from airflow_grid_resume.agent.restore import Restorer, RestoreResult
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.scan import HashCache, PathFilter
 from airflow_grid_resume.agent.session import claim_session, command_env
-from airflow_grid_resume.agent.sync import SyncCancelled, Syncer
+from airflow_grid_resume.agent.sync import MANIFESTS_PER_SESSION, SyncCancelled, Syncer
 from airflow_grid_resume.agent.unwatched import UnwatchedGuard
 from airflow_grid_resume.agent.uri import parse_s3_uri
 
@@ -78,6 +78,7 @@ class AgentOptions:
     min_grace: float = 5.0
     notice_window: float = 120.0
     parallelism: int = 16
+    keep_manifests: int = MANIFESTS_PER_SESSION  # of this session's own checkpoints; 0 keeps every one
     region: str | None = None
     passthrough: bool = True
 
@@ -216,6 +217,7 @@ class Supervisor:
             cache=cache,
             parallelism=self.o.parallelism,
             last_manifest=restored.manifest,
+            keep_manifests=self.o.keep_manifests,
         )
         early = self._pending_stop()
         if early is not None:

@@ -12,34 +12,37 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from airflow_grid_resume.agent import layout
+from airflow_grid_resume.agent import records
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.uri import parse_s3_uri
 
 OPERATOR = "GridRunOperator"
 RUN_XCOM = "_grid_resume_run"  # pushed by the operator: {"run_uri", "aws_conn_id", "region_name"}
-SESSION_FILES = {
-    "start": layout.session_record,
-    "launch": layout.launch,
-    "heartbeat": layout.heartbeat,
-    "outcome": layout.outcome,
-    "closed": layout.closed,
+SESSION_FILES: dict[str, type[records.Record]] = {
+    "start": records.SessionStart,
+    "launch": records.Launch,
+    "heartbeat": records.Heartbeat,
+    "outcome": records.Outcome,
+    "closed": records.Closed,
 }
 
 
+def _doc(record: records.Record | None) -> dict[str, Any] | None:
+    return None if record is None else record.to_dict()
+
+
 def read_ledger_docs(ledger: RunLedger, *, max_manifests: int = 10) -> dict[str, Any]:
-    """A run's ledger documents as ``ui/model.py`` takes them: spec, final, every session's records
-    and the newest ``max_manifests`` checkpoints with their size (one GET each)."""
+    """A run's ledger documents as ``ui/model.py`` takes them (each typed record's JSON form): spec,
+    final, every session's records and the newest ``max_manifests`` checkpoints with their size (one
+    GET each). A document in a newer format than this code knows makes the run unreadable here."""
     sessions = []
     for number in ledger.list_sessions():
         record: dict[str, Any] = {"session": number}
-        for name, key in SESSION_FILES.items():
-            record[name] = ledger.get_json(ledger.key(key(number)))
+        for name, cls in SESSION_FILES.items():
+            record[name] = _doc(ledger.read_record(cls, number))
         sessions.append(record)
     if sessions:  # the newest session's latest launch attempt: what a capacity wait is trying now
-        from airflow_grid_resume.triggers.capacity import ATTEMPT_RECORD
-
-        sessions[-1]["attempt"] = ledger.get_json(ledger.session_key(sessions[-1]["session"], ATTEMPT_RECORD))
+        sessions[-1]["attempt"] = _doc(ledger.read_record(records.LaunchAttempt, sessions[-1]["session"]))
     manifests = []
     for index, stored in enumerate(ledger.list_manifests()):
         entry: dict[str, Any] = {
@@ -58,8 +61,8 @@ def read_ledger_docs(ledger: RunLedger, *, max_manifests: int = 10) -> dict[str,
         manifests.append(entry)
     return {
         "run_uri": str(ledger.location),
-        "spec": ledger.read_spec(),
-        "final": ledger.read_final(),
+        "spec": _doc(ledger.read_spec()),
+        "final": _doc(ledger.read_final()),
         "sessions": sessions,
         "manifests": manifests,
     }

@@ -59,7 +59,9 @@ def describe(record: SessionRecord) -> str:
     if record.restored_from and not record.restored_from.startswith("000000-"):
         parts.append(f"restored {record.restored_from}")
     if record.started_at is None:
-        reason = (record.outcome or {}).get("reason") or (record.agent_lines[-1] if record.agent_lines else "")
+        reason = (record.outcome.reason if record.outcome else "") or (
+            record.agent_lines[-1] if record.agent_lines else ""
+        )
         return f"the command never started (agent exit {record.agent_exit}): {reason}"
     if record.interrupted:
         planned = f" (planned {record.planned_offset:.2f} s)" if record.planned_offset is not None else ""
@@ -95,7 +97,7 @@ def describe(record: SessionRecord) -> str:
         else:
             parts.append(f"succeeded in {_s(record.duration)}")
     else:
-        reason = (record.outcome or {}).get("reason") or record.status
+        reason = (record.outcome.reason if record.outcome else "") or record.status
         parts.append(f"{record.status}: {reason} after {_s(record.duration)}")
     if record.progress:
         values = record.progress_values

@@ -31,6 +31,7 @@ from botocore.config import Config
 
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.manifest import Manifest
+from airflow_grid_resume.agent.records import Outcome
 from airflow_grid_resume.agent.scan import PathFilter
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
@@ -303,7 +304,7 @@ class Verifier:
         record.sigterm_at = sigterm.get("sigterm_at") or end.get("sigterm_at")
         record.exited_at = end.get("exited_at")
         record.returncode = end.get("returncode")
-        record.outcome = ledger.read_outcome(record.session)
+        record.outcome = ledger.read_record(Outcome, record.session)
         return record
 
     @contextlib.contextmanager

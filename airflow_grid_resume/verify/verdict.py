@@ -133,7 +133,7 @@ def decide(
 ) -> Verdict:
     """The verdict. Exit 0: resumable; 1: a check failed; 3: nothing could be tested."""
     if reference.status != "succeeded":
-        reason = (reference.outcome or {}).get("reason") or reference.status
+        reason = (reference.outcome.reason if reference.outcome else "") or reference.status
         check = Check(
             "reference",
             FAIL,
@@ -306,14 +306,15 @@ def check_resume(reference: SessionRecord, chain: Sequence[SessionRecord], start
     details: list[str] = []
     for previous, record in pairwise(chain):
         if previous.manifest and record.restored_from and record.restored_from != previous.manifest:
+            fallbacks = record.outcome.restore_fallbacks if record.outcome else None
             details.append(
                 f"{record.label} restored {record.restored_from}, not {previous.manifest} "
-                f"(the checkpoint {previous.label} left): {(record.outcome or {}).get('restore_fallbacks')}"
+                f"(the checkpoint {previous.label} left): {fallbacks}"
             )
     for previous, record in pairwise(chain):
         if record.crashed:
-            code = (record.outcome or {}).get("exit_code")
-            tail = _command_lines((record.outcome or {}).get("tail") or record.tail)
+            code = record.outcome.exit_code if record.outcome else None
+            tail = _command_lines((record.outcome.tail if record.outcome else []) or record.tail)
             truncated = next((line for line in reversed(tail) if _TRUNCATED.search(line)), None)
             why = (
                 f": the restored checkpoint looks truncated, interrupted mid-write ({truncated.strip()})"
@@ -541,7 +542,7 @@ def _command_lines(lines: Sequence[str]) -> list[str]:
 
 def _evidence(record: SessionRecord) -> tuple[str, ...]:
     """The last lines that explain a failed session: its output tail, else the agent's own lines."""
-    tail = _command_lines((record.outcome or {}).get("tail") or record.tail)
+    tail = _command_lines((record.outcome.tail if record.outcome else []) or record.tail)
     return tuple(f"| {line}" for line in (tail[-10:] if tail else record.agent_lines[-5:]))
 
 
