@@ -373,9 +373,6 @@ def test_pointer_record_round_trip_and_refusal() -> None:
 # Modules that still spell ledger keys themselves, to move to agent/layout.py and agent/records.py (the lead's
 # heartbeat/lease/watch modules, changing for issue 10 Part 4, and triggers/capacity.py, another helper's).
 KEYS_NOT_YET_FROM_LAYOUT = {
-    "agent/lease.py",
-    "agent/supervisor.py",
-    "triggers/run.py",
     "triggers/capacity.py",
 }
 

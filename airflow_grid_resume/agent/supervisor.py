@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume import __version__
+from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.child import Child, SpawnError, become_subreaper
 from airflow_grid_resume.agent.deadline import plan_final_sync, seconds_until_reclaim
 from airflow_grid_resume.agent.errors import (
@@ -545,7 +546,7 @@ class Supervisor:
             seq += 1
             if guard.due(time.monotonic()) and self.state in ("restoring", "running", "running+syncing"):
                 try:
-                    found = ledger.get_with_etag(ledger.session_key(self.session, "watch.json"))
+                    found = ledger.get_with_etag(ledger.key(layout.watch(self.session)))
                 except Exception as exc:  # S3 trouble is not evidence that nobody watches
                     log.warning("could not read watch.json, will retry: %s", exc)
                 else:
