@@ -4,6 +4,7 @@ back off with jitter while there is none, and hand back the one instance of the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -115,8 +116,9 @@ class SpotCapacityTrigger(BaseTrigger):
         return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        async for event in settled(self._events(), self.deferred_at):
-            yield event
+        async with contextlib.aclosing(settled(self._events(), self.deferred_at)) as events:
+            async for event in events:
+                yield event
 
     async def _events(self) -> AsyncIterator[TriggerEvent]:
         spec = LaunchSpec.from_dict(self.spec)
