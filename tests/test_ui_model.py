@@ -83,10 +83,16 @@ def test_one_row_per_try_says_what_ended_it() -> None:
 def test_steps_lost_cost_budgets_and_checkpoints() -> None:
     view = model.run_view(_docs(), TRIES, now=T0 + 500, ti_state="success")
     by_session = {s["session"]: s for s in view["sessions"]}
-    # session 2 was lost: no outcome says where it started, and its heartbeat names only the latest step
+    # session 2 was lost: no outcome says where it started, and its (old-style) heartbeat names only the latest step
     assert by_session[1]["steps_lost"] is None
-    assert by_session[2]["steps_lost"] == 20  # reached 260 (last heartbeat), resumed at 241
+    # reached at least 260 (its last heartbeat, up to one interval old), session 3 resumed at 241
+    assert by_session[2]["steps_lost"] == 20 and by_session[2]["steps_lost_at_least"]
+    assert by_session[2]["progress_last"] == 260 and by_session[2]["progress_last_at_least"]
     assert by_session[3]["steps_lost"] is None
+    assert view["steps_lost"] == 20 and view["steps_lost_at_least"]
+    html = render.run_page(view, title="t", now=T0 + 500)
+    assert "at least 20 steps redone after interruptions" in html
+    assert "at least 20 (its last heartbeat&#x27;s step)" in html and "≥ 260" in html
     assert by_session[2]["zone"] == "us-east-1b" and by_session[2]["price_per_hour"] == 0.3
     # 101 + 80 + 181 s at 0.3 USD/h against 1.0 USD/h
     assert abs(view["cost"]["spot_usd"] - 0.3 * 362 / 3600) < 1e-3
@@ -99,7 +105,14 @@ def test_steps_lost_cost_budgets_and_checkpoints() -> None:
     docs = _docs()
     docs["sessions"][1]["heartbeat"]["progress"]["first"] = 111  # a heartbeat that also names the first step
     resumed = {s["session"]: s["steps_lost"] for s in model.run_view(docs, TRIES, now=T0 + 500)["sessions"]}
-    assert resumed[1] == 10  # reached 120, resumed after 110
+    assert resumed[1] == 10  # reached 120 (its outcome: exact), resumed after 110 (the lost session's first)
+    both_lost = _docs()  # session 1 lost too: its last heartbeat and session 2's give "at least" 10
+    both_lost["sessions"][0].update(outcome=None, heartbeat={"epoch": T0 + 110, "progress": {"done": 120, "first": 1}})
+    both_lost["sessions"][0]["closed"] = {"status": "lost", "reason": "no heartbeat", "at": T0 + 121}
+    both_lost["sessions"][1]["heartbeat"]["progress"]["first"] = 111
+    lost = {s["session"]: s for s in model.run_view(both_lost, TRIES, now=T0 + 500)["sessions"]}
+    assert (lost[1]["steps_lost"], lost[1]["steps_lost_at_least"]) == (10, True)
+    assert lost[1]["ended_by"].startswith("instance lost without notice")
     kinds = [e["kind"] for e in view["timeline"]]
     assert kinds.count("session") == 3 and "notice" in kinds and "lost" in kinds and "checkpoint" in kinds
 

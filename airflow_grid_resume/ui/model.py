@@ -13,11 +13,17 @@ Airflow's tries: ``[{"try_number", "state", "start_date", "end_date"}]`` (epoch 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow_grid_resume.summary import INTERRUPTED, epoch_seconds, session_span, session_status
+from airflow_grid_resume.summary import (
+    INTERRUPTED,
+    epoch_seconds,
+    interruption_losses,
+    reported_progress,
+    session_span,
+    session_status,
+)
 
 RUNNING_STATES = ("restoring", "running", "running+syncing", "stopping", "syncing")
 # How close to a budget a run must be to be flagged on the dashboard: at most this many left.
@@ -52,27 +58,6 @@ def ended_by(record: Mapping[str, Any]) -> str:
     return status
 
 
-def steps_lost(records: Sequence[Mapping[str, Any]]) -> dict[int, int | None]:
-    """Steps redone after each interrupted session: last(k) - (first(k+1) - 1), from the progress the
-    agent recorded in each outcome (see the progress protocol in docs/user-guide.md)."""
-    out: dict[int, int | None] = {}
-    for current, following in itertools.pairwise(records):
-        if session_status(current) not in INTERRUPTED:
-            continue
-        last = ((current.get("outcome") or {}).get("progress") or {}).get("last")
-        if last is None:  # a lost session wrote no outcome: its last heartbeat knows how far it got
-            last = ((current.get("heartbeat") or {}).get("progress") or {}).get("done")
-        nxt = following.get("outcome") or {}
-        first = (nxt.get("progress") or {}).get("first")
-        if first is None:
-            first = ((following.get("heartbeat") or {}).get("progress") or {}).get("first")
-        try:
-            out[int(current["session"])] = None if last is None or first is None else max(0, int(last) - int(first) + 1)
-        except (TypeError, ValueError):
-            out[int(current["session"])] = None
-    return out
-
-
 def _price(launch: Mapping[str, Any]) -> tuple[float | None, float | None]:
     """(price paid, on-demand price) per hour."""
     try:
@@ -86,7 +71,6 @@ def _price(launch: Mapping[str, Any]) -> tuple[float | None, float | None]:
 def session_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
     """One session as the run view lists it; a running session counts until ``now``."""
     launch = record.get("launch") or {}
-    heartbeat = record.get("heartbeat") or {}
     outcome = record.get("outcome") or {}
     start, end = session_span(record)
     live = not outcome and not record.get("closed")
@@ -94,10 +78,7 @@ def session_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
         end = now
     seconds = max(0.0, end - start) if start is not None and end is not None else 0.0
     paid, od = _price(launch)
-    progress = outcome.get("progress") or {}
-    if not progress and heartbeat.get("progress"):
-        beat = heartbeat["progress"]
-        progress = {"last": beat.get("done"), "total": beat.get("total")}
+    progress = reported_progress(record)
     return {
         "session": int(record.get("session") or 0),
         "status": "running" if live else session_status(record),
@@ -119,6 +100,8 @@ def session_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
         "progress_first": progress.get("first"),
         "progress_last": progress.get("last"),
         "progress_total": progress.get("total"),
+        # a lost session's last step is its last heartbeat's: it may have got further
+        "progress_last_at_least": progress["last_is_lower_bound"] and not live,
         "tail": list(outcome.get("tail") or [])[-10:],
     }
 
@@ -301,9 +284,9 @@ def run_view(
     # a session planned (launch-attempt.json) but not launched is no session yet (as in summary.read_records)
     records = [r for r in docs.get("sessions") or [] if any(r.get(k) for k in ("launch", "outcome", "closed"))]
     rows = [session_row(r, now) for r in records]
-    lost = steps_lost(records)
+    lost = interruption_losses(records)
     for row in rows:
-        row["steps_lost"] = lost.get(row["session"])
+        row["steps_lost"], row["steps_lost_at_least"] = lost.get(row["session"], (None, False))
     cost = [r["cost_usd"] for r in rows]
     od = [r["on_demand_cost_usd"] for r in rows]
     known = bool(rows) and None not in cost and None not in od
@@ -323,6 +306,10 @@ def run_view(
         },
         "capacity_waited_seconds": round(sum(r["waited_seconds"] for r in rows), 1),
         "interruptions": sum(1 for r in rows if r["status"] in INTERRUPTED),
+        "steps_lost": sum(r["steps_lost"] for r in rows if r["steps_lost"] is not None)
+        if any(r["steps_lost"] is not None for r in rows)
+        else None,
+        "steps_lost_at_least": any(r["steps_lost_at_least"] for r in rows),
         "timeline": timeline(rows, docs, now),
     }
 

@@ -130,7 +130,14 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
     parts.append(
         "<p data-testid='totals'>"
         f"{len(view['sessions'])} sessions, {view['interruptions']} interruptions, "
-        f"capacity waited {view['capacity_waited_seconds']:.0f} s<br>"
+        f"capacity waited {view['capacity_waited_seconds']:.0f} s"
+        + (
+            f", {'at least ' if view.get('steps_lost_at_least') else ''}{view['steps_lost']} steps redone "
+            "after interruptions"
+            if view.get("steps_lost") is not None
+            else ""
+        )
+        + "<br>"
         f"<span data-testid='cost'>cost {_usd(cost['spot_usd'])} against {_usd(cost['on_demand_usd'])} on demand"
         f"{saved}</span><br><span data-testid='budgets'>budgets: {escape('; '.join(budget_text))}</span></p>"
     )
@@ -165,9 +172,12 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
     for s in view["sessions"]:
         price = f"{s['price_per_hour']:.4f} USD/h" if s["price_per_hour"] is not None else "?"
         lost = "-" if s.get("steps_lost") is None else str(s["steps_lost"])
+        if s.get("steps_lost_at_least") and s.get("steps_lost") is not None:
+            lost = f"at least {lost} (its last heartbeat's step)"
         steps = "-"
         if s["progress_last"] is not None:
-            steps = f"{s['progress_first'] if s['progress_first'] is not None else '?'} → {s['progress_last']}"
+            reached = f"≥ {s['progress_last']}" if s.get("progress_last_at_least") else str(s["progress_last"])
+            steps = f"{s['progress_first'] if s['progress_first'] is not None else '?'} → {reached}"
         session_rows.append(
             (
                 {"interrupted": "interruption", "lost": "interruption", "succeeded": "success"}.get(
