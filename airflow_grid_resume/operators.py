@@ -25,6 +25,7 @@ from airflow.sdk.bases.operator import partial as sdk_partial
 from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import ClientError
 
+from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.errors import UsageError
 from airflow_grid_resume.agent.gc import DEFAULT_GRACE_SECONDS, collect_garbage
@@ -42,7 +43,6 @@ from airflow_grid_resume.spot.planner import LaunchPlanner
 from airflow_grid_resume.spot.prices import on_demand_price
 from airflow_grid_resume.summary import INTERRUPTED, read_records, session_status, summarize, summary_lines
 from airflow_grid_resume.triggers.capacity import (
-    ATTEMPT_RECORD,
     SessionLauncher,
     SpotCapacityTrigger,
     describe_launch,
@@ -497,7 +497,7 @@ class GridRunOperator(BaseOperator):
         """Fix session ``session`` in the ledger before anything is launched for it, with the expiry tag
         every launch attempt of the session carries (a retried RunInstances must repeat its parameters
         exactly, or EC2 rejects its ClientToken). Returns that expiry."""
-        key = ledger.session_key(session, ATTEMPT_RECORD)
+        key = ledger.key(layout.launch_attempt(session))
         record = ledger.get_json(key)
         if record and record.get("expires_at"):
             return str(record["expires_at"])

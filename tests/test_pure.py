@@ -329,7 +329,6 @@ KEYS_NOT_YET_FROM_LAYOUT = {
     "agent/lease.py",
     "agent/supervisor.py",
     "triggers/run.py",
-    "triggers/capacity.py",
     "operators.py",
 }
 

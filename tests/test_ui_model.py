@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from airflow_grid_resume.ui import model, render
 
 T0 = 1_800_000_000.0
@@ -135,38 +137,93 @@ def test_live_state_while_running_with_progress_and_eta() -> None:
 def test_waiting_for_capacity_says_for_what() -> None:
     docs = {"run_uri": "s3://b/r", "sessions": [], "manifests": [], "spec": None, "final": None}
     waiting = {"instance_types": ["g5.xlarge", "g4dn.xlarge"], "started_at": T0, "max_wait": 600}
-    view = model.run_view(
-        docs,
-        [{"try_number": 1, "state": "deferred", "start_date": T0}],
-        now=T0 + 40,
-        ti_state="deferred",
-        waiting=waiting,
-    )
-    assert view["state"]["text"] == "waiting for spot capacity: g5.xlarge, g4dn.xlarge, waited 40 s of at most 600 s"
-    # the capacity trigger records each launch attempt (sessions/N/launch-attempt.json) before making it
-    docs["sessions"] = [
-        {
-            "session": 1,
-            "attempt": {
-                "at": T0 + 28,
-                "attempt": {"instance_type": "g4dn.xlarge", "zone": "us-east-1b", "lifecycle": "spot", "token": "t"},
-            },
-        }
-    ]
-    view = model.run_view(
-        docs,
-        [{"try_number": 1, "state": "deferred", "start_date": T0}],
-        now=T0 + 40,
-        ti_state="deferred",
-        waiting=waiting,
-    )
-    assert view["state"]["text"] == (
-        "waiting for spot capacity: g5.xlarge, g4dn.xlarge; last tried g4dn.xlarge spot in us-east-1b 12 s ago, "
+    deferred = [{"try_number": 1, "state": "deferred", "start_date": T0}]
+
+    def state(record: dict | None, *, now: float = T0 + 40, seen: dict | None = None) -> dict:
+        docs["sessions"] = [{"session": 1, "attempt": record, "attempt_seen": seen}] if record else []
+        return model.run_view(docs, deferred, now=now, ti_state="deferred", waiting=waiting)["state"]
+
+    assert state(None)["text"] == "waiting for spot capacity: g5.xlarge, g4dn.xlarge; waited 40 s of at most 600 s"
+    # before each attempt the capacity trigger records it (sessions/N/launch-attempt.json, phase "trying")
+    trying = {
+        "at": T0 + 28,
+        "phase": "trying",
+        "attempt": {"instance_type": "g4dn.xlarge", "zone": "us-east-1b", "lifecycle": "spot", "token": "t"},
+    }
+    assert state(trying)["text"] == (
+        "waiting for spot capacity: g5.xlarge, g4dn.xlarge; trying g4dn.xlarge spot in us-east-1b (since 12 s); "
         "waited 40 s of at most 600 s"
     )
+    # a round that found nothing: EC2's answers and the next round's delay, one PUT
+    answers = [
+        {
+            "instance_type": "g5.xlarge",
+            "zone": "us-east-1a",
+            "lifecycle": "spot",
+            "code": "InsufficientInstanceCapacity",
+            "kind": "capacity",
+            "message": "We currently do not have sufficient g5.xlarge capacity",
+        },
+        {
+            "instance_type": "g4dn.xlarge",
+            "zone": "us-east-1a",
+            "lifecycle": "spot",
+            "code": "SpotMaxPriceTooLow",
+            "kind": "capacity",
+            "message": "Your Spot request price of 0.1 is lower than the minimum",
+        },
+    ]
+    backing_off = {
+        **trying,
+        "phase": "backing-off",
+        "answers": answers,
+        "next_try_in": 55.0,
+        "rounds": 3,
+        "lifecycle": "spot",
+        "at": T0 + 30,
+    }
+    # written 15 s ago by S3's clock (Date - Last-Modified), read 1 s before now: 55 - 15 - 1 = 39 s left,
+    # whatever the triggerer's clock said in "at" (here 10 s slow: it claims T0 + 30, S3 says T0 + 24)
+    wait = state(backing_off, seen={"age": 15.0, "read_at": T0 + 39})
+    assert wait["text"] == (
+        "waiting for spot capacity: g5.xlarge in us-east-1a, g4dn.xlarge in us-east-1a, next try in 39 s; "
+        "EC2 answered InsufficientInstanceCapacity (no capacity for it there now); SpotMaxPriceTooLow (the spot "
+        "price is above the max price); waited 40 s of at most 600 s (3 rounds)"
+    )
+    assert wait["countdown"] == {"text": "next try in 39 s", "seconds": 39}
+    assert [a["answer"].split(" ")[0] for a in wait["wait"]["answers"]] == [
+        "InsufficientInstanceCapacity",
+        "SpotMaxPriceTooLow",
+    ]
+    # without S3's age the writer's own "at" is all there is: 30 + 55 - 40 = 45 s
+    assert state(backing_off, seen={"age": None, "read_at": T0 + 40})["countdown"]["seconds"] == 45
+    # the next round is due: "now"; long overdue: the triggerer may be down
+    assert ", next try now;" in state(backing_off, now=T0 + 90)["text"]
+    late = state(backing_off, now=T0 + 200)
+    assert "next try overdue by 115 s (is the triggerer running?)" in late["text"] and late["countdown"] is None
+    view = model.run_view(docs, deferred, now=T0 + 40, ti_state="deferred", waiting=waiting)
     assert view["sessions"] == [] and "token" not in str(view)  # a planned session is no session; no token shown
     assert view["tries"][0]["ended_by"] == "waiting for capacity"
     assert view["cost"]["spot_usd"] is None
+    docs["sessions"] = [{"session": 1, "attempt": backing_off, "attempt_seen": {"age": 15.0, "read_at": T0 + 39}}]
+    html = render.run_page(
+        model.run_view(docs, deferred, now=T0 + 40, ti_state="deferred", waiting=waiting), title="t", now=T0 + 40
+    )
+    # the page counts the seconds down itself (its own clock, from when it got the number)
+    assert 'next try in <span data-countdown="39">39 s</span>' in html
+    assert "We currently do not have sufficient g5.xlarge capacity" in html  # EC2's own words, per pair
+
+
+def test_airflow_retry_pending_says_when() -> None:
+    docs = _docs(running=True)
+    docs["sessions"][2].update(outcome={"status": "interrupted", "ended_at": T0 + 310}, heartbeat=None)
+    tries = [*TRIES[:2], {"try_number": 3, "state": "up_for_retry", "start_date": T0 + 215, "end_date": T0 + 311}]
+    state = model.run_view(docs, tries, now=T0 + 320, ti_state="up_for_retry", retry_at=T0 + 341)["state"]
+    when = time.strftime("%H:%M:%S UTC", time.gmtime(T0 + 341))
+    assert state["text"] == f"Airflow retry pending: next try at {when} (in 21 s); it resumes from the last checkpoint"
+    assert state["countdown"] == {"text": "in 21 s", "seconds": 21} and state["phase"] == "waiting"
+    unknown = model.run_view(docs, tries, now=T0 + 320, ti_state="up_for_retry")["state"]
+    assert unknown["text"] == "Airflow retry pending; it resumes from the last checkpoint"
 
 
 def test_failure_is_a_script_failure_with_its_exit_code() -> None:

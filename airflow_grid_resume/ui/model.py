@@ -13,6 +13,7 @@ Airflow's tries: ``[{"try_number", "state", "start_date", "end_date"}]`` (epoch 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -181,11 +182,14 @@ def current_state(
     ti_state: str | None,
     now: float,
     waiting: Mapping[str, Any] | None = None,
+    retry_at: float | None = None,
 ) -> dict[str, Any]:
-    """The run's state right now in one sentence, plus what a progress bar needs.
+    """The run's state right now in one sentence, plus what a progress bar and a countdown need.
 
     ``waiting``: what the capacity trigger waits for (``instance_types``, ``started_at``,
-    ``max_wait``), when the task is deferred for capacity.
+    ``max_wait``), when the task is deferred for capacity. ``retry_at``: when Airflow retries the
+    task, when it is up for retry (Airflow's own value, by the scheduler's clock).
+    ``countdown``: ``{"text", "seconds"}``, the part of ``text`` a page may count down itself.
     """
     final = docs.get("final") or {}
     last = rows[-1] if rows else None
@@ -196,7 +200,14 @@ def current_state(
     done, total = progress.get("done"), progress.get("total")
     if done is None and last is not None:
         done, total = last.get("progress_last"), last.get("progress_total")
-    state: dict[str, Any] = {"phase": "unknown", "text": "", "done": done, "total": total, "eta_seconds": None}
+    state: dict[str, Any] = {
+        "phase": "unknown",
+        "text": "",
+        "done": done,
+        "total": total,
+        "eta_seconds": None,
+        "countdown": None,
+    }
     if final.get("status") == "succeeded" and (last is None or last["status"] == "succeeded"):
         state.update(phase="succeeded", text=f"succeeded in session {final.get('session')}")
     elif final.get("status") == "failed" and ti_state in ("failed", None, "success", "upstream_failed"):
@@ -214,30 +225,118 @@ def current_state(
             text += f", step {done}" + (f" of {total}" if total else "")
         state.update(phase="running", text=text, eta_seconds=_eta(rows, record, now))
     elif waiting or (ti_state == "deferred" and (last is None or last["status"] != "succeeded")):
-        wait = waiting or {}
-        types = ", ".join(wait.get("instance_types") or []) or "an instance"
-        waited = now - float(wait["started_at"]) if wait.get("started_at") else None
-        text = f"waiting for spot capacity: {types}"
         newest = (docs.get("sessions") or [{}])[-1]
-        tried = ((newest.get("attempt") or {}).get("attempt") or {}) if not newest.get("launch") else {}
-        if tried.get("instance_type"):
-            at = epoch_seconds((newest.get("attempt") or {}).get("at"))
-            text += f"; last tried {tried['instance_type']} {tried.get('lifecycle') or 'spot'} in {tried.get('zone')}"
-            text += f" {max(0.0, now - at):.0f} s ago" if at is not None else ""
-        if waited is not None:
-            text += f", waited {waited:.0f} s"
-            if wait.get("max_wait"):
-                text += f" of at most {float(wait['max_wait']):.0f} s"
-        state.update(phase="waiting", text=text)
+        wait = capacity_wait(newest if not newest.get("launch") else {}, waiting or {}, now)
+        state.update(phase="waiting", text=wait["text"], countdown=wait["countdown"], wait=wait)
     elif last is not None and last["status"] == "succeeded" and ti_state in ("deferred", "running", "queued"):
         state.update(phase="running", text=f"session {last['session']} succeeded; Airflow is finishing the task")
     elif ti_state == "up_for_retry":
-        state.update(phase="waiting", text="between tries: the next try resumes from the last checkpoint")
+        text, countdown = "Airflow retry pending", None
+        if retry_at is not None:
+            left = round(retry_at - now)
+            when = time.strftime("%H:%M:%S UTC", time.gmtime(retry_at))
+            countdown = {"text": f"in {left} s", "seconds": left} if left > 0 else None
+            text += f": next try at {when}" + (f" ({countdown['text']})" if countdown else " (due now)")
+        state.update(phase="waiting", text=text + "; it resumes from the last checkpoint", countdown=countdown)
     elif last is not None:
         state.update(phase=last["status"], text=f"session {last['session']}: {last['ended_by']}")
     else:
         state.update(phase="waiting", text="no session yet")
     return state
+
+
+# What EC2's answer to a launch means, for the run view (codes: spot.launch.CAPACITY_CODES and THROTTLE_CODES).
+EC2_ANSWERS = {
+    "InsufficientInstanceCapacity": "no capacity for it there now",
+    "InsufficientCapacity": "no capacity for it there now",
+    "UnfulfillableCapacity": "EC2 cannot fulfil it there now",
+    "SpotMaxPriceTooLow": "the spot price is above the max price",
+    "MaxSpotInstanceCountExceeded": "the account's spot instance limit is reached",
+    "VcpuLimitExceeded": "the account's vCPU limit is reached",
+    "InsufficientFreeAddressesInSubnet": "the subnet has no free IP address",
+}
+KIND_ANSWERS = {"throttle": "EC2 throttled the request", "transient": "no clear answer (retried with the same token)"}
+# A round starts at its time or a little later (the triggerer is busy, the launch bucket is empty):
+# only this much later is it called overdue.
+OVERDUE_AFTER_SECONDS = 30
+
+
+def ec2_answer(answer: Mapping[str, Any]) -> str:
+    """``InsufficientInstanceCapacity (no capacity for it there now)``: the code and what it means."""
+    code = str(answer.get("code") or "no answer")
+    meaning = EC2_ANSWERS.get(code) or KIND_ANSWERS.get(str(answer.get("kind")))
+    return f"{code} ({meaning})" if meaning else code
+
+
+def capacity_wait(record: Mapping[str, Any], waiting: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """What a capacity wait is doing, from the newest session's launch-attempt record (``record``:
+    ``{"attempt": doc, "attempt_seen": {"age", "read_at"}}``) and the trigger's kwargs (``waiting``).
+
+    The next try is ``next_try_in`` seconds after the record was written. When it was written is taken
+    from S3's clock (the object's age: the response's Date minus its Last-Modified), moved onto this
+    server's clock at ``read_at``; so neither the triggerer's clock nor this server's skew counts, only
+    S3's one-second resolution. Without that age the writer's ``at`` is used (a skewed triggerer clock
+    then shifts the countdown by its skew)."""
+    doc = record.get("attempt") or {}
+    seen = record.get("attempt_seen") or {}
+    tried = doc.get("attempt") or {}
+    answers = [a for a in doc.get("answers") or [] if isinstance(a, Mapping)]
+    market = str(doc.get("lifecycle") or tried.get("lifecycle") or "spot")
+    if answers:
+        pairs = list(dict.fromkeys(f"{a.get('instance_type')} in {a.get('zone')}" for a in answers))
+        what = ", ".join(pairs)
+    else:
+        what = ", ".join(waiting.get("instance_types") or []) or "an instance"
+    text = f"waiting for {market} capacity: {what}"
+    countdown = None
+    next_in, left = doc.get("next_try_in"), None
+    if doc.get("phase") == "backing-off" and isinstance(next_in, (int, float)):
+        if seen.get("age") is not None and seen.get("read_at") is not None:
+            written = float(seen["read_at"]) - float(seen["age"])
+        else:
+            written = epoch_seconds(doc.get("at")) or now
+        left = round(written + float(next_in) - now)
+        if left > 0:
+            countdown = {"text": f"next try in {left} s", "seconds": left}
+            text += f", {countdown['text']}"
+        elif left > -OVERDUE_AFTER_SECONDS:
+            text += ", next try now"
+        else:
+            text += f", next try overdue by {-left} s (is the triggerer running?)"
+    elif tried.get("instance_type"):
+        text += f"; trying {tried['instance_type']} {tried.get('lifecycle') or 'spot'} in {tried.get('zone')}"
+        at = epoch_seconds(doc.get("at"))
+        if seen.get("age") is not None:
+            text += f" (since {float(seen['age']):.0f} s)"
+        elif at is not None:
+            text += f" (since {max(0.0, now - at):.0f} s)"
+    if answers:
+        said = list(dict.fromkeys(ec2_answer(a) for a in answers))
+        text += f"; EC2 answered {'; '.join(said)}"
+    waited = now - float(waiting["started_at"]) if waiting.get("started_at") else None
+    if waited is not None:
+        text += f"; waited {waited:.0f} s"
+        if waiting.get("max_wait"):
+            text += f" of at most {float(waiting['max_wait']):.0f} s"
+    if doc.get("rounds"):
+        text += f" ({doc['rounds']} rounds)"
+    return {
+        "text": text,
+        "countdown": countdown,
+        "next_try_in": left,
+        "market": market,
+        "rounds": doc.get("rounds"),
+        "answers": [
+            {
+                "instance_type": a.get("instance_type"),
+                "zone": a.get("zone"),
+                "lifecycle": a.get("lifecycle"),
+                "answer": ec2_answer(a),
+                "message": str(a.get("message") or ""),
+            }
+            for a in answers
+        ],
+    }
 
 
 def _eta(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], now: float) -> float | None:
@@ -279,6 +378,7 @@ def run_view(
     now: float,
     ti_state: str | None = None,
     waiting: Mapping[str, Any] | None = None,
+    retry_at: float | None = None,
 ) -> dict[str, Any]:
     """Everything the run view of one task instance shows."""
     # a session planned (launch-attempt.json) but not launched is no session yet (as in summary.read_records)
@@ -294,7 +394,7 @@ def run_view(
     total_od = round(sum(c for c in od if c is not None), 4) if known else None
     return {
         "run_uri": docs.get("run_uri"),
-        "state": current_state(docs, rows, ti_state, now, waiting),
+        "state": current_state(docs, rows, ti_state, now, waiting, retry_at),
         "sessions": rows,
         "tries": match_tries(tries, rows),
         "checkpoints": checkpoints(docs),

@@ -30,6 +30,13 @@ setInterval(async () => {
   if (fresh) document.getElementById("content").replaceWith(fresh);
   if (!doc.getElementById("live")) location.reload();
 }, %d);
+setInterval(() => {  // countdowns by the page's own clock, from when this content arrived
+  for (const el of document.querySelectorAll("[data-countdown]")) {
+    if (!el.dataset.t0) el.dataset.t0 = String(performance.now());
+    const left = Math.round(Number(el.dataset.countdown) - (performance.now() - Number(el.dataset.t0)) / 1000);
+    el.textContent = left > 0 ? left + " s" : "a moment";
+  }
+}, 1000);
 </script>"""
 
 
@@ -66,6 +73,18 @@ def _instance(row: Mapping[str, Any]) -> str:
     if row.get("instance_url"):
         return f"<a target='_blank' rel='noopener' href='{escape(row['instance_url'])}'>{text}</a>"
     return text
+
+
+def _state_text(state: Mapping[str, Any]) -> str:
+    """The state sentence, its countdown (if any) in an element the page's script counts down."""
+    text = escape(state["text"])
+    countdown = state.get("countdown")
+    if not countdown:
+        return text
+    seconds = int(countdown["seconds"])
+    label = escape(countdown["text"])
+    ticking = label.replace(f"{seconds} s", f'<span data-countdown="{seconds}">{seconds} s</span>', 1)
+    return text.replace(label, ticking, 1)
 
 
 def page(title: str, content: str, *, live: bool) -> str:
@@ -109,7 +128,29 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
         f"<h1>{escape(title)}</h1>",
         f"<div class='muted'>ledger: <code>{escape(str(view['run_uri']))}</code></div>",
     ]
-    parts.append(f'<div class="state" data-testid="state">{escape(state["text"])}</div>')
+    parts.append(f'<div class="state" data-testid="state">{_state_text(state)}</div>')
+    answers = (state.get("wait") or {}).get("answers") or []
+    if answers:
+        parts.append("<h2>Capacity wait: EC2's last answers</h2>")
+        parts.append(
+            _table(
+                ["instance type", "zone", "market", "answer", "EC2's message"],
+                [
+                    (
+                        "interruption",
+                        [
+                            escape(str(a["instance_type"])),
+                            escape(str(a["zone"])),
+                            escape(str(a["lifecycle"] or "spot")),
+                            escape(a["answer"]),
+                            f"<span class='muted'>{escape(a['message'])}</span>",
+                        ],
+                    )
+                    for a in answers
+                ],
+                "capacity-answers",
+            )
+        )
     if state.get("done") is not None and state.get("total"):
         pct = max(0.0, min(100.0, 100.0 * float(state["done"]) / float(state["total"])))
         eta = f", about {state['eta_seconds']:.0f} s to go" if state.get("eta_seconds") is not None else ""
