@@ -414,6 +414,15 @@ def run_view(
     }
 
 
+def try_instance(
+    docs: Mapping[str, Any], tries: Sequence[Mapping[str, Any]], try_number: int, *, now: float
+) -> str | None:
+    """The instance Airflow try ``try_number`` ran its session on, or None (it launched none)."""
+    records = [r for r in docs.get("sessions") or [] if any(r.get(k) for k in ("launch", "outcome", "closed"))]
+    rows = match_tries(tries, [session_row(r, now) for r in records])
+    return next((r["instance_id"] for r in rows if r["try_number"] == try_number), None)
+
+
 def timeline(rows: Sequence[Mapping[str, Any]], docs: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
     """Events in time order: capacity waits, sessions, checkpoints, notices, ends."""
     events: list[dict[str, Any]] = []

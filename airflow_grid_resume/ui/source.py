@@ -162,7 +162,7 @@ def tries(session: Any, ti: Any) -> list[dict[str, Any]]:
     return [out[k] for k in sorted(out)]
 
 
-def _xcom(session: Any, ti: Any, key: str) -> dict[str, Any] | None:
+def xcom(session: Any, ti: Any, key: str) -> dict[str, Any] | None:
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
 
@@ -185,7 +185,7 @@ def _xcom(session: Any, ti: Any, key: str) -> dict[str, Any] | None:
 
 def run_pointer(session: Any, ti: Any) -> dict[str, Any] | None:
     """Where the task instance's run ledger is and which connection reads it (the operator's XCom)."""
-    value = _xcom(session, ti, RUN_XCOM)
+    value = xcom(session, ti, RUN_XCOM)
     return value if value and value.get("run_uri") else None
 
 
@@ -194,7 +194,7 @@ def link_conf(session: Any, ti: Any) -> dict[str, Any]:
     the operator's instance-link XCom, without its instance id."""
     from airflow_grid_resume.links import GridInstanceLink
 
-    value = _xcom(session, ti, GridInstanceLink.key) or {}
+    value = xcom(session, ti, GridInstanceLink.key) or {}
     return {k: value[k] for k in ("region_name", "aws_domain", "local_cloud") if k in value}
 
 
