@@ -225,7 +225,7 @@ def test_run_view_and_dashboard_tell_an_interruption_from_a_failure(browser: Any
             assert api.call("GET", links)["extra_links"]["Spot instance"] == f"{pages}/{second}"
             assert api.call("GET", links + "?try_number=2")["extra_links"]["Spot instance"] == f"{pages}/{second}"
             assert api.call("GET", links + "?try_number=1")["extra_links"]["Spot instance"] == f"{pages}/{instance_id}"
-            page.goto(f"{url}/dags/grid_ui/runs/{quote(run_id, safe='')}/tasks/train?try_number=1")
+            page.goto(f"{url}/dags/grid_ui/runs/{quote(run_id, safe='')}/tasks/train/details?try_number=1")
             airflow_link = page.get_by_role("link", name="Spot instance")
             airflow_link.wait_for(timeout=30_000)
             assert airflow_link.get_attribute("href") == f"{pages}/{instance_id}"

@@ -19,7 +19,8 @@ table{border-collapse:collapse;margin:4px 0}td,th{border:1px solid #d0d7de;paddi
 th{background:#f3f5f7}.interruption{background:#fdf1dc}.failure{background:#f8dde1}.success{background:#e3f4e6}
 .running{background:#e5effa}.state{font-size:15px;padding:8px;border-radius:4px;background:#eef2f6;margin:6px 0}
 .marker{font-weight:bold;color:#b5651d}.muted{color:#667}.bar{height:10px;background:#d0d7de;width:320px}
-.bar>div{height:10px;background:#2e7bd6}code{font-size:12px}
+.bar>div{height:10px;background:#2e7bd6}code{font-size:12px;word-break:break-all}
+td:not(:last-child){white-space:nowrap}
 """
 LIVE_SCRIPT = """<script>
 setInterval(async () => {
