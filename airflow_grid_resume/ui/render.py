@@ -20,7 +20,7 @@ th{background:#f3f5f7}.interruption{background:#fdf1dc}.failure{background:#f8dd
 .running{background:#e5effa}.state{font-size:15px;padding:8px;border-radius:4px;background:#eef2f6;margin:6px 0}
 .marker{font-weight:bold;color:#b5651d}.muted{color:#667}.bar{height:10px;background:#d0d7de;width:320px}
 .bar>div{height:10px;background:#2e7bd6}code{font-size:12px;word-break:break-all}
-td:not(:last-child){white-space:nowrap}
+.id{white-space:nowrap}
 """
 LIVE_SCRIPT = """<script>
 setInterval(async () => {
@@ -72,8 +72,8 @@ def _instance(row: Mapping[str, Any]) -> str:
     """The instance id, linked to its own page when the view knows where (``instance_url``)."""
     text = escape(row.get("instance_id") or "-")
     if row.get("instance_url"):
-        return f"<a target='_blank' rel='noopener' href='{escape(row['instance_url'])}'>{text}</a>"
-    return text
+        return f"<a class='id' target='_blank' rel='noopener' href='{escape(row['instance_url'])}'>{text}</a>"
+    return f"<span class='id'>{text}</span>"
 
 
 def _state_text(state: Mapping[str, Any]) -> str:
@@ -213,9 +213,10 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
     session_rows = []
     for s in view["sessions"]:
         price = f"{s['price_per_hour']:.4f} USD/h" if s["price_per_hour"] is not None else "?"
-        lost = "-" if s.get("steps_lost") is None else str(s["steps_lost"])
+        lost = "-" if s.get("steps_lost") is None else escape(str(s["steps_lost"]))
         if s.get("steps_lost_at_least") and s.get("steps_lost") is not None:
-            lost = f"at least {lost} (its last heartbeat's step)"
+            why = "the instance was lost: its last heartbeat's step, up to one heartbeat interval old, is all we know"
+            lost = f"<span title='{escape(why)}'>at least {lost}</span>"
         steps = "-"
         if s["progress_last"] is not None:
             reached = f"≥ {s['progress_last']}" if s.get("progress_last_at_least") else str(s["progress_last"])
@@ -229,13 +230,13 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
                     str(s["session"]),
                     _instance(s),
                     escape(str(s["instance_type"])),
-                    escape(str(s["zone"])),
+                    f"<span class='id'>{escape(str(s['zone']))}</span>",
                     escape(s["lifecycle"]),
                     escape(price),
                     _t(s["start"]),
                     f"{s['seconds']:.0f} s",
-                    escape(steps),
-                    escape(lost),
+                    f"<span class='id'>{escape(steps)}</span>",
+                    lost,
                     escape(_usd(s["cost_usd"])),
                     escape(s["ended_by"]),
                 ],
