@@ -23,7 +23,7 @@ from typing import Any
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink
 
 log = logging.getLogger(__name__)
-# (dag_id, run_id, task_id, map_index, try_number) -> instance id of that finished try (None: no instance)
+# (task instance id, try number) -> instance id of that finished try (None: it launched none)
 _PAST_TRIES: OrderedDict[tuple, str | None] = OrderedDict()
 PAST_TRIES_KEPT = 2048
 LINK_CONF = ("region_name", "aws_domain", "local_cloud")
@@ -57,7 +57,7 @@ def try_instance_link(dag_id: str, run_id: str, task_id: str, map_index: int, tr
             return GridInstanceLink().format_link(**current) if current.get("instance_id") else ""
         conf = {k: v for k, v in (source.xcom(session, ti, GridArtifactsLink.key) or {}).items() if k in LINK_CONF}
         conf.update({k: v for k, v in current.items() if k in LINK_CONF})
-        key = (dag_id, run_id, task_id, map_index, int(try_number))
+        key = (str(ti.id), int(try_number))  # a run deleted and made again has new task instance ids
         pointer = tries = None
         if key not in _PAST_TRIES:
             pointer, tries = source.run_pointer(session, ti), source.tries(session, ti)
