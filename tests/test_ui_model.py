@@ -186,7 +186,7 @@ def test_waiting_for_capacity_says_for_what() -> None:
     # whatever the triggerer's clock said in "at" (here 10 s slow: it claims T0 + 30, S3 says T0 + 24)
     wait = state(backing_off, seen={"age": 15.0, "read_at": T0 + 39})
     assert wait["text"] == (
-        "waiting for spot capacity: g5.xlarge in us-east-1a, g4dn.xlarge in us-east-1a, next try in 39 s; "
+        "waiting for spot capacity: g5.xlarge or g4dn.xlarge in us-east-1a, next try in 39 s; "
         "EC2 answered InsufficientInstanceCapacity (no capacity for it there now); SpotMaxPriceTooLow (the spot "
         "price is above the max price); waited 40 s of at most 600 s (3 rounds)"
     )
@@ -205,6 +205,8 @@ def test_waiting_for_capacity_says_for_what() -> None:
     assert view["sessions"] == [] and "token" not in str(view)  # a planned session is no session; no token shown
     assert view["tries"][0]["ended_by"] == "waiting for capacity"
     assert view["cost"]["spot_usd"] is None
+    assert view["capacity_waited_seconds"] == 40  # the wait going on counts before it ends
+    assert model._pairs_text([("a", "z1"), ("b", "z2")]) == "a in z1, b in z2"  # not every type in every zone
     docs["sessions"] = [{"session": 1, "attempt": backing_off, "attempt_seen": {"age": 15.0, "read_at": T0 + 39}}]
     html = render.run_page(
         model.run_view(docs, deferred, now=T0 + 40, ti_state="deferred", waiting=waiting), title="t", now=T0 + 40
@@ -212,6 +214,7 @@ def test_waiting_for_capacity_says_for_what() -> None:
     # the page counts the seconds down itself (its own clock, from when it got the number)
     assert 'next try in <span data-countdown="39">39 s</span>' in html
     assert "We currently do not have sufficient g5.xlarge capacity" in html  # EC2's own words, per pair
+    assert "no cost yet: no instance launched" in html
 
 
 def test_airflow_retry_pending_says_when() -> None:

@@ -268,6 +268,17 @@ def ec2_answer(answer: Mapping[str, Any]) -> str:
     return f"{code} ({meaning})" if meaning else code
 
 
+def _pairs_text(pairs: Sequence[tuple[str, str]]) -> str:
+    """``g5.xlarge or g4dn.xlarge in us-east-1a or us-east-1b`` when every type was tried in every zone,
+    else each pair: ``g5.xlarge in us-east-1a, g4dn.xlarge in us-east-1b``."""
+    unique = list(dict.fromkeys(pairs))
+    types = list(dict.fromkeys(t for t, _ in unique))
+    zones = list(dict.fromkeys(z for _, z in unique))
+    if len(unique) > 1 and len(unique) == len(types) * len(zones):
+        return f"{' or '.join(types)} in {' or '.join(zones)}"
+    return ", ".join(f"{t} in {z}" for t, z in unique)
+
+
 def capacity_wait(record: Mapping[str, Any], waiting: Mapping[str, Any], now: float) -> dict[str, Any]:
     """What a capacity wait is doing, from the newest session's launch-attempt record (``record``:
     ``{"attempt": doc, "attempt_seen": {"age", "read_at"}}``) and the trigger's kwargs (``waiting``).
@@ -283,8 +294,7 @@ def capacity_wait(record: Mapping[str, Any], waiting: Mapping[str, Any], now: fl
     answers = [a for a in doc.get("answers") or [] if isinstance(a, Mapping)]
     market = str(doc.get("lifecycle") or tried.get("lifecycle") or "spot")
     if answers:
-        pairs = list(dict.fromkeys(f"{a.get('instance_type')} in {a.get('zone')}" for a in answers))
-        what = ", ".join(pairs)
+        what = _pairs_text([(str(a.get("instance_type")), str(a.get("zone"))) for a in answers])
     else:
         what = ", ".join(waiting.get("instance_types") or []) or "an instance"
     text = f"waiting for {market} capacity: {what}"
@@ -404,7 +414,7 @@ def run_view(
             "on_demand_usd": total_od,
             "saved_percent": round(100 * (1 - total_cost / total_od)) if known and total_od else None,
         },
-        "capacity_waited_seconds": round(sum(r["waited_seconds"] for r in rows), 1),
+        "capacity_waited_seconds": round(sum(r["waited_seconds"] for r in rows) + _waiting_now(docs, waiting, now), 1),
         "interruptions": sum(1 for r in rows if r["status"] in INTERRUPTED),
         "steps_lost": sum(r["steps_lost"] for r in rows if r["steps_lost"] is not None)
         if any(r["steps_lost"] is not None for r in rows)
@@ -412,6 +422,14 @@ def run_view(
         "steps_lost_at_least": any(r["steps_lost_at_least"] for r in rows),
         "timeline": timeline(rows, docs, now),
     }
+
+
+def _waiting_now(docs: Mapping[str, Any], waiting: Mapping[str, Any] | None, now: float) -> float:
+    """Seconds the capacity wait going on now has lasted (0 when none): it counts before it ends."""
+    newest = (docs.get("sessions") or [{}])[-1]
+    if not waiting or not waiting.get("started_at") or newest.get("launch"):
+        return 0.0
+    return max(0.0, now - float(waiting["started_at"]))
 
 
 def try_instance(

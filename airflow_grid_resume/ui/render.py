@@ -140,8 +140,8 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
                     (
                         "interruption",
                         [
-                            escape(str(a["instance_type"])),
-                            escape(str(a["zone"])),
+                            f"<span class='id'>{escape(str(a['instance_type']))}</span>",
+                            f"<span class='id'>{escape(str(a['zone']))}</span>",
                             escape(str(a["lifecycle"] or "spot")),
                             escape(a["answer"]),
                             f"<span class='muted'>{escape(a['message'])}</span>",
@@ -180,8 +180,14 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
             else ""
         )
         + "<br>"
-        f"<span data-testid='cost'>cost {_usd(cost['spot_usd'])} against {_usd(cost['on_demand_usd'])} on demand"
-        f"{saved}</span><br><span data-testid='budgets'>budgets: {escape('; '.join(budget_text))}</span></p>"
+        + (
+            f"<span data-testid='cost'>cost {_usd(cost['spot_usd'])} against {_usd(cost['on_demand_usd'])} on demand"
+            f"{saved}</span>"
+            if view["sessions"]
+            else "<span data-testid='cost'>no cost yet: no instance launched</span>"
+        )
+        + "<br>"
+        f"<span data-testid='budgets'>budgets: {escape('; '.join(budget_text))}</span></p>"
     )
     parts.append("<h2>Timeline</h2>" + _timeline(view, now))
     parts.append("<h2>Airflow tries</h2>")
