@@ -375,7 +375,7 @@ def test_progress_lines_reach_heartbeat_and_outcome(agent, run_uri: str, ledger:
     beat = wait_for(
         lambda: (hb := ledger.read_heartbeat(1)) and hb.get("progress") and hb, timeout=10, what="progress in a beat"
     )
-    assert beat["progress"] == {"done": 6, "total": 10} and beat["state"] == "running"
+    assert beat["progress"] == {"done": 6, "total": 10, "first": 4} and beat["state"] == "running"
     assert proc.wait() == 0
     assert ledger.read_outcome(1)["progress"] == {"first": 4, "last": 7, "total": 10}
     # Every document the agent writes is its typed record, with no field the record does not know.

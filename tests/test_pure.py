@@ -370,13 +370,6 @@ def test_pointer_record_round_trip_and_refusal() -> None:
         Pointer.from_json(b'{"format": "grid-resume-latest/2", "manifest": "000001-000001.json"}')
 
 
-# Modules that still spell ledger keys themselves, to move to agent/layout.py and agent/records.py (the lead's
-# heartbeat/lease/watch modules, changing for issue 10 Part 4, and triggers/capacity.py, another helper's).
-KEYS_NOT_YET_FROM_LAYOUT = {
-    "triggers/capacity.py",
-}
-
-
 def test_no_ledger_key_is_spelled_outside_the_layout() -> None:
     """The package and the benchmarks build every key from agent/layout.py (tests may spell them)."""
     import re
@@ -395,7 +388,7 @@ def test_no_ledger_key_is_spelled_outside_the_layout() -> None:
         if (rel := str(path.relative_to(package if package in path.parents else root))) != "agent/layout.py"
         and key.search(path.read_text())
     )
-    assert set(offenders) <= KEYS_NOT_YET_FROM_LAYOUT, f"keys spelled outside agent/layout.py: {offenders}"
+    assert not offenders, f"keys spelled outside agent/layout.py: {offenders}"
 
 
 def test_agent_keep_manifests_option() -> None:

@@ -280,6 +280,11 @@ class LaunchAttempt(Record):
     expires_at: str
     attempt: dict[str, Any] | None = None
     at: float | None = None
+    phase: str | None = None  # "trying" (before an attempt) or "backing-off" (a round found nothing)
+    rounds: int | None = None
+    answers: list[dict[str, Any]] | None = None  # EC2's answer per pair tried in the last round that ended
+    next_try_in: float | None = None  # seconds from ``at``, while backing off
+    lifecycle: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -263,8 +263,8 @@ def finish(
         )
         print(
             f"  Open DAG {DAG_ID}, task {TASK_ID}: its 'Spot run' tab shows every try, what ended it, the cost "
-            "and the checkpoints; 'Spot training' (Browse menu) lists every run; each try's 'Spot instance' link "
-            "opens its own instance on the local spot cloud."
+            "and the checkpoints; 'Spot training' (Browse menu) lists every run; the 'Spot instance' link (Details "
+            "tab) opens the instance of the try selected there, on the local spot cloud."
         )
         print("  Press Ctrl-C to stop everything.")
         try:
