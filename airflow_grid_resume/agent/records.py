@@ -165,7 +165,7 @@ class Heartbeat(Record):
 
     NAME = "heartbeat"
     KEY = "sessions/SSSSSS/heartbeat.json"
-    OMIT_NONE = ("progress",)
+    OMIT_NONE = ("progress", "log_interval")
 
     session: int
     seq: int = 0
@@ -275,6 +275,7 @@ class LaunchAttempt(Record):
 
     NAME = "launch-attempt"
     KEY = "sessions/SSSSSS/launch-attempt.json"
+    OMIT_NONE = ("phase", "rounds", "answers", "next_try_in", "lifecycle")  # absent while no round has ended
 
     session: int
     expires_at: str
