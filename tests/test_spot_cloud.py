@@ -83,8 +83,9 @@ def trigger_for(spec: dict, run_id: str | None = None, **kw) -> SpotCapacityTrig
 
 def first_event(trigger: BaseTrigger) -> dict:
     async def go() -> dict:
-        async for event in trigger.run():
-            return event.payload
+        async with contextlib.aclosing(trigger.run()) as events:  # as the triggerer: closed in the loop
+            async for event in events:
+                return event.payload
         raise AssertionError("the trigger ended without an event")
 
     return asyncio.run(go())
@@ -199,8 +200,9 @@ def test_a_capacity_wait_leaves_what_it_waits_for_in_the_ledger(cloud, subnets) 
 
 
 async def _first(trigger: BaseTrigger) -> dict:
-    async for event in trigger.run():
-        return event.payload
+    async with contextlib.aclosing(trigger.run()) as events:
+        async for event in events:
+            return event.payload
     raise AssertionError("the trigger ended without an event")
 
 
@@ -413,8 +415,9 @@ def test_watch_resumes_after_a_triggerer_restart_without_repeating(cloud, subnet
 
 
 async def first_event_async(trigger: BaseTrigger) -> dict:
-    async for event in trigger.run():
-        return event.payload
+    async with contextlib.aclosing(trigger.run()) as events:
+        async for event in events:
+            return event.payload
     raise AssertionError("no event")
 
 

@@ -607,7 +607,7 @@ def test_good_script_shorter_than_the_notice_with_absolute_paths(s3, tmp_path: P
 
 def test_hang_after_resume_is_reported_and_stopped(s3, tmp_path: Path) -> None:
     started = time.monotonic()
-    result, verdict, report = run_verify(s3, tmp_path, "hangs_after_resume", 12, 0.05, 2.0, interruptions=1, seed=1)
+    result, verdict, report = run_verify(s3, tmp_path, "hangs_after_resume", 40, 0.05, 2.0, interruptions=1, seed=1)
     assert verdict.exit_code == EXIT_NOT_RESUMABLE, report
     assert "[FAIL] resume: hangs after resuming: session 2 did not finish" in report
     assert result.chain[-1].timed_out and time.monotonic() - started < 60
