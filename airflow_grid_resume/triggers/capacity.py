@@ -4,7 +4,6 @@ back off with jitter while there is none, and hand back the one instance of the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -118,9 +117,8 @@ class SpotCapacityTrigger(BaseTrigger):
         return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        async with contextlib.aclosing(settled(self._events(), self.deferred_at)) as events:
-            async for event in events:
-                yield event
+        async for event in settled(self._events(), self.deferred_at):
+            yield event
 
     async def _events(self) -> AsyncIterator[TriggerEvent]:
         spec = LaunchSpec.from_dict(self.spec)

@@ -256,9 +256,8 @@ class RunWatchTrigger(BaseTrigger):
         return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        async with contextlib.aclosing(settled(self._events(), self.deferred_at)) as events:
-            async for event in events:
-                yield event
+        async for event in settled(self._events(), self.deferred_at):
+            yield event
 
     async def _events(self) -> AsyncIterator[TriggerEvent]:
         s3_hook = SharedS3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
