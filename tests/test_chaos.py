@@ -1,7 +1,8 @@
 """A seeded simulation of the whole lifecycle on a cloud at least as unkind as EC2 (in the spirit of
 FoundationDB's simulation tests and Jepsen): the real operator, triggers and agent, the local spot cloud
 with eventual consistency, throttling on every API, 5xx, lost answers (EC2 and S3), skewed instance
-clocks, capacity droughts, notices and hard losses, and the worker killed at chosen points of a try.
+clocks, capacity droughts, notices and hard losses, and the worker killed at seeded I/O boundaries of
+execute and its resume path (before or after any AWS call it makes).
 
 After each seed, from the ledger and the cloud's own instance list:
 - exactly one instance per session, never two alive at once for the run;
@@ -44,6 +45,11 @@ from airflow_grid_resume.emulator.cloud import SPOT_TERMINATION
 from tests.conftest import SCRIPTS, command_started, make_dag
 
 STEPS, STEP_SECONDS, SAVE_EVERY = 36, 0.12, 4
+# The worker's AWS calls of a run (execute, on_capacity, on_session_end of every try) are its I/O boundaries; a
+# kill picks one of the first MAX_KILL_CALL: a run with one interruption makes about 60 (a first try about 25:
+# reading the ledger, the snapshot, the launch with its attempt record, launch.json, the verdict), so a kill can
+# land anywhere in the first try or in the resume path of the second.
+MAX_KILL_CALL = 45
 DEFAULT_SEEDS = "1 2"  # make test; make chaos SEEDS=N for more
 LINE = re.compile(r"CHAOS-LINE s=\d+ step=\d+;")
 
@@ -61,7 +67,7 @@ class Schedule:
     describe_throttle: tuple[float, float] | None  # (burst, rate) for Describe* actions
     clock_offset: float
     drought_seconds: float  # spot capacity withheld at the start
-    crash: str | None  # where the worker dies once: "after-launch" (before the instance is recorded), "before-watch"
+    kills: tuple[tuple[int, str], ...]  # the worker dies at its k-th AWS call of the run, "before" or "after" it
     interruptions: list[tuple[float, bool]]  # (seconds of training before it, with a notice?)
     faults: list[tuple[float, str, dict]] = field(default_factory=list)  # (at second, route, body)
 
@@ -69,7 +75,7 @@ class Schedule:
         return (
             f"seed {self.seed}: consistency {self.consistency_seconds:.1f} s, describe throttle "
             f"{self.describe_throttle}, clock {self.clock_offset:+.0f} s, drought {self.drought_seconds:.0f} s, "
-            f"worker crash {self.crash}, interruptions {self.interruptions}, faults {self.faults}"
+            f"worker kills {self.kills}, interruptions {self.interruptions}, faults {self.faults}"
         )
 
 
@@ -89,13 +95,16 @@ def schedule_for(seed: int) -> Schedule:
             api = {"fault-describe": "DescribeInstances", "fault-run": "RunInstances"}.get(kind, "TerminateInstances")
             code = rng.choice(["InternalError", "Unavailable"])
             faults.append((at, "fault", {"api": api, "code": code, "count": rng.randint(1, 3)}))
+    n_kills = rng.choice([0, 1, 1, 2])
     return Schedule(
         seed=seed,
         consistency_seconds=rng.choice([0.0, 2.0, 5.0]),
         describe_throttle=rng.choice([None, (4.0, 2.0), (10.0, 5.0)]),
         clock_offset=rng.choice([0.0, -400.0, 400.0]),
         drought_seconds=rng.choice([0.0, 0.0, 6.0]),
-        crash=rng.choice([None, "after-launch", "before-watch"]),
+        kills=tuple(
+            sorted((k, rng.choice(["before", "after"])) for k in rng.sample(range(1, MAX_KILL_CALL + 1), n_kills))
+        ),
         interruptions=[(round(rng.uniform(0.8, 2.0), 1), rng.random() < 0.6) for _ in range(rng.randint(1, 2))],
         faults=sorted(faults),
     )
@@ -179,34 +188,92 @@ def chaos_dag(dag_id: str, workdir: Path, bucket: str):
     )
 
 
+class WorkerDeath(BaseException):
+    """Raised inside the worker at an I/O boundary: a BaseException, so no ``except Exception`` of the code
+    under test can swallow it (a SIGKILL runs no handler either)."""
+
+
+WORKER_METHODS = ("execute", "on_capacity", "on_session_end")
+
+
 @contextlib.contextmanager
-def worker_killed_at(point: str | None):
-    """Kill the "worker" once at ``point``: after RunInstances answered but before the instance is
-    recorded anywhere, or after it is recorded but before the watch is deferred."""
+def worker_killed_at(kills: tuple[tuple[int, str], ...]):
+    """Kill the "worker" at its k-th AWS call of the run, before the call is sent or after it was carried out
+    (its answer lost with the worker), for each (k, when) of ``kills``. Every botocore and aiobotocore call
+    made while the operator's worker methods run counts (the ledger's S3 calls, the hooks' and the launcher's
+    EC2 calls); the triggers' calls do not (dag.test runs them between the worker methods). Yields the list of
+    kills that happened, as "k:when:Operation in method", and the trace of every call."""
+    import aiobotocore.client
+    import botocore.client
+
     from airflow_grid_resume.operators import GridRunOperator
-    from airflow_grid_resume.triggers.capacity import SessionLauncher
 
-    killed: list[str] = []
-    original_round, original_watch = SessionLauncher.round, GridRunOperator._watch
+    plan = dict(kills)
+    done: list[str] = []
+    trace: list[str] = []  # every worker call, "k:Operation in method"
+    calls = [0]
+    current: list[str] = []  # the worker method running now (empty: not the worker)
+    lock = threading.Lock()
 
-    async def round_then_die(self, planner, waited):
-        result = await original_round(self, planner, waited)
-        if point == "after-launch" and result.instance is not None and not killed:
-            killed.append(point)
-            raise WorkerKilled(f"worker killed after launching {result.instance['InstanceId']}")
-        return result
+    def boundary(operation: str, when: str) -> None:
+        if not current:
+            return
+        with lock:
+            if when == "before":
+                calls[0] += 1
+                trace.append(f"{calls[0]}:{operation} in {current[-1]}")
+            k = calls[0]
+            if plan.get(k) != when:
+                return
+            del plan[k]
+            done.append(f"{k}:{when}:{operation} in {current[-1]}")
+        raise WorkerDeath(f"worker killed {when} its AWS call {k} ({operation}, in {current[-1]})")
 
-    def watch_then_die(self, context, run_uri, session, instance_id, state):
-        if point == "before-watch" and not killed:
-            killed.append(point)
-            raise WorkerKilled(f"worker killed before watching {instance_id}")
-        return original_watch(self, context, run_uri, session, instance_id, state)
+    sync_call, async_call = botocore.client.BaseClient._make_api_call, aiobotocore.client.AioBaseClient._make_api_call
 
-    SessionLauncher.round, GridRunOperator._watch = round_then_die, watch_then_die
+    def sync_wrapper(self, operation_name, api_params):
+        boundary(operation_name, "before")
+        try:
+            return sync_call(self, operation_name, api_params)
+        finally:  # an error answer is an answer too: the worker may die before it reads it
+            boundary(operation_name, "after")
+
+    async def async_wrapper(self, operation_name, api_params):
+        boundary(operation_name, "before")
+        try:
+            return await async_call(self, operation_name, api_params)
+        finally:
+            boundary(operation_name, "after")
+
+    originals = {name: getattr(GridRunOperator, name) for name in WORKER_METHODS}
+
+    def worker_method(name: str):
+        original = originals[name]
+
+        def run(self, *args, **kwargs):
+            current.append(name)
+            try:
+                return original(self, *args, **kwargs)
+            except WorkerDeath as death:
+                if len(current) > 1:  # execute calls on_capacity itself: the outermost method reports it
+                    raise
+                raise WorkerKilled(str(death)) from None  # Airflow sees a try that died: failed, retried
+            finally:
+                current.pop()
+
+        return run
+
+    botocore.client.BaseClient._make_api_call = sync_wrapper
+    aiobotocore.client.AioBaseClient._make_api_call = async_wrapper
+    for name in WORKER_METHODS:
+        setattr(GridRunOperator, name, worker_method(name))
     try:
-        yield killed
+        yield done, trace
     finally:
-        SessionLauncher.round, GridRunOperator._watch = original_round, original_watch
+        botocore.client.BaseClient._make_api_call = sync_call
+        aiobotocore.client.AioBaseClient._make_api_call = async_call
+        for name, original in originals.items():
+            setattr(GridRunOperator, name, original)
 
 
 def reference(tmp_path: Path) -> str:
@@ -245,9 +312,10 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
     boto3.client("s3").create_bucket(Bucket=bucket)
     expected = reference(tmp_path)
     dag = chaos_dag(f"chaos_{seed}_{uuid.uuid4().hex[:6]}", workdir, bucket)
-    with worker_killed_at(schedule.crash) as killed, Chaos(spot_cloud, schedule) as chaos:
+    with worker_killed_at(schedule.kills) as (killed, calls), Chaos(spot_cloud, schedule) as chaos:
         dagrun = dag.test()
     output = capfd.readouterr().out
+    print(f"chaos: the worker made {len(calls)} AWS calls; killed at {killed}")
     problems: list[str] = []
 
     def check(ok: bool, what: str) -> None:
@@ -255,7 +323,7 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
             problems.append(what)
 
     check(dagrun.state == "success", f"the DAG run ended {dagrun.state}")
-    check(killed == ([schedule.crash] if schedule.crash else []), f"the worker kill at {schedule.crash} happened")
+    check(len(killed) == len(schedule.kills), f"the worker kills {schedule.kills} happened: {killed}")
     client = make_s3_client()
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="grid-runs/")["Contents"]]
     run_prefix = next(k for k in keys if k.endswith("/spec.json")).rsplit("/spec.json", 1)[0]
@@ -305,6 +373,7 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
         log_file.write_text(output)
         errors = [line for line in output.splitlines() if re.search(r"\b(error|ERROR|failed|Traceback)\b", line)]
         print("\n".join(errors[-40:]))
+        print("the worker's AWS calls:", " ".join(calls))
         pytest.fail(
             f"the run's output: {log_file}\n"
             f"{schedule.describe()}\ninterrupted: {chaos.interrupted}\n- " + "\n- ".join(problems[:15]) + f"\n"
