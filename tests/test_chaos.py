@@ -1,8 +1,8 @@
 """A seeded simulation of the whole lifecycle on a cloud at least as unkind as EC2 (in the spirit of
 FoundationDB's simulation tests and Jepsen): the real operator, triggers and agent, the local spot cloud
 with eventual consistency, throttling on every API, 5xx, lost answers (EC2 and S3), skewed instance
-clocks, capacity droughts, notices and hard losses, and the worker killed at seeded I/O boundaries of
-execute and its resume path (before or after any AWS call it makes).
+clocks, capacity droughts, notices, hard losses and EC2 scheduled stops, and the worker killed at seeded
+I/O boundaries of execute and its resume path (before or after any AWS, task state store or XCom call).
 
 After each seed, from the ledger and the cloud's own instance list:
 - exactly one instance per session, never two alive at once for the run;
@@ -41,14 +41,15 @@ from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
-from airflow_grid_resume.emulator.cloud import SPOT_TERMINATION
+from airflow_grid_resume.emulator.cloud import SCHEDULED_STOP, SPOT_TERMINATION
 from tests.conftest import SCRIPTS, command_started, make_dag
 
 STEPS, STEP_SECONDS, SAVE_EVERY = 36, 0.12, 4
-# The worker's AWS calls of a run (execute, on_capacity, on_session_end of every try) are its I/O boundaries; a
-# kill picks one of the first MAX_KILL_CALL: a run with one interruption makes about 60 (a first try about 25:
-# reading the ledger, the snapshot, the launch with its attempt record, launch.json, the verdict), so a kill can
-# land anywhere in the first try or in the resume path of the second.
+SCHEDULED_AHEAD = 6.0  # a scheduled event's NotBefore this far ahead: 3 s of advisory, then the 3 s notice window
+# The worker's I/O calls of a run (AWS, task state store, XCom; in execute, on_capacity, on_session_end of every
+# try) are its I/O boundaries; a kill picks one of the first MAX_KILL_CALL: a run with one interruption makes about
+# 70 (a first try about 30: reading the ledger, the snapshot, the launch with its attempt record, launch.json, the
+# verdict), so a kill can land anywhere in the first try or in the resume path of the second.
 MAX_KILL_CALL = 45
 DEFAULT_SEEDS = "1 2"  # make test; make chaos SEEDS=N for more
 LINE = re.compile(r"CHAOS-LINE s=\d+ step=\d+;")
@@ -67,15 +68,17 @@ class Schedule:
     describe_throttle: tuple[float, float] | None  # (burst, rate) for Describe* actions
     clock_offset: float
     drought_seconds: float  # spot capacity withheld at the start
-    kills: tuple[tuple[int, str], ...]  # the worker dies at its k-th AWS call of the run, "before" or "after" it
-    interruptions: list[tuple[float, bool]]  # (seconds of training before it, with a notice?)
+    kills: tuple[tuple[int, str], ...]  # the worker dies at its k-th I/O call of the run, "before" or "after" it
+    interruptions: list[tuple[float, str]]  # (seconds of training before it, "notice", "hard" or "scheduled")
     faults: list[tuple[float, str, dict]] = field(default_factory=list)  # (at second, route, body)
+    scheduled_code: str = "instance-stop"  # the code of a "scheduled" interruption
 
     def describe(self) -> str:
         return (
             f"seed {self.seed}: consistency {self.consistency_seconds:.1f} s, describe throttle "
             f"{self.describe_throttle}, clock {self.clock_offset:+.0f} s, drought {self.drought_seconds:.0f} s, "
-            f"worker kills {self.kills}, interruptions {self.interruptions}, faults {self.faults}"
+            f"worker kills {self.kills}, interruptions {self.interruptions} (scheduled: {self.scheduled_code}), "
+            f"faults {self.faults}"
         )
 
 
@@ -105,9 +108,14 @@ def schedule_for(seed: int) -> Schedule:
         kills=tuple(
             sorted((k, rng.choice(["before", "after"])) for k in rng.sample(range(1, MAX_KILL_CALL + 1), n_kills))
         ),
-        interruptions=[(round(rng.uniform(0.8, 2.0), 1), rng.random() < 0.6) for _ in range(rng.randint(1, 2))],
+        interruptions=[(round(rng.uniform(0.8, 2.0), 1), interruption(rng.random())) for _ in range(rng.randint(1, 2))],
         faults=sorted(faults),
+        scheduled_code=rng.choice(["instance-stop", "instance-retirement", "instance-reboot", "system-reboot"]),
     )
+
+
+def interruption(draw: float) -> str:
+    return "notice" if draw < 0.4 else "scheduled" if draw < 0.6 else "hard"
 
 
 def test_schedules_are_seeded() -> None:
@@ -125,7 +133,7 @@ class Chaos:
 
     def __init__(self, cloud: LocalSpotCloud, schedule: Schedule) -> None:
         self.cloud, self.schedule = cloud, schedule
-        self.interrupted: dict[str, bool] = {}  # instance id -> with a notice?
+        self.interrupted: dict[str, str] = {}  # instance id -> "notice", "hard" or "scheduled"
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -166,9 +174,13 @@ class Chaos:
                     if instance_id not in running and command_started(instance):
                         running[instance_id] = now
                     if instance_id in running and now - running[instance_id] >= plan[0][0]:
-                        _, notice = plan.pop(0)
-                        self.cloud.interrupt(instance_id, notice=notice)
-                        self.interrupted[instance_id] = notice
+                        _, kind = plan.pop(0)
+                        if kind == "scheduled":  # a notice window of advisory, then the stop (see chaos_dag)
+                            code = self.schedule.scheduled_code
+                            self.cloud.schedule_event(instance_id, code=code, in_seconds=SCHEDULED_AHEAD)
+                        else:
+                            self.cloud.interrupt(instance_id, notice=kind == "notice")
+                        self.interrupted[instance_id] = kind
                         break
             time.sleep(0.1)
 
@@ -198,19 +210,22 @@ WORKER_METHODS = ("execute", "on_capacity", "on_session_end")
 
 @contextlib.contextmanager
 def worker_killed_at(kills: tuple[tuple[int, str], ...]):
-    """Kill the "worker" at its k-th AWS call of the run, before the call is sent or after it was carried out
-    (its answer lost with the worker), for each (k, when) of ``kills``. Every botocore and aiobotocore call
-    made while the operator's worker methods run counts (the ledger's S3 calls, the hooks' and the launcher's
-    EC2 calls); the triggers' calls do not (dag.test runs them between the worker methods). Yields the list of
-    kills that happened, as "k:when:Operation in method", and the trace of every call."""
+    """Kill the "worker" at its k-th I/O call of the run, before the call is sent or after it was carried out
+    (its answer lost with the worker), for each (k, when) of ``kills``. The I/O calls are every botocore and
+    aiobotocore call (the ledger's S3 calls, the hooks' and the launcher's EC2 calls) and every read or write of
+    Airflow's task state store and XCom, made while the operator's worker methods run; the triggers' calls do not
+    count (dag.test runs them between the worker methods). Yields the kills that happened, as
+    "k:when:operation in method", and the trace of every call."""
     import aiobotocore.client
     import botocore.client
+    from airflow.sdk.execution_time.context import TaskStateStoreAccessor
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
     from airflow_grid_resume.operators import GridRunOperator
 
     plan = dict(kills)
     done: list[str] = []
-    trace: list[str] = []  # every worker call, "k:Operation in method"
+    trace: list[str] = []  # every worker call, "k:operation in method"
     calls = [0]
     current: list[str] = []  # the worker method running now (empty: not the worker)
     lock = threading.Lock()
@@ -227,28 +242,44 @@ def worker_killed_at(kills: tuple[tuple[int, str], ...]):
                 return
             del plan[k]
             done.append(f"{k}:{when}:{operation} in {current[-1]}")
-        raise WorkerDeath(f"worker killed {when} its AWS call {k} ({operation}, in {current[-1]})")
+        raise WorkerDeath(f"worker killed {when} its I/O call {k} ({operation}, in {current[-1]})")
 
-    sync_call, async_call = botocore.client.BaseClient._make_api_call, aiobotocore.client.AioBaseClient._make_api_call
+    def io_call(original, name_of):
+        def wrapper(self, *args, **kwargs):
+            name = name_of(args)
+            boundary(name, "before")
+            try:
+                return original(self, *args, **kwargs)
+            finally:  # an error answer is an answer too: the worker may die before it reads it
+                boundary(name, "after")
 
-    def sync_wrapper(self, operation_name, api_params):
-        boundary(operation_name, "before")
-        try:
-            return sync_call(self, operation_name, api_params)
-        finally:  # an error answer is an answer too: the worker may die before it reads it
-            boundary(operation_name, "after")
+        return wrapper
 
-    async def async_wrapper(self, operation_name, api_params):
-        boundary(operation_name, "before")
-        try:
-            return await async_call(self, operation_name, api_params)
-        finally:
-            boundary(operation_name, "after")
+    def async_io_call(original, name_of):
+        async def wrapper(self, *args, **kwargs):
+            name = name_of(args)
+            boundary(name, "before")
+            try:
+                return await original(self, *args, **kwargs)
+            finally:
+                boundary(name, "after")
 
-    originals = {name: getattr(GridRunOperator, name) for name in WORKER_METHODS}
+        return wrapper
+
+    def first_arg(args):
+        return args[0]
+
+    wrapped = [  # (owner, attribute, wrapper factory, the call's name)
+        (botocore.client.BaseClient, "_make_api_call", io_call, first_arg),
+        (aiobotocore.client.AioBaseClient, "_make_api_call", async_io_call, first_arg),
+        (TaskStateStoreAccessor, "get", io_call, lambda args: "task_state_store.get"),
+        (TaskStateStoreAccessor, "set", io_call, lambda args: "task_state_store.set"),
+        (RuntimeTaskInstance, "xcom_push", io_call, lambda args: "xcom_push"),
+    ]
+    originals = [(owner, attr, getattr(owner, attr)) for owner, attr, *_ in wrapped]
 
     def worker_method(name: str):
-        original = originals[name]
+        original = getattr(GridRunOperator, name)
 
         def run(self, *args, **kwargs):
             current.append(name)
@@ -263,17 +294,16 @@ def worker_killed_at(kills: tuple[tuple[int, str], ...]):
 
         return run
 
-    botocore.client.BaseClient._make_api_call = sync_wrapper
-    aiobotocore.client.AioBaseClient._make_api_call = async_wrapper
+    originals += [(GridRunOperator, name, getattr(GridRunOperator, name)) for name in WORKER_METHODS]
+    for owner, attr, factory, name_of in wrapped:
+        setattr(owner, attr, factory(getattr(owner, attr), name_of))
     for name in WORKER_METHODS:
         setattr(GridRunOperator, name, worker_method(name))
     try:
         yield done, trace
     finally:
-        botocore.client.BaseClient._make_api_call = sync_call
-        aiobotocore.client.AioBaseClient._make_api_call = async_call
-        for name, original in originals.items():
-            setattr(GridRunOperator, name, original)
+        for owner, attr, original in originals:
+            setattr(owner, attr, original)
 
 
 def reference(tmp_path: Path) -> str:
@@ -315,7 +345,7 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
     with worker_killed_at(schedule.kills) as (killed, calls), Chaos(spot_cloud, schedule) as chaos:
         dagrun = dag.test()
     output = capfd.readouterr().out
-    print(f"chaos: the worker made {len(calls)} AWS calls; killed at {killed}")
+    print(f"chaos: the worker made {len(calls)} I/O calls; killed at {killed}")
     problems: list[str] = []
 
     def check(ok: bool, what: str) -> None:
@@ -351,11 +381,17 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
     for session, (instance_id,) in sorted((s, tuple(v)) for s, v in by_session.items() if len(v) == 1):
         outcome = ledger.read_outcome(session)
         closed = ledger.get_json(ledger.session_key(session, "closed.json")) or {}
-        reclaimed = emulated[instance_id]["reason"] == SPOT_TERMINATION
+        reclaimed = emulated[instance_id]["reason"] in (SPOT_TERMINATION, SCHEDULED_STOP)
+        ended = (outcome or {}).get("status") or closed.get("status")
+        print(f"chaos: session {session}: {ended} ({((outcome or {}).get('notice') or {}).get('source')})")
         if outcome is not None:
             check(closed.get("status") == outcome["status"], f"session {session}: {closed} but the agent {outcome}")
-            if outcome["status"] == "interrupted":
-                check(reclaimed, f"session {session} interrupted although its instance was not reclaimed")
+            if outcome["status"] == "interrupted":  # a scheduled stop: the agent powers off before NotBefore
+                scheduled = chaos.interrupted.get(instance_id) == "scheduled"
+                check(reclaimed or scheduled, f"session {session} interrupted although its instance was not reclaimed")
+                if scheduled:
+                    source = (outcome.get("notice") or {}).get("source")
+                    check(source == "scheduled", f"session {session} stopped by {source}, not its scheduled event")
         else:
             check(closed.get("status") == "lost", f"session {session} has no outcome and is {closed}")
             check(reclaimed, f"session {session} called lost, its instance healthy ({emulated[instance_id]['reason']})")
@@ -373,7 +409,7 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
         log_file.write_text(output)
         errors = [line for line in output.splitlines() if re.search(r"\b(error|ERROR|failed|Traceback)\b", line)]
         print("\n".join(errors[-40:]))
-        print("the worker's AWS calls:", " ".join(calls))
+        print("the worker's I/O calls:", " ".join(calls))
         pytest.fail(
             f"the run's output: {log_file}\n"
             f"{schedule.describe()}\ninterrupted: {chaos.interrupted}\n- " + "\n- ".join(problems[:15]) + f"\n"
