@@ -45,7 +45,7 @@ from airflow_grid_resume.emulator.cloud import SCHEDULED_STOP, SPOT_TERMINATION
 from tests.conftest import SCRIPTS, command_started, make_dag
 
 STEPS, STEP_SECONDS, SAVE_EVERY = 36, 0.12, 4
-SCHEDULED_AHEAD = 6.0  # a scheduled event's NotBefore this far ahead: 3 s of advisory, then the 3 s notice window
+SCHEDULED_AHEAD = 4.5  # a scheduled event's NotBefore this far ahead: 1.5 s of advisory, then the 3 s notice window
 # The worker's I/O calls of a run (AWS, task state store, XCom; in execute, on_capacity, on_session_end of every
 # try) are its I/O boundaries; a kill picks one of the first MAX_KILL_CALL: a run with one interruption makes about
 # 70 (a first try about 30: reading the ledger, the snapshot, the launch with its attempt record, launch.json, the

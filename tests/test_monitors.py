@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from airflow_grid_resume.agent.bundle import build_zipapp
-from airflow_grid_resume.agent.imds import ImdsDisabled, ImdsUnavailable
+from airflow_grid_resume.agent.imds import ImdsDisabled, ImdsUnavailable, server_clock_offset
 from airflow_grid_resume.agent.monitors import MonitorSettings, discover
 from airflow_grid_resume.agent.monitors.events import (
     ADVISORY,
@@ -103,6 +103,21 @@ def test_scheduled_events_stop_a_window_before_not_before() -> None:
     }
     for state in (b"canceled", b"completed"):
         assert scheduled_decisions(parse_scheduled_events(AWS_EXAMPLE.replace(b"active", state)), NOT_BEFORE, 120) == []
+
+
+def test_scheduled_events_are_judged_on_the_metadata_services_clock() -> None:
+    events = parse_scheduled_events(AWS_EXAMPLE)
+    # The instance's clock is 400 s behind AWS's (the metadata service's Date says so): the stop comes on time,
+    # and its reclaim time is given on the instance's clock, which the supervisor plans with.
+    (stop,) = scheduled_decisions(events, NOT_BEFORE - 400 - 100, lead=120, clock_offset=400.0)
+    assert stop.kind == STOP and stop.reclaim_at == NOT_BEFORE - 400
+    (early,) = scheduled_decisions(events, NOT_BEFORE - 100, lead=120, clock_offset=-400.0)  # 400 s ahead
+    assert early.kind == ADVISORY
+    # Less than the Date header's resolution is no skew.
+    (stop,) = scheduled_decisions(events, NOT_BEFORE - 100, lead=120, clock_offset=1.2)
+    assert stop.reclaim_at == NOT_BEFORE
+    assert server_clock_offset("Mon, 21 Jan 2019 09:00:43 GMT", NOT_BEFORE - 10.0) == 10.5
+    assert server_clock_offset(None, 0.0) is None and server_clock_offset("garbage", 0.0) is None
 
 
 def test_scheduled_monitor_reports_each_meaning_once_and_a_canceled_event_never_stops() -> None:

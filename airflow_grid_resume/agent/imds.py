@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,17 @@ def parse_instance_action(body: bytes) -> tuple[str, float]:
     return doc["action"], parse_time(doc.get("time"))
 
 
+def server_clock_offset(date_header: str | None, received_at: float) -> float | None:
+    """Seconds the answering server's clock is ahead of ours, from an HTTP ``Date`` header (whole seconds, so
+    the middle of its second is taken), or None without a usable header."""
+    if not date_header:
+        return None
+    try:
+        return parsedate_to_datetime(date_header).timestamp() + 0.5 - received_at
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
 def parse_time(value: object) -> float:
     if not isinstance(value, str):
         raise ValueError(f"missing time in notice: {value!r}")
@@ -59,16 +71,24 @@ class ImdsClient:
         self.token_ttl = token_ttl
         self._token: str | None = None
         self._token_expires = 0.0
+        self.clock_offset: float | None = None  # the metadata service's clock minus ours, from its last answer
 
     def _request(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
         req = urllib.request.Request(self.endpoint + path, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                self._observe_clock(resp.headers.get("Date"))
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
+            self._observe_clock(exc.headers.get("Date") if exc.headers else None)
             return exc.code, exc.read() if exc.fp else b""
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             raise ImdsUnavailable(f"{method} {path}: {getattr(exc, 'reason', exc)}") from exc
+
+    def _observe_clock(self, date_header: str | None) -> None:
+        offset = server_clock_offset(date_header, time.time())
+        if offset is not None:
+            self.clock_offset = offset
 
     def token(self) -> str:
         if self._token and time.monotonic() < self._token_expires:

@@ -13,6 +13,10 @@ at first sight would give up days of a healthy instance. Until then the event is
 ``system-maintenance`` (network or power work that may briefly affect the instance) and codes unknown here are
 advisories only. ``completed`` and ``canceled`` events are ignored; a stop planned for an event canceled before
 its time never fires.
+
+``NotBefore`` is AWS's time, so it is compared with the metadata service's clock (the ``Date`` of its answers),
+not the instance's own: an instance whose clock is off would otherwise stop far too early, or only after EC2
+acted. The stop's reclaim time is then given on the instance's clock, as the supervisor plans with it.
 """
 
 from __future__ import annotations
@@ -73,10 +77,18 @@ def parse_scheduled_events(body: bytes) -> list[ScheduledEvent]:
     ]
 
 
-def scheduled_decisions(events: list[ScheduledEvent], now: float, lead: float) -> list[StopEvent]:
-    """What each event means at ``now`` (the instance's clock): a stop once its ``NotBefore`` is ``lead``
-    seconds away or nearer (or past), an advisory before that or for a code that does not end the session,
-    nothing for a completed or canceled one. Keys are per event and meaning, so a monitor reports each once."""
+SKEW_TOLERANCE = 2.0  # a smaller offset from the metadata service's clock is the Date header's resolution
+
+
+def scheduled_decisions(
+    events: list[ScheduledEvent], now: float, lead: float, clock_offset: float | None = None
+) -> list[StopEvent]:
+    """What each event means at ``now`` (the instance's clock, which is ``clock_offset`` seconds behind the
+    metadata service's, if known): a stop once its ``NotBefore`` is ``lead`` seconds away or nearer (or past),
+    with its reclaim time on the instance's clock; an advisory before that or for a code that does not end the
+    session; nothing for a completed or canceled one. Keys are per event and meaning, so a monitor reports each
+    once."""
+    offset = clock_offset if clock_offset is not None and abs(clock_offset) >= SKEW_TOLERANCE else 0.0
     out = []
     for event in events:
         if event.state in ENDED:
@@ -87,12 +99,17 @@ def scheduled_decisions(events: list[ScheduledEvent], now: float, lead: float) -
         action = STOPPING.get(event.code)
         if action is None:
             detail = f"{what}: not a stop; syncing now"
-            out.append(StopEvent(ADVISORY, "scheduled", "none", event.not_before, detail, f"{event.event_id}:seen"))
-        elif now >= event.not_before - lead:
-            out.append(StopEvent(STOP, "scheduled", action, event.not_before, what, f"{event.event_id}:stop"))
+            out.append(
+                StopEvent(ADVISORY, "scheduled", "none", event.not_before - offset, detail, f"{event.event_id}:seen")
+            )
+        elif now + offset >= event.not_before - lead:
+            reclaim = event.not_before - offset
+            out.append(StopEvent(STOP, "scheduled", action, reclaim, what, f"{event.event_id}:stop"))
         else:
             detail = f"{what}: syncing now; the session stops {lead:.0f} s before it"
-            out.append(StopEvent(ADVISORY, "scheduled", action, event.not_before, detail, f"{event.event_id}:seen"))
+            out.append(
+                StopEvent(ADVISORY, "scheduled", action, event.not_before - offset, detail, f"{event.event_id}:seen")
+            )
     return out
 
 
@@ -113,7 +130,8 @@ class ScheduledEventMonitor:
         except ValueError as exc:
             log.warning("ignoring a malformed scheduled-events document: %s", exc)
             return []
-        fresh = [e for e in scheduled_decisions(events, now, self.lead) if e.key not in self._seen]
+        decisions = scheduled_decisions(events, now, self.lead, getattr(self.client, "clock_offset", None))
+        fresh = [e for e in decisions if e.key not in self._seen]
         self._seen.update(e.key for e in fresh)
         return fresh
 
