@@ -116,7 +116,10 @@ class GridRunOperator(BaseOperator):
         ``["--sync-interval", "120"]``.
     :param aws_conn_id: the Airflow AWS connection; None uses boto3's default credential chain.
     :param region_name: the AWS region; also exported to the instance as ``AWS_DEFAULT_REGION``.
-    :param poll_interval: seconds between the trigger's reads of the run's output and outcome.
+    :param poll_interval: seconds between the trigger's reads of the run's output until it has seen the agent's
+        upload rhythm (then it reads each chunk once, just after it lands).
+    :param log_offset_save_interval: seconds between the trigger's records of how far the task log has the
+        output (one S3 PUT each); a triggerer killed outright repeats at most this much output in the task log.
     :param instance_check_interval: seconds between checks that the instance still exists.
     :param heartbeat_timeout: seconds an agent may be silent before its session is declared lost.
     :param boot_timeout: seconds from launch to the first heartbeat before the session is declared lost.
@@ -166,8 +169,9 @@ class GridRunOperator(BaseOperator):
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
         poll_interval: float = 2.0,
+        log_offset_save_interval: float = 60.0,
         instance_check_interval: float = 30.0,
-        heartbeat_timeout: float = 90.0,
+        heartbeat_timeout: float = 120.0,
         boot_timeout: float = 900.0,
         not_found_grace: float = 120.0,
         capacity_backoff: tuple[float, float] = (15.0, 300.0),
@@ -213,6 +217,7 @@ class GridRunOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
         self.poll_interval = poll_interval
+        self.log_offset_save_interval = log_offset_save_interval
         self.instance_check_interval = instance_check_interval
         self.capacity_backoff = (float(capacity_backoff[0]), float(capacity_backoff[1]))
         self.heartbeat_timeout = heartbeat_timeout
@@ -648,6 +653,7 @@ class GridRunOperator(BaseOperator):
                 aws_conn_id=self.aws_conn_id,
                 region_name=self.region_name,
                 poll_interval=self.poll_interval,
+                offset_save_interval=self.log_offset_save_interval,
                 instance_check_interval=self.instance_check_interval,
                 heartbeat_timeout=self.heartbeat_timeout,
                 not_found_grace=self.not_found_grace,

@@ -10,7 +10,8 @@ the batched DescribeInstances has something to describe; its fabric is off, no i
 
 - the load generator writes, for every run, what the agent writes, with the agent's own code
   (``RunLedger``, ``LogSpool``, ``LogShipper``): ``session.json`` once, ``heartbeat.json`` every
-  10 s, a log chunk every ``--log-interval`` (the agent's default, 2 s) while there is output.
+  30 s (the agent's default), a log chunk every ``--log-interval`` (the agent's default, 3 s, on a
+  fixed grid as the agent ships) while there is output.
   Each run prints ``--lines-per-second`` lines, each carrying the time it was printed. 500 real
   agents do not fit on a 2-core machine; the generator sends its PUTs over plain keep-alive HTTP
   (moto does not check signatures) so that signing 600 requests per second does not eat the core
@@ -56,6 +57,7 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 BUCKET = "watch-bench"
 LINE = re.compile(r"wbench r=(\d+) s=(\d+) t=([0-9.]+)")
 GOAL_CORES, GOAL_LAG_MS = 0.5, 100.0
+HEARTBEAT_INTERVAL = 30.0  # the agent's default
 
 
 def pct(values: list[float], q: float) -> float:
@@ -267,14 +269,17 @@ class LoopbackS3:
 
 
 class FakeAgent:
-    """One run's agent as the ledger sees it: session record, heartbeats, output shipped every second."""
+    """One run's agent as the ledger sees it: session record, heartbeats, output shipped on the agent's grid."""
 
-    def __init__(self, index: int, run: dict, client: LoopbackS3, spool_dir: str, lines_per_second: float) -> None:
+    def __init__(
+        self, index: int, run: dict, client: LoopbackS3, spool_dir: str, lines_per_second: float, log_interval: float
+    ) -> None:
         from airflow_grid_resume.agent.ledger import RunLedger
         from airflow_grid_resume.agent.logship import LogShipper, LogSpool
         from airflow_grid_resume.agent.uri import parse_s3_uri
 
         self.index = index
+        self.log_interval = log_interval
         self.run = run
         self.ledger = RunLedger(client, parse_s3_uri(run["run_uri"]))
         self.spool = LogSpool(os.path.join(spool_dir, f"{index:04d}.log"))
@@ -316,7 +321,8 @@ class FakeAgent:
                 "log_bytes": self.spool.size,
                 "last_manifest": None,
                 "notice": None,
-                "interval": 10.0,
+                "interval": HEARTBEAT_INTERVAL,
+                "log_interval": self.log_interval,
             },
         )
 
@@ -364,7 +370,10 @@ def loadgen(args: argparse.Namespace) -> int:
     plan = json.loads(Path(args.plan).read_text())
     client = LoopbackS3(plan["endpoint_url"])
     spool_dir = tempfile.mkdtemp(prefix="watch-bench-spool-")
-    agents = [FakeAgent(i, run, client, spool_dir, args.lines_per_second) for i, run in enumerate(plan["runs"])]
+    agents = [
+        FakeAgent(i, run, client, spool_dir, args.lines_per_second, args.log_interval)
+        for i, run in enumerate(plan["runs"])
+    ]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     late: list[float] = []
@@ -392,7 +401,7 @@ def loadgen(args: argparse.Namespace) -> int:
                 heapq.heappush(events, (due + args.log_interval, 0, n))
             else:
                 agent.heartbeat()
-                heapq.heappush(events, (due + 10.0, 1, n))
+                heapq.heappush(events, (due + HEARTBEAT_INTERVAL, 1, n))
 
     workers = [threading.Thread(target=worker, args=(agents[w::threads],), daemon=True) for w in range(threads)]
     for t in workers:

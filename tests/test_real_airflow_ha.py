@@ -27,12 +27,11 @@ from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.demo.stack import AirflowStack, PostgresServer, wait_for
 from airflow_grid_resume.emulator.client import LocalSpotCloud
-from airflow_grid_resume.triggers.run import OFFSET_SAVE_INTERVAL
 from airflow_grid_resume.triggers.settle import SETTLE_SECONDS
 from tests.conftest import TRAIN
 from tests.test_operator import reference_result
 
-STEPS, STEP_SECONDS, POLL = 300, 0.1, 0.5
+STEPS, STEP_SECONDS, POLL, OFFSET_SAVE = 300, 0.1, 0.5, 5.0
 DAG_FILE = f"""
 import os
 from datetime import datetime, timedelta, timezone
@@ -51,6 +50,7 @@ with DAG("grid_ha", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezo
         aws_conn_id=None,
         region_name="us-east-1",
         poll_interval={POLL},
+        log_offset_save_interval={OFFSET_SAVE},
         instance_check_interval=1.0,
         capacity_backoff=(0.5, 1.0),
         agent_args=["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1"],
@@ -60,7 +60,7 @@ with DAG("grid_ha", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezo
 # Triggerer liveness, lowered from 5 s / 30 s: a killed triggerer's triggers move after about 6 s.
 HEARTBEAT, HEALTH_THRESHOLD = 1, 6
 # No line is repeated beyond the output of the window in which the watch had not saved its offset yet.
-REPEAT_BOUND = math.ceil((OFFSET_SAVE_INTERVAL + POLL + 2 * DEFAULT_LOG_INTERVAL) / STEP_SECONDS)
+REPEAT_BOUND = math.ceil((OFFSET_SAVE + POLL + 2 * DEFAULT_LOG_INTERVAL) / STEP_SECONDS)
 
 
 def steps_in(text: str) -> list[int]:

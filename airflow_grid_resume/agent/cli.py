@@ -24,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include", action="append", default=[], metavar="GLOB", help="sync only matching paths")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="never sync matching paths")
     parser.add_argument("--sync-interval", type=_positive, default=300.0, help="seconds between periodic syncs")
-    parser.add_argument("--heartbeat-interval", type=_positive, default=10.0, help="seconds between heartbeats")
-    parser.add_argument("--lease-ttl", type=_positive, default=60.0, help="seconds a silent agent keeps the run")
+    parser.add_argument("--heartbeat-interval", type=_positive, default=30.0, help="seconds between heartbeats")
+    parser.add_argument(
+        "--lease-ttl", type=_positive, default=300.0, help="seconds a silent agent keeps the run (renewed every TTL/5)"
+    )
     parser.add_argument(
         "--unwatched-timeout",
         type=float,
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-interval",
         type=_positive,
         default=DEFAULT_LOG_INTERVAL,
-        help="seconds between output uploads (<= 2; each upload is an S3 object the watching trigger reads)",
+        help="seconds between output uploads while output flows (each is an S3 PUT; the task log lags by about this)",
     )
     parser.add_argument("--imds-endpoint", help="metadata service (default: $AWS_EC2_METADATA_SERVICE_ENDPOINT)")
     parser.add_argument("--imds-poll", type=_positive, default=1.0, help="seconds between notice polls")
@@ -79,7 +81,7 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         heartbeat_interval=args.heartbeat_interval,
         lease_ttl=args.lease_ttl,
         unwatched_timeout=max(0.0, args.unwatched_timeout),
-        log_interval=min(args.log_interval, 2.0),
+        log_interval=args.log_interval,
         imds_endpoint=args.imds_endpoint,
         imds_poll=args.imds_poll,
         imds_timeout=args.imds_timeout,

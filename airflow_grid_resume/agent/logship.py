@@ -7,6 +7,7 @@ shipped from there, so a slow or failing S3 never makes the command block on a f
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -16,9 +17,10 @@ from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger
 log = logging.getLogger(__name__)
 
 
-# Output is shipped every 2 s (the longest the contract allows): one S3 object per upload, and a
-# watching trigger's CPU is about one aiobotocore call per object (docs/benchmarks.md, run watches).
-DEFAULT_LOG_INTERVAL = 2.0
+# Output is shipped every 3 s while it flows: each upload is one S3 PUT on the run's bill and one
+# GET (about 1 ms of CPU) for the watching trigger, and a line still reaches the task log within
+# about 3.5 s (docs/benchmarks.md: what a run costs, run watches).
+DEFAULT_LOG_INTERVAL = 3.0
 
 
 class LogSpool:
@@ -85,7 +87,11 @@ class SpoolLogHandler(logging.Handler):
 
 
 class LogShipper:
-    """Uploads new spool bytes every ``interval`` seconds as ``logs/<offset>.log`` objects."""
+    """Uploads new spool bytes every ``interval`` seconds as ``logs/<offset>.log`` objects.
+
+    Uploads start on a fixed grid of the monotonic clock (not ``interval`` after the last upload
+    ended), so chunks land at a steady phase that the watching trigger learns and reads just after
+    (triggers/cadence.py): one GET per chunk instead of a poll that mostly misses."""
 
     def __init__(self, ledger: RunLedger, session: int, spool: LogSpool, *, interval: float = 1.0) -> None:
         self.ledger = ledger
@@ -101,10 +107,12 @@ class LogShipper:
         self._thread.start()
 
     def flush(self) -> None:
-        """Ship everything spooled so far (bounded chunks)."""
+        """Ship everything spooled so far (bounded chunks). Output that arrives while a chunk uploads
+        waits for the next tick: shipping it at once would put a second chunk off the grid."""
         with self._lock:
-            while self.shipped < self.spool.size:
-                length = min(MAX_LOG_CHUNK, self.spool.size - self.shipped)
+            end = self.spool.size
+            while self.shipped < end:
+                length = min(MAX_LOG_CHUNK, end - self.shipped)
                 data = self.spool.read(self.shipped, length)
                 if not data:
                     break
@@ -122,10 +130,23 @@ class LogShipper:
 
     def _run(self) -> None:
         last_error = 0.0
-        while not self._stop.wait(self.interval):
+        tick = time.monotonic()
+        while True:
+            tick = next_tick(tick, self.interval, time.monotonic())
+            if self._stop.wait(max(0.0, tick - time.monotonic())):
+                return
             try:
                 self.flush()
             except Exception as exc:  # S3 trouble: keep spooling, retry next tick
                 if time.monotonic() - last_error > 30:
                     last_error = time.monotonic()
                     log.warning("shipping output to the ledger failed, will retry: %s", exc)
+
+
+def next_tick(previous: float, interval: float, now: float) -> float:
+    """The next grid time after ``previous`` that is not in the past (ticks missed while an upload
+    ran long are skipped, and the grid keeps its phase)."""
+    tick = previous + interval
+    if tick < now:
+        tick += math.ceil((now - tick) / interval) * interval
+    return tick

@@ -70,8 +70,8 @@ class AgentOptions:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     sync_interval: float = 300.0
-    heartbeat_interval: float = 10.0
-    lease_ttl: float = 60.0
+    heartbeat_interval: float = 30.0
+    lease_ttl: float = 300.0
     unwatched_timeout: float = 1800.0
     log_interval: float = DEFAULT_LOG_INTERVAL
     imds_endpoint: str | None = None
@@ -559,8 +559,8 @@ class Supervisor:
                         self.events.put(unwatched_event(guard.silent_for(time.monotonic())))
                         guard.timeout = 0.0  # once
             try:
-                if lease_ok:
-                    lease.renew(session=self.session)
+                if lease_ok and time.time() - float(lease.holder.get("renewed_at", 0)) >= self.o.lease_ttl / 5:
+                    lease.renew(session=self.session)  # a PUT each: a few per TTL, not one per heartbeat
             except ConditionalWriteLost:
                 lease_ok = False
                 self.events.put(lease_lost_event())
@@ -580,6 +580,7 @@ class Supervisor:
                         "last_manifest": last.name if last else None,
                         "notice": self.notice.as_dict() if self.notice else None,
                         "interval": self.o.heartbeat_interval,
+                        "log_interval": self.o.log_interval,
                         **self.progress.heartbeat_field(),
                     },
                 )

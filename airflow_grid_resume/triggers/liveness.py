@@ -83,9 +83,16 @@ class Liveness:
             self.gone_state = None
 
     # -- judgement --------------------------------------------------------------------------------
+    def output(self, now: float) -> None:
+        """New output from the agent was read: it is alive now, whatever its heartbeat says."""
+        self.beat_changed = now
+
     def heartbeat_due(self, now: float) -> bool:
         """Read the heartbeat a few times per timeout: enough to see it change, cheap enough."""
-        return self.beat_read is None or now - self.beat_read >= self.heartbeat_timeout / 3
+        return now >= self.next_heartbeat_read()
+
+    def next_heartbeat_read(self) -> float:
+        return self.started if self.beat_read is None else self.beat_read + self.heartbeat_timeout / 3
 
     def verdict(self, now: float) -> Verdict:
         if self.gone_state is not None:

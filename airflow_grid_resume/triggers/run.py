@@ -25,6 +25,7 @@ from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import GONE, SpotLaunchHook
 from airflow_grid_resume.logtext import complete_cut, log_lines
+from airflow_grid_resume.triggers.cadence import ChunkSchedule
 from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
 from airflow_grid_resume.triggers.describe import Unknown, describe_batcher
 from airflow_grid_resume.triggers.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
@@ -36,8 +37,11 @@ SELF_SHUTDOWN_GRACE = 30.0
 # How long a watch keeps trying to have EC2 confirm a termination before it reports anyway.
 TERMINATE_TIMEOUT = 300.0
 # How often, at most, the watch records its log offset in watch.json while output flows (and always
-# at the end, and when the triggerer cancels the watch): one PUT per poll would be 30 a minute per run.
-OFFSET_SAVE_INTERVAL = 10.0
+# at the end, and when the triggerer cancels the watch), by default: each is a PUT on the run's S3
+# bill, and a triggerer killed outright repeats at most this much output.
+OFFSET_SAVE_INTERVAL = 60.0
+# How often, at most, a watch whose reads find no new output looks for the outcome (one GET each).
+OUTCOME_CHECK_INTERVAL = 10.0
 
 
 class AsyncLedgerReader:
@@ -50,8 +54,8 @@ class AsyncLedgerReader:
         self.session = session
         self.outcome_listed = False  # did the last read_log's LIST show outcome.json?
         self._outcome_key = self.keys.session_key(session, "outcome.json")
-        self._chunk_end = -1  # an offset where a log chunk is known to end (the next one starts there)
-        self._flowing = False  # did the last read find new output?
+        self._chunk_end = 0  # an offset where a log chunk is known to end (the next one starts there)
+        self.period = DEFAULT_LOG_INTERVAL  # the agent's upload interval
 
     async def _fetch(self, key: str, byte_range: str | None = None) -> tuple[bytes, dict] | None:
         """An object's bytes and its response, or None when it does not exist (yet)."""
@@ -127,18 +131,16 @@ class AsyncLedgerReader:
     async def read_log(self, offset: int, limit: int = MAX_LOG_CHUNK) -> tuple[bytes, int]:
         """Bytes of the session's output from ``offset``; the same plan as ``RunLedger.read_log``.
 
-        One LIST of the session's prefix, not only of its logs: ``outcome.json`` sorts after every
-        log chunk, so the same LIST tells whether the session has ended (``outcome_listed``), and
-        the watch needs no GET of the outcome on each poll. Once a read ended at a chunk's end, the
-        next chunk starts exactly there (chunks are contiguous), so the LIST starts just before it
-        instead of re-listing every chunk of the last 8 MiB (thousands for a quiet, long session).
+        Chunks are contiguous and named by the offset they start at, so once a read ended at a
+        chunk's end the next chunk's key is known: one GET, hit or miss (the cheapest request S3
+        has; a LIST costs as much as a PUT). A chunk already older than the agent's upload interval
+        means the one after it is probably there too (catch up now, not one chunk per read). Only
+        an offset inside a chunk (a watch resumed from ``watch.json``) needs a LIST of the session's
+        prefix; ``outcome.json`` sorts after every log chunk, so that LIST also tells whether the
+        session has ended (``outcome_listed``).
         """
-        if self._flowing and offset == self._chunk_end and offset > 0:
-            # Output is flowing and the next chunk, if shipped yet, is named by this very offset: a GET
-            # instead of a LIST and a GET. A chunk already older than the agent's upload interval means
-            # the one after it is probably there too (catch up now, not one chunk per poll). A miss on
-            # the first GET falls back to the LIST, which also tells whether the session ended (the
-            # outcome is written after the last chunk, so a hit means not yet).
+        self.outcome_listed = False
+        if offset == self._chunk_end:
             out = bytearray()
             while len(out) < limit:
                 found = await self._get_chunk(self.keys.log_key(self.session, offset + len(out)))
@@ -146,11 +148,10 @@ class AsyncLedgerReader:
                     break
                 data, age = found
                 out += data
-                if age is None or age < DEFAULT_LOG_INTERVAL:
+                if age is None or age < self.period:
                     break
-            if out:
-                self._chunk_end = offset + len(out)
-                return bytes(out), offset + len(out)
+            self._chunk_end = offset + len(out)
+            return bytes(out), offset + len(out)
         prefix, start_after = self.keys.log_listing(self.session, offset)
         if offset == self._chunk_end and offset > 0:
             start_after = self.keys.log_key(self.session, offset - 1)
@@ -169,7 +170,6 @@ class AsyncLedgerReader:
                 break
             out += data
             self._chunk_end = offset + len(out)  # whole chunks (or a chunk's tail) are read: a chunk ends here
-        self._flowing = bool(out)
         return bytes(out), offset + len(out)
 
 
@@ -203,13 +203,15 @@ class RunWatchTrigger(BaseTrigger):
         log_offset: int = 0,
         poll_interval: float = 2.0,
         instance_check_interval: float = 30.0,
-        heartbeat_timeout: float = 90.0,
+        heartbeat_timeout: float = 120.0,
         boot_timeout: float = 900.0,
         watch_beat: float = 60.0,
         deferred_at: float | None = None,
         not_found_grace: float = 120.0,
+        offset_save_interval: float = OFFSET_SAVE_INTERVAL,
     ) -> None:
         super().__init__()
+        self.offset_save_interval = offset_save_interval
         self.not_found_grace = not_found_grace
         self.deferred_at = deferred_at
         self.watch_beat = watch_beat
@@ -246,6 +248,7 @@ class RunWatchTrigger(BaseTrigger):
                 "watch_beat": self.watch_beat,
                 "deferred_at": self.deferred_at,
                 "not_found_grace": self.not_found_grace,
+                "offset_save_interval": self.offset_save_interval,
             },
         )
 
@@ -281,19 +284,38 @@ class RunWatchTrigger(BaseTrigger):
             next_instance_check = 0.0
             gone_seen = False
             failures = 0
+            reads = ChunkSchedule(period=ledger.period, poll=self.poll_interval, started=time.monotonic())
+            outcome_checked = time.monotonic()
             while True:
                 try:
                     if not started:
                         watched = await ledger.get_json("watch.json") or {}
                         offset = max(self.log_offset, int(watched.get("log_offset", 0)))
                         started = True
-                    offset, pending = await self._stream(ledger, offset, pending)
+                    now = time.monotonic()
+                    found_output = False
+                    if now >= reads.next_read() or gone_seen:
+                        before = offset + len(pending)
+                        offset, pending = await self._stream(ledger, offset, pending)
+                        found_output = offset + len(pending) > before
+                        if found_output:
+                            reads.hit(time.monotonic(), started=now)  # landed by the time the answer came
+                            liveness.output(now)
+                        else:
+                            reads.miss(now)  # not landed when the read started
                     if time.time() - self._watch_written >= self.watch_beat:
                         await self._mark_watched(ledger, offset)  # the agent stops a session nobody watches
-                    # The LIST shows the outcome; a poll served by the next chunk's GET did not LIST, so once
-                    # the instance was seen gone the outcome is read directly before anything is called lost
-                    # (the agent writes it before the bootstrap powers off).
-                    outcome = await ledger.get_json("outcome.json") if ledger.outcome_listed or gone_seen else None
+                    # The agent writes the outcome after its last chunk: look for it when a read finds no
+                    # new output (at most every OUTCOME_CHECK_INTERVAL), when a LIST showed it, and once
+                    # the instance was seen gone, before anything is called lost.
+                    outcome = None
+                    if (
+                        ledger.outcome_listed
+                        or gone_seen
+                        or (not found_output and now - outcome_checked >= OUTCOME_CHECK_INTERVAL)
+                    ):
+                        outcome_checked = now
+                        outcome = await ledger.get_json("outcome.json")
                     if outcome is not None:
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
                         status = str(outcome.get("status"))
@@ -313,6 +335,9 @@ class RunWatchTrigger(BaseTrigger):
                     if liveness.heartbeat_due(now):
                         beat = await ledger.get_json("heartbeat.json")
                         liveness.heartbeat(None if beat is None else (beat.get("seq"), beat.get("time")), now)
+                        if beat is not None and isinstance(beat.get("log_interval"), (int, float)):
+                            ledger.period = float(beat["log_interval"])
+                            reads.set_period(ledger.period)
                     verdict = liveness.verdict(now)
                     if now >= next_instance_check or verdict.kind not in (ALIVE, BOOTING) or gone_seen:
                         next_instance_check = now + self.instance_check_interval
@@ -350,7 +375,18 @@ class RunWatchTrigger(BaseTrigger):
                     failures += 1
                     if failures in (1, 10) or failures % 100 == 0:
                         self.log.warning("reading session %d failed (%d in a row): %s", self.session, failures, exc)
-                await asyncio.sleep(self.poll_interval * (2 ** min(failures, 3)))
+                    await asyncio.sleep(self.poll_interval * (2 ** min(failures, 3)))
+                    continue
+                await asyncio.sleep(self._until_next(reads, liveness, next_instance_check))
+
+    def _until_next(self, reads: ChunkSchedule, liveness: Liveness, next_instance_check: float) -> float:
+        """Seconds to sleep until the next read, heartbeat read, instance check or deadline."""
+        now = time.monotonic()
+        due = [reads.next_read(), liveness.next_heartbeat_read(), next_instance_check]
+        if self.deadline is not None:
+            due.append(now + self.deadline - time.time())
+        due.append(now + max(0.0, self.watch_beat - (time.time() - self._watch_written)))
+        return min(max(min(due) - now, 0.05), self.poll_interval * 5)
 
     async def _end_instance(self, hook: SpotLaunchHook, client: Any, *, self_shutdown_grace: float = 0.0) -> None:
         """No instance outlives its session: after an outcome, give the bootstrap ``self_shutdown_grace``
@@ -389,7 +425,7 @@ class RunWatchTrigger(BaseTrigger):
             self.log.info("%s", line)
         offset += cut
         self._offset_logged = offset
-        if final or time.time() - self._offset_saved_at >= OFFSET_SAVE_INTERVAL:
+        if final or time.time() - self._offset_saved_at >= self.offset_save_interval:
             await self._save_offset(ledger, offset)
         return offset, buffered[cut:]
 
@@ -402,7 +438,7 @@ class RunWatchTrigger(BaseTrigger):
     async def _log_offset_kept_on_cancel(self) -> AsyncIterator[None]:
         """The triggerer stops the watch (restart, task moved): record the offset logged so far first,
         so the next watch neither repeats nor skips lines. (A killed triggerer repeats at most the
-        last ``OFFSET_SAVE_INTERVAL`` seconds of output.)"""
+        last ``offset_save_interval`` seconds of output.)"""
         try:
             yield
         except asyncio.CancelledError:
