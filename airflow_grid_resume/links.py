@@ -44,11 +44,10 @@ def _local_cloud(endpoint: str | None) -> str | None:
 
 
 class GridInstanceLink(BaseAwsLink):
-    """The instance of the task's current (or last) try.
+    """The instance of the task's current (or last) try, persisted to XCom before each deferral.
 
-    Airflow 3.3 renders a link once, on the worker at the end of a try, into an XCom of the task
-    instance (not of the try), so every try shows the last try's link; the Spot run tab
-    (``ui/``) links each try's own instance.
+    XComs belong to the task instance, not to a try, so on the api-server the plugin's
+    ``ui.links.TryInstanceLink`` (same name) replaces this one and resolves the try being viewed.
     """
 
     name = "Spot instance"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import time
@@ -25,10 +24,12 @@ from airflow.sdk.bases.operator import partial as sdk_partial
 from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import ClientError
 
+from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.errors import UsageError
 from airflow_grid_resume.agent.gc import DEFAULT_GRACE_SECONDS, collect_garbage
-from airflow_grid_resume.agent.ledger import RunLedger
+from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
+from airflow_grid_resume.agent.records import Closed, Final, Launch, LaunchAttempt, Outcome, Spec, Watch
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, expiry_tag, hook_client, launch_error
@@ -36,13 +37,11 @@ from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_
 from airflow_grid_resume.logtext import log_lines
 from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
-from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
 from airflow_grid_resume.spot.launch import SPOT, FallbackPolicy, LaunchSpec, explain_fatal
 from airflow_grid_resume.spot.planner import LaunchPlanner
 from airflow_grid_resume.spot.prices import on_demand_price
-from airflow_grid_resume.summary import INTERRUPTED, read_records, session_status, summarize, summary_lines
+from airflow_grid_resume.summary import INTERRUPTED, ended_status, read_records, summarize, summary_lines
 from airflow_grid_resume.triggers.capacity import (
-    ATTEMPT_RECORD,
     SessionLauncher,
     SpotCapacityTrigger,
     describe_launch,
@@ -52,7 +51,6 @@ from airflow_grid_resume.triggers.ratelimit import AsyncTokenBucket
 from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
 
 STATE_KEY = "grid_resume"
-FINAL_KEY = "final.json"
 RUN_XCOM = "_grid_resume_run"  # read by the UI plugin (ui/source.py)
 RERUN_CHOICES = ("resume", "fresh")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
@@ -76,7 +74,7 @@ def _seconds(value: timedelta | float | int | None, name: str, *, allow_zero: bo
 
 def generation_uri(base_uri: str, generation: int) -> str:
     """Where generation ``generation`` of a run lives: a fresh re-run nests under the first one."""
-    return base_uri if generation <= 1 else f"{base_uri}/rerun-{generation}"
+    return base_uri if generation <= 1 else f"{base_uri}/{layout.rerun(generation)}"
 
 
 class GridRunOperator(BaseOperator):
@@ -275,16 +273,16 @@ class GridRunOperator(BaseOperator):
             client = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).get_conn()
         return RunLedger(client, location)
 
-    def _current_run(self, base_uri: str) -> tuple[int, RunLedger, dict | None]:
+    def _current_run(self, base_uri: str) -> tuple[int, RunLedger, Final | None]:
         """The newest generation of this task instance's run, and how it ended (None: not yet)."""
         generation, ledger = 1, self._ledger(base_uri)
-        final = ledger.get_json(ledger.key(FINAL_KEY))
+        final = ledger.read_final()
         while final is not None:
             newer = self._ledger(generation_uri(base_uri, generation + 1), ledger.client)
-            if newer.get_json(newer.key(SPEC_KEY)) is None:
+            if newer.get(newer.key(layout.SPEC)) is None:
                 break
             generation, ledger = generation + 1, newer
-            final = ledger.get_json(ledger.key(FINAL_KEY))
+            final = ledger.read_final()
         return generation, ledger, final
 
     def _run_ledger(self, context: Any, event: dict) -> tuple[str, RunLedger]:
@@ -297,20 +295,20 @@ class GridRunOperator(BaseOperator):
     def _prepare(self, ledger: RunLedger, run_uri: str) -> None:
         """Agent and workdir snapshot once per run (a retry finds them); the spec whenever it changed,
         so a failed run cleared after fixing its command resumes with the fixed one."""
-        spec = {"command": self._argv(), "agent_args": self.agent_args, "run_uri": run_uri, "budgets": self._budgets()}
-        stored = ledger.get_json(ledger.key(SPEC_KEY))
+        spec = Spec(command=self._argv(), agent_args=self.agent_args, run_uri=run_uri, budgets=self._budgets())
+        stored = ledger.read_spec()
         if stored is not None:
-            if {k: stored.get(k) for k in spec} != spec:
-                self.log.info("the command changed since the last session: now %s", spec["command"])
-                ledger.put_json(ledger.key(SPEC_KEY), spec)
+            if dataclasses.replace(stored, extra={}) != spec:
+                self.log.info("the command changed since the last session: now %s", spec.command)
+                ledger.write_record(dataclasses.replace(spec, extra=stored.extra))
             return
         if self.workdir and not os.path.isdir(self.workdir):
             raise AirflowFailException(f"workdir {self.workdir!r} does not exist or is not a directory")
-        ledger.put(ledger.key(AGENT_KEY), agent_zipapp())
+        ledger.put(ledger.key(layout.AGENT_ZIPAPP), agent_zipapp())
         if self.workdir and not ledger.list_manifests():
             result = Syncer(ledger, self.workdir, session=0).sync("snapshot")
             self.log.info("uploaded the workdir snapshot %s: %s", self.workdir, result.summary())
-        ledger.put_json(ledger.key(SPEC_KEY), spec)
+        ledger.write_record(spec)
 
     def _budgets(self) -> dict[str, int]:
         """The limits the run view shows its budgets against."""
@@ -320,15 +318,15 @@ class GridRunOperator(BaseOperator):
     def _history(ledger: RunLedger, before: int) -> tuple[int, int]:
         """(interruptions, failures) since the run last ended (a clear gives fresh budgets), from the
         ledger's records of the sessions before ``before``."""
-        final = ledger.get_json(ledger.key(FINAL_KEY)) or {}
-        after = int(final.get("session") or 0) if final.get("status") != "succeeded" else 0
+        final = ledger.read_final()
+        after = (final.session or 0) if final is not None and final.status != "succeeded" else 0
         interruptions = failures = 0
         for session in ledger.list_sessions():
             if not after < session < before:
                 continue
-            outcome = ledger.read_outcome(session)  # the Airflow side's verdict only matters without one
-            closed = None if outcome else ledger.get_json(ledger.session_key(session, "closed.json"))
-            status = session_status({"outcome": outcome, "closed": closed})
+            outcome = ledger.read_record(Outcome, session)  # the Airflow side's verdict only matters without one
+            closed = None if outcome else ledger.read_closed(session)
+            status = ended_status(outcome, closed)
             if status in INTERRUPTED:
                 interruptions += 1
             elif status == "failed":
@@ -337,9 +335,7 @@ class GridRunOperator(BaseOperator):
 
     def _end_run(self, ledger: RunLedger, session: int, status: str, reason: str) -> None:
         """Record that the run ended (a later clear of the task starts from here)."""
-        ledger.put_json(
-            ledger.key(FINAL_KEY), {"status": status, "session": session, "reason": reason, "at": time.time()}
-        )
+        ledger.write_record(Final(status=status, session=session, reason=reason, at=time.time()))
 
     def _retain(self, ledger: RunLedger) -> None:
         """Keep the newest ``keep_checkpoints`` of a run that succeeded (grid-resume gc --apply);
@@ -367,15 +363,15 @@ class GridRunOperator(BaseOperator):
             generation += 1
             ledger = self._ledger(generation_uri(base_uri, generation), ledger.client)
             self.log.info(
-                "the run ended (%s) before; rerun='fresh': starting over as %s", final.get("status"), ledger.location
+                "the run ended (%s) before; rerun='fresh': starting over as %s", final.status, ledger.location
             )
-        elif final is not None and final.get("status") == "succeeded":
-            self.log.info("the run already succeeded in session %s; rerun='resume': nothing to run", final["session"])
+        elif final is not None and final.status == "succeeded":
+            self.log.info("the run already succeeded in session %s; rerun='resume': nothing to run", final.session)
             return self._summary(ledger, {"status": "succeeded"})
         elif final is not None:
             self.log.info(
                 "the run failed before (%s); rerun='resume': resuming from its last checkpoint with fresh budgets",
-                final.get("reason"),
+                final.reason,
             )
         run_uri = generation_uri(base_uri, generation)
         self._prepare(ledger, run_uri)
@@ -392,13 +388,13 @@ class GridRunOperator(BaseOperator):
         if state.get("run_uri") != run_uri:
             state = {}
         sessions = ledger.list_sessions()
-        last_outcome = ledger.read_outcome(sessions[-1]) if sessions else None
-        if (last_outcome or {}).get("status") == "succeeded":
+        last_outcome = ledger.read_record(Outcome, sessions[-1]) if sessions else None
+        if last_outcome is not None and last_outcome.status == "succeeded":
             # Airflow re-running a try whose result it lost (the run ended before it was recorded):
             # the run is complete in the ledger, so report it instead of training again.
             self.log.info("the run already succeeded in session %d: nothing to run", sessions[-1])
             self._end_run(ledger, sessions[-1], "succeeded", "succeeded")
-            return self._summary(ledger, {"status": "succeeded", "outcome": last_outcome})
+            return self._summary(ledger, {"status": "succeeded", "outcome": last_outcome.to_dict()})
         latest = max([0, *sessions, int(state.get("session", 0))])
         if latest:
             self._close_if_unwatched(ledger, run_uri, latest)
@@ -406,22 +402,23 @@ class GridRunOperator(BaseOperator):
         # resumed, never skipped, whatever line of a try or a trigger died before.
         if latest and self._is_open(ledger, latest):
             session = latest
-            launch = ledger.get_json(ledger.session_key(session, "launch.json")) or {}
+            launch = ledger.read_launch(session)
+            instance_id, launched_at = (launch.instance_id, launch.launched_at) if launch else (None, None)
             if state.get("session") == session and state.get("instance_id"):
-                launch = {**launch, "instance_id": state["instance_id"], "launched_at": state.get("launched_at")}
-            if launch.get("instance_id"):
-                self.log.info("reattaching to session %d on instance %s", session, launch["instance_id"])
+                instance_id, launched_at = state["instance_id"], state.get("launched_at")
+            if instance_id:
+                self.log.info("reattaching to session %d on instance %s", session, instance_id)
                 state = {
                     **state,
                     "session": session,
                     "run_uri": run_uri,
-                    "instance_id": launch["instance_id"],
-                    "launched_at": float(launch.get("launched_at") or time.time()),
+                    "instance_id": instance_id,
+                    "launched_at": float(launched_at or time.time()),
                     "first_started_at": float(state.get("first_started_at") or time.time()),
                 }
                 if store:
                     store.set(STATE_KEY, state)
-                return self._watch(context, run_uri, session, launch["instance_id"], state)
+                return self._watch(context, run_uri, session, instance_id, state)
         else:
             session = latest + 1
         interruptions, _failures = self._history(ledger, session)
@@ -467,17 +464,17 @@ class GridRunOperator(BaseOperator):
     def _close_if_unwatched(self, ledger: RunLedger, run_uri: str, session: int) -> None:
         """A session that ended while no try watched it (the try that launched it died before deferring):
         record the Airflow side's verdict from the agent's outcome, and make sure its instance is gone."""
-        outcome = ledger.read_outcome(session)
-        if outcome is None or ledger.get_json(ledger.session_key(session, "closed.json")) is not None:
+        outcome = ledger.read_record(Outcome, session)
+        if outcome is None or ledger.read_closed(session) is not None:
             return
         hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
-        launch = ledger.get_json(ledger.session_key(session, "launch.json")) or {}
-        instance_id = launch.get("instance_id") or (hook.find_session_instance(run_uri, session) or {}).get(
-            "InstanceId"
-        )
-        self.log.info("session %d ended (%s) while no try watched it; its output:", session, outcome.get("status"))
-        watched = ledger.get_json(ledger.session_key(session, "watch.json")) or {}
-        offset = int(watched.get("log_offset") or 0)
+        launch = ledger.read_launch(session)
+        instance_id = (launch.instance_id if launch else None) or (
+            hook.find_session_instance(run_uri, session) or {}
+        ).get("InstanceId")
+        self.log.info("session %d ended (%s) while no try watched it; its output:", session, outcome.status)
+        watched = ledger.read_record(Watch, session)
+        offset = watched.log_offset if watched else 0
         while True:  # the task log must have every line the session shipped
             data, offset_after = ledger.read_log(session, offset)
             if not data:
@@ -485,33 +482,36 @@ class GridRunOperator(BaseOperator):
             for line in log_lines(data.decode(errors="replace")):
                 self.log.info("%s", line)
             offset = offset_after
-        ledger.put_json(ledger.session_key(session, "watch.json"), {"log_offset": offset, "at": time.time()})
+        ledger.write_record(Watch(log_offset=offset, at=time.time()), session)
         if instance_id and not hook.ensure_terminated(instance_id, timeout=120.0):
             self.log.error("could not confirm that %s is terminated; `grid-resume reap` finds it", instance_id)
-        closed = {"status": outcome.get("status"), "reason": outcome.get("reason"), "instance_id": instance_id}
-        ledger.put_json(ledger.session_key(session, "closed.json"), {**closed, "unwatched": True, "at": time.time()})
+        closed = Closed(
+            status=outcome.status, reason=outcome.reason, instance_id=instance_id, at=time.time(), unwatched=True
+        )
+        ledger.write_record(closed, session)
 
     @staticmethod
     def _is_open(ledger: RunLedger, session: int) -> bool:
         """Not ended yet: neither the agent's outcome nor the Airflow side's verdict (closed.json)."""
-        if ledger.read_outcome(session) is not None:
+        if ledger.get(ledger.key(layout.outcome(session))) is not None:
             return False
-        return ledger.get_json(ledger.session_key(session, "closed.json")) is None
+        return ledger.get(ledger.key(layout.closed(session))) is None
 
     def _plan_session(self, ledger: RunLedger, session: int, spec: LaunchSpec) -> str:
         """Fix session ``session`` in the ledger before anything is launched for it, with the expiry tag
         every launch attempt of the session carries (a retried RunInstances must repeat its parameters
         exactly, or EC2 rejects its ClientToken). Returns that expiry."""
-        key = ledger.session_key(session, ATTEMPT_RECORD)
-        record = ledger.get_json(key)
-        if record and record.get("expires_at"):
-            return str(record["expires_at"])
-        expires_at = expiry_tag(time.time(), spec.expiry_hours)
-        doc = {"session": session, "expires_at": expires_at, "attempt": None, "at": time.time()}
-        if not ledger.put_once(key, json.dumps(doc).encode()):  # another try planned it first: use its expiry
-            record = ledger.get_json(key) or {}
-            expires_at = str(record.get("expires_at") or expires_at)
-        return expires_at
+        record = ledger.read_record(LaunchAttempt, session)
+        if record is not None and record.expires_at:
+            return record.expires_at
+        planned = LaunchAttempt(
+            session=session, expires_at=expiry_tag(time.time(), spec.expiry_hours), attempt=None, at=time.time()
+        )
+        # Created once here (the capacity trigger then overwrites it before each attempt, keeping the expiry).
+        if not ledger.put_once(ledger.key(layout.launch_attempt(session)), planned.to_json()):
+            record = ledger.read_record(LaunchAttempt, session)  # another try planned it first: use its expiry
+            return record.expires_at if record is not None and record.expires_at else planned.expires_at
+        return planned.expires_at
 
     def _resolved_spec(self) -> LaunchSpec:
         """The launch spec with what only AWS knows filled in (no I/O at parse time)."""
@@ -620,18 +620,17 @@ class GridRunOperator(BaseOperator):
                 int(event.get("rounds", 1)),
             )
         self.log.info("session %d: %s", session, describe_launch(event))
-        ledger.put_once(
-            ledger.session_key(session, "launch.json"),
-            json.dumps(
-                {
-                    **{k: event.get(k) for k in ("instance_id", "instance_type", "zone", "subnet_id", "lifecycle")},
-                    "spot_price": float(event["spot_price"]) if event.get("spot_price") else None,
-                    "on_demand_price": on_demand_price(event.get("instance_type"), self.on_demand_prices),
-                    "launched_at": float(event.get("launched_at") or time.time()),
-                    "waited_seconds": event.get("waited_seconds"),
-                }
-            ).encode(),
+        launch = Launch(
+            **{k: event.get(k) for k in ("instance_id", "instance_type", "zone", "subnet_id", "lifecycle")},
+            spot_price=float(event["spot_price"]) if event.get("spot_price") else None,
+            on_demand_price=on_demand_price(event.get("instance_type"), self.on_demand_prices),
+            launched_at=float(event.get("launched_at") or time.time()),
+            waited_seconds=float(event["waited_seconds"]) if event.get("waited_seconds") is not None else None,
         )
+        try:
+            ledger.write_record(launch, session)
+        except ConditionalWriteLost:  # a retried try that launched it already: the first record stands
+            self.log.info("session %d: launch.json was written before; kept", session)
         return self._watch(context, run_uri, session, event["instance_id"], state)
 
     def _watch(self, context: Any, run_uri: str, session: int, instance_id: str, state: dict) -> None:
@@ -668,8 +667,8 @@ class GridRunOperator(BaseOperator):
         session = int(event.get("session") or 0)
         status = event.get("status")
         _, ledger = self._run_ledger(context, event)
-        closed = {"status": status, "reason": event.get("reason"), "instance_id": event.get("instance_id")}
-        ledger.put_json(ledger.session_key(session, "closed.json"), {**closed, "at": time.time()})
+        closed = Closed(status=status, reason=event.get("reason"), instance_id=event.get("instance_id"), at=time.time())
+        ledger.write_record(closed, session)
         if status == "succeeded":
             self._end_run(ledger, session, "succeeded", "succeeded")
             self._retain(ledger)

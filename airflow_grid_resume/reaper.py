@@ -86,7 +86,7 @@ def run_ended_reader(s3_client: Any) -> Callable[[str], int | None]:
             try:
                 ledger = RunLedger(s3_client, parse_s3_uri(run_id))
                 final = ledger.read_final()
-                cache[run_id] = int(final["session"]) if final and final.get("session") is not None else None
+                cache[run_id] = final.session if final is not None else None
             except (UsageError, Exception):
                 cache[run_id] = None  # unreadable: only the expiry decides
         return cache[run_id]

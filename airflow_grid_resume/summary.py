@@ -7,7 +7,8 @@ function of the records each session left there:
   spot or on-demand, the hourly prices, ``launched_at``;
 - ``outcome.json`` (written by the agent): status and ``ended_at``;
 - ``closed.json`` (written by the Airflow side when it saw the session end): its verdict, which is
-  the only record of a *lost* session, and ``at``.
+  the only record of a *lost* session, and ``at``;
+- ``heartbeat.json`` of a session without an outcome: how far its command got (``progress``).
 
 Seconds are counted from launch to the end the ledger knows of: an estimate of EC2's per-second
 billing (which also counts boot and shutdown), good to a few seconds per session.
@@ -15,11 +16,13 @@ billing (which also counts boot and shutdown), good to a few seconds per session
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from airflow_grid_resume.agent.progress import steps_lost
+from airflow_grid_resume.agent.records import Closed, Heartbeat, Outcome, Record
 
 INTERRUPTED = ("interrupted", "lost")
 
@@ -36,8 +39,13 @@ def epoch_seconds(value: Any) -> float | None:
     return None
 
 
-def session_status(record: Mapping[str, Any]) -> str:
+def ended_status(outcome: Outcome | None, closed: Closed | None) -> str:
     """What ended the session: the agent's outcome, else the Airflow side's verdict, else lost."""
+    return (outcome.status if outcome else None) or (closed.status if closed else None) or "lost"
+
+
+def session_status(record: Mapping[str, Any]) -> str:
+    """:func:`ended_status` of a record in its JSON form (``{"outcome": {...}, "closed": {...}}``)."""
     outcome = record.get("outcome") or {}
     closed = record.get("closed") or {}
     return str(outcome.get("status") or closed.get("status") or "lost")
@@ -53,6 +61,40 @@ def session_span(record: Mapping[str, Any]) -> tuple[float | None, float | None]
         start = epoch_seconds(outcome.get("started_at"))
     ends = [e for e in (epoch_seconds(closed.get("at")), epoch_seconds(outcome.get("ended_at"))) if e is not None]
     return start, max(ends) if ends else None
+
+
+def reported_progress(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"first", "last", "total", "last_is_lower_bound"}`` the session's command reported (values may
+    be None): from its outcome, else (a session lost without one) from its last heartbeat, whose
+    ``done`` is up to one heartbeat interval old, so its ``last`` is only a lower bound."""
+    outcome = (record.get("outcome") or {}).get("progress") or {}
+    if outcome:
+        return {**_steps(outcome, "first", "last", "total"), "last_is_lower_bound": False}
+    beat = (record.get("heartbeat") or {}).get("progress") or {}
+    return {**_steps(beat, "first", "done", "total"), "last_is_lower_bound": beat.get("done") is not None}
+
+
+def _steps(doc: Mapping[str, Any], first: str, last: str, total: str) -> dict[str, int | None]:
+    def number(value: Any) -> int | None:
+        try:
+            return None if value is None else int(value)
+        except (TypeError, ValueError):
+            return None
+
+    return {"first": number(doc.get(first)), "last": number(doc.get(last)), "total": number(doc.get(total))}
+
+
+def interruption_losses(records: Sequence[Mapping[str, Any]]) -> dict[int, tuple[int | None, bool]]:
+    """Per interrupted session followed by another: (steps the next one redid, whether that is only
+    "at least": the interrupted session was lost and its last heartbeat is all that says how far it got)."""
+    out: dict[int, tuple[int | None, bool]] = {}
+    for current, following in itertools.pairwise(records):
+        if session_status(current) not in INTERRUPTED:
+            continue
+        before, after = reported_progress(current), reported_progress(following)
+        lost = steps_lost(before["last"], after["first"])
+        out[int(current.get("session") or 0)] = (lost, lost is not None and before["last_is_lower_bound"])
+    return out
 
 
 def session_seconds(record: Mapping[str, Any]) -> float:
@@ -97,18 +139,18 @@ def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = N
             }
         )
     # Steps an interruption lost, from the progress protocol: done at the end of one session minus what the
-    # next one resumed from (None when either side printed no progress lines).
-    progress = [((r.get("outcome") or {}).get("progress") or {}) for r in records]
-    for i, detail in enumerate(sessions):
-        detail["progress"] = progress[i] or None
-        interrupted = detail["status"] in INTERRUPTED and i + 1 < len(sessions)
-        detail["steps_lost"] = (
-            steps_lost(progress[i].get("last"), progress[i + 1].get("first")) if interrupted else None
-        )
+    # next one resumed from (None when either side printed no progress lines; "at least" for a lost session).
+    losses = interruption_losses(records)
+    for record, detail in zip(records, sessions, strict=True):
+        progress = reported_progress(record)
+        detail["progress"] = progress if progress["last"] is not None else None
+        lost, at_least = losses.get(int(record.get("session") or 0), (None, False))
+        detail["steps_lost"], detail["steps_lost_at_least"] = lost, at_least
     lost = [d["steps_lost"] for d in sessions if d["steps_lost"] is not None]
     statuses = [s["status"] for s in sessions]
     return {
         "steps_lost": sum(lost) if lost else None,
+        "steps_lost_at_least": any(d["steps_lost_at_least"] for d in sessions),
         "sessions": len(sessions),
         "interruptions": sum(1 for s in statuses if s in INTERRUPTED),
         "failures": sum(1 for s in statuses if s == "failed"),
@@ -122,18 +164,26 @@ def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = N
 
 
 def read_records(ledger: Any) -> list[dict[str, Any]]:
-    """Each session's launch, outcome and closing records, read from a ``RunLedger``."""
+    """Each session's launch, outcome and closing records, read from a ``RunLedger`` as typed records
+    (a newer format than this code knows is refused) and given to :func:`summarize` in their JSON form;
+    a session without an outcome also its last heartbeat (how far a lost session got)."""
     records = []
     for session in ledger.list_sessions():
         record = {
             "session": session,
-            "launch": ledger.read_launch(session),
-            "outcome": ledger.read_outcome(session),
-            "closed": ledger.read_closed(session),
+            "launch": _doc(ledger.read_launch(session)),
+            "outcome": _doc(ledger.read_record(Outcome, session)),
+            "closed": _doc(ledger.read_closed(session)),
         }
         if record["launch"] or record["outcome"] or record["closed"]:  # planned but never launched: no session
+            if record["outcome"] is None:
+                record["heartbeat"] = _doc(ledger.read_record(Heartbeat, session))
             records.append(record)
     return records
+
+
+def _doc(record: Record | None) -> dict[str, Any] | None:
+    return None if record is None else record.to_dict()
 
 
 def _how(status: str, reason: Any) -> str:
@@ -158,7 +208,11 @@ def summary_lines(summary: Mapping[str, Any], *, run_uri: str, closed: Mapping[i
             f"  session {d['session']}: {_how(d['status'], reason)} on {d['instance_type']} {d['lifecycle']} in "
             f"{d['zone']} ({d['instance_id']}), {d['seconds']:.0f} s"
             + (f", {cost:.4f} USD" if cost is not None else "")
-            + (f", {d['steps_lost']} steps redone after it" if d.get("steps_lost") is not None else "")
+            + (
+                f", {'at least ' if d.get('steps_lost_at_least') else ''}{d['steps_lost']} steps redone after it"
+                if d.get("steps_lost") is not None
+                else ""
+            )
         )
     cost, on_demand = summary.get("estimated_cost_usd"), summary.get("on_demand_cost_usd")
     if cost is not None and on_demand:

@@ -2,7 +2,8 @@
 
     python benchmarks/cost_bench.py [--minutes 3] [--lines-per-second 3] [--spot-price 0.21] [--json FILE]
 
-One real agent session (defaults: heartbeat and lease every 10 s, output shipped every 2 s) runs a
+One real agent session (defaults: heartbeat every 30 s, lease renewed every 60 s, output shipped
+every 3 s while it flows; ``--log-interval`` overrides the last) runs a
 command that prints ``--lines-per-second`` lines, and one real ``RunWatchTrigger`` (operator defaults:
 poll 2 s, instance check 30 s) watches it, against moto's server. Each side talks to moto through its
 own counting proxy (airflow_grid_resume/emulator/faultproxy.py), so every request is counted by
@@ -60,6 +61,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--lines-per-second", type=float, default=3.0, help="0: a run with no output")
     parser.add_argument("--spot-price", type=float, default=0.21)
+    parser.add_argument("--log-interval", type=float, help="the agent's --log-interval (default: its own)")
     parser.add_argument("--json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="grid-cost-"))
@@ -90,7 +92,9 @@ def main() -> int:
         agent = subprocess.Popen(
             [
                 *(sys.executable, "-m", "airflow_grid_resume.agent", "--run-uri", run_uri),
-                *("--workdir", str(work / "w"), "--no-imds", "--quiet", "--", sys.executable, "-c", printer),
+                *("--workdir", str(work / "w"), "--no-imds", "--quiet"),
+                *(("--log-interval", str(args.log_interval)) if args.log_interval else ()),
+                *("--", sys.executable, "-c", printer),
             ],
             env={**os.environ, **env, "AWS_ENDPOINT_URL": agent_side.endpoint_url},
             stdout=subprocess.DEVNULL,

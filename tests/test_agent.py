@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from airflow_grid_resume.agent import records
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.uri import parse_s3_uri
@@ -402,9 +404,14 @@ def test_progress_lines_reach_heartbeat_and_outcome(agent, run_uri: str, ledger:
     beat = wait_for(
         lambda: (hb := ledger.read_heartbeat(1)) and hb.get("progress") and hb, timeout=10, what="progress in a beat"
     )
-    assert beat["progress"] == {"done": 6, "total": 10} and beat["state"] == "running"
+    assert beat["progress"] == {"done": 6, "total": 10, "first": 4} and beat["state"] == "running"
     assert proc.wait() == 0
     assert ledger.read_outcome(1)["progress"] == {"first": 4, "last": 7, "total": 10}
+    # Every document the agent writes is its typed record, with no field the record does not know.
+    for cls in (records.SessionStart, records.Heartbeat, records.Outcome, records.Lease):
+        record = ledger.read_record(cls, 1)
+        assert record is not None and record.extra == {}, (cls.__name__, record)
+    assert ledger.read_record(records.Outcome, 1).progress == {"first": 4, "last": 7, "total": 10}
 
 
 def test_no_progress_lines_no_progress_field(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
@@ -412,3 +419,17 @@ def test_no_progress_lines_no_progress_field(agent, run_uri: str, ledger: RunLed
     assert proc.wait() == 0
     assert "progress" not in ledger.read_outcome(1)
     assert "progress" not in ledger.read_heartbeat(1)
+
+
+def test_keep_manifests_bounds_a_sessions_own_checkpoints(agent, ledger: RunLedger, tmp_path: Path) -> None:
+    """``--keep-manifests 2``: of the checkpoints a session commits, only its newest two stay, and the
+    run restores from the last one."""
+    run = f"s3://{ledger.location.bucket}/{ledger.location.prefix}"
+    proc = agent(
+        run, tmp_path / "w", *train(40, 0.05), options=[*FAST, "--sync-interval", "0.2", "--keep-manifests", "2"]
+    )
+    assert proc.wait() == 0
+    committed = set(re.findall(r"sync: manifest (000001-\d{6}\.json)", proc.stderr))
+    names = [m.name for m in ledger.list_manifests() if m.session == 1]
+    assert len(committed) > 2 and len(names) == 2 and set(names) < committed, (committed, names, proc.stderr[-2000:])
+    assert ledger.read_outcome(1)["manifest"] == names[0]

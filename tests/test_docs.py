@@ -28,3 +28,42 @@ def test_docs_do_not_narrate_their_own_history() -> None:
         if HISTORY.search(line)
     ]
     assert found == []
+
+
+def _policy_statements() -> dict[str, dict]:
+    import json
+
+    text = (ROOT / "docs" / "user-guide.md").read_text()
+    found = {}
+    for block in re.findall(r"```json\n(.*?)```", text, re.S):
+        for statement in json.loads(block).get("Statement", []):
+            if statement.get("Sid"):
+                found[statement["Sid"]] = statement
+    return found
+
+
+def test_the_user_guides_delete_permissions_cover_exactly_what_is_deleted() -> None:
+    """s3:DeleteObject in the IAM examples: the instance's covers the manifests its agent prunes, the
+    Airflow side's the manifests, packs and objects gc deletes, and neither covers a record or a log."""
+    from fnmatch import fnmatchcase
+
+    from airflow_grid_resume.agent import layout
+
+    sha = "ab" * 32
+    run = "grid-runs/dag/task/run"
+
+    def allowed(sid: str, key: str) -> bool:
+        statement = _policy_statements()[sid]
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        assert statement["Action"] == "s3:DeleteObject" and statement["Effect"] == "Allow"
+        return any(fnmatchcase(f"arn:aws:s3:::BUCKET/{key}", r) for r in resources)  # IAM's * spans slashes too
+
+    records = [layout.SPEC, layout.FINAL, layout.LEASE, layout.POINTER, layout.outcome(1), layout.log_chunk(1, 0)]
+    for prefix in (run, f"{run}/{layout.rerun(2)}"):
+        assert allowed("PruneOwnSessionsCheckpoints", f"{prefix}/{layout.manifest(1, 2)}")
+        assert not allowed("PruneOwnSessionsCheckpoints", f"{prefix}/{layout.pack(sha)}")
+        for key in (layout.manifest(1, 2), layout.pack(sha), layout.blob(sha)):
+            assert allowed("GarbageCollectCheckpoints", f"{prefix}/{key}"), key
+        for key in records:
+            assert not allowed("PruneOwnSessionsCheckpoints", f"{prefix}/{key}"), key
+            assert not allowed("GarbageCollectCheckpoints", f"{prefix}/{key}"), key

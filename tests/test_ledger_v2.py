@@ -127,3 +127,83 @@ def test_a_session_keeps_a_bounded_number_of_its_manifests(ledger: RunLedger, tm
     dst = tmp_path / "dst"
     assert Restorer(ledger, str(dst)).restore().manifest.name == "000001-000004.json"
     assert (dst / "step").read_text() == "3"
+
+
+def test_records_are_written_with_their_keys_rule_and_read_typed(ledger: RunLedger) -> None:
+    """Each record through RunLedger on moto's server: ``once`` keys keep their first content, an
+    overwrite key is rewritten, a document as today's dict writers leave it (no format) reads as v1,
+    and a newer one is refused."""
+    from airflow_grid_resume.agent import layout, records
+    from airflow_grid_resume.agent.ledger import ConditionalWriteLost
+
+    launch = records.Launch(instance_id="i-1", instance_type="m5.large", spot_price=0.03, launched_at=1.0)
+    ledger.write_record(launch, 1)
+    ledger.write_record(launch, 1)  # a retried write of the same bytes is ours
+    with pytest.raises(ConditionalWriteLost):
+        ledger.write_record(records.Launch(instance_id="i-2"), 1)
+    assert ledger.read_launch(1) == launch and ledger.read_launch(2) is None
+
+    ledger.write_record(records.Closed(status="lost", at=2.0), 1)
+    ledger.write_record(records.Closed(status="interrupted", at=3.0), 1)
+    assert ledger.read_closed(1).status == "interrupted"
+
+    first = ledger.write_record(records.Lease(agent_id="a", expires_at=10.0))  # cas: created with If-None-Match
+    with pytest.raises(ConditionalWriteLost):
+        ledger.write_record(records.Lease(agent_id="b", expires_at=20.0))
+    ledger.write_record(records.Lease(agent_id="a", expires_at=30.0), if_match=first)
+    assert ledger.read_record(records.Lease).expires_at == 30.0
+
+    # What supervisor.py writes today (a dict, no format) reads as version 1, unknown fields kept.
+    ledger.put_json(ledger.key(layout.heartbeat(1)), {"session": 1, "seq": 3, "state": "running", "extra_field": 1})
+    beat = ledger.read_record(records.Heartbeat, 1)
+    assert (beat.seq, beat.state, beat.extra) == (3, "running", {"extra_field": 1})
+
+    ledger.put_json(ledger.key(layout.FINAL), {"format": "grid-resume-final/9", "status": "succeeded"})
+    with pytest.raises(UnsupportedFormatError, match=r"final\.json has format grid-resume-final/9"):
+        ledger.read_final()
+
+
+def test_the_airflow_sides_readers_take_typed_records(ledger: RunLedger) -> None:
+    """summary.read_records, the UI's read_ledger_docs and the reaper's final.json reader, over a run
+    written as both sides write it today: the agent's dicts (no format), the operator's records."""
+    from airflow_grid_resume.agent import layout, records
+    from airflow_grid_resume.reaper import run_ended_reader
+    from airflow_grid_resume.summary import read_records, summarize
+    from airflow_grid_resume.ui.model import run_view
+    from airflow_grid_resume.ui.source import read_ledger_docs
+
+    ledger.write_record(records.Spec(command=["python", "t.py"], budgets={"max_interruptions": 4}))
+    for session, status in ((1, "interrupted"), (2, "succeeded")):
+        ledger.put_json(ledger.key(layout.session_record(session)), {"session": session, "instance_id": f"i-{session}"})
+        launch = records.Launch(
+            instance_id=f"i-{session}", instance_type="m5.large", lifecycle="spot", spot_price=0.036,
+            on_demand_price=0.096, launched_at=1000.0 * session, waited_seconds=5,
+        )  # fmt: skip
+        ledger.write_record(launch, session)
+        ledger.write_outcome(
+            session,
+            {"session": session, "status": status, "started_at": f"1970-01-01T00:{session * 16}:50Z",
+             "ended_at": "1970-01-01T00:30:00Z" if session == 1 else "1970-01-01T01:00:00Z",
+             "progress": {"first": 1 if session == 1 else 41, "last": 50 if session == 1 else 100, "total": 100}},
+        )  # fmt: skip
+        ledger.write_record(records.Closed(status=status, instance_id=f"i-{session}", at=None), session)
+    ledger.write_record(records.LaunchAttempt(session=3, expires_at="2026-01-01T00:00:00Z"), 3)  # planned only
+    ledger.write_record(records.Final(status="succeeded", session=2, reason="succeeded", at=3600.0))
+
+    summary = summarize(read_records(ledger))
+    assert (summary["sessions"], summary["interruptions"], summary["final_outcome"]) == (2, 1, "succeeded")
+    assert summary["steps_lost"] == 10  # 50 done in session 1, session 2 resumed from 40
+    assert [d["seconds"] for d in summary["session_details"]] == [800.0, 1600.0]
+
+    docs = read_ledger_docs(ledger)
+    assert docs["spec"]["budgets"] == {"max_interruptions": 4} and docs["final"]["session"] == 2
+    assert docs["sessions"][-1]["attempt"]["expires_at"] == "2026-01-01T00:00:00Z"
+    view = run_view(docs, [], now=4000.0, ti_state="success")
+    assert [r["status"] for r in view["sessions"]] == ["interrupted", "succeeded"]
+    assert view["state"]["phase"] == "succeeded" and view["budgets"]
+
+    assert run_ended_reader(ledger.client)(str(ledger.location)) == 2
+
+    ledger.put_json(ledger.key(layout.outcome(4)), {"format": "grid-resume-outcome/2", "session": 4, "status": "x"})
+    with pytest.raises(UnsupportedFormatError, match="upgrade airflow-grid-resume"):
+        read_records(ledger)

@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 import pytest
 
+from airflow_grid_resume.agent import records
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.uri import parse_s3_uri
@@ -85,6 +86,11 @@ def test_a_run_without_interruption_and_clearing_it_reports_the_finished_run(
     ledger = run_ledger(bucket)
     assert ledger.list_sessions() == [1]
     assert ledger.read_outcome(1)["status"] == "succeeded"
+    # Every document either side wrote is its typed record, with no field the record does not know.
+    for cls in records.ALL:
+        record = ledger.read_record(cls, None if cls in records.RUN_RECORDS else 1)
+        assert record is not None and record.extra == {}, (cls.__name__, record)
+    assert ledger.read_final().status == "succeeded" and ledger.read_closed(1).status == "succeeded"
     assert result_of(ledger, tmp_path) == reference_result(tmp_path)
     summary = summary_of(dagrun)
     assert (summary["sessions"], summary["interruptions"], summary["failures"]) == (1, 0, 0)

@@ -68,7 +68,7 @@ def test_tracker_keeps_first_and_latest_of_the_session() -> None:
     tracker = ProgressTracker()
     tracker.feed(b"resumed\ngrid-resume: progress 41/100\nloss 1\ngrid-resume: progress 42/100\n")
     tracker.feed(b"grid-resume: progress 43/100\n")
-    assert tracker.heartbeat_field() == {"progress": {"done": 43, "total": 100}}
+    assert tracker.heartbeat_field() == {"progress": {"done": 43, "total": 100, "first": 41}}
     assert tracker.outcome_field() == {"progress": {"first": 41, "last": 43, "total": 100}}
 
 
@@ -80,18 +80,18 @@ def test_lines_split_across_reads_and_streams() -> None:
     tracker.feed(b"me: progress 1", stream=0)
     assert tracker.heartbeat() is None  # unfinished: "1" may still become "17"
     tracker.feed(b"7/20\n", stream=0)
-    assert tracker.heartbeat() == {"done": 17, "total": 20}
+    assert tracker.heartbeat() == {"done": 17, "total": 20, "first": 17}
     tracker.feed(b"grid-resume: progress 18/20\n", stream=1)
-    assert tracker.heartbeat() == {"done": 18, "total": 20}
+    assert tracker.heartbeat() == {"done": 18, "total": 20, "first": 17}
 
 
 def test_carriage_return_updates_count_each() -> None:
     tracker = ProgressTracker()
     # tqdm-style: one terminal line rewritten with \r, never a \n
     tracker.feed(b"".join(b"\rgrid-resume: progress %d/50" % i for i in range(1, 31)))
-    assert tracker.heartbeat() == {"done": 29, "total": 50}  # the 30th is still unfinished
+    assert tracker.heartbeat() == {"done": 29, "total": 50, "first": 1}  # the 30th is still unfinished
     tracker.feed(b"\r")
-    assert tracker.heartbeat() == {"done": 30, "total": 50}
+    assert tracker.heartbeat() == {"done": 30, "total": 50, "first": 1}
 
 
 def test_an_unfinished_last_line_counts_when_output_ends() -> None:
@@ -106,14 +106,14 @@ def test_a_huge_line_does_not_grow_memory_and_its_end_still_counts() -> None:
     for _ in range(100):
         tracker.feed(b"x" * 100_000)
     tracker.feed(b" grid-resume: progress 5/6\n")
-    assert tracker.heartbeat() == {"done": 5, "total": 6}
+    assert tracker.heartbeat() == {"done": 5, "total": 6, "first": 5}
     assert all(len(v) <= 4096 for v in tracker._pending.values())
 
 
 def test_total_is_kept_from_an_earlier_line() -> None:
     tracker = ProgressTracker()
     tracker.feed(b"grid-resume: progress 1/10\ngrid-resume: progress 2\n")
-    assert tracker.heartbeat() == {"done": 2, "total": 10}
+    assert tracker.heartbeat() == {"done": 2, "total": 10, "first": 1}
 
 
 def test_feeding_from_another_thread_while_reading() -> None:

@@ -314,6 +314,52 @@ def test_docs_list_every_key_of_the_layout_and_its_writers() -> None:
     assert layout.manifest(1, 2) == "manifests/000001-000002.json"
 
 
+def test_docs_ledger_table_is_the_rules_and_records_in_code() -> None:
+    """docs/ledger.md's "Who writes what" table: one row per rule, its writers, its condition, and the
+    record and format of every document that has one, exactly as agent/layout.py and records.py say."""
+    from pathlib import Path
+
+    from airflow_grid_resume.agent import layout, records
+    from airflow_grid_resume.agent.manifest import FORMAT
+
+    docs = (Path(__file__).parent.parent / "docs" / "ledger.md").read_text()
+    table = docs.split("## Who writes what, and how", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] not in ("key", "---"):
+            rows[cells[0]] = cells[1:]
+    assert list(rows) == [rule.key for rule in layout.RULES]
+    writers = {("airflow",): "Airflow side", ("agent",): "agent", ("agent", "airflow"): "both"}
+    by_key = {cls.KEY: (cls.__name__, cls.format()) for cls in records.ALL}
+    by_key[layout.POINTER] = ("Pointer", f"{layout.POINTER_FORMAT_PREFIX}{layout.POINTER_FORMAT_VERSION}")
+    by_key["manifests/SSSSSS-NNNNNN.json"] = ("Manifest", FORMAT)
+    for rule in layout.RULES:
+        written_by, how, record, fmt = rows[rule.key]
+        assert (written_by, how) == (writers[rule.writers], rule.how), rule.key
+        assert (record, fmt) == by_key.get(rule.key, ("-", fmt)), rule.key
+        assert record == "-" or fmt.startswith("grid-resume-"), rule.key
+
+
+def test_docs_ledger_lists_every_field_of_every_record() -> None:
+    """Each record's bullet in docs/ledger.md ("- `outcome.json`: ...", "`lease.json` holds ...") names every
+    one of its fields."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from airflow_grid_resume.agent import records
+
+    docs = (Path(__file__).parent.parent / "docs" / "ledger.md").read_text()
+    bullets = re.findall(r"^(?:- )?`([\w.-]+\.json)`(?::| holds) (.*?)(?=^- |^\n|^## |\Z)", docs, re.M | re.S)
+    by_name = {name: set(re.findall(r"`(\w+)`", text)) for name, text in bullets}
+    for cls in records.ALL:
+        name = cls.KEY.rsplit("/", 1)[-1]
+        assert name in by_name, f"docs/ledger.md has no bullet for {name}"
+        fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        assert fields <= by_name[name], f"{name}: docs/ledger.md does not name {sorted(fields - by_name[name])}"
+
+
 def test_pointer_record_round_trip_and_refusal() -> None:
     from airflow_grid_resume.agent.layout import Pointer
 
@@ -324,28 +370,40 @@ def test_pointer_record_round_trip_and_refusal() -> None:
         Pointer.from_json(b'{"format": "grid-resume-latest/2", "manifest": "000001-000001.json"}')
 
 
-# Modules that still spell ledger keys themselves, to move to agent/layout.py (the lead's, changing for issue 9).
-KEYS_NOT_YET_FROM_LAYOUT = {
-    "agent/lease.py",
-    "agent/supervisor.py",
-    "triggers/run.py",
-    "triggers/capacity.py",
-    "operators.py",
-}
-
-
 def test_no_ledger_key_is_spelled_outside_the_layout() -> None:
+    """The package and the benchmarks build every key from agent/layout.py (tests may spell them)."""
     import re
     from pathlib import Path
 
-    package = Path(__file__).parent.parent / "airflow_grid_resume"
+    root = Path(__file__).parent.parent
+    package = root / "airflow_grid_resume"
     key = re.compile(
-        r"""["'](?:(?:spec|final|lease|latest|session|heartbeat|outcome|launch-attempt|launch|watch|closed)\.json"""
+        r"""["']/?(?:(?:spec|final|lease|latest|session|heartbeat|outcome|launch-attempt|launch|watch|closed)\.json"""
         r"""|agent/grid-resume-agent\.pyz|manifests/|packs/|objects/sha256/?)["']"""
     )
+    sources = [*package.rglob("*.py"), *(root / "benchmarks").glob("*.py")]
     offenders = sorted(
         rel
-        for path in package.rglob("*.py")
-        if (rel := str(path.relative_to(package))) != "agent/layout.py" and key.search(path.read_text())
+        for path in sources
+        if (rel := str(path.relative_to(package if package in path.parents else root))) != "agent/layout.py"
+        and key.search(path.read_text())
     )
-    assert set(offenders) <= KEYS_NOT_YET_FROM_LAYOUT, f"keys spelled outside agent/layout.py: {offenders}"
+    assert not offenders, f"keys spelled outside agent/layout.py: {offenders}"
+
+
+def test_agent_keep_manifests_option() -> None:
+    """``--keep-manifests N`` reaches the Syncer's per-session bound through AgentOptions; 0 keeps all,
+    a negative or fractional number is a usage error (exit 2) saying what is wrong."""
+    import argparse
+
+    from airflow_grid_resume.agent import cli
+    from airflow_grid_resume.agent.sync import MANIFESTS_PER_SESSION
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    base = ["--run-uri", "s3://b/r", "--workdir", "/tmp/w"]
+    assert cli.options_from(parser.parse_args([*base, "--", "true"])).keep_manifests == MANIFESTS_PER_SESSION
+    assert cli.options_from(parser.parse_args([*base, "--keep-manifests", "0", "--", "true"])).keep_manifests == 0
+    assert cli.options_from(parser.parse_args([*base, "--keep-manifests", "5", "--", "true"])).keep_manifests == 5
+    assert cli.main([*base, "--keep-manifests", "-1", "--", "true"]) == 2
+    assert cli.main([*base, "--keep-manifests", "2.5", "--", "true"]) == 2

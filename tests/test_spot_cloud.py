@@ -153,6 +153,57 @@ def test_trigger_waits_then_launches_on_the_next_free_pair(cloud, subnets, capfd
     assert "next try in" in waits[0]
 
 
+def test_a_capacity_wait_leaves_what_it_waits_for_in_the_ledger(cloud, subnets) -> None:
+    """The run view's waiting state: each round that finds nothing writes EC2's answers and its next try
+    once (sessions/N/launch-attempt.json); the UI's reader turns that into "next try in N s"."""
+    from airflow_grid_resume.agent import layout
+    from airflow_grid_resume.ui import model, source
+
+    bucket = f"wait-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    cloud.set_capacity("g5.xlarge", "*", available=False, for_seconds=6)
+    trigger = trigger_for(spec_for(subnets, types=("g5.xlarge",)), run_uri=f"s3://{bucket}/run", backoff_base=2.0)
+    trigger.backoff_max = 2.0
+    ledger = RunLedger(boto3.client("s3"), parse_s3_uri(f"s3://{bucket}/run"))
+    key = ledger.key(layout.launch_attempt(1))
+    seen: list[tuple[dict, float | None]] = []
+
+    async def go() -> dict:
+        task = asyncio.ensure_future(_first(trigger))
+        while not task.done():
+            doc, age = await asyncio.to_thread(source.read_with_age, ledger, key)
+            if doc and (not seen or seen[-1][0] != doc):
+                seen.append((doc, age))
+            await asyncio.sleep(0.2)
+        return task.result()
+
+    event = asyncio.run(go())
+    assert event["status"] == "launched" and event["rounds"] >= 2, event
+    waits = [(d, age) for d, age in seen if d["phase"] == "backing-off"]
+    assert waits, seen
+    doc, age = waits[0]
+    assert [(a["instance_type"], a["code"]) for a in doc["answers"]] == [
+        ("g5.xlarge", "InsufficientInstanceCapacity")
+    ] * 2
+    assert 0 < doc["next_try_in"] <= 2.0 and doc["attempt"]["token"] and age is not None and age < 5
+    # one PUT per round that found nothing, plus one per attempt that differs from the last recorded (2 zones)
+    assert len(seen) <= 3 * (event["rounds"] + 1)
+    state = model.capacity_wait(
+        {"attempt": doc, "attempt_seen": {"age": age, "read_at": time.time()}},
+        {"instance_types": ["g5.xlarge"]},
+        time.time(),
+    )
+    zones = sorted(s["AvailabilityZone"] for s in subnets)
+    assert state["text"].startswith(f"waiting for spot capacity: g5.xlarge in {zones[0]} or {zones[1]}")
+    assert "EC2 answered InsufficientInstanceCapacity (no capacity for it there now)" in state["text"]
+
+
+async def _first(trigger: BaseTrigger) -> dict:
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("the trigger ended without an event")
+
+
 def test_trigger_times_out(cloud, subnets) -> None:
     cloud.set_capacity("*", "*", available=False)
     event = first_event(trigger_for(spec_for(subnets), max_wait=1.5))

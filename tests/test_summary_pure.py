@@ -9,7 +9,7 @@ import pytest
 from airflow_grid_resume.operators import generation_uri
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.spot.prices import on_demand_price
-from airflow_grid_resume.summary import session_seconds, session_status, summarize
+from airflow_grid_resume.summary import session_seconds, session_status, summarize, summary_lines
 from airflow_grid_resume.triggers.capacity import WaitLog
 from tests.conftest import OPERATOR_ARGS
 
@@ -170,3 +170,37 @@ def test_steps_lost_per_interruption_come_from_the_progress_protocol() -> None:
     assert summary["steps_lost"] == 4
     quiet = summarize([session(1, "interrupted", None, None), session(2, "succeeded", None, None)])
     assert quiet["steps_lost"] is None and quiet["session_details"][0]["steps_lost"] is None
+    assert not summary["steps_lost_at_least"]
+
+
+def test_what_ended_a_session_typed_and_in_json_form_agree() -> None:
+    from airflow_grid_resume.agent.records import Closed, Outcome
+    from airflow_grid_resume.summary import ended_status, session_status
+
+    cases = [
+        (Outcome(session=1, status="failed"), Closed(status="interrupted")),
+        (None, Closed(status="interrupted")),
+        (None, Closed()),
+        (None, None),
+    ]
+    for outcome, closed in cases:
+        as_json = {"outcome": outcome.to_dict() if outcome else None, "closed": closed.to_dict() if closed else None}
+        assert ended_status(outcome, closed) == session_status(as_json)
+    assert [ended_status(o, c) for o, c in cases] == ["failed", "interrupted", "lost", "lost"]
+
+
+def test_steps_lost_by_sessions_lost_without_an_outcome_come_from_their_heartbeats() -> None:
+    # session 1 lost (no outcome): its last heartbeat said 40 (up to one interval old); session 2 lost
+    # too, its heartbeat says it resumed at 37 and reached 55; session 3 resumed at 51
+    lost1 = {"session": 1, "closed": {"status": "lost"}, "heartbeat": {"progress": {"done": 40, "first": 1}}}
+    lost2 = {"session": 2, "closed": {"status": "lost"}, "heartbeat": {"progress": {"done": 55, "first": 37}}}
+    third = {"session": 3, "outcome": {"status": "succeeded", "progress": {"first": 51, "last": 100}}}
+    summary = summarize([lost1, lost2, third])
+    details = summary["session_details"]
+    assert [(d["steps_lost"], d["steps_lost_at_least"]) for d in details] == [(4, True), (5, True), (None, False)]
+    assert summary["steps_lost"] == 9 and summary["steps_lost_at_least"]
+    text = "\n".join(summary_lines(summary, run_uri="s3://b/r"))
+    assert "at least 4 steps redone after it" in text and "at least 5 steps redone after it" in text
+    # an old agent's heartbeat has no first: the loss before a lost session stays unknown, never guessed
+    old = summarize([lost1, {**lost2, "heartbeat": {"progress": {"done": 55}}}, third])
+    assert [d["steps_lost"] for d in old["session_details"]] == [None, 5, None]

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import boto3
 import pytest
 
+from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.demo.stack import AirflowStack, wait_for
@@ -80,7 +81,7 @@ with DAG("grid_ui", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezo
         region_name="us-east-1",
         poll_interval=0.5,
         instance_check_interval=1.0,
-        capacity_backoff=(0.5, 1.0),
+        capacity_backoff=(4.0, 4.0),
         agent_args=["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1", "--min-grace", "1"],
         max_interruptions=3,
         retries=1,
@@ -131,9 +132,10 @@ def test_run_view_and_dashboard_tell_an_interruption_from_a_failure(browser: Any
         s3 = boto3.client("s3", aws_access_key_id="x", aws_secret_access_key="x", **kw)
         ec2 = boto3.client("ec2", aws_access_key_id="x", aws_secret_access_key="x", **kw)
         s3.create_bucket(Bucket=BUCKET)
-        subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+        subnet, zone = (lambda s: (s["SubnetId"], s["AvailabilityZone"]))(ec2.describe_subnets()["Subnets"][0])
         env = {**aws, "GRID_UI_WORKDIR": str(workdir), "GRID_UI_SUBNET": subnet}
         stack = AirflowStack(home, home / "dags", env, login=LOGIN)
+        cloud.set_capacity("g5.xlarge", "*", available=False)  # session 1 first waits for capacity
         try:
             stack.start("grid_ui")
             api, url = stack.api, stack.url
@@ -144,8 +146,26 @@ def test_run_view_and_dashboard_tell_an_interruption_from_a_failure(browser: Any
             page = context.new_page()
             ti_view = f"{url}/dags/grid_ui/runs/{quote(run_id, safe='')}/tasks/train/plugin/grid-resume-run"
 
-            # While session 1 trains: the live state, from its heartbeat.
+            # While the capacity trigger waits: what for, EC2's answer, the next try.
             ledger = wait_for("the run's ledger", lambda: _ledger(s3), 90, 0.5)
+            attempt_key = ledger.key(layout.launch_attempt(1))
+            wait_for(
+                "a capacity round to end",
+                lambda: (ledger.get_json(attempt_key) or {}).get("phase") == "backing-off",
+                90,
+                0.5,
+            )
+            page.goto(ti_view)
+            frame = page.frame_locator("iframe")
+            state = frame.get_by_test_id("state")
+            state.wait_for(timeout=30_000)
+            text = state.inner_text()
+            assert text.startswith(f"waiting for spot capacity: g5.xlarge in {zone}, next try"), text
+            assert "EC2 answered InsufficientInstanceCapacity (no capacity for it there now)" in text, text
+            assert "InsufficientInstanceCapacity" in frame.get_by_test_id("capacity-answers").inner_text()
+            cloud.set_capacity("g5.xlarge", "*", available=True)
+
+            # While session 1 trains: the live state, from its heartbeat.
             wait_for(
                 "session 1 to train a few steps",
                 lambda: ((ledger.read_heartbeat(1) or {}).get("progress") or {}).get("done", 0) >= 3,
@@ -197,10 +217,22 @@ def test_run_view_and_dashboard_tell_an_interruption_from_a_failure(browser: Any
             sessions = frame.get_by_test_id("sessions").inner_text()
             assert "us-east-1" in sessions and "spot" in sessions
 
-            # Each try's row links its own instance (Airflow's extra link shows the last try's on every try).
+            # Each try's row links its own instance, and so does Airflow's own extra link of each try (the UI
+            # asks for the try it shows; the plugin's link resolves an older try from the ledger).
             second = ledger.get_json(ledger.session_key(2, "launch.json"))["instance_id"]
-            links = api.call("GET", f"/dags/grid_ui/dagRuns/{quote(run_id, safe='')}/taskInstances/train/links")
-            assert links["extra_links"]["Spot instance"] == f"{cloud.endpoint_url}/_emulator/pages/instances/{second}"
+            pages = f"{cloud.endpoint_url}/_emulator/pages/instances"
+            links = f"/dags/grid_ui/dagRuns/{quote(run_id, safe='')}/taskInstances/train/links"
+            assert api.call("GET", links)["extra_links"]["Spot instance"] == f"{pages}/{second}"
+            assert api.call("GET", links + "?try_number=2")["extra_links"]["Spot instance"] == f"{pages}/{second}"
+            assert api.call("GET", links + "?try_number=1")["extra_links"]["Spot instance"] == f"{pages}/{instance_id}"
+            page.goto(f"{url}/dags/grid_ui/runs/{quote(run_id, safe='')}/tasks/train/details?try_number=1")
+            airflow_link = page.get_by_role("link", name="Spot instance")
+            airflow_link.wait_for(timeout=30_000)
+            assert airflow_link.get_attribute("href") == f"{pages}/{instance_id}"
+            page.goto(ti_view)
+            frame = page.frame_locator("iframe")
+            tries = frame.get_by_test_id("tries")
+            tries.wait_for(timeout=30_000)
             first_link = tries.locator("tr").nth(1).get_by_role("link", name=instance_id).get_attribute("href")
             assert first_link == f"{cloud.endpoint_url}/_emulator/pages/instances/{instance_id}"
             page.goto(first_link)

@@ -21,6 +21,18 @@ def test_the_entry_point_gives_the_plugin_with_its_views_and_app() -> None:
     assert [a["url_prefix"] for a in GridResumePlugin.fastapi_apps] == ["/grid-resume"]
 
 
+def test_the_plugin_link_replaces_the_operators_own_for_every_try() -> None:
+    """Airflow's deserializer swaps the operator's XCom link for a plugin link of the same name
+    registered for the operator's class and module (serialized_objects.py); check what it matches on."""
+    from airflow_grid_resume.links import GridInstanceLink
+    from airflow_grid_resume.operators import GridRunOperator
+    from airflow_grid_resume.ui.plugin import GridResumePlugin
+
+    (link,) = GridResumePlugin.operator_extra_links
+    assert link.name == GridInstanceLink.name and link.operators == [GridRunOperator]
+    assert GridInstanceLink.name in [type(x).name for x in GridRunOperator.operator_extra_links]
+
+
 def test_every_route_needs_authentication() -> None:
     from airflow_grid_resume.ui.plugin import GridResumePlugin
 

@@ -3,6 +3,7 @@ a good script and five bad ones, and the command itself as a subprocess."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import shutil
@@ -11,12 +12,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
 from airflow_grid_resume.agent.manifest import FileEntry, Manifest
+from airflow_grid_resume.agent.records import Outcome
 from airflow_grid_resume.emulator.moto_server import MotoServer
 from airflow_grid_resume.verify.chaos import (
     EARLY,
@@ -28,7 +31,21 @@ from airflow_grid_resume.verify.chaos import (
 )
 from airflow_grid_resume.verify.churn import analyse, snapshot, suggest_excludes
 from airflow_grid_resume.verify.cli import judge
-from airflow_grid_resume.verify.outputs import diff_outputs, file_hashes
+from airflow_grid_resume.verify.compare import (
+    BYTES,
+    COMMAND,
+    TORCH,
+    Comparison,
+    bytes_verdict,
+    check_key,
+    command_verdict,
+    compare_trees,
+    comparison_for,
+    tree_verdict,
+    user_rule,
+)
+from airflow_grid_resume.verify.contents import run_command
+from airflow_grid_resume.verify.outputs import OutputDiff, diff_outputs, file_hashes
 from airflow_grid_resume.verify.probe import USER_TMPDIR, command_env
 from airflow_grid_resume.verify.records import SessionRecord, progress_reader
 from airflow_grid_resume.verify.report import render
@@ -151,7 +168,7 @@ def _record(label: str, start: float, **kw) -> SessionRecord:
     status = kw.pop("status", "succeeded")
     outcome = {"status": status, "manifest": kw.pop("manifest", None), "restored_from": kw.pop("restored", None)}
     outcome.update(kw.pop("outcome", {}))
-    return SessionRecord(label, session=1, outcome=outcome, started_at=start, **kw)
+    return SessionRecord(label, session=1, outcome=Outcome(session=1, **outcome), started_at=start, **kw)
 
 
 def _steps(start: float, first: int, last: int, rate: float = 10.0) -> list[tuple[float, float]]:
@@ -298,6 +315,214 @@ def test_output_difference_fails_and_names_the_file() -> None:
     assert check.status == FAIL and check.summary.endswith(": result.txt") and "config.json" not in check.summary
 
 
+# -- outputs compared by content --------------------------------------------------------------------
+LIGHTNING = {"pytorch-lightning_version": "2.6.6"}
+
+
+def _leaf(a: object, b: object) -> tuple[bool, str] | None:
+    """A stand-in for tensors: a Fake is a leaf, equal when its values are."""
+    if isinstance(a, Fake):
+        return (isinstance(b, Fake) and a.values == b.values), "values differ"
+    return None
+
+
+@dataclass(frozen=True)
+class Fake:
+    values: tuple
+
+
+def test_which_comparison_an_output_whose_bytes_differ_gets() -> None:
+    assert comparison_for("model/last.CKPT", torch_available=True) == TORCH
+    assert comparison_for("w.pt", torch_available=True, command=("cmp",)) == TORCH  # the built-in first
+    assert comparison_for("w.pth", torch_available=False, command=("cmp",)) == COMMAND
+    assert comparison_for("w.pth", torch_available=False) == BYTES
+    assert comparison_for("metrics.json", torch_available=True) == BYTES
+    assert comparison_for("metrics.json", torch_available=True, command=("cmp",)) == COMMAND
+    assert "torch is not importable" in bytes_verdict("w.pt", torch_available=False).details[0]
+    assert "--compare-command" in bytes_verdict("m.json", torch_available=True).details[0]
+
+
+def test_the_walk_names_every_difference_in_the_files_order() -> None:
+    ref = {
+        "state_dict": {"w": Fake((1, 2)), "b": Fake((0,))},
+        "epoch": 3,
+        "lr": 0.1,
+        "nan": float("nan"),
+        "names": ["a", "b"],
+        "gone": 1,
+        "flag": True,
+    }
+    got = {"state_dict": {"w": Fake((1, 3)), "b": Fake((0,))}, "epoch": 3, "lr": 0.1, "nan": float("nan"),
+           "names": ["a", "c"], "new": 2, "flag": 1}  # fmt: skip
+    diff = compare_trees(ref, got, _leaf)
+    assert [d.key for d in diff.differences] == [
+        "['state_dict']['w']", "['names'][1]", "['gone']", "['flag']", "['new']"
+    ]  # fmt: skip
+    assert diff.differences[2].what == "missing after interruptions"
+    assert diff.differences[3].what == "True (bool) in the reference, 1 (int) after interruptions"
+    assert (diff.tensors, diff.equal) == (2, False)
+    same = compare_trees(ref, {**ref, "nan": float("nan")}, _leaf)  # NaN equals NaN; nothing else differs
+    assert same.equal and same.values == 9 and not same.ignored
+
+
+def test_only_lightnings_documented_bookkeeping_is_ignored_and_it_is_listed() -> None:
+    def ckpt(ready: int, elapsed: float, weight: tuple, step: int) -> dict:
+        progress = {"total": {"ready": ready, "completed": 300}, "current": {"ready": ready - 200}}
+        return {**LIGHTNING, "global_step": step, "state_dict": {"net.0.weight": Fake(weight)},
+                "loops": {"fit_loop": {"epoch_loop.batch_progress": progress,
+                                       "epoch_loop.state_dict": {"_batches_that_stepped": step}}},
+                "callbacks": {"Timer{'duration': None}": {"time_elapsed": {"train": elapsed}}}}  # fmt: skip
+
+    diff = compare_trees(ckpt(300, 1.5, (1,), 300), ckpt(301, 2.5, (1,), 300), _leaf)
+    assert diff.equal
+    progress = diff.ignored["Lightning loop progress counters"]
+    assert [d.key for d in progress] == [
+        "['loops']['fit_loop']['epoch_loop.batch_progress']['total']['ready']",
+        "['loops']['fit_loop']['epoch_loop.batch_progress']['current']['ready']",
+    ]
+    assert [d.key for d in diff.ignored["Lightning Timer's elapsed time"]] == [
+        "['callbacks'][\"Timer{'duration': None}\"]['time_elapsed']['train']"
+    ]
+    verdict = tree_verdict("final.ckpt", diff)
+    assert verdict.equal and verdict.summary == (
+        "the same content: 1 tensors and 3 other values compared exactly; 4 values under ignored keys not compared "
+        "(the bytes differ in how they were serialized and in the ignored bookkeeping below)"
+    )
+    assert "ignored (Lightning loop progress counters): 3 values, 2 differ: ['loops']['fit_loop']" in verdict.details[0]
+    assert verdict.details[1].startswith("ignored (Lightning Timer's elapsed time): 1 value, 1 differ: ")
+    assert "300 in the reference, 301 after interruptions" in verdict.details[0]
+    # What trains (weights, global_step, the loop's own step count) is never bookkeeping.
+    bad = tree_verdict("final.ckpt", compare_trees(ckpt(300, 1.5, (1,), 300), ckpt(300, 1.5, (2,), 299), _leaf))
+    assert (
+        not bad.equal
+        and bad.summary == "first difference at ['global_step']: 300 in the reference, 299 after interruptions"
+    )
+    assert "3 keys differ in all; next: ['state_dict']['net.0.weight']: values differ; ['loops']" in bad.details[0]
+    # The same keys in a file that is not Lightning's are compared like any other.
+    plain = {k: v for k, v in ckpt(300, 1.5, (1,), 300).items() if k != "pytorch-lightning_version"}
+    other = {k: v for k, v in ckpt(301, 1.5, (1,), 300).items() if k != "pytorch-lightning_version"}
+    assert not compare_trees(plain, other, _leaf).equal
+
+
+def test_keys_the_user_ignores_are_left_out_in_any_file_and_listed() -> None:
+    ref = {"meta": {"saved_at": 1.0, "saved_by": "a"}, "w": Fake((1,))}
+    got = {"meta": {"saved_at": 2.0, "saved_by": "b"}, "w": Fake((1,))}
+    rule = user_rule(" ['meta']['saved_at'] ")
+    diff = compare_trees(ref, got, _leaf, [rule])
+    assert [d.key for d in diff.differences] == ["['meta']['saved_by']"]
+    assert (
+        "ignored (--ignore-key ['meta']['saved_at']): 1 value, 1 differ: ['meta']['saved_at']: 1.0 in the "
+        "reference, 2.0 after interruptions"
+    ) in tree_verdict("m.pt", diff).details
+    assert compare_trees(ref, got, _leaf, [user_rule("['meta']")]).equal  # and everything under it
+    assert not compare_trees(ref, got, _leaf, [user_rule("['meta']['saved']")]).equal  # a whole key, not a prefix
+    assert check_key("['meta']") == "" and "as the report prints it" in check_key("meta.saved_at")
+
+
+def test_tensors_are_compared_bit_for_bit() -> None:
+    torch = pytest.importorskip("torch")
+    from airflow_grid_resume.verify.torchfiles import tensor_leaf
+
+    a = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    assert tensor_leaf(a, a.clone()) == (True, "")
+    b = a.clone()
+    b[1, 2] += 1e-6
+    assert tensor_leaf(a, b) == (False, "1 of 12 values differ (largest difference 9.54e-07)")
+    assert tensor_leaf(a, a.double())[1] == "dtype torch.float32 in the reference, torch.float64 after interruptions"
+    assert tensor_leaf(a, a.reshape(4, 3))[1] == "shape (3, 4) in the reference, (4, 3) after interruptions"
+    nan = torch.tensor([float("nan"), 0.0])
+    assert tensor_leaf(nan, nan.clone())[0]  # the same NaN is the same value
+    assert tensor_leaf(nan, torch.tensor([float("nan"), -0.0])) == (
+        False, "1 of 2 values have equal values but not equal bits (NaN payloads or signed zeros)"
+    )  # fmt: skip
+    assert tensor_leaf(nan, torch.tensor([1.0, 0.0])) == (False, "1 of 2 values differ (largest difference inf)")
+    assert tensor_leaf(torch.tensor(3), torch.tensor(3))[0]  # 0-dim
+    assert tensor_leaf(torch.zeros(0), torch.zeros(0))[0]
+    assert tensor_leaf(a, [1.0])[0] is False and tensor_leaf(1, 1) is None
+
+
+def test_torch_files_differing_in_bytes_only_match_and_a_changed_tensor_is_named(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from airflow_grid_resume.verify.torchfiles import compare_files
+
+    weights = {"net.0.weight": torch.ones(4, 2), "net.0.bias": torch.zeros(4)}
+    optimizer = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.full((4, 2), 0.5)}}, "param_groups": []}
+    torch.save({"state_dict": weights, "optimizer_states": [optimizer]}, tmp_path / "ref.pt")
+    # The same values, pickled with other sharing: other bytes, the same content.
+    torch.save({"state_dict": {k: v.clone() for k, v in weights.items()}, "optimizer_states": [optimizer]},
+               tmp_path / "same.pt", _use_new_zipfile_serialization=False)  # fmt: skip
+    assert (tmp_path / "ref.pt").read_bytes() != (tmp_path / "same.pt").read_bytes()
+    same = compare_files("model.pt", str(tmp_path / "ref.pt"), str(tmp_path / "same.pt"))
+    assert same.equal and same.method == TORCH and "4 tensors and 0 other values compared exactly" in same.summary
+    changed = {k: v.clone() for k, v in weights.items()}
+    changed["net.0.bias"][2] = 0.25
+    torch.save({"state_dict": changed, "optimizer_states": [optimizer]}, tmp_path / "changed.pt")
+    differ = compare_files("model.pt", str(tmp_path / "ref.pt"), str(tmp_path / "changed.pt"))
+    assert not differ.equal
+    assert (
+        differ.summary
+        == "first difference at ['state_dict']['net.0.bias']: 1 of 4 values differ (largest difference 0.25)"
+    )
+    # An object that weights_only refuses: loaded anyway (both files are the command's own), and said so.
+    torch.save({"w": torch.ones(1), "when": datetime.date(2026, 12, 2)}, tmp_path / "obj1.pt")
+    torch.save({"w": torch.ones(1), "when": datetime.date(2026, 12, 3)}, tmp_path / "obj2.pt")
+    dated = compare_files("o.pt", str(tmp_path / "obj1.pt"), str(tmp_path / "obj2.pt"))
+    assert dated.summary == (
+        "first difference at ['when']: datetime.date(2026, 12, 2) in the reference, datetime.date(2026, 12, 3) "
+        "after interruptions"
+    )
+    assert "loaded with weights_only=False" in dated.details[-1]
+
+
+def test_a_file_torch_cannot_load_is_reported_as_differing(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    (tmp_path / "a.pt").write_text("not a torch file")
+    (tmp_path / "b.pt").write_text("not a torch file either")
+    from airflow_grid_resume.verify.contents import _compare_torch
+
+    verdict = _compare_torch("a.pt", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"))
+    assert not verdict.equal and "torch could not load it" in verdict.summary
+    assert verdict.details[0].startswith("torch.load: ")
+
+
+def test_the_users_comparator_decides_and_its_stderr_is_shown(tmp_path: Path) -> None:
+    assert command_verdict("m.json", "cmp.py", 0, "equal once session is ignored\n").equal
+    no = command_verdict("m.json", "cmp.py", 1, "\n".join(f"line {i}" for i in range(20)))
+    assert not no.equal and no.summary == "--compare-command cmp.py says they differ (exit 1)"
+    assert no.details[0] == "| line 8" and len(no.details) == 12
+    failed = command_verdict("m.json", "cmp.py", None, "", "cmp.py did not end within 600 s")
+    assert not failed.equal and failed.summary.endswith("could not compare it: cmp.py did not end within 600 s")
+    # the edge, with real (tiny) processes
+    said = run_command(["sh", "-c", "echo 'keys differ: lr' >&2; exit 1"], "m.json", "a", "b")
+    assert not said.equal and said.details == ("| keys differ: lr",)
+    assert run_command(["sh", "-c", 'test "$0" = a -a "$1" = b'], "m.json", "a", "b").equal
+    missing = run_command([str(tmp_path / "nope")], "m.json", "a", "b")
+    assert not missing.equal and "cannot run" in missing.summary
+
+
+def test_outputs_equal_by_content_pass_and_a_content_difference_fails_naming_the_key() -> None:
+    globs = ["final.ckpt", "result.txt"]
+    same = Comparison("final.ckpt", TORCH, True, "the same content: 17 tensors and 106 other values compared exactly",
+                      ("ignored (Lightning loop progress counters, 1 differ): ...",))  # fmt: skip
+    diff = OutputDiff(same=["result.txt"], differ=["final.ckpt"], contents={"final.ckpt": same})
+    check = decide(*_good(), **_kwargs(outputs=diff, output_globs=globs)).check("outputs")
+    assert check.status == PASS
+    assert (
+        check.summary
+        == "2 output files match the reference: final.ckpt, result.txt (1 by content, the rest byte for byte)"
+    )
+    assert check.details[0].startswith("final.ckpt: the same content") and "ignored" in check.details[1]
+    other = Comparison("final.ckpt", TORCH, False, "first difference at ['state_dict']['w']: 3 of 8 values differ")
+    differs = OutputDiff(same=["result.txt"], differ=["final.ckpt"], contents={"final.ckpt": other})
+    verdict = decide(*_good(), **_kwargs(outputs=differs, output_globs=globs))
+    check = verdict.check("outputs")
+    assert verdict.exit_code == EXIT_NOT_RESUMABLE and check.status == FAIL
+    assert check.summary == "the final outputs differ from the reference's: final.ckpt"
+    assert check.details[0] == "differs: final.ckpt: first difference at ['state_dict']['w']: 3 of 8 values differ"
+    # bytes that differ with no content comparison stay a difference
+    assert not OutputDiff(differ=["final.ckpt"]).matches
+
+
 def test_nothing_to_judge_is_inconclusive() -> None:
     reference, _ = _good()
     failed = _record("reference", 0.0, status="failed", exited_at=1.0, returncode=2,
@@ -420,6 +645,19 @@ def test_interruption_dependent_outputs_are_named(s3, tmp_path: Path) -> None:
     assert "differs: result.txt" in report and "differs: config.json" not in report
 
 
+def test_a_users_comparator_accepts_bookkeeping_and_its_stderr_is_reported(s3, tmp_path: Path) -> None:
+    # config.json records the session it finished in: its bytes differ; the comparator is told to ignore that key.
+    compare = (sys.executable, str(SCRIPTS / "compare_json.py"), "--ignore", "session")
+    _, verdict, report = run_verify(
+        s3, tmp_path, "records_session", 20, 0.05, 2.0, "protocol", interruptions=1, seed=3,
+        outputs=("result.txt", "config.json"), compare_command=compare,
+    )  # fmt: skip
+    assert verdict.exit_code == EXIT_RESUMABLE, report
+    assert "[PASS] outputs: 2 output files match the reference: config.json, result.txt (1 by content" in report
+    assert "config.json: equivalent by --compare-command" in report and "| equal once session is ignored" in report
+    assert "others by --compare-command" in report
+
+
 def test_good_script_through_the_command(tmp_path: Path) -> None:
     """The real command, as a user runs it: the script is in the workdir; nothing is left behind. The run
     (1.5 s) is longer than the 1 s notice window."""
@@ -459,6 +697,10 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert main(["--workdir", str(tmp_path)]) == 2
     assert main(["--workdir", str(tmp_path / "missing"), "--", "true"]) == 2
     assert main(["--interruptions", "0", "--", "true"]) == 2
+    assert main(["--compare-command", "no-such-comparator --x", "--", "true"]) == 2
+    assert main(["--compare-command", "", "--", "true"]) == 2
+    assert main(["--compare-command", "'unbalanced", "--", "true"]) == 2
+    assert main(["--ignore-key", "meta.saved_at", "--", "true"]) == 2
 
 
 def _processes_mentioning(text: str) -> list[int]:

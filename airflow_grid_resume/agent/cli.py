@@ -8,12 +8,23 @@ from collections.abc import Sequence
 from airflow_grid_resume.agent.errors import EXIT_USAGE
 from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.supervisor import AgentOptions, configure_logging, run_agent
+from airflow_grid_resume.agent.sync import MANIFESTS_PER_SESSION
 
 
 def _positive(value: str) -> float:
     number = float(value)
     if number <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
+def _at_least_zero(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {value}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return number
 
 
@@ -60,6 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "notice's time (EC2: 120); also how long before an EC2 scheduled event's NotBefore the session stops",
     )
     parser.add_argument("--parallelism", type=int, default=16, help="concurrent S3 transfers")
+    parser.add_argument(
+        "--keep-manifests",
+        type=_at_least_zero,
+        default=MANIFESTS_PER_SESSION,
+        metavar="N",
+        help="keep the newest N of this session's checkpoints, deleting older ones (needs s3:DeleteObject); 0: all",
+    )
     parser.add_argument("--region", help="AWS region of the bucket (default: the boto3 chain)")
     parser.add_argument("--quiet", action="store_true", help="do not copy the command's output to the agent's")
     parser.add_argument("--verbose", action="store_true")
@@ -92,6 +110,7 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         min_grace=args.min_grace,
         notice_window=args.notice_window,
         parallelism=max(1, args.parallelism),
+        keep_manifests=args.keep_manifests,
         region=args.region,
         passthrough=not args.quiet,
     )

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from airflow_grid_resume.agent import layout
+from airflow_grid_resume.agent import layout, records
 from airflow_grid_resume.agent.errors import AgentError, ManifestError, UsageError
 from airflow_grid_resume.agent.ledger import RunLedger, StoredManifest
 from airflow_grid_resume.agent.manifest import Manifest
@@ -151,12 +151,11 @@ def _pinned(ledger: RunLedger, now: float) -> set[str]:
     pointer = ledger.read_pointer()
     if pointer:
         out.add(pointer[0])
-    lease = ledger.get_json(ledger.key(layout.LEASE)) or {}
-    live = not lease.get("released") and float(lease.get("expires_at") or 0) > now
-    if live and isinstance(lease.get("session"), int):
-        beat = ledger.read_heartbeat(lease["session"]) or {}
-        if isinstance(beat.get("last_manifest"), str):
-            out.add(beat["last_manifest"])
+    lease = ledger.read_record(records.Lease)  # unreadable or newer: gc stops before deleting anything
+    if lease is not None and lease.held(now) and lease.session is not None:
+        beat = ledger.read_record(records.Heartbeat, lease.session)
+        if beat is not None and beat.last_manifest:
+            out.add(beat.last_manifest)
     return out
 
 

@@ -1,5 +1,6 @@
 """The run ledger's contract: every key (one function each), who writes it and how, and the small
-typed records this module owns. Pure: no I/O. docs/ledger.md is checked against ``RULES`` by the tests.
+pointer record (the other documents' records are in :mod:`.records`). Pure: no I/O. docs/ledger.md is
+checked against ``RULES`` and the records by the tests.
 
 Layout under the run prefix::
 
@@ -94,7 +95,7 @@ class Rule:
 
     key: str  # as docs/ledger.md spells it
     writers: tuple[str, ...]  # "agent", "airflow"
-    how: str  # "once", "cas", "overwrite", "append", "delete"
+    how: str  # "once", "cas", "overwrite", "append"
 
 
 RULES = (
@@ -115,6 +116,15 @@ RULES = (
     Rule("sessions/SSSSSS/watch.json", ("airflow",), "overwrite"),
     Rule("sessions/SSSSSS/closed.json", ("airflow",), "overwrite"),
 )
+
+
+def rule(key: str) -> Rule:
+    """The rule of ``key`` as ``RULES`` spells it (``sessions/SSSSSS/outcome.json``)."""
+    for r in RULES:
+        if r.key == key:
+            return r
+    raise KeyError(f"no ledger rule for {key!r}")
+
 
 POINTER_FORMAT_PREFIX = "grid-resume-latest/"
 POINTER_FORMAT_VERSION = 1

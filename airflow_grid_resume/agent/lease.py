@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.errors import LeaseHeldError
 from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger, json_bytes
 
@@ -31,7 +32,7 @@ class Lease:
 
     @property
     def key(self) -> str:
-        return self.ledger.key("lease.json")
+        return self.ledger.key(layout.LEASE)
 
     def renew(self, now: float | None = None, **fields: object) -> None:
         """Extend the lease; raises ConditionalWriteLost if another agent took it."""
@@ -75,7 +76,7 @@ def acquire_lease(ledger: RunLedger, holder: dict, *, ttl: float, now: float | N
     """Take the run's lease or raise LeaseHeldError naming the live holder."""
     now = time.time() if now is None else now
     doc = {**holder, "acquired_at": now, "renewed_at": now, "expires_at": now + ttl, "released": False}
-    key = ledger.key("lease.json")
+    key = ledger.key(layout.LEASE)
     try:
         return Lease(ledger, doc, write_adopting_own(ledger, key, json_bytes(doc), if_none_match=True), ttl)
     except ConditionalWriteLost:

@@ -11,11 +11,11 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airflow_grid_resume.agent import layout
+from airflow_grid_resume.agent import layout, records
 from airflow_grid_resume.agent.errors import CorruptObjectError, ManifestError
 from airflow_grid_resume.agent.manifest import (
     FileEntry,
@@ -31,6 +31,7 @@ from airflow_grid_resume.agent.s3client import (
 from airflow_grid_resume.agent.uri import S3Location
 
 MAX_LOG_CHUNK = 8 * 1024 * 1024
+R = TypeVar("R", bound=records.Record)
 _SESSION_DIR = re.compile(r"^(\d{6})/$")
 
 
@@ -289,19 +290,45 @@ class RunLedger:
             raise ConditionalWriteLost(f"session {session} already has a different outcome")
 
     def read_outcome(self, session: int) -> dict | None:
+        """The outcome as a plain dict (what the agent's own modules read); typed: ``read_record(Outcome, n)``."""
         return self.get_json(self.key(layout.outcome(session)))
 
-    def read_launch(self, session: int) -> dict | None:
-        return self.get_json(self.key(layout.launch(session)))
+    # -- typed records (agent/records.py) ---------------------------------------------------
+    def read_record(self, cls: type[R], session: int | None = None) -> R | None:
+        """The run's (or session's) ``cls`` document, None when absent. A document in a newer format
+        raises UnsupportedFormatError, one that does not parse a RecordError naming its key."""
+        key = self.key(records.record_key(cls, session))
+        data = self.get(key)
+        return None if data is None else cls.from_json(data, name=key)
 
-    def read_closed(self, session: int) -> dict | None:
-        return self.get_json(self.key(layout.closed(session)))
+    def write_record(self, record: records.Record, session: int | None = None, *, if_match: str | None = None) -> str:
+        """Write ``record`` with the condition its key's rule says (``layout.RULES``): ``once`` creates it
+        (ConditionalWriteLost if it holds something else), ``cas`` needs the ETag it replaces (None:
+        create), ``overwrite`` just writes. Returns the ETag (empty when ``once`` found its own bytes)."""
+        key = self.key(records.record_key(type(record), session))
+        body, how = record.to_json(), layout.rule(type(record).KEY).how
+        if how == "once":
+            try:
+                return self.put(key, body, if_none_match=True)
+            except ConditionalWriteLost:
+                if self.get(key) == body:
+                    return ""
+                raise
+        if how == "cas":
+            return self.put(key, body, if_match=if_match) if if_match else self.put(key, body, if_none_match=True)
+        return self.put(key, body)
 
-    def read_final(self) -> dict | None:
-        return self.get_json(self.key(layout.FINAL))
+    def read_launch(self, session: int) -> records.Launch | None:
+        return self.read_record(records.Launch, session)
 
-    def read_spec(self) -> dict | None:
-        return self.get_json(self.key(layout.SPEC))
+    def read_closed(self, session: int) -> records.Closed | None:
+        return self.read_record(records.Closed, session)
+
+    def read_final(self) -> records.Final | None:
+        return self.read_record(records.Final)
+
+    def read_spec(self) -> records.Spec | None:
+        return self.read_record(records.Spec)
 
     # -- logs -------------------------------------------------------------------------------
     def append_log(self, session: int, offset: int, data: bytes) -> None:

@@ -3,8 +3,10 @@
 A line ``grid-resume: progress DONE/TOTAL`` or ``grid-resume: progress DONE`` on stdout or stderr (integers;
 DONE = steps completed in the whole run, so after a resume it continues from the checkpoint's step). Text
 before the marker is allowed (a logging prefix), nothing but whitespace after it. The agent reports the
-latest in every heartbeat and the first and last DONE of the session in its outcome; the steps an
-interruption of session k lost are ``last(k) - (first(k+1) - 1)``.
+latest (and the session's first) in every heartbeat and the first and last DONE of the session in its
+outcome; the steps an interruption of session k lost are ``last(k) - (first(k+1) - 1)``. A session lost
+without an outcome leaves only its last heartbeat: its ``done`` is a lower bound of ``last(k)`` (the
+heartbeat is up to one heartbeat interval old), so the loss computed from it is "at least" that many.
 
 Stdlib only: this module ships inside the agent's zipapp.
 """
@@ -99,11 +101,12 @@ class ProgressTracker:
         return {} if found is None else {"progress": found}
 
     def heartbeat(self) -> dict | None:
-        """``{"done": N, "total": T}`` for heartbeat.json, or None before any progress line."""
+        """``{"done": N, "total": T, "first": N1}`` for heartbeat.json (``first``: the session's first
+        DONE, so steps lost are known even when the next session is lost too), or None before any."""
         with self._lock:
-            if self.latest is None:
+            if self.latest is None or self.first is None:
                 return None
-            return {"done": self.latest.done, "total": self.total}
+            return {"done": self.latest.done, "total": self.total, "first": self.first.done}
 
     def outcome(self) -> dict | None:
         """``{"first": N1, "last": N2, "total": T}`` for outcome.json, or None if none was seen."""

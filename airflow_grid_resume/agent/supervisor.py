@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume import __version__
+from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.child import Child, SpawnError, become_subreaper
 from airflow_grid_resume.agent.deadline import plan_final_sync, seconds_until_reclaim
 from airflow_grid_resume.agent.errors import (
@@ -54,7 +55,7 @@ from airflow_grid_resume.agent.restore import Restorer, RestoreResult
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.scan import HashCache, PathFilter
 from airflow_grid_resume.agent.session import claim_session, command_env
-from airflow_grid_resume.agent.sync import SyncCancelled, Syncer
+from airflow_grid_resume.agent.sync import MANIFESTS_PER_SESSION, SyncCancelled, Syncer
 from airflow_grid_resume.agent.unwatched import UnwatchedGuard
 from airflow_grid_resume.agent.uri import parse_s3_uri
 
@@ -84,6 +85,7 @@ class AgentOptions:
     min_grace: float = 5.0
     notice_window: float = 120.0
     parallelism: int = 16
+    keep_manifests: int = MANIFESTS_PER_SESSION  # of this session's own checkpoints; 0 keeps every one
     region: str | None = None
     passthrough: bool = True
 
@@ -225,6 +227,7 @@ class Supervisor:
             cache=cache,
             parallelism=self.o.parallelism,
             last_manifest=restored.manifest,
+            keep_manifests=self.o.keep_manifests,
         )
         early = self._pending_stop()
         if early is not None:
@@ -549,7 +552,7 @@ class Supervisor:
             seq += 1
             if guard.due(time.monotonic()) and self.state in ("restoring", "running", "running+syncing"):
                 try:
-                    found = ledger.get_with_etag(ledger.session_key(self.session, "watch.json"))
+                    found = ledger.get_with_etag(ledger.key(layout.watch(self.session)))
                 except Exception as exc:  # S3 trouble is not evidence that nobody watches
                     log.warning("could not read watch.json, will retry: %s", exc)
                 else:

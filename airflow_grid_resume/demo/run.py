@@ -24,6 +24,7 @@ from typing import Any
 
 import boto3
 
+from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.agent.uri import parse_s3_uri
@@ -78,9 +79,10 @@ class RunView:
     def find(self) -> RunLedger | None:
         if self.ledger is None:
             listed = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"grid-runs/{DAG_ID}/").get("Contents", [])
-            spec = next((o["Key"] for o in listed if o["Key"].endswith("/spec.json")), None)
+            spec = next((o["Key"] for o in listed if o["Key"].endswith("/" + layout.SPEC)), None)
             if spec:
-                self.ledger = RunLedger(self.s3, parse_s3_uri(f"s3://{BUCKET}/{spec.rsplit('/spec.json', 1)[0]}"))
+                run = spec.removesuffix("/" + layout.SPEC)
+                self.ledger = RunLedger(self.s3, parse_s3_uri(f"s3://{BUCKET}/{run}"))
         return self.ledger
 
     def poll(self) -> int:
@@ -176,8 +178,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 for event in chaos.due(current, view.step):
                     launch = view.ledger.read_launch(current) if view.ledger else None
                     if launch:
-                        say(f"chaos: {event.describe()} ({launch['instance_id']})")
-                        cloud.interrupt(launch["instance_id"], notice=event.kind != HARD_LOSS)
+                        say(f"chaos: {event.describe()} ({launch.instance_id})")
+                        cloud.interrupt(launch.instance_id, notice=event.kind != HARD_LOSS)
                 dag_state = stack.api.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
                 if dag_state in ("success", "failed"):
                     view.poll()
@@ -261,8 +263,8 @@ def finish(
         )
         print(
             f"  Open DAG {DAG_ID}, task {TASK_ID}: its 'Spot run' tab shows every try, what ended it, the cost "
-            "and the checkpoints; 'Spot training' (Browse menu) lists every run; each try's 'Spot instance' link "
-            "opens its own instance on the local spot cloud."
+            "and the checkpoints; 'Spot training' (Browse menu) lists every run; the 'Spot instance' link (Details "
+            "tab) opens the instance of the try selected there, on the local spot cloud."
         )
         print("  Press Ctrl-C to stop everything.")
         try:

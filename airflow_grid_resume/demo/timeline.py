@@ -10,7 +10,8 @@ from typing import Any
 COLORS = {"succeeded": "#2e9d4a", "interrupted": "#e8a33d", "lost": "#c8423b", "failed": "#8b1e3f"}
 WAIT = "#b8c2cc"
 CHECKPOINT = "#1f3b73"
-ROW, LEFT, RIGHT, TOP = 34, 150, 30, 40
+ROW, LEFT, RIGHT, TOP = 34, 150, 80, 40
+CHAR_WIDTH = 7  # about, at font-size 12: the label column fits the longest label
 
 
 def timeline_svg(sessions: Sequence[Mapping[str, Any]], *, title: str, width: int = 900) -> str:
@@ -21,10 +22,12 @@ def timeline_svg(sessions: Sequence[Mapping[str, Any]], *, title: str, width: in
     t0 = min(float(s.get("wait_start") or s["start"]) for s in sessions)
     t1 = max(float(s["end"]) for s in sessions)
     span = max(t1 - t0, 1.0)
-    scale = (width - LEFT - RIGHT) / span
+    labels = [f"session {s['session']} · {s.get('instance_type') or '?'} {s.get('lifecycle') or ''}" for s in sessions]
+    left = max(LEFT, 20 + CHAR_WIDTH * max(len(label) for label in labels))
+    scale = (width - left - RIGHT) / span
 
     def x(t: float) -> float:
-        return LEFT + (t - t0) * scale
+        return left + (t - t0) * scale
 
     height = TOP + ROW * len(sessions) + 60
     out = [
@@ -33,10 +36,9 @@ def timeline_svg(sessions: Sequence[Mapping[str, Any]], *, title: str, width: in
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="10" y="22" font-size="15" font-weight="bold">{escape(title)}</text>',
     ]
-    for row, s in enumerate(sessions):
+    for row, (s, label) in enumerate(zip(sessions, labels, strict=True)):
         y = TOP + row * ROW
         status = str(s["status"])
-        label = f"session {s['session']} · {s.get('instance_type') or '?'} {s.get('lifecycle') or ''}"
         out.append(f'<text x="10" y="{y + 17}">{escape(label)}</text>')
         if s.get("wait_start") is not None and float(s["wait_start"]) < float(s["start"]):
             w0, w1 = x(float(s["wait_start"])), x(float(s["start"]))
@@ -56,7 +58,7 @@ def timeline_svg(sessions: Sequence[Mapping[str, Any]], *, title: str, width: in
             mark = "notice" if status == "interrupted" else "no notice"
             out.append(f'<text x="{b1 + 4:.1f}" y="{y + 17}" fill="{color}">✕ {mark}</text>')
     axis_y = TOP + ROW * len(sessions) + 10
-    out.append(f'<line x1="{LEFT}" y1="{axis_y}" x2="{width - RIGHT}" y2="{axis_y}" stroke="#333"/>')
+    out.append(f'<line x1="{left}" y1="{axis_y}" x2="{width - RIGHT}" y2="{axis_y}" stroke="#333"/>')
     step = next(s for s in (5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600) if span / s <= 12)
     tick = 0.0
     while tick <= span:
@@ -65,7 +67,9 @@ def timeline_svg(sessions: Sequence[Mapping[str, Any]], *, title: str, width: in
         out.append(f'<text x="{tx:.1f}" y="{axis_y + 18}" text-anchor="middle">{tick:.0f} s</text>')
         tick += step
     legend = [("waiting for capacity", WAIT), *((k, v) for k, v in COLORS.items() if k != "failed")]
-    lx = LEFT
+    if any(str(s["status"]) == "running" for s in sessions):
+        legend.append(("running", "#777"))
+    lx = left
     for name, color in [*legend, ("checkpoint", CHECKPOINT)]:
         out.append(f'<rect x="{lx}" y="{axis_y + 28}" width="12" height="12" fill="{color}"/>')
         out.append(f'<text x="{lx + 16}" y="{axis_y + 38}">{escape(name)}</text>')

@@ -15,6 +15,8 @@ from html import escape
 from typing import Any
 from urllib.parse import parse_qs, quote
 
+from airflow_grid_resume.agent import layout
+
 PREFIX = "pages/"
 CONSOLE_TAIL = 16 * 1024
 OBJECT_LIMIT = 64 * 1024
@@ -96,7 +98,7 @@ def serve(
             client = s3()
             objects = []
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                objects += [o for o in page.get("Contents", []) if "/objects/sha256/" not in o["Key"]]
+                objects += [o for o in page.get("Contents", []) if f"/{layout.OBJECTS}/" not in o["Key"]]
             body = ledger_html(bucket, prefix, objects)
         elif route == "object":
             bucket, key = query["bucket"], query["key"]

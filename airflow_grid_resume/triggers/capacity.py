@@ -4,6 +4,8 @@ back off with jitter while there is none, and hand back the one instance of the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -12,6 +14,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError
 
+from airflow_grid_resume.agent import layout
 from airflow_grid_resume.hooks.spot import NO_ANSWER, LaunchError, SpotLaunchHook, expiry_tag, launch_error
 from airflow_grid_resume.spot.bootstrap import render_user_data
 from airflow_grid_resume.spot.launch import (
@@ -29,8 +32,8 @@ from airflow_grid_resume.triggers.ratelimit import AsyncTokenBucket, launch_buck
 from airflow_grid_resume.triggers.run import AsyncLedgerReader
 from airflow_grid_resume.triggers.settle import settled
 
-# sessions/N/launch-attempt.json: the session's expiry tag and the last RunInstances attempted (Airflow side).
-ATTEMPT_RECORD = "launch-attempt.json"
+# How much of EC2's error message the wait record keeps (the code says what happened; the message, where).
+ANSWER_MESSAGE_CHARS = 200
 
 
 def _duration(seconds: float) -> str:
@@ -115,8 +118,9 @@ class SpotCapacityTrigger(BaseTrigger):
         return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        async for event in settled(self._events(), self.deferred_at):
-            yield event
+        async with contextlib.aclosing(settled(self._events(), self.deferred_at)) as events:
+            async for event in events:
+                yield event
 
     async def _events(self) -> AsyncIterator[TriggerEvent]:
         spec = LaunchSpec.from_dict(self.spec)
@@ -209,6 +213,7 @@ class SpotCapacityTrigger(BaseTrigger):
                     )
                     return
                 delay = min(remaining, backoff)
+                await launcher.waiting(next_try_in=delay, rounds=planner.rounds, lifecycle=lifecycle)
                 what = "spot" if lifecycle == SPOT else "on-demand"
                 line = (
                     f"no {what} capacity for {', '.join(result.misses)}; next try in {_duration(delay)} "
@@ -241,12 +246,22 @@ class RoundResult:
     attempt: Attempt | None = None
     error: dict | None = None  # an error waiting cannot fix: code, message, instance_type, zone
     misses: list[str] = field(default_factory=list)
+    answers: list[dict] = field(default_factory=list)  # EC2's answer per pair tried (see SessionLauncher.waiting)
 
 
 class SessionLauncher:
     """The I/O of launching one session's instance, shared by the worker's first round and the capacity
     trigger: the tag lookup, the durable record of the last attempt, and a round of RunInstances as
-    :class:`~airflow_grid_resume.spot.planner.LaunchPlanner` orders it."""
+    :class:`~airflow_grid_resume.spot.planner.LaunchPlanner` orders it.
+
+    The record (``sessions/N/launch-attempt.json``) is also what the run view shows of a capacity wait:
+    ``phase`` (``trying``: written before an attempt; ``backing-off``: written once at the end of a round
+    that found nothing), ``answers`` (EC2's answer per pair in the last round that ended: type, zone,
+    market, code, kind, message), ``rounds`` and, while backing off, ``next_try_in`` (seconds from ``at``,
+    the writer's clock; readers measure from the object's Last-Modified by S3's clock instead, so a skewed
+    triggerer clock does not move the countdown). At most one PUT per attempt that differs from the last
+    one recorded plus one per round: never per poll.
+    """
 
     def __init__(
         self,
@@ -271,6 +286,32 @@ class SessionLauncher:
         self.bucket = bucket
         self.log = log
         self._recorded: dict | None = None
+        self._answers: list[dict] = []  # of the last round that ended
+        self._rounds = 0
+        self._key = ledger.keys.key(layout.launch_attempt(session))
+
+    async def _get(self) -> dict:
+        data = await self.ledger.get(self._key)
+        try:
+            doc = json.loads(data) if data else {}
+        except ValueError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    async def _put(self, doc: dict) -> None:
+        await self.ledger.client.put_object(Bucket=self.ledger.bucket, Key=self._key, Body=json.dumps(doc).encode())
+
+    def _doc(self, attempt: dict | None, phase: str, **extra: Any) -> dict:
+        return {
+            "session": self.session,
+            "expires_at": self.expires_at,
+            "attempt": attempt,
+            "at": time.time(),
+            "phase": phase,
+            "rounds": self._rounds,
+            "answers": self._answers,
+            **extra,
+        }
 
     async def existing(self) -> dict | None:
         """The session's instance found by its tags (EC2 may not list one launched seconds ago)."""
@@ -283,11 +324,13 @@ class SessionLauncher:
     async def last_attempt(self) -> Attempt | None:
         """The attempt the previous launcher of this session made last: replayed first, with its token."""
         try:
-            doc = await self.ledger.get_json(ATTEMPT_RECORD) or {}
+            doc = await self._get()
         except (ClientError, *NO_ANSWER) as exc:
             self.log.warning("could not read the last launch attempt of session %d: %s", self.session, exc)
             return None
         self._recorded = doc.get("attempt")
+        if isinstance(doc.get("answers"), list) and isinstance(doc.get("rounds"), int):  # a restarted trigger
+            self._answers, self._rounds = doc["answers"], doc["rounds"]
         try:
             return Attempt.from_dict(doc["attempt"]) if doc.get("attempt") else None
         except (KeyError, TypeError, ValueError):
@@ -299,15 +342,40 @@ class SessionLauncher:
         if doc == self._recorded:
             return
         try:
-            await self.ledger.put_json(
-                ATTEMPT_RECORD,
-                {"session": self.session, "expires_at": self.expires_at, "attempt": doc, "at": time.time()},
-            )
+            await self._put(self._doc(doc, "trying"))
             self._recorded = doc
         except (ClientError, *NO_ANSWER) as exc:  # the tag lookup still protects a restart
             self.log.warning("could not record the launch attempt of session %d: %s", self.session, exc)
 
+    async def waiting(self, *, next_try_in: float, rounds: int, lifecycle: str) -> None:
+        """A round found nothing: record EC2's answers and when the next round starts (one PUT), for
+        the run view. The attempt recorded for a replay stays as it was."""
+        self._rounds = rounds
+        try:
+            await self._put(
+                self._doc(self._recorded, "backing-off", next_try_in=round(next_try_in, 1), lifecycle=lifecycle)
+            )
+        except (ClientError, *NO_ANSWER) as exc:  # only the run view misses it
+            self.log.warning("could not record the capacity wait of session %d: %s", self.session, exc)
+
+    @staticmethod
+    def _answer(attempt: Attempt, exc: LaunchError) -> dict:
+        return {
+            "instance_type": attempt.pair.instance_type,
+            "zone": attempt.pair.zone,
+            "lifecycle": attempt.lifecycle,
+            "code": exc.code,
+            "kind": exc.kind,
+            "message": str(exc.message or "")[:ANSWER_MESSAGE_CHARS],
+        }
+
     async def round(self, planner: LaunchPlanner, waited: float) -> RoundResult:
+        result = await self._round(planner, waited)
+        if result.instance is None and result.error is None and result.answers:
+            self._answers = result.answers  # what the run view shows until the next round ends
+        return result
+
+    async def _round(self, planner: LaunchPlanner, waited: float) -> RoundResult:
         result = RoundResult()
         for attempt in planner.round(time.monotonic(), waited):
             while True:
@@ -348,6 +416,7 @@ class SessionLauncher:
                         )
                         await asyncio.sleep(delay)
                         continue
+                    result.answers.append(self._answer(attempt, exc))
                     result.misses.append(
                         f"{where} ({exc.code})" if exc.kind == CAPACITY else f"{where} ({exc.kind}: {exc.code})"
                     )

@@ -20,6 +20,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import BotoCoreError, ClientError
 
+from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger, plan_log_reads
 from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.uri import parse_s3_uri
@@ -53,7 +54,7 @@ class AsyncLedgerReader:
         self.bucket = self.keys.location.bucket
         self.session = session
         self.outcome_listed = False  # did the last read_log's LIST show outcome.json?
-        self._outcome_key = self.keys.session_key(session, "outcome.json")
+        self._outcome_key = self.keys.key(layout.outcome(session))
         self._chunk_end = 0  # an offset where a log chunk is known to end (the next one starts there)
         self.period = DEFAULT_LOG_INTERVAL  # the agent's upload interval
 
@@ -88,8 +89,9 @@ class AsyncLedgerReader:
                 age = (parsedate_to_datetime(served) - modified).total_seconds()
         return data, age
 
-    async def get_json(self, name: str) -> dict | None:
-        data = await self.get(self.keys.session_key(self.session, name))
+    async def get_json(self, relative: str) -> dict | None:
+        """A ledger document (``relative`` from agent/layout.py), None if missing or not a JSON object."""
+        data = await self.get(self.keys.key(relative))
         if data is None:
             return None
         try:
@@ -98,10 +100,8 @@ class AsyncLedgerReader:
             return None
         return doc if isinstance(doc, dict) else None
 
-    async def put_json(self, name: str, doc: dict) -> None:
-        await self.client.put_object(
-            Bucket=self.bucket, Key=self.keys.session_key(self.session, name), Body=json.dumps(doc).encode()
-        )
+    async def put_json(self, relative: str, doc: dict) -> None:
+        await self.client.put_object(Bucket=self.bucket, Key=self.keys.key(relative), Body=json.dumps(doc).encode())
 
     async def release_dead_lease(self, instance_id: str) -> bool:
         """Release the run's lease if the agent of this session (now known dead) still holds it.
@@ -110,7 +110,7 @@ class AsyncLedgerReader:
         the lease expires. The instance being terminated proves the holder is gone; the write is
         conditional on the ETag read, so a lease taken meanwhile by a live agent is never touched.
         """
-        key = self.keys.key("lease.json")
+        key = self.keys.key(layout.LEASE)
         try:
             found = await self._fetch(key)
             if found is None:
@@ -256,8 +256,9 @@ class RunWatchTrigger(BaseTrigger):
         return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        async for event in settled(self._events(), self.deferred_at):
-            yield event
+        async with contextlib.aclosing(settled(self._events(), self.deferred_at)) as events:
+            async for event in events:
+                yield event
 
     async def _events(self) -> AsyncIterator[TriggerEvent]:
         s3_hook = SharedS3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
@@ -289,7 +290,7 @@ class RunWatchTrigger(BaseTrigger):
             while True:
                 try:
                     if not started:
-                        watched = await ledger.get_json("watch.json") or {}
+                        watched = await ledger.get_json(layout.watch(self.session)) or {}
                         offset = max(self.log_offset, int(watched.get("log_offset", 0)))
                         started = True
                     now = time.monotonic()
@@ -315,7 +316,7 @@ class RunWatchTrigger(BaseTrigger):
                         or (not found_output and now - outcome_checked >= OUTCOME_CHECK_INTERVAL)
                     ):
                         outcome_checked = now
-                        outcome = await ledger.get_json("outcome.json")
+                        outcome = await ledger.get_json(layout.outcome(self.session))
                     if outcome is not None:
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
                         status = str(outcome.get("status"))
@@ -333,7 +334,7 @@ class RunWatchTrigger(BaseTrigger):
                         return
                     now = time.monotonic()
                     if liveness.heartbeat_due(now):
-                        beat = await ledger.get_json("heartbeat.json")
+                        beat = await ledger.get_json(layout.heartbeat(self.session))
                         liveness.heartbeat(None if beat is None else (beat.get("seq"), beat.get("time")), now)
                         if beat is not None and isinstance(beat.get("log_interval"), (int, float)):
                             ledger.period = float(beat["log_interval"])
@@ -354,7 +355,8 @@ class RunWatchTrigger(BaseTrigger):
                         gone_seen = True
                     elif verdict.kind in (SILENT, NO_AGENT) and liveness.not_found_since is None:
                         lost = verdict.reason  # the instance runs but the agent is dead or hung: stop paying for it
-                    if lost and verdict.state == SELF_SHUTDOWN and await ledger.get_json("session.json") is None:
+                    claimed = layout.session_record(self.session)
+                    if lost and verdict.state == SELF_SHUTDOWN and await ledger.get_json(claimed) is None:
                         # Powered itself off and never claimed its session: the bootstrap failed on this image
                         # (no python3 >= 3.10 with boto3, no S3 access). Not spot weather: a failure.
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
@@ -450,7 +452,7 @@ class RunWatchTrigger(BaseTrigger):
     async def _mark_watched(self, ledger: AsyncLedgerReader, offset: int) -> None:
         """``watch.json``: how far the task log has the output, and proof that a trigger watches."""
         self._watch_written = time.time()
-        await ledger.put_json("watch.json", {"log_offset": offset, "at": self._watch_written})
+        await ledger.put_json(layout.watch(self.session), {"log_offset": offset, "at": self._watch_written})
 
     def _event(self, status: str, offset: int, *, outcome: dict | None = None, reason: str | None = None) -> dict:
         return {

@@ -18,8 +18,9 @@ state. The same race in Airflow 2 was apache/airflow#20460.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from airflow.triggers.base import TriggerEvent
 
@@ -33,10 +34,13 @@ def settle_delay(deferred_at: float | None, now: float, settle: float = SETTLE_S
     return max(0.0, min(settle, deferred_at + settle - now))
 
 
-async def settled(events: AsyncIterator[TriggerEvent], deferred_at: float | None) -> AsyncIterator[TriggerEvent]:
-    """``events``, each held until the deferral that started the trigger has settled."""
-    async for event in events:
-        delay = settle_delay(deferred_at, time.time())
-        if delay > 0:
-            await asyncio.sleep(delay)
-        yield event
+async def settled(events: AsyncGenerator[TriggerEvent], deferred_at: float | None) -> AsyncIterator[TriggerEvent]:
+    """``events``, each held until the deferral that started the trigger has settled. Closing this
+    closes ``events`` at once (its ``async with`` blocks exit in this task), not whenever the loop
+    finalizes an abandoned generator."""
+    async with contextlib.aclosing(events) as stream:
+        async for event in stream:
+            delay = settle_delay(deferred_at, time.time())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            yield event

@@ -41,12 +41,13 @@ def _run_view(dag_id: str, run_id: str, task_id: str, map_index: int) -> tuple[d
         pointer = source.run_pointer(session, ti)
         tries = source.tries(session, ti)
         waiting = source.waiting_for(session, ti)
+        retry_at = source.retry_at(session, ti)
         links = source.link_conf(session, ti)
         ti_state = ti.state
     if pointer is None:
         return None, "the task has not created its run yet"
     docs = source.read_ledger_docs(source.open_ledger(pointer))
-    view = model.run_view(docs, tries, now=now, ti_state=ti_state, waiting=waiting)
+    view = model.run_view(docs, tries, now=now, ti_state=ti_state, waiting=waiting, retry_at=retry_at)
     return model.with_instance_links(view, links), ""
 
 
@@ -103,6 +104,7 @@ def create_app() -> FastAPI:
                         "pointer": pointer,
                         "tries": source.tries(session, ti),
                         "waiting": source.waiting_for(session, ti),
+                        "retry_at": source.retry_at(session, ti),
                     }
                 )
         docs = source.read_many([r["pointer"] for r in runs])
@@ -110,7 +112,9 @@ def create_app() -> FastAPI:
         for run, doc in zip(runs, docs, strict=True):
             if doc is None:
                 continue
-            view = model.run_view(doc, run["tries"], now=now, ti_state=run["ti_state"], waiting=run["waiting"])
+            view = model.run_view(
+                doc, run["tries"], now=now, ti_state=run["ti_state"], waiting=run["waiting"], retry_at=run["retry_at"]
+            )
             shown.append(
                 {**{k: run[k] for k in ("dag_id", "task_id", "run_id", "map_index", "ti_state")}, "view": view}
             )

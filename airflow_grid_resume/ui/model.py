@@ -13,11 +13,18 @@ Airflow's tries: ``[{"try_number", "state", "start_date", "end_date"}]`` (epoch 
 
 from __future__ import annotations
 
-import itertools
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow_grid_resume.summary import INTERRUPTED, epoch_seconds, session_span, session_status
+from airflow_grid_resume.summary import (
+    INTERRUPTED,
+    epoch_seconds,
+    interruption_losses,
+    reported_progress,
+    session_span,
+    session_status,
+)
 
 RUNNING_STATES = ("restoring", "running", "running+syncing", "stopping", "syncing")
 # How close to a budget a run must be to be flagged on the dashboard: at most this many left.
@@ -55,27 +62,6 @@ def ended_by(record: Mapping[str, Any]) -> str:
     return status
 
 
-def steps_lost(records: Sequence[Mapping[str, Any]]) -> dict[int, int | None]:
-    """Steps redone after each interrupted session: last(k) - (first(k+1) - 1), from the progress the
-    agent recorded in each outcome (see the progress protocol in docs/user-guide.md)."""
-    out: dict[int, int | None] = {}
-    for current, following in itertools.pairwise(records):
-        if session_status(current) not in INTERRUPTED:
-            continue
-        last = ((current.get("outcome") or {}).get("progress") or {}).get("last")
-        if last is None:  # a lost session wrote no outcome: its last heartbeat knows how far it got
-            last = ((current.get("heartbeat") or {}).get("progress") or {}).get("done")
-        nxt = following.get("outcome") or {}
-        first = (nxt.get("progress") or {}).get("first")
-        if first is None:
-            first = ((following.get("heartbeat") or {}).get("progress") or {}).get("first")
-        try:
-            out[int(current["session"])] = None if last is None or first is None else max(0, int(last) - int(first) + 1)
-        except (TypeError, ValueError):
-            out[int(current["session"])] = None
-    return out
-
-
 def _price(launch: Mapping[str, Any]) -> tuple[float | None, float | None]:
     """(price paid, on-demand price) per hour."""
     try:
@@ -89,7 +75,6 @@ def _price(launch: Mapping[str, Any]) -> tuple[float | None, float | None]:
 def session_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
     """One session as the run view lists it; a running session counts until ``now``."""
     launch = record.get("launch") or {}
-    heartbeat = record.get("heartbeat") or {}
     outcome = record.get("outcome") or {}
     start, end = session_span(record)
     live = not outcome and not record.get("closed")
@@ -97,10 +82,7 @@ def session_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
         end = now
     seconds = max(0.0, end - start) if start is not None and end is not None else 0.0
     paid, od = _price(launch)
-    progress = outcome.get("progress") or {}
-    if not progress and heartbeat.get("progress"):
-        beat = heartbeat["progress"]
-        progress = {"last": beat.get("done"), "total": beat.get("total")}
+    progress = reported_progress(record)
     return {
         "session": int(record.get("session") or 0),
         "status": "running" if live else session_status(record),
@@ -122,6 +104,8 @@ def session_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
         "progress_first": progress.get("first"),
         "progress_last": progress.get("last"),
         "progress_total": progress.get("total"),
+        # a lost session's last step is its last heartbeat's: it may have got further
+        "progress_last_at_least": progress["last_is_lower_bound"] and not live,
         "tail": list(outcome.get("tail") or [])[-10:],
     }
 
@@ -201,11 +185,14 @@ def current_state(
     ti_state: str | None,
     now: float,
     waiting: Mapping[str, Any] | None = None,
+    retry_at: float | None = None,
 ) -> dict[str, Any]:
-    """The run's state right now in one sentence, plus what a progress bar needs.
+    """The run's state right now in one sentence, plus what a progress bar and a countdown need.
 
     ``waiting``: what the capacity trigger waits for (``instance_types``, ``started_at``,
-    ``max_wait``), when the task is deferred for capacity.
+    ``max_wait``), when the task is deferred for capacity. ``retry_at``: when Airflow retries the
+    task, when it is up for retry (Airflow's own value, by the scheduler's clock).
+    ``countdown``: ``{"text", "seconds"}``, the part of ``text`` a page may count down itself.
     """
     final = docs.get("final") or {}
     last = rows[-1] if rows else None
@@ -216,7 +203,14 @@ def current_state(
     done, total = progress.get("done"), progress.get("total")
     if done is None and last is not None:
         done, total = last.get("progress_last"), last.get("progress_total")
-    state: dict[str, Any] = {"phase": "unknown", "text": "", "done": done, "total": total, "eta_seconds": None}
+    state: dict[str, Any] = {
+        "phase": "unknown",
+        "text": "",
+        "done": done,
+        "total": total,
+        "eta_seconds": None,
+        "countdown": None,
+    }
     if final.get("status") == "succeeded" and (last is None or last["status"] == "succeeded"):
         state.update(phase="succeeded", text=f"succeeded in session {final.get('session')}")
     elif final.get("status") == "failed" and ti_state in ("failed", None, "success", "upstream_failed"):
@@ -234,30 +228,128 @@ def current_state(
             text += f", step {done}" + (f" of {total}" if total else "")
         state.update(phase="running", text=text, eta_seconds=_eta(rows, record, now))
     elif waiting or (ti_state == "deferred" and (last is None or last["status"] != "succeeded")):
-        wait = waiting or {}
-        types = ", ".join(wait.get("instance_types") or []) or "an instance"
-        waited = now - float(wait["started_at"]) if wait.get("started_at") else None
-        text = f"waiting for spot capacity: {types}"
         newest = (docs.get("sessions") or [{}])[-1]
-        tried = ((newest.get("attempt") or {}).get("attempt") or {}) if not newest.get("launch") else {}
-        if tried.get("instance_type"):
-            at = epoch_seconds((newest.get("attempt") or {}).get("at"))
-            text += f"; last tried {tried['instance_type']} {tried.get('lifecycle') or 'spot'} in {tried.get('zone')}"
-            text += f" {max(0.0, now - at):.0f} s ago" if at is not None else ""
-        if waited is not None:
-            text += f", waited {waited:.0f} s"
-            if wait.get("max_wait"):
-                text += f" of at most {float(wait['max_wait']):.0f} s"
-        state.update(phase="waiting", text=text)
+        wait = capacity_wait(newest if not newest.get("launch") else {}, waiting or {}, now)
+        state.update(phase="waiting", text=wait["text"], countdown=wait["countdown"], wait=wait)
     elif last is not None and last["status"] == "succeeded" and ti_state in ("deferred", "running", "queued"):
         state.update(phase="running", text=f"session {last['session']} succeeded; Airflow is finishing the task")
     elif ti_state == "up_for_retry":
-        state.update(phase="waiting", text="between tries: the next try resumes from the last checkpoint")
+        text, countdown = "Airflow retry pending", None
+        if retry_at is not None:
+            left = round(retry_at - now)
+            when = time.strftime("%H:%M:%S UTC", time.gmtime(retry_at))
+            countdown = {"text": f"in {left} s", "seconds": left} if left > 0 else None
+            text += f": next try at {when}" + (f" ({countdown['text']})" if countdown else " (due now)")
+        state.update(phase="waiting", text=text + "; it resumes from the last checkpoint", countdown=countdown)
     elif last is not None:
         state.update(phase=last["status"], text=f"session {last['session']}: {last['ended_by']}")
     else:
         state.update(phase="waiting", text="no session yet")
     return state
+
+
+# What EC2's answer to a launch means, for the run view (codes: spot.launch.CAPACITY_CODES and THROTTLE_CODES).
+EC2_ANSWERS = {
+    "InsufficientInstanceCapacity": "no capacity for it there now",
+    "InsufficientCapacity": "no capacity for it there now",
+    "UnfulfillableCapacity": "EC2 cannot fulfil it there now",
+    "SpotMaxPriceTooLow": "the spot price is above the max price",
+    "MaxSpotInstanceCountExceeded": "the account's spot instance limit is reached",
+    "VcpuLimitExceeded": "the account's vCPU limit is reached",
+    "InsufficientFreeAddressesInSubnet": "the subnet has no free IP address",
+}
+KIND_ANSWERS = {"throttle": "EC2 throttled the request", "transient": "no clear answer (retried with the same token)"}
+# A round starts at its time or a little later (the triggerer is busy, the launch bucket is empty):
+# only this much later is it called overdue.
+OVERDUE_AFTER_SECONDS = 30
+
+
+def ec2_answer(answer: Mapping[str, Any]) -> str:
+    """``InsufficientInstanceCapacity (no capacity for it there now)``: the code and what it means."""
+    code = str(answer.get("code") or "no answer")
+    meaning = EC2_ANSWERS.get(code) or KIND_ANSWERS.get(str(answer.get("kind")))
+    return f"{code} ({meaning})" if meaning else code
+
+
+def _pairs_text(pairs: Sequence[tuple[str, str]]) -> str:
+    """``g5.xlarge or g4dn.xlarge in us-east-1a or us-east-1b`` when every type was tried in every zone,
+    else each pair: ``g5.xlarge in us-east-1a, g4dn.xlarge in us-east-1b``."""
+    unique = list(dict.fromkeys(pairs))
+    types = list(dict.fromkeys(t for t, _ in unique))
+    zones = list(dict.fromkeys(z for _, z in unique))
+    if len(unique) > 1 and len(unique) == len(types) * len(zones):
+        return f"{' or '.join(types)} in {' or '.join(zones)}"
+    return ", ".join(f"{t} in {z}" for t, z in unique)
+
+
+def capacity_wait(record: Mapping[str, Any], waiting: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """What a capacity wait is doing, from the newest session's launch-attempt record (``record``:
+    ``{"attempt": doc, "attempt_seen": {"age", "read_at"}}``) and the trigger's kwargs (``waiting``).
+
+    The next try is ``next_try_in`` seconds after the record was written. When it was written is taken
+    from S3's clock (the object's age: the response's Date minus its Last-Modified), moved onto this
+    server's clock at ``read_at``; so neither the triggerer's clock nor this server's skew counts, only
+    S3's one-second resolution. Without that age the writer's ``at`` is used (a skewed triggerer clock
+    then shifts the countdown by its skew)."""
+    doc = record.get("attempt") or {}
+    seen = record.get("attempt_seen") or {}
+    tried = doc.get("attempt") or {}
+    answers = [a for a in doc.get("answers") or [] if isinstance(a, Mapping)]
+    market = str(doc.get("lifecycle") or tried.get("lifecycle") or "spot")
+    if answers:
+        what = _pairs_text([(str(a.get("instance_type")), str(a.get("zone"))) for a in answers])
+    else:
+        what = ", ".join(waiting.get("instance_types") or []) or "an instance"
+    text = f"waiting for {market} capacity: {what}"
+    countdown = None
+    next_in, left = doc.get("next_try_in"), None
+    if doc.get("phase") == "backing-off" and isinstance(next_in, (int, float)):
+        if seen.get("age") is not None and seen.get("read_at") is not None:
+            written = float(seen["read_at"]) - float(seen["age"])
+        else:
+            written = epoch_seconds(doc.get("at")) or now
+        left = round(written + float(next_in) - now)
+        if left > 0:
+            countdown = {"text": f"next try in {left} s", "seconds": left}
+            text += f", {countdown['text']}"
+        elif left > -OVERDUE_AFTER_SECONDS:
+            text += ", next try now"
+        else:
+            text += f", next try overdue by {-left} s (is the triggerer running?)"
+    elif tried.get("instance_type"):
+        text += f"; trying {tried['instance_type']} {tried.get('lifecycle') or 'spot'} in {tried.get('zone')}"
+        at = epoch_seconds(doc.get("at"))
+        if seen.get("age") is not None:
+            text += f" (since {float(seen['age']):.0f} s)"
+        elif at is not None:
+            text += f" (since {max(0.0, now - at):.0f} s)"
+    if answers:
+        said = list(dict.fromkeys(ec2_answer(a) for a in answers))
+        text += f"; EC2 answered {'; '.join(said)}"
+    waited = now - float(waiting["started_at"]) if waiting.get("started_at") else None
+    if waited is not None:
+        text += f"; waited {waited:.0f} s"
+        if waiting.get("max_wait"):
+            text += f" of at most {float(waiting['max_wait']):.0f} s"
+    if doc.get("rounds"):
+        text += f" ({doc['rounds']} rounds)"
+    return {
+        "text": text,
+        "countdown": countdown,
+        "next_try_in": left,
+        "market": market,
+        "rounds": doc.get("rounds"),
+        "answers": [
+            {
+                "instance_type": a.get("instance_type"),
+                "zone": a.get("zone"),
+                "lifecycle": a.get("lifecycle"),
+                "answer": ec2_answer(a),
+                "message": str(a.get("message") or ""),
+            }
+            for a in answers
+        ],
+    }
 
 
 def _eta(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], now: float) -> float | None:
@@ -299,14 +391,15 @@ def run_view(
     now: float,
     ti_state: str | None = None,
     waiting: Mapping[str, Any] | None = None,
+    retry_at: float | None = None,
 ) -> dict[str, Any]:
     """Everything the run view of one task instance shows."""
     # a session planned (launch-attempt.json) but not launched is no session yet (as in summary.read_records)
     records = [r for r in docs.get("sessions") or [] if any(r.get(k) for k in ("launch", "outcome", "closed"))]
     rows = [session_row(r, now) for r in records]
-    lost = steps_lost(records)
+    lost = interruption_losses(records)
     for row in rows:
-        row["steps_lost"] = lost.get(row["session"])
+        row["steps_lost"], row["steps_lost_at_least"] = lost.get(row["session"], (None, False))
     cost = [r["cost_usd"] for r in rows]
     od = [r["on_demand_cost_usd"] for r in rows]
     known = bool(rows) and None not in cost and None not in od
@@ -314,7 +407,7 @@ def run_view(
     total_od = round(sum(c for c in od if c is not None), 4) if known else None
     return {
         "run_uri": docs.get("run_uri"),
-        "state": current_state(docs, rows, ti_state, now, waiting),
+        "state": current_state(docs, rows, ti_state, now, waiting, retry_at),
         "sessions": rows,
         "tries": match_tries(tries, rows),
         "checkpoints": checkpoints(docs),
@@ -324,10 +417,31 @@ def run_view(
             "on_demand_usd": total_od,
             "saved_percent": round(100 * (1 - total_cost / total_od)) if known and total_od else None,
         },
-        "capacity_waited_seconds": round(sum(r["waited_seconds"] for r in rows), 1),
+        "capacity_waited_seconds": round(sum(r["waited_seconds"] for r in rows) + _waiting_now(docs, waiting, now), 1),
         "interruptions": sum(1 for r in rows if r["status"] in INTERRUPTED),
+        "steps_lost": sum(r["steps_lost"] for r in rows if r["steps_lost"] is not None)
+        if any(r["steps_lost"] is not None for r in rows)
+        else None,
+        "steps_lost_at_least": any(r["steps_lost_at_least"] for r in rows),
         "timeline": timeline(rows, docs, now),
     }
+
+
+def _waiting_now(docs: Mapping[str, Any], waiting: Mapping[str, Any] | None, now: float) -> float:
+    """Seconds the capacity wait going on now has lasted (0 when none): it counts before it ends."""
+    newest = (docs.get("sessions") or [{}])[-1]
+    if not waiting or not waiting.get("started_at") or newest.get("launch"):
+        return 0.0
+    return max(0.0, now - float(waiting["started_at"]))
+
+
+def try_instance(
+    docs: Mapping[str, Any], tries: Sequence[Mapping[str, Any]], try_number: int, *, now: float
+) -> str | None:
+    """The instance Airflow try ``try_number`` ran its session on, or None (it launched none)."""
+    records = [r for r in docs.get("sessions") or [] if any(r.get(k) for k in ("launch", "outcome", "closed"))]
+    rows = match_tries(tries, [session_row(r, now) for r in records])
+    return next((r["instance_id"] for r in rows if r["try_number"] == try_number), None)
 
 
 def timeline(rows: Sequence[Mapping[str, Any]], docs: Mapping[str, Any], now: float) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """The Airflow plugin the provider registers (``get_provider_info()["plugins"]``): the FastAPI app
 of ``ui/app.py`` on the api-server, a "Spot run" tab on every task instance and a "Spot training"
-page in the navigation (Airflow 3.1+ ``external_views``)."""
+page in the navigation (Airflow 3.1+ ``external_views``), and the per-try "Spot instance" link."""
 
 from __future__ import annotations
 
@@ -23,8 +23,19 @@ def base_path() -> str:
     return path.rstrip("/")
 
 
+def operator_links() -> list:
+    """The per-try "Spot instance" link, for ``GridRunOperator`` (see ``ui/links.py``)."""
+    from airflow_grid_resume.operators import GridRunOperator
+    from airflow_grid_resume.ui.links import TryInstanceLink
+
+    link = TryInstanceLink()
+    link.operators = [GridRunOperator]  # type: ignore[attr-defined]
+    return [link]
+
+
 class GridResumePlugin(AirflowPlugin):
     name = "grid_resume"
+    operator_extra_links = operator_links()
     fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Grid Resume"}]
     external_views = [
         {

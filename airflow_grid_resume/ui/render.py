@@ -19,7 +19,8 @@ table{border-collapse:collapse;margin:4px 0}td,th{border:1px solid #d0d7de;paddi
 th{background:#f3f5f7}.interruption{background:#fdf1dc}.failure{background:#f8dde1}.success{background:#e3f4e6}
 .running{background:#e5effa}.state{font-size:15px;padding:8px;border-radius:4px;background:#eef2f6;margin:6px 0}
 .marker{font-weight:bold;color:#b5651d}.muted{color:#667}.bar{height:10px;background:#d0d7de;width:320px}
-.bar>div{height:10px;background:#2e7bd6}code{font-size:12px}
+.bar>div{height:10px;background:#2e7bd6}code{font-size:12px;word-break:break-all}
+.id{white-space:nowrap}
 """
 LIVE_SCRIPT = """<script>
 setInterval(async () => {
@@ -30,6 +31,13 @@ setInterval(async () => {
   if (fresh) document.getElementById("content").replaceWith(fresh);
   if (!doc.getElementById("live")) location.reload();
 }, %d);
+setInterval(() => {  // countdowns by the page's own clock, from when this content arrived
+  for (const el of document.querySelectorAll("[data-countdown]")) {
+    if (!el.dataset.t0) el.dataset.t0 = String(performance.now());
+    const left = Math.round(Number(el.dataset.countdown) - (performance.now() - Number(el.dataset.t0)) / 1000);
+    el.textContent = left > 0 ? left + " s" : "a moment";
+  }
+}, 1000);
 </script>"""
 
 
@@ -64,8 +72,20 @@ def _instance(row: Mapping[str, Any]) -> str:
     """The instance id, linked to its own page when the view knows where (``instance_url``)."""
     text = escape(row.get("instance_id") or "-")
     if row.get("instance_url"):
-        return f"<a target='_blank' rel='noopener' href='{escape(row['instance_url'])}'>{text}</a>"
-    return text
+        return f"<a class='id' target='_blank' rel='noopener' href='{escape(row['instance_url'])}'>{text}</a>"
+    return f"<span class='id'>{text}</span>"
+
+
+def _state_text(state: Mapping[str, Any]) -> str:
+    """The state sentence, its countdown (if any) in an element the page's script counts down."""
+    text = escape(state["text"])
+    countdown = state.get("countdown")
+    if not countdown:
+        return text
+    seconds = int(countdown["seconds"])
+    label = escape(countdown["text"])
+    ticking = label.replace(f"{seconds} s", f'<span data-countdown="{seconds}">{seconds} s</span>', 1)
+    return text.replace(label, ticking, 1)
 
 
 def page(title: str, content: str, *, live: bool) -> str:
@@ -109,7 +129,29 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
         f"<h1>{escape(title)}</h1>",
         f"<div class='muted'>ledger: <code>{escape(str(view['run_uri']))}</code></div>",
     ]
-    parts.append(f'<div class="state" data-testid="state">{escape(state["text"])}</div>')
+    parts.append(f'<div class="state" data-testid="state">{_state_text(state)}</div>')
+    answers = (state.get("wait") or {}).get("answers") or []
+    if answers:
+        parts.append("<h2>Capacity wait: EC2's last answers</h2>")
+        parts.append(
+            _table(
+                ["instance type", "zone", "market", "answer", "EC2's message"],
+                [
+                    (
+                        "interruption",
+                        [
+                            f"<span class='id'>{escape(str(a['instance_type']))}</span>",
+                            f"<span class='id'>{escape(str(a['zone']))}</span>",
+                            escape(str(a["lifecycle"] or "spot")),
+                            escape(a["answer"]),
+                            f"<span class='muted'>{escape(a['message'])}</span>",
+                        ],
+                    )
+                    for a in answers
+                ],
+                "capacity-answers",
+            )
+        )
     if state.get("done") is not None and state.get("total"):
         pct = max(0.0, min(100.0, 100.0 * float(state["done"]) / float(state["total"])))
         eta = f", about {state['eta_seconds']:.0f} s to go" if state.get("eta_seconds") is not None else ""
@@ -130,9 +172,22 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
     parts.append(
         "<p data-testid='totals'>"
         f"{len(view['sessions'])} sessions, {view['interruptions']} interruptions, "
-        f"capacity waited {view['capacity_waited_seconds']:.0f} s<br>"
-        f"<span data-testid='cost'>cost {_usd(cost['spot_usd'])} against {_usd(cost['on_demand_usd'])} on demand"
-        f"{saved}</span><br><span data-testid='budgets'>budgets: {escape('; '.join(budget_text))}</span></p>"
+        f"capacity waited {view['capacity_waited_seconds']:.0f} s"
+        + (
+            f", {'at least ' if view.get('steps_lost_at_least') else ''}{view['steps_lost']} steps redone "
+            "after interruptions"
+            if view.get("steps_lost") is not None
+            else ""
+        )
+        + "<br>"
+        + (
+            f"<span data-testid='cost'>cost {_usd(cost['spot_usd'])} against {_usd(cost['on_demand_usd'])} on demand"
+            f"{saved}</span>"
+            if view["sessions"]
+            else "<span data-testid='cost'>no cost yet: no instance launched</span>"
+        )
+        + "<br>"
+        f"<span data-testid='budgets'>budgets: {escape('; '.join(budget_text))}</span></p>"
     )
     parts.append("<h2>Timeline</h2>" + _timeline(view, now))
     parts.append("<h2>Airflow tries</h2>")
@@ -164,10 +219,14 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
     session_rows = []
     for s in view["sessions"]:
         price = f"{s['price_per_hour']:.4f} USD/h" if s["price_per_hour"] is not None else "?"
-        lost = "-" if s.get("steps_lost") is None else str(s["steps_lost"])
+        lost = "-" if s.get("steps_lost") is None else escape(str(s["steps_lost"]))
+        if s.get("steps_lost_at_least") and s.get("steps_lost") is not None:
+            why = "the instance was lost: its last heartbeat's step, up to one heartbeat interval old, is all we know"
+            lost = f"<span title='{escape(why)}'>at least {lost}</span>"
         steps = "-"
         if s["progress_last"] is not None:
-            steps = f"{s['progress_first'] if s['progress_first'] is not None else '?'} → {s['progress_last']}"
+            reached = f"≥ {s['progress_last']}" if s.get("progress_last_at_least") else str(s["progress_last"])
+            steps = f"{s['progress_first'] if s['progress_first'] is not None else '?'} → {reached}"
         session_rows.append(
             (
                 {"interrupted": "interruption", "lost": "interruption", "succeeded": "success"}.get(
@@ -177,13 +236,13 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
                     str(s["session"]),
                     _instance(s),
                     escape(str(s["instance_type"])),
-                    escape(str(s["zone"])),
+                    f"<span class='id'>{escape(str(s['zone']))}</span>",
                     escape(s["lifecycle"]),
                     escape(price),
                     _t(s["start"]),
                     f"{s['seconds']:.0f} s",
-                    escape(steps),
-                    escape(lost),
+                    f"<span class='id'>{escape(steps)}</span>",
+                    lost,
                     escape(_usd(s["cost_usd"])),
                     escape(s["ended_by"]),
                 ],

@@ -6,40 +6,51 @@ view model ``ui/model.py`` makes of it: no credentials, no connection details.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
-from airflow_grid_resume.agent import layout
+from botocore.exceptions import ClientError
+
+from airflow_grid_resume.agent import layout, records
 from airflow_grid_resume.agent.ledger import RunLedger
+from airflow_grid_resume.agent.s3client import is_not_found
 from airflow_grid_resume.agent.uri import parse_s3_uri
 
 OPERATOR = "GridRunOperator"
 RUN_XCOM = "_grid_resume_run"  # pushed by the operator: {"run_uri", "aws_conn_id", "region_name"}
-SESSION_FILES = {
-    "start": layout.session_record,
-    "launch": layout.launch,
-    "heartbeat": layout.heartbeat,
-    "outcome": layout.outcome,
-    "closed": layout.closed,
+SESSION_FILES: dict[str, type[records.Record]] = {
+    "start": records.SessionStart,
+    "launch": records.Launch,
+    "heartbeat": records.Heartbeat,
+    "outcome": records.Outcome,
+    "closed": records.Closed,
 }
 
 
+def _doc(record: records.Record | None) -> dict[str, Any] | None:
+    return None if record is None else record.to_dict()
+
+
 def read_ledger_docs(ledger: RunLedger, *, max_manifests: int = 10) -> dict[str, Any]:
-    """A run's ledger documents as ``ui/model.py`` takes them: spec, final, every session's records
-    and the newest ``max_manifests`` checkpoints with their size (one GET each)."""
+    """A run's ledger documents as ``ui/model.py`` takes them (each typed record's JSON form): spec,
+    final, every session's records and the newest ``max_manifests`` checkpoints with their size (one
+    GET each). A document in a newer format than this code knows makes the run unreadable here."""
     sessions = []
     for number in ledger.list_sessions():
         record: dict[str, Any] = {"session": number}
-        for name, key in SESSION_FILES.items():
-            record[name] = ledger.get_json(ledger.key(key(number)))
+        for name, cls in SESSION_FILES.items():
+            record[name] = _doc(ledger.read_record(cls, number))
         sessions.append(record)
-    if sessions:  # the newest session's latest launch attempt: what a capacity wait is trying now
-        from airflow_grid_resume.triggers.capacity import ATTEMPT_RECORD
-
-        sessions[-1]["attempt"] = ledger.get_json(ledger.session_key(sessions[-1]["session"], ATTEMPT_RECORD))
+    if sessions:  # the newest session's launch-attempt record: what a capacity wait tried, and when it tries next
+        doc, age = read_with_age(ledger, ledger.key(layout.launch_attempt(sessions[-1]["session"])))
+        sessions[-1]["attempt"] = doc
+        sessions[-1]["attempt_seen"] = None if doc is None else {"age": age, "read_at": time.time()}
     manifests = []
     for index, stored in enumerate(ledger.list_manifests()):
         entry: dict[str, Any] = {
@@ -58,11 +69,34 @@ def read_ledger_docs(ledger: RunLedger, *, max_manifests: int = 10) -> dict[str,
         manifests.append(entry)
     return {
         "run_uri": str(ledger.location),
-        "spec": ledger.read_spec(),
-        "final": ledger.read_final(),
+        "spec": _doc(ledger.read_spec()),
+        "final": _doc(ledger.read_final()),
         "sessions": sessions,
         "manifests": manifests,
     }
+
+
+def read_with_age(ledger: RunLedger, key: str) -> tuple[dict | None, float | None]:
+    """A JSON object and its age in seconds by S3's own clock (the response's Date minus the object's
+    Last-Modified, so neither the writer's nor this server's clock skew counts; None if either header
+    is missing). (None, None) when the object does not exist or is no JSON object."""
+    try:
+        response = ledger.client.get_object(Bucket=ledger.location.bucket, Key=key)
+    except ClientError as exc:
+        if is_not_found(exc):
+            return None, None
+        raise
+    try:
+        doc = json.loads(response["Body"].read())
+    except ValueError:
+        return None, None
+    age = None
+    served = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    modified = response.get("LastModified")
+    if served and modified is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            age = max(0.0, (parsedate_to_datetime(served) - modified).total_seconds())
+    return (doc, age) if isinstance(doc, dict) else (None, None)
 
 
 def open_ledger(pointer: dict[str, Any]) -> RunLedger:
@@ -133,7 +167,7 @@ def tries(session: Any, ti: Any) -> list[dict[str, Any]]:
     return [out[k] for k in sorted(out)]
 
 
-def _xcom(session: Any, ti: Any, key: str) -> dict[str, Any] | None:
+def xcom(session: Any, ti: Any, key: str) -> dict[str, Any] | None:
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
 
@@ -156,7 +190,7 @@ def _xcom(session: Any, ti: Any, key: str) -> dict[str, Any] | None:
 
 def run_pointer(session: Any, ti: Any) -> dict[str, Any] | None:
     """Where the task instance's run ledger is and which connection reads it (the operator's XCom)."""
-    value = _xcom(session, ti, RUN_XCOM)
+    value = xcom(session, ti, RUN_XCOM)
     return value if value and value.get("run_uri") else None
 
 
@@ -165,7 +199,7 @@ def link_conf(session: Any, ti: Any) -> dict[str, Any]:
     the operator's instance-link XCom, without its instance id."""
     from airflow_grid_resume.links import GridInstanceLink
 
-    value = _xcom(session, ti, GridInstanceLink.key) or {}
+    value = xcom(session, ti, GridInstanceLink.key) or {}
     return {k: value[k] for k in ("region_name", "aws_domain", "local_cloud") if k in value}
 
 
@@ -185,6 +219,25 @@ def waiting_for(session: Any, ti: Any) -> dict[str, Any] | None:
         "max_wait": kwargs.get("max_wait"),
         "session": kwargs.get("session"),
     }
+
+
+def retry_at(session: Any, ti: Any) -> float | None:
+    """When Airflow retries a task instance that is up for retry (epoch seconds), as the scheduler
+    computes it (``TaskInstance.next_retry_datetime``: a retry policy's delay, else the task's
+    ``retry_delay`` and backoff, from the DAG version the try ran), or None if it cannot be known here."""
+    if ti.state != "up_for_retry" or ti.end_date is None:
+        return None
+    try:
+        if ti.retry_delay_override is None:  # the task's own retry_delay: from its serialized DAG
+            from airflow.models.dagbag import DBDagBag
+
+            dag = DBDagBag(load_op_links=False).get_dag(ti.dag_version_id, session) if ti.dag_version_id else None
+            if dag is None or not dag.has_task(ti.task_id):
+                return None
+            ti.task = dag.get_task(ti.task_id)
+        return float(ti.next_retry_datetime().timestamp())
+    except Exception:  # only the run view's countdown misses it
+        return None
 
 
 def read_many(pointers: list[dict[str, Any]], *, max_manifests: int = 0, workers: int = 8) -> list[dict | None]:

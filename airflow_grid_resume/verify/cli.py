@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import random
+import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
 
 from airflow_grid_resume.verify.churn import ChurnReport
+from airflow_grid_resume.verify.compare import check_key
 from airflow_grid_resume.verify.report import render
 from airflow_grid_resume.verify.runner import Verifier, VerifyConfig, VerifyResult
 from airflow_grid_resume.verify.verdict import Verdict, Window, decide
@@ -38,6 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--outputs", action="append", default=[], metavar="GLOB", help="final outputs to compare (repeatable)"
+    )
+    parser.add_argument(
+        "--compare-command",
+        metavar="CMD",
+        help="compares an output whose bytes differ and that verify cannot compare by content (not a torch file, "
+        "or no torch here): run as CMD REFERENCE_PATH RESUMED_PATH, exit 0 = equivalent (its stderr is shown)",
+    )
+    parser.add_argument(
+        "--ignore-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="in torch outputs, a key not to compare (with all under it), as the report prints it, e.g. "
+        "\"['meta']['saved_at']\" (repeatable; listed in the report)",
     )
     parser.add_argument(
         "--progress-regex",
@@ -73,6 +90,8 @@ def config_from(args: argparse.Namespace) -> VerifyConfig:
         seed=args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000),
         notice_seconds=args.notice_seconds,
         outputs=tuple(args.outputs),
+        compare_command=tuple(shlex.split(args.compare_command or "")),
+        ignore_keys=tuple(args.ignore_key),
         progress_regex=args.progress_regex,
         include=tuple(args.include),
         exclude=tuple(args.exclude),
@@ -90,9 +109,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) if exc.code in (0, None) else EXIT_USAGE
-    config = config_from(args)
+    try:
+        config = config_from(args)
+    except ValueError as exc:  # shlex: unbalanced quotes in --compare-command
+        print(f"grid-resume verify: --compare-command: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if not config.command:
         print("grid-resume verify: no command given: put the training command after '--'", file=sys.stderr)
+        return EXIT_USAGE
+    problem = compare_command_problem(config.compare_command, args.compare_command) or next(
+        (p for p in map(check_key, config.ignore_keys) if p), ""
+    )
+    if problem:
+        print(f"grid-resume verify: {problem}", file=sys.stderr)
         return EXIT_USAGE
     if config.interruptions < 1:
         print("grid-resume verify: --interruptions must be 1 or more", file=sys.stderr)
@@ -113,6 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdict = judge(result)
     print(render(result, verdict), end="")
     return verdict.exit_code
+
+
+def compare_command_problem(argv: Sequence[str], given: str | None) -> str:
+    """What is wrong with ``--compare-command`` (empty when nothing): checked before any run, so that a
+    typo does not surface after minutes of training."""
+    if given is None:
+        return ""
+    if not argv:
+        return "--compare-command is empty: give the comparator, e.g. --compare-command 'python cmp.py'"
+    if shutil.which(argv[0]) is None:
+        return f"--compare-command: {argv[0]!r} is not an executable on PATH nor a path to one"
+    return ""
 
 
 def judge(result: VerifyResult) -> Verdict:

@@ -1,5 +1,6 @@
 """Do the interrupted run's final outputs match the reference's? Compared by sha256 from the final
-manifests: the files as the run leaves them in S3, which is what a user of the run gets."""
+manifests: the files as the run leaves them in S3, which is what a user of the run gets. A file whose
+bytes differ may still have the same content (``verify.compare``): ``contents`` holds those verdicts."""
 
 from __future__ import annotations
 
@@ -8,18 +9,30 @@ from dataclasses import dataclass, field
 
 from airflow_grid_resume.agent.manifest import Manifest
 from airflow_grid_resume.agent.scan import PathFilter
+from airflow_grid_resume.verify.compare import Comparison
 
 
 @dataclass(frozen=True)
 class OutputDiff:
     same: list[str] = field(default_factory=list)
-    differ: list[str] = field(default_factory=list)
+    differ: list[str] = field(default_factory=list)  # the bytes differ
     missing: list[str] = field(default_factory=list)  # in the reference, not in the interrupted run
     extra: list[str] = field(default_factory=list)  # in the interrupted run only
+    contents: dict[str, Comparison] = field(default_factory=dict)  # path in differ -> its content comparison
+
+    @property
+    def equivalent(self) -> list[str]:
+        """Bytes differ, content the same."""
+        return [p for p in self.differ if p in self.contents and self.contents[p].equal]
+
+    @property
+    def different(self) -> list[str]:
+        """Bytes differ, and the content too (or it could not be compared by content)."""
+        return [p for p in self.differ if p not in self.equivalent]
 
     @property
     def matches(self) -> bool:
-        return not (self.differ or self.missing or self.extra)
+        return not (self.different or self.missing or self.extra)
 
     @property
     def compared(self) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from airflow_grid_resume.agent.progress import parse_progress as parse_protocol_line
+from airflow_grid_resume.agent.records import Outcome
 
 _GRACE = re.compile(r"it has (\d+(?:\.\d+)?) s to save")
 
@@ -18,7 +19,7 @@ class SessionRecord:
     ``started_at``, ``sigterm_at``, ``exited_at`` and ``returncode`` come from the probe that
     wraps the command inside the agent's process group; ``exited_at`` is None when the probe was
     killed with the command (the agent's SIGKILL at the deadline). ``outcome`` is the session's
-    outcome.json from the ledger.
+    outcome.json from the ledger (None: the agent wrote none).
     """
 
     label: str
@@ -28,7 +29,7 @@ class SessionRecord:
     notice_posted_at: float | None = None
     agent_exit: int | None = None
     agent_ended_at: float | None = None
-    outcome: dict | None = None
+    outcome: Outcome | None = None
     started_at: float | None = None
     sigterm_at: float | None = None
     exited_at: float | None = None
@@ -45,7 +46,7 @@ class SessionRecord:
     def status(self) -> str:
         if self.timed_out:
             return "timed out"
-        return str(self.outcome.get("status")) if self.outcome else "no outcome"
+        return self.outcome.status if self.outcome else "no outcome"
 
     @property
     def interrupted(self) -> bool:
@@ -60,7 +61,7 @@ class SessionRecord:
     @property
     def crashed(self) -> bool:
         """Ended non-zero without any interruption."""
-        return self.outcome is not None and self.outcome.get("status") == "failed" and not self.interrupted
+        return self.outcome is not None and self.outcome.status == "failed" and not self.interrupted
 
     @property
     def duration(self) -> float | None:
@@ -110,11 +111,11 @@ class SessionRecord:
 
     @property
     def restored_from(self) -> str | None:
-        return self.outcome.get("restored_from") if self.outcome else None
+        return self.outcome.restored_from if self.outcome else None
 
     @property
     def manifest(self) -> str | None:
-        return self.outcome.get("manifest") if self.outcome else None
+        return self.outcome.manifest if self.outcome else None
 
     @property
     def progress_values(self) -> list[float]:

@@ -19,6 +19,8 @@ def render(result: VerifyResult, verdict: Verdict) -> str:
         f"{FLOOR_SECONDS:g} s and its start-up, at most {cfg.allowed_seconds:.1f} s)",
         f"  workdir snapshot: {result.snapshot}",
     ]
+    if cfg.outputs:
+        lines.append(f"  outputs: {' '.join(cfg.outputs)}; {compared_how(cfg.compare_command, cfg.ignore_keys)}")
     if result.points:
         points = ", ".join(f"{p:.2f}" for p in result.points)
         lines.append(
@@ -41,13 +43,25 @@ def render(result: VerifyResult, verdict: Verdict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compared_how(command: tuple[str, ...], ignore_keys: tuple[str, ...] = ()) -> str:
+    """How the outputs are compared, in one clause."""
+    others = f"others by --compare-command {shlex.join(command)}" if command else "others by their bytes alone"
+    ignoring = f" (not comparing {', '.join(ignore_keys)})" if ignore_keys else ""
+    return (
+        f"equal bytes match; when the bytes differ, torch files (.ckpt, .pt, .pth) are compared tensor by tensor"
+        f"{ignoring}, {others}"
+    )
+
+
 def describe(record: SessionRecord) -> str:
     """One line: how this session went."""
     parts = []
     if record.restored_from and not record.restored_from.startswith("000000-"):
         parts.append(f"restored {record.restored_from}")
     if record.started_at is None:
-        reason = (record.outcome or {}).get("reason") or (record.agent_lines[-1] if record.agent_lines else "")
+        reason = (record.outcome.reason if record.outcome else "") or (
+            record.agent_lines[-1] if record.agent_lines else ""
+        )
         return f"the command never started (agent exit {record.agent_exit}): {reason}"
     if record.interrupted:
         planned = f" (planned {record.planned_offset:.2f} s)" if record.planned_offset is not None else ""
@@ -83,7 +97,7 @@ def describe(record: SessionRecord) -> str:
         else:
             parts.append(f"succeeded in {_s(record.duration)}")
     else:
-        reason = (record.outcome or {}).get("reason") or record.status
+        reason = (record.outcome.reason if record.outcome else "") or record.status
         parts.append(f"{record.status}: {reason} after {_s(record.duration)}")
     if record.progress:
         values = record.progress_values

@@ -31,6 +31,7 @@ from botocore.config import Config
 
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.manifest import Manifest
+from airflow_grid_resume.agent.records import Outcome
 from airflow_grid_resume.agent.scan import PathFilter
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
@@ -46,6 +47,7 @@ from airflow_grid_resume.verify.chaos import (
     startup_seconds,
 )
 from airflow_grid_resume.verify.churn import ChurnReport, analyse, snapshot
+from airflow_grid_resume.verify.contents import compare_contents
 from airflow_grid_resume.verify.outputs import OutputDiff, diff_outputs, file_hashes
 from airflow_grid_resume.verify.probe import USER_TMPDIR, read_record
 from airflow_grid_resume.verify.records import SessionRecord, progress_reader
@@ -66,6 +68,8 @@ class VerifyConfig:
     seed: int = 0
     notice_seconds: float = 120.0
     outputs: tuple[str, ...] = ()
+    compare_command: tuple[str, ...] = ()  # compares an output whose bytes differ: CMD REFERENCE RESUMED
+    ignore_keys: tuple[str, ...] = ()  # keys of torch files not compared, as the report prints them
     progress_regex: str | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -218,9 +222,17 @@ class Verifier:
             self.say(f"session {session}: {record.status} in {_secs(record.duration)}")
         finished = result.chain[-1].status == "succeeded"
         if finished:
-            result.outputs = diff_outputs(
-                file_hashes(_newest(reference_ledger)), file_hashes(_newest(chain_ledger)), cfg.outputs
-            )
+            reference_final, chain_final = _newest(reference_ledger), _newest(chain_ledger)
+            result.outputs = diff_outputs(file_hashes(reference_final), file_hashes(chain_final), cfg.outputs)
+            if result.outputs.differ and reference_final is not None and chain_final is not None:
+                result.outputs = compare_contents(
+                    result.outputs,
+                    [(reference_ledger, reference_final), (chain_ledger, chain_final)],
+                    os.path.join(self.root, "compare"),
+                    cfg.compare_command,
+                    self.say,
+                    cfg.ignore_keys,
+                )
         manifests = [m for m in reversed(chain_ledger.list_manifests()) if m.session >= 1]
         result.churn = analyse([snapshot(chain_ledger.read_manifest(m)) for m in manifests], cfg.large_bytes)
         return result
@@ -292,7 +304,7 @@ class Verifier:
         record.sigterm_at = sigterm.get("sigterm_at") or end.get("sigterm_at")
         record.exited_at = end.get("exited_at")
         record.returncode = end.get("returncode")
-        record.outcome = ledger.read_outcome(record.session)
+        record.outcome = ledger.read_record(Outcome, record.session)
         return record
 
     @contextlib.contextmanager

@@ -6,7 +6,7 @@ Four checks (docs/verify.md explains each and how to fix what it finds):
   go on working until it happened to finish);
 - ``resume``: no session crashed or hung after a restore, and the interruptions did not throw the
   work away (from progress numbers when the output has them, else from wall time);
-- ``outputs``: the files matching ``--outputs`` equal the reference's;
+- ``outputs``: the files matching ``--outputs`` equal the reference's (bytes, or content: ``verify.compare``);
 - ``sync``: large or churning files (advice only, never a failure).
 """
 
@@ -133,7 +133,7 @@ def decide(
 ) -> Verdict:
     """The verdict. Exit 0: resumable; 1: a check failed; 3: nothing could be tested."""
     if reference.status != "succeeded":
-        reason = (reference.outcome or {}).get("reason") or reference.status
+        reason = (reference.outcome.reason if reference.outcome else "") or reference.status
         check = Check(
             "reference",
             FAIL,
@@ -306,14 +306,15 @@ def check_resume(reference: SessionRecord, chain: Sequence[SessionRecord], start
     details: list[str] = []
     for previous, record in pairwise(chain):
         if previous.manifest and record.restored_from and record.restored_from != previous.manifest:
+            fallbacks = record.outcome.restore_fallbacks if record.outcome else None
             details.append(
                 f"{record.label} restored {record.restored_from}, not {previous.manifest} "
-                f"(the checkpoint {previous.label} left): {(record.outcome or {}).get('restore_fallbacks')}"
+                f"(the checkpoint {previous.label} left): {fallbacks}"
             )
     for previous, record in pairwise(chain):
         if record.crashed:
-            code = (record.outcome or {}).get("exit_code")
-            tail = _command_lines((record.outcome or {}).get("tail") or record.tail)
+            code = record.outcome.exit_code if record.outcome else None
+            tail = _command_lines((record.outcome.tail if record.outcome else []) or record.tail)
             truncated = next((line for line in reversed(tail) if _TRUNCATED.search(line)), None)
             why = (
                 f": the restored checkpoint looks truncated, interrupted mid-write ({truncated.strip()})"
@@ -466,19 +467,38 @@ def check_outputs(outputs: OutputDiff | None, globs: Sequence[str], finished: bo
             f"--outputs {' '.join(globs)} matched no file in either run's final checkpoint",
             fix="outputs are compared as the agent syncs them: check the glob and that they are not excluded.",
         )
+    equivalent = []
+    for p in outputs.equivalent:
+        c = outputs.contents[p]
+        equivalent += [f"{p}: {c.summary}", *(f"  {d}" for d in c.details)]
     if not outputs.matches:
-        details = [f"differs: {p}" for p in outputs.differ]
+        details = []
+        for p in outputs.different:
+            c = outputs.contents.get(p)
+            details.append(f"differs: {p}" + (f": {c.summary}" if c else ""))
+            details += [f"  {d}" for d in (c.details if c else ())]
         details += [f"missing after interruptions: {p}" for p in outputs.missing]
         details += [f"only after interruptions: {p}" for p in outputs.extra]
-        names = outputs.differ + outputs.missing + outputs.extra
+        names = outputs.different + outputs.missing + outputs.extra
         return Check(
             "outputs",
             FAIL,
             f"the final outputs differ from the reference's: {', '.join(names)}",
-            tuple(details),
+            tuple(details + equivalent),
             FIX_OUTPUTS,
         )
-    return Check("outputs", PASS, f"{len(outputs.same)} output files match the reference: {', '.join(outputs.same)}")
+    matched = sorted(outputs.same + outputs.equivalent)
+    how = ""
+    if outputs.equivalent:
+        how = (
+            " (by content)" if not outputs.same else f" ({len(outputs.equivalent)} by content, the rest byte for byte)"
+        )
+    return Check(
+        "outputs",
+        PASS,
+        f"{len(matched)} output files match the reference: {', '.join(matched)}{how}",
+        tuple(equivalent),
+    )
 
 
 def check_sync(churn: ChurnReport | None, large_bytes: int) -> Check:
@@ -522,7 +542,7 @@ def _command_lines(lines: Sequence[str]) -> list[str]:
 
 def _evidence(record: SessionRecord) -> tuple[str, ...]:
     """The last lines that explain a failed session: its output tail, else the agent's own lines."""
-    tail = _command_lines((record.outcome or {}).get("tail") or record.tail)
+    tail = _command_lines((record.outcome.tail if record.outcome else []) or record.tail)
     return tuple(f"| {line}" for line in (tail[-10:] if tail else record.agent_lines[-5:]))
 
 

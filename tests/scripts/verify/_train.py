@@ -31,6 +31,7 @@ def run(
     ignoring_child: bool = False,  # start a child that ignores SIGTERM as well
     hang_on_resume: bool = False,  # after a resume, wait forever (a deadlock), SIGTERM or not
     record_cwd: bool = False,  # write the absolute working directory into config.json (as Lightning does)
+    record_session: bool = False,  # write the session number into config.json (bookkeeping a comparator ignores)
 ) -> None:
     total = int(sys.argv[1]) if len(sys.argv) > 1 else 40
     step_seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 0.05
@@ -86,7 +87,10 @@ def run(
     with open("result.txt", "w") as fh:
         fh.write(state["acc"] + "\n")
     with open("config.json", "w") as fh:
-        json.dump({"total": total, **({"cwd": os.getcwd()} if record_cwd else {})}, fh)
+        extra = {"cwd": os.getcwd()} if record_cwd else {}
+        if record_session:
+            extra["session"] = os.environ.get("GRID_RESUME_SESSION")
+        json.dump({"total": total, **extra}, fh)
     if child is not None:
         child.stdin.close()
         child.wait()

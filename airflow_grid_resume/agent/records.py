@@ -1,0 +1,358 @@
+"""Typed records for the ledger's JSON documents (the manifest and the pointer have their own
+modules): one dataclass per document, with its ``format``, to and from JSON. Pure: no I/O.
+
+Every record is written as ``{"format": "grid-resume-NAME/N", ...}``. Reading follows one rule for
+all of them (``manifest.format_version``): a newer ``N`` than this code knows raises
+``UnsupportedFormatError`` (never guessed at); a document without ``format`` is version 1 (written
+before documents carried one). Fields a record does not know are kept in ``extra`` and written back
+unchanged, so an older reader that rewrites a document never drops what a newer writer added.
+A known field of the wrong type is a ``RecordError`` naming the key and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from airflow_grid_resume.agent import layout
+from airflow_grid_resume.agent.errors import ManifestError
+from airflow_grid_resume.agent.manifest import format_version
+
+FORMAT_PREFIX = "grid-resume-"
+
+R = TypeVar("R", bound="Record")
+
+
+class RecordError(ManifestError):
+    """A ledger document is not what its format says (not an object, or a field of the wrong type)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    """Base of every ledger record: the format, the JSON form, the unknown fields kept."""
+
+    NAME: ClassVar[str]  # the format's name: grid-resume-NAME/N
+    VERSION: ClassVar[int] = 1  # the newest version this code writes and reads
+    KEY: ClassVar[str]  # the key as docs/ledger.md spells it (for messages and the rules)
+    OMIT_NONE: ClassVar[tuple[str, ...]] = ()  # fields left out of the JSON when None
+
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def format(cls) -> str:
+        return f"{FORMAT_PREFIX}{cls.NAME}/{cls.VERSION}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The document as stored: unknown fields first, then every known one, and the format."""
+        doc = dict(self.extra)
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if value is None and f.name in self.OMIT_NONE:
+                doc.pop(f.name, None)
+                continue
+            doc[f.name] = value
+        doc["format"] = self.format()
+        return doc
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_dict(cls: type[R], doc: Any, *, name: str | None = None) -> R:
+        """The record in ``doc`` (a parsed JSON object), checked against its format and field types."""
+        name = name or cls.KEY
+        if not isinstance(doc, dict):
+            raise RecordError(f"{name} is not a JSON object")
+        if "format" in doc:
+            format_version(doc, name, f"{FORMAT_PREFIX}{cls.NAME}/", cls.VERSION)
+        hints = _hints(cls)
+        known: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in doc.items():
+            if key == "format":
+                continue
+            if key in hints and key != "extra":
+                known[key] = _check(value, hints[key], name, key)
+            else:
+                extra[key] = value
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in known and _required(f)]
+        if missing:
+            raise RecordError(f"{name} lacks {', '.join(missing)}")
+        return cls(**known, extra=extra)
+
+    @classmethod
+    def from_json(cls: type[R], body: bytes, *, name: str | None = None) -> R:
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RecordError(f"{name or cls.KEY} is not valid JSON: {exc}") from exc
+        return cls.from_dict(doc, name=name)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _check(value: Any, hint: Any, name: str, key: str) -> Any:
+    """``value`` if it has the field's JSON type (an int is a float, a bool is not a number)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+    for option in options:
+        base = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return value
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base in (str, bool, list, dict) and isinstance(value, base):
+            return value
+        if base is Any:
+            return value
+    raise RecordError(f"{name}: field {key!r} is {value!r}, not {_describe(hint)}")
+
+
+try:  # X | Y at runtime (3.10+)
+    from types import UnionType as _UnionType
+except ImportError:  # pragma: no cover
+    _UnionType = typing.Union  # type: ignore[assignment,misc]
+
+
+def _describe(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+    names.update({dict: "an object", type(None): "null"})
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+    return " or ".join(names.get(typing.get_origin(o) or o, str(o)) for o in options)
+
+
+# -- the agent's documents ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionStart(Record):
+    """``sessions/SSSSSS/session.json``: creating it (once) claims the session number."""
+
+    NAME = "session"
+    KEY = "sessions/SSSSSS/session.json"
+
+    session: int
+    agent_id: str = ""
+    host: str = ""
+    pid: int | None = None
+    instance_id: str = ""
+    started_at: str = ""
+    command: list[str] = field(default_factory=list)
+    agent_version: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat(Record):
+    """``sessions/SSSSSS/heartbeat.json``: overwritten on every beat and state change.
+    ``progress``: ``{"done": N, "total": T}`` (the progress protocol), absent before any line."""
+
+    NAME = "heartbeat"
+    KEY = "sessions/SSSSSS/heartbeat.json"
+    OMIT_NONE = ("progress", "log_interval")
+
+    session: int
+    seq: int = 0
+    time: str = ""
+    epoch: float | None = None
+    state: str = ""
+    log_bytes: int = 0
+    last_manifest: str | None = None
+    notice: dict[str, Any] | None = None
+    interval: float | None = None
+    log_interval: float | None = None
+    progress: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome(Record):
+    """``sessions/SSSSSS/outcome.json``: how the session ended, written once by its agent.
+    ``progress``: ``{"first": N1, "last": N2, "total": T}``, absent if the session printed none."""
+
+    NAME = "outcome"
+    KEY = "sessions/SSSSSS/outcome.json"
+    OMIT_NONE = ("progress", "hint")
+
+    session: int
+    status: str
+    exit_code: int | None = None
+    clean: bool = False
+    reason: str = ""
+    hint: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    notice: dict[str, Any] | None = None
+    manifest: str | None = None
+    restored_from: str | None = None
+    restore_fallbacks: list[dict[str, Any]] = field(default_factory=list)
+    started_at: str | None = None
+    ended_at: str | None = None
+    tail: list[str] = field(default_factory=list)
+    agent_exit_code: int | None = None
+    progress: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lease(Record):
+    """``lease.json``: which agent holds the run, until ``expires_at`` (epoch seconds) unless released."""
+
+    NAME = "lease"
+    KEY = layout.LEASE
+    OMIT_NONE = ("released_by",)
+
+    agent_id: str = ""
+    host: str = ""
+    pid: int | None = None
+    instance_id: str = ""
+    session: int | None = None
+    acquired_at: float | None = None
+    renewed_at: float | None = None
+    expires_at: float = 0.0
+    released: bool = False
+    released_by: str | None = None  # set when the Airflow side released it for an agent known dead
+
+    def held(self, now: float) -> bool:
+        """Whether the lease still keeps every other agent out: not released and not expired."""
+        return not self.released and self.expires_at > now
+
+    def released_for_dead(self, session: int, instance_id: str) -> Lease | None:
+        """The Airflow side's release of a lease whose holder is known dead (its instance is gone), to
+        write with If-Match on the ETag this was read with; None when it is released already or held
+        by another session or instance (a live agent's lease is never touched)."""
+        if self.released or (self.session != session and self.instance_id != instance_id):
+            return None
+        return dataclasses.replace(self, released=True, released_by=f"airflow: instance {instance_id} is gone")
+
+
+# -- the Airflow side's documents -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spec(Record):
+    """``spec.json``: what the bootstrap runs (``agent_args``, ``command``) and the run's budgets."""
+
+    NAME = "spec"
+    KEY = layout.SPEC
+
+    command: list[str]
+    agent_args: list[str] = field(default_factory=list)
+    run_uri: str = ""
+    budgets: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Final(Record):
+    """``final.json``: how the run ended for good, in which session."""
+
+    NAME = "final"
+    KEY = layout.FINAL
+
+    status: str
+    session: int | None = None
+    reason: str = ""
+    at: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchAttempt(Record):
+    """``sessions/SSSSSS/launch-attempt.json``: the session's expiry tag, fixed before its first launch
+    attempt, and the last RunInstances attempted (replayed, with its token, by a later launcher)."""
+
+    NAME = "launch-attempt"
+    KEY = "sessions/SSSSSS/launch-attempt.json"
+    OMIT_NONE = ("phase", "rounds", "answers", "next_try_in", "lifecycle")  # absent while no round has ended
+
+    session: int
+    expires_at: str
+    attempt: dict[str, Any] | None = None
+    at: float | None = None
+    phase: str | None = None  # "trying" (before an attempt) or "backing-off" (a round found nothing)
+    rounds: int | None = None
+    answers: list[dict[str, Any]] | None = None  # EC2's answer per pair tried in the last round that ended
+    next_try_in: float | None = None  # seconds from ``at``, while backing off
+    lifecycle: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Launch(Record):
+    """``sessions/SSSSSS/launch.json``: the instance the session runs on and what it costs an hour."""
+
+    NAME = "launch"
+    KEY = "sessions/SSSSSS/launch.json"
+
+    instance_id: str
+    instance_type: str | None = None
+    zone: str | None = None
+    subnet_id: str | None = None
+    lifecycle: str | None = None  # "spot" or "on-demand"
+    spot_price: float | None = None
+    on_demand_price: float | None = None
+    launched_at: float | None = None
+    waited_seconds: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Watch(Record):
+    """``sessions/SSSSSS/watch.json``: how far the task log has the output (``log_offset``), and, by
+    being rewritten, proof that a trigger watches (the agent compares its ETag, never ``at``)."""
+
+    NAME = "watch"
+    KEY = "sessions/SSSSSS/watch.json"
+
+    log_offset: int = 0
+    at: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Closed(Record):
+    """``sessions/SSSSSS/closed.json``: how the Airflow side saw the session end (the only record of a
+    lost one). ``unwatched``: closed by a later try, from the outcome, because no try watched it."""
+
+    NAME = "closed"
+    KEY = "sessions/SSSSSS/closed.json"
+    OMIT_NONE = ("unwatched",)
+
+    status: str | None = None
+    reason: str | None = None
+    instance_id: str | None = None
+    at: float | None = None
+    unwatched: bool | None = None
+
+
+# -- where each record lives ----------------------------------------------------------------------
+
+SESSION_RECORDS: dict[type[Record], typing.Callable[[int], str]] = {
+    SessionStart: layout.session_record,
+    Heartbeat: layout.heartbeat,
+    Outcome: layout.outcome,
+    LaunchAttempt: layout.launch_attempt,
+    Launch: layout.launch,
+    Watch: layout.watch,
+    Closed: layout.closed,
+}
+RUN_RECORDS: dict[type[Record], str] = {Spec: layout.SPEC, Final: layout.FINAL, Lease: layout.LEASE}
+ALL = (*RUN_RECORDS, *SESSION_RECORDS)
+
+
+def record_key(cls: type[Record], session: int | None = None) -> str:
+    """The key (under the run prefix) of ``cls``'s document; session records need ``session``."""
+    if cls in RUN_RECORDS:
+        return RUN_RECORDS[cls]
+    if session is None:
+        raise ValueError(f"{cls.KEY} needs a session number")
+    return SESSION_RECORDS[cls](session)
