@@ -692,6 +692,8 @@ class GridRunOperator(BaseOperator):
             how = (
                 "ended by a spot notice" if status == "interrupted" else f"lost without notice ({event.get('reason')})"
             )
+            if ((event.get("outcome") or {}).get("notice") or {}).get("source") == "scheduled":
+                how = "ended by an EC2 scheduled event (instance stop, retirement or reboot)"
             manifest = (event.get("outcome") or {}).get("manifest") or next(iter(ledger.list_manifests()), None)
             name = getattr(manifest, "name", manifest)
             resume = f"checkpoint {name} in {ledger.location}" if name else "the start (no checkpoint yet)"

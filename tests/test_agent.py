@@ -69,6 +69,35 @@ def test_interrupt_and_resume_matches_uninterrupted(agent, bucket: str, ledger: 
     assert "resumed at step" in final.stdout and "GRID" not in final.stderr
 
 
+def test_scheduled_event_checkpoints_and_ends_interrupted_with_nothing_lost(
+    agent, bucket: str, ledger: RunLedger, tmp_path: Path
+) -> None:
+    """An EC2 scheduled reboot, posted a few seconds ahead: one early sync while the event is far, then a stop
+    a notice window before its NotBefore; the next session resumes exactly where the script saved."""
+    reference = agent(f"s3://{bucket}/reference", tmp_path / "ref", *train(120, 0), options=FAST)
+    assert reference.wait() == 0
+    run = f"s3://{bucket}/{ledger.location.prefix}"
+    with MetadataService() as imds:
+        proc = agent(
+            run, tmp_path / "instance-1", *train(120, 0.05), options=[*FAST, "--notice-window", "2"], imds=imds
+        )
+        wait_for(lambda: "step 5" in proc.stdout, what="training progress")
+        imds.schedule_event(code="system-reboot", in_seconds=4)
+        assert proc.wait() == 0
+    outcome = ledger.read_outcome(1)
+    assert outcome["status"] == "interrupted" and outcome["clean"], outcome
+    assert (outcome["notice"]["source"], outcome["notice"]["action"]) == ("scheduled", "reboot")
+    assert "EC2 scheduled system-reboot" in proc.stderr and "syncing now" in proc.stderr
+    reasons = [ledger.read_manifest(m).reason for m in ledger.list_manifests()]
+    assert "scheduled" in reasons and "final" in reasons  # the early sync, then the final one
+    saved = int(proc.stdout.split("saved at step ")[1].split()[0])
+    final = agent(run, tmp_path / "instance-2", *train(120, 0.01), options=FAST)
+    assert final.wait() == 0
+    history = (tmp_path / "instance-2" / "history.txt").read_text().splitlines()
+    assert history == [f"session 1: steps 0-{saved} interrupted", f"session 2: steps {saved}-120 done"]
+    assert (tmp_path / "instance-2" / "result.txt").read_text() == (tmp_path / "ref" / "result.txt").read_text()
+
+
 def test_rebalance_syncs_without_stopping(agent, run_uri: str, ledger: RunLedger, tmp_path: Path, imds) -> None:
     proc = agent(run_uri, tmp_path / "w", *train(40, 0.05), options=FAST, imds=imds)
     wait_for(lambda: "step 10" in proc.stdout, what="progress")

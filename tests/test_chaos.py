@@ -1,7 +1,8 @@
 """A seeded simulation of the whole lifecycle on a cloud at least as unkind as EC2 (in the spirit of
 FoundationDB's simulation tests and Jepsen): the real operator, triggers and agent, the local spot cloud
 with eventual consistency, throttling on every API, 5xx, lost answers (EC2 and S3), skewed instance
-clocks, capacity droughts, notices and hard losses, and the worker killed at chosen points of a try.
+clocks, capacity droughts, notices, hard losses and EC2 scheduled stops, and the worker killed at seeded
+I/O boundaries of execute and its resume path (before or after any AWS, task state store or XCom call).
 
 After each seed, from the ledger and the cloud's own instance list:
 - exactly one instance per session, never two alive at once for the run;
@@ -40,10 +41,16 @@ from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
-from airflow_grid_resume.emulator.cloud import SPOT_TERMINATION
+from airflow_grid_resume.emulator.cloud import SCHEDULED_STOP, SPOT_TERMINATION
 from tests.conftest import SCRIPTS, command_started, make_dag
 
 STEPS, STEP_SECONDS, SAVE_EVERY = 36, 0.12, 4
+SCHEDULED_AHEAD = 4.5  # a scheduled event's NotBefore this far ahead: 1.5 s of advisory, then the 3 s notice window
+# The worker's I/O calls of a run (AWS, task state store, XCom; in execute, on_capacity, on_session_end of every
+# try) are its I/O boundaries; a kill picks one of the first MAX_KILL_CALL: a run with one interruption makes about
+# 70 (a first try about 30: reading the ledger, the snapshot, the launch with its attempt record, launch.json, the
+# verdict), so a kill can land anywhere in the first try or in the resume path of the second.
+MAX_KILL_CALL = 45
 DEFAULT_SEEDS = "1 2"  # make test; make chaos SEEDS=N for more
 LINE = re.compile(r"CHAOS-LINE s=\d+ step=\d+;")
 
@@ -61,15 +68,17 @@ class Schedule:
     describe_throttle: tuple[float, float] | None  # (burst, rate) for Describe* actions
     clock_offset: float
     drought_seconds: float  # spot capacity withheld at the start
-    crash: str | None  # where the worker dies once: "after-launch" (before the instance is recorded), "before-watch"
-    interruptions: list[tuple[float, bool]]  # (seconds of training before it, with a notice?)
+    kills: tuple[tuple[int, str], ...]  # the worker dies at its k-th I/O call of the run, "before" or "after" it
+    interruptions: list[tuple[float, str]]  # (seconds of training before it, "notice", "hard" or "scheduled")
     faults: list[tuple[float, str, dict]] = field(default_factory=list)  # (at second, route, body)
+    scheduled_code: str = "instance-stop"  # the code of a "scheduled" interruption
 
     def describe(self) -> str:
         return (
             f"seed {self.seed}: consistency {self.consistency_seconds:.1f} s, describe throttle "
             f"{self.describe_throttle}, clock {self.clock_offset:+.0f} s, drought {self.drought_seconds:.0f} s, "
-            f"worker crash {self.crash}, interruptions {self.interruptions}, faults {self.faults}"
+            f"worker kills {self.kills}, interruptions {self.interruptions} (scheduled: {self.scheduled_code}), "
+            f"faults {self.faults}"
         )
 
 
@@ -89,16 +98,24 @@ def schedule_for(seed: int) -> Schedule:
             api = {"fault-describe": "DescribeInstances", "fault-run": "RunInstances"}.get(kind, "TerminateInstances")
             code = rng.choice(["InternalError", "Unavailable"])
             faults.append((at, "fault", {"api": api, "code": code, "count": rng.randint(1, 3)}))
+    n_kills = rng.choice([0, 1, 1, 2])
     return Schedule(
         seed=seed,
         consistency_seconds=rng.choice([0.0, 2.0, 5.0]),
         describe_throttle=rng.choice([None, (4.0, 2.0), (10.0, 5.0)]),
         clock_offset=rng.choice([0.0, -400.0, 400.0]),
         drought_seconds=rng.choice([0.0, 0.0, 6.0]),
-        crash=rng.choice([None, "after-launch", "before-watch"]),
-        interruptions=[(round(rng.uniform(0.8, 2.0), 1), rng.random() < 0.6) for _ in range(rng.randint(1, 2))],
+        kills=tuple(
+            sorted((k, rng.choice(["before", "after"])) for k in rng.sample(range(1, MAX_KILL_CALL + 1), n_kills))
+        ),
+        interruptions=[(round(rng.uniform(0.8, 2.0), 1), interruption(rng.random())) for _ in range(rng.randint(1, 2))],
         faults=sorted(faults),
+        scheduled_code=rng.choice(["instance-stop", "instance-retirement", "instance-reboot", "system-reboot"]),
     )
+
+
+def interruption(draw: float) -> str:
+    return "notice" if draw < 0.4 else "scheduled" if draw < 0.6 else "hard"
 
 
 def test_schedules_are_seeded() -> None:
@@ -116,7 +133,7 @@ class Chaos:
 
     def __init__(self, cloud: LocalSpotCloud, schedule: Schedule) -> None:
         self.cloud, self.schedule = cloud, schedule
-        self.interrupted: dict[str, bool] = {}  # instance id -> with a notice?
+        self.interrupted: dict[str, str] = {}  # instance id -> "notice", "hard" or "scheduled"
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -157,9 +174,13 @@ class Chaos:
                     if instance_id not in running and command_started(instance):
                         running[instance_id] = now
                     if instance_id in running and now - running[instance_id] >= plan[0][0]:
-                        _, notice = plan.pop(0)
-                        self.cloud.interrupt(instance_id, notice=notice)
-                        self.interrupted[instance_id] = notice
+                        _, kind = plan.pop(0)
+                        if kind == "scheduled":  # a notice window of advisory, then the stop (see chaos_dag)
+                            code = self.schedule.scheduled_code
+                            self.cloud.schedule_event(instance_id, code=code, in_seconds=SCHEDULED_AHEAD)
+                        else:
+                            self.cloud.interrupt(instance_id, notice=kind == "notice")
+                        self.interrupted[instance_id] = kind
                         break
             time.sleep(0.1)
 
@@ -179,34 +200,110 @@ def chaos_dag(dag_id: str, workdir: Path, bucket: str):
     )
 
 
+class WorkerDeath(BaseException):
+    """Raised inside the worker at an I/O boundary: a BaseException, so no ``except Exception`` of the code
+    under test can swallow it (a SIGKILL runs no handler either)."""
+
+
+WORKER_METHODS = ("execute", "on_capacity", "on_session_end")
+
+
 @contextlib.contextmanager
-def worker_killed_at(point: str | None):
-    """Kill the "worker" once at ``point``: after RunInstances answered but before the instance is
-    recorded anywhere, or after it is recorded but before the watch is deferred."""
+def worker_killed_at(kills: tuple[tuple[int, str], ...]):
+    """Kill the "worker" at its k-th I/O call of the run, before the call is sent or after it was carried out
+    (its answer lost with the worker), for each (k, when) of ``kills``. The I/O calls are every botocore and
+    aiobotocore call (the ledger's S3 calls, the hooks' and the launcher's EC2 calls) and every read or write of
+    Airflow's task state store and XCom, made while the operator's worker methods run; the triggers' calls do not
+    count (dag.test runs them between the worker methods). Yields the kills that happened, as
+    "k:when:operation in method", and the trace of every call."""
+    import aiobotocore.client
+    import botocore.client
+    from airflow.sdk.execution_time.context import TaskStateStoreAccessor
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
     from airflow_grid_resume.operators import GridRunOperator
-    from airflow_grid_resume.triggers.capacity import SessionLauncher
 
-    killed: list[str] = []
-    original_round, original_watch = SessionLauncher.round, GridRunOperator._watch
+    plan = dict(kills)
+    done: list[str] = []
+    trace: list[str] = []  # every worker call, "k:operation in method"
+    calls = [0]
+    current: list[str] = []  # the worker method running now (empty: not the worker)
+    lock = threading.Lock()
 
-    async def round_then_die(self, planner, waited):
-        result = await original_round(self, planner, waited)
-        if point == "after-launch" and result.instance is not None and not killed:
-            killed.append(point)
-            raise WorkerKilled(f"worker killed after launching {result.instance['InstanceId']}")
-        return result
+    def boundary(operation: str, when: str) -> None:
+        if not current:
+            return
+        with lock:
+            if when == "before":
+                calls[0] += 1
+                trace.append(f"{calls[0]}:{operation} in {current[-1]}")
+            k = calls[0]
+            if plan.get(k) != when:
+                return
+            del plan[k]
+            done.append(f"{k}:{when}:{operation} in {current[-1]}")
+        raise WorkerDeath(f"worker killed {when} its I/O call {k} ({operation}, in {current[-1]})")
 
-    def watch_then_die(self, context, run_uri, session, instance_id, state):
-        if point == "before-watch" and not killed:
-            killed.append(point)
-            raise WorkerKilled(f"worker killed before watching {instance_id}")
-        return original_watch(self, context, run_uri, session, instance_id, state)
+    def io_call(original, name_of):
+        def wrapper(self, *args, **kwargs):
+            name = name_of(args)
+            boundary(name, "before")
+            try:
+                return original(self, *args, **kwargs)
+            finally:  # an error answer is an answer too: the worker may die before it reads it
+                boundary(name, "after")
 
-    SessionLauncher.round, GridRunOperator._watch = round_then_die, watch_then_die
+        return wrapper
+
+    def async_io_call(original, name_of):
+        async def wrapper(self, *args, **kwargs):
+            name = name_of(args)
+            boundary(name, "before")
+            try:
+                return await original(self, *args, **kwargs)
+            finally:
+                boundary(name, "after")
+
+        return wrapper
+
+    def first_arg(args):
+        return args[0]
+
+    wrapped = [  # (owner, attribute, wrapper factory, the call's name)
+        (botocore.client.BaseClient, "_make_api_call", io_call, first_arg),
+        (aiobotocore.client.AioBaseClient, "_make_api_call", async_io_call, first_arg),
+        (TaskStateStoreAccessor, "get", io_call, lambda args: "task_state_store.get"),
+        (TaskStateStoreAccessor, "set", io_call, lambda args: "task_state_store.set"),
+        (RuntimeTaskInstance, "xcom_push", io_call, lambda args: "xcom_push"),
+    ]
+    originals = [(owner, attr, getattr(owner, attr)) for owner, attr, *_ in wrapped]
+
+    def worker_method(name: str):
+        original = getattr(GridRunOperator, name)
+
+        def run(self, *args, **kwargs):
+            current.append(name)
+            try:
+                return original(self, *args, **kwargs)
+            except WorkerDeath as death:
+                if len(current) > 1:  # execute calls on_capacity itself: the outermost method reports it
+                    raise
+                raise WorkerKilled(str(death)) from None  # Airflow sees a try that died: failed, retried
+            finally:
+                current.pop()
+
+        return run
+
+    originals += [(GridRunOperator, name, getattr(GridRunOperator, name)) for name in WORKER_METHODS]
+    for owner, attr, factory, name_of in wrapped:
+        setattr(owner, attr, factory(getattr(owner, attr), name_of))
+    for name in WORKER_METHODS:
+        setattr(GridRunOperator, name, worker_method(name))
     try:
-        yield killed
+        yield done, trace
     finally:
-        SessionLauncher.round, GridRunOperator._watch = original_round, original_watch
+        for owner, attr, original in originals:
+            setattr(owner, attr, original)
 
 
 def reference(tmp_path: Path) -> str:
@@ -245,9 +342,10 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
     boto3.client("s3").create_bucket(Bucket=bucket)
     expected = reference(tmp_path)
     dag = chaos_dag(f"chaos_{seed}_{uuid.uuid4().hex[:6]}", workdir, bucket)
-    with worker_killed_at(schedule.crash) as killed, Chaos(spot_cloud, schedule) as chaos:
+    with worker_killed_at(schedule.kills) as (killed, calls), Chaos(spot_cloud, schedule) as chaos:
         dagrun = dag.test()
     output = capfd.readouterr().out
+    print(f"chaos: the worker made {len(calls)} I/O calls; killed at {killed}")
     problems: list[str] = []
 
     def check(ok: bool, what: str) -> None:
@@ -255,7 +353,7 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
             problems.append(what)
 
     check(dagrun.state == "success", f"the DAG run ended {dagrun.state}")
-    check(killed == ([schedule.crash] if schedule.crash else []), f"the worker kill at {schedule.crash} happened")
+    check(len(killed) == len(schedule.kills), f"the worker kills {schedule.kills} happened: {killed}")
     client = make_s3_client()
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="grid-runs/")["Contents"]]
     run_prefix = next(k for k in keys if k.endswith("/spec.json")).rsplit("/spec.json", 1)[0]
@@ -283,11 +381,17 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
     for session, (instance_id,) in sorted((s, tuple(v)) for s, v in by_session.items() if len(v) == 1):
         outcome = ledger.read_outcome(session)
         closed = ledger.get_json(ledger.session_key(session, "closed.json")) or {}
-        reclaimed = emulated[instance_id]["reason"] == SPOT_TERMINATION
+        reclaimed = emulated[instance_id]["reason"] in (SPOT_TERMINATION, SCHEDULED_STOP)
+        ended = (outcome or {}).get("status") or closed.get("status")
+        print(f"chaos: session {session}: {ended} ({((outcome or {}).get('notice') or {}).get('source')})")
         if outcome is not None:
             check(closed.get("status") == outcome["status"], f"session {session}: {closed} but the agent {outcome}")
-            if outcome["status"] == "interrupted":
-                check(reclaimed, f"session {session} interrupted although its instance was not reclaimed")
+            if outcome["status"] == "interrupted":  # a scheduled stop: the agent powers off before NotBefore
+                scheduled = chaos.interrupted.get(instance_id) == "scheduled"
+                check(reclaimed or scheduled, f"session {session} interrupted although its instance was not reclaimed")
+                if scheduled:
+                    source = (outcome.get("notice") or {}).get("source")
+                    check(source == "scheduled", f"session {session} stopped by {source}, not its scheduled event")
         else:
             check(closed.get("status") == "lost", f"session {session} has no outcome and is {closed}")
             check(reclaimed, f"session {session} called lost, its instance healthy ({emulated[instance_id]['reason']})")
@@ -305,6 +409,7 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
         log_file.write_text(output)
         errors = [line for line in output.splitlines() if re.search(r"\b(error|ERROR|failed|Traceback)\b", line)]
         print("\n".join(errors[-40:]))
+        print("the worker's I/O calls:", " ".join(calls))
         pytest.fail(
             f"the run's output: {log_file}\n"
             f"{schedule.describe()}\ninterrupted: {chaos.interrupted}\n- " + "\n- ".join(problems[:15]) + f"\n"

@@ -13,8 +13,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
+from airflow_grid_resume.agent.imds import ImdsClient
 from airflow_grid_resume.emulator.client import LocalSpotCloud
-from airflow_grid_resume.emulator.cloud import _without_instances
+from airflow_grid_resume.emulator.cloud import SCHEDULED_STOP, _without_instances
 from airflow_grid_resume.emulator.faults import EC2_DEFAULT_BUCKETS, Faults, TokenBucket, bucket_key
 from airflow_grid_resume.spot.bootstrap import MARKER
 
@@ -194,3 +195,16 @@ def test_instances_launched_after_a_clock_change_run_on_a_skewed_clock(cloud, ec
         python_clock = float(fh.read().split()[-1])
     assert -960 < shell_clock - time.time() < -840
     assert -960 < python_clock - time.time() < -840
+
+
+def test_a_scheduled_stop_is_posted_on_the_instance_and_carried_out(cloud, ec2) -> None:
+    header = json.dumps({"run_uri": "s3://none/x", "session": 1, "region": "us-east-1"})
+    instance_id = _launch(ec2, user_data=f"#!/bin/bash\n{MARKER}{header}\nsleep 60\n")
+    posted = cloud.schedule_event(instance_id, code="instance-stop", in_seconds=1.5)
+    imds = ImdsClient(cloud.instance(instance_id)["imds_endpoint"])
+    (listed,) = json.loads(imds.get("/latest/meta-data/events/maintenance/scheduled") or b"")
+    assert (listed["Code"], listed["EventId"], listed["State"]) == ("instance-stop", posted["event_id"], "active")
+    deadline = time.time() + 10
+    while time.time() < deadline and cloud.instance(instance_id)["state"] == "running":
+        time.sleep(0.1)
+    assert cloud.instance(instance_id)["reason"] == SCHEDULED_STOP

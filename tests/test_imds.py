@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from airflow_grid_resume.agent.imds import ImdsClient, ImdsDisabled, ImdsUnavailable, NoticeWatcher
+from airflow_grid_resume.agent.imds import ImdsClient, ImdsDisabled, ImdsUnavailable
+from airflow_grid_resume.agent.monitors import MonitorSettings, discover
+from airflow_grid_resume.agent.monitors.events import StopEvent
+from airflow_grid_resume.agent.monitors.runner import MonitorRunner
 from airflow_grid_resume.emulator.imds import MetadataService
 
 
@@ -71,24 +75,49 @@ def test_client_faults(imds: MetadataService) -> None:
         ImdsClient("http://127.0.0.1:9", timeout=0.5).token()
 
 
-def test_watcher_reads_notice_once_and_ignores_garbage(imds: MetadataService) -> None:
-    notices, rebalances = [], []
-    watcher = NoticeWatcher(ImdsClient(imds.url), on_notice=notices.append, on_rebalance=rebalances.append)
-    watcher.poll_once()
+def test_monitors_read_each_event_once_and_ignore_garbage(imds: MetadataService) -> None:
+    events: list[StopEvent] = []
+    runner = MonitorRunner(discover(ImdsClient(imds.url), MonitorSettings(notice_window=120)), on_event=events.append)
+    runner.poll_once()
     imds.inject_fault(status=500, path_prefix="/latest/meta-data/spot")
-    watcher.poll_once()
-    assert notices == []
+    runner.poll_once()
+    assert events == []
     # A malformed 200 is logged, never read as a notice.
     original = imds._metadata
     imds._metadata = lambda path, now: (
-        (200, "text/plain", "not json") if "instance-action" in path else original(path, now)
+        (200, "text/plain", "not json") if "instance-action" in path or "maintenance" in path else original(path, now)
     )
-    watcher.poll_once()
-    assert notices == []
+    runner.poll_once()
+    assert events == []
     imds._metadata = original
     imds.schedule_notice(in_seconds=30)
     imds.schedule_rebalance()
-    watcher.poll_once()
-    watcher.poll_once()
-    assert len(notices) == 1 and notices[0].action == "terminate" and notices[0].source == "imds"
-    assert len(rebalances) == 1
+    runner.poll_once()
+    runner.poll_once()
+    assert sorted((e.source, e.kind) for e in events) == [("imds", "stop"), ("rebalance", "advisory")]
+    assert next(e for e in events if e.source == "imds").action == "terminate"
+
+
+def test_scheduled_events_over_http(imds: MetadataService) -> None:
+    client = ImdsClient(imds.url)
+    assert json.loads(client.get("/latest/meta-data/events/maintenance/scheduled") or b"") == []
+    assert client.clock_offset is not None and abs(client.clock_offset) < 1.5  # from the answer's Date header
+    status, body = http(
+        "POST", imds.url + "/_emulator/scheduled-event", body={"code": "instance-retirement", "in_seconds": 3600}
+    )
+    assert status == 200
+    event_id = json.loads(body)["event_id"]
+    (listed,) = json.loads(client.get("/latest/meta-data/events/maintenance/scheduled") or b"")
+    assert listed["Code"] == "instance-retirement" and listed["State"] == "active" and listed["EventId"] == event_id
+    assert listed["NotBefore"].endswith(" GMT")
+    events: list[StopEvent] = []
+    runner = MonitorRunner(discover(client, MonitorSettings(notice_window=120)), on_event=events.append)
+    runner.poll_once()
+    assert [(e.source, e.kind, e.action) for e in events] == [("scheduled", "advisory", "terminate")]
+    runner.poll_once(time.time() + 3600 - 100)  # within the notice window of its NotBefore
+    assert [(e.kind, e.action) for e in events[1:]] == [("stop", "terminate")]
+    assert http("POST", imds.url + "/_emulator/cancel-scheduled-event", body={"event_id": event_id})[0] == 200
+    assert json.loads(client.get("/latest/meta-data/events/maintenance/scheduled") or b"") == []
+    (history,) = json.loads(client.get("/latest/meta-data/events/maintenance/history") or b"")
+    assert history["State"] == "canceled"
+    assert http("POST", imds.url + "/_emulator/scheduled-event", body={"code": "meteor"})[0] == 400

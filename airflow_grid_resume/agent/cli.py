@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive,
         default=120.0,
         help="seconds between a spot notice and the reclaim, assumed when the instance's clock disagrees with the "
-        "notice's time (EC2: 120)",
+        "notice's time (EC2: 120); also how long before an EC2 scheduled event's NotBefore the session stops",
     )
     parser.add_argument("--parallelism", type=int, default=16, help="concurrent S3 transfers")
     parser.add_argument(

@@ -1,8 +1,8 @@
-"""Watching the EC2 instance metadata service (IMDSv2) for spot interruption and rebalance.
+"""A minimal client of the EC2 instance metadata service (IMDSv2), for the monitors in ``agent/monitors``.
 
-404 on ``spot/instance-action`` means no notice. Errors, timeouts, 503s and malformed bodies are
-logged and retried, and never read as a notice. A 401 means the session token expired: fetch a
-new one. A 403 means the metadata service is disabled on this instance.
+404 means "nothing there" (no notice yet). Errors, timeouts and 5xx raise ``ImdsUnavailable`` (the
+monitors retry; never read as a notice). A 401 means the session token expired: fetch a new one. A
+403 means the metadata service is disabled on this instance (``ImdsDisabled``).
 """
 
 from __future__ import annotations
@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +33,6 @@ class ImdsUnavailable(Exception):
     """A transient failure: connection error, timeout, 5xx, or an unexpected answer."""
 
 
-@dataclass(frozen=True)
-class Notice:
-    """An interruption: ``time`` is when the instance will be reclaimed (epoch seconds)."""
-
-    action: str
-    time: float
-    source: str  # "imds", "signal", "lease" or "unwatched"
-
-    def as_dict(self) -> dict:
-        return {"action": self.action, "time": _iso(self.time), "source": self.source}
-
-
 def resolve_endpoint(explicit: str | None) -> str:
     return (explicit or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).rstrip("/")
 
@@ -59,14 +45,21 @@ def parse_instance_action(body: bytes) -> tuple[str, float]:
     return doc["action"], parse_time(doc.get("time"))
 
 
+def server_clock_offset(date_header: str | None, received_at: float) -> float | None:
+    """Seconds the answering server's clock is ahead of ours, from an HTTP ``Date`` header (whole seconds, so
+    the middle of its second is taken), or None without a usable header."""
+    if not date_header:
+        return None
+    try:
+        return parsedate_to_datetime(date_header).timestamp() + 0.5 - received_at
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
 def parse_time(value: object) -> float:
     if not isinstance(value, str):
         raise ValueError(f"missing time in notice: {value!r}")
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc).timestamp()
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class ImdsClient:
@@ -78,16 +71,24 @@ class ImdsClient:
         self.token_ttl = token_ttl
         self._token: str | None = None
         self._token_expires = 0.0
+        self.clock_offset: float | None = None  # the metadata service's clock minus ours, from its last answer
 
     def _request(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
         req = urllib.request.Request(self.endpoint + path, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                self._observe_clock(resp.headers.get("Date"))
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
+            self._observe_clock(exc.headers.get("Date") if exc.headers else None)
             return exc.code, exc.read() if exc.fp else b""
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             raise ImdsUnavailable(f"{method} {path}: {getattr(exc, 'reason', exc)}") from exc
+
+    def _observe_clock(self, date_header: str | None) -> None:
+        offset = server_clock_offset(date_header, time.time())
+        if offset is not None:
+            self.clock_offset = offset
 
     def token(self) -> str:
         if self._token and time.monotonic() < self._token_expires:
@@ -119,79 +120,3 @@ class ImdsClient:
                 raise ImdsDisabled(f"GET {path} answered 403: the metadata service is disabled")
             raise ImdsUnavailable(f"GET {path} answered HTTP {status}")
         raise ImdsUnavailable(f"GET {path} answered 401 twice")
-
-
-class NoticeWatcher:
-    """Polls for interruption and rebalance in a thread; calls back at most once per event."""
-
-    def __init__(
-        self,
-        client: ImdsClient,
-        *,
-        on_notice: Callable[[Notice], None],
-        on_rebalance: Callable[[str], None],
-        interval: float = 1.0,
-    ) -> None:
-        self.client = client
-        self.on_notice = on_notice
-        self.on_rebalance = on_rebalance
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="grid-imds", daemon=True)
-        self._noticed = False
-        self._rebalance_seen: str | None = None
-        self._last_error_log = 0.0
-        self.disabled = False
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def poll_once(self) -> None:
-        """One poll of both routes. Raises ImdsDisabled; other failures are logged."""
-        try:
-            if not self._noticed:
-                body = self.client.get(INSTANCE_ACTION)
-                if body is not None:
-                    try:
-                        action, when = parse_instance_action(body)
-                    except ValueError as exc:
-                        self._log_error(f"ignoring a malformed interruption notice: {exc}")
-                    else:
-                        self._noticed = True
-                        self.on_notice(Notice(action, when, "imds"))
-            body = self.client.get(REBALANCE)
-            if body is not None:
-                try:
-                    notice_time = str(json.loads(body).get("noticeTime", ""))
-                except (ValueError, AttributeError):
-                    notice_time = body.decode(errors="replace")[:64]
-                if notice_time != self._rebalance_seen:
-                    self._rebalance_seen = notice_time
-                    self.on_rebalance(notice_time)
-        except ImdsUnavailable as exc:
-            self._log_error(f"metadata service unavailable, will retry: {exc}")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self.poll_once()
-            except ImdsDisabled as exc:
-                self.disabled = True
-                log.warning("%s; interruption notices will only arrive as signals to the agent", exc)
-                return
-            except Exception as exc:  # never let the watcher die silently
-                self._log_error(f"unexpected error polling the metadata service: {exc!r}")
-            self._stop.wait(max(0.05, self.interval - (time.monotonic() - started)))
-
-    def _log_error(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last_error_log >= 30:
-            self._last_error_log = now
-            log.warning(message)
-        else:
-            log.debug(message)

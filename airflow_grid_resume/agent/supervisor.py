@@ -32,17 +32,23 @@ from airflow_grid_resume.agent.errors import (
     UsageError,
     crash_hint,
 )
-from airflow_grid_resume.agent.imds import (
-    ImdsClient,
-    ImdsDisabled,
-    ImdsUnavailable,
-    Notice,
-    NoticeWatcher,
-    resolve_endpoint,
-)
+from airflow_grid_resume.agent.imds import ImdsClient, ImdsDisabled, ImdsUnavailable, resolve_endpoint
 from airflow_grid_resume.agent.lease import Lease, acquire_lease
 from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL, LogShipper, LogSpool, SpoolLogHandler
+from airflow_grid_resume.agent.monitors import MonitorSettings, discover
+from airflow_grid_resume.agent.monitors.events import (
+    KILL,
+    START_STOP,
+    SYNC,
+    TIGHTEN,
+    StopEvent,
+    lease_lost_event,
+    react,
+    signal_event,
+    unwatched_event,
+)
+from airflow_grid_resume.agent.monitors.runner import MonitorRunner
 from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, Classification, classify
 from airflow_grid_resume.agent.progress import ProgressTracker
 from airflow_grid_resume.agent.restore import Restorer, RestoreResult
@@ -84,7 +90,11 @@ class AgentOptions:
     passthrough: bool = True
 
 
-STOP_EVENTS = ("notice", "signal", "lease_lost", "unwatched")
+@dataclass(frozen=True)
+class Exited:
+    """The command ended (the other kind of event the supervisor waits for)."""
+
+    returncode: int
 
 
 def _utc(epoch: float | None = None) -> str:
@@ -115,11 +125,11 @@ class Supervisor:
 
     def __init__(self, options: AgentOptions) -> None:
         self.o = options
-        self.events: queue.Queue[tuple] = queue.Queue()
+        self.events: queue.Queue[StopEvent | Exited] = queue.Queue()
         self.agent_id = uuid.uuid4().hex
         self.state = "starting"
         self.session = 0
-        self.notice: Notice | None = None
+        self.notice: StopEvent | None = None  # the stop under way, with its reclaim time
         self.instance_id: str | None = None
         self._stop_heartbeat = threading.Event()
         self._beat_now = threading.Event()
@@ -150,7 +160,7 @@ class Supervisor:
         state_dir = tempfile.mkdtemp(prefix="grid-resume-agent-")
         previous_handlers = self._install_signal_handlers()
         spool_handler: SpoolLogHandler | None = None
-        watcher: NoticeWatcher | None = None
+        watcher: MonitorRunner | None = None
         shipper: LogShipper | None = None
         heartbeat: threading.Thread | None = None
         try:
@@ -169,10 +179,9 @@ class Supervisor:
             heartbeat.start()
             log.info("session %d of %s started on %s", self.session, location, holder["host"])
             if imds is not None:
-                watcher = NoticeWatcher(
-                    imds,
-                    on_notice=lambda n: self.events.put(("notice", n)),
-                    on_rebalance=lambda t: self.events.put(("rebalance", t)),
+                watcher = MonitorRunner(
+                    discover(imds, MonitorSettings(notice_window=self.o.notice_window)),
+                    on_event=self.events.put,
                     interval=self.o.imds_poll,
                 )
                 watcher.start()
@@ -251,7 +260,7 @@ class Supervisor:
         self._child = child
         self._set_state("running")
         log.info("started the command (pid %d): %s", child.pid, " ".join(self.o.command))
-        threading.Thread(target=lambda: self.events.put(("exited", child.wait())), daemon=True).start()
+        threading.Thread(target=lambda: self.events.put(Exited(child.wait())), daemon=True).start()
         returncode, signalled, killed = self._watch(child)
         stragglers = child.finish(grace=max(1.0, self.o.min_grace))
         result = classify(returncode, signalled=signalled, killed_after_deadline=killed)
@@ -288,24 +297,22 @@ class Supervisor:
                     if not signalled:
                         self._start_background_sync("periodic")
                 continue
-            kind = event[0]
-            if kind == "exited":
-                return event[1], signalled, killed
-            if kind == "rebalance":
-                log.info("rebalance recommendation (noticeTime %s): syncing now, not stopping", event[1] or "?")
-                if not signalled:
-                    self._start_background_sync("rebalance")
-            elif kind in STOP_EVENTS:
-                notice = self._notice_from(event)
-                if signalled:
-                    if kind == "signal" and self.notice is not None and self.notice.source == "signal":
-                        log.warning("second stop signal: killing the command's process group now")
-                        child.signal_group(signal.SIGKILL)
-                        killed, kill_at = True, None
-                    elif kill_at is not None:
-                        kill_at = min(kill_at, self._kill_deadline(notice))
-                    continue
-                self.notice = notice
+            if isinstance(event, Exited):
+                return event.returncode, signalled, killed
+            reaction = react(event, self.notice)
+            if reaction == SYNC:
+                log.info("%s", event.detail or f"{event.source}: syncing now, not stopping")
+                self._start_background_sync(event.source)
+            elif reaction == KILL:
+                log.warning("second stop signal: killing the command's process group now")
+                child.signal_group(signal.SIGKILL)
+                killed, kill_at = True, None
+            elif reaction == TIGHTEN:
+                notice = self._accept(event)
+                if kill_at is not None:
+                    kill_at = min(kill_at, self._kill_deadline(notice))
+            elif reaction == START_STOP:
+                notice = self.notice = self._accept(event)
                 self._set_state("stopping")
                 signalled = True
                 self._sync_cancel.set()
@@ -316,38 +323,36 @@ class Supervisor:
                     "process group; it has %.1f s to save its state and exit",
                     notice.source,
                     notice.action,
-                    _utc(notice.time),
+                    _utc(notice.reclaim_at),
                     left,
                 )
                 child.signal_group(signal.SIGTERM)
 
-    def _notice_from(self, event: tuple) -> Notice:
-        kind = event[0]
-        if kind == "notice":
-            return event[1]
-        if kind == "signal":
-            name = signal.Signals(event[1]).name
-            log.warning("the agent received %s", name)
-            return Notice("terminate", time.time() + self.o.signal_grace + self.o.sync_reserve, "signal")
-        if kind == "unwatched":
+    def _accept(self, event: StopEvent) -> StopEvent:
+        """Log a stop event and give it a reclaim time (a signal, nobody watching or a lost lease announce
+        none: the command gets ``signal_grace`` plus the sync reserve)."""
+        if event.source == "unwatched":
             log.error(
-                "no Airflow trigger has watched this session for %.0f s (its task was stopped while no trigger "
-                "ran, or the triggerer is down): stopping it so the instance does not run unattended",
-                event[1],
+                "%s (its task was stopped while no trigger ran, or the triggerer is down): stopping it so the "
+                "instance does not run unattended",
+                event.detail,
             )
-            return Notice("terminate", time.time() + self.o.signal_grace + self.o.sync_reserve, "unwatched")
-        log.error("the run's lease was taken by another agent: stopping this session")
-        return Notice("terminate", time.time() + self.o.signal_grace + self.o.sync_reserve, "lease")
+        elif event.source == "lease":
+            log.error("%s: stopping this session", event.detail)
+        elif event.source != "imds":
+            log.warning("%s", event.detail or event.source)
+        return event.with_reclaim(time.time(), self.o.signal_grace + self.o.sync_reserve)
 
-    def _kill_deadline(self, notice: Notice) -> float:
+    def _kill_deadline(self, notice: StopEvent) -> float:
         """Monotonic time after which the command is killed: the reclaim time minus what the final
         sync is expected to need for what is pending now, but never less than ``min_grace`` from now."""
         assert self.syncer is not None
+        assert notice.reclaim_at is not None
         if notice.source == "imds":
-            seen_ago = time.monotonic() - self._notice_seen.setdefault(notice.time, time.monotonic())
-            seconds_left = seconds_until_reclaim(notice.time, time.time(), seen_ago, self.o.notice_window)
+            seen_ago = time.monotonic() - self._notice_seen.setdefault(notice.reclaim_at, time.monotonic())
+            seconds_left = seconds_until_reclaim(notice.reclaim_at, time.time(), seen_ago, self.o.notice_window)
         else:
-            seconds_left = notice.time - time.time()
+            seconds_left = notice.reclaim_at - time.time()
         try:
             pending = self.syncer.pending_bytes()
         except OSError as exc:
@@ -367,14 +372,15 @@ class Supervisor:
                 self.notice_warnings.append(warning)
         return time.monotonic() + max(self.o.min_grace, seconds_left - plan.reserve)
 
-    def _pending_stop(self) -> Notice | None:
+    def _pending_stop(self) -> StopEvent | None:
+        """A stop that arrived while restoring (advisories then are moot: nothing runs yet to sync)."""
         while True:
             try:
                 event = self.events.get_nowait()
             except queue.Empty:
                 return None
-            if event[0] in STOP_EVENTS:
-                self.notice = self._notice_from(event)
+            if isinstance(event, StopEvent) and event.stops:
+                self.notice = self._accept(event)
                 return self.notice
 
     # -- syncing ---------------------------------------------------------------------------
@@ -553,14 +559,14 @@ class Supervisor:
                     if guard.observe(found[1] if found else None, time.monotonic()):
                         if self.state == "restoring":
                             self._abandon_restore(ledger, guard.silent_for(time.monotonic()))
-                        self.events.put(("unwatched", guard.silent_for(time.monotonic())))
+                        self.events.put(unwatched_event(guard.silent_for(time.monotonic())))
                         guard.timeout = 0.0  # once
             try:
                 if lease_ok and time.time() - float(lease.holder.get("renewed_at", 0)) >= self.o.lease_ttl / 5:
                     lease.renew(session=self.session)  # a PUT each: a few per TTL, not one per heartbeat
             except ConditionalWriteLost:
                 lease_ok = False
-                self.events.put(("lease_lost",))
+                self.events.put(lease_lost_event())
             except Exception as exc:
                 log.warning("lease renewal failed, will retry: %s", exc)
             try:
@@ -593,7 +599,9 @@ class Supervisor:
             return {}
         previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda signum, _frame: self.events.put(("signal", signum)))
+            previous[sig] = signal.signal(
+                sig, lambda signum, _frame: self.events.put(signal_event(signal.Signals(signum).name))
+            )
         return previous
 
     @staticmethod

@@ -113,6 +113,25 @@ class LocalSpotCloud:
             self._call("POST", "interrupt", {"instance_id": instance_id, "in_seconds": in_seconds, "notice": notice})
         )
 
+    def schedule_event(
+        self,
+        instance_id: str,
+        *,
+        code: str = "instance-stop",
+        in_seconds: float = 120.0,
+        after: float = 0.0,
+        duration: float = 3600.0,
+    ) -> dict:
+        """An EC2 scheduled event on the instance (``POST /_emulator/scheduled-event``, docs/emulator.md)."""
+        body = {
+            "instance_id": instance_id,
+            "code": code,
+            "in_seconds": in_seconds,
+            "after": after,
+            "duration": duration,
+        }
+        return dict(self._call("POST", "scheduled-event", body))
+
     def set_spot_price(self, price: float, instance_type: str = "*", zone: str = "*") -> dict:
         """What DescribeSpotPriceHistory answers for the type and zone ("*" matches all), USD/h."""
         return dict(self._call("POST", "spot-price", {"instance_type": instance_type, "zone": zone, "price": price}))

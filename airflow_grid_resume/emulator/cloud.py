@@ -54,6 +54,10 @@ from airflow_grid_resume.spot.prices import on_demand_price
 
 DEFAULT_NOTICE_SECONDS = 120.0
 SPOT_TERMINATION = "Server.SpotInstanceTermination"
+SCHEDULED_STOP = "Server.ScheduledStop"
+# Scheduled event codes the cloud carries out at NotBefore (the instance's processes end either way: a rebooted
+# emulated instance would run nothing, as user data does not run again after a reboot).
+ENDING_EVENT_CODES = ("instance-stop", "instance-retirement", "instance-reboot", "system-reboot")
 _EC2_ERROR = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
     "<Message>{message}</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>"
@@ -387,6 +391,21 @@ class SpotCloud:
         self._later(delay, lambda: self._terminate(instance, SPOT_TERMINATION, kill=True))
         return {"instance_id": instance_id, "notice": notice, "terminate_in_seconds": delay}
 
+    def schedule_event(self, instance_id: str, code: str, in_seconds: float, after: float, duration: float) -> dict:
+        """An EC2 scheduled event on the instance's metadata service; one that ends the instance is carried out
+        at its NotBefore (state reason ``Server.ScheduledStop``), unless the instance ended before."""
+        instance = self.instances.get(instance_id)
+        if instance is None:
+            raise KeyError(f"no instance {instance_id} in the local spot cloud")
+        if instance.state != "running":
+            raise ValueError(f"instance {instance_id} is {instance.state}, not running")
+        posted = instance.imds.schedule_event(code=code, in_seconds=in_seconds, after=after, duration=duration)
+        delay = None
+        if code in ENDING_EVENT_CODES:
+            delay = after + in_seconds
+            self._later(delay, lambda: self._terminate(instance, SCHEDULED_STOP, kill=True))
+        return {"instance_id": instance_id, "event_id": posted["event_id"], "code": code, "ends_in_seconds": delay}
+
     def _later(self, delay: float, fn: Callable[[], None]) -> None:
         timer = threading.Timer(max(0.0, delay), fn)
         timer.daemon = True
@@ -593,6 +612,14 @@ class SpotCloudApp:
             elif method == "POST" and name == "interrupt":
                 result = cloud.interrupt(
                     str(doc["instance_id"]), float(doc.get("in_seconds", 0)), bool(doc.get("notice", True))
+                )
+            elif method == "POST" and name == "scheduled-event":
+                result = cloud.schedule_event(
+                    str(doc["instance_id"]),
+                    str(doc.get("code", "instance-stop")),
+                    float(doc.get("in_seconds", 120)),
+                    float(doc.get("after", 0)),
+                    float(doc.get("duration", 3600)),
                 )
             elif method == "POST" and name == "capacity":
                 result = {

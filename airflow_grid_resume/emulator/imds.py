@@ -1,4 +1,5 @@
-"""An emulator of the EC2 instance metadata service with spot interruption and rebalance notices.
+"""An emulator of the EC2 instance metadata service with spot interruption and rebalance notices and
+EC2 scheduled events.
 
 It speaks IMDSv2 with real status codes: ``PUT /latest/api/token`` (400 without a valid TTL
 header), 401 for a missing, unknown or expired token, 404 on ``spot/instance-action`` until a
@@ -23,10 +24,18 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MAX_TTL = 21600
+# EC2's scheduled event codes (docs: "Scheduled events for your instances").
+EVENT_CODES = ("instance-stop", "instance-retirement", "instance-reboot", "system-reboot", "system-maintenance")
 
 
 def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def event_time(epoch: float) -> str:
+    """A scheduled event's time as the metadata service writes it: ``21 Jan 2019 09:00:43 GMT``."""
+    ts = datetime.fromtimestamp(epoch, timezone.utc)
+    return f"{ts.day} {ts.strftime('%b %Y %H:%M:%S')} GMT"
 
 
 @dataclass
@@ -61,6 +70,7 @@ class MetadataService:
         self._tokens: dict[str, float] = {}
         self._notice: tuple[str, float, float] | None = None  # action, visible_at, reclaim_at
         self._rebalance_at: float | None = None
+        self._events: list[dict] = []  # scheduled events: EventId, Code, Description, State, times (epoch)
         self._faults: list[Fault] = []
         self.disabled = False
         self.requests: dict[str, int] = {}
@@ -106,6 +116,47 @@ class MetadataService:
             self._rebalance_at = time.time() + after
         return self.state()
 
+    def schedule_event(
+        self,
+        *,
+        code: str = "instance-stop",
+        in_seconds: float = 120.0,
+        after: float = 0.0,
+        duration: float = 3600.0,
+        description: str | None = None,
+    ) -> dict:
+        """Post an EC2 scheduled event ``after`` seconds from now, whose window (NotBefore to NotAfter) opens
+        ``in_seconds`` after that and lasts ``duration`` seconds."""
+        if code not in EVENT_CODES:
+            raise ValueError(f"code must be one of {', '.join(EVENT_CODES)}, got {code!r}")
+        if in_seconds < 0 or duration < 0:
+            raise ValueError("in_seconds and duration must be 0 or more")
+        visible = time.time() + after
+        event = {
+            "EventId": f"instance-event-{secrets.token_hex(9)[:17]}",
+            "Code": code,
+            "Description": description or f"scheduled {code.replace('-', ' ')}",
+            "State": "active",
+            "visible_at": visible,
+            "not_before": visible + in_seconds,
+            "not_after": visible + in_seconds + duration,
+        }
+        with self._lock:
+            self._events.append(event)
+        return {**self.state(), "event_id": event["EventId"]}
+
+    def cancel_event(self, event_id: str) -> dict:
+        """The event moves from ``events/maintenance/scheduled`` to ``events/maintenance/history``, canceled."""
+        with self._lock:
+            for event in self._events:
+                if event["EventId"] == event_id:
+                    event["State"] = "canceled"
+                    event["Description"] = f"[Canceled] {event['Description']}"
+                    break
+            else:
+                raise ValueError(f"no scheduled event {event_id!r}")
+        return self.state()
+
     def inject_fault(
         self, *, status: int | None = None, delay: float = 0.0, count: int = 1, path_prefix: str = "/latest/"
     ) -> dict:
@@ -127,6 +178,7 @@ class MetadataService:
             self._tokens.clear()
             self._notice = None
             self._rebalance_at = None
+            self._events.clear()
             self._faults.clear()
             self.disabled = False
             self.requests.clear()
@@ -141,6 +193,7 @@ class MetadataService:
                 if notice is None
                 else {"action": notice[0], "visible_at": notice[1], "time": iso(notice[2]), "reclaim_at": notice[2]},
                 "rebalance_at": self._rebalance_at,
+                "scheduled_events": [dict(e) for e in self._events],
                 "faults": [f.__dict__ for f in self._faults],
                 "tokens": len(self._tokens),
                 "requests": dict(self.requests),
@@ -195,6 +248,7 @@ class MetadataService:
         with self._lock:
             notice = self._notice if self._notice and self._notice[1] <= now else None
             rebalance = self._rebalance_at if self._rebalance_at and self._rebalance_at <= now else None
+            events = [dict(e) for e in self._events if e["visible_at"] <= now]
         if name == "spot/instance-action":
             if notice is None:
                 return 404, "text/plain", "Not Found"
@@ -207,6 +261,21 @@ class MetadataService:
             if rebalance is None:
                 return 404, "text/plain", "Not Found"
             return 200, "application/json", json.dumps({"noticeTime": iso(rebalance)})
+        if name in ("events/maintenance/scheduled", "events/maintenance/history"):
+            wanted = name.endswith("scheduled")
+            listed = [
+                {
+                    "NotBefore": event_time(e["not_before"]),
+                    "Code": e["Code"],
+                    "Description": e["Description"],
+                    "EventId": e["EventId"],
+                    "NotAfter": event_time(e["not_after"]),
+                    "State": e["State"],
+                }
+                for e in events
+                if (e["State"] == "active") == wanted
+            ]
+            return 200, "application/json", json.dumps(listed)
         if name in self.meta:
             return 200, "text/plain", self.meta[name]
         if name == "":
@@ -228,6 +297,16 @@ class MetadataService:
                 )
             if name == "rebalance":
                 return 200, self.schedule_rebalance(after=float(body.get("after", 0)))
+            if name == "scheduled-event":
+                return 200, self.schedule_event(
+                    code=str(body.get("code", "instance-stop")),
+                    in_seconds=float(body.get("in_seconds", 120)),
+                    after=float(body.get("after", 0)),
+                    duration=float(body.get("duration", 3600)),
+                    description=body.get("description"),
+                )
+            if name == "cancel-scheduled-event":
+                return 200, self.cancel_event(str(body.get("event_id", "")))
             if name == "fault":
                 return 200, self.inject_fault(
                     status=body.get("status"),

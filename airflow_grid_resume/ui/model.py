@@ -46,6 +46,9 @@ def ended_by(record: Mapping[str, Any]) -> str:
             return "stopped: another agent took over the run"
         if source == "signal":
             return "spot interruption (the instance was shut down)"
+        if source == "scheduled":
+            action = (outcome.get("notice") or {}).get("action") or "stop"
+            return f"EC2 scheduled event: instance {action} (checkpoint saved)"
         return "spot interruption notice"
     if status == "lost":
         reason = closed.get("reason") or "no heartbeat, no outcome"
