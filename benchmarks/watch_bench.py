@@ -680,7 +680,8 @@ def measure(
                   "--seconds", str(args.seconds), "--ramp", str(args.ramp), "--warmup", str(args.warmup),
                   "--poll-interval", str(args.poll_interval),
                   "--instance-check-interval", str(args.instance_check_interval),
-                  "--finish-timeout", str(args.finish_timeout), *(["--gc-freeze"] if args.gc_freeze else [])],
+                  "--finish-timeout", str(args.finish_timeout), *(["--gc-freeze"] if args.gc_freeze else []),
+                  *(["--profile", f"{args.profile}.{k}"] if args.profile else [])],
             stdout=subprocess.PIPE, text=True,
         )
         for k in range(args.triggerers)
@@ -758,6 +759,7 @@ def main() -> int:
     parser.add_argument("--finish-timeout", type=float, default=180.0)
     parser.add_argument("--triggerers", type=int, default=1, help="triggerer processes sharing the runs")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() in the triggerer after the ramp")
+    parser.add_argument("--profile", help="cProfile each triggerer into FILE.K (pstats; CPU figures then include it)")
     parser.add_argument("--json")
     parser.add_argument("--s3", choices=("fast", "moto"), default="fast", help="who serves the ledgers' S3")
     roles = ("conductor", "loadgen", "triggerer", "s3")
@@ -770,6 +772,13 @@ def main() -> int:
         args.seconds = args.minutes * 60
     if args.role == "loadgen":
         return loadgen(args)
+    if args.role == "triggerer" and args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        code = profiler.runcall(triggerer, args)
+        profiler.dump_stats(args.profile)
+        return code
     if args.role == "triggerer":
         return triggerer(args)
     if args.role == "s3":

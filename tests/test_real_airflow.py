@@ -1,6 +1,7 @@
 """The real thing: scheduler, triggerer, dag-processor and api-server (SQLite, LocalExecutor) run a
-DAG with GridRunOperator through a capacity wait and an interruption on the local spot cloud, and a
-user marks another deferred run failed through the REST API. dag.test() runs triggers in-process
+DAG with GridRunOperator through a capacity wait and an interruption on the local spot cloud, with
+EC2's throttling, its eventual consistency, 503s and a lost RunInstances answer, and a user marks
+another deferred run failed through the REST API. dag.test() runs triggers in-process
 and hides classpath and serialization mistakes; this does not."""
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
             # No g5 capacity at first: the first try waits in the capacity trigger, then watches the run
             # in the run trigger: two deferrals in one try, whose story must all reach the task log.
             cloud.set_capacity("g5.xlarge", "*", available=False)
+            # And an EC2 as unkind as the real one, for the real scheduler and triggerer too: EC2's throttling
+            # buckets on every API, new instances unknown to DescribeInstances for their first 3 s, 503s.
+            cloud.set_throttle("defaults")
+            cloud.set_consistency(describe_not_found_seconds=3.0)
+            cloud.inject_fault("DescribeInstances", code="Unavailable", count=3)
             run_id = api.call("POST", "/dags/grid_real/dagRuns", {"logical_date": None})["dag_run_id"]
             stop_id = api.call("POST", "/dags/grid_real_stop/dagRuns", {"logical_date": None})["dag_run_id"]
             wait_for(
@@ -116,6 +122,7 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
             # the worker's own launch attempt failed once; wait for two rounds of the capacity trigger
             wait_for("the capacity trigger to try", lambda: cloud.state()["counters"]["capacity_errors"] >= 3, 60, 0.5)
             cloud.set_capacity("g5.xlarge", "*", available=True)
+            cloud.drop_responses("RunInstances", count=1)  # the launch that follows happens; its answer is lost
             interrupted: list[str] = []
             threading.Thread(target=interrupt_after_a_checkpoint, args=(cloud, s3, interrupted), daemon=True).start()
 
@@ -178,6 +185,9 @@ def test_real_components_run_an_interrupted_training_to_the_end(tmp_path: Path) 
         ledger = RunLedger(client, parse_s3_uri("s3://real-airflow/" + real_run.rsplit("/spec.json", 1)[0]))
         statuses = [(ledger.read_outcome(s) or {}).get("status") for s in ledger.list_sessions()]
         assert statuses[0] == "interrupted" and statuses[-1] == "succeeded", statuses
+        launched = [i for i in cloud.instances() if i["instance_type"] == "g5.xlarge"]
+        assert len(launched) == len(statuses), f"one instance per session, lost answer or not: {launched}"
+        assert not [i for i in cloud.instances() if i["state"] in ("pending", "running")], cloud.instances()
         restored = tmp_path / "restored"
         Restorer(ledger, str(restored)).restore()
         assert (restored / "result.txt").read_text() == reference_result(tmp_path, steps=160)

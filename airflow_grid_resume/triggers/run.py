@@ -35,6 +35,7 @@ from airflow_grid_resume.triggers.settle import settled
 
 # How long, after an outcome, the bootstrap gets to power the instance off by itself before it is terminated.
 SELF_SHUTDOWN_GRACE = 30.0
+SELF_SHUTDOWN_POLL = 3.0
 # How long a watch keeps trying to have EC2 confirm a termination before it reports anyway.
 TERMINATE_TIMEOUT = 300.0
 # How often, at most, the watch records its log offset in watch.json while output flows (and always
@@ -320,12 +321,12 @@ class RunWatchTrigger(BaseTrigger):
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
                         status = str(outcome.get("status"))
                         self.log.info("session %d ended: %s (%s)", self.session, status, outcome.get("reason", ""))
-                        await self._end_instance(ec2_hook, ec2, self_shutdown_grace=SELF_SHUTDOWN_GRACE)
+                        await self._end_instance(ec2_hook, ec2, batcher, self_shutdown_grace=SELF_SHUTDOWN_GRACE)
                         yield TriggerEvent(self._event(status, offset, outcome=outcome))
                         return
                     if self.deadline is not None and time.time() >= self.deadline:
                         self.log.error("max_run reached: terminating instance %s", self.instance_id)
-                        await self._end_instance(ec2_hook, ec2)
+                        await self._end_instance(ec2_hook, ec2, batcher)
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
                         yield TriggerEvent(
                             self._event("timeout", offset, reason="max_run reached; instance terminated")
@@ -360,13 +361,13 @@ class RunWatchTrigger(BaseTrigger):
                         # (no python3 >= 3.10 with boto3, no S3 access). Not spot weather: a failure.
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
                         self.log.error("session %d: %s", self.session, BOOT_FAILURE)
-                        await self._end_instance(ec2_hook, ec2)
+                        await self._end_instance(ec2_hook, ec2, batcher)
                         yield TriggerEvent(self._event("failed", offset, reason=BOOT_FAILURE))
                         return
                     if lost:
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
                         self.log.warning("session %d lost: %s", self.session, lost)
-                        await self._end_instance(ec2_hook, ec2)
+                        await self._end_instance(ec2_hook, ec2, batcher)
                         if await ledger.release_dead_lease(self.instance_id):
                             self.log.info("released the lost agent's lease so the next session can start at once")
                         yield TriggerEvent(self._event("lost", offset, reason=lost))
@@ -389,15 +390,21 @@ class RunWatchTrigger(BaseTrigger):
         due.append(now + max(0.0, self.watch_beat - (time.time() - self._watch_written)))
         return min(max(min(due) - now, 0.05), self.poll_interval * 5)
 
-    async def _end_instance(self, hook: SpotLaunchHook, client: Any, *, self_shutdown_grace: float = 0.0) -> None:
+    async def _end_instance(
+        self, hook: SpotLaunchHook, client: Any, batcher: Any, *, self_shutdown_grace: float = 0.0
+    ) -> None:
         """No instance outlives its session: after an outcome, give the bootstrap ``self_shutdown_grace``
         seconds to power off on its own (the agent still releases its lease), then terminate and
-        retry until EC2 confirms. An unconfirmed termination is logged for ``grid-resume reap``."""
+        retry until EC2 confirms. An unconfirmed termination is logged for ``grid-resume reap``.
+        The grace is watched through the triggerer's batched DescribeInstances, every few seconds:
+        a fleet's runs often end together, and one describe per run per second would hit EC2's
+        throttling."""
         deadline = time.monotonic() + self_shutdown_grace
         while time.monotonic() < deadline:
-            if await self._instance_state(hook, client) in GONE:
+            await asyncio.sleep(min(SELF_SHUTDOWN_POLL, max(0.0, deadline - time.monotonic())))
+            view = await batcher.state(client, self.instance_id)
+            if isinstance(view, dict) and view.get("State", {}).get("Name") in GONE:
                 return
-            await asyncio.sleep(1.0)
         if not await hook.a_ensure_terminated(self.instance_id, client=client, timeout=TERMINATE_TIMEOUT):
             self.log.error(
                 "could not confirm that instance %s is terminated within %.0f s; `grid-resume reap` finds it by its "
@@ -405,13 +412,6 @@ class RunWatchTrigger(BaseTrigger):
                 self.instance_id,
                 TERMINATE_TIMEOUT,
             )
-
-    async def _instance_state(self, hook: SpotLaunchHook, client: Any) -> str | None:
-        try:
-            found = await hook.a_describe_instances([self.instance_id], client=client)
-        except (ClientError, BotoCoreError):
-            return None
-        return found.get(self.instance_id, {}).get("State", {}).get("Name")
 
     async def _stream(
         self, ledger: AsyncLedgerReader, offset: int, pending: bytes, *, final: bool = False
