@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,14 @@ def per_hour(before: dict[str, int], after: dict[str, int], seconds: float) -> d
 
 
 def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="grid-cost-"))
+    try:
+        return measure(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(work: Path) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--lines-per-second", type=float, default=3.0, help="0: a run with no output")
@@ -64,7 +73,6 @@ def main() -> int:
     parser.add_argument("--log-interval", type=float, help="the agent's --log-interval (default: its own)")
     parser.add_argument("--json")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="grid-cost-"))
     with MotoServer() as moto, FaultProxy(moto.endpoint_url) as agent_side, FaultProxy(moto.endpoint_url) as airflow:
         env = {
             "AWS_ACCESS_KEY_ID": "bench",
