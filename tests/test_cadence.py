@@ -30,6 +30,20 @@ def simulate(
     landed = [phase + k * period + rng.uniform(*jitter) for k in range(int(seconds / period)) if ticks(k)]
     landed = [t + shift[1] if t >= shift[0] else t for t in landed]
     plan = schedule or ChunkSchedule(period=period, poll=2.0, started=0.0)
+    return read_on_schedule(plan, landed, seconds, rng=rng, lateness=lateness, duration=duration)
+
+
+def read_on_schedule(
+    plan: ChunkSchedule,
+    landed: list[float],
+    seconds: float,
+    *,
+    rng: random.Random | None = None,
+    lateness: float = 0.0,
+    duration: float = 0.0,
+) -> tuple[int, list[float]]:
+    """A watch reading on ``plan`` chunks that land at the times ``landed``, until ``seconds``."""
+    rng = rng or random.Random(0)
     reads, seen, delays, now = 0, 0, [], 0.0
     while True:
         next_read = plan.next_read()
@@ -99,18 +113,7 @@ def test_late_upload_is_caught_by_one_more_look() -> None:
     late = {40}
     rng = random.Random(3)
     landed = [0.5 + k * 3.0 + (0.5 if k in late else rng.uniform(0.0, 0.05)) for k in range(80)]
-    plan = ChunkSchedule(period=3.0, poll=2.0, started=0.0)
-    delays: list[float] = []
-    seen, now = 0, 0.0
-    while now < 240.0:
-        now = plan.next_read()
-        new = [t for t in landed[seen:] if t <= now]
-        if new:
-            delays += [now - t for t in new]
-            seen += len(new)
-            plan.hit(now)
-        else:
-            plan.miss(now)
+    _, delays = read_on_schedule(ChunkSchedule(period=3.0, poll=2.0, started=0.0), landed, 240.0)
     assert max(delays[5:]) < 1.0, max(delays[5:])  # after the first few chunks (learning the phase)
 
 

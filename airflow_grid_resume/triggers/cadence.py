@@ -37,7 +37,7 @@ class ChunkSchedule:
     last_read: float | None = None
     last_hit: float | None = None
     last_miss: float | None = None  # the latest read that found nothing, since the last hit
-    retries: int = 0  # looks still to take after a miss at a window's end (a late chunk?)
+    retry_due: bool = False  # one more look after a miss at a window's end (a late chunk?)
     reprobe_every: int = 20  # hits; then the window is widened a little, in case chunks now land earlier
     hits: int = 0
 
@@ -71,15 +71,15 @@ class ChunkSchedule:
         self.lo, self.hi = min(max(lo, hi - widest), hi), hi
         self.last_read = self.last_hit = now
         self.last_miss = None
-        self.retries = 0
+        self.retry_due = False
 
     def miss(self, now: float) -> None:
         """A read found nothing new."""
         aimed = self._aimed_window(now)
-        if self.retries:
-            self.retries -= 1
+        if self.retry_due:
+            self.retry_due = False  # that was the one more look
         elif aimed is not None and now >= aimed[1]:
-            self.retries = 1 if self._flowing(now) else 0  # a late chunk, or a tick without output
+            self.retry_due = self._flowing(now)  # a late chunk, or a tick without output
         self.last_read = self.last_miss = now
 
     # -- when to read next ----------------------------------------------------------------------
@@ -91,7 +91,7 @@ class ChunkSchedule:
         quiet = last - (self.started if self.last_hit is None else self.last_hit) >= self.quiet_after
         if self.lo is None or self.hi is None:
             return last + (self.quiet_poll if quiet else self.poll)
-        if self.retries:
+        if self.retry_due:
             return last + self.retry
         current = self._aimed_window(last)
         assert current is not None

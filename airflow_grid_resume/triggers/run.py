@@ -154,8 +154,6 @@ class AsyncLedgerReader:
             self._chunk_end = offset + len(out)
             return bytes(out), offset + len(out)
         prefix, start_after = self.keys.log_listing(self.session, offset)
-        if offset == self._chunk_end and offset > 0:
-            start_after = self.keys.log_key(self.session, offset - 1)
         session_prefix = self.keys.session_key(self.session, "") + "/"
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": session_prefix}
         if start_after:
