@@ -402,7 +402,9 @@ def test_progress_lines_reach_heartbeat_and_outcome(agent, run_uri: str, ledger:
     )
     proc = agent(run_uri, tmp_path / "w", "sh", "-c", script, options=[*FAST, "--heartbeat-interval", "0.5"])
     beat = wait_for(
-        lambda: (hb := ledger.read_heartbeat(1)) and hb.get("progress") and hb, timeout=10, what="progress in a beat"
+        lambda: (hb := ledger.read_heartbeat(1)) and (hb.get("progress") or {}).get("done") == 6 and hb,
+        timeout=10,
+        what="the latest progress in a beat",
     )
     assert beat["progress"] == {"done": 6, "total": 10, "first": 4} and beat["state"] == "running"
     assert proc.wait() == 0
