@@ -5,6 +5,7 @@ interrupts on the local spot cloud. The user opens the task instance's "Spot run
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 import urllib.error
 import urllib.request
@@ -182,7 +183,16 @@ def test_run_view_and_dashboard_tell_an_interruption_from_a_failure(browser: Any
             assert frame.get_by_test_id("progress").inner_text().startswith("step ")
 
             # Airflow's own log view of the deferred try: served live by the stack's loopback log server
-            live_log = api.call("GET", f"/dags/grid_ui/dagRuns/{quote(run_id, safe='')}/taskInstances/train/logs/1")
+            # (the watch writes output into it once per uploaded chunk, seconds after the heartbeat showed it)
+            logs_url = f"/dags/grid_ui/dagRuns/{quote(run_id, safe='')}/taskInstances/train/logs/1"
+            live_log = api.call("GET", logs_url)
+            with contextlib.suppress(TimeoutError):
+                live_log = wait_for(
+                    "the script's output in the live task log",
+                    lambda: "grid-resume: progress" in str((log := api.call("GET", logs_url))["content"]) and log,
+                    30,
+                    1,
+                )
             assert "grid-resume: progress" in str(live_log["content"]), str(live_log)[-2000:]
             assert f"http://127.0.0.1:{stack.log_port}/log/" in str(live_log), str(live_log)[:2000]
             assert "Could not read served logs" not in str(live_log)
