@@ -18,7 +18,7 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q
 
 # The seeded simulation of the whole lifecycle under every fault (tests/test_chaos.py): make test runs a fixed
 # set of seeds; make chaos SEEDS=N runs seeds 1..N (about a minute each).
