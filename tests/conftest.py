@@ -218,7 +218,11 @@ def make_dag(dag_id: str, workdir: Path, bucket: str, operator_class: type | Non
             capacity_backoff=(0.5, 1.0),
             agent_args=op_kwargs.pop(
                 "agent_args",
-                ["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1", "--min-grace", "1"],
+                # Chunks every 0.5 s (the default 3 s would make every session end wait for its last chunk).
+                [
+                    *("--heartbeat-interval", "1", "--log-interval", "0.5", "--imds-poll", "0.2"),
+                    *("--sync-reserve", "1", "--min-grace", "1"),
+                ],
             ),
             retry_delay=op_kwargs.pop("retry_delay", timedelta(seconds=1)),
             **op_kwargs,

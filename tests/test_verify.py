@@ -96,6 +96,11 @@ def test_progress_targets_move_forward_and_stay_inside_the_run() -> None:
     assert progress_target(0.3, (1, 101), None) == 31
     assert progress_target(0.3, (1, 101), reached=60) == 63  # past what the previous session reached
     assert progress_target(0.99, (1, 101), None) == 100 and progress_target(0.0, (1, 101), None) == 2
+    # A notice takes a moment to reach the command: the target keeps that many steps before the end if it can,
+    # and still comes after what the previous session reached.
+    assert progress_target(0.7, (1, 101), None, margin_steps=49.5) == 51
+    assert progress_target(0.5, (1, 301), None, margin_steps=577) == 2  # a run shorter than the margin: early
+    assert progress_target(0.5, (1, 101), reached=90, margin_steps=50) == 91
 
 
 def test_offsets_follow_the_work_actually_done() -> None:
@@ -229,6 +234,21 @@ def test_a_sigterm_after_the_last_step_is_not_held_against_the_script() -> None:
     assert check is not None and check.status == PASS and "while it was exiting" in " ".join(check.details)
     chain[1].progress = _steps(20, 6, 18)  # not done: dying of SIGTERM is a failure
     assert decide(reference, chain, **_kwargs()).check("sigterm").status == FAIL
+
+
+def test_an_interruption_that_came_only_after_the_last_step_tested_nothing() -> None:
+    reference = _good()[0]
+    # One interruption, planned mid-run; on a loaded machine its SIGTERM came after the script's last step.
+    late = _record("session 1", 10, status="interrupted", sigterm_at=13.5, exited_at=13.55, returncode=143,
+                   progress=_steps(10, 1, 30), manifest="000001-000001.json")  # fmt: skip
+    final = _record("session 2", 20, exited_at=23.1, returncode=0, progress=_steps(20, 1, 30))
+    verdict = decide(reference, [late, final], **_kwargs())
+    assert verdict.exit_code == EXIT_INCONCLUSIVE and not verdict.resumable, verdict
+    assert verdict.headline == "INCONCLUSIVE: the interruption came after the last step"
+    check = verdict.check("sigterm")
+    assert check is not None and check.status == SKIP
+    assert check.summary.startswith("interruption landed after the script finished; nothing was tested")
+    assert verdict.check("resume") is None  # no "starts over" verdict from a session that had simply finished
 
 
 def test_the_step_under_way_may_finish_after_sigterm() -> None:

@@ -62,7 +62,8 @@ class LocalSpotCloud:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(20)
+                # Its shutdown waits until every instance's processes are gone (up to a minute on a loaded machine).
+                self.proc.wait(90)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

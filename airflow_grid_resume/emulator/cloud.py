@@ -121,18 +121,30 @@ def marked_processes(instance_id: str) -> list[int]:
     return found
 
 
-def kill_instance(instance_id: str, root: int | None) -> None:
+KILL_TIMEOUT = 60.0  # a SIGKILLed process on a loaded machine can take seconds to finish exiting
+
+
+def kill_instance(instance_id: str, root: int | None, timeout: float = KILL_TIMEOUT) -> list[int]:
     """An instance that is reclaimed or powered off takes every process with it: kill its tree and
-    every marked process until none is left (SIGKILLed processes fork no more)."""
-    for _ in range(100):
+    every marked process, and return only once none of them runs any more (a zombie has ended: its
+    parent, or we as the subreaper, reap it). SIGKILLed processes fork no more, but one that is still
+    exiting shows as running: waiting for the condition, not a number of rounds, is what makes
+    "nothing left behind" hold when this returns, however loaded the machine. Returns the processes
+    still running after ``timeout`` seconds (none unless the kernel is stuck)."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
         members = set(descendants(root) if root else []) | set(marked_processes(instance_id))
         live = [p for p in members if _alive(p)]
-        if not live:
-            return
+        if not live or time.monotonic() >= deadline:
+            if live:
+                print(f"local spot cloud: {instance_id}: processes {live} still run after SIGKILL", file=sys.stderr)
+            return live
         for member in live:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(member, signal.SIGKILL)
-        time.sleep(0.02)
+        time.sleep(pause)
+        pause = min(0.1, pause * 2)
 
 
 def _alive(pid: int) -> bool:

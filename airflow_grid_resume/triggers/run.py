@@ -399,7 +399,9 @@ class RunWatchTrigger(BaseTrigger):
         throttling."""
         deadline = time.monotonic() + self_shutdown_grace
         while time.monotonic() < deadline:
-            await asyncio.sleep(min(SELF_SHUTDOWN_POLL, max(0.0, deadline - time.monotonic())))
+            # A watch that checks its instance more often than SELF_SHUTDOWN_POLL polls the grace that often too.
+            poll = min(SELF_SHUTDOWN_POLL, self.instance_check_interval)
+            await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
             view = await batcher.state(client, self.instance_id)
             if isinstance(view, dict) and view.get("State", {}).get("Name") in GONE:
                 return

@@ -9,6 +9,7 @@ uninterrupted session shows what was kept.
 
 from __future__ import annotations
 
+import math
 import random
 
 EARLY = (0.05, 0.2)  # the first point of several: early, where a first slow checkpoint write may be under way
@@ -80,11 +81,20 @@ def progress_span(reference: object) -> tuple[float, float] | None:
     return values[0], max(values)
 
 
-def progress_target(fraction: float, span: tuple[float, float], reached: float | None) -> float:
+NOTICE_MARGIN_SECONDS = 1.5  # of the reference's work left after a progress target, when the run has that much
+
+
+def progress_target(
+    fraction: float, span: tuple[float, float], reached: float | None, margin_steps: float = 0.0
+) -> float:
     """The progress number at which to post a notice: ``fraction`` of the way through the reference's
-    progress, past what the previous sessions reached, and short of the end."""
+    progress, past what the previous sessions reached, and short of the end by ``margin_steps`` where
+    the run allows it: the notice reaches the command a moment after the target step is printed (the
+    agent polls its metadata service; a busy machine adds seconds), and a target close to the end of a
+    short run would let the script finish first."""
     first, last = span
     target = round(first + fraction * (last - first))
     if reached is not None:
         target = max(target, reached + max(1, round(MIN_STEP_SHARE * (last - first))))
-    return float(min(max(target, first + 1), last - 1))
+    target = min(target, last - math.ceil(margin_steps))
+    return float(min(max(target, first + 1, (reached or first) + 1), last - 1))

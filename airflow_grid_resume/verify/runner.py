@@ -39,6 +39,7 @@ from airflow_grid_resume.emulator.imds import MetadataService
 from airflow_grid_resume.emulator.moto_server import MotoServer, die_with_parent
 from airflow_grid_resume.verify.chaos import (
     FLOOR_SECONDS,
+    NOTICE_MARGIN_SECONDS,
     allowed_after_sigterm,
     next_offset,
     plan_points,
@@ -170,11 +171,13 @@ class Verifier:
         if reference.status != "succeeded" or reference.duration is None:
             return result
         steps = progress_span(reference)
+        margin_steps = 0.0
         if steps is not None and reference.started_at is not None:
             # Progress lines say when the work starts: the first one, less the step it reports.
             first_at, ref_last_at = reference.progress[0][0], reference.progress[-1][0]
             step = (ref_last_at - first_at) / max(1.0, steps[1] - steps[0])
             result.startup = max(0.0, min(first_at - reference.started_at - step, reference.duration))
+            margin_steps = NOTICE_MARGIN_SECONDS / max(step, 1e-6)
         else:
             result.startup = startup_seconds(reference.first_output_after, reference.duration)
         work = max(0.01, reference.duration - result.startup)
@@ -187,7 +190,7 @@ class Verifier:
             offset = next_offset(point, done, result.startup, MIN_WORK_SHARE * work, work, IMDS_POLL)
             target = None
             if steps is not None:  # the script prints progress: interrupt at a step, immune to the machine's speed
-                target = progress_target(point / work, steps, reached)
+                target = progress_target(point / work, steps, reached, margin_steps)
                 left = work * max(0.0, steps[1] - target) / max(1.0, steps[1] - steps[0])
                 allowed = cfg.allowed_for(left, result.startup)
                 self.say(f"session {session}: notice at step {target:g}, {allowed:.1f} s to exit...")

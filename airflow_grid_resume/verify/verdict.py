@@ -152,6 +152,18 @@ def decide(
             "use a run long enough to interrupt (a few seconds at least), or a different --seed.",
         )
         return Verdict([check], EXIT_INCONCLUSIVE, "INCONCLUSIVE: nothing was interrupted")
+    late = [r for r in chain if r.interrupted]
+    if all(finished_before_sigterm(r, reference) for r in late):
+        check = Check(
+            "sigterm",
+            SKIP,
+            "interruption landed after the script finished; nothing was tested: the command had reported the "
+            "reference's last step before its SIGTERM came",
+            tuple(f"{r.label}: SIGTERM {_s(r.ran_before_sigterm)} in, after its last step" for r in late),
+            "use a longer run (the notice needs about a second to reach the command on a busy machine), or "
+            "run verify again.",
+        )
+        return Verdict([check], EXIT_INCONCLUSIVE, "INCONCLUSIVE: the interruption came after the last step")
     finished = bool(chain) and chain[-1].status == "succeeded"
     checks = [
         check_sigterm(chain, window, reference, startup),
