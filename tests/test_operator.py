@@ -73,6 +73,9 @@ def summary_of(dagrun) -> dict:
 
 
 LOGICAL = datetime(2026, 3, 1, tzinfo=timezone.utc)
+# A run nothing interrupts needs no long training: 20 steps of 0.05 s.
+QUICK_STEPS = 20
+QUICK = f"python3 train.py {QUICK_STEPS} 0.05"
 
 
 def test_a_run_without_interruption_and_clearing_it_reports_the_finished_run(
@@ -80,7 +83,7 @@ def test_a_run_without_interruption_and_clearing_it_reports_the_finished_run(
 ) -> None:
     bucket = f"op-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
-    dag = make_dag(f"grid_plain_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0)
+    dag = make_dag(f"grid_plain_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0, command=QUICK)
     dagrun = dag.test(logical_date=LOGICAL, run_after=LOGICAL)
     assert dagrun.state == "success"
     ledger = run_ledger(bucket)
@@ -91,7 +94,7 @@ def test_a_run_without_interruption_and_clearing_it_reports_the_finished_run(
         record = ledger.read_record(cls, None if cls in records.RUN_RECORDS else 1)
         assert record is not None and record.extra == {}, (cls.__name__, record)
     assert ledger.read_final().status == "succeeded" and ledger.read_closed(1).status == "succeeded"
-    assert result_of(ledger, tmp_path) == reference_result(tmp_path)
+    assert result_of(ledger, tmp_path) == reference_result(tmp_path, QUICK_STEPS)
     summary = summary_of(dagrun)
     assert (summary["sessions"], summary["interruptions"], summary["failures"]) == (1, 0, 0)
     assert summary["final_outcome"] == "succeeded" and summary["last_manifest"]
@@ -110,7 +113,7 @@ def test_a_run_without_interruption_and_clearing_it_reports_the_finished_run(
 
 def test_clearing_a_finished_run_with_rerun_fresh_starts_over(spot_cloud, training_dir, tmp_path, capfd) -> None:
     bucket = new_bucket()
-    dag = make_dag(f"grid_fresh_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0, rerun="fresh")
+    dag = make_dag(f"grid_fresh_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0, rerun="fresh", command=QUICK)
     first = dag.test(logical_date=LOGICAL, run_after=LOGICAL)
     assert first.state == "success"
     capfd.readouterr()
@@ -121,7 +124,7 @@ def test_clearing_a_finished_run_with_rerun_fresh_starts_over(spot_cloud, traini
     assert summary["run_uri"].endswith("/rerun-2") and summary["sessions"] == 1
     fresh = RunLedger(make_s3_client(), parse_s3_uri(summary["run_uri"]))
     assert fresh.read_outcome(1)["status"] == "succeeded"
-    assert result_of(fresh, tmp_path) == reference_result(tmp_path)
+    assert result_of(fresh, tmp_path) == reference_result(tmp_path, QUICK_STEPS)
     # the first run is kept as it was
     first_run = RunLedger(make_s3_client(), parse_s3_uri(summary["run_uri"].rsplit("/rerun-2", 1)[0]))
     assert first_run.list_sessions() == [1] and first_run.read_outcome(1)["status"] == "succeeded"
@@ -255,7 +258,7 @@ def test_lost_instance_resumes_from_the_last_checkpoint(spot_cloud, training_dir
             bucket,
             retries=0,
             heartbeat_timeout=3,
-            agent_args=["--heartbeat-interval", "1", "--sync-interval", "1"],
+            agent_args=["--heartbeat-interval", "1", "--log-interval", "0.5", "--sync-interval", "1"],
         )
         assert dag.test().state == "success"
     finally:
@@ -285,7 +288,7 @@ def test_max_run_terminates_the_instance(spot_cloud, training_dir, capfd) -> Non
 
 def test_capacity_withheld_then_released(spot_cloud, training_dir, tmp_path, capfd) -> None:
     bucket = new_bucket()
-    dag = make_dag(f"grid_drought_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0)
+    dag = make_dag(f"grid_drought_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0, command=QUICK)
     spot_cloud.set_capacity("*", "*", available=False, for_seconds=5)
     try:
         assert dag.test().state == "success"
@@ -294,7 +297,7 @@ def test_capacity_withheld_then_released(spot_cloud, training_dir, tmp_path, cap
     out = capfd.readouterr().out
     assert "no spot capacity for g5.xlarge in" in out
     assert re.search(r"session 1: waited \d+ s for capacity over \d+ rounds", out)  # kept in the task's own log
-    assert result_of(run_ledger(bucket), tmp_path) == reference_result(tmp_path)
+    assert result_of(run_ledger(bucket), tmp_path) == reference_result(tmp_path, QUICK_STEPS)
 
 
 def test_parameters_are_validated_with_their_names() -> None:

@@ -53,7 +53,7 @@ with DAG("grid_ha", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezo
         log_offset_save_interval={OFFSET_SAVE},
         instance_check_interval=1.0,
         capacity_backoff=(0.5, 1.0),
-        agent_args=["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1"],
+        agent_args=["--heartbeat-interval", "1", "--log-interval", "0.5", "--imds-poll", "0.2", "--sync-reserve", "1"],
         retries=0,
     )
 """

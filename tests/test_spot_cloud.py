@@ -254,7 +254,8 @@ def agent_pyz(tmp_path_factory) -> str:
 def prepare_run(bucket: str, run_id: str, agent_pyz: str, command: list[str]) -> str:
     s3 = boto3.client("s3")
     s3.upload_file(agent_pyz, bucket, f"{run_id}/{AGENT_KEY}")
-    spec = {"command": command, "agent_args": ["--heartbeat-interval", "1", "--imds-poll", "0.2"]}
+    agent_args = ["--heartbeat-interval", "1", "--log-interval", "0.5", "--imds-poll", "0.2"]
+    spec = {"command": command, "agent_args": agent_args}
     s3.put_object(Bucket=bucket, Key=f"{run_id}/{SPEC_KEY}", Body=json.dumps(spec).encode())
     return f"s3://{bucket}/{run_id}"
 
