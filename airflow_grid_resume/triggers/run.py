@@ -418,6 +418,10 @@ class RunWatchTrigger(BaseTrigger):
     ) -> tuple[int, bytes]:
         """Log every complete new line into the task log; remember how far in the ledger."""
         data, _ = await ledger.read_log(offset + len(pending))
+        # A read stops after a chunk younger than the upload interval; after the outcome nothing more comes,
+        # so the final read takes every chunk left (the agent's last lines often span two fresh chunks).
+        while final and data and (more := (await ledger.read_log(offset + len(pending) + len(data)))[0]):
+            data += more
         buffered = pending + data
         cut = len(buffered) if final else complete_cut(buffered)
         if cut <= 0:
