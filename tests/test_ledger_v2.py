@@ -150,10 +150,15 @@ def test_records_are_written_with_their_keys_rule_and_read_typed(ledger: RunLedg
     first = ledger.write_record(records.Lease(agent_id="a", expires_at=10.0))  # cas: created with If-None-Match
     with pytest.raises(ConditionalWriteLost):
         ledger.write_record(records.Lease(agent_id="b", expires_at=20.0))
-    ledger.write_record(records.Lease(agent_id="a", expires_at=30.0), if_match=first)
+    renewed = records.Lease(agent_id="a", expires_at=30.0)
+    second = ledger.write_record(renewed, if_match=first)
     assert ledger.read_record(records.Lease).expires_at == 30.0
+    # Its retry after a lost answer meets 412 on the old ETag and finds its own bytes: ours, with their ETag.
+    assert ledger.write_record(renewed, if_match=first) == second
+    with pytest.raises(ConditionalWriteLost):  # anyone else's write on that ETag lost
+        ledger.write_record(records.Lease(agent_id="b", expires_at=40.0), if_match=first)
 
-    # What supervisor.py writes today (a dict, no format) reads as version 1, unknown fields kept.
+    # What agents wrote before records (a dict, no format) reads as version 1, unknown fields kept.
     ledger.put_json(ledger.key(layout.heartbeat(1)), {"session": 1, "seq": 3, "state": "running", "extra_field": 1})
     beat = ledger.read_record(records.Heartbeat, 1)
     assert (beat.seq, beat.state, beat.extra) == (3, "running", {"extra_field": 1})
@@ -165,7 +170,7 @@ def test_records_are_written_with_their_keys_rule_and_read_typed(ledger: RunLedg
 
 def test_the_airflow_sides_readers_take_typed_records(ledger: RunLedger) -> None:
     """summary.read_records, the UI's read_ledger_docs and the reaper's final.json reader, over a run
-    written as both sides write it today: the agent's dicts (no format), the operator's records."""
+    whose records both sides wrote, with session start records as older agents wrote them (no format)."""
     from airflow_grid_resume.agent import layout, records
     from airflow_grid_resume.reaper import run_ended_reader
     from airflow_grid_resume.summary import read_records, summarize
@@ -180,12 +185,12 @@ def test_the_airflow_sides_readers_take_typed_records(ledger: RunLedger) -> None
             on_demand_price=0.096, launched_at=1000.0 * session, waited_seconds=5,
         )  # fmt: skip
         ledger.write_record(launch, session)
-        ledger.write_outcome(
-            session,
-            {"session": session, "status": status, "started_at": f"1970-01-01T00:{session * 16}:50Z",
-             "ended_at": "1970-01-01T00:30:00Z" if session == 1 else "1970-01-01T01:00:00Z",
-             "progress": {"first": 1 if session == 1 else 41, "last": 50 if session == 1 else 100, "total": 100}},
+        outcome = records.Outcome(
+            session=session, status=status, started_at=f"1970-01-01T00:{session * 16}:50Z",
+            ended_at="1970-01-01T00:30:00Z" if session == 1 else "1970-01-01T01:00:00Z",
+            progress={"first": 1 if session == 1 else 41, "last": 50 if session == 1 else 100, "total": 100},
         )  # fmt: skip
+        ledger.write_record(outcome, session)
         ledger.write_record(records.Closed(status=status, instance_id=f"i-{session}", at=None), session)
     ledger.write_record(records.LaunchAttempt(session=3, expires_at="2026-01-01T00:00:00Z"), 3)  # planned only
     ledger.write_record(records.Final(status="succeeded", session=2, reason="succeeded", at=3600.0))

@@ -9,6 +9,7 @@ import pytest
 
 from airflow_grid_resume.agent.deadline import plan_final_sync, seconds_until_reclaim
 from airflow_grid_resume.agent.errors import crash_hint
+from airflow_grid_resume.agent.records import Heartbeat
 from airflow_grid_resume.reaper import select_reapable
 from airflow_grid_resume.spot.launch import (
     CAPACITY,
@@ -96,26 +97,30 @@ def liveness(**kw) -> Liveness:
     return Liveness(**{**args, **kw})
 
 
+def beat(seq: int, time: str = "t") -> Heartbeat:
+    return Heartbeat(session=1, seq=seq, time=time)
+
+
 def test_a_heartbeat_that_changes_is_alive_whatever_its_clock_says() -> None:
     live = liveness()
     for step in range(20):  # the agent's clock could be hours off: only changes count
-        live.heartbeat((step, f"1970-01-01T00:00:{step:02d}Z"), now=1000.0 + 10 * step)
+        live.heartbeat(beat(step, f"1970-01-01T00:00:{step:02d}Z"), now=1000.0 + 10 * step)
         assert live.verdict(1000.0 + 10 * step).kind == ALIVE
 
 
 def test_silence_needs_the_same_heartbeat_read_over_more_than_the_timeout() -> None:
     live = liveness()
-    live.heartbeat((1, "t"), now=1000.0)
+    live.heartbeat(beat(1), now=1000.0)
     assert live.verdict(now=1500.0).kind == ALIVE  # no read since: failed reads are no evidence
-    live.heartbeat((1, "t"), now=1060.0)
+    live.heartbeat(beat(1), now=1060.0)
     assert live.verdict(now=1060.0).kind == ALIVE
-    live.heartbeat((1, "t"), now=1100.0)
+    live.heartbeat(beat(1), now=1100.0)
     assert live.verdict(now=1100.0).kind == SILENT
 
 
 def test_a_restarted_watch_gives_the_agent_a_full_timeout() -> None:
     live = liveness(launched_ago=5000.0)
-    live.heartbeat((77, "t"), now=1000.0)  # first sight of an old heartbeat: counted from now
+    live.heartbeat(beat(77), now=1000.0)  # first sight of an old heartbeat: counted from now
     assert live.verdict(now=1080.0).kind == ALIVE
 
 

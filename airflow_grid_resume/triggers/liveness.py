@@ -1,7 +1,7 @@
 """Is a session's instance alive, gone, or unknown? One judgement, pure, on the watcher's own clock.
 
 Nothing here compares two hosts' wall clocks: the agent's heartbeat counts as alive while its
-content changes (its ``seq``), timed on the watcher's monotonic clock, and "dead" needs the
+content changes (its ``seq`` and ``time``), timed on the watcher's monotonic clock, and "dead" needs the
 same heartbeat observed unchanged for longer than ``heartbeat_timeout`` by reads that succeeded.
 "Gone" needs positive evidence from EC2: a state of shutting-down/terminated (or stopped), or the
 instance not listed for longer than EC2's consistency window. A failed read or describe is no
@@ -11,6 +11,8 @@ evidence at all.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from airflow_grid_resume.agent.records import Heartbeat
 
 GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
 
@@ -60,11 +62,13 @@ class Liveness:
         return self.launched_ago + (now - self.started)
 
     # -- evidence ---------------------------------------------------------------------------------
-    def heartbeat(self, tag: object, now: float) -> None:
-        """A successful read of the heartbeat: ``tag`` is its seq (or ETag), None if there is none yet."""
+    def heartbeat(self, beat: Heartbeat | None, now: float) -> None:
+        """A successful read of the heartbeat, None if there is none yet. A new ``seq`` or ``time`` is a
+        new beat (the agent's clock is never compared with ours)."""
         self.beat_read = now
-        if tag is None:
+        if beat is None:
             return
+        tag = (beat.seq, beat.time)
         if self.beat_changed is None or tag != self.beat_tag:
             self.beat_tag, self.beat_changed = tag, now
 
