@@ -364,6 +364,12 @@ RUN_RECORDS: dict[type[Record], str] = {Spec: layout.SPEC, Final: layout.FINAL, 
 ALL = (*RUN_RECORDS, *SESSION_RECORDS)
 
 
+def as_dict(record: Record | None) -> dict[str, Any] | None:
+    """``record``'s JSON form (None for None): what the pure view models (summary, ui/model) take, so
+    their inputs are the documents as stored and their tests plain dicts."""
+    return None if record is None else record.to_dict()
+
+
 def record_key(cls: type[Record], session: int | None = None) -> str:
     """The key (under the run prefix) of ``cls``'s document; session records need ``session``."""
     if cls in RUN_RECORDS:
