@@ -212,3 +212,41 @@ def test_the_airflow_sides_readers_take_typed_records(ledger: RunLedger) -> None
     ledger.put_json(ledger.key(layout.outcome(4)), {"format": "grid-resume-outcome/2", "session": 4, "status": "x"})
     with pytest.raises(UnsupportedFormatError, match="upgrade airflow-grid-resume"):
         read_records(ledger)
+
+
+def test_the_run_watchs_reader_parses_records_and_releases_only_a_dead_agents_lease(
+    ledger: RunLedger, run_uri: str
+) -> None:
+    """triggers/run.py's AsyncLedgerReader, on aiobotocore against moto's server: records parse (one that
+    does not counts as absent, a newer one is refused), watch.json is written as its record, and the lease
+    release is ``Lease.released_for_dead`` written with If-Match: a live holder's lease is never touched."""
+    import asyncio
+    import time
+
+    from aiobotocore.session import get_session
+
+    from airflow_grid_resume.agent import layout, records
+    from airflow_grid_resume.triggers.run import AsyncLedgerReader
+
+    ledger.write_record(records.Heartbeat(session=1, seq=4, state="running", log_interval=2.0), 1)
+    ledger.put(ledger.key(layout.outcome(1)), b"{half")
+    ledger.put_json(ledger.key(layout.watch(2)), {"format": "grid-resume-watch/9", "log_offset": 5})
+    ledger.write_record(records.Lease(agent_id="a", session=1, instance_id="i-1", expires_at=time.time() + 300))
+
+    async def watch() -> None:
+        async with get_session().create_client("s3") as s3:
+            first, second = AsyncLedgerReader(s3, run_uri, 1), AsyncLedgerReader(s3, run_uri, 2)
+            beat = await first.get_record(records.Heartbeat)
+            assert beat is not None and (beat.seq, beat.log_interval) == (4, 2.0)
+            assert await first.get_record(records.Outcome) is None
+            with pytest.raises(UnsupportedFormatError, match=r"watch\.json has format grid-resume-watch/9"):
+                await second.get_record(records.Watch)
+            await first.put_record(records.Watch(log_offset=7, at=1.0))
+            assert not await second.release_dead_lease("i-2")  # another session's, on another instance
+            assert await first.release_dead_lease("i-1")
+            assert not await first.release_dead_lease("i-1")  # released already
+
+    asyncio.run(watch())
+    lease = ledger.read_record(records.Lease)
+    assert lease.released and lease.released_by == "airflow: instance i-1 is gone" and lease.agent_id == "a"
+    assert ledger.read_record(records.Watch, 1) == records.Watch(log_offset=7, at=1.0)
