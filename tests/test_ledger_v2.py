@@ -146,6 +146,11 @@ def test_records_are_written_with_their_keys_rule_and_read_typed(ledger: RunLedg
     ledger.write_record(records.Closed(status="lost", at=2.0), 1)
     ledger.write_record(records.Closed(status="interrupted", at=3.0), 1)
     assert ledger.read_closed(1).status == "interrupted"
+    planned = records.LaunchAttempt(session=1, expires_at="2026-01-01T00:00:00Z")
+    ledger.write_record(planned, 1, create=True)  # an overwrite key's first write, only if nobody made it first
+    with pytest.raises(ConditionalWriteLost):
+        ledger.write_record(records.LaunchAttempt(session=1, expires_at="2027-01-01T00:00:00Z"), 1, create=True)
+    assert ledger.read_record(records.LaunchAttempt, 1) == planned
 
     first = ledger.write_record(records.Lease(agent_id="a", expires_at=10.0))  # cas: created with If-None-Match
     with pytest.raises(ConditionalWriteLost):

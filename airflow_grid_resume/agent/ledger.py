@@ -300,15 +300,18 @@ class RunLedger:
         data = self.get(key)
         return None if data is None else cls.from_json(data, name=key)
 
-    def write_record(self, record: records.Record, session: int | None = None, *, if_match: str | None = None) -> str:
+    def write_record(
+        self, record: records.Record, session: int | None = None, *, if_match: str | None = None, create: bool = False
+    ) -> str:
         """Write ``record`` with the condition its key's rule says (``layout.RULES``), the one way a
         record is written: ``once`` creates it, ``cas`` replaces the ETag ``if_match`` (None: creates it),
-        ``overwrite`` just writes. A conditional write that finds other bytes there raises
+        ``overwrite`` just writes, or only creates it with ``create`` (a first write that another writer
+        may have made first). A conditional write that finds other bytes there raises
         ConditionalWriteLost; one that finds exactly its own (its retry after a lost answer) is ours.
         Returns the stored object's ETag."""
         key = self.key(records.record_key(type(record), session))
         body, how = record.to_json(), layout.rule(type(record).KEY).how
-        if how == "once" or (how == "cas" and not if_match):
+        if how == "once" or create or (how == "cas" and not if_match):
             return self.put_adopting_own(key, body, if_none_match=True)
         if how == "cas":
             return self.put_adopting_own(key, body, if_match=if_match)
