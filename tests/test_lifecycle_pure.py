@@ -108,6 +108,25 @@ def test_a_heartbeat_that_changes_is_alive_whatever_its_clock_says() -> None:
         assert live.verdict(1000.0 + 10 * step).kind == ALIVE
 
 
+def test_output_stands_in_for_heartbeat_reads_once_a_heartbeat_was_seen() -> None:
+    live = liveness()  # timeout 90: a heartbeat read every 30 s
+    assert live.next_heartbeat_read() == 1000.0
+    live.heartbeat(None, now=1000.0)  # booting: no heartbeat yet, output does not postpone the next read
+    live.output(1010.0)
+    assert live.next_heartbeat_read() == 1030.0
+    live.heartbeat((1, "t"), now=1030.0)
+    for t in range(1035, 1200, 5):  # output flows: no heartbeat read is due, the agent is alive
+        live.output(float(t))
+        assert live.next_heartbeat_read() == t + 30.0 and live.verdict(float(t)).kind == ALIVE
+    # output stops and the agent with it: the same heartbeat, read from 30 s later on, is silence after 90 s
+    for t in (1225.0, 1255.0, 1285.0):
+        assert live.heartbeat_due(t)
+        live.heartbeat((1, "t"), now=t)
+        assert live.verdict(t).kind == ALIVE
+    live.heartbeat((1, "t"), now=1315.0)
+    assert live.verdict(1315.0).kind == SILENT
+
+
 def test_silence_needs_the_same_heartbeat_read_over_more_than_the_timeout() -> None:
     live = liveness()
     live.heartbeat(beat(1), now=1000.0)

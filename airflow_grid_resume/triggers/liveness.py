@@ -54,6 +54,7 @@ class Liveness:
         self.beat_tag: object = None
         self.beat_changed: float | None = None  # when the heartbeat last changed (or was first seen)
         self.beat_read: float | None = None  # when the heartbeat was last read successfully
+        self.output_read: float | None = None  # when new output was last read
         self.not_found_since: float | None = None
         self.gone_state: str | None = None
         self.gone_reason: str = ""
@@ -90,13 +91,19 @@ class Liveness:
     def output(self, now: float) -> None:
         """New output from the agent was read: it is alive now, whatever its heartbeat says."""
         self.beat_changed = now
+        self.output_read = now
 
     def heartbeat_due(self, now: float) -> bool:
         """Read the heartbeat a few times per timeout: enough to see it change, cheap enough."""
         return now >= self.next_heartbeat_read()
 
     def next_heartbeat_read(self) -> float:
-        return self.started if self.beat_read is None else self.beat_read + self.heartbeat_timeout / 3
+        """Once a heartbeat has been seen, output read since counts as one: while output flows the
+        heartbeat can only say "alive" again, and a read of it is one call of a triggerer's budget."""
+        if self.beat_read is None:
+            return self.started
+        last = self.beat_read if self.beat_tag is None else max(self.beat_read, self.output_read or 0.0)
+        return last + self.heartbeat_timeout / 3
 
     def verdict(self, now: float) -> Verdict:
         if self.gone_state is not None:
