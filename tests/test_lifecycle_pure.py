@@ -114,16 +114,16 @@ def test_output_stands_in_for_heartbeat_reads_once_a_heartbeat_was_seen() -> Non
     live.heartbeat(None, now=1000.0)  # booting: no heartbeat yet, output does not postpone the next read
     live.output(1010.0)
     assert live.next_heartbeat_read() == 1030.0
-    live.heartbeat((1, "t"), now=1030.0)
+    live.heartbeat(beat(1), now=1030.0)
     for t in range(1035, 1200, 5):  # output flows: no heartbeat read is due, the agent is alive
         live.output(float(t))
         assert live.next_heartbeat_read() == t + 30.0 and live.verdict(float(t)).kind == ALIVE
     # output stops and the agent with it: the same heartbeat, read from 30 s later on, is silence after 90 s
     for t in (1225.0, 1255.0, 1285.0):
         assert live.heartbeat_due(t)
-        live.heartbeat((1, "t"), now=t)
+        live.heartbeat(beat(1), now=t)
         assert live.verdict(t).kind == ALIVE
-    live.heartbeat((1, "t"), now=1315.0)
+    live.heartbeat(beat(1), now=1315.0)
     assert live.verdict(1315.0).kind == SILENT
 
 
