@@ -265,3 +265,27 @@ def test_log_reads_from_any_offset(ledger: RunLedger) -> None:
     assert ledger.read_log(1, 8) == (b"rld\nagain\n", 18)
     assert ledger.read_log(1, 18) == (b"", 18)
     assert ledger.read_log(2, 0) == (b"", 0)
+
+
+@pytest.mark.xfail(strict=True, reason="h16 review: a renewal whose every answer was lost loses the lease")
+def test_a_renewal_whose_answers_were_all_lost_keeps_the_lease(moto, run_uri: str, monkeypatch) -> None:
+    """Issue 9's invariant 5 for the case botocore cannot hide: the renewal lands in S3 but every attempt's
+    answer is lost (a network cut longer than the retries), so ``renew`` raises and the agent keeps its old
+    ETag. The next renewal meets 412 on it and finds the bytes of that landed renewal (ours), not another
+    agent's: the lease is still ours, and the session must not stop as if it were stolen."""
+    from airflow_grid_resume.agent.ledger import ConditionalWriteLost
+    from airflow_grid_resume.agent.uri import parse_s3_uri
+
+    with FaultProxy(moto.endpoint_url) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
+        ledger = RunLedger(make_s3_client(max_attempts=2), parse_s3_uri(run_uri))
+        lease = acquire_lease(ledger, records.Lease(agent_id="a", instance_id="i-1"), ttl=60)
+        # max_attempts=2 is 3 attempts (botocore counts retries): all 3 answers are lost.
+        cut = proxy.add_rule(FaultRule(drop=True, rate=1.0, method="PUT", path_contains="lease.json", limit=3))
+        with pytest.raises(Exception) as lost:  # noqa: PT011 - whatever botocore raises once retries run out
+            lease.renew(session=1)
+        assert not isinstance(lost.value, ConditionalWriteLost) and cut.hits == 3
+        stored = ledger.read_record(records.Lease)
+        assert stored.session == 1 and stored.agent_id == "a"  # the first attempt landed: nobody else wrote
+        lease.renew(session=1)  # today: ConditionalWriteLost, and the supervisor sends lease_lost
+        assert ledger.read_record(records.Lease).renewed_at == lease.record.renewed_at

@@ -69,3 +69,23 @@ def test_shared_s3_client_sends_a_fixed_user_agent_with_airflows_extra(recorder:
     agent = recorder[0]
     assert agent.startswith(f"airflow-grid-resume/{__version__} Botocore/"), agent
     assert "Airflow/" in agent, agent  # the Amazon provider's user_agent_extra is kept
+
+
+@pytest.mark.xfail(strict=True, reason="h16 review: the fixed User-Agent drops the user's app id")
+def test_the_users_app_id_stays_in_the_shared_clients_user_agent(
+    recorder: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``AWS_SDK_UA_APP_ID`` (or ``sdk_ua_app_id`` in the AWS config, or ``user_agent_appid`` in the
+    connection's config_kwargs) is how a user tags their SDK calls; botocore drops it from a
+    ``Config(user_agent=...)`` User-Agent, so the fixed string must keep it (or stand aside)."""
+    from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
+
+    monkeypatch.setenv("AWS_SDK_UA_APP_ID", "team-ml")
+
+    async def scenario() -> None:
+        async with shared_client(SharedS3Hook(aws_conn_id=None), ("s3", None, "app-id")) as client:
+            with pytest.raises(client.exceptions.NoSuchKey):
+                await client.get_object(Bucket="bkt", Key="k")
+
+    asyncio.run(scenario())
+    assert "app/team-ml" in recorder[0], recorder[0]
