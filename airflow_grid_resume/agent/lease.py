@@ -5,6 +5,8 @@ taken over with If-Match on the ETag that was read, so of two racing agents exac
 Renewals use If-Match on our own last ETag: a lost renewal means someone broke our lease. Every one
 of these writes is ``RunLedger.write_record``'s, which reads the key back after a 412 and adopts it
 when it holds exactly our bytes: that 412 was the retry of our own write whose answer was lost.
+A write whose every answer was lost raises; the next write's 412 then finds that write's bytes, and
+the lease is still ours (``Lease.unsure``).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from airflow_grid_resume.agent import records
 from airflow_grid_resume.agent.errors import LeaseHeldError, ManifestError
 from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
 
 log = logging.getLogger(__name__)
+
+MAX_UNSURE = 8  # writes that raised in a row, kept to recognise one that landed with all its answers lost
 
 
 @dataclass
@@ -29,6 +33,7 @@ class Lease:
     record: records.Lease
     etag: str
     ttl: float
+    unsure: list[bytes] = field(default_factory=list)  # writes that raised since the last confirmed one
 
     def renew(self, now: float | None = None, **fields: object) -> None:
         """Extend the lease; raises ConditionalWriteLost if another agent took it."""
@@ -43,8 +48,25 @@ class Lease:
             log.warning("the run lease was taken by another agent before release")
 
     def _write(self, record: records.Lease) -> None:
-        self.etag = self.ledger.write_record(record, if_match=self.etag)
-        self.record = record
+        try:
+            etag = self._put(record)
+        except ConditionalWriteLost:
+            raise
+        except Exception:  # it may have landed with every answer lost: a later 412 may be this write
+            self.unsure = [*self.unsure[-(MAX_UNSURE - 1) :], record.to_json()]
+            raise
+        self.etag, self.record, self.unsure = etag, record, []
+
+    def _put(self, record: records.Lease) -> str:
+        try:
+            return self.ledger.write_record(record, if_match=self.etag)
+        except ConditionalWriteLost:
+            # Our ETag is stale: was the lease last written by one of our own writes that raised?
+            # Only its exact bytes (our agent_id, our renewed_at) prove it; anything else is a conflict.
+            current = self.ledger.get_with_etag(self.ledger.key(records.record_key(records.Lease)))
+            if current is None or current[0] not in self.unsure:
+                raise
+            return self.ledger.write_record(record, if_match=current[1])
 
 
 def describe_holder(lease: records.Lease, now: float) -> str:
