@@ -296,7 +296,11 @@ class RunWatchTrigger(BaseTrigger):
             while True:
                 try:
                     if not started:
-                        watched = await ledger.get_record(records.Watch)
+                        try:
+                            watched = await ledger.get_record(records.Watch)
+                        except UnsupportedFormatError as exc:  # a newer triggerer's bookkeeping, not the agent's
+                            self.log.warning("a newer watch.json, kept offset not used: %s", exc)
+                            watched = None
                         offset = max(self.log_offset, watched.log_offset if watched else 0)
                         started = True
                     now = time.monotonic()
