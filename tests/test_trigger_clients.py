@@ -71,7 +71,6 @@ def test_shared_s3_client_sends_a_fixed_user_agent_with_airflows_extra(recorder:
     assert "Airflow/" in agent, agent  # the Amazon provider's user_agent_extra is kept
 
 
-@pytest.mark.xfail(strict=True, reason="h16 review: the fixed User-Agent drops the user's app id")
 def test_the_users_app_id_stays_in_the_shared_clients_user_agent(
     recorder: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

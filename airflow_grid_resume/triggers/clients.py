@@ -17,9 +17,11 @@ from datetime import datetime
 from typing import Any
 
 import botocore
+import botocore.session
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from botocore.config import Config
+from botocore.useragent import sanitize_user_agent_string_component
 from botocore.utils import parse_timestamp
 from dateutil.tz import tzutc
 
@@ -101,14 +103,17 @@ class SharedS3Hook(S3Hook):
             extra["max_pool_connections"] = SHARED_POOL_CONNECTIONS
         if getattr(config, "response_checksum_validation", None) is None:
             extra["response_checksum_validation"] = "when_required"
-        if config.user_agent is None:
-            extra["user_agent"] = fixed_user_agent()
+        if config.user_agent is None:  # botocore leaves the app id out of a set User-Agent: it goes in here
+            appid = config.user_agent_appid or botocore.session.Session().get_config_variable("user_agent_appid")
+            extra["user_agent"] = fixed_user_agent(appid)
         return config.merge(Config(**extra)) if extra else config
 
 
-def fixed_user_agent() -> str:
-    """What the shared clients send as User-Agent: this provider, botocore and Python, by version."""
-    return f"airflow-grid-resume/{__version__} Botocore/{botocore.__version__} Python/{platform.python_version()}"
+def fixed_user_agent(appid: str | None = None) -> str:
+    """What the shared clients send as User-Agent: this provider, botocore and Python, by version, and
+    the user's app id (``AWS_SDK_UA_APP_ID``, ``sdk_ua_app_id``, ``user_agent_appid``) as botocore puts it."""
+    fixed = f"airflow-grid-resume/{__version__} Botocore/{botocore.__version__} Python/{platform.python_version()}"
+    return f"{fixed} app/{sanitize_user_agent_string_component(appid, allow_hash=True)}" if appid else fixed
 
 
 _UTC = tzutc()
