@@ -47,3 +47,14 @@ def test_every_way_past_the_allowlists_is_found(tmp_path: Path) -> None:
         "airflow_grid_resume/agent/records.py:2 airflow_grid_resume.agent.supervisor",
     ]
     assert "the ledger imports only" in found[-1] and "the agent imports only" in found[0]
+
+
+def test_the_package_root_the_agent_imports_is_checked_too(tmp_path: Path) -> None:
+    """Every agent module imports ``airflow_grid_resume`` (its ``__version__``), and the zipapp ships the
+    root ``__init__.py``: a convenience import of the Airflow side there would break the agent as surely
+    as one in the agent."""
+    write(tmp_path, "airflow_grid_resume/__init__.py", "from airflow_grid_resume.operators import GridRunOperator\n")
+    write(tmp_path, "airflow_grid_resume/operators.py", "")
+    write(tmp_path, "airflow_grid_resume/agent/__init__.py", "")
+    found = check_imports.violations(tmp_path)
+    assert [line.split(": imports ")[0] for line in found] == ["airflow_grid_resume/__init__.py:1"], found
