@@ -127,6 +127,24 @@ def test_output_stands_in_for_heartbeat_reads_once_a_heartbeat_was_seen() -> Non
     assert live.verdict(1315.0).kind == SILENT
 
 
+def test_an_agent_that_dies_when_its_output_stops_is_silent_within_the_bound() -> None:
+    """While output flows the heartbeat is not read, but the agent keeps beating: the first read after
+    the output stops always sees a beat it has not seen and counts from there. Silence still comes
+    within heartbeat_timeout + 2/3 of it of the last output (docs/lifecycle.md), on a 2 s loop."""
+    for stop in (1300.0, 1313.0, 1327.0, 1339.0):
+        live = liveness()  # timeout 90
+        now, silent = 1000.0, None
+        while silent is None and now < 2000.0:
+            if now < stop and int(now) % 4 == 0:
+                live.output(now)
+            if live.heartbeat_due(now):
+                live.heartbeat(beat(int(min(now, stop) // 10)), now)  # a beat every 10 s until it dies
+            if live.verdict(now).kind == SILENT:
+                silent = now
+            now += 2.0
+        assert silent is not None and 90 < silent - stop <= 90 + 60, (stop, silent)
+
+
 def test_silence_needs_the_same_heartbeat_read_over_more_than_the_timeout() -> None:
     live = liveness()
     live.heartbeat(beat(1), now=1000.0)
