@@ -482,6 +482,21 @@ def test_a_newer_agents_records_stop_the_watch_and_its_instance(cloud, subnets, 
     wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
 
 
+def test_an_unreadable_outcome_fails_the_session_instead_of_calling_it_lost(cloud, subnets, agent_pyz) -> None:
+    """outcome.json is written once: one that cannot be read never will be. The session ended, so it is
+    neither "lost" (relaunched, spending the interruption budget) nor waited on forever; the task fails
+    with what was unreadable, and the instance does not outlive the watch."""
+    from airflow_grid_resume.agent import layout
+
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
+    ledger = RunLedger(boto3.client("s3"), parse_s3_uri(run_uri))
+    ledger.put_json(ledger.key(layout.outcome(1)), {"session": 1, "status": ["not", "a", "status"]})
+    event = first_event(watch_for(run_uri, instance_id, log_offset=1))  # a resumed watch LISTs, and sees it
+    assert event["status"] == "failed", event
+    assert "unreadable outcome" in event["reason"] and "status" in event["reason"], event["reason"]
+    wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
+
+
 def test_a_newer_triggerers_watch_record_does_not_end_a_healthy_session(cloud, subnets, agent_pyz, capfd) -> None:
     """watch.json is the Airflow side's own log bookkeeping: a newer triggerer (a rolling upgrade, or a
     rollback) may have written it in a newer format. The watch then streams from its own offset; it

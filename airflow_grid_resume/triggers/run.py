@@ -95,8 +95,10 @@ class AsyncLedgerReader:
         return data, age
 
     async def get_record(self, cls: type[R]) -> R | None:
-        """The session's (or the run's) ``cls`` document, None when absent or unreadable (the agent
-        rewrites or ends it). One in a newer format than this code knows raises UnsupportedFormatError."""
+        """The session's (or the run's) ``cls`` document, None when absent. One the agent rewrites
+        (the heartbeat) counts as absent while unreadable; one written once (the outcome) never
+        becomes readable, so it raises ManifestError. One in a newer format than this code knows
+        raises UnsupportedFormatError."""
         key = self.keys.key(records.record_key(cls, self.session))
         data = await self.get(key)
         if data is None:
@@ -104,8 +106,14 @@ class AsyncLedgerReader:
         try:
             return cls.from_json(data, name=key)
         except ManifestError as exc:
+            if layout.rule(cls.KEY).how == "once":
+                raise
             log.warning("%s is unreadable, counted as absent: %s", key, exc)
             return None
+
+    async def exists(self, cls: type[records.Record]) -> bool:
+        """Whether the session's ``cls`` document was written (readable or not)."""
+        return await self.get(self.keys.key(records.record_key(cls, self.session))) is not None
 
     async def put_record(self, record: records.Record) -> None:
         """Write one of the session's records that the Airflow side overwrites (``watch.json``)."""
@@ -326,7 +334,15 @@ class RunWatchTrigger(BaseTrigger):
                         or (not found_output and now - outcome_checked >= OUTCOME_CHECK_INTERVAL)
                     ):
                         outcome_checked = now
-                        outcome = await ledger.get_record(records.Outcome)
+                        try:
+                            outcome = await ledger.get_record(records.Outcome)
+                        except ManifestError as exc:  # the session ended, but how cannot be known: not "lost"
+                            offset, pending = await self._stream(ledger, offset, pending, final=True)
+                            reason = f"session {self.session} ended with an unreadable outcome: {exc}"
+                            self.log.error("%s", reason)
+                            await self._end_instance(ec2_hook, ec2, batcher)
+                            yield TriggerEvent(self._event("failed", offset, reason=reason))
+                            return
                     if outcome is not None:
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
                         self.log.info("session %d ended: %s (%s)", self.session, outcome.status, outcome.reason)
@@ -363,8 +379,7 @@ class RunWatchTrigger(BaseTrigger):
                         gone_seen = True
                     elif verdict.kind in (SILENT, NO_AGENT) and liveness.not_found_since is None:
                         lost = verdict.reason  # the instance runs but the agent is dead or hung: stop paying for it
-                    claimed = records.SessionStart
-                    if lost and verdict.state == SELF_SHUTDOWN and await ledger.get_record(claimed) is None:
+                    if lost and verdict.state == SELF_SHUTDOWN and not await ledger.exists(records.SessionStart):
                         # Powered itself off and never claimed its session: the bootstrap failed on this image
                         # (no python3 >= 3.10 with boto3, no S3 access). Not spot weather: a failure.
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
