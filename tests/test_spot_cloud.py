@@ -468,6 +468,51 @@ def test_watch_enforces_max_run_and_terminates(cloud, subnets, agent_pyz) -> Non
     wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
 
 
+def test_a_newer_agents_records_stop_the_watch_and_its_instance(cloud, subnets, agent_pyz) -> None:
+    """An outcome in a format newer than this provider reads is refused, never guessed at, and the
+    instance does not outlive the watch that gave up on it."""
+    from airflow_grid_resume.agent import layout
+    from airflow_grid_resume.agent.errors import UnsupportedFormatError
+
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
+    ledger = RunLedger(boto3.client("s3"), parse_s3_uri(run_uri))
+    newer = {"format": "grid-resume-outcome/9", "session": 1, "status": "succeeded"}
+    ledger.put_json(ledger.key(layout.outcome(1)), newer)
+    with pytest.raises(UnsupportedFormatError, match=r"grid-resume-outcome/9, newer .*upgrade airflow-grid-resume"):
+        first_event(watch_for(run_uri, instance_id, log_offset=1))  # a resumed watch LISTs, and sees the outcome
+    wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
+
+
+def test_an_unreadable_outcome_fails_the_session_instead_of_calling_it_lost(cloud, subnets, agent_pyz) -> None:
+    """outcome.json is written once: one that cannot be read never will be. The session ended, so it is
+    neither "lost" (relaunched, spending the interruption budget) nor waited on forever; the task fails
+    with what was unreadable, and the instance does not outlive the watch."""
+    from airflow_grid_resume.agent import layout
+
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
+    ledger = RunLedger(boto3.client("s3"), parse_s3_uri(run_uri))
+    ledger.put_json(ledger.key(layout.outcome(1)), {"session": 1, "status": ["not", "a", "status"]})
+    event = first_event(watch_for(run_uri, instance_id, log_offset=1))  # a resumed watch LISTs, and sees it
+    assert event["status"] == "failed", event
+    assert "unreadable outcome" in event["reason"] and "status" in event["reason"], event["reason"]
+    wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
+
+
+def test_a_newer_triggerers_watch_record_does_not_end_a_healthy_session(cloud, subnets, agent_pyz, capfd) -> None:
+    """watch.json is the Airflow side's own log bookkeeping: a newer triggerer (a rolling upgrade, or a
+    rollback) may have written it in a newer format. The watch then streams from its own offset; it
+    neither terminates the instance of a healthy session nor fails the task."""
+    from airflow_grid_resume.agent import layout
+
+    script = "for i in 1 2 3; do echo line-$i; sleep 0.3; done"
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sh", "-c", script])
+    ledger = RunLedger(boto3.client("s3"), parse_s3_uri(run_uri))
+    ledger.put_json(ledger.key(layout.watch(1)), {"format": "grid-resume-watch/2", "log_offset": 0, "at": 1.0})
+    event = first_event(watch_for(run_uri, instance_id))  # before: UnsupportedFormatError, instance terminated
+    assert event["status"] == "succeeded", event
+    assert logged_lines(capfd.readouterr().out, "line-") == ["1", "2", "3"]
+
+
 def test_watch_on_kill_terminates_the_instance(cloud, subnets, agent_pyz) -> None:
     run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
     asyncio.run(watch_for(run_uri, instance_id).on_kill())

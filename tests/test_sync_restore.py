@@ -10,8 +10,9 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.exceptions import BotoCoreError
 
-from airflow_grid_resume.agent import scan
+from airflow_grid_resume.agent import records, scan
 from airflow_grid_resume.agent.errors import LeaseHeldError, NoRestorableCheckpointError
 from airflow_grid_resume.agent.lease import acquire_lease
 from airflow_grid_resume.agent.ledger import RunLedger
@@ -242,14 +243,14 @@ def test_throttling_and_5xx_are_retried(moto, bucket: str, tmp_path: Path) -> No
 
 
 def test_two_agents_one_lease(ledger: RunLedger) -> None:
-    first = acquire_lease(ledger, {"agent_id": "a", "session": 1, "host": "h1"}, ttl=60)
+    first = acquire_lease(ledger, records.Lease(agent_id="a", session=1, host="h1"), ttl=60)
     with pytest.raises(LeaseHeldError, match="another agent is already running") as err:
-        acquire_lease(ledger, {"agent_id": "b"}, ttl=60)
-    assert "h1" in str(err.value)
+        acquire_lease(ledger, records.Lease(agent_id="b"), ttl=60)
+    assert "session 1, host h1" in str(err.value)
     first.release()
-    second = acquire_lease(ledger, {"agent_id": "b"}, ttl=0.5)
+    second = acquire_lease(ledger, records.Lease(agent_id="b"), ttl=0.5)
     time.sleep(0.6)
-    third = acquire_lease(ledger, {"agent_id": "c"}, ttl=60)  # expired: taken over
+    third = acquire_lease(ledger, records.Lease(agent_id="c"), ttl=60)  # expired: taken over
     from airflow_grid_resume.agent.ledger import ConditionalWriteLost
 
     with pytest.raises(ConditionalWriteLost):
@@ -265,3 +266,26 @@ def test_log_reads_from_any_offset(ledger: RunLedger) -> None:
     assert ledger.read_log(1, 8) == (b"rld\nagain\n", 18)
     assert ledger.read_log(1, 18) == (b"", 18)
     assert ledger.read_log(2, 0) == (b"", 0)
+
+
+def test_a_renewal_whose_answers_were_all_lost_keeps_the_lease(moto, run_uri: str, monkeypatch) -> None:
+    """Issue 9's invariant 5 for the case botocore cannot hide: the renewal lands in S3 but every attempt's
+    answer is lost (a network cut longer than the retries), so ``renew`` raises and the agent keeps its old
+    ETag. The next renewal meets 412 on it and finds the bytes of that landed renewal (ours), not another
+    agent's: the lease is still ours, and the session must not stop as if it were stolen."""
+    from airflow_grid_resume.agent.ledger import ConditionalWriteLost
+    from airflow_grid_resume.agent.uri import parse_s3_uri
+
+    with FaultProxy(moto.endpoint_url) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
+        ledger = RunLedger(make_s3_client(max_attempts=2), parse_s3_uri(run_uri))
+        lease = acquire_lease(ledger, records.Lease(agent_id="a", instance_id="i-1"), ttl=60)
+        # max_attempts=2 is 3 attempts (botocore counts retries): all 3 answers are lost.
+        cut = proxy.add_rule(FaultRule(drop=True, rate=1.0, method="PUT", path_contains="lease.json", limit=3))
+        with pytest.raises(BotoCoreError) as lost:  # whatever botocore raises once its retries run out
+            lease.renew(session=1)
+        assert not isinstance(lost.value, ConditionalWriteLost) and cut.hits == 3
+        stored = ledger.read_record(records.Lease)
+        assert stored.session == 1 and stored.agent_id == "a"  # the first attempt landed: nobody else wrote
+        lease.renew(session=1)  # today: ConditionalWriteLost, and the supervisor sends lease_lost
+        assert ledger.read_record(records.Lease).renewed_at == lease.record.renewed_at
