@@ -510,3 +510,28 @@ def test_a_lost_run_instances_answer_is_replayed_into_the_same_instance(cloud, s
         Filters=[{"Name": "tag:grid-resume:run-id", "Values": ["lost-answer-run"]}]
     )
     assert [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]] == [event["instance_id"]]
+
+
+def test_late_tags_neither_launch_a_second_instance_nor_lose_the_session(cloud, subnets) -> None:
+    """EC2 shows a new instance's tags late: a launcher restarted after the launch cannot find the session's
+    instance by its tags, so it replays the recorded attempt's ClientToken and gets that very instance back
+    (here the second pair's: the first had no capacity, and has it again by the restart)."""
+    bucket = f"late-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    spec = spec_for(subnets)
+    run = dict(run_id=f"late-{uuid.uuid4().hex[:6]}", run_uri=f"s3://{bucket}/run", expires_at="2030-01-01T00:00:00Z")
+    cloud.set_consistency(describe_not_found_seconds=0, tags_late_seconds=30)
+    cloud.set_capacity("g5.xlarge", "*", available=False)
+    first = first_event(trigger_for(spec, **run))
+    assert first["instance_type"] == "g4dn.xlarge", first
+    assert instances_of(run["run_id"]) == []  # the tag filter does not match it yet
+    found = boto3.client("ec2").describe_instances(Filters=[{"Name": "instance-id", "Values": [first["instance_id"]]}])
+    assert "Tags" not in found["Reservations"][0]["Instances"][0]  # listed, without its tags
+    cloud.set_capacity("g5.xlarge", "*", available=True)
+    launched, replays = len(cloud.instances()), cloud.state()["counters"]["idempotent_replays"]
+    again = first_event(trigger_for(spec, **run))  # the triggerer restarted before the event was handled
+    assert again.get("instance_id") == first["instance_id"], again
+    assert len(cloud.instances()) == launched, "a second instance for the session"
+    assert cloud.state()["counters"]["idempotent_replays"] > replays  # found by its token, not its tags
+    cloud.set_consistency(describe_not_found_seconds=0)
+    assert instances_of(run["run_id"]) == [first["instance_id"]]
