@@ -235,9 +235,7 @@ class SpotCloud:
         if not self.faults.tags_late_seconds:
             return set()
         with self.lock:
-            return {
-                i.instance_id for i in self.instances.values() if self.faults.tags_missing_yet(i.launched_at, now)
-            }
+            return {i.instance_id for i in self.instances.values() if self.faults.tags_missing_yet(i.launched_at, now)}
 
     # -- capacity ------------------------------------------------------------------------------
     def set_capacity(
