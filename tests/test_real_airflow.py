@@ -226,7 +226,8 @@ def test_real_components_hold_the_lifecycle_under_a_seeded_schedule(tmp_path: Pa
                     )
         except BaseException:
             print(
-                f"{stack.log_tails()}\n--- the task logs\n{task_log(home)[-6000:]}\n{task_log(home, 'grid_real_stop')[-3000:]}"
+                f"{stack.log_tails()}\n--- the task logs\n{task_log(home)[-6000:]}\n"
+                f"{task_log(home, 'grid_real_stop')[-3000:]}"
             )
             raise
         finally:
