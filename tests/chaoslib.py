@@ -19,6 +19,7 @@ from pathlib import Path
 
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.restore import Restorer
+from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.emulator.cloud import SCHEDULED_STOP, SPOT_TERMINATION
 from tests.conftest import SCRIPTS, command_started
@@ -108,6 +109,9 @@ def schedule_for(seed: int) -> Schedule:
     elif kind == "lines":
         schedule.triggerer_kill = ("lines", rng.randint(5, 60))
     schedule.scheduler_restart_lines = rng.choice([None, rng.randint(5, 60)])
+    if rng.random() < 0.4:  # TerminateInstances carried out, its answer lost (the trigger must confirm, not assume)
+        at = round(rng.uniform(0, 25), 1)
+        schedule.faults = sorted([*schedule.faults, (at, "drop", {"action": "TerminateInstances", "count": 1})])
     return schedule
 
 
@@ -192,6 +196,13 @@ def reference(tmp_path: Path, steps: int, save_every: int) -> str:
     return (ref / "result.txt").read_text()
 
 
+def find_run(client, bucket: str, prefix: str) -> RunLedger:
+    """The ledger of the one run under ``s3://bucket/prefix``."""
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
+    run_prefix = next(k for k in keys if k.endswith("/spec.json")).rsplit("/spec.json", 1)[0]
+    return RunLedger(client, parse_s3_uri(f"s3://{bucket}/{run_prefix}"))
+
+
 def run_instances(ec2, run_uri: str) -> list[dict]:
     found = ec2.describe_instances(Filters=[{"Name": "tag:grid-resume:run-id", "Values": [run_uri]}])
     return [i for r in found["Reservations"] for i in r["Instances"]]
@@ -205,7 +216,6 @@ def lifecycle_problems(
     cloud: LocalSpotCloud,
     ec2,
     ledger: RunLedger,
-    run_uri: str,
     *,
     interrupted: dict[str, str],
     expected: str,
@@ -222,7 +232,7 @@ def lifecycle_problems(
             problems.append(what)
 
     by_session: dict[int, list[str]] = {}
-    for instance in run_instances(ec2, run_uri):
+    for instance in run_instances(ec2, str(ledger.location)):
         by_session.setdefault(session_of(instance), []).append(instance["InstanceId"])
     check(all(len(v) == 1 for v in by_session.values()), f"one instance per session: {by_session}")
     claimed = [s for s in ledger.list_sessions() if ledger.get_json(ledger.session_key(s, "session.json"))]

@@ -27,11 +27,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.s3client import make_s3_client
-from airflow_grid_resume.agent.uri import parse_s3_uri
 from tests.chaos_kills import worker_killed_at
-from tests.chaoslib import Chaos, lifecycle_problems, reference, schedule_for
+from tests.chaoslib import Chaos, find_run, lifecycle_problems, reference, schedule_for
 from tests.chaoslib import seeds as seeds_from
 from tests.conftest import SCRIPTS, make_dag
 
@@ -86,16 +84,10 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
         problems.append(f"the DAG run ended {dagrun.state}")
     if len(killed) != len(schedule.kills):
         problems.append(f"the worker kills {schedule.kills} happened: {killed}")
-    client = make_s3_client()
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="grid-runs/")["Contents"]]
-    run_prefix = next(k for k in keys if k.endswith("/spec.json")).rsplit("/spec.json", 1)[0]
-    run_uri = f"s3://{bucket}/{run_prefix}"
-    ledger = RunLedger(client, parse_s3_uri(run_uri))
     problems += lifecycle_problems(
         spot_cloud,
         boto3.client("ec2"),
-        ledger,
-        run_uri,
+        find_run(make_s3_client(), bucket, "grid-runs/"),
         interrupted=chaos.interrupted,
         expected=expected,
         task_log=output,

@@ -25,14 +25,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.s3client import make_s3_client
-from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.demo.stack import AirflowStack, wait_for
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from tests import chaos_kills
-from tests.chaoslib import LINE, Chaos, Schedule, lifecycle_problems, reference, schedule_for, seeds
+from tests.chaoslib import LINE, Chaos, Schedule, find_run, lifecycle_problems, reference, schedule_for, seeds
 from tests.conftest import SCRIPTS
 
 STEPS, STEP_SECONDS, SAVE_EVERY, POLL, OFFSET_SAVE = 80, 0.1, 4, 0.5, 5.0
@@ -241,12 +239,7 @@ def test_real_components_hold_the_lifecycle_under_a_seeded_schedule(tmp_path: Pa
             f"{triggerer_killed}; {process_chaos.done}"
         )
         os.environ.update(aws)
-        client = make_s3_client()
-        keys = [
-            o["Key"] for o in client.list_objects_v2(Bucket="real-airflow", Prefix="grid-runs/grid_real/")["Contents"]
-        ]
-        run_uri = "s3://real-airflow/" + next(k for k in keys if k.endswith("/spec.json")).rsplit("/spec.json", 1)[0]
-        ledger = RunLedger(client, parse_s3_uri(run_uri))
+        ledger = find_run(make_s3_client(), "real-airflow", "grid-runs/grid_real/")
         problems = [] if state == "success" else [f"the DAG run ended {state}"]
         missed = [
             k
@@ -259,7 +252,6 @@ def test_real_components_hold_the_lifecycle_under_a_seeded_schedule(tmp_path: Pa
             cloud,
             ec2,
             ledger,
-            run_uri,
             interrupted=chaos.interrupted,
             expected=expected,
             task_log=log,
