@@ -192,8 +192,10 @@ def test_real_components_hold_the_lifecycle_under_a_seeded_schedule(tmp_path: Pa
         try:
             stack.start("grid_real_stop", only=tuple(c for c in stack.components if c != "triggerer"))
             kill = schedule.triggerer_kill
-            armed = {"PYTHONPATH": str(site), chaos_kills.TRIGGERER_KILL_ENV: str(kill[1])}
-            stack.launch("triggerer", env=armed if kill and kill[0] == "call" else None)
+            if kill and kill[0] == "call":  # armed: it SIGKILLs itself at its k-th AWS call
+                stack.launch("triggerer", env={"PYTHONPATH": str(site), chaos_kills.TRIGGERER_KILL_ENV: str(kill[1])})
+            else:
+                stack.launch("triggerer")
             for dag_id in ("grid_real", "grid_real_stop"):
                 api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
             with Chaos(cloud, schedule, instance_types=("g5.xlarge",)) as chaos:
@@ -311,9 +313,17 @@ def mark_failed_while_deferred(api, cloud: LocalSpotCloud, s3, stop_id: str) -> 
         f"{cloud.endpoint_url}/_emulator/pages/ledger?bucket=real-airflow&prefix=grid-runs%2Fgrid_real_stop%2Ftrain%2F"
     ), links
     api.call("PATCH", f"/dags/grid_real_stop/dagRuns/{stop_id}/taskInstances/train", {"new_state": "failed"})
-    wait_for(
-        "the instance of the task marked failed to be terminated",
-        lambda: cloud.instance(stopped["instance_id"])["state"] == "terminated",
-        60,
-    )
+    try:
+        wait_for(
+            "the instance of the task marked failed to be terminated",
+            lambda: cloud.instance(stopped["instance_id"])["state"] == "terminated",
+            60,
+        )
+    except TimeoutError:
+        assert cloud.proc is not None
+        os.kill(cloud.proc.pid, signal.SIGUSR1)  # the cloud's threads' stacks, on stderr
+        time.sleep(1)
+        console = Path(stopped["directory"], "console.log")
+        print(f"{cloud.state()}\n{cloud.instance(stopped['instance_id'])}\n{console.read_text()[-3000:]}")
+        raise
     return str(stopped["instance_id"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import faulthandler
 import hashlib
 import io
 import json
@@ -756,6 +757,7 @@ def serve(
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no request log on stdout/stderr
     become_subreaper()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # SIGUSR1: every thread's stack on stderr (debugging)
     own_dir = state_dir is None
     state_dir = state_dir or tempfile.mkdtemp(prefix="grid-resume-cloud-")
     os.makedirs(os.path.join(state_dir, "instances"), exist_ok=True)
