@@ -291,9 +291,8 @@ class AirflowStack:
         self.running.clear()
 
     def log_tails(self, chars: int = 3000) -> str:
-        return "".join(
-            f"--- {c}.log\n" + (self.home / f"{c}.log").read_text(errors="replace")[-chars:] for c in self.components
-        )
+        logs = [(c, self.home / f"{c}.log") for c in self.components]
+        return "".join(f"--- {c}.log\n" + p.read_text(errors="replace")[-chars:] for c, p in logs if p.exists())
 
     def __enter__(self) -> AirflowStack:
         return self
