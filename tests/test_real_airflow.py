@@ -269,6 +269,9 @@ def test_real_components_hold_the_lifecycle_under_a_seeded_schedule(tmp_path: Pa
         ):
             if needle not in log:
                 problems.append(f"the task log lacks {needle!r}")
+        for n in ledger.list_sessions()[:-1]:  # each session before the last ended in one line of its try's log
+            if f"spot interruption: session {n} " not in log and f"session {n} ended (" not in log:
+                problems.append(f"the task log does not say how session {n} ended")
         if "Traceback" in log:
             problems.append("a traceback in the task log")
         if problems:
