@@ -474,6 +474,37 @@ def test_watch_on_kill_terminates_the_instance(cloud, subnets, agent_pyz) -> Non
     assert marked_processes(instance_id) == []
 
 
+def test_watch_on_kill_outlives_the_triggerers_repeated_cancellation(cloud, subnets, agent_pyz) -> None:
+    """Airflow 3.3.2's triggerer cancels a killed trigger again at every state sync (about 1 s) and swallows
+    the CancelledError that interrupts on_kill: a termination slowed by EC2's 5xx must still happen."""
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
+    trigger = watch_for(run_uri, instance_id)
+    cloud.inject_fault("TerminateInstances", code="Unavailable", count=4)  # retried with backoff: seconds
+
+    async def as_the_triggerer() -> None:
+        async def run_trigger() -> None:  # the shape of run_trigger in airflow/jobs/triggerer_job_runner.py
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(trigger.on_kill(), timeout=30)
+                raise
+
+        task = asyncio.ensure_future(run_trigger())
+        await asyncio.sleep(0.1)
+        while not task.done():  # the cancellation, sent again at every sync until the trigger has finished
+            task.cancel("__airflow_user_action__")
+            await asyncio.sleep(0.2)
+        for _ in range(100):  # the triggerer's event loop runs on
+            if (await asyncio.to_thread(cloud.instance, instance_id))["state"] == "terminated":
+                return
+            await asyncio.sleep(0.2)
+
+    asyncio.run(as_the_triggerer())
+    assert cloud.instance(instance_id)["state"] == "terminated"
+    assert cloud.state()["faults"]["faults"] == []  # the 5xx did slow it down
+
+
 def test_operator_on_kill_on_the_worker_terminates_the_instance(cloud, subnets, agent_pyz) -> None:
     """Killed between the launch and the deferral (the worker's share of a try): same promise."""
     from airflow_grid_resume.operators import GridRunOperator
