@@ -32,7 +32,7 @@ SCHEDULED_AHEAD = 4.5  # a scheduled event's NotBefore this far ahead: 1.5 s of 
 MAX_KILL_CALL = 45
 # The triggerer's AWS calls: a kill at one of the first MAX_TRIGGERER_CALL lands in the capacity wait (its
 # rounds of RunInstances, the attempt records) or in the run watch (describes, ledger reads, watch.json).
-MAX_TRIGGERER_CALL = 120
+MAX_TRIGGERER_CALL = 40
 LINE = re.compile(r"CHAOS-LINE s=\d+ step=\d+;")
 
 
