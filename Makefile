@@ -18,6 +18,7 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(PY) -m ruff check .
+	$(PY) scripts/check_imports.py
 	$(PY) -m pytest -q
 
 # The seeded simulation of the whole lifecycle under every fault (tests/test_chaos.py): make test runs a fixed
@@ -34,6 +35,7 @@ chaos-real: $(STAMP) system-deps
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) scripts/check_imports.py
 	$(PY) -m ruff format --check .
 
 agent: $(STAMP)

@@ -507,8 +507,9 @@ class GridRunOperator(BaseOperator):
         planned = LaunchAttempt(
             session=session, expires_at=expiry_tag(time.time(), spec.expiry_hours), attempt=None, at=time.time()
         )
-        # Created once here (the capacity trigger then overwrites it before each attempt, keeping the expiry).
-        if not ledger.put_once(ledger.key(layout.launch_attempt(session)), planned.to_json()):
+        try:  # created once here (the capacity trigger then overwrites it before each attempt, keeping the expiry)
+            ledger.write_record(planned, session, create=True)
+        except ConditionalWriteLost:
             record = ledger.read_record(LaunchAttempt, session)  # another try planned it first: use its expiry
             return record.expires_at if record is not None and record.expires_at else planned.expires_at
         return planned.expires_at

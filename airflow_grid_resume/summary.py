@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow_grid_resume.agent.progress import steps_lost
-from airflow_grid_resume.agent.records import Closed, Heartbeat, Outcome, Record
+from airflow_grid_resume.agent.records import Closed, Heartbeat, Outcome, as_dict
 
 INTERRUPTED = ("interrupted", "lost")
 
@@ -171,19 +171,15 @@ def read_records(ledger: Any) -> list[dict[str, Any]]:
     for session in ledger.list_sessions():
         record = {
             "session": session,
-            "launch": _doc(ledger.read_launch(session)),
-            "outcome": _doc(ledger.read_record(Outcome, session)),
-            "closed": _doc(ledger.read_closed(session)),
+            "launch": as_dict(ledger.read_launch(session)),
+            "outcome": as_dict(ledger.read_record(Outcome, session)),
+            "closed": as_dict(ledger.read_closed(session)),
         }
         if record["launch"] or record["outcome"] or record["closed"]:  # planned but never launched: no session
             if record["outcome"] is None:
-                record["heartbeat"] = _doc(ledger.read_record(Heartbeat, session))
+                record["heartbeat"] = as_dict(ledger.read_record(Heartbeat, session))
             records.append(record)
     return records
-
-
-def _doc(record: Record | None) -> dict[str, Any] | None:
-    return None if record is None else record.to_dict()
 
 
 def _how(status: str, reason: Any) -> str:

@@ -292,39 +292,37 @@ class FakeAgent:
 
     def start(self) -> None:
         from airflow_grid_resume import __version__
+        from airflow_grid_resume.agent.records import SessionStart
 
-        now = time.time()
-        record = {
-            "session": 1,
-            "agent_id": f"bench-{self.index:04d}",
-            "host": "bench",
-            "pid": os.getpid(),
-            "instance_id": self.run["instance_id"],
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-            "command": ["python", "train.py"],
-            "agent_version": __version__,
-        }
-        self.ledger.claim_session(1, record)
+        record = SessionStart(
+            session=1,
+            agent_id=f"bench-{self.index:04d}",
+            host="bench",
+            pid=os.getpid(),
+            instance_id=self.run["instance_id"],
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            command=["python", "train.py"],
+            agent_version=__version__,
+        )
+        self.ledger.write_record(record, 1)
         self.heartbeat()
 
     def heartbeat(self, state: str = "running") -> None:
+        from airflow_grid_resume.agent.records import Heartbeat
+
         self.beats += 1
         now = time.time()
-        self.ledger.write_heartbeat(
-            1,
-            {
-                "session": 1,
-                "seq": self.beats,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-                "epoch": now,
-                "state": state,
-                "log_bytes": self.spool.size,
-                "last_manifest": None,
-                "notice": None,
-                "interval": HEARTBEAT_INTERVAL,
-                "log_interval": self.log_interval,
-            },
+        beat = Heartbeat(
+            session=1,
+            seq=self.beats,
+            time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            epoch=now,
+            state=state,
+            log_bytes=self.spool.size,
+            interval=HEARTBEAT_INTERVAL,
+            log_interval=self.log_interval,
         )
+        self.ledger.write_record(beat, 1)
 
     def print_due(self, now: float) -> None:
         """The lines the training printed since the last tick, each stamped with when it was printed."""
@@ -346,22 +344,10 @@ class FakeAgent:
     def finish(self) -> None:
         self.print_due(time.time())
         self.ship()
-        self.ledger.write_outcome(
-            1,
-            {
-                "session": 1,
-                "status": "succeeded",
-                "exit_code": 0,
-                "clean": True,
-                "reason": "exit 0",
-                "warnings": [],
-                "notice": None,
-                "manifest": None,
-                "restored_from": None,
-                "restore_fallbacks": [],
-                "agent_exit_code": 0,
-            },
-        )
+        from airflow_grid_resume.agent.records import Outcome
+
+        outcome = Outcome(session=1, status="succeeded", exit_code=0, clean=True, reason="exit 0", agent_exit_code=0)
+        self.ledger.write_record(outcome, 1)
         self.heartbeat("ended")
         self.spool.close()
 

@@ -409,10 +409,11 @@ def test_progress_lines_reach_heartbeat_and_outcome(agent, run_uri: str, ledger:
     assert beat["progress"] == {"done": 6, "total": 10, "first": 4} and beat["state"] == "running"
     assert proc.wait() == 0
     assert ledger.read_outcome(1)["progress"] == {"first": 4, "last": 7, "total": 10}
-    # Every document the agent writes is its typed record, with no field the record does not know.
+    # Every document the agent writes is its typed record, with its format and no field the record does not know.
     for cls in (records.SessionStart, records.Heartbeat, records.Outcome, records.Lease):
         record = ledger.read_record(cls, 1)
         assert record is not None and record.extra == {}, (cls.__name__, record)
+        assert ledger.get_json(ledger.key(records.record_key(cls, 1))).get("format") == cls.format(), cls
     assert ledger.read_record(records.Outcome, 1).progress == {"first": 4, "last": 7, "total": 10}
 
 

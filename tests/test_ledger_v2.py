@@ -146,14 +146,24 @@ def test_records_are_written_with_their_keys_rule_and_read_typed(ledger: RunLedg
     ledger.write_record(records.Closed(status="lost", at=2.0), 1)
     ledger.write_record(records.Closed(status="interrupted", at=3.0), 1)
     assert ledger.read_closed(1).status == "interrupted"
+    planned = records.LaunchAttempt(session=1, expires_at="2026-01-01T00:00:00Z")
+    ledger.write_record(planned, 1, create=True)  # an overwrite key's first write, only if nobody made it first
+    with pytest.raises(ConditionalWriteLost):
+        ledger.write_record(records.LaunchAttempt(session=1, expires_at="2027-01-01T00:00:00Z"), 1, create=True)
+    assert ledger.read_record(records.LaunchAttempt, 1) == planned
 
     first = ledger.write_record(records.Lease(agent_id="a", expires_at=10.0))  # cas: created with If-None-Match
     with pytest.raises(ConditionalWriteLost):
         ledger.write_record(records.Lease(agent_id="b", expires_at=20.0))
-    ledger.write_record(records.Lease(agent_id="a", expires_at=30.0), if_match=first)
+    renewed = records.Lease(agent_id="a", expires_at=30.0)
+    second = ledger.write_record(renewed, if_match=first)
     assert ledger.read_record(records.Lease).expires_at == 30.0
+    # Its retry after a lost answer meets 412 on the old ETag and finds its own bytes: ours, with their ETag.
+    assert ledger.write_record(renewed, if_match=first) == second
+    with pytest.raises(ConditionalWriteLost):  # anyone else's write on that ETag lost
+        ledger.write_record(records.Lease(agent_id="b", expires_at=40.0), if_match=first)
 
-    # What supervisor.py writes today (a dict, no format) reads as version 1, unknown fields kept.
+    # What agents wrote before records (a dict, no format) reads as version 1, unknown fields kept.
     ledger.put_json(ledger.key(layout.heartbeat(1)), {"session": 1, "seq": 3, "state": "running", "extra_field": 1})
     beat = ledger.read_record(records.Heartbeat, 1)
     assert (beat.seq, beat.state, beat.extra) == (3, "running", {"extra_field": 1})
@@ -165,7 +175,7 @@ def test_records_are_written_with_their_keys_rule_and_read_typed(ledger: RunLedg
 
 def test_the_airflow_sides_readers_take_typed_records(ledger: RunLedger) -> None:
     """summary.read_records, the UI's read_ledger_docs and the reaper's final.json reader, over a run
-    written as both sides write it today: the agent's dicts (no format), the operator's records."""
+    whose records both sides wrote, with session start records as older agents wrote them (no format)."""
     from airflow_grid_resume.agent import layout, records
     from airflow_grid_resume.reaper import run_ended_reader
     from airflow_grid_resume.summary import read_records, summarize
@@ -180,12 +190,12 @@ def test_the_airflow_sides_readers_take_typed_records(ledger: RunLedger) -> None
             on_demand_price=0.096, launched_at=1000.0 * session, waited_seconds=5,
         )  # fmt: skip
         ledger.write_record(launch, session)
-        ledger.write_outcome(
-            session,
-            {"session": session, "status": status, "started_at": f"1970-01-01T00:{session * 16}:50Z",
-             "ended_at": "1970-01-01T00:30:00Z" if session == 1 else "1970-01-01T01:00:00Z",
-             "progress": {"first": 1 if session == 1 else 41, "last": 50 if session == 1 else 100, "total": 100}},
+        outcome = records.Outcome(
+            session=session, status=status, started_at=f"1970-01-01T00:{session * 16}:50Z",
+            ended_at="1970-01-01T00:30:00Z" if session == 1 else "1970-01-01T01:00:00Z",
+            progress={"first": 1 if session == 1 else 41, "last": 50 if session == 1 else 100, "total": 100},
         )  # fmt: skip
+        ledger.write_record(outcome, session)
         ledger.write_record(records.Closed(status=status, instance_id=f"i-{session}", at=None), session)
     ledger.write_record(records.LaunchAttempt(session=3, expires_at="2026-01-01T00:00:00Z"), 3)  # planned only
     ledger.write_record(records.Final(status="succeeded", session=2, reason="succeeded", at=3600.0))
@@ -207,3 +217,41 @@ def test_the_airflow_sides_readers_take_typed_records(ledger: RunLedger) -> None
     ledger.put_json(ledger.key(layout.outcome(4)), {"format": "grid-resume-outcome/2", "session": 4, "status": "x"})
     with pytest.raises(UnsupportedFormatError, match="upgrade airflow-grid-resume"):
         read_records(ledger)
+
+
+def test_the_run_watchs_reader_parses_records_and_releases_only_a_dead_agents_lease(
+    ledger: RunLedger, run_uri: str
+) -> None:
+    """triggers/run.py's AsyncLedgerReader, on aiobotocore against moto's server: records parse (one that
+    does not counts as absent, a newer one is refused), watch.json is written as its record, and the lease
+    release is ``Lease.released_for_dead`` written with If-Match: a live holder's lease is never touched."""
+    import asyncio
+    import time
+
+    from aiobotocore.session import get_session
+
+    from airflow_grid_resume.agent import layout, records
+    from airflow_grid_resume.triggers.run import AsyncLedgerReader
+
+    ledger.write_record(records.Heartbeat(session=1, seq=4, state="running", log_interval=2.0), 1)
+    ledger.put(ledger.key(layout.outcome(1)), b"{half")
+    ledger.put_json(ledger.key(layout.watch(2)), {"format": "grid-resume-watch/9", "log_offset": 5})
+    ledger.write_record(records.Lease(agent_id="a", session=1, instance_id="i-1", expires_at=time.time() + 300))
+
+    async def watch() -> None:
+        async with get_session().create_client("s3") as s3:
+            first, second = AsyncLedgerReader(s3, run_uri, 1), AsyncLedgerReader(s3, run_uri, 2)
+            beat = await first.get_record(records.Heartbeat)
+            assert beat is not None and (beat.seq, beat.log_interval) == (4, 2.0)
+            assert await first.get_record(records.Outcome) is None
+            with pytest.raises(UnsupportedFormatError, match=r"watch\.json has format grid-resume-watch/9"):
+                await second.get_record(records.Watch)
+            await first.put_record(records.Watch(log_offset=7, at=1.0))
+            assert not await second.release_dead_lease("i-2")  # another session's, on another instance
+            assert await first.release_dead_lease("i-1")
+            assert not await first.release_dead_lease("i-1")  # released already
+
+    asyncio.run(watch())
+    lease = ledger.read_record(records.Lease)
+    assert lease.released and lease.released_by == "airflow: instance i-1 is gone" and lease.agent_id == "a"
+    assert ledger.read_record(records.Watch, 1) == records.Watch(log_offset=7, at=1.0)

@@ -9,6 +9,7 @@ import pytest
 
 from airflow_grid_resume.agent.deadline import plan_final_sync, seconds_until_reclaim
 from airflow_grid_resume.agent.errors import crash_hint
+from airflow_grid_resume.agent.records import Heartbeat
 from airflow_grid_resume.reaper import select_reapable
 from airflow_grid_resume.spot.launch import (
     CAPACITY,
@@ -96,26 +97,49 @@ def liveness(**kw) -> Liveness:
     return Liveness(**{**args, **kw})
 
 
+def beat(seq: int, time: str = "t") -> Heartbeat:
+    return Heartbeat(session=1, seq=seq, time=time)
+
+
 def test_a_heartbeat_that_changes_is_alive_whatever_its_clock_says() -> None:
     live = liveness()
     for step in range(20):  # the agent's clock could be hours off: only changes count
-        live.heartbeat((step, f"1970-01-01T00:00:{step:02d}Z"), now=1000.0 + 10 * step)
+        live.heartbeat(beat(step, f"1970-01-01T00:00:{step:02d}Z"), now=1000.0 + 10 * step)
         assert live.verdict(1000.0 + 10 * step).kind == ALIVE
+
+
+def test_output_stands_in_for_heartbeat_reads_once_a_heartbeat_was_seen() -> None:
+    live = liveness()  # timeout 90: a heartbeat read every 30 s
+    assert live.next_heartbeat_read() == 1000.0
+    live.heartbeat(None, now=1000.0)  # booting: no heartbeat yet, output does not postpone the next read
+    live.output(1010.0)
+    assert live.next_heartbeat_read() == 1030.0
+    live.heartbeat(beat(1), now=1030.0)
+    for t in range(1035, 1200, 5):  # output flows: no heartbeat read is due, the agent is alive
+        live.output(float(t))
+        assert live.next_heartbeat_read() == t + 30.0 and live.verdict(float(t)).kind == ALIVE
+    # output stops and the agent with it: the same heartbeat, read from 30 s later on, is silence after 90 s
+    for t in (1225.0, 1255.0, 1285.0):
+        assert live.heartbeat_due(t)
+        live.heartbeat(beat(1), now=t)
+        assert live.verdict(t).kind == ALIVE
+    live.heartbeat(beat(1), now=1315.0)
+    assert live.verdict(1315.0).kind == SILENT
 
 
 def test_silence_needs_the_same_heartbeat_read_over_more_than_the_timeout() -> None:
     live = liveness()
-    live.heartbeat((1, "t"), now=1000.0)
+    live.heartbeat(beat(1), now=1000.0)
     assert live.verdict(now=1500.0).kind == ALIVE  # no read since: failed reads are no evidence
-    live.heartbeat((1, "t"), now=1060.0)
+    live.heartbeat(beat(1), now=1060.0)
     assert live.verdict(now=1060.0).kind == ALIVE
-    live.heartbeat((1, "t"), now=1100.0)
+    live.heartbeat(beat(1), now=1100.0)
     assert live.verdict(now=1100.0).kind == SILENT
 
 
 def test_a_restarted_watch_gives_the_agent_a_full_timeout() -> None:
     live = liveness(launched_ago=5000.0)
-    live.heartbeat((77, "t"), now=1000.0)  # first sight of an old heartbeat: counted from now
+    live.heartbeat(beat(77), now=1000.0)  # first sight of an old heartbeat: counted from now
     assert live.verdict(now=1080.0).kind == ALIVE
 
 

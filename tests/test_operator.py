@@ -86,10 +86,12 @@ def test_a_run_without_interruption_and_clearing_it_reports_the_finished_run(
     ledger = run_ledger(bucket)
     assert ledger.list_sessions() == [1]
     assert ledger.read_outcome(1)["status"] == "succeeded"
-    # Every document either side wrote is its typed record, with no field the record does not know.
+    # Every document either side wrote is its typed record, with its format and no field the record does not know.
     for cls in records.ALL:
-        record = ledger.read_record(cls, None if cls in records.RUN_RECORDS else 1)
+        session = None if cls in records.RUN_RECORDS else 1
+        record = ledger.read_record(cls, session)
         assert record is not None and record.extra == {}, (cls.__name__, record)
+        assert ledger.get_json(ledger.key(records.record_key(cls, session))).get("format") == cls.format(), cls
     assert ledger.read_final().status == "succeeded" and ledger.read_closed(1).status == "succeeded"
     assert result_of(ledger, tmp_path) == reference_result(tmp_path)
     summary = summary_of(dagrun)

@@ -61,15 +61,14 @@ def test_tracker_reports_nothing_before_a_progress_line() -> None:
     tracker = ProgressTracker()
     tracker.feed(b"epoch 1 loss 0.3\n")
     assert tracker.heartbeat() is None and tracker.outcome() is None
-    assert tracker.heartbeat_field() == {} and tracker.outcome_field() == {}
 
 
 def test_tracker_keeps_first_and_latest_of_the_session() -> None:
     tracker = ProgressTracker()
     tracker.feed(b"resumed\ngrid-resume: progress 41/100\nloss 1\ngrid-resume: progress 42/100\n")
     tracker.feed(b"grid-resume: progress 43/100\n")
-    assert tracker.heartbeat_field() == {"progress": {"done": 43, "total": 100, "first": 41}}
-    assert tracker.outcome_field() == {"progress": {"first": 41, "last": 43, "total": 100}}
+    assert tracker.heartbeat() == {"done": 43, "total": 100, "first": 41}
+    assert tracker.outcome() == {"first": 41, "last": 43, "total": 100}
 
 
 def test_lines_split_across_reads_and_streams() -> None:

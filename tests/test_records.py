@@ -142,6 +142,17 @@ def test_another_documents_format_or_a_bad_field_is_an_error_naming_it() -> None
         records.Watch.from_json(b"[1]")
 
 
+def test_field_types_are_json_types() -> None:
+    """An integer reads as a number, a bool as neither; a key named like the class's own attributes
+    (``KEY``, ``extra``) is just an unknown field."""
+    beat = records.Heartbeat.from_dict({"session": 1, "epoch": 5, "KEY": "k", "extra": 1})
+    assert beat.epoch == 5.0 and isinstance(beat.epoch, float) and beat.extra == {"KEY": "k", "extra": 1}
+    with pytest.raises(RecordError, match="field 'epoch' is False, not a number or null"):
+        records.Heartbeat.from_dict({"session": 1, "epoch": False})
+    with pytest.raises(RecordError, match=r"field 'session' is 1\.5, not an integer"):
+        records.Heartbeat.from_dict({"session": 1.5})
+
+
 def test_optional_fields_are_left_out_when_absent_as_the_writers_do() -> None:
     """The progress protocol: no ``progress`` before any progress line; ``hint`` only for a crash."""
     beat = json.loads(records.Heartbeat(session=1).to_json())

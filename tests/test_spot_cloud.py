@@ -467,6 +467,21 @@ def test_watch_enforces_max_run_and_terminates(cloud, subnets, agent_pyz) -> Non
     wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
 
 
+def test_a_newer_agents_records_stop_the_watch_and_its_instance(cloud, subnets, agent_pyz) -> None:
+    """An outcome in a format newer than this provider reads is refused, never guessed at, and the
+    instance does not outlive the watch that gave up on it."""
+    from airflow_grid_resume.agent import layout
+    from airflow_grid_resume.agent.errors import UnsupportedFormatError
+
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
+    ledger = RunLedger(boto3.client("s3"), parse_s3_uri(run_uri))
+    newer = {"format": "grid-resume-outcome/9", "session": 1, "status": "succeeded"}
+    ledger.put_json(ledger.key(layout.outcome(1)), newer)
+    with pytest.raises(UnsupportedFormatError, match=r"grid-resume-outcome/9, newer .*upgrade airflow-grid-resume"):
+        first_event(watch_for(run_uri, instance_id, log_offset=1))  # a resumed watch LISTs, and sees the outcome
+    wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
+
+
 def test_watch_on_kill_terminates_the_instance(cloud, subnets, agent_pyz) -> None:
     run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
     asyncio.run(watch_for(run_uri, instance_id).on_kill())

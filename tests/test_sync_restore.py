@@ -11,7 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from airflow_grid_resume.agent import scan
+from airflow_grid_resume.agent import records, scan
 from airflow_grid_resume.agent.errors import LeaseHeldError, NoRestorableCheckpointError
 from airflow_grid_resume.agent.lease import acquire_lease
 from airflow_grid_resume.agent.ledger import RunLedger
@@ -242,14 +242,14 @@ def test_throttling_and_5xx_are_retried(moto, bucket: str, tmp_path: Path) -> No
 
 
 def test_two_agents_one_lease(ledger: RunLedger) -> None:
-    first = acquire_lease(ledger, {"agent_id": "a", "session": 1, "host": "h1"}, ttl=60)
+    first = acquire_lease(ledger, records.Lease(agent_id="a", session=1, host="h1"), ttl=60)
     with pytest.raises(LeaseHeldError, match="another agent is already running") as err:
-        acquire_lease(ledger, {"agent_id": "b"}, ttl=60)
-    assert "h1" in str(err.value)
+        acquire_lease(ledger, records.Lease(agent_id="b"), ttl=60)
+    assert "session 1, host h1" in str(err.value)
     first.release()
-    second = acquire_lease(ledger, {"agent_id": "b"}, ttl=0.5)
+    second = acquire_lease(ledger, records.Lease(agent_id="b"), ttl=0.5)
     time.sleep(0.6)
-    third = acquire_lease(ledger, {"agent_id": "c"}, ttl=60)  # expired: taken over
+    third = acquire_lease(ledger, records.Lease(agent_id="c"), ttl=60)  # expired: taken over
     from airflow_grid_resume.agent.ledger import ConditionalWriteLost
 
     with pytest.raises(ConditionalWriteLost):

@@ -106,16 +106,27 @@ class RunLedger:
             raise
 
     def put_once(self, key: str, body: bytes) -> bool:
-        """Create ``key`` if absent. True if written now or already holding exactly ``body``.
-
-        A retried conditional write whose first attempt succeeded sees 412; reading the key
-        back tells that apart from a real conflict.
-        """
+        """Create ``key`` if absent. True if written now or already holding exactly ``body``."""
         try:
-            self.put(key, body, if_none_match=True)
+            self.put_adopting_own(key, body, if_none_match=True)
             return True
         except ConditionalWriteLost:
-            return self.get(key) == body
+            return False
+
+    def put_adopting_own(
+        self, key: str, body: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        """A conditional write that survives its own lost answer: botocore retries a PUT whose response
+        was lost, the retry sees 412 because the first attempt did succeed, and reading the key back
+        finds exactly ``body``. Then it is ours (its ETag is returned); anything else is a real
+        conflict (ConditionalWriteLost)."""
+        try:
+            return self.put(key, body, if_match=if_match, if_none_match=if_none_match)
+        except ConditionalWriteLost:
+            current = self.get_with_etag(key)
+            if current is not None and current[0] == body:
+                return current[1]
+            raise
 
     def get(self, key: str, *, byte_range: str | None = None) -> bytes | None:
         """The object's bytes, or None if it does not exist."""
@@ -274,20 +285,8 @@ class RunLedger:
                 out.append(int(m.group(1)))
         return sorted(out)
 
-    def claim_session(self, session: int, record: dict) -> bool:
-        """Create the session's start record; False if that session number is taken (a 412 whose
-        stored record is exactly ours was our own write with a lost answer: claimed)."""
-        return self.put_once(self.key(layout.session_record(session)), json_bytes(record))
-
-    def write_heartbeat(self, session: int, doc: dict) -> None:
-        self.put_json(self.key(layout.heartbeat(session)), doc)
-
     def read_heartbeat(self, session: int) -> dict | None:
         return self.get_json(self.key(layout.heartbeat(session)))
-
-    def write_outcome(self, session: int, doc: dict) -> None:
-        if not self.put_once(self.key(layout.outcome(session)), json_bytes(doc)):
-            raise ConditionalWriteLost(f"session {session} already has a different outcome")
 
     def read_outcome(self, session: int) -> dict | None:
         """The outcome as a plain dict (what the agent's own modules read); typed: ``read_record(Outcome, n)``."""
@@ -301,21 +300,21 @@ class RunLedger:
         data = self.get(key)
         return None if data is None else cls.from_json(data, name=key)
 
-    def write_record(self, record: records.Record, session: int | None = None, *, if_match: str | None = None) -> str:
-        """Write ``record`` with the condition its key's rule says (``layout.RULES``): ``once`` creates it
-        (ConditionalWriteLost if it holds something else), ``cas`` needs the ETag it replaces (None:
-        create), ``overwrite`` just writes. Returns the ETag (empty when ``once`` found its own bytes)."""
+    def write_record(
+        self, record: records.Record, session: int | None = None, *, if_match: str | None = None, create: bool = False
+    ) -> str:
+        """Write ``record`` with the condition its key's rule says (``layout.RULES``), the one way a
+        record is written: ``once`` creates it, ``cas`` replaces the ETag ``if_match`` (None: creates it),
+        ``overwrite`` just writes, or only creates it with ``create`` (a first write that another writer
+        may have made first). A conditional write that finds other bytes there raises
+        ConditionalWriteLost; one that finds exactly its own (its retry after a lost answer) is ours.
+        Returns the stored object's ETag."""
         key = self.key(records.record_key(type(record), session))
         body, how = record.to_json(), layout.rule(type(record).KEY).how
-        if how == "once":
-            try:
-                return self.put(key, body, if_none_match=True)
-            except ConditionalWriteLost:
-                if self.get(key) == body:
-                    return ""
-                raise
+        if how == "once" or create or (how == "cas" and not if_match):
+            return self.put_adopting_own(key, body, if_none_match=True)
         if how == "cas":
-            return self.put(key, body, if_match=if_match) if if_match else self.put(key, body, if_none_match=True)
+            return self.put_adopting_own(key, body, if_match=if_match)
         return self.put(key, body)
 
     def read_launch(self, session: int) -> records.Launch | None:

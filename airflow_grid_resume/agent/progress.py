@@ -90,16 +90,6 @@ class ProgressTracker:
         if found.total is not None:
             self.total = found.total
 
-    def heartbeat_field(self) -> dict:
-        """What heartbeat.json gets: ``{"progress": ...}``, or nothing before any progress line."""
-        found = self.heartbeat()
-        return {} if found is None else {"progress": found}
-
-    def outcome_field(self) -> dict:
-        """What outcome.json gets: ``{"progress": ...}``, or nothing if the session printed none."""
-        found = self.outcome()
-        return {} if found is None else {"progress": found}
-
     def heartbeat(self) -> dict | None:
         """``{"done": N, "total": T, "first": N1}`` for heartbeat.json (``first``: the session's first
         DONE, so steps lost are known even when the next session is lost too), or None before any."""

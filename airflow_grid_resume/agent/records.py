@@ -70,17 +70,16 @@ class Record:
             raise RecordError(f"{name} is not a JSON object")
         if "format" in doc:
             format_version(doc, name, f"{FORMAT_PREFIX}{cls.NAME}/", cls.VERSION)
-        hints = _hints(cls)
+        types, required = _fields(cls)
         known: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in doc.items():
-            if key == "format":
-                continue
-            if key in hints and key != "extra":
-                known[key] = _check(value, hints[key], name, key)
-            else:
+            expected = types.get(key)
+            if expected is not None:
+                known[key] = expected.check(value, name, key)
+            elif key != "format":
                 extra[key] = value
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in known and _required(f)]
+        missing = [f for f in required if f not in known]
         if missing:
             raise RecordError(f"{name} lacks {', '.join(missing)}")
         return cls(**known, extra=extra)
@@ -94,35 +93,51 @@ class Record:
         return cls.from_dict(doc, name=name)
 
 
-def _required(f: dataclasses.Field) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+@dataclass(frozen=True)
+class _FieldType:
+    """A known field's JSON types, worked out once per record class (``from_json`` runs per read)."""
 
+    hint: Any
+    exact: frozenset[type]  # the types json.loads gives that are taken as they are
+    to_float: bool  # an integer is taken as a number
+    anything: bool
 
-_HINTS: dict[type, dict[str, Any]] = {}
+    @classmethod
+    def of(cls, hint: Any) -> _FieldType:
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+        bases = {typing.get_origin(o) or o for o in options}
+        return cls(hint, frozenset(bases), float in bases and int not in bases, Any in bases)
 
-
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
-
-
-def _check(value: Any, hint: Any, name: str, key: str) -> Any:
-    """``value`` if it has the field's JSON type (an int is a float, a bool is not a number)."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
-    for option in options:
-        base = typing.get_origin(option) or option
-        if option is type(None) and value is None:
+    def check(self, value: Any, name: str, key: str) -> Any:
+        """``value`` if it has the field's JSON type (an int is a float, a bool is not a number)."""
+        kind = type(value)
+        if kind in self.exact or self.anything:
             return value
-        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if self.to_float and kind is int:
             return float(value)
-        if base is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if base in (str, bool, list, dict) and isinstance(value, base):
-            return value
-        if base is Any:
-            return value
-    raise RecordError(f"{name}: field {key!r} is {value!r}, not {_describe(hint)}")
+        if kind is not bool:  # a subclass, from code rather than json.loads (a bool is never a number)
+            for base in self.exact:
+                if base is float and isinstance(value, (int, float)):
+                    return float(value)
+                if isinstance(value, base):
+                    return value
+        raise RecordError(f"{name}: field {key!r} is {value!r}, not {_describe(self.hint)}")
+
+
+_FIELDS: dict[type, tuple[dict[str, _FieldType], tuple[str, ...]]] = {}
+
+
+def _fields(cls: type) -> tuple[dict[str, _FieldType], tuple[str, ...]]:
+    """A record class's known fields with their types, and the required ones (computed once)."""
+    found = _FIELDS.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        fields = [f for f in dataclasses.fields(cls) if f.name != "extra"]
+        required = tuple(
+            f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
+        found = _FIELDS[cls] = ({f.name: _FieldType.of(hints[f.name]) for f in fields}, required)
+    return found
 
 
 try:  # X | Y at runtime (3.10+)
@@ -347,6 +362,12 @@ SESSION_RECORDS: dict[type[Record], typing.Callable[[int], str]] = {
 }
 RUN_RECORDS: dict[type[Record], str] = {Spec: layout.SPEC, Final: layout.FINAL, Lease: layout.LEASE}
 ALL = (*RUN_RECORDS, *SESSION_RECORDS)
+
+
+def as_dict(record: Record | None) -> dict[str, Any] | None:
+    """``record``'s JSON form (None for None): what the pure view models (summary, ui/model) take, so
+    their inputs are the documents as stored and their tests plain dicts."""
+    return None if record is None else record.to_dict()
 
 
 def record_key(cls: type[Record], session: int | None = None) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
+from airflow_grid_resume.agent import records
 from airflow_grid_resume.agent.errors import UsageError
-from airflow_grid_resume.agent.ledger import RunLedger
+from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
 
 # Environment variables the command sees (documented in docs/agent.md).
 ENV_SESSION = "GRID_RESUME_SESSION"
@@ -16,12 +18,15 @@ ENV_MANIFEST = "GRID_RESUME_MANIFEST"
 ENV_INSTANCE_ID = "GRID_RESUME_INSTANCE_ID"
 
 
-def claim_session(ledger: RunLedger, record: dict, explicit: int | None = None, attempts: int = 20) -> int:
-    """Claim ``explicit`` or the next free session number by creating its start record."""
+def claim_session(
+    ledger: RunLedger, start: records.SessionStart, explicit: int | None = None, attempts: int = 20
+) -> int:
+    """Claim ``explicit`` or the next free session number by creating its start record (``start``
+    with that number)."""
     if explicit is not None:
         if explicit < 1:
             raise UsageError(f"--session must be 1 or more, got {explicit}")
-        if not ledger.claim_session(explicit, {**record, "session": explicit}):
+        if not _claim(ledger, start, explicit):
             raise UsageError(
                 f"session {explicit} of {ledger.location} was already started by another agent; "
                 "each session number runs once (omit --session to take the next one)"
@@ -29,10 +34,20 @@ def claim_session(ledger: RunLedger, record: dict, explicit: int | None = None, 
         return explicit
     candidate = (max(ledger.list_sessions(), default=0)) + 1
     for _ in range(attempts):
-        if ledger.claim_session(candidate, {**record, "session": candidate}):
+        if _claim(ledger, start, candidate):
             return candidate
         candidate += 1
     raise UsageError(f"could not claim a session number in {ledger.location} after {attempts} attempts")
+
+
+def _claim(ledger: RunLedger, start: records.SessionStart, session: int) -> bool:
+    """Create session ``session``'s start record; False if that number is taken (a 412 whose stored
+    record is exactly ours was our own write with a lost answer: claimed)."""
+    try:
+        ledger.write_record(dataclasses.replace(start, session=session), session)
+    except ConditionalWriteLost:
+        return False
+    return True
 
 
 def command_env(

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume import __version__
-from airflow_grid_resume.agent import layout
+from airflow_grid_resume.agent import layout, records
 from airflow_grid_resume.agent.child import Child, SpawnError, become_subreaper
 from airflow_grid_resume.agent.deadline import plan_final_sync, seconds_until_reclaim
 from airflow_grid_resume.agent.errors import (
@@ -150,12 +150,9 @@ class Supervisor:
         ledger = RunLedger(make_s3_client(parallelism=self.o.parallelism, region=self.o.region), location)
         ledger.check_access()
         imds = self._probe_imds()
-        holder = {
-            "agent_id": self.agent_id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "instance_id": self.instance_id or "",
-        }
+        holder = records.Lease(
+            agent_id=self.agent_id, host=socket.gethostname(), pid=os.getpid(), instance_id=self.instance_id or ""
+        )
         lease = acquire_lease(ledger, holder, ttl=self.o.lease_ttl)
         state_dir = tempfile.mkdtemp(prefix="grid-resume-agent-")
         previous_handlers = self._install_signal_handlers()
@@ -164,11 +161,17 @@ class Supervisor:
         shipper: LogShipper | None = None
         heartbeat: threading.Thread | None = None
         try:
-            self.session = claim_session(
-                ledger,
-                {**holder, "started_at": _utc(), "command": self.o.command, "agent_version": __version__},
-                self.o.session,
+            start = records.SessionStart(
+                session=0,  # the number claimed
+                agent_id=holder.agent_id,
+                host=holder.host,
+                pid=holder.pid,
+                instance_id=holder.instance_id,
+                started_at=_utc(),
+                command=self.o.command,
+                agent_version=__version__,
             )
+            self.session = claim_session(ledger, start, self.o.session)
             lease.renew(session=self.session)
             spool = LogSpool(os.path.join(state_dir, "output.log"))
             spool_handler = SpoolLogHandler(spool)
@@ -177,7 +180,7 @@ class Supervisor:
             shipper.start()
             heartbeat = threading.Thread(target=self._heartbeat_loop, args=(ledger, lease, spool), daemon=True)
             heartbeat.start()
-            log.info("session %d of %s started on %s", self.session, location, holder["host"])
+            log.info("session %d of %s started on %s", self.session, location, holder.host)
             if imds is not None:
                 watcher = MonitorRunner(
                     discover(imds, MonitorSettings(notice_window=self.o.notice_window)),
@@ -450,26 +453,26 @@ class Supervisor:
         for w in warnings:
             log.warning(w)
         log.info("session %d ended: %s (%s)", self.session, status, result.reason)
-        outcome = {
-            "session": self.session,
-            "status": status,
-            "exit_code": result.exit_code,
-            "clean": result.clean and not sync_error,
-            "reason": result.reason,
-            "warnings": warnings,
-            "notice": self.notice.as_dict() if self.notice else None,
-            "manifest": manifest,
-            "restored_from": restored.manifest.name if restored.manifest else None,
-            "restore_fallbacks": [{"manifest": n, "reason": r} for n, r in restored.fallbacks],
-            "started_at": started_at,
-            "ended_at": _utc(),
-            "tail": spool.tail_lines(40) if status == FAILED else [],
-            "agent_exit_code": exit_code,
-            **self.progress.outcome_field(),
-        }
+        outcome = records.Outcome(
+            session=self.session,
+            status=status,
+            exit_code=result.exit_code,
+            clean=result.clean and not sync_error,
+            reason=result.reason,
+            warnings=warnings,
+            notice=self.notice.as_dict() if self.notice else None,
+            manifest=manifest,
+            restored_from=restored.manifest.name if restored.manifest else None,
+            restore_fallbacks=[{"manifest": n, "reason": r} for n, r in restored.fallbacks],
+            started_at=started_at,
+            ended_at=_utc(),
+            tail=spool.tail_lines(40) if status == FAILED else [],
+            agent_exit_code=exit_code,
+            progress=self.progress.outcome(),
+        )
         try:
             shipper.flush()
-            ledger.write_outcome(self.session, outcome)
+            ledger.write_record(outcome, self.session)
         except Exception as exc:  # retried already; the Airflow side will see no outcome and a silent heartbeat
             log.error("could not record the outcome in the ledger (%s): %s", status, exc)
             exit_code = exit_code or EXIT_LEDGER_UNAVAILABLE
@@ -485,21 +488,18 @@ class Supervisor:
             "session so the instance does not run unattended",
             silent_for,
         )
-        outcome = {
-            "session": self.session,
-            "status": INTERRUPTED,
-            "exit_code": 0,
-            "clean": True,
-            "reason": "stopped while restoring: nobody watched the session",
-            "warnings": [],
-            "notice": {"action": "terminate", "time": _utc(), "source": "unwatched"},
-            "manifest": None,
-            "ended_at": _utc(),
-            "tail": [],
-            "agent_exit_code": 0,
-        }
+        outcome = records.Outcome(
+            session=self.session,
+            status=INTERRUPTED,
+            exit_code=0,
+            clean=True,
+            reason="stopped while restoring: nobody watched the session",
+            notice={"action": "terminate", "time": _utc(), "source": "unwatched"},
+            ended_at=_utc(),
+            agent_exit_code=0,
+        )
         with contextlib.suppress(Exception):
-            ledger.write_outcome(self.session, outcome)
+            ledger.write_record(outcome, self.session)
         os._exit(0)
 
     def _crashed(self, ledger: RunLedger, shipper: LogShipper, spool: LogSpool, exc: Exception) -> int:
@@ -514,25 +514,25 @@ class Supervisor:
         if self.syncer is not None:
             with contextlib.suppress(Exception):
                 manifest, _ = self._final_sync()
-        outcome = {
-            "session": self.session,
-            "status": FAILED,
-            "exit_code": EXIT_AGENT_CRASHED,
-            "clean": False,
-            "reason": f"the agent failed: {type(exc).__name__}: {exc}",
-            "hint": crash_hint(exc),
-            "warnings": list(self.notice_warnings),
-            "notice": self.notice.as_dict() if self.notice else None,
-            "manifest": manifest,
-            "ended_at": _utc(),
-            "tail": spool.tail_lines(40),
-            "agent_exit_code": EXIT_AGENT_CRASHED,
-            **self.progress.outcome_field(),
-        }
-        log.error("session %d ended: failed (%s). %s", self.session, outcome["reason"], outcome["hint"])
+        outcome = records.Outcome(
+            session=self.session,
+            status=FAILED,
+            exit_code=EXIT_AGENT_CRASHED,
+            clean=False,
+            reason=f"the agent failed: {type(exc).__name__}: {exc}",
+            hint=crash_hint(exc),
+            warnings=list(self.notice_warnings),
+            notice=self.notice.as_dict() if self.notice else None,
+            manifest=manifest,
+            ended_at=_utc(),
+            tail=spool.tail_lines(40),
+            agent_exit_code=EXIT_AGENT_CRASHED,
+            progress=self.progress.outcome(),
+        )
+        log.error("session %d ended: failed (%s). %s", self.session, outcome.reason, outcome.hint)
         try:
             shipper.flush()
-            ledger.write_outcome(self.session, outcome)
+            ledger.write_record(outcome, self.session)
         except Exception as write_error:
             log.error("could not record the outcome in the ledger either: %s", write_error)
         self._set_state("ended")
@@ -562,7 +562,7 @@ class Supervisor:
                         self.events.put(unwatched_event(guard.silent_for(time.monotonic())))
                         guard.timeout = 0.0  # once
             try:
-                if lease_ok and time.time() - float(lease.holder.get("renewed_at", 0)) >= self.o.lease_ttl / 5:
+                if lease_ok and time.time() - (lease.record.renewed_at or 0.0) >= self.o.lease_ttl / 5:
                     lease.renew(session=self.session)  # a PUT each: a few per TTL, not one per heartbeat
             except ConditionalWriteLost:
                 lease_ok = False
@@ -571,22 +571,20 @@ class Supervisor:
                 log.warning("lease renewal failed, will retry: %s", exc)
             try:
                 last = self.syncer.last_manifest if self.syncer else None
-                ledger.write_heartbeat(
-                    self.session,
-                    {
-                        "session": self.session,
-                        "seq": seq,
-                        "time": _utc(),
-                        "epoch": time.time(),
-                        "state": self.state,
-                        "log_bytes": spool.size,
-                        "last_manifest": last.name if last else None,
-                        "notice": self.notice.as_dict() if self.notice else None,
-                        "interval": self.o.heartbeat_interval,
-                        "log_interval": self.o.log_interval,
-                        **self.progress.heartbeat_field(),
-                    },
+                beat = records.Heartbeat(
+                    session=self.session,
+                    seq=seq,
+                    time=_utc(),
+                    epoch=time.time(),
+                    state=self.state,
+                    log_bytes=spool.size,
+                    last_manifest=last.name if last else None,
+                    notice=self.notice.as_dict() if self.notice else None,
+                    interval=self.o.heartbeat_interval,
+                    log_interval=self.o.log_interval,
+                    progress=self.progress.heartbeat(),
                 )
+                ledger.write_record(beat, self.session)
             except Exception as exc:
                 log.warning("heartbeat failed, will retry: %s", exc)
             self._beat_now.wait(self.o.heartbeat_interval)

@@ -4,7 +4,6 @@ back off with jitter while there is none, and hand back the one instance of the 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.agent import layout
+from airflow_grid_resume.agent import records
 from airflow_grid_resume.hooks.spot import NO_ANSWER, LaunchError, SpotLaunchHook, expiry_tag, launch_error
 from airflow_grid_resume.spot.bootstrap import render_user_data
 from airflow_grid_resume.spot.launch import (
@@ -286,30 +285,18 @@ class SessionLauncher:
         self._recorded: dict | None = None
         self._answers: list[dict] = []  # of the last round that ended
         self._rounds = 0
-        self._key = ledger.keys.key(layout.launch_attempt(session))
 
-    async def _get(self) -> dict:
-        data = await self.ledger.get(self._key)
-        try:
-            doc = json.loads(data) if data else {}
-        except ValueError:
-            return {}
-        return doc if isinstance(doc, dict) else {}
-
-    async def _put(self, doc: dict) -> None:
-        await self.ledger.client.put_object(Bucket=self.ledger.bucket, Key=self._key, Body=json.dumps(doc).encode())
-
-    def _doc(self, attempt: dict | None, phase: str, **extra: Any) -> dict:
-        return {
-            "session": self.session,
-            "expires_at": self.expires_at,
-            "attempt": attempt,
-            "at": time.time(),
-            "phase": phase,
-            "rounds": self._rounds,
-            "answers": self._answers,
+    def _doc(self, attempt: dict | None, phase: str, **extra: Any) -> records.LaunchAttempt:
+        return records.LaunchAttempt(
+            session=self.session,
+            expires_at=self.expires_at,
+            attempt=attempt,
+            at=time.time(),
+            phase=phase,
+            rounds=self._rounds,
+            answers=self._answers,
             **extra,
-        }
+        )
 
     async def existing(self) -> dict | None:
         """The session's instance found by its tags (EC2 may not list one launched seconds ago)."""
@@ -322,15 +309,17 @@ class SessionLauncher:
     async def last_attempt(self) -> Attempt | None:
         """The attempt the previous launcher of this session made last: replayed first, with its token."""
         try:
-            doc = await self._get()
+            found = await self.ledger.get_record(records.LaunchAttempt)
         except (ClientError, *NO_ANSWER) as exc:
             self.log.warning("could not read the last launch attempt of session %d: %s", self.session, exc)
             return None
-        self._recorded = doc.get("attempt")
-        if isinstance(doc.get("answers"), list) and isinstance(doc.get("rounds"), int):  # a restarted trigger
-            self._answers, self._rounds = doc["answers"], doc["rounds"]
+        if found is None:
+            return None
+        self._recorded = found.attempt
+        if found.answers is not None and found.rounds is not None:  # a restarted trigger
+            self._answers, self._rounds = found.answers, found.rounds
         try:
-            return Attempt.from_dict(doc["attempt"]) if doc.get("attempt") else None
+            return Attempt.from_dict(found.attempt) if found.attempt else None
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -340,7 +329,7 @@ class SessionLauncher:
         if doc == self._recorded:
             return
         try:
-            await self._put(self._doc(doc, "trying"))
+            await self.ledger.put_record(self._doc(doc, "trying"))
             self._recorded = doc
         except (ClientError, *NO_ANSWER) as exc:  # the tag lookup still protects a restart
             self.log.warning("could not record the launch attempt of session %d: %s", self.session, exc)
@@ -350,7 +339,7 @@ class SessionLauncher:
         the run view. The attempt recorded for a replay stays as it was."""
         self._rounds = rounds
         try:
-            await self._put(
+            await self.ledger.put_record(
                 self._doc(self._recorded, "backing-off", next_try_in=round(next_try_in, 1), lifecycle=lifecycle)
             )
         except (ClientError, *NO_ANSWER) as exc:  # only the run view misses it

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import platform
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+import botocore
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from botocore.config import Config
 from botocore.utils import parse_timestamp
 from dateutil.tz import tzutc
 
+from airflow_grid_resume import __version__
 from airflow_grid_resume.quiet import quiet_credential_logs
 
 # One shared client serves every run watch of a triggerer: 500 watches make several hundred calls a second.
@@ -83,9 +86,12 @@ class SharedS3Hook(S3Hook):
     """``S3Hook`` whose client is sized to be shared by many triggers.
 
     The connection's own botocore config is kept; only a pool smaller than
-    ``SHARED_POOL_CONNECTIONS`` is widened, and response checksums are validated only where S3
-    requires it unless the connection asks otherwise (the ledger's small JSON and log reads do not
-    need a CRC pass each; the agent's own client does the same).
+    ``SHARED_POOL_CONNECTIONS`` is widened, response checksums are validated only where S3
+    requires it (the ledger's small JSON and log reads do not need a CRC pass each; the agent's own
+    client does the same), and the User-Agent is a fixed string (``Config(user_agent=...)``, with
+    Airflow's ``user_agent_extra`` appended as usual), each unless the connection sets its own.
+    botocore otherwise rebuilds its User-Agent from a dozen components twice per request: a sixth
+    of the CPU of each GetObject in a triggerer watching 1,000 runs (benchmarks/watch_bench.py).
     """
 
     def _get_config(self, config: Config | None = None) -> Config:
@@ -95,7 +101,14 @@ class SharedS3Hook(S3Hook):
             extra["max_pool_connections"] = SHARED_POOL_CONNECTIONS
         if getattr(config, "response_checksum_validation", None) is None:
             extra["response_checksum_validation"] = "when_required"
+        if config.user_agent is None:
+            extra["user_agent"] = fixed_user_agent()
         return config.merge(Config(**extra)) if extra else config
+
+
+def fixed_user_agent() -> str:
+    """What the shared clients send as User-Agent: this provider, botocore and Python, by version."""
+    return f"airflow-grid-resume/{__version__} Botocore/{botocore.__version__} Python/{platform.python_version()}"
 
 
 _UTC = tzutc()

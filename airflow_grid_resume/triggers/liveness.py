@@ -1,7 +1,7 @@
 """Is a session's instance alive, gone, or unknown? One judgement, pure, on the watcher's own clock.
 
 Nothing here compares two hosts' wall clocks: the agent's heartbeat counts as alive while its
-content changes (its ``seq``), timed on the watcher's monotonic clock, and "dead" needs the
+content changes (its ``seq`` and ``time``), timed on the watcher's monotonic clock, and "dead" needs the
 same heartbeat observed unchanged for longer than ``heartbeat_timeout`` by reads that succeeded.
 "Gone" needs positive evidence from EC2: a state of shutting-down/terminated (or stopped), or the
 instance not listed for longer than EC2's consistency window. A failed read or describe is no
@@ -11,6 +11,8 @@ evidence at all.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from airflow_grid_resume.agent.records import Heartbeat
 
 GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
 
@@ -52,6 +54,7 @@ class Liveness:
         self.beat_tag: object = None
         self.beat_changed: float | None = None  # when the heartbeat last changed (or was first seen)
         self.beat_read: float | None = None  # when the heartbeat was last read successfully
+        self.output_read: float | None = None  # when new output was last read
         self.not_found_since: float | None = None
         self.gone_state: str | None = None
         self.gone_reason: str = ""
@@ -60,11 +63,13 @@ class Liveness:
         return self.launched_ago + (now - self.started)
 
     # -- evidence ---------------------------------------------------------------------------------
-    def heartbeat(self, tag: object, now: float) -> None:
-        """A successful read of the heartbeat: ``tag`` is its seq (or ETag), None if there is none yet."""
+    def heartbeat(self, beat: Heartbeat | None, now: float) -> None:
+        """A successful read of the heartbeat, None if there is none yet. A new ``seq`` or ``time`` is a
+        new beat (the agent's clock is never compared with ours)."""
         self.beat_read = now
-        if tag is None:
+        if beat is None:
             return
+        tag = (beat.seq, beat.time)
         if self.beat_changed is None or tag != self.beat_tag:
             self.beat_tag, self.beat_changed = tag, now
 
@@ -86,13 +91,19 @@ class Liveness:
     def output(self, now: float) -> None:
         """New output from the agent was read: it is alive now, whatever its heartbeat says."""
         self.beat_changed = now
+        self.output_read = now
 
     def heartbeat_due(self, now: float) -> bool:
         """Read the heartbeat a few times per timeout: enough to see it change, cheap enough."""
         return now >= self.next_heartbeat_read()
 
     def next_heartbeat_read(self) -> float:
-        return self.started if self.beat_read is None else self.beat_read + self.heartbeat_timeout / 3
+        """Once a heartbeat has been seen, output read since counts as one: while output flows the
+        heartbeat can only say "alive" again, and a read of it is one call of a triggerer's budget."""
+        if self.beat_read is None:
+            return self.started
+        last = self.beat_read if self.beat_tag is None else max(self.beat_read, self.output_read or 0.0)
+        return last + self.heartbeat_timeout / 3
 
     def verdict(self, now: float) -> Verdict:
         if self.gone_state is not None:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airflow_grid_resume.agent import layout
+from airflow_grid_resume.agent import layout, records
+from airflow_grid_resume.agent.errors import ManifestError, UnsupportedFormatError
 from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger, plan_log_reads
 from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.uri import parse_s3_uri
@@ -45,11 +46,14 @@ OFFSET_SAVE_INTERVAL = 60.0
 # How often, at most, a watch whose reads find no new output looks for the outcome (one GET each).
 OUTCOME_CHECK_INTERVAL = 10.0
 
+R = TypeVar("R", bound=records.Record)
+log = logging.getLogger(__name__)
+
 
 class AsyncLedgerReader:
     """The few ledger reads (and the one write) a run trigger needs, on aiobotocore."""
 
-    def __init__(self, client: Any, run_uri: str, session: int) -> None:
+    def __init__(self, client: Any, run_uri: str, session: int, schedule: ChunkSchedule | None = None) -> None:
         self.client = client
         self.keys = RunLedger(None, parse_s3_uri(run_uri))
         self.bucket = self.keys.location.bucket
@@ -57,7 +61,7 @@ class AsyncLedgerReader:
         self.outcome_listed = False  # did the last read_log's LIST show outcome.json?
         self._outcome_key = self.keys.key(layout.outcome(session))
         self._chunk_end = 0  # an offset where a log chunk is known to end (the next one starts there)
-        self.period = DEFAULT_LOG_INTERVAL  # the agent's upload interval
+        self.schedule = schedule  # the watch's reads; its period is the agent's upload interval
 
     async def _fetch(self, key: str, byte_range: str | None = None) -> tuple[bytes, dict] | None:
         """An object's bytes and its response, or None when it does not exist (yet)."""
@@ -90,41 +94,45 @@ class AsyncLedgerReader:
                 age = (parsedate_to_datetime(served) - modified).total_seconds()
         return data, age
 
-    async def get_json(self, relative: str) -> dict | None:
-        """A ledger document (``relative`` from agent/layout.py), None if missing or not a JSON object."""
-        data = await self.get(self.keys.key(relative))
+    async def get_record(self, cls: type[R]) -> R | None:
+        """The session's (or the run's) ``cls`` document, None when absent or unreadable (the agent
+        rewrites or ends it). One in a newer format than this code knows raises UnsupportedFormatError."""
+        key = self.keys.key(records.record_key(cls, self.session))
+        data = await self.get(key)
         if data is None:
             return None
         try:
-            doc = json.loads(data)
-        except ValueError:
+            return cls.from_json(data, name=key)
+        except ManifestError as exc:
+            log.warning("%s is unreadable, counted as absent: %s", key, exc)
             return None
-        return doc if isinstance(doc, dict) else None
 
-    async def put_json(self, relative: str, doc: dict) -> None:
-        await self.client.put_object(Bucket=self.bucket, Key=self.keys.key(relative), Body=json.dumps(doc).encode())
+    async def put_record(self, record: records.Record) -> None:
+        """Write one of the session's records that the Airflow side overwrites (``watch.json``)."""
+        assert layout.rule(record.KEY).how == "overwrite", record.KEY
+        key = self.keys.key(records.record_key(type(record), self.session))
+        await self.client.put_object(Bucket=self.bucket, Key=key, Body=record.to_json())
 
     async def release_dead_lease(self, instance_id: str) -> bool:
         """Release the run's lease if the agent of this session (now known dead) still holds it.
 
         A killed agent cannot release its lease; the next session's agent would be refused until
         the lease expires. The instance being terminated proves the holder is gone; the write is
-        conditional on the ETag read, so a lease taken meanwhile by a live agent is never touched.
+        conditional on the ETag read, so a lease taken meanwhile by a live agent is never touched
+        (``records.Lease.released_for_dead``).
         """
         key = self.keys.key(layout.LEASE)
         try:
             found = await self._fetch(key)
             if found is None:
                 return False
-            doc, etag = json.loads(found[0]), found[1]["ETag"]
-        except (ClientError, ValueError):
+            released = records.Lease.from_json(found[0], name=key).released_for_dead(self.session, instance_id)
+        except (ClientError, ManifestError, UnsupportedFormatError):
             return False
-        held_here = doc.get("session") == self.session or doc.get("instance_id") == instance_id
-        if doc.get("released") or not held_here:
+        if released is None:
             return False
-        doc.update(released=True, released_by=f"airflow: instance {instance_id} is gone")
         try:
-            await self.client.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(doc).encode(), IfMatch=etag)
+            await self.client.put_object(Bucket=self.bucket, Key=key, Body=released.to_json(), IfMatch=found[1]["ETag"])
         except ClientError:
             return False
         return True
@@ -149,7 +157,7 @@ class AsyncLedgerReader:
                     break
                 data, age = found
                 out += data
-                if age is None or age < self.period:
+                if age is None or self.schedule is None or age < self.schedule.period:
                     break
             self._chunk_end = offset + len(out)
             return bytes(out), offset + len(out)
@@ -277,19 +285,19 @@ class RunWatchTrigger(BaseTrigger):
             shared_client(ec2_hook, ("ec2", self.aws_conn_id, self.region_name)) as ec2,
             self._log_offset_kept_on_cancel(),
         ):
-            ledger = self._ledger = AsyncLedgerReader(s3, self.run_uri, self.session)
+            reads = ChunkSchedule(period=DEFAULT_LOG_INTERVAL, poll=self.poll_interval, started=time.monotonic())
+            ledger = self._ledger = AsyncLedgerReader(s3, self.run_uri, self.session, reads)
             offset, pending = self.log_offset, b""
             started = False
             next_instance_check = 0.0
             gone_seen = False
             failures = 0
-            reads = ChunkSchedule(period=ledger.period, poll=self.poll_interval, started=time.monotonic())
             outcome_checked = time.monotonic()
             while True:
                 try:
                     if not started:
-                        watched = await ledger.get_json(layout.watch(self.session)) or {}
-                        offset = max(self.log_offset, int(watched.get("log_offset", 0)))
+                        watched = await ledger.get_record(records.Watch)
+                        offset = max(self.log_offset, watched.log_offset if watched else 0)
                         started = True
                     now = time.monotonic()
                     found_output = False
@@ -314,13 +322,12 @@ class RunWatchTrigger(BaseTrigger):
                         or (not found_output and now - outcome_checked >= OUTCOME_CHECK_INTERVAL)
                     ):
                         outcome_checked = now
-                        outcome = await ledger.get_json(layout.outcome(self.session))
+                        outcome = await ledger.get_record(records.Outcome)
                     if outcome is not None:
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
-                        status = str(outcome.get("status"))
-                        self.log.info("session %d ended: %s (%s)", self.session, status, outcome.get("reason", ""))
+                        self.log.info("session %d ended: %s (%s)", self.session, outcome.status, outcome.reason)
                         await self._end_instance(ec2_hook, ec2, batcher, self_shutdown_grace=SELF_SHUTDOWN_GRACE)
-                        yield TriggerEvent(self._event(status, offset, outcome=outcome))
+                        yield TriggerEvent(self._event(outcome.status, offset, outcome=outcome.to_dict()))
                         return
                     if self.deadline is not None and time.time() >= self.deadline:
                         self.log.error("max_run reached: terminating instance %s", self.instance_id)
@@ -332,11 +339,10 @@ class RunWatchTrigger(BaseTrigger):
                         return
                     now = time.monotonic()
                     if liveness.heartbeat_due(now):
-                        beat = await ledger.get_json(layout.heartbeat(self.session))
-                        liveness.heartbeat(None if beat is None else (beat.get("seq"), beat.get("time")), now)
-                        if beat is not None and isinstance(beat.get("log_interval"), (int, float)):
-                            ledger.period = float(beat["log_interval"])
-                            reads.set_period(ledger.period)
+                        beat = await ledger.get_record(records.Heartbeat)
+                        liveness.heartbeat(beat, now)
+                        if beat is not None and beat.log_interval is not None:
+                            reads.set_period(beat.log_interval)
                     verdict = liveness.verdict(now)
                     if now >= next_instance_check or verdict.kind not in (ALIVE, BOOTING) or gone_seen:
                         next_instance_check = now + self.instance_check_interval
@@ -353,8 +359,8 @@ class RunWatchTrigger(BaseTrigger):
                         gone_seen = True
                     elif verdict.kind in (SILENT, NO_AGENT) and liveness.not_found_since is None:
                         lost = verdict.reason  # the instance runs but the agent is dead or hung: stop paying for it
-                    claimed = layout.session_record(self.session)
-                    if lost and verdict.state == SELF_SHUTDOWN and await ledger.get_json(claimed) is None:
+                    claimed = records.SessionStart
+                    if lost and verdict.state == SELF_SHUTDOWN and await ledger.get_record(claimed) is None:
                         # Powered itself off and never claimed its session: the bootstrap failed on this image
                         # (no python3 >= 3.10 with boto3, no S3 access). Not spot weather: a failure.
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
@@ -371,6 +377,9 @@ class RunWatchTrigger(BaseTrigger):
                         yield TriggerEvent(self._event("lost", offset, reason=lost))
                         return
                     failures = 0
+                except UnsupportedFormatError:  # a newer agent wrote the session's records: refused, never guessed at
+                    await self._end_instance(ec2_hook, ec2, batcher)
+                    raise
                 except (ClientError, BotoCoreError) as exc:  # after retries: no evidence of anything; try again
                     failures += 1
                     if failures in (1, 10) or failures % 100 == 0:
@@ -449,7 +458,7 @@ class RunWatchTrigger(BaseTrigger):
     async def _mark_watched(self, ledger: AsyncLedgerReader, offset: int) -> None:
         """``watch.json``: how far the task log has the output, and proof that a trigger watches."""
         self._watch_written = time.time()
-        await ledger.put_json(layout.watch(self.session), {"log_offset": offset, "at": self._watch_written})
+        await ledger.put_record(records.Watch(log_offset=offset, at=self._watch_written))
 
     def _event(self, status: str, offset: int, *, outcome: dict | None = None, reason: str | None = None) -> dict:
         return {

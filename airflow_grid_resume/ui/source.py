@@ -33,10 +33,6 @@ SESSION_FILES: dict[str, type[records.Record]] = {
 }
 
 
-def _doc(record: records.Record | None) -> dict[str, Any] | None:
-    return None if record is None else record.to_dict()
-
-
 def read_ledger_docs(ledger: RunLedger, *, max_manifests: int = 10) -> dict[str, Any]:
     """A run's ledger documents as ``ui/model.py`` takes them (each typed record's JSON form): spec,
     final, every session's records and the newest ``max_manifests`` checkpoints with their size (one
@@ -45,11 +41,12 @@ def read_ledger_docs(ledger: RunLedger, *, max_manifests: int = 10) -> dict[str,
     for number in ledger.list_sessions():
         record: dict[str, Any] = {"session": number}
         for name, cls in SESSION_FILES.items():
-            record[name] = _doc(ledger.read_record(cls, number))
+            record[name] = records.as_dict(ledger.read_record(cls, number))
         sessions.append(record)
     if sessions:  # the newest session's launch-attempt record: what a capacity wait tried, and when it tries next
-        doc, age = read_with_age(ledger, ledger.key(layout.launch_attempt(sessions[-1]["session"])))
-        sessions[-1]["attempt"] = doc
+        key = ledger.key(layout.launch_attempt(sessions[-1]["session"]))
+        doc, age = read_with_age(ledger, key)
+        sessions[-1]["attempt"] = None if doc is None else records.LaunchAttempt.from_dict(doc, name=key).to_dict()
         sessions[-1]["attempt_seen"] = None if doc is None else {"age": age, "read_at": time.time()}
     manifests = []
     for index, stored in enumerate(ledger.list_manifests()):
@@ -69,8 +66,8 @@ def read_ledger_docs(ledger: RunLedger, *, max_manifests: int = 10) -> dict[str,
         manifests.append(entry)
     return {
         "run_uri": str(ledger.location),
-        "spec": _doc(ledger.read_spec()),
-        "final": _doc(ledger.read_final()),
+        "spec": records.as_dict(ledger.read_spec()),
+        "final": records.as_dict(ledger.read_final()),
         "sessions": sessions,
         "manifests": manifests,
     }

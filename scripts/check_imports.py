@@ -1,0 +1,86 @@
+"""The direction of dependencies, checked on every import statement: agent -> ledger <- Airflow side.
+
+- The ledger (the contract both sides share: ``LEDGER`` below) imports only the standard library,
+  boto3/botocore and itself.
+- The rest of the agent imports only those, the package root and the agent's other modules.
+
+So neither ever imports Airflow, aiobotocore or the Airflow side of this package, directly or through
+another module: the agent ships as a zipapp that runs with python3 and boto3 alone. The rules are
+allowlists, so a new module is covered without being named. ``make lint`` and ``make test`` run this;
+it prints each offending import and exits 1.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+PACKAGE = "airflow_grid_resume"
+AGENT = f"{PACKAGE}.agent"
+LEDGER = {
+    f"{AGENT}.{name}"
+    for name in ("layout", "records", "ledger", "manifest", "errors", "paths", "uri", "s3client", "gc")
+}
+THIRD_PARTY = {"boto3", "botocore"}
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(tree: ast.AST, module: str, is_package: bool, root: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in ``tree``; ``from P import m`` counts as ``P.m`` when m is a module."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the module's own package
+                package = module.split(".") if is_package else module.split(".")[:-1]
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                as_path = root.joinpath(*sub.split("."))
+                is_module = as_path.with_suffix(".py").is_file() or (as_path / "__init__.py").is_file()
+                found.append((node.lineno, sub if is_module else base))
+    return found
+
+
+def allowed(importer: str, target: str) -> bool:
+    top = target.split(".")[0]
+    if top in sys.stdlib_module_names or top in THIRD_PARTY:
+        return True
+    if importer in LEDGER:
+        return target in LEDGER
+    return target in (PACKAGE, AGENT) or target.startswith(AGENT + ".")
+
+
+def violations(root: Path) -> list[str]:
+    out = []
+    for path in sorted((root / PACKAGE / "agent").rglob("*.py")):
+        module = module_name(path, root)
+        tree = ast.parse(path.read_text(), str(path))
+        for line, target in imported(tree, module, path.name == "__init__.py", root):
+            if not allowed(module, target):
+                rule = (
+                    "the ledger imports only the standard library, boto3/botocore and the ledger (LEDGER in "
+                    "scripts/check_imports.py)"
+                    if module in LEDGER
+                    else "the agent imports only the standard library, boto3/botocore and the agent's own modules"
+                )
+                out.append(f"{path.relative_to(root)}:{line}: imports {target}: {rule}")
+    return out
+
+
+def main() -> int:
+    found = violations(Path(__file__).resolve().parent.parent)
+    for line in found:
+        print(line)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
