@@ -98,7 +98,7 @@ def schedule_for(seed: int) -> Schedule:
             sorted((k, rng.choice(["before", "after"])) for k in rng.sample(range(1, MAX_KILL_CALL + 1), n_kills))
         ),
         interruptions=[(round(rng.uniform(0.8, 2.0), 1), interruption(rng.random())) for _ in range(rng.randint(1, 2))],
-        faults=sorted(faults),
+        faults=sorted(faults, key=at_second),
         scheduled_code=rng.choice(["instance-stop", "instance-retirement", "instance-reboot", "system-reboot"]),
     )
     # Drawn after everything above, so that a seed's earlier choices stay what they were.
@@ -111,8 +111,15 @@ def schedule_for(seed: int) -> Schedule:
     schedule.scheduler_restart_lines = rng.choice([None, rng.randint(5, 60)])
     if rng.random() < 0.4:  # TerminateInstances carried out, its answer lost (the trigger must confirm, not assume)
         at = round(rng.uniform(0, 25), 1)
-        schedule.faults = sorted([*schedule.faults, (at, "drop", {"action": "TerminateInstances", "count": 1})])
+        schedule.faults = sorted(
+            [*schedule.faults, (at, "drop", {"action": "TerminateInstances", "count": 1})], key=at_second
+        )
     return schedule
+
+
+def at_second(fault: tuple[float, str, dict]) -> float:
+    """Faults in the order they are posted (two at the same second keep their drawn order)."""
+    return fault[0]
 
 
 def interruption(draw: float) -> str:
