@@ -11,7 +11,10 @@ After each seed, from the ledger and the cloud's own instance list:
   was really reclaimed (no interruption spent on a healthy instance);
 - the final result equals an uninterrupted reference run's;
 - every output line the agent shipped reaches the task log exactly once (no triggerer restarts here:
-  the bound on repeats is 0; with a SIGKILLed triggerer it is the last 10 s of output, see docs/lifecycle.md).
+  the bound on repeats is 0; tests/test_real_airflow.py kills real triggerers and bounds the repeats).
+
+The schedule, the fault thread and these checks are shared with the real components' test
+(tests/chaoslib.py); the worker's kill points are in tests/chaos_kills.py.
 
 ``GRID_CHAOS_SEEDS="1 2"`` (or ``make chaos SEEDS=N`` for 1..N) picks the seeds; a failure prints the
 command that replays it.
