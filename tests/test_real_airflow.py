@@ -272,8 +272,8 @@ def test_real_components_hold_the_lifecycle_under_a_seeded_schedule(tmp_path: Pa
                 problems.append(f"the task log lacks {needle!r}")
         # Each session before the last ended in one line of its try's log; unless that try's worker died in
         # on_session_end between recording the verdict (closed.json) and logging it: the run summary then tells.
-        told = any(" in on_session_end" in d for d in killed["done"])
-        for n in [] if told else ledger.list_sessions()[:-1]:
+        killed_in_end = any(" in on_session_end" in d for d in killed["done"])
+        for n in [] if killed_in_end else ledger.list_sessions()[:-1]:
             if f"spot interruption: session {n} " not in log and f"session {n} ended (" not in log:
                 problems.append(f"the task log does not say how session {n} ended")
         if "Traceback" in log:
