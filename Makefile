@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo agent bench clean system-deps chaos docker-test
+.PHONY: test lint demo agent bench clean system-deps chaos chaos-real docker-test
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: $(STAMP) system-deps
 SEEDS ?= 20
 chaos: $(STAMP) system-deps
 	GRID_CHAOS_SEEDS="$$(seq -s ' ' 1 $(SEEDS))" $(PY) -m pytest -q tests/test_chaos.py -k seed
+
+# The same seeded schedules on the real scheduler, triggerer and metadata DB (tests/test_real_airflow.py), with
+# the seeds' kills of the worker, the triggerer and the scheduler: make test runs one seed; make chaos-real SEEDS=N
+# runs seeds 1..N (about 3 minutes each).
+chaos-real: $(STAMP) system-deps
+	GRID_CHAOS_REAL_SEEDS="$$(seq -s ' ' 1 $(SEEDS))" $(PY) -m pytest -q tests/test_real_airflow.py -k seed
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

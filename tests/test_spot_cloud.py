@@ -520,6 +520,37 @@ def test_watch_on_kill_terminates_the_instance(cloud, subnets, agent_pyz) -> Non
     assert marked_processes(instance_id) == []
 
 
+def test_watch_on_kill_outlives_the_triggerers_repeated_cancellation(cloud, subnets, agent_pyz) -> None:
+    """Airflow 3.3.2's triggerer cancels a killed trigger again at every state sync (about 1 s) and swallows
+    the CancelledError that interrupts on_kill: a termination slowed by EC2's 5xx must still happen."""
+    run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
+    trigger = watch_for(run_uri, instance_id)
+    cloud.inject_fault("TerminateInstances", code="Unavailable", count=4)  # retried with backoff: seconds
+
+    async def as_the_triggerer() -> None:
+        async def run_trigger() -> None:  # the shape of run_trigger in airflow/jobs/triggerer_job_runner.py
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(trigger.on_kill(), timeout=30)
+                raise
+
+        task = asyncio.ensure_future(run_trigger())
+        await asyncio.sleep(0.1)
+        while not task.done():  # the cancellation, sent again at every sync until the trigger has finished
+            task.cancel("__airflow_user_action__")
+            await asyncio.sleep(0.2)
+        for _ in range(100):  # the triggerer's event loop runs on
+            if (await asyncio.to_thread(cloud.instance, instance_id))["state"] == "terminated":
+                return
+            await asyncio.sleep(0.2)
+
+    asyncio.run(as_the_triggerer())
+    assert cloud.instance(instance_id)["state"] == "terminated"
+    assert cloud.state()["faults"]["faults"] == []  # the 5xx did slow it down
+
+
 def test_operator_on_kill_on_the_worker_terminates_the_instance(cloud, subnets, agent_pyz) -> None:
     """Killed between the launch and the deferral (the worker's share of a try): same promise."""
     from airflow_grid_resume.operators import GridRunOperator
@@ -556,3 +587,28 @@ def test_a_lost_run_instances_answer_is_replayed_into_the_same_instance(cloud, s
         Filters=[{"Name": "tag:grid-resume:run-id", "Values": ["lost-answer-run"]}]
     )
     assert [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]] == [event["instance_id"]]
+
+
+def test_late_tags_neither_launch_a_second_instance_nor_lose_the_session(cloud, subnets) -> None:
+    """EC2 shows a new instance's tags late: a launcher restarted after the launch cannot find the session's
+    instance by its tags, so it replays the recorded attempt's ClientToken and gets that very instance back
+    (here the second pair's: the first had no capacity, and has it again by the restart)."""
+    bucket = f"late-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    spec = spec_for(subnets)
+    run = dict(run_id=f"late-{uuid.uuid4().hex[:6]}", run_uri=f"s3://{bucket}/run", expires_at="2030-01-01T00:00:00Z")
+    cloud.set_consistency(describe_not_found_seconds=0, tags_late_seconds=30)
+    cloud.set_capacity("g5.xlarge", "*", available=False)
+    first = first_event(trigger_for(spec, **run))
+    assert first["instance_type"] == "g4dn.xlarge", first
+    assert instances_of(run["run_id"]) == []  # the tag filter does not match it yet
+    found = boto3.client("ec2").describe_instances(Filters=[{"Name": "instance-id", "Values": [first["instance_id"]]}])
+    assert "Tags" not in found["Reservations"][0]["Instances"][0]  # listed, without its tags
+    cloud.set_capacity("g5.xlarge", "*", available=True)
+    launched, replays = len(cloud.instances()), cloud.state()["counters"]["idempotent_replays"]
+    again = first_event(trigger_for(spec, **run))  # the triggerer restarted before the event was handled
+    assert again.get("instance_id") == first["instance_id"], again
+    assert len(cloud.instances()) == launched, "a second instance for the session"
+    assert cloud.state()["counters"]["idempotent_replays"] > replays  # found by its token, not its tags
+    cloud.set_consistency(describe_not_found_seconds=0)
+    assert instances_of(run["run_id"]) == [first["instance_id"]]

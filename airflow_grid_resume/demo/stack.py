@@ -233,8 +233,8 @@ class AirflowStack:
     def url(self) -> str:
         return self.api.base_url
 
-    def launch(self, name: str) -> subprocess.Popen:
-        """Start component ``name`` (again: its log file is appended to)."""
+    def launch(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start component ``name`` (again: its log file is appended to), with ``env`` added to its environment."""
         command = re.sub(r"-\d+$", "", name)
         argv = COMMANDS.get(command, [sys.executable, "-m", "airflow", command])
         argv = argv + (["--skip-serve-logs"] if command in ("scheduler", "triggerer") else [])
@@ -242,7 +242,7 @@ class AirflowStack:
         with open(self.home / f"{name}.log", "ab") as log_file:  # the child keeps its own descriptor
             proc = subprocess.Popen(
                 argv,
-                env=self.env,
+                env={**self.env, **(env or {})},
                 cwd=self.home,  # not a source checkout: its *.egg-info would list the plugin twice
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -291,9 +291,8 @@ class AirflowStack:
         self.running.clear()
 
     def log_tails(self, chars: int = 3000) -> str:
-        return "".join(
-            f"--- {c}.log\n" + (self.home / f"{c}.log").read_text(errors="replace")[-chars:] for c in self.components
-        )
+        logs = [(c, self.home / f"{c}.log") for c in self.components]
+        return "".join(f"--- {c}.log\n" + p.read_text(errors="replace")[-chars:] for c, p in logs if p.exists())
 
     def __enter__(self) -> AirflowStack:
         return self

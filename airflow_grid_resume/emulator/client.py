@@ -185,9 +185,11 @@ class LocalSpotCloud:
         out, then their connection is closed with no answer."""
         return dict(self._call("POST", "drop", {"action": action, "count": count}))
 
-    def set_consistency(self, *, describe_not_found_seconds: float) -> dict:
-        """For that long after its launch an instance is unknown to DescribeInstances (EC2's eventual consistency)."""
-        return dict(self._call("POST", "consistency", {"describe_not_found_seconds": describe_not_found_seconds}))
+    def set_consistency(self, *, describe_not_found_seconds: float, tags_late_seconds: float = 0.0) -> dict:
+        """For that long after its launch an instance is unknown to DescribeInstances, and for
+        ``tags_late_seconds`` its tags are missing from describes (EC2's eventual consistency)."""
+        body = {"describe_not_found_seconds": describe_not_found_seconds, "tags_late_seconds": tags_late_seconds}
+        return dict(self._call("POST", "consistency", body))
 
     def reset_faults(self) -> dict:
         """Every fault off again: throttling back to the RunInstances bucket alone, no pending faults or drops,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import faulthandler
 import hashlib
 import io
 import json
@@ -241,6 +242,13 @@ class SpotCloud:
             return set()
         with self.lock:
             return {i.instance_id for i in self.instances.values() if self.faults.unknown_yet(i.launched_at, now)}
+
+    def untagged_instances(self, now: float | None = None) -> set[str]:
+        """Instances whose tags EC2 does not show yet (eventual consistency of tags)."""
+        if not self.faults.tags_late_seconds:
+            return set()
+        with self.lock:
+            return {i.instance_id for i in self.instances.values() if self.faults.tags_missing_yet(i.launched_at, now)}
 
     # -- capacity ------------------------------------------------------------------------------
     def set_capacity(
@@ -522,7 +530,8 @@ class SpotCloudApp:
 
     def _describe_instances(self, environ: dict, params: dict[str, str]) -> Reply:
         """EC2's eventual consistency: an instance younger than the consistency window is unknown
-        when asked for by id (the whole call fails, as on EC2) and left out of filtered answers."""
+        when asked for by id (the whole call fails, as on EC2) and left out of filtered answers; one whose
+        tags are late is listed without them, and a filter on tags does not match it."""
         young = self.cloud.young_instances()
         asked = [v for k, v in params.items() if k.startswith("InstanceId.")]
         unknown = [i for i in asked if i in young]
@@ -530,9 +539,12 @@ class SpotCloudApp:
             self.cloud.faults.counters["not_found"] += 1
             ids = ", ".join(f"'{i}'" for i in unknown)
             return _error("400 Bad Request", "InvalidInstanceID.NotFound", f"The instance ID {ids} does not exist")
+        untagged = self.cloud.untagged_instances()
+        by_tag = any(k.startswith("Filter.") and k.endswith(".Name") and v.startswith("tag") for k, v in params.items())
+        hidden = young | (untagged if by_tag else set())  # a tag filter cannot match tags EC2 does not show yet
         reply = self._call_inner(environ)
-        if young and reply[0].startswith("200"):
-            body = _without_instances(reply[2], young)
+        if (hidden or untagged) and reply[0].startswith("200"):
+            body = _without_instances(reply[2], hidden, untagged)
             return reply[0], _with_length(reply[1], body), body
         return reply
 
@@ -673,8 +685,11 @@ class SpotCloudApp:
                 seconds = float(doc.get("describe_not_found_seconds", 0))
                 if seconds < 0:
                     raise ValueError(f"describe_not_found_seconds must be 0 or more, got {seconds}")
-                faults.describe_not_found_seconds = seconds
-                result = {"describe_not_found_seconds": seconds}
+                late = float(doc.get("tags_late_seconds", 0))
+                if late < 0:
+                    raise ValueError(f"tags_late_seconds must be 0 or more, got {late}")
+                faults.describe_not_found_seconds, faults.tags_late_seconds = seconds, late
+                result = {"describe_not_found_seconds": seconds, "tags_late_seconds": late}
             elif method == "POST" and name == "clock":
                 offset = float(doc.get("offset_seconds", 0))
                 if offset and faults.skew_library is None:
@@ -705,8 +720,9 @@ def _with_length(headers: list, body: bytes) -> list:
     return [(k, str(len(body)) if k.lower() == "content-length" else v) for k, v in headers]
 
 
-def _without_instances(body: bytes, hidden: set[str]) -> bytes:
-    """A DescribeInstances answer without the ``hidden`` instances (and reservations left empty)."""
+def _without_instances(body: bytes, hidden: set[str], untagged: set[str] | None = None) -> bytes:
+    """A DescribeInstances answer without the ``hidden`` instances (and reservations left empty), and
+    without the tags of the ``untagged`` ones."""
     try:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError:
@@ -721,8 +737,11 @@ def _without_instances(body: bytes, hidden: set[str]) -> bytes:
         if instances is None:
             continue
         for instance in list(instances):
-            if instance.findtext(f"{ns}instanceId") in hidden:
+            instance_id = instance.findtext(f"{ns}instanceId")
+            if instance_id in hidden:
                 instances.remove(instance)
+            elif instance_id in (untagged or ()) and (tags := instance.find(f"{ns}tagSet")) is not None:
+                instance.remove(tags)
         if len(instances) == 0:
             reservations.remove(reservation)
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(root)
@@ -750,6 +769,7 @@ def serve(
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no request log on stdout/stderr
     become_subreaper()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # SIGUSR1: every thread's stack on stderr (debugging)
     own_dir = state_dir is None
     state_dir = state_dir or tempfile.mkdtemp(prefix="grid-resume-cloud-")
     os.makedirs(os.path.join(state_dir, "instances"), exist_ok=True)

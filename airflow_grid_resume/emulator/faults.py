@@ -1,8 +1,8 @@
 """The local spot cloud's bad days: what real EC2 and S3 do that moto never does.
 
 Pure bookkeeping (no HTTP here): per-API token buckets with EC2's documented sizes, injected 5xx
-answers, requests carried out and then answered by a dropped connection, the consistency window in
-which a just-launched instance is unknown to DescribeInstances, and a clock offset for the
+answers, requests carried out and then answered by a dropped connection, the consistency windows in
+which a just-launched instance is unknown to DescribeInstances or listed without its tags, and a clock offset for the
 instances launched next. ``SpotCloudApp`` (emulator/cloud.py) consults it on every request.
 """
 
@@ -179,6 +179,7 @@ class Faults:
         self.faults: list[Countdown] = []
         self.drops: list[Countdown] = []
         self.describe_not_found_seconds = 0.0
+        self.tags_late_seconds = 0.0
         self.clock_offset_seconds = 0.0
         self.skew_library: str | None = None  # built by the clock route, when first needed
         self.counters = {"throttled": 0, "faults": 0, "dropped": 0, "not_found": 0}
@@ -265,12 +266,18 @@ class Faults:
         now = time.time() if now is None else now
         return now - launched_at < self.describe_not_found_seconds
 
+    def tags_missing_yet(self, launched_at: float, now: float | None = None) -> bool:
+        """Are the tags of an instance launched at ``launched_at`` still missing from describes?"""
+        now = time.time() if now is None else now
+        return now - launched_at < self.tags_late_seconds
+
     def state(self) -> dict:
         with self.lock:
             return {
                 "throttle": self.throttle_state(),
                 **self.fault_state(),
                 "describe_not_found_seconds": self.describe_not_found_seconds,
+                "tags_late_seconds": self.tags_late_seconds,
                 "clock_offset_seconds": self.clock_offset_seconds,
                 "counters": dict(self.counters),
             }

@@ -498,7 +498,23 @@ class RunWatchTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         """A user marked the deferred task failed/success or cleared it: the instance must not live on.
-        Bounded by Airflow's ``[triggerer] on_kill_timeout`` (30 s); the reaper covers the rest."""
+
+        The termination runs in a task of its own, shielded: Airflow 3.3.2's triggerer sends a killed trigger's
+        cancellation again at every state sync (about 1 s: ``TriggerRunnerSupervisor`` keeps it in
+        ``cancelling_triggers`` until the trigger has finished) and swallows the CancelledError that interrupts
+        ``on_kill`` (``run_trigger`` in airflow/jobs/triggerer_job_runner.py; ``on_kill`` came with
+        apache/airflow#65590), so an on_kill still retrying TerminateInstances after one sync was abandoned
+        with the instance running (found by the real-components chaos test, tests/test_real_airflow.py)."""
         self.log.warning("task stopped by a user: terminating instance %s", self.instance_id)
+        task = asyncio.ensure_future(self._terminate_for_user())
+        _ON_KILL_TASKS.add(task)  # the event loop keeps only a weak reference to a task
+        task.add_done_callback(_ON_KILL_TASKS.discard)
+        await asyncio.shield(task)
+
+    async def _terminate_for_user(self) -> None:
         if not await self._ec2_hook().a_ensure_terminated(self.instance_id, timeout=20.0):
             self.log.error("could not confirm that %s is terminated; `grid-resume reap` finds it", self.instance_id)
+
+
+# on_kill's terminations still running after the triggerer gave up waiting on them (RunWatchTrigger.on_kill).
+_ON_KILL_TASKS: set[asyncio.Task] = set()
