@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from airflow_grid_resume.agent.errors import UnsupportedFormatError
+from airflow_grid_resume.agent.errors import ManifestError, UnsupportedFormatError
 from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.agent.scan import HashCache
@@ -222,8 +222,9 @@ def test_the_airflow_sides_readers_take_typed_records(ledger: RunLedger) -> None
 def test_the_run_watchs_reader_parses_records_and_releases_only_a_dead_agents_lease(
     ledger: RunLedger, run_uri: str
 ) -> None:
-    """triggers/run.py's AsyncLedgerReader, on aiobotocore against moto's server: records parse (one that
-    does not counts as absent, a newer one is refused), watch.json is written as its record, and the lease
+    """triggers/run.py's AsyncLedgerReader, on aiobotocore against moto's server: records parse (a heartbeat
+    that does not counts as absent, an outcome that does not is an error: written once, it never will; a newer
+    one is refused), watch.json is written as its record, and the lease
     release is ``Lease.released_for_dead`` written with If-Match: a live holder's lease is never touched."""
     import asyncio
     import time
@@ -234,6 +235,7 @@ def test_the_run_watchs_reader_parses_records_and_releases_only_a_dead_agents_le
     from airflow_grid_resume.triggers.run import AsyncLedgerReader
 
     ledger.write_record(records.Heartbeat(session=1, seq=4, state="running", log_interval=2.0), 1)
+    ledger.put(ledger.key(layout.heartbeat(2)), b"{half")
     ledger.put(ledger.key(layout.outcome(1)), b"{half")
     ledger.put_json(ledger.key(layout.watch(2)), {"format": "grid-resume-watch/9", "log_offset": 5})
     ledger.write_record(records.Lease(agent_id="a", session=1, instance_id="i-1", expires_at=time.time() + 300))
@@ -243,7 +245,9 @@ def test_the_run_watchs_reader_parses_records_and_releases_only_a_dead_agents_le
             first, second = AsyncLedgerReader(s3, run_uri, 1), AsyncLedgerReader(s3, run_uri, 2)
             beat = await first.get_record(records.Heartbeat)
             assert beat is not None and (beat.seq, beat.log_interval) == (4, 2.0)
-            assert await first.get_record(records.Outcome) is None
+            assert await second.get_record(records.Heartbeat) is None
+            with pytest.raises(ManifestError, match=r"outcome\.json"):
+                await first.get_record(records.Outcome)
             with pytest.raises(UnsupportedFormatError, match=r"watch\.json has format grid-resume-watch/9"):
                 await second.get_record(records.Watch)
             await first.put_record(records.Watch(log_offset=7, at=1.0))
