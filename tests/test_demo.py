@@ -150,3 +150,20 @@ def test_live_status_says_what_it_means() -> None:
     assert live_status({"state": "deferred", "try_number": 2}, 2, 1, 2) == (
         "task deferred (try 2), session 2, chaos: 1 of 2 planned interruptions done"
     )
+
+
+def test_a_stopped_components_children_do_not_outlive_it() -> None:
+    """The leader exits on SIGTERM while its child ignores it (as the api-server's uvicorn worker did):
+    stopping the component leaves nothing of its process group running."""
+    from airflow_grid_resume.demo.stack import end_group
+
+    script = "(trap '' TERM; while true; do sleep 0.2; done) & echo $!; wait"
+    proc = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    end_group(proc, signal.SIGTERM, grace=10)
+    assert proc.returncode is not None
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]:
+        assert time.monotonic() < deadline, "the child outlived its stopped component"
+        time.sleep(0.05)

@@ -173,6 +173,22 @@ class PostgresServer:
         self.stop()
 
 
+def end_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 30.0) -> None:
+    """Signal the process group ``proc`` leads, reap ``proc``, then SIGKILL what is left of the group.
+
+    A component's children outlive it otherwise: the api-server's uvicorn worker, reparented to
+    init, kept serving after its parent had exited on SIGTERM. The group id stays valid while any
+    member lives, even after the leader is reaped.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 class AirflowStack:
     """Start the components with their own home and stop every process they started.
 
@@ -254,14 +270,7 @@ class AirflowStack:
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal component ``name``'s whole process group (SIGKILL: as a crash or an OOM kill would) and reap it."""
-        proc = self.running.pop(name)
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        end_group(self.running.pop(name), sig)
 
     def start(self, ready_dag: str, timeout: float = 180, only: tuple[str, ...] | None = None) -> AirflowStack:
         """Migrate the database, start the components (``only`` these, if given: ``launch`` the rest later)."""
@@ -278,16 +287,11 @@ class AirflowStack:
         return self
 
     def stop(self) -> None:
+        for proc in self.procs:  # all at once, so they shut down in parallel
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            end_group(proc, signal.SIGTERM)
         self.running.clear()
 
     def log_tails(self, chars: int = 3000) -> str:
