@@ -60,10 +60,10 @@ class Lease:
     def _put(self, record: records.Lease) -> str:
         try:
             return self.ledger.write_record(record, if_match=self.etag)
-        except ConditionalWriteLost:
+        except ConditionalWriteLost as lost:
             # Our ETag is stale: was the lease last written by one of our own writes that raised?
             # Only its exact bytes (our agent_id, our renewed_at) prove it; anything else is a conflict.
-            current = self.ledger.get_with_etag(self.ledger.key(records.record_key(records.Lease)))
+            current = lost.current  # read back by the write (a lease is always written conditionally)
             if current is None or current[0] not in self.unsure:
                 raise
             return self.ledger.write_record(record, if_match=current[1])
@@ -85,9 +85,8 @@ def acquire_lease(ledger: RunLedger, holder: records.Lease, *, ttl: float, now: 
     ours = dataclasses.replace(holder, acquired_at=now, renewed_at=now, expires_at=now + ttl, released=False)
     try:
         return Lease(ledger, ours, ledger.write_record(ours), ttl)
-    except ConditionalWriteLost:
-        pass
-    current = ledger.get_with_etag(ledger.key(records.record_key(records.Lease)))
+    except ConditionalWriteLost as lost:
+        current = lost.current  # what the write read back after its 412
     if current is None:  # released and deleted between our two calls: try once more
         return Lease(ledger, ours, ledger.write_record(ours), ttl)
     body, etag = current

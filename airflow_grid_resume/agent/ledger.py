@@ -36,7 +36,13 @@ _SESSION_DIR = re.compile(r"^(\d{6})/$")
 
 
 class ConditionalWriteLost(Exception):
-    """A conditional write found the key already written (or changed) by someone else."""
+    """A conditional write found the key already written (or changed) by someone else.
+
+    ``current`` is what :meth:`RunLedger.put_adopting_own` read back after the 412 (bytes and ETag;
+    None if the key was gone by then), so a caller deciding what to do next need not read it again.
+    """
+
+    current: tuple[bytes, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,8 +128,8 @@ class RunLedger:
         conflict (ConditionalWriteLost)."""
         try:
             return self.put(key, body, if_match=if_match, if_none_match=if_none_match)
-        except ConditionalWriteLost:
-            current = self.get_with_etag(key)
+        except ConditionalWriteLost as lost:
+            current = lost.current = self.get_with_etag(key)
             if current is not None and current[0] == body:
                 return current[1]
             raise

@@ -238,17 +238,18 @@ class SpotCloud:
 
     def young_instances(self, now: float | None = None) -> set[str]:
         """Instances still inside EC2's consistency window (unknown to DescribeInstances)."""
-        if not self.faults.describe_not_found_seconds:
-            return set()
-        with self.lock:
-            return {i.instance_id for i in self.instances.values() if self.faults.unknown_yet(i.launched_at, now)}
+        return self._launched_within(self.faults.describe_not_found_seconds, now)
 
     def untagged_instances(self, now: float | None = None) -> set[str]:
         """Instances whose tags EC2 does not show yet (eventual consistency of tags)."""
-        if not self.faults.tags_late_seconds:
+        return self._launched_within(self.faults.tags_late_seconds, now)
+
+    def _launched_within(self, seconds: float, now: float | None) -> set[str]:
+        if not seconds:
             return set()
+        now = time.time() if now is None else now
         with self.lock:
-            return {i.instance_id for i in self.instances.values() if self.faults.tags_missing_yet(i.launched_at, now)}
+            return {i.instance_id for i in self.instances.values() if now - i.launched_at < seconds}
 
     # -- capacity ------------------------------------------------------------------------------
     def set_capacity(

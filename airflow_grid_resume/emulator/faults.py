@@ -261,16 +261,6 @@ class Faults:
         }
 
     # -- eventual consistency and clocks ---------------------------------------------------------
-    def unknown_yet(self, launched_at: float, now: float | None = None) -> bool:
-        """Is an instance launched at ``launched_at`` still unknown to DescribeInstances?"""
-        now = time.time() if now is None else now
-        return now - launched_at < self.describe_not_found_seconds
-
-    def tags_missing_yet(self, launched_at: float, now: float | None = None) -> bool:
-        """Are the tags of an instance launched at ``launched_at`` still missing from describes?"""
-        now = time.time() if now is None else now
-        return now - launched_at < self.tags_late_seconds
-
     def state(self) -> dict:
         with self.lock:
             return {

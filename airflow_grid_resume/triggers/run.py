@@ -426,9 +426,9 @@ class RunWatchTrigger(BaseTrigger):
         a fleet's runs often end together, and one describe per run per second would hit EC2's
         throttling."""
         deadline = time.monotonic() + self_shutdown_grace
+        # A watch that checks its instance more often than SELF_SHUTDOWN_POLL polls the grace that often too.
+        poll = min(SELF_SHUTDOWN_POLL, self.instance_check_interval)
         while time.monotonic() < deadline:
-            # A watch that checks its instance more often than SELF_SHUTDOWN_POLL polls the grace that often too.
-            poll = min(SELF_SHUTDOWN_POLL, self.instance_check_interval)
             await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
             view = await batcher.state(client, self.instance_id)
             if isinstance(view, dict) and view.get("State", {}).get("Name") in GONE:
