@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml constraints.txt
 system-deps:
 	scripts/install-system-packages.sh
 
+# The suite mostly waits on subprocesses and servers (about 0.6 of a core on one worker), so it runs on two xdist
+# workers, one whole file per worker at a time: module fixtures such as the spot cloud stay within their file, and
+# every server a test starts takes a free port. make test WORKERS=0 runs it in this process.
+WORKERS ?= 2
 test: $(STAMP) system-deps
 	$(PY) -m ruff check .
 	$(PY) scripts/check_imports.py
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile
 
 # The seeded simulation of the whole lifecycle under every fault (tests/test_chaos.py): make test runs a fixed
 # set of seeds; make chaos SEEDS=N runs seeds 1..N (about a minute each).

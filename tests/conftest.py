@@ -42,6 +42,28 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 
+# The files that take a minute or more (real Airflow components, the browser, the seeded chaos, the operator's
+# dag.test runs), longest first. make test hands whole files to two xdist workers in collection order
+# (--dist loadfile), so starting these first lets both workers finish together instead of one waiting on a long tail.
+LONGEST_FILES = (
+    "test_operator.py",
+    "test_verify.py",
+    "test_real_airflow_ha.py",
+    "test_agent.py",
+    "test_spot_cloud.py",
+    "test_chaos.py",
+    "test_ui_browser.py",
+    "test_user_guide.py",
+    "test_real_airflow.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Collect the longest files first (a stable sort: the order within a file is kept)."""
+    rank = {name: index for index, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
     """The test session's Airflow metadata DB, migrated once (dag.test needs one)."""

@@ -100,15 +100,22 @@ def test_timeline_is_valid_svg_with_a_row_per_session(tmp_path: Path) -> None:
         timeline_svg([], title="empty")
 
 
-def run_train(workdir: Path, *args: str, stop_after: float | None = None) -> subprocess.CompletedProcess:
+def run_train(workdir: Path, *args: str, stop_at_step: int | None = None) -> subprocess.CompletedProcess:
+    """Run the demo's script; with ``stop_at_step``, SIGTERM it once it has reported that step (counted from
+    its output, not the clock: importing scikit-learn on a busy machine takes seconds)."""
     proc = subprocess.Popen(
         [sys.executable, "train.py", *args], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    if stop_after is not None:
-        time.sleep(stop_after)
-        proc.send_signal(signal.SIGTERM)
+    head = ""
+    if stop_at_step is not None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            head += line
+            if line.startswith(f"step {stop_at_step} "):
+                proc.send_signal(signal.SIGTERM)
+                break
     out, _ = proc.communicate(timeout=120)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, head + out)
 
 
 def test_the_demo_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
@@ -117,7 +124,7 @@ def test_the_demo_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
         directory.mkdir()
         shutil.copy(TRAIN, directory / "train.py")
     assert run_train(reference, "--steps", "120").returncode == 0
-    first = run_train(interrupted, "--steps", "120", "--step-seconds", "0.02", stop_after=2.0)
+    first = run_train(interrupted, "--steps", "120", "--step-seconds", "0.02", stop_at_step=30)
     assert first.returncode == 0 and "SIGTERM: checkpoint saved at step" in first.stdout, first.stdout
     assert not (interrupted / "metrics.json").exists()
     second = run_train(interrupted, "--steps", "120")
