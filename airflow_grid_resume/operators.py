@@ -32,6 +32,7 @@ from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.agent.records import Closed, Final, Launch, LaunchAttempt, Outcome, Spec, Watch
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.budgets import Budgets, first_try_of_cycle
 from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, expiry_tag, hook_client, launch_error
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
 from airflow_grid_resume.logtext import log_lines
@@ -333,6 +334,33 @@ class GridRunOperator(BaseOperator):
                 failures += 1
         return interruptions, failures
 
+    def _budget_rules(self) -> Budgets:
+        return Budgets(self.auto_resume, self.max_interruptions, self.failure_retries)
+
+    def _judge_last_session(self, context: Any, ledger: RunLedger, session: int) -> bool:
+        """Judge again the budgets after ``session``, which ended: the try that saw it end may have died
+        between recording its verdict and acting on it. On a retry an exhausted budget fails the run as
+        that try would have; on the first try after a clear it ends the run (True), so the clear gets
+        fresh budgets (``rerun='resume'``) or a new run (``'fresh'``)."""
+        outcome = ledger.read_record(Outcome, session)
+        closed = None if outcome else ledger.read_closed(session)
+        status = ended_status(outcome, closed)
+        interruptions, failures = self._history(ledger, session + 1)
+        reason = (outcome.reason if outcome else None) or (closed.reason if closed else None)
+        exhausted = self._budget_rules().exhausted(
+            status, session, interruptions, failures, reason=reason, hint=outcome.hint if outcome else None
+        )
+        if not exhausted:
+            return False
+        ti = context.get("ti")
+        if not first_try_of_cycle(getattr(ti, "try_number", None), getattr(ti, "max_tries", None), self.retries):
+            raise self._fail(ledger, session, exhausted)
+        self._end_run(ledger, session, "failed", exhausted.splitlines()[0])
+        self.log.info(
+            "the run ended after session %d (%s); this try starts it again with fresh budgets", session, exhausted
+        )
+        return True
+
     def _end_run(self, ledger: RunLedger, session: int, status: str, reason: str) -> None:
         """Record that the run ended (a later clear of the task starts from here)."""
         ledger.write_record(Final(status=status, session=session, reason=reason, at=time.time()))
@@ -421,6 +449,8 @@ class GridRunOperator(BaseOperator):
                 return self._watch(context, run_uri, session, instance_id, state)
         else:
             session = latest + 1
+            if latest and self._judge_last_session(context, ledger, latest) and self.rerun == "fresh":
+                return self.execute(context)  # the run has ended now: start over as a new run
         interruptions, _failures = self._history(ledger, session)
         first_started = float(state.get("first_started_at") or time.time())
         left = first_started + self.max_run - time.time() if self.max_run else None
@@ -554,15 +584,15 @@ class GridRunOperator(BaseOperator):
                 bucket=AsyncTokenBucket(),
                 log=self.log,
             )
-            existing = await launcher.existing()
-            if existing is not None:
-                event = launched_event(existing, None, session=session, started_at=started_at, reused=True, rounds=0)
-                return {**event, "run_uri": run_uri}
             try:
                 pairs = await launcher.pairs()
             except (ClientError, *NO_ANSWER) as exc:
                 err = launch_error(exc)
                 raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
+            existing = await launcher.existing(pairs)
+            if existing is not None:
+                event = launched_event(existing, None, session=session, started_at=started_at, reused=True, rounds=0)
+                return {**event, "run_uri": run_uri}
             planner = LaunchPlanner(
                 pairs,
                 run_id=run_uri,
@@ -678,17 +708,14 @@ class GridRunOperator(BaseOperator):
             message = f"max_run ({self.max_run:.0f} s) reached in session {session}: the instance was terminated"
             raise self._fail(ledger, session, message)
         interruptions, failures = self._history(ledger, session + 1)
+        outcome = event.get("outcome") or {"reason": event.get("reason")}
+        exhausted = self._budget_rules().exhausted(
+            str(status), session, interruptions, failures, reason=outcome.get("reason"), hint=outcome.get("hint")
+        )
+        if exhausted:
+            tail = "\n".join(outcome.get("tail") or []) if status == "failed" else ""
+            raise self._fail(ledger, session, f"{exhausted}\n{tail}" if tail else exhausted)
         if status in INTERRUPTED:
-            what = "interrupted" if status == "interrupted" else f"lost ({event.get('reason')})"
-            if not self.auto_resume:
-                raise self._fail(ledger, session, f"session {session} was {what} and auto_resume is off")
-            if interruptions > self.max_interruptions:
-                raise self._fail(
-                    ledger,
-                    session,
-                    f"interruption budget exhausted: {interruptions} interruptions > max_interruptions="
-                    f"{self.max_interruptions} (session {session} was {what})",
-                )
             self._alert_as_interruption()
             how = (
                 "ended by a spot notice" if status == "interrupted" else f"lost without notice ({event.get('reason')})"
@@ -702,15 +729,7 @@ class GridRunOperator(BaseOperator):
                 f"spot interruption: session {session} {how}; the next try resumes from {resume} "
                 f"({interruptions} of {self.max_interruptions} interruptions used)"
             )
-        outcome = event.get("outcome") or {"reason": event.get("reason")}
         tail = "\n".join(outcome.get("tail") or [])
-        if failures > self.failure_retries:
-            raise self._fail(
-                ledger,
-                session,
-                f"script failure budget exhausted: {failures} failures > retries={self.failure_retries}. "
-                f"Session {session}: {outcome.get('reason')}. {outcome.get('hint') or ''}\n{tail}",
-            )
         hint = f" {outcome['hint']}" if outcome.get("hint") else ""  # the agent's own failure, e.g. a full disk
         raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}.{hint}\n{tail}")
 

@@ -352,6 +352,46 @@ def test_a_worker_crash_between_launch_and_defer_reattaches(spot_cloud, training
     assert result_of(ledger, tmp_path) == reference_result(tmp_path)
 
 
+def test_a_worker_dying_after_its_verdict_still_spends_the_budget_once(spot_cloud, training_dir, capfd) -> None:
+    """The try that sees the interruption exhaust the budget records its verdict (closed.json) and dies before
+    failing the run: the retry Airflow gives the dead worker must fail the run too, not launch session 2."""
+    from airflow_grid_resume.operators import GridRunOperator
+
+    class DiesAfterItsVerdict(GridRunOperator):
+        def on_session_end(self, context: Any, event: dict | None = None) -> Any:
+            self._dying = context["ti"].try_number == 1
+            return super().on_session_end(context, event)
+
+        def _history(self, ledger: RunLedger, before: int) -> tuple[int, int]:  # called right after closed.json
+            if getattr(self, "_dying", False):
+                raise RuntimeError("worker died after recording its verdict")
+            return GridRunOperator._history(ledger, before)
+
+    bucket = new_bucket()
+    before = {i["instance_id"] for i in spot_cloud.instances()}
+    _, stop = chaos(spot_cloud, times=1, notice=True)
+    try:
+        dag = make_dag(
+            f"grid_verdict_{uuid.uuid4().hex[:6]}",
+            training_dir,
+            bucket,
+            operator_class=DiesAfterItsVerdict,
+            retries=1,  # one failure allowed: Airflow retries the dead worker's try
+            max_interruptions=0,
+            command="python3 train.py 400 0.05",
+        )
+        assert dag.test().state == "failed"
+    finally:
+        stop.set()
+    out = capfd.readouterr().out
+    assert "worker died after recording its verdict" in out
+    assert "interruption budget exhausted: 1 interruptions > max_interruptions=0 (session 1 was interrupted)" in out
+    ledger = run_ledger(bucket)
+    assert ledger.list_sessions() == [1] and ledger.read_closed(1).status == "interrupted"
+    assert ledger.read_final().status == "failed" and ledger.read_final().session == 1  # a clear gets fresh budgets
+    assert len([i for i in spot_cloud.instances() if i["instance_id"] not in before]) == 1
+
+
 def test_extra_links_point_at_the_instance_and_the_artifacts(spot_cloud, training_dir) -> None:
     from airflow.models.serialized_dag import SerializedDagModel
     from airflow.models.taskinstance import TaskInstance

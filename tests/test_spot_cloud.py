@@ -589,10 +589,40 @@ def test_a_lost_run_instances_answer_is_replayed_into_the_same_instance(cloud, s
     assert [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]] == [event["instance_id"]]
 
 
+def test_an_unrecorded_launch_with_late_tags_is_found_by_its_client_token(cloud, subnets) -> None:
+    """A launcher died after RunInstances answered and before its attempt was recorded (the PUT failed), while
+    EC2 does not show the instance's tags yet: the tag lookup misses and there is no attempt to replay, and the
+    pair it used had no capacity before. The next launcher finds the instance by the ClientToken filter."""
+    spec = spec_for(subnets)
+    run_id = f"untracked-{uuid.uuid4().hex[:6]}"
+    cloud.set_consistency(describe_not_found_seconds=0, tags_late_seconds=30)
+    second_pair = Pair("g4dn.xlarge", subnets[1]["SubnetId"], subnets[1]["AvailabilityZone"])
+    hook = SpotLaunchHook(aws_conn_id=None, region_name="us-east-1")
+    launched = hook.launch(
+        LaunchSpec.from_dict(spec),
+        second_pair,
+        lifecycle="spot",
+        run_id=run_id,
+        session=1,
+        user_data="",
+        expires_at="2030-01-01T00:00:00Z",
+    )["InstanceId"]
+    assert instances_of(run_id) == []  # the tag filter does not match it yet
+    before = len(cloud.instances())
+    event = first_event(trigger_for(spec, run_id=run_id))  # g5.xlarge in the first zone has capacity now
+    assert event["status"] == "launched" and event["instance_id"] == launched, event
+    assert event.get("reused") is True, event
+    assert len(cloud.instances()) == before, "a second instance for the session"
+    other = boto3.client("ec2").describe_instances(Filters=[{"Name": "client-token", "Values": ["gr-unknown"]}])
+    assert other["Reservations"] == []
+    cloud.set_consistency(describe_not_found_seconds=0)
+
+
 def test_late_tags_neither_launch_a_second_instance_nor_lose_the_session(cloud, subnets) -> None:
-    """EC2 shows a new instance's tags late: a launcher restarted after the launch cannot find the session's
-    instance by its tags, so it replays the recorded attempt's ClientToken and gets that very instance back
-    (here the second pair's: the first had no capacity, and has it again by the restart)."""
+    """EC2 shows a new instance's tags late, and by the restart does not list it at all yet: a launcher restarted
+    after the launch finds the session's instance neither by its tags nor by its ClientToken, so it replays the
+    recorded attempt's token and gets that very instance back (here the second pair's: the first had no
+    capacity, and has it again by the restart)."""
     bucket = f"late-{uuid.uuid4().hex[:8]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     spec = spec_for(subnets)
@@ -605,10 +635,11 @@ def test_late_tags_neither_launch_a_second_instance_nor_lose_the_session(cloud, 
     found = boto3.client("ec2").describe_instances(Filters=[{"Name": "instance-id", "Values": [first["instance_id"]]}])
     assert "Tags" not in found["Reservations"][0]["Instances"][0]  # listed, without its tags
     cloud.set_capacity("g5.xlarge", "*", available=True)
+    cloud.set_consistency(describe_not_found_seconds=30, tags_late_seconds=30)
     launched, replays = len(cloud.instances()), cloud.state()["counters"]["idempotent_replays"]
     again = first_event(trigger_for(spec, **run))  # the triggerer restarted before the event was handled
     assert again.get("instance_id") == first["instance_id"], again
     assert len(cloud.instances()) == launched, "a second instance for the session"
-    assert cloud.state()["counters"]["idempotent_replays"] > replays  # found by its token, not its tags
+    assert cloud.state()["counters"]["idempotent_replays"] > replays  # the replay found it, not a describe
     cloud.set_consistency(describe_not_found_seconds=0)
     assert instances_of(run["run_id"]) == [first["instance_id"]]

@@ -26,6 +26,7 @@ from airflow_grid_resume.spot.launch import (
     order_pairs,
     run_instances_params,
     run_tags,
+    session_tokens,
 )
 
 CAPACITY_CODES = [
@@ -93,6 +94,37 @@ def test_client_token_is_stable_short_and_per_pair() -> None:
         client_token("dag.task.run", 3, b, SPOT),
         client_token("dag.task.run", 3, a, ON_DEMAND),
     }
+
+
+def test_session_tokens_cover_every_attempt_the_session_could_make() -> None:
+    pairs = [Pair("g5.xlarge", "subnet-a", "us-east-1a"), Pair("g4dn.xlarge", "subnet-b", "us-east-1b")]
+    tokens = session_tokens("dag.task.run", 3, pairs)
+    assert len(set(tokens)) == 4
+    assert {client_token("dag.task.run", 3, p, m) for p in pairs for m in (SPOT, ON_DEMAND)} == set(tokens)
+    assert client_token("dag.task.run", 2, pairs[0], SPOT) not in tokens
+
+
+def test_the_emulator_takes_out_the_filter_moto_lacks_and_renumbers_the_rest() -> None:
+    from airflow_grid_resume.emulator.cloud import without_filter
+
+    params = {
+        "Action": "DescribeInstances",
+        "Filter.1.Name": "client-token",
+        "Filter.1.Value.1": "gr-a",
+        "Filter.1.Value.2": "gr-b",
+        "Filter.2.Name": "instance-state-name",
+        "Filter.2.Value.1": "pending",
+        "Filter.2.Value.2": "running",
+    }
+    rest, tokens = without_filter(params, "client-token")
+    assert tokens == ["gr-a", "gr-b"]
+    assert rest == {
+        "Action": "DescribeInstances",
+        "Filter.1.Name": "instance-state-name",
+        "Filter.1.Value.1": "pending",
+        "Filter.1.Value.2": "running",
+    }
+    assert without_filter(rest, "client-token") == (rest, None)
 
 
 def test_backoff_grows_with_jitter_and_cap() -> None:

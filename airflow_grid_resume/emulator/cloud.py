@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 from xml.etree import ElementTree
 
 from airflow_grid_resume.agent.child import become_subreaper, reap_orphans
@@ -64,6 +64,7 @@ _EC2_ERROR = (
     "<Message>{message}</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>"
 )
 _INSTANCE_ID = re.compile(rb"<instanceId>(i-[0-9a-f]+)</instanceId>")
+_FILTER_KEY = re.compile(r"Filter\.(\d+)\.(Name|Value\.\d+)")
 _REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/ec2/")
 _PRICE_ITEM = re.compile(rb"<item>(?:(?!</item>).)*?<spotPrice>[^<]*</spotPrice>(?:(?!</item>).)*?</item>", re.S)
 
@@ -243,6 +244,12 @@ class SpotCloud:
     def untagged_instances(self, now: float | None = None) -> set[str]:
         """Instances whose tags EC2 does not show yet (eventual consistency of tags)."""
         return self._launched_within(self.faults.tags_late_seconds, now)
+
+    def launched_under(self, tokens: Iterable[str]) -> set[str]:
+        """The instances RunInstances launched under these ClientTokens."""
+        with self.lock:
+            replies = [self.tokens[t][1] for t in tokens if t in self.tokens]
+        return {m.decode() for reply in replies for m in _INSTANCE_ID.findall(reply)}
 
     def _launched_within(self, seconds: float, now: float | None) -> set[str]:
         if not seconds:
@@ -543,9 +550,15 @@ class SpotCloudApp:
         untagged = self.cloud.untagged_instances()
         by_tag = any(k.startswith("Filter.") and k.endswith(".Name") and v.startswith("tag") for k, v in params.items())
         hidden = young | (untagged if by_tag else set())  # a tag filter cannot match tags EC2 does not show yet
+        params, tokens = without_filter(params, "client-token")
+        keep = None
+        if tokens is not None:  # EC2 filters by ClientToken; moto does not know the filter
+            data = urlencode(params).encode()
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(data), str(len(data))
+            keep = self.cloud.launched_under(tokens)
         reply = self._call_inner(environ)
-        if (hidden or untagged) and reply[0].startswith("200"):
-            body = _without_instances(reply[2], hidden, untagged)
+        if (hidden or untagged or keep is not None) and reply[0].startswith("200"):
+            body = _without_instances(reply[2], hidden, untagged, keep)
             return reply[0], _with_length(reply[1], body), body
         return reply
 
@@ -721,9 +734,40 @@ def _with_length(headers: list, body: bytes) -> list:
     return [(k, str(len(body)) if k.lower() == "content-length" else v) for k, v in headers]
 
 
-def _without_instances(body: bytes, hidden: set[str], untagged: set[str] | None = None) -> bytes:
-    """A DescribeInstances answer without the ``hidden`` instances (and reservations left empty), and
-    without the tags of the ``untagged`` ones."""
+def without_filter(params: dict[str, str], name: str) -> tuple[dict[str, str], list[str] | None]:
+    """A query's parameters without its filter called ``name`` (the other filters renumbered from 1: moto
+    reads ``Filter.N`` up to the first gap), and that filter's values (None when it has none)."""
+    filters: dict[int, tuple[str, list[str]]] = {}
+    rest: dict[str, str] = {}
+    for key, value in params.items():
+        match = _FILTER_KEY.fullmatch(key)
+        if match is None:
+            rest[key] = value
+            continue
+        number = int(match.group(1))
+        filter_name, values = filters.setdefault(number, ("", []))
+        if match.group(2) == "Name":
+            filters[number] = (value, values)
+        else:
+            values.append(value)
+    found: list[str] | None = None
+    kept = 0
+    for _, (filter_name, values) in sorted(filters.items()):
+        if filter_name == name:
+            found = [*(found or []), *values]
+            continue
+        kept += 1
+        rest[f"Filter.{kept}.Name"] = filter_name
+        for index, value in enumerate(values, 1):
+            rest[f"Filter.{kept}.Value.{index}"] = value
+    return rest, found
+
+
+def _without_instances(
+    body: bytes, hidden: set[str], untagged: set[str] | None = None, keep: set[str] | None = None
+) -> bytes:
+    """A DescribeInstances answer without the ``hidden`` instances, nor any not in ``keep`` when given (and
+    reservations left empty), and without the tags of the ``untagged`` ones."""
     try:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError:
@@ -739,7 +783,7 @@ def _without_instances(body: bytes, hidden: set[str], untagged: set[str] | None 
             continue
         for instance in list(instances):
             instance_id = instance.findtext(f"{ns}instanceId")
-            if instance_id in hidden:
+            if instance_id in hidden or (keep is not None and instance_id not in keep):
                 instances.remove(instance)
             elif instance_id in (untagged or ()) and (tags := instance.find(f"{ns}tagSet")) is not None:
                 instance.remove(tags)

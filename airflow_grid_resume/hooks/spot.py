@@ -38,6 +38,7 @@ GONE = ("shutting-down", "terminated")
 RUN_TAG = "grid-resume:run-id"
 SESSION_TAG = "grid-resume:session"
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+MAX_FILTER_VALUES = 200  # EC2's limit on the values of one DescribeInstances filter
 
 
 class LaunchError(Exception):
@@ -156,6 +157,20 @@ class SpotLaunchHook(AwsBaseHook):
         filters = _session_filters(run_id, session)
         async with _client(self, client) as ec2:
             return _first_instance(await a_call_with_retries(lambda: ec2.describe_instances(Filters=filters)))
+
+    async def a_find_by_client_tokens(self, tokens: list[str], client: Any = None) -> dict | None:
+        """The live instance RunInstances launched under any of ``tokens``. EC2 lists it under its token as
+        soon as it lists it at all, even while its tags are not shown yet."""
+        async with _client(self, client) as ec2:
+            for start in range(0, len(tokens), MAX_FILTER_VALUES):
+                filters = [
+                    {"Name": "client-token", "Values": tokens[start : start + MAX_FILTER_VALUES]},
+                    {"Name": "instance-state-name", "Values": LIVE_STATES},
+                ]
+                found = _first_instance(await a_call_with_retries(lambda f=filters: ec2.describe_instances(Filters=f)))
+                if found is not None:
+                    return found
+        return None
 
     # -- launching -------------------------------------------------------------------------
     def launch(

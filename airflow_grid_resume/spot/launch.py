@@ -209,6 +209,12 @@ def client_token(run_id: str, session: int, pair: Pair, lifecycle: str) -> str:
     return f"gr-{digest[:48]}"
 
 
+def session_tokens(run_id: str, session: int, pairs: Sequence[Pair]) -> list[str]:
+    """Every ClientToken a launch of the session could have carried, on any pair and either market: what
+    DescribeInstances' ``client-token`` filter finds the session's instance by before EC2 shows its tags."""
+    return [client_token(run_id, session, pair, lifecycle) for lifecycle in (SPOT, ON_DEMAND) for pair in pairs]
+
+
 def backoff_delay(attempt: int, *, base: float = 15.0, cap: float = 300.0, rng: random.Random | None = None) -> float:
     """Delay before wait number ``attempt`` (1-based): exponential, capped, with "equal jitter"
     (half fixed, half random) so waits never collapse to zero yet many waiters spread out."""

@@ -23,6 +23,7 @@ from airflow_grid_resume.spot.launch import (
     Pair,
     explain_fatal,
     make_pairs,
+    session_tokens,
 )
 from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, RETRY_SAME, Attempt, LaunchPlanner
 from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
@@ -143,11 +144,6 @@ class SpotCapacityTrigger(BaseTrigger):
                 bucket=bucket,
                 log=self.log,
             )
-            existing = await launcher.existing()
-            if existing is not None:
-                self.log.info("session %d already has instance %s: reattaching", self.session, existing["InstanceId"])
-                yield TriggerEvent(self._launched(existing, None, reused=True, rounds=0))
-                return
             try:
                 pairs = await launcher.pairs()
             except (ClientError, *NO_ANSWER) as exc:
@@ -155,6 +151,11 @@ class SpotCapacityTrigger(BaseTrigger):
                 message = explain_fatal(err.code, err.message)
                 self.log.error("%s", message)
                 yield TriggerEvent({"status": "error", "code": err.code, "message": message})
+                return
+            existing = await launcher.existing(pairs)
+            if existing is not None:
+                self.log.info("session %d already has instance %s: reattaching", self.session, existing["InstanceId"])
+                yield TriggerEvent(self._launched(existing, None, reused=True, rounds=0))
                 return
             planner = LaunchPlanner(
                 pairs,
@@ -298,9 +299,16 @@ class SessionLauncher:
             **extra,
         )
 
-    async def existing(self) -> dict | None:
-        """The session's instance found by its tags (EC2 may not list one launched seconds ago)."""
-        return await self.hook.a_find_session_instance(self.run_id, self.session, client=self.client)
+    async def existing(self, pairs: list[Pair]) -> dict | None:
+        """The session's instance, if one was launched: by its tags, else by the ClientToken of any attempt
+        the session could have made on ``pairs`` (a launcher that died before its attempt was recorded,
+        while EC2 did not show the instance's tags yet). A miss is no proof: EC2 may not list an instance
+        launched seconds ago, which is why the recorded attempt is replayed first."""
+        found = await self.hook.a_find_session_instance(self.run_id, self.session, client=self.client)
+        if found is None:
+            tokens = session_tokens(self.run_id, self.session, pairs)
+            found = await self.hook.a_find_by_client_tokens(tokens, client=self.client)
+        return found
 
     async def pairs(self) -> list[Pair]:
         zones = await self.hook.a_subnet_zones(list(self.spec.subnet_ids), client=self.client)

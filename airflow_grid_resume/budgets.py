@@ -1,0 +1,61 @@
+"""Whether a run may go on after one of its sessions ended: the interruption and failure budgets.
+
+One judgement for the try that sees the session end (``on_session_end``) and for the try after it,
+which judges again when the one before died between recording its verdict (``closed.json``) and acting
+on it: a budget is spent from the ledger's records, so a try lost in between cannot overspend it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from airflow_grid_resume.summary import INTERRUPTED
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What the operator allows: ``max_interruptions`` interruptions (when ``auto_resume``) and
+    ``failure_retries`` script failures, counted since the run last ended."""
+
+    auto_resume: bool
+    max_interruptions: int
+    failure_retries: int
+
+    def exhausted(
+        self,
+        status: str,
+        session: int,
+        interruptions: int,
+        failures: int,
+        *,
+        reason: str | None = None,
+        hint: str | None = None,
+    ) -> str | None:
+        """Why the run must fail now that ``session`` ended with ``status`` (the counts include it), in
+        the words the task log shows; None when the next session may start."""
+        what = "interrupted" if status == "interrupted" else f"lost ({reason})"
+        if status in INTERRUPTED:
+            if not self.auto_resume:
+                return f"session {session} was {what} and auto_resume is off"
+            if interruptions > self.max_interruptions:
+                return (
+                    f"interruption budget exhausted: {interruptions} interruptions > max_interruptions="
+                    f"{self.max_interruptions} (session {session} was {what})"
+                )
+            return None
+        if status == "failed" and failures > self.failure_retries:
+            return (
+                f"script failure budget exhausted: {failures} failures > retries={self.failure_retries}. "
+                f"Session {session}: {reason}. {hint or ''}"
+            )
+        return None
+
+
+def first_try_of_cycle(try_number: int | None, max_tries: int | None, retries: int) -> bool:
+    """True for the first try after the task was (re)started or cleared, False for Airflow's retries.
+    Airflow sets ``max_tries = try_number + retries`` on a clear and reads the cycle's first try as
+    ``max_tries - retries + 1`` (``RuntimeTaskInstance.get_first_reschedule_date``); unknown counts are
+    taken as a retry, so a budget is never reset on a guess."""
+    if not try_number or max_tries is None:
+        return False
+    return try_number <= max_tries - retries + 1

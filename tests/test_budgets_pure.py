@@ -1,0 +1,55 @@
+"""The interruption and failure budgets, and telling a clear from a retry, without any server."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_grid_resume.budgets import Budgets, first_try_of_cycle
+
+BUDGETS = Budgets(auto_resume=True, max_interruptions=2, failure_retries=1)
+
+
+def test_interruptions_within_the_budget_go_on_and_one_more_ends_the_run() -> None:
+    assert BUDGETS.exhausted("interrupted", 2, interruptions=2, failures=0) is None
+    assert BUDGETS.exhausted("interrupted", 3, interruptions=3, failures=0) == (
+        "interruption budget exhausted: 3 interruptions > max_interruptions=2 (session 3 was interrupted)"
+    )
+    assert BUDGETS.exhausted("lost", 3, interruptions=3, failures=1, reason="heartbeat silent for 120 s") == (
+        "interruption budget exhausted: 3 interruptions > max_interruptions=2 "
+        "(session 3 was lost (heartbeat silent for 120 s))"
+    )
+
+
+def test_failures_are_budgeted_apart_from_interruptions() -> None:
+    assert BUDGETS.exhausted("failed", 4, interruptions=2, failures=1, reason="exit code 3") is None
+    message = BUDGETS.exhausted("failed", 5, interruptions=2, failures=2, reason="exit code 3", hint="fix it")
+    assert message == "script failure budget exhausted: 2 failures > retries=1. Session 5: exit code 3. fix it"
+    assert BUDGETS.exhausted("interrupted", 5, interruptions=1, failures=9) is None  # failures never stop a resume
+
+
+def test_without_auto_resume_the_first_interruption_ends_the_run() -> None:
+    budgets = Budgets(auto_resume=False, max_interruptions=5, failure_retries=0)
+    assert budgets.exhausted("interrupted", 1, 1, 0) == "session 1 was interrupted and auto_resume is off"
+
+
+@pytest.mark.parametrize("status", ["succeeded", "timeout"])
+def test_other_ends_are_not_budget_questions(status: str) -> None:
+    assert BUDGETS.exhausted(status, 9, interruptions=99, failures=99) is None
+
+
+@pytest.mark.parametrize(
+    ("try_number", "max_tries", "retries", "first"),
+    [
+        (1, 3, 3, True),  # the first try of a task with 3 retries
+        (2, 3, 3, False),  # Airflow's retry
+        (4, 3, 3, False),
+        (5, 7, 3, True),  # cleared after try 4: max_tries = 4 + 3
+        (6, 7, 3, False),
+        (None, 3, 3, False),  # unknown: a retry, so a budget is never reset on a guess
+        (2, None, 3, False),
+    ],
+)
+def test_a_clear_is_told_from_a_retry_as_airflow_counts_tries(
+    try_number: int | None, max_tries: int | None, retries: int, first: bool
+) -> None:
+    assert first_try_of_cycle(try_number, max_tries, retries) is first
