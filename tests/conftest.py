@@ -35,9 +35,11 @@ OPERATOR_ARGS = dict(
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Airflow reads its home at import: give the test session its own, before anything imports it."""
+    """Airflow reads its home at import: give the test session its own, before anything imports it. Each
+    xdist worker gets its own too (it inherits the controller's environment, so its home must be replaced,
+    not defaulted): two workers migrating or running dag.test on one SQLite file fail with "database is locked"."""
     home = config._tmp_path_factory.mktemp("airflow-home")  # type: ignore[attr-defined]
-    os.environ.setdefault("AIRFLOW_HOME", str(home))
+    os.environ["AIRFLOW_HOME"] = str(home)
     os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
