@@ -452,6 +452,7 @@ async def watch_all(args: argparse.Namespace, plan: dict, capture: TaskLogCaptur
     from aiobotocore.client import AioBaseClient
 
     from airflow_grid_resume.triggers.describe import describe_batcher
+    from airflow_grid_resume.triggers.objectget import ObjectGetter
     from airflow_grid_resume.triggers.run import RunWatchTrigger
 
     calls: dict[str, int] = {}
@@ -463,6 +464,13 @@ async def watch_all(args: argparse.Namespace, plan: dict, capture: TaskLogCaptur
         return await original(self, operation_name, api_params)
 
     AioBaseClient._make_api_call = counted  # type: ignore[method-assign]
+    fast_get = ObjectGetter._fast
+
+    async def counted_fast(self: Any, bucket: str, key: str, byte_range: str | None) -> Any:  # the watch's GETs
+        calls["s3.GetObject"] = calls.get("s3.GetObject", 0) + 1
+        return await fast_get(self, bucket, key, byte_range)
+
+    ObjectGetter._fast = counted_fast  # type: ignore[method-assign]
     runs = plan["runs"]
     events: dict[int, dict] = {}
     lags: list[float] = []

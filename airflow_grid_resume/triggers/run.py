@@ -32,6 +32,7 @@ from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
 from airflow_grid_resume.triggers.describe import Unknown, describe_batcher
 from airflow_grid_resume.triggers.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
 from airflow_grid_resume.triggers.liveness import GONE as GONE_VERDICT
+from airflow_grid_resume.triggers.objectget import ObjectGetter, ObjectRead
 from airflow_grid_resume.triggers.settle import settled
 
 # How long, after an outcome, the bootstrap gets to power the instance off by itself before it is terminated.
@@ -55,6 +56,7 @@ class AsyncLedgerReader:
 
     def __init__(self, client: Any, run_uri: str, session: int, schedule: ChunkSchedule | None = None) -> None:
         self.client = client
+        self.objects = ObjectGetter(client)
         self.keys = RunLedger(None, parse_s3_uri(run_uri))
         self.bucket = self.keys.location.bucket
         self.session = session
@@ -63,21 +65,13 @@ class AsyncLedgerReader:
         self._chunk_end = 0  # an offset where a log chunk is known to end (the next one starts there)
         self.schedule = schedule  # the watch's reads; its period is the agent's upload interval
 
-    async def _fetch(self, key: str, byte_range: str | None = None) -> tuple[bytes, dict] | None:
-        """An object's bytes and its response, or None when it does not exist (yet)."""
-        kwargs = {"Bucket": self.bucket, "Key": key, **({"Range": byte_range} if byte_range else {})}
-        try:
-            response = await self.client.get_object(**kwargs)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise
-        async with response["Body"] as body:
-            return await body.read(), response
+    async def _fetch(self, key: str, byte_range: str | None = None) -> ObjectRead | None:
+        """An object's bytes and what its answer said of it, or None when it does not exist (yet)."""
+        return await self.objects.get(self.bucket, key, byte_range)
 
     async def get(self, key: str, byte_range: str | None = None) -> bytes | None:
         found = await self._fetch(key, byte_range)
-        return None if found is None else found[0]
+        return None if found is None else found.data
 
     async def _get_chunk(self, key: str) -> tuple[bytes, float | None] | None:
         """A whole object and its age in seconds by S3's own clock (Date minus Last-Modified, so no
@@ -85,14 +79,11 @@ class AsyncLedgerReader:
         found = await self._fetch(key)
         if found is None:
             return None
-        data, response = found
         age = None
-        served = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-        modified = response.get("LastModified")
-        if served and modified is not None:
+        if found.date and found.last_modified is not None:
             with contextlib.suppress(TypeError, ValueError):
-                age = (parsedate_to_datetime(served) - modified).total_seconds()
-        return data, age
+                age = (parsedate_to_datetime(found.date) - found.last_modified).total_seconds()
+        return found.data, age
 
     async def get_record(self, cls: type[R]) -> R | None:
         """The session's (or the run's) ``cls`` document, None when absent. One the agent rewrites
@@ -134,13 +125,13 @@ class AsyncLedgerReader:
             found = await self._fetch(key)
             if found is None:
                 return False
-            released = records.Lease.from_json(found[0], name=key).released_for_dead(self.session, instance_id)
+            released = records.Lease.from_json(found.data, name=key).released_for_dead(self.session, instance_id)
         except (ClientError, ManifestError, UnsupportedFormatError):
             return False
         if released is None:
             return False
         try:
-            await self.client.put_object(Bucket=self.bucket, Key=key, Body=released.to_json(), IfMatch=found[1]["ETag"])
+            await self.client.put_object(Bucket=self.bucket, Key=key, Body=released.to_json(), IfMatch=found.etag)
         except ClientError:
             return False
         return True
@@ -463,9 +454,11 @@ class RunWatchTrigger(BaseTrigger):
         return offset, buffered[cut:]
 
     async def _save_offset(self, ledger: AsyncLedgerReader, offset: int) -> None:
-        """Record in ``watch.json`` how far the task log has the session's output."""
-        self._offset_saved, self._offset_saved_at = offset, time.time()
+        """Record in ``watch.json`` how far the task log has the session's output. The offset counts as
+        saved once the PUT answered: a watch stopped during the PUT saves it again on its way out."""
+        self._offset_saved_at = time.time()
         await self._mark_watched(ledger, offset)
+        self._offset_saved = offset
 
     @contextlib.asynccontextmanager
     async def _log_offset_kept_on_cancel(self) -> AsyncIterator[None]:

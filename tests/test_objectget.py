@@ -1,0 +1,115 @@
+"""The run watch's GetObject fast path, against moto's server and a fault proxy in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from airflow_grid_resume.emulator.faultproxy import FaultProxy, FaultRule
+from airflow_grid_resume.triggers.objectget import ObjectGetter
+
+
+def with_getter(scenario: Callable[[ObjectGetter, Any], Any]) -> Any:
+    """Run ``scenario(getter, client)`` with the triggers' shared S3 client (AWS_ENDPOINT_URL: moto or a proxy)."""
+    from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
+
+    async def go() -> Any:
+        async with shared_client(
+            SharedS3Hook(aws_conn_id=None), ("s3", None, os.environ["AWS_ENDPOINT_URL"])
+        ) as client:
+            return await scenario(ObjectGetter(client), client)
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def objects(aws_env: dict[str, str], bucket: str) -> dict[str, bytes]:
+    s3 = boto3.client("s3")
+    found = {"a/chunk-000000": b"line 1\nline 2\n", "odd key/+&=é~.json": b'{"x": 1}'}
+    for key, body in found.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    return found
+
+
+def test_reads_what_botocore_reads_and_none_for_a_missing_key(moto, bucket: str, objects: dict) -> None:
+    async def scenario(getter: ObjectGetter, client: Any) -> list:
+        generic = client._make_api_call
+        through_botocore: list[str] = []
+
+        def counted(operation: str, params: dict) -> Any:
+            through_botocore.append(operation)
+            return generic(operation, params)
+
+        client._make_api_call = counted
+        out = []
+        for key in objects:
+            fast = await getter.get(bucket, key)
+            assert through_botocore == [], "the fast path fell back to botocore"
+            slow = await generic("GetObject", {"Bucket": bucket, "Key": key})
+            async with slow["Body"] as body:
+                out.append((key, fast, await body.read(), slow))
+        out.append(("missing", await getter.get(bucket, "a/chunk-000099"), None, None))
+        out.append(("range", await getter.get(bucket, "a/chunk-000000", "bytes=7-"), None, None))
+        assert through_botocore == [], through_botocore
+        return out
+
+    results = with_getter(scenario)
+    for key, fast, data, slow in results[:2]:
+        assert fast.data == data == objects[key], key
+        assert fast.etag == slow["ETag"] and fast.last_modified == slow["LastModified"], key
+        assert fast.date  # S3's clock, for the age of a chunk
+    assert results[2][1] is None
+    assert results[3][1].data == b"line 2\n"
+
+
+def test_a_missing_bucket_raises_as_botocore_does(moto, aws_env: dict[str, str]) -> None:
+    async def scenario(getter: ObjectGetter, client: Any) -> None:
+        await getter.get("no-such-bucket-here", "k")
+
+    with pytest.raises(ClientError) as err:
+        with_getter(scenario)
+    assert err.value.response["Error"]["Code"] == "NoSuchBucket"
+
+
+def read_through(proxy: FaultProxy, rule: FaultRule, bucket: str, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """One read of the chunk through ``proxy`` failing as ``rule`` says: (the read, whether the bucket went slow)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
+    proxy.add_rule(rule)
+
+    async def scenario(getter: ObjectGetter, client: Any) -> tuple:
+        return await getter.get(bucket, "a/chunk-000000"), bucket in getter._slow
+
+    return with_getter(scenario)
+
+
+@pytest.mark.parametrize("status", [503, 500])
+def test_throttling_and_5xx_are_retried_through_botocore(
+    moto, bucket: str, objects: dict, status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rule = FaultRule(status=status, rate=1.0, method="GET", limit=2)
+    with FaultProxy(moto.endpoint_url) as proxy:
+        read, slow = read_through(proxy, rule, bucket, monkeypatch)
+    assert read is not None and read.data == objects["a/chunk-000000"] and not slow
+    assert rule.hits == 2  # the fast path's answer and botocore's first attempt failed; its retry did not
+
+
+def test_a_lost_answer_is_asked_again(moto, bucket: str, objects: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    rule = FaultRule(drop=True, rate=1.0, method="GET", limit=1)
+    with FaultProxy(moto.endpoint_url) as proxy:
+        read, slow = read_through(proxy, rule, bucket, monkeypatch)
+    assert read is not None and read.data == objects["a/chunk-000000"] and rule.hits == 1 and not slow
+
+
+def test_a_bucket_reached_the_wrong_way_goes_through_botocore_from_then_on(
+    moto, bucket: str, objects: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rule = FaultRule(status=403, rate=1.0, method="GET", limit=1)
+    with FaultProxy(moto.endpoint_url) as proxy:
+        read, slow = read_through(proxy, rule, bucket, monkeypatch)
+    assert read is not None and read.data == objects["a/chunk-000000"] and rule.hits == 1 and slow
