@@ -113,3 +113,48 @@ def test_a_bucket_reached_the_wrong_way_goes_through_botocore_from_then_on(
     with FaultProxy(moto.endpoint_url) as proxy:
         read, slow = read_through(proxy, rule, bucket, monkeypatch)
     assert read is not None and read.data == objects["a/chunk-000000"] and rule.hits == 1 and slow
+
+
+def test_a_server_that_checks_signatures_accepts_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto checks SigV4 signatures once INITIAL_NO_AUTH_ACTION_COUNT actions have passed: a signature it
+    does not recompute to the same value is a 403, which would send every read through botocore."""
+    from airflow_grid_resume.emulator.moto_server import MotoServer
+
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+    with MotoServer() as server:
+        for name, value in {
+            "AWS_ENDPOINT_URL": server.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(name, value)
+        iam = boto3.client("iam")
+        iam.create_user(UserName="watch")
+        key = iam.create_access_key(UserName="watch")["AccessKey"]
+        policy = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'
+        iam.put_user_policy(UserName="watch", PolicyName="s3", PolicyDocument=policy)  # the third: checked from here
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        s3 = boto3.client("s3", aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        s3.create_bucket(Bucket="signed")
+        objects = {"runs/r/sessions/1/log/0000000000000000": b"line 1\nline 2\n", "odd key/+&=é~.json": b"{}"}
+        for name, body in objects.items():
+            s3.put_object(Bucket="signed", Key=name, Body=body)
+
+        async def scenario(getter: ObjectGetter, client: Any) -> list:
+            answers = [await getter._fast("signed", name, None) for name in objects]
+            answers.append(await getter._fast("signed", "runs/r/sessions/1/log/0000000000000000", "bytes=7-"))
+            answers.append(await getter._fast("signed", "runs/r/missing", None))
+            getter._credentials = type(getter._credentials)(key["AccessKeyId"], "not-the-secret")
+            answers.append(await getter._fast("signed", "odd key/+&=é~.json", None))
+            return answers
+
+        answers = with_getter(scenario)
+    assert [(status, read.data if read else None) for status, read in answers] == [
+        (200, b"line 1\nline 2\n"),
+        (200, b"{}"),
+        (206, b"line 2\n"),
+        (404, None),
+        (403, None),  # the same request signed with a wrong secret: the server does check
+    ]

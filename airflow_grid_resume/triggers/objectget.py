@@ -3,10 +3,11 @@
 A triggerer watching 1,000 runs makes about 400 GetObject calls a second. botocore's generic path
 (parameter validation, a dozen event handlers, endpoint rules, response parsing) costs 1.1-1.3 ms of
 CPU per call; a GET signed with botocore's own SigV4 signer and sent through the client's own HTTP
-session costs 0.33 ms (both measured against benchmarks/watch_bench.py's S3 server). The fast path
-keeps what matters from the client: its credentials (refreshed as botocore refreshes them), its
-endpoint and addressing style (read once per bucket from a presigned URL, which botocore computes
-without any request), its proxies, TLS settings and connection pool.
+session costs 0.33 ms, and with ``sigv4.SigV4Signer`` (the same signature, the day's signing key
+kept) less again (benchmarks/watch_bench.py's S3 server, figures in docs/benchmarks.md). The fast
+path keeps what matters from the client: its credentials (refreshed as botocore refreshes them), its
+region, its endpoint and addressing style (read once per bucket from a presigned URL, which
+botocore computes without any request), its proxies, TLS settings and connection pool.
 
 It handles only the answers a poll expects: 200, 206 and 404 NoSuchKey. Every other answer (a
 redirect to the bucket's region, throttling, 5xx, a missing bucket, denied access) and every
@@ -25,10 +26,11 @@ from urllib.parse import quote
 
 import aiohttp
 import botocore
-from botocore.awsrequest import AWSRequest
+from botocore.awsrequest import AWSPreparedRequest
 from botocore.exceptions import ClientError
 
 from airflow_grid_resume.triggers.clients import fast_timestamp
+from airflow_grid_resume.triggers.sigv4 import SigV4Signer, host_of
 
 _PROBE = "grid-resume-probe"
 _WRONG_WAY = (301, 307, 400, 403)  # the bucket's region or addressing is not what the client assumed
@@ -63,12 +65,14 @@ class ObjectGetter:
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self._bases: dict[str, str] = {}
+        self._bases: dict[str, tuple[str, str]] = {}  # bucket -> (its URL, the Host header for it)
         self._slow: set[str] = set()
         signer = getattr(client, "_request_signer", None)
-        http = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        self._credentials = getattr(signer, "_credentials", None)
+        self._http = getattr(getattr(client, "_endpoint", None), "http_session", None)
         unsigned = getattr(signer, "_signature_version", None) is botocore.UNSIGNED
-        self._fast_ok = signer is not None and http is not None and not unsigned
+        self._fast_ok = self._credentials is not None and self._http is not None and not unsigned
+        self._signer = SigV4Signer(client.meta.region_name)
 
     async def get(self, bucket: str, key: str, byte_range: str | None = None) -> ObjectRead | None:
         if self._fast_ok and bucket not in self._slow:
@@ -93,8 +97,9 @@ class ObjectGetter:
         async with response["Body"] as body:
             return _from_botocore(response, await body.read())
 
-    async def _base(self, bucket: str) -> str:
-        """The bucket's URL as botocore addresses it (virtual-hosted or path style, its endpoint)."""
+    async def _base(self, bucket: str) -> tuple[str, str]:
+        """The bucket's URL as botocore addresses it (virtual-hosted or path style, its endpoint)
+        and the Host header that goes with it."""
         if bucket not in self._bases:
             url = await self.client.generate_presigned_url(
                 "get_object", Params={"Bucket": bucket, "Key": _PROBE}, ExpiresIn=60
@@ -102,21 +107,27 @@ class ObjectGetter:
             path = url.split("?", 1)[0]
             if not path.endswith("/" + _PROBE):
                 raise botocore.exceptions.BotoCoreError()
-            self._bases[bucket] = path[: -len(_PROBE)]
+            self._bases[bucket] = (path[: -len(_PROBE)], host_of(path))
         return self._bases[bucket]
 
     async def _fast(self, bucket: str, key: str, byte_range: str | None) -> tuple[int, ObjectRead | None]:
         """(status, the read): status 0 when the answer is not one this path handles."""
-        base = await self._base(bucket)
+        base, host = await self._base(bucket)
+        url = base + quote(key, safe="/~")
         headers = {"User-Agent": self.client.meta.config.user_agent or "airflow-grid-resume"}
         if byte_range:
             headers["Range"] = byte_range
-        request = AWSRequest(method="GET", url=base + quote(key, safe="/~"), headers=headers)
-        auth = await self.client._request_signer.get_auth_instance(
-            "s3", self.client.meta.region_name, signature_version="s3v4"
+        creds = await self._credentials.get_frozen_credentials()
+        signed = self._signer.headers(
+            "GET",
+            url,
+            headers,
+            access_key=creds.access_key,
+            secret_key=creds.secret_key,
+            token=creds.token,
+            host=host,
         )
-        auth.add_auth(request)
-        response = await self.client._endpoint.http_session.send(request.prepare())
+        response = await self._http.send(AWSPreparedRequest("GET", url, signed, None, False))
         data = await response.content
         if response.status_code in (200, 206):
             return response.status_code, _from_headers(response.headers, data)
