@@ -452,7 +452,7 @@ async def watch_all(args: argparse.Namespace, plan: dict, capture: TaskLogCaptur
     from aiobotocore.client import AioBaseClient
 
     from airflow_grid_resume.triggers.describe import describe_batcher
-    from airflow_grid_resume.triggers.objectget import ObjectGetter
+    from airflow_grid_resume.triggers.fastobjects import FastObjects
     from airflow_grid_resume.triggers.run import RunWatchTrigger
 
     calls: dict[str, int] = {}
@@ -464,13 +464,20 @@ async def watch_all(args: argparse.Namespace, plan: dict, capture: TaskLogCaptur
         return await original(self, operation_name, api_params)
 
     AioBaseClient._make_api_call = counted  # type: ignore[method-assign]
-    fast_get = ObjectGetter._fast
+    fast_get = FastObjects._fast
 
     async def counted_fast(self: Any, bucket: str, key: str, byte_range: str | None) -> Any:  # the watch's GETs
         calls["s3.GetObject"] = calls.get("s3.GetObject", 0) + 1
         return await fast_get(self, bucket, key, byte_range)
 
-    ObjectGetter._fast = counted_fast  # type: ignore[method-assign]
+    FastObjects._fast = counted_fast  # type: ignore[method-assign]
+    fast_put = FastObjects._fast_put
+
+    async def counted_fast_put(self: Any, bucket: str, key: str, body: bytes) -> Any:  # watch.json
+        calls["s3.PutObject"] = calls.get("s3.PutObject", 0) + 1
+        return await fast_put(self, bucket, key, body)
+
+    FastObjects._fast_put = counted_fast_put  # type: ignore[method-assign]
     runs = plan["runs"]
     events: dict[int, dict] = {}
     lags: list[float] = []

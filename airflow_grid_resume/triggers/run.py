@@ -30,9 +30,9 @@ from airflow_grid_resume.logtext import complete_cut, log_lines
 from airflow_grid_resume.triggers.cadence import ChunkSchedule
 from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
 from airflow_grid_resume.triggers.describe import Unknown, describe_batcher
+from airflow_grid_resume.triggers.fastobjects import FastObjects, ObjectRead
 from airflow_grid_resume.triggers.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
 from airflow_grid_resume.triggers.liveness import GONE as GONE_VERDICT
-from airflow_grid_resume.triggers.objectget import ObjectGetter, ObjectRead
 from airflow_grid_resume.triggers.settle import settled
 
 # How long, after an outcome, the bootstrap gets to power the instance off by itself before it is terminated.
@@ -56,7 +56,7 @@ class AsyncLedgerReader:
 
     def __init__(self, client: Any, run_uri: str, session: int, schedule: ChunkSchedule | None = None) -> None:
         self.client = client
-        self.objects = ObjectGetter(client)
+        self.objects = FastObjects(client)
         self.keys = RunLedger(None, parse_s3_uri(run_uri))
         self.bucket = self.keys.location.bucket
         self.session = session
@@ -110,7 +110,7 @@ class AsyncLedgerReader:
         """Write one of the session's records that the Airflow side overwrites (``watch.json``)."""
         assert layout.rule(record.KEY).how == "overwrite", record.KEY
         key = self.keys.key(records.record_key(type(record), self.session))
-        await self.client.put_object(Bucket=self.bucket, Key=key, Body=record.to_json())
+        await self.objects.put(self.bucket, key, record.to_json())
 
     async def release_dead_lease(self, instance_id: str) -> bool:
         """Release the run's lease if the agent of this session (now known dead) still holds it.

@@ -1,4 +1,4 @@
-"""The run watch's GetObject fast path, against moto's server and a fault proxy in front of it."""
+"""The run watch's GetObject and PutObject fast path, against moto's server and a fault proxy in front of it."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from airflow_grid_resume.emulator.faultproxy import FaultProxy, FaultRule
-from airflow_grid_resume.triggers.objectget import ObjectGetter
+from airflow_grid_resume.triggers.fastobjects import FastObjects
 
 
-def with_getter(scenario: Callable[[ObjectGetter, Any], Any]) -> Any:
+def with_getter(scenario: Callable[[FastObjects, Any], Any]) -> Any:
     """Run ``scenario(getter, client)`` with the triggers' shared S3 client (AWS_ENDPOINT_URL: moto or a proxy)."""
     from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
 
@@ -23,7 +23,7 @@ def with_getter(scenario: Callable[[ObjectGetter, Any], Any]) -> Any:
         async with shared_client(
             SharedS3Hook(aws_conn_id=None), ("s3", None, os.environ["AWS_ENDPOINT_URL"])
         ) as client:
-            return await scenario(ObjectGetter(client), client)
+            return await scenario(FastObjects(client), client)
 
     return asyncio.run(go())
 
@@ -38,7 +38,7 @@ def objects(aws_env: dict[str, str], bucket: str) -> dict[str, bytes]:
 
 
 def test_reads_what_botocore_reads_and_none_for_a_missing_key(moto, bucket: str, objects: dict) -> None:
-    async def scenario(getter: ObjectGetter, client: Any) -> list:
+    async def scenario(getter: FastObjects, client: Any) -> list:
         generic = client._make_api_call
         through_botocore: list[str] = []
 
@@ -69,7 +69,7 @@ def test_reads_what_botocore_reads_and_none_for_a_missing_key(moto, bucket: str,
 
 
 def test_a_missing_bucket_raises_as_botocore_does(moto, aws_env: dict[str, str]) -> None:
-    async def scenario(getter: ObjectGetter, client: Any) -> None:
+    async def scenario(getter: FastObjects, client: Any) -> None:
         await getter.get("no-such-bucket-here", "k")
 
     with pytest.raises(ClientError) as err:
@@ -82,7 +82,7 @@ def read_through(proxy: FaultProxy, rule: FaultRule, bucket: str, monkeypatch: p
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
     proxy.add_rule(rule)
 
-    async def scenario(getter: ObjectGetter, client: Any) -> tuple:
+    async def scenario(getter: FastObjects, client: Any) -> tuple:
         return await getter.get(bucket, "a/chunk-000000"), bucket in getter._slow
 
     return with_getter(scenario)
@@ -142,10 +142,14 @@ def test_a_server_that_checks_signatures_accepts_the_fast_path(monkeypatch: pyte
         for name, body in objects.items():
             s3.put_object(Bucket="signed", Key=name, Body=body)
 
-        async def scenario(getter: ObjectGetter, client: Any) -> list:
+        async def scenario(getter: FastObjects, client: Any) -> list:
             answers = [await getter._fast("signed", name, None) for name in objects]
             answers.append(await getter._fast("signed", "runs/r/sessions/1/log/0000000000000000", "bytes=7-"))
             answers.append(await getter._fast("signed", "runs/r/missing", None))
+            answers.append(
+                (await getter._fast_put("signed", "runs/r/sessions/1/watch.json", b'{"log_offset":7}'), None)
+            )
+            answers.append(await getter._fast("signed", "runs/r/sessions/1/watch.json", None))
             getter._credentials = type(getter._credentials)(key["AccessKeyId"], "not-the-secret")
             answers.append(await getter._fast("signed", "odd key/+&=é~.json", None))
             return answers
@@ -156,5 +160,48 @@ def test_a_server_that_checks_signatures_accepts_the_fast_path(monkeypatch: pyte
         (200, b"{}"),
         (206, b"line 2\n"),
         (404, None),
+        (200, None),  # the PUT
+        (200, b'{"log_offset":7}'),
         (403, None),  # the same request signed with a wrong secret: the server does check
     ]
+
+
+def test_a_put_overwrites_without_botocore(moto, bucket: str, objects: dict) -> None:
+    async def scenario(getter: FastObjects, client: Any) -> list[str]:
+        generic = client._make_api_call
+        through_botocore: list[str] = []
+
+        def counted(operation: str, params: dict) -> Any:
+            through_botocore.append(operation)
+            return generic(operation, params)
+
+        client._make_api_call = counted
+        await getter.put(bucket, "a/watch.json", b'{"log_offset": 1}')
+        await getter.put(bucket, "a/watch.json", b'{"log_offset": 2}')
+        return through_botocore
+
+    assert with_getter(scenario) == []
+    assert boto3.client("s3").get_object(Bucket=bucket, Key="a/watch.json")["Body"].read() == b'{"log_offset": 2}'
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [FaultRule(status=503, rate=1.0, method="PUT", limit=2), FaultRule(drop=True, rate=1.0, method="PUT", limit=1)],
+)
+def test_a_put_that_fails_or_loses_its_answer_is_made_again_through_botocore(
+    moto, bucket: str, rule: FaultRule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FaultProxy(moto.endpoint_url) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
+        proxy.add_rule(rule)
+
+        async def scenario(getter: FastObjects, client: Any) -> bool:
+            await getter.put(bucket, "a/watch.json", b'{"log_offset": 3}')
+            return bucket in getter._slow
+
+        slow = with_getter(scenario)
+    assert rule.hits == rule.limit and not slow
+    assert (
+        boto3.client("s3", endpoint_url=moto.endpoint_url).get_object(Bucket=bucket, Key="a/watch.json")["Body"].read()
+        == b'{"log_offset": 3}'
+    )

@@ -1,6 +1,7 @@
-"""GetObject for the run watch's polls, without botocore's generic request path.
+"""GetObject and PutObject for the run watch, without botocore's generic request path.
 
-A triggerer watching 1,000 runs makes about 400 GetObject calls a second. botocore's generic path
+A triggerer watching 1,000 runs makes about 400 GetObject and 17 PutObject calls a second (its
+polls and ``watch.json``). botocore's generic path
 (parameter validation, a dozen event handlers, endpoint rules, response parsing) costs 1.1-1.3 ms of
 CPU per call; a GET signed with botocore's own SigV4 signer and sent through the client's own HTTP
 session costs 0.33 ms, and with ``sigv4.SigV4Signer`` (the same signature, the day's signing key
@@ -9,11 +10,12 @@ path keeps what matters from the client: its credentials (refreshed as botocore 
 region, its endpoint and addressing style (read once per bucket from a presigned URL, which
 botocore computes without any request), its proxies, TLS settings and connection pool.
 
-It handles only the answers a poll expects: 200, 206 and 404 NoSuchKey. Every other answer (a
-redirect to the bucket's region, throttling, 5xx, a missing bucket, denied access) and every
-connection error is asked again through botocore, which retries, redirects and raises as for any
-other call; an answer that says the bucket is reached the wrong way (301, 307, 400, 403) sends all
-later reads of that bucket through botocore.
+It handles only the answers a poll expects: 200, 206 and 404 NoSuchKey for a GET, 200 for a PUT
+(an unconditional overwrite, so asking again is harmless). Every other answer (a redirect to the
+bucket's region, throttling, 5xx, a missing bucket, denied access) and every connection error is
+asked again through botocore, which retries, redirects and raises as for any other call; an answer
+that says the bucket is reached the wrong way (301, 307, 400, 403) sends all later requests for
+that bucket through botocore.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime
+from hashlib import sha256
 from typing import Any
 from urllib.parse import quote
 
@@ -30,10 +33,11 @@ from botocore.awsrequest import AWSPreparedRequest
 from botocore.exceptions import ClientError
 
 from airflow_grid_resume.triggers.clients import fast_timestamp
-from airflow_grid_resume.triggers.sigv4 import SigV4Signer, host_of
+from airflow_grid_resume.triggers.sigv4 import EMPTY_SHA256, SigV4Signer, host_of
 
 _PROBE = "grid-resume-probe"
 _WRONG_WAY = (301, 307, 400, 403)  # the bucket's region or addressing is not what the client assumed
+_NO_ANSWER = (aiohttp.ClientError, OSError, asyncio.TimeoutError, botocore.exceptions.BotoCoreError)
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,9 @@ def _from_headers(headers: Any, data: bytes) -> ObjectRead:
     return ObjectRead(data, headers.get("etag"), last_modified, headers.get("date"))
 
 
-class ObjectGetter:
-    """``get(bucket, key, byte_range)``: the object, or None when it does not exist (yet)."""
+class FastObjects:
+    """``get(bucket, key, byte_range)``: the object, or None when it does not exist (yet);
+    ``put(bucket, key, body)``: overwrite an object."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -78,13 +83,25 @@ class ObjectGetter:
         if self._fast_ok and bucket not in self._slow:
             try:
                 status, read = await self._fast(bucket, key, byte_range)
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, botocore.exceptions.BotoCoreError):
+            except _NO_ANSWER:
                 status, read = 0, None  # no clear answer: botocore's path retries it
             if status in (200, 206, 404):
                 return read
             if status in _WRONG_WAY:
                 self._slow.add(bucket)
         return await self._generic(bucket, key, byte_range)
+
+    async def put(self, bucket: str, key: str, body: bytes) -> None:
+        if self._fast_ok and bucket not in self._slow:
+            try:
+                status = await self._fast_put(bucket, key, body)
+            except _NO_ANSWER:
+                status = 0
+            if status == 200:
+                return
+            if status in _WRONG_WAY:
+                self._slow.add(bucket)
+        await self.client.put_object(Bucket=bucket, Key=key, Body=body)
 
     async def _generic(self, bucket: str, key: str, byte_range: str | None) -> ObjectRead | None:
         kwargs = {"Bucket": bucket, "Key": key, **({"Range": byte_range} if byte_range else {})}
@@ -110,27 +127,37 @@ class ObjectGetter:
             self._bases[bucket] = (path[: -len(_PROBE)], host_of(path))
         return self._bases[bucket]
 
-    async def _fast(self, bucket: str, key: str, byte_range: str | None) -> tuple[int, ObjectRead | None]:
-        """(status, the read): status 0 when the answer is not one this path handles."""
+    async def _send(
+        self, method: str, bucket: str, key: str, headers: dict[str, str], body: bytes | None = None
+    ) -> tuple[int, Any, bytes]:
+        """One signed request through the client's HTTP session: (status, headers, body)."""
         base, host = await self._base(bucket)
         url = base + quote(key, safe="/~")
-        headers = {"User-Agent": self.client.meta.config.user_agent or "airflow-grid-resume"}
-        if byte_range:
-            headers["Range"] = byte_range
+        headers["User-Agent"] = self.client.meta.config.user_agent or "airflow-grid-resume"
         creds = await self._credentials.get_frozen_credentials()
         signed = self._signer.headers(
-            "GET",
+            method,
             url,
             headers,
             access_key=creds.access_key,
             secret_key=creds.secret_key,
             token=creds.token,
+            payload_hash=sha256(body).hexdigest() if body else EMPTY_SHA256,
             host=host,
         )
-        response = await self._http.send(AWSPreparedRequest("GET", url, signed, None, False))
-        data = await response.content
-        if response.status_code in (200, 206):
-            return response.status_code, _from_headers(response.headers, data)
-        if response.status_code == 404 and b"<Code>NoSuchKey</Code>" in data:
+        response = await self._http.send(AWSPreparedRequest(method, url, signed, body, False))
+        return response.status_code, response.headers, await response.content
+
+    async def _fast(self, bucket: str, key: str, byte_range: str | None) -> tuple[int, ObjectRead | None]:
+        """(status, the read): status 0 when the answer is not one this path handles."""
+        status, headers, data = await self._send("GET", bucket, key, {"Range": byte_range} if byte_range else {})
+        if status in (200, 206):
+            return status, _from_headers(headers, data)
+        if status == 404 and b"<Code>NoSuchKey</Code>" in data:
             return 404, None
-        return response.status_code if response.status_code in _WRONG_WAY else 0, None
+        return status if status in _WRONG_WAY else 0, None
+
+    async def _fast_put(self, bucket: str, key: str, body: bytes) -> int:
+        """The status, 0 when the answer is not one this path handles."""
+        status, _, _ = await self._send("PUT", bucket, key, {"Content-Length": str(len(body))}, body)
+        return status if status == 200 or status in _WRONG_WAY else 0
