@@ -35,7 +35,7 @@ from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.budgets import Budgets, first_try_of_cycle
 from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, expiry_tag, hook_client, launch_error
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
-from airflow_grid_resume.logtext import log_lines
+from airflow_grid_resume.logtext import log_lines, log_records
 from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.spot.launch import SPOT, FallbackPolicy, LaunchSpec, explain_fatal
@@ -509,8 +509,8 @@ class GridRunOperator(BaseOperator):
             data, offset_after = ledger.read_log(session, offset)
             if not data:
                 break
-            for line in log_lines(data.decode(errors="replace")):
-                self.log.info("%s", line)
+            for record in log_records(log_lines(data.decode(errors="replace"))):
+                self.log.info("%s", record)
             offset = offset_after
         ledger.write_record(Watch(log_offset=offset, at=time.time()), session)
         if instance_id and not hook.ensure_terminated(instance_id, timeout=120.0):
@@ -712,9 +712,9 @@ class GridRunOperator(BaseOperator):
         exhausted = self._budget_rules().exhausted(
             str(status), session, interruptions, failures, reason=outcome.get("reason"), hint=outcome.get("hint")
         )
+        tail = "\n".join(outcome.get("tail") or [])  # the script's last lines, for a failure's message
         if exhausted:
-            tail = "\n".join(outcome.get("tail") or []) if status == "failed" else ""
-            raise self._fail(ledger, session, f"{exhausted}\n{tail}" if tail else exhausted)
+            raise self._fail(ledger, session, f"{exhausted}\n{tail}" if tail and status == "failed" else exhausted)
         if status in INTERRUPTED:
             self._alert_as_interruption()
             how = (
@@ -729,7 +729,6 @@ class GridRunOperator(BaseOperator):
                 f"spot interruption: session {session} {how}; the next try resumes from {resume} "
                 f"({interruptions} of {self.max_interruptions} interruptions used)"
             )
-        tail = "\n".join(outcome.get("tail") or [])
         hint = f" {outcome['hint']}" if outcome.get("hint") else ""  # the agent's own failure, e.g. a full disk
         raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}.{hint}\n{tail}")
 

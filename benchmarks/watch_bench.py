@@ -38,6 +38,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -355,7 +356,7 @@ class FakeAgent:
 def loadgen(args: argparse.Namespace) -> int:
     plan = json.loads(Path(args.plan).read_text())
     client = LoopbackS3(plan["endpoint_url"])
-    spool_dir = tempfile.mkdtemp(prefix="watch-bench-spool-")
+    spool_dir = tempfile.mkdtemp(prefix="spool-", dir=Path(args.plan).parent)  # removed with the work dir
     agents = [
         FakeAgent(i, run, client, spool_dir, args.lines_per_second, args.log_interval)
         for i, run in enumerate(plan["runs"])
@@ -617,6 +618,7 @@ def conduct(args: argparse.Namespace) -> dict:
         if s3 is not None:
             s3.terminate()
             s3.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def merge_triggerers(results: list[dict]) -> dict:

@@ -1,8 +1,8 @@
-"""Session output to task log lines: carriage-return redraws split and collapsed (pure)."""
+"""Session output to task log lines and records: carriage-return redraws split and collapsed (pure)."""
 
 from __future__ import annotations
 
-from airflow_grid_resume.logtext import MAX_LINE, complete_cut, log_lines
+from airflow_grid_resume.logtext import MAX_LINE, RECORD_CHARS, RECORD_LINES, complete_cut, log_lines, log_records
 
 
 def test_redraws_collapse_to_the_newest_and_lines_keep_their_order() -> None:
@@ -24,3 +24,16 @@ def test_a_progress_bar_without_newlines_is_logged_as_it_goes() -> None:
 def test_no_line_is_longer_than_the_limit() -> None:
     lines = log_lines("y" * (2 * MAX_LINE + 5) + "\n")
     assert [len(x) for x in lines] == [MAX_LINE, MAX_LINE, 5]
+
+
+def test_records_hold_the_lines_that_came_together_in_order_and_bounded() -> None:
+    assert log_records(["epoch 1", "", "saved"]) == ["epoch 1\n\nsaved"]  # blank lines kept
+    assert log_records([]) == []
+    burst = [f"step {i}" for i in range(2 * RECORD_LINES + 1)]
+    records = log_records(burst)
+    assert [r.count("\n") + 1 for r in records] == [RECORD_LINES, RECORD_LINES, 1]
+    assert "\n".join(records).split("\n") == burst
+    wide = ["a" * (RECORD_CHARS // 2), "b" * (RECORD_CHARS // 2), "c" * MAX_LINE, "d"]
+    records = log_records(wide)
+    assert records == [wide[0], wide[1], wide[2], "d"]  # none over the limit unless one line is
+    assert all(len(r) <= RECORD_CHARS for r in records if "c" not in r)

@@ -64,8 +64,9 @@ REPEAT_BOUND = math.ceil((OFFSET_SAVE + POLL + 2 * DEFAULT_LOG_INTERVAL) / STEP_
 
 
 def steps_in(text: str) -> list[int]:
-    """Every ``step N`` line of the training output found in ``text`` (a task log, a session log)."""
-    return [int(n) for n in re.findall(r'(?:^|["\n\]>|] ?)step (\d+)(?=$|["\n])', text, re.MULTILINE)]
+    """Every ``step N`` line of the training output found in ``text`` (a task log, a session log; in a
+    JSON task log a record's lines are separated by an escaped newline)."""
+    return [int(n) for n in re.findall(r'(?:^|["\n\]>|] ?|\\n)step (\d+)(?=$|["\n]|\\n)', text, re.MULTILINE)]
 
 
 def find_ledger(s3: object) -> RunLedger | None:

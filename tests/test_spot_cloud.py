@@ -385,8 +385,9 @@ def watch_for(run_uri: str, instance_id: str, **kw) -> RunWatchTrigger:
 
 
 def logged_lines(out: str, marker: str) -> list[str]:
-    """The numbers of task-log lines that are exactly ``<marker><n>`` (the command's own lines)."""
-    return re.findall(rf"\] {re.escape(marker)}(\d+) +\[", out)
+    """The numbers of task-log lines that are exactly ``<marker><n>`` (the command's own lines): a record's
+    first line follows its level, the others follow a line end; its last line is followed by the logger."""
+    return re.findall(rf"(?:\] |\n){re.escape(marker)}(\d+)(?= +\[|\n)", out)
 
 
 def test_watch_streams_every_line_once_and_reports_success(cloud, subnets, agent_pyz, capfd) -> None:

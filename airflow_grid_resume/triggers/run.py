@@ -26,7 +26,7 @@ from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger, plan_log_
 from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import GONE, SpotLaunchHook
-from airflow_grid_resume.logtext import complete_cut, log_lines
+from airflow_grid_resume.logtext import complete_cut, log_lines, log_records
 from airflow_grid_resume.triggers.cadence import ChunkSchedule
 from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
 from airflow_grid_resume.triggers.describe import Unknown, describe_batcher
@@ -445,8 +445,8 @@ class RunWatchTrigger(BaseTrigger):
         cut = len(buffered) if final else complete_cut(buffered)
         if cut <= 0:
             return offset, buffered
-        for line in log_lines(buffered[:cut].decode(errors="replace")):
-            self.log.info("%s", line)
+        for record in log_records(log_lines(buffered[:cut].decode(errors="replace"))):
+            self.log.info("%s", record)
         offset += cut
         self._offset_logged = offset
         if final or time.time() - self._offset_saved_at >= self.offset_save_interval:
