@@ -28,6 +28,19 @@ def with_getter(scenario: Callable[[FastObjects, Any], Any]) -> Any:
     return asyncio.run(go())
 
 
+def botocore_calls(client: Any) -> list[str]:
+    """The operations ``client`` makes through botocore's generic path from now on (the list grows)."""
+    generic = client._make_api_call
+    calls: list[str] = []
+
+    def counted(operation: str, params: dict) -> Any:
+        calls.append(operation)
+        return generic(operation, params)
+
+    client._make_api_call = counted
+    return calls
+
+
 @pytest.fixture
 def objects(aws_env: dict[str, str], bucket: str) -> dict[str, bytes]:
     s3 = boto3.client("s3")
@@ -39,25 +52,17 @@ def objects(aws_env: dict[str, str], bucket: str) -> dict[str, bytes]:
 
 def test_reads_what_botocore_reads_and_none_for_a_missing_key(moto, bucket: str, objects: dict) -> None:
     async def scenario(getter: FastObjects, client: Any) -> list:
-        generic = client._make_api_call
-        through_botocore: list[str] = []
-
-        def counted(operation: str, params: dict) -> Any:
-            through_botocore.append(operation)
-            return generic(operation, params)
-
-        client._make_api_call = counted
+        through_botocore = botocore_calls(client)
+        fast = {key: await getter.get(bucket, key) for key in objects}
+        missing = await getter.get(bucket, "a/chunk-000099")
+        ranged = await getter.get(bucket, "a/chunk-000000", "bytes=7-")
+        assert through_botocore == [], "the fast path fell back to botocore"
         out = []
         for key in objects:
-            fast = await getter.get(bucket, key)
-            assert through_botocore == [], "the fast path fell back to botocore"
-            slow = await generic("GetObject", {"Bucket": bucket, "Key": key})
+            slow = await client.get_object(Bucket=bucket, Key=key)
             async with slow["Body"] as body:
-                out.append((key, fast, await body.read(), slow))
-        out.append(("missing", await getter.get(bucket, "a/chunk-000099"), None, None))
-        out.append(("range", await getter.get(bucket, "a/chunk-000000", "bytes=7-"), None, None))
-        assert through_botocore == [], through_botocore
-        return out
+                out.append((key, fast[key], await body.read(), slow))
+        return [*out, ("missing", missing, None, None), ("range", ranged, None, None)]
 
     results = with_getter(scenario)
     for key, fast, data, slow in results[:2]:
@@ -168,14 +173,7 @@ def test_a_server_that_checks_signatures_accepts_the_fast_path(monkeypatch: pyte
 
 def test_a_put_overwrites_without_botocore(moto, bucket: str, objects: dict) -> None:
     async def scenario(getter: FastObjects, client: Any) -> list[str]:
-        generic = client._make_api_call
-        through_botocore: list[str] = []
-
-        def counted(operation: str, params: dict) -> Any:
-            through_botocore.append(operation)
-            return generic(operation, params)
-
-        client._make_api_call = counted
+        through_botocore = botocore_calls(client)
         await getter.put(bucket, "a/watch.json", b'{"log_offset": 1}')
         await getter.put(bucket, "a/watch.json", b'{"log_offset": 2}')
         return through_botocore
