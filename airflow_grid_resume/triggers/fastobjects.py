@@ -1,14 +1,13 @@
 """GetObject and PutObject for the run watch, without botocore's generic request path.
 
 A triggerer watching 1,000 runs makes about 400 GetObject and 17 PutObject calls a second (its
-polls and ``watch.json``). botocore's generic path
-(parameter validation, a dozen event handlers, endpoint rules, response parsing) costs 1.1-1.3 ms of
-CPU per call; a GET signed with botocore's own SigV4 signer and sent through the client's own HTTP
-session costs 0.33 ms, and with ``sigv4.SigV4Signer`` (the same signature, the day's signing key
-kept) less again (benchmarks/watch_bench.py's S3 server, figures in docs/benchmarks.md). The fast
-path keeps what matters from the client: its credentials (refreshed as botocore refreshes them), its
-region, its endpoint and addressing style (read once per bucket from a presigned URL, which
-botocore computes without any request), its proxies, TLS settings and connection pool.
+polls and ``watch.json``). botocore's generic path (parameter validation, a dozen event handlers,
+endpoint rules, response parsing) costs 1.1-1.3 ms of CPU per GET; signed by ``sigv4.SigV4Signer``
+and sent through the client's own HTTP session, a GET costs 0.32-0.36 ms (against
+benchmarks/watch_bench.py's S3 server; docs/benchmarks.md). The fast path keeps what matters from
+the client: its credentials (refreshed as botocore refreshes them), its region, its endpoint and
+addressing style (read once per bucket from a presigned URL, which botocore computes without any
+request), its proxies, TLS settings and connection pool.
 
 It handles only the answers a poll expects: 200, 206 and 404 NoSuchKey for a GET, 200 for a PUT
 (an unconditional overwrite, so asking again is harmless). Every other answer (a redirect to the

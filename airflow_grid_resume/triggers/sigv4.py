@@ -7,7 +7,7 @@ itself: one object, no query string, the payload hash given. The signing key is 
 secret, day and region, as the SigV4 specification allows ("Deriving a signing key" in the IAM
 user guide: the key is valid for the day of its scope).
 
-Pure: the time and the credentials are passed in.
+No I/O: the credentials are passed in, and the time (or now).
 """
 
 from __future__ import annotations
@@ -56,17 +56,15 @@ class SigV4Signer:
     def __init__(self, region: str, service: str = "s3") -> None:
         self.region = region
         self.service = service
-        self._keys: dict[tuple[str, str], bytes] = {}  # (secret, yyyymmdd) -> signing key
+        self._key: tuple[str, str, bytes] | None = None  # (secret, yyyymmdd, signing key): the latest only
 
     def _signing_key(self, secret: str, day: str) -> bytes:
-        key = self._keys.get((secret, day))
-        if key is None:
+        if self._key is None or self._key[:2] != (secret, day):
             key = f"AWS4{secret}".encode()
             for part in (day, self.region, self.service, "aws4_request"):
                 key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self._keys.clear()  # one secret and one day at a time: credentials rotate, days pass
-            self._keys[(secret, day)] = key
-        return key
+            self._key = (secret, day, key)
+        return self._key[2]
 
     def headers(
         self,
