@@ -22,7 +22,7 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import BaseOperator
 from airflow.sdk.bases.operator import partial as sdk_partial
 from airflow.sdk.exceptions import AirflowFailException
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.bundle import agent_zipapp
@@ -33,6 +33,7 @@ from airflow_grid_resume.agent.records import Closed, Final, Launch, LaunchAttem
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.budgets import Budgets, first_try_of_cycle
+from airflow_grid_resume.hooks.livequeue import LiveQueueHook, QueueRefused
 from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, expiry_tag, hook_client, launch_error
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
 from airflow_grid_resume.logtext import log_lines, log_records
@@ -54,6 +55,7 @@ from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
 STATE_KEY = "grid_resume"
 RUN_XCOM = "_grid_resume_run"  # read by the UI plugin (ui/source.py)
 RERUN_CHOICES = ("resume", "fresh")
+LIVE_OUTPUT_CHOICES = ("sqs", "s3")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 
 
@@ -117,6 +119,10 @@ class GridRunOperator(BaseOperator):
     :param region_name: the AWS region; also exported to the instance as ``AWS_DEFAULT_REGION``.
     :param poll_interval: seconds between the trigger's reads of the run's output until it has seen the agent's
         upload rhythm (then it reads each chunk once, just after it lands).
+    :param live_output: how the script's output reaches the task log: ``"sqs"`` (default) through an SQS queue the
+        task creates for the run and deletes when it ends (a line arrives within about 4 s; S3 gets the output
+        every minute as the durable record), or ``"s3"`` through S3 alone (every 3 s, at about four times the
+        requests). Without the SQS permissions (docs/user-guide.md) ``"sqs"`` falls back to S3 with a warning.
     :param log_offset_save_interval: seconds between the trigger's records of how far the task log has the
         output (one S3 PUT each); a triggerer killed outright repeats at most this much output in the task log.
     :param instance_check_interval: seconds between checks that the instance still exists.
@@ -168,7 +174,7 @@ class GridRunOperator(BaseOperator):
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
         poll_interval: float = 2.0,
-        log_offset_save_interval: float = 60.0,
+        log_offset_save_interval: float = 120.0,
         instance_check_interval: float = 30.0,
         heartbeat_timeout: float = 120.0,
         boot_timeout: float = 900.0,
@@ -180,9 +186,15 @@ class GridRunOperator(BaseOperator):
         on_demand_prices: Mapping[str, float] | None = None,
         failure_retries: int | None = None,
         keep_checkpoints: int | None = 3,
+        live_output: str = "sqs",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if live_output not in LIVE_OUTPUT_CHOICES:
+            raise ValueError(
+                f"live_output must be one of {', '.join(map(repr, LIVE_OUTPUT_CHOICES))}, got {live_output!r}"
+            )
+        self.live_output = live_output
         if rerun not in RERUN_CHOICES:
             raise ValueError(f"rerun must be one of {', '.join(map(repr, RERUN_CHOICES))}, got {rerun!r}")
         if not command or (isinstance(command, str) and not command.strip()):
@@ -293,10 +305,16 @@ class GridRunOperator(BaseOperator):
     def _argv(self) -> list[str]:
         return ["bash", "-c", self.command] if isinstance(self.command, str) else list(self.command)
 
-    def _prepare(self, ledger: RunLedger, run_uri: str) -> None:
+    def _prepare(self, ledger: RunLedger, run_uri: str, live_queue: str | None) -> None:
         """Agent and workdir snapshot once per run (a retry finds them); the spec whenever it changed,
         so a failed run cleared after fixing its command resumes with the fixed one."""
-        spec = Spec(command=self._argv(), agent_args=self.agent_args, run_uri=run_uri, budgets=self._budgets())
+        spec = Spec(
+            command=self._argv(),
+            agent_args=self.agent_args,
+            run_uri=run_uri,
+            budgets=self._budgets(),
+            live_queue=live_queue,
+        )
         stored = ledger.read_spec()
         if stored is not None:
             if dataclasses.replace(stored, extra={}) != spec:
@@ -361,6 +379,33 @@ class GridRunOperator(BaseOperator):
         )
         return True
 
+    def _live_queue(self, run_uri: str) -> str | None:
+        """The run's live-output queue, created or re-tagged with the run's expiry (None: output via S3)."""
+        if self.live_output != "sqs":
+            return None
+        hours = (self.max_run or 2 * 86400) / 3600 + 24  # then `grid-resume reap` may delete it
+        try:
+            return LiveQueueHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).ensure_queue(
+                run_uri, expiry_tag(time.time(), hours)
+            )
+        except QueueRefused as exc:
+            self.log.warning("%s", exc)
+        except (ClientError, BotoCoreError) as exc:  # live output is a convenience: never fail the task over it
+            self.log.warning("could not create the live-output queue (%s): output goes through S3 this try", exc)
+        return None
+
+    def _delete_live_queue(self, ledger: RunLedger) -> None:
+        """The run ended: its queue goes (a failure leaves it to `grid-resume reap`, by its expiry tag)."""
+        spec = ledger.read_spec()
+        if spec is None or not spec.live_queue:
+            return
+        try:
+            LiveQueueHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).delete_queue(spec.live_queue)
+        except (ClientError, BotoCoreError) as exc:
+            self.log.warning(
+                "could not delete the live-output queue %s (grid-resume reap will): %s", spec.live_queue, exc
+            )
+
     def _end_run(self, ledger: RunLedger, session: int, status: str, reason: str) -> None:
         """Record that the run ended (a later clear of the task starts from here)."""
         ledger.write_record(Final(status=status, session=session, reason=reason, at=time.time()))
@@ -380,6 +425,7 @@ class GridRunOperator(BaseOperator):
 
     def _fail(self, ledger: RunLedger, session: int, message: str) -> AirflowFailException:
         self._end_run(ledger, session, "failed", message.splitlines()[0])
+        self._delete_live_queue(ledger)
         self._summary(ledger, {"status": "failed"})  # the last try's log ends with the run's story
         return AirflowFailException(message)
 
@@ -402,7 +448,7 @@ class GridRunOperator(BaseOperator):
                 final.reason,
             )
         run_uri = generation_uri(base_uri, generation)
-        self._prepare(ledger, run_uri)
+        self._prepare(ledger, run_uri, self._live_queue(run_uri))
         loc = ledger.location
         GridArtifactsLink.persist(
             context=context, operator=self, **self._link_target(), bucket=loc.bucket, prefix=loc.prefix
@@ -673,6 +719,7 @@ class GridRunOperator(BaseOperator):
             instance_id=instance_id,
         )
         deadline = float(state.get("first_started_at", time.time())) + self.max_run if self.max_run else None
+        spec = self._ledger(run_uri).read_spec()
         self.defer(
             trigger=RunWatchTrigger(
                 run_uri=run_uri,
@@ -689,6 +736,7 @@ class GridRunOperator(BaseOperator):
                 not_found_grace=self.not_found_grace,
                 boot_timeout=self.boot_timeout,
                 deferred_at=time.time(),
+                live_queue=spec.live_queue if spec is not None else None,
             ),
             method_name="on_session_end",
         )
@@ -702,6 +750,7 @@ class GridRunOperator(BaseOperator):
         ledger.write_record(closed, session)
         if status == "succeeded":
             self._end_run(ledger, session, "succeeded", "succeeded")
+            self._delete_live_queue(ledger)
             self._retain(ledger)
             return self._summary(ledger, event)
         if status == "timeout":

@@ -1,11 +1,14 @@
-"""``grid-resume reap``: find and terminate instances that outlived their run.
+"""``grid-resume reap``: find and terminate instances that outlived their run, and delete their runs'
+live-output queues once those expired.
 
 The last line of defence behind the run trigger's own terminations (which a triggerer outage, a
 deleted trigger or an account-wide EC2 outage can defeat): every instance this project launches
 carries ``grid-resume:run-id``, ``grid-resume:session`` and ``grid-resume:expires-at`` tags. An
 instance is reaped when its expiry has passed, or when its run's ledger says the run ended in or
 after its session. Instances without the project's tags are never touched: the describe itself is
-filtered by the tag, and the selection checks it again.
+filtered by the tag, and the selection checks it again. A live-output queue (agent/live.py) is
+deleted once its ``grid-resume:expires-at`` tag has passed; only queues named with the project's
+prefix and carrying that tag are considered.
 """
 
 from __future__ import annotations
@@ -73,6 +76,16 @@ def select_reapable(
     return reap, notes
 
 
+def select_expired_queues(queues: Iterable[tuple[str, dict[str, str]]], now: datetime) -> list[dict]:
+    """The live-output queues whose expiry passed, of (URL, tags) pairs; untagged ones are kept."""
+    out = []
+    for url, tags in queues:
+        expiry = parse_expiry(tags.get(EXPIRES_TAG, ""))
+        if expiry is not None and expiry <= now:
+            out.append({"queue_url": url, "run_id": tags.get(RUN_TAG, ""), "reason": f"expired at {tags[EXPIRES_TAG]}"})
+    return out
+
+
 def run_ended_reader(s3_client: Any) -> Callable[[str], int | None]:
     """``run_id -> session the run ended in`` from the run's ``final.json`` (the run id is its URI)."""
     from airflow_grid_resume.agent.errors import UsageError
@@ -103,11 +116,22 @@ def tagged_instances(ec2_client: Any) -> list[dict]:
     return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
 
-def reap(ec2_client: Any, s3_client: Any | None, *, apply: bool, now: datetime | None = None) -> dict:
-    """Find (and with ``apply``, terminate) the instances that outlived their run; a JSON-able report."""
+def reap(
+    ec2_client: Any, s3_client: Any | None, *, apply: bool, now: datetime | None = None, sqs_client: Any | None = None
+) -> dict:
+    """Find (and with ``apply``, terminate or delete) the instances that outlived their run and the
+    expired live-output queues; a JSON-able report."""
     from airflow_grid_resume.hooks.spot import call_with_retries
 
     now = now or datetime.now(timezone.utc)
+    if sqs_client is not None:
+        from airflow_grid_resume.hooks.livequeue import delete_queue, project_queues
+    queues = select_expired_queues(project_queues(sqs_client), now) if sqs_client is not None else []
+    deleted = []
+    if apply:
+        for queue in queues:
+            if delete_queue(sqs_client, queue["queue_url"]):
+                deleted.append(queue["queue_url"])
     ended = run_ended_reader(s3_client) if s3_client is not None else (lambda _run: None)
     selected, notes = select_reapable(tagged_instances(ec2_client), now, ended)
     terminated = []
@@ -118,6 +142,8 @@ def reap(ec2_client: Any, s3_client: Any | None, *, apply: bool, now: datetime |
     return {
         "reapable": [item.__dict__ for item in selected],
         "terminated": terminated,
+        "queues": queues,
+        "deleted_queues": deleted,
         "notes": notes,
         "applied": apply,
     }
@@ -132,22 +158,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--region", help="AWS region (default: the environment's)")
     parser.add_argument("--apply", action="store_true", help="terminate them (default: only report)")
     parser.add_argument("--no-read-runs", action="store_true", help="decide by the expiry tag alone")
+    parser.add_argument("--no-queues", action="store_true", help="leave live-output queues alone")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     import boto3
 
     ec2 = boto3.client("ec2", region_name=args.region)
     s3 = None if args.no_read_runs else boto3.client("s3", region_name=args.region)
-    report = reap(ec2, s3, apply=args.apply)
+    sqs = None if args.no_queues else boto3.client("sqs", region_name=args.region)
+    report = reap(ec2, s3, apply=args.apply, sqs_client=sqs)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     for item in report["reapable"]:
         verb = "terminated" if item["instance_id"] in report["terminated"] else "would terminate"
         print(f"{verb} {item['instance_id']} (run {item['run_id']}, session {item['session']}): {item['reason']}")
+    for queue in report["queues"]:
+        verb = "deleted" if queue["queue_url"] in report["deleted_queues"] else "would delete"
+        print(f"{verb} queue {queue['queue_url']} (run {queue['run_id']}): {queue['reason']}")
     for note in report["notes"]:
         print(f"note: {note}")
-    if not report["reapable"]:
+    if not report["reapable"] and not report["queues"]:
         print("nothing to reap")
     elif not args.apply:
         print("(dry run: add --apply to terminate)")

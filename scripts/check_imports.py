@@ -21,7 +21,7 @@ PACKAGE = "airflow_grid_resume"
 AGENT = f"{PACKAGE}.agent"
 LEDGER = {
     f"{AGENT}.{name}"
-    for name in ("layout", "records", "ledger", "manifest", "errors", "paths", "uri", "s3client", "gc")
+    for name in ("layout", "records", "ledger", "live", "manifest", "errors", "paths", "uri", "s3client", "gc")
 }
 THIRD_PARTY = {"boto3", "botocore"}
 

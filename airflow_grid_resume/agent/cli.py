@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from airflow_grid_resume.agent.errors import EXIT_USAGE
-from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
+from airflow_grid_resume.agent.logship import DEFAULT_DURABLE_INTERVAL, DEFAULT_LIVE_INTERVAL, DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.supervisor import AgentOptions, configure_logging, run_agent
 from airflow_grid_resume.agent.sync import MANIFESTS_PER_SESSION
 
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sync-interval", type=_positive, default=300.0, help="seconds between periodic syncs")
     parser.add_argument("--heartbeat-interval", type=_positive, default=30.0, help="seconds between heartbeats")
     parser.add_argument(
-        "--lease-ttl", type=_positive, default=300.0, help="seconds a silent agent keeps the run (renewed every TTL/5)"
+        "--lease-ttl", type=_positive, default=300.0, help="seconds a silent agent keeps the run (renewed at 0.4 TTL)"
     )
     parser.add_argument(
         "--unwatched-timeout",
@@ -49,7 +49,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-interval",
         type=_positive,
         default=DEFAULT_LOG_INTERVAL,
-        help="seconds between output uploads while output flows (each is an S3 PUT; the task log lags by about this)",
+        help="seconds between S3 uploads of the output while it flows, without a working --live-queue (each is a PUT; "
+        "the task log lags by about this)",
+    )
+    parser.add_argument(
+        "--live-queue",
+        metavar="URL",
+        help="an SQS queue URL: output goes there every --live-interval and to S3 every --durable-log-interval "
+        "(needs sqs:SendMessage on it; while the queue refuses, S3 gets it every --log-interval)",
+    )
+    parser.add_argument(
+        "--live-interval",
+        type=_positive,
+        default=DEFAULT_LIVE_INTERVAL,
+        help="seconds between live-output messages while output flows (one SQS request each)",
+    )
+    parser.add_argument(
+        "--durable-log-interval",
+        type=_positive,
+        default=DEFAULT_DURABLE_INTERVAL,
+        help="seconds between S3 uploads of the output while the live-output queue works",
     )
     parser.add_argument("--imds-endpoint", help="metadata service (default: $AWS_EC2_METADATA_SERVICE_ENDPOINT)")
     parser.add_argument("--imds-poll", type=_positive, default=1.0, help="seconds between notice polls")
@@ -100,6 +119,9 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         lease_ttl=args.lease_ttl,
         unwatched_timeout=max(0.0, args.unwatched_timeout),
         log_interval=args.log_interval,
+        live_queue=args.live_queue or None,
+        live_interval=args.live_interval,
+        durable_log_interval=args.durable_log_interval,
         imds_endpoint=args.imds_endpoint,
         imds_poll=args.imds_poll,
         imds_timeout=args.imds_timeout,

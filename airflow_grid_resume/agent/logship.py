@@ -11,8 +11,12 @@ import math
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger
+
+if TYPE_CHECKING:
+    from airflow_grid_resume.agent.livesend import LiveSender
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +25,12 @@ log = logging.getLogger(__name__)
 # GET (about 1 ms of CPU) for the watching trigger, and a line still reaches the task log within
 # about 3.5 s (docs/benchmarks.md: what a run costs, run watches).
 DEFAULT_LOG_INTERVAL = 3.0
+# With a live-output queue (agent/live.py): a message every 4 s while output flows (the watch's long poll
+# hands it to the task log at once, so a line still arrives within about 4 s), and an S3 chunk a minute,
+# the durable record. Per run-hour that is 900 SQS messages and 60 PUTs instead of 1,200 PUTs
+# (docs/benchmarks.md: what a run costs).
+DEFAULT_LIVE_INTERVAL = 4.0
+DEFAULT_DURABLE_INTERVAL = 60.0
 
 
 class LogSpool:
@@ -91,13 +101,30 @@ class LogShipper:
 
     Uploads start on a fixed grid of the monotonic clock (not ``interval`` after the last upload
     ended), so chunks land at a steady phase that the watching trigger learns and reads just after
-    (triggers/cadence.py): one GET per chunk instead of a poll that mostly misses."""
+    (triggers/cadence.py): one GET per chunk instead of a poll that mostly misses.
 
-    def __init__(self, ledger: RunLedger, session: int, spool: LogSpool, *, interval: float = 1.0) -> None:
+    With a ``live`` sender whose queue works, new output goes out as a message every
+    ``live_interval`` and to S3 only every ``durable_interval``; while the queue is refused, S3
+    gets it every ``interval`` as without one."""
+
+    def __init__(
+        self,
+        ledger: RunLedger,
+        session: int,
+        spool: LogSpool,
+        *,
+        interval: float = 1.0,
+        live: LiveSender | None = None,
+        live_interval: float = DEFAULT_LIVE_INTERVAL,
+        durable_interval: float = DEFAULT_DURABLE_INTERVAL,
+    ) -> None:
         self.ledger = ledger
         self.session = session
         self.spool = spool
         self.interval = interval
+        self.live = live
+        self.live_interval = live_interval
+        self.durable_interval = max(durable_interval, interval)
         self.shipped = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -105,6 +132,14 @@ class LogShipper:
 
     def start(self) -> None:
         self._thread.start()
+
+    def live_up(self) -> bool:
+        return self.live is not None and self.live.up()
+
+    @property
+    def log_interval(self) -> float:
+        """How often output lands in S3 now (the heartbeat tells the watch, which reads at that pace)."""
+        return self.durable_interval if self.live_up() else self.interval
 
     def flush(self) -> None:
         """Ship everything spooled so far (bounded chunks). Output that arrives while a chunk uploads
@@ -128,15 +163,26 @@ class LogShipper:
         except Exception as exc:
             log.error("could not ship the last output to the ledger: %s", exc)
 
+    def ended(self) -> None:
+        """The outcome is written: tell the live watch at once (best effort; it also looks by itself)."""
+        if self.live_up():
+            assert self.live is not None
+            self.live.beat(final=True)
+
     def _run(self) -> None:
         last_error = 0.0
-        tick = time.monotonic()
+        tick = durable_at = time.monotonic()
         while True:
-            tick = next_tick(tick, self.interval, time.monotonic())
+            live = self.live_up()
+            tick = next_tick(tick, self.live_interval if live else self.interval, time.monotonic())
             if self._stop.wait(max(0.0, tick - time.monotonic())):
                 return
             try:
-                self.flush()
+                if live and self.live is not None:
+                    self.live.ship()
+                if not live or tick - durable_at >= self.durable_interval - 1e-6:
+                    durable_at = tick
+                    self.flush()
             except Exception as exc:  # S3 trouble: keep spooling, retry next tick
                 if time.monotonic() - last_error > 30:
                     last_error = time.monotonic()

@@ -259,15 +259,17 @@ class Lease(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class Spec(Record):
-    """``spec.json``: what the bootstrap runs (``agent_args``, ``command``) and the run's budgets."""
+    """``spec.json``: what the bootstrap runs (``agent_args``, ``command``, ``--live-queue``) and the run's budgets."""
 
     NAME = "spec"
     KEY = layout.SPEC
+    OMIT_NONE = ("live_queue",)
 
     command: list[str]
     agent_args: list[str] = field(default_factory=list)
     run_uri: str = ""
     budgets: dict[str, Any] = field(default_factory=dict)
+    live_queue: str | None = None  # the run's live-output queue URL (agent/live.py), None: output via S3 only
 
 
 @dataclass(frozen=True, kw_only=True)

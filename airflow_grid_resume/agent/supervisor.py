@@ -35,7 +35,15 @@ from airflow_grid_resume.agent.errors import (
 from airflow_grid_resume.agent.imds import ImdsClient, ImdsDisabled, ImdsUnavailable, resolve_endpoint
 from airflow_grid_resume.agent.lease import Lease, acquire_lease
 from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
-from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL, LogShipper, LogSpool, SpoolLogHandler
+from airflow_grid_resume.agent.livesend import LiveSender, make_sqs_client
+from airflow_grid_resume.agent.logship import (
+    DEFAULT_DURABLE_INTERVAL,
+    DEFAULT_LIVE_INTERVAL,
+    DEFAULT_LOG_INTERVAL,
+    LogShipper,
+    LogSpool,
+    SpoolLogHandler,
+)
 from airflow_grid_resume.agent.monitors import MonitorSettings, discover
 from airflow_grid_resume.agent.monitors.events import (
     KILL,
@@ -61,6 +69,13 @@ from airflow_grid_resume.agent.uri import parse_s3_uri
 
 log = logging.getLogger("airflow_grid_resume.agent")
 
+# The lease is renewed when this share of its TTL has passed (120 s of the default 300: a PUT every two
+# minutes, and three more minutes of retries before another agent could take the run).
+LEASE_RENEW_SHARE = 0.4
+# With live output on a queue, heartbeat.json is written every this many beats (the beats between go
+# over the queue): the UI's progress is at most a minute old at the defaults.
+LIVE_STATUS_BEATS = 2
+
 
 @dataclass
 class AgentOptions:
@@ -75,6 +90,9 @@ class AgentOptions:
     lease_ttl: float = 300.0
     unwatched_timeout: float = 1800.0
     log_interval: float = DEFAULT_LOG_INTERVAL
+    live_queue: str | None = None
+    live_interval: float = DEFAULT_LIVE_INTERVAL
+    durable_log_interval: float = DEFAULT_DURABLE_INTERVAL
     imds_endpoint: str | None = None
     imds_poll: float = 1.0
     imds_timeout: float = 1.0
@@ -176,9 +194,20 @@ class Supervisor:
             spool = LogSpool(os.path.join(state_dir, "output.log"))
             spool_handler = SpoolLogHandler(spool)
             log.addHandler(spool_handler)
-            shipper = LogShipper(ledger, self.session, spool, interval=self.o.log_interval)
+            live = None
+            if self.o.live_queue:
+                live = LiveSender(make_sqs_client(self.o.region), self.o.live_queue, self.session, spool)
+            shipper = LogShipper(
+                ledger,
+                self.session,
+                spool,
+                interval=self.o.log_interval,
+                live=live,
+                live_interval=self.o.live_interval,
+                durable_interval=self.o.durable_log_interval,
+            )
             shipper.start()
-            heartbeat = threading.Thread(target=self._heartbeat_loop, args=(ledger, lease, spool), daemon=True)
+            heartbeat = threading.Thread(target=self._heartbeat_loop, args=(ledger, lease, spool, shipper), daemon=True)
             heartbeat.start()
             log.info("session %d of %s started on %s", self.session, location, holder.host)
             if imds is not None:
@@ -476,6 +505,8 @@ class Supervisor:
         except Exception as exc:  # retried already; the Airflow side will see no outcome and a silent heartbeat
             log.error("could not record the outcome in the ledger (%s): %s", status, exc)
             exit_code = exit_code or EXIT_LEDGER_UNAVAILABLE
+        else:
+            shipper.ended()
         self._set_state("ended")
         return exit_code
 
@@ -535,6 +566,8 @@ class Supervisor:
             ledger.write_record(outcome, self.session)
         except Exception as write_error:
             log.error("could not record the outcome in the ledger either: %s", write_error)
+        else:
+            shipper.ended()
         self._set_state("ended")
         return EXIT_AGENT_CRASHED
 
@@ -544,9 +577,15 @@ class Supervisor:
         self.state = state
         self._beat_now.set()
 
-    def _heartbeat_loop(self, ledger: RunLedger, lease: Lease, spool: LogSpool) -> None:
+    def _heartbeat_loop(self, ledger: RunLedger, lease: Lease, spool: LogSpool, shipper: LogShipper) -> None:
+        """Every ``heartbeat_interval``: the unwatched guard, the lease, and a beat. With a working
+        live-output queue the beat is a message (when no output went out since the last one) and
+        ``heartbeat.json`` (progress, state, last checkpoint for the UI and gc) is written every
+        ``LIVE_STATUS_BEATS`` beats and on every state change; without one, on every beat."""
         seq = 0
         lease_ok = True
+        status_at: float | None = None  # monotonic time heartbeat.json was last written
+        woken = True
         guard = UnwatchedGuard(self.o.unwatched_timeout, time.monotonic())
         while True:
             seq += 1
@@ -562,32 +601,46 @@ class Supervisor:
                         self.events.put(unwatched_event(guard.silent_for(time.monotonic())))
                         guard.timeout = 0.0  # once
             try:
-                if lease_ok and time.time() - (lease.record.renewed_at or 0.0) >= self.o.lease_ttl / 5:
+                if lease_ok and time.time() - (lease.record.renewed_at or 0.0) >= self.o.lease_ttl * LEASE_RENEW_SHARE:
                     lease.renew(session=self.session)  # a PUT each: a few per TTL, not one per heartbeat
             except ConditionalWriteLost:
                 lease_ok = False
                 self.events.put(lease_lost_event())
             except Exception as exc:
                 log.warning("lease renewal failed, will retry: %s", exc)
+            now = time.monotonic()
+            live = shipper.live if shipper.live_up() else None
+            status_due = (
+                live is None
+                or woken
+                or status_at is None
+                or now - status_at >= self.o.heartbeat_interval * LIVE_STATUS_BEATS - 1.0
+            )
+            if not status_due:
+                if live is not None and now - live.sent_at >= self.o.heartbeat_interval - 1.0:
+                    live.beat()
+                status_due = not shipper.live_up()  # refused just now: S3 is the only channel again
             try:
-                last = self.syncer.last_manifest if self.syncer else None
-                beat = records.Heartbeat(
-                    session=self.session,
-                    seq=seq,
-                    time=_utc(),
-                    epoch=time.time(),
-                    state=self.state,
-                    log_bytes=spool.size,
-                    last_manifest=last.name if last else None,
-                    notice=self.notice.as_dict() if self.notice else None,
-                    interval=self.o.heartbeat_interval,
-                    log_interval=self.o.log_interval,
-                    progress=self.progress.heartbeat(),
-                )
-                ledger.write_record(beat, self.session)
+                if status_due:
+                    status_at = now
+                    last = self.syncer.last_manifest if self.syncer else None
+                    beat = records.Heartbeat(
+                        session=self.session,
+                        seq=seq,
+                        time=_utc(),
+                        epoch=time.time(),
+                        state=self.state,
+                        log_bytes=spool.size,
+                        last_manifest=last.name if last else None,
+                        notice=self.notice.as_dict() if self.notice else None,
+                        interval=self.o.heartbeat_interval * (LIVE_STATUS_BEATS if shipper.live_up() else 1),
+                        log_interval=shipper.log_interval,
+                        progress=self.progress.heartbeat(),
+                    )
+                    ledger.write_record(beat, self.session)
             except Exception as exc:
                 log.warning("heartbeat failed, will retry: %s", exc)
-            self._beat_now.wait(self.o.heartbeat_interval)
+            woken = self._beat_now.wait(self.o.heartbeat_interval)
             self._beat_now.clear()
             if self._stop_heartbeat.is_set():
                 return

@@ -177,13 +177,23 @@ class LocalSpotCloud:
         return dict(self._call("POST", "throttle", body))
 
     def inject_fault(self, api: str = "*", *, code: str = "InternalError", count: int = 1) -> dict:
-        """The next ``count`` requests of ``api`` ("*": any EC2 action) answer ``code`` without being carried out."""
+        """The next ``count`` requests of ``api`` ("*": any EC2 action; ``sqs:SendMessage``, ``sqs:*``) answer
+        ``code`` without being carried out."""
         return dict(self._call("POST", "fault", {"api": api, "code": code, "count": count}))
 
     def drop_responses(self, action: str = "*", *, count: int = 1) -> dict:
-        """The next ``count`` requests of ``action`` (an EC2 action, ``PutObject`` for S3, "*") are carried
-        out, then their connection is closed with no answer."""
+        """The next ``count`` requests of ``action`` (an EC2 action, ``PutObject`` for S3, "*" for any EC2
+        action, ``sqs:<Operation>`` or ``sqs:*``) are carried out, then their connection is closed with no answer."""
         return dict(self._call("POST", "drop", {"action": action, "count": count}))
+
+    def set_sqs(
+        self, *, duplicate: int | None = None, reorder: int | None = None, new_queue_seconds: float | None = None
+    ) -> dict:
+        """SQS's at-least-once delivery: the next ``duplicate`` ReceiveMessage answers repeat a message
+        delivered before, the next ``reorder`` hold their last message back for the answer after; a queue
+        is unknown for ``new_queue_seconds`` after its creation (1 s by default, as SQS asks)."""
+        body = {"duplicate": duplicate, "reorder": reorder, "new_queue_seconds": new_queue_seconds}
+        return dict(self._call("POST", "sqs", {k: v for k, v in body.items() if v is not None}))
 
     def set_consistency(self, *, describe_not_found_seconds: float, tags_late_seconds: float = 0.0) -> dict:
         """For that long after its launch an instance is unknown to DescribeInstances, and for

@@ -50,6 +50,7 @@ from airflow_grid_resume.emulator.faults import (
     skewed_clock_env,
 )
 from airflow_grid_resume.emulator.imds import MetadataService
+from airflow_grid_resume.emulator.sqsweather import NEW_QUEUE_SECONDS, SqsWeather, fault_reply, throttled_reply
 from airflow_grid_resume.spot.bootstrap import parse_marker
 from airflow_grid_resume.spot.prices import on_demand_price
 
@@ -200,6 +201,7 @@ class SpotCloud:
         self.lock = threading.RLock()
         self.unavailable: dict[tuple[str, str, str], float] = {}  # (type, zone, market) -> until
         self.faults = Faults()
+        self.sqs = SqsWeather()
         self.tokens: dict[str, tuple[str, bytes]] = {}
         self.token_locks: dict[str, threading.Lock] = {}  # one launch per ClientToken at a time
         self.instances: dict[str, FabricInstance] = {}
@@ -222,6 +224,13 @@ class SpotCloud:
         from moto.ec2.models import ec2_backends
 
         return ec2_backends[DEFAULT_ACCOUNT_ID][region]
+
+    @staticmethod
+    def sqs_backend(region: str) -> Any:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.sqs.models import sqs_backends
+
+        return sqs_backends[DEFAULT_ACCOUNT_ID][region]
 
     def zone_of(self, region: str, params: dict[str, str]) -> str:
         if params.get("Placement.AvailabilityZone"):
@@ -481,6 +490,9 @@ class SpotCloudApp:
         if path.startswith("/_emulator/"):
             return self._control(environ, body, start_response)
         faults = self.cloud.faults
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target.startswith("AmazonSQS."):
+            return self._sqs(environ, target.split(".", 1)[1], body, start_response)
         if environ.get("REQUEST_METHOD") == "POST" and b"Action=" in body[:4096]:
             params = dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
             match = _REGION.search(environ.get("HTTP_AUTHORIZATION", ""))
@@ -500,6 +512,27 @@ class SpotCloudApp:
             self._call_inner(environ)  # applied, then the answer is lost
             return self._drop(environ)
         return self.inner(environ, start_response)
+
+    def _sqs(self, environ: dict, op: str, body: bytes, start_response: Callable) -> Iterable[bytes]:
+        """SQS (JSON protocol): injected 5xx, throttling and lost answers as for EC2 (the API is
+        ``sqs:<Operation>``), then SQS's own behaviour that moto lacks (emulator/sqsweather.py)."""
+        faults, weather = self.cloud.faults, self.cloud.sqs
+        api = f"sqs:{op}"
+        try:
+            params = json.loads(body or b"{}")
+        except ValueError:
+            params = {}
+        code = faults.take_fault(api)
+        if code is not None:
+            reply = fault_reply(code)
+        elif not faults.admit(api):
+            reply = throttled_reply()
+        else:
+            refused = weather.refuse(op, params, self.cloud.sqs_backend(_region_of(environ, "sqs")))
+            reply = refused or weather.answered(op, params, self._call_inner(environ))
+        if faults.take_drop(api):
+            return self._drop(environ)
+        return _send(start_response, reply)
 
     def _ec2(self, environ: dict, action: str, params: dict[str, str], region: str) -> Reply:
         if action == "RunInstances":
@@ -646,6 +679,7 @@ class SpotCloudApp:
                     "counters": {**cloud.counters, **faults.counters},
                     "notice_seconds": cloud.notice_seconds,
                     "faults": faults.state(),
+                    "sqs": cloud.sqs.state(),
                 }
             elif method == "POST" and name == "interrupt":
                 result = cloud.interrupt(
@@ -689,11 +723,14 @@ class SpotCloudApp:
                 }
             elif method == "POST" and name == "fault":
                 result = faults.add_fault(str(doc.get("api", "*")), str(doc["code"]), int(doc.get("count", 1)))
+            elif method == "POST" and name == "sqs":
+                result = {"sqs": cloud.sqs.configure(doc)}
             elif method == "POST" and name == "drop":
                 result = faults.add_drop(str(doc.get("action", "*")), int(doc.get("count", 1)))
             elif method == "POST" and name == "reset-faults":
                 library, cloud.faults = cloud.faults.skew_library, Faults()
                 cloud.faults.skew_library = library
+                cloud.sqs.configure({"duplicate": 0, "reorder": 0, "new_queue_seconds": NEW_QUEUE_SECONDS})
                 result = cloud.faults.state()
             elif method == "POST" and name == "consistency":
                 seconds = float(doc.get("describe_not_found_seconds", 0))
@@ -718,6 +755,11 @@ class SpotCloudApp:
         except (TypeError, ValueError) as exc:
             return _json(start_response, "400 Bad Request", {"error": str(exc)})
         return _json(start_response, "200 OK", result)
+
+
+def _region_of(environ: dict, service: str) -> str:
+    match = re.search(rf"Credential=[^/]+/\d{{8}}/([a-z0-9-]+)/{service}/", environ.get("HTTP_AUTHORIZATION", ""))
+    return match.group(1) if match else "us-east-1"
 
 
 def _error(status: str, code: str, message: str) -> Reply:

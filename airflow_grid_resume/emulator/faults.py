@@ -62,9 +62,13 @@ class TokenBucket:
 
 
 def bucket_key(action: str, buckets: dict[str, TokenBucket]) -> str | None:
-    """The bucket an action draws from: its own, else its category's (Describe*, or * for the rest)."""
+    """The bucket an action draws from: its own, else its category's (Describe*, or * for the rest).
+    Another service's action (``sqs:SendMessage``) draws from its own bucket or its service's (``sqs:*``)."""
     if action in buckets:
         return action
+    if ":" in action:
+        wildcard = action.split(":", 1)[0] + ":*"
+        return wildcard if wildcard in buckets else None
     if action.startswith("Describe") and "Describe*" in buckets:
         return "Describe*"
     if "*" in buckets and not action.startswith("Describe"):
@@ -74,14 +78,20 @@ def bucket_key(action: str, buckets: dict[str, TokenBucket]) -> str | None:
 
 @dataclass
 class Countdown:
-    """The next ``count`` requests matching ``api`` ("*" matches every one) get this treatment."""
+    """The next ``count`` requests matching ``api`` get this treatment."""
 
     api: str
     count: int
     code: str = ""
 
     def matches(self, action: str) -> bool:
-        return self.count > 0 and self.api in ("*", action)
+        """``*`` is every EC2 action (and S3's PutObject for drops); ``sqs:*`` every SQS operation."""
+        if self.count <= 0:
+            return False
+        if self.api == action:
+            return True
+        service = action.split(":", 1)[0] + ":*" if ":" in action else "*"
+        return self.api == service
 
 
 # A skewed wall clock for one process tree, preloaded into an emulated instance's processes: it shifts

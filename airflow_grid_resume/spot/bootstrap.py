@@ -28,6 +28,7 @@ s3.download_file(bucket, key("%(agent_key)s"), os.path.join(home, "agent.pyz"))
 spec = json.loads(s3.get_object(Bucket=bucket, Key=key("%(spec_key)s"))["Body"].read())
 argv = [sys.executable, os.path.join(home, "agent.pyz"), "--run-uri", run_uri,
         "--workdir", os.path.join(home, "work"), "--session", session,
+        *(["--live-queue", spec["live_queue"]] if spec.get("live_queue") else []),
         *spec.get("agent_args", []), "--", *spec["command"]]
 sys.stdout.flush()
 os.execv(sys.executable, argv)

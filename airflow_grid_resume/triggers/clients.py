@@ -20,6 +20,7 @@ import botocore
 import botocore.session
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.providers.amazon.aws.hooks.sqs import SqsHook
 from botocore.config import Config
 from botocore.useragent import sanitize_user_agent_string_component
 from botocore.utils import parse_timestamp
@@ -32,6 +33,8 @@ from airflow_grid_resume.quiet import quiet_credential_logs
 # botocore's default pool of 10 connections queues them behind each other (seen in
 # benchmarks/watch_bench.py); a connection is cheap, a request waiting for one is latency.
 SHARED_POOL_CONNECTIONS = 64
+# A triggerer runs at most [triggerer] capacity (1,000 by default) watches, each with one long poll.
+LONG_POLL_POOL_CONNECTIONS = 2048
 
 
 class _Entry:
@@ -97,16 +100,29 @@ class SharedS3Hook(S3Hook):
     """
 
     def _get_config(self, config: Config | None = None) -> Config:
-        config = super()._get_config(config)
-        extra: dict[str, Any] = {}
-        if (config.max_pool_connections or 0) < SHARED_POOL_CONNECTIONS:
-            extra["max_pool_connections"] = SHARED_POOL_CONNECTIONS
-        if getattr(config, "response_checksum_validation", None) is None:
-            extra["response_checksum_validation"] = "when_required"
-        if config.user_agent is None:  # botocore leaves the app id out of a set User-Agent: it goes in here
-            appid = config.user_agent_appid or botocore.session.Session().get_config_variable("user_agent_appid")
-            extra["user_agent"] = fixed_user_agent(appid)
-        return config.merge(Config(**extra)) if extra else config
+        return shared_config(super()._get_config(config), SHARED_POOL_CONNECTIONS)
+
+
+class SharedSqsHook(SqsHook):
+    """``SqsHook`` whose client is shared by every run watch of a triggerer, as ``SharedS3Hook``. Each
+    watch holds a long poll open most of the time: the pool has room for one per watch."""
+
+    def _get_config(self, config: Config | None = None) -> Config:
+        return shared_config(super()._get_config(config), LONG_POLL_POOL_CONNECTIONS)
+
+
+def shared_config(config: Config, pool: int) -> Config:
+    """``config`` with a pool of at least ``pool`` connections, response checksums validated only
+    where required, and a fixed User-Agent, each unless the connection sets its own."""
+    extra: dict[str, Any] = {}
+    if (config.max_pool_connections or 0) < pool:
+        extra["max_pool_connections"] = pool
+    if getattr(config, "response_checksum_validation", None) is None:
+        extra["response_checksum_validation"] = "when_required"
+    if config.user_agent is None:  # botocore leaves the app id out of a set User-Agent: it goes in here
+        appid = config.user_agent_appid or botocore.session.Session().get_config_variable("user_agent_appid")
+        extra["user_agent"] = fixed_user_agent(appid)
+    return config.merge(Config(**extra)) if extra else config
 
 
 def fixed_user_agent(appid: str | None = None) -> str:

@@ -23,16 +23,18 @@ from botocore.exceptions import BotoCoreError, ClientError
 from airflow_grid_resume.agent import layout, records
 from airflow_grid_resume.agent.errors import ManifestError, UnsupportedFormatError
 from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger, plan_log_reads
-from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
+from airflow_grid_resume.agent.logship import DEFAULT_DURABLE_INTERVAL, DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.spot import GONE, SpotLaunchHook
 from airflow_grid_resume.logtext import complete_cut, log_lines, log_records
 from airflow_grid_resume.triggers.cadence import ChunkSchedule
-from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
+from airflow_grid_resume.triggers.clients import SharedS3Hook, SharedSqsHook, shared_client
 from airflow_grid_resume.triggers.describe import Unknown, describe_batcher
 from airflow_grid_resume.triggers.fastobjects import FastObjects, ObjectRead
+from airflow_grid_resume.triggers.livemerge import OutputMerge
 from airflow_grid_resume.triggers.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
 from airflow_grid_resume.triggers.liveness import GONE as GONE_VERDICT
+from airflow_grid_resume.triggers.livequeue import LiveQueueReader
 from airflow_grid_resume.triggers.settle import settled
 
 # How long, after an outcome, the bootstrap gets to power the instance off by itself before it is terminated.
@@ -43,9 +45,11 @@ TERMINATE_TIMEOUT = 300.0
 # How often, at most, the watch records its log offset in watch.json while output flows (and always
 # at the end, and when the triggerer cancels the watch), by default: each is a PUT on the run's S3
 # bill, and a triggerer killed outright repeats at most this much output.
-OFFSET_SAVE_INTERVAL = 60.0
+OFFSET_SAVE_INTERVAL = 120.0
 # How often, at most, a watch whose reads find no new output looks for the outcome (one GET each).
 OUTCOME_CHECK_INTERVAL = 10.0
+# The longest back-off between failed polls of the live-output queue.
+LIVE_RETRY_MAX = 30.0
 
 R = TypeVar("R", bound=records.Record)
 log = logging.getLogger(__name__)
@@ -211,12 +215,14 @@ class RunWatchTrigger(BaseTrigger):
         instance_check_interval: float = 30.0,
         heartbeat_timeout: float = 120.0,
         boot_timeout: float = 900.0,
-        watch_beat: float = 60.0,
+        watch_beat: float = 120.0,
         deferred_at: float | None = None,
         not_found_grace: float = 120.0,
         offset_save_interval: float = OFFSET_SAVE_INTERVAL,
+        live_queue: str | None = None,
     ) -> None:
         super().__init__()
+        self.live_queue = live_queue
         self.offset_save_interval = offset_save_interval
         self.not_found_grace = not_found_grace
         self.deferred_at = deferred_at
@@ -255,6 +261,7 @@ class RunWatchTrigger(BaseTrigger):
                 "deferred_at": self.deferred_at,
                 "not_found_grace": self.not_found_grace,
                 "offset_save_interval": self.offset_save_interval,
+                "live_queue": self.live_queue,
             },
         )
 
@@ -270,6 +277,9 @@ class RunWatchTrigger(BaseTrigger):
         ec2_hook = self._ec2_hook()
         batcher = describe_batcher(self.aws_conn_id, self.region_name)
         self._ledger: AsyncLedgerReader | None = None
+        self._merge = OutputMerge(self.log_offset)  # restarted where watch.json says, once it is read
+        self._s3_at = self.log_offset  # where the next S3 read of the output starts
+        self._s3_found = False
         self._offset_logged = self._offset_saved = -1
         self._offset_saved_at = 0.0
         liveness = Liveness(
@@ -282,9 +292,11 @@ class RunWatchTrigger(BaseTrigger):
         async with (
             shared_client(s3_hook, ("s3", self.aws_conn_id, self.region_name)) as s3,
             shared_client(ec2_hook, ("ec2", self.aws_conn_id, self.region_name)) as ec2,
+            self._live_reader() as live,
             self._log_offset_kept_on_cancel(),
         ):
-            reads = ChunkSchedule(period=DEFAULT_LOG_INTERVAL, poll=self.poll_interval, started=time.monotonic())
+            period = DEFAULT_LOG_INTERVAL if live is None else DEFAULT_DURABLE_INTERVAL
+            reads = ChunkSchedule(period=period, poll=self._s3_poll(period), started=time.monotonic())
             ledger = self._ledger = AsyncLedgerReader(s3, self.run_uri, self.session, reads)
             offset, pending = self.log_offset, b""
             started = False
@@ -301,18 +313,22 @@ class RunWatchTrigger(BaseTrigger):
                             self.log.warning("a newer watch.json, kept offset not used: %s", exc)
                             watched = None
                         offset = max(self.log_offset, watched.log_offset if watched else 0)
+                        self._merge.advance(offset)
+                        self._s3_at = offset
                         started = True
                     now = time.monotonic()
-                    found_output = False
-                    if now >= reads.next_read() or gone_seen:
-                        before = offset + len(pending)
-                        offset, pending = await self._stream(ledger, offset, pending)
-                        found_output = offset + len(pending) > before
-                        if found_output:
+                    s3_due = now >= reads.next_read() or gone_seen
+                    before = self._merge.expected
+                    offset, pending = await self._stream(ledger, offset, pending, read_s3=s3_due)
+                    found_output = self._merge.expected > before
+                    if s3_due:
+                        if self._s3_found:
                             reads.hit(time.monotonic(), started=now)  # landed by the time the answer came
-                            liveness.output(now)
                         else:
                             reads.miss(now)  # not landed when the read started
+                    if found_output or self._live_heard:
+                        liveness.output(now)  # a live message, even one without output, is the agent alive
+                        self._live_heard = False
                     if time.time() - self._watch_written >= self.watch_beat:
                         await self._mark_watched(ledger, offset)  # the agent stops a session nobody watches
                     # The agent writes the outcome after its last chunk: look for it when a read finds no
@@ -322,8 +338,10 @@ class RunWatchTrigger(BaseTrigger):
                     if (
                         ledger.outcome_listed
                         or gone_seen
+                        or self._live_final
                         or (not found_output and now - outcome_checked >= OUTCOME_CHECK_INTERVAL)
                     ):
+                        self._live_final = False
                         outcome_checked = now
                         try:
                             outcome = await ledger.get_record(records.Outcome)
@@ -354,6 +372,7 @@ class RunWatchTrigger(BaseTrigger):
                         liveness.heartbeat(beat, now)
                         if beat is not None and beat.log_interval is not None:
                             reads.set_period(beat.log_interval)
+                            reads.poll = self._s3_poll(beat.log_interval)
                     verdict = liveness.verdict(now)
                     if now >= next_instance_check or verdict.kind not in (ALIVE, BOOTING) or gone_seen:
                         next_instance_check = now + self.instance_check_interval
@@ -396,7 +415,66 @@ class RunWatchTrigger(BaseTrigger):
                         self.log.warning("reading session %d failed (%d in a row): %s", self.session, failures, exc)
                     await asyncio.sleep(self.poll_interval * (2 ** min(failures, 3)))
                     continue
-                await asyncio.sleep(self._until_next(reads, liveness, next_instance_check))
+                await self._wait(self._until_next(reads, liveness, next_instance_check))
+
+    @contextlib.asynccontextmanager
+    async def _live_reader(self) -> AsyncIterator[LiveQueueReader | None]:
+        """The live-output queue's reader when the run has one (None: output comes through S3 only),
+        long-polling in a task of its own for as long as the watch runs."""
+        self._live_heard = self._live_final = False
+        self._wake: asyncio.Future | None = None
+        if not self.live_queue:
+            yield None
+            return
+        hook = SharedSqsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        async with shared_client(hook, ("sqs", self.aws_conn_id, self.region_name)) as sqs:
+            reader = LiveQueueReader(sqs, self.live_queue, self.session, self.log)
+            task = asyncio.ensure_future(self._poll_live(reader))
+            try:
+                yield reader
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _poll_live(self, reader: LiveQueueReader) -> None:
+        """Long polls, one after the other; each message goes into the merge and wakes the watch."""
+        failures = 0
+        while not reader.stopped:
+            messages = await reader.receive()
+            if messages is None:  # no evidence of anything: S3 still brings the output
+                failures += 1
+                await asyncio.sleep(min(LIVE_RETRY_MAX, 2.0 ** min(failures, 5)))
+                continue
+            failures = 0
+            for message in messages:
+                self._merge.add(message.offset, message.data)
+                self._live_final = self._live_final or message.final
+            if messages:
+                self._live_heard = True
+                self._poke()
+
+    async def _wait(self, delay: float) -> None:
+        """Until the next thing to do, ``delay`` seconds from now, or until a live message arrives."""
+        if self._live_heard:
+            return
+        loop = asyncio.get_running_loop()
+        self._wake = wake = loop.create_future()
+        timer = loop.call_later(delay, self._poke)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._wake = None
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def _s3_poll(self, period: float) -> float:
+        """How often S3 is read for output until the agent's rhythm is known: while a live-output queue
+        brings the output (S3 gets it once a minute), a sixth of that period, not every poll interval."""
+        return max(self.poll_interval, period / 6) if self.live_queue else self.poll_interval
 
     def _until_next(self, reads: ChunkSchedule, liveness: Liveness, next_instance_check: float) -> float:
         """Seconds to sleep until the next read, heartbeat read, instance check or deadline."""
@@ -433,15 +511,26 @@ class RunWatchTrigger(BaseTrigger):
             )
 
     async def _stream(
-        self, ledger: AsyncLedgerReader, offset: int, pending: bytes, *, final: bool = False
+        self, ledger: AsyncLedgerReader, offset: int, pending: bytes, *, final: bool = False, read_s3: bool = True
     ) -> tuple[int, bytes]:
-        """Log every complete new line into the task log; remember how far in the ledger."""
-        data, _ = await ledger.read_log(offset + len(pending))
-        # A read stops after a chunk younger than the upload interval; after the outcome nothing more comes,
-        # so the final read takes every chunk left (the agent's last lines often span two fresh chunks).
-        while final and data and (more := (await ledger.read_log(offset + len(pending) + len(data)))[0]):
-            data += more
-        buffered = pending + data
+        """Log every complete new line into the task log; remember how far in the ledger.
+
+        The output comes from the live messages received so far and, with ``read_s3``, the S3 chunks
+        from where S3 was read up to (behind the task log while messages bring the output first);
+        ``OutputMerge`` puts the two in order and drops what arrived twice."""
+        self._s3_found = False
+        if read_s3 or final:
+            data, self._s3_at = await ledger.read_log(self._s3_at)
+            # A read stops after a chunk younger than the upload interval; after the outcome nothing more comes,
+            # so the final read takes every chunk left (the agent's last lines often span two fresh chunks).
+            while final and data:
+                self._merge.add(self._s3_at - len(data), data)
+                self._s3_found = True
+                data, self._s3_at = await ledger.read_log(self._s3_at)
+            if data:
+                self._merge.add(self._s3_at - len(data), data)
+                self._s3_found = True
+        buffered = pending + self._merge.take()
         cut = len(buffered) if final else complete_cut(buffered)
         if cut <= 0:
             return offset, buffered

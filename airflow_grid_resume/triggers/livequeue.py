@@ -1,0 +1,74 @@
+"""The run watch's reads of the live-output queue (agent/live.py): long polls, never a delete.
+
+A failed poll is no evidence of anything (the S3 chunks still come); a queue that no longer
+exists, or messages in a newer format, end the watch's use of the queue, and S3 carries on alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from airflow_grid_resume.agent.errors import UnsupportedFormatError
+from airflow_grid_resume.agent.live import LiveMessage, parse_body
+from airflow_grid_resume.hooks.livequeue import is_gone
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 20  # SQS's longest long poll
+FAILURE_LOG_INTERVAL = 300.0
+
+
+class LiveQueueReader:
+    """Receives session ``session``'s messages from ``queue_url``; ``stopped`` says why it gave up."""
+
+    def __init__(self, client: Any, queue_url: str, session: int, logger: logging.Logger | None = None) -> None:
+        self.client = client
+        self.log = logger or log
+        self.queue_url = queue_url
+        self.session = session
+        self.stopped: str | None = None
+        self.received = 0
+        self._failure_logged = 0.0
+
+    async def receive(self, wait: float = MAX_WAIT_SECONDS) -> list[LiveMessage] | None:
+        """The messages that arrive within ``wait`` seconds (whole seconds, at most 20); None when the
+        poll failed (the caller backs off)."""
+        if self.stopped:
+            return None
+        try:
+            answer = await self.client.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=max(0, min(MAX_WAIT_SECONDS, int(wait))),
+            )
+        except ClientError as exc:
+            if is_gone(exc):
+                self.stopped = f"the live-output queue {self.queue_url} no longer exists; reading output from S3 only"
+                self.log.warning("%s", self.stopped)
+            else:
+                self._log_failure(exc)
+            return None
+        except BotoCoreError as exc:
+            self._log_failure(exc)
+            return None
+        out = []
+        for item in answer.get("Messages", []):
+            try:
+                message = parse_body(str(item.get("Body", "")))
+            except UnsupportedFormatError as exc:
+                self.stopped = f"{exc}; reading output from S3 only"
+                self.log.warning("%s", self.stopped)
+                return out
+            if message is not None and message.session == self.session:
+                out.append(message)
+        self.received += len(out)
+        return out
+
+    def _log_failure(self, exc: Exception) -> None:
+        if time.monotonic() - self._failure_logged >= FAILURE_LOG_INTERVAL:
+            self._failure_logged = time.monotonic()
+            self.log.warning("polling the live-output queue failed (S3 still has the output): %s", exc)
