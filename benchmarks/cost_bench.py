@@ -1,18 +1,23 @@
-"""What one run costs in S3 requests per hour, on both sides, at the defaults.
+"""What one run's control plane costs in S3 and SQS requests per hour, on both sides, at the defaults.
 
-    python benchmarks/cost_bench.py [--minutes 3] [--lines-per-second 3] [--spot-price 0.21] [--json FILE]
+    python benchmarks/cost_bench.py [--minutes 3] [--lines-per-second 3] [--live-output sqs|s3]
+        [--spot-price 0.21] [--json FILE]
 
-One real agent session (defaults: heartbeat every 30 s, lease renewed every 60 s, output shipped
-every 3 s while it flows; ``--log-interval`` overrides the last) runs a
-command that prints ``--lines-per-second`` lines, and one real ``RunWatchTrigger`` (operator defaults:
-poll 2 s, instance check 30 s) watches it, against moto's server. Each side talks to moto through its
+One real agent session at its defaults runs a command that prints ``--lines-per-second`` lines, and one
+real ``RunWatchTrigger`` at the operator's defaults (poll 2 s, instance check 30 s) watches it, against
+moto's server. With ``--live-output sqs`` (the operator's default) the run has its queue (created as the
+operator creates it): output goes out as a message every 4 s and to S3 once a minute, the heartbeat file
+every 60 s; with ``s3``, output goes to S3 every 3 s (``--log-interval`` overrides that) and the
+heartbeat every 30 s. The lease is renewed every 120 s either way. Each side talks to moto through its
 own counting proxy (airflow_grid_resume/emulator/faultproxy.py), so every request is counted by
 operation. Requests in a steady-state window are scaled to an hour; the agent's periodic syncs (every
 300 s by default, none in the window) are added at three PUTs each (a pack, the manifest, the pointer:
-what agent_bench measures for a re-sync of a few changed files). Prices: S3 Standard list prices
-(us-east-1): PUT, COPY, POST and LIST $0.005 per 1,000, GET and HEAD $0.0004 per 1,000, DELETE free.
-``--spot-price`` is the instance's USD per hour to compare with (default: 0.21 for a g4dn.xlarge, 40%
-of its $0.526 on-demand price; spot prices move, pass the current one).
+what agent_bench measures for a re-sync of a few changed files). Prices: S3 Standard list prices (us-east-1):
+PUT, COPY, POST and LIST $0.005 per 1,000, GET and HEAD $0.0004 per 1,000, DELETE free; SQS
+standard queues $0.40 per million requests (each 64 KiB of a message counts as one; the messages here
+are far smaller), past the free tier. ``--spot-price`` is the instance's USD per hour to compare with
+(default: 0.21 for a g4dn.xlarge, 40% of its $0.526 on-demand price; spot prices move, pass the current
+one).
 """
 
 from __future__ import annotations
@@ -43,12 +48,15 @@ from airflow_grid_resume.emulator.moto_server import MotoServer  # noqa: E402
 
 PUT_CLASS = 0.005 / 1000
 GET_CLASS = 0.0004 / 1000
+SQS_REQUEST = 0.40 / 1_000_000
 SYNC_INTERVAL, PUTS_PER_SYNC = 300.0, 3
 
 
 def price(op: str) -> float:
     if op.startswith("ec2:") or op.startswith("Delete"):
         return 0.0
+    if op.startswith("sqs:"):
+        return SQS_REQUEST
     return GET_CLASS if op in ("GetObject", "HeadObject") else PUT_CLASS
 
 
@@ -71,6 +79,7 @@ def measure(work: Path) -> int:
     parser.add_argument("--lines-per-second", type=float, default=3.0, help="0: a run with no output")
     parser.add_argument("--spot-price", type=float, default=0.21)
     parser.add_argument("--log-interval", type=float, help="the agent's --log-interval (default: its own)")
+    parser.add_argument("--live-output", choices=("sqs", "s3"), default="sqs", help="the operator's live_output")
     parser.add_argument("--json")
     args = parser.parse_args()
     with MotoServer() as moto, FaultProxy(moto.endpoint_url) as agent_side, FaultProxy(moto.endpoint_url) as airflow:
@@ -88,6 +97,14 @@ def measure(work: Path) -> int:
         instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="g4dn.xlarge")
         instance_id = instance["Instances"][0]["InstanceId"]
         run_uri = f"s3://{bucket}/run"
+        os.environ["AWS_ENDPOINT_URL"] = airflow.endpoint_url
+        queue_url = None
+        if args.live_output == "sqs":
+            from airflow_grid_resume.hooks.livequeue import LiveQueueHook
+            from airflow_grid_resume.hooks.spot import expiry_tag
+
+            hook = LiveQueueHook(aws_conn_id=None, region_name="us-east-1")
+            queue_url = hook.ensure_queue(run_uri, expiry_tag(time.time(), 1))
         seconds = args.minutes * 60
         if args.lines_per_second > 0:
             pause = 1 / args.lines_per_second
@@ -102,13 +119,13 @@ def measure(work: Path) -> int:
                 *(sys.executable, "-m", "airflow_grid_resume.agent", "--run-uri", run_uri),
                 *("--workdir", str(work / "w"), "--no-imds", "--quiet"),
                 *(("--log-interval", str(args.log_interval)) if args.log_interval else ()),
+                *(("--live-queue", queue_url) if queue_url else ()),
                 *("--", sys.executable, "-c", printer),
             ],
             env={**os.environ, **env, "AWS_ENDPOINT_URL": agent_side.endpoint_url},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        os.environ["AWS_ENDPOINT_URL"] = airflow.endpoint_url
         from airflow_grid_resume.triggers.run import RunWatchTrigger
 
         trigger = RunWatchTrigger(
@@ -118,6 +135,7 @@ def measure(work: Path) -> int:
             launched_at=time.time(),
             aws_conn_id=None,
             region_name="us-east-1",
+            live_queue=queue_url,
         )
         events: list = []
 
@@ -146,7 +164,10 @@ def measure(work: Path) -> int:
         rows.append({"side": side, "per_hour": rates, "usd_per_hour": usd})
     total = sum(r["usd_per_hour"] for r in rows)
     status = events[0].get("status") if events else None
-    print(f"window {window:.0f} s at {args.lines_per_second} lines/s; the watch ended: {status}")
+    print(
+        f"window {window:.0f} s at {args.lines_per_second} lines/s, live output via {args.live_output}; "
+        f"the watch ended: {status}"
+    )
     print("\n| side | requests per run-hour | USD per run-hour |\n|---|---|---|")
     for r in rows:
         detail = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["per_hour"].items()))

@@ -1,4 +1,5 @@
-"""An HTTP proxy in front of moto that injects the faults real AWS produces and moto never does:
+"""An HTTP proxy in front of moto that counts requests by operation and injects the faults real AWS produces
+and moto never does:
 throttling (503 SlowDown), internal errors (500), slow answers and lost answers (the request is
 applied, the connection closed before the response), on a seeded schedule."""
 
@@ -40,8 +41,11 @@ class FaultRule:
     drop: bool = False
 
 
-def request_kind(method: str, path: str, body: bytes) -> str:
-    """The AWS operation of a request, for counting: S3's by method and query, EC2's by its Action."""
+def request_kind(method: str, path: str, body: bytes, target: str = "") -> str:
+    """The AWS operation of a request, for counting: S3's by method and query, EC2's by its Action,
+    SQS's by its ``X-Amz-Target`` header (``target``)."""
+    if target.startswith("AmazonSQS."):
+        return "sqs:" + target.split(".", 1)[1]
     query = urlsplit(path).query
     if method == "POST" and b"Action=" in body:
         return "ec2:" + body.split(b"Action=", 1)[1].split(b"&", 1)[0].decode(errors="replace")
@@ -118,7 +122,7 @@ class FaultProxy:
             def _proxy(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                kind = request_kind(self.command, self.path, body)
+                kind = request_kind(self.command, self.path, body, self.headers.get("X-Amz-Target") or "")
                 with proxy._lock:
                     proxy.calls[kind] = proxy.calls.get(kind, 0) + 1
                 rule = proxy._fault_for(self.command, self.path)
