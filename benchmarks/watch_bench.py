@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import heapq
 import http.client
@@ -101,6 +102,44 @@ class LedgerS3:
         self.objects: dict[tuple[str, str], tuple[bytes, str, str]] = {}  # (bucket, key) -> body, etag, mtime
         self.keys: dict[str, list[str]] = {}  # bucket -> sorted keys
         self.requests = 0
+        self.queues: dict[str, list[str]] = {}  # SQS: queue name -> bodies not received yet
+        self.arrived: dict[str, asyncio.Event] = {}
+
+    async def sqs(self, request: Any, op: str) -> Any:
+        """The SQS subset live output uses (CreateQueue, SendMessage, ReceiveMessage with a long poll), in
+        memory: a received message is never delivered again (the queue's visibility outlasts its retention)."""
+        import hashlib
+        import uuid
+
+        from aiohttp import web
+
+        doc = json.loads(await request.read() or b"{}")
+        if op == "CreateQueue":
+            name = doc["QueueName"]
+            self.queues.setdefault(name, [])
+            self.arrived.setdefault(name, asyncio.Event())
+            return web.json_response({"QueueUrl": f"http://{request.host}/123456789012/{name}"})
+        name = str(doc.get("QueueUrl", "")).rsplit("/", 1)[-1]
+        if name not in self.queues:
+            return web.json_response({"__type": "com.amazonaws.sqs#QueueDoesNotExist"}, status=400)
+        if op == "SendMessage":
+            self.queues[name].append(doc["MessageBody"])
+            self.arrived[name].set()
+            return web.json_response({"MessageId": uuid.uuid4().hex, "MD5OfMessageBody": ""})
+        if op == "ReceiveMessage":
+            if not self.queues[name]:
+                self.arrived[name].clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.arrived[name].wait(), int(doc.get("WaitTimeSeconds", 0)))
+            taken = self.queues[name][: int(doc.get("MaxNumberOfMessages", 1))]
+            del self.queues[name][: len(taken)]
+            messages = [
+                {"MessageId": uuid.uuid4().hex, "ReceiptHandle": "r", "MD5OfBody": hashlib.md5(b.encode()).hexdigest(),
+                 "Body": b}
+                for b in taken
+            ]  # fmt: skip
+            return web.json_response({"Messages": messages} if messages else {})
+        return web.json_response({"__type": "com.amazonaws.sqs#InvalidAction"}, status=400)
 
     @staticmethod
     def _error(status: int, code: str) -> Any:
@@ -118,6 +157,9 @@ class LedgerS3:
         from aiohttp import web
 
         self.requests += 1
+        target = request.headers.get("X-Amz-Target", "")
+        if target.startswith("AmazonSQS."):
+            return await self.sqs(request, target.split(".", 1)[1])
         bucket, _, key = request.path[1:].partition("/")
         key = urllib.parse.unquote(key)
         if request.method == "PUT" and not key:
@@ -269,6 +311,21 @@ class LoopbackS3:
         return {"Body": io.BytesIO(data), "ETag": got.get("etag", "")}
 
 
+class LoopbackSQS:
+    """The one SQS call the agent makes (send_message), over keep-alive HTTP, unsigned as ``LoopbackS3``."""
+
+    def __init__(self, s3: LoopbackS3) -> None:
+        self.s3 = s3
+
+    def send_message(self, *, QueueUrl: str, MessageBody: str) -> dict:
+        body = json.dumps({"QueueUrl": QueueUrl, "MessageBody": MessageBody}).encode()
+        headers = {"X-Amz-Target": "AmazonSQS.SendMessage", "Content-Type": "application/x-amz-json-1.0"}
+        status, _, data = self.s3._request("POST", "/", body, headers)
+        if status != 200:
+            raise self.s3._error(status, "SendMessage", data)
+        return json.loads(data)
+
+
 class FakeAgent:
     """One run's agent as the ledger sees it: session record, heartbeats, output shipped on the agent's grid."""
 
@@ -276,7 +333,7 @@ class FakeAgent:
         self, index: int, run: dict, client: LoopbackS3, spool_dir: str, lines_per_second: float, log_interval: float
     ) -> None:
         from airflow_grid_resume.agent.ledger import RunLedger
-        from airflow_grid_resume.agent.logship import LogShipper, LogSpool
+        from airflow_grid_resume.agent.logship import DEFAULT_DURABLE_INTERVAL, LogShipper, LogSpool
         from airflow_grid_resume.agent.uri import parse_s3_uri
 
         self.index = index
@@ -285,6 +342,15 @@ class FakeAgent:
         self.ledger = RunLedger(client, parse_s3_uri(run["run_uri"]))
         self.spool = LogSpool(os.path.join(spool_dir, f"{index:04d}.log"))
         self.shipper = LogShipper(self.ledger, 1, self.spool, interval=1.0)  # flushed by the scheduler below
+        self.live = None
+        if run.get("live_queue"):
+            from airflow_grid_resume.agent.livesend import LiveSender
+
+            self.live = LiveSender(LoopbackSQS(client), run["live_queue"], 1, self.spool)
+            self.log_interval = DEFAULT_DURABLE_INTERVAL  # what lands in S3, as the heartbeat tells the watch
+        self.durable_at = time.monotonic()
+        self.durable_interval = DEFAULT_DURABLE_INTERVAL
+        self.messages = 0
         self.period = 1.0 / lines_per_second if lines_per_second > 0 else 0.0
         self.next_line = time.time() + random.random() * (self.period or 1.0)
         self.lines = 0
@@ -338,18 +404,26 @@ class FakeAgent:
             self.spool.append("".join(out).encode())
 
     def ship(self) -> None:
+        if self.live is not None:
+            self.messages += self.live.ship()
+            if time.monotonic() - self.durable_at < self.durable_interval:
+                return
+            self.durable_at = time.monotonic()
         before = self.shipper.shipped
         self.shipper.flush()
         self.chunks += self.shipper.shipped != before
 
     def finish(self) -> None:
         self.print_due(time.time())
+        self.durable_at = -self.durable_interval  # the last output goes to S3 before the outcome
         self.ship()
         from airflow_grid_resume.agent.records import Outcome
 
         outcome = Outcome(session=1, status="succeeded", exit_code=0, clean=True, reason="exit 0", agent_exit_code=0)
         self.ledger.write_record(outcome, 1)
         self.heartbeat("ended")
+        if self.live is not None:
+            self.live.beat(final=True)
         self.spool.close()
 
 
@@ -361,6 +435,12 @@ def loadgen(args: argparse.Namespace) -> int:
         FakeAgent(i, run, client, spool_dir, args.lines_per_second, args.log_interval)
         for i, run in enumerate(plan["runs"])
     ]
+    from airflow_grid_resume.agent.logship import DEFAULT_LIVE_INTERVAL
+    from airflow_grid_resume.agent.supervisor import LIVE_STATUS_BEATS
+
+    live = any(a.live is not None for a in agents)
+    tick = DEFAULT_LIVE_INTERVAL if live else args.log_interval  # the agent's shipping grid
+    beat_every = HEARTBEAT_INTERVAL * (LIVE_STATUS_BEATS if live else 1)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     late: list[float] = []
@@ -372,7 +452,7 @@ def loadgen(args: argparse.Namespace) -> int:
         now = time.time()
         events = []  # (due, kind, index): log ticks every 1 s, heartbeats every 10 s, phases spread
         for n in range(len(mine)):
-            events.append((now + random.random() * args.log_interval, 0, n))
+            events.append((now + random.random() * tick, 0, n))
             events.append((now + random.random() * 10, 1, n))
         heapq.heapify(events)
         while not stop.is_set():
@@ -385,10 +465,10 @@ def loadgen(args: argparse.Namespace) -> int:
             if kind == 0:
                 agent.print_due(time.time())
                 agent.ship()
-                heapq.heappush(events, (due + args.log_interval, 0, n))
+                heapq.heappush(events, (due + tick, 0, n))
             else:
                 agent.heartbeat()
-                heapq.heappush(events, (due + HEARTBEAT_INTERVAL, 1, n))
+                heapq.heappush(events, (due + beat_every, 1, n))
 
     workers = [threading.Thread(target=worker, args=(agents[w::threads],), daemon=True) for w in range(threads)]
     for t in workers:
@@ -401,6 +481,7 @@ def loadgen(args: argparse.Namespace) -> int:
     stats = {
         "lines": {str(a.index): a.lines for a in agents},
         "chunks": sum(a.chunks for a in agents),
+        "messages": sum(a.messages for a in agents),
         "heartbeats": sum(a.beats for a in agents),
         "schedule_late_p50_s": pct(late, 0.5),
         "schedule_late_p99_s": pct(late, 0.99),
@@ -495,6 +576,7 @@ async def watch_all(args: argparse.Namespace, plan: dict, capture: TaskLogCaptur
             region_name="us-east-1",
             poll_interval=args.poll_interval,
             instance_check_interval=args.instance_check_interval,
+            live_queue=runs[i].get("live_queue"),
         )
         async for event in trigger.run():
             events[i] = event.payload
@@ -664,6 +746,17 @@ def measure(
     runs = [
         {"run_uri": f"s3://{BUCKET}/grid-runs/bench/run-{i:04d}", "instance_id": i_id} for i, i_id in enumerate(ids)
     ]
+    if args.live_output == "sqs":  # a queue per run, as the operator creates them
+        if s3 is None:
+            raise SystemExit("--live-output sqs needs --s3 fast (its server carries the queues)")
+        from airflow_grid_resume.agent.live import queue_name
+
+        sqs = LoopbackSQS(LoopbackS3(s3_endpoint))
+        for run in runs:
+            body = json.dumps({"QueueName": queue_name(run["run_uri"])}).encode()
+            headers = {"X-Amz-Target": "AmazonSQS.CreateQueue", "Content-Type": "application/x-amz-json-1.0"}
+            run["live_queue"] = json.loads(sqs.s3._request("POST", "/", body, headers)[2])["QueueUrl"]
+        aws_env = {**aws_env, "AWS_ENDPOINT_URL_SQS": s3_endpoint}
     plan = {"endpoint_url": s3_endpoint, "aws_env": aws_env, "runs": runs}
     plan["launched_at"] = time.time()
     (work / "plan.json").write_text(json.dumps(plan))
@@ -765,6 +858,9 @@ def main() -> int:
     parser.add_argument("--profile", help="cProfile each triggerer into FILE.K (pstats; CPU figures then include it)")
     parser.add_argument("--json")
     parser.add_argument("--s3", choices=("fast", "moto"), default="fast", help="who serves the ledgers' S3")
+    parser.add_argument(
+        "--live-output", choices=("sqs", "s3"), default="sqs", help="the operator's live_output (sqs: a queue per run)"
+    )
     roles = ("conductor", "loadgen", "triggerer", "s3")
     parser.add_argument("--role", choices=roles, default="conductor", help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
