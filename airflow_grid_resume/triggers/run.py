@@ -48,6 +48,8 @@ TERMINATE_TIMEOUT = 300.0
 OFFSET_SAVE_INTERVAL = 120.0
 # How often, at most, a watch whose reads find no new output looks for the outcome (one GET each).
 OUTCOME_CHECK_INTERVAL = 10.0
+# ChunkSchedule's defaults: a run with no new chunk for a minute is read every 10 s.
+QUIET_AFTER, QUIET_POLL = 60.0, 10.0
 # The longest back-off between failed polls of the live-output queue.
 LIVE_RETRY_MAX = 30.0
 
@@ -296,7 +298,8 @@ class RunWatchTrigger(BaseTrigger):
             self._log_offset_kept_on_cancel(),
         ):
             period = DEFAULT_LOG_INTERVAL if live is None else DEFAULT_DURABLE_INTERVAL
-            reads = ChunkSchedule(period=period, poll=self._s3_poll(period), started=time.monotonic())
+            reads = ChunkSchedule(period=period, poll=self.poll_interval, started=time.monotonic())
+            self._pace_s3(reads, period)
             ledger = self._ledger = AsyncLedgerReader(s3, self.run_uri, self.session, reads)
             offset, pending = self.log_offset, b""
             started = False
@@ -330,16 +333,21 @@ class RunWatchTrigger(BaseTrigger):
                         liveness.output(now)  # a live message, even one without output, is the agent alive
                         self._live_heard = False
                     if time.time() - self._watch_written >= self.watch_beat:
-                        await self._mark_watched(ledger, offset)  # the agent stops a session nobody watches
-                    # The agent writes the outcome after its last chunk: look for it when a read finds no
-                    # new output (at most every OUTCOME_CHECK_INTERVAL), when a LIST showed it, and once
-                    # the instance was seen gone, before anything is called lost.
+                        await self._save_offset(ledger, offset)  # the agent stops a session nobody watches
+                    # The agent writes the outcome after its last chunk: look for it once no new output came
+                    # for OUTCOME_CHECK_INTERVAL (then at most that often), when a LIST showed it, when the
+                    # agent's last live message says so, and once the instance was seen gone, before anything
+                    # is called lost.
                     outcome = None
                     if (
                         ledger.outcome_listed
                         or gone_seen
                         or self._live_final
-                        or (not found_output and now - outcome_checked >= OUTCOME_CHECK_INTERVAL)
+                        or (
+                            not found_output
+                            and now - outcome_checked >= OUTCOME_CHECK_INTERVAL
+                            and now - (liveness.output_read or 0.0) >= OUTCOME_CHECK_INTERVAL
+                        )
                     ):
                         self._live_final = False
                         outcome_checked = now
@@ -372,7 +380,7 @@ class RunWatchTrigger(BaseTrigger):
                         liveness.heartbeat(beat, now)
                         if beat is not None and beat.log_interval is not None:
                             reads.set_period(beat.log_interval)
-                            reads.poll = self._s3_poll(beat.log_interval)
+                            self._pace_s3(reads, beat.log_interval)
                     verdict = liveness.verdict(now)
                     if now >= next_instance_check or verdict.kind not in (ALIVE, BOOTING) or gone_seen:
                         next_instance_check = now + self.instance_check_interval
@@ -471,10 +479,13 @@ class RunWatchTrigger(BaseTrigger):
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    def _s3_poll(self, period: float) -> float:
-        """How often S3 is read for output until the agent's rhythm is known: while a live-output queue
-        brings the output (S3 gets it once a minute), a sixth of that period, not every poll interval."""
-        return max(self.poll_interval, period / 6) if self.live_queue else self.poll_interval
+    def _pace_s3(self, reads: ChunkSchedule, period: float) -> None:
+        """While a live-output queue brings the output, S3 gets it only every ``period`` (a minute): read it
+        every sixth of that until its rhythm is known, and once a period when no chunk came for three."""
+        slow = bool(self.live_queue) and period >= DEFAULT_DURABLE_INTERVAL / 2
+        reads.poll = max(self.poll_interval, period / 6) if slow else self.poll_interval
+        reads.quiet_after = 3 * period if slow else QUIET_AFTER
+        reads.quiet_poll = period if slow else QUIET_POLL
 
     def _until_next(self, reads: ChunkSchedule, liveness: Liveness, next_instance_check: float) -> float:
         """Seconds to sleep until the next read, heartbeat read, instance check or deadline."""
