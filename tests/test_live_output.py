@@ -195,10 +195,23 @@ def test_a_message_of_another_session_or_not_ours_is_ignored(cloud_env, cloud) -
 
         async with get_session().create_client("sqs", region_name="us-east-1") as client:
             reader = LiveQueueReader(client, url, session=2)
+            generic: list[dict] = []
+            slow = client.receive_message
+
+            async def counted(**kwargs: object) -> dict:
+                generic.append(kwargs)
+                return await slow(**kwargs)
+
+            client.receive_message = counted
             got: list[LiveMessage] = []
             for _ in range(3):
                 got += await reader.receive(1) or []
+            assert generic == []  # every poll went the signed fast path
+            cloud.inject_fault("sqs:ReceiveMessage", code="ServiceUnavailable", count=1)
+            sqs.send_message(QueueUrl=url, MessageBody=LiveMessage(2, 4, b"more").to_body())
+            got += await reader.receive(1) or []  # the 503 is asked again through botocore, which retries
+            assert len(generic) == 1
             return got
 
-    assert asyncio.run(read()) == [LiveMessage(2, 0, b"mine")]
+    assert asyncio.run(read()) == [LiveMessage(2, 0, b"mine"), LiveMessage(2, 4, b"more")]
     sqs.delete_queue(QueueUrl=url)

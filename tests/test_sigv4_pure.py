@@ -92,3 +92,34 @@ def test_host_header_leaves_out_default_ports() -> None:
     assert host_of("http://127.0.0.1:80/k") == "127.0.0.1"
     assert host_of("http://127.0.0.1:5000/k") == "127.0.0.1:5000"
     assert host_of("http://[::1]:9000/k") == "[::1]:9000"
+
+
+@pytest.mark.parametrize("token", [None, "FQoGZXIvYXdz//tok=="])
+def test_an_sqs_receive_is_signed_as_botocore_signs_it(monkeypatch: pytest.MonkeyPatch, token: str | None) -> None:
+    """The live-output queue's long poll (triggers/livequeue.py): SQS's JSON protocol, signed as any service
+    but S3 (no payload-hash header), byte for byte as botocore's SigV4Auth."""
+    from botocore.auth import SigV4Auth
+
+    creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    url = "https://sqs.eu-west-1.amazonaws.com/"
+    body = b'{"QueueUrl": "https://sqs.eu-west-1.amazonaws.com/123/grid-resume-live-ab", "WaitTimeSeconds": 20}'
+    headers = {
+        "X-Amz-Target": "AmazonSQS.ReceiveMessage",
+        "Content-Type": "application/x-amz-json-1.0",
+        "Content-Length": str(len(body)),
+        "User-Agent": "airflow-grid-resume/1 x",
+    }
+    monkeypatch.setattr("botocore.auth.get_current_datetime", lambda: WHEN.replace(tzinfo=None))
+    request = AWSRequest(method="POST", url=url, headers=dict(headers), data=body)
+    SigV4Auth(creds, "sqs", "eu-west-1").add_auth(request)
+    got = SigV4Signer("eu-west-1", "sqs").headers(
+        "POST",
+        url,
+        headers,
+        access_key=creds.access_key,
+        secret_key=creds.secret_key,
+        token=token,
+        payload_hash=hashlib.sha256(body).hexdigest(),
+        now=WHEN.timestamp(),
+    )
+    assert got == dict(request.headers.items())

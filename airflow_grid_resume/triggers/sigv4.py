@@ -79,13 +79,14 @@ class SigV4Signer:
         now: float | None = None,
         host: str | None = None,
     ) -> dict[str, str]:
-        """``headers`` plus the ones SigV4 adds (X-Amz-Date, X-Amz-Content-SHA256, the session
+        """``headers`` plus the ones SigV4 adds (X-Amz-Date, X-Amz-Content-SHA256 for S3, the session
         token, Authorization). ``url`` is sent as is: its path must already be URI-encoded the way
         S3 wants it (each segment once, ``/`` kept). ``host``: ``host_of(url)``, if known already."""
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
         out = dict(headers)
         out["X-Amz-Date"] = amz_date
-        out["X-Amz-Content-SHA256"] = payload_hash
+        if self.service == "s3":  # S3 wants the payload's hash as a header too; other services only sign it
+            out["X-Amz-Content-SHA256"] = payload_hash
         if token:
             out["X-Amz-Security-Token"] = token
         signed = {name.lower(): " ".join(value.split()) for name, value in out.items()}
