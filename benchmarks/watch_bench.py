@@ -560,6 +560,15 @@ async def watch_all(args: argparse.Namespace, plan: dict, capture: TaskLogCaptur
         return await fast_put(self, bucket, key, body)
 
     FastObjects._fast_put = counted_fast_put  # type: ignore[method-assign]
+    from airflow_grid_resume.triggers.livequeue import LiveQueueReader
+
+    fast_receive = LiveQueueReader._fast
+
+    async def counted_receive(self: Any, seconds: int) -> Any:  # the live-output queue's long polls
+        calls["sqs.ReceiveMessage"] = calls.get("sqs.ReceiveMessage", 0) + 1
+        return await fast_receive(self, seconds)
+
+    LiveQueueReader._fast = counted_receive  # type: ignore[method-assign]
     runs = plan["runs"]
     events: dict[int, dict] = {}
     lags: list[float] = []
