@@ -47,7 +47,11 @@ with DAG(
         keep_checkpoints=None,  # the demo's timeline draws every checkpoint the run committed
         instance_check_interval=2.0,
         heartbeat_timeout=8.0,
-        agent_args=["--heartbeat-interval", "2", "--sync-interval", "5", "--imds-poll", "0.5", "--sync-reserve", "2"],
+        # The demo's console and chaos schedule read the output from S3: it lands there every second, not every minute.
+        agent_args=[
+            *("--heartbeat-interval", "2", "--sync-interval", "5", "--imds-poll", "0.5", "--sync-reserve", "2"),
+            *("--durable-log-interval", "1"),
+        ],
     )
 
     @task
