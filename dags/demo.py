@@ -47,7 +47,8 @@ with DAG(
         keep_checkpoints=None,  # the demo's timeline draws every checkpoint the run committed
         instance_check_interval=2.0,
         heartbeat_timeout=8.0,
-        # The demo's console and chaos schedule read the output from S3: it lands there every second, not every minute.
+        # The demo's console and chaos schedule read the output from S3: it lands there every few seconds (no less often
+        # than --log-interval, 3 s), not once a minute.
         agent_args=[
             *("--heartbeat-interval", "2", "--sync-interval", "5", "--imds-poll", "0.5", "--sync-reserve", "2"),
             *("--durable-log-interval", "1"),

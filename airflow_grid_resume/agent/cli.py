@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--durable-log-interval",
         type=_positive,
         default=DEFAULT_DURABLE_INTERVAL,
-        help="seconds between S3 uploads of the output while the live-output queue works",
+        help="seconds between S3 uploads of the output while the live-output queue works (at least --log-interval)",
     )
     parser.add_argument("--imds-endpoint", help="metadata service (default: $AWS_EC2_METADATA_SERVICE_ENDPOINT)")
     parser.add_argument("--imds-poll", type=_positive, default=1.0, help="seconds between notice polls")
