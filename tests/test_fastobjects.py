@@ -155,7 +155,7 @@ def test_a_server_that_checks_signatures_accepts_the_fast_path(monkeypatch: pyte
                 (await getter._fast_put("signed", "runs/r/sessions/1/watch.json", b'{"log_offset":7}'), None)
             )
             answers.append(await getter._fast("signed", "runs/r/sessions/1/watch.json", None))
-            getter._credentials = type(getter._credentials)(key["AccessKeyId"], "not-the-secret")
+            getter._sender.credentials = type(getter._sender.credentials)(key["AccessKeyId"], "not-the-secret")
             answers.append(await getter._fast("signed", "odd key/+&=é~.json", None))
             return answers
 

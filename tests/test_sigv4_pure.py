@@ -25,6 +25,21 @@ def botocore_headers(
     return dict(request.headers.items())
 
 
+def signed_by_us(
+    signer: SigV4Signer, method: str, url: str, headers: dict, creds: Credentials, body: bytes
+) -> dict[str, str]:
+    return signer.headers(
+        method,
+        url,
+        headers,
+        access_key=creds.access_key,
+        secret_key=creds.secret_key,
+        token=creds.token,
+        payload_hash=hashlib.sha256(body).hexdigest(),
+        now=WHEN.timestamp(),
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "url", "headers", "token", "body"),
     [
@@ -42,17 +57,7 @@ def test_the_same_headers_as_botocore(
     creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
     region = "eu-west-1" if "eu-west-1" in url else "us-east-1"
     expected = botocore_headers(monkeypatch, method, url, headers, creds, region, body)
-    got = SigV4Signer(region).headers(
-        method,
-        url,
-        headers,
-        access_key=creds.access_key,
-        secret_key=creds.secret_key,
-        token=token,
-        payload_hash=hashlib.sha256(body).hexdigest(),
-        now=WHEN.timestamp(),
-    )
-    assert got == expected
+    assert signed_by_us(SigV4Signer(region), method, url, headers, creds, body) == expected
 
 
 def test_the_signature_in_the_aws_documentation() -> None:
@@ -112,14 +117,5 @@ def test_an_sqs_receive_is_signed_as_botocore_signs_it(monkeypatch: pytest.Monke
     monkeypatch.setattr("botocore.auth.get_current_datetime", lambda: WHEN.replace(tzinfo=None))
     request = AWSRequest(method="POST", url=url, headers=dict(headers), data=body)
     SigV4Auth(creds, "sqs", "eu-west-1").add_auth(request)
-    got = SigV4Signer("eu-west-1", "sqs").headers(
-        "POST",
-        url,
-        headers,
-        access_key=creds.access_key,
-        secret_key=creds.secret_key,
-        token=token,
-        payload_hash=hashlib.sha256(body).hexdigest(),
-        now=WHEN.timestamp(),
-    )
+    got = signed_by_us(SigV4Signer("eu-west-1", "sqs"), "POST", url, headers, creds, body)
     assert got == dict(request.headers.items())

@@ -36,7 +36,7 @@ from airflow_grid_resume.triggers.sigv4 import EMPTY_SHA256, SigV4Signer, host_o
 
 _PROBE = "grid-resume-probe"
 _WRONG_WAY = (301, 307, 400, 403)  # the bucket's region or addressing is not what the client assumed
-_NO_ANSWER = (aiohttp.ClientError, OSError, asyncio.TimeoutError, botocore.exceptions.BotoCoreError)
+NO_ANSWER = (aiohttp.ClientError, OSError, asyncio.TimeoutError, botocore.exceptions.BotoCoreError)
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,40 @@ def _from_headers(headers: Any, data: bytes) -> ObjectRead:
     return ObjectRead(data, headers.get("etag"), last_modified, headers.get("date"))
 
 
+class SignedSender:
+    """Requests signed by ``SigV4Signer`` for ``service``, sent through a botocore client's own HTTP
+    session with its credentials (refreshed as botocore refreshes them). ``ok`` is False when the
+    client has neither (or is unsigned): its callers then use botocore's path alone."""
+
+    def __init__(self, client: Any, service: str) -> None:
+        signer = getattr(client, "_request_signer", None)
+        self.credentials = getattr(signer, "_credentials", None)
+        self.http = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        unsigned = getattr(signer, "_signature_version", None) is botocore.UNSIGNED
+        self.ok = self.credentials is not None and self.http is not None and not unsigned
+        self.signer = SigV4Signer(client.meta.region_name, service)
+        self.user_agent = client.meta.config.user_agent or "airflow-grid-resume"
+
+    async def send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None, host: str | None = None
+    ) -> tuple[int, Any, bytes]:
+        """(status, headers, body) of one signed request."""
+        headers["User-Agent"] = self.user_agent
+        creds = await self.credentials.get_frozen_credentials()
+        signed = self.signer.headers(
+            method,
+            url,
+            headers,
+            access_key=creds.access_key,
+            secret_key=creds.secret_key,
+            token=creds.token,
+            payload_hash=sha256(body).hexdigest() if body else EMPTY_SHA256,
+            host=host,
+        )
+        response = await self.http.send(AWSPreparedRequest(method, url, signed, body, False))
+        return response.status_code, response.headers, await response.content
+
+
 class FastObjects:
     """``get(bucket, key, byte_range)``: the object, or None when it does not exist (yet);
     ``put(bucket, key, body)``: overwrite an object."""
@@ -71,18 +105,14 @@ class FastObjects:
         self.client = client
         self._bases: dict[str, tuple[str, str]] = {}  # bucket -> (its URL, the Host header for it)
         self._slow: set[str] = set()
-        signer = getattr(client, "_request_signer", None)
-        self._credentials = getattr(signer, "_credentials", None)
-        self._http = getattr(getattr(client, "_endpoint", None), "http_session", None)
-        unsigned = getattr(signer, "_signature_version", None) is botocore.UNSIGNED
-        self._fast_ok = self._credentials is not None and self._http is not None and not unsigned
-        self._signer = SigV4Signer(client.meta.region_name)
+        self._sender = SignedSender(client, "s3")
+        self._fast_ok = self._sender.ok
 
     async def get(self, bucket: str, key: str, byte_range: str | None = None) -> ObjectRead | None:
         if self._fast_ok and bucket not in self._slow:
             try:
                 status, read = await self._fast(bucket, key, byte_range)
-            except _NO_ANSWER:
+            except NO_ANSWER:
                 status, read = 0, None  # no clear answer: botocore's path retries it
             if status in (200, 206, 404):
                 return read
@@ -94,7 +124,7 @@ class FastObjects:
         if self._fast_ok and bucket not in self._slow:
             try:
                 status = await self._fast_put(bucket, key, body)
-            except _NO_ANSWER:
+            except NO_ANSWER:
                 status = 0
             if status == 200:
                 return
@@ -131,21 +161,7 @@ class FastObjects:
     ) -> tuple[int, Any, bytes]:
         """One signed request through the client's HTTP session: (status, headers, body)."""
         base, host = await self._base(bucket)
-        url = base + quote(key, safe="/~")
-        headers["User-Agent"] = self.client.meta.config.user_agent or "airflow-grid-resume"
-        creds = await self._credentials.get_frozen_credentials()
-        signed = self._signer.headers(
-            method,
-            url,
-            headers,
-            access_key=creds.access_key,
-            secret_key=creds.secret_key,
-            token=creds.token,
-            payload_hash=sha256(body).hexdigest() if body else EMPTY_SHA256,
-            host=host,
-        )
-        response = await self._http.send(AWSPreparedRequest(method, url, signed, body, False))
-        return response.status_code, response.headers, await response.content
+        return await self._sender.send(method, base + quote(key, safe="/~"), headers, body, host=host)
 
     async def _fast(self, bucket: str, key: str, byte_range: str | None) -> tuple[int, ObjectRead | None]:
         """(status, the read): status 0 when the answer is not one this path handles."""

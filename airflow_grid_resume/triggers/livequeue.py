@@ -6,28 +6,22 @@ exists, or messages in a newer format, end the watch's use of the queue, and S3 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from hashlib import sha256
 from typing import Any
 
-import aiohttp
-import botocore
-from botocore.awsrequest import AWSPreparedRequest
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume.agent.errors import UnsupportedFormatError
 from airflow_grid_resume.agent.live import LiveMessage, parse_body
 from airflow_grid_resume.hooks.livequeue import is_gone
-from airflow_grid_resume.triggers.sigv4 import SigV4Signer
+from airflow_grid_resume.triggers.fastobjects import NO_ANSWER, SignedSender
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 20  # SQS's longest long poll
 FAILURE_LOG_INTERVAL = 300.0
-_NO_ANSWER = (aiohttp.ClientError, OSError, asyncio.TimeoutError, BotoCoreError)
 
 
 class LiveQueueReader:
@@ -41,13 +35,9 @@ class LiveQueueReader:
         self.stopped: str | None = None
         self.received = 0
         self._failure_logged = 0.0
-        signer = getattr(client, "_request_signer", None)
-        self._credentials = getattr(signer, "_credentials", None)
-        self._http = getattr(getattr(client, "_endpoint", None), "http_session", None)
         self._url = str(getattr(client.meta, "endpoint_url", "") or "").rstrip("/") + "/"
-        unsigned = getattr(signer, "_signature_version", None) is botocore.UNSIGNED
-        self._fast_ok = self._credentials is not None and self._http is not None and not unsigned and self._url != "/"
-        self._signer = SigV4Signer(client.meta.region_name, "sqs")
+        self._sender = SignedSender(client, "sqs")
+        self._fast_ok = self._sender.ok and self._url != "/"
 
     async def receive(self, wait: float = MAX_WAIT_SECONDS) -> list[LiveMessage] | None:
         """The messages that arrive within ``wait`` seconds (whole seconds, at most 20); None when the
@@ -96,24 +86,12 @@ class LiveQueueReader:
             "X-Amz-Target": "AmazonSQS.ReceiveMessage",
             "Content-Type": "application/x-amz-json-1.0",
             "Content-Length": str(len(body)),
-            "User-Agent": self.client.meta.config.user_agent or "airflow-grid-resume",
         }
         try:
-            creds = await self._credentials.get_frozen_credentials()
-            signed = self._signer.headers(
-                "POST",
-                self._url,
-                headers,
-                access_key=creds.access_key,
-                secret_key=creds.secret_key,
-                token=creds.token,
-                payload_hash=sha256(body).hexdigest(),
-            )
-            response = await self._http.send(AWSPreparedRequest("POST", self._url, signed, body, False))
-            data = await response.content
-        except _NO_ANSWER:
+            status, _, data = await self._sender.send("POST", self._url, headers, body)
+        except NO_ANSWER:
             return None
-        if response.status_code != 200:
+        if status != 200:
             return None
         try:
             answer = json.loads(data)
