@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return verify_main(rest)
     if command == "gc":
-        from airflow_grid_resume.agent.gc import main as gc_main
+        from airflow_grid_resume.ledger.gc import main as gc_main
 
         return gc_main(rest)
     if command == "reap":

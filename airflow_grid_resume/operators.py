@@ -24,17 +24,18 @@ from airflow.sdk.bases.operator import partial as sdk_partial
 from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airflow_grid_resume.agent import layout
 from airflow_grid_resume.agent.bundle import agent_zipapp
-from airflow_grid_resume.agent.errors import UsageError
-from airflow_grid_resume.agent.gc import DEFAULT_GRACE_SECONDS, collect_garbage
-from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
-from airflow_grid_resume.agent.records import Closed, Final, Launch, LaunchAttempt, Outcome, Spec, Watch
 from airflow_grid_resume.agent.sync import Syncer
-from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
 from airflow_grid_resume.budgets import Budgets, first_try_of_cycle
 from airflow_grid_resume.hooks.livequeue import LiveQueueHook, QueueRefused
 from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, expiry_tag, hook_client, launch_error
+from airflow_grid_resume.ledger import layout
+from airflow_grid_resume.ledger.errors import UsageError
+from airflow_grid_resume.ledger.gc import DEFAULT_GRACE_SECONDS, collect_garbage
+from airflow_grid_resume.ledger.records import Closed, Final, Launch, LaunchAttempt, Outcome, Spec, Watch
+from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
+from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
 from airflow_grid_resume.logtext import log_lines, log_records
 from airflow_grid_resume.quiet import quiet_credential_logs
@@ -49,7 +50,6 @@ from airflow_grid_resume.triggers.capacity import (
     describe_launch,
     launched_event,
 )
-from airflow_grid_resume.triggers.ratelimit import AsyncTokenBucket
 from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
 
 STATE_KEY = "grid_resume"

@@ -6,7 +6,7 @@ deleted trigger or an account-wide EC2 outage can defeat): every instance this p
 carries ``grid-resume:run-id``, ``grid-resume:session`` and ``grid-resume:expires-at`` tags. An
 instance is reaped when its expiry has passed, or when its run's ledger says the run ended in or
 after its session. Instances without the project's tags are never touched: the describe itself is
-filtered by the tag, and the selection checks it again. A live-output queue (agent/live.py) is
+filtered by the tag, and the selection checks it again. A live-output queue (ledger/live.py) is
 deleted once its ``grid-resume:expires-at`` tag has passed; only queues named with the project's
 prefix and carrying that tag are considered.
 """
@@ -88,9 +88,9 @@ def select_expired_queues(queues: Iterable[tuple[str, dict[str, str]]], now: dat
 
 def run_ended_reader(s3_client: Any) -> Callable[[str], int | None]:
     """``run_id -> session the run ended in`` from the run's ``final.json`` (the run id is its URI)."""
-    from airflow_grid_resume.agent.errors import UsageError
-    from airflow_grid_resume.agent.ledger import RunLedger
-    from airflow_grid_resume.agent.uri import parse_s3_uri
+    from airflow_grid_resume.ledger.errors import UsageError
+    from airflow_grid_resume.ledger.store import RunLedger
+    from airflow_grid_resume.ledger.uri import parse_s3_uri
 
     cache: dict[str, int | None] = {}
 

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow_grid_resume.agent.progress import steps_lost
-from airflow_grid_resume.agent.records import Closed, Heartbeat, Outcome, as_dict
+from airflow_grid_resume.ledger.records import Closed, Heartbeat, Outcome, as_dict
 
 INTERRUPTED = ("interrupted", "lost")
 

@@ -34,14 +34,14 @@ import boto3
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from airflow_grid_resume.agent.ledger import RunLedger  # noqa: E402
 from airflow_grid_resume.agent.restore import Restorer  # noqa: E402
-from airflow_grid_resume.agent.s3client import make_s3_client  # noqa: E402
 from airflow_grid_resume.agent.scan import HashCache  # noqa: E402
 from airflow_grid_resume.agent.sync import Syncer  # noqa: E402
-from airflow_grid_resume.agent.uri import parse_s3_uri  # noqa: E402
 from airflow_grid_resume.emulator.imds import MetadataService  # noqa: E402
 from airflow_grid_resume.emulator.moto_server import MotoServer  # noqa: E402
+from airflow_grid_resume.ledger.s3client import make_s3_client  # noqa: E402
+from airflow_grid_resume.ledger.store import RunLedger  # noqa: E402
+from airflow_grid_resume.ledger.uri import parse_s3_uri  # noqa: E402
 
 MiB = 1024 * 1024
 

@@ -332,9 +332,9 @@ class FakeAgent:
     def __init__(
         self, index: int, run: dict, client: LoopbackS3, spool_dir: str, lines_per_second: float, log_interval: float
     ) -> None:
-        from airflow_grid_resume.agent.ledger import RunLedger
         from airflow_grid_resume.agent.logship import DEFAULT_DURABLE_INTERVAL, LogShipper, LogSpool
-        from airflow_grid_resume.agent.uri import parse_s3_uri
+        from airflow_grid_resume.ledger.store import RunLedger
+        from airflow_grid_resume.ledger.uri import parse_s3_uri
 
         self.index = index
         self.log_interval = log_interval
@@ -359,7 +359,7 @@ class FakeAgent:
 
     def start(self) -> None:
         from airflow_grid_resume import __version__
-        from airflow_grid_resume.agent.records import SessionStart
+        from airflow_grid_resume.ledger.records import SessionStart
 
         record = SessionStart(
             session=1,
@@ -375,7 +375,7 @@ class FakeAgent:
         self.heartbeat()
 
     def heartbeat(self, state: str = "running") -> None:
-        from airflow_grid_resume.agent.records import Heartbeat
+        from airflow_grid_resume.ledger.records import Heartbeat
 
         self.beats += 1
         now = time.time()
@@ -417,7 +417,7 @@ class FakeAgent:
         self.print_due(time.time())
         self.durable_at = -self.durable_interval  # the last output goes to S3 before the outcome
         self.ship()
-        from airflow_grid_resume.agent.records import Outcome
+        from airflow_grid_resume.ledger.records import Outcome
 
         outcome = Outcome(session=1, status="succeeded", exit_code=0, clean=True, reason="exit 0", agent_exit_code=0)
         self.ledger.write_record(outcome, 1)
@@ -533,8 +533,8 @@ def triggerer(args: argparse.Namespace) -> int:
 async def watch_all(args: argparse.Namespace, plan: dict, capture: TaskLogCapture, control: Any) -> dict:
     from aiobotocore.client import AioBaseClient
 
-    from airflow_grid_resume.triggers.describe import describe_batcher
-    from airflow_grid_resume.triggers.fastobjects import FastObjects
+    from airflow_grid_resume.asyncaws.describe import describe_batcher
+    from airflow_grid_resume.asyncaws.fastobjects import FastObjects
     from airflow_grid_resume.triggers.run import RunWatchTrigger
 
     calls: dict[str, int] = {}
@@ -560,7 +560,7 @@ async def watch_all(args: argparse.Namespace, plan: dict, capture: TaskLogCaptur
         return await fast_put(self, bucket, key, body)
 
     FastObjects._fast_put = counted_fast_put  # type: ignore[method-assign]
-    from airflow_grid_resume.triggers.livequeue import LiveQueueReader
+    from airflow_grid_resume.asyncaws.queuereader import LiveQueueReader
 
     fast_receive = LiveQueueReader._fast
 
@@ -758,7 +758,7 @@ def measure(
     if args.live_output == "sqs":  # a queue per run, as the operator creates them
         if s3 is None:
             raise SystemExit("--live-output sqs needs --s3 fast (its server carries the queues)")
-        from airflow_grid_resume.agent.live import queue_name
+        from airflow_grid_resume.ledger.live import queue_name
 
         sqs = LoopbackSQS(LoopbackS3(s3_endpoint))
         for run in runs:

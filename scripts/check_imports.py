@@ -1,13 +1,12 @@
 """The direction of dependencies, checked on every import statement: agent -> ledger <- Airflow side.
 
-- The ledger (the contract both sides share: ``LEDGER`` below) imports only the standard library,
-  boto3/botocore and itself.
-- The rest of the agent, and the package root it imports (both ship in the zipapp), import only those,
-  the package root and the agent's other modules.
+- ``ledger/`` (the contract both sides share) imports only the standard library, boto3/botocore and itself.
+- ``agent/``, and the package root it imports (all three ship in the zipapp), import only those, the package
+  root and the agent's own modules.
 
 So neither ever imports Airflow, aiobotocore or the Airflow side of this package, directly or through
 another module: the agent ships as a zipapp that runs with python3 and boto3 alone. The rules are
-allowlists, so a new module is covered without being named. ``make lint`` and ``make test`` run this;
+folder allowlists, so a new module is covered without being named. ``make lint`` and ``make test`` run this;
 it prints each offending import and exits 1.
 """
 
@@ -19,10 +18,7 @@ from pathlib import Path
 
 PACKAGE = "airflow_grid_resume"
 AGENT = f"{PACKAGE}.agent"
-LEDGER = {
-    f"{AGENT}.{name}"
-    for name in ("layout", "records", "ledger", "live", "manifest", "errors", "paths", "uri", "s3client", "gc")
-}
+LEDGER = f"{PACKAGE}.ledger"
 THIRD_PARTY = {"boto3", "botocore"}
 
 
@@ -54,15 +50,20 @@ def allowed(importer: str, target: str) -> bool:
     top = target.split(".")[0]
     if top in sys.stdlib_module_names or top in THIRD_PARTY:
         return True
-    if importer in LEDGER:
-        return target in LEDGER
-    return target in (PACKAGE, AGENT) or target.startswith(AGENT + ".")
+    if in_folder(importer, LEDGER):
+        return in_folder(target, LEDGER)
+    return target == PACKAGE or in_folder(target, AGENT) or in_folder(target, LEDGER)
+
+
+def in_folder(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
 
 
 def violations(root: Path) -> list[str]:
     out = []
     # The package root ships in the zipapp and every agent module imports it: the agent's rule holds there too.
-    for path in [root / PACKAGE / "__init__.py", *sorted((root / PACKAGE / "agent").rglob("*.py"))]:
+    shipped = [*sorted((root / PACKAGE / "agent").rglob("*.py")), *sorted((root / PACKAGE / "ledger").rglob("*.py"))]
+    for path in [root / PACKAGE / "__init__.py", *shipped]:
         if not path.is_file():
             continue
         module = module_name(path, root)
@@ -70,10 +71,10 @@ def violations(root: Path) -> list[str]:
         for line, target in imported(tree, module, path.name == "__init__.py", root):
             if not allowed(module, target):
                 rule = (
-                    "the ledger imports only the standard library, boto3/botocore and the ledger (LEDGER in "
-                    "scripts/check_imports.py)"
-                    if module in LEDGER
-                    else "the agent imports only the standard library, boto3/botocore and the agent's own modules"
+                    "the ledger imports only the standard library, boto3/botocore and the ledger's own modules"
+                    if in_folder(module, LEDGER)
+                    else "the agent imports only the standard library, boto3/botocore, the ledger and the agent's "
+                    "own modules"
                 )
                 out.append(f"{path.relative_to(root)}:{line}: imports {target}: {rule}")
     return out

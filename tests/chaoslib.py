@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.restore import Restorer
-from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.emulator.cloud import SCHEDULED_STOP, SPOT_TERMINATION
+from airflow_grid_resume.ledger.store import RunLedger
+from airflow_grid_resume.ledger.uri import parse_s3_uri
 from tests.conftest import SCRIPTS, command_started
 
 SCHEDULED_AHEAD = 4.5  # a scheduled event's NotBefore this far ahead: 1.5 s of advisory, then the 3 s notice window

@@ -13,12 +13,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from airflow_grid_resume.agent.ledger import RunLedger
-from airflow_grid_resume.agent.s3client import make_s3_client
-from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.emulator.imds import MetadataService
 from airflow_grid_resume.emulator.moto_server import MotoServer
+from airflow_grid_resume.ledger.s3client import make_s3_client
+from airflow_grid_resume.ledger.store import RunLedger
+from airflow_grid_resume.ledger.uri import parse_s3_uri
 
 SCRIPTS = Path(__file__).parent / "scripts"
 TRAIN = str(SCRIPTS / "train.py")

@@ -10,12 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from airflow_grid_resume.agent import records
-from airflow_grid_resume.agent.ledger import RunLedger
-from airflow_grid_resume.agent.s3client import make_s3_client
-from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.faultproxy import FaultProxy, FaultRule
 from airflow_grid_resume.emulator.imds import MetadataService
+from airflow_grid_resume.ledger import records
+from airflow_grid_resume.ledger.s3client import make_s3_client
+from airflow_grid_resume.ledger.store import RunLedger
+from airflow_grid_resume.ledger.uri import parse_s3_uri
 from tests.conftest import TRAIN, pids_in_group
 
 FAST = ["--sync-reserve", "1", "--min-grace", "1", "--imds-poll", "0.2", "--log-interval", "0.3"]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from airflow_grid_resume.triggers.cadence import ChunkSchedule
+from airflow_grid_resume.watch.cadence import ChunkSchedule
 
 
 def simulate(

@@ -30,7 +30,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from airflow_grid_resume.agent.s3client import make_s3_client
+from airflow_grid_resume.ledger.s3client import make_s3_client
 from tests.chaos_kills import worker_killed_at
 from tests.chaoslib import Chaos, find_run, lifecycle_problems, reference, schedule_for
 from tests.chaoslib import seeds as seeds_from

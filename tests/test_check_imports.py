@@ -23,20 +23,24 @@ def test_the_projects_agent_and_ledger_keep_the_direction() -> None:
 
 
 def test_every_way_past_the_allowlists_is_found(tmp_path: Path) -> None:
-    for package in ("airflow_grid_resume", "airflow_grid_resume/agent", "airflow_grid_resume/agent/monitors"):
-        write(tmp_path, f"{package}/__init__.py", "")
-    for name in ("summary", "logtext", "agent/layout", "agent/supervisor"):
+    for package in ("", "agent/", "agent/monitors/", "ledger/"):
+        write(tmp_path, f"airflow_grid_resume/{package}__init__.py", "")
+    for name in ("summary", "logtext", "ledger/layout", "agent/supervisor"):
         write(tmp_path, f"airflow_grid_resume/{name}.py", "")
     write(
         tmp_path,
         "airflow_grid_resume/agent/child.py",
         "import json, boto3\nfrom botocore.config import Config\nfrom airflow_grid_resume import __version__\n"
-        "from . import layout\nfrom .supervisor import x\n"  # all allowed
+        "from ..ledger import layout\nfrom .supervisor import x\n"  # all allowed
         "import airflow.models\nfrom airflow_grid_resume import logtext\nfrom .. import summary\n"
         "def f():\n    import aiobotocore\n",
     )
-    write(tmp_path, "airflow_grid_resume/agent/monitors/spot.py", "from ...summary import x\nfrom .. import layout\n")
-    write(tmp_path, "airflow_grid_resume/agent/records.py", "from . import layout\nfrom . import supervisor\n")
+    write(
+        tmp_path,
+        "airflow_grid_resume/agent/monitors/spot.py",
+        "from ...summary import x\nfrom ...ledger import layout\n",
+    )
+    write(tmp_path, "airflow_grid_resume/ledger/records.py", "from . import layout\nfrom ..agent import supervisor\n")
     found = check_imports.violations(tmp_path)
     assert [line.split(": imports ")[0] + " " + line.split(": imports ")[1].split(":")[0] for line in found] == [
         "airflow_grid_resume/agent/child.py:6 airflow.models",
@@ -44,7 +48,7 @@ def test_every_way_past_the_allowlists_is_found(tmp_path: Path) -> None:
         "airflow_grid_resume/agent/child.py:8 airflow_grid_resume.summary",
         "airflow_grid_resume/agent/child.py:10 aiobotocore",
         "airflow_grid_resume/agent/monitors/spot.py:1 airflow_grid_resume.summary",
-        "airflow_grid_resume/agent/records.py:2 airflow_grid_resume.agent.supervisor",
+        "airflow_grid_resume/ledger/records.py:2 airflow_grid_resume.agent.supervisor",
     ]
     assert "the ledger imports only" in found[-1] and "the agent imports only" in found[0]
 

@@ -47,7 +47,7 @@ def test_the_user_guides_delete_permissions_cover_exactly_what_is_deleted() -> N
     Airflow side's the manifests, packs and objects gc deletes, and neither covers a record or a log."""
     from fnmatch import fnmatchcase
 
-    from airflow_grid_resume.agent import layout
+    from airflow_grid_resume.ledger import layout
 
     sha = "ab" * 32
     run = "grid-runs/dag/task/run"

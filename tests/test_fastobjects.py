@@ -11,13 +11,13 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from airflow_grid_resume.asyncaws.fastobjects import FastObjects
 from airflow_grid_resume.emulator.faultproxy import FaultProxy, FaultRule
-from airflow_grid_resume.triggers.fastobjects import FastObjects
 
 
 def with_getter(scenario: Callable[[FastObjects, Any], Any]) -> Any:
     """Run ``scenario(getter, client)`` with the triggers' shared S3 client (AWS_ENDPOINT_URL: moto or a proxy)."""
-    from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
+    from airflow_grid_resume.asyncaws.clients import SharedS3Hook, shared_client
 
     async def go() -> Any:
         async with shared_client(

@@ -6,10 +6,10 @@ import os
 import threading
 from pathlib import Path
 
-from airflow_grid_resume.agent.gc import collect_garbage
-from airflow_grid_resume.agent.gc import main as gc_main
-from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.restore import Restorer
+from airflow_grid_resume.ledger.gc import collect_garbage
+from airflow_grid_resume.ledger.gc import main as gc_main
+from airflow_grid_resume.ledger.store import RunLedger
 from tests.test_sync_restore import CHUNK, snapshot, syncer
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from airflow_grid_resume.agent.errors import ManifestError, UnsupportedFormatError
-from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.agent.scan import HashCache
+from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatError
+from airflow_grid_resume.ledger.store import RunLedger
 from tests.test_sync_restore import snapshot, syncer
 from tests.v1_tree import make_v1_tree
 
@@ -133,8 +133,8 @@ def test_records_are_written_with_their_keys_rule_and_read_typed(ledger: RunLedg
     """Each record through RunLedger on moto's server: ``once`` keys keep their first content, an
     overwrite key is rewritten, a document as today's dict writers leave it (no format) reads as v1,
     and a newer one is refused."""
-    from airflow_grid_resume.agent import layout, records
-    from airflow_grid_resume.agent.ledger import ConditionalWriteLost
+    from airflow_grid_resume.ledger import layout, records
+    from airflow_grid_resume.ledger.store import ConditionalWriteLost
 
     launch = records.Launch(instance_id="i-1", instance_type="m5.large", spot_price=0.03, launched_at=1.0)
     ledger.write_record(launch, 1)
@@ -176,7 +176,7 @@ def test_records_are_written_with_their_keys_rule_and_read_typed(ledger: RunLedg
 def test_the_airflow_sides_readers_take_typed_records(ledger: RunLedger) -> None:
     """summary.read_records, the UI's read_ledger_docs and the reaper's final.json reader, over a run
     whose records both sides wrote, with session start records as older agents wrote them (no format)."""
-    from airflow_grid_resume.agent import layout, records
+    from airflow_grid_resume.ledger import layout, records
     from airflow_grid_resume.reaper import run_ended_reader
     from airflow_grid_resume.summary import read_records, summarize
     from airflow_grid_resume.ui.model import run_view
@@ -231,7 +231,7 @@ def test_the_run_watchs_reader_parses_records_and_releases_only_a_dead_agents_le
 
     from aiobotocore.session import get_session
 
-    from airflow_grid_resume.agent import layout, records
+    from airflow_grid_resume.ledger import layout, records
     from airflow_grid_resume.triggers.run import AsyncLedgerReader
 
     ledger.write_record(records.Heartbeat(session=1, seq=4, state="running", log_interval=2.0), 1)

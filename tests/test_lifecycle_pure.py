@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from airflow_grid_resume.agent.deadline import plan_final_sync, seconds_until_reclaim
-from airflow_grid_resume.agent.errors import crash_hint
-from airflow_grid_resume.agent.records import Heartbeat
+from airflow_grid_resume.ledger.errors import crash_hint
+from airflow_grid_resume.ledger.records import Heartbeat
 from airflow_grid_resume.reaper import select_reapable
 from airflow_grid_resume.spot.launch import (
     CAPACITY,
@@ -23,7 +23,7 @@ from airflow_grid_resume.spot.launch import (
     classify_error,
 )
 from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, NEXT_PAIR, RETRY_SAME, Attempt, LaunchPlanner
-from airflow_grid_resume.triggers.liveness import ALIVE, BOOTING, GONE, NO_AGENT, SILENT, Liveness
+from airflow_grid_resume.watch.liveness import ALIVE, BOOTING, GONE, NO_AGENT, SILENT, Liveness
 
 PAIRS = [Pair("g5.xlarge", "subnet-a", "us-east-1a"), Pair("g5.xlarge", "subnet-b", "us-east-1b")]
 

@@ -16,13 +16,13 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.agent.ledger import RunLedger
-from airflow_grid_resume.agent.live import LiveMessage, queue_name
-from airflow_grid_resume.agent.records import Heartbeat
-from airflow_grid_resume.agent.s3client import make_s3_client
-from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.hooks.livequeue import LiveQueueHook, QueueRefused
 from airflow_grid_resume.hooks.spot import expiry_tag
+from airflow_grid_resume.ledger.live import LiveMessage, queue_name
+from airflow_grid_resume.ledger.records import Heartbeat
+from airflow_grid_resume.ledger.s3client import make_s3_client
+from airflow_grid_resume.ledger.store import RunLedger
+from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.reaper import EXPIRES_TAG, reap
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
 from tests.test_spot_cloud import (  # noqa: F401 (fixtures)
@@ -180,7 +180,7 @@ def test_reap_deletes_expired_live_queues_only(cloud_env, cloud) -> None:
 
 
 def test_a_message_of_another_session_or_not_ours_is_ignored(cloud_env, cloud) -> None:
-    from airflow_grid_resume.triggers.livequeue import LiveQueueReader
+    from airflow_grid_resume.asyncaws.queuereader import LiveQueueReader
 
     url = LiveQueueHook(aws_conn_id=None, region_name="us-east-1").ensure_queue(
         f"s3://b/{uuid.uuid4().hex}", expiry_tag(time.time(), 1)

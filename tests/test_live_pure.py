@@ -8,8 +8,9 @@ import random
 
 import pytest
 
-from airflow_grid_resume.agent.errors import UnsupportedFormatError
-from airflow_grid_resume.agent.live import (
+from airflow_grid_resume.emulator.faults import Countdown, TokenBucket, bucket_key
+from airflow_grid_resume.ledger.errors import UnsupportedFormatError
+from airflow_grid_resume.ledger.live import (
     MAX_LIVE_DATA,
     QUEUE_ATTRIBUTES,
     LiveMessage,
@@ -17,8 +18,7 @@ from airflow_grid_resume.agent.live import (
     parse_body,
     queue_name,
 )
-from airflow_grid_resume.emulator.faults import Countdown, TokenBucket, bucket_key
-from airflow_grid_resume.triggers.livemerge import OutputMerge
+from airflow_grid_resume.watch.merge import OutputMerge
 
 
 def test_a_message_round_trips_any_bytes_and_stays_under_sqs_limits() -> None:

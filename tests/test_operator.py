@@ -18,11 +18,11 @@ from typing import Any
 import boto3
 import pytest
 
-from airflow_grid_resume.agent import records
-from airflow_grid_resume.agent.ledger import RunLedger
-from airflow_grid_resume.agent.s3client import make_s3_client
-from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
+from airflow_grid_resume.ledger import records
+from airflow_grid_resume.ledger.s3client import make_s3_client
+from airflow_grid_resume.ledger.store import RunLedger
+from airflow_grid_resume.ledger.uri import parse_s3_uri
 from tests.conftest import OPERATOR_ARGS, TRAIN, command_started, make_dag
 
 

@@ -10,9 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from airflow_grid_resume.agent.errors import ManifestError, UnsafePathError, UnsupportedFormatError, UsageError
 from airflow_grid_resume.agent.imds import parse_instance_action
-from airflow_grid_resume.agent.manifest import (
+from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, SUCCEEDED, classify
+from airflow_grid_resume.agent.restore import plan_pack_reads
+from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter
+from airflow_grid_resume.ledger.errors import ManifestError, UnsafePathError, UnsupportedFormatError, UsageError
+from airflow_grid_resume.ledger.manifest import (
     FORMAT,
     FileEntry,
     Manifest,
@@ -21,11 +24,8 @@ from airflow_grid_resume.agent.manifest import (
     parse_manifest,
     parse_manifest_name,
 )
-from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, SUCCEEDED, classify
-from airflow_grid_resume.agent.paths import check_relative_path, safe_target
-from airflow_grid_resume.agent.restore import plan_pack_reads
-from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter
-from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.ledger.paths import check_relative_path, safe_target
+from airflow_grid_resume.ledger.uri import parse_s3_uri
 
 SHA = hashlib.sha256(b"x").hexdigest()
 PACK = hashlib.sha256(b"pack").hexdigest()
@@ -221,7 +221,7 @@ def test_airflow_discovers_the_provider_and_its_links() -> None:
 
 
 def test_log_read_plan() -> None:
-    from airflow_grid_resume.agent.ledger import plan_log_reads
+    from airflow_grid_resume.ledger.store import plan_log_reads
 
     p = "run/sessions/000001/logs/"
     listing = [(f"{p}{0:016d}.log", 6), (f"{p}{6:016d}.log", 6), (f"{p}{20:016d}.log", 5), (p + "junk", 1)]
@@ -259,7 +259,7 @@ def test_unwatched_guard_counts_from_the_last_new_etag() -> None:
 def test_describe_batcher_answers_requests_made_while_a_call_is_in_flight() -> None:
     import asyncio
 
-    from airflow_grid_resume.triggers.describe import DescribeBatcher
+    from airflow_grid_resume.asyncaws.describe import DescribeBatcher
 
     class SlowEC2:
         def __init__(self) -> None:
@@ -289,7 +289,7 @@ def test_describe_batcher_answers_requests_made_while_a_call_is_in_flight() -> N
 def test_fast_timestamps_match_botocore() -> None:
     from botocore.utils import parse_timestamp
 
-    from airflow_grid_resume.triggers.clients import fast_timestamp
+    from airflow_grid_resume.asyncaws.clients import fast_timestamp
 
     for value in ("2026-11-25T11:00:00.000Z", "2026-11-25T11:00:00Z", "Wed, 25 Nov 2026 11:00:00 GMT", 1764068400):
         assert fast_timestamp(value) == parse_timestamp(value)
@@ -301,7 +301,7 @@ def test_docs_list_every_key_of_the_layout_and_its_writers() -> None:
     only the Airflow side writes."""
     from pathlib import Path
 
-    from airflow_grid_resume.agent import layout
+    from airflow_grid_resume.ledger import layout
 
     docs = (Path(__file__).parent.parent / "docs" / "ledger.md").read_text()
     block = docs.split("```", 2)[1]
@@ -316,11 +316,11 @@ def test_docs_list_every_key_of_the_layout_and_its_writers() -> None:
 
 def test_docs_ledger_table_is_the_rules_and_records_in_code() -> None:
     """docs/ledger.md's "Who writes what" table: one row per rule, its writers, its condition, and the
-    record and format of every document that has one, exactly as agent/layout.py and records.py say."""
+    record and format of every document that has one, exactly as ledger/layout.py and records.py say."""
     from pathlib import Path
 
-    from airflow_grid_resume.agent import layout, records
-    from airflow_grid_resume.agent.manifest import FORMAT
+    from airflow_grid_resume.ledger import layout, records
+    from airflow_grid_resume.ledger.manifest import FORMAT
 
     docs = (Path(__file__).parent.parent / "docs" / "ledger.md").read_text()
     table = docs.split("## Who writes what, and how", 1)[1].split("\n## ", 1)[0]
@@ -348,7 +348,7 @@ def test_docs_ledger_lists_every_field_of_every_record() -> None:
     import re
     from pathlib import Path
 
-    from airflow_grid_resume.agent import records
+    from airflow_grid_resume.ledger import records
 
     docs = (Path(__file__).parent.parent / "docs" / "ledger.md").read_text()
     bullets = re.findall(r"^(?:- )?`([\w.-]+\.json)`(?::| holds) (.*?)(?=^- |^\n|^## |\Z)", docs, re.M | re.S)
@@ -361,7 +361,7 @@ def test_docs_ledger_lists_every_field_of_every_record() -> None:
 
 
 def test_pointer_record_round_trip_and_refusal() -> None:
-    from airflow_grid_resume.agent.layout import Pointer
+    from airflow_grid_resume.ledger.layout import Pointer
 
     p = Pointer("000002-000003.json", 2, 3, "t")
     assert Pointer.from_json(p.to_json()) == p
@@ -371,7 +371,7 @@ def test_pointer_record_round_trip_and_refusal() -> None:
 
 
 def test_no_ledger_key_is_spelled_outside_the_layout() -> None:
-    """The package and the benchmarks build every key from agent/layout.py (tests may spell them)."""
+    """The package and the benchmarks build every key from ledger/layout.py (tests may spell them)."""
     import re
     from pathlib import Path
 
@@ -385,10 +385,10 @@ def test_no_ledger_key_is_spelled_outside_the_layout() -> None:
     offenders = sorted(
         rel
         for path in sources
-        if (rel := str(path.relative_to(package if package in path.parents else root))) != "agent/layout.py"
+        if (rel := str(path.relative_to(package if package in path.parents else root))) != "ledger/layout.py"
         and key.search(path.read_text())
     )
-    assert not offenders, f"keys spelled outside agent/layout.py: {offenders}"
+    assert not offenders, f"keys spelled outside ledger/layout.py: {offenders}"
 
 
 def test_agent_keep_manifests_option() -> None:

@@ -26,9 +26,9 @@ import boto3
 import pytest
 
 from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
-from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.demo.stack import AirflowStack, wait_for
 from airflow_grid_resume.emulator.client import LocalSpotCloud
+from airflow_grid_resume.ledger.s3client import make_s3_client
 from tests import chaos_kills
 from tests.chaoslib import LINE, Chaos, Schedule, find_run, lifecycle_problems, reference, schedule_for, seeds
 from tests.conftest import SCRIPTS

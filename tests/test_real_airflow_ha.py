@@ -21,13 +21,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-from airflow_grid_resume.agent.ledger import RunLedger
 from airflow_grid_resume.agent.logship import DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.restore import Restorer
-from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.demo.stack import AirflowStack, PostgresServer, wait_for
 from airflow_grid_resume.emulator.client import LocalSpotCloud
-from airflow_grid_resume.triggers.settle import SETTLE_SECONDS
+from airflow_grid_resume.ledger.store import RunLedger
+from airflow_grid_resume.ledger.uri import parse_s3_uri
+from airflow_grid_resume.watch.settle import SETTLE_SECONDS
 from tests.conftest import TRAIN
 from tests.test_operator import reference_result
 
@@ -219,7 +219,7 @@ def test_ha_triggerers_and_a_scheduler_restart_on_postgres(tmp_path: Path) -> No
         assert repeated <= REPEAT_BOUND, f"{repeated} lines repeated in the task log (bound {REPEAT_BOUND})"
         assert "done" in task_log(home)
         scheduler_log = (home / "scheduler.log").read_text(errors="replace")
-        # The race the event hold (triggers/settle.py) is there for; on PostgreSQL too it must never show.
+        # The race the event hold (watch/settle.py) is there for; on PostgreSQL too it must never show.
         assert "finished with state success, but the task instance's state attribute is" not in scheduler_log
         gaps = defer_exit_gaps(home)
         print(

@@ -1,4 +1,4 @@
-"""The ledger's typed records (agent/records.py): round trips, forward compatibility, refusal of newer
+"""The ledger's typed records (ledger/records.py): round trips, forward compatibility, refusal of newer
 formats, and documents as today's writers (agent, triggers) write them. Pure: no server."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from airflow_grid_resume.agent import layout, records
-from airflow_grid_resume.agent.errors import ManifestError, UnsupportedFormatError
-from airflow_grid_resume.agent.records import RecordError
+from airflow_grid_resume.ledger import layout, records
+from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatError
+from airflow_grid_resume.ledger.records import RecordError
 
 # One document per record, with the fields the writers put there today (supervisor.py, lease.py,
 # operators.py, triggers/run.py, triggers/capacity.py), without a format field: version 1.

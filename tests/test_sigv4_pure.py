@@ -11,7 +11,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from airflow_grid_resume.triggers.sigv4 import EMPTY_SHA256, SigV4Signer, host_of
+from airflow_grid_resume.asyncaws.sigv4 import EMPTY_SHA256, SigV4Signer, host_of
 
 WHEN = datetime.datetime(2026, 12, 2, 16, 30, 5, tzinfo=datetime.timezone.utc)
 
@@ -101,7 +101,7 @@ def test_host_header_leaves_out_default_ports() -> None:
 
 @pytest.mark.parametrize("token", [None, "FQoGZXIvYXdz//tok=="])
 def test_an_sqs_receive_is_signed_as_botocore_signs_it(monkeypatch: pytest.MonkeyPatch, token: str | None) -> None:
-    """The live-output queue's long poll (triggers/livequeue.py): SQS's JSON protocol, signed as any service
+    """The live-output queue's long poll (asyncaws/queuereader.py): SQS's JSON protocol, signed as any service
     but S3 (no payload-hash header), byte for byte as botocore's SigV4Auth."""
     from botocore.auth import SigV4Auth
 

@@ -21,12 +21,12 @@ from botocore.exceptions import ClientError
 
 import airflow_grid_resume.triggers as triggers_pkg
 from airflow_grid_resume.agent.bundle import build_zipapp
-from airflow_grid_resume.agent.ledger import RunLedger
-from airflow_grid_resume.agent.s3client import make_s3_client
-from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.emulator.cloud import descendants, marked_processes
 from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook
+from airflow_grid_resume.ledger.s3client import make_s3_client
+from airflow_grid_resume.ledger.store import RunLedger
+from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
 from airflow_grid_resume.spot.launch import CAPACITY, THROTTLE, LaunchSpec, Pair
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
@@ -157,7 +157,7 @@ def test_trigger_waits_then_launches_on_the_next_free_pair(cloud, subnets, capfd
 def test_a_capacity_wait_leaves_what_it_waits_for_in_the_ledger(cloud, subnets) -> None:
     """The run view's waiting state: each round that finds nothing writes EC2's answers and its next try
     once (sessions/N/launch-attempt.json); the UI's reader turns that into "next try in N s"."""
-    from airflow_grid_resume.agent import layout
+    from airflow_grid_resume.ledger import layout
     from airflow_grid_resume.ui import model, source
 
     bucket = f"wait-{uuid.uuid4().hex[:8]}"
@@ -472,8 +472,8 @@ def test_watch_enforces_max_run_and_terminates(cloud, subnets, agent_pyz) -> Non
 def test_a_newer_agents_records_stop_the_watch_and_its_instance(cloud, subnets, agent_pyz) -> None:
     """An outcome in a format newer than this provider reads is refused, never guessed at, and the
     instance does not outlive the watch that gave up on it."""
-    from airflow_grid_resume.agent import layout
-    from airflow_grid_resume.agent.errors import UnsupportedFormatError
+    from airflow_grid_resume.ledger import layout
+    from airflow_grid_resume.ledger.errors import UnsupportedFormatError
 
     run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
     ledger = RunLedger(boto3.client("s3"), parse_s3_uri(run_uri))
@@ -488,7 +488,7 @@ def test_an_unreadable_outcome_fails_the_session_instead_of_calling_it_lost(clou
     """outcome.json is written once: one that cannot be read never will be. The session ended, so it is
     neither "lost" (relaunched, spending the interruption budget) nor waited on forever; the task fails
     with what was unreadable, and the instance does not outlive the watch."""
-    from airflow_grid_resume.agent import layout
+    from airflow_grid_resume.ledger import layout
 
     run_uri, instance_id = launch_session(subnets, agent_pyz, ["sleep", "300"])
     ledger = RunLedger(boto3.client("s3"), parse_s3_uri(run_uri))
@@ -503,7 +503,7 @@ def test_a_newer_triggerers_watch_record_does_not_end_a_healthy_session(cloud, s
     """watch.json is the Airflow side's own log bookkeeping: a newer triggerer (a rolling upgrade, or a
     rollback) may have written it in a newer format. The watch then streams from its own offset; it
     neither terminates the instance of a healthy session nor fails the task."""
-    from airflow_grid_resume.agent import layout
+    from airflow_grid_resume.ledger import layout
 
     script = "for i in 1 2 3; do echo line-$i; sleep 0.3; done"
     run_uri, instance_id = launch_session(subnets, agent_pyz, ["sh", "-c", script])

@@ -150,7 +150,7 @@ def test_mapped_tasks_get_the_interruption_budget_too() -> None:
 
 
 def test_trigger_events_wait_until_the_deferral_has_settled() -> None:
-    from airflow_grid_resume.triggers.settle import SETTLE_SECONDS, settle_delay
+    from airflow_grid_resume.watch.settle import SETTLE_SECONDS, settle_delay
 
     assert settle_delay(None, 100.0) == 0.0  # not deferred by the operator (direct use): no wait
     assert settle_delay(100.0, 101.0) == SETTLE_SECONDS - 1.0  # fired a second after deferring
@@ -174,7 +174,7 @@ def test_steps_lost_per_interruption_come_from_the_progress_protocol() -> None:
 
 
 def test_what_ended_a_session_typed_and_in_json_form_agree() -> None:
-    from airflow_grid_resume.agent.records import Closed, Outcome
+    from airflow_grid_resume.ledger.records import Closed, Outcome
     from airflow_grid_resume.summary import ended_status, session_status
 
     cases = [

@@ -12,15 +12,16 @@ import boto3
 import pytest
 from botocore.exceptions import BotoCoreError
 
-from airflow_grid_resume.agent import records, scan
-from airflow_grid_resume.agent.errors import LeaseHeldError, NoRestorableCheckpointError
+from airflow_grid_resume.agent import scan
 from airflow_grid_resume.agent.lease import acquire_lease
-from airflow_grid_resume.agent.ledger import RunLedger
-from airflow_grid_resume.agent.manifest import FileEntry, Manifest
 from airflow_grid_resume.agent.restore import Restorer
-from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.emulator.faultproxy import FaultProxy, FaultRule
+from airflow_grid_resume.ledger import records
+from airflow_grid_resume.ledger.errors import LeaseHeldError, NoRestorableCheckpointError
+from airflow_grid_resume.ledger.manifest import FileEntry, Manifest
+from airflow_grid_resume.ledger.s3client import make_s3_client
+from airflow_grid_resume.ledger.store import RunLedger
 
 CHUNK = 64 * 1024
 
@@ -227,7 +228,7 @@ def test_throttling_and_5xx_are_retried(moto, bucket: str, tmp_path: Path) -> No
         proxy.add_rule(FaultRule(status=503, rate=0.3, limit=10))
         proxy.add_rule(FaultRule(status=500, rate=0.1, limit=4))
         os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint_url
-        from airflow_grid_resume.agent.uri import parse_s3_uri
+        from airflow_grid_resume.ledger.uri import parse_s3_uri
 
         flaky = RunLedger(make_s3_client(parallelism=8), parse_s3_uri(f"s3://{bucket}/flaky"))
         src = tmp_path / "src"
@@ -251,7 +252,7 @@ def test_two_agents_one_lease(ledger: RunLedger) -> None:
     second = acquire_lease(ledger, records.Lease(agent_id="b"), ttl=0.5)
     time.sleep(0.6)
     third = acquire_lease(ledger, records.Lease(agent_id="c"), ttl=60)  # expired: taken over
-    from airflow_grid_resume.agent.ledger import ConditionalWriteLost
+    from airflow_grid_resume.ledger.store import ConditionalWriteLost
 
     with pytest.raises(ConditionalWriteLost):
         second.renew()
@@ -273,8 +274,8 @@ def test_a_renewal_whose_answers_were_all_lost_keeps_the_lease(moto, run_uri: st
     answer is lost (a network cut longer than the retries), so ``renew`` raises and the agent keeps its old
     ETag. The next renewal meets 412 on it and finds the bytes of that landed renewal (ours), not another
     agent's: the lease is still ours, and the session must not stop as if it were stolen."""
-    from airflow_grid_resume.agent.ledger import ConditionalWriteLost
-    from airflow_grid_resume.agent.uri import parse_s3_uri
+    from airflow_grid_resume.ledger.store import ConditionalWriteLost
+    from airflow_grid_resume.ledger.uri import parse_s3_uri
 
     with FaultProxy(moto.endpoint_url) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)

@@ -54,7 +54,7 @@ def test_shared_s3_client_sends_a_fixed_user_agent_with_airflows_extra(recorder:
     """botocore would rebuild its User-Agent on every request; the shared client sends one fixed
     string, still naming this provider and carrying the Amazon provider's Airflow fields."""
     from airflow_grid_resume import __version__
-    from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
+    from airflow_grid_resume.asyncaws.clients import SharedS3Hook, shared_client
 
     async def scenario() -> None:
         hook = SharedS3Hook(aws_conn_id=None)
@@ -77,7 +77,7 @@ def test_the_users_app_id_stays_in_the_shared_clients_user_agent(
     """``AWS_SDK_UA_APP_ID`` (or ``sdk_ua_app_id`` in the AWS config, or ``user_agent_appid`` in the
     connection's config_kwargs) is how a user tags their SDK calls; botocore drops it from a
     ``Config(user_agent=...)`` User-Agent, so the fixed string must keep it (or stand aside)."""
-    from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
+    from airflow_grid_resume.asyncaws.clients import SharedS3Hook, shared_client
 
     monkeypatch.setenv("AWS_SDK_UA_APP_ID", "team-ml")
 

@@ -18,11 +18,11 @@ from urllib.parse import quote
 import boto3
 import pytest
 
-from airflow_grid_resume.agent import layout
-from airflow_grid_resume.agent.ledger import RunLedger
-from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.demo.stack import AirflowStack, wait_for
 from airflow_grid_resume.emulator.client import LocalSpotCloud
+from airflow_grid_resume.ledger import layout
+from airflow_grid_resume.ledger.store import RunLedger
+from airflow_grid_resume.ledger.uri import parse_s3_uri
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (scripts/system-packages.txt); Playwright downloads nothing
 HEADLESS_FLAGS = [

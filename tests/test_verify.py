@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from airflow_grid_resume.agent.manifest import FileEntry, Manifest
-from airflow_grid_resume.agent.records import Outcome
 from airflow_grid_resume.emulator.moto_server import MotoServer
+from airflow_grid_resume.ledger.manifest import FileEntry, Manifest
+from airflow_grid_resume.ledger.records import Outcome
 from airflow_grid_resume.verify.chaos import (
     EARLY,
     next_offset,

@@ -16,20 +16,21 @@ _MAIN = "import sys\nfrom airflow_grid_resume.agent.cli import main\nsys.exit(ma
 
 
 def build_zipapp(target: str) -> str:
-    """Write ``target`` (a .pyz holding only this package's root and agent modules, subpackages included)."""
+    """Write ``target`` (a .pyz holding only this package's root, its agent and its ledger)."""
     package_dir = os.path.dirname(os.path.abspath(airflow_grid_resume.__file__))
     with tempfile.TemporaryDirectory(prefix="grid-resume-zipapp-") as staging:
         dest = os.path.join(staging, "airflow_grid_resume")
         os.makedirs(dest)
         shutil.copy2(os.path.join(package_dir, "__init__.py"), dest)
-        agent_dir = os.path.join(package_dir, "agent")
-        for root, dirs, files in os.walk(agent_dir):  # the agent's subpackages too (agent/monitors)
-            dirs[:] = sorted(d for d in dirs if os.path.isfile(os.path.join(root, d, "__init__.py")))
-            target_dir = os.path.join(dest, "agent", os.path.relpath(root, agent_dir))
-            os.makedirs(target_dir, exist_ok=True)
-            for name in sorted(files):
-                if name.endswith(".py"):
-                    shutil.copy2(os.path.join(root, name), os.path.join(target_dir, name))
+        for folder in ("agent", "ledger"):  # with their subpackages (agent/monitors)
+            source = os.path.join(package_dir, folder)
+            for root, dirs, files in os.walk(source):
+                dirs[:] = sorted(d for d in dirs if os.path.isfile(os.path.join(root, d, "__init__.py")))
+                target_dir = os.path.join(dest, folder, os.path.relpath(root, source))
+                os.makedirs(target_dir, exist_ok=True)
+                for name in sorted(files):
+                    if name.endswith(".py"):
+                        shutil.copy2(os.path.join(root, name), os.path.join(target_dir, name))
         with open(os.path.join(staging, "__main__.py"), "w") as fh:
             fh.write(_MAIN)
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)

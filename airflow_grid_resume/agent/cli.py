@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from airflow_grid_resume.agent.errors import EXIT_USAGE
 from airflow_grid_resume.agent.logship import DEFAULT_DURABLE_INTERVAL, DEFAULT_LIVE_INTERVAL, DEFAULT_LOG_INTERVAL
 from airflow_grid_resume.agent.supervisor import AgentOptions, configure_logging, run_agent
 from airflow_grid_resume.agent.sync import MANIFESTS_PER_SESSION
+from airflow_grid_resume.ledger.errors import EXIT_USAGE
 
 
 def _positive(value: str) -> float:

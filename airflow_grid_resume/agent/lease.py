@@ -16,9 +16,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from airflow_grid_resume.agent import records
-from airflow_grid_resume.agent.errors import LeaseHeldError, ManifestError
-from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
+from airflow_grid_resume.ledger import records
+from airflow_grid_resume.ledger.errors import LeaseHeldError, ManifestError
+from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 
 log = logging.getLogger(__name__)
 

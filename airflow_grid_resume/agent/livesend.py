@@ -1,4 +1,4 @@
-"""The agent's side of the live-output channel: new output as SQS messages (agent/live.py).
+"""The agent's side of the live-output channel: new output as SQS messages (ledger/live.py).
 
 The channel is best effort: the S3 log chunks stay the record, so a message that fails is never
 waited for. While the queue is refused (no sqs:SendMessage, queue deleted or not yet visible),
@@ -17,9 +17,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airflow_grid_resume.agent.live import MAX_LIVE_DATA, LiveMessage
 from airflow_grid_resume.agent.logship import LogSpool
-from airflow_grid_resume.agent.s3client import error_code
+from airflow_grid_resume.ledger.live import MAX_LIVE_DATA, LiveMessage
+from airflow_grid_resume.ledger.s3client import error_code
 
 log = logging.getLogger(__name__)
 

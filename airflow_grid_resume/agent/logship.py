@@ -13,7 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger
+from airflow_grid_resume.ledger.store import MAX_LOG_CHUNK, RunLedger
 
 if TYPE_CHECKING:
     from airflow_grid_resume.agent.livesend import LiveSender
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # GET (about 1 ms of CPU) for the watching trigger, and a line still reaches the task log within
 # about 3.5 s (docs/benchmarks.md: what a run costs, run watches).
 DEFAULT_LOG_INTERVAL = 3.0
-# With a live-output queue (agent/live.py): a message every 4 s while output flows (the watch's long poll
+# With a live-output queue (ledger/live.py): a message every 4 s while output flows (the watch's long poll
 # hands it to the task log at once, so a line still arrives within about 4 s), and an S3 chunk a minute,
 # the durable record. Per run-hour that is 900 SQS messages and 60 PUTs instead of 1,200 PUTs
 # (docs/benchmarks.md: what a run costs).
@@ -101,7 +101,7 @@ class LogShipper:
 
     Uploads start on a fixed grid of the monotonic clock (not ``interval`` after the last upload
     ended), so chunks land at a steady phase that the watching trigger learns and reads just after
-    (triggers/cadence.py): one GET per chunk instead of a poll that mostly misses.
+    (watch/cadence.py): one GET per chunk instead of a poll that mostly misses.
 
     With a ``live`` sender whose queue works, new output goes out as a message every
     ``live_interval`` and to S3 only every ``durable_interval``; while the queue is refused, S3

@@ -26,17 +26,17 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from airflow_grid_resume.agent.errors import (
+from airflow_grid_resume.agent.scan import Digest, HashCache, sha256_file
+from airflow_grid_resume.ledger.errors import (
     CorruptObjectError,
     ManifestError,
     NoRestorableCheckpointError,
     UnsafePathError,
     UnsupportedFormatError,
 )
-from airflow_grid_resume.agent.ledger import RunLedger, StoredManifest
-from airflow_grid_resume.agent.manifest import FileEntry, Manifest, chunk_length
-from airflow_grid_resume.agent.paths import TEMP_MARKER, safe_target
-from airflow_grid_resume.agent.scan import Digest, HashCache, sha256_file
+from airflow_grid_resume.ledger.manifest import FileEntry, Manifest, chunk_length
+from airflow_grid_resume.ledger.paths import TEMP_MARKER, safe_target
+from airflow_grid_resume.ledger.store import RunLedger, StoredManifest
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from airflow_grid_resume.agent.paths import TEMP_MARKER
+from airflow_grid_resume.ledger.paths import TEMP_MARKER
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from airflow_grid_resume.agent import records
-from airflow_grid_resume.agent.errors import UsageError
-from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
+from airflow_grid_resume.ledger import records
+from airflow_grid_resume.ledger.errors import UsageError
+from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 
 # Environment variables the command sees (documented in docs/agent.md).
 ENV_SESSION = "GRID_RESUME_SESSION"

@@ -20,21 +20,10 @@ from datetime import datetime, timezone
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume import __version__
-from airflow_grid_resume.agent import layout, records
 from airflow_grid_resume.agent.child import Child, SpawnError, become_subreaper
 from airflow_grid_resume.agent.deadline import plan_final_sync, seconds_until_reclaim
-from airflow_grid_resume.agent.errors import (
-    EXIT_AGENT_CRASHED,
-    EXIT_LEDGER_UNAVAILABLE,
-    EXIT_SYNC_FAILED,
-    AgentError,
-    NoRestorableCheckpointError,
-    UsageError,
-    crash_hint,
-)
 from airflow_grid_resume.agent.imds import ImdsClient, ImdsDisabled, ImdsUnavailable, resolve_endpoint
 from airflow_grid_resume.agent.lease import Lease, acquire_lease
-from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.agent.livesend import LiveSender, make_sqs_client
 from airflow_grid_resume.agent.logship import (
     DEFAULT_DURABLE_INTERVAL,
@@ -60,12 +49,23 @@ from airflow_grid_resume.agent.monitors.runner import MonitorRunner
 from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, Classification, classify
 from airflow_grid_resume.agent.progress import ProgressTracker
 from airflow_grid_resume.agent.restore import Restorer, RestoreResult
-from airflow_grid_resume.agent.s3client import make_s3_client
 from airflow_grid_resume.agent.scan import HashCache, PathFilter
 from airflow_grid_resume.agent.session import claim_session, command_env
 from airflow_grid_resume.agent.sync import MANIFESTS_PER_SESSION, SyncCancelled, Syncer
 from airflow_grid_resume.agent.unwatched import UnwatchedGuard
-from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.ledger import layout, records
+from airflow_grid_resume.ledger.errors import (
+    EXIT_AGENT_CRASHED,
+    EXIT_LEDGER_UNAVAILABLE,
+    EXIT_SYNC_FAILED,
+    AgentError,
+    NoRestorableCheckpointError,
+    UsageError,
+    crash_hint,
+)
+from airflow_grid_resume.ledger.s3client import make_s3_client
+from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
+from airflow_grid_resume.ledger.uri import parse_s3_uri
 
 log = logging.getLogger("airflow_grid_resume.agent")
 

@@ -22,8 +22,8 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from airflow_grid_resume.agent.ledger import ConditionalWriteLost, RunLedger
-from airflow_grid_resume.agent.manifest import (
+from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter, StatKey, now_ns, walk
+from airflow_grid_resume.ledger.manifest import (
     DEFAULT_CHUNK_SIZE,
     FORMAT_VERSION,
     SMALL_FILE,
@@ -36,7 +36,7 @@ from airflow_grid_resume.agent.manifest import (
     chunk_root,
     sort_entries,
 )
-from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter, StatKey, now_ns, walk
+from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from html import escape
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from airflow_grid_resume.agent import layout
+from airflow_grid_resume.ledger import layout
 
 PREFIX = "pages/"
 CONSOLE_TAIL = 16 * 1024

@@ -1,5 +1,5 @@
 """The run's live-output queue on the Airflow side: created before a try launches, deleted when the
-run ends, found by ``grid-resume reap`` by its tags once its expiry passed (agent/live.py has the
+run ends, found by ``grid-resume reap`` by its tags once its expiry passed (ledger/live.py has the
 contract). A thin hook over SQS; the run watch reads the queue through its async client."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.sqs import SqsHook
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.agent.live import QUEUE_ATTRIBUTES, QUEUE_PREFIX, queue_name
 from airflow_grid_resume.hooks.spot import call_with_retries
+from airflow_grid_resume.ledger.live import QUEUE_ATTRIBUTES, QUEUE_PREFIX, queue_name
 from airflow_grid_resume.reaper import EXPIRES_TAG, RUN_TAG
 from airflow_grid_resume.spot.launch import run_tags
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from airflow_grid_resume.agent import layout
+from airflow_grid_resume.ledger import layout
 
 MARKER = "# grid-resume bootstrap v1 "
 USER_DATA_LIMIT = 16 * 1024

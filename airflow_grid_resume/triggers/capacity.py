@@ -12,8 +12,10 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.agent import records
+from airflow_grid_resume.asyncaws.clients import SharedS3Hook, shared_client
+from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket, launch_bucket
 from airflow_grid_resume.hooks.spot import NO_ANSWER, LaunchError, SpotLaunchHook, expiry_tag, launch_error
+from airflow_grid_resume.ledger import records
 from airflow_grid_resume.spot.bootstrap import render_user_data
 from airflow_grid_resume.spot.launch import (
     CAPACITY,
@@ -26,10 +28,8 @@ from airflow_grid_resume.spot.launch import (
     session_tokens,
 )
 from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, RETRY_SAME, Attempt, LaunchPlanner
-from airflow_grid_resume.triggers.clients import SharedS3Hook, shared_client
-from airflow_grid_resume.triggers.ratelimit import AsyncTokenBucket, launch_bucket
 from airflow_grid_resume.triggers.run import AsyncLedgerReader
-from airflow_grid_resume.triggers.settle import settled
+from airflow_grid_resume.watch.settle import settled
 
 # How much of EC2's error message the wait record keeps (the code says what happened; the message, where).
 ANSWER_MESSAGE_CHARS = 200

@@ -20,22 +20,22 @@ from typing import Any, TypeVar
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airflow_grid_resume.agent import layout, records
-from airflow_grid_resume.agent.errors import ManifestError, UnsupportedFormatError
-from airflow_grid_resume.agent.ledger import MAX_LOG_CHUNK, RunLedger, plan_log_reads
 from airflow_grid_resume.agent.logship import DEFAULT_DURABLE_INTERVAL, DEFAULT_LOG_INTERVAL
-from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.asyncaws.clients import SharedS3Hook, SharedSqsHook, shared_client
+from airflow_grid_resume.asyncaws.describe import Unknown, describe_batcher
+from airflow_grid_resume.asyncaws.fastobjects import FastObjects, ObjectRead
+from airflow_grid_resume.asyncaws.queuereader import LiveQueueReader
 from airflow_grid_resume.hooks.spot import GONE, SpotLaunchHook
+from airflow_grid_resume.ledger import layout, records
+from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatError
+from airflow_grid_resume.ledger.store import MAX_LOG_CHUNK, RunLedger, plan_log_reads
+from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.logtext import complete_cut, log_lines, log_records
-from airflow_grid_resume.triggers.cadence import ChunkSchedule
-from airflow_grid_resume.triggers.clients import SharedS3Hook, SharedSqsHook, shared_client
-from airflow_grid_resume.triggers.describe import Unknown, describe_batcher
-from airflow_grid_resume.triggers.fastobjects import FastObjects, ObjectRead
-from airflow_grid_resume.triggers.livemerge import OutputMerge
-from airflow_grid_resume.triggers.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
-from airflow_grid_resume.triggers.liveness import GONE as GONE_VERDICT
-from airflow_grid_resume.triggers.livequeue import LiveQueueReader
-from airflow_grid_resume.triggers.settle import settled
+from airflow_grid_resume.watch.cadence import ChunkSchedule
+from airflow_grid_resume.watch.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
+from airflow_grid_resume.watch.liveness import GONE as GONE_VERDICT
+from airflow_grid_resume.watch.merge import OutputMerge
+from airflow_grid_resume.watch.settle import settled
 
 # How long, after an outcome, the bootstrap gets to power the instance off by itself before it is terminated.
 SELF_SHUTDOWN_GRACE = 30.0

@@ -17,10 +17,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.agent import layout, records
-from airflow_grid_resume.agent.ledger import RunLedger
-from airflow_grid_resume.agent.s3client import is_not_found
-from airflow_grid_resume.agent.uri import parse_s3_uri
+from airflow_grid_resume.ledger import layout, records
+from airflow_grid_resume.ledger.s3client import is_not_found
+from airflow_grid_resume.ledger.store import RunLedger
+from airflow_grid_resume.ledger.uri import parse_s3_uri
 
 OPERATOR = "GridRunOperator"
 RUN_XCOM = "_grid_resume_run"  # pushed by the operator: {"run_uri", "aws_conn_id", "region_name"}

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from airflow_grid_resume.agent.manifest import Manifest
+from airflow_grid_resume.ledger.manifest import Manifest
 
 Snapshot = dict[str, tuple[int, str]]  # path -> (size, sha256)
 

@@ -10,9 +10,9 @@ import shlex
 import subprocess
 from collections.abc import Callable, Sequence
 
-from airflow_grid_resume.agent.ledger import RunLedger
-from airflow_grid_resume.agent.manifest import FileEntry, Manifest
-from airflow_grid_resume.agent.paths import safe_target
+from airflow_grid_resume.ledger.manifest import FileEntry, Manifest
+from airflow_grid_resume.ledger.paths import safe_target
+from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.verify import torchfiles
 from airflow_grid_resume.verify.compare import (
     BYTES,

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from airflow_grid_resume.agent.manifest import Manifest
 from airflow_grid_resume.agent.scan import PathFilter
+from airflow_grid_resume.ledger.manifest import Manifest
 from airflow_grid_resume.verify.compare import Comparison
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from airflow_grid_resume.agent.progress import parse_progress as parse_protocol_line
-from airflow_grid_resume.agent.records import Outcome
+from airflow_grid_resume.ledger.records import Outcome
 
 _GRACE = re.compile(r"it has (\d+(?:\.\d+)?) s to save")
 

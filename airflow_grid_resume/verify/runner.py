@@ -29,14 +29,14 @@ from typing import IO, Any
 import boto3
 from botocore.config import Config
 
-from airflow_grid_resume.agent.ledger import RunLedger
-from airflow_grid_resume.agent.manifest import Manifest
-from airflow_grid_resume.agent.records import Outcome
 from airflow_grid_resume.agent.scan import PathFilter
 from airflow_grid_resume.agent.sync import Syncer
-from airflow_grid_resume.agent.uri import parse_s3_uri
 from airflow_grid_resume.emulator.imds import MetadataService
 from airflow_grid_resume.emulator.moto_server import MotoServer, die_with_parent
+from airflow_grid_resume.ledger.manifest import Manifest
+from airflow_grid_resume.ledger.records import Outcome
+from airflow_grid_resume.ledger.store import RunLedger
+from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.verify.chaos import (
     FLOOR_SECONDS,
     NOTICE_MARGIN_SECONDS,

@@ -1,5 +1,5 @@
 """One session's output from two sources, in order and each byte once: the live messages
-(agent/live.py; repeated, reordered or lost at times) and the S3 log chunks (complete, later).
+(ledger/live.py; repeated, reordered or lost at times) and the S3 log chunks (complete, later).
 
 Pure: fragments ``(offset, bytes)`` go in, the bytes that continue the output come out.
 """

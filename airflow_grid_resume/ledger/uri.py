@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from airflow_grid_resume.agent.errors import UsageError
+from airflow_grid_resume.ledger.errors import UsageError
 
 # S3 bucket naming rules, simplified: 3-63 chars of lowercase letters, digits, dots and hyphens.
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")

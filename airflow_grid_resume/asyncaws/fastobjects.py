@@ -31,8 +31,8 @@ import botocore
 from botocore.awsrequest import AWSPreparedRequest
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.triggers.clients import fast_timestamp
-from airflow_grid_resume.triggers.sigv4 import EMPTY_SHA256, SigV4Signer, host_of
+from airflow_grid_resume.asyncaws.clients import fast_timestamp
+from airflow_grid_resume.asyncaws.sigv4 import EMPTY_SHA256, SigV4Signer, host_of
 
 _PROBE = "grid-resume-probe"
 _WRONG_WAY = (301, 307, 400, 403)  # the bucket's region or addressing is not what the client assumed

@@ -24,10 +24,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from airflow_grid_resume.agent import layout, records
-from airflow_grid_resume.agent.errors import AgentError, ManifestError, UsageError
-from airflow_grid_resume.agent.ledger import RunLedger, StoredManifest
-from airflow_grid_resume.agent.manifest import Manifest
+from airflow_grid_resume.ledger import layout, records
+from airflow_grid_resume.ledger.errors import AgentError, ManifestError, UsageError
+from airflow_grid_resume.ledger.manifest import Manifest
+from airflow_grid_resume.ledger.store import RunLedger, StoredManifest
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,8 @@ def collect_garbage(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from airflow_grid_resume.agent.s3client import make_s3_client
-    from airflow_grid_resume.agent.uri import parse_s3_uri
+    from airflow_grid_resume.ledger.s3client import make_s3_client
+    from airflow_grid_resume.ledger.uri import parse_s3_uri
 
     parser = argparse.ArgumentParser(
         prog="grid-resume gc",

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from airflow_grid_resume.agent.errors import ManifestError
-from airflow_grid_resume.agent.manifest import check_sha256, format_version, manifest_name, parse_manifest_name
+from airflow_grid_resume.ledger.errors import ManifestError
+from airflow_grid_resume.ledger.manifest import check_sha256, format_version, manifest_name, parse_manifest_name
 
 LOG_OFFSET_DIGITS = 16
 

@@ -17,9 +17,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from airflow_grid_resume.agent import layout
-from airflow_grid_resume.agent.errors import ManifestError
-from airflow_grid_resume.agent.manifest import format_version
+from airflow_grid_resume.ledger import layout
+from airflow_grid_resume.ledger.errors import ManifestError
+from airflow_grid_resume.ledger.manifest import format_version
 
 FORMAT_PREFIX = "grid-resume-"
 
@@ -269,7 +269,7 @@ class Spec(Record):
     agent_args: list[str] = field(default_factory=list)
     run_uri: str = ""
     budgets: dict[str, Any] = field(default_factory=dict)
-    live_queue: str | None = None  # the run's live-output queue URL (agent/live.py), None: output via S3 only
+    live_queue: str | None = None  # the run's live-output queue URL (ledger/live.py), None: output via S3 only
 
 
 @dataclass(frozen=True, kw_only=True)

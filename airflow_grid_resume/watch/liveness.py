@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from airflow_grid_resume.agent.records import Heartbeat
+from airflow_grid_resume.ledger.records import Heartbeat
 
 GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
 

@@ -20,8 +20,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from airflow_grid_resume.agent.errors import ManifestError, UnsafePathError, UnsupportedFormatError
-from airflow_grid_resume.agent.paths import check_relative_path
+from airflow_grid_resume.ledger.errors import ManifestError, UnsafePathError, UnsupportedFormatError
+from airflow_grid_resume.ledger.paths import check_relative_path
 
 FORMAT_PREFIX = "grid-resume-manifest/"
 FORMAT_VERSION = 2

@@ -8,7 +8,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from airflow_grid_resume.agent.errors import LedgerUnavailableError
+from airflow_grid_resume.ledger.errors import LedgerUnavailableError
 
 # botocore's "standard" retry mode retries throttling (SlowDown, RequestLimitExceeded, ...),
 # 500/502/503/504 and connection errors with exponential backoff and jitter.

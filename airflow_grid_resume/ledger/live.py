@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from airflow_grid_resume.agent.errors import UnsupportedFormatError
+from airflow_grid_resume.ledger.errors import UnsupportedFormatError
 
 LIVE_FORMAT = 1
 QUEUE_PREFIX = "grid-resume-live-"

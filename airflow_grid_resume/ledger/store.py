@@ -1,7 +1,7 @@
 """The run ledger: one S3 prefix per run, shared by the agent and the Airflow side.
 
 Typed access over boto3 (stdlib + botocore otherwise); the keys and the rules of who writes them are
-in :mod:`airflow_grid_resume.agent.layout`, the manifest format in :mod:`.manifest`; see docs/ledger.md.
+in :mod:`airflow_grid_resume.ledger.layout`, the manifest format in :mod:`.manifest`; see docs/ledger.md.
 """
 
 from __future__ import annotations
@@ -15,20 +15,20 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airflow_grid_resume.agent import layout, records
-from airflow_grid_resume.agent.errors import CorruptObjectError, ManifestError
-from airflow_grid_resume.agent.manifest import (
+from airflow_grid_resume.ledger import layout, records
+from airflow_grid_resume.ledger.errors import CorruptObjectError, ManifestError
+from airflow_grid_resume.ledger.manifest import (
     FileEntry,
     Manifest,
     parse_manifest,
     parse_manifest_name,
 )
-from airflow_grid_resume.agent.s3client import (
+from airflow_grid_resume.ledger.s3client import (
     explain_access_error,
     is_not_found,
     is_precondition_failed,
 )
-from airflow_grid_resume.agent.uri import S3Location
+from airflow_grid_resume.ledger.uri import S3Location
 
 MAX_LOG_CHUNK = 8 * 1024 * 1024
 R = TypeVar("R", bound=records.Record)
@@ -298,7 +298,7 @@ class RunLedger:
         """The outcome as a plain dict (what the agent's own modules read); typed: ``read_record(Outcome, n)``."""
         return self.get_json(self.key(layout.outcome(session)))
 
-    # -- typed records (agent/records.py) ---------------------------------------------------
+    # -- typed records (ledger/records.py) ---------------------------------------------------
     def read_record(self, cls: type[R], session: int | None = None) -> R | None:
         """The run's (or session's) ``cls`` document, None when absent. A document in a newer format
         raises UnsupportedFormatError, one that does not parse a RecordError naming its key."""

@@ -1,4 +1,4 @@
-"""The run watch's reads of the live-output queue (agent/live.py): long polls, never a delete.
+"""The run watch's reads of the live-output queue (ledger/live.py): long polls, never a delete.
 
 A failed poll is no evidence of anything (the S3 chunks still come); a queue that no longer
 exists, or messages in a newer format, end the watch's use of the queue, and S3 carries on alone.
@@ -13,10 +13,10 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airflow_grid_resume.agent.errors import UnsupportedFormatError
-from airflow_grid_resume.agent.live import LiveMessage, parse_body
+from airflow_grid_resume.asyncaws.fastobjects import NO_ANSWER, SignedSender
 from airflow_grid_resume.hooks.livequeue import is_gone
-from airflow_grid_resume.triggers.fastobjects import NO_ANSWER, SignedSender
+from airflow_grid_resume.ledger.errors import UnsupportedFormatError
+from airflow_grid_resume.ledger.live import LiveMessage, parse_body
 
 log = logging.getLogger(__name__)
 

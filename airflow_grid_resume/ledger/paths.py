@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from airflow_grid_resume.agent.errors import UnsafePathError
+from airflow_grid_resume.ledger.errors import UnsafePathError
 
 # Restore writes into temporary names with this marker; sync never records them.
 TEMP_MARKER = ".grid-resume-tmp"
