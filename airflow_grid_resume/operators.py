@@ -29,7 +29,7 @@ from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
 from airflow_grid_resume.budgets import Budgets, first_try_of_cycle
 from airflow_grid_resume.hooks.livequeue import LiveQueueHook, QueueRefused
-from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, expiry_tag, hook_client, launch_error
+from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, hook_client, launch_error
 from airflow_grid_resume.ledger import layout
 from airflow_grid_resume.ledger.errors import UsageError
 from airflow_grid_resume.ledger.gc import DEFAULT_GRACE_SECONDS, collect_garbage
@@ -43,6 +43,7 @@ from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, Ses
 from airflow_grid_resume.spot.launch import SPOT, FallbackPolicy, LaunchSpec, explain_fatal
 from airflow_grid_resume.spot.planner import LaunchPlanner
 from airflow_grid_resume.spot.prices import on_demand_price
+from airflow_grid_resume.spot.tags import expiry_tag
 from airflow_grid_resume.summary import INTERRUPTED, ended_status, read_records, summarize, summary_lines
 from airflow_grid_resume.triggers.capacity import (
     SessionLauncher,

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-RUN_TAG = "grid-resume:run-id"
-SESSION_TAG = "grid-resume:session"
-EXPIRES_TAG = "grid-resume:expires-at"
+from airflow_grid_resume.spot.tags import EXPIRES_TAG, RUN_TAG, SESSION_TAG
+
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
 

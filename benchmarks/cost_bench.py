@@ -101,7 +101,7 @@ def measure(work: Path) -> int:
         queue_url = None
         if args.live_output == "sqs":
             from airflow_grid_resume.hooks.livequeue import LiveQueueHook
-            from airflow_grid_resume.hooks.spot import expiry_tag
+            from airflow_grid_resume.spot.tags import expiry_tag
 
             hook = LiveQueueHook(aws_conn_id=None, region_name="us-east-1")
             queue_url = hook.ensure_queue(run_uri, expiry_tag(time.time(), 1))

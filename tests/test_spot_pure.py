@@ -25,9 +25,9 @@ from airflow_grid_resume.spot.launch import (
     make_pairs,
     order_pairs,
     run_instances_params,
-    run_tags,
     session_tokens,
 )
+from airflow_grid_resume.spot.tags import run_tags
 
 CAPACITY_CODES = [
     "InsufficientInstanceCapacity",

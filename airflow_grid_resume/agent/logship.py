@@ -11,12 +11,9 @@ import math
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from airflow_grid_resume.ledger.store import MAX_LOG_CHUNK, RunLedger
-
-if TYPE_CHECKING:
-    from airflow_grid_resume.agent.livesend import LiveSender
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +28,16 @@ DEFAULT_LOG_INTERVAL = 3.0
 # (docs/benchmarks.md: what a run costs).
 DEFAULT_LIVE_INTERVAL = 4.0
 DEFAULT_DURABLE_INTERVAL = 60.0
+
+
+class LiveChannel(Protocol):
+    """What the shipper needs of the live-output sender (``livesend.LiveSender``)."""
+
+    def up(self) -> bool: ...
+
+    def ship(self) -> bool: ...
+
+    def beat(self, *, final: bool = False) -> bool: ...
 
 
 class LogSpool:
@@ -114,7 +121,7 @@ class LogShipper:
         spool: LogSpool,
         *,
         interval: float = 1.0,
-        live: LiveSender | None = None,
+        live: LiveChannel | None = None,
         live_interval: float = DEFAULT_LIVE_INTERVAL,
         durable_interval: float = DEFAULT_DURABLE_INTERVAL,
     ) -> None:

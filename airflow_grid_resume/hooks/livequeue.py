@@ -13,8 +13,7 @@ from botocore.exceptions import ClientError
 
 from airflow_grid_resume.hooks.spot import call_with_retries
 from airflow_grid_resume.ledger.live import QUEUE_ATTRIBUTES, QUEUE_PREFIX, queue_name
-from airflow_grid_resume.reaper import EXPIRES_TAG, RUN_TAG
-from airflow_grid_resume.spot.launch import run_tags
+from airflow_grid_resume.spot.tags import EXPIRES_TAG, RUN_TAG, run_tag_value
 
 # Answers that mean "this deployment cannot have a queue now": the run then ships output through S3.
 NO_QUEUE = {
@@ -84,7 +83,7 @@ class LiveQueueHook(SqsHook):
         Raises QueueRefused when SQS will not have it."""
         client = self.get_conn()
         name = queue_name(run_uri)
-        tags = {RUN_TAG: run_tags(run_uri, 0, "", {})[RUN_TAG], EXPIRES_TAG: expires_at}
+        tags = {RUN_TAG: run_tag_value(run_uri), EXPIRES_TAG: expires_at}
         try:
             url = call_with_retries(
                 lambda: client.create_queue(QueueName=name, Attributes=dict(QUEUE_ATTRIBUTES), tags=tags)

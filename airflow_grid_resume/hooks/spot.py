@@ -10,7 +10,6 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
@@ -27,16 +26,14 @@ from airflow_grid_resume.spot.launch import (
     classify_error,
     client_token,
     run_instances_params,
-    run_tags,
 )
+from airflow_grid_resume.spot.tags import MARKET_TAG, RUN_TAG, SESSION_TAG, run_tag_value, run_tags
 
 T = TypeVar("T")
 # No answer at all (refused, reset, read timeout): for a launch, EC2 may have carried it out.
 NO_ANSWER = (HTTPClientError, BotoConnectionError)
 GONE = ("shutting-down", "terminated")
 
-RUN_TAG = "grid-resume:run-id"
-SESSION_TAG = "grid-resume:session"
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 MAX_FILTER_VALUES = 200  # EC2's limit on the values of one DescribeInstances filter
 
@@ -97,7 +94,7 @@ async def a_call_with_retries(fn: Callable[[], Awaitable[T]], attempts: int = 6)
 
 def _session_filters(run_id: str, session: int) -> list[dict]:
     return [
-        {"Name": f"tag:{RUN_TAG}", "Values": [run_tags(run_id, session, "", {})[RUN_TAG]]},
+        {"Name": f"tag:{RUN_TAG}", "Values": [run_tag_value(run_id)]},
         {"Name": f"tag:{SESSION_TAG}", "Values": [str(session)]},
         {"Name": "instance-state-name", "Values": LIVE_STATES},
     ]
@@ -108,11 +105,6 @@ def _first_instance(response: dict) -> dict | None:
         for instance in reservation.get("Instances", []):
             return instance
     return None
-
-
-def expiry_tag(started_at: float, hours: float) -> str:
-    """The expiry tag value: ``hours`` after ``started_at`` (epoch seconds), UTC."""
-    return (datetime.fromtimestamp(started_at, timezone.utc) + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _latest_price(response: dict) -> str | None:
@@ -218,7 +210,7 @@ class SpotLaunchHook(AwsBaseHook):
     ) -> dict:
         # Every parameter must be the same when a launch is retried, or EC2 rejects the ClientToken:
         # hence an expiry fixed by the caller (from when the wait began), not computed here.
-        tags = run_tags(run_id, session, expires_at, {**spec.tags, "grid-resume:lifecycle": lifecycle})
+        tags = run_tags(run_id, session, expires_at, {**spec.tags, MARKET_TAG: lifecycle})
         token = client_token(run_id, session, pair, lifecycle)
         return run_instances_params(spec, pair, lifecycle=lifecycle, token=token, tags=tags, user_data=user_data)
 

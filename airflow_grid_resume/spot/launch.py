@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+
+from airflow_grid_resume.spot.tags import RESERVED_PREFIXES
 
 SPOT = "spot"
 ON_DEMAND = "on-demand"
@@ -180,8 +181,8 @@ def validate_spec(spec: LaunchSpec) -> list[str]:
     if spec.root_volume_gb is not None and spec.root_volume_gb < 1:
         problems.append(f"root_volume_gb must be positive, got {spec.root_volume_gb}")
     for key in spec.tags:
-        if key.startswith("aws:") or key.startswith("grid-resume:"):
-            problems.append(f"tag {key!r} uses a reserved prefix (aws: or grid-resume:)")
+        if key.startswith(RESERVED_PREFIXES):
+            problems.append(f"tag {key!r} uses a reserved prefix ({' or '.join(RESERVED_PREFIXES)})")
     return problems
 
 
@@ -220,20 +221,6 @@ def backoff_delay(attempt: int, *, base: float = 15.0, cap: float = 300.0, rng: 
     (half fixed, half random) so waits never collapse to zero yet many waiters spread out."""
     ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
     return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
-
-
-_TAG_SAFE = re.compile(r"[^A-Za-z0-9_.:/=+\-@ ]")
-
-
-def run_tags(run_id: str, session: int, expires_at: str, extra: dict[str, str]) -> dict[str, str]:
-    """Tags on every instance: run identity, session and expiry, so nothing is unaccounted for."""
-    return {
-        **extra,
-        "grid-resume:run-id": _TAG_SAFE.sub("_", run_id)[:256],
-        "grid-resume:session": str(session),
-        "grid-resume:expires-at": expires_at,
-        "Name": f"grid-resume {_TAG_SAFE.sub('_', run_id)[:200]} #{session}",
-    }
 
 
 def run_instances_params(

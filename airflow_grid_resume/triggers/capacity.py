@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from airflow_grid_resume.asyncaws.clients import SharedS3Hook, shared_client
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket, launch_bucket
-from airflow_grid_resume.hooks.spot import NO_ANSWER, LaunchError, SpotLaunchHook, expiry_tag, launch_error
+from airflow_grid_resume.hooks.spot import NO_ANSWER, LaunchError, SpotLaunchHook, launch_error
 from airflow_grid_resume.ledger import records
 from airflow_grid_resume.spot.bootstrap import render_user_data
 from airflow_grid_resume.spot.launch import (
@@ -28,6 +28,7 @@ from airflow_grid_resume.spot.launch import (
     session_tokens,
 )
 from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, RETRY_SAME, Attempt, LaunchPlanner
+from airflow_grid_resume.spot.tags import MARKET_TAG, expiry_tag
 from airflow_grid_resume.triggers.run import AsyncLedgerReader
 from airflow_grid_resume.watch.settle import settled
 
@@ -463,7 +464,7 @@ def launched_event(
 ) -> dict:
     """The ``launched`` event, the same whether the trigger or the operator's first attempt launched."""
     tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-    lifecycle = lifecycle or tags.get("grid-resume:lifecycle") or instance.get("InstanceLifecycle") or SPOT
+    lifecycle = lifecycle or tags.get(MARKET_TAG) or instance.get("InstanceLifecycle") or SPOT
     return {
         "status": "launched",
         "session": session,

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, Query
 from fastapi.responses import HTMLResponse, JSONResponse
 
-URL_PREFIX = "/grid-resume"
+from airflow_grid_resume.ui.routes import RUN_VIEW_ROUTE, base_path
 
 
 def _map_index(value: str | None) -> int:
@@ -126,7 +126,6 @@ def create_app() -> FastAPI:
 
 def airflow_run_link(row: dict[str, Any]) -> str:
     """The run view inside Airflow's own task instance page."""
-    from airflow_grid_resume.ui.plugin import RUN_VIEW_ROUTE, base_path
 
     mapped = f"/mapped/{row['map_index']}" if (row.get("map_index") or -1) >= 0 else ""
     return (

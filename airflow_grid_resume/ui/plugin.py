@@ -4,23 +4,10 @@ page in the navigation (Airflow 3.1+ ``external_views``), and the per-try "Spot 
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
-
 from airflow.plugins_manager import AirflowPlugin
 
-from airflow_grid_resume.ui.app import URL_PREFIX, create_app
-
-RUN_VIEW_ROUTE = "grid-resume-run"
-FLEET_ROUTE = "grid-resume-fleet"
-
-
-def base_path() -> str:
-    """The path part of ``[api] base_url`` ("" at the root): external views need absolute paths."""
-    from airflow.configuration import conf
-
-    base_url = conf.get("api", "base_url", fallback="/") or "/"
-    path = urlparse(base_url).path if base_url.startswith(("http://", "https://")) else base_url
-    return path.rstrip("/")
+from airflow_grid_resume.ui.app import create_app
+from airflow_grid_resume.ui.routes import FLEET_ROUTE, RUN_VIEW_ROUTE, URL_PREFIX, base_path
 
 
 def operator_links() -> list:
