@@ -1,46 +1,43 @@
 """Extra links on the task: the current session's instance and the run's artifacts, persisted to
 XCom before each deferral so they show while the task waits.
 
-On AWS they open the console in the connection's partition and region. On the local spot cloud
-(an endpoint that answers ``/_emulator/state``) they open the pages it serves instead
-(``emulator/pages.py``): the AWS console cannot show emulated resources.
+On AWS they open the console in the connection's partition and region. An endpoint the AWS console cannot
+show (the local spot cloud, LocalStack) names its own console in the connection's extra ``console_url`` or
+in ``$GRID_RESUME_CONSOLE_URL``; the links then open ``{console_url}/instances/{id}`` and
+``{console_url}/ledger?bucket=...&prefix=...``. Nothing is probed: a custom endpoint alone changes nothing.
 """
 
 from __future__ import annotations
 
 import os
-import urllib.request
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from airflow.providers.amazon.aws.links.base_aws import BASE_AWS_CONSOLE_LINK, BaseAwsLink
 
-from airflow_grid_resume.emulator.pages import instance_page_path, ledger_page_path
+CONSOLE_URL_ENV = "GRID_RESUME_CONSOLE_URL"
+# What the links need besides the resource: persisted with each link's XCom and read back by the UI plugin.
+LINK_CONF = ("region_name", "aws_domain", "console_url")
 
 
 def link_target(hook: Any) -> dict[str, Any]:
-    """Where links point for this connection: its region and partition, and the local spot cloud's
-    address when the connection's endpoint is one (asked once, 2 s at most)."""
-    endpoint = (
-        getattr(hook.conn_config, "endpoint_url", None)
-        or os.environ.get("AWS_ENDPOINT_URL_EC2")
-        or os.environ.get("AWS_ENDPOINT_URL")
-    )
+    """Where links point for this connection: its region and partition, and its own console if it names one."""
     region = hook.conn_region_name or "us-east-1"
     try:
         partition = hook.conn_partition
     except Exception:  # a region botocore does not know: the commercial partition
         partition = "aws"
-    return {"region_name": region, "aws_partition": partition, "local_cloud": _local_cloud(endpoint)}
+    extra = getattr(hook.conn_config, "extra_config", None) or {}
+    console = extra.get("console_url") or os.environ.get(CONSOLE_URL_ENV) or None
+    return {"region_name": region, "aws_partition": partition, "console_url": console and console.rstrip("/")}
 
 
-def _local_cloud(endpoint: str | None) -> str | None:
-    if not endpoint or not endpoint.startswith(("http://", "https://")):
+def instance_url(conf: Mapping[str, Any], instance_id: str | None) -> str | None:
+    """The instance's link from a link configuration (``LINK_CONF``), or None when there is nothing to open."""
+    if not instance_id or not (conf.get("console_url") or conf.get("aws_domain")):
         return None
-    try:
-        with urllib.request.urlopen(endpoint.rstrip("/") + "/_emulator/state", timeout=2) as resp:
-            return endpoint.rstrip("/") if resp.status == 200 else None
-    except (OSError, ValueError):
-        return None
+    return GridInstanceLink().format_link(**{**conf, "instance_id": instance_id}) or None
 
 
 class GridInstanceLink(BaseAwsLink):
@@ -55,8 +52,8 @@ class GridInstanceLink(BaseAwsLink):
     format_str = BASE_AWS_CONSOLE_LINK + "/ec2/home?region={region_name}#InstanceDetails:instanceId={instance_id}"
 
     def format_link(self, **kwargs: Any) -> str:
-        if kwargs.get("local_cloud") and kwargs.get("instance_id"):
-            return str(kwargs["local_cloud"]) + instance_page_path(str(kwargs["instance_id"]))
+        if kwargs.get("console_url") and kwargs.get("instance_id"):
+            return f"{kwargs['console_url']}/instances/{quote(str(kwargs['instance_id']), safe='')}"
         return super().format_link(**kwargs)
 
 
@@ -66,6 +63,7 @@ class GridArtifactsLink(BaseAwsLink):
     format_str = BASE_AWS_CONSOLE_LINK + "/s3/buckets/{bucket}?region={region_name}&prefix={prefix}/"
 
     def format_link(self, **kwargs: Any) -> str:
-        if kwargs.get("local_cloud") and kwargs.get("bucket"):
-            return str(kwargs["local_cloud"]) + ledger_page_path(str(kwargs["bucket"]), f"{kwargs.get('prefix')}/")
+        if kwargs.get("console_url") and kwargs.get("bucket"):
+            bucket, prefix = quote(str(kwargs["bucket"]), safe=""), quote(f"{kwargs.get('prefix')}/", safe="")
+            return f"{kwargs['console_url']}/ledger?bucket={bucket}&prefix={prefix}"
         return super().format_link(**kwargs)

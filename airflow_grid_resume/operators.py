@@ -783,7 +783,7 @@ class GridRunOperator(BaseOperator):
         raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}.{hint}\n{tail}")
 
     def _link_target(self) -> dict:
-        """Region, partition and (on the local spot cloud) its address, for the extra links."""
+        """Region, partition and (for an endpoint the AWS console cannot show) its console, for the extra links."""
         if getattr(self, "_target", None) is None:
             self._target = link_target(SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name))
         return self._target

@@ -275,7 +275,7 @@ def test_fleet_totals_pairs_and_runs_near_a_budget() -> None:
 
 def test_each_try_links_its_own_instance() -> None:
     view = model.run_view(_docs(), TRIES, now=T0 + 500, ti_state="success")
-    local = model.with_instance_links(view, {"local_cloud": "http://127.0.0.1:5000"})
+    local = model.with_instance_links(view, {"console_url": "http://127.0.0.1:5000/_emulator/pages"})
     assert [t["instance_url"] for t in local["tries"]] == [
         f"http://127.0.0.1:5000/_emulator/pages/instances/i-{n}" for n in (1, 2, 3)
     ]

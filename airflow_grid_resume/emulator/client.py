@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from airflow_grid_resume.emulator.pages import CONSOLE_PATH
+
 
 class LocalSpotCloud:
     """``with LocalSpotCloud(notice_seconds=5) as cloud: cloud.endpoint_url ...``"""
@@ -83,6 +85,8 @@ class LocalSpotCloud:
             "AWS_ACCESS_KEY_ID": "emulated",
             "AWS_SECRET_ACCESS_KEY": "emulated",
             "AWS_DEFAULT_REGION": "us-east-1",
+            # links.CONSOLE_URL_ENV: the task's links open the pages this cloud serves
+            "GRID_RESUME_CONSOLE_URL": self.endpoint_url + CONSOLE_PATH,
         }
 
     # -- control routes ------------------------------------------------------------------------

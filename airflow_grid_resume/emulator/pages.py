@@ -22,12 +22,8 @@ CONSOLE_TAIL = 16 * 1024
 OBJECT_LIMIT = 64 * 1024
 
 
-def instance_page_path(instance_id: str) -> str:
-    return f"/_emulator/pages/instances/{quote(instance_id, safe='')}"
-
-
-def ledger_page_path(bucket: str, prefix: str) -> str:
-    return f"/_emulator/pages/ledger?bucket={quote(bucket, safe='')}&prefix={quote(prefix, safe='')}"
+# The console that the task's links open (links.py: ``console_url``, here the cloud's endpoint + this path).
+CONSOLE_PATH = "/_emulator/pages"
 
 
 def _page(title: str, body: str) -> bytes:

@@ -20,13 +20,12 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink
+from airflow_grid_resume.links import LINK_CONF, GridArtifactsLink, GridInstanceLink, instance_url
 
 log = logging.getLogger(__name__)
 # (task instance id, try number) -> instance id of that finished try (None: it launched none)
 _PAST_TRIES: OrderedDict[tuple, str | None] = OrderedDict()
 PAST_TRIES_KEPT = 2048
-LINK_CONF = ("region_name", "aws_domain", "local_cloud")
 
 
 class TryInstanceLink(GridInstanceLink):
@@ -69,6 +68,4 @@ def try_instance_link(dag_id: str, run_id: str, task_id: str, map_index: int, tr
         while len(_PAST_TRIES) > PAST_TRIES_KEPT:
             _PAST_TRIES.popitem(last=False)
     instance_id = _PAST_TRIES[key]
-    if not instance_id or not (conf.get("local_cloud") or conf.get("aws_domain")):
-        return ""
-    return GridInstanceLink().format_link(**conf, instance_id=instance_id)
+    return instance_url(conf, instance_id) or ""

@@ -577,15 +577,8 @@ def fleet(runs: Sequence[Mapping[str, Any]], *, now: float, since: float) -> dic
 def with_instance_links(view: dict[str, Any], conf: Mapping[str, Any]) -> dict[str, Any]:
     """Each try's and session's own instance link (the console, or the local spot cloud's page), from
     the operator's link settings: Airflow's own extra link shows the last try's instance on every try."""
-    from airflow_grid_resume.links import GridInstanceLink
-
-    link = GridInstanceLink()
-
-    def url(instance_id: str | None) -> str | None:
-        if not instance_id or not (conf.get("local_cloud") or conf.get("aws_domain")):
-            return None
-        return link.format_link(**{**conf, "instance_id": instance_id}) or None
+    from airflow_grid_resume.links import instance_url
 
     for row in [*view["tries"], *view["sessions"]]:
-        row["instance_url"] = url(row.get("instance_id"))
+        row["instance_url"] = instance_url(conf, row.get("instance_id"))
     return view

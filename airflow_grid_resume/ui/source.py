@@ -192,12 +192,12 @@ def run_pointer(session: Any, ti: Any) -> dict[str, Any] | None:
 
 
 def link_conf(session: Any, ti: Any) -> dict[str, Any]:
-    """What the instance links need (console domain and region, or the local spot cloud's address):
+    """What the instance links need (console domain and region, or the endpoint's own console):
     the operator's instance-link XCom, without its instance id."""
-    from airflow_grid_resume.links import GridInstanceLink
+    from airflow_grid_resume.links import LINK_CONF, GridInstanceLink
 
     value = xcom(session, ti, GridInstanceLink.key) or {}
-    return {k: value[k] for k in ("region_name", "aws_domain", "local_cloud") if k in value}
+    return {k: value[k] for k in LINK_CONF if k in value}
 
 
 def waiting_for(session: Any, ti: Any) -> dict[str, Any] | None:
