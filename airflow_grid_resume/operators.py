@@ -29,7 +29,7 @@ from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
 from airflow_grid_resume.budgets import Budgets, first_try_of_cycle
 from airflow_grid_resume.hooks.livequeue import LiveQueueHook, QueueRefused
-from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, hook_client, launch_error
+from airflow_grid_resume.hooks.spot import SpotLaunchHook, hook_client, launch_error
 from airflow_grid_resume.ledger import layout
 from airflow_grid_resume.ledger.errors import UsageError
 from airflow_grid_resume.ledger.gc import DEFAULT_GRACE_SECONDS, collect_garbage
@@ -40,17 +40,12 @@ from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_
 from airflow_grid_resume.logtext import log_lines, log_records
 from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
-from airflow_grid_resume.spot.launch import SPOT, FallbackPolicy, LaunchSpec, explain_fatal
-from airflow_grid_resume.spot.planner import LaunchPlanner
+from airflow_grid_resume.spot.launch import LaunchSpec, explain_fatal
+from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
 from airflow_grid_resume.spot.prices import on_demand_price
 from airflow_grid_resume.spot.tags import expiry_tag
 from airflow_grid_resume.summary import INTERRUPTED, ended_status, read_records, summarize, summary_lines
-from airflow_grid_resume.triggers.capacity import (
-    SessionLauncher,
-    SpotCapacityTrigger,
-    describe_launch,
-    launched_event,
-)
+from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
 
 STATE_KEY = "grid_resume"
@@ -632,49 +627,20 @@ class GridRunOperator(BaseOperator):
                 log=self.log,
             )
             try:
-                pairs = await launcher.pairs()
-            except (ClientError, *NO_ANSWER) as exc:
-                err = launch_error(exc)
-                raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
-            existing = await launcher.existing(pairs)
-            if existing is not None:
-                event = launched_event(existing, None, session=session, started_at=started_at, reused=True, rounds=0)
-                return {**event, "run_uri": run_uri}
-            planner = LaunchPlanner(
-                pairs,
-                run_id=run_uri,
-                session=session,
-                policy=FallbackPolicy(**self.fallback),
-                interruptions=interruptions,
-                replay=await launcher.last_attempt(),
-            )
-            result = await launcher.round(planner, 0.0)
+                start = await launcher.start(fallback=self.fallback, interruptions=interruptions)
+            except PairsUnknown as exc:
+                raise AirflowFailException(exc.message) from exc
+            if start.existing is not None:
+                return launcher.reattached(start.existing, started_at=started_at)
+            assert start.planner is not None
+            result = await launcher.round(start.planner, 0.0)
             if result.error is not None:
                 raise AirflowFailException(result.error["message"])
             for miss in result.misses:
                 self.log.info("no capacity at once: %s", miss)
-            if result.instance is None or result.attempt is None:
+            if result.instance is None:
                 return None
-            pair, lifecycle = result.attempt.pair, result.attempt.lifecycle
-            price = None
-            if lifecycle == SPOT:
-                try:  # the price is for the cost estimate: never fail a session that has its instance over it
-                    price = await hook.a_spot_price(pair.instance_type, pair.zone, client=ec2)
-                except Exception as exc:
-                    self.log.warning(
-                        "could not read the spot price of %s in %s: %s", pair.instance_type, pair.zone, exc
-                    )
-            event = launched_event(
-                result.instance,
-                price,
-                session=session,
-                started_at=started_at,
-                reused=False,
-                rounds=1,
-                lifecycle=lifecycle,
-                pair=pair,
-            )
-            return {**event, "run_uri": run_uri}
+            return await launcher.launched(result, started_at=started_at, rounds=1)
 
     def on_capacity(self, context: Any, event: dict | None = None) -> Any:
         event = event or {}

@@ -291,13 +291,33 @@ def test_max_run_terminates_the_instance(spot_cloud, training_dir, capfd) -> Non
 def test_capacity_withheld_then_released(spot_cloud, training_dir, tmp_path, capfd) -> None:
     bucket = new_bucket()
     dag = make_dag(f"grid_drought_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0, command=QUICK)
-    spot_cloud.set_capacity("*", "*", available=False, for_seconds=5)
+    # Withheld until the capacity trigger has backed off once (a drought of fixed seconds could end before the
+    # trigger's first round on a busy machine, and then no wait would be seen).
+    spot_cloud.set_capacity("*", "*", available=False)
+    done = threading.Event()
+
+    def release_after_a_refusal() -> None:
+        client = make_s3_client()
+        while not done.is_set():
+            listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+            keys = [o["Key"] for o in listed if o["Key"].endswith("/launch-attempt.json")]
+            phases = [client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys]
+            if any(b'"backing-off"' in phase for phase in phases):
+                break
+            time.sleep(0.3)
+        spot_cloud.set_capacity("*", "*", available=True, market="all")
+
+    releaser = threading.Thread(target=release_after_a_refusal, daemon=True)
+    releaser.start()
     try:
         assert dag.test().state == "success"
     finally:
+        done.set()
+        releaser.join(timeout=10)
         spot_cloud.set_capacity("*", "*", available=True, market="all")
     out = capfd.readouterr().out
-    assert "no spot capacity for g5.xlarge in" in out
+    assert "no capacity at once: g5.xlarge in" in out  # the worker's first round
+    assert re.search(r"capacity wait: no spot capacity for \S+ in ", out)  # the trigger's rounds, replayed
     assert re.search(r"session 1: waited \d+ s for capacity over \d+ rounds", out)  # kept in the task's own log
     assert result_of(run_ledger(bucket), tmp_path) == reference_result(tmp_path, QUICK_STEPS)
 

@@ -10,6 +10,7 @@ import json
 import os
 import pkgutil
 import re
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -141,9 +142,19 @@ def test_trigger_waits_then_launches_on_the_next_free_pair(cloud, subnets, capfd
     zone_a, zone_b = subnets[0]["AvailabilityZone"], subnets[1]["AvailabilityZone"]
     cloud.set_capacity("g5.xlarge", "*", available=False)
     cloud.set_capacity("g4dn.xlarge", zone_a, available=False)
-    cloud.set_capacity("g4dn.xlarge", zone_b, available=False, for_seconds=2)
+    cloud.set_capacity("g4dn.xlarge", zone_b, available=False)
+    refused = cloud.state()["counters"]["capacity_errors"]
+
+    def release_after_one_round() -> None:  # all four pairs refused once (not a fixed drought: a busy machine)
+        while cloud.state()["counters"]["capacity_errors"] < refused + 4:
+            time.sleep(0.1)
+        cloud.set_capacity("g4dn.xlarge", zone_b, available=True)
+
+    releaser = threading.Thread(target=release_after_one_round, daemon=True)
+    releaser.start()
     trigger = trigger_for(spec_for(subnets))
     event = first_event(trigger)
+    releaser.join(timeout=5)
     assert event["status"] == "launched", event
     assert (event["instance_type"], event["zone"], event["lifecycle"]) == ("g4dn.xlarge", zone_b, "spot")
     assert event["spot_price"] is not None and event["rounds"] >= 2

@@ -6,34 +6,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
-from botocore.exceptions import ClientError
 
 from airflow_grid_resume.asyncaws.clients import SharedS3Hook, shared_client
-from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket, launch_bucket
-from airflow_grid_resume.hooks.spot import NO_ANSWER, LaunchError, SpotLaunchHook, launch_error
-from airflow_grid_resume.ledger import records
-from airflow_grid_resume.spot.bootstrap import render_user_data
-from airflow_grid_resume.spot.launch import (
-    CAPACITY,
-    SPOT,
-    FallbackPolicy,
-    LaunchSpec,
-    Pair,
-    explain_fatal,
-    make_pairs,
-    session_tokens,
-)
-from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, RETRY_SAME, Attempt, LaunchPlanner
-from airflow_grid_resume.spot.tags import MARKET_TAG, expiry_tag
+from airflow_grid_resume.asyncaws.ratelimit import launch_bucket
+from airflow_grid_resume.hooks.spot import SpotLaunchHook
+from airflow_grid_resume.spot.launch import SPOT, LaunchSpec
+from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
+from airflow_grid_resume.spot.tags import expiry_tag
 from airflow_grid_resume.triggers.run import AsyncLedgerReader
 from airflow_grid_resume.watch.settle import settled
-
-# How much of EC2's error message the wait record keeps (the code says what happened; the message, where).
-ANSWER_MESSAGE_CHARS = 200
 
 
 def _duration(seconds: float) -> str:
@@ -146,29 +130,25 @@ class SpotCapacityTrigger(BaseTrigger):
                 log=self.log,
             )
             try:
-                pairs = await launcher.pairs()
-            except (ClientError, *NO_ANSWER) as exc:
-                err = launch_error(exc)
-                message = explain_fatal(err.code, err.message)
-                self.log.error("%s", message)
-                yield TriggerEvent({"status": "error", "code": err.code, "message": message})
+                start = await launcher.start(
+                    fallback=self.fallback,
+                    interruptions=self.interruptions,
+                    cool_down=self.cool_down,
+                    backoff_base=self.backoff_base,
+                    backoff_max=self.backoff_max,
+                )
+            except PairsUnknown as exc:
+                self.log.error("%s", exc.message)
+                yield TriggerEvent({"status": "error", "code": exc.code, "message": exc.message})
                 return
-            existing = await launcher.existing(pairs)
-            if existing is not None:
-                self.log.info("session %d already has instance %s: reattaching", self.session, existing["InstanceId"])
-                yield TriggerEvent(self._launched(existing, None, reused=True, rounds=0))
+            if start.existing is not None:
+                self.log.info(
+                    "session %d already has instance %s: reattaching", self.session, start.existing["InstanceId"]
+                )
+                yield TriggerEvent(self._announce(launcher.reattached(start.existing, started_at=self.started_at)))
                 return
-            planner = LaunchPlanner(
-                pairs,
-                run_id=self.run_id,
-                session=self.session,
-                policy=FallbackPolicy(**(self.fallback or {})),
-                interruptions=self.interruptions,
-                cool_down=self.cool_down,
-                backoff_base=self.backoff_base,
-                backoff_max=self.backoff_max,
-                replay=await launcher.last_attempt(),
-            )
+            planner, pairs = start.planner, start.pairs
+            assert planner is not None
             while True:
                 waited = time.time() - self.started_at
                 lifecycle = planner.lifecycle(waited)
@@ -181,17 +161,9 @@ class SpotCapacityTrigger(BaseTrigger):
                 if result.error is not None:
                     yield TriggerEvent({"status": "error", **result.error})
                     return
-                if result.instance is not None and result.attempt is not None:
-                    price = await self._price(hook, result.attempt.pair, result.attempt.lifecycle, client)
-                    event = self._launched(
-                        result.instance,
-                        price,
-                        reused=False,
-                        rounds=planner.rounds + 1,
-                        lifecycle=result.attempt.lifecycle,
-                        pair=result.attempt.pair,
-                    )
-                    yield TriggerEvent({**event, "wait_log": wait_log.lines()})
+                if result.instance is not None:
+                    event = await launcher.launched(result, started_at=self.started_at, rounds=planner.rounds + 1)
+                    yield TriggerEvent({**self._announce(event), "wait_log": wait_log.lines()})
                     return
                 backoff = planner.end_round()
                 remaining = self.started_at + self.max_wait - time.time()
@@ -222,207 +194,9 @@ class SpotCapacityTrigger(BaseTrigger):
                 wait_log.append(line)
                 await asyncio.sleep(delay)
 
-    def _launched(self, instance: dict, price: str | None, **kw: Any) -> dict:
-        event = launched_event(instance, price, session=self.session, started_at=self.started_at, **kw)
+    def _announce(self, event: dict) -> dict:
         self.log.info("%s", describe_launch(event))
-        return {**event, "run_uri": self.run_uri}
-
-    async def _price(self, hook: SpotLaunchHook, pair: Pair, lifecycle: str, client: Any) -> str | None:
-        if lifecycle != SPOT:
-            return None
-        try:
-            return await hook.a_spot_price(pair.instance_type, pair.zone, client=client)
-        except Exception as exc:  # the price is for the cost ledger; never fail a launch over it
-            self.log.warning("could not read the spot price of %s in %s: %s", pair.instance_type, pair.zone, exc)
-            return None
-
-
-@dataclass
-class RoundResult:
-    """One round over the pairs: the instance launched, or what stopped the round."""
-
-    instance: dict | None = None
-    attempt: Attempt | None = None
-    error: dict | None = None  # an error waiting cannot fix: code, message, instance_type, zone
-    misses: list[str] = field(default_factory=list)
-    answers: list[dict] = field(default_factory=list)  # EC2's answer per pair tried (see SessionLauncher.waiting)
-
-
-class SessionLauncher:
-    """The I/O of launching one session's instance, shared by the worker's first round and the capacity
-    trigger: the tag lookup, the durable record of the last attempt, and a round of RunInstances as
-    :class:`~airflow_grid_resume.spot.planner.LaunchPlanner` orders it.
-
-    The record (``sessions/N/launch-attempt.json``) is also what the run view shows of a capacity wait:
-    ``phase`` (``trying``: written before an attempt; ``backing-off``: written once at the end of a round
-    that found nothing), ``answers`` (EC2's answer per pair in the last round that ended: type, zone,
-    market, code, kind, message), ``rounds`` and, while backing off, ``next_try_in`` (seconds from ``at``,
-    the writer's clock; readers measure from the object's Last-Modified by S3's clock instead, so a skewed
-    triggerer clock does not move the countdown). At most one PUT per attempt that differs from the last
-    one recorded plus one per round: never per poll.
-    """
-
-    def __init__(
-        self,
-        hook: SpotLaunchHook,
-        client: Any,
-        ledger: AsyncLedgerReader,
-        *,
-        spec: LaunchSpec,
-        run_id: str,
-        run_uri: str,
-        session: int,
-        region: str | None,
-        expires_at: str,
-        bucket: AsyncTokenBucket,
-        log: Any,
-    ) -> None:
-        self.hook, self.client, self.ledger = hook, client, ledger
-        self.spec = spec
-        self.run_id, self.session = run_id, session
-        self.user_data = render_user_data(run_uri, session, region)
-        self.expires_at = expires_at
-        self.bucket = bucket
-        self.log = log
-        self._recorded: dict | None = None
-        self._answers: list[dict] = []  # of the last round that ended
-        self._rounds = 0
-
-    def _doc(self, attempt: dict | None, phase: str, **extra: Any) -> records.LaunchAttempt:
-        return records.LaunchAttempt(
-            session=self.session,
-            expires_at=self.expires_at,
-            attempt=attempt,
-            at=time.time(),
-            phase=phase,
-            rounds=self._rounds,
-            answers=self._answers,
-            **extra,
-        )
-
-    async def existing(self, pairs: list[Pair]) -> dict | None:
-        """The session's instance, if one was launched: by its tags, else by the ClientToken of any attempt
-        the session could have made on ``pairs`` (a launcher that died before its attempt was recorded,
-        while EC2 did not show the instance's tags yet). A miss is no proof: EC2 may not list an instance
-        launched seconds ago, which is why the recorded attempt is replayed first."""
-        found = await self.hook.a_find_session_instance(self.run_id, self.session, client=self.client)
-        if found is None:
-            tokens = session_tokens(self.run_id, self.session, pairs)
-            found = await self.hook.a_find_by_client_tokens(tokens, client=self.client)
-        return found
-
-    async def pairs(self) -> list[Pair]:
-        zones = await self.hook.a_subnet_zones(list(self.spec.subnet_ids), client=self.client)
-        return make_pairs(self.spec.instance_types, zones)
-
-    async def last_attempt(self) -> Attempt | None:
-        """The attempt the previous launcher of this session made last: replayed first, with its token."""
-        try:
-            found = await self.ledger.get_record(records.LaunchAttempt)
-        except (ClientError, *NO_ANSWER) as exc:
-            self.log.warning("could not read the last launch attempt of session %d: %s", self.session, exc)
-            return None
-        if found is None:
-            return None
-        self._recorded = found.attempt
-        if found.answers is not None and found.rounds is not None:  # a restarted trigger
-            self._answers, self._rounds = found.answers, found.rounds
-        try:
-            return Attempt.from_dict(found.attempt) if found.attempt else None
-        except (KeyError, TypeError, ValueError):
-            return None
-
-    async def _record(self, attempt: Attempt) -> None:
-        """Before an attempt: note it in the ledger, so a launcher started after a crash replays it."""
-        doc = attempt.as_dict()
-        if doc == self._recorded:
-            return
-        try:
-            await self.ledger.put_record(self._doc(doc, "trying"))
-            self._recorded = doc
-        except (ClientError, *NO_ANSWER) as exc:  # the tag lookup still protects a restart
-            self.log.warning("could not record the launch attempt of session %d: %s", self.session, exc)
-
-    async def waiting(self, *, next_try_in: float, rounds: int, lifecycle: str) -> None:
-        """A round found nothing: record EC2's answers and when the next round starts (one PUT), for
-        the run view. The attempt recorded for a replay stays as it was."""
-        self._rounds = rounds
-        try:
-            await self.ledger.put_record(
-                self._doc(self._recorded, "backing-off", next_try_in=round(next_try_in, 1), lifecycle=lifecycle)
-            )
-        except (ClientError, *NO_ANSWER) as exc:  # only the run view misses it
-            self.log.warning("could not record the capacity wait of session %d: %s", self.session, exc)
-
-    @staticmethod
-    def _answer(attempt: Attempt, exc: LaunchError) -> dict:
-        return {
-            "instance_type": attempt.pair.instance_type,
-            "zone": attempt.pair.zone,
-            "lifecycle": attempt.lifecycle,
-            "code": exc.code,
-            "kind": exc.kind,
-            "message": str(exc.message or "")[:ANSWER_MESSAGE_CHARS],
-        }
-
-    async def round(self, planner: LaunchPlanner, waited: float) -> RoundResult:
-        result = await self._round(planner, waited)
-        if result.instance is None and result.error is None and result.answers:
-            self._answers = result.answers  # what the run view shows until the next round ends
-        return result
-
-    async def _round(self, planner: LaunchPlanner, waited: float) -> RoundResult:
-        result = RoundResult()
-        for attempt in planner.round(time.monotonic(), waited):
-            while True:
-                await self._record(attempt)
-                planner.before(attempt)
-                await self.bucket.acquire()
-                try:
-                    instance = await self.hook.a_launch(
-                        self.spec,
-                        attempt.pair,
-                        lifecycle=attempt.lifecycle,
-                        run_id=self.run_id,
-                        session=self.session,
-                        user_data=self.user_data,
-                        expires_at=self.expires_at,
-                        client=self.client,
-                    )
-                except LaunchError as exc:
-                    action = planner.failed(attempt, exc.kind, time.monotonic())
-                    where = f"{attempt.pair.instance_type} in {attempt.pair.zone}"
-                    if action == GIVE_UP:
-                        message = explain_fatal(exc.code, exc.message)
-                        self.log.error("%s", message)
-                        result.error = {
-                            "code": exc.code,
-                            "message": message,
-                            "instance_type": attempt.pair.instance_type,
-                            "zone": attempt.pair.zone,
-                        }
-                        return result
-                    if action == RETRY_SAME:
-                        delay = planner.transient_delay()
-                        self.log.warning(
-                            "launch of %s got no clear answer (%s); retrying it with the same ClientToken in %.0f s",
-                            where,
-                            exc.code,
-                            delay,
-                        )
-                        await asyncio.sleep(delay)
-                        continue
-                    result.answers.append(self._answer(attempt, exc))
-                    result.misses.append(
-                        f"{where} ({exc.code})" if exc.kind == CAPACITY else f"{where} ({exc.kind}: {exc.code})"
-                    )
-                    if action == END_ROUND:
-                        return result
-                    break
-                planner.launched(attempt)
-                result.instance, result.attempt = instance, attempt
-                return result
-        return result
+        return event
 
 
 class WaitLog:
@@ -449,42 +223,3 @@ class WaitLog:
     def lines(self) -> list[str]:
         skipped = [f"... {self.dropped} more rounds ..."] if self.dropped else []
         return [*self.head, *skipped, *self.tail]
-
-
-def launched_event(
-    instance: dict,
-    price: str | None,
-    *,
-    session: int,
-    started_at: float,
-    reused: bool,
-    rounds: int,
-    lifecycle: str | None = None,
-    pair: Pair | None = None,
-) -> dict:
-    """The ``launched`` event, the same whether the trigger or the operator's first attempt launched."""
-    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-    lifecycle = lifecycle or tags.get(MARKET_TAG) or instance.get("InstanceLifecycle") or SPOT
-    return {
-        "status": "launched",
-        "session": session,
-        "instance_id": instance["InstanceId"],
-        "instance_type": instance.get("InstanceType"),
-        "zone": instance.get("Placement", {}).get("AvailabilityZone") or (pair.zone if pair else None),
-        "subnet_id": instance.get("SubnetId") or (pair.subnet_id if pair else None),
-        "lifecycle": "on-demand" if lifecycle in ("on-demand", "scheduled") else "spot",
-        "spot_price": price,
-        "reused": reused,
-        "rounds": rounds,
-        "waited_seconds": round(time.time() - started_at, 3),
-        "launched_at": time.time(),
-    }
-
-
-def describe_launch(event: dict) -> str:
-    price = event.get("spot_price")
-    return (
-        f"{'reattached to' if event.get('reused') else 'launched'} {event['lifecycle']} instance "
-        f"{event['instance_id']} ({event['instance_type']} in {event['zone']}"
-        f"{f', spot price {price} USD/h' if price else ''})"
-    )
