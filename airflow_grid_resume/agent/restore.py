@@ -111,7 +111,8 @@ class RestoreResult:
         if not self.set_aside:
             return None
         dirs = sorted({"/".join(kept.split("/", 2)[:2]) for _, kept in self.set_aside})
-        return {"count": len(self.set_aside), "dirs": dirs, "paths": [p for p, _ in self.set_aside[:listed]]}
+        paths = sorted(p for p, _ in self.set_aside)[:listed]
+        return {"count": len(self.set_aside), "dirs": dirs, "paths": paths}
 
 
 class Restorer:
@@ -177,7 +178,7 @@ class Restorer:
                     "workdir; nothing was overwritten): %s%s",
                     len(self.set_aside),
                     where,
-                    ", ".join(p for p, _ in self.set_aside[:10]),
+                    ", ".join(sorted(p for p, _ in self.set_aside)[:10]),
                     " ..." if len(self.set_aside) > 10 else "",
                 )
             if result.fallbacks:
@@ -252,7 +253,7 @@ class Restorer:
         target = safe_target(self.root, rel)
         action = local_decision(_kind(target), "dir", ours=rel in self._ours)
         if action == SET_ASIDE:
-            self._set_aside(rel, target)
+            self._set_aside(rel, target, move=True)
         elif action == OVERWRITE:
             os.unlink(target)
         if not os.path.exists(target):
@@ -344,10 +345,11 @@ class Restorer:
             if not existed:
                 created.add(rel)
 
-    def _set_aside(self, rel: str, target: str) -> None:
+    def _set_aside(self, rel: str, target: str, *, move: bool = False) -> None:
         """Keep what is at ``target`` under the kept directory before restore puts the checkpoint's
         version there: a hard link for a file or link (the target is then swapped in by one atomic
-        rename, so a crash leaves both), a rename for a directory, a copy across file systems."""
+        rename, so a crash leaves both), a rename for a directory or with ``move``, a copy across
+        file systems."""
         with self._lock:
             for attempt in range(1, 101):
                 base = kept_dir(self.kept_label, attempt)
@@ -362,7 +364,7 @@ class Restorer:
                     f"cannot set {rel!r} aside under {os.path.join(self.root, KEPT_DIR)}: it is not a directory the "
                     "agent can write to; move it away (nothing was overwritten)"
                 )
-            if os.path.isdir(target) and not os.path.islink(target):
+            if move or (os.path.isdir(target) and not os.path.islink(target)):
                 _move(target, dest)
             else:
                 try:
