@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.emulator.faultproxy import FaultProxy, FaultRule
 from airflow_grid_resume.emulator.imds import MetadataService
 from airflow_grid_resume.ledger import records
@@ -436,3 +437,49 @@ def test_keep_manifests_bounds_a_sessions_own_checkpoints(agent, ledger: RunLedg
     names = [m.name for m in ledger.list_manifests() if m.session == 1]
     assert len(committed) > 2 and len(names) == 2 and set(names) < committed, (committed, names, proc.stderr[-2000:])
     assert ledger.read_outcome(1)["manifest"] == names[0]
+
+
+def test_a_rerun_on_the_same_workdir_keeps_newer_local_files(agent, run_uri, ledger: RunLedger, tmp_path: Path) -> None:
+    """Session 2 on session 1's disk (a stop/start, a rerun on a workstation): ten files changed
+    since session 1's checkpoint survive, set aside where the log and the outcome say, and reach S3
+    with session 2's sync; files the checkpoint does not have are left as they are."""
+    workdir = tmp_path / "disk"
+    (workdir / "ckpt").mkdir(parents=True)
+    names = [f"ckpt/step-{i}.pt" for i in range(8)] + ["big.bin", "notes.txt"]
+    for i, name in enumerate(names):
+        (workdir / name).write_bytes(os.urandom(3 * 1024 * 1024 if name == "big.bin" else 100 + i))
+    for i in range(20):
+        (workdir / f"same-{i}.txt").write_text(f"unchanged {i}")
+    assert agent(run_uri, workdir, "true", options=FAST).wait() == 0
+    assert ledger.read_outcome(1)["status"] == "succeeded" and "set_aside" not in ledger.read_outcome(1)
+    checkpoint = {name: (workdir / name).read_bytes() for name in names}
+    newer = {}
+    for name in names:  # newer work after the checkpoint; notes.txt keeps its size (only the bytes tell)
+        newer[name] = os.urandom(len(checkpoint[name])) if name == "notes.txt" else os.urandom(200 + len(name))
+        (workdir / name).write_bytes(newer[name])
+    (workdir / "ckpt" / "untracked.pt").write_bytes(b"not in the checkpoint")
+    untracked_stat = (workdir / "ckpt" / "untracked.pt").stat()
+    same_inode = (workdir / "same-3.txt").stat().st_ino
+
+    second = agent(run_uri, workdir, "true", options=FAST)
+    assert second.wait() == 0
+    outcome = ledger.read_outcome(2)
+    assert outcome["status"] == "succeeded", outcome
+    kept = ".grid-resume-kept/session-2"
+    assert outcome["set_aside"] == {"count": 10, "dirs": [kept], "paths": sorted(names)}, outcome
+    log = second.stdout + second.stderr
+    assert f"10 local path(s) differed from the checkpoint and were set aside under {kept}" in log
+    for name in names:
+        assert (workdir / kept / name).read_bytes() == newer[name]  # the newer version, exact bytes
+        assert (workdir / name).read_bytes() == checkpoint[name]  # the checkpoint's, as the script expects
+    assert (workdir / "ckpt" / "untracked.pt").read_bytes() == b"not in the checkpoint"
+    assert (workdir / "ckpt" / "untracked.pt").stat().st_mtime_ns == untracked_stat.st_mtime_ns
+    assert (workdir / "same-3.txt").stat().st_ino == same_inode  # identical files untouched
+
+    # Session 2's checkpoint holds the newer versions: a fresh instance gets them back from S3.
+    fresh = tmp_path / "fresh"
+    Restorer(ledger, str(fresh)).restore()
+    for name in names:
+        assert (fresh / kept / name).read_bytes() == newer[name]
+        assert (fresh / name).read_bytes() == checkpoint[name]
+    assert (fresh / "ckpt" / "untracked.pt").read_bytes() == b"not in the checkpoint"

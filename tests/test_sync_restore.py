@@ -290,3 +290,42 @@ def test_a_renewal_whose_answers_were_all_lost_keeps_the_lease(moto, run_uri: st
         assert stored.session == 1 and stored.agent_id == "a"  # the first attempt landed: nobody else wrote
         lease.renew(session=1)  # today: ConditionalWriteLost, and the supervisor sends lease_lost
         assert ledger.read_record(records.Lease).renewed_at == lease.record.renewed_at
+
+
+def test_restore_sets_aside_whatever_differs_and_never_deletes(ledger: RunLedger, tmp_path: Path) -> None:
+    """A local file where the checkpoint has a directory, a local directory where it has a file, a
+    link pointing elsewhere: each is moved aside whole, not unlinked or rmtree'd; identical files
+    and paths the checkpoint does not have stay as they are."""
+    src = tmp_path / "src"
+    make_tree(src)
+    syncer(ledger, src).sync("final")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "code").write_text("a local file named like the checkpoint's directory")
+    (dst / "big.bin").mkdir()
+    (dst / "big.bin" / "inner.txt").write_text("work inside a local directory")
+    (dst / "latest").symlink_to("somewhere-else")
+    (dst / "secret.key").write_text("k")  # identical bytes: untouched (only its mode is put right)
+    inode = (dst / "secret.key").stat().st_ino
+    (dst / "mine.txt").write_text("not in the checkpoint")
+    result = Restorer(ledger, str(dst), session=7).restore()
+    kept = dst / ".grid-resume-kept" / "session-7"
+    assert sorted(result.set_aside) == [(p, f".grid-resume-kept/session-7/{p}") for p in ("big.bin", "code", "latest")]
+    assert (kept / "code").read_text() == "a local file named like the checkpoint's directory"
+    assert (kept / "big.bin" / "inner.txt").read_text() == "work inside a local directory"
+    assert os.readlink(kept / "latest") == "somewhere-else"
+    assert (dst / "secret.key").stat().st_ino == inode
+    assert (dst / "mine.txt").read_text() == "not in the checkpoint"
+    restored = {k: v for k, v in snapshot(dst).items() if not k.startswith(".grid-resume-kept") and k != "mine.txt"}
+    assert restored == snapshot(src)
+    assert result.set_aside_record() == {
+        "count": 3,
+        "dirs": [".grid-resume-kept/session-7"],
+        "paths": ["big.bin", "code", "latest"],
+    }
+    # Restoring again into the same directory (another run, the same session number) never mixes kept copies.
+    (dst / "code" / "train.sh").write_text("edited again")
+    again = Restorer(ledger, str(dst), session=7).restore()
+    assert again.set_aside == [("code/train.sh", ".grid-resume-kept/session-7.2/code/train.sh")]
+    assert (dst / ".grid-resume-kept" / "session-7.2" / "code" / "train.sh").read_text() == "edited again"
+    assert (kept / "code").read_text() == "a local file named like the checkpoint's directory"

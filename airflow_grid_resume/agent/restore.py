@@ -9,11 +9,18 @@ manifest is tried, each fallback logged with its reason. A manifest in a newer f
 agent reads stops the restore with UnsupportedFormatError. Packs are read with one ranged GET per
 run of needed files, in parallel; every file is written under a temporary name, verified against
 its sha256 (a chunked file chunk by chunk), and renamed into place.
+
+Restore never destroys what is already in the workdir (``local_decision``): a file identical to
+the checkpoint's is kept, a path the checkpoint does not have is left alone, and anything else at a
+checkpoint path is set aside under ``KEPT_DIR/session-N/`` before the checkpoint's version takes its
+place (a hard link, so the swap itself stays one atomic rename). The kept copies are logged,
+recorded in the outcome, and synced with the rest of the workdir.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -26,7 +33,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from airflow_grid_resume.agent.scan import Digest, HashCache, sha256_file
+from airflow_grid_resume.agent.scan import KEPT_DIR, Digest, HashCache, sha256_file
 from airflow_grid_resume.ledger.errors import (
     CorruptObjectError,
     ManifestError,
@@ -48,6 +55,36 @@ RANGE_MERGE_GAP = 1024 * 1024
 RANGE_MAX = 2 * 1024 * 1024
 
 
+# What restore does at a checkpoint path, given what the workdir holds there (``local_decision``).
+KEEP = "keep"  # the same thing is there already: left as it is
+WRITE = "write"  # nothing is there: the checkpoint's version is written
+OVERWRITE = "overwrite"  # this restore wrote it from a newer manifest that then failed: its bytes are in the ledger
+SET_ASIDE = "set-aside"  # something else is there: kept under KEPT_DIR, then the checkpoint's version is written
+
+
+def local_decision(local: str | None, wanted: str, *, same: bool = False, ours: bool = False) -> str:
+    """What restore does at one checkpoint path: the pure rule behind "restore never destroys a
+    local file". ``local`` is what the workdir holds there (``file``, ``dir``, ``link``, ``other``
+    or None), ``wanted`` what the manifest has (``file``, ``dir`` or ``link``), ``same`` whether a
+    local file or link already has the manifest's bytes or target, ``ours`` whether this restore
+    itself wrote it. Nothing that existed before the restore is ever overwritten or deleted: a
+    local file newer than the checkpoint (a rerun on the same disk, a stop/start interruption)
+    may be the only copy of that work."""
+    if local is None:
+        return WRITE
+    if local == wanted and (same or wanted == "dir"):
+        return KEEP
+    if ours and local in ("file", "link"):
+        return OVERWRITE
+    return SET_ASIDE
+
+
+def kept_dir(label: str, attempt: int = 1) -> str:
+    """The workdir-relative directory one restore sets files aside in: ``KEPT_DIR/LABEL``, then
+    ``LABEL.2``, ``LABEL.3``... when it is taken (the same directory restored into by another run)."""
+    return f"{KEPT_DIR}/{label}" if attempt == 1 else f"{KEPT_DIR}/{label}.{attempt}"
+
+
 @dataclass
 class RestoreResult:
     manifest: Manifest | None
@@ -56,25 +93,49 @@ class RestoreResult:
     bytes_downloaded: int = 0
     seconds: float = 0.0
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
+    set_aside: list[tuple[str, str]] = field(default_factory=list)  # (path, where it was kept), relative
 
     def summary(self) -> str:
         if self.manifest is None:
             return "no checkpoint in the run yet: starting fresh"
+        aside = f", {len(self.set_aside)} local set aside" if self.set_aside else ""
         return (
             f"restored manifest {self.manifest.name} ({len(self.manifest.files)} files, "
-            f"{self.manifest.total_bytes / 1048576:.1f} MiB): {self.files_written} written, "
+            f"{self.manifest.total_bytes / 1048576:.1f} MiB): {self.files_written} written{aside}, "
             f"{self.files_kept} already present, {self.bytes_downloaded / 1048576:.1f} MiB downloaded "
             f"in {self.seconds:.1f} s"
         )
 
+    def set_aside_record(self, listed: int = 20) -> dict | None:
+        """The outcome's ``set_aside``: how many, in which directories, the first ``listed`` paths."""
+        if not self.set_aside:
+            return None
+        dirs = sorted({"/".join(kept.split("/", 2)[:2]) for _, kept in self.set_aside})
+        paths = sorted(p for p, _ in self.set_aside)[:listed]
+        return {"count": len(self.set_aside), "dirs": dirs, "paths": paths}
+
 
 class Restorer:
-    def __init__(self, ledger: RunLedger, root: str, *, parallelism: int = 16, cache: HashCache | None = None) -> None:
+    def __init__(
+        self,
+        ledger: RunLedger,
+        root: str,
+        *,
+        parallelism: int = 16,
+        cache: HashCache | None = None,
+        session: int | None = None,
+    ) -> None:
         self.ledger = ledger
         self.root = os.path.abspath(root)
         self.parallelism = parallelism
         self.cache = cache if cache is not None else HashCache()
         self._lock = threading.Lock()
+        # Where differing local files go: per session, or per restore outside a session.
+        stamp = time.strftime("restore-%Y%m%dT%H%M%SZ", time.gmtime())
+        self.kept_label = f"session-{session}" if session is not None else stamp
+        self.set_aside: list[tuple[str, str]] = []  # (path, where it was kept), even if the restore then fails
+        self._kept_dirs: set[str] = set()  # the kept_dir()s this restore created
+        self._ours: set[str] = set()  # files and links this restore wrote (their bytes are in the ledger)
 
     def candidates(self) -> Iterator[StoredManifest]:
         """Manifests newest first: from the pointer on (one GET, one LIST), then all of them."""
@@ -91,7 +152,7 @@ class Restorer:
     def restore(self) -> RestoreResult:
         """Restore the newest verifiable manifest; raise if manifests exist but none verifies."""
         started = time.monotonic()
-        result = RestoreResult(manifest=None)
+        result = RestoreResult(manifest=None, set_aside=self.set_aside)
         tried = 0
         for candidate in self.candidates():
             tried += 1
@@ -110,6 +171,16 @@ class Restorer:
                 continue
             result.manifest = manifest
             result.seconds = time.monotonic() - started
+            if self.set_aside:
+                where = ", ".join(result.set_aside_record()["dirs"])  # type: ignore[index]
+                log.warning(
+                    "%d local path(s) differed from the checkpoint and were set aside under %s (synced with the "
+                    "workdir; nothing was overwritten): %s%s",
+                    len(self.set_aside),
+                    where,
+                    ", ".join(sorted(p for p, _ in self.set_aside)[:10]),
+                    " ..." if len(self.set_aside) > 10 else "",
+                )
             if result.fallbacks:
                 log.warning(
                     "restored the older manifest %s after %d newer one(s) failed to verify: %s",
@@ -180,7 +251,10 @@ class Restorer:
 
     def _ensure_dir(self, rel: str, created: set[str]) -> None:
         target = safe_target(self.root, rel)
-        if os.path.lexists(target) and not (os.path.isdir(target) and not os.path.islink(target)):
+        action = local_decision(_kind(target), "dir", ours=rel in self._ours)
+        if action == SET_ASIDE:
+            self._set_aside(rel, target, move=True)
+        elif action == OVERWRITE:
             os.unlink(target)
         if not os.path.exists(target):
             os.mkdir(target, 0o755)
@@ -260,13 +334,44 @@ class Restorer:
         return True
 
     def _replace(self, tmp: str, target: str, rel: str, created: set[str]) -> None:
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
+        """Put ``tmp`` (verified) at ``target``; callers only get here when what is there differs."""
+        wanted = "link" if os.path.islink(tmp) else "file"
+        if local_decision(_kind(target), wanted, ours=rel in self._ours) == SET_ASIDE:
+            self._set_aside(rel, target)
         existed = os.path.lexists(target)
         os.replace(tmp, target)
-        if not existed:
-            with self._lock:
+        with self._lock:
+            self._ours.add(rel)
+            if not existed:
                 created.add(rel)
+
+    def _set_aside(self, rel: str, target: str, *, move: bool = False) -> None:
+        """Keep what is at ``target`` under the kept directory before restore puts the checkpoint's
+        version there: a hard link for a file or link (the target is then swapped in by one atomic
+        rename, so a crash leaves both), a rename for a directory or with ``move``, a copy across
+        file systems."""
+        with self._lock:
+            for attempt in range(1, 101):
+                base = kept_dir(self.kept_label, attempt)
+                kept, dest = f"{base}/{rel}", os.path.join(self.root, base, rel)
+                # A directory another restore made (another run in this workdir) is never mixed into.
+                fresh = base in self._kept_dirs or not os.path.lexists(os.path.join(self.root, base))
+                if fresh and not os.path.lexists(dest) and _make_parents(self.root, kept):
+                    self._kept_dirs.add(base)
+                    break
+            else:
+                raise OSError(
+                    f"cannot set {rel!r} aside under {os.path.join(self.root, KEPT_DIR)}: it is not a directory the "
+                    "agent can write to; move it away (nothing was overwritten)"
+                )
+            if move or (os.path.isdir(target) and not os.path.islink(target)):
+                _move(target, dest)
+            else:
+                try:
+                    os.link(target, dest, follow_symlinks=False)
+                except OSError:
+                    _move(target, dest)
+            self.set_aside.append((rel, kept))
 
     def _remove_created(self, created: set[str], keep: set[str]) -> None:
         for rel in sorted(created - keep, key=lambda p: p.count("/"), reverse=True):
@@ -318,6 +423,47 @@ def _check_layout(manifest: Manifest) -> None:
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in leaves:
                 raise ManifestError(f"manifest {manifest.name}: {path!r} lies under the file {'/'.join(parts[:i])!r}")
+
+
+def _kind(path: str) -> str | None:
+    """What is at ``path``, for ``local_decision``: file, dir, link, other, or None."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "link" if stat.S_ISLNK(mode) else "other"
+
+
+def _make_parents(root: str, rel: str) -> bool:
+    """Create the directories above ``rel`` without following a symlink; False if one is not a directory."""
+    current = root
+    for part in rel.split("/")[:-1]:
+        current = os.path.join(current, part)
+        try:
+            os.mkdir(current, 0o755)
+        except FileExistsError:
+            if _kind(current) != "dir":
+                return False
+    return True
+
+
+def _move(src: str, dest: str) -> None:
+    """Rename, or copy then remove across file systems (a mount inside the workdir)."""
+    try:
+        os.rename(src, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        if os.path.isdir(src) and not os.path.islink(src):
+            shutil.copytree(src, dest, symlinks=True)
+            shutil.rmtree(src)
+        else:
+            shutil.copy2(src, dest, follow_symlinks=False)
+            os.unlink(src)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -20,6 +20,21 @@ log = logging.getLogger(__name__)
 # file is hashed again next time instead of being trusted.
 RACY_WINDOW_NS = 2_000_000_000
 
+# Restore sets local files that differ from the checkpoint aside under this directory of the
+# workdir (``KEPT_DIR/session-N/<their path>``, see agent/restore.py); a dot directory, so a
+# script's globs over its own directories never see them as its state.
+KEPT_DIR = ".grid-resume-kept"
+
+
+def kept_original(rel: str) -> str:
+    """The path a set-aside copy was kept for (``''`` for the kept directories themselves);
+    any other path unchanged. Sync filters a kept copy as that path, so it is synced exactly
+    when the file it was set aside from is."""
+    while rel.split("/", 1)[0] == KEPT_DIR:
+        parts = rel.split("/", 2)
+        rel = parts[2] if len(parts) == 3 else ""
+    return rel
+
 
 class PathFilter:
     """Include and exclude globs over workdir-relative POSIX paths.
@@ -27,7 +42,8 @@ class PathFilter:
     A pattern with a ``/`` matches the whole relative path; one without matches any single
     component (like ``.gitignore``), so ``__pycache__`` or ``*.tmp`` apply at every depth. An
     excluded directory excludes its whole subtree. With include patterns, a file is kept only if
-    it (or a directory above it) matches one.
+    it (or a directory above it) matches one. A copy that restore set aside under ``KEPT_DIR`` is
+    matched as the path it was set aside from (``kept_original``).
     """
 
     def __init__(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
@@ -48,10 +64,16 @@ class PathFilter:
         return False
 
     def excluded(self, rel: str) -> bool:
-        return TEMP_MARKER in rel or self._matches(rel, self.exclude)
+        if TEMP_MARKER in rel:
+            return True
+        rel = kept_original(rel)
+        return bool(rel) and self._matches(rel, self.exclude)
 
     def included_file(self, rel: str) -> bool:
-        return not self.include or self._matches(rel, self.include)
+        if not self.include:
+            return True
+        rel = kept_original(rel)
+        return bool(rel) and self._matches(rel, self.include)
 
 
 @dataclass

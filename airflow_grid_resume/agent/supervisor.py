@@ -243,13 +243,15 @@ class Supervisor:
         started_at = _utc()
         cache = HashCache()
         self._set_state("restoring")
+        restorer = Restorer(ledger, workdir, parallelism=self.o.parallelism, cache=cache, session=self.session)
         try:
-            restored = Restorer(ledger, workdir, parallelism=self.o.parallelism, cache=cache).restore()
+            restored = restorer.restore()
         except NoRestorableCheckpointError as exc:
             # Recorded, so the Airflow side sees why the session ended instead of a silent agent.
             log.error("%s", exc)
             result = Classification(FAILED, exc.exit_code, False, f"no restorable checkpoint: {exc}")
-            return self._finish(ledger, shipper, spool, result, started_at, RestoreResult(None), final_sync=False)
+            aside = RestoreResult(None, set_aside=restorer.set_aside)
+            return self._finish(ledger, shipper, spool, result, started_at, aside, final_sync=False)
         log.info(restored.summary())
         self.syncer = Syncer(
             ledger,
@@ -493,6 +495,7 @@ class Supervisor:
             manifest=manifest,
             restored_from=restored.manifest.name if restored.manifest else None,
             restore_fallbacks=[{"manifest": n, "reason": r} for n, r in restored.fallbacks],
+            set_aside=restored.set_aside_record(),
             started_at=started_at,
             ended_at=_utc(),
             tail=spool.tail_lines(40) if status == FAILED else [],

@@ -198,11 +198,13 @@ class Heartbeat(Record):
 @dataclass(frozen=True, kw_only=True)
 class Outcome(Record):
     """``sessions/SSSSSS/outcome.json``: how the session ended, written once by its agent.
-    ``progress``: ``{"first": N1, "last": N2, "total": T}``, absent if the session printed none."""
+    ``progress``: ``{"first": N1, "last": N2, "total": T}``, absent if the session printed none.
+    ``set_aside``: ``{"count": N, "dirs": [...], "paths": [...]}``, the local files restore found
+    differing from the checkpoint and kept (the first 20 paths), absent when there were none."""
 
     NAME = "outcome"
     KEY = "sessions/SSSSSS/outcome.json"
-    OMIT_NONE = ("progress", "hint")
+    OMIT_NONE = ("progress", "hint", "set_aside")
 
     session: int
     status: str
@@ -220,6 +222,17 @@ class Outcome(Record):
     tail: list[str] = field(default_factory=list)
     agent_exit_code: int | None = None
     progress: dict[str, Any] | None = None
+    set_aside: dict[str, Any] | None = None
+
+    def set_aside_note(self) -> str | None:
+        """One line for the task log when restore kept local files that differed from the checkpoint."""
+        if not self.set_aside:
+            return None
+        dirs = ", ".join(str(d) for d in self.set_aside.get("dirs") or []) or "the workdir"
+        return (
+            f"session {self.session}: restore found {self.set_aside.get('count')} local file(s) differing from the "
+            f"checkpoint and kept them under {dirs} in the workdir (synced with it; nothing was overwritten)"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -363,6 +363,8 @@ class RunWatchTrigger(BaseTrigger):
                     if outcome is not None:
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
                         self.log.info("session %d ended: %s (%s)", self.session, outcome.status, outcome.reason)
+                        if note := outcome.set_aside_note():
+                            self.log.warning("%s", note)
                         await self._end_instance(ec2_hook, ec2, batcher, self_shutdown_grace=SELF_SHUTDOWN_GRACE)
                         yield TriggerEvent(self._event(outcome.status, offset, outcome=outcome.to_dict()))
                         return
