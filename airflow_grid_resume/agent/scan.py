@@ -81,14 +81,14 @@ def walk(root: str, path_filter: PathFilter) -> Tree:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             if path_filter.excluded(rel):
                 continue
+            why = storable_path(root, rel)  # before stat: a path over PATH_MAX cannot even be stat'ed
+            if why is not None:
+                if _is_dir(entry) or path_filter.included_file(rel):
+                    tree.unstorable.append((rel, why))
+                continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
-                continue
-            why = storable_path(root, rel)
-            if why is not None:
-                if stat.S_ISDIR(st.st_mode) or path_filter.included_file(rel):
-                    tree.unstorable.append((rel, why))
                 continue
             if stat.S_ISLNK(st.st_mode):
                 found = _read_link(entry.path, rel)
@@ -112,6 +112,13 @@ def walk(root: str, path_filter: PathFilter) -> Tree:
         needed = {rel.rsplit("/", i)[0] for rel in (*tree.files, *tree.links) for i in range(1, rel.count("/") + 1)}
         tree.dirs = {d: m for d, m in tree.dirs.items() if d in needed or path_filter._matches(d, path_filter.include)}
     return tree
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return True  # cannot tell: reported rather than dropped
 
 
 def _read_link(path: str, rel: str, attempts: int = 3) -> tuple[str | None, os.stat_result] | None:
