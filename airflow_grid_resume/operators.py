@@ -33,16 +33,7 @@ from airflow_grid_resume.hooks.spot import NO_ANSWER, SpotLaunchHook, hook_clien
 from airflow_grid_resume.ledger import layout
 from airflow_grid_resume.ledger.errors import UsageError
 from airflow_grid_resume.ledger.gc import DEFAULT_GRACE_SECONDS, collect_garbage
-from airflow_grid_resume.ledger.records import (
-    CAUSE_DISK_FULL,
-    Closed,
-    Final,
-    Launch,
-    LaunchAttempt,
-    Outcome,
-    Spec,
-    Watch,
-)
+from airflow_grid_resume.ledger.records import Closed, Final, Launch, LaunchAttempt, Outcome, Spec, Watch
 from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
@@ -376,7 +367,13 @@ class GridRunOperator(BaseOperator):
         interruptions, failures = self._history(ledger, session + 1)
         reason = (outcome.reason if outcome else None) or (closed.reason if closed else None)
         exhausted = self._budget_rules().exhausted(
-            status, session, interruptions, failures, reason=reason, hint=outcome.hint if outcome else None
+            status,
+            session,
+            interruptions,
+            failures,
+            reason=reason,
+            hint=outcome.hint if outcome else None,
+            cause=outcome.cause if outcome else None,
         )
         if not exhausted:
             return False
@@ -766,14 +763,16 @@ class GridRunOperator(BaseOperator):
         if status == "timeout":
             message = f"max_run ({self.max_run:.0f} s) reached in session {session}: the instance was terminated"
             raise self._fail(ledger, session, message)
-        outcome = event.get("outcome") or {"reason": event.get("reason")}
-        if outcome.get("cause") == CAUSE_DISK_FULL:  # not the script's failure; every retry would hit it again
-            raise self._fail(
-                ledger, session, f"session {session} failed: {outcome.get('reason')}. {outcome.get('hint')}"
-            )
         interruptions, failures = self._history(ledger, session + 1)
+        outcome = event.get("outcome") or {"reason": event.get("reason")}
         exhausted = self._budget_rules().exhausted(
-            str(status), session, interruptions, failures, reason=outcome.get("reason"), hint=outcome.get("hint")
+            str(status),
+            session,
+            interruptions,
+            failures,
+            reason=outcome.get("reason"),
+            hint=outcome.get("hint"),
+            cause=outcome.get("cause"),
         )
         tail = "\n".join(outcome.get("tail") or [])  # the script's last lines, for a failure's message
         if exhausted:

@@ -450,3 +450,15 @@ def test_a_symlink_replaced_during_the_walk_does_not_fail_the_sync(
     assert [f.path for f in result.manifest.files] == ["latest", "weights"] and result.manifest.links == ()
     Restorer(ledger, str(tmp_path / "dst")).restore()
     assert (tmp_path / "dst" / "latest").read_text() == "now a file"
+
+
+def test_names_of_255_bytes_restore_as_files_chunked_files_and_links(ledger: RunLedger, tmp_path: Path) -> None:
+    """Restore's temporary name never exceeds NAME_MAX, however long the target's name is."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / ("s" * 255)).write_text("small")
+    (src / ("c" * 240)).write_bytes(os.urandom(2 * CHUNK + 1))
+    (src / ("l" * 231)).symlink_to("s" * 255)
+    syncer(ledger, src).sync("final")
+    Restorer(ledger, str(dst)).restore()
+    assert snapshot(dst) == snapshot(src)
