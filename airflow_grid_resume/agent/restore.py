@@ -5,10 +5,15 @@ pointer is written after the manifest, so it can lag by one); all manifests are 
 there is no pointer or everything from it on fails. Manifests are tried newest first. One that is
 malformed or has unsafe paths is rejected before anything is written; one whose packs or objects
 turn out missing or corrupt is abandoned, the files it created are removed, and the next older
-manifest is tried, each fallback logged with its reason. A manifest in a newer format than this
-agent reads stops the restore with UnsupportedFormatError. Packs are read with one ranged GET per
+manifest is tried, each fallback logged with its reason; the result says which checkpoint was
+restored instead and how many progress steps that costs (``fallback_note``), which the agent logs as
+an error and records in its outcome. A full disk raises DiskFullError (the checkpoint does not
+fit). A manifest in a newer format than this agent reads stops the restore with
+UnsupportedFormatError. Packs are read with one ranged GET per
 run of needed files, in parallel; every file is written under a temporary name, verified against
-its sha256 (a chunked file chunk by chunk), and renamed into place.
+its sha256 (a chunked file chunk by chunk), and renamed into place. Temporary names are short
+names beside the target (NAME_MAX holds whatever the target's length), and whole blocks of zeros
+are left as holes, so a sparse file restores sparse.
 """
 
 from __future__ import annotations
