@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from airflow_grid_resume.ledger.records import CAUSE_DISK_FULL
 from airflow_grid_resume.summary import INTERRUPTED
 
 
@@ -30,9 +31,14 @@ class Budgets:
         *,
         reason: str | None = None,
         hint: str | None = None,
+        cause: str | None = None,
     ) -> str | None:
         """Why the run must fail now that ``session`` ended with ``status`` (the counts include it), in
-        the words the task log shows; None when the next session may start."""
+        the words the task log shows; None when the next session may start. A failure that is not the
+        script's and that every retry would meet again (``cause`` disk_full: the checkpoint does not fit
+        on the instance's disk) fails the run at once, whatever the budget."""
+        if status == "failed" and cause == CAUSE_DISK_FULL:
+            return f"session {session} could not restore: {reason}. {hint or ''}".rstrip()
         what = "interrupted" if status == "interrupted" else f"lost ({reason})"
         if status in INTERRUPTED:
             if not self.auto_resume:

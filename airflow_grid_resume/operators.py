@@ -362,7 +362,13 @@ class GridRunOperator(BaseOperator):
         interruptions, failures = self._history(ledger, session + 1)
         reason = (outcome.reason if outcome else None) or (closed.reason if closed else None)
         exhausted = self._budget_rules().exhausted(
-            status, session, interruptions, failures, reason=reason, hint=outcome.hint if outcome else None
+            status,
+            session,
+            interruptions,
+            failures,
+            reason=reason,
+            hint=outcome.hint if outcome else None,
+            cause=outcome.cause if outcome else None,
         )
         if not exhausted:
             return False
@@ -726,7 +732,13 @@ class GridRunOperator(BaseOperator):
         interruptions, failures = self._history(ledger, session + 1)
         outcome = event.get("outcome") or {"reason": event.get("reason")}
         exhausted = self._budget_rules().exhausted(
-            str(status), session, interruptions, failures, reason=outcome.get("reason"), hint=outcome.get("hint")
+            str(status),
+            session,
+            interruptions,
+            failures,
+            reason=outcome.get("reason"),
+            hint=outcome.get("hint"),
+            cause=outcome.get("cause"),
         )
         tail = "\n".join(outcome.get("tail") or [])  # the script's last lines, for a failure's message
         if exhausted:

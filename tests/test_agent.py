@@ -18,6 +18,7 @@ from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from tests.conftest import TRAIN, pids_in_group
+from tests.test_sync_restore import bytes_snapshot, make_odd_tree
 
 FAST = ["--sync-reserve", "1", "--min-grace", "1", "--imds-poll", "0.2", "--log-interval", "0.3"]
 
@@ -387,11 +388,14 @@ def test_a_full_disk_ends_the_session_as_a_failure_that_says_so(agent, run_uri, 
     assert mounted, "mounting a 1 MiB tmpfs failed: this test needs root (make test and CI run as root)"
     try:
         second = agent(run_uri, small / "w", "true", options=FAST)
-        assert second.wait() == 70
+        assert second.wait() == 6  # EXIT_DISK_FULL: not the script's failure, not an agent crash
+        assert list((small / "w").rglob("*")) == []  # what the restore wrote is removed
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
     outcome = ledger.read_outcome(2)
-    assert outcome["status"] == "failed" and "No space left on device" in outcome["reason"], outcome
+    assert outcome["status"] == "failed" and outcome["cause"] == "disk_full", outcome
+    assert "No space left on device" in outcome["reason"] and "000001-000001.json (2.9 MiB" in outcome["reason"]
+    assert "not a failure of the script" in outcome["reason"]
     assert "root_volume_gb" in outcome["hint"]
     assert "root_volume_gb" in second.stderr
 
@@ -483,3 +487,44 @@ def test_a_rerun_on_the_same_workdir_keeps_newer_local_files(agent, run_uri, led
         assert (fresh / kept / name).read_bytes() == newer[name]
         assert (fresh / name).read_bytes() == checkpoint[name]
     assert (fresh / "ckpt" / "untracked.pt").read_bytes() == b"not in the checkpoint"
+
+
+def test_odd_names_survive_a_resume_through_the_agent(agent, run_uri, ledger, tmp_path: Path) -> None:
+    """``1:30.log``, ``a\\b.txt``, tab, CR, non-UTF-8, 255-byte names, a deep path: the next session
+    restores them bit-exact (an older agent committed them, then refused every manifest holding them)."""
+    first_dir, second_dir = tmp_path / "i1", tmp_path / "i2"
+    make_odd_tree(first_dir)
+    first = agent(run_uri, first_dir, "true", options=FAST)
+    assert first.wait() == 0, first.stderr
+    second = agent(run_uri, second_dir, "true", options=FAST)
+    assert second.wait() == 0, second.stderr
+    assert ledger.read_outcome(2)["restored_from"] == "000001-000001.json"
+    assert ledger.read_outcome(2)["restore_fallbacks"] == []
+    assert bytes_snapshot(second_dir) == bytes_snapshot(first_dir)
+
+
+def test_a_fallback_is_reported_with_the_steps_it_costs(agent, run_uri, ledger, tmp_path: Path) -> None:
+    """The newest checkpoint does not verify: the session restores the older one and says so, with the
+    steps to redo, in its log and its outcome: never a silent restart from an older point."""
+    one = agent(run_uri, tmp_path / "i1", "sh", "-c", "echo 'grid-resume: progress 10'; echo a > ckpt", options=FAST)
+    assert one.wait() == 0, one.stderr
+    two = agent(run_uri, tmp_path / "i2", "sh", "-c", "echo 'grid-resume: progress 25'; echo bb > ckpt", options=FAST)
+    assert two.wait() == 0, two.stderr
+    newest = ledger.read_manifest(ledger.list_manifests()[0])
+    assert newest.name == "000002-000001.json" and newest.extra == {"progress": {"done": 25}}
+    ledger.put(ledger.blob_keys(next(f for f in newest.files if f.path == "ckpt"))[0], b"rotten!")
+    three = agent(run_uri, tmp_path / "i3", "cat", "ckpt", options=FAST)
+    assert three.wait() == 0, three.stderr
+    assert three.stdout.strip().endswith("a")
+    outcome = ledger.read_outcome(3)
+    assert outcome["restored_from"] == "000001-000001.json"
+    assert outcome["restore_fallback"] == {
+        "newest": "000002-000001.json",
+        "restored": "000001-000001.json",
+        "newest_step": 25,
+        "restored_step": 10,
+        "steps_lost": 15,
+    }
+    note = "restored the older checkpoint 000001-000001.json instead: about 15 steps (step 25 -> 10)"
+    assert note in outcome["warnings"][0] and "000002-000001.json" in outcome["warnings"][0]
+    assert note in three.stderr

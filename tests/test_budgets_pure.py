@@ -53,3 +53,13 @@ def test_a_clear_is_told_from_a_retry_as_airflow_counts_tries(
     try_number: int | None, max_tries: int | None, retries: int, first: bool
 ) -> None:
     assert first_try_of_cycle(try_number, max_tries, retries) is first
+
+
+def test_a_checkpoint_too_big_for_the_disk_ends_the_run_at_once_whatever_the_budget() -> None:
+    """Not the script's failure, and every retry on the same disk would meet it again."""
+    reason = "disk full while restoring: the disk filled up while restoring checkpoint 000001-000001.json"
+    message = BUDGETS.exhausted(
+        "failed", 2, interruptions=0, failures=1, reason=reason, hint="raise root_volume_gb", cause="disk_full"
+    )
+    assert message == f"session 2 could not restore: {reason}. raise root_volume_gb"
+    assert BUDGETS.exhausted("failed", 2, interruptions=0, failures=1, reason="exit code 3") is None

@@ -12,34 +12,111 @@ import pytest
 
 from airflow_grid_resume.agent.imds import parse_instance_action
 from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, SUCCEEDED, classify
-from airflow_grid_resume.agent.restore import plan_pack_reads
+from airflow_grid_resume.agent.restore import RestoreResult, plan_pack_reads
 from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter
 from airflow_grid_resume.ledger.errors import ManifestError, UnsafePathError, UnsupportedFormatError, UsageError
 from airflow_grid_resume.ledger.manifest import (
     FORMAT,
     FileEntry,
+    LinkEntry,
     Manifest,
     as_current,
     chunk_root,
     parse_manifest,
     parse_manifest_name,
 )
-from airflow_grid_resume.ledger.paths import check_relative_path, safe_target
+from airflow_grid_resume.ledger.paths import check_relative_path, safe_target, storable_path
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 
 SHA = hashlib.sha256(b"x").hexdigest()
 PACK = hashlib.sha256(b"pack").hexdigest()
 
 
-@pytest.mark.parametrize("path", ["../x", "/abs", "..\\x", "a/../../b", "a//b", "./a", "", "a\x00b", "C:x", "a/."])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../x",
+        "/abs",
+        "a/../../b",
+        "a//b",
+        "./a",
+        "",
+        "a\x00b",
+        "a/.",
+        "n" * 256,  # over NAME_MAX
+        "d/" * 2048 + "f",  # over PATH_MAX
+        "\udcc3\udca9",  # valid UTF-8 (e-acute) spelled as escaped bytes: two spellings of one name
+        "\ud800x",  # a surrogate no byte decodes to
+        "ckpt/.grid-resume-tmp-0123abcd",  # restore's temporary name
+        "w.bin.grid-resume-tmp-0123abcd",  # an older agent's temporary name
+    ],
+)
 def test_hostile_paths_rejected(path: str) -> None:
     with pytest.raises(UnsafePathError):
         check_relative_path(path)
 
 
-@pytest.mark.parametrize("path", ["a", "a/b.txt", "ckpt/epoch=3.ckpt", "..hidden", "a..b/c"])
+# Every name Linux holds: any byte but "/" and NUL, up to 255 bytes, paths up to PATH_MAX.
+ODD_NAMES = [
+    "1:30.log",
+    "C:x",
+    "a\\b.txt",
+    "..\\x",
+    "tab\there",
+    "cr\rhere",
+    "nl\nand\x7fdel",
+    os.fsdecode(b"latin1-\xe9t\xe9.bin"),  # not UTF-8
+    "\u00e9" * 127 + "x",  # 255 bytes of UTF-8
+    "n" * 255,
+    "/".join(["d" * 200] * 20),  # 4019 bytes deep
+    ".grid-resume-tmp",  # the marker alone is an ordinary name
+]
+
+
+@pytest.mark.parametrize("path", ["a", "a/b.txt", "ckpt/epoch=3.ckpt", "..hidden", "a..b/c", *ODD_NAMES])
 def test_ordinary_paths_accepted(path: str) -> None:
     assert check_relative_path(path) == path
+
+
+def test_odd_names_round_trip_through_a_manifest_bit_exact() -> None:
+    """The manifest is ASCII JSON; each name reads back as the same bytes, and a link target too."""
+    files = tuple(FileEntry(p, 1, 0o644, 0, SHA) for p in sorted(ODD_NAMES))
+    target = os.fsdecode(b"../\xff\tweird target")
+    manifest = Manifest(1, 1, "t", "final", files=files, links=(LinkEntry("lnk", target),))
+    data = manifest.to_json()
+    data.decode("ascii")
+    back = parse_manifest(data)
+    assert [os.fsencode(f.path) for f in back.files] == [os.fsencode(p) for p in sorted(ODD_NAMES)]
+    assert back.links[0].target == target and back.files == manifest.files
+
+
+def test_a_path_too_deep_for_the_workdir_is_not_storable(tmp_path) -> None:
+    root = str(tmp_path)
+    deep = "/".join(["d" * 200] * 20)
+    assert storable_path("/w", deep) is None
+    why = storable_path(root + "/" + "x" * 100, deep)
+    assert why is not None and "PATH_MAX" in why and deep[:50] in why
+    assert "NUL" in (storable_path(root, "a\x00") or "")
+
+
+def test_a_fallback_says_which_checkpoint_and_how_many_steps() -> None:
+    older = Manifest(1, 1, "t", "final")
+    why = ("000002-000001.json", "pack 12ab is corrupt")
+    result = RestoreResult(older, fallbacks=[why], steps={"000002-000001.json": 20, "000001-000001.json": 12})
+    assert result.steps_lost == 8
+    assert result.fallback_record() == {
+        "newest": "000002-000001.json",
+        "restored": "000001-000001.json",
+        "newest_step": 20,
+        "restored_step": 12,
+        "steps_lost": 8,
+    }
+    note = result.fallback_note() or ""
+    assert "000002-000001.json" in note and "corrupt" in note and "restored the older checkpoint 000001-000001.json"
+    assert "about 8 steps" in note
+    unknown = RestoreResult(older, fallbacks=[why]).fallback_note() or ""
+    assert "unknown" in unknown and "000001-000001.json" in unknown
+    assert RestoreResult(older).fallback_note() is None and RestoreResult(older).fallback_record() is None
 
 
 def test_safe_target_refuses_symlinked_parent(tmp_path) -> None:
@@ -104,7 +181,7 @@ def test_pack_reads_merge_neighbours_and_split_far_apart_files() -> None:
     assert [[x.path for x in run] for run in runs] == [["a", "dup", "b"], ["c", "d"]]
 
 
-@pytest.mark.parametrize("bad", ["../x", "/abs", "..\\x"])
+@pytest.mark.parametrize("bad", ["../x", "/abs", "a/../../x", "n" * 256])
 def test_manifest_with_hostile_path_rejected(bad: str) -> None:
     data = _manifest_doc([{"path": bad, "size": 1, "mode": 420, "mtime_ns": 0, "sha256": SHA}])
     with pytest.raises(ManifestError, match="unsafe path"):
@@ -164,7 +241,8 @@ def test_path_filter_semantics() -> None:
     assert f.excluded("deep/x.tmp")
     assert f.excluded("data/raw/part-1")
     assert not f.excluded("data/rawish")
-    assert f.excluded("x.grid-resume-tmp-1234")
+    assert f.excluded("x.grid-resume-tmp-1234abcd") and f.excluded("d/.grid-resume-tmp-1234abcd/x")
+    assert not f.excluded("notes.grid-resume-tmp") and not f.excluded("a.grid-resume-tmp-x")  # user names
     inc = PathFilter(include=["ckpt/*", "*.json"])
     assert inc.included_file("ckpt/a.pt") and inc.included_file("x/y.json") and not inc.included_file("big.bin")
 

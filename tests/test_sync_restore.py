@@ -18,7 +18,7 @@ from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.emulator.faultproxy import FaultProxy, FaultRule
 from airflow_grid_resume.ledger import records
-from airflow_grid_resume.ledger.errors import LeaseHeldError, NoRestorableCheckpointError
+from airflow_grid_resume.ledger.errors import LeaseHeldError, NoRestorableCheckpointError, UnstorablePathError
 from airflow_grid_resume.ledger.manifest import FileEntry, Manifest
 from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
@@ -179,7 +179,7 @@ def test_no_verifiable_manifest_refuses_to_start_over(ledger: RunLedger, tmp_pat
         Restorer(ledger, str(tmp_path / "dst")).restore()
 
 
-@pytest.mark.parametrize("hostile", ["../escaped", "/tmp/abs-escaped", "..\\escaped", "ok/../../escaped"])
+@pytest.mark.parametrize("hostile", ["../escaped", "/tmp/abs-escaped", "ok/../../escaped", "ok/./../escaped"])
 def test_hostile_manifest_paths_never_escape(ledger: RunLedger, tmp_path: Path, hostile: str) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -329,3 +329,175 @@ def test_restore_sets_aside_whatever_differs_and_never_deletes(ledger: RunLedger
     assert again.set_aside == [("code/train.sh", ".grid-resume-kept/session-7.2/code/train.sh")]
     assert (dst / ".grid-resume-kept" / "session-7.2" / "code" / "train.sh").read_text() == "edited again"
     assert (kept / "code").read_text() == "a local file named like the checkpoint's directory"
+
+
+# -- every name Linux holds, sparse files, fallbacks that say so ----------------------------------
+DEEP_LEVELS = 17  # 17 components of 200 bytes: about 3.4 KiB of path under the workdir
+
+
+def make_odd_tree(root: Path) -> None:
+    """Names an older agent synced but could not restore (or whose restore crashed): every byte but
+    ``/`` and NUL, non-UTF-8 bytes, 255-byte names, a deep path, a link to a non-UTF-8 target."""
+    base = os.fsencode(root)
+    os.makedirs(base, exist_ok=True)
+    names = [
+        b"1:30.log",
+        b"a\\b.txt",
+        b"tab\there",
+        b"cr\rhere",
+        b"latin1-\xe9t\xe9.bin",
+        "\u00e9".encode() * 127 + b"x",  # 255 bytes of UTF-8
+        b"n" * 255,
+    ]
+    for i, name in enumerate(names):
+        with open(os.path.join(base, name), "wb") as fh:
+            fh.write(b"content %d: " % i + name)
+    with open(os.path.join(base, b"C:\\big\x7f" + b"b" * 240), "wb") as fh:
+        fh.write(os.urandom(3 * CHUNK + 5))  # chunked, under a 249-byte name
+    deep = os.path.join(base, *[b"d" * 200] * DEEP_LEVELS)
+    os.makedirs(deep)
+    with open(os.path.join(deep, b"\xff\tleaf"), "wb") as fh:
+        fh.write(b"deep")
+    os.symlink(b"../\xfe target", os.path.join(base, b"link\x01"))
+
+
+def bytes_snapshot(root: Path) -> dict[bytes, tuple]:
+    """``snapshot`` by the names' bytes: what a bit-exact restore must reproduce."""
+    out: dict[bytes, tuple] = {}
+    base = os.fsencode(root)
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            rel = os.path.relpath(path, base)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            else:
+                with open(path, "rb") as fh:
+                    out[rel] = ("file", hashlib.sha256(fh.read()).hexdigest(), stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+    return out
+
+
+def test_every_name_linux_holds_round_trips_bit_exact(ledger: RunLedger, tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_odd_tree(src)
+    result = syncer(ledger, src).sync("final")
+    assert result.committed and result.files == 9
+    restored = Restorer(ledger, str(dst)).restore()
+    assert restored.manifest is not None and restored.fallbacks == []
+    expected = bytes_snapshot(src)
+    assert b"n" * 255 in expected and os.path.join(*[b"d" * 200] * DEEP_LEVELS, b"\xff\tleaf") in expected
+    assert bytes_snapshot(dst) == expected
+    # Restoring again over the same tree keeps everything (and leaves no temporary behind).
+    again = Restorer(ledger, str(dst)).restore()
+    assert again.files_kept == 9 and bytes_snapshot(dst) == expected
+
+
+def test_a_path_no_restore_could_create_is_refused_at_sync_naming_it(ledger: RunLedger, tmp_path: Path) -> None:
+    """Linux holds paths deeper than PATH_MAX (made relative to a directory fd); no restore can create
+    one by its path. The sync says which and commits nothing, instead of a manifest restore refuses."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "fine.txt").write_text("fine")
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        for _ in range(20):  # 20 x 251 bytes
+            os.mkdir("p" * 250, dir_fd=fd)
+            fd, parent = os.open("p" * 250, os.O_RDONLY, dir_fd=fd), fd
+            os.close(parent)
+        os.close(os.open("weights.pt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    with pytest.raises(UnstorablePathError, match="PATH_MAX") as caught:
+        syncer(ledger, src).sync("final")
+    message = str(caught.value)
+    assert "/".join(["p" * 250] * 15) in message and "--exclude" in message
+    assert ledger.list_manifests() == []
+    # Leaving it out makes the rest checkpointable.
+    ok = syncer(ledger, src, path_filter=scan.PathFilter(exclude=["p" * 250])).sync("final")
+    assert ok.committed and [f.path for f in ok.manifest.files] == ["fine.txt"]
+
+
+def test_sparse_files_restore_sparse(ledger: RunLedger, tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    with open(src / "disk.img", "wb") as fh:  # 2.5 MiB, chunked, 100 bytes of data
+        fh.truncate(40 * CHUNK)
+        fh.seek(20 * CHUNK + 5000)
+        fh.write(b"x" * 100)
+    with open(src / "one-object.bin", "wb") as fh:  # one whole object: the chunk size
+        fh.write(b"head")
+        fh.truncate(CHUNK)
+    syncer(ledger, src).sync("final")
+    Restorer(ledger, str(dst)).restore()
+    for name in ("disk.img", "one-object.bin"):
+        assert (dst / name).read_bytes() == (src / name).read_bytes()
+    assert (dst / "disk.img").stat().st_blocks * 512 <= 16 * 1024  # one 4 KiB block of data, the rest holes
+    assert (dst / "one-object.bin").stat().st_blocks * 512 <= 8 * 1024
+
+
+def test_a_fallback_says_which_checkpoint_and_the_steps_it_costs(ledger: RunLedger, tmp_path: Path, caplog) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    step = {"done": 120}
+    s = syncer(ledger, src, progress=lambda: dict(step))
+    (src / "ckpt").write_text("step 120")
+    s.sync("periodic")
+    step["done"] = 150
+    (src / "ckpt").write_text("step 150!")
+    s.sync("final")
+    client = boto3.client("s3")
+    key = _key_of(ledger, "ckpt")
+    client.put_object(Bucket=ledger.location.bucket, Key=key, Body=b"rotten")
+    result = Restorer(ledger, str(tmp_path / "dst")).restore()
+    assert result.manifest is not None and result.manifest.name == "000001-000001.json"
+    assert result.fallback_record() == {
+        "newest": "000001-000002.json",
+        "restored": "000001-000001.json",
+        "newest_step": 150,
+        "restored_step": 120,
+        "steps_lost": 30,
+    }
+    assert "restored the older checkpoint 000001-000001.json instead: about 30 steps" in (result.fallback_note() or "")
+
+
+def test_a_symlink_replaced_during_the_walk_does_not_fail_the_sync(
+    ledger: RunLedger, tmp_path: Path, monkeypatch
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "weights").write_text("w")
+    (src / "latest").symlink_to("weights")
+    (src / "gone").symlink_to("weights")
+    real_readlink = os.readlink
+
+    def racing_readlink(path, *args, **kwargs):  # the script swaps the links between stat and readlink
+        name = os.path.basename(os.fsdecode(path))
+        if name == "latest" and os.path.islink(path):
+            os.unlink(path)
+            Path(path).write_text("now a file")
+        elif name == "gone" and os.path.islink(path):
+            os.unlink(path)
+        return real_readlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "readlink", racing_readlink)
+    result = syncer(ledger, src).sync("periodic")
+    monkeypatch.setattr(os, "readlink", real_readlink)
+    assert result.committed and result.manifest is not None
+    assert [f.path for f in result.manifest.files] == ["latest", "weights"] and result.manifest.links == ()
+    Restorer(ledger, str(tmp_path / "dst")).restore()
+    assert (tmp_path / "dst" / "latest").read_text() == "now a file"
+
+
+def test_names_of_255_bytes_restore_as_files_chunked_files_and_links(ledger: RunLedger, tmp_path: Path) -> None:
+    """Restore's temporary name never exceeds NAME_MAX, however long the target's name is."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / ("s" * 255)).write_text("small")
+    (src / ("c" * 240)).write_bytes(os.urandom(2 * CHUNK + 1))
+    (src / ("l" * 231)).symlink_to("s" * 255)
+    syncer(ledger, src).sync("final")
+    Restorer(ledger, str(dst)).restore()
+    assert snapshot(dst) == snapshot(src)

@@ -68,7 +68,8 @@ class LogSpool:
         """An agent line, started on a fresh line even if the command left one unfinished."""
         with self._lock:
             prefix = b"" if self._last_byte == b"\n" else b"\n"
-        self.append(prefix + line.rstrip("\n").encode() + b"\n")
+        # backslashreplace: a file name's non-UTF-8 bytes (surrogate escapes) show as \udcXX, never drop the line
+        self.append(prefix + line.rstrip("\n").encode("utf-8", "backslashreplace") + b"\n")
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)

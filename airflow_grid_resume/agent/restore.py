@@ -5,10 +5,15 @@ pointer is written after the manifest, so it can lag by one); all manifests are 
 there is no pointer or everything from it on fails. Manifests are tried newest first. One that is
 malformed or has unsafe paths is rejected before anything is written; one whose packs or objects
 turn out missing or corrupt is abandoned, the files it created are removed, and the next older
-manifest is tried, each fallback logged with its reason. A manifest in a newer format than this
-agent reads stops the restore with UnsupportedFormatError. Packs are read with one ranged GET per
+manifest is tried, each fallback logged with its reason; the result says which checkpoint was
+restored instead and how many progress steps that costs (``fallback_note``), which the agent logs as
+an error and records in its outcome. A full disk raises DiskFullError (the checkpoint does not
+fit). A manifest in a newer format than this agent reads stops the restore with
+UnsupportedFormatError. Packs are read with one ranged GET per
 run of needed files, in parallel; every file is written under a temporary name, verified against
-its sha256 (a chunked file chunk by chunk), and renamed into place.
+its sha256 (a chunked file chunk by chunk), and renamed into place. Temporary names are short
+names beside the target (NAME_MAX holds whatever the target's length), and whole blocks of zeros
+are left as holes, so a sparse file restores sparse.
 
 Restore never destroys what is already in the workdir (``local_decision``): a file identical to
 the checkpoint's is kept, a path the checkpoint does not have is left alone, and anything else at a
@@ -22,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -36,6 +42,7 @@ from dataclasses import dataclass, field
 from airflow_grid_resume.agent.scan import KEPT_DIR, Digest, HashCache, sha256_file
 from airflow_grid_resume.ledger.errors import (
     CorruptObjectError,
+    DiskFullError,
     ManifestError,
     NoRestorableCheckpointError,
     UnsafePathError,
@@ -53,6 +60,9 @@ RANGE_MERGE_GAP = 1024 * 1024
 # A run is cut at this many bytes, so a pack is read (and its files written) by several workers at
 # once: S3's own advice for throughput is parallel ranged GETs of a few MiB.
 RANGE_MAX = 2 * 1024 * 1024
+# Whole blocks of zeros this long are not written but left as holes (a filesystem block).
+SPARSE_BLOCK = 4096
+_ZERO_BLOCK = bytes(SPARSE_BLOCK)
 
 
 # What restore does at a checkpoint path, given what the workdir holds there (``local_decision``).
@@ -94,6 +104,49 @@ class RestoreResult:
     seconds: float = 0.0
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
     set_aside: list[tuple[str, str]] = field(default_factory=list)  # (path, where it was kept), relative
+    # manifest name -> the progress step it records (``extra.progress.done``), for the fallbacks and
+    # the restored one, when recorded.
+    steps: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def steps_lost(self) -> int | None:
+        """Steps the fallback costs: the newest unverifiable checkpoint's step minus the restored one's."""
+        if not self.fallbacks or self.manifest is None:
+            return None
+        newest, restored = self.steps.get(self.fallbacks[0][0]), self.steps.get(self.manifest.name)
+        return None if newest is None or restored is None else max(0, newest - restored)
+
+    def fallback_record(self) -> dict | None:
+        """What outcome.json says of a fallback: which checkpoint was restored instead of which, and at
+        what cost in steps (None when it is unknown: the script prints no progress lines)."""
+        if not self.fallbacks or self.manifest is None:
+            return None
+        newest = self.fallbacks[0][0]
+        return {
+            "newest": newest,
+            "restored": self.manifest.name,
+            "newest_step": self.steps.get(newest),
+            "restored_step": self.steps.get(self.manifest.name),
+            "steps_lost": self.steps_lost,
+        }
+
+    def fallback_note(self) -> str | None:
+        """The log line (and outcome warning) of a fallback: never a silent restart from an older point."""
+        record = self.fallback_record()
+        if record is None:
+            return None
+        newest, why = self.fallbacks[0]
+        lost = self.steps_lost
+        cost = (
+            f"about {lost} steps (step {record['newest_step']} -> {record['restored_step']}) will be done again"
+            if lost is not None
+            else "the steps this costs are unknown (the checkpoints record no 'grid-resume: progress' step)"
+        )
+        others = f" and {len(self.fallbacks) - 1} more" if len(self.fallbacks) > 1 else ""
+        return (
+            f"the newest checkpoint {newest}{others} did not verify ({why}); restored the older checkpoint "
+            f"{record['restored']} instead: {cost}"
+        )
 
     def summary(self) -> str:
         if self.manifest is None:
@@ -157,6 +210,7 @@ class Restorer:
         for candidate in self.candidates():
             tried += 1
             created: set[str] = set()
+            manifest = None
             try:
                 manifest = self.ledger.read_manifest(candidate)
                 _check_layout(manifest)
@@ -167,10 +221,19 @@ class Restorer:
             except (ManifestError, CorruptObjectError, UnsafePathError) as exc:
                 self._remove_created(created, keep=set())
                 result.fallbacks.append((candidate.name, str(exc)))
+                self._note_step(result, candidate)
                 log.error("cannot restore manifest %s: %s", candidate.name, exc)
                 continue
+            except OSError as exc:
+                self._remove_created(created, keep=set())
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFullError(self._disk_full(candidate.name, manifest, exc)) from exc
+                raise
             result.manifest = manifest
             result.seconds = time.monotonic() - started
+            step = _recorded_step(manifest.extra)
+            if step is not None:
+                result.steps[manifest.name] = step
             if self.set_aside:
                 where = ", ".join(result.set_aside_record()["dirs"])  # type: ignore[index]
                 log.warning(
@@ -195,6 +258,30 @@ class Restorer:
             f"the run has {tried} checkpoint manifest(s) but none verifies "
             f"({'; '.join(f'{n}: {why}' for n, why in result.fallbacks[:3])}). Refusing to start over, "
             "which would silently lose the run's work."
+        )
+
+    def _note_step(self, result: RestoreResult, candidate: StoredManifest) -> None:
+        """The step an unverifiable manifest records, read leniently (it may be the part that is wrong)."""
+        try:
+            doc = json.loads(self.ledger.get(candidate.key) or b"{}")
+        except Exception:  # unreadable: its step is simply unknown
+            return
+        step = _recorded_step(doc.get("extra") if isinstance(doc, dict) else None)
+        if step is not None:
+            result.steps[candidate.name] = step
+
+    def _disk_full(self, name: str, manifest: Manifest | None, exc: OSError) -> str:
+        """What a full disk during the restore means, with the sizes to act on."""
+        size = f" ({manifest.total_bytes / 1048576:.1f} MiB in {len(manifest.files)} files)" if manifest else ""
+        try:
+            usage = shutil.disk_usage(self.root)
+            space = f"{usage.free / 1048576:.1f} MiB free of {usage.total / 1048576:.1f} MiB"
+        except OSError:
+            space = "free space unknown"
+        return (
+            f"the disk filled up while restoring checkpoint {name}{size} into {self.root} ({space}): "
+            f"{exc.strerror}. The checkpoint does not fit on the instance's disk: this is not a failure of the "
+            "script, and no retry on the same disk size can succeed"
         )
 
     # -- applying one manifest --------------------------------------------------------------
@@ -284,7 +371,8 @@ class Restorer:
         tmp = _temp_name(target)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            _write_all(fd, data)
+            os.ftruncate(fd, len(data))
+            _write_sparse(fd, data, 0)
             os.fchmod(fd, f.mode)
         except BaseException:
             os.close(fd)
@@ -298,7 +386,7 @@ class Restorer:
         data = self.ledger.get_blob(partial.entry.chunks[index])
         if len(data) != chunk_length(partial.entry.size, chunk_size, index):
             raise CorruptObjectError(f"object {partial.entry.chunks[index]} has the wrong length")
-        os.pwrite(partial.fd, data, index * chunk_size)
+        _write_sparse(partial.fd, data, index * chunk_size)
         return len(data)
 
     def _finish_large(self, partial: _Partial, created: set[str], whole: bool) -> None:
@@ -466,14 +554,40 @@ def _move(src: str, dest: str) -> None:
             os.unlink(src)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_sparse(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write ``data`` at ``offset`` of a file already truncated to its full size, skipping every whole
+    block of zeros: those stay holes, so a sparse file restores sparse instead of filling the disk."""
     view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    for start, end in _data_runs(view):
+        while start < end:
+            start += os.pwrite(fd, view[start:end], offset + start)
+
+
+def _data_runs(view: memoryview, block: int = SPARSE_BLOCK) -> Iterator[tuple[int, int]]:
+    """(start, end) of the runs of ``view`` to write: everything but whole ``block``-sized zero blocks."""
+    start = None
+    for i in range(0, len(view), block):
+        piece = view[i : i + block]
+        if len(piece) == block and bytes(piece) == _ZERO_BLOCK:
+            if start is not None:
+                yield start, i
+                start = None
+        elif start is None:
+            start = i
+    if start is not None:
+        yield start, len(view)
+
+
+def _recorded_step(extra: object) -> int | None:
+    """The progress step a manifest's ``extra`` records (see Syncer.progress), or None."""
+    progress = extra.get("progress") if isinstance(extra, dict) else None
+    done = progress.get("done") if isinstance(progress, dict) else None
+    return done if isinstance(done, int) and not isinstance(done, bool) else None
 
 
 def _temp_name(target: str) -> str:
-    return f"{target}{TEMP_MARKER}-{uuid.uuid4().hex[:8]}"
+    """A temporary name beside ``target``, of fixed length whatever the target's (NAME_MAX is 255 bytes)."""
+    return os.path.join(os.path.dirname(target), f"{TEMP_MARKER}-{uuid.uuid4().hex[:8]}")
 
 
 def _directories(manifest: Manifest) -> list[str]:

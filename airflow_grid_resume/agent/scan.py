@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from airflow_grid_resume.ledger.paths import TEMP_MARKER
+from airflow_grid_resume.ledger.paths import is_temp_name, storable_path
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class PathFilter:
         return False
 
     def excluded(self, rel: str) -> bool:
-        if TEMP_MARKER in rel:
+        if any(is_temp_name(part) for part in rel.split("/")):
             return True
         rel = kept_original(rel)
         return bool(rel) and self._matches(rel, self.exclude)
@@ -78,38 +78,52 @@ class PathFilter:
 
 @dataclass
 class Tree:
-    """What a walk found: regular files with their lstat, symlinks, directories, skipped specials."""
+    """What a walk found: regular files with their lstat, symlinks, directories, skipped specials,
+    and ``unstorable``: (path, why) for entries no manifest can hold (sync refuses to commit then)."""
 
     files: dict[str, os.stat_result] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)
     dirs: dict[str, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    unstorable: list[tuple[str, str]] = field(default_factory=list)
 
 
 def walk(root: str, path_filter: PathFilter) -> Tree:
-    """Walk ``root`` without following symlinks. Sockets, FIFOs and devices are skipped."""
+    """Walk ``root`` without following symlinks. Sockets, FIFOs and devices are skipped; an entry
+    that vanishes or changes type while it is looked at is looked at again, or left to the next sync."""
     tree = Tree()
     stack = [""]
     while stack:
         rel_dir = stack.pop()
         try:
             entries = list(os.scandir(os.path.join(root, rel_dir) if rel_dir else root))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             if path_filter.excluded(rel):
                 continue
+            why = storable_path(root, rel)  # before stat: a path over PATH_MAX cannot even be stat'ed
+            if why is not None:
+                if _is_dir(entry) or path_filter.included_file(rel):
+                    tree.unstorable.append((rel, why))
+                continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
+            if stat.S_ISLNK(st.st_mode):
+                found = _read_link(entry.path, rel)
+                if found is None:
+                    continue
+                target, st = found
+                if target is not None:
+                    if path_filter.included_file(rel):
+                        tree.links[rel] = target
+                    continue
             if stat.S_ISDIR(st.st_mode):
                 tree.dirs[rel] = stat.S_IMODE(st.st_mode)
                 stack.append(rel)
-            elif stat.S_ISLNK(st.st_mode):
-                if path_filter.included_file(rel):
-                    tree.links[rel] = os.readlink(entry.path)
             elif stat.S_ISREG(st.st_mode):
                 if path_filter.included_file(rel):
                     tree.files[rel] = st
@@ -120,6 +134,39 @@ def walk(root: str, path_filter: PathFilter) -> Tree:
         needed = {rel.rsplit("/", i)[0] for rel in (*tree.files, *tree.links) for i in range(1, rel.count("/") + 1)}
         tree.dirs = {d: m for d, m in tree.dirs.items() if d in needed or path_filter._matches(d, path_filter.include)}
     return tree
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return True  # cannot tell: reported rather than dropped
+
+
+def _read_link(path: str, rel: str, attempts: int = 3) -> tuple[str | None, os.stat_result] | None:
+    """(target, lstat) of a symlink; (None, lstat) when it was replaced by something else (a rename
+    over it during the walk: the caller takes the new entry as it is now); None when it is gone or keeps
+    changing, so this sync leaves it out (the next one sees it settled)."""
+    for _ in range(attempts):
+        try:
+            target = os.readlink(path)
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # EINVAL: no longer a symlink
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return None
+            if not stat.S_ISLNK(st.st_mode):
+                return None, st
+            log.debug("readlink %s: %s; trying again", rel, exc)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            return target, st
+        return None, st
+    log.warning("%s kept changing while it was read as a symlink: left out of this sync", rel)
+    return None
 
 
 @dataclass(frozen=True)

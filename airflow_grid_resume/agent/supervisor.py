@@ -59,6 +59,7 @@ from airflow_grid_resume.ledger.errors import (
     EXIT_LEDGER_UNAVAILABLE,
     EXIT_SYNC_FAILED,
     AgentError,
+    DiskFullError,
     NoRestorableCheckpointError,
     UsageError,
     crash_hint,
@@ -252,7 +253,24 @@ class Supervisor:
             result = Classification(FAILED, exc.exit_code, False, f"no restorable checkpoint: {exc}")
             aside = RestoreResult(None, set_aside=restorer.set_aside)
             return self._finish(ledger, shipper, spool, result, started_at, aside, final_sync=False)
+        except DiskFullError as exc:  # the instance's disk is too small: not the script's failure
+            log.error("%s. %s", exc, crash_hint(exc.__cause__ or exc))
+            result = Classification(FAILED, exc.exit_code, False, f"disk full while restoring: {exc}")
+            aside = RestoreResult(None, set_aside=restorer.set_aside)
+            return self._finish(
+                ledger,
+                shipper,
+                spool,
+                result,
+                started_at,
+                aside,
+                final_sync=False,
+                cause=records.CAUSE_DISK_FULL,
+                hint=crash_hint(exc.__cause__ or exc),
+            )
         log.info(restored.summary())
+        if restored.fallback_note():
+            log.error("%s", restored.fallback_note())
         self.syncer = Syncer(
             ledger,
             workdir,
@@ -262,6 +280,7 @@ class Supervisor:
             parallelism=self.o.parallelism,
             last_manifest=restored.manifest,
             keep_manifests=self.o.keep_manifests,
+            progress=self.progress.heartbeat,
         )
         early = self._pending_stop()
         if early is not None:
@@ -466,6 +485,8 @@ class Supervisor:
         restored: RestoreResult,
         *,
         final_sync: bool,
+        cause: str | None = None,
+        hint: str | None = None,
     ) -> int:
         self._set_state("syncing")
         manifest, sync_error = (None, None)
@@ -475,6 +496,8 @@ class Supervisor:
             manifest = self.syncer.last_manifest.name
         exit_code = result.agent_exit_code
         status, warnings = result.status, [*result.warnings, *self.notice_warnings]
+        if restored.fallback_note():
+            warnings.insert(0, restored.fallback_note())
         if sync_error:
             warnings.append(f"the final sync failed: {sync_error}")
             if result.status != FAILED:
@@ -496,6 +519,9 @@ class Supervisor:
             restored_from=restored.manifest.name if restored.manifest else None,
             restore_fallbacks=[{"manifest": n, "reason": r} for n, r in restored.fallbacks],
             set_aside=restored.set_aside_record(),
+            restore_fallback=restored.fallback_record(),
+            cause=cause,
+            hint=hint,
             started_at=started_at,
             ended_at=_utc(),
             tail=spool.tail_lines(40) if status == FAILED else [],

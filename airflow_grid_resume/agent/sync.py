@@ -18,11 +18,13 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter, StatKey, now_ns, walk
+from airflow_grid_resume.ledger.errors import UnstorablePathError
 from airflow_grid_resume.ledger.manifest import (
     DEFAULT_CHUNK_SIZE,
     FORMAT_VERSION,
@@ -108,6 +110,7 @@ class Syncer:
         last_manifest: Manifest | None = None,
         pack_target: int = PACK_TARGET,
         keep_manifests: int = MANIFESTS_PER_SESSION,
+        progress: Callable[[], dict | None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.root = root
@@ -121,6 +124,9 @@ class Syncer:
         self.small_file = min(SMALL_FILE, chunk_size)
         self.keep_manifests = keep_manifests
         self.last_manifest = last_manifest
+        # The script's reported progress, recorded in each manifest (``extra.progress``) so a restore
+        # that falls back to an older checkpoint can say how many steps that costs.
+        self.progress = progress
         self.seq = 0
         # sha256 -> where the last committed manifest (restored and verified, or our own) holds
         # those bytes. Only these are reused: gc never deletes what the newest manifest references.
@@ -160,7 +166,10 @@ class Syncer:
 
     def _sync(self, reason: str, cancel: threading.Event) -> SyncResult:
         started = time.monotonic()
+        progress = self.progress() if self.progress else None  # the step reached when this sync began
         tree = walk(self.root, self.filter)
+        if tree.unstorable:
+            raise UnstorablePathError(tree.unstorable)
         for rel in tree.skipped:
             log.warning("not syncing %s: not a regular file, directory or symlink", rel)
         entries: dict[str, FileEntry | tuple] = {}
@@ -209,6 +218,7 @@ class Syncer:
             files=sort_entries(files),
             links=tuple(LinkEntry(p, t) for p, t in sorted(tree.links.items())),
             dirs=tuple(DirEntry(p, m) for p, m in sorted(tree.dirs.items())),
+            extra={"progress": {"done": progress["done"]}} if progress and "done" in progress else {},
         )
         if manifest.same_content(self.last_manifest):
             self.seq -= 1

@@ -8,6 +8,7 @@ EXIT_USAGE = 2
 EXIT_LEASE_HELD = 3
 EXIT_LEDGER_UNAVAILABLE = 4
 EXIT_NO_RESTORABLE_CHECKPOINT = 5
+EXIT_DISK_FULL = 6  # the checkpoint does not fit on the instance's disk: no retry can succeed as configured
 EXIT_SYNC_FAILED = 75
 EXIT_AGENT_CRASHED = 70  # EX_SOFTWARE: an unexpected error in the agent, recorded as a failed outcome
 
@@ -42,8 +43,28 @@ class NoRestorableCheckpointError(AgentError):
     exit_code = EXIT_NO_RESTORABLE_CHECKPOINT
 
 
+class DiskFullError(AgentError):
+    """The disk filled up while restoring: the instance's disk is too small for the checkpoint. Not a
+    script failure, and the same on every retry until the volume is made larger."""
+
+    exit_code = EXIT_DISK_FULL
+
+
 class UnsafePathError(ValueError):
     """A path read back from the ledger would escape the execution directory."""
+
+
+class UnstorablePathError(ValueError):
+    """The workdir holds a path no checkpoint can hold (restore could not recreate it): sync refuses
+    to commit a manifest without it rather than lose it silently."""
+
+    def __init__(self, paths: list[tuple[str, str]]) -> None:
+        self.paths = paths
+        shown = "; ".join(why for _, why in paths[:5]) + (f"; and {len(paths) - 5} more" if len(paths) > 5 else "")
+        super().__init__(
+            f"cannot checkpoint {len(paths)} path(s) in the working directory: {shown}. Rename or move them, "
+            "or leave them out with --exclude; nothing was committed (the run keeps its previous checkpoint)"
+        )
 
 
 class ManifestError(ValueError):
@@ -63,7 +84,7 @@ def crash_hint(exc: BaseException) -> str:
     import errno
 
     code = getattr(exc, "errno", None)
-    if code == errno.ENOSPC:
+    if code in (errno.ENOSPC, errno.EDQUOT):
         return "The instance's disk is full: raise root_volume_gb, or keep less in the working directory."
     if code in (errno.EACCES, errno.EPERM):
         return "A file in the working directory is not accessible to the agent: check its permissions."

@@ -9,7 +9,9 @@ A manifest lists every file with its size, mode, mtime and content hash, and whe
 
 Format 2 (``grid-resume-manifest/2``) is written; format 1 (no packs, and a chunked file's
 ``sha256`` is the hash of its whole content) is still read. A newer format is refused, never
-guessed at. Everything here is pure: no I/O.
+guessed at. Paths and link targets are JSON strings naming the file's bytes as
+``ledger/paths.py`` says (UTF-8, other bytes as ``\\udcXX`` escapes): any name Linux holds. Everything
+here is pure: no I/O.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from airflow_grid_resume.ledger.errors import ManifestError, UnsafePathError, UnsupportedFormatError
-from airflow_grid_resume.ledger.paths import check_relative_path
+from airflow_grid_resume.ledger.paths import PATH_MAX, check_relative_path, path_bytes
 
 FORMAT_PREFIX = "grid-resume-manifest/"
 FORMAT_VERSION = 2
@@ -242,7 +244,7 @@ def parse_manifest(data: bytes, *, name: str = "manifest") -> Manifest:
     for raw in _list(doc, "links", name):
         path = _path(raw, name)
         target = raw.get("target")
-        if not isinstance(target, str) or not target or "\0" in target:
+        if not isinstance(target, str) or not target or "\0" in target or not _link_target_ok(target):
             raise ManifestError(f"{name} link {path!r} has an invalid target {target!r}")
         links.append(LinkEntry(path, target))
     dirs = [DirEntry(_path(raw, name), _int(raw, "mode", name) & 0o7777) for raw in _list(doc, "dirs", name)]
@@ -261,6 +263,14 @@ def parse_manifest(data: bytes, *, name: str = "manifest") -> Manifest:
         extra=doc.get("extra") if isinstance(doc.get("extra"), dict) else {},
         version=version,
     )
+
+
+def _link_target_ok(target: str) -> bool:
+    """A symlink's target is any bytes but NUL, shorter than PATH_MAX, stored as paths are."""
+    try:
+        return len(path_bytes(target)) < PATH_MAX
+    except UnsafePathError:
+        return False
 
 
 def _list(doc: dict, key: str, name: str) -> Iterator[dict]:

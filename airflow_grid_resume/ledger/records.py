@@ -195,16 +195,24 @@ class Heartbeat(Record):
     progress: dict[str, Any] | None = None
 
 
+# Outcome.cause: the checkpoint did not fit on the instance's disk while restoring (no retry can help).
+CAUSE_DISK_FULL = "disk_full"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Outcome(Record):
     """``sessions/SSSSSS/outcome.json``: how the session ended, written once by its agent.
     ``progress``: ``{"first": N1, "last": N2, "total": T}``, absent if the session printed none.
     ``set_aside``: ``{"count": N, "dirs": [...], "paths": [...]}``, the local files restore found
-    differing from the checkpoint and kept (the first 20 paths), absent when there were none."""
+    differing from the checkpoint and kept (the first 20 paths), absent when there were none.
+    ``cause``: set when the failure is not the script's (``disk_full``: the restore filled the disk).
+    ``restore_fallback``: when the newest checkpoint did not verify and an older one was restored,
+    ``{"newest", "restored", "newest_step", "restored_step", "steps_lost"}`` (steps null when the
+    manifests record none); absent otherwise."""
 
     NAME = "outcome"
     KEY = "sessions/SSSSSS/outcome.json"
-    OMIT_NONE = ("progress", "hint", "set_aside")
+    OMIT_NONE = ("progress", "hint", "set_aside", "restore_fallback", "cause")
 
     session: int
     status: str
@@ -217,6 +225,8 @@ class Outcome(Record):
     manifest: str | None = None
     restored_from: str | None = None
     restore_fallbacks: list[dict[str, Any]] = field(default_factory=list)
+    restore_fallback: dict[str, Any] | None = None
+    cause: str | None = None  # a failure that is not the script's: CAUSE_DISK_FULL
     started_at: str | None = None
     ended_at: str | None = None
     tail: list[str] = field(default_factory=list)

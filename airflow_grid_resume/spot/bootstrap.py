@@ -2,6 +2,8 @@
 
 It holds no credentials and no secrets (the instance profile grants access to the run prefix),
 only the run's URI, the session number and the region, and stays far below EC2's 16 KB limit.
+The agent runs in Python's UTF-8 mode (``-X utf8``), so file names map to manifest paths the same
+way whatever the image's locale (docs/ledger.md, "Paths").
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ home = os.environ["GRID_RESUME_HOME"]
 s3 = boto3.client("s3")
 s3.download_file(bucket, key("%(agent_key)s"), os.path.join(home, "agent.pyz"))
 spec = json.loads(s3.get_object(Bucket=bucket, Key=key("%(spec_key)s"))["Body"].read())
-argv = [sys.executable, os.path.join(home, "agent.pyz"), "--run-uri", run_uri,
+argv = [sys.executable, "-X", "utf8", os.path.join(home, "agent.pyz"), "--run-uri", run_uri,
         "--workdir", os.path.join(home, "work"), "--session", session,
         *(["--live-queue", spec["live_queue"]] if spec.get("live_queue") else []),
         *spec.get("agent_args", []), "--", *spec["command"]]
