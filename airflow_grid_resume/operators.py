@@ -28,8 +28,9 @@ from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
 from airflow_grid_resume.budgets import Budgets, first_try_of_cycle
+from airflow_grid_resume.hooks.base import hook_client
 from airflow_grid_resume.hooks.livequeue import LiveQueueHook, QueueRefused
-from airflow_grid_resume.hooks.spot import SpotLaunchHook, hook_client, launch_error
+from airflow_grid_resume.hooks.spot import SpotLaunchHook, launch_error
 from airflow_grid_resume.ledger import layout
 from airflow_grid_resume.ledger.errors import UsageError
 from airflow_grid_resume.ledger.gc import DEFAULT_GRACE_SECONDS, collect_garbage
@@ -40,6 +41,15 @@ from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_
 from airflow_grid_resume.logtext import log_lines, log_records
 from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
+from airflow_grid_resume.run.nextstep import (
+    RERUN_CHOICES,
+    Reattach,
+    ReportSucceeded,
+    RunView,
+    StartFresh,
+    choose_generation,
+    next_step,
+)
 from airflow_grid_resume.spot.launch import LaunchSpec, explain_fatal
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
 from airflow_grid_resume.spot.prices import on_demand_price
@@ -50,7 +60,6 @@ from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
 
 STATE_KEY = "grid_resume"
 RUN_XCOM = "_grid_resume_run"  # read by the UI plugin (ui/source.py)
-RERUN_CHOICES = ("resume", "fresh")
 LIVE_OUTPUT_CHOICES = ("sqs", "s3")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 
@@ -435,20 +444,21 @@ class GridRunOperator(BaseOperator):
     def execute(self, context: Any) -> Any:
         base_uri = self._base_uri(context)
         generation, ledger, final = self._current_run(base_uri)
-        if final is not None and self.rerun == "fresh":
+        choice = choose_generation(
+            final.status if final else None,
+            final.session if final else None,
+            final.reason if final else None,
+            self.rerun,
+        )
+        if isinstance(choice, ReportSucceeded):
+            self.log.info("%s", choice.note)
+            return self._summary(ledger, {"status": "succeeded"})
+        if isinstance(choice, StartFresh):
             generation += 1
             ledger = self._ledger(generation_uri(base_uri, generation), ledger.client)
-            self.log.info(
-                "the run ended (%s) before; rerun='fresh': starting over as %s", final.status, ledger.location
-            )
-        elif final is not None and final.status == "succeeded":
-            self.log.info("the run already succeeded in session %s; rerun='resume': nothing to run", final.session)
-            return self._summary(ledger, {"status": "succeeded"})
-        elif final is not None:
-            self.log.info(
-                "the run failed before (%s); rerun='resume': resuming from its last checkpoint with fresh budgets",
-                final.reason,
-            )
+            self.log.info("%s as %s", choice.note, ledger.location)
+        elif choice.note:
+            self.log.info("%s", choice.note)
         run_uri = generation_uri(base_uri, generation)
         self._prepare(ledger, run_uri, self._live_queue(run_uri))
         loc = ledger.location
@@ -463,42 +473,31 @@ class GridRunOperator(BaseOperator):
         state = (store.get(STATE_KEY) if store else None) or {}
         if state.get("run_uri") != run_uri:
             state = {}
-        sessions = ledger.list_sessions()
-        last_outcome = ledger.read_record(Outcome, sessions[-1]) if sessions else None
-        if last_outcome is not None and last_outcome.status == "succeeded":
-            # Airflow re-running a try whose result it lost (the run ended before it was recorded):
-            # the run is complete in the ledger, so report it instead of training again.
-            self.log.info("the run already succeeded in session %d: nothing to run", sessions[-1])
-            self._end_run(ledger, sessions[-1], "succeeded", "succeeded")
-            return self._summary(ledger, {"status": "succeeded", "outcome": last_outcome.to_dict()})
-        latest = max([0, *sessions, int(state.get("session", 0))])
-        if latest:
-            self._close_if_unwatched(ledger, run_uri, latest)
-        # At most one instance per session: a session not closed yet (no outcome, no verdict of ours) is
-        # resumed, never skipped, whatever line of a try or a trigger died before.
-        if latest and self._is_open(ledger, latest):
-            session = latest
-            launch = ledger.read_launch(session)
-            instance_id, launched_at = (launch.instance_id, launch.launched_at) if launch else (None, None)
-            if state.get("session") == session and state.get("instance_id"):
-                instance_id, launched_at = state["instance_id"], state.get("launched_at")
-            if instance_id:
-                self.log.info("reattaching to session %d on instance %s", session, instance_id)
-                state = {
-                    **state,
-                    "session": session,
-                    "run_uri": run_uri,
-                    "instance_id": instance_id,
-                    "launched_at": float(launched_at or time.time()),
-                    "first_started_at": float(state.get("first_started_at") or time.time()),
-                }
-                if store:
-                    store.set(STATE_KEY, state)
-                return self._watch(context, run_uri, session, instance_id, state)
-        else:
-            session = latest + 1
-            if latest and self._judge_last_session(context, ledger, latest) and self.rerun == "fresh":
-                return self.execute(context)  # the run has ended now: start over as a new run
+        step = next_step(self._run_view(ledger, state))
+        if isinstance(step, ReportSucceeded):
+            self.log.info("%s", step.note)
+            assert step.session is not None
+            self._end_run(ledger, step.session, "succeeded", "succeeded")
+            outcome = ledger.read_record(Outcome, step.session)
+            return self._summary(ledger, {"status": "succeeded", "outcome": outcome.to_dict() if outcome else None})
+        if isinstance(step, Reattach):
+            self.log.info("reattaching to session %d on instance %s", step.session, step.instance_id)
+            state = {
+                **state,
+                "session": step.session,
+                "run_uri": run_uri,
+                "instance_id": step.instance_id,
+                "launched_at": float(step.launched_at or time.time()),
+                "first_started_at": float(state.get("first_started_at") or time.time()),
+            }
+            if store:
+                store.set(STATE_KEY, state)
+            return self._watch(context, run_uri, step.session, step.instance_id, state)
+        session = step.session
+        if step.close_unwatched:
+            self._close_if_unwatched(ledger, run_uri, step.close_unwatched)
+        if step.judge and self._judge_last_session(context, ledger, step.judge) and self.rerun == "fresh":
+            return self.execute(context)  # the run has ended now: start over as a new run
         interruptions, _failures = self._history(ledger, session)
         first_started = float(state.get("first_started_at") or time.time())
         left = first_started + self.max_run - time.time() if self.max_run else None
@@ -569,11 +568,27 @@ class GridRunOperator(BaseOperator):
         ledger.write_record(closed, session)
 
     @staticmethod
-    def _is_open(ledger: RunLedger, session: int) -> bool:
-        """Not ended yet: neither the agent's outcome nor the Airflow side's verdict (closed.json)."""
-        if ledger.get(ledger.key(layout.outcome(session))) is not None:
-            return False
-        return ledger.get(ledger.key(layout.closed(session))) is None
+    def _run_view(ledger: RunLedger, state: dict) -> RunView:
+        """What the ledger and the task state store say of this generation's sessions, for ``next_step``."""
+        sessions = ledger.list_sessions()
+        newest = sessions[-1] if sessions else None
+        newest_outcome = ledger.read_record(Outcome, newest) if newest else None
+        latest = max([0, *sessions, int(state.get("session", 0))])
+        if not latest:
+            return RunView(newest, False, 0, False, False)
+        launch = ledger.read_launch(latest)
+        remembered = state.get("session") == latest and state.get("instance_id")
+        return RunView(
+            newest_in_ledger=newest,
+            newest_succeeded=newest_outcome is not None and newest_outcome.status == "succeeded",
+            latest=latest,
+            has_outcome=ledger.get(ledger.key(layout.outcome(latest))) is not None,
+            has_closed=ledger.get(ledger.key(layout.closed(latest))) is not None,
+            launched_instance=launch.instance_id if launch else None,
+            launched_at=launch.launched_at if launch else None,
+            remembered_instance=state["instance_id"] if remembered else None,
+            remembered_launched_at=state.get("launched_at") if remembered else None,
+        )
 
     def _plan_session(self, ledger: RunLedger, session: int, spec: LaunchSpec) -> str:
         """Fix session ``session`` in the ledger before anything is launched for it, with the expiry tag
