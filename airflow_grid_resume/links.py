@@ -44,7 +44,7 @@ class GridInstanceLink(BaseAwsLink):
     """The instance of the task's current (or last) try, persisted to XCom before each deferral.
 
     XComs belong to the task instance, not to a try, so on the api-server the plugin's
-    ``ui.links.TryInstanceLink`` (same name) replaces this one and resolves the try being viewed.
+    ``ui.trylink.TryInstanceLink`` (same name) replaces this one and resolves the try being viewed.
     """
 
     name = "Spot instance"

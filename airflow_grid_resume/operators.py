@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -42,7 +43,6 @@ from airflow_grid_resume.logtext import log_lines, log_records
 from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.run.nextstep import (
-    RERUN_CHOICES,
     Reattach,
     ReportSucceeded,
     RunView,
@@ -50,6 +50,7 @@ from airflow_grid_resume.run.nextstep import (
     choose_generation,
     next_step,
 )
+from airflow_grid_resume.run.options import RunOptions, seconds
 from airflow_grid_resume.spot.launch import LaunchSpec, explain_fatal
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
 from airflow_grid_resume.spot.prices import on_demand_price
@@ -60,7 +61,6 @@ from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
 
 STATE_KEY = "grid_resume"
 RUN_XCOM = "_grid_resume_run"  # read by the UI plugin (ui/source.py)
-LIVE_OUTPUT_CHOICES = ("sqs", "s3")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 
 
@@ -69,15 +69,6 @@ def run_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
     raw = f"{dag_id}/{task_id}/{run_id}" + (f"/{map_index}" if map_index >= 0 else "")
     safe = "/".join(_UNSAFE.sub("_", part) for part in raw.split("/"))
     return safe if safe == raw else f"{safe}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
-
-
-def _seconds(value: timedelta | float | int | None, name: str, *, allow_zero: bool = False) -> float | None:
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if seconds < 0 or (seconds == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'0 or more' if allow_zero else 'positive'}, got {value!r}")
-    return seconds
 
 
 def generation_uri(base_uri: str, generation: int) -> str:
@@ -195,19 +186,18 @@ class GridRunOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if live_output not in LIVE_OUTPUT_CHOICES:
-            raise ValueError(
-                f"live_output must be one of {', '.join(map(repr, LIVE_OUTPUT_CHOICES))}, got {live_output!r}"
-            )
-        self.live_output = live_output
-        if rerun not in RERUN_CHOICES:
-            raise ValueError(f"rerun must be one of {', '.join(map(repr, RERUN_CHOICES))}, got {rerun!r}")
-        if not command or (isinstance(command, str) and not command.strip()):
-            raise ValueError("command must not be empty: give the training command, e.g. 'python train.py'")
-        if not isinstance(artifacts_uri, str) or not artifacts_uri.startswith("s3://"):
-            raise ValueError(f"artifacts_uri must be an s3:// URI where run ledgers live, got {artifacts_uri!r}")
-        if max_interruptions < 0:
-            raise ValueError(f"max_interruptions must be 0 or more, got {max_interruptions}")
+        options = RunOptions(  # validates every parameter below, naming each one that is wrong
+            command=command if isinstance(command, str) else tuple(command or ()),
+            artifacts_uri=artifacts_uri,
+            max_interruptions=max_interruptions,
+            capacity_wait=seconds(capacity_wait),
+            max_run=seconds(max_run),
+            interruption_retry_delay=seconds(interruption_retry_delay) or 0.0,
+            rerun=rerun,
+            live_output=live_output,
+            keep_checkpoints=keep_checkpoints,
+            on_demand_prices=dict(on_demand_prices or {}),
+        )
         self.command = command
         self.artifacts_uri = artifacts_uri
         self.workdir = workdir
@@ -223,12 +213,10 @@ class GridRunOperator(BaseOperator):
         )
         self.use_spot = use_spot
         self.auto_resume = auto_resume
-        self.max_interruptions = max_interruptions
-        self.capacity_wait = _seconds(capacity_wait, "capacity_wait")
-        self.max_run = _seconds(max_run, "max_run")
-        self.fallback = dict(fallback or {})
-        if not use_spot:
-            self.fallback = {"after_capacity_failures": 0}
+        self.max_interruptions = options.max_interruptions
+        self.capacity_wait = options.capacity_wait
+        self.max_run = options.max_run
+        self.fallback = dict(fallback or {}) if use_spot else {"after_capacity_failures": 0}
         self.agent_args = list(agent_args)
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
@@ -239,16 +227,11 @@ class GridRunOperator(BaseOperator):
         self.heartbeat_timeout = heartbeat_timeout
         self.not_found_grace = not_found_grace
         self.boot_timeout = boot_timeout
-        self.rerun = rerun
-        self.on_demand_prices = dict(on_demand_prices or {})
-        if keep_checkpoints is not None and keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be 1 or more (None keeps all), got {keep_checkpoints!r}")
-        self.keep_checkpoints = keep_checkpoints
-        for type_, price in self.on_demand_prices.items():
-            if not isinstance(price, (int, float)) or price < 0:
-                raise ValueError(f"on_demand_prices[{type_!r}] must be a USD-per-hour number, got {price!r}")
-        delay = _seconds(interruption_retry_delay, "interruption_retry_delay", allow_zero=True)
-        self.interruption_retry_delay = timedelta(seconds=delay or 0)
+        self.rerun = options.rerun
+        self.live_output = options.live_output
+        self.on_demand_prices = dict(options.on_demand_prices)
+        self.keep_checkpoints = options.keep_checkpoints
+        self.interruption_retry_delay = timedelta(seconds=options.interruption_retry_delay)
         if callable(on_interruption_callback):
             on_interruption_callback = [on_interruption_callback]
         self.on_interruption_callback = list(on_interruption_callback or [])
@@ -275,6 +258,19 @@ class GridRunOperator(BaseOperator):
             given["retries"] = failure + (int(given.get("max_interruptions", 20)) if resume else 0)
         return op_partial
 
+    # -- the hooks (one of each per task instance, as the amazon provider's operators hold theirs) ----------
+    @cached_property
+    def spot_hook(self) -> SpotLaunchHook:
+        return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+
+    @cached_property
+    def s3_hook(self) -> S3Hook:
+        return S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+
+    @cached_property
+    def queue_hook(self) -> LiveQueueHook:
+        return LiveQueueHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+
     # -- the run in the ledger ----------------------------------------------------------------------
     def _base_uri(self, context: Any) -> str:
         ti = context["ti"]
@@ -288,7 +284,7 @@ class GridRunOperator(BaseOperator):
             raise AirflowFailException(str(exc)) from exc
         if client is None:
             quiet_credential_logs()
-            client = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).get_conn()
+            client = self.s3_hook.get_conn()
         return RunLedger(client, location)
 
     def _current_run(self, base_uri: str) -> tuple[int, RunLedger, Final | None]:
@@ -396,9 +392,7 @@ class GridRunOperator(BaseOperator):
             return None
         hours = (self.max_run or 2 * 86400) / 3600 + 24  # then `grid-resume reap` may delete it
         try:
-            return LiveQueueHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).ensure_queue(
-                run_uri, expiry_tag(time.time(), hours)
-            )
+            return self.queue_hook.ensure_queue(run_uri, expiry_tag(time.time(), hours))
         except QueueRefused as exc:
             self.log.warning("%s", exc)
         except (ClientError, BotoCoreError) as exc:  # live output is a convenience: never fail the task over it
@@ -411,7 +405,7 @@ class GridRunOperator(BaseOperator):
         if spec is None or not spec.live_queue:
             return
         try:
-            LiveQueueHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).delete_queue(spec.live_queue)
+            self.queue_hook.delete_queue(spec.live_queue)
         except (ClientError, BotoCoreError) as exc:
             self.log.warning(
                 "could not delete the live-output queue %s (grid-resume reap will): %s", spec.live_queue, exc
@@ -544,7 +538,7 @@ class GridRunOperator(BaseOperator):
         outcome = ledger.read_record(Outcome, session)
         if outcome is None or ledger.read_closed(session) is not None:
             return
-        hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        hook = self.spot_hook
         launch = ledger.read_launch(session)
         instance_id = (launch.instance_id if launch else None) or (
             hook.find_session_instance(run_uri, session) or {}
@@ -611,7 +605,7 @@ class GridRunOperator(BaseOperator):
         """The launch spec with what only AWS knows filled in (no I/O at parse time)."""
         if not self.spec.root_volume_gb or self.spec.root_device_name:
             return self.spec
-        hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        hook = self.spot_hook
         try:
             device = hook.root_device_name(self.spec.image_id)
         except ClientError as exc:
@@ -630,8 +624,7 @@ class GridRunOperator(BaseOperator):
     async def _a_launch_now(
         self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str
     ) -> dict | None:
-        hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
-        s3_hook = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        hook, s3_hook = self.spot_hook, self.s3_hook
         started_at = time.time()
         async with hook_client(hook) as ec2, hook_client(s3_hook) as s3:
             launcher = SessionLauncher(
@@ -778,7 +771,7 @@ class GridRunOperator(BaseOperator):
     def _link_target(self) -> dict:
         """Region, partition and (for an endpoint the AWS console cannot show) its console, for the extra links."""
         if getattr(self, "_target", None) is None:
-            self._target = link_target(SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name))
+            self._target = link_target(self.spot_hook)
         return self._target
 
     def _alert_as_interruption(self) -> None:
@@ -807,7 +800,7 @@ class GridRunOperator(BaseOperator):
         instance_id = getattr(self, "_instance_id", None)
         if instance_id:
             self.log.warning("task killed: terminating instance %s", instance_id)
-            hook = SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            hook = self.spot_hook
             if not hook.ensure_terminated(instance_id, timeout=60.0):
                 self.log.error("could not confirm that %s is terminated; `grid-resume reap` finds it", instance_id)
 

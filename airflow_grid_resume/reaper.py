@@ -108,7 +108,7 @@ def run_ended_reader(s3_client: Any) -> Callable[[str], int | None]:
 
 def tagged_instances(ec2_client: Any) -> list[dict]:
     """Every live instance with the project's run tag (a filtered describe: nothing else is listed)."""
-    from airflow_grid_resume.hooks.spot import call_with_retries
+    from airflow_grid_resume.hooks.base import call_with_retries
 
     filters = [{"Name": "tag-key", "Values": [RUN_TAG]}, {"Name": "instance-state-name", "Values": LIVE_STATES}]
     pages = call_with_retries(lambda: list(ec2_client.get_paginator("describe_instances").paginate(Filters=filters)))
@@ -120,7 +120,7 @@ def reap(
 ) -> dict:
     """Find (and with ``apply``, terminate or delete) the instances that outlived their run and the
     expired live-output queues; a JSON-able report."""
-    from airflow_grid_resume.hooks.spot import call_with_retries
+    from airflow_grid_resume.hooks.base import call_with_retries
 
     now = now or datetime.now(timezone.utc)
     if sqs_client is not None:

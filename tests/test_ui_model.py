@@ -288,7 +288,7 @@ def test_each_try_links_its_own_instance() -> None:
     html = render.run_page(local, title="t", now=T0 + 500)
     assert "href='http://127.0.0.1:5000/_emulator/pages/instances/i-1'" in html
     assert model.with_instance_links(view, {})["tries"][0]["instance_url"] is None
-    # Airflow's own "Spot instance" link of an older try (ui/links.py) resolves the same way
+    # Airflow's own "Spot instance" link of an older try (ui/trylink.py) resolves the same way
     assert [model.try_instance(_docs(), TRIES, n, now=T0 + 500) for n in (1, 2, 3, 4)] == ["i-1", "i-2", "i-3", None]
 
 

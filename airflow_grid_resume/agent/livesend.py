@@ -18,8 +18,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume.agent.logship import LogSpool
+from airflow_grid_resume.ledger.awserror import error_codes
 from airflow_grid_resume.ledger.live import MAX_LIVE_DATA, LiveMessage
-from airflow_grid_resume.ledger.s3client import error_code
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +84,13 @@ class LiveSender:
         try:
             self.client.send_message(QueueUrl=self.queue_url, MessageBody=message.to_body())
         except ClientError as exc:
-            if error_code(exc) in REFUSED:
+            if error_codes(exc) & REFUSED:
                 self._down_until = time.monotonic() + DOWN_RETRY
                 log.warning(
                     "live output: the queue %s refused a message (%s); output goes to S3 every few seconds, and the "
                     "queue is tried again in %.0f s (the instance profile needs sqs:SendMessage on it)",
                     self.queue_url,
-                    error_code(exc),
+                    "/".join(sorted(error_codes(exc))),
                     DOWN_RETRY,
                 )
             return False

@@ -13,7 +13,7 @@ import asyncio
 import weakref
 from typing import Any
 
-from airflow_grid_resume.hooks.spot import a_call_with_retries
+from airflow_grid_resume.hooks.base import a_call_with_retries
 
 
 class Unknown:

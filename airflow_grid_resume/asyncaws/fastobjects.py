@@ -33,10 +33,12 @@ from botocore.exceptions import ClientError
 
 from airflow_grid_resume.asyncaws.clients import fast_timestamp
 from airflow_grid_resume.asyncaws.sigv4 import EMPTY_SHA256, SigV4Signer, host_of
+from airflow_grid_resume.ledger.awserror import error_code
 
 _PROBE = "grid-resume-probe"
 _WRONG_WAY = (301, 307, 400, 403)  # the bucket's region or addressing is not what the client assumed
-NO_ANSWER = (aiohttp.ClientError, OSError, asyncio.TimeoutError, botocore.exceptions.BotoCoreError)
+# The fast path got no answer of its own (its request failed in transport): asked again through botocore.
+SEND_FAILED = (aiohttp.ClientError, OSError, asyncio.TimeoutError, botocore.exceptions.BotoCoreError)
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ class FastObjects:
         if self._fast_ok and bucket not in self._slow:
             try:
                 status, read = await self._fast(bucket, key, byte_range)
-            except NO_ANSWER:
+            except SEND_FAILED:
                 status, read = 0, None  # no clear answer: botocore's path retries it
             if status in (200, 206, 404):
                 return read
@@ -124,7 +126,7 @@ class FastObjects:
         if self._fast_ok and bucket not in self._slow:
             try:
                 status = await self._fast_put(bucket, key, body)
-            except NO_ANSWER:
+            except SEND_FAILED:
                 status = 0
             if status == 200:
                 return
@@ -137,7 +139,7 @@ class FastObjects:
         try:
             response = await self.client.get_object(**kwargs)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if error_code(exc) in ("NoSuchKey", "404"):
                 return None
             raise
         async with response["Body"] as body:

@@ -13,8 +13,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airflow_grid_resume.asyncaws.fastobjects import NO_ANSWER, SignedSender
-from airflow_grid_resume.hooks.livequeue import is_gone
+from airflow_grid_resume.asyncaws.fastobjects import SEND_FAILED, SignedSender
+from airflow_grid_resume.hooks.livequeue import is_missing
 from airflow_grid_resume.ledger.errors import UnsupportedFormatError
 from airflow_grid_resume.ledger.live import LiveMessage, parse_body
 
@@ -52,7 +52,7 @@ class LiveQueueReader:
                     QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=seconds
                 )
         except ClientError as exc:
-            if is_gone(exc):
+            if is_missing(exc):
                 self.stopped = f"the live-output queue {self.queue_url} no longer exists; reading output from S3 only"
                 self.log.warning("%s", self.stopped)
             else:
@@ -89,7 +89,7 @@ class LiveQueueReader:
         }
         try:
             status, _, data = await self._sender.send("POST", self._url, headers, body)
-        except NO_ANSWER:
+        except SEND_FAILED:
             return None
         if status != 200:
             return None

@@ -137,10 +137,6 @@ class LocalSpotCloud:
         }
         return dict(self._call("POST", "scheduled-event", body))
 
-    def set_spot_price(self, price: float, instance_type: str = "*", zone: str = "*") -> dict:
-        """What DescribeSpotPriceHistory answers for the type and zone ("*" matches all), USD/h."""
-        return dict(self._call("POST", "spot-price", {"instance_type": instance_type, "zone": zone, "price": price}))
-
     def set_capacity(
         self,
         instance_type: str = "*",

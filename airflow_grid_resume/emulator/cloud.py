@@ -208,14 +208,6 @@ class SpotCloud:
         self.timers: list[threading.Timer] = []
         self.fabric_enabled = True
         self.counters = {"run_instances": 0, "capacity_errors": 0, "idempotent_replays": 0}
-        self.spot_prices: dict[tuple[str, str], float] = {}  # (type, zone) -> USD/h set through the control API
-
-    def spot_price(self, instance_type: str, zone: str) -> float:
-        with self.lock:
-            for key in ((instance_type, zone), (instance_type, "*"), ("*", zone), ("*", "*")):
-                if key in self.spot_prices:
-                    return self.spot_prices[key]
-        return default_spot_price(instance_type, zone)
 
     # -- moto's backend (in this process) ------------------------------------------------------
     @staticmethod
@@ -608,7 +600,7 @@ class SpotCloudApp:
                 return item
             if zone and found_zone.group(1).decode() != zone:
                 return b""
-            price = self.cloud.spot_price(found_type.group(1).decode(), found_zone.group(1).decode())
+            price = default_spot_price(found_type.group(1).decode(), found_zone.group(1).decode())
             return re.sub(rb"<spotPrice>[^<]*</spotPrice>", f"<spotPrice>{price:.6f}</spotPrice>".encode(), item)
 
         if status.startswith("200"):
@@ -703,11 +695,6 @@ class SpotCloudApp:
                         str(doc.get("market", "spot")),
                     )
                 }
-            elif method == "POST" and name == "spot-price":
-                key = (str(doc.get("instance_type", "*")), str(doc.get("zone", "*")))
-                with cloud.lock:
-                    cloud.spot_prices[key] = float(doc["price"])
-                result = {"spot_price": {"instance_type": key[0], "zone": key[1], "price": cloud.spot_prices[key]}}
             elif method == "POST" and name == "fabric":
                 cloud.fabric_enabled = bool(doc.get("enabled", True))
                 result = {"fabric": cloud.fabric_enabled}

@@ -11,7 +11,8 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.sqs import SqsHook
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.hooks.spot import call_with_retries
+from airflow_grid_resume.hooks.base import call_with_retries
+from airflow_grid_resume.ledger.awserror import error_codes, error_message
 from airflow_grid_resume.ledger.live import QUEUE_ATTRIBUTES, QUEUE_PREFIX, queue_name
 from airflow_grid_resume.spot.tags import EXPIRES_TAG, RUN_TAG, run_tag_value
 
@@ -24,25 +25,14 @@ NO_QUEUE = {
     "InvalidClientTokenId",
     "UnrecognizedClientException",
 }
-GONE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+# Answers that mean the queue does not exist (deleted, or created less than a second ago).
+QUEUE_MISSING = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 NEW_QUEUE_WAIT = 5.0
 
 
-def sqs_error_code(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return str(err.get("QueryErrorCode") or err.get("Code") or "")
-    return ""
-
-
-def _codes(exc: BaseException) -> set[str]:
-    err = exc.response.get("Error", {}) if isinstance(exc, ClientError) else {}
-    return {str(err.get("Code")), str(err.get("QueryErrorCode"))}
-
-
-def is_gone(exc: BaseException) -> bool:
+def is_missing(exc: BaseException) -> bool:
     """The queue does not exist (deleted, or not created yet)."""
-    return bool(_codes(exc) & GONE)
+    return bool(error_codes(exc) & QUEUE_MISSING)
 
 
 def project_queues(client: Any) -> list[tuple[str, dict[str, str]]]:
@@ -53,7 +43,7 @@ def project_queues(client: Any) -> list[tuple[str, dict[str, str]]]:
         try:
             tags = call_with_retries(lambda u=url: client.list_queue_tags(QueueUrl=u)).get("Tags", {})
         except ClientError as exc:
-            if is_gone(exc):
+            if is_missing(exc):
                 continue
             raise
         out.append((url, dict(tags)))
@@ -65,7 +55,7 @@ def delete_queue(client: Any, url: str) -> bool:
     try:
         call_with_retries(lambda: client.delete_queue(QueueUrl=url))
     except ClientError as exc:
-        if not is_gone(exc):
+        if not is_missing(exc):
             raise
     return True
 
@@ -91,8 +81,8 @@ class LiveQueueHook(SqsHook):
             # An existing queue keeps its old tags; a new one is unknown to SQS for about a second.
             _while_new(lambda: call_with_retries(lambda: client.tag_queue(QueueUrl=url, Tags=tags)))
         except ClientError as exc:
-            if _codes(exc) & NO_QUEUE:
-                raise QueueRefused(_refusal(name, sqs_error_code(exc), exc)) from exc
+            if error_codes(exc) & NO_QUEUE:
+                raise QueueRefused(_refusal(name, exc)) from exc
             raise
         return str(url)
 
@@ -107,19 +97,20 @@ def _while_new(fn: Callable[[], Any], seconds: float = NEW_QUEUE_WAIT) -> Any:
         try:
             return fn()
         except ClientError as exc:
-            if not is_gone(exc) or time.monotonic() >= deadline:
+            if not is_missing(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.25)
 
 
-def _refusal(name: str, code: str, exc: ClientError) -> str:
+def _refusal(name: str, exc: ClientError) -> str:
+    code = "/".join(sorted(error_codes(exc)))
     if "QueueDeletedRecently" in code:
         return (
             f"the live-output queue {name} was deleted less than 60 s ago and SQS does not allow re-creating it "
             "yet: this try's output goes through S3 (the task log lags by about 3 s more)"
         )
     return (
-        f"cannot create the live-output queue {name} ({code}: {exc.response.get('Error', {}).get('Message', '')}): "
+        f"cannot create the live-output queue {name} ({code}: {error_message(exc)}): "
         f"output goes through S3, which costs more per run-hour. Grant the Airflow connection sqs:CreateQueue, "
         f"sqs:TagQueue, sqs:ReceiveMessage and sqs:DeleteQueue on arn:aws:sqs:*:*:{QUEUE_PREFIX}*, or pass "
         "live_output='s3' (docs/user-guide.md: permissions)"

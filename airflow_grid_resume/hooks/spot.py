@@ -7,20 +7,17 @@ Pure request building and error classification live in :mod:`airflow_grid_resume
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore.config import Config
-from botocore.exceptions import ClientError, HTTPClientError
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import ClientError
 
+from airflow_grid_resume.hooks.base import NO_ANSWER, a_call_with_retries, call_with_retries, hook_client
+from airflow_grid_resume.ledger.awserror import error_code, error_message
 from airflow_grid_resume.spot.launch import (
     SPOT,
-    THROTTLE,
-    TRANSIENT,
     LaunchSpec,
     Pair,
     classify_error,
@@ -29,11 +26,8 @@ from airflow_grid_resume.spot.launch import (
 )
 from airflow_grid_resume.spot.tags import MARKET_TAG, RUN_TAG, SESSION_TAG, run_tag_value, run_tags
 
-T = TypeVar("T")
-# No answer at all (refused, reset, read timeout): for a launch, EC2 may have carried it out.
-NO_ANSWER = (HTTPClientError, BotoConnectionError)
-GONE = ("shutting-down", "terminated")
-
+# The EC2 states of an instance that is ending or ended: nothing runs on it any more.
+ENDED_STATES = ("shutting-down", "terminated")
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 MAX_FILTER_VALUES = 200  # EC2's limit on the values of one DescribeInstances filter
 
@@ -51,45 +45,8 @@ class LaunchError(Exception):
 def launch_error(exc: Exception) -> LaunchError:
     """A ClientError, or no answer at all (code ``ConnectionError``, classified transient)."""
     if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return LaunchError(str(err.get("Code", "Unknown")), str(err.get("Message", exc)))
+        return LaunchError(error_code(exc) or "Unknown", error_message(exc) or str(exc))
     return LaunchError("ConnectionError", f"no answer from EC2: {type(exc).__name__}: {exc}")
-
-
-def retryable(exc: Exception) -> bool:
-    """Throttling, EC2's 5xx codes and lost answers: worth the same request again after a backoff."""
-    if isinstance(exc, (ClientError, *NO_ANSWER)):
-        return launch_error(exc).kind in (THROTTLE, TRANSIENT)
-    return False
-
-
-def retry_delay(attempt: int, base: float = 0.5, cap: float = 8.0) -> float:
-    """Full jitter: many triggers throttled at once do not retry in step."""
-    return random.uniform(0, min(cap, base * 2**attempt))
-
-
-def call_with_retries(fn: Callable[[], T], attempts: int = 6) -> T:
-    """``fn()`` retried on throttling, 5xx and lost answers (reads and idempotent writes only)."""
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except (ClientError, *NO_ANSWER) as exc:
-            if attempt == attempts - 1 or not retryable(exc):
-                raise
-            time.sleep(retry_delay(attempt))
-    raise AssertionError("unreachable")
-
-
-async def a_call_with_retries(fn: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
-    """The async twin of :func:`call_with_retries`."""
-    for attempt in range(attempts):
-        try:
-            return await fn()
-        except (ClientError, *NO_ANSWER) as exc:
-            if attempt == attempts - 1 or not retryable(exc):
-                raise
-            await asyncio.sleep(retry_delay(attempt))
-    raise AssertionError("unreachable")
 
 
 def _session_filters(run_id: str, session: int) -> list[dict]:
@@ -133,7 +90,7 @@ class SpotLaunchHook(AwsBaseHook):
         return {s: found[s] for s in subnet_ids}
 
     async def a_subnet_zones(self, subnet_ids: list[str], client: Any = None) -> dict[str, str]:
-        async with _client(self, client) as ec2:
+        async with hook_client(self, client) as ec2:
             response = await a_call_with_retries(lambda: ec2.describe_subnets(SubnetIds=subnet_ids))
         found = {s["SubnetId"]: s["AvailabilityZone"] for s in response["Subnets"]}
         return {s: found[s] for s in subnet_ids}
@@ -147,13 +104,13 @@ class SpotLaunchHook(AwsBaseHook):
 
     async def a_find_session_instance(self, run_id: str, session: int, client: Any = None) -> dict | None:
         filters = _session_filters(run_id, session)
-        async with _client(self, client) as ec2:
+        async with hook_client(self, client) as ec2:
             return _first_instance(await a_call_with_retries(lambda: ec2.describe_instances(Filters=filters)))
 
     async def a_find_by_client_tokens(self, tokens: list[str], client: Any = None) -> dict | None:
         """The live instance RunInstances launched under any of ``tokens``. EC2 lists it under its token as
         soon as it lists it at all, even while its tags are not shown yet."""
-        async with _client(self, client) as ec2:
+        async with hook_client(self, client) as ec2:
             for start in range(0, len(tokens), MAX_FILTER_VALUES):
                 filters = [
                     {"Name": "client-token", "Values": tokens[start : start + MAX_FILTER_VALUES]},
@@ -197,7 +154,7 @@ class SpotLaunchHook(AwsBaseHook):
         client: Any = None,
     ) -> dict:
         params = self._params(spec, pair, lifecycle, run_id, session, user_data, expires_at)
-        async with _client(self, client) as ec2:
+        async with hook_client(self, client) as ec2:
             try:
                 response = await ec2.run_instances(**params)
             except (ClientError, *NO_ANSWER) as exc:
@@ -234,7 +191,7 @@ class SpotLaunchHook(AwsBaseHook):
         return _latest_price(response)
 
     async def a_spot_price(self, instance_type: str, zone: str, client: Any = None) -> str | None:
-        async with _client(self, client) as ec2:
+        async with hook_client(self, client) as ec2:
             response = await ec2.describe_spot_price_history(
                 InstanceTypes=[instance_type], AvailabilityZone=zone, ProductDescriptions=["Linux/UNIX"], MaxResults=10
             )
@@ -258,7 +215,7 @@ class SpotLaunchHook(AwsBaseHook):
         if not instance_ids:
             return {}
         filters = [{"Name": "instance-id", "Values": list(instance_ids)}]
-        async with _client(self, client) as ec2:
+        async with hook_client(self, client) as ec2:
             response = await a_call_with_retries(lambda: ec2.describe_instances(Filters=filters))
         return {i["InstanceId"]: i for r in response["Reservations"] for i in r["Instances"]}
 
@@ -272,7 +229,7 @@ class SpotLaunchHook(AwsBaseHook):
                     raise
 
     async def a_terminate(self, instance_ids: list[str], client: Any = None) -> None:
-        async with _client(self, client) as ec2:
+        async with hook_client(self, client) as ec2:
             for instance_id in instance_ids:
                 try:
                     await a_call_with_retries(lambda i=instance_id: ec2.terminate_instances(InstanceIds=[i]))
@@ -287,7 +244,7 @@ class SpotLaunchHook(AwsBaseHook):
             try:
                 self.terminate([instance_id])
                 state = self.describe_instances([instance_id]).get(instance_id, {}).get("State", {}).get("Name")
-                if state in GONE:
+                if state in ENDED_STATES:
                     return True
             except (ClientError, *NO_ANSWER):
                 pass  # retried already; keep trying until the deadline
@@ -303,7 +260,7 @@ class SpotLaunchHook(AwsBaseHook):
             try:
                 await self.a_terminate([instance_id], client=client)
                 found = await self.a_describe_instances([instance_id], client=client)
-                if found.get(instance_id, {}).get("State", {}).get("Name") in GONE:
+                if found.get(instance_id, {}).get("State", {}).get("Name") in ENDED_STATES:
                     return True
             except (ClientError, *NO_ANSWER):
                 pass
@@ -312,26 +269,4 @@ class SpotLaunchHook(AwsBaseHook):
             await asyncio.sleep(interval)
 
 
-def hook_client(hook: AwsBaseHook, client: Any = None) -> Any:
-    """``async with hook_client(hook) as client``: a fresh aiobotocore client of any AWS hook, closed after."""
-    return _client(hook, client)
-
-
-class _client:
-    """``async with`` over a caller's long-lived client (left open) or a fresh one (closed)."""
-
-    def __init__(self, hook: AwsBaseHook, client: Any) -> None:
-        self.hook, self.client, self._cm = hook, client, None
-
-    async def __aenter__(self) -> Any:
-        if self.client is not None:
-            return self.client
-        self._cm = await self.hook.get_async_conn()
-        return await self._cm.__aenter__()
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._cm is not None:
-            await self._cm.__aexit__(*exc)
-
-
-__all__ = ["SPOT", "LaunchError", "SpotLaunchHook", "a_call_with_retries", "call_with_retries", "retryable"]
+__all__ = ["SPOT", "LaunchError", "SpotLaunchHook", "launch_error"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 # Agent-level exit codes. A failed training command exits with its own code instead.
-EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_LEASE_HELD = 3
 EXIT_LEDGER_UNAVAILABLE = 4

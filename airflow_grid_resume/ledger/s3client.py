@@ -8,6 +8,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from airflow_grid_resume.ledger.awserror import error_code, http_status
 from airflow_grid_resume.ledger.errors import LedgerUnavailableError
 
 # botocore's "standard" retry mode retries throttling (SlowDown, RequestLimitExceeded, ...),
@@ -32,19 +33,6 @@ def make_s3_client(
         response_checksum_validation="when_required",
     )
     return boto3.session.Session(region_name=region).client("s3", config=config)
-
-
-def error_code(exc: BaseException) -> str:
-    """The AWS error code of a ClientError ('' for anything else)."""
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def http_status(exc: BaseException) -> int:
-    if isinstance(exc, ClientError):
-        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return 0
 
 
 def is_not_found(exc: BaseException) -> bool:

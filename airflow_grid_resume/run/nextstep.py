@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SUCCEEDED = "succeeded"
-RERUN_CHOICES = ("resume", "fresh")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from typing import Any, Protocol, TypeVar
 from botocore.exceptions import ClientError
 
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
-from airflow_grid_resume.hooks.spot import NO_ANSWER, LaunchError, SpotLaunchHook, launch_error
+from airflow_grid_resume.hooks.base import NO_ANSWER
+from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, launch_error
 from airflow_grid_resume.ledger import records
 from airflow_grid_resume.spot.bootstrap import render_user_data
 from airflow_grid_resume.spot.launch import (

@@ -25,7 +25,7 @@ from airflow_grid_resume.asyncaws.clients import SharedS3Hook, SharedSqsHook, sh
 from airflow_grid_resume.asyncaws.describe import Unknown, describe_batcher
 from airflow_grid_resume.asyncaws.fastobjects import FastObjects, ObjectRead
 from airflow_grid_resume.asyncaws.queuereader import LiveQueueReader
-from airflow_grid_resume.hooks.spot import GONE, SpotLaunchHook
+from airflow_grid_resume.hooks.spot import ENDED_STATES, SpotLaunchHook
 from airflow_grid_resume.ledger import layout, records
 from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatError
 from airflow_grid_resume.ledger.store import MAX_LOG_CHUNK, RunLedger, plan_log_reads
@@ -513,7 +513,7 @@ class RunWatchTrigger(BaseTrigger):
         while time.monotonic() < deadline:
             await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
             view = await batcher.state(client, self.instance_id)
-            if isinstance(view, dict) and view.get("State", {}).get("Name") in GONE:
+            if isinstance(view, dict) and view.get("State", {}).get("Name") in ENDED_STATES:
                 return
         if not await hook.a_ensure_terminated(self.instance_id, client=client, timeout=TERMINATE_TIMEOUT):
             self.log.error(

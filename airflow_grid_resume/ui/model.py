@@ -26,7 +26,6 @@ from airflow_grid_resume.summary import (
     session_status,
 )
 
-RUNNING_STATES = ("restoring", "running", "running+syncing", "stopping", "syncing")
 # How close to a budget a run must be to be flagged on the dashboard: at most this many left.
 CLOSE_TO_BUDGET = 1
 

@@ -11,9 +11,9 @@ from airflow_grid_resume.ui.routes import FLEET_ROUTE, RUN_VIEW_ROUTE, URL_PREFI
 
 
 def operator_links() -> list:
-    """The per-try "Spot instance" link, for ``GridRunOperator`` (see ``ui/links.py``)."""
+    """The per-try "Spot instance" link, for ``GridRunOperator`` (see ``ui/trylink.py``)."""
     from airflow_grid_resume.operators import GridRunOperator
-    from airflow_grid_resume.ui.links import TryInstanceLink
+    from airflow_grid_resume.ui.trylink import TryInstanceLink
 
     link = TryInstanceLink()
     link.operators = [GridRunOperator]  # type: ignore[attr-defined]

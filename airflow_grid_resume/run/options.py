@@ -1,0 +1,68 @@
+"""The run's parameters as the DAG author gave them, checked in one place (as ``LaunchSpec`` checks the launch's).
+
+``GridRunOperator`` builds one :class:`RunOptions` when the DAG is parsed: every parameter that is wrong is named in
+one ValueError with what it must be, so a DAG file with two mistakes shows both at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+RERUN_CHOICES = ("resume", "fresh")
+LIVE_OUTPUT_CHOICES = ("sqs", "s3")
+
+
+def seconds(value: timedelta | float | int | None) -> float | None:
+    """A duration given as a timedelta or a number of seconds, in seconds (None stays None)."""
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The parameters of a run that are not the launch's (``LaunchSpec``), durations in seconds."""
+
+    command: str | tuple[str, ...]
+    artifacts_uri: str
+    max_interruptions: int = 20
+    capacity_wait: float | None = 6 * 3600.0
+    max_run: float | None = 2 * 86400.0
+    interruption_retry_delay: float = 0.0
+    rerun: str = "resume"
+    live_output: str = "sqs"
+    keep_checkpoints: int | None = 3
+    on_demand_prices: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        found = []
+        if not self.command or (isinstance(self.command, str) and not self.command.strip()):
+            found.append("command must not be empty: give the training command, e.g. 'python train.py'")
+        if not isinstance(self.artifacts_uri, str) or not self.artifacts_uri.startswith("s3://"):
+            found.append(f"artifacts_uri must be an s3:// URI where run ledgers live, got {self.artifacts_uri!r}")
+        if self.max_interruptions < 0:
+            found.append(f"max_interruptions must be 0 or more, got {self.max_interruptions}")
+        for name in ("capacity_wait", "max_run"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                found.append(f"{name} must be positive, got {value:g} s")
+        if self.interruption_retry_delay < 0:
+            found.append(f"interruption_retry_delay must be 0 or more, got {self.interruption_retry_delay:g} s")
+        if self.rerun not in RERUN_CHOICES:
+            found.append(f"rerun must be one of {', '.join(map(repr, RERUN_CHOICES))}, got {self.rerun!r}")
+        if self.live_output not in LIVE_OUTPUT_CHOICES:
+            choices = ", ".join(map(repr, LIVE_OUTPUT_CHOICES))
+            found.append(f"live_output must be one of {choices}, got {self.live_output!r}")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
+            found.append(f"keep_checkpoints must be 1 or more (None keeps all), got {self.keep_checkpoints!r}")
+        for type_, price in self.on_demand_prices.items():
+            if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
+                found.append(f"on_demand_prices[{type_!r}] must be a USD-per-hour number, got {price!r}")
+        return found
