@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.emulator.faultproxy import FaultProxy, FaultRule
 from airflow_grid_resume.emulator.imds import MetadataService
@@ -483,3 +485,40 @@ def test_a_rerun_on_the_same_workdir_keeps_newer_local_files(agent, run_uri, led
         assert (fresh / kept / name).read_bytes() == newer[name]
         assert (fresh / name).read_bytes() == checkpoint[name]
     assert (fresh / "ckpt" / "untracked.pt").read_bytes() == b"not in the checkpoint"
+
+
+SLOW_SAVE = str(Path(__file__).parent / "scripts" / "slow_save.py")
+GROUP_SHAPES = {
+    "source-then-train": "source {env} && python3 {trainer}",
+    "train-then-echo": "python3 {trainer} && echo trained",
+    "train-into-tee": "python3 {trainer} | tee train.log",
+}
+
+
+@pytest.mark.parametrize("shape", GROUP_SHAPES)
+def test_a_shell_that_dies_of_sigterm_leaves_the_trainer_the_notice_to_save(
+    agent, run_uri: str, ledger: RunLedger, tmp_path: Path, shape: str
+) -> None:
+    """bash does not exec the trainer in these shapes: it dies of the SIGTERM at once. The trainer, still
+    in the group, must keep the notice's time (8 s, its save takes 3 s), not --min-grace (1 s): the
+    checkpoint it writes on SIGTERM reaches S3 and the next session resumes from it."""
+    env = tmp_path / "env.sh"
+    env.write_text("export TRAINING=1\n")
+    command = GROUP_SHAPES[shape].format(env=env, trainer=f"{SLOW_SAVE} 100000 0.05 3")
+    with MetadataService() as imds:
+        proc = agent(run_uri, tmp_path / "i1", "bash", "-c", command, options=FAST, imds=imds)
+        wait_for(lambda: "step 8\n" in proc.stdout, what="training progress")
+        imds.schedule_notice(in_seconds=8)
+        assert proc.wait() == 0
+    outcome = ledger.read_outcome(1)
+    assert outcome["status"] == "interrupted", outcome
+    printed = max(int(n) for n in re.findall(r"^step (\d+)$", proc.stdout, re.MULTILINE))
+    final = ledger.read_manifest(ledger.list_manifests()[-1])
+    assert final.reason == "final" and "ckpt.json" in [f.path for f in final.files]
+    if shape != "train-into-tee":  # the trainer's lines after its shell died still reach the task log
+        assert f"saved at step {printed}" in proc.stdout
+        assert f"saved at step {printed}".encode() in ledger.read_log(1, 0)[0]
+    resumed = agent(run_uri, tmp_path / "i2", "python3", SLOW_SAVE, "0", "0", "0", options=FAST)
+    assert resumed.wait() == 0
+    start = int(re.search(r"session 2 starts at step (\d+)", resumed.stdout).group(1))
+    assert start >= printed > 0  # no step lost: the session's own save was restored
