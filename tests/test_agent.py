@@ -502,8 +502,10 @@ def test_a_shell_that_dies_of_sigterm_leaves_the_trainer_the_notice_to_save(
     """bash does not exec the trainer in these shapes: it dies of the SIGTERM at once. The trainer, still
     in the group, must keep the notice's time (8 s, its save takes 3 s), not --min-grace (1 s): the
     checkpoint it writes on SIGTERM reaches S3 and the next session resumes from it."""
+    # bash 5.2 execs the last command of "source x && cmd" unless it has more to do: here an EXIT trap, as an
+    # environment script that cleans up after itself sets (bash 4.2, Amazon Linux 2's, never execs it).
     env = tmp_path / "env.sh"
-    env.write_text("export TRAINING=1\n")
+    env.write_text('export SCRATCH="$(mktemp -d)"\ntrap \'rm -rf "$SCRATCH"\' EXIT\n')
     command = GROUP_SHAPES[shape].format(env=env, trainer=f"{SLOW_SAVE} 100000 0.05 3")
     with MetadataService() as imds:
         proc = agent(run_uri, tmp_path / "i1", "bash", "-c", command, options=FAST, imds=imds)
