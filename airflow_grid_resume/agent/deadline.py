@@ -1,13 +1,14 @@
-"""How long the command may run after a notice, planned from what is pending (pure).
+"""How long the command may run after a notice, planned from its own save (pure).
 
 The final sync must upload the checkpoint the command writes on SIGTERM (about as large as the last
 checkpoint uploaded), at the measured upload rate: that is what the command's time is planned from.
 Bytes already pending when the notice arrives (files changed since the last sync) do not shrink it:
 most are an older checkpoint that the newest one replaces, so the command's save comes first; a
-backlog too large for the window is only warned about. The reclaim time comes from the notice, checked against the agent's own observation: an
-instance whose clock is off would otherwise plan from a wrong "now" (EC2 posts notices about two
-minutes ahead, so a notice that seems further away, or already past, is read as "two minutes after
-it was first seen").
+backlog too large for the window is only warned about. The reclaim time comes from the notice,
+checked against the agent's own observation: an instance whose clock is off would otherwise plan
+from a wrong "now" (EC2 posts notices about two minutes ahead, so a notice that seems further away,
+or already past, is read as "two minutes after it was first seen"). A shell that runs the trainer
+and dies of the SIGTERM at once does not end the command's time: its group keeps it.
 """
 
 from __future__ import annotations
