@@ -492,6 +492,8 @@ GROUP_SHAPES = {
     "source-then-train": "source {env} && python3 {trainer}",
     "train-then-echo": "python3 {trainer} && echo trained",
     "train-into-tee": "python3 {trainer} | tee train.log",
+    # the user guide's way to keep a pipe: its reader ignores SIGTERM and ends when the trainer does
+    "train-into-tee-ignoring-sigterm": "python3 {trainer} | (trap '' TERM; exec tee train.log)",
 }
 
 
