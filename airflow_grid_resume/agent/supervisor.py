@@ -402,8 +402,9 @@ class Supervisor:
         return event.with_reclaim(time.time(), self.o.signal_grace + self.o.sync_reserve)
 
     def _kill_deadline(self, notice: StopEvent) -> float:
-        """Monotonic time after which the command is killed: the reclaim time minus what the final
-        sync is expected to need for what is pending now, but never less than ``min_grace`` from now."""
+        """Monotonic time after which the command's group is killed: the reclaim time minus what the
+        final sync is expected to need for the command's own save, but never less than ``min_grace``
+        from now (pending bytes only add warnings: see deadline.plan_final_sync)."""
         assert self.syncer is not None
         assert notice.reclaim_at is not None
         if notice.source == "imds":
