@@ -680,6 +680,26 @@ def test_piping_the_output_into_tee_fails_with_the_cause_named(s3, tmp_path: Pat
     assert "session 1: broken pipe after SIGTERM" in report, report
 
 
+def test_a_shell_that_dies_of_sigterm_is_not_held_against_the_trainer(s3, tmp_path: Path) -> None:
+    """bash does not exec the trainer in "python train.py && echo trained" and dies of the SIGTERM at once (143);
+    the agent gives the trainer the group's time, so verify judges the trainer's own exit, as the agent saves."""
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    script = f"{sys.executable} {SCRIPTS / 'good.py'} 40 0.05 protocol && echo trained"
+    config = VerifyConfig(
+        command=("bash", "-c", script), workdir=str(workdir), notice_seconds=2.0, s3_endpoint=s3.endpoint_url,
+        interruptions=1, seed=3,
+    )  # fmt: skip
+    result = Verifier(config).run()
+    verdict = judge(result)
+    report = render(result, verdict)
+    assert verdict.exit_code == EXIT_RESUMABLE, report
+    assert "[PASS] sigterm: exits 0 on SIGTERM" in report and "its shell died of the SIGTERM at once" in report
+    first = result.chain[0]
+    assert (first.shell_returncode, first.returncode) == (143, 0), report
+    assert first.outcome is not None and first.outcome.manifest, report  # the trainer's save was synced
+
+
 def test_starts_over_is_caught_by_wall_time(s3, tmp_path: Path) -> None:
     _, verdict, report = run_verify(s3, tmp_path, "starts_over", 24, 0.05, interruptions=2, seed=3)
     assert verdict.exit_code == EXIT_NOT_RESUMABLE, report

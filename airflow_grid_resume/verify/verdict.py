@@ -25,6 +25,7 @@ from itertools import pairwise
 from airflow_grid_resume.verify.chaos import FLOOR_SECONDS
 from airflow_grid_resume.verify.churn import ChurnReport, suggest_excludes
 from airflow_grid_resume.verify.outputs import OutputDiff
+from airflow_grid_resume.verify.probe import SHELLS
 from airflow_grid_resume.verify.records import SessionRecord
 
 PASS, NOTE, WARN, FAIL, SKIP = "PASS", "NOTE", "WARN", "FAIL", "SKIP"
@@ -57,7 +58,6 @@ _TRUNCATED = re.compile(
 )
 # What a write into a pipe whose reader is gone looks like, from Python and from C programs.
 _BROKEN_PIPE = re.compile(r"BrokenPipeError|Broken pipe|EPIPE|SIGPIPE")
-SHELLS = frozenset({"bash", "sh", "dash", "zsh", "ksh"})
 # Programs that read a command's output to log or filter it: a pipe into one of these is the pipe the
 # group's SIGTERM breaks (a pipe into the trainer itself, ``cat list | python train.py``, is not).
 OUTPUT_READERS = frozenset(
@@ -322,6 +322,12 @@ def check_sigterm(
         f"{r.label}: SIGTERM after its last step, while it was exiting (exit {r.returncode}): not a test of it"
         if r in done_first
         else f"{r.label}: exit 0 {_s(r.exit_latency)} after SIGTERM (verify allowed {_s(r.grace_seconds)})"
+        + (
+            f"; its shell died of the SIGTERM at once (exit {r.shell_returncode}, which the agent records with a "
+            "warning) while the trainer saved in the group's time"
+            if r.shell_returncode is not None
+            else ""
+        )
         for r in interrupted
     )
     where = f"a {window.notice_seconds:g} s notice leaves {allowed:.1f} s"
