@@ -520,6 +520,8 @@ def test_a_shell_that_dies_of_sigterm_leaves_the_trainer_the_notice_to_save(
     final = ledger.read_manifest(ledger.list_manifests()[-1])
     assert final.reason == "final" and "ckpt.json" in [f.path for f in final.files]
     if shape != "train-into-tee":  # the trainer's lines after its shell died still reach the task log
+        # and its exit 0 is the command's, not the shell's 143
+        assert (outcome["exit_code"], outcome["clean"]) == (0, True), outcome
         assert f"saved at step {printed}" in proc.stdout
         assert f"saved at step {printed}".encode() in ledger.read_log(1, 0)[0]
     resumed = agent(run_uri, tmp_path / "i2", "python3", SLOW_SAVE, "0", "0", "0", options=FAST)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from airflow_grid_resume.agent.deadline import group_kill_at, plan_final_sync, seconds_until_reclaim
+from airflow_grid_resume.agent.deadline import group_kill_at, group_returncode, plan_final_sync, seconds_until_reclaim
 from airflow_grid_resume.ledger.errors import crash_hint
 from airflow_grid_resume.ledger.records import Heartbeat
 from airflow_grid_resume.reaper import select_reapable
@@ -223,6 +223,14 @@ def test_the_group_keeps_the_notices_time_after_its_leader_exits() -> None:
     assert group_kill_at(kill_at=150.0, leader_exited_at=100.0, min_grace=5.0) == 150.0
     # a deadline already (nearly) past still leaves --min-grace after the leader's exit
     assert group_kill_at(kill_at=101.0, leader_exited_at=100.0, min_grace=5.0) == 105.0
+
+
+def test_a_shell_killed_by_the_sigterm_is_judged_by_the_trainer_it_ran() -> None:
+    assert group_returncode(leader=-15, rest=[0]) == 0  # bash died at once, the trainer saved and exited 0
+    assert group_returncode(leader=-15, rest=[1, 0]) == 1  # the trainer failed, tee (trap '' TERM) ended well
+    assert group_returncode(leader=-15, rest=[-15, 1]) == 1  # tee died of it, the trainer's print got EPIPE
+    assert group_returncode(leader=-15, rest=[]) == -15  # nothing else ran
+    assert group_returncode(leader=0, rest=[-15]) == 0  # a leader that exited by itself speaks for the command
 
 
 def test_crash_hints_say_what_to_fix() -> None:

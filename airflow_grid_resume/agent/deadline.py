@@ -13,6 +13,8 @@ and dies of the SIGTERM at once does not end the command's time: its group keeps
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 NOTICE_WINDOW = 120.0  # EC2 posts a spot notice about two minutes before the reclaim
@@ -72,6 +74,18 @@ def plan_final_sync(
                 "may miss the reclaim: sync more often (--sync-interval) or --exclude what is not needed to resume"
             )
     return SyncPlan(reserve, tuple(warnings))
+
+
+def group_returncode(leader: int, rest: Sequence[int]) -> int:
+    """The command's return code when its leader exited during a stop and the rest of its group went on.
+
+    A leader killed by the SIGTERM (-15: a shell that does not exec the trainer) says nothing about the
+    save: the processes it left (the trainer, a pipe's reader; ``rest``, in the order they exited) do.
+    The last of them that failed gives the code, else 0. Any other leader exit is the command's own."""
+    if leader != -signal.SIGTERM or not rest:
+        return leader
+    failed = [code for code in rest if code != 0]
+    return failed[-1] if failed else 0
 
 
 def group_kill_at(kill_at: float, leader_exited_at: float, min_grace: float) -> float:

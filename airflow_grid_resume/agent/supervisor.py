@@ -21,7 +21,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume import __version__
 from airflow_grid_resume.agent.child import Child, SpawnError, become_subreaper, reap_orphans
-from airflow_grid_resume.agent.deadline import group_kill_at, plan_final_sync, seconds_until_reclaim
+from airflow_grid_resume.agent.deadline import (
+    group_kill_at,
+    group_returncode,
+    plan_final_sync,
+    seconds_until_reclaim,
+)
 from airflow_grid_resume.agent.imds import ImdsClient, ImdsDisabled, ImdsUnavailable, resolve_endpoint
 from airflow_grid_resume.agent.lease import Lease, acquire_lease
 from airflow_grid_resume.agent.livesend import LiveSender, make_sqs_client
@@ -317,6 +322,7 @@ class Supervisor:
         signalled = killed = False
         kill_at: float | None = None
         leader: int | None = None  # the leader's return code, once it exited during a stop
+        rest: list[int] = []  # the exit codes of the rest of its group, reaped since
         next_sync = time.monotonic() + self.o.sync_interval
         while True:
             now = time.monotonic()
@@ -329,9 +335,10 @@ class Supervisor:
             now = time.monotonic()
             if event is None:
                 if leader is not None:
-                    reap_orphans()
+                    rest += reap_orphans()
                     if not child.group_alive():
-                        return leader, signalled, killed
+                        log.info("the rest of the command's group exited (codes %s)", rest)
+                        return group_returncode(leader, rest), signalled, killed
                 if kill_at is not None and now >= kill_at:
                     log.error("the command did not exit before the deadline: killing its process group")
                     child.signal_group(signal.SIGKILL)

@@ -323,8 +323,8 @@ def check_sigterm(
         if r in done_first
         else f"{r.label}: exit 0 {_s(r.exit_latency)} after SIGTERM (verify allowed {_s(r.grace_seconds)})"
         + (
-            f"; its shell died of the SIGTERM at once (exit {r.shell_returncode}, which the agent records with a "
-            "warning) while the trainer saved in the group's time"
+            f"; its shell died of the SIGTERM at once (exit {r.shell_returncode}) while the trainer saved in the "
+            "group's time: the agent, like verify, takes the trainer's exit as the command's"
             if r.shell_returncode is not None
             else ""
         )
