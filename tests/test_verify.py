@@ -698,6 +698,7 @@ def test_a_shell_that_dies_of_sigterm_is_not_held_against_the_trainer(s3, tmp_pa
     first = result.chain[0]
     assert (first.shell_returncode, first.returncode) == (143, 0), report
     assert first.outcome is not None and first.outcome.manifest, report  # the trainer's save was synced
+    assert (first.outcome.exit_code, first.outcome.clean) == (0, True)  # the agent judged the trainer too
 
 
 def test_starts_over_is_caught_by_wall_time(s3, tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ If the agent itself dies (verify was killed and took its agents with it), the pr
 process group, command and children included, so nothing runs on unattended.
 When the command is a shell that dies of the SIGTERM at once while the trainer it started goes on
 saving (``python train.py && echo done``), the probe, their subreaper, waits for the trainer too and
-records its exit (``returncode``, ``exited_at``) and the shell's (``shell_returncode``): the agent
-gives the whole group the notice's time, so the trainer is what is judged.
+records its exit (``returncode``, ``exited_at``) and the shell's (``shell_returncode``), and exits
+with the trainer's code: the agent gives the whole group the notice's time and takes the code of
+what the shell left as the command's, so the trainer is what is judged, here as there.
 Standard library only, and nothing to import: it must start fast.
 """
 
@@ -73,16 +74,18 @@ def become_subreaper() -> None:
 
 
 def wait_orphans() -> tuple[int, float] | None:
-    """Wait for every process re-parented to the probe; the exit code (as a shell reports it) and time of
-    the last one to exit (the trainer outlives its workers), or None when there was none."""
-    last = None
+    """Wait for every process re-parented to the probe. Their exit code, as the agent decides it (the last
+    that failed, else 0; as a shell reports it), and when the last exited; None when there was none."""
+    codes: list[int] = []
     while True:
         try:
             _, status = os.wait()
         except ChildProcessError:
-            return last
+            break
         code = os.waitstatus_to_exitcode(status)
-        last = (128 - code if code < 0 else code, time.time())
+        codes.append(128 - code if code < 0 else code)
+    failed = [code for code in codes if code != 0]
+    return ((failed[-1] if failed else 0), time.time()) if codes else None
 
 
 def write_record(path: str, doc: dict) -> None:
@@ -149,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if orphan is not None:
         end.update(returncode=orphan[0], exited_at=orphan[1], shell_returncode=code)
     write_record(f"{base}.end.json", end)
+    if orphan is not None:
+        return orphan[0]  # the agent would take the same code from the group as the command's
     if returncode < 0:
         sys.stdout.flush()
         signal.signal(-returncode, signal.SIG_DFL)
