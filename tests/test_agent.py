@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.emulator.faultproxy import FaultProxy, FaultRule
 from airflow_grid_resume.emulator.imds import MetadataService
@@ -528,3 +530,46 @@ def test_a_fallback_is_reported_with_the_steps_it_costs(agent, run_uri, ledger, 
     note = "restored the older checkpoint 000001-000001.json instead: about 15 steps (step 25 -> 10)"
     assert note in outcome["warnings"][0] and "000002-000001.json" in outcome["warnings"][0]
     assert note in three.stderr
+
+
+SLOW_SAVE = str(Path(__file__).parent / "scripts" / "slow_save.py")
+GROUP_SHAPES = {
+    "source-then-train": "source {env} && python3 {trainer}",
+    "train-then-echo": "python3 {trainer} && echo trained",
+    "train-into-tee": "python3 {trainer} | tee train.log",
+    # the user guide's way to keep a pipe: its reader ignores SIGTERM and ends when the trainer does
+    "train-into-tee-ignoring-sigterm": "python3 {trainer} | (trap '' TERM; exec tee train.log)",
+}
+
+
+@pytest.mark.parametrize("shape", GROUP_SHAPES)
+def test_a_shell_that_dies_of_sigterm_leaves_the_trainer_the_notice_to_save(
+    agent, run_uri: str, ledger: RunLedger, tmp_path: Path, shape: str
+) -> None:
+    """bash does not exec the trainer in these shapes: it dies of the SIGTERM at once. The trainer, still
+    in the group, must keep the notice's time (8 s, its save takes 3 s), not --min-grace (1 s): the
+    checkpoint it writes on SIGTERM reaches S3 and the next session resumes from it."""
+    # bash 5.2 execs the last command of "source x && cmd" unless it has more to do: here an EXIT trap, as an
+    # environment script that cleans up after itself sets (bash 4.2, Amazon Linux 2's, never execs it).
+    env = tmp_path / "env.sh"
+    env.write_text('export SCRATCH="$(mktemp -d)"\ntrap \'rm -rf "$SCRATCH"\' EXIT\n')
+    command = GROUP_SHAPES[shape].format(env=env, trainer=f"{SLOW_SAVE} 100000 0.05 3")
+    with MetadataService() as imds:
+        proc = agent(run_uri, tmp_path / "i1", "bash", "-c", command, options=FAST, imds=imds)
+        wait_for(lambda: "step 8\n" in proc.stdout, what="training progress")
+        imds.schedule_notice(in_seconds=8)
+        assert proc.wait() == 0
+    outcome = ledger.read_outcome(1)
+    assert outcome["status"] == "interrupted", outcome
+    printed = max(int(n) for n in re.findall(r"^step (\d+)$", proc.stdout, re.MULTILINE))
+    final = ledger.read_manifest(ledger.list_manifests()[-1])
+    assert final.reason == "final" and "ckpt.json" in [f.path for f in final.files]
+    if shape != "train-into-tee":  # the trainer's lines after its shell died still reach the task log
+        # and its exit 0 is the command's, not the shell's 143
+        assert (outcome["exit_code"], outcome["clean"]) == (0, True), outcome
+        assert f"saved at step {printed}" in proc.stdout
+        assert f"saved at step {printed}".encode() in ledger.read_log(1, 0)[0]
+    resumed = agent(run_uri, tmp_path / "i2", "python3", SLOW_SAVE, "0", "0", "0", options=FAST)
+    assert resumed.wait() == 0
+    start = int(re.search(r"session 2 starts at step (\d+)", resumed.stdout).group(1))
+    assert start >= printed > 0  # no step lost: the session's own save was restored

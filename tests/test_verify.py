@@ -295,6 +295,26 @@ def test_exit_143_fails_sigterm_and_slow_exit_warns() -> None:
     assert verdict.check("sigterm").status == WARN and verdict.exit_code == EXIT_RESUMABLE  # type: ignore[union-attr]
 
 
+def test_a_pipe_that_broke_the_save_fails_with_its_cause_named() -> None:
+    command = ("bash", "-c", "python train.py 2>&1 | tee train.log")
+    reference, chain = _good()
+    chain[0].tail = ["step 5", "Traceback (most recent call last):", "BrokenPipeError: [Errno 32] Broken pipe"]
+    verdict = decide(reference, chain, **_kwargs(), command=command)
+    check = verdict.check("pipe")
+    assert verdict.exit_code == EXIT_NOT_RESUMABLE and check is not None and check.status == FAIL
+    assert check.summary.startswith(
+        "the command's output goes through a pipe (| tee): when the group gets SIGTERM, tee exits and the "
+        "trainer's next print gets SIGPIPE"
+    )
+    assert "write it to a file" in check.fix and verdict.headline.startswith("NOT RESUMABLE (pipe")
+    # the same pipe that did no harm (nothing printed while saving) is only a warning
+    verdict = decide(*_good(), **_kwargs(), command=command)
+    assert verdict.exit_code == EXIT_RESUMABLE and verdict.check("pipe").status == WARN  # type: ignore[union-attr]
+    # no pipe, or none into a logging program: nothing to say
+    for harmless in (("bash", "-c", "python train.py || echo failed"), ("bash", "-c", "cat l | python t.py")):
+        assert decide(*_good(), **_kwargs(), command=harmless).check("pipe") is None
+
+
 def test_crash_after_resume_names_a_truncated_checkpoint() -> None:
     reference, chain = _good()
     tail = ["Traceback (most recent call last):", "json.decoder.JSONDecodeError: Unterminated string", "[grid-resume]"]
@@ -638,6 +658,47 @@ def test_exits_143(s3, tmp_path: Path) -> None:
     assert verdict.exit_code == EXIT_NOT_RESUMABLE, report
     assert "[FAIL] sigterm: dies of SIGTERM (exit 143)" in report
     assert result.chain[0].returncode == 143 and result.chain[-1].status == "succeeded"
+
+
+def test_piping_the_output_into_tee_fails_with_the_cause_named(s3, tmp_path: Path) -> None:
+    """tee dies of the group's SIGTERM; the good script's next "step" line then breaks its save."""
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    script = f"{sys.executable} {SCRIPTS / 'good.py'} 40 0.05 | tee train.log"
+    config = VerifyConfig(
+        command=("bash", "-c", script), workdir=str(workdir), notice_seconds=2.0, s3_endpoint=s3.endpoint_url,
+        interruptions=1, seed=3,
+    )  # fmt: skip
+    result = Verifier(config).run()
+    verdict = judge(result)
+    report = render(result, verdict)
+    assert verdict.exit_code == EXIT_NOT_RESUMABLE, report
+    assert (
+        "[FAIL] pipe: the command's output goes through a pipe (| tee): when the group gets SIGTERM, tee exits and "
+        "the trainer's next print gets SIGPIPE; it broke the save here"
+    ) in report, report
+    assert "session 1: broken pipe after SIGTERM" in report, report
+
+
+def test_a_shell_that_dies_of_sigterm_is_not_held_against_the_trainer(s3, tmp_path: Path) -> None:
+    """bash does not exec the trainer in "python train.py && echo trained" and dies of the SIGTERM at once (143);
+    the agent gives the trainer the group's time, so verify judges the trainer's own exit, as the agent saves."""
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    script = f"{sys.executable} {SCRIPTS / 'good.py'} 40 0.05 protocol && echo trained"
+    config = VerifyConfig(
+        command=("bash", "-c", script), workdir=str(workdir), notice_seconds=2.0, s3_endpoint=s3.endpoint_url,
+        interruptions=1, seed=3,
+    )  # fmt: skip
+    result = Verifier(config).run()
+    verdict = judge(result)
+    report = render(result, verdict)
+    assert verdict.exit_code == EXIT_RESUMABLE, report
+    assert "[PASS] sigterm: exits 0 on SIGTERM" in report and "its shell died of the SIGTERM at once" in report
+    first = result.chain[0]
+    assert (first.shell_returncode, first.returncode) == (143, 0), report
+    assert first.outcome is not None and first.outcome.manifest, report  # the trainer's save was synced
+    assert (first.outcome.exit_code, first.outcome.clean) == (0, True)  # the agent judged the trainer too
 
 
 def test_starts_over_is_caught_by_wall_time(s3, tmp_path: Path) -> None:

@@ -167,15 +167,18 @@ class Child:
         return killed
 
 
-def reap_orphans() -> None:
-    """Reap any exited process re-parented to the agent (it is their subreaper)."""
+def reap_orphans() -> list[int]:
+    """Reap any exited process re-parented to the agent (it is their subreaper); their exit codes, in
+    the order reaped (Popen's convention: -N for a process killed by signal N)."""
+    codes = []
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return codes
         if pid == 0:
-            return
+            return codes
+        codes.append(os.waitstatus_to_exitcode(status))
 
 
 def _write_fd(fd: int, data: bytes) -> None:

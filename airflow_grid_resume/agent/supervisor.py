@@ -20,8 +20,13 @@ from datetime import datetime, timezone
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume import __version__
-from airflow_grid_resume.agent.child import Child, SpawnError, become_subreaper
-from airflow_grid_resume.agent.deadline import plan_final_sync, seconds_until_reclaim
+from airflow_grid_resume.agent.child import Child, SpawnError, become_subreaper, reap_orphans
+from airflow_grid_resume.agent.deadline import (
+    group_kill_at,
+    group_returncode,
+    plan_final_sync,
+    seconds_until_reclaim,
+)
 from airflow_grid_resume.agent.imds import ImdsClient, ImdsDisabled, ImdsUnavailable, resolve_endpoint
 from airflow_grid_resume.agent.lease import Lease, acquire_lease
 from airflow_grid_resume.agent.livesend import LiveSender, make_sqs_client
@@ -76,6 +81,8 @@ LEASE_RENEW_SHARE = 0.4
 # With live output on a queue, heartbeat.json is written every this many beats (the beats between go
 # over the queue): the UI's progress is at most a minute old at the defaults.
 LIVE_STATUS_BEATS = 2
+# How often the agent looks whether the rest of the command's group has exited, once its leader has.
+GROUP_POLL = 0.05
 
 
 @dataclass
@@ -328,30 +335,52 @@ class Supervisor:
         return self._finish(ledger, shipper, spool, result, started_at, restored, final_sync=True)
 
     def _watch(self, child: Child) -> tuple[int, bool, bool]:
-        """Wait for the command, reacting to notices, rebalances and the sync schedule."""
+        """Wait for the command, reacting to notices, rebalances and the sync schedule. During a stop,
+        a leader that exits (a shell running the trainer dies of the SIGTERM at once) does not end the
+        wait: the rest of its group keeps the notice's time to save, its output still tailed."""
         signalled = killed = False
         kill_at: float | None = None
+        leader: int | None = None  # the leader's return code, once it exited during a stop
+        rest: list[int] = []  # the exit codes of the rest of its group, reaped since
         next_sync = time.monotonic() + self.o.sync_interval
         while True:
             now = time.monotonic()
             waits = [next_sync - now] + ([kill_at - now] if kill_at is not None else [])
+            waits += [GROUP_POLL] if leader is not None else []
             try:
                 event = self.events.get(timeout=max(0.0, min(waits)))
             except queue.Empty:
                 event = None
             now = time.monotonic()
             if event is None:
+                if leader is not None:
+                    rest += reap_orphans()
+                    if not child.group_alive():
+                        log.info("the rest of the command's group exited (codes %s)", rest)
+                        return group_returncode(leader, rest), signalled, killed
                 if kill_at is not None and now >= kill_at:
                     log.error("the command did not exit before the deadline: killing its process group")
                     child.signal_group(signal.SIGKILL)
                     killed, kill_at = True, None
+                    if leader is not None:
+                        return leader, signalled, killed
                 if now >= next_sync:
                     next_sync = now + self.o.sync_interval
                     if not signalled:
                         self._start_background_sync("periodic")
                 continue
             if isinstance(event, Exited):
-                return event.returncode, signalled, killed
+                if not signalled or killed or kill_at is None or not child.group_alive():
+                    return event.returncode, signalled, killed
+                leader, kill_at = event.returncode, group_kill_at(kill_at, now, self.o.min_grace)
+                log.warning(
+                    "the command's leader (pid %d) exited (code %d) but processes of its group still run: they keep "
+                    "%.1f s to save and exit",
+                    child.pid,
+                    event.returncode,
+                    kill_at - now,
+                )
+                continue
             reaction = react(event, self.notice)
             if reaction == SYNC:
                 log.info("%s", event.detail or f"{event.source}: syncing now, not stopping")
@@ -360,6 +389,8 @@ class Supervisor:
                 log.warning("second stop signal: killing the command's process group now")
                 child.signal_group(signal.SIGKILL)
                 killed, kill_at = True, None
+                if leader is not None:
+                    return leader, signalled, killed
             elif reaction == TIGHTEN:
                 notice = self._accept(event)
                 if kill_at is not None:
@@ -369,17 +400,17 @@ class Supervisor:
                 self._set_state("stopping")
                 signalled = True
                 self._sync_cancel.set()
+                child.signal_group(signal.SIGTERM)  # first: planning the deadline walks the workdir
                 kill_at = self._kill_deadline(notice)
                 left = kill_at - time.monotonic()
                 log.warning(
-                    "interruption notice (%s, action %s, reclaim at %s): sending SIGTERM to the command's "
+                    "interruption notice (%s, action %s, reclaim at %s): sent SIGTERM to the command's "
                     "process group; it has %.1f s to save its state and exit",
                     notice.source,
                     notice.action,
                     _utc(notice.reclaim_at),
                     left,
                 )
-                child.signal_group(signal.SIGTERM)
 
     def _accept(self, event: StopEvent) -> StopEvent:
         """Log a stop event and give it a reclaim time (a signal, nobody watching or a lost lease announce
@@ -397,8 +428,9 @@ class Supervisor:
         return event.with_reclaim(time.time(), self.o.signal_grace + self.o.sync_reserve)
 
     def _kill_deadline(self, notice: StopEvent) -> float:
-        """Monotonic time after which the command is killed: the reclaim time minus what the final
-        sync is expected to need for what is pending now, but never less than ``min_grace`` from now."""
+        """Monotonic time after which the command's group is killed: the reclaim time minus what the
+        final sync is expected to need for the command's own save, but never less than ``min_grace``
+        from now (pending bytes only add warnings: see deadline.plan_final_sync)."""
         assert self.syncer is not None
         assert notice.reclaim_at is not None
         if notice.source == "imds":

@@ -168,6 +168,7 @@ def judge(result: VerifyResult) -> Verdict:
         output_globs=config.outputs,
         churn=result.churn or ChurnReport(0, 0),
         large_bytes=config.large_bytes,
+        command=config.command,
     )
 
 

@@ -9,11 +9,17 @@ exactly as it would without the probe. The agent's SIGKILL at the deadline kills
 then there is no end record, which is how verify knows the command was killed.
 If the agent itself dies (verify was killed and took its agents with it), the probe kills its whole
 process group, command and children included, so nothing runs on unattended.
+When the command is a shell that dies of the SIGTERM at once while the trainer it started goes on
+saving (``python train.py && echo done``), the probe, their subreaper, waits for the trainer too and
+records its exit (``returncode``, ``exited_at``) and the shell's (``shell_returncode``), and exits
+with the trainer's code: the agent gives the whole group the notice's time and takes the code of
+what the shell left as the command's, so the trainer is what is judged, here as there.
 Standard library only, and nothing to import: it must start fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -24,7 +30,9 @@ import time
 from collections.abc import Sequence
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 USER_TMPDIR = "GRID_RESUME_VERIFY_TMPDIR"  # the TMPDIR verify was started with, for the command
+SHELLS = frozenset({"bash", "sh", "dash", "zsh", "ksh"})
 
 
 def command_env(env: dict[str, str]) -> dict[str, str]:
@@ -56,6 +64,28 @@ def end_group_with_parent() -> None:
         return
     if os.getppid() != parent:  # it died before the prctl took effect
         end_group()
+
+
+def become_subreaper() -> None:
+    """Orphans of the command (a trainer whose shell died) re-parent to the probe (Linux only)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def wait_orphans() -> tuple[int, float] | None:
+    """Wait for every process re-parented to the probe. Their exit code, as the agent decides it (the last
+    that failed, else 0; as a shell reports it), and when the last exited; None when there was none."""
+    codes: list[int] = []
+    while True:
+        try:
+            _, status = os.wait()
+        except ChildProcessError:
+            break
+        code = os.waitstatus_to_exitcode(status)
+        codes.append(128 - code if code < 0 else code)
+    failed = [code for code in codes if code != 0]
+    return ((failed[-1] if failed else 0), time.time()) if codes else None
 
 
 def write_record(path: str, doc: dict) -> None:
@@ -92,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     end_group_with_parent()
+    become_subreaper()
     env = os.environ
     record = {
         "probe_pid": os.getpid(),
@@ -113,10 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     returncode = child.wait()
     exited_at = time.time()
     code = 128 - returncode if returncode < 0 else returncode
-    write_record(
-        f"{base}.end.json",
-        {"exited_at": exited_at, "returncode": code, "sigterm_at": sigterm_at[0] if sigterm_at else None},
-    )
+    end = {"exited_at": exited_at, "returncode": code, "sigterm_at": sigterm_at[0] if sigterm_at else None}
+    # A shell killed by the SIGTERM: the trainer it ran, now our orphan, is what saves (the agent enforces the
+    # group's deadline, killing us with it). Any other command is judged by its own exit, as before.
+    shell_died = bool(sigterm_at) and code == 128 + signal.SIGTERM and os.path.basename(command[0]) in SHELLS
+    orphan = wait_orphans() if shell_died else None
+    if orphan is not None:
+        end.update(returncode=orphan[0], exited_at=orphan[1], shell_returncode=code)
+    write_record(f"{base}.end.json", end)
+    if orphan is not None:
+        return orphan[0]  # the agent would take the same code from the group as the command's
     if returncode < 0:
         sys.stdout.flush()
         signal.signal(-returncode, signal.SIG_DFL)

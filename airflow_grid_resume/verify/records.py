@@ -18,7 +18,8 @@ class SessionRecord:
 
     ``started_at``, ``sigterm_at``, ``exited_at`` and ``returncode`` come from the probe that
     wraps the command inside the agent's process group; ``exited_at`` is None when the probe was
-    killed with the command (the agent's SIGKILL at the deadline). ``outcome`` is the session's
+    killed with the command (the agent's SIGKILL at the deadline). When the command is a shell that
+    died of the SIGTERM, they are the trainer's (the last process of the group to exit). ``outcome`` is the session's
     outcome.json from the ledger (None: the agent wrote none).
     """
 
@@ -34,6 +35,7 @@ class SessionRecord:
     sigterm_at: float | None = None
     exited_at: float | None = None
     returncode: int | None = None
+    shell_returncode: int | None = None  # the command's shell, when it died of SIGTERM and the trainer went on
     first_output_at: float | None = None
     progress: list[tuple[float, float]] = field(default_factory=list)
     tail: list[str] = field(default_factory=list)

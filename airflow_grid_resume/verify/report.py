@@ -72,6 +72,8 @@ def describe(record: SessionRecord) -> str:
         if record.killed:
             parts.append(f"still running at the deadline{allowed}: killed")
         else:
+            if record.shell_returncode is not None:
+                parts.append(f"its shell died of it (exit {record.shell_returncode}), the trainer went on")
             parts.append(f"exit {record.returncode} {_s(record.exit_latency)} after it{allowed}")
         if record.manifest:
             parts.append(f"the agent's final sync committed {record.manifest}")

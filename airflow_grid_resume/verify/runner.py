@@ -307,6 +307,7 @@ class Verifier:
         record.sigterm_at = sigterm.get("sigterm_at") or end.get("sigterm_at")
         record.exited_at = end.get("exited_at")
         record.returncode = end.get("returncode")
+        record.shell_returncode = end.get("shell_returncode")
         record.outcome = ledger.read_record(Outcome, record.session)
         return record
 

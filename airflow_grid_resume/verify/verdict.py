@@ -1,6 +1,10 @@
 """Deciding, from the session records alone, whether a command is resumable. Pure: no I/O.
 
-Four checks (docs/verify.md explains each and how to fix what it finds):
+Four checks, and a fifth when the command pipes its output (docs/verify.md explains each and how to fix
+what it finds):
+
+- ``pipe``: the command's output goes through a pipe (``python train.py | tee log``), which the group's
+  SIGTERM breaks: it fails when a session shows it (a broken pipe after SIGTERM, or a failed check);
 
 - ``sigterm``: every interrupted session's command stopped on SIGTERM (exited 0 in time, and did not
   go on working until it happened to finish);
@@ -12,6 +16,7 @@ Four checks (docs/verify.md explains each and how to fix what it finds):
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +25,7 @@ from itertools import pairwise
 from airflow_grid_resume.verify.chaos import FLOOR_SECONDS
 from airflow_grid_resume.verify.churn import ChurnReport, suggest_excludes
 from airflow_grid_resume.verify.outputs import OutputDiff
+from airflow_grid_resume.verify.probe import SHELLS
 from airflow_grid_resume.verify.records import SessionRecord
 
 PASS, NOTE, WARN, FAIL, SKIP = "PASS", "NOTE", "WARN", "FAIL", "SKIP"
@@ -49,6 +55,13 @@ _TRUNCATED = re.compile(
     r"JSONDecodeError|UnpicklingError|EOFError|unexpected end|Unexpected EOF|truncated|PytorchStreamReader|"
     r"BadZipFile|not a zip file|corrupt|ran out of input|HDF5|safetensors",
     re.IGNORECASE,
+)
+# What a write into a pipe whose reader is gone looks like, from Python and from C programs.
+_BROKEN_PIPE = re.compile(r"BrokenPipeError|Broken pipe|EPIPE|SIGPIPE")
+# Programs that read a command's output to log or filter it: a pipe into one of these is the pipe the
+# group's SIGTERM breaks (a pipe into the trainer itself, ``cat list | python train.py``, is not).
+OUTPUT_READERS = frozenset(
+    {"tee", "cat", "logger", "ts", "grep", "sed", "awk", "gawk", "gzip", "head", "tail", "cut", "tr", "pv"}
 )
 CHURN_MIN_BYTES = 1024 * 1024  # churning files smaller than this are cheap to re-upload: listed, not advised
 
@@ -82,6 +95,12 @@ FIX_OUTPUTS = (
     "the outputs must not depend on where the run was interrupted: save and restore everything the computation "
     "depends on (RNG states, data-loader position, optimizer and scheduler state, running metrics), and do not "
     "write per-session values (times, session numbers) into output files."
+)
+FIX_PIPE = (
+    "do not pipe the training output: write it to a file (python train.py > train.log 2>&1, or a log file the "
+    "script opens itself), or leave it to the agent, which ships the command's output to the task log and the "
+    "ledger. If a pipe must stay, make its reader ignore SIGTERM: python train.py | (trap '' TERM; exec tee "
+    "train.log)."
 )
 FIX_SYNC = (
     "exclude what the script does not need to resume (logs, caches, event files, copies of the data) with the "
@@ -130,6 +149,7 @@ def decide(
     output_globs: Sequence[str],
     churn: ChurnReport | None,
     large_bytes: int,
+    command: Sequence[str] = (),
 ) -> Verdict:
     """The verdict. Exit 0: resumable; 1: a check failed; 3: nothing could be tested."""
     if reference.status != "succeeded":
@@ -171,6 +191,8 @@ def decide(
         check_outputs(outputs, output_globs, finished),
         check_sync(churn, large_bytes),
     ]
+    pipe = check_pipe(command, chain, failed=any(c.status == FAIL for c in checks))
+    checks = [pipe, *checks] if pipe is not None else checks
     failed = [c.name for c in checks if c.status == FAIL]
     if failed:
         return Verdict(checks, EXIT_NOT_RESUMABLE, f"NOT RESUMABLE ({', '.join(failed)})")
@@ -300,6 +322,12 @@ def check_sigterm(
         f"{r.label}: SIGTERM after its last step, while it was exiting (exit {r.returncode}): not a test of it"
         if r in done_first
         else f"{r.label}: exit 0 {_s(r.exit_latency)} after SIGTERM (verify allowed {_s(r.grace_seconds)})"
+        + (
+            f"; its shell died of the SIGTERM at once (exit {r.shell_returncode}) while the trainer saved in the "
+            "group's time: the agent, like verify, takes the trainer's exit as the command's"
+            if r.shell_returncode is not None
+            else ""
+        )
         for r in interrupted
     )
     where = f"a {window.notice_seconds:g} s notice leaves {allowed:.1f} s"
@@ -312,6 +340,67 @@ def check_sigterm(
             "save less on SIGTERM (the periodic checkpoint plus what changed since) or save faster.",
         )
     return Check("sigterm", PASS, f"exits 0 on SIGTERM within {worst:.2f} s ({where})", details)
+
+
+def piped_into(command: Sequence[str]) -> str | None:
+    """The logging or filtering program a shell command pipes its output into (``tee`` for ``bash -c
+    "python train.py | tee log"``), or None: only a ``SHELL -c STRING`` command is read, ``||`` is not a
+    pipe, and neither is one into another kind of program (the trainer reading its input)."""
+    if len(command) < 3 or os.path.basename(command[0]) not in SHELLS:
+        return None
+    flags = [i for i, arg in enumerate(command[1:-1], 1) if re.fullmatch(r"-[a-z]*c[a-z]*", arg)]
+    if not flags:
+        return None
+    script, quote, i = command[flags[0] + 1], "", 0
+    while i < len(script):
+        char = script[i]
+        if char == "\\" and quote != "'":
+            i += 2
+            continue
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or script[i - 1].isspace()):
+            i = script.find("\n", i)
+            if i < 0:
+                break
+        elif char == "|" and script[i + 1 : i + 2] != "|" and script[i - 1 : i] != "|":
+            rest = script[i + 1 :].lstrip("&").split()
+            reader = os.path.basename(rest[0]) if rest else ""
+            if reader in OUTPUT_READERS:
+                return reader
+        i += 1
+    return None
+
+
+def check_pipe(command: Sequence[str], chain: Sequence[SessionRecord], *, failed: bool) -> Check | None:
+    """Whether the command's output goes through a pipe that the group's SIGTERM breaks.
+
+    The SIGTERM goes to the whole group: the pipe's reader (tee) dies at once, and the trainer's next
+    print after it gets EPIPE/SIGPIPE, usually before or while it saves. A FAIL names that cause when a
+    session shows a broken pipe, or when the command pipes and another check failed; a pipe that did no
+    harm here is a warning (any print during the save would break it)."""
+    reader = piped_into(command)
+    broken = [
+        r.label for r in chain if r.interrupted and any(_BROKEN_PIPE.search(line) for line in _command_lines(r.tail))
+    ]
+    if reader is None and not broken:
+        return None
+    cause = (
+        f"the command's output goes through a pipe ({'| ' + reader if reader else 'somewhere in its scripts'}): "
+        f"when the group gets SIGTERM, {reader or 'the reader'} exits and the trainer's next print gets SIGPIPE"
+    )
+    if broken:
+        return Check(
+            "pipe", FAIL, f"{cause}; it broke the save here", tuple(f"{b}: broken pipe after SIGTERM" for b in broken),
+            FIX_PIPE,
+        )  # fmt: skip
+    if failed:
+        return Check("pipe", FAIL, f"{cause}, which can cut its save short (see the failed checks)", (), FIX_PIPE)
+    return Check(
+        "pipe", WARN, f"{cause}: it did no harm here only because nothing was printed while it saved", (), FIX_PIPE
+    )
 
 
 def check_resume(reference: SessionRecord, chain: Sequence[SessionRecord], startup: float) -> Check:
