@@ -290,7 +290,7 @@ class Syncer:
         if not old:
             return
         with ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="grid-redate") as pool:
-            gone = {k for k, ok in zip(old, pool.map(self.ledger.refresh, old), strict=True) if not ok}
+            gone = {k for k, ok in zip(old, pool.map(self._refresh, old), strict=True) if not ok}
         log.info("the sync took longer than %.0f s: re-dated %d uploads", self.commit_window, len(old) - len(gone))
         if gone:
             self._forget(manifest, gone)
@@ -303,13 +303,27 @@ class Syncer:
         if not self._rewritten:
             return
         keys = sorted(self._rewritten)
-        with ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="grid-check") as pool:
-            gone = {k for k, at in zip(keys, pool.map(self.ledger.modified, keys), strict=True) if at is None}
+        try:
+            with ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="grid-check") as pool:
+                gone = {k for k, at in zip(keys, pool.map(self.ledger.modified, keys), strict=True) if at is None}
+        except Exception as exc:  # the manifest is committed: never fail the sync now, never reuse unchecked keys
+            log.warning("could not check %d re-written key(s), the next sync writes them again: %s", len(keys), exc)
+            self._forget(manifest, set(keys))
+            return
         if gone:
             self._forget(manifest, gone)
             raise _Redo(
                 f"manifest {manifest.name} references {len(gone)} key(s) deleted under this sync", committed=True
             )
+
+    def _refresh(self, key: str) -> bool:
+        """Re-date one upload; False when it is gone. A refusal (a bucket policy on CopyObject) keeps
+        the upload as it is, with a warning: the sync commits as it would have without the window."""
+        try:
+            return self.ledger.refresh(key)
+        except Exception as exc:
+            log.warning("could not re-date %s (gc's grace period counts from its upload): %s", key, exc)
+            return True
 
     def _forget(self, manifest: Manifest, gone: set[str]) -> None:
         """Never reuse ``gone`` keys again: drop them from what the last manifest holds and from the
