@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from airflow_grid_resume.ledger.records import CAUSE_DISK_FULL
-from airflow_grid_resume.summary import INTERRUPTED
+from airflow_grid_resume.summary import INTERRUPTED, LEASE_HELD
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class Budgets:
         if status == "failed" and cause == CAUSE_DISK_FULL:
             return f"session {session} could not restore: {reason}. {hint or ''}".rstrip()
         what = "interrupted" if status == "interrupted" else f"lost ({reason})"
+        if status == "interrupted" and str(reason or "").startswith(LEASE_HELD):  # refused by a live lease (exit 3)
+            what = f"interrupted ({str(reason).split(':')[0]})"
         if status in INTERRUPTED:
             if not self.auto_resume:
                 return f"session {session} was {what} and auto_resume is off"

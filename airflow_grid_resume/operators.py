@@ -55,7 +55,14 @@ from airflow_grid_resume.spot.launch import LaunchSpec, explain_fatal
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
 from airflow_grid_resume.spot.prices import on_demand_price
 from airflow_grid_resume.spot.tags import expiry_tag
-from airflow_grid_resume.summary import INTERRUPTED, ended_status, read_records, summarize, summary_lines
+from airflow_grid_resume.summary import (
+    INTERRUPTED,
+    ended_status,
+    lease_refusal,
+    read_records,
+    summarize,
+    summary_lines,
+)
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
 
@@ -758,6 +765,9 @@ class GridRunOperator(BaseOperator):
             )
             if ((event.get("outcome") or {}).get("notice") or {}).get("source") == "scheduled":
                 how = "ended by an EC2 scheduled event (instance stop, retirement or reboot)"
+            held = lease_refusal(event.get("outcome"))
+            if held:  # the agent exited 3: the last session's agent still held the run, so this one ran nothing
+                how = f"ran nothing: {held} (that agent had not ended yet; the next try takes over once it has)"
             manifest = (event.get("outcome") or {}).get("manifest") or next(iter(ledger.list_manifests()), None)
             name = getattr(manifest, "name", manifest)
             resume = f"checkpoint {name} in {ledger.location}" if name else "the start (no checkpoint yet)"

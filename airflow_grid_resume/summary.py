@@ -22,9 +22,31 @@ from datetime import datetime
 from typing import Any
 
 from airflow_grid_resume.agent.progress import steps_lost
-from airflow_grid_resume.ledger.records import Closed, Heartbeat, Outcome, as_dict
+from airflow_grid_resume.ledger.errors import EXIT_LEASE_HELD
+from airflow_grid_resume.ledger.records import Closed, Heartbeat, Lease, Outcome, as_dict
 
 INTERRUPTED = ("interrupted", "lost")
+
+
+LEASE_HELD = "lease held by"  # how a session refused by a live lease (agent exit 3) is told apart
+
+
+def lease_refusal(outcome: Mapping[str, Any] | None) -> str | None:
+    """ "lease held by session N" when the session's agent ran nothing because another live agent holds
+    the run (its exit 3, recorded as an ``interrupted`` outcome): a hold-up of the infrastructure,
+    counted like an interruption, never a boot failure or a failure of the script. None otherwise."""
+    if not outcome or outcome.get("agent_exit_code") != EXIT_LEASE_HELD:
+        return None
+    holder = outcome.get("lease_held_by")
+    return f"{LEASE_HELD} session {holder}" if holder is not None else f"{LEASE_HELD} another agent"
+
+
+def lease_holder_elsewhere(lease: Lease | None, session: int, now: float) -> int | None:
+    """The live session (0 when unknown) whose lease keeps ``session`` out, when ``session`` never
+    started: its agent exited 3 (lease held) without recording it, which is not a boot failure."""
+    if lease is None or not lease.held(now) or lease.session == session:
+        return None
+    return lease.session or 0
 
 
 def epoch_seconds(value: Any) -> float | None:
@@ -184,6 +206,8 @@ def read_records(ledger: Any) -> list[dict[str, Any]]:
 
 def _how(status: str, reason: Any) -> str:
     if status == "interrupted":
+        if str(reason).startswith(LEASE_HELD):  # refused by a live lease: ran nothing
+            return f"interrupted ({str(reason).split(':')[0]})"
         return "interrupted (spot notice)"
     if status == "lost":
         return f"lost without notice ({reason})" if reason else "lost without notice"

@@ -573,3 +573,38 @@ def test_a_shell_that_dies_of_sigterm_leaves_the_trainer_the_notice_to_save(
     assert resumed.wait() == 0
     start = int(re.search(r"session 2 starts at step (\d+)", resumed.stdout).group(1))
     assert start >= printed > 0  # no step lost: the session's own save was restored
+
+
+def test_a_lease_left_by_a_reclaimed_session_is_taken_over(agent, run_uri: str, ledger: RunLedger, tmp_path) -> None:
+    """Session 1's instance was reclaimed after its outcome was written but before its lease was released:
+    the lease still says "held" for minutes. Session 2 takes it over at once and restores session 1's work."""
+    first = agent(run_uri, tmp_path / "a", "sh", "-c", "echo saved-by-one > state.txt", options=["--session", "1"])
+    assert first.wait() == 0 and ledger.read_outcome(1)["status"] == "succeeded"
+    left = ledger.read_record(records.Lease)
+    assert left is not None and left.released  # the agent released it; the reclaim undoes that:
+    ledger.write_record(
+        records.Lease(
+            agent_id=left.agent_id, session=1, host=left.host, renewed_at=time.time(), expires_at=time.time() + 600
+        ),
+        if_match=ledger.get_with_etag(ledger.key("lease.json"))[1],
+    )
+    second = agent(run_uri, tmp_path / "b", "sh", "-c", "cat state.txt > seen.txt", options=["--session", "2"])
+    assert second.wait() == 0, second.stderr
+    assert (tmp_path / "b" / "seen.txt").read_text() == "saved-by-one\n"
+    assert ledger.read_outcome(2)["status"] == "succeeded"
+    assert "session 1 has ended (its outcome is written) without releasing it" in second.stderr
+
+
+def test_a_live_lease_refuses_and_says_so_in_the_outcome(agent, run_uri: str, ledger: RunLedger, tmp_path) -> None:
+    """The Airflow side's next session meets a live holder: it runs nothing, exits 3, and its outcome says
+    whose lease held it, so the watch does not read a boot failure."""
+    first = agent(run_uri, tmp_path / "a", *train(60, 0.05), options=[*FAST, "--session", "1"])
+    wait_for(lambda: "step 3" in first.stdout, what="first agent running")
+    second = agent(run_uri, tmp_path / "b", "sh", "-c", "echo should-not-run > ran", options=["--session", "2"])
+    assert second.wait() == 3
+    assert not (tmp_path / "b" / "ran").exists()
+    outcome = ledger.read_outcome(2)
+    assert outcome is not None, second.stderr
+    assert outcome["reason"] == "lease held by session 1: nothing was run"
+    assert (outcome["status"], outcome["agent_exit_code"], outcome["lease_held_by"]) == ("interrupted", 3, 1)
+    assert first.wait() == 0 and ledger.read_outcome(1)["status"] == "succeeded"

@@ -63,3 +63,28 @@ def test_a_checkpoint_too_big_for_the_disk_ends_the_run_at_once_whatever_the_bud
     )
     assert message == f"session 2 could not restore: {reason}. raise root_volume_gb"
     assert BUDGETS.exhausted("failed", 2, interruptions=0, failures=1, reason="exit code 3") is None
+
+
+def test_a_session_refused_by_a_live_lease_is_an_interruption_never_a_failure() -> None:
+    """Agent exit 3 (the run's lease is held by a live session): the outcome says so, the run goes on with
+    ``retries=0``, and the summary and budget messages name the holder instead of a spot notice."""
+    from airflow_grid_resume.ledger.records import Outcome
+    from airflow_grid_resume.summary import lease_refusal, session_status, summarize, summary_lines
+
+    reason = "lease held by session 3: nothing was run"
+    outcome = Outcome(
+        session=4, status="interrupted", clean=True, reason=reason, agent_exit_code=3, lease_held_by=3
+    ).to_dict()
+    assert lease_refusal(outcome) == "lease held by session 3"
+    assert lease_refusal({**outcome, "agent_exit_code": 0}) is None  # a spot notice stays one
+    assert session_status({"outcome": outcome}) == "interrupted"
+    no_retries = Budgets(auto_resume=True, max_interruptions=1, failure_retries=0)
+    assert no_retries.exhausted("interrupted", 4, interruptions=1, failures=0, reason=reason) is None
+    assert no_retries.exhausted("interrupted", 5, interruptions=2, failures=0, reason=reason) == (
+        "interruption budget exhausted: 2 interruptions > max_interruptions=1 "
+        "(session 5 was interrupted (lease held by session 3))"
+    )
+    summary = summarize([{"session": 4, "outcome": outcome}])
+    assert (summary["failures"], summary["interruptions"]) == (0, 1)
+    lines = summary_lines(summary, run_uri="s3://b/run", closed={4: {"reason": reason}})
+    assert "session 4: interrupted (lease held by session 3)" in lines[1]

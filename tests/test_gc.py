@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 
 from airflow_grid_resume.agent.restore import Restorer
@@ -102,3 +104,142 @@ def test_the_operator_keeps_its_newest_checkpoints_when_a_run_succeeds(ledger: R
     dst = tmp_path / "dst"
     Restorer(ledger, str(dst)).restore()
     assert snapshot(dst) == snapshot(src)
+
+
+GRACE = 2.0  # seconds: S3 dates objects to the second (HEAD's Last-Modified)
+
+
+def _two_checkpoints(ledger: RunLedger, src: Path) -> tuple[bytes, list[str]]:
+    """Session 1 commits ``ckpt.bin`` = OLD, then other bytes; OLD's objects (the keys returned) are then
+    referenced only by the oldest manifest and older than the grace period."""
+    src.mkdir()
+    old = os.urandom(2 * CHUNK)
+    s = syncer(ledger, src)
+    for data in (old, os.urandom(2 * CHUNK)):
+        (src / "ckpt.bin").write_bytes(data)
+        (src / "n.txt").write_bytes(os.urandom(100))
+        assert s.sync("periodic").committed
+    time.sleep(GRACE + 1.5)  # OLD's objects age past gc's grace period
+    keys = [ledger.object_key(hashlib.sha256(old[i : i + CHUNK]).hexdigest()) for i in (0, CHUNK)]
+    return old, keys
+
+
+def _newest_is_whole_and_restores_bit_exact(ledger: RunLedger, src: Path, dst: Path) -> str:
+    newest = ledger.list_manifests()[0]
+    stored = _stored(ledger)
+    manifest = ledger.read_manifest(newest)
+    missing = [k for f in manifest.files for k in ledger.blob_keys(f) if k not in stored]
+    assert missing == [], f"manifest {newest.name} points at deleted bytes"
+    restored = Restorer(ledger, str(dst)).restore()
+    assert (restored.manifest.name, restored.fallbacks) == (newest.name, [])
+    assert snapshot(dst) == snapshot(src)
+    return newest.name
+
+
+def test_gc_keeps_old_bytes_a_sync_writes_again_between_its_list_and_its_delete(
+    ledger: RunLedger, tmp_path: Path, monkeypatch
+) -> None:
+    """A file reverted to bytes only an old checkpoint held: the sync writes their key again after gc listed
+    it (with its old date) and commits after gc listed the manifests. gc must judge the age when it deletes."""
+    import airflow_grid_resume.ledger.gc as gc_module
+
+    src = tmp_path / "src"
+    old, keys = _two_checkpoints(ledger, src)
+    s = syncer(ledger, src, last_manifest=ledger.read_manifest(ledger.list_manifests()[0]))
+    s.seq = 2
+    uploaded, resume = threading.Event(), threading.Event()
+    commit = ledger.commit_manifest
+
+    def paused_commit(manifest):  # every object is written; the manifest is not yet
+        uploaded.set()
+        assert resume.wait(30)
+        return commit(manifest)
+
+    s.ledger = type("Paused", (), {"__getattr__": lambda _, n: getattr(ledger, n)})()
+    s.ledger.commit_manifest = paused_commit
+    sync = threading.Thread(target=s.sync, args=("periodic",))
+    real_plan = gc_module.plan_gc
+
+    def plan_then_revert(*args, **kwargs):  # gc has listed bytes and manifests, and not deleted anything yet
+        plan = real_plan(*args, **kwargs)
+        assert set(keys) <= {b.key for b in plan.blobs}  # by the listing, OLD's objects are old garbage
+        (src / "ckpt.bin").write_bytes(old)
+        sync.start()
+        assert uploaded.wait(30)
+        return plan
+
+    monkeypatch.setattr(gc_module, "plan_gc", plan_then_revert)
+    try:
+        plan = collect_garbage(ledger, keep=1, grace=GRACE, apply=True)
+    finally:
+        resume.set()
+        sync.join(30)
+    assert _newest_is_whole_and_restores_bit_exact(ledger, src, tmp_path / "dst1") == "000001-000003.json"
+    assert set(keys) <= {b.key for b in plan.young} and plan.damaged == []
+    (src / "n.txt").write_bytes(os.urandom(100))  # the next sync reuses the newest manifest's objects
+    assert s.sync("periodic").committed
+    assert _newest_is_whole_and_restores_bit_exact(ledger, src, tmp_path / "dst2") == "000001-000004.json"
+
+
+def test_a_sync_uploads_again_what_a_gc_deleted_right_after_the_sync_wrote_it(
+    ledger: RunLedger, tmp_path: Path
+) -> None:
+    """The narrowest race: gc's HEAD found OLD's object old, the sync wrote it again, then gc's DELETE landed.
+    The sync checks the keys it wrote over existing ones after committing, and uploads the lost ones again in
+    a new manifest: the newest checkpoint is whole and later syncs never reuse a deleted key."""
+    src = tmp_path / "src"
+    old, keys = _two_checkpoints(ledger, src)
+    client = ledger.client
+    deleted: list[str] = []
+
+    class GcDeletesRightAfter:
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def put_object(self, **kw):
+            resp = client.put_object(**kw)
+            if kw["Key"] in keys and "IfNoneMatch" not in kw and kw["Key"] not in deleted:
+                client.delete_object(Bucket=kw["Bucket"], Key=kw["Key"])  # gc's DELETE, decided before the PUT
+                deleted.append(kw["Key"])
+            return resp
+
+    racing = RunLedger(GcDeletesRightAfter(), ledger.location)
+    s = syncer(racing, src, last_manifest=ledger.read_manifest(ledger.list_manifests()[0]))
+    s.seq = 2
+    (src / "ckpt.bin").write_bytes(old)
+    assert s.sync("periodic").committed
+    assert sorted(deleted) == sorted(keys)
+    _newest_is_whole_and_restores_bit_exact(ledger, src, tmp_path / "dst1")
+    (src / "n.txt").write_bytes(os.urandom(100))
+    assert s.sync("periodic").committed
+    _newest_is_whole_and_restores_bit_exact(ledger, src, tmp_path / "dst2")
+
+
+def test_a_sync_slower_than_its_commit_window_redates_its_uploads_and_replaces_lost_ones(
+    ledger: RunLedger, tmp_path: Path
+) -> None:
+    """A sync that takes longer than its commit window (here 0 s) re-dates what it uploaded before it
+    commits, so gc's grace period counts from the commit; an upload a gc already deleted (it was older
+    than the grace) is uploaded again, and the checkpoint committed is whole."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(2 * CHUNK)
+    (src / "ckpt.bin").write_bytes(data)
+    first = ledger.object_key(hashlib.sha256(data[:CHUNK]).hexdigest())
+    client = ledger.client
+    deleted: list[str] = []
+
+    class GcDeletesOldUploads:
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def put_object(self, **kw):
+            resp = client.put_object(**kw)
+            if kw["Key"] == first and not deleted:
+                client.delete_object(Bucket=kw["Bucket"], Key=kw["Key"])  # it aged past the grace before the commit
+                deleted.append(kw["Key"])
+            return resp
+
+    s = syncer(RunLedger(GcDeletesOldUploads(), ledger.location), src, commit_window=0)
+    assert s.sync("periodic").committed and deleted == [first]
+    assert _newest_is_whole_and_restores_bit_exact(ledger, src, tmp_path / "dst") == "000001-000001.json"

@@ -7,6 +7,11 @@ of these writes is ``RunLedger.write_record``'s, which reads the key back after 
 when it holds exactly our bytes: that 412 was the retry of our own write whose answer was lost.
 A write whose every answer was lost raises; the next write's 412 then finds that write's bytes, and
 the lease is still ours (``Lease.unsure``).
+
+A lease whose holder has ended is taken over even before it expires (``takeover_reason``): its
+session's outcome exists (the instance was reclaimed after the outcome was written but before the
+lease was released), the Airflow side released it (the instance is gone), or its renewals stopped
+past the TTL.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from airflow_grid_resume.ledger import records
+from airflow_grid_resume.ledger import layout, records
 from airflow_grid_resume.ledger.errors import LeaseHeldError, ManifestError
 from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 
@@ -77,6 +82,32 @@ def describe_holder(lease: records.Lease, now: float) -> str:
     return f"{who}; last renewed {renewed:.0f} s ago, expires in {max(lease.expires_at - now, 0):.0f} s"
 
 
+def takeover_reason(existing: records.Lease | None, now: float, *, holder_ended: bool) -> str | None:
+    """Why the lease ``existing`` may be taken over (None: its holder is alive, refuse). ``holder_ended``:
+    the holder's session has written its outcome, so it syncs nothing more even if its lease was never
+    released (an instance reclaimed between the two)."""
+    if existing is None:
+        return "no readable lease"
+    if existing.released:
+        return f"released ({existing.released_by})" if existing.released_by else "released"
+    if existing.expires_at <= now:
+        return f"expired {now - existing.expires_at:.0f} s ago (its renewals stopped)"
+    if holder_ended and existing.session is not None:
+        return f"session {existing.session} has ended (its outcome is written) without releasing it"
+    return None
+
+
+def _holder_ended(ledger: RunLedger, lease: records.Lease | None) -> bool:
+    """Whether the holder's session has recorded its outcome (a GET; False when unknown)."""
+    if lease is None or lease.session is None or lease.released or lease.expires_at <= time.time():
+        return False
+    try:
+        return ledger.get(ledger.key(layout.outcome(lease.session))) is not None
+    except Exception as exc:  # unknown: the lease stands
+        log.warning("could not read session %s's outcome: %s", lease.session, exc)
+        return False
+
+
 def acquire_lease(ledger: RunLedger, holder: records.Lease, *, ttl: float, now: float | None = None) -> Lease:
     """Take the run's lease for ``holder`` (who it is: agent, host, pid, instance) or raise
     LeaseHeldError naming the live holder. A lease in a newer format than this agent knows is
@@ -94,12 +125,17 @@ def acquire_lease(ledger: RunLedger, holder: records.Lease, *, ttl: float, now: 
         existing: records.Lease | None = records.Lease.from_json(body)
     except ManifestError:  # not a lease at all: nobody holds it
         existing = None
-    if existing is not None and existing.held(now):
+    why = takeover_reason(existing, now, holder_ended=_holder_ended(ledger, existing))
+    if why is None:
+        assert existing is not None
         raise LeaseHeldError(
             f"another agent is already running {ledger.location} ({describe_holder(existing, now)}). "
             "Two agents on one run would overwrite each other's checkpoints; this one exits without "
-            "touching the run. If that agent is gone, wait for its lease to expire."
+            "touching the run. If that agent is gone, wait for its lease to expire.",
+            holder_session=existing.session,
         )
+    if existing is not None:
+        log.info("taking over the run's lease from %s: %s", describe_holder(existing, now), why)
     try:
         return Lease(ledger, ours, ledger.write_record(ours, if_match=etag), ttl)
     except ConditionalWriteLost as exc:

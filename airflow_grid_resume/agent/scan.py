@@ -208,6 +208,10 @@ class HashCache:
             return
         self._entries[rel] = (StatKey.of(st), digest)
 
+    def forget(self, rel: str) -> None:
+        """Hash ``rel`` again next time (its stored bytes went missing)."""
+        self._entries.pop(rel, None)
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -61,10 +61,12 @@ from airflow_grid_resume.agent.unwatched import UnwatchedGuard
 from airflow_grid_resume.ledger import layout, records
 from airflow_grid_resume.ledger.errors import (
     EXIT_AGENT_CRASHED,
+    EXIT_LEASE_HELD,
     EXIT_LEDGER_UNAVAILABLE,
     EXIT_SYNC_FAILED,
     AgentError,
     DiskFullError,
+    LeaseHeldError,
     NoRestorableCheckpointError,
     UsageError,
     crash_hint,
@@ -165,6 +167,7 @@ class Supervisor:
         self.notice_warnings: list[str] = []  # late notice, checkpoint too large for the window
         self._notice_seen: dict[float, float] = {}  # notice time -> when first seen (monotonic)
         self._child: Child | None = None
+        self._lease: Lease | None = None
         self.progress = ProgressTracker()  # the command's "grid-resume: progress" lines
 
     # -- entry point -----------------------------------------------------------------------
@@ -179,24 +182,32 @@ class Supervisor:
         holder = records.Lease(
             agent_id=self.agent_id, host=socket.gethostname(), pid=os.getpid(), instance_id=self.instance_id or ""
         )
-        lease = acquire_lease(ledger, holder, ttl=self.o.lease_ttl)
-        state_dir = tempfile.mkdtemp(prefix="grid-resume-agent-")
-        previous_handlers = self._install_signal_handlers()
+        start = records.SessionStart(
+            session=0,  # the number claimed
+            agent_id=holder.agent_id,
+            host=holder.host,
+            pid=holder.pid,
+            instance_id=holder.instance_id,
+            started_at=_utc(),
+            command=self.o.command,
+            agent_version=__version__,
+        )
+        try:
+            lease = acquire_lease(ledger, holder, ttl=self.o.lease_ttl)
+        except LeaseHeldError as exc:
+            self._record_refusal(ledger, start, exc)
+            raise
+        # Every exit from here on releases the lease (the finally below), whatever ends the session.
+        state_dir = ""
+        previous_handlers: dict = {}
         spool_handler: SpoolLogHandler | None = None
         watcher: MonitorRunner | None = None
         shipper: LogShipper | None = None
         heartbeat: threading.Thread | None = None
+        self._lease = lease
         try:
-            start = records.SessionStart(
-                session=0,  # the number claimed
-                agent_id=holder.agent_id,
-                host=holder.host,
-                pid=holder.pid,
-                instance_id=holder.instance_id,
-                started_at=_utc(),
-                command=self.o.command,
-                agent_version=__version__,
-            )
+            state_dir = tempfile.mkdtemp(prefix="grid-resume-agent-")
+            previous_handlers = self._install_signal_handlers()
             self.session = claim_session(ledger, start, self.o.session)
             lease.renew(session=self.session)
             spool = LogSpool(os.path.join(state_dir, "output.log"))
@@ -244,7 +255,33 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 lease.release()
             self._restore_signal_handlers(previous_handlers)
-            shutil.rmtree(state_dir, ignore_errors=True)
+            if state_dir:
+                shutil.rmtree(state_dir, ignore_errors=True)
+
+    def _record_refusal(self, ledger: RunLedger, start: records.SessionStart, exc: LeaseHeldError) -> None:
+        """The run is held by a live agent: when the Airflow side launched this session (``--session``),
+        claim it and record why it ran nothing, so the watch reads "lease held by session N" (not a boot
+        failure, not a script failure) and the next try comes back once that holder has ended. Best effort."""
+        if self.o.session is None:
+            return  # run by hand: no session number to report under, the exit code and message say it
+        held_by = exc.holder_session
+        try:
+            self.session = claim_session(ledger, start, self.o.session)
+            outcome = records.Outcome(
+                session=self.session,
+                status=INTERRUPTED,
+                exit_code=None,
+                clean=True,
+                reason=f"lease held by session {held_by if held_by is not None else '(unknown)'}: nothing was run",
+                hint=str(exc),
+                started_at=start.started_at,
+                ended_at=_utc(),
+                agent_exit_code=EXIT_LEASE_HELD,
+                lease_held_by=held_by,
+            )
+            ledger.write_record(outcome, self.session)
+        except Exception as write_error:
+            log.error("could not record the lease refusal in session %s: %s", self.o.session, write_error)
 
     # -- the session proper ----------------------------------------------------------------
     def _session(self, ledger: RunLedger, workdir: str, spool: LogSpool, shipper: LogShipper) -> int:
@@ -592,6 +629,10 @@ class Supervisor:
         )
         with contextlib.suppress(Exception):
             ledger.write_record(outcome, self.session)
+        lease = self._lease
+        if lease is not None:  # os._exit skips run()'s finally: release here, or the next session waits out the TTL
+            with contextlib.suppress(Exception):
+                lease.release()
         os._exit(0)
 
     def _crashed(self, ledger: RunLedger, shipper: LogShipper, spool: LogSpool, exc: Exception) -> int:

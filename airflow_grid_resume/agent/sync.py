@@ -7,7 +7,11 @@ conditional write, then the ``latest.json`` pointer: a sync cut off half way lea
 unreferenced packs and objects behind, never a manifest that cannot be restored.
 
 Deduplication is against the last committed manifest only (and within the sync): that is what
-lets ``grid-resume gc`` run during a sync (see docs/ledger.md, "Garbage collection").
+lets ``grid-resume gc`` run during a sync (see docs/ledger.md, "Garbage collection"). Its other half
+is here too: a sync whose first upload is older than ``SYNC_COMMIT_WINDOW`` re-dates its uploads
+before committing, and a key that already existed when the sync wrote it (bytes an older checkpoint
+held, which a gc may have been deleting at that moment) is checked after the commit; one found
+missing is uploaded again at once, in a new manifest, and never reused.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from datetime import datetime, timezone
 
 from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter, StatKey, now_ns, walk
 from airflow_grid_resume.ledger.errors import UnstorablePathError
+from airflow_grid_resume.ledger.gc import SYNC_COMMIT_WINDOW
 from airflow_grid_resume.ledger.manifest import (
     DEFAULT_CHUNK_SIZE,
     FORMAT_VERSION,
@@ -56,6 +61,19 @@ class FileChanged(Exception):
 
 class SyncCancelled(Exception):
     pass
+
+
+class _Redo(Exception):
+    """Keys this sync relies on are gone (a gc deleted them): hash and upload their files again.
+    ``committed``: the manifest that references them is committed already."""
+
+    def __init__(self, message: str, *, committed: bool) -> None:
+        super().__init__(message)
+        self.committed = committed
+
+
+# Rounds of one sync() when keys it relies on go missing under it (each uploads the missing bytes again).
+MAX_ROUNDS = 3
 
 
 @dataclass
@@ -111,6 +129,7 @@ class Syncer:
         pack_target: int = PACK_TARGET,
         keep_manifests: int = MANIFESTS_PER_SESSION,
         progress: Callable[[], dict | None] | None = None,
+        commit_window: float = SYNC_COMMIT_WINDOW,
     ) -> None:
         self.ledger = ledger
         self.root = root
@@ -123,6 +142,7 @@ class Syncer:
         # A file is packed below this size; never above the chunk size (tests use tiny chunks).
         self.small_file = min(SMALL_FILE, chunk_size)
         self.keep_manifests = keep_manifests
+        self.commit_window = commit_window
         self.last_manifest = last_manifest
         # The script's reported progress, recorded in each manifest (``extra.progress``) so a restore
         # that falls back to an older checkpoint can say how many steps that costs.
@@ -133,6 +153,9 @@ class Syncer:
         self._where: dict[str, _Where] = _locations(last_manifest)
         self._last_index: tuple[Manifest | None, dict[str, FileEntry]] = (None, {})
         self._pending: dict[str, _Where] = {}
+        self._uploaded: dict[str, float] = {}  # key -> when this sync wrote it (monotonic)
+        self._rewritten: set[str] = set()  # keys this sync wrote that existed already (gc may be deleting them)
+        self._where_partial = False  # _forget dropped keys from _where
         self._lock_where = threading.Lock()
         self._pack = _Pack()
         self._lock = threading.Lock()
@@ -158,11 +181,22 @@ class Syncer:
 
     def sync(self, reason: str, cancel: threading.Event | None = None) -> SyncResult:
         with self._lock:
-            self._pending, self._pack = {}, _Pack()
-            try:
-                return self._sync(reason, cancel or threading.Event())
-            finally:
-                self._pending, self._pack = {}, _Pack()
+            committed = False  # by an earlier round, whose manifest a later one made whole again
+            for round_ in range(1, MAX_ROUNDS + 1):
+                self._pending, self._pack, self._uploaded, self._rewritten = {}, _Pack(), {}, set()
+                try:
+                    result = self._sync(reason, cancel or threading.Event())
+                    if committed and not result.committed:  # same content: the keys were re-created in place
+                        result.committed, result.manifest = True, self.last_manifest
+                    return result
+                except _Redo as redo:
+                    committed = committed or redo.committed
+                    if round_ == MAX_ROUNDS:
+                        raise RuntimeError(f"sync gave up after {MAX_ROUNDS} rounds: {redo}") from redo
+                    log.warning("%s: uploading them again", redo)
+                finally:
+                    self._pending, self._pack = {}, _Pack()
+            raise AssertionError("unreachable")
 
     def _sync(self, reason: str, cancel: threading.Event) -> SyncResult:
         started = time.monotonic()
@@ -223,14 +257,22 @@ class Syncer:
         if manifest.same_content(self.last_manifest):
             self.seq -= 1
             result.manifest = self.last_manifest
+            if self._where_partial:  # the keys _forget dropped were uploaded again this round, in place
+                self._where, self._where_partial = _locations(self.last_manifest), False
         else:
+            try:
+                self._redate_old_uploads(manifest)
+            except _Redo:
+                self.seq -= 1  # not committed: the next round takes the number
+                raise
             key = self.ledger.commit_manifest(manifest)
             self.last_manifest = manifest
-            self._where = _locations(manifest)
+            self._where, self._where_partial = _locations(manifest), False
             result.manifest, result.committed = manifest, True
             self._advance_pointer(manifest)
             self._committed.append(key)
             self._forget_old_manifests()
+            self._check_rewritten(manifest)
         result.seconds = time.monotonic() - started
         if counters.bytes >= 4 * 1024 * 1024 and counters.upload_seconds > 0:
             self.upload_bytes_per_s = counters.bytes / (result.seconds or counters.upload_seconds)
@@ -238,6 +280,61 @@ class Syncer:
         if counters.bytes:
             self.last_upload = counters.bytes
         return result
+
+    def _redate_old_uploads(self, manifest: Manifest) -> None:
+        """gc deletes unreferenced bytes older than its grace period: what this sync uploaded longer
+        than ``commit_window`` ago gets today's date before the manifest that references it is
+        committed (a copy onto itself); one already gone is uploaded again (``_Redo``)."""
+        now = time.monotonic()
+        old = [k for k, at in self._uploaded.items() if now - at >= self.commit_window]
+        if not old:
+            return
+        with ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="grid-redate") as pool:
+            gone = {k for k, ok in zip(old, pool.map(self._refresh, old), strict=True) if not ok}
+        log.info("the sync took longer than %.0f s: re-dated %d uploads", self.commit_window, len(old) - len(gone))
+        if gone:
+            self._forget(manifest, gone)
+            raise _Redo(f"{len(gone)} key(s) this sync uploaded were deleted before it committed", committed=False)
+
+    def _check_rewritten(self, manifest: Manifest) -> None:
+        """After the commit: the keys this sync wrote over existing ones (old bytes coming back) may
+        have been deleted by a gc that judged them by their old date between its HEAD and its DELETE.
+        One that is gone makes this manifest unrestorable: forget it and upload it again now."""
+        if not self._rewritten:
+            return
+        keys = sorted(self._rewritten)
+        try:
+            with ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="grid-check") as pool:
+                gone = {k for k, at in zip(keys, pool.map(self.ledger.modified, keys), strict=True) if at is None}
+        except Exception as exc:  # the manifest is committed: never fail the sync now, never reuse unchecked keys
+            log.warning("could not check %d re-written key(s), the next sync writes them again: %s", len(keys), exc)
+            self._forget(manifest, set(keys))
+            return
+        if gone:
+            self._forget(manifest, gone)
+            raise _Redo(
+                f"manifest {manifest.name} references {len(gone)} key(s) deleted under this sync", committed=True
+            )
+
+    def _refresh(self, key: str) -> bool:
+        """Re-date one upload; False when it is gone. A refusal (a bucket policy on CopyObject) keeps
+        the upload as it is, with a warning: the sync commits as it would have without the window."""
+        try:
+            return self.ledger.refresh(key)
+        except Exception as exc:
+            log.warning("could not re-date %s (gc's grace period counts from its upload): %s", key, exc)
+            return True
+
+    def _forget(self, manifest: Manifest, gone: set[str]) -> None:
+        """Never reuse ``gone`` keys again: drop them from what the last manifest holds and from the
+        hash cache, so the files they held are read, hashed and uploaded by the next round."""
+        with self._lock_where:
+            for f in manifest.files:
+                if any(k in gone for k in self.ledger.blob_keys(f)):
+                    self.cache.forget(f.path)
+                    for h in (f.sha256, *f.object_hashes()):
+                        self._where.pop(h, None)
+            self._where_partial = True
 
     def _last_entries(self) -> dict[str, FileEntry]:
         """path -> entry of the last manifest, when a sync may reuse its entries as they are (format
@@ -392,7 +489,7 @@ class Syncer:
         started = time.monotonic()
         data = bytes(pack.buf)
         sha = hashlib.sha256(data).hexdigest()
-        self.ledger.put_pack(sha, data)
+        self._put(self.ledger.pack_key(sha), data)
         pack.sha = sha
         with self._lock_where:
             counters.packs += 1
@@ -411,7 +508,7 @@ class Syncer:
             self._pending[sha] = (None, 0)
         started = time.monotonic()
         try:
-            self.ledger.put_blob(sha, data)
+            self._put(self.ledger.object_key(sha), data)
         except BaseException:
             with self._lock_where:
                 self._pending.pop(sha, None)
@@ -421,6 +518,15 @@ class Syncer:
             counters.bytes += len(data)
             counters.upload_seconds += time.monotonic() - started
         return sha
+
+    def _put(self, key: str, data: bytes) -> None:
+        """Upload content-addressed bytes, noting when, and whether the key existed already."""
+        started = time.monotonic()  # S3 dates the object no earlier than this
+        new = self.ledger.put_content(key, data)
+        with self._lock_where:
+            self._uploaded.setdefault(key, started)
+            if not new:
+                self._rewritten.add(key)
 
 
 class _Counters:

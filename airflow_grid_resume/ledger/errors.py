@@ -31,9 +31,13 @@ class LedgerUnavailableError(AgentError):
 
 
 class LeaseHeldError(AgentError):
-    """Another live agent already holds this run."""
+    """Another live agent already holds this run (``holder_session``: its session, when known)."""
 
     exit_code = EXIT_LEASE_HELD
+
+    def __init__(self, message: str, holder_session: int | None = None) -> None:
+        super().__init__(message)
+        self.holder_session = holder_session
 
 
 class NoRestorableCheckpointError(AgentError):

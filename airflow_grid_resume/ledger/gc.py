@@ -7,9 +7,17 @@ whole protocol; docs/ledger.md, "Garbage collection"):
    LIST references is either in the kept newest manifest (a sync reuses bytes of the last
    committed manifest only) or was uploaded by that sync.
 2. Bytes no kept manifest references are deleted only when older than the grace period (an hour by
-   default): bytes uploaded by a sync whose manifest is not committed yet are younger than that.
+   default): bytes uploaded by a sync whose manifest is not committed yet are younger than that. Their
+   age is read by a HEAD at the moment of deleting each (``RunLedger.delete_if_older``), not taken from
+   the LIST: a sync may have written the same content-addressed key again since (a file reverted to
+   bytes an old checkpoint held). A sync that runs longer than ``SYNC_COMMIT_WINDOW`` re-dates what
+   it uploaded before committing (agent/sync.py), so the grace must be longer than that window.
 3. Manifests are deleted before the bytes they alone referenced, so an interrupted gc leaves only
    garbage, never a manifest that points at nothing.
+4. After deleting, the manifests are listed again: one committed meanwhile that references a deleted
+   key (a sync re-wrote it between gc's HEAD and its DELETE) is reported (``GcPlan.damaged``); the
+   sync that committed it finds the key missing when it checks its re-written keys after the commit
+   and uploads them again in a new manifest.
 
 A pack with some live bytes is kept whole: manifests are immutable and map files straight to pack
 ranges, so repacking would mean rewriting committed checkpoints. Its dead bytes are reported.
@@ -22,6 +30,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from airflow_grid_resume.ledger import layout, records
@@ -33,6 +42,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEEP = 3
 DEFAULT_GRACE_SECONDS = 3600.0
+# A sync whose first upload is older than this when it commits re-dates what it uploaded first (agent/sync.py).
+SYNC_COMMIT_WINDOW = DEFAULT_GRACE_SECONDS / 2
+DELETE_PARALLELISM = 8
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,7 @@ class GcPlan:
     stored_bytes: int = 0
     live_pack_bytes: int = 0  # size of kept packs
     dead_pack_bytes: int = 0  # bytes inside kept packs no kept manifest references
+    damaged: list[str] = field(default_factory=list)  # manifests committed during the gc that lost a key to it
 
     @property
     def blob_bytes(self) -> int:
@@ -78,6 +91,11 @@ class GcPlan:
             out.append(
                 f"{_mib(self.dead_pack_bytes)} of the {_mib(self.live_pack_bytes)} in kept packs is referenced by "
                 "no kept manifest (a pack is deleted once none of its bytes is referenced)"
+            )
+        for name in self.damaged:
+            out.append(
+                f"error: manifest {name}, committed while gc ran, references bytes gc deleted: its session "
+                "uploads them again in its next checkpoint; restore falls back past it meanwhile"
             )
         if not applied:
             out.append("dry run: nothing was deleted (add --apply to delete)")
@@ -186,8 +204,41 @@ def collect_garbage(
     plan = plan_gc(manifests, pinned, blobs, keep=keep, grace=grace, now=now, key_of=ledger)
     if apply:
         ledger.delete_keys([m.key for m in plan.manifests])  # before the bytes: see 3. above
-        ledger.delete_keys([b.key for b in plan.blobs])
+        _delete_blobs(ledger, plan, grace)
+        plan.damaged = _damaged(ledger, {s.key for s in stored}, {b.key for b in plan.blobs})
     return plan
+
+
+def _delete_blobs(ledger: RunLedger, plan: GcPlan, grace: float) -> None:
+    """Delete the plan's blobs that are still older than the grace period when deleted (see 2. above);
+    ``plan.blobs`` ends as what was deleted, ``plan.young`` gains what a sync wrote again since."""
+    candidates, plan.blobs = plan.blobs, []
+    with ThreadPoolExecutor(max_workers=DELETE_PARALLELISM, thread_name_prefix="grid-gc") as pool:
+        verdicts = list(pool.map(lambda b: ledger.delete_if_older(b.key, time.time() - grace), candidates))
+    for blob, deleted in zip(candidates, verdicts, strict=True):
+        if deleted:
+            plan.blobs.append(blob)
+        elif deleted is False:
+            log.info("kept %s: written again since it was listed (a sync is reusing it)", blob.key)
+            plan.young.append(blob)
+
+
+def _damaged(ledger: RunLedger, seen: set[str], deleted: set[str]) -> list[str]:
+    """Manifests committed since gc listed them that reference a key it deleted (see 4. above)."""
+    if not deleted:
+        return []
+    out = []
+    for stored in ledger.list_manifests():
+        if stored.key in seen:
+            continue
+        try:
+            manifest = ledger.read_manifest(stored)
+        except ManifestError:
+            continue
+        if any(k in deleted for f in manifest.files for k in ledger.blob_keys(f)):
+            log.error("manifest %s was committed during gc and references bytes it deleted", stored.name)
+            out.append(stored.name)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -209,6 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--region", help="AWS region of the bucket (default: the boto3 chain)")
     args = parser.parse_args(argv)
+    if args.apply and args.grace_minutes * 60 <= SYNC_COMMIT_WINDOW:
+        print(
+            f"grid-resume gc: warning: --grace-minutes {args.grace_minutes:g} is not longer than the "
+            f"{SYNC_COMMIT_WINDOW / 60:.0f} min a sync may take before it re-dates its uploads: a sync running "
+            "now may lose bytes it is about to commit",
+            file=sys.stderr,
+        )
     logging.basicConfig(level=logging.WARNING, format="grid-resume gc: %(message)s")
     try:
         ledger = RunLedger(make_s3_client(region=args.region), parse_s3_uri(args.run_uri))
@@ -219,4 +277,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return getattr(exc, "exit_code", 2)
     for line in plan.lines(args.run_uri, max(0.0, args.grace_minutes) * 60, args.apply):
         print(line)
-    return 0
+    return 1 if plan.damaged else 0

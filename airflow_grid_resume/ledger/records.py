@@ -212,7 +212,7 @@ class Outcome(Record):
 
     NAME = "outcome"
     KEY = "sessions/SSSSSS/outcome.json"
-    OMIT_NONE = ("progress", "hint", "set_aside", "restore_fallback", "cause")
+    OMIT_NONE = ("progress", "hint", "set_aside", "restore_fallback", "cause", "lease_held_by")
 
     session: int
     status: str
@@ -233,6 +233,7 @@ class Outcome(Record):
     agent_exit_code: int | None = None
     progress: dict[str, Any] | None = None
     set_aside: dict[str, Any] | None = None
+    lease_held_by: int | None = None  # the live session whose lease refused this one (agent exit 3)
 
     def set_aside_note(self) -> str | None:
         """One line for the task log when restore kept local files that differed from the checkpoint."""

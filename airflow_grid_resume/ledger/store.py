@@ -203,6 +203,57 @@ class RunLedger:
             raise CorruptObjectError(f"pack {sha256} is shorter than its manifest says ({len(data)} of {length} bytes)")
         return data
 
+    def put_content(self, key: str, body: bytes) -> bool:
+        """Store content-addressed bytes so that their date is now (what gc judges them by): True if
+        the key was new; False if it existed (bytes an older checkpoint held, which a gc may be about
+        to delete) and was written again."""
+        try:
+            self.put(key, body, if_none_match=True)
+            return True
+        except ConditionalWriteLost:  # or our own write whose answer was lost: writing again is harmless
+            self.put(key, body)
+            return False
+
+    def modified(self, key: str) -> float | None:
+        """The key's LastModified (epoch seconds) by a HEAD now, None if it does not exist."""
+        try:
+            resp = self.client.head_object(Bucket=self.location.bucket, Key=key)
+        except ClientError as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        return float(resp["LastModified"].timestamp())
+
+    def refresh(self, key: str) -> bool:
+        """Give a stored object today's date without sending its bytes again (a copy onto itself);
+        False if it does not exist any more."""
+        try:
+            self.client.copy_object(
+                Bucket=self.location.bucket,
+                Key=key,
+                CopySource={"Bucket": self.location.bucket, "Key": key},
+                MetadataDirective="REPLACE",
+            )
+        except ClientError as exc:
+            if is_not_found(exc):
+                return False
+            raise
+        return True
+
+    def delete_if_older(self, key: str, cutoff: float) -> bool | None:
+        """Delete ``key`` only if its LastModified, read by a HEAD right now, is before ``cutoff``:
+        gc's listing may be minutes old and a sync may have written the same content-addressed key
+        again since (S3's conditional DeleteObject cannot tell: the same bytes have the same ETag,
+        and If-Match-Last-Modified-Time is for directory buckets only). True: deleted; False: kept,
+        written since; None: already gone."""
+        modified = self.modified(key)
+        if modified is None:
+            return None
+        if modified >= cutoff:
+            return False
+        self.client.delete_object(Bucket=self.location.bucket, Key=key)
+        return True
+
     def delete_keys(self, keys: list[str]) -> int:
         """Delete keys, 1,000 per request (S3's limit); returns how many were deleted."""
         deleted = 0

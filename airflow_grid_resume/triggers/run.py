@@ -31,6 +31,7 @@ from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatEr
 from airflow_grid_resume.ledger.store import MAX_LOG_CHUNK, RunLedger, plan_log_reads
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.logtext import complete_cut, log_lines, log_records
+from airflow_grid_resume.summary import LEASE_HELD, lease_holder_elsewhere
 from airflow_grid_resume.watch.cadence import ChunkSchedule
 from airflow_grid_resume.watch.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
 from airflow_grid_resume.watch.liveness import GONE as GONE_VERDICT
@@ -117,6 +118,14 @@ class AsyncLedgerReader:
         assert layout.rule(record.KEY).how == "overwrite", record.KEY
         key = self.keys.key(records.record_key(type(record), self.session))
         await self.objects.put(self.bucket, key, record.to_json())
+
+    async def read_lease(self) -> records.Lease | None:
+        """The run's lease, None when absent or unreadable (no evidence of a holder)."""
+        try:
+            found = await self._fetch(self.keys.key(layout.LEASE))
+            return None if found is None else records.Lease.from_json(found.data)
+        except (ClientError, ManifestError, UnsupportedFormatError):
+            return None
 
     async def release_dead_lease(self, instance_id: str) -> bool:
         """Release the run's lease if the agent of this session (now known dead) still holds it.
@@ -366,6 +375,8 @@ class RunWatchTrigger(BaseTrigger):
                         if note := outcome.set_aside_note():
                             self.log.warning("%s", note)
                         await self._end_instance(ec2_hook, ec2, batcher, self_shutdown_grace=SELF_SHUTDOWN_GRACE)
+                        if await ledger.release_dead_lease(self.instance_id):  # reclaimed before it released it
+                            self.log.info("released the ended agent's lease so the next session can start at once")
                         yield TriggerEvent(self._event(outcome.status, offset, outcome=outcome.to_dict()))
                         return
                     if self.deadline is not None and time.time() >= self.deadline:
@@ -399,7 +410,15 @@ class RunWatchTrigger(BaseTrigger):
                         gone_seen = True
                     elif verdict.kind in (SILENT, NO_AGENT) and liveness.not_found_since is None:
                         lost = verdict.reason  # the instance runs but the agent is dead or hung: stop paying for it
-                    if lost and verdict.state == SELF_SHUTDOWN and not await ledger.exists(records.SessionStart):
+                    boot_ended = bool(lost) and verdict.state == SELF_SHUTDOWN
+                    if boot_ended and await ledger.exists(records.SessionStart):
+                        boot_ended = False
+                    holder = None
+                    if boot_ended:  # an agent refused by a live lease exits 3 and powers off too: not a boot failure
+                        holder = lease_holder_elsewhere(await ledger.read_lease(), self.session, time.time())
+                    if holder is not None:
+                        lost = f"{LEASE_HELD} session {holder or '(unknown)'}: this session's agent ran nothing"
+                    elif boot_ended:
                         # Powered itself off and never claimed its session: the bootstrap failed on this image
                         # (no python3 >= 3.10 with boto3, no S3 access). Not spot weather: a failure.
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
