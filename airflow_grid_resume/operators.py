@@ -28,7 +28,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
-from airflow_grid_resume.budgets import Budgets, first_try_of_cycle
 from airflow_grid_resume.hooks.base import hook_client
 from airflow_grid_resume.hooks.livequeue import LiveQueueHook, QueueRefused
 from airflow_grid_resume.hooks.spot import SpotLaunchHook, launch_error
@@ -36,12 +35,15 @@ from airflow_grid_resume.ledger import layout
 from airflow_grid_resume.ledger.errors import UsageError
 from airflow_grid_resume.ledger.gc import DEFAULT_GRACE_SECONDS, collect_garbage
 from airflow_grid_resume.ledger.records import Closed, Final, Launch, LaunchAttempt, Outcome, Spec, Watch
+from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
 from airflow_grid_resume.logtext import log_lines, log_records
 from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
+from airflow_grid_resume.run.budgets import Budgets, budget_use, first_try_of_cycle
+from airflow_grid_resume.run.ending import ended_status
 from airflow_grid_resume.run.nextstep import (
     Reattach,
     ReportSucceeded,
@@ -51,18 +53,12 @@ from airflow_grid_resume.run.nextstep import (
     next_step,
 )
 from airflow_grid_resume.run.options import RunOptions, seconds
+from airflow_grid_resume.run.summary import read_records, summarize, summary_lines
+from airflow_grid_resume.run.verdict import FAIL_RUN, REPORT, RETRY_INTERRUPTED, session_verdict
 from airflow_grid_resume.spot.launch import LaunchSpec, explain_fatal
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
 from airflow_grid_resume.spot.prices import on_demand_price
 from airflow_grid_resume.spot.tags import expiry_tag
-from airflow_grid_resume.summary import (
-    INTERRUPTED,
-    ended_status,
-    lease_refusal,
-    read_records,
-    summarize,
-    summary_lines,
-)
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
 
@@ -346,19 +342,19 @@ class GridRunOperator(BaseOperator):
         """(interruptions, failures) since the run last ended (a clear gives fresh budgets), from the
         ledger's records of the sessions before ``before``."""
         final = ledger.read_final()
-        after = (final.session or 0) if final is not None and final.status != "succeeded" else 0
-        interruptions = failures = 0
+        statuses = []
         for session in ledger.list_sessions():
-            if not after < session < before:
+            if session >= before:
                 continue
             outcome = ledger.read_record(Outcome, session)  # the Airflow side's verdict only matters without one
             closed = None if outcome else ledger.read_closed(session)
-            status = ended_status(outcome, closed)
-            if status in INTERRUPTED:
-                interruptions += 1
-            elif status == "failed":
-                failures += 1
-        return interruptions, failures
+            statuses.append((session, ended_status(outcome, closed).value))
+        return budget_use(
+            statuses,
+            final_status=final.status if final else None,
+            final_session=final.session if final else None,
+            before=before,
+        )
 
     def _budget_rules(self) -> Budgets:
         return Budgets(self.auto_resume, self.max_interruptions, self.failure_retries)
@@ -387,7 +383,7 @@ class GridRunOperator(BaseOperator):
         ti = context.get("ti")
         if not first_try_of_cycle(getattr(ti, "try_number", None), getattr(ti, "max_tries", None), self.retries):
             raise self._fail(ledger, session, exhausted)
-        self._end_run(ledger, session, "failed", exhausted.splitlines()[0])
+        self._end_run(ledger, session, SessionStatus.FAILED, exhausted.splitlines()[0])
         self.log.info(
             "the run ended after session %d (%s); this try starts it again with fresh budgets", session, exhausted
         )
@@ -418,9 +414,9 @@ class GridRunOperator(BaseOperator):
                 "could not delete the live-output queue %s (grid-resume reap will): %s", spec.live_queue, exc
             )
 
-    def _end_run(self, ledger: RunLedger, session: int, status: str, reason: str) -> None:
+    def _end_run(self, ledger: RunLedger, session: int, status: SessionStatus, reason: str) -> None:
         """Record that the run ended (a later clear of the task starts from here)."""
-        ledger.write_record(Final(status=status, session=session, reason=reason, at=time.time()))
+        ledger.write_record(Final(status=status.value, session=session, reason=reason, at=time.time()))
 
     def _retain(self, ledger: RunLedger) -> None:
         """Keep the newest ``keep_checkpoints`` of a run that succeeded (grid-resume gc --apply);
@@ -436,9 +432,9 @@ class GridRunOperator(BaseOperator):
             self.log.info("retention: %s", line)
 
     def _fail(self, ledger: RunLedger, session: int, message: str) -> AirflowFailException:
-        self._end_run(ledger, session, "failed", message.splitlines()[0])
+        self._end_run(ledger, session, SessionStatus.FAILED, message.splitlines()[0])
         self._delete_live_queue(ledger)
-        self._summary(ledger, {"status": "failed"})  # the last try's log ends with the run's story
+        self._summary(ledger, {"status": SessionStatus.FAILED.value})  # the last try's log ends with the run's story
         return AirflowFailException(message)
 
     # -- the lifecycle -------------------------------------------------------------------------------
@@ -453,7 +449,7 @@ class GridRunOperator(BaseOperator):
         )
         if isinstance(choice, ReportSucceeded):
             self.log.info("%s", choice.note)
-            return self._summary(ledger, {"status": "succeeded"})
+            return self._summary(ledger, {"status": SessionStatus.SUCCEEDED.value})
         if isinstance(choice, StartFresh):
             generation += 1
             ledger = self._ledger(generation_uri(base_uri, generation), ledger.client)
@@ -478,9 +474,11 @@ class GridRunOperator(BaseOperator):
         if isinstance(step, ReportSucceeded):
             self.log.info("%s", step.note)
             assert step.session is not None
-            self._end_run(ledger, step.session, "succeeded", "succeeded")
+            self._end_run(ledger, step.session, SessionStatus.SUCCEEDED, "succeeded")
             outcome = ledger.read_record(Outcome, step.session)
-            return self._summary(ledger, {"status": "succeeded", "outcome": outcome.to_dict() if outcome else None})
+            return self._summary(
+                ledger, {"status": SessionStatus.SUCCEEDED.value, "outcome": outcome.to_dict() if outcome else None}
+            )
         if isinstance(step, Reattach):
             self.log.info("reattaching to session %d on instance %s", step.session, step.instance_id)
             state = {
@@ -581,7 +579,7 @@ class GridRunOperator(BaseOperator):
         remembered = state.get("session") == latest and state.get("instance_id")
         return RunView(
             newest_in_ledger=newest,
-            newest_succeeded=newest_outcome is not None and newest_outcome.status == "succeeded",
+            newest_succeeded=newest_outcome is not None and newest_outcome.status == SessionStatus.SUCCEEDED,
             latest=latest,
             has_outcome=ledger.get(ledger.key(layout.outcome(latest))) is not None,
             has_closed=ledger.get(ledger.key(layout.closed(latest))) is not None,
@@ -736,47 +734,35 @@ class GridRunOperator(BaseOperator):
         _, ledger = self._run_ledger(context, event)
         closed = Closed(status=status, reason=event.get("reason"), instance_id=event.get("instance_id"), at=time.time())
         ledger.write_record(closed, session)
-        if status == "succeeded":
-            self._end_run(ledger, session, "succeeded", "succeeded")
+        interruptions, failures = self._history(ledger, session + 1)
+        outcome = event.get("outcome")
+        verdict = session_verdict(
+            status,
+            session,
+            outcome,
+            closed_reason=event.get("reason"),
+            interruptions=interruptions,
+            failures=failures,
+            budgets=self._budget_rules(),
+            max_run=self.max_run,
+        )
+        if verdict.action == REPORT:
+            self._end_run(ledger, session, SessionStatus.SUCCEEDED, "succeeded")
             self._delete_live_queue(ledger)
             self._retain(ledger)
             return self._summary(ledger, event)
-        if status == "timeout":
-            message = f"max_run ({self.max_run:.0f} s) reached in session {session}: the instance was terminated"
-            raise self._fail(ledger, session, message)
-        interruptions, failures = self._history(ledger, session + 1)
-        outcome = event.get("outcome") or {"reason": event.get("reason")}
-        exhausted = self._budget_rules().exhausted(
-            str(status),
-            session,
-            interruptions,
-            failures,
-            reason=outcome.get("reason"),
-            hint=outcome.get("hint"),
-            cause=outcome.get("cause"),
-        )
-        tail = "\n".join(outcome.get("tail") or [])  # the script's last lines, for a failure's message
-        if exhausted:
-            raise self._fail(ledger, session, f"{exhausted}\n{tail}" if tail and status == "failed" else exhausted)
-        if status in INTERRUPTED:
+        if verdict.action == FAIL_RUN:
+            raise self._fail(ledger, session, verdict.message)
+        if verdict.action == RETRY_INTERRUPTED:
             self._alert_as_interruption()
-            how = (
-                "ended by a spot notice" if status == "interrupted" else f"lost without notice ({event.get('reason')})"
-            )
-            if ((event.get("outcome") or {}).get("notice") or {}).get("source") == "scheduled":
-                how = "ended by an EC2 scheduled event (instance stop, retirement or reboot)"
-            held = lease_refusal(event.get("outcome"))
-            if held:  # the agent exited 3: the last session's agent still held the run, so this one ran nothing
-                how = f"ran nothing: {held} (that agent had not ended yet; the next try takes over once it has)"
-            manifest = (event.get("outcome") or {}).get("manifest") or next(iter(ledger.list_manifests()), None)
+            manifest = (outcome or {}).get("manifest") or next(iter(ledger.list_manifests()), None)
             name = getattr(manifest, "name", manifest)
             resume = f"checkpoint {name} in {ledger.location}" if name else "the start (no checkpoint yet)"
             raise SessionInterrupted(
-                f"spot interruption: session {session} {how}; the next try resumes from {resume} "
+                f"spot interruption: session {session} ended: {verdict.message}; the next try resumes from {resume} "
                 f"({interruptions} of {self.max_interruptions} interruptions used)"
             )
-        hint = f" {outcome['hint']}" if outcome.get("hint") else ""  # the agent's own failure, e.g. a full disk
-        raise ScriptFailed(f"session {session} failed: {outcome.get('reason')}.{hint}\n{tail}")
+        raise ScriptFailed(verdict.message)
 
     def _link_target(self) -> dict:
         """Region, partition and (for an endpoint the AWS console cannot show) its console, for the extra links."""
@@ -799,8 +785,7 @@ class GridRunOperator(BaseOperator):
             newest_first = ledger.list_manifests()
             last = newest_first[0].name if newest_first else None
         summary = {"run_uri": str(ledger.location), **summary, "last_manifest": last}
-        closed = {r["session"]: r["closed"] for r in records}
-        for line in summary_lines(summary, run_uri=str(ledger.location), closed=closed):
+        for line in summary_lines(summary, run_uri=str(ledger.location)):
             self.log.info("%s", line)
         return summary
 

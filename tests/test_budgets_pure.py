@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_grid_resume.budgets import Budgets, first_try_of_cycle
+from airflow_grid_resume.run.budgets import Budgets, first_try_of_cycle
 
 BUDGETS = Budgets(auto_resume=True, max_interruptions=2, failure_retries=1)
 
@@ -69,7 +69,8 @@ def test_a_session_refused_by_a_live_lease_is_an_interruption_never_a_failure() 
     """Agent exit 3 (the run's lease is held by a live session): the outcome says so, the run goes on with
     ``retries=0``, and the summary and budget messages name the holder instead of a spot notice."""
     from airflow_grid_resume.ledger.records import Outcome
-    from airflow_grid_resume.summary import lease_refusal, session_status, summarize, summary_lines
+    from airflow_grid_resume.run.ending import lease_refusal, session_status
+    from airflow_grid_resume.run.summary import summarize, summary_lines
 
     reason = "lease held by session 3: nothing was run"
     outcome = Outcome(
@@ -86,5 +87,5 @@ def test_a_session_refused_by_a_live_lease_is_an_interruption_never_a_failure() 
     )
     summary = summarize([{"session": 4, "outcome": outcome}])
     assert (summary["failures"], summary["interruptions"]) == (0, 1)
-    lines = summary_lines(summary, run_uri="s3://b/run", closed={4: {"reason": reason}})
-    assert "session 4: interrupted (lease held by session 3)" in lines[1]
+    lines = summary_lines(summary, run_uri="s3://b/run")
+    assert "session 4: ran nothing (lease held by session 3)" in lines[1]

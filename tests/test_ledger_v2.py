@@ -178,7 +178,7 @@ def test_the_airflow_sides_readers_take_typed_records(ledger: RunLedger) -> None
     whose records both sides wrote, with session start records as older agents wrote them (no format)."""
     from airflow_grid_resume.ledger import layout, records
     from airflow_grid_resume.reaper import run_ended_reader
-    from airflow_grid_resume.summary import read_records, summarize
+    from airflow_grid_resume.run.summary import read_records, summarize
     from airflow_grid_resume.ui.model import run_view
     from airflow_grid_resume.ui.source import read_ledger_docs
 

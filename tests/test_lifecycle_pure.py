@@ -273,7 +273,7 @@ def test_a_lease_whose_holder_ended_is_taken_over_and_a_live_one_never() -> None
 
     from airflow_grid_resume.agent.lease import takeover_reason
     from airflow_grid_resume.ledger.records import Lease
-    from airflow_grid_resume.summary import lease_holder_elsewhere
+    from airflow_grid_resume.run.ending import lease_holder_elsewhere
 
     live = Lease(agent_id="a", session=1, renewed_at=900.0, expires_at=1200.0)
     assert takeover_reason(live, 1000.0, holder_ended=False) is None

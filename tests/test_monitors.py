@@ -208,7 +208,7 @@ def test_every_source_module_is_discovered_in_the_zipapp_too(tmp_path: Path) -> 
 
 
 def test_the_run_view_names_a_scheduled_stop() -> None:
-    from airflow_grid_resume.ui.model import ended_by
+    from airflow_grid_resume.run.ending import ended_by
 
     record = {"session": 1, "outcome": {"status": "interrupted", "notice": {"source": "scheduled", "action": "reboot"}}}
     assert ended_by(record) == "EC2 scheduled event: instance reboot (checkpoint saved)"

@@ -8,8 +8,9 @@ import pytest
 
 from airflow_grid_resume.operators import generation_uri
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
+from airflow_grid_resume.run.ending import session_status
+from airflow_grid_resume.run.summary import session_seconds, summarize, summary_lines
 from airflow_grid_resume.spot.prices import on_demand_price
-from airflow_grid_resume.summary import session_seconds, session_status, summarize, summary_lines
 from airflow_grid_resume.triggers.capacity import WaitLog
 from tests.conftest import OPERATOR_ARGS
 
@@ -175,7 +176,7 @@ def test_steps_lost_per_interruption_come_from_the_progress_protocol() -> None:
 
 def test_what_ended_a_session_typed_and_in_json_form_agree() -> None:
     from airflow_grid_resume.ledger.records import Closed, Outcome
-    from airflow_grid_resume.summary import ended_status, session_status
+    from airflow_grid_resume.run.ending import ended_status, session_status
 
     cases = [
         (Outcome(session=1, status="failed"), Closed(status="interrupted")),

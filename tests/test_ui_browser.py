@@ -279,7 +279,7 @@ def test_run_view_and_dashboard_tell_an_interruption_from_a_failure(browser: Any
     try_dir = next((home / "logs").rglob("dag_id=grid_ui/**/task_id=train"))
     first = "".join(p.read_text(errors="replace") for p in sorted(try_dir.glob("attempt=1.log*")))
     last = "".join(p.read_text(errors="replace") for p in sorted(try_dir.glob("attempt=2.log*")))
-    assert "spot interruption: session 1 ended by a spot notice; the next try resumes from checkpoint" in first
+    assert "spot interruption: session 1 ended: spot interruption notice; the next try resumes from checkpoint" in first
     assert "Traceback" not in first and "Task failed with exception" not in first
     assert "run summary: 2 sessions, 1 interruptions, 0 failures; succeeded" in last
     assert f"newest checkpoint: s3://{BUCKET}/grid-runs/grid_ui/train/" in last

@@ -5,9 +5,11 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 
-SUCCEEDED = "succeeded"
-INTERRUPTED = "interrupted"
-FAILED = "failed"
+from airflow_grid_resume.ledger.status import SessionStatus
+
+SUCCEEDED = SessionStatus.SUCCEEDED.value
+INTERRUPTED = SessionStatus.INTERRUPTED.value
+FAILED = SessionStatus.FAILED.value
 
 EXIT_COMMAND_NOT_FOUND = 127
 EXIT_COMMAND_NOT_EXECUTABLE = 126

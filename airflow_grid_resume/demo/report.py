@@ -8,6 +8,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from airflow_grid_resume.ledger.status import SessionStatus, counts_as_interruption
+
 _STEP = re.compile(r"^(?:step |grid-resume: progress )(\d+)\b", re.M)
 _SAVED = re.compile(r"checkpoint saved at step (\d+)")
 _RESUMED = re.compile(r"resumed from checkpoint at step (\d+)")
@@ -32,7 +34,7 @@ def steps_lost(sessions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     difference (work redone). ``sessions``: ``{"session", "status", "log"}`` in session order."""
     lost = []
     for current, following in itertools.pairwise(sessions):
-        if current["status"] not in ("interrupted", "lost"):
+        if not counts_as_interruption(current["status"]):
             continue
         reached = last_step(current["log"])
         resumed = resumed_at(following["log"])
@@ -73,10 +75,10 @@ def verdict(
     problems = list(misread)
     if dag_state != "success":
         problems.append(f"the DAG run ended {dag_state}")
-    interruptions = sum(1 for s in statuses if s in ("interrupted", "lost"))
+    interruptions = sum(1 for s in statuses if counts_as_interruption(s))
     if interruptions != expected_interruptions:
         problems.append(f"{interruptions} interruptions happened, the schedule had {expected_interruptions}")
-    if not statuses or statuses[-1] != "succeeded":
+    if not statuses or statuses[-1] != SessionStatus.SUCCEEDED:
         problems.append(f"the last session did not succeed: {list(statuses)}")
     if metric is None or metric != reference:
         problems.append(f"the final metric {metric!r} differs from the uninterrupted reference {reference!r}")
@@ -99,7 +101,7 @@ def summary_lines(
         f"interruptions:   {summary['interruptions']}",
     ]
     for loss in losses:
-        how = "spot notice" if loss["status"] == "interrupted" else "lost without notice"
+        how = "spot notice" if loss["status"] == SessionStatus.INTERRUPTED else "lost without notice"
         if loss["steps_lost"] is None:
             lines.append(f"  session {loss['session']} ({how}): steps lost unknown")
         else:

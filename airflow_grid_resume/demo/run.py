@@ -33,7 +33,8 @@ from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.ledger import layout
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
-from airflow_grid_resume.summary import read_records, session_span, session_status, summarize
+from airflow_grid_resume.run.ending import session_status
+from airflow_grid_resume.run.summary import read_records, session_span, summarize
 
 DAG_ID, TASK_ID, BUCKET, AMI = "grid_resume_demo", "train_digits", "grid-demo", "ami-03cf127a"
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from airflow_grid_resume.ledger.status import SessionStatus, counts_as_interruption
+
 COLORS = {"succeeded": "#2e9d4a", "interrupted": "#e8a33d", "lost": "#c8423b", "failed": "#8b1e3f"}
 WAIT = "#b8c2cc"
 CHECKPOINT = "#1f3b73"
@@ -54,8 +56,8 @@ def timeline_svg(sessions: Sequence[Mapping[str, Any]], *, title: str, width: in
             out.append(
                 f'<line x1="{cx:.1f}" y1="{y + 2}" x2="{cx:.1f}" y2="{y + 22}" stroke="#1f3b73" stroke-width="2"/>'
             )
-        if status in ("interrupted", "lost"):
-            mark = "notice" if status == "interrupted" else "no notice"
+        if counts_as_interruption(status):
+            mark = "notice" if status == SessionStatus.INTERRUPTED else "no notice"
             out.append(f'<text x="{b1 + 4:.1f}" y="{y + 17}" fill="{color}">✕ {mark}</text>')
     axis_y = TOP + ROW * len(sessions) + 10
     out.append(f'<line x1="{left}" y1="{axis_y}" x2="{width - RIGHT}" y2="{axis_y}" stroke="#333"/>')

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SUCCEEDED = "succeeded"
+from airflow_grid_resume.ledger.status import SessionStatus
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def choose_generation(
         return Resume()
     if rerun == "fresh":
         return StartFresh(f"the run ended ({final_status}) before; rerun='fresh': starting over")
-    if final_status == SUCCEEDED:
+    if final_status == SessionStatus.SUCCEEDED:
         return ReportSucceeded(
             final_session, f"the run already succeeded in session {final_session}; rerun='resume': nothing to run"
         )

@@ -176,7 +176,7 @@ class SpotCapacityTrigger(BaseTrigger):
                     self.log.error("%s", message)
                     yield TriggerEvent(
                         {
-                            "status": "timeout",
+                            "status": "timeout",  # no capacity within max_wait (not a session status: no session ran)
                             "message": message,
                             "rounds": planner.rounds,
                             "waited_seconds": time.time() - self.started_at,

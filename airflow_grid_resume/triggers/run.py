@@ -28,10 +28,11 @@ from airflow_grid_resume.asyncaws.queuereader import LiveQueueReader
 from airflow_grid_resume.hooks.spot import ENDED_STATES, SpotLaunchHook
 from airflow_grid_resume.ledger import layout, records
 from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatError
+from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.ledger.store import MAX_LOG_CHUNK, RunLedger, plan_log_reads
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.logtext import complete_cut, log_lines, log_records
-from airflow_grid_resume.summary import LEASE_HELD, lease_holder_elsewhere
+from airflow_grid_resume.run.ending import LEASE_HELD, lease_holder_elsewhere
 from airflow_grid_resume.watch.cadence import ChunkSchedule
 from airflow_grid_resume.watch.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
 from airflow_grid_resume.watch.liveness import GONE as GONE_VERDICT
@@ -367,7 +368,7 @@ class RunWatchTrigger(BaseTrigger):
                             reason = f"session {self.session} ended with an unreadable outcome: {exc}"
                             self.log.error("%s", reason)
                             await self._end_instance(ec2_hook, ec2, batcher)
-                            yield TriggerEvent(self._event("failed", offset, reason=reason))
+                            yield TriggerEvent(self._event(SessionStatus.FAILED, offset, reason=reason))
                             return
                     if outcome is not None:
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
@@ -384,7 +385,7 @@ class RunWatchTrigger(BaseTrigger):
                         await self._end_instance(ec2_hook, ec2, batcher)
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
                         yield TriggerEvent(
-                            self._event("timeout", offset, reason="max_run reached; instance terminated")
+                            self._event(SessionStatus.TIMEOUT, offset, reason="max_run reached; instance terminated")
                         )
                         return
                     now = time.monotonic()
@@ -424,7 +425,7 @@ class RunWatchTrigger(BaseTrigger):
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
                         self.log.error("session %d: %s", self.session, BOOT_FAILURE)
                         await self._end_instance(ec2_hook, ec2, batcher)
-                        yield TriggerEvent(self._event("failed", offset, reason=BOOT_FAILURE))
+                        yield TriggerEvent(self._event(SessionStatus.FAILED, offset, reason=BOOT_FAILURE))
                         return
                     if lost:
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
@@ -432,7 +433,7 @@ class RunWatchTrigger(BaseTrigger):
                         await self._end_instance(ec2_hook, ec2, batcher)
                         if await ledger.release_dead_lease(self.instance_id):
                             self.log.info("released the lost agent's lease so the next session can start at once")
-                        yield TriggerEvent(self._event("lost", offset, reason=lost))
+                        yield TriggerEvent(self._event(SessionStatus.LOST, offset, reason=lost))
                         return
                     failures = 0
                 except UnsupportedFormatError:  # a newer agent wrote the session's records: refused, never guessed at
@@ -601,7 +602,7 @@ class RunWatchTrigger(BaseTrigger):
 
     def _event(self, status: str, offset: int, *, outcome: dict | None = None, reason: str | None = None) -> dict:
         return {
-            "status": status,
+            "status": str(status),  # plain JSON: a SessionStatus is written as its value
             "run_uri": self.run_uri,
             "session": self.session,
             "instance_id": self.instance_id,

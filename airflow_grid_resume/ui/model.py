@@ -17,58 +17,19 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow_grid_resume.summary import (
-    INTERRUPTED,
+from airflow_grid_resume.ledger.status import counts_as_interruption
+from airflow_grid_resume.run.budgets import budget_use
+from airflow_grid_resume.run.ending import ended_by, session_status
+from airflow_grid_resume.run.summary import (
     epoch_seconds,
+    hourly_prices,
     interruption_losses,
     reported_progress,
     session_span,
-    session_status,
 )
 
 # How close to a budget a run must be to be flagged on the dashboard: at most this many left.
 CLOSE_TO_BUDGET = 1
-
-
-def ended_by(record: Mapping[str, Any]) -> str:
-    """What ended a session, in the words a user needs: spot notice, lost instance, script failure."""
-    outcome = record.get("outcome") or {}
-    closed = record.get("closed") or {}
-    status = session_status(record) if (outcome or closed) else "running"
-    if status == "succeeded":
-        return "succeeded"
-    if status == "interrupted":
-        source = (outcome.get("notice") or {}).get("source")
-        if source == "unwatched":
-            return "stopped: no Airflow trigger watched the run (checkpoint saved)"
-        if source == "lease":
-            return "stopped: another agent took over the run"
-        if source == "signal":
-            return "spot interruption (the instance was shut down)"
-        if source == "scheduled":
-            action = (outcome.get("notice") or {}).get("action") or "stop"
-            return f"EC2 scheduled event: instance {action} (checkpoint saved)"
-        return "spot interruption notice"
-    if status == "lost":
-        reason = closed.get("reason") or "no heartbeat, no outcome"
-        return f"instance lost without notice ({reason})"
-    if status == "failed":
-        code = outcome.get("exit_code")
-        reason = outcome.get("reason") or closed.get("reason") or "unknown reason"
-        return f"script failed with exit code {code}" if code is not None else f"failed: {reason}"
-    if status == "timeout":
-        return "max_run reached: instance terminated"
-    return status
-
-
-def _price(launch: Mapping[str, Any]) -> tuple[float | None, float | None]:
-    """(price paid, on-demand price) per hour."""
-    try:
-        od = float(launch["on_demand_price"]) if launch.get("on_demand_price") is not None else None
-        paid = od if launch.get("lifecycle") == "on-demand" else launch.get("spot_price")
-        return (float(paid) if paid is not None else None), od
-    except (TypeError, ValueError):
-        return None, None
 
 
 def session_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
@@ -80,7 +41,7 @@ def session_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
     if live:
         end = now
     seconds = max(0.0, end - start) if start is not None and end is not None else 0.0
-    paid, od = _price(launch)
+    paid, od = hourly_prices(launch)
     progress = reported_progress(record)
     return {
         "session": int(record.get("session") or 0),
@@ -153,7 +114,7 @@ def _kind(session: Mapping[str, Any] | None) -> str:
     if session is None:
         return "none"
     status = session["status"]
-    if status in INTERRUPTED:
+    if counts_as_interruption(status):
         return "interruption"
     if status == "succeeded":
         return "success"
@@ -166,10 +127,12 @@ def budgets(spec: Mapping[str, Any] | None, final: Mapping[str, Any] | None, row
     """Interruption and failure budgets used and left since the run last ended (a clear gives fresh
     budgets), as the operator counts them. Limits come from the spec the operator wrote."""
     limits = (spec or {}).get("budgets") or {}
-    after = int((final or {}).get("session") or 0) if (final or {}).get("status") not in (None, "succeeded") else 0
-    counted = [r for r in rows if r["session"] > after]
-    used_i = sum(1 for r in counted if r["status"] in INTERRUPTED)
-    used_f = sum(1 for r in counted if r["status"] == "failed")
+    final = final or {}
+    used_i, used_f = budget_use(
+        [(int(r["session"]), str(r["status"])) for r in rows],
+        final_status=final.get("status"),
+        final_session=int(final.get("session") or 0),
+    )
     out: dict[str, Any] = {"interruptions_used": used_i, "failures_used": used_f}
     for name, used, key in (("interruptions", used_i, "max_interruptions"), ("failures", used_f, "failure_retries")):
         limit = limits.get(key)
@@ -417,7 +380,7 @@ def run_view(
             "saved_percent": round(100 * (1 - total_cost / total_od)) if known and total_od else None,
         },
         "capacity_waited_seconds": round(sum(r["waited_seconds"] for r in rows) + _waiting_now(docs, waiting, now), 1),
-        "interruptions": sum(1 for r in rows if r["status"] in INTERRUPTED),
+        "interruptions": sum(1 for r in rows if counts_as_interruption(r["status"])),
         "steps_lost": sum(r["steps_lost"] for r in rows if r["steps_lost"] is not None)
         if any(r["steps_lost"] is not None for r in rows)
         else None,
@@ -470,7 +433,7 @@ def timeline(rows: Sequence[Mapping[str, Any]], docs: Mapping[str, Any], now: fl
                 "text": f"session {r['session']} on {where}: {r['ended_by']}",
             }
         )
-        if r["notice_at"] is not None and r["status"] in INTERRUPTED:
+        if r["notice_at"] is not None and counts_as_interruption(r["status"]):
             events.append(
                 {
                     "kind": "notice",
@@ -530,7 +493,7 @@ def fleet(runs: Sequence[Mapping[str, Any]], *, now: float, since: float) -> dic
             if s["cost_usd"] is not None and s["on_demand_cost_usd"] is not None:
                 totals["spot_usd"] += s["cost_usd"]
                 totals["on_demand_usd"] += s["on_demand_cost_usd"]
-            if s["status"] in INTERRUPTED:
+            if counts_as_interruption(s["status"]):
                 totals["interruptions"] += 1
                 key = (s["instance_type"] or "?", s["zone"] or "?")
                 per_pair[key] = per_pair.get(key, 0) + 1

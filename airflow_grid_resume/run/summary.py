@@ -22,31 +22,9 @@ from datetime import datetime
 from typing import Any
 
 from airflow_grid_resume.agent.progress import steps_lost
-from airflow_grid_resume.ledger.errors import EXIT_LEASE_HELD
-from airflow_grid_resume.ledger.records import Closed, Heartbeat, Lease, Outcome, as_dict
-
-INTERRUPTED = ("interrupted", "lost")
-
-
-LEASE_HELD = "lease held by"  # how a session refused by a live lease (agent exit 3) is told apart
-
-
-def lease_refusal(outcome: Mapping[str, Any] | None) -> str | None:
-    """ "lease held by session N" when the session's agent ran nothing because another live agent holds
-    the run (its exit 3, recorded as an ``interrupted`` outcome): a hold-up of the infrastructure,
-    counted like an interruption, never a boot failure or a failure of the script. None otherwise."""
-    if not outcome or outcome.get("agent_exit_code") != EXIT_LEASE_HELD:
-        return None
-    holder = outcome.get("lease_held_by")
-    return f"{LEASE_HELD} session {holder}" if holder is not None else f"{LEASE_HELD} another agent"
-
-
-def lease_holder_elsewhere(lease: Lease | None, session: int, now: float) -> int | None:
-    """The live session (0 when unknown) whose lease keeps ``session`` out, when ``session`` never
-    started: its agent exited 3 (lease held) without recording it, which is not a boot failure."""
-    if lease is None or not lease.held(now) or lease.session == session:
-        return None
-    return lease.session or 0
+from airflow_grid_resume.ledger.records import Heartbeat, Outcome, as_dict
+from airflow_grid_resume.ledger.status import SessionStatus
+from airflow_grid_resume.run.ending import ended_by, session_status
 
 
 def epoch_seconds(value: Any) -> float | None:
@@ -59,18 +37,6 @@ def epoch_seconds(value: Any) -> float | None:
         except ValueError:
             return None
     return None
-
-
-def ended_status(outcome: Outcome | None, closed: Closed | None) -> str:
-    """What ended the session: the agent's outcome, else the Airflow side's verdict, else lost."""
-    return (outcome.status if outcome else None) or (closed.status if closed else None) or "lost"
-
-
-def session_status(record: Mapping[str, Any]) -> str:
-    """:func:`ended_status` of a record in its JSON form (``{"outcome": {...}, "closed": {...}}``)."""
-    outcome = record.get("outcome") or {}
-    closed = record.get("closed") or {}
-    return str(outcome.get("status") or closed.get("status") or "lost")
 
 
 def session_span(record: Mapping[str, Any]) -> tuple[float | None, float | None]:
@@ -111,12 +77,22 @@ def interruption_losses(records: Sequence[Mapping[str, Any]]) -> dict[int, tuple
     "at least": the interrupted session was lost and its last heartbeat is all that says how far it got)."""
     out: dict[int, tuple[int | None, bool]] = {}
     for current, following in itertools.pairwise(records):
-        if session_status(current) not in INTERRUPTED:
+        if not session_status(current).is_interruption:
             continue
         before, after = reported_progress(current), reported_progress(following)
         lost = steps_lost(before["last"], after["first"])
         out[int(current.get("session") or 0)] = (lost, lost is not None and before["last_is_lower_bound"])
     return out
+
+
+def hourly_prices(launch: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(price paid, on-demand price) per hour of a session's ``launch.json`` (None: not known)."""
+    try:
+        on_demand = float(launch["on_demand_price"]) if launch.get("on_demand_price") is not None else None
+        paid = on_demand if launch.get("lifecycle") == "on-demand" else launch.get("spot_price")
+        return (float(paid) if paid is not None else None), on_demand
+    except (TypeError, ValueError):
+        return None, None
 
 
 def session_seconds(record: Mapping[str, Any]) -> float:
@@ -136,13 +112,9 @@ def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = N
         lifecycle = "on-demand" if launch.get("lifecycle") == "on-demand" else "spot"
         seconds = session_seconds(record)
         totals[lifecycle] += seconds
-        od_price = launch.get("on_demand_price")
-        paid_price = od_price if lifecycle == "on-demand" else launch.get("spot_price")
-        try:
-            session_cost = float(paid_price) * seconds / 3600 if paid_price is not None else None
-            session_od = float(od_price) * seconds / 3600 if od_price is not None else None
-        except (TypeError, ValueError):
-            session_cost = session_od = None
+        paid_price, od_price = hourly_prices(launch)
+        session_cost = paid_price * seconds / 3600 if paid_price is not None else None
+        session_od = od_price * seconds / 3600 if od_price is not None else None
         if session_cost is None or session_od is None:
             cost_known = False
         else:
@@ -151,7 +123,8 @@ def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = N
         sessions.append(
             {
                 "session": record.get("session"),
-                "status": session_status(record),
+                "status": session_status(record).value,
+                "ended_by": ended_by(record),
                 "instance_id": launch.get("instance_id"),
                 "instance_type": launch.get("instance_type"),
                 "zone": launch.get("zone"),
@@ -174,8 +147,8 @@ def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = N
         "steps_lost": sum(lost) if lost else None,
         "steps_lost_at_least": any(d["steps_lost_at_least"] for d in sessions),
         "sessions": len(sessions),
-        "interruptions": sum(1 for s in statuses if s in INTERRUPTED),
-        "failures": sum(1 for s in statuses if s == "failed"),
+        "interruptions": sum(1 for s in statuses if SessionStatus(s).is_interruption),
+        "failures": statuses.count(SessionStatus.FAILED.value),
         "spot_seconds": round(totals["spot"], 1),
         "on_demand_seconds": round(totals["on-demand"], 1),
         "estimated_cost_usd": round(cost, 4) if cost_known else None,
@@ -204,28 +177,17 @@ def read_records(ledger: Any) -> list[dict[str, Any]]:
     return records
 
 
-def _how(status: str, reason: Any) -> str:
-    if status == "interrupted":
-        if str(reason).startswith(LEASE_HELD):  # refused by a live lease: ran nothing
-            return f"interrupted ({str(reason).split(':')[0]})"
-        return "interrupted (spot notice)"
-    if status == "lost":
-        return f"lost without notice ({reason})" if reason else "lost without notice"
-    return status
-
-
-def summary_lines(summary: Mapping[str, Any], *, run_uri: str, closed: Mapping[int, Any] | None = None) -> list[str]:
+def summary_lines(summary: Mapping[str, Any], *, run_uri: str) -> list[str]:
     """The run summary as the last try's log ends with it: every session and what ended it, the
-    cost against on-demand, where the newest checkpoint is. ``closed``: each session's closed.json."""
+    cost against on-demand, where the newest checkpoint is."""
     lines = [
         f"run summary: {summary['sessions']} sessions, {summary['interruptions']} interruptions, "
         f"{summary['failures']} failures; {summary.get('final_outcome')}"
     ]
     for d in summary["session_details"]:
-        reason = ((closed or {}).get(d["session"]) or {}).get("reason")
         cost = d.get("estimated_cost_usd")
         lines.append(
-            f"  session {d['session']}: {_how(d['status'], reason)} on {d['instance_type']} {d['lifecycle']} in "
+            f"  session {d['session']}: {d.get('ended_by') or d['status']} on {d['instance_type']} {d['lifecycle']} in "
             f"{d['zone']} ({d['instance_id']}), {d['seconds']:.0f} s"
             + (f", {cost:.4f} USD" if cost is not None else "")
             + (

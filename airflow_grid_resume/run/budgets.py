@@ -7,10 +7,12 @@ on it: a budget is spent from the ledger's records, so a try lost in between can
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from airflow_grid_resume.ledger.records import CAUSE_DISK_FULL
-from airflow_grid_resume.summary import INTERRUPTED, LEASE_HELD
+from airflow_grid_resume.ledger.status import SessionStatus, counts_as_interruption
+from airflow_grid_resume.run.ending import LEASE_HELD
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,14 @@ class Budgets:
         the words the task log shows; None when the next session may start. A failure that is not the
         script's and that every retry would meet again (``cause`` disk_full: the checkpoint does not fit
         on the instance's disk) fails the run at once, whatever the budget."""
-        if status == "failed" and cause == CAUSE_DISK_FULL:
+        if status == SessionStatus.FAILED and cause == CAUSE_DISK_FULL:
             return f"session {session} could not restore: {reason}. {hint or ''}".rstrip()
-        what = "interrupted" if status == "interrupted" else f"lost ({reason})"
-        if status == "interrupted" and str(reason or "").startswith(LEASE_HELD):  # refused by a live lease (exit 3)
+        what = "interrupted" if status == SessionStatus.INTERRUPTED else f"lost ({reason})"
+        if status == SessionStatus.INTERRUPTED and str(reason or "").startswith(
+            LEASE_HELD
+        ):  # refused by a live lease (exit 3)
             what = f"interrupted ({str(reason).split(':')[0]})"
-        if status in INTERRUPTED:
+        if counts_as_interruption(status):
             if not self.auto_resume:
                 return f"session {session} was {what} and auto_resume is off"
             if interruptions > self.max_interruptions:
@@ -51,12 +55,28 @@ class Budgets:
                     f"{self.max_interruptions} (session {session} was {what})"
                 )
             return None
-        if status == "failed" and failures > self.failure_retries:
+        if status == SessionStatus.FAILED and failures > self.failure_retries:
             return (
                 f"script failure budget exhausted: {failures} failures > retries={self.failure_retries}. "
                 f"Session {session}: {reason}. {hint or ''}"
             )
         return None
+
+
+def budget_use(
+    statuses: Iterable[tuple[int, str]],
+    *,
+    final_status: str | None,
+    final_session: int | None,
+    before: int | None = None,
+) -> tuple[int, int]:
+    """(interruptions, failures) among ``(session, status)`` since the run last ended (a clear after a failed run
+    gives fresh budgets; ``final.json`` says where it ended) and before session ``before``: what the operator
+    spends and what the run view shows as used."""
+    after = (final_session or 0) if final_status not in (None, SessionStatus.SUCCEEDED.value) else 0
+    counted = [status for session, status in statuses if after < session and (before is None or session < before)]
+    interruptions = sum(1 for status in counted if counts_as_interruption(status))
+    return interruptions, counted.count(SessionStatus.FAILED.value)
 
 
 def first_try_of_cycle(try_number: int | None, max_tries: int | None, retries: int) -> bool:

@@ -1,0 +1,52 @@
+"""run/verdict.py: what the try that watched a session does once it ended. Pure: no server."""
+
+from __future__ import annotations
+
+from airflow_grid_resume.ledger.records import Outcome
+from airflow_grid_resume.run.budgets import Budgets
+from airflow_grid_resume.run.verdict import FAIL_RUN, REPORT, RETRY_FAILED, RETRY_INTERRUPTED, session_verdict
+
+BUDGETS = Budgets(auto_resume=True, max_interruptions=2, failure_retries=1)
+
+
+def verdict(status: str, outcome: dict | None = None, *, interruptions: int = 0, failures: int = 0, reason=None):
+    return session_verdict(
+        status,
+        3,
+        outcome,
+        closed_reason=reason,
+        interruptions=interruptions,
+        failures=failures,
+        budgets=BUDGETS,
+        max_run=3600.0,
+    )
+
+
+def test_a_success_is_reported_and_a_timeout_fails_the_run() -> None:
+    assert verdict("succeeded").action == REPORT
+    timeout = verdict("timeout")
+    assert timeout.action == FAIL_RUN and timeout.message.startswith("max_run (3600 s) reached in session 3")
+
+
+def test_an_interruption_says_what_ended_it_in_the_run_views_words() -> None:
+    notice = Outcome(session=3, status="interrupted", clean=True, notice={"source": "imds"}).to_dict()
+    assert verdict("interrupted", notice, interruptions=1).action == RETRY_INTERRUPTED
+    assert verdict("interrupted", notice, interruptions=1).message == "spot interruption notice"
+    lost = verdict("lost", None, interruptions=1, reason="instance i-1 is terminated")
+    assert (lost.action, lost.message) == (
+        RETRY_INTERRUPTED,
+        "instance lost without notice (instance i-1 is terminated)",
+    )
+    held = Outcome(session=3, status="interrupted", agent_exit_code=3, lease_held_by=2).to_dict()
+    message = verdict("interrupted", held, interruptions=1).message
+    assert message.startswith("ran nothing (lease held by session 2)") and "takes over" in message
+
+
+def test_a_spent_budget_fails_the_run_and_a_failure_keeps_the_scripts_last_lines() -> None:
+    assert verdict("lost", interruptions=3, reason="x").action == FAIL_RUN
+    failed = Outcome(session=3, status="failed", exit_code=1, reason="exit code 1", tail=["Traceback", "KeyError"])
+    within = verdict("failed", failed.to_dict(), failures=1)
+    assert within.action == RETRY_FAILED and within.message == "session 3 failed: exit code 1.\nTraceback\nKeyError"
+    spent = verdict("failed", failed.to_dict(), failures=2)
+    assert spent.action == FAIL_RUN and spent.message.endswith("Traceback\nKeyError")
+    assert "script failure budget exhausted: 2 failures > retries=1" in spent.message
