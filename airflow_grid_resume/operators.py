@@ -519,7 +519,6 @@ class GridRunOperator(BaseOperator):
         )
         self.defer(
             trigger=SpotCapacityTrigger(
-                run_id=run_uri,
                 run_uri=run_uri,
                 session=session,
                 spec=spec.as_dict(),
@@ -637,7 +636,6 @@ class GridRunOperator(BaseOperator):
                 ec2,
                 AsyncLedgerReader(s3, run_uri, session),
                 spec=spec,
-                run_id=run_uri,
                 run_uri=run_uri,
                 session=session,
                 region=self.region_name,

@@ -29,7 +29,7 @@ LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 @dataclass(frozen=True)
 class Reapable:
     instance_id: str
-    run_id: str
+    run_uri: str
     session: int | None
     reason: str
 
@@ -48,14 +48,14 @@ def parse_expiry(value: str) -> datetime | None:
 def select_reapable(
     instances: Iterable[dict], now: datetime, run_ended_at_session: Callable[[str], int | None]
 ) -> tuple[list[Reapable], list[str]]:
-    """(instances to terminate, notes on tagged instances kept). ``run_ended_at_session(run_id)`` is the
+    """(instances to terminate, notes on tagged instances kept). ``run_ended_at_session(run_uri)`` is the
     session a run ended in, None while it has not ended (or cannot be read)."""
     reap, notes = [], []
     for instance in instances:
         tags = tags_of(instance)
-        run_id = tags.get(RUN_TAG)
+        run_uri = tags.get(RUN_TAG)
         state = instance.get("State", {}).get("Name")
-        if not run_id or state not in LIVE_STATES:
+        if not run_uri or state not in LIVE_STATES:
             continue
         instance_id = str(instance["InstanceId"])
         try:
@@ -64,11 +64,11 @@ def select_reapable(
             session = None
         expiry = parse_expiry(tags.get(EXPIRES_TAG, ""))
         if expiry is not None and expiry <= now:
-            reap.append(Reapable(instance_id, run_id, session, f"expired at {tags[EXPIRES_TAG]}"))
+            reap.append(Reapable(instance_id, run_uri, session, f"expired at {tags[EXPIRES_TAG]}"))
             continue
-        ended = run_ended_at_session(run_id)
+        ended = run_ended_at_session(run_uri)
         if ended is not None and session is not None and session <= ended:
-            reap.append(Reapable(instance_id, run_id, session, f"its run ended in session {ended}"))
+            reap.append(Reapable(instance_id, run_uri, session, f"its run ended in session {ended}"))
             continue
         if expiry is None:
             notes.append(f"{instance_id}: no readable {EXPIRES_TAG} tag ({tags.get(EXPIRES_TAG)!r}); kept")
@@ -81,27 +81,29 @@ def select_expired_queues(queues: Iterable[tuple[str, dict[str, str]]], now: dat
     for url, tags in queues:
         expiry = parse_expiry(tags.get(EXPIRES_TAG, ""))
         if expiry is not None and expiry <= now:
-            out.append({"queue_url": url, "run_id": tags.get(RUN_TAG, ""), "reason": f"expired at {tags[EXPIRES_TAG]}"})
+            out.append(
+                {"queue_url": url, "run_uri": tags.get(RUN_TAG, ""), "reason": f"expired at {tags[EXPIRES_TAG]}"}
+            )
     return out
 
 
 def run_ended_reader(s3_client: Any) -> Callable[[str], int | None]:
-    """``run_id -> session the run ended in`` from the run's ``final.json`` (the run id is its URI)."""
+    """``run_uri -> session the run ended in`` from the run's ``final.json`` (the run id is its URI)."""
     from airflow_grid_resume.ledger.errors import UsageError
     from airflow_grid_resume.ledger.store import RunLedger
     from airflow_grid_resume.ledger.uri import parse_s3_uri
 
     cache: dict[str, int | None] = {}
 
-    def ended(run_id: str) -> int | None:
-        if run_id not in cache:
+    def ended(run_uri: str) -> int | None:
+        if run_uri not in cache:
             try:
-                ledger = RunLedger(s3_client, parse_s3_uri(run_id))
+                ledger = RunLedger(s3_client, parse_s3_uri(run_uri))
                 final = ledger.read_final()
-                cache[run_id] = final.session if final is not None else None
+                cache[run_uri] = final.session if final is not None else None
             except (UsageError, Exception):
-                cache[run_id] = None  # unreadable: only the expiry decides
-        return cache[run_id]
+                cache[run_uri] = None  # unreadable: only the expiry decides
+        return cache[run_uri]
 
     return ended
 
@@ -171,10 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     for item in report["reapable"]:
         verb = "terminated" if item["instance_id"] in report["terminated"] else "would terminate"
-        print(f"{verb} {item['instance_id']} (run {item['run_id']}, session {item['session']}): {item['reason']}")
+        print(f"{verb} {item['instance_id']} (run {item['run_uri']}, session {item['session']}): {item['reason']}")
     for queue in report["queues"]:
         verb = "deleted" if queue["queue_url"] in report["deleted_queues"] else "would delete"
-        print(f"{verb} queue {queue['queue_url']} (run {queue['run_id']}): {queue['reason']}")
+        print(f"{verb} queue {queue['queue_url']} (run {queue['run_uri']}): {queue['reason']}")
     for note in report["notes"]:
         print(f"note: {note}")
     if not report["reapable"] and not report["queues"]:

@@ -39,7 +39,6 @@ async def run(args: argparse.Namespace, cloud) -> dict:
     started = time.time()
     triggers = [
         SpotCapacityTrigger(
-            run_id=f"bench-{i:03d}",
             run_uri=f"s3://bench/run-{i}",
             session=1,
             spec=spec,

@@ -37,7 +37,7 @@ def test_transient_ec2_errors_are_retried_not_final(code: str) -> None:
 
 
 def planner(**kw) -> LaunchPlanner:
-    return LaunchPlanner(PAIRS, run_id="s3://b/run", session=3, **kw)
+    return LaunchPlanner(PAIRS, run_uri="s3://b/run", session=3, **kw)
 
 
 def test_a_launch_with_an_unknown_answer_is_retried_with_its_token_before_any_other_pair() -> None:
@@ -88,7 +88,7 @@ def test_fallback_to_on_demand_after_capacity_failures() -> None:
         for attempt in p.round(now=float(t), waited_seconds=t):
             p.failed(attempt, CAPACITY, now=float(t))
         p.end_round()
-    assert {a.lifecycle for a in p.round(now=5.0, waited_seconds=5)} == {ON_DEMAND}
+    assert {a.market for a in p.round(now=5.0, waited_seconds=5)} == {ON_DEMAND}
 
 
 # -- liveness -----------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def test_the_reaper_takes_expired_or_ended_tagged_instances_only() -> None:
         instance("i-gone", {**run, "grid-resume:expires-at": past.strftime(fmt)}, state="terminated"),
         instance("i-untagged-expiry", {**run, "grid-resume:session": "9"}),
     ]
-    reap, notes = select_reapable(instances, now, lambda run_id: 2 if run_id == "s3://b/r" else None)
+    reap, notes = select_reapable(instances, now, lambda run_uri: 2 if run_uri == "s3://b/r" else None)
     assert {r.instance_id: r.reason.split()[0] for r in reap} == {"i-expired": "expired", "i-ended": "its"}
     assert len(notes) == 1 and "i-untagged-expiry" in notes[0]
 

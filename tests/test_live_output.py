@@ -59,7 +59,7 @@ def live_run(agent_pyz: str, script: str, *, queue: bool = True, queue_url: str 
 
 
 def launch(subnets, run_uri: str) -> str:
-    return first_event_sync(trigger_for(spec_for(subnets), run_id=run_uri, run_uri=run_uri))["instance_id"]
+    return first_event_sync(trigger_for(spec_for(subnets), run_uri=run_uri))["instance_id"]
 
 
 def s3_log_chunks(run_uri: str) -> list[str]:

@@ -30,6 +30,7 @@ from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
 from airflow_grid_resume.spot.launch import CAPACITY, THROTTLE, LaunchSpec, Pair
+from airflow_grid_resume.spot.tags import RUN_TAG, run_tag_value
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import RunWatchTrigger
 
@@ -64,11 +65,9 @@ def spec_for(subnets: list[dict], types=("g5.xlarge", "g4dn.xlarge"), image_id: 
     ).as_dict()
 
 
-def trigger_for(spec: dict, run_id: str | None = None, **kw) -> SpotCapacityTrigger:
-    run_id = run_id or f"run-{uuid.uuid4().hex[:8]}"
+def trigger_for(spec: dict, run_uri: str | None = None, **kw) -> SpotCapacityTrigger:
     defaults = dict(
-        run_id=run_id,
-        run_uri=f"s3://nowhere/{run_id}",
+        run_uri=run_uri or f"s3://nowhere/run-{uuid.uuid4().hex[:8]}",
         session=1,
         spec=spec,
         started_at=time.time(),
@@ -92,10 +91,11 @@ def first_event(trigger: BaseTrigger) -> dict:
     return asyncio.run(go())
 
 
-def instances_of(run_id: str) -> list[str]:
+def instances_of(run_uri: str) -> list[str]:
     """Every instance ever launched for the run, whatever its state (a bootstrap that cannot reach
     its ledger ends, and the instance terminates itself, as on EC2)."""
-    response = boto3.client("ec2").describe_instances(Filters=[{"Name": "tag:grid-resume:run-id", "Values": [run_id]}])
+    tag = {"Name": f"tag:{RUN_TAG}", "Values": [run_tag_value(run_uri)]}
+    response = boto3.client("ec2").describe_instances(Filters=[tag])
     return [i["InstanceId"] for r in response["Reservations"] for i in r["Instances"]]
 
 
@@ -106,18 +106,30 @@ def test_capacity_and_throttle_errors_are_classified(cloud, subnets) -> None:
     cloud.set_capacity("g5.xlarge", pair.zone, available=False)
     with pytest.raises(LaunchError) as err:
         hook.launch(
-            spec, pair, lifecycle="spot", run_id="r-cap", session=1, user_data="", expires_at="2030-01-01T00:00:00Z"
+            spec,
+            pair,
+            market="spot",
+            run_uri="s3://b/r-cap",
+            session=1,
+            user_data="",
+            expires_at="2030-01-01T00:00:00Z",
         )
     assert err.value.kind == CAPACITY and err.value.code == "InsufficientInstanceCapacity"
     assert pair.zone in err.value.message
     cloud.set_capacity("g5.xlarge", pair.zone, available=True)
     cloud.set_throttle(burst=1, rate=0.001)
     hook.launch(
-        spec, pair, lifecycle="spot", run_id="r-thr", session=1, user_data="", expires_at="2030-01-01T00:00:00Z"
+        spec, pair, market="spot", run_uri="s3://b/r-thr", session=1, user_data="", expires_at="2030-01-01T00:00:00Z"
     )
     with pytest.raises(LaunchError) as err:
         hook.launch(
-            spec, pair, lifecycle="spot", run_id="r-thr", session=2, user_data="", expires_at="2030-01-01T00:00:00Z"
+            spec,
+            pair,
+            market="spot",
+            run_uri="s3://b/r-thr",
+            session=2,
+            user_data="",
+            expires_at="2030-01-01T00:00:00Z",
         )
     assert err.value.kind == THROTTLE and err.value.code == "RequestLimitExceeded"
 
@@ -158,7 +170,7 @@ def test_trigger_waits_then_launches_on_the_next_free_pair(cloud, subnets, capfd
     assert event["status"] == "launched", event
     assert (event["instance_type"], event["zone"], event["lifecycle"]) == ("g4dn.xlarge", zone_b, "spot")
     assert event["spot_price"] is not None and event["rounds"] >= 2
-    assert instances_of(trigger.run_id) == [event["instance_id"]]
+    assert instances_of(trigger.run_uri) == [event["instance_id"]]
     # Airflow routes trigger logs through structlog to the console (and, in a triggerer, the task log).
     waits = [line for line in capfd.readouterr().out.splitlines() if "no spot capacity for" in line]
     assert waits and f"g5.xlarge in {zone_a} (InsufficientInstanceCapacity)" in waits[0]
@@ -234,14 +246,16 @@ def test_trigger_fails_at_once_on_errors_waiting_cannot_fix(cloud_env, subnets) 
 
 def test_restart_after_launch_creates_no_second_instance(cloud_env, subnets) -> None:
     spec = spec_for(subnets)
-    first = first_event(trigger_for(spec, run_id="restart-run"))
+    first = first_event(trigger_for(spec, run_uri="s3://nowhere/restart-run"))
     # The triggerer restarts and rebuilds the trigger from its kwargs: it must reattach.
-    again = first_event(trigger_for(spec, run_id="restart-run"))
+    again = first_event(trigger_for(spec, run_uri="s3://nowhere/restart-run"))
     assert again["instance_id"] == first["instance_id"] and again["reused"] is True
     # A lost answer: the launch happened, the trigger never heard. The same token brings the same instance.
     hook = SpotLaunchHook(aws_conn_id=None, region_name="us-east-1")
     pair = Pair("g5.xlarge", subnets[0]["SubnetId"], subnets[0]["AvailabilityZone"])
-    attempt = dict(lifecycle="spot", run_id="lost-answer", session=4, user_data="", expires_at="2030-01-01T00:00:00Z")
+    attempt = dict(
+        market="spot", run_uri="s3://b/lost-answer", session=4, user_data="", expires_at="2030-01-01T00:00:00Z"
+    )
     launched = hook.launch(LaunchSpec.from_dict(spec), pair, **attempt)
     retried = hook.launch(LaunchSpec.from_dict(spec), pair, **attempt)
     assert retried["InstanceId"] == launched["InstanceId"]
@@ -262,13 +276,13 @@ def agent_pyz(tmp_path_factory) -> str:
     return build_zipapp(str(tmp_path_factory.mktemp("pyz") / "agent.pyz"))
 
 
-def prepare_run(bucket: str, run_id: str, agent_pyz: str, command: list[str]) -> str:
+def prepare_run(bucket: str, prefix: str, agent_pyz: str, command: list[str]) -> str:
     s3 = boto3.client("s3")
-    s3.upload_file(agent_pyz, bucket, f"{run_id}/{AGENT_KEY}")
+    s3.upload_file(agent_pyz, bucket, f"{prefix}/{AGENT_KEY}")
     agent_args = ["--heartbeat-interval", "1", "--log-interval", "0.5", "--imds-poll", "0.2"]
     spec = {"command": command, "agent_args": agent_args}
-    s3.put_object(Bucket=bucket, Key=f"{run_id}/{SPEC_KEY}", Body=json.dumps(spec).encode())
-    return f"s3://{bucket}/{run_id}"
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/{SPEC_KEY}", Body=json.dumps(spec).encode())
+    return f"s3://{bucket}/{prefix}"
 
 
 def wait_until(predicate, timeout: float = 60, what: str = "condition"):
@@ -285,10 +299,10 @@ def wait_until(predicate, timeout: float = 60, what: str = "condition"):
 def test_interruption_reaches_the_agent_on_an_emulated_instance(cloud, subnets, agent_pyz, notice: bool) -> None:
     bucket = f"cloud-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
-    run_id = f"run-{uuid.uuid4().hex[:6]}"
+    prefix = f"run-{uuid.uuid4().hex[:6]}"
     script = "trap 'echo saving; echo saved > ckpt; exit 0' TERM; echo training; while true; do sleep 0.1; done"
-    run_uri = prepare_run(bucket, run_id, agent_pyz, ["sh", "-c", script])
-    event = first_event(trigger_for(spec_for(subnets), run_id=run_id, run_uri=run_uri))
+    run_uri = prepare_run(bucket, prefix, agent_pyz, ["sh", "-c", script])
+    event = first_event(trigger_for(spec_for(subnets), run_uri=run_uri))
     instance_id = event["instance_id"]
     ledger = RunLedger(make_s3_client(), parse_s3_uri(run_uri))
     wait_until(lambda: (ledger.read_heartbeat(1) or {}).get("state") == "running", what="the agent running")
@@ -318,7 +332,7 @@ def test_emulator_leaves_nothing_behind(tmp_path: Path, agent_pyz: str) -> None:
             boto3.client("s3").create_bucket(Bucket="leak-check")
             run_uri = prepare_run("leak-check", "r", agent_pyz, ["sleep", "300"])
             sub = boto3.client("ec2").describe_subnets()["Subnets"][0]
-            event = first_event(trigger_for(spec_for([sub]), run_id="leak", run_uri=run_uri))
+            event = first_event(trigger_for(spec_for([sub]), run_uri=run_uri))
             pid = wait_until(lambda: c.instance(event["instance_id"])["pid"], what="a fabric process")
             assert state_dir.is_dir() and Path(f"/proc/{pid}").exists()
             tree = wait_until(lambda: len(descendants(pid)) >= 3 and descendants(pid), what="agent and command")
@@ -344,7 +358,6 @@ def test_every_trigger_survives_serialization() -> None:
             run_uri="s3://b/r", session=3, instance_id="i-0123", launched_at=1.0, deadline=9.0, log_offset=42
         ),
         "SpotCapacityTrigger": dict(
-            run_id="r",
             run_uri="s3://b/r",
             session=2,
             spec={"image_id": "ami-1", "instance_types": ["g5.xlarge"], "subnet_ids": ["subnet-a"]},
@@ -368,14 +381,48 @@ def test_every_trigger_survives_serialization() -> None:
     assert sorted(found) == sorted(samples)
 
 
+def test_triggers_serialized_by_an_earlier_release_still_load() -> None:
+    """A deployment upgraded while runs wait keeps their serialized triggers: the triggerer imports them by the
+    classpath and kwargs in its database. Those of the release before the house moved still load and run."""
+    from airflow.utils.module_loading import import_string
+
+    earlier = {
+        "airflow_grid_resume.triggers.capacity.SpotCapacityTrigger": dict(
+            run_id="s3://b/r",  # the run URI, also passed as run_id until then
+            run_uri="s3://b/r",
+            session=2,
+            spec={"image_id": "ami-1", "instance_types": ["g5.xlarge"], "subnet_ids": ["subnet-a"]},
+            started_at=1.0,
+            max_wait=60.0,
+            aws_conn_id="aws_default",
+            region_name=None,
+            backoff_base=15.0,
+            backoff_max=300.0,
+            cool_down=300.0,
+            fallback=None,
+            interruptions=0,
+            deferred_at=1.0,
+            expires_at="2030-01-01T00:00:00Z",
+        ),
+        "airflow_grid_resume.triggers.run.RunWatchTrigger": dict(
+            run_uri="s3://b/r", session=3, instance_id="i-0123", launched_at=1.0, deadline=9.0, log_offset=42
+        ),
+    }
+    for classpath, kwargs in earlier.items():
+        trigger = import_string(classpath)(**kwargs)
+        again, now = trigger.serialize()
+        assert again == classpath
+        assert now["run_uri"] == "s3://b/r" and "run_id" not in now
+
+
 # -- the run trigger ---------------------------------------------------------------------------
 def launch_session(subnets, agent_pyz: str, command: list[str]) -> tuple[str, str]:
     """A run whose session 1 runs ``command`` on an emulated instance: (run_uri, instance id)."""
     bucket = f"watch-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
-    run_id = f"run-{uuid.uuid4().hex[:6]}"
-    run_uri = prepare_run(bucket, run_id, agent_pyz, command)
-    event = first_event(trigger_for(spec_for(subnets), run_id=run_id, run_uri=run_uri))
+    prefix = f"run-{uuid.uuid4().hex[:6]}"
+    run_uri = prepare_run(bucket, prefix, agent_pyz, command)
+    event = first_event(trigger_for(spec_for(subnets), run_uri=run_uri))
     return run_uri, event["instance_id"]
 
 
@@ -463,10 +510,10 @@ def test_an_instance_whose_bootstrap_fails_is_a_failure_not_an_interruption(clou
     the instance off before any session starts. Relaunching would only burn the interruption budget."""
     bucket = f"watch-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
-    run_id = f"run-{uuid.uuid4().hex[:6]}"
-    run_uri = prepare_run(bucket, run_id, agent_pyz, ["true"])
-    boto3.client("s3").delete_object(Bucket=bucket, Key=f"{run_id}/{AGENT_KEY}")
-    instance_id = first_event(trigger_for(spec_for(subnets), run_id=run_id, run_uri=run_uri))["instance_id"]
+    prefix = f"run-{uuid.uuid4().hex[:6]}"
+    run_uri = prepare_run(bucket, prefix, agent_pyz, ["true"])
+    boto3.client("s3").delete_object(Bucket=bucket, Key=f"{prefix}/{AGENT_KEY}")
+    instance_id = first_event(trigger_for(spec_for(subnets), run_uri=run_uri))["instance_id"]
     event = first_event(watch_for(run_uri, instance_id, boot_timeout=60))
     assert event["status"] == "failed", event
     assert "powered itself off before the agent started" in event["reason"]
@@ -592,7 +639,7 @@ def test_watch_calls_nothing_lost_on_eventual_consistency_throttling_and_5xx(clo
 
 def test_a_lost_run_instances_answer_is_replayed_into_the_same_instance(cloud, subnets) -> None:
     cloud.drop_responses("RunInstances", count=1)
-    event = first_event(trigger_for(spec_for(subnets), run_id="lost-answer-run"))
+    event = first_event(trigger_for(spec_for(subnets), run_uri="s3://nowhere/lost-answer-run"))
     assert event["status"] == "launched", event
     # Any state: its bootstrap finds no run at s3://nowhere and powers the instance off at once.
     found = boto3.client("ec2").describe_instances(
@@ -606,22 +653,22 @@ def test_an_unrecorded_launch_with_late_tags_is_found_by_its_client_token(cloud,
     EC2 does not show the instance's tags yet: the tag lookup misses and there is no attempt to replay, and the
     pair it used had no capacity before. The next launcher finds the instance by the ClientToken filter."""
     spec = spec_for(subnets)
-    run_id = f"untracked-{uuid.uuid4().hex[:6]}"
+    run_uri = f"s3://nowhere/untracked-{uuid.uuid4().hex[:6]}"
     cloud.set_consistency(describe_not_found_seconds=0, tags_late_seconds=30)
     second_pair = Pair("g4dn.xlarge", subnets[1]["SubnetId"], subnets[1]["AvailabilityZone"])
     hook = SpotLaunchHook(aws_conn_id=None, region_name="us-east-1")
     launched = hook.launch(
         LaunchSpec.from_dict(spec),
         second_pair,
-        lifecycle="spot",
-        run_id=run_id,
+        market="spot",
+        run_uri=run_uri,
         session=1,
         user_data="",
         expires_at="2030-01-01T00:00:00Z",
     )["InstanceId"]
-    assert instances_of(run_id) == []  # the tag filter does not match it yet
+    assert instances_of(run_uri) == []  # the tag filter does not match it yet
     before = len(cloud.instances())
-    event = first_event(trigger_for(spec, run_id=run_id))  # g5.xlarge in the first zone has capacity now
+    event = first_event(trigger_for(spec, run_uri=run_uri))  # g5.xlarge in the first zone has capacity now
     assert event["status"] == "launched" and event["instance_id"] == launched, event
     assert event.get("reused") is True, event
     assert len(cloud.instances()) == before, "a second instance for the session"
@@ -638,12 +685,12 @@ def test_late_tags_neither_launch_a_second_instance_nor_lose_the_session(cloud, 
     bucket = f"late-{uuid.uuid4().hex[:8]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     spec = spec_for(subnets)
-    run = dict(run_id=f"late-{uuid.uuid4().hex[:6]}", run_uri=f"s3://{bucket}/run", expires_at="2030-01-01T00:00:00Z")
+    run = dict(run_uri=f"s3://{bucket}/late-{uuid.uuid4().hex[:6]}", expires_at="2030-01-01T00:00:00Z")
     cloud.set_consistency(describe_not_found_seconds=0, tags_late_seconds=30)
     cloud.set_capacity("g5.xlarge", "*", available=False)
     first = first_event(trigger_for(spec, **run))
     assert first["instance_type"] == "g4dn.xlarge", first
-    assert instances_of(run["run_id"]) == []  # the tag filter does not match it yet
+    assert instances_of(run["run_uri"]) == []  # the tag filter does not match it yet
     found = boto3.client("ec2").describe_instances(Filters=[{"Name": "instance-id", "Values": [first["instance_id"]]}])
     assert "Tags" not in found["Reservations"][0]["Instances"][0]  # listed, without its tags
     cloud.set_capacity("g5.xlarge", "*", available=True)
@@ -654,4 +701,4 @@ def test_late_tags_neither_launch_a_second_instance_nor_lose_the_session(cloud, 
     assert len(cloud.instances()) == launched, "a second instance for the session"
     assert cloud.state()["counters"]["idempotent_replays"] > replays  # the replay found it, not a describe
     cloud.set_consistency(describe_not_found_seconds=0)
-    assert instances_of(run["run_id"]) == [first["instance_id"]]
+    assert instances_of(run["run_uri"]) == [first["instance_id"]]

@@ -137,12 +137,12 @@ def test_backoff_grows_with_jitter_and_cap() -> None:
 
 def test_fallback_policy() -> None:
     off = FallbackPolicy()
-    assert off.lifecycle(capacity_failures_in_a_row=99, interruptions=99, waited_seconds=1e9) == SPOT
+    assert off.market(capacity_failures_in_a_row=99, interruptions=99, waited_seconds=1e9) == SPOT
     policy = FallbackPolicy(after_capacity_failures=3, after_interruptions=5, after_wait_seconds=3600)
-    assert policy.lifecycle(capacity_failures_in_a_row=2, interruptions=4, waited_seconds=3599) == SPOT
-    assert policy.lifecycle(capacity_failures_in_a_row=3, interruptions=0, waited_seconds=0) == ON_DEMAND
-    assert policy.lifecycle(capacity_failures_in_a_row=0, interruptions=5, waited_seconds=0) == ON_DEMAND
-    assert policy.lifecycle(capacity_failures_in_a_row=0, interruptions=0, waited_seconds=3600) == ON_DEMAND
+    assert policy.market(capacity_failures_in_a_row=2, interruptions=4, waited_seconds=3599) == SPOT
+    assert policy.market(capacity_failures_in_a_row=3, interruptions=0, waited_seconds=0) == ON_DEMAND
+    assert policy.market(capacity_failures_in_a_row=0, interruptions=5, waited_seconds=0) == ON_DEMAND
+    assert policy.market(capacity_failures_in_a_row=0, interruptions=0, waited_seconds=3600) == ON_DEMAND
     assert "interruptions" in policy.reason(capacity_failures_in_a_row=0, interruptions=5, waited_seconds=0)
 
 
@@ -165,7 +165,7 @@ def test_run_instances_request_is_safe_and_tagged() -> None:
     )
     pair = Pair("g5.xlarge", "subnet-a", "us-east-1a")
     tags = run_tags("dag.task.run", 2, "2026-11-27T00:00:00Z", {"team": "ml"})
-    params = run_instances_params(spec, pair, lifecycle=SPOT, token="gr-x", tags=tags, user_data="#!/bin/bash")
+    params = run_instances_params(spec, pair, market=SPOT, token="gr-x", tags=tags, user_data="#!/bin/bash")
     assert params["MetadataOptions"]["HttpTokens"] == "required"
     assert params["InstanceInitiatedShutdownBehavior"] == "terminate"
     assert params["InstanceMarketOptions"]["SpotOptions"]["SpotInstanceType"] == "one-time"
@@ -173,11 +173,11 @@ def test_run_instances_request_is_safe_and_tagged() -> None:
     tag_map = {t["Key"]: t["Value"] for t in params["TagSpecifications"][0]["Tags"]}
     assert tag_map["grid-resume:session"] == "2" and tag_map["grid-resume:expires-at"].startswith("2026")
     assert tag_map["team"] == "ml"
-    on_demand = run_instances_params(spec, pair, lifecycle=ON_DEMAND, token="t", tags=tags, user_data="")
+    on_demand = run_instances_params(spec, pair, market=ON_DEMAND, token="t", tags=tags, user_data="")
     assert "InstanceMarketOptions" not in on_demand
     assert params["BlockDeviceMappings"][0]["DeviceName"] == "/dev/xvda"  # unresolved: Amazon Linux's
     ubuntu = dataclasses.replace(spec, root_device_name="/dev/sda1")
-    mapped = run_instances_params(ubuntu, pair, lifecycle=SPOT, token="t", tags=tags, user_data="")
+    mapped = run_instances_params(ubuntu, pair, market=SPOT, token="t", tags=tags, user_data="")
     assert mapped["BlockDeviceMappings"][0] == {
         "DeviceName": "/dev/sda1",  # the AMI's root device is resized, no second volume is added
         "Ebs": {"VolumeSize": 200, "VolumeType": "gp3", "DeleteOnTermination": True},

@@ -15,12 +15,12 @@ from airflow_grid_resume.triggers.capacity import WaitLog
 from tests.conftest import OPERATOR_ARGS
 
 
-def launch(at: float, lifecycle: str = "spot", spot: float | None = 0.30, od: float | None = 1.006) -> dict:
+def launch(at: float, market: str = "spot", spot: float | None = 0.30, od: float | None = 1.006) -> dict:
     return {
         "instance_id": f"i-{int(at)}",
         "instance_type": "g5.xlarge",
         "zone": "us-east-1a",
-        "lifecycle": lifecycle,
+        "lifecycle": market,
         "spot_price": spot,
         "on_demand_price": od,
         "launched_at": at,

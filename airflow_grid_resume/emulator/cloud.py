@@ -163,7 +163,7 @@ class FabricInstance:
     instance_id: str
     instance_type: str
     zone: str
-    lifecycle: str
+    market: str
     region: str
     directory: str
     imds: MetadataService
@@ -179,7 +179,7 @@ class FabricInstance:
             "instance_id": self.instance_id,
             "instance_type": self.instance_type,
             "zone": self.zone,
-            "lifecycle": self.lifecycle,
+            "lifecycle": self.market,
             "state": self.state,
             "reason": self.reason,
             "pid": self.proc.pid if self.proc else None,
@@ -305,7 +305,7 @@ class SpotCloud:
             ]
 
     # -- the fabric ----------------------------------------------------------------------------
-    def start_instance(self, instance_id: str, region: str, params: dict[str, str], lifecycle: str) -> None:
+    def start_instance(self, instance_id: str, region: str, params: dict[str, str], market: str) -> None:
         user_data = params.get("UserData", "")
         try:
             script = base64.b64decode(user_data).decode() if user_data else ""
@@ -314,11 +314,9 @@ class SpotCloud:
         zone = self.zone_of(region, params)
         directory = tempfile.mkdtemp(prefix=f"{instance_id}-", dir=os.path.join(self.state_dir, "instances"))
         imds = MetadataService(
-            instance_id=instance_id, instance_type=params.get("InstanceType", "?"), zone=zone, lifecycle=lifecycle
+            instance_id=instance_id, instance_type=params.get("InstanceType", "?"), zone=zone, market=market
         ).start()
-        instance = FabricInstance(
-            instance_id, params.get("InstanceType", "?"), zone, lifecycle, region, directory, imds
-        )
+        instance = FabricInstance(instance_id, params.get("InstanceType", "?"), zone, market, region, directory, imds)
         with self.lock:
             self.instances[instance_id] = instance
         if parse_marker(script) is None or not self.fabric_enabled:

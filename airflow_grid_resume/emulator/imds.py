@@ -57,13 +57,13 @@ class MetadataService:
         instance_id: str = "i-0emulated0000000",
         instance_type: str = "g5.xlarge",
         zone: str = "us-east-1a",
-        lifecycle: str = "spot",
+        market: str = "spot",
     ) -> None:
         self.meta = {
             "instance-id": instance_id,
             "instance-type": instance_type,
             "placement/availability-zone": zone,
-            "instance-life-cycle": lifecycle,
+            "instance-life-cycle": market,
             "ami-id": "ami-0emulated",
         }
         self._lock = threading.Lock()

@@ -49,9 +49,9 @@ def launch_error(exc: Exception) -> LaunchError:
     return LaunchError("ConnectionError", f"no answer from EC2: {type(exc).__name__}: {exc}")
 
 
-def _session_filters(run_id: str, session: int) -> list[dict]:
+def _session_filters(run_uri: str, session: int) -> list[dict]:
     return [
-        {"Name": f"tag:{RUN_TAG}", "Values": [run_tag_value(run_id)]},
+        {"Name": f"tag:{RUN_TAG}", "Values": [run_tag_value(run_uri)]},
         {"Name": f"tag:{SESSION_TAG}", "Values": [str(session)]},
         {"Name": "instance-state-name", "Values": LIVE_STATES},
     ]
@@ -96,14 +96,14 @@ class SpotLaunchHook(AwsBaseHook):
         return {s: found[s] for s in subnet_ids}
 
     # -- idempotency: the session's instance, if one exists -----------------------------------
-    def find_session_instance(self, run_id: str, session: int) -> dict | None:
+    def find_session_instance(self, run_uri: str, session: int) -> dict | None:
         """The session's live instance by its tags. EC2 may not list an instance launched seconds ago
         (eventual consistency): a miss is not proof, which is why launches replay their last token."""
-        filters = _session_filters(run_id, session)
+        filters = _session_filters(run_uri, session)
         return _first_instance(call_with_retries(lambda: self.conn.describe_instances(Filters=filters)))
 
-    async def a_find_session_instance(self, run_id: str, session: int, client: Any = None) -> dict | None:
-        filters = _session_filters(run_id, session)
+    async def a_find_session_instance(self, run_uri: str, session: int, client: Any = None) -> dict | None:
+        filters = _session_filters(run_uri, session)
         async with hook_client(self, client) as ec2:
             return _first_instance(await a_call_with_retries(lambda: ec2.describe_instances(Filters=filters)))
 
@@ -127,14 +127,14 @@ class SpotLaunchHook(AwsBaseHook):
         spec: LaunchSpec,
         pair: Pair,
         *,
-        lifecycle: str,
-        run_id: str,
+        market: str,
+        run_uri: str,
         session: int,
         user_data: str,
         expires_at: str,
     ) -> dict:
         """One RunInstances on one pair; returns the instance or raises LaunchError."""
-        params = self._params(spec, pair, lifecycle, run_id, session, user_data, expires_at)
+        params = self._params(spec, pair, market, run_uri, session, user_data, expires_at)
         try:
             response = self.conn.run_instances(**params)
         except (ClientError, *NO_ANSWER) as exc:
@@ -146,14 +146,14 @@ class SpotLaunchHook(AwsBaseHook):
         spec: LaunchSpec,
         pair: Pair,
         *,
-        lifecycle: str,
-        run_id: str,
+        market: str,
+        run_uri: str,
         session: int,
         user_data: str,
         expires_at: str,
         client: Any = None,
     ) -> dict:
-        params = self._params(spec, pair, lifecycle, run_id, session, user_data, expires_at)
+        params = self._params(spec, pair, market, run_uri, session, user_data, expires_at)
         async with hook_client(self, client) as ec2:
             try:
                 response = await ec2.run_instances(**params)
@@ -163,13 +163,13 @@ class SpotLaunchHook(AwsBaseHook):
 
     @staticmethod
     def _params(
-        spec: LaunchSpec, pair: Pair, lifecycle: str, run_id: str, session: int, user_data: str, expires_at: str
+        spec: LaunchSpec, pair: Pair, market: str, run_uri: str, session: int, user_data: str, expires_at: str
     ) -> dict:
         # Every parameter must be the same when a launch is retried, or EC2 rejects the ClientToken:
         # hence an expiry fixed by the caller (from when the wait began), not computed here.
-        tags = run_tags(run_id, session, expires_at, {**spec.tags, MARKET_TAG: lifecycle})
-        token = client_token(run_id, session, pair, lifecycle)
-        return run_instances_params(spec, pair, lifecycle=lifecycle, token=token, tags=tags, user_data=user_data)
+        tags = run_tags(run_uri, session, expires_at, {**spec.tags, MARKET_TAG: market})
+        token = client_token(run_uri, session, pair, market)
+        return run_instances_params(spec, pair, market=market, token=token, tags=tags, user_data=user_data)
 
     # -- images ----------------------------------------------------------------------------
     def root_device_name(self, image_id: str) -> str:

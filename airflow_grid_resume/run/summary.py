@@ -109,9 +109,9 @@ def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = N
     cost_known = True
     for record in records:
         launch = record.get("launch") or {}
-        lifecycle = "on-demand" if launch.get("lifecycle") == "on-demand" else "spot"
+        market = "on-demand" if launch.get("lifecycle") == "on-demand" else "spot"
         seconds = session_seconds(record)
-        totals[lifecycle] += seconds
+        totals[market] += seconds
         paid_price, od_price = hourly_prices(launch)
         session_cost = paid_price * seconds / 3600 if paid_price is not None else None
         session_od = od_price * seconds / 3600 if od_price is not None else None
@@ -128,7 +128,7 @@ def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = N
                 "instance_id": launch.get("instance_id"),
                 "instance_type": launch.get("instance_type"),
                 "zone": launch.get("zone"),
-                "lifecycle": lifecycle,
+                "lifecycle": market,
                 "seconds": round(seconds, 1),
                 "estimated_cost_usd": None if session_cost is None else round(session_cost, 4),
             }

@@ -115,7 +115,7 @@ class FallbackPolicy:
     after_interruptions: int | None = None
     after_wait_seconds: float | None = None
 
-    def lifecycle(self, *, capacity_failures_in_a_row: int, interruptions: int, waited_seconds: float) -> str:
+    def market(self, *, capacity_failures_in_a_row: int, interruptions: int, waited_seconds: float) -> str:
         if self.after_capacity_failures is not None and capacity_failures_in_a_row >= self.after_capacity_failures:
             return ON_DEMAND
         if self.after_interruptions is not None and interruptions >= self.after_interruptions:
@@ -200,20 +200,20 @@ def order_pairs(pairs: Iterable[Pair], failed_at: dict[str, float], now: float, 
     return fresh + recent
 
 
-def client_token(run_id: str, session: int, pair: Pair, lifecycle: str) -> str:
+def client_token(run_uri: str, session: int, pair: Pair, market: str) -> str:
     """An idempotency token (<= 64 ASCII chars) for one launch attempt of one session on one pair.
 
     The same attempt retried (lost response, restart) reuses it and EC2 returns the same instance;
     each pair has its own token because EC2 rejects a reused token with other parameters.
     """
-    digest = hashlib.sha256(f"{run_id}\n{session}\n{pair.key}\n{lifecycle}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{run_uri}\n{session}\n{pair.key}\n{market}".encode()).hexdigest()
     return f"gr-{digest[:48]}"
 
 
-def session_tokens(run_id: str, session: int, pairs: Sequence[Pair]) -> list[str]:
+def session_tokens(run_uri: str, session: int, pairs: Sequence[Pair]) -> list[str]:
     """Every ClientToken a launch of the session could have carried, on any pair and either market: what
     DescribeInstances' ``client-token`` filter finds the session's instance by before EC2 shows its tags."""
-    return [client_token(run_id, session, pair, lifecycle) for lifecycle in (SPOT, ON_DEMAND) for pair in pairs]
+    return [client_token(run_uri, session, pair, market) for market in (SPOT, ON_DEMAND) for pair in pairs]
 
 
 def backoff_delay(attempt: int, *, base: float = 15.0, cap: float = 300.0, rng: random.Random | None = None) -> float:
@@ -227,7 +227,7 @@ def run_instances_params(
     spec: LaunchSpec,
     pair: Pair,
     *,
-    lifecycle: str,
+    market: str,
     token: str,
     tags: dict[str, str],
     user_data: str,
@@ -262,7 +262,7 @@ def run_instances_params(
                 "Ebs": {"VolumeSize": spec.root_volume_gb, "VolumeType": "gp3", "DeleteOnTermination": True},
             }
         ]
-    if lifecycle == SPOT:
+    if market == SPOT:
         options: dict = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
         if spec.max_spot_price:
             options["MaxPrice"] = spec.max_spot_price

@@ -98,7 +98,6 @@ class SessionLauncher:
         ledger: SessionRecords,
         *,
         spec: LaunchSpec,
-        run_id: str,
         run_uri: str,
         session: int,
         region: str | None,
@@ -108,7 +107,7 @@ class SessionLauncher:
     ) -> None:
         self.hook, self.client, self.ledger = hook, client, ledger
         self.spec = spec
-        self.run_id, self.run_uri, self.session = run_id, run_uri, session
+        self.run_uri, self.session = run_uri, session
         self.user_data = render_user_data(run_uri, session, region)
         self.expires_at = expires_at
         self.bucket = bucket
@@ -130,7 +129,7 @@ class SessionLauncher:
             return Start(pairs, existing=existing)
         planner = LaunchPlanner(
             pairs,
-            run_id=self.run_id,
+            run_uri=self.run_uri,
             session=self.session,
             policy=FallbackPolicy(**(fallback or {})),
             interruptions=interruptions,
@@ -142,7 +141,7 @@ class SessionLauncher:
     async def launched(self, result: RoundResult, *, started_at: float, rounds: int) -> dict:
         """The ``launched`` event of an instance this launcher's round started, with the spot price paid."""
         assert result.instance is not None and result.attempt is not None
-        pair, market = result.attempt.pair, result.attempt.lifecycle
+        pair, market = result.attempt.pair, result.attempt.market
         price = None
         if market == SPOT:
             try:
@@ -156,7 +155,7 @@ class SessionLauncher:
             started_at=started_at,
             reused=False,
             rounds=rounds,
-            lifecycle=market,
+            market=market,
             pair=pair,
         )
         return {**event, "run_uri": self.run_uri}
@@ -183,9 +182,9 @@ class SessionLauncher:
         the session could have made on ``pairs`` (a launcher that died before its attempt was recorded,
         while EC2 did not show the instance's tags yet). A miss is no proof: EC2 may not list an instance
         launched seconds ago, which is why the recorded attempt is replayed first."""
-        found = await self.hook.a_find_session_instance(self.run_id, self.session, client=self.client)
+        found = await self.hook.a_find_session_instance(self.run_uri, self.session, client=self.client)
         if found is None:
-            tokens = session_tokens(self.run_id, self.session, pairs)
+            tokens = session_tokens(self.run_uri, self.session, pairs)
             found = await self.hook.a_find_by_client_tokens(tokens, client=self.client)
         return found
 
@@ -221,13 +220,15 @@ class SessionLauncher:
         except (ClientError, *NO_ANSWER) as exc:  # the tag lookup still protects a restart
             self.log.warning("could not record the launch attempt of session %d: %s", self.session, exc)
 
-    async def waiting(self, *, next_try_in: float, rounds: int, lifecycle: str) -> None:
+    async def waiting(self, *, next_try_in: float, rounds: int, market: str) -> None:
         """A round found nothing: record EC2's answers and when the next round starts (one PUT), for
         the run view. The attempt recorded for a replay stays as it was."""
         self._rounds = rounds
         try:
             await self.ledger.put_record(
-                self._doc(self._recorded, "backing-off", next_try_in=round(next_try_in, 1), lifecycle=lifecycle)
+                self._doc(
+                    self._recorded, "backing-off", next_try_in=round(next_try_in, 1), lifecycle=market
+                )  # the record keeps its field name
             )
         except (ClientError, *NO_ANSWER) as exc:  # only the run view misses it
             self.log.warning("could not record the capacity wait of session %d: %s", self.session, exc)
@@ -237,7 +238,7 @@ class SessionLauncher:
         return {
             "instance_type": attempt.pair.instance_type,
             "zone": attempt.pair.zone,
-            "lifecycle": attempt.lifecycle,
+            "lifecycle": attempt.market,
             "code": exc.code,
             "kind": exc.kind,
             "message": str(exc.message or "")[:ANSWER_MESSAGE_CHARS],
@@ -260,8 +261,8 @@ class SessionLauncher:
                     instance = await self.hook.a_launch(
                         self.spec,
                         attempt.pair,
-                        lifecycle=attempt.lifecycle,
-                        run_id=self.run_id,
+                        market=attempt.market,
+                        run_uri=self.run_uri,
                         session=self.session,
                         user_data=self.user_data,
                         expires_at=self.expires_at,
@@ -311,12 +312,12 @@ def launched_event(
     started_at: float,
     reused: bool,
     rounds: int,
-    lifecycle: str | None = None,
+    market: str | None = None,
     pair: Pair | None = None,
 ) -> dict:
     """The ``launched`` event, the same whether the trigger or the operator's first attempt launched."""
     tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-    lifecycle = lifecycle or tags.get(MARKET_TAG) or instance.get("InstanceLifecycle") or SPOT
+    market = market or tags.get(MARKET_TAG) or instance.get("InstanceLifecycle") or SPOT
     return {
         "status": "launched",
         "session": session,
@@ -324,7 +325,7 @@ def launched_event(
         "instance_type": instance.get("InstanceType"),
         "zone": instance.get("Placement", {}).get("AvailabilityZone") or (pair.zone if pair else None),
         "subnet_id": instance.get("SubnetId") or (pair.subnet_id if pair else None),
-        "lifecycle": ON_DEMAND if lifecycle in (ON_DEMAND, "scheduled") else SPOT,
+        "lifecycle": ON_DEMAND if market in (ON_DEMAND, "scheduled") else SPOT,
         "spot_price": price,
         "reused": reused,
         "rounds": rounds,

@@ -37,7 +37,7 @@ class Attempt:
     """One RunInstances of one session: a pair, a market, and the token that makes it idempotent."""
 
     pair: Pair
-    lifecycle: str
+    market: str
     token: str
 
     def as_dict(self) -> dict:
@@ -45,7 +45,7 @@ class Attempt:
             "instance_type": self.pair.instance_type,
             "subnet_id": self.pair.subnet_id,
             "zone": self.pair.zone,
-            "lifecycle": self.lifecycle,
+            "lifecycle": self.market,
             "token": self.token,
         }
 
@@ -69,7 +69,7 @@ class LaunchPlanner:
         self,
         pairs: Sequence[Pair],
         *,
-        run_id: str,
+        run_uri: str,
         session: int,
         policy: FallbackPolicy | None = None,
         interruptions: int = 0,
@@ -80,14 +80,14 @@ class LaunchPlanner:
         rng: random.Random | None = None,
     ) -> None:
         self.pairs = list(pairs)
-        self.run_id = run_id
+        self.run_uri = run_uri
         self.session = session
         self.policy = policy or FallbackPolicy()
         self.interruptions = interruptions
         self.cool_down = cool_down
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self.rng = rng or random.Random(f"{run_id}:{session}")
+        self.rng = rng or random.Random(f"{run_uri}:{session}")
         self.pending = replay  # an attempt whose answer is unknown: always tried first
         self.failed_at: dict[str, float] = {}
         self.failures_in_a_row = 0
@@ -95,8 +95,8 @@ class LaunchPlanner:
         self._tries = 0  # retries of the pending attempt in this round
         self._throttled = False
 
-    def lifecycle(self, waited_seconds: float) -> str:
-        return self.policy.lifecycle(
+    def market(self, waited_seconds: float) -> str:
+        return self.policy.market(
             capacity_failures_in_a_row=self.failures_in_a_row,
             interruptions=self.interruptions,
             waited_seconds=waited_seconds,
@@ -109,8 +109,8 @@ class LaunchPlanner:
             waited_seconds=waited_seconds,
         )
 
-    def attempt(self, pair: Pair, lifecycle: str) -> Attempt:
-        return Attempt(pair, lifecycle, client_token(self.run_id, self.session, pair, lifecycle))
+    def attempt(self, pair: Pair, market: str) -> Attempt:
+        return Attempt(pair, market, client_token(self.run_uri, self.session, pair, market))
 
     def round(self, now: float, waited_seconds: float) -> list[Attempt]:
         """The attempts of the next round, in order: the pending one first (alone: until its answer is
@@ -119,8 +119,8 @@ class LaunchPlanner:
         self._throttled = False
         if self.pending is not None:
             return [self.pending]
-        lifecycle = self.lifecycle(waited_seconds)
-        return [self.attempt(p, lifecycle) for p in order_pairs(self.pairs, self.failed_at, now, self.cool_down)]
+        market = self.market(waited_seconds)
+        return [self.attempt(p, market) for p in order_pairs(self.pairs, self.failed_at, now, self.cool_down)]
 
     def before(self, attempt: Attempt) -> None:
         """Called before the request is sent: until an answer says otherwise, its result is unknown."""

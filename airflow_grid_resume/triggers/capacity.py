@@ -32,9 +32,9 @@ def _duration(seconds: float) -> str:
 
 
 class SpotCapacityTrigger(BaseTrigger):
-    """Launch the instance of session ``session`` of run ``run_id``, waiting for capacity.
+    """Launch the instance of session ``session`` of the run at ``run_uri``, waiting for capacity.
 
-    Yields one event: ``launched`` (instance id, type, zone, subnet, lifecycle, spot price),
+    Yields one event: ``launched`` (instance id, type, zone, subnet, market, spot price),
     ``timeout`` (no capacity within ``max_wait`` seconds of ``started_at``), or ``error`` (a
     launch error waiting cannot fix, with the parameter to change). A restart re-runs from these
     kwargs: the tag lookup and per-pair ClientTokens make sure no second instance is launched.
@@ -43,7 +43,6 @@ class SpotCapacityTrigger(BaseTrigger):
     def __init__(
         self,
         *,
-        run_id: str,
         run_uri: str,
         session: int,
         spec: dict,
@@ -58,11 +57,11 @@ class SpotCapacityTrigger(BaseTrigger):
         interruptions: int = 0,
         deferred_at: float | None = None,
         expires_at: str | None = None,
+        run_id: str | None = None,  # the run URI again, from triggers serialized before run_uri said it alone
     ) -> None:
         super().__init__()
         self.expires_at = expires_at
         self.deferred_at = deferred_at
-        self.run_id = run_id
         self.run_uri = run_uri
         self.session = session
         self.spec = spec
@@ -80,7 +79,6 @@ class SpotCapacityTrigger(BaseTrigger):
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "run_id": self.run_id,
                 "run_uri": self.run_uri,
                 "session": self.session,
                 "spec": self.spec,
@@ -121,7 +119,6 @@ class SpotCapacityTrigger(BaseTrigger):
                 client,
                 AsyncLedgerReader(s3, self.run_uri, self.session),
                 spec=spec,
-                run_id=self.run_id,
                 run_uri=self.run_uri,
                 session=self.session,
                 region=self.region_name,
@@ -151,8 +148,8 @@ class SpotCapacityTrigger(BaseTrigger):
             assert planner is not None
             while True:
                 waited = time.time() - self.started_at
-                lifecycle = planner.lifecycle(waited)
-                if lifecycle != SPOT and not announced:
+                market = planner.market(waited)
+                if market != SPOT and not announced:
                     announced = True
                     reason = planner.fallback_reason(waited)
                     self.log.warning("falling back to on-demand for session %d: %s", self.session, reason)
@@ -170,7 +167,7 @@ class SpotCapacityTrigger(BaseTrigger):
                 if remaining <= 0:
                     zones = sorted({p.zone for p in pairs})
                     message = (
-                        f"no {lifecycle} capacity within {_duration(self.max_wait)} for any of "
+                        f"no {market} capacity within {_duration(self.max_wait)} for any of "
                         f"{', '.join(spec.instance_types)} in {', '.join(zones)}"
                     )
                     self.log.error("%s", message)
@@ -184,8 +181,8 @@ class SpotCapacityTrigger(BaseTrigger):
                     )
                     return
                 delay = min(remaining, backoff)
-                await launcher.waiting(next_try_in=delay, rounds=planner.rounds, lifecycle=lifecycle)
-                what = "spot" if lifecycle == SPOT else "on-demand"
+                await launcher.waiting(next_try_in=delay, rounds=planner.rounds, market=market)
+                what = "spot" if market == SPOT else "on-demand"
                 line = (
                     f"no {what} capacity for {', '.join(result.misses)}; next try in {_duration(delay)} "
                     f"(waited {_duration(time.time() - self.started_at)} of {_duration(self.max_wait)})"
