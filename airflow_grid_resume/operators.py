@@ -28,6 +28,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
+from airflow_grid_resume.ec2.launch import LaunchSpec, explain_fatal
+from airflow_grid_resume.ec2.prices import on_demand_price
+from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.hooks.base import hook_client
 from airflow_grid_resume.hooks.livequeue import LiveQueueHook, QueueRefused
 from airflow_grid_resume.hooks.spot import SpotLaunchHook, launch_error
@@ -55,10 +58,7 @@ from airflow_grid_resume.run.nextstep import (
 from airflow_grid_resume.run.options import RunOptions, seconds
 from airflow_grid_resume.run.summary import read_records, summarize, summary_lines
 from airflow_grid_resume.run.verdict import FAIL_RUN, REPORT, RETRY_INTERRUPTED, session_verdict
-from airflow_grid_resume.spot.launch import LaunchSpec, explain_fatal
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
-from airflow_grid_resume.spot.prices import on_demand_price
-from airflow_grid_resume.spot.tags import expiry_tag
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_grid_resume.spot.tags import EXPIRES_TAG, RUN_TAG, SESSION_TAG
+from airflow_grid_resume.ec2.tags import EXPIRES_TAG, RUN_TAG, SESSION_TAG
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 

@@ -29,7 +29,7 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 async def run(args: argparse.Namespace, cloud) -> dict:
     import boto3
 
-    from airflow_grid_resume.spot.launch import LaunchSpec
+    from airflow_grid_resume.ec2.launch import LaunchSpec
     from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 
     subnets = sorted(boto3.client("ec2").describe_subnets()["Subnets"], key=lambda s: s["AvailabilityZone"])[:2]

@@ -100,8 +100,8 @@ def measure(work: Path) -> int:
         os.environ["AWS_ENDPOINT_URL"] = airflow.endpoint_url
         queue_url = None
         if args.live_output == "sqs":
+            from airflow_grid_resume.ec2.tags import expiry_tag
             from airflow_grid_resume.hooks.livequeue import LiveQueueHook
-            from airflow_grid_resume.spot.tags import expiry_tag
 
             hook = LiveQueueHook(aws_conn_id=None, region_name="us-east-1")
             queue_url = hook.ensure_queue(run_uri, expiry_tag(time.time(), 1))

@@ -24,9 +24,9 @@ import boto3
 
 from airflow_grid_resume.demo.run import BUCKET, DAG_ID, TASK_ID, RunView
 from airflow_grid_resume.demo.stack import AirflowApi, wait_for
+from airflow_grid_resume.ec2.bootstrap import AGENT_KEY
 from airflow_grid_resume.run.ending import session_status
 from airflow_grid_resume.run.summary import read_records
-from airflow_grid_resume.spot.bootstrap import AGENT_KEY
 
 
 def say(message: str) -> None:

@@ -14,10 +14,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
 from airflow_grid_resume.agent.imds import ImdsClient
+from airflow_grid_resume.ec2.bootstrap import MARKER
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.emulator.cloud import SCHEDULED_STOP, _without_instances
 from airflow_grid_resume.emulator.faults import EC2_DEFAULT_BUCKETS, Faults, TokenBucket, bucket_key
-from airflow_grid_resume.spot.bootstrap import MARKER
 
 AMI = "ami-03cf127a"
 ONE_TRY = Config(retries={"mode": "standard", "total_max_attempts": 1}, read_timeout=10)

@@ -8,10 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from airflow_grid_resume.agent.deadline import group_kill_at, group_returncode, plan_final_sync, seconds_until_reclaim
-from airflow_grid_resume.ledger.errors import crash_hint
-from airflow_grid_resume.ledger.records import Heartbeat
-from airflow_grid_resume.reaper import select_reapable
-from airflow_grid_resume.spot.launch import (
+from airflow_grid_resume.ec2.launch import (
     CAPACITY,
     FATAL,
     ON_DEMAND,
@@ -22,6 +19,9 @@ from airflow_grid_resume.spot.launch import (
     Pair,
     classify_error,
 )
+from airflow_grid_resume.ledger.errors import crash_hint
+from airflow_grid_resume.ledger.records import Heartbeat
+from airflow_grid_resume.reaper import select_reapable
 from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, NEXT_PAIR, RETRY_SAME, Attempt, LaunchPlanner
 from airflow_grid_resume.watch.liveness import ALIVE, BOOTING, GONE, NO_AGENT, SILENT, Liveness
 

@@ -16,6 +16,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from airflow_grid_resume.ec2.bootstrap import AGENT_KEY, SPEC_KEY
+from airflow_grid_resume.ec2.tags import EXPIRES_TAG, expiry_tag
 from airflow_grid_resume.hooks.livequeue import LiveQueueHook, QueueRefused
 from airflow_grid_resume.ledger.live import LiveMessage, queue_name
 from airflow_grid_resume.ledger.records import Heartbeat
@@ -23,8 +25,6 @@ from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.reaper import reap
-from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
-from airflow_grid_resume.spot.tags import EXPIRES_TAG, expiry_tag
 from tests.test_spot_cloud import (  # noqa: F401 (fixtures)
     agent_pyz,
     cloud,

@@ -22,15 +22,15 @@ from botocore.exceptions import ClientError
 
 import airflow_grid_resume.triggers as triggers_pkg
 from airflow_grid_resume.agent.bundle import build_zipapp
+from airflow_grid_resume.ec2.bootstrap import AGENT_KEY, SPEC_KEY
+from airflow_grid_resume.ec2.launch import CAPACITY, THROTTLE, LaunchSpec, Pair
+from airflow_grid_resume.ec2.tags import RUN_TAG, run_tag_value
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.emulator.cloud import descendants, marked_processes
 from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook
 from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
-from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
-from airflow_grid_resume.spot.launch import CAPACITY, THROTTLE, LaunchSpec, Pair
-from airflow_grid_resume.spot.tags import RUN_TAG, run_tag_value
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import RunWatchTrigger
 

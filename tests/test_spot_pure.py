@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from airflow_grid_resume.spot.bootstrap import USER_DATA_LIMIT, parse_marker, render_user_data
-from airflow_grid_resume.spot.launch import (
+from airflow_grid_resume.ec2.bootstrap import USER_DATA_LIMIT, parse_marker, render_user_data
+from airflow_grid_resume.ec2.launch import (
     CAPACITY,
     FATAL,
     ON_DEMAND,
@@ -27,7 +27,7 @@ from airflow_grid_resume.spot.launch import (
     run_instances_params,
     session_tokens,
 )
-from airflow_grid_resume.spot.tags import run_tags
+from airflow_grid_resume.ec2.tags import run_tags
 
 CAPACITY_CODES = [
     "InsufficientInstanceCapacity",

@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import pytest
 
+from airflow_grid_resume.ec2.prices import on_demand_price
 from airflow_grid_resume.operators import generation_uri
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.run.ending import session_status
 from airflow_grid_resume.run.summary import session_seconds, summarize, summary_lines
-from airflow_grid_resume.spot.prices import on_demand_price
 from airflow_grid_resume.triggers.capacity import WaitLog
 from tests.conftest import OPERATOR_ARGS
 

@@ -41,6 +41,8 @@ from urllib.parse import parse_qsl, urlencode
 from xml.etree import ElementTree
 
 from airflow_grid_resume.agent.child import become_subreaper, reap_orphans
+from airflow_grid_resume.ec2.bootstrap import parse_marker
+from airflow_grid_resume.ec2.prices import on_demand_price
 from airflow_grid_resume.emulator import pages
 from airflow_grid_resume.emulator.faults import (
     FAULT_MESSAGE,
@@ -51,8 +53,6 @@ from airflow_grid_resume.emulator.faults import (
 )
 from airflow_grid_resume.emulator.imds import MetadataService
 from airflow_grid_resume.emulator.sqsweather import NEW_QUEUE_SECONDS, SqsWeather, fault_reply, throttled_reply
-from airflow_grid_resume.spot.bootstrap import parse_marker
-from airflow_grid_resume.spot.prices import on_demand_price
 
 DEFAULT_NOTICE_SECONDS = 120.0
 SPOT_TERMINATION = "Server.SpotInstanceTermination"

@@ -1,7 +1,7 @@
 """What every hook of this provider shares: which AWS answers are worth asking again, the retries themselves
 (sync and async twins), and an async client of any AWS hook for one ``async with``.
 
-Which error codes mean throttling or a transient server error is one table (``spot.launch.classify_error``);
+Which error codes mean throttling or a transient server error is one table (``ec2.launch.classify_error``);
 ``NO_ANSWER`` is botocore's "no answer at all" (refused, reset, read timeout), after which the request may or may
 not have been carried out.
 """
@@ -18,8 +18,8 @@ from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from airflow_grid_resume.ec2.launch import THROTTLE, TRANSIENT, classify_error
 from airflow_grid_resume.ledger.awserror import error_code
-from airflow_grid_resume.spot.launch import THROTTLE, TRANSIENT, classify_error
 
 T = TypeVar("T")
 # No answer at all (refused, reset, read timeout): for a launch, EC2 may have carried it out.

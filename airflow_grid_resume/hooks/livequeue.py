@@ -11,10 +11,10 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.sqs import SqsHook
 from botocore.exceptions import ClientError
 
+from airflow_grid_resume.ec2.tags import EXPIRES_TAG, RUN_TAG, run_tag_value
 from airflow_grid_resume.hooks.base import call_with_retries
 from airflow_grid_resume.ledger.awserror import error_codes, error_message
 from airflow_grid_resume.ledger.live import QUEUE_ATTRIBUTES, QUEUE_PREFIX, queue_name
-from airflow_grid_resume.spot.tags import EXPIRES_TAG, RUN_TAG, run_tag_value
 
 # Answers that mean "this deployment cannot have a queue now": the run then ships output through S3.
 NO_QUEUE = {

@@ -1,7 +1,7 @@
 """EC2 spot launches for grid-resume sessions: a thin hook over boto3 with aiobotocore twins.
 
 Sync methods serve the operator (on a worker); ``a_``-prefixed async twins serve the triggers.
-Pure request building and error classification live in :mod:`airflow_grid_resume.spot.launch`.
+Pure request building and error classification live in :mod:`airflow_grid_resume.ec2.launch`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from airflow_grid_resume.hooks.base import NO_ANSWER, a_call_with_retries, call_with_retries, hook_client
-from airflow_grid_resume.ledger.awserror import error_code, error_message
-from airflow_grid_resume.spot.launch import (
+from airflow_grid_resume.ec2.launch import (
     SPOT,
     LaunchSpec,
     Pair,
@@ -24,7 +22,9 @@ from airflow_grid_resume.spot.launch import (
     client_token,
     run_instances_params,
 )
-from airflow_grid_resume.spot.tags import MARKET_TAG, RUN_TAG, SESSION_TAG, run_tag_value, run_tags
+from airflow_grid_resume.ec2.tags import MARKET_TAG, RUN_TAG, SESSION_TAG, run_tag_value, run_tags
+from airflow_grid_resume.hooks.base import NO_ANSWER, a_call_with_retries, call_with_retries, hook_client
+from airflow_grid_resume.ledger.awserror import error_code, error_message
 
 # The EC2 states of an instance that is ending or ended: nothing runs on it any more.
 ENDED_STATES = ("shutting-down", "terminated")

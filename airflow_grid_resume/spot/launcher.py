@@ -16,11 +16,8 @@ from typing import Any, Protocol, TypeVar
 from botocore.exceptions import ClientError
 
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
-from airflow_grid_resume.hooks.base import NO_ANSWER
-from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, launch_error
-from airflow_grid_resume.ledger import records
-from airflow_grid_resume.spot.bootstrap import render_user_data
-from airflow_grid_resume.spot.launch import (
+from airflow_grid_resume.ec2.bootstrap import render_user_data
+from airflow_grid_resume.ec2.launch import (
     CAPACITY,
     ON_DEMAND,
     SPOT,
@@ -31,8 +28,11 @@ from airflow_grid_resume.spot.launch import (
     make_pairs,
     session_tokens,
 )
+from airflow_grid_resume.ec2.tags import MARKET_TAG
+from airflow_grid_resume.hooks.base import NO_ANSWER
+from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, launch_error
+from airflow_grid_resume.ledger import records
 from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, RETRY_SAME, Attempt, LaunchPlanner
-from airflow_grid_resume.spot.tags import MARKET_TAG
 
 # How much of EC2's error message the wait record keeps (the code says what happened; the message, where).
 ANSWER_MESSAGE_CHARS = 200

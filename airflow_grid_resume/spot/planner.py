@@ -14,7 +14,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from airflow_grid_resume.spot.launch import (
+from airflow_grid_resume.ec2.launch import (
     CAPACITY,
     FATAL,
     SPOT,
@@ -130,7 +130,7 @@ class LaunchPlanner:
         self.pending = None
 
     def failed(self, attempt: Attempt, kind: str, now: float) -> str:
-        """What to do after ``attempt`` failed with an error of ``kind`` (spot.launch.classify_error)."""
+        """What to do after ``attempt`` failed with an error of ``kind`` (ec2.launch.classify_error)."""
         if kind == TRANSIENT:
             self._tries += 1
             return RETRY_SAME if self._tries <= TRANSIENT_RETRIES else END_ROUND

@@ -210,7 +210,7 @@ def current_state(
     return state
 
 
-# What EC2's answer to a launch means, for the run view (codes: spot.launch.CAPACITY_CODES and THROTTLE_CODES).
+# What EC2's answer to a launch means, for the run view (codes: ec2.launch.CAPACITY_CODES and THROTTLE_CODES).
 EC2_ANSWERS = {
     "InsufficientInstanceCapacity": "no capacity for it there now",
     "InsufficientCapacity": "no capacity for it there now",

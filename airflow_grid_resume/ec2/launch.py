@@ -10,7 +10,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from airflow_grid_resume.spot.tags import RESERVED_PREFIXES
+from airflow_grid_resume.ec2.tags import RESERVED_PREFIXES
 
 SPOT = "spot"
 ON_DEMAND = "on-demand"
