@@ -16,7 +16,7 @@ import pytest
 
 from airflow_grid_resume.demo.chaos import HARD_LOSS, NOTICE, WITHHOLD, ChaosSchedule
 from airflow_grid_resume.demo.report import last_step, resumed_at, steps_lost, summary_lines, verdict
-from airflow_grid_resume.demo.timeline import timeline_svg
+from airflow_grid_resume.ui.timeline import timeline_svg
 
 TRAIN = Path(__file__).resolve().parent.parent / "dags" / "demo_training" / "train.py"
 

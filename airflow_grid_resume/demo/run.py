@@ -28,13 +28,13 @@ from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.demo.chaos import HARD_LOSS, ChaosSchedule
 from airflow_grid_resume.demo.report import last_step, misread_sessions, steps_lost, summary_lines, verdict
 from airflow_grid_resume.demo.stack import AirflowStack
-from airflow_grid_resume.demo.timeline import timeline_svg
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.ledger import layout
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.run.ending import session_status
 from airflow_grid_resume.run.summary import read_records, session_span, summarize
+from airflow_grid_resume.ui.timeline import timeline_svg
 
 DAG_ID, TASK_ID, BUCKET, AMI = "grid_resume_demo", "train_digits", "grid-demo", "ami-03cf127a"
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from airflow_grid_resume.demo.timeline import timeline_svg
+from airflow_grid_resume.ui.timeline import timeline_svg
 
 REFRESH_SECONDS = 5
 STYLE = """
