@@ -23,6 +23,7 @@ WORKERS ?= 2
 test: $(STAMP) system-deps
 	$(PY) -m ruff check .
 	$(PY) scripts/check_imports.py
+	$(PY) -m mypy
 	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile
 
 # The seeded simulation of the whole lifecycle under every fault (tests/test_chaos.py): make test runs a fixed
@@ -41,6 +42,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) scripts/check_imports.py
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 agent: $(STAMP)
 	$(VENV)/bin/grid-resume build-agent dist/grid-resume-agent.pyz

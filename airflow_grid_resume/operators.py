@@ -249,7 +249,7 @@ class GridRunOperator(BaseOperator):
             self.retry_policy = InterruptionRetryPolicy(self.interruption_retry_delay, inner=self.retry_policy)
 
     @classmethod
-    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+    def partial(cls, **kwargs: Any) -> Any:
         """Mapped tasks: the scheduler takes a mapped task's ``retries`` from its partial arguments,
         before any ``__init__`` runs, so the interruption budget is added here as well."""
         op_partial = sdk_partial(cls, **kwargs)
@@ -381,7 +381,7 @@ class GridRunOperator(BaseOperator):
         if not exhausted:
             return False
         ti = context.get("ti")
-        if not first_try_of_cycle(getattr(ti, "try_number", None), getattr(ti, "max_tries", None), self.retries):
+        if not first_try_of_cycle(getattr(ti, "try_number", None), getattr(ti, "max_tries", None), self.retries or 0):
             raise self._fail(ledger, session, exhausted)
         self._end_run(ledger, session, SessionStatus.FAILED, exhausted.splitlines()[0])
         self.log.info(
@@ -682,7 +682,11 @@ class GridRunOperator(BaseOperator):
             )
         self.log.info("session %d: %s", session, describe_launch(event))
         launch = Launch(
-            **{k: event.get(k) for k in ("instance_id", "instance_type", "zone", "subnet_id", "lifecycle")},
+            instance_id=str(event["instance_id"]),
+            instance_type=event.get("instance_type"),
+            zone=event.get("zone"),
+            subnet_id=event.get("subnet_id"),
+            lifecycle=event.get("lifecycle"),
             spot_price=float(event["spot_price"]) if event.get("spot_price") else None,
             on_demand_price=on_demand_price(event.get("instance_type"), self.on_demand_prices),
             launched_at=float(event.get("launched_at") or time.time()),

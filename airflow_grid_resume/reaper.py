@@ -14,6 +14,7 @@ prefix and carrying that tag are considered.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -138,7 +139,7 @@ def reap(
     terminated = []
     if apply:
         for item in selected:
-            call_with_retries(lambda i=item.instance_id: ec2_client.terminate_instances(InstanceIds=[i]))
+            call_with_retries(functools.partial(ec2_client.terminate_instances, InstanceIds=[item.instance_id]))
             terminated.append(item.instance_id)
     return {
         "reapable": [item.__dict__ for item in selected],

@@ -170,7 +170,7 @@ class Child:
 def reap_orphans() -> list[int]:
     """Reap any exited process re-parented to the agent (it is their subreaper); their exit codes, in
     the order reaped (Popen's convention: -N for a process killed by signal N)."""
-    codes = []
+    codes: list[int] = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)

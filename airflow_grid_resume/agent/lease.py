@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from airflow_grid_resume.ledger import layout, records
 from airflow_grid_resume.ledger.errors import LeaseHeldError, ManifestError
@@ -40,7 +41,7 @@ class Lease:
     ttl: float
     unsure: list[bytes] = field(default_factory=list)  # writes that raised since the last confirmed one
 
-    def renew(self, now: float | None = None, **fields: object) -> None:
+    def renew(self, now: float | None = None, **fields: Any) -> None:
         """Extend the lease; raises ConditionalWriteLost if another agent took it."""
         now = time.time() if now is None else now
         self._write(dataclasses.replace(self.record, **fields, renewed_at=now, expires_at=now + self.ttl))

@@ -31,7 +31,9 @@ DEFAULT_DURABLE_INTERVAL = 60.0
 
 
 class LiveChannel(Protocol):
-    """What the shipper needs of the live-output sender (``livesend.LiveSender``)."""
+    """What the shipper and the supervisor need of the live-output sender (``livesend.LiveSender``)."""
+
+    sent_at: float  # monotonic time of the last message that SQS accepted
 
     def up(self) -> bool: ...
 

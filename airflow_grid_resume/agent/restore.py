@@ -234,8 +234,9 @@ class Restorer:
             step = _recorded_step(manifest.extra)
             if step is not None:
                 result.steps[manifest.name] = step
-            if self.set_aside:
-                where = ", ".join(result.set_aside_record()["dirs"])  # type: ignore[index]
+            kept = result.set_aside_record()
+            if self.set_aside and kept:
+                where = ", ".join(kept["dirs"])
                 log.warning(
                     "%d local path(s) differed from the checkpoint and were set aside under %s (synced with the "
                     "workdir; nothing was overwritten): %s%s",
@@ -604,10 +605,11 @@ def _run_all(pool: ThreadPoolExecutor, tasks: list[tuple]) -> list:
     futures = [pool.submit(fn, *args) for fn, *args in tasks]
     done, _ = wait(futures, return_when=FIRST_EXCEPTION)
     for fut in done:
-        if fut.exception() is not None:
+        failure = fut.exception()
+        if failure is not None:
             for other in futures:
                 other.cancel()
-            raise fut.exception()  # type: ignore[misc]
+            raise failure
     return [f.result() for f in futures]
 
 

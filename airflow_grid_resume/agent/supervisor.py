@@ -357,7 +357,7 @@ class Supervisor:
         self._child = child
         self._set_state("running")
         log.info("started the command (pid %d): %s", child.pid, " ".join(self.o.command))
-        threading.Thread(target=lambda: self.events.put(Exited(child.wait())), daemon=True).start()
+        threading.Thread(target=lambda: self.events.put(Exited(child.proc.wait())), daemon=True).start()
         returncode, signalled, killed = self._watch(child)
         stragglers = child.finish(grace=max(1.0, self.o.min_grace))
         result = classify(returncode, signalled=signalled, killed_after_deadline=killed)
@@ -565,8 +565,9 @@ class Supervisor:
             manifest = self.syncer.last_manifest.name
         exit_code = result.agent_exit_code
         status, warnings = result.status, [*result.warnings, *self.notice_warnings]
-        if restored.fallback_note():
-            warnings.insert(0, restored.fallback_note())
+        fallback = restored.fallback_note()
+        if fallback:
+            warnings.insert(0, fallback)
         if sync_error:
             warnings.append(f"the final sync failed: {sync_error}")
             if result.status != FAILED:
@@ -794,6 +795,8 @@ def configure_logging(verbose: bool = False) -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[grid-resume] %(asctime)s %(levelname)s %(message)s"))
+    # A mark on the handler, so configuring again (a second agent in one process: tests, verify) adds no other;
+    # logging.Handler declares no such attribute.
     handler._grid_resume = True  # type: ignore[attr-defined]
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)

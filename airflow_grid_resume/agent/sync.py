@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter, StatKey, now_ns, walk
 from airflow_grid_resume.ledger.errors import UnstorablePathError
@@ -357,7 +358,8 @@ class Syncer:
         where = self._where.get(digest.sha256)
         if where is None or (st.st_size < self.small_file) != (where[0] is not None):
             return None
-        return _entry(rel, st, digest.sha256, pack=where[0] or "", offset=where[1])  # type: ignore[arg-type]
+        pack = where[0] if isinstance(where[0], str) else ""  # committed locations name their pack
+        return _entry(rel, st, digest.sha256, pack=pack, offset=where[1])
 
     def _advance_pointer(self, manifest: Manifest) -> None:
         """Best effort: restore finds a newer manifest by a LIST when the pointer lags."""
@@ -398,6 +400,7 @@ class Syncer:
         try:
             for rel, st in to_hash:
                 hashed_at = now_ns()
+                futures: list[Future[Any]]
                 if st.st_size < self.small_file:
                     futures = [pool.submit(self._small, rel, st, counters, cancel)]
                 elif st.st_size <= self.chunk_size:
@@ -426,7 +429,7 @@ class Syncer:
                     raise exc
             wait(all_futures)
             for rel, st, hashed_at, futures in jobs:
-                errors = [f.exception() for f in futures if f.exception() is not None]
+                errors = [e for e in (f.exception() for f in futures) if e is not None]
                 if errors:
                     if not all(isinstance(e, FileChanged) for e in errors):
                         failed = True
@@ -443,7 +446,7 @@ class Syncer:
                     entries[rel] = (rel, st, sha, pack, offset)
                     self.cache.store(rel, st, Digest(sha, ()), hashed_at_ns=hashed_at)
                     continue
-                shas = tuple(f.result() for f in futures)
+                shas: tuple[str, ...] = tuple(f.result() for f in futures)
                 digest = Digest(chunk_root(shas), shas) if st.st_size > self.chunk_size else Digest(shas[0], ())
                 entries[rel] = _entry(rel, st, digest.sha256, digest.chunks)
                 self.cache.store(rel, st, digest, hashed_at_ns=hashed_at)

@@ -84,6 +84,7 @@ class SignedSender:
     ) -> tuple[int, Any, bytes]:
         """(status, headers, body) of one signed request."""
         headers["User-Agent"] = self.user_agent
+        assert self.credentials is not None and self.http is not None, "send() is for a sender that is ok"
         creds = await self.credentials.get_frozen_credentials()
         signed = self.signer.headers(
             method,

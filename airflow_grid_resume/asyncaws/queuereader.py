@@ -27,7 +27,7 @@ FAILURE_LOG_INTERVAL = 300.0
 class LiveQueueReader:
     """Receives session ``session``'s messages from ``queue_url``; ``stopped`` says why it gave up."""
 
-    def __init__(self, client: Any, queue_url: str, session: int, logger: logging.Logger | None = None) -> None:
+    def __init__(self, client: Any, queue_url: str, session: int, logger: Any = None) -> None:
         self.client = client
         self.log = logger or log
         self.queue_url = queue_url
@@ -61,7 +61,7 @@ class LiveQueueReader:
         except BotoCoreError as exc:
             self._log_failure(exc)
             return None
-        out = []
+        out: list[LiveMessage] = []
         for item in answer.get("Messages", []):
             try:
                 message = parse_body(str(item.get("Body", "")))

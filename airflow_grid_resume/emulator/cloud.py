@@ -20,6 +20,7 @@ import argparse
 import base64
 import contextlib
 import faulthandler
+import functools
 import hashlib
 import io
 import json
@@ -262,7 +263,7 @@ class SpotCloud:
     # -- capacity ------------------------------------------------------------------------------
     def set_capacity(
         self, instance_type: str, zone: str, available: bool, for_seconds: float | None, market: str
-    ) -> dict:
+    ) -> list[dict]:
         markets = ("spot", "on-demand") if market == "all" else (market,)
         with self.lock:
             for m in markets:
@@ -401,7 +402,7 @@ class SpotCloud:
                 continue
             if instance.proc and instance.proc.poll() is None:
                 kill_tree(instance.proc.pid, signal.SIGTERM)  # the OS shutting down
-            self._later(2.0, lambda i=instance: self._terminate(i, "Client.UserInitiatedShutdown", kill=True))
+            self._later(2.0, functools.partial(self._terminate, instance, "Client.UserInitiatedShutdown", kill=True))
 
     def interrupt(self, instance_id: str, in_seconds: float, notice: bool) -> dict:
         instance = self.instances.get(instance_id)
@@ -446,8 +447,8 @@ class SpotCloud:
         for timer in timers:
             timer.cancel()
         for instance in instances:
-            alive = instance.proc is not None and instance.proc.poll() is None
-            kill_instance(instance.instance_id, instance.proc.pid if alive else None)
+            proc = instance.proc
+            kill_instance(instance.instance_id, proc.pid if proc is not None and proc.poll() is None else None)
             if instance.proc is not None:
                 instance.proc.wait()
             if instance.state == "running":

@@ -74,7 +74,7 @@ class FaultProxy:
     @property
     def endpoint_url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def add_rule(self, rule: FaultRule) -> FaultRule:
         with self._lock:

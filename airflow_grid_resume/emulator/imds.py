@@ -82,7 +82,7 @@ class MetadataService:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> MetadataService:
         self._thread = threading.Thread(target=self._server.serve_forever, name="imds-emulator", daemon=True)
@@ -233,9 +233,9 @@ class MetadataService:
             return 200, "text/plain", token
         if method != "GET":
             return 405, "text/plain", "Method Not Allowed"
-        token = headers.get("x-aws-ec2-metadata-token")
+        asked = headers.get("x-aws-ec2-metadata-token")
         with self._lock:
-            expires = self._tokens.get(token or "")
+            expires = self._tokens.get(asked or "")
         if expires is None or expires < now:
             return 401, "text/plain", "Unauthorized"
         return self._metadata(path, now)

@@ -71,7 +71,8 @@ class _client:
     """``async with`` over a caller's long-lived client (left open) or a fresh one (closed)."""
 
     def __init__(self, hook: AwsBaseHook, client: Any) -> None:
-        self.hook, self.client, self._cm = hook, client, None
+        self.hook, self.client = hook, client
+        self._cm: Any = None
 
     async def __aenter__(self) -> Any:
         if self.client is not None:

@@ -4,6 +4,7 @@ contract). A thin hook over SQS; the run watch reads the queue through its async
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +42,7 @@ def project_queues(client: Any) -> list[tuple[str, dict[str, str]]]:
     out = []
     for url in [u for page in pages for u in page.get("QueueUrls", [])]:
         try:
-            tags = call_with_retries(lambda u=url: client.list_queue_tags(QueueUrl=u)).get("Tags", {})
+            tags = call_with_retries(functools.partial(client.list_queue_tags, QueueUrl=url)).get("Tags", {})
         except ClientError as exc:
             if is_missing(exc):
                 continue

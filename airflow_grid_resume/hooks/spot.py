@@ -7,6 +7,7 @@ Pure request building and error classification live in :mod:`airflow_grid_resume
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -116,7 +117,9 @@ class SpotLaunchHook(AwsBaseHook):
                     {"Name": "client-token", "Values": tokens[start : start + MAX_FILTER_VALUES]},
                     {"Name": "instance-state-name", "Values": LIVE_STATES},
                 ]
-                found = _first_instance(await a_call_with_retries(lambda f=filters: ec2.describe_instances(Filters=f)))
+                found = _first_instance(
+                    await a_call_with_retries(functools.partial(ec2.describe_instances, Filters=filters))
+                )
                 if found is not None:
                     return found
         return None
@@ -223,7 +226,7 @@ class SpotLaunchHook(AwsBaseHook):
         """TerminateInstances, retried (it is idempotent); an id EC2 does not know is skipped."""
         for instance_id in instance_ids:
             try:
-                call_with_retries(lambda i=instance_id: self.conn.terminate_instances(InstanceIds=[i]))
+                call_with_retries(functools.partial(self.conn.terminate_instances, InstanceIds=[instance_id]))
             except ClientError as exc:
                 if "InvalidInstanceID" not in launch_error(exc).code:
                     raise
@@ -232,7 +235,7 @@ class SpotLaunchHook(AwsBaseHook):
         async with hook_client(self, client) as ec2:
             for instance_id in instance_ids:
                 try:
-                    await a_call_with_retries(lambda i=instance_id: ec2.terminate_instances(InstanceIds=[i]))
+                    await a_call_with_retries(functools.partial(ec2.terminate_instances, InstanceIds=[instance_id]))
                 except ClientError as exc:
                     if "InvalidInstanceID" not in launch_error(exc).code:
                         raise

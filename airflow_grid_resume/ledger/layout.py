@@ -168,7 +168,9 @@ class Pointer:
         except ManifestError:
             return None
         name = doc.get("manifest")
-        parsed = parse_manifest_name(name) if isinstance(name, str) else None
+        if not isinstance(name, str):
+            return None
+        parsed = parse_manifest_name(name)
         if parsed is None:
             return None
-        return cls(name, parsed[0], parsed[1], str(doc.get("created_at", "")))  # type: ignore[arg-type]
+        return cls(name, parsed[0], parsed[1], str(doc.get("created_at", "")))

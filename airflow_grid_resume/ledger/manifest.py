@@ -179,7 +179,7 @@ def _int(doc: dict, key: str, what: str, *, minimum: int = 0) -> int:
 
 def _path(doc: dict, what: str) -> str:
     try:
-        return check_relative_path(doc.get("path"))
+        return check_relative_path(str(doc.get("path", "")))
     except UnsafePathError as exc:
         raise ManifestError(f"{what}: unsafe path rejected: {exc}") from exc
 
@@ -260,7 +260,7 @@ def parse_manifest(data: bytes, *, name: str = "manifest") -> Manifest:
         files=tuple(files),
         links=tuple(links),
         dirs=tuple(dirs),
-        extra=doc.get("extra") if isinstance(doc.get("extra"), dict) else {},
+        extra=doc["extra"] if isinstance(doc.get("extra"), dict) else {},
         version=version,
     )
 

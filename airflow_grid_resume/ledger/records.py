@@ -143,6 +143,7 @@ def _fields(cls: type) -> tuple[dict[str, _FieldType], tuple[str, ...]]:
 try:  # X | Y at runtime (3.10+)
     from types import UnionType as _UnionType
 except ImportError:  # pragma: no cover
+    # Python 3.9 has no types.UnionType (X | Y at runtime): typing.Union stands in; the checker runs on 3.10+.
     _UnionType = typing.Union  # type: ignore[assignment,misc]
 
 

@@ -6,6 +6,7 @@ in :mod:`airflow_grid_resume.ledger.layout`, the manifest format in :mod:`.manif
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import re
@@ -164,6 +165,7 @@ class RunLedger:
     def put_json(self, key: str, doc: dict) -> str:
         return self.put(key, json_bytes(doc))
 
+    # (Within this class, "list" is this method: annotations below spell the built-in builtins.list.)
     def list(self, prefix: str, *, start_after: str | None = None, delimiter: str | None = None) -> Iterator[dict]:
         """Every object (or common prefix, as ``{"Prefix": ...}``) under ``prefix``, in key order."""
         kwargs: dict[str, Any] = {"Bucket": self.location.bucket, "Prefix": prefix}
@@ -254,7 +256,7 @@ class RunLedger:
         self.client.delete_object(Bucket=self.location.bucket, Key=key)
         return True
 
-    def delete_keys(self, keys: list[str]) -> int:
+    def delete_keys(self, keys: builtins.list[str]) -> int:
         """Delete keys, 1,000 per request (S3's limit); returns how many were deleted."""
         deleted = 0
         for i in range(0, len(keys), 1000):
@@ -272,7 +274,7 @@ class RunLedger:
         return deleted
 
     # -- manifests --------------------------------------------------------------------------
-    def list_manifests(self, *, from_name: str | None = None) -> list[StoredManifest]:
+    def list_manifests(self, *, from_name: str | None = None) -> builtins.list[StoredManifest]:
         """Every manifest, newest first; with ``from_name``, only that one (if it exists) and newer:
         one LIST starting right before it, whatever the number of older manifests."""
         prefix = self.key(layout.MANIFESTS) + "/"
@@ -333,7 +335,7 @@ class RunLedger:
         raise ConditionalWriteLost(f"{key} kept changing while it was being advanced")
 
     # -- sessions ---------------------------------------------------------------------------
-    def list_sessions(self) -> list[int]:
+    def list_sessions(self) -> builtins.list[int]:
         prefix = self.key(layout.SESSIONS) + "/"
         out = []
         for item in self.list(prefix, delimiter="/"):

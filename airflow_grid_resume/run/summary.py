@@ -101,7 +101,7 @@ def session_seconds(record: Mapping[str, Any]) -> float:
     return 0.0 if start is None or end is None else max(0.0, end - start)
 
 
-def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = None) -> dict[str, Any]:
+def summarize(records: Sequence[Mapping[str, Any]], *, final_outcome: str | None = None) -> dict[str, Any]:
     """Aggregate per-session records (in session order) into the run summary."""
     sessions = []
     totals = {"spot": 0.0, "on-demand": 0.0}
@@ -141,10 +141,10 @@ def summarize(records: list[Mapping[str, Any]], *, final_outcome: str | None = N
         detail["progress"] = progress if progress["last"] is not None else None
         lost, at_least = losses.get(int(record.get("session") or 0), (None, False))
         detail["steps_lost"], detail["steps_lost_at_least"] = lost, at_least
-    lost = [d["steps_lost"] for d in sessions if d["steps_lost"] is not None]
+    redone = [d["steps_lost"] for d in sessions if d["steps_lost"] is not None]
     statuses = [s["status"] for s in sessions]
     return {
-        "steps_lost": sum(lost) if lost else None,
+        "steps_lost": sum(redone) if redone else None,
         "steps_lost_at_least": any(d["steps_lost_at_least"] for d in sessions),
         "sessions": len(sessions),
         "interruptions": sum(1 for s in statuses if SessionStatus(s).is_interruption),

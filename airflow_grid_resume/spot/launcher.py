@@ -116,7 +116,15 @@ class SessionLauncher:
         self._answers: list[dict] = []  # of the last round that ended
         self._rounds = 0
 
-    async def start(self, *, fallback: dict | None, interruptions: int, **planner_options: float) -> Start:
+    async def start(
+        self,
+        *,
+        fallback: dict | None,
+        interruptions: int,
+        cool_down: float = 300.0,
+        backoff_base: float = 15.0,
+        backoff_max: float = 300.0,
+    ) -> Start:
         """The pairs, then the session's instance if it has one, else the planner of its rounds (the last
         recorded attempt replayed first). Raises PairsUnknown when the subnets cannot be read."""
         try:
@@ -134,7 +142,9 @@ class SessionLauncher:
             policy=FallbackPolicy(**(fallback or {})),
             interruptions=interruptions,
             replay=await self.last_attempt(),
-            **planner_options,
+            cool_down=cool_down,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
         )
         return Start(pairs, planner=planner)
 

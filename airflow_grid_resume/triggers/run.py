@@ -187,10 +187,10 @@ class AsyncLedgerReader:
         self.outcome_listed = any(key == self._outcome_key for key, _ in listing)
         out = bytearray()
         for key, byte_range in plan_log_reads(listing, prefix, offset, limit):
-            data = await self.get(key, byte_range)
-            if data is None:
+            chunk = await self.get(key, byte_range)
+            if chunk is None:
                 break
-            out += data
+            out += chunk
             self._chunk_end = offset + len(out)  # whole chunks (or a chunk's tail) are read: a chunk ends here
         return bytes(out), offset + len(out)
 
@@ -292,6 +292,8 @@ class RunWatchTrigger(BaseTrigger):
         self._merge = OutputMerge(self.log_offset)  # restarted where watch.json says, once it is read
         self._s3_at = self.log_offset  # where the next S3 read of the output starts
         self._s3_found = False
+        self._live_heard = False  # a live message came since the last S3 read
+        self._live_final = False  # the final live message came
         self._offset_logged = self._offset_saved = -1
         self._offset_saved_at = 0.0
         liveness = Liveness(

@@ -321,7 +321,7 @@ def _eta(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], now: floa
     done, total, first = progress.get("done"), progress.get("total"), progress.get("first")
     start = rows[-1].get("start") if rows else None
     epoch = beat.get("epoch")
-    if None in (done, total, epoch, start):
+    if done is None or total is None or epoch is None or start is None:
         return None
     base = first if first is not None else (rows[-2].get("progress_last") or 0 if len(rows) > 1 else 0)
     elapsed = float(epoch) - float(start)
@@ -470,7 +470,8 @@ def timeline(rows: Sequence[Mapping[str, Any]], docs: Mapping[str, Any], now: fl
 def fleet(runs: Sequence[Mapping[str, Any]], *, now: float, since: float) -> dict[str, Any]:
     """The dashboard over many runs: ``runs`` are ``{"dag_id", "task_id", "run_id", "map_index",
     "ti_state", "view"}`` with ``view`` from :func:`run_view`. Counts only sessions started after ``since``."""
-    rows, per_pair = [], {}
+    rows: list[dict[str, Any]] = []
+    per_pair: dict[Any, Any] = {}
     totals = {
         "waiting": 0,
         "running": 0,

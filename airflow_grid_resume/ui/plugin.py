@@ -15,9 +15,8 @@ def operator_links() -> list:
     from airflow_grid_resume.operators import GridRunOperator
     from airflow_grid_resume.ui.trylink import TryInstanceLink
 
-    link = TryInstanceLink()
-    link.operators = [GridRunOperator]  # type: ignore[attr-defined]
-    return [link]
+    TryInstanceLink.operators = [GridRunOperator]
+    return [TryInstanceLink()]
 
 
 class GridResumePlugin(AirflowPlugin):

@@ -49,9 +49,10 @@ def _usd(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.4f} USD"
 
 
-def _bytes(value: int | None) -> str:
-    if value is None:
+def _bytes(count: int | None) -> str:
+    if count is None:
         return "?"
+    value = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"

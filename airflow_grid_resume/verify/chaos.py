@@ -93,7 +93,7 @@ def progress_target(
     agent polls its metadata service; a busy machine adds seconds), and a target close to the end of a
     short run would let the script finish first."""
     first, last = span
-    target = round(first + fraction * (last - first))
+    target: float = round(first + fraction * (last - first))
     if reached is not None:
         target = max(target, reached + max(1, round(MIN_STEP_SHARE * (last - first))))
     target = min(target, last - math.ceil(margin_steps))

@@ -575,9 +575,9 @@ def check_outputs(outputs: OutputDiff | None, globs: Sequence[str], finished: bo
     if not outputs.matches:
         details = []
         for p in outputs.different:
-            c = outputs.contents.get(p)
-            details.append(f"differs: {p}" + (f": {c.summary}" if c else ""))
-            details += [f"  {d}" for d in (c.details if c else ())]
+            found = outputs.contents.get(p)
+            details.append(f"differs: {p}" + (f": {found.summary}" if found else ""))
+            details += [f"  {d}" for d in (found.details if found else ())]
         details += [f"missing after interruptions: {p}" for p in outputs.missing]
         details += [f"only after interruptions: {p}" for p in outputs.extra]
         names = outputs.different + outputs.missing + outputs.extra
