@@ -26,17 +26,17 @@ test: $(STAMP) system-deps
 	$(PY) -m mypy
 	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile
 
-# The seeded simulation of the whole lifecycle under every fault (tests/test_chaos.py): make test runs a fixed
+# The seeded simulation of the whole lifecycle under every fault (tests/system/test_chaos.py): make test runs a fixed
 # set of seeds; make chaos SEEDS=N runs seeds 1..N (about a minute each).
 SEEDS ?= 20
 chaos: $(STAMP) system-deps
-	GRID_CHAOS_SEEDS="$$(seq -s ' ' 1 $(SEEDS))" $(PY) -m pytest -q tests/test_chaos.py -k seed
+	GRID_CHAOS_SEEDS="$$(seq -s ' ' 1 $(SEEDS))" $(PY) -m pytest -q tests/system/test_chaos.py -k seed
 
-# The same seeded schedules on the real scheduler, triggerer and metadata DB (tests/test_real_airflow.py), with
+# The same seeded schedules on the real scheduler, triggerer and metadata DB (tests/system/test_real_airflow.py), with
 # the seeds' kills of the worker, the triggerer and the scheduler: make test runs one seed; make chaos-real SEEDS=N
 # runs seeds 1..N (about 3 minutes each).
 chaos-real: $(STAMP) system-deps
-	GRID_CHAOS_REAL_SEEDS="$$(seq -s ' ' 1 $(SEEDS))" $(PY) -m pytest -q tests/test_real_airflow.py -k seed
+	GRID_CHAOS_REAL_SEEDS="$$(seq -s ' ' 1 $(SEEDS))" $(PY) -m pytest -q tests/system/test_real_airflow.py -k seed
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,6 +1,6 @@
 """The chaos simulation's shared parts: the seeded schedule, the thread that carries it out on the local spot
-cloud, and the invariant checks. ``tests/test_chaos.py`` runs seeds under ``dag.test()``;
-``tests/test_real_airflow.py`` runs seeds on the real scheduler, triggerer and metadata DB, where the schedule
+cloud, and the invariant checks. ``tests/system/test_chaos.py`` runs seeds under ``dag.test()``;
+``tests/system/test_real_airflow.py`` runs seeds on the real scheduler, triggerer and metadata DB, where the schedule
 also kills those processes."""
 
 from __future__ import annotations

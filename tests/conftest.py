@@ -48,22 +48,23 @@ def pytest_configure(config: pytest.Config) -> None:
 # dag.test runs), longest first. make test hands whole files to two xdist workers in collection order
 # (--dist loadfile), so starting these first lets both workers finish together instead of one waiting on a long tail.
 LONGEST_FILES = (
-    "test_operator.py",
-    "test_verify.py",
-    "test_real_airflow_ha.py",
-    "test_agent.py",
-    "test_spot_cloud.py",
-    "test_chaos.py",
-    "test_ui_browser.py",
+    "test_operators.py",
+    "verify/test_verify.py",
+    "system/test_real_airflow_ha.py",
+    "agent/test_supervisor.py",
+    "triggers/test_spot_cloud.py",
+    "system/test_chaos.py",
+    "ui/test_browser.py",
     "test_user_guide.py",
-    "test_real_airflow.py",
+    "system/test_real_airflow.py",
 )
+TESTS = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Collect the longest files first (a stable sort: the order within a file is kept)."""
     rank = {name: index for index, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    items.sort(key=lambda item: rank.get(item.path.relative_to(TESTS).as_posix(), len(rank)))
 
 
 @pytest.fixture(scope="session")

@@ -621,7 +621,7 @@ class RunWatchTrigger(BaseTrigger):
         ``cancelling_triggers`` until the trigger has finished) and swallows the CancelledError that interrupts
         ``on_kill`` (``run_trigger`` in airflow/jobs/triggerer_job_runner.py; ``on_kill`` came with
         apache/airflow#65590), so an on_kill still retrying TerminateInstances after one sync was abandoned
-        with the instance running (found by the real-components chaos test, tests/test_real_airflow.py)."""
+        with the instance running (found by the real-components chaos test, tests/system/test_real_airflow.py)."""
         self.log.warning("task stopped by a user: terminating instance %s", self.instance_id)
         task = asyncio.ensure_future(self._terminate_for_user())
         _ON_KILL_TASKS.add(task)  # the event loop keeps only a weak reference to a task

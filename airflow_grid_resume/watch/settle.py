@@ -4,7 +4,7 @@ Seen with Airflow 3.3.2's scheduler and LocalExecutor: when a trigger fires befo
 reported the deferring workload's exit, the scheduler reads that late "success" event as a queued
 task whose process died, marks the try up for retry (the user's ``retry_delay``, not ours) and kills
 the resumed workload. The gap was up to about 5 s on a loaded 2-core machine (CI, 2026-11-25, SQLite);
-on PostgreSQL 0.6-0.7 s, but 5.7 and 6.5 s for a run's first deferral (tests/test_real_airflow_ha.py
+on PostgreSQL 0.6-0.7 s, but 5.7 and 6.5 s for a run's first deferral (tests/system/test_real_airflow_ha.py
 prints it). Waiting longer than that only delays events that come within seconds of deferring (capacity
 that returns at once, a session that ends at once), so the triggers here never fire sooner than
 ``SETTLE_SECONDS`` after the operator deferred (``deferred_at``; None, as in direct tests: no wait).

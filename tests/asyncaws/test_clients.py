@@ -88,3 +88,13 @@ def test_the_users_app_id_stays_in_the_shared_clients_user_agent(
 
     asyncio.run(scenario())
     assert "app/team-ml" in recorder[0], recorder[0]
+
+
+def test_fast_timestamps_match_botocore() -> None:
+    from botocore.utils import parse_timestamp
+
+    from airflow_grid_resume.asyncaws.clients import fast_timestamp
+
+    for value in ("2026-11-25T11:00:00.000Z", "2026-11-25T11:00:00Z", "Wed, 25 Nov 2026 11:00:00 GMT", 1764068400):
+        assert fast_timestamp(value) == parse_timestamp(value)
+        assert fast_timestamp(value).utcoffset() == parse_timestamp(value).utcoffset()

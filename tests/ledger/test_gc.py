@@ -12,7 +12,7 @@ from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.ledger.gc import collect_garbage
 from airflow_grid_resume.ledger.gc import main as gc_main
 from airflow_grid_resume.ledger.store import RunLedger
-from tests.test_sync_restore import CHUNK, snapshot, syncer
+from tests.agent.test_sync import CHUNK, snapshot, syncer
 
 
 def _stored(ledger: RunLedger) -> set[str]:

@@ -64,7 +64,7 @@ from airflow_grid_resume.verify.verdict import (
     decide,
 )
 
-SCRIPTS = Path(__file__).parent / "scripts" / "verify"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "verify"
 WINDOW = Window(notice_seconds=2.0, allowed_seconds=1.5)
 H = {c: c * 64 for c in "abcdef"}  # fake sha256s
 

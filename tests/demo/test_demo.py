@@ -18,7 +18,7 @@ from airflow_grid_resume.demo.chaos import HARD_LOSS, NOTICE, WITHHOLD, ChaosSch
 from airflow_grid_resume.demo.report import last_step, resumed_at, steps_lost, summary_lines, verdict
 from airflow_grid_resume.ui.timeline import timeline_svg
 
-TRAIN = Path(__file__).resolve().parent.parent / "dags" / "demo_training" / "train.py"
+TRAIN = Path(__file__).resolve().parents[2] / "dags" / "demo_training" / "train.py"
 
 
 def test_chaos_hits_each_session_once_at_its_step() -> None:

@@ -19,8 +19,8 @@ from airflow_grid_resume.ledger import records
 from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
+from tests.agent.test_sync import bytes_snapshot, make_odd_tree
 from tests.conftest import TRAIN, pids_in_group
-from tests.test_sync_restore import bytes_snapshot, make_odd_tree
 
 FAST = ["--sync-reserve", "1", "--min-grace", "1", "--imds-poll", "0.2", "--log-interval", "0.3"]
 
@@ -288,7 +288,7 @@ def test_zipapp_runs_with_only_python_and_boto3(agent, run_uri: str, ledger: Run
     subprocess.run([sys.executable, "-m", "airflow_grid_resume.cli", "build-agent", str(pyz)], check=True)
     venv = tmp_path / "ami"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    constraints = Path(__file__).parent.parent / "constraints.txt"
+    constraints = Path(__file__).resolve().parents[2] / "constraints.txt"
     subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "-c", str(constraints), "boto3"], check=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
@@ -532,7 +532,7 @@ def test_a_fallback_is_reported_with_the_steps_it_costs(agent, run_uri, ledger, 
     assert note in three.stderr
 
 
-SLOW_SAVE = str(Path(__file__).parent / "scripts" / "slow_save.py")
+SLOW_SAVE = str(Path(__file__).resolve().parents[1] / "scripts" / "slow_save.py")
 GROUP_SHAPES = {
     "source-then-train": "source {env} && python3 {trainer}",
     "train-then-echo": "python3 {trainer} && echo trained",

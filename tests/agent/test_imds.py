@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from airflow_grid_resume.agent.imds import ImdsClient, ImdsDisabled, ImdsUnavailable
+from airflow_grid_resume.agent.imds import ImdsClient, ImdsDisabled, ImdsUnavailable, parse_instance_action
 from airflow_grid_resume.agent.monitors import MonitorSettings, discover
 from airflow_grid_resume.agent.monitors.events import StopEvent
 from airflow_grid_resume.agent.monitors.runner import MonitorRunner
@@ -121,3 +121,11 @@ def test_scheduled_events_over_http(imds: MetadataService) -> None:
     (history,) = json.loads(client.get("/latest/meta-data/events/maintenance/history") or b"")
     assert history["State"] == "canceled"
     assert http("POST", imds.url + "/_emulator/scheduled-event", body={"code": "meteor"})[0] == 400
+
+
+def test_notice_parsing() -> None:
+    action, when = parse_instance_action(b'{"action": "terminate", "time": "2026-11-24T10:00:00Z"}')
+    assert action == "terminate" and when == 1795514400.0
+    for bad in (b"oops", b'{"action": "reboot", "time": "2026-11-24T10:00:00Z"}', b'{"action": "stop"}'):
+        with pytest.raises(ValueError):
+            parse_instance_action(bad)

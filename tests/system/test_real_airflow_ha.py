@@ -29,7 +29,7 @@ from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.watch.settle import SETTLE_SECONDS
 from tests.conftest import TRAIN
-from tests.test_operator import reference_result
+from tests.test_operators import reference_result
 
 STEPS, STEP_SECONDS, POLL, OFFSET_SAVE = 300, 0.1, 0.5, 5.0
 DAG_FILE = f"""

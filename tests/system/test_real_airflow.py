@@ -150,7 +150,9 @@ class ProcessChaos:
 @pytest.mark.parametrize("seed", seeds("GRID_CHAOS_REAL_SEEDS", DEFAULT_SEEDS), ids=lambda s: f"seed-{s}")
 def test_real_components_hold_the_lifecycle_under_a_seeded_schedule(tmp_path: Path, seed: int) -> None:
     schedule = schedule_for(seed)
-    replay = f'GRID_CHAOS_REAL_SEEDS="{seed}" .venv/bin/python -m pytest tests/test_real_airflow.py -k seed-{seed}'
+    replay = (
+        f'GRID_CHAOS_REAL_SEEDS="{seed}" .venv/bin/python -m pytest tests/system/test_real_airflow.py -k seed-{seed}'
+    )
     print(f"chaos: {schedule.describe()}\nreplay: {replay}")
     home = tmp_path / "airflow"
     (home / "dags").mkdir(parents=True)

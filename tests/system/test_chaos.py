@@ -11,7 +11,7 @@ After each seed, from the ledger and the cloud's own instance list:
   was really reclaimed (no interruption spent on a healthy instance);
 - the final result equals an uninterrupted reference run's;
 - every output line the agent shipped reaches the task log exactly once (no triggerer restarts here:
-  the bound on repeats is 0; tests/test_real_airflow.py kills real triggerers and bounds the repeats).
+  the bound on repeats is 0; tests/system/test_real_airflow.py kills real triggerers and bounds the repeats).
 
 The schedule, the fault thread and these checks are shared with the real components' test
 (tests/chaoslib.py); the worker's kill points are in tests/chaos_kills.py.
@@ -68,7 +68,7 @@ def chaos_dag(dag_id: str, workdir: Path, bucket: str):
 @pytest.mark.parametrize("seed", seeds(), ids=lambda s: f"seed-{s}")
 def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_path: Path, capfd, seed: int) -> None:
     schedule = schedule_for(seed)
-    replay = f'GRID_CHAOS_SEEDS="{seed}" .venv/bin/python -m pytest tests/test_chaos.py -k seed-{seed}'
+    replay = f'GRID_CHAOS_SEEDS="{seed}" .venv/bin/python -m pytest tests/system/test_chaos.py -k seed-{seed}'
     print(f"chaos: {schedule.describe()}\nreplay: {replay}")
     workdir = tmp_path / "training"
     workdir.mkdir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import boto3
@@ -14,10 +15,10 @@ from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.agent.scan import HashCache
 from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatError
 from airflow_grid_resume.ledger.store import RunLedger
-from tests.test_sync_restore import snapshot, syncer
+from tests.agent.test_sync import snapshot, syncer
 from tests.v1_tree import make_v1_tree
 
-V1_FIXTURE = Path(__file__).parent / "fixtures" / "ledger-v1"
+V1_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ledger-v1"
 
 
 def _upload_v1(ledger: RunLedger) -> None:
@@ -227,7 +228,6 @@ def test_the_run_watchs_reader_parses_records_and_releases_only_a_dead_agents_le
     one is refused), watch.json is written as its record, and the lease
     release is ``Lease.released_for_dead`` written with If-Match: a live holder's lease is never touched."""
     import asyncio
-    import time
 
     from aiobotocore.session import get_session
 
@@ -259,3 +259,14 @@ def test_the_run_watchs_reader_parses_records_and_releases_only_a_dead_agents_le
     lease = ledger.read_record(records.Lease)
     assert lease.released and lease.released_by == "airflow: instance i-1 is gone" and lease.agent_id == "a"
     assert ledger.read_record(records.Watch, 1) == records.Watch(log_offset=7, at=1.0)
+
+
+def test_log_read_plan() -> None:
+    from airflow_grid_resume.ledger.store import plan_log_reads
+
+    p = "run/sessions/000001/logs/"
+    listing = [(f"{p}{0:016d}.log", 6), (f"{p}{6:016d}.log", 6), (f"{p}{20:016d}.log", 5), (p + "junk", 1)]
+    assert plan_log_reads(listing, p, 0, 100) == [(f"{p}{0:016d}.log", None), (f"{p}{6:016d}.log", None)]  # gap at 12
+    assert plan_log_reads(listing, p, 8, 100) == [(f"{p}{6:016d}.log", "bytes=2-")]
+    assert plan_log_reads(listing, p, 12, 100) == []
+    assert plan_log_reads(listing, p, 0, 3) == [(f"{p}{0:016d}.log", None)]  # the limit is reached

@@ -1,4 +1,4 @@
-# ruff: noqa: F811 (the fixtures of tests/test_spot_cloud.py, imported by name)
+# ruff: noqa: F811 (the fixtures of tests/triggers/test_spot_cloud.py, imported by name)
 """Live output through SQS on the local spot cloud: real agents sending, real run watches long-polling,
 with SQS's bad days (duplicates, reordering, 5xx, throttling, lost answers) and its rules (validation,
 QueueDeletedRecently, a new queue unknown for a second)."""
@@ -25,7 +25,7 @@ from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.reaper import reap
-from tests.test_spot_cloud import (  # noqa: F401 (fixtures)
+from tests.triggers.test_spot_cloud import (  # noqa: F401 (fixtures)
     agent_pyz,
     cloud,
     cloud_env,
@@ -36,7 +36,7 @@ from tests.test_spot_cloud import (  # noqa: F401 (fixtures)
     trigger_for,
     watch_for,
 )
-from tests.test_spot_cloud import first_event as first_event_sync
+from tests.triggers.test_spot_cloud import first_event as first_event_sync
 
 
 def live_run(agent_pyz: str, script: str, *, queue: bool = True, queue_url: str | None = None) -> tuple[str, str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from airflow_grid_resume.agent.restore import (
@@ -12,9 +14,14 @@ from airflow_grid_resume.agent.restore import (
     RestoreResult,
     kept_dir,
     local_decision,
+    plan_pack_reads,
 )
 from airflow_grid_resume.agent.scan import PathFilter, kept_original
 from airflow_grid_resume.ledger import records
+from airflow_grid_resume.ledger.manifest import (
+    FileEntry,
+    Manifest,
+)
 
 
 @pytest.mark.parametrize(
@@ -80,3 +87,38 @@ def test_the_outcome_and_the_task_log_say_what_was_set_aside_and_where() -> None
     )
     assert records.Outcome(session=1, status="failed").set_aside_note() is None
     assert "set_aside" not in records.Outcome(session=1, status="failed").to_dict()
+
+
+SHA = hashlib.sha256(b"x").hexdigest()
+
+
+PACK = hashlib.sha256(b"pack").hexdigest()
+
+
+def test_a_fallback_says_which_checkpoint_and_how_many_steps() -> None:
+    older = Manifest(1, 1, "t", "final")
+    why = ("000002-000001.json", "pack 12ab is corrupt")
+    result = RestoreResult(older, fallbacks=[why], steps={"000002-000001.json": 20, "000001-000001.json": 12})
+    assert result.steps_lost == 8
+    assert result.fallback_record() == {
+        "newest": "000002-000001.json",
+        "restored": "000001-000001.json",
+        "newest_step": 20,
+        "restored_step": 12,
+        "steps_lost": 8,
+    }
+    note = result.fallback_note() or ""
+    assert "000002-000001.json" in note and "corrupt" in note and "restored the older checkpoint 000001-000001.json"
+    assert "about 8 steps" in note
+    unknown = RestoreResult(older, fallbacks=[why]).fallback_note() or ""
+    assert "unknown" in unknown and "000001-000001.json" in unknown
+    assert RestoreResult(older).fallback_note() is None and RestoreResult(older).fallback_record() is None
+
+
+def test_pack_reads_merge_neighbours_and_split_far_apart_files() -> None:
+    def f(name: str, offset: int, size: int) -> FileEntry:
+        return FileEntry(name, size, 0o644, 0, SHA, pack=PACK, offset=offset)
+
+    files = [f("c", 5_000_000, 10), f("a", 0, 100), f("b", 100, 50), f("dup", 0, 100), f("d", 5_000_010, 5)]
+    runs = plan_pack_reads(files, gap=1024)
+    assert [[x.path for x in run] for run in runs] == [["a", "dup", "b"], ["c", "d"]]
