@@ -1,5 +1,7 @@
 """``GridRunOperator``: run a training command on spot capacity until it finishes, however many
-times the instance is taken away. A tiny operator: the hooks, triggers and the ledger do the work.
+times the instance is taken away. The operator is the Airflow surface (its parameters, ``execute`` and
+the methods a deferral resumes in, ``on_kill``): what to do is decided in ``run/`` (``nextstep``,
+``verdict``, ``budgets``), launching is ``spot/``, waiting and watching are the triggers.
 
 One Airflow try is one spot session. An interruption (or a lost instance) ends the try for retry
 and the next try resumes from the last committed checkpoint; a script failure ends it for retry

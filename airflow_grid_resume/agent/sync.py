@@ -168,12 +168,6 @@ class Syncer:
         self.largest_upload = 0
         self.last_upload = 0  # bytes the last sync uploaded: about one checkpoint
 
-    def estimated_seconds(self, floor: float) -> float:
-        """What a final sync is expected to need: the largest upload so far at the measured rate."""
-        if not self.upload_bytes_per_s or not self.largest_upload:
-            return floor
-        return max(floor, 1.5 * self.largest_upload / self.upload_bytes_per_s)
-
     def pending_bytes(self) -> int:
         """Bytes of files changed since they were last hashed (a stat walk, no reads): what a sync now
         would have to upload at most."""

@@ -68,10 +68,6 @@ class GcPlan:
     dead_pack_bytes: int = 0  # bytes inside kept packs no kept manifest references
     damaged: list[str] = field(default_factory=list)  # manifests committed during the gc that lost a key to it
 
-    @property
-    def blob_bytes(self) -> int:
-        return sum(b.size for b in self.blobs)
-
     def lines(self, uri: str, grace: float, applied: bool) -> list[str]:
         packs = [b for b in self.blobs if _is_pack(b.key)]
         objects = [b for b in self.blobs if not _is_pack(b.key)]
