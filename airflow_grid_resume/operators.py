@@ -29,6 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.sync import Syncer
+from airflow_grid_resume.asyncaws.ledgerreader import AsyncLedgerReader
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
 from airflow_grid_resume.ec2.launch import LaunchSpec, explain_fatal
 from airflow_grid_resume.ec2.prices import on_demand_price
@@ -62,7 +63,7 @@ from airflow_grid_resume.run.summary import read_records, summarize, summary_lin
 from airflow_grid_resume.run.verdict import FAIL_RUN, REPORT, RETRY_INTERRUPTED, session_verdict
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
-from airflow_grid_resume.triggers.run import AsyncLedgerReader, RunWatchTrigger
+from airflow_grid_resume.triggers.run import RunWatchTrigger
 
 STATE_KEY = "grid_resume"
 RUN_XCOM = "_grid_resume_run"  # read by the UI plugin (ui/source.py)

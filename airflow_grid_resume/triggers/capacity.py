@@ -11,12 +11,12 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_grid_resume.asyncaws.clients import SharedS3Hook, shared_client
+from airflow_grid_resume.asyncaws.ledgerreader import AsyncLedgerReader
 from airflow_grid_resume.asyncaws.ratelimit import launch_bucket
 from airflow_grid_resume.ec2.launch import SPOT, LaunchSpec
 from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.hooks.spot import SpotLaunchHook
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
-from airflow_grid_resume.triggers.run import AsyncLedgerReader
 from airflow_grid_resume.watch.settle import settled
 
 

@@ -231,8 +231,8 @@ def test_the_run_watchs_reader_parses_records_and_releases_only_a_dead_agents_le
 
     from aiobotocore.session import get_session
 
+    from airflow_grid_resume.asyncaws.ledgerreader import AsyncLedgerReader
     from airflow_grid_resume.ledger import layout, records
-    from airflow_grid_resume.triggers.run import AsyncLedgerReader
 
     ledger.write_record(records.Heartbeat(session=1, seq=4, state="running", log_interval=2.0), 1)
     ledger.put(ledger.key(layout.heartbeat(2)), b"{half")
