@@ -52,7 +52,12 @@ def test_checkpoint_marker_lines(line: str) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    ["grid-resume: checkpoints", "grid-resume: checkpoint saved", "xgrid-resume: checkpoint", "grid-resume: progress 3"],
+    [
+        "grid-resume: checkpoints",
+        "grid-resume: checkpoint saved",
+        "xgrid-resume: checkpoint",
+        "grid-resume: progress 3",
+    ],
 )
 def test_not_checkpoint_marker_lines(line: str) -> None:
     assert not is_checkpoint_line(line)
