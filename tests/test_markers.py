@@ -263,3 +263,29 @@ def test_marked_two_file_checkpoints_survive_hard_losses(
         restored_steps.append(a or 0)
         time.sleep(2.1)  # the dead agent's lease expires
     assert restored_steps[-1] > 0 and restored_steps == sorted(restored_steps), restored_steps
+
+
+# -- grid-resume verify: the marker honoured ---------------------------------------------------------
+def test_verify_checks_that_markers_were_honoured() -> None:
+    from airflow_grid_resume.ledger.records import Outcome
+    from airflow_grid_resume.verify.records import SessionRecord
+    from airflow_grid_resume.verify.verdict import check_markers
+
+    def session(label: str, markers: int, restored: str | None) -> SessionRecord:
+        return SessionRecord(
+            label, markers=markers, outcome=Outcome(session=1, status="interrupted", restored_from=restored)
+        )
+
+    marked, exited, unmarked = (
+        {"markers": True, "checkpoint": "marker"},
+        {"markers": True, "checkpoint": "exit"},
+        {"markers": True},
+    )
+    assert check_markers([session("s1", 0, None)], {}) is None  # no marker printed: no check
+    good = check_markers([session("s1", 3, "000000-000001.json"), session("s2", 2, "000001-000002.json")],
+                         {"000001-000001.json": marked, "000001-000002.json": exited})  # fmt: skip
+    assert good is not None and good.status == "PASS" and "5 markers printed, 1 marked" in good.summary
+    torn = check_markers([session("s2", 2, "000001-000003.json")], {"000001-000003.json": unmarked})
+    assert torn is not None and torn.status == "FAIL" and "000001-000003.json" in torn.details[0]
+    dropped = check_markers([session("s1", 2, None)], {"000001-000001.json": exited})
+    assert dropped is not None and dropped.status == "WARN"

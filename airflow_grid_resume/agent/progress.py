@@ -8,6 +8,9 @@ outcome; the steps an interruption of session k lost are ``last(k) - (first(k+1)
 without an outcome leaves only its last heartbeat: its ``done`` is a lower bound of ``last(k)`` (the
 heartbeat is up to one heartbeat interval old), so the loss computed from it is "at least" that many.
 
+A line ``grid-resume: checkpoint`` (same rules) says the workdir now holds a complete checkpoint: the tracker
+calls its ``on_checkpoint`` at once (agent/markers.py captures the files).
+
 Stdlib only: this module ships inside the agent's zipapp.
 """
 

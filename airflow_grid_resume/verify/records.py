@@ -43,6 +43,7 @@ class SessionRecord:
     timed_out: bool = False
     notice_in: float | None = None  # seconds from the notice's posting to its reclaim time
     work_left: float | None = None  # seconds of the reference's work still left when SIGTERM came
+    markers: int = 0  # "grid-resume: checkpoint" lines the command printed
 
     @property
     def status(self) -> str:
