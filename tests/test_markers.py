@@ -289,3 +289,41 @@ def test_verify_checks_that_markers_were_honoured() -> None:
     assert torn is not None and torn.status == "FAIL" and "000001-000003.json" in torn.details[0]
     dropped = check_markers([session("s1", 2, None)], {"000001-000001.json": exited})
     assert dropped is not None and dropped.status == "WARN"
+
+
+def test_a_capture_written_in_place_afterwards_is_not_committed(ledger: RunLedger, tmp_path: Path) -> None:
+    work = tmp_path / "w"
+    work.mkdir()
+    _write(work / "a.json", json.dumps({"step": 1}))
+    _write(work / "b.json", json.dumps({"step": 1}))
+    captures = Captures(str(work), PathFilter())
+    capture = captures.take(time.time_ns())
+    assert capture is not None
+    time.sleep(0.01)
+    with open(work / "b.json", "r+") as fh:  # in place: the capture's link sees it
+        fh.write(json.dumps({"step": 2}))
+    syncer = Syncer(ledger, str(work), session=1)
+    result = syncer.sync(MARKED, root=capture.root, extra=manifest_extra(True, MARKED), expected=capture.files)
+    assert not result.committed and result.unstable == ["b.json"]
+    assert ledger.list_manifests() == []
+
+
+def test_a_marker_run_commits_only_complete_checkpoints(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
+    proc = agent(
+        run_uri, tmp_path / "w", sys.executable, PAIR, "6", "0.2", "--marker", options=["--sync-interval", "0.1"]
+    )
+    assert proc.wait() == 0, proc.stderr
+    manifests = [ledger.read_manifest(m) for m in ledger.list_manifests()]
+    kinds = [m.extra.get("checkpoint") for m in manifests]
+    # Periodic syncs of the live workdir stopped at the first marker (printed at the start; a periodic sync
+    # before it, of the script alone, has no marks): from there every manifest is a capture at a marker, and
+    # the final sync after exit 0 is complete too (or the same as the last capture).
+    first = kinds.index("marker")
+    assert all(m.extra == {} for m in manifests[:first]) and first <= 1, kinds
+    assert set(kinds[first:]) <= {"marker", "exit"} and all(m.extra["markers"] for m in manifests[first:]), kinds
+    assert len(kinds) - first >= 4, kinds  # most of the 6 steps' markers were captured and committed
+    assert "checkpoint marker" in proc.stderr and "captured" in proc.stderr
+    restored = tmp_path / "r"
+    Restorer(ledger, str(restored)).restore()
+    assert _pair(restored) == (6, 6)
+    assert not list((tmp_path / "w").glob(".grid-resume-tmp*"))  # the captures are gone
