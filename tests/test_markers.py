@@ -269,12 +269,12 @@ def test_marked_two_file_checkpoints_survive_hard_losses(
 def test_verify_checks_that_markers_were_honoured() -> None:
     from airflow_grid_resume.ledger.records import Outcome
     from airflow_grid_resume.verify.records import SessionRecord
+    from airflow_grid_resume.verify.runner import DROPPED_CAPTURE
     from airflow_grid_resume.verify.verdict import check_markers
 
-    def session(label: str, markers: int, restored: str | None) -> SessionRecord:
-        return SessionRecord(
-            label, markers=markers, outcome=Outcome(session=1, status="interrupted", restored_from=restored)
-        )
+    def session(label: str, markers: int, restored: str | None, dropped: int = 0) -> SessionRecord:
+        outcome = Outcome(session=1, status="interrupted", restored_from=restored)
+        return SessionRecord(label, markers=markers, markers_dropped=dropped, outcome=outcome)
 
     marked, exited, unmarked = (
         {"markers": True, "checkpoint": "marker"},
@@ -287,8 +287,11 @@ def test_verify_checks_that_markers_were_honoured() -> None:
     assert good is not None and good.status == "PASS" and "5 markers printed, 1 marked" in good.summary
     torn = check_markers([session("s2", 2, "000001-000003.json")], {"000001-000003.json": unmarked})
     assert torn is not None and torn.status == "FAIL" and "000001-000003.json" in torn.details[0]
-    dropped = check_markers([session("s1", 2, None)], {"000001-000001.json": exited})
-    assert dropped is not None and dropped.status == "WARN"
+    only_at_exit = check_markers([session("s1", 1, None)], {"000001-000001.json": exited})  # the SIGTERM save's
+    assert only_at_exit is not None and only_at_exit.status == "PASS"
+    dropped = check_markers([session("s1", 2, None, dropped=1)], {"000001-000001.json": exited})
+    assert dropped is not None and dropped.status == "WARN" and "1 capture(s)" in dropped.summary
+    assert DROPPED_CAPTURE.search("[grid-resume] 2026 WARNING checkpoint marker 3: not used: a.json replaced after")
 
 
 def test_a_capture_written_in_place_afterwards_is_not_committed(ledger: RunLedger, tmp_path: Path) -> None:

@@ -55,6 +55,8 @@ from airflow_grid_resume.verify.probe import USER_TMPDIR, read_record
 from airflow_grid_resume.verify.records import SessionRecord, progress_reader
 
 AGENT_PREFIX = "[grid-resume]"
+# The agent's warnings for a capture at a checkpoint marker it could not commit (agent/markers.py, agent/sync.py).
+DROPPED_CAPTURE = re.compile(r"checkpoint marker \d+: not used|changed while the marker sync read it")
 TAIL_LINES = 40
 POLL = 0.02
 IMDS_POLL = 0.2  # the agents' --imds-poll: how late after its posting a notice is seen
@@ -429,6 +431,7 @@ class _Collector:
         self.lock = threading.Lock()
         self.first_output_at: float | None = None
         self.markers = 0
+        self.markers_dropped = 0
         self.progress: list[tuple[float, float]] = []
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.agent_lines: deque[str] = deque(maxlen=TAIL_LINES)
@@ -448,6 +451,7 @@ class _Collector:
             with self.lock:
                 if line.startswith(AGENT_PREFIX):
                     self.agent_lines.append(line)
+                    self.markers_dropped += bool(DROPPED_CAPTURE.search(line))
                 else:
                     if self.first_output_at is None:
                         self.first_output_at = now
@@ -478,6 +482,7 @@ class _Collector:
             record.tail = list(self.tail)
             record.agent_lines = list(self.agent_lines)
             record.markers = self.markers
+            record.markers_dropped = self.markers_dropped
 
 
 def _agent_dies_with_verify() -> None:

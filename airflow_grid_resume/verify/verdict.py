@@ -662,6 +662,7 @@ def check_markers(chain: Sequence[SessionRecord], checkpoints: dict[str, dict]) 
         and r.outcome.restored_from in checkpoints
         and not is_complete(checkpoints[r.outcome.restored_from])
     ]
+    dropped = sum(r.markers_dropped for r in chain)
     context = f"{printed} marker{'' if printed == 1 else 's'} printed, {len(marked)} marked checkpoint(s) committed"
     if torn:
         return Check(
@@ -671,12 +672,12 @@ def check_markers(chain: Sequence[SessionRecord], checkpoints: dict[str, dict]) 
             tuple(torn),
             FIX_MARKERS,
         )
-    if not marked:
+    if dropped:
         return Check(
             "markers",
             WARN,
-            f"no capture at a marker was committed ({context}): the agent drops one whose files were replaced "
-            "after the marker before it linked them, or written in place since",
+            f"{dropped} capture(s) at a marker could not be committed ({context}): the agent drops one whose files "
+            "were replaced after the marker before it linked them, or were written in place since",
             (),
             FIX_MARKERS,
         )
