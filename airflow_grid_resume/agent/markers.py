@@ -120,6 +120,7 @@ class Capture:
     inodes: dict[str, int] = field(default_factory=dict)
     late: list[str] = field(default_factory=list)
     copied: list[str] = field(default_factory=list)
+    progress: int | None = None  # the step the script had reported when it was taken
 
     def discard(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -539,6 +539,7 @@ class Supervisor:
             )
         capture = self.captures.take(written_by_ns)
         if capture is not None:
+            capture.progress = (self.progress.heartbeat() or {}).get("done")
             log.info("checkpoint marker %d: captured %d files", capture.number, len(capture.files))
             self._start_background_sync(MARKED)
 
@@ -576,10 +577,11 @@ class Supervisor:
         capture: Capture | None = None if cancel.is_set() else self.captures.pop()
         if capture is None:
             return False
+        extra = manifest_extra(True, MARKED)
+        if capture.progress is not None:  # the step of the capture, not of when its sync began
+            extra["progress"] = {"done": capture.progress}
         try:
-            result = self.syncer.sync(
-                MARKED, cancel, root=capture.root, extra=manifest_extra(True, MARKED), expected=capture.files
-            )
+            result = self.syncer.sync(MARKED, cancel, root=capture.root, extra=extra, expected=capture.files)
         except BaseException:
             self.captures.put_back(capture)  # cancelled or failed: the final path (or a newer marker) takes it
             raise
