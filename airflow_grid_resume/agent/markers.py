@@ -45,8 +45,10 @@ from airflow_grid_resume.ledger.paths import TEMP_MARKER
 
 log = logging.getLogger(__name__)
 
-# Inside the workdir (same filesystem: hard links work); the reserved marker keeps sync and restore off it.
-CAPTURE_DIR = f"{TEMP_MARKER}-captures"
+# Inside the workdir (same filesystem: hard links work), named as a restore temporary (``.grid-resume-tmp-``
+# and 8 hex digits): sync never records such a name and no manifest may hold one. Removed before each
+# restore, so a restore's own random temporary name cannot meet it.
+CAPTURE_DIR = f"{TEMP_MARKER}-00000000"
 MARKED = "marker"  # a manifest of a capture taken at a checkpoint marker
 EXITED = "exit"  # the final sync after the command exited 0 (by itself, or having saved after SIGTERM)
 # A periodic sync that could not read a file stably (after its retries) commits nothing, this many times
