@@ -66,11 +66,11 @@ def manifest_extra(uses_markers: bool, complete: str | None) -> dict:
 
 
 def uses_markers(extra: dict | None) -> bool:
-    return bool(extra) and extra.get("markers") is True  # type: ignore[union-attr]
+    return extra is not None and extra.get("markers") is True
 
 
 def is_complete(extra: dict | None) -> bool:
-    return bool(extra) and extra.get("checkpoint") in (MARKED, EXITED)  # type: ignore[union-attr]
+    return extra is not None and extra.get("checkpoint") in (MARKED, EXITED)
 
 
 def restore_defers(extra: dict | None) -> bool:
