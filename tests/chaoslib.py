@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import random
 import re
@@ -60,6 +61,9 @@ class Schedule:
     # SIGKILLed and restarted (with the workers it runs) once n lines reached the task log.
     triggerer_kill: tuple[str, int] | None = None
     scheduler_restart_lines: int | None = None
+    # The script writes a two-file checkpoint (chaos_train.py ... pair) with markers, synced every 0.3 s: the
+    # restored pair must be consistent (test_chaos.py; the real components' test ignores it).
+    multi_file: bool = False
 
     def describe(self) -> str:
         return (
@@ -67,7 +71,8 @@ class Schedule:
             f" s, describe throttle {self.describe_throttle}, clock {self.clock_offset:+.0f} s, drought "
             f"{self.drought_seconds:.0f} s, worker kills {self.kills}, interruptions {self.interruptions} "
             f"(scheduled: {self.scheduled_code}), faults {self.faults}; real components only: triggerer kill "
-            f"{self.triggerer_kill}, scheduler restart at line {self.scheduler_restart_lines}"
+            f"{self.triggerer_kill}, scheduler restart at line {self.scheduler_restart_lines}; multi-file "
+            f"checkpoint {self.multi_file}"
         )
 
 
@@ -114,6 +119,7 @@ def schedule_for(seed: int) -> Schedule:
         schedule.faults = sorted(
             [*schedule.faults, (at, "drop", {"action": "TerminateInstances", "count": 1})], key=at_second
         )
+    schedule.multi_file = rng.random() >= 0.5
     return schedule
 
 
@@ -229,6 +235,7 @@ def lifecycle_problems(
     task_log: str,
     restore_to: Path,
     repeat_bound: int = 0,
+    pair: bool = False,
 ) -> list[str]:
     """Every invariant of docs/lifecycle.md a finished run must show, from the ledger, the cloud's own
     instance list and the task log; the list of what broke (empty: all held)."""
@@ -276,6 +283,12 @@ def lifecycle_problems(
     Restorer(ledger, str(restore_to)).restore()
     result = (restore_to / "result.txt").read_text() if (restore_to / "result.txt").exists() else "(none)"
     check(result == expected, f"result {result!r} differs from the reference {expected!r}")
+    if pair:  # the multi-file checkpoint: the restored pair is from one step, and no session resumed a torn one
+        steps = [
+            json.loads(p.read_text())["step"] if p.exists() else None
+            for p in (restore_to / "ckpt.json", restore_to / "ckpt-b.json")
+        ]
+        check(steps[0] == steps[1], f"the restored pair is torn: ckpt.json {steps[0]}, ckpt-b.json {steps[1]}")
     repeated = 0
     for session in claimed:
         shipped = ledger.read_log(session, 0)[0].decode(errors="replace")
@@ -283,5 +296,7 @@ def lifecycle_problems(
             logged, sent = task_log.count(line), shipped.count(line)
             check(logged >= sent, f"{line!r}: shipped {sent} times, in the task log {logged} times")
             repeated += max(0, logged - sent)
+        torn = re.findall(r"CHAOS-TORN [^;]*;", shipped)
+        check(not torn, f"session {session} restored a torn checkpoint pair: {torn}")
     check(repeated <= repeat_bound, f"{repeated} lines repeated in the task log (bound {repeat_bound})")
     return problems

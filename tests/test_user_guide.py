@@ -74,6 +74,8 @@ def test_the_guides_example_is_resumable(heading: str, tmp_path: Path, request: 
     assert "[PASS] resume: resumes from its checkpoint" in report, report  # counted in progress steps
     assert f"[PASS] outputs: {len(outputs)} output files match the reference: " in report, report
     assert re.search(r"session 2 +restored 000001-", report), report  # really interrupted and resumed
+    # The examples print checkpoint markers after each save: captured, committed, and resumed from.
+    assert "[PASS] markers: " in report and "every resumed session restored a complete checkpoint" in report, report
     if heading == "PyTorch Lightning":
         # A whole trainer checkpoint: other bytes after a resume, the same content, compared tensor by tensor.
         assert "[PASS] outputs: 1 output files match the reference: model-final.ckpt (by content)" in report, report

@@ -106,7 +106,8 @@ class Child:
                 copied += len(data)
                 self.spool.append(data)
                 if self.progress is not None:
-                    self.progress.feed(data, stream=i)
+                    # Read after the bytes: a time by which every line in them had been written.
+                    self.progress.feed(data, stream=i, written_by_ns=os.fstat(fd).st_mtime_ns)
                 if self.passthrough:
                     _write_fd(target, data)
         return copied

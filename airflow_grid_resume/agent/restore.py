@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from airflow_grid_resume.agent.markers import restore_defers
 from airflow_grid_resume.agent.scan import KEPT_DIR, Digest, HashCache, sha256_file
 from airflow_grid_resume.ledger.errors import (
     CorruptObjectError,
@@ -189,6 +190,7 @@ class Restorer:
         self.set_aside: list[tuple[str, str]] = []  # (path, where it was kept), even if the restore then fails
         self._kept_dirs: set[str] = set()  # the kept_dir()s this restore created
         self._ours: set[str] = set()  # files and links this restore wrote (their bytes are in the ledger)
+        self._read: dict[str, Manifest] = {}  # manifests read to order them, not yet restored
 
     def candidates(self) -> Iterator[StoredManifest]:
         """Manifests newest first: from the pointer on (one GET, one LIST), then all of them."""
@@ -202,17 +204,39 @@ class Restorer:
             if stored.name not in tried:
                 yield stored
 
+    def preferred(self) -> Iterator[StoredManifest]:
+        """Candidates in the order restore tries them: newest first, except that a manifest of a run using
+        checkpoint markers that is not itself complete waits until every complete one failed (see
+        agent/markers.py). A manifest that cannot be read comes in place: restore reports why."""
+        deferred: list[StoredManifest] = []
+        for stored in self.candidates():
+            try:
+                manifest = self.ledger.read_manifest(stored)
+            except Exception:
+                yield stored
+                continue
+            if restore_defers(manifest.extra):
+                log.info("manifest %s is not a complete checkpoint of this marker run: trying older ones", stored.name)
+                self._read[stored.name] = manifest
+                deferred.append(stored)
+                continue
+            self._read[stored.name] = manifest
+            yield stored
+        if deferred:
+            log.warning("no complete (marked) checkpoint verifies: trying the unmarked ones of the run")
+        yield from deferred
+
     def restore(self) -> RestoreResult:
         """Restore the newest verifiable manifest; raise if manifests exist but none verifies."""
         started = time.monotonic()
         result = RestoreResult(manifest=None, set_aside=self.set_aside)
         tried = 0
-        for candidate in self.candidates():
+        for candidate in self.preferred():
             tried += 1
             created: set[str] = set()
             manifest = None
             try:
-                manifest = self.ledger.read_manifest(candidate)
+                manifest = self._read.pop(candidate.name, None) or self.ledger.read_manifest(candidate)
                 _check_layout(manifest)
                 self._apply(manifest, result, created)
             except UnsupportedFormatError:

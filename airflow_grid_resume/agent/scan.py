@@ -212,6 +212,11 @@ class HashCache:
         """Hash ``rel`` again next time (its stored bytes went missing)."""
         self._entries.pop(rel, None)
 
+    def stat_key(self, rel: str) -> StatKey | None:
+        """The stat a cached digest is for (its inode tells whether the file was replaced since)."""
+        hit = self._entries.get(rel)
+        return hit[0] if hit else None
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -38,6 +38,16 @@ from airflow_grid_resume.agent.logship import (
     LogSpool,
     SpoolLogHandler,
 )
+from airflow_grid_resume.agent.markers import (
+    EXITED,
+    MARKED,
+    Capture,
+    Captures,
+    clear_captures,
+    exit_is_complete,
+    manifest_extra,
+    uses_markers,
+)
 from airflow_grid_resume.agent.monitors import MonitorSettings, discover
 from airflow_grid_resume.agent.monitors.events import (
     KILL,
@@ -168,7 +178,12 @@ class Supervisor:
         self._notice_seen: dict[float, float] = {}  # notice time -> when first seen (monotonic)
         self._child: Child | None = None
         self._lease: Lease | None = None
-        self.progress = ProgressTracker()  # the command's "grid-resume: progress" lines
+        # The command's "grid-resume: progress" lines, and its "grid-resume: checkpoint" markers.
+        self.progress = ProgressTracker(on_checkpoint=self._on_marker)
+        self.captures: Captures | None = None
+        self.uses_markers = False  # the run's checkpoints are the marked ones (agent/markers.py)
+        self._sync_start = threading.Lock()
+        self._said_periodic_off = False
 
     # -- entry point -----------------------------------------------------------------------
     def run(self) -> int:
@@ -257,6 +272,7 @@ class Supervisor:
             self._restore_signal_handlers(previous_handlers)
             if state_dir:
                 shutil.rmtree(state_dir, ignore_errors=True)
+            clear_captures(workdir)
 
     def _record_refusal(self, ledger: RunLedger, start: records.SessionStart, exc: LeaseHeldError) -> None:
         """The run is held by a live agent: when the Airflow side launched this session (``--session``),
@@ -287,6 +303,7 @@ class Supervisor:
     def _session(self, ledger: RunLedger, workdir: str, spool: LogSpool, shipper: LogShipper) -> int:
         started_at = _utc()
         cache = HashCache()
+        clear_captures(workdir)  # a killed agent's: links to old inodes, never synced from here
         self._set_state("restoring")
         restorer = Restorer(ledger, workdir, parallelism=self.o.parallelism, cache=cache, session=self.session)
         try:
@@ -315,11 +332,14 @@ class Supervisor:
         log.info(restored.summary())
         if restored.fallback_note():
             log.error("%s", restored.fallback_note())
+        self.uses_markers = restored.manifest is not None and uses_markers(restored.manifest.extra)
+        path_filter = PathFilter(self.o.include, self.o.exclude)
+        self.captures = Captures(workdir, path_filter, cache)
         self.syncer = Syncer(
             ledger,
             workdir,
             session=self.session,
-            path_filter=PathFilter(self.o.include, self.o.exclude),
+            path_filter=path_filter,
             cache=cache,
             parallelism=self.o.parallelism,
             last_manifest=restored.manifest,
@@ -506,18 +526,43 @@ class Supervisor:
                 return self.notice
 
     # -- syncing ---------------------------------------------------------------------------
-    def _start_background_sync(self, reason: str) -> None:
-        if self._sync_thread and self._sync_thread.is_alive():
-            log.info("a sync is already running; skipping the %s sync", reason)
+    def _on_marker(self, written_by_ns: int | None) -> None:
+        """A checkpoint marker line was just read (in the output tail): capture the workdir now, before
+        the script writes its next checkpoint, and have the capture synced in the background."""
+        if self.captures is None:
             return
-        self._sync_thread = threading.Thread(target=self._background_sync, args=(reason,), daemon=True)
-        self._sync_thread.start()
+        if not self.uses_markers:
+            self.uses_markers = True
+            log.info(
+                "checkpoint marker seen: the run's checkpoints are now the marked ones (and the final sync after "
+                "a clean exit); periodic syncs of the live workdir stop"
+            )
+        capture = self.captures.take(written_by_ns)
+        if capture is not None:
+            capture.progress = (self.progress.heartbeat() or {}).get("done")
+            log.info("checkpoint marker %d: captured %d files", capture.number, len(capture.files))
+            self._start_background_sync(MARKED)
+
+    def _start_background_sync(self, reason: str) -> None:
+        with self._sync_start:  # the output tail starts marker syncs, the main thread the others
+            if self._sync_thread and self._sync_thread.is_alive():
+                if reason != MARKED:
+                    log.info("a sync is already running; skipping the %s sync", reason)
+                return  # a marker's capture waits: the running sync takes it when it ends
+            self._sync_thread = threading.Thread(target=self._background_sync, args=(reason,), daemon=True)
+            self._sync_thread.start()
 
     def _background_sync(self, reason: str) -> None:
         assert self.syncer is not None
         try:
             self._set_state("running+syncing")
-            log.info("%s sync: %s", reason, self.syncer.sync(reason, self._sync_cancel).summary())
+            if reason != MARKED and not self.uses_markers:
+                log.info("%s sync: %s", reason, self.syncer.sync(reason, self._sync_cancel).summary())
+            elif reason != MARKED and not self._said_periodic_off:
+                self._said_periodic_off = True
+                log.info("this run uses checkpoint markers: the %s sync only uploads marked checkpoints", reason)
+            while self._sync_capture(self._sync_cancel):
+                pass
         except SyncCancelled:
             log.info("%s sync cancelled by the interruption; the final sync reuses what it uploaded", reason)
         except Exception as exc:
@@ -526,16 +571,46 @@ class Supervisor:
             if self.state == "running+syncing":
                 self._set_state("running")
 
-    def _final_sync(self) -> tuple[str | None, str | None]:
-        """(manifest name, error). Retried once: content addressing makes a retry cheap."""
+    def _sync_capture(self, cancel: threading.Event) -> bool:
+        """Sync the capture waiting, if any (False when none waits or the stop began)."""
+        assert self.syncer is not None and self.captures is not None
+        capture: Capture | None = None if cancel.is_set() else self.captures.pop()
+        if capture is None:
+            return False
+        extra = manifest_extra(True, MARKED)
+        if capture.progress is not None:  # the step of the capture, not of when its sync began
+            extra["progress"] = {"done": capture.progress}
+        try:
+            result = self.syncer.sync(MARKED, cancel, root=capture.root, extra=extra, expected=capture.files)
+        except BaseException:
+            self.captures.put_back(capture)  # cancelled or failed: the final path (or a newer marker) takes it
+            raise
+        capture.discard()
+        log.info("checkpoint marker %d sync: %s", capture.number, result.summary())
+        return True
+
+    def _final_sync(self, complete: bool = False) -> tuple[str | None, str | None]:
+        """(manifest name, error). Retried once: content addressing makes a retry cheap. ``complete``: the
+        command exited 0, so the workdir is a complete checkpoint. If it is not, a capture still waiting
+        is synced after it (it is complete and becomes the newest)."""
         assert self.syncer is not None
-        if self._sync_thread:
-            self._sync_thread.join()
+        with self._sync_start:
+            thread = self._sync_thread
+        if thread:
+            thread.join()
         error = None
+        extra = manifest_extra(self.uses_markers, EXITED if complete else None)
         for attempt in (1, 2):
             try:
-                result = self.syncer.sync("final", threading.Event())
+                result = self.syncer.sync("final", threading.Event(), extra=extra)
                 log.info("final sync: %s", result.summary())
+                if not complete and self.captures is not None and self.captures.pending():
+                    try:
+                        self._sync_capture(threading.Event())
+                    except Exception as exc:
+                        log.error("the waiting checkpoint marker's capture could not be synced: %s", exc)
+                    last = self.syncer.last_manifest
+                    return (last.name if last else None), None
                 return (result.manifest.name if result.manifest else None), None
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -560,7 +635,7 @@ class Supervisor:
         self._set_state("syncing")
         manifest, sync_error = (None, None)
         if final_sync:
-            manifest, sync_error = self._final_sync()
+            manifest, sync_error = self._final_sync(exit_is_complete(result.status, result.exit_code, False))
         elif self.syncer and self.syncer.last_manifest:
             manifest = self.syncer.last_manifest.name
         exit_code = result.agent_exit_code

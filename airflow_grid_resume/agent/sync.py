@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from airflow_grid_resume.agent.markers import MARKED, changed_in_capture, is_complete, unstable_action
 from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter, StatKey, now_ns, walk
 from airflow_grid_resume.ledger.errors import UnstorablePathError
 from airflow_grid_resume.ledger.gc import SYNC_COMMIT_WINDOW
@@ -54,6 +55,8 @@ PACK_TARGET = 16 * 1024 * 1024
 # unreferenced bytes). Enough for the restore fallback chain and the run's timeline.
 MANIFESTS_PER_SESSION = 20
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+# A file seen changing while it was read is read again (from a fresh stat) this many times.
+FILE_RETRIES = 3
 
 
 class FileChanged(Exception):
@@ -163,6 +166,8 @@ class Syncer:
         self._pointer_etag: str | None = None
         self._committed: list[str] = []  # this session's manifest keys, oldest first
         self._can_delete = True
+        self._root = root  # what the sync under way reads: the workdir, or a capture of it
+        self.unstable_skips = 0  # periodic syncs in a row that committed nothing (a file kept changing)
         # Throughput of the last sync that uploaded data, for the final-sync estimate.
         self.upload_bytes_per_s: float | None = None
         self.largest_upload = 0
@@ -174,13 +179,24 @@ class Syncer:
         tree = walk(self.root, self.filter)
         return sum(st.st_size for rel, st in tree.files.items() if not self.cache.lookup(rel, st))
 
-    def sync(self, reason: str, cancel: threading.Event | None = None) -> SyncResult:
+    def sync(
+        self,
+        reason: str,
+        cancel: threading.Event | None = None,
+        *,
+        root: str | None = None,
+        extra: dict | None = None,
+        expected: dict[str, tuple[int, int]] | None = None,
+    ) -> SyncResult:
+        """Sync the workdir (or ``root``: a capture of it, whose files must still have the (size, mtime_ns)
+        of ``expected``) into a manifest with ``extra``."""
         with self._lock:
             committed = False  # by an earlier round, whose manifest a later one made whole again
+            self._root = root or self.root  # read only within a sync
             for round_ in range(1, MAX_ROUNDS + 1):
                 self._pending, self._pack, self._uploaded, self._rewritten = {}, _Pack(), {}, set()
                 try:
-                    result = self._sync(reason, cancel or threading.Event())
+                    result = self._sync(reason, cancel or threading.Event(), extra or {}, expected)
                     if committed and not result.committed:  # same content: the keys were re-created in place
                         result.committed, result.manifest = True, self.last_manifest
                     return result
@@ -193,10 +209,12 @@ class Syncer:
                     self._pending, self._pack = {}, _Pack()
             raise AssertionError("unreachable")
 
-    def _sync(self, reason: str, cancel: threading.Event) -> SyncResult:
+    def _sync(
+        self, reason: str, cancel: threading.Event, extra: dict, expected: dict[str, tuple[int, int]] | None
+    ) -> SyncResult:
         started = time.monotonic()
         progress = self.progress() if self.progress else None  # the step reached when this sync began
-        tree = walk(self.root, self.filter)
+        tree = walk(self._root, self.filter)
         if tree.unstorable:
             raise UnstorablePathError(tree.unstorable)
         for rel in tree.skipped:
@@ -228,10 +246,35 @@ class Syncer:
                 to_hash.append((rel, st))
         result = SyncResult(manifest=None, committed=False, files=len(tree.files), files_hashed=len(to_hash))
         counters = _Counters()
-        if to_hash:
-            self._hash_and_upload(to_hash, entries, result, counters, cancel)
+        changed = self._hash_and_upload(to_hash, entries, counters, cancel) if to_hash else []
+        for _ in range(FILE_RETRIES):
+            if not changed:
+                break
+            changed = self._hash_and_upload(self._fresh_stats(changed, entries), entries, counters, cancel)
+            result.files_hashed += len(changed)
         if cancel.is_set():
             raise SyncCancelled()
+        if expected is not None:  # a capture: its files must be what they were when captured
+            changed += [rel for rel, e in entries.items() if changed_in_capture(expected.get(rel), _size_mtime(e))]
+        if changed:
+            result.unstable = sorted(set(changed))
+            if unstable_action(reason, self.unstable_skips) == "skip":
+                if reason != MARKED:
+                    self.unstable_skips += 1
+                log.warning(
+                    "%s changed while the %s sync read it (or since the capture): nothing committed, the last "
+                    "checkpoint stays the newest%s",
+                    ", ".join(result.unstable[:5]),
+                    reason,
+                    " (write files by rename: a file written in place can tear a marked checkpoint)"
+                    if reason == MARKED
+                    else "; the next sync tries again",
+                )
+                result.seconds = time.monotonic() - started
+                return result
+            self._keep_previous(result.unstable, entries)
+        if reason != MARKED:
+            self.unstable_skips = 0
         if self._pack.buf:
             self._upload_pack(self._pack, counters)
         result.objects_uploaded, result.packs_uploaded = counters.objects, counters.packs
@@ -247,9 +290,10 @@ class Syncer:
             files=sort_entries(files),
             links=tuple(LinkEntry(p, t) for p, t in sorted(tree.links.items())),
             dirs=tuple(DirEntry(p, m) for p, m in sorted(tree.dirs.items())),
-            extra={"progress": {"done": progress["done"]}} if progress and "done" in progress else {},
+            extra={**({"progress": {"done": progress["done"]}} if progress and "done" in progress else {}), **extra},
         )
-        if manifest.same_content(self.last_manifest):
+        last_extra = self.last_manifest.extra if self.last_manifest else {}
+        if manifest.same_content(self.last_manifest) and (is_complete(last_extra) or not is_complete(extra)):
             self.seq -= 1
             result.manifest = self.last_manifest
             if self._where_partial:  # the keys _forget dropped were uploaded again this round, in place
@@ -377,17 +421,46 @@ class Syncer:
             log.warning("cannot delete this session's old manifests (needs s3:DeleteObject), keeping all: %s", exc)
 
     # -- hashing and uploading ----------------------------------------------------------------
+    def _fresh_stats(
+        self, changed: list[str], entries: dict[str, FileEntry | tuple]
+    ) -> list[tuple[str, os.stat_result]]:
+        """Files seen changing, stat'ed again to be read again; one that is gone now (or no longer a
+        regular file) is not in the workdir any more, so not in the manifest either."""
+        again = []
+        for rel in changed:
+            try:
+                st = os.lstat(os.path.join(self._root, rel))
+            except FileNotFoundError:
+                entries.pop(rel, None)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                again.append((rel, st))
+            else:
+                entries.pop(rel, None)
+        return again
+
+    def _keep_previous(self, unstable: list[str], entries: dict[str, FileEntry | tuple]) -> None:
+        """Record files that never read stably as the last manifest had them (new ones are left out)."""
+        previous = {f.path: f for f in self.last_manifest.files} if self.last_manifest else {}
+        for rel in unstable:
+            if rel in previous:
+                entries[rel] = as_current(previous[rel])
+                log.warning("%s kept changing while it was read; keeping its previous version", rel)
+            else:
+                entries.pop(rel, None)
+                log.warning("%s kept changing while it was read; it is left out of this checkpoint", rel)
+
     def _hash_and_upload(
         self,
         to_hash: list[tuple[str, os.stat_result]],
         entries: dict[str, FileEntry | tuple],
-        result: SyncResult,
         counters: _Counters,
         cancel: threading.Event,
-    ) -> None:
-        """Read, hash and upload in one pool. A large file is one task per chunk, all independent,
-        so no worker ever waits on another (no pool deadlock) and every byte is read once."""
-        previous = {f.path: f for f in self.last_manifest.files} if self.last_manifest else {}
+    ) -> list[str]:
+        """Read, hash and upload in one pool; returns the files seen changing while read (their entries
+        are left as they were). A large file is one task per chunk, all independent, so no worker ever
+        waits on another (no pool deadlock) and every byte is read once."""
+        changed: list[str] = []
         pool = ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="grid-sync")
         jobs: list[tuple[str, os.stat_result, int, list[Future]]] = []
         failed = False
@@ -428,12 +501,7 @@ class Syncer:
                     if not all(isinstance(e, FileChanged) for e in errors):
                         failed = True
                         raise next(e for e in errors if not isinstance(e, FileChanged))
-                    result.unstable.append(rel)
-                    if rel in previous:
-                        entries[rel] = as_current(previous[rel])
-                        log.warning("%s changed while it was read; keeping its previous version", rel)
-                    else:
-                        log.warning("%s changed while it was read; it is left out of this checkpoint", rel)
+                    changed.append(rel)
                     continue
                 if st.st_size < self.small_file:
                     sha, (pack, offset) = futures[0].result()
@@ -446,13 +514,14 @@ class Syncer:
                 self.cache.store(rel, st, digest, hashed_at_ns=hashed_at)
         finally:
             pool.shutdown(wait=True, cancel_futures=failed or cancel.is_set())
+        return changed
 
     def _read(self, rel: str, st: os.stat_result, offset: int, length: int, cancel: threading.Event) -> bytes:
         """``length`` bytes at ``offset``, raising FileChanged unless the file stayed the same."""
         if cancel.is_set():
             raise SyncCancelled()
         try:
-            fd = os.open(os.path.join(self.root, rel), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(os.path.join(self._root, rel), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError as exc:
             raise FileChanged(rel) from exc
         try:
@@ -557,6 +626,13 @@ def _entry(
     rel: str, st: os.stat_result, sha: str, chunks: tuple[str, ...] = (), *, pack: str = "", offset: int = 0
 ) -> FileEntry:
     return FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, sha, chunks, pack, offset)
+
+
+def _size_mtime(entry: FileEntry | tuple) -> tuple[int, int]:
+    """(size, mtime_ns) an entry records (a packed one is still a tuple with its stat)."""
+    if isinstance(entry, tuple):
+        return entry[1].st_size, entry[1].st_mtime_ns
+    return entry.size, entry.mtime_ns
 
 
 def _check_same(rel: str, before: os.stat_result, after: os.stat_result) -> None:

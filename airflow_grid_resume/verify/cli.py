@@ -169,6 +169,7 @@ def judge(result: VerifyResult) -> Verdict:
         churn=result.churn or ChurnReport(0, 0),
         large_bytes=config.large_bytes,
         command=config.command,
+        checkpoints=result.checkpoints,
     )
 
 

@@ -43,6 +43,8 @@ class SessionRecord:
     timed_out: bool = False
     notice_in: float | None = None  # seconds from the notice's posting to its reclaim time
     work_left: float | None = None  # seconds of the reference's work still left when SIGTERM came
+    markers: int = 0  # "grid-resume: checkpoint" lines the command printed
+    markers_dropped: int = 0  # captures at a marker the agent said it could not commit (torn, written in place)
 
     @property
     def status(self) -> str:

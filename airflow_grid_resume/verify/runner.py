@@ -29,6 +29,7 @@ from typing import IO, Any
 import boto3
 from botocore.config import Config
 
+from airflow_grid_resume.agent.progress import is_checkpoint_line
 from airflow_grid_resume.agent.scan import PathFilter
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.emulator.imds import MetadataService
@@ -54,6 +55,8 @@ from airflow_grid_resume.verify.probe import USER_TMPDIR, read_record
 from airflow_grid_resume.verify.records import SessionRecord, progress_reader
 
 AGENT_PREFIX = "[grid-resume]"
+# The agent's warnings for a capture at a checkpoint marker it could not commit (agent/markers.py, agent/sync.py).
+DROPPED_CAPTURE = re.compile(r"checkpoint marker \d+: not used|changed while the marker sync read it")
 TAIL_LINES = 40
 POLL = 0.02
 IMDS_POLL = 0.2  # the agents' --imds-poll: how late after its posting a notice is seen
@@ -115,6 +118,7 @@ class VerifyResult:
     churn: ChurnReport | None = None
     snapshot: str = ""
     kept_dir: str | None = None
+    checkpoints: dict[str, dict] = field(default_factory=dict)  # the chain's manifests: name -> extra
 
 
 class Verifier:
@@ -236,8 +240,9 @@ class Verifier:
                     self.say,
                     cfg.ignore_keys,
                 )
-        manifests = [m for m in reversed(chain_ledger.list_manifests()) if m.session >= 1]
-        result.churn = analyse([snapshot(chain_ledger.read_manifest(m)) for m in manifests], cfg.large_bytes)
+        manifests = [chain_ledger.read_manifest(m) for m in reversed(chain_ledger.list_manifests()) if m.session >= 1]
+        result.churn = analyse([snapshot(m) for m in manifests], cfg.large_bytes)
+        result.checkpoints = {m.name: m.extra for m in manifests}
         return result
 
     # -- one session -------------------------------------------------------------------------
@@ -425,6 +430,8 @@ class _Collector:
         self.echo = echo
         self.lock = threading.Lock()
         self.first_output_at: float | None = None
+        self.markers = 0
+        self.markers_dropped = 0
         self.progress: list[tuple[float, float]] = []
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.agent_lines: deque[str] = deque(maxlen=TAIL_LINES)
@@ -444,11 +451,13 @@ class _Collector:
             with self.lock:
                 if line.startswith(AGENT_PREFIX):
                     self.agent_lines.append(line)
+                    self.markers_dropped += bool(DROPPED_CAPTURE.search(line))
                 else:
                     if self.first_output_at is None:
                         self.first_output_at = now
                     self.tail.append(line[-1000:])
                     for part in line.split("\r"):  # progress bars rewrite one line with \r
+                        self.markers += is_checkpoint_line(part)
                         value = self.read_progress(part)
                         if value is not None:
                             self.progress.append((now, value))
@@ -472,6 +481,8 @@ class _Collector:
             record.progress = list(self.progress)
             record.tail = list(self.tail)
             record.agent_lines = list(self.agent_lines)
+            record.markers = self.markers
+            record.markers_dropped = self.markers_dropped
 
 
 def _agent_dies_with_verify() -> None:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
+from airflow_grid_resume.agent.markers import MARKED, is_complete
 from airflow_grid_resume.verify.chaos import FLOOR_SECONDS
 from airflow_grid_resume.verify.churn import ChurnReport, suggest_excludes
 from airflow_grid_resume.verify.outputs import OutputDiff
@@ -150,6 +151,7 @@ def decide(
     churn: ChurnReport | None,
     large_bytes: int,
     command: Sequence[str] = (),
+    checkpoints: dict[str, dict] | None = None,
 ) -> Verdict:
     """The verdict. Exit 0: resumable; 1: a check failed; 3: nothing could be tested."""
     if reference.status != "succeeded":
@@ -193,6 +195,9 @@ def decide(
     ]
     pipe = check_pipe(command, chain, failed=any(c.status == FAIL for c in checks))
     checks = [pipe, *checks] if pipe is not None else checks
+    markers = check_markers(chain, checkpoints or {})
+    if markers is not None:
+        checks.append(markers)
     failed = [c.name for c in checks if c.status == FAIL]
     if failed:
         return Verdict(checks, EXIT_NOT_RESUMABLE, f"NOT RESUMABLE ({', '.join(failed)})")
@@ -634,6 +639,50 @@ def check_sync(churn: ChurnReport | None, large_bytes: int) -> Check:
         f"large or churning files ({context}); consider: {suggestion}",
         tuple(details),
         FIX_SYNC,
+    )
+
+
+FIX_MARKERS = (
+    "print the marker once every file of the checkpoint is written (after the save returns), write each file by "
+    "rename, and leave a moment before the next checkpoint's first write."
+)
+
+
+def check_markers(chain: Sequence[SessionRecord], checkpoints: dict[str, dict]) -> Check | None:
+    """Whether the script's ``grid-resume: checkpoint`` markers were honoured: captures committed as marked
+    checkpoints, and every resumed session restored a complete one. None when the script prints none."""
+    printed = sum(r.markers for r in chain)
+    if not printed:
+        return None
+    marked = sorted(n for n, extra in checkpoints.items() if extra.get("checkpoint") == MARKED)
+    torn = [
+        f"{r.label} restored {r.outcome.restored_from}, not a complete checkpoint"
+        for r in chain
+        if r.outcome
+        and r.outcome.restored_from in checkpoints
+        and not is_complete(checkpoints[r.outcome.restored_from])
+    ]
+    dropped = sum(r.markers_dropped for r in chain)
+    context = f"{printed} marker{'' if printed == 1 else 's'} printed, {len(marked)} marked checkpoint(s) committed"
+    if torn:
+        return Check(
+            "markers",
+            FAIL,
+            f"a session resumed from a checkpoint no marker named ({context})",
+            tuple(torn),
+            FIX_MARKERS,
+        )
+    if dropped:
+        return Check(
+            "markers",
+            WARN,
+            f"{dropped} capture(s) at a marker could not be committed ({context}): the agent drops one whose files "
+            "were replaced after the marker before it linked them, or were written in place since",
+            (),
+            FIX_MARKERS,
+        )
+    return Check(
+        "markers", PASS, f"{context}; every resumed session restored a complete checkpoint", tuple(marked[-3:])
     )
 
 

@@ -49,13 +49,15 @@ def test_schedules_are_seeded() -> None:
     assert len({schedule_for(s).describe() for s in range(1, 10)}) > 5
 
 
-def chaos_dag(dag_id: str, workdir: Path, bucket: str):
+def chaos_dag(dag_id: str, workdir: Path, bucket: str, multi_file: bool = False):
     agent_args = ["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1", "--min-grace", "1"]
+    if multi_file:  # periodic syncs often enough to land inside a save
+        agent_args += ["--sync-interval", "0.3"]
     return make_dag(
         dag_id,
         workdir,
         bucket,
-        command=f"python3 chaos_train.py {STEPS} {STEP_SECONDS} {SAVE_EVERY}",
+        command=f"python3 chaos_train.py {STEPS} {STEP_SECONDS} {SAVE_EVERY}" + (" pair" if multi_file else ""),
         heartbeat_timeout=20.0,
         not_found_grace=15.0,
         agent_args=[*agent_args, "--notice-window", "3"],
@@ -76,7 +78,7 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
     bucket = f"chaos-{seed}-{uuid.uuid4().hex[:6]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     expected = reference(tmp_path, STEPS, SAVE_EVERY)
-    dag = chaos_dag(f"chaos_{seed}_{uuid.uuid4().hex[:6]}", workdir, bucket)
+    dag = chaos_dag(f"chaos_{seed}_{uuid.uuid4().hex[:6]}", workdir, bucket, schedule.multi_file)
     with worker_killed_at(schedule.kills) as kills, Chaos(spot_cloud, schedule) as chaos:
         dagrun = dag.test()
     output = capfd.readouterr().out
@@ -95,6 +97,7 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
         expected=expected,
         task_log=output,
         restore_to=tmp_path / "restored",
+        pair=schedule.multi_file,
     )
     if problems:
         log_file = tmp_path / "task-log.txt"
