@@ -23,7 +23,7 @@ from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.emulator.cloud import SCHEDULED_STOP, SPOT_TERMINATION
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
-from tests.conftest import SCRIPTS, command_started
+from tests.conftest import SCRIPTS, command_started, outcome_of
 
 SCHEDULED_AHEAD = 4.5  # a scheduled event's NotBefore this far ahead: 1.5 s of advisory, then the 3 s notice window
 # The worker's I/O calls of a run (AWS, task state store, XCom; in execute, on_capacity, on_session_end of every
@@ -264,7 +264,7 @@ def lifecycle_problems(
         emulated = {i["instance_id"]: i for i in cloud.instances()}
     check(all(emulated[i]["state"] == "terminated" for *_, i in spans), "no instance runs after the run ended")
     for session, (instance_id,) in sorted((s, tuple(v)) for s, v in by_session.items() if len(v) == 1):
-        outcome = ledger.read_outcome(session)
+        outcome = outcome_of(ledger, session)
         closed = ledger.get_json(ledger.session_key(session, "closed.json")) or {}
         reclaimed = emulated[instance_id]["reason"] in (SPOT_TERMINATION, SCHEDULED_STOP)
         ended = (outcome or {}).get("status") or closed.get("status")

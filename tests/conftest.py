@@ -16,6 +16,7 @@ import pytest
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.emulator.imds import MetadataService
 from airflow_grid_resume.emulator.moto_server import MotoServer
+from airflow_grid_resume.ledger import layout
 from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
@@ -269,3 +270,13 @@ def command_started(instance: dict) -> bool:
             return "started the command" in fh.read()
     except OSError:
         return False
+
+
+def outcome_of(ledger: RunLedger, session: int) -> dict | None:
+    """A session's outcome.json as the agent wrote it (a plain dict; the product reads it typed), or None."""
+    return ledger.get_json(ledger.key(layout.outcome(session)))
+
+
+def heartbeat_of(ledger: RunLedger, session: int) -> dict | None:
+    """A session's heartbeat.json as the agent last wrote it (a plain dict), or None."""
+    return ledger.get_json(ledger.key(layout.heartbeat(session)))

@@ -23,7 +23,7 @@ from airflow_grid_resume.ledger import records
 from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
-from tests.conftest import OPERATOR_ARGS, TRAIN, command_started, make_dag
+from tests.conftest import OPERATOR_ARGS, TRAIN, command_started, make_dag, outcome_of
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_a_run_without_interruption_and_clearing_it_reports_the_finished_run(
     assert dagrun.state == "success"
     ledger = run_ledger(bucket)
     assert ledger.list_sessions() == [1]
-    assert ledger.read_outcome(1)["status"] == "succeeded"
+    assert outcome_of(ledger, 1)["status"] == "succeeded"
     # Every document either side wrote is its typed record, with its format and no field the record does not know.
     for cls in records.ALL:
         session = None if cls in records.RUN_RECORDS else 1
@@ -125,11 +125,11 @@ def test_clearing_a_finished_run_with_rerun_fresh_starts_over(spot_cloud, traini
     summary = summary_of(second)
     assert summary["run_uri"].endswith("/rerun-2") and summary["sessions"] == 1
     fresh = RunLedger(make_s3_client(), parse_s3_uri(summary["run_uri"]))
-    assert fresh.read_outcome(1)["status"] == "succeeded"
+    assert outcome_of(fresh, 1)["status"] == "succeeded"
     assert result_of(fresh, tmp_path) == reference_result(tmp_path, QUICK_STEPS)
     # the first run is kept as it was
     first_run = RunLedger(make_s3_client(), parse_s3_uri(summary["run_uri"].rsplit("/rerun-2", 1)[0]))
-    assert first_run.list_sessions() == [1] and first_run.read_outcome(1)["status"] == "succeeded"
+    assert first_run.list_sessions() == [1] and outcome_of(first_run, 1)["status"] == "succeeded"
 
 
 def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: Path, tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: P
     assert len(interrupted) == 2
     assert dagrun.state == "success"
     ledger = run_ledger(bucket)
-    statuses = [ledger.read_outcome(s)["status"] for s in ledger.list_sessions()]
+    statuses = [outcome_of(ledger, s)["status"] for s in ledger.list_sessions()]
     assert statuses == ["interrupted", "interrupted", "succeeded"]  # no failure retry spent (retries=0)
     assert result_of(ledger, tmp_path) == reference_result(tmp_path)
     assert alerts == ["interruption", "interruption"]
@@ -215,7 +215,7 @@ def test_script_failure_is_retried_then_fails_naming_the_budget(spot_cloud, trai
     )
     assert dag.test(logical_date=LOGICAL, run_after=LOGICAL).state == "failed"
     ledger = run_ledger(bucket)
-    assert [ledger.read_outcome(s)["status"] for s in ledger.list_sessions()] == ["failed", "failed"]
+    assert [outcome_of(ledger, s)["status"] for s in ledger.list_sessions()] == ["failed", "failed"]
     out = capfd.readouterr().out
     assert "script failure budget exhausted: 2 failures > retries=1" in out
     assert "CUDA out of memory" in out
@@ -227,7 +227,7 @@ def test_script_failure_is_retried_then_fails_naming_the_budget(spot_cloud, trai
     out = capfd.readouterr().out
     assert "resuming from its last checkpoint with fresh budgets" in out
     assert "the command changed since the last session" in out
-    assert [ledger.read_outcome(s)["status"] for s in ledger.list_sessions()] == ["failed", "failed", "succeeded"]
+    assert [outcome_of(ledger, s)["status"] for s in ledger.list_sessions()] == ["failed", "failed", "succeeded"]
 
 
 def test_interruption_budget_exhausted(spot_cloud, training_dir, capfd) -> None:
@@ -247,7 +247,7 @@ def test_interruption_budget_exhausted(spot_cloud, training_dir, capfd) -> None:
         stop.set()
     assert "interruption budget exhausted: 2 interruptions > max_interruptions=1" in capfd.readouterr().out
     ledger = run_ledger(bucket)
-    assert [ledger.read_outcome(s)["status"] for s in ledger.list_sessions()] == ["interrupted", "interrupted"]
+    assert [outcome_of(ledger, s)["status"] for s in ledger.list_sessions()] == ["interrupted", "interrupted"]
 
 
 def test_lost_instance_resumes_from_the_last_checkpoint(spot_cloud, training_dir, tmp_path) -> None:
@@ -267,8 +267,8 @@ def test_lost_instance_resumes_from_the_last_checkpoint(spot_cloud, training_dir
         stop.set()
     assert len(interrupted) == 1
     ledger = run_ledger(bucket)
-    assert ledger.read_outcome(1) is None  # a hard loss: the agent never wrote an outcome
-    assert ledger.read_outcome(2)["status"] == "succeeded"
+    assert outcome_of(ledger, 1) is None  # a hard loss: the agent never wrote an outcome
+    assert outcome_of(ledger, 2)["status"] == "succeeded"
     assert result_of(ledger, tmp_path) == reference_result(tmp_path)
 
 
@@ -368,7 +368,7 @@ def test_a_worker_crash_between_launch_and_defer_reattaches(spot_cloud, training
     mine = [i for i in spot_cloud.instances() if i["instance_id"] not in before]
     assert len(mine) == 1, mine  # the task state store led the next try back to it: no second instance
     ledger = run_ledger(bucket)
-    assert ledger.list_sessions() == [1] and ledger.read_outcome(1)["status"] == "succeeded"
+    assert ledger.list_sessions() == [1] and outcome_of(ledger, 1)["status"] == "succeeded"
     assert result_of(ledger, tmp_path) == reference_result(tmp_path)
 
 

@@ -344,13 +344,6 @@ class RunLedger:
                 out.append(int(m.group(1)))
         return sorted(out)
 
-    def read_heartbeat(self, session: int) -> dict | None:
-        return self.get_json(self.key(layout.heartbeat(session)))
-
-    def read_outcome(self, session: int) -> dict | None:
-        """The outcome as a plain dict (what the agent's own modules read); typed: ``read_record(Outcome, n)``."""
-        return self.get_json(self.key(layout.outcome(session)))
-
     # -- typed records (ledger/records.py) ---------------------------------------------------
     def read_record(self, cls: type[R], session: int | None = None) -> R | None:
         """The run's (or session's) ``cls`` document, None when absent. A document in a newer format

@@ -20,7 +20,7 @@ from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from tests.agent.test_sync import bytes_snapshot, make_odd_tree
-from tests.conftest import TRAIN, pids_in_group
+from tests.conftest import TRAIN, heartbeat_of, outcome_of, pids_in_group
 
 FAST = ["--sync-reserve", "1", "--min-grace", "1", "--imds-poll", "0.2", "--log-interval", "0.3"]
 
@@ -53,7 +53,7 @@ def test_interrupt_and_resume_matches_uninterrupted(agent, bucket: str, ledger: 
             wait_for(lambda p=proc, s=session: f"step {8 * s + 2}" in p.stdout, what="training progress")
             imds.schedule_notice(in_seconds=4)
             assert proc.wait() == 0
-        outcome = ledger.read_outcome(session)
+        outcome = outcome_of(ledger, session)
         assert outcome["status"] == "interrupted" and outcome["clean"], outcome
         assert outcome["notice"]["source"] == "imds"
         saved = int(proc.stdout.split("saved at step ")[1].split()[0])
@@ -61,7 +61,7 @@ def test_interrupt_and_resume_matches_uninterrupted(agent, bucket: str, ledger: 
         assert not (workdir / "result.txt").exists()
     final = agent(run, tmp_path / "instance-3", *train(), options=FAST)
     assert final.wait() == 0
-    assert ledger.read_outcome(3)["status"] == "succeeded"
+    assert outcome_of(ledger, 3)["status"] == "succeeded"
     assert (tmp_path / "instance-3" / "result.txt").read_text() == expected
     # No step lost: each session resumed exactly where the previous one saved.
     history = (tmp_path / "instance-3" / "history.txt").read_text().splitlines()
@@ -88,7 +88,7 @@ def test_scheduled_event_checkpoints_and_ends_interrupted_with_nothing_lost(
         wait_for(lambda: "step 5" in proc.stdout, what="training progress")
         imds.schedule_event(code="system-reboot", in_seconds=4)
         assert proc.wait() == 0
-    outcome = ledger.read_outcome(1)
+    outcome = outcome_of(ledger, 1)
     assert outcome["status"] == "interrupted" and outcome["clean"], outcome
     assert (outcome["notice"]["source"], outcome["notice"]["action"]) == ("scheduled", "reboot")
     assert "EC2 scheduled system-reboot" in proc.stderr and "syncing now" in proc.stderr
@@ -108,7 +108,7 @@ def test_rebalance_syncs_without_stopping(agent, run_uri: str, ledger: RunLedger
     imds.schedule_rebalance()
     wait_for(lambda: any(m.session == 1 for m in ledger.list_manifests()), what="a rebalance manifest")
     assert proc.wait() == 0
-    assert ledger.read_outcome(1)["status"] == "succeeded"
+    assert outcome_of(ledger, 1)["status"] == "succeeded"
     reasons = [ledger.read_manifest(m).reason for m in ledger.list_manifests()]
     assert "rebalance" in reasons and "final" in reasons
     assert "saved at step" not in proc.stdout  # never signalled
@@ -124,7 +124,7 @@ def test_child_ignoring_sigterm_is_killed_with_grandchildren(agent, run_uri, led
     imds.schedule_notice(in_seconds=3)
     assert proc.wait() == 0
     assert pids_in_group(pgid) == []
-    outcome = ledger.read_outcome(1)
+    outcome = outcome_of(ledger, 1)
     assert outcome["status"] == "interrupted" and outcome["clean"] is False
     assert "killed" in outcome["reason"]
 
@@ -134,7 +134,7 @@ def test_agent_sigterm_counts_as_notice(agent, run_uri: str, ledger: RunLedger, 
     wait_for(lambda: "step 5" in proc.stdout, what="progress")
     proc.proc.send_signal(signal.SIGTERM)
     assert proc.wait() == 0
-    outcome = ledger.read_outcome(1)
+    outcome = outcome_of(ledger, 1)
     assert outcome["status"] == "interrupted" and outcome["notice"]["source"] == "signal"
     restored = ledger.read_manifest(ledger.list_manifests()[0])
     assert "ckpt.json" in [f.path for f in restored.files]
@@ -145,7 +145,7 @@ def test_exit_143_is_interrupted_with_warning(agent, run_uri, ledger, tmp_path: 
     wait_for(lambda: "step 3" in proc.stdout, what="progress")
     imds.schedule_notice(in_seconds=10)
     assert proc.wait() == 0
-    outcome = ledger.read_outcome(1)
+    outcome = outcome_of(ledger, 1)
     assert outcome["status"] == "interrupted" and outcome["exit_code"] == 143
     assert any("143" in w for w in outcome["warnings"])
     assert "143" in proc.stderr
@@ -154,7 +154,7 @@ def test_exit_143_is_interrupted_with_warning(agent, run_uri, ledger, tmp_path: 
 def test_script_failure_keeps_code_and_tail(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
     proc = agent(run_uri, tmp_path / "w", "sh", "-c", "echo loading data; echo 'CUDA out of memory' >&2; exit 3")
     assert proc.wait() == 3
-    outcome = ledger.read_outcome(1)
+    outcome = outcome_of(ledger, 1)
     assert (outcome["status"], outcome["exit_code"]) == ("failed", 3)
     assert "CUDA out of memory" in outcome["tail"]
     assert "CUDA out of memory" in proc.stderr  # stderr passed through to the agent's stderr
@@ -164,7 +164,7 @@ def test_script_failure_keeps_code_and_tail(agent, run_uri: str, ledger: RunLedg
 def test_command_not_found_is_failed_127(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
     proc = agent(run_uri, tmp_path / "w", "no-such-trainer", "--epochs", "3")
     assert proc.wait() == 127
-    outcome = ledger.read_outcome(1)
+    outcome = outcome_of(ledger, 1)
     assert (outcome["status"], outcome["exit_code"]) == ("failed", 127)
     assert "command not found: 'no-such-trainer'" in proc.stderr
 
@@ -198,7 +198,7 @@ def test_second_agent_on_same_run_is_refused(agent, run_uri: str, ledger: RunLed
     assert second.wait() == 3
     assert "another agent is already running" in second.stderr
     assert not (tmp_path / "b" / "ran").exists()
-    assert first.wait() == 0 and ledger.read_outcome(1)["status"] == "succeeded"
+    assert first.wait() == 0 and outcome_of(ledger, 1)["status"] == "succeeded"
     assert ledger.list_sessions() == [1]
 
 
@@ -214,7 +214,7 @@ def test_metadata_faults_are_never_a_notice(agent, run_uri, ledger, tmp_path: Pa
     wait_for(lambda: "metadata token rejected (401)" in proc.stderr, what="the 401 to be seen")
     imds.schedule_notice(in_seconds=5)
     assert proc.wait() == 0
-    outcome = ledger.read_outcome(1)
+    outcome = outcome_of(ledger, 1)
     assert outcome["status"] == "interrupted" and outcome["notice"]["source"] == "imds"
     assert "answered HTTP 503" in proc.stderr and "timed out" in proc.stderr
 
@@ -236,7 +236,7 @@ def test_output_is_shipped_while_running(agent, run_uri: str, ledger: RunLedger,
     wait_for(lambda: b"first-line" in ledger.read_log(1, 0)[0], timeout=30, what="the first line shipped")
     assert proc.proc.poll() is None, "the line must be readable while the command still runs"
     (tmp_path / "w" / "release").touch()
-    heartbeat = ledger.read_heartbeat(1)
+    heartbeat = heartbeat_of(ledger, 1)
     assert heartbeat["state"] == "running"
     assert proc.wait() == 0
     data, offset = ledger.read_log(1, 0)
@@ -276,7 +276,7 @@ def test_killed_mid_upload_restores_previous_manifest(agent, moto, bucket, tmp_p
         second.kill()  # the instance vanishes mid-upload
     ledger = RunLedger(make_s3_client(), parse_s3_uri(run))
     assert [m.name for m in ledger.list_manifests()] == ["000001-000001.json"]
-    assert ledger.read_outcome(2) is None
+    assert outcome_of(ledger, 2) is None
     time.sleep(2.1)  # the dead agent's lease expires
     third = agent(run, tmp_path / "i3", "cat", "ckpt", options=FAST)
     assert third.wait() == 0
@@ -311,7 +311,7 @@ def test_zipapp_runs_with_only_python_and_boto3(agent, run_uri: str, ledger: Run
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert ledger.read_outcome(1)["status"] == "succeeded"
+    assert outcome_of(ledger, 1)["status"] == "succeeded"
     frozen = subprocess.run([str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True).stdout
     assert "airflow" not in frozen.lower()
 
@@ -324,7 +324,7 @@ def test_unverifiable_checkpoints_are_recorded_not_overwritten(agent, run_uri, l
     second = agent(run_uri, tmp_path / "i2", "sh", "-c", "echo fresh > weights", options=FAST)
     assert second.wait() == 5
     assert "Refusing to start over" in second.stderr
-    outcome = ledger.read_outcome(2)
+    outcome = outcome_of(ledger, 2)
     assert outcome["status"] == "failed" and "no restorable checkpoint" in outcome["reason"]
     assert not (tmp_path / "i2" / "weights").exists()  # the command never ran
     assert [m.name for m in ledger.list_manifests()] == ["000001-000001.json"]  # nothing saved was replaced
@@ -335,7 +335,7 @@ def test_an_unwatched_session_stops_itself_and_keeps_its_checkpoint(agent, run_u
     stops the command like an interruption, saves the checkpoint and ends, so the instance ends too."""
     proc = agent(run_uri, tmp_path / "w", *train(400, 0.05), options=[*FAST, "--unwatched-timeout", "4"])
     assert proc.wait() == 0
-    outcome = ledger.read_outcome(1)
+    outcome = outcome_of(ledger, 1)
     assert outcome["status"] == "interrupted" and outcome["notice"]["source"] == "unwatched"
     assert "no Airflow trigger has watched this session" in proc.stderr
     saved = ledger.read_manifest(ledger.list_manifests()[-1])
@@ -352,7 +352,7 @@ def test_a_watched_session_is_not_stopped(agent, run_uri, ledger, tmp_path: Path
         beats += 1
         time.sleep(0.5)
     assert proc.wait() == 0
-    assert ledger.read_outcome(1)["status"] == "succeeded"
+    assert outcome_of(ledger, 1)["status"] == "succeeded"
 
 
 def test_lost_answers_to_its_conditional_writes_are_adopted(agent, moto, bucket: str, tmp_path: Path) -> None:
@@ -365,7 +365,7 @@ def test_lost_answers_to_its_conditional_writes_are_adopted(agent, moto, bucket:
         proc = agent(run, tmp_path / "w", *train(40, 0.05), options=FAST, env={"AWS_ENDPOINT_URL": proxy.endpoint_url})
         assert proc.wait() == 0, proc.stderr
     assert (lease.hits, claim.hits) == (3, 1)
-    outcome = RunLedger(make_s3_client(), parse_s3_uri(run)).read_outcome(1)
+    outcome = outcome_of(RunLedger(make_s3_client(), parse_s3_uri(run)), 1)
     assert outcome["status"] == "succeeded" and outcome["notice"] is None, outcome
     assert "taken by another agent" not in proc.stderr
 
@@ -394,7 +394,7 @@ def test_a_full_disk_ends_the_session_as_a_failure_that_says_so(agent, run_uri, 
         assert list((small / "w").rglob("*")) == []  # what the restore wrote is removed
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
-    outcome = ledger.read_outcome(2)
+    outcome = outcome_of(ledger, 2)
     assert outcome["status"] == "failed" and outcome["cause"] == "disk_full", outcome
     assert "No space left on device" in outcome["reason"] and "000001-000001.json (2.9 MiB" in outcome["reason"]
     assert "not a failure of the script" in outcome["reason"]
@@ -409,13 +409,13 @@ def test_progress_lines_reach_heartbeat_and_outcome(agent, run_uri: str, ledger:
     )
     proc = agent(run_uri, tmp_path / "w", "sh", "-c", script, options=[*FAST, "--heartbeat-interval", "0.5"])
     beat = wait_for(
-        lambda: (hb := ledger.read_heartbeat(1)) and (hb.get("progress") or {}).get("done") == 6 and hb,
+        lambda: (hb := heartbeat_of(ledger, 1)) and (hb.get("progress") or {}).get("done") == 6 and hb,
         timeout=10,
         what="the latest progress in a beat",
     )
     assert beat["progress"] == {"done": 6, "total": 10, "first": 4} and beat["state"] == "running"
     assert proc.wait() == 0
-    assert ledger.read_outcome(1)["progress"] == {"first": 4, "last": 7, "total": 10}
+    assert outcome_of(ledger, 1)["progress"] == {"first": 4, "last": 7, "total": 10}
     # Every document the agent writes is its typed record, with its format and no field the record does not know.
     for cls in (records.SessionStart, records.Heartbeat, records.Outcome, records.Lease):
         record = ledger.read_record(cls, 1)
@@ -427,8 +427,8 @@ def test_progress_lines_reach_heartbeat_and_outcome(agent, run_uri: str, ledger:
 def test_no_progress_lines_no_progress_field(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:
     proc = agent(run_uri, tmp_path / "w", "sh", "-c", "echo step 3 of 10", options=FAST)
     assert proc.wait() == 0
-    assert "progress" not in ledger.read_outcome(1)
-    assert "progress" not in ledger.read_heartbeat(1)
+    assert "progress" not in outcome_of(ledger, 1)
+    assert "progress" not in heartbeat_of(ledger, 1)
 
 
 def test_keep_manifests_bounds_a_sessions_own_checkpoints(agent, ledger: RunLedger, tmp_path: Path) -> None:
@@ -442,7 +442,7 @@ def test_keep_manifests_bounds_a_sessions_own_checkpoints(agent, ledger: RunLedg
     committed = set(re.findall(r"sync: manifest (000001-\d{6}\.json)", proc.stderr))
     names = [m.name for m in ledger.list_manifests() if m.session == 1]
     assert len(committed) > 2 and len(names) == 2 and set(names) < committed, (committed, names, proc.stderr[-2000:])
-    assert ledger.read_outcome(1)["manifest"] == names[0]
+    assert outcome_of(ledger, 1)["manifest"] == names[0]
 
 
 def test_a_rerun_on_the_same_workdir_keeps_newer_local_files(agent, run_uri, ledger: RunLedger, tmp_path: Path) -> None:
@@ -457,7 +457,7 @@ def test_a_rerun_on_the_same_workdir_keeps_newer_local_files(agent, run_uri, led
     for i in range(20):
         (workdir / f"same-{i}.txt").write_text(f"unchanged {i}")
     assert agent(run_uri, workdir, "true", options=FAST).wait() == 0
-    assert ledger.read_outcome(1)["status"] == "succeeded" and "set_aside" not in ledger.read_outcome(1)
+    assert outcome_of(ledger, 1)["status"] == "succeeded" and "set_aside" not in outcome_of(ledger, 1)
     checkpoint = {name: (workdir / name).read_bytes() for name in names}
     newer = {}
     for name in names:  # newer work after the checkpoint; notes.txt keeps its size (only the bytes tell)
@@ -469,7 +469,7 @@ def test_a_rerun_on_the_same_workdir_keeps_newer_local_files(agent, run_uri, led
 
     second = agent(run_uri, workdir, "true", options=FAST)
     assert second.wait() == 0
-    outcome = ledger.read_outcome(2)
+    outcome = outcome_of(ledger, 2)
     assert outcome["status"] == "succeeded", outcome
     kept = ".grid-resume-kept/session-2"
     assert outcome["set_aside"] == {"count": 10, "dirs": [kept], "paths": sorted(names)}, outcome
@@ -500,8 +500,8 @@ def test_odd_names_survive_a_resume_through_the_agent(agent, run_uri, ledger, tm
     assert first.wait() == 0, first.stderr
     second = agent(run_uri, second_dir, "true", options=FAST)
     assert second.wait() == 0, second.stderr
-    assert ledger.read_outcome(2)["restored_from"] == "000001-000001.json"
-    assert ledger.read_outcome(2)["restore_fallbacks"] == []
+    assert outcome_of(ledger, 2)["restored_from"] == "000001-000001.json"
+    assert outcome_of(ledger, 2)["restore_fallbacks"] == []
     assert bytes_snapshot(second_dir) == bytes_snapshot(first_dir)
 
 
@@ -518,7 +518,7 @@ def test_a_fallback_is_reported_with_the_steps_it_costs(agent, run_uri, ledger, 
     three = agent(run_uri, tmp_path / "i3", "cat", "ckpt", options=FAST)
     assert three.wait() == 0, three.stderr
     assert three.stdout.strip().endswith("a")
-    outcome = ledger.read_outcome(3)
+    outcome = outcome_of(ledger, 3)
     assert outcome["restored_from"] == "000001-000001.json"
     assert outcome["restore_fallback"] == {
         "newest": "000002-000001.json",
@@ -559,7 +559,7 @@ def test_a_shell_that_dies_of_sigterm_leaves_the_trainer_the_notice_to_save(
         wait_for(lambda: "step 8\n" in proc.stdout, what="training progress")
         imds.schedule_notice(in_seconds=8)
         assert proc.wait() == 0
-    outcome = ledger.read_outcome(1)
+    outcome = outcome_of(ledger, 1)
     assert outcome["status"] == "interrupted", outcome
     printed = max(int(n) for n in re.findall(r"^step (\d+)$", proc.stdout, re.MULTILINE))
     final = ledger.read_manifest(ledger.list_manifests()[-1])
@@ -579,7 +579,7 @@ def test_a_lease_left_by_a_reclaimed_session_is_taken_over(agent, run_uri: str, 
     """Session 1's instance was reclaimed after its outcome was written but before its lease was released:
     the lease still says "held" for minutes. Session 2 takes it over at once and restores session 1's work."""
     first = agent(run_uri, tmp_path / "a", "sh", "-c", "echo saved-by-one > state.txt", options=["--session", "1"])
-    assert first.wait() == 0 and ledger.read_outcome(1)["status"] == "succeeded"
+    assert first.wait() == 0 and outcome_of(ledger, 1)["status"] == "succeeded"
     left = ledger.read_record(records.Lease)
     assert left is not None and left.released  # the agent released it; the reclaim undoes that:
     ledger.write_record(
@@ -591,7 +591,7 @@ def test_a_lease_left_by_a_reclaimed_session_is_taken_over(agent, run_uri: str, 
     second = agent(run_uri, tmp_path / "b", "sh", "-c", "cat state.txt > seen.txt", options=["--session", "2"])
     assert second.wait() == 0, second.stderr
     assert (tmp_path / "b" / "seen.txt").read_text() == "saved-by-one\n"
-    assert ledger.read_outcome(2)["status"] == "succeeded"
+    assert outcome_of(ledger, 2)["status"] == "succeeded"
     assert "session 1 has ended (its outcome is written) without releasing it" in second.stderr
 
 
@@ -603,8 +603,8 @@ def test_a_live_lease_refuses_and_says_so_in_the_outcome(agent, run_uri: str, le
     second = agent(run_uri, tmp_path / "b", "sh", "-c", "echo should-not-run > ran", options=["--session", "2"])
     assert second.wait() == 3
     assert not (tmp_path / "b" / "ran").exists()
-    outcome = ledger.read_outcome(2)
+    outcome = outcome_of(ledger, 2)
     assert outcome is not None, second.stderr
     assert outcome["reason"] == "lease held by session 1: nothing was run"
     assert (outcome["status"], outcome["agent_exit_code"], outcome["lease_held_by"]) == ("interrupted", 3, 1)
-    assert first.wait() == 0 and ledger.read_outcome(1)["status"] == "succeeded"
+    assert first.wait() == 0 and outcome_of(ledger, 1)["status"] == "succeeded"

@@ -28,7 +28,7 @@ from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.watch.settle import SETTLE_SECONDS
-from tests.conftest import TRAIN
+from tests.conftest import TRAIN, outcome_of
 from tests.test_operators import reference_result
 
 STEPS, STEP_SECONDS, POLL, OFFSET_SAVE = 300, 0.1, 0.5, 5.0
@@ -209,7 +209,7 @@ def test_ha_triggerers_and_a_scheduler_restart_on_postgres(tmp_path: Path) -> No
         instances = cloud.instances()
         assert len(instances) == 1, f"one session, so one instance: {instances}"
         assert ledger.list_sessions() == [1]
-        assert (ledger.read_outcome(1) or {}).get("status") == "succeeded"
+        assert (outcome_of(ledger, 1) or {}).get("status") == "succeeded"
         session_steps = steps_in(ledger.read_log(1)[0].decode())
         assert session_steps == list(range(1, STEPS + 1))
         logged = steps_in(task_log(home))

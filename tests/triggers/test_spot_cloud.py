@@ -33,6 +33,7 @@ from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import RunWatchTrigger
+from tests.conftest import heartbeat_of, outcome_of
 
 AMI = "ami-03cf127a"  # one of the AMIs moto ships with
 
@@ -305,14 +306,14 @@ def test_interruption_reaches_the_agent_on_an_emulated_instance(cloud, subnets, 
     event = first_event(trigger_for(spec_for(subnets), run_uri=run_uri))
     instance_id = event["instance_id"]
     ledger = RunLedger(make_s3_client(), parse_s3_uri(run_uri))
-    wait_until(lambda: (ledger.read_heartbeat(1) or {}).get("state") == "running", what="the agent running")
+    wait_until(lambda: (heartbeat_of(ledger, 1) or {}).get("state") == "running", what="the agent running")
     assert b"training" in wait_until(lambda: ledger.read_log(1, 0)[0], what="output in the ledger")
     cloud.interrupt(instance_id, notice=notice)
     wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
     described = SpotLaunchHook(aws_conn_id=None, region_name="us-east-1").describe_instances([instance_id])
     assert described[instance_id]["State"]["Name"] == "terminated"
     assert described[instance_id]["StateReason"]["Code"] == "Server.SpotInstanceTermination"
-    outcome = ledger.read_outcome(1)
+    outcome = outcome_of(ledger, 1)
     if notice:
         assert outcome["status"] == "interrupted" and outcome["notice"]["source"] == "imds", outcome
         manifest = ledger.read_manifest(ledger.list_manifests()[0])

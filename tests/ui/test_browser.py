@@ -23,6 +23,7 @@ from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.ledger import layout
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
+from tests.conftest import heartbeat_of
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (scripts/system-packages.txt); Playwright downloads nothing
 HEADLESS_FLAGS = [
@@ -171,7 +172,7 @@ def test_run_view_and_dashboard_tell_an_interruption_from_a_failure(browser: Any
             # While session 1 trains: the live state, from its heartbeat.
             wait_for(
                 "session 1 to train a few steps",
-                lambda: ((ledger.read_heartbeat(1) or {}).get("progress") or {}).get("done", 0) >= 3,
+                lambda: ((heartbeat_of(ledger, 1) or {}).get("progress") or {}).get("done", 0) >= 3,
                 90,
                 0.5,
             )
