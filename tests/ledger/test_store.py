@@ -187,7 +187,7 @@ def test_the_airflow_sides_readers_take_typed_records(ledger: RunLedger) -> None
     for session, status in ((1, "interrupted"), (2, "succeeded")):
         ledger.put_json(ledger.key(layout.session_record(session)), {"session": session, "instance_id": f"i-{session}"})
         launch = records.Launch(
-            instance_id=f"i-{session}", instance_type="m5.large", market="spot", spot_price=0.036,
+            instance_id=f"i-{session}", instance_type="m5.large", lifecycle="spot", spot_price=0.036,
             on_demand_price=0.096, launched_at=1000.0 * session, waited_seconds=5,
         )  # fmt: skip
         ledger.write_record(launch, session)
