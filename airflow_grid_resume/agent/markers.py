@@ -41,6 +41,7 @@ import threading
 from dataclasses import dataclass, field
 
 from airflow_grid_resume.agent.scan import HashCache, PathFilter, walk
+from airflow_grid_resume.ledger.checkpoints import MARKED
 from airflow_grid_resume.ledger.paths import TEMP_MARKER
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,6 @@ log = logging.getLogger(__name__)
 # and 8 hex digits): sync never records such a name and no manifest may hold one. Removed before each
 # restore, so a restore's own random temporary name cannot meet it.
 CAPTURE_DIR = f"{TEMP_MARKER}-00000000"
-MARKED = "marker"  # a manifest of a capture taken at a checkpoint marker
-EXITED = "exit"  # the final sync after the command exited 0 (by itself, or having saved after SIGTERM)
 # A periodic sync that could not read a file stably (after its retries) commits nothing, this many times
 # in a row; then it commits with that file's previous version, so a file that never holds still (a log
 # appended all the time) cannot stop every checkpoint.
@@ -58,25 +57,6 @@ UNSTABLE_SKIPS = 2
 
 
 # -- pure decisions ---------------------------------------------------------------------------
-def manifest_extra(uses_markers: bool, complete: str | None) -> dict:
-    """The ``extra`` of a manifest the agent commits. Nothing for runs without markers."""
-    if not uses_markers:
-        return {}
-    return {"markers": True, **({"checkpoint": complete} if complete else {})}
-
-
-def uses_markers(extra: dict | None) -> bool:
-    return extra is not None and extra.get("markers") is True
-
-
-def is_complete(extra: dict | None) -> bool:
-    return extra is not None and extra.get("checkpoint") in (MARKED, EXITED)
-
-
-def restore_defers(extra: dict | None) -> bool:
-    """A manifest restore tries only after every complete one: written by a run that uses markers, and
-    not itself complete (a set of files the script never declared consistent)."""
-    return uses_markers(extra) and not is_complete(extra)
 
 
 def exit_is_complete(status: str, exit_code: int, killed: bool) -> bool:

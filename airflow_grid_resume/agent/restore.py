@@ -39,8 +39,8 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from airflow_grid_resume.agent.markers import restore_defers
 from airflow_grid_resume.agent.scan import KEPT_DIR, Digest, HashCache, sha256_file
+from airflow_grid_resume.ledger.checkpoints import restore_defers
 from airflow_grid_resume.ledger.errors import (
     CorruptObjectError,
     DiskFullError,

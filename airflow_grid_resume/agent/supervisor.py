@@ -38,16 +38,7 @@ from airflow_grid_resume.agent.logship import (
     LogSpool,
     SpoolLogHandler,
 )
-from airflow_grid_resume.agent.markers import (
-    EXITED,
-    MARKED,
-    Capture,
-    Captures,
-    clear_captures,
-    exit_is_complete,
-    manifest_extra,
-    uses_markers,
-)
+from airflow_grid_resume.agent.markers import Capture, Captures, clear_captures, exit_is_complete
 from airflow_grid_resume.agent.monitors import MonitorSettings, discover
 from airflow_grid_resume.agent.monitors.events import (
     KILL,
@@ -69,6 +60,7 @@ from airflow_grid_resume.agent.session import claim_session, command_env
 from airflow_grid_resume.agent.sync import MANIFESTS_PER_SESSION, SyncCancelled, Syncer
 from airflow_grid_resume.agent.unwatched import UnwatchedGuard
 from airflow_grid_resume.ledger import layout, records
+from airflow_grid_resume.ledger.checkpoints import EXITED, MARKED, manifest_extra, uses_markers
 from airflow_grid_resume.ledger.errors import (
     EXIT_AGENT_CRASHED,
     EXIT_LEASE_HELD,

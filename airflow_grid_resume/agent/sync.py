@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_grid_resume.agent.markers import MARKED, changed_in_capture, is_complete, unstable_action
+from airflow_grid_resume.agent.markers import changed_in_capture, unstable_action
 from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter, StatKey, now_ns, walk
+from airflow_grid_resume.ledger.checkpoints import MARKED, is_complete, newest_complete_kept
 from airflow_grid_resume.ledger.errors import UnstorablePathError
 from airflow_grid_resume.ledger.gc import SYNC_COMMIT_WINDOW
 from airflow_grid_resume.ledger.manifest import (
@@ -165,6 +166,7 @@ class Syncer:
         self._lock = threading.Lock()
         self._pointer_etag: str | None = None
         self._committed: list[str] = []  # this session's manifest keys, oldest first
+        self._committed_extras: list[dict] = []  # and their extra, for what retention must keep
         self._can_delete = True
         self._root = root  # what the sync under way reads: the workdir, or a capture of it
         self.unstable_skips = 0  # periodic syncs in a row that committed nothing (a file kept changing)
@@ -310,6 +312,7 @@ class Syncer:
             result.manifest, result.committed = manifest, True
             self._advance_pointer(manifest)
             self._committed.append(key)
+            self._committed_extras.append(dict(manifest.extra))
             self._forget_old_manifests()
             self._check_rewritten(manifest)
         result.seconds = time.monotonic() - started
@@ -413,7 +416,14 @@ class Syncer:
         """Keep at most ``keep_manifests`` of this session's manifests (best effort)."""
         if not self._can_delete or self.keep_manifests <= 0 or len(self._committed) <= self.keep_manifests:
             return
-        old, self._committed = self._committed[: -self.keep_manifests], self._committed[-self.keep_manifests :]
+        newest_first = self._committed_extras[::-1]
+        complete = newest_complete_kept(newest_first, self.keep_manifests)  # a marker run's newest complete one
+        keep = {len(self._committed) - 1 - complete} if complete is not None else set()
+        cut = len(self._committed) - self.keep_manifests
+        old = [key for i, key in enumerate(self._committed[:cut]) if i not in keep]
+        kept = [i for i in range(len(self._committed)) if i >= cut or i in keep]
+        self._committed = [self._committed[i] for i in kept]
+        self._committed_extras = [self._committed_extras[i] for i in kept]
         try:
             self.ledger.delete_keys(old)
         except Exception as exc:

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from airflow_grid_resume.ledger import layout, records
+from airflow_grid_resume.ledger.checkpoints import newest_complete_kept
 from airflow_grid_resume.ledger.errors import AgentError, ManifestError, UsageError
 from airflow_grid_resume.ledger.manifest import Manifest
 from airflow_grid_resume.ledger.store import RunLedger, StoredManifest
@@ -117,13 +118,16 @@ def plan_gc(
     key_of: RunLedger,
 ) -> GcPlan:
     """What to keep and delete. ``manifests`` newest first, each parsed (None: unreadable);
-    ``pinned`` names manifests kept whatever their age (the pointer's, a live session's)."""
+    ``pinned`` names manifests kept whatever their age (the pointer's, a live session's). A run whose script
+    prints checkpoint markers also keeps its newest complete checkpoint when the newest ``keep`` are all
+    incomplete (``ledger/checkpoints.py``): a torn one must never be all that is left to resume from."""
     if keep < 1:
         raise UsageError(f"--keep must be at least 1 (the newest checkpoint is what a run resumes from), got {keep}")
     plan = GcPlan()
     kept: list[Manifest] = []
+    complete = newest_complete_kept([m.extra if m is not None else None for _, m in manifests], keep)
     for i, (stored, manifest) in enumerate(manifests):
-        if i < keep or stored.name in pinned:
+        if i < keep or stored.name in pinned or i == complete:
             if manifest is None:
                 raise ManifestError(f"kept manifest {stored.name} cannot be read: nothing was deleted")
             kept.append(manifest)

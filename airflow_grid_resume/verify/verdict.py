@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from airflow_grid_resume.agent.markers import MARKED, is_complete
+from airflow_grid_resume.ledger.checkpoints import MARKED, is_complete
 from airflow_grid_resume.verify.chaos import FLOOR_SECONDS
 from airflow_grid_resume.verify.churn import ChurnReport, suggest_excludes
 from airflow_grid_resume.verify.outputs import OutputDiff

@@ -15,14 +15,10 @@ import pytest
 
 from airflow_grid_resume.agent import sync as sync_module
 from airflow_grid_resume.agent.markers import (
-    EXITED,
-    MARKED,
     UNSTABLE_SKIPS,
     Captures,
     exit_is_complete,
-    manifest_extra,
     replaced_after_marker,
-    restore_defers,
     take_capture,
     unstable_action,
 )
@@ -30,6 +26,7 @@ from airflow_grid_resume.agent.progress import ProgressTracker, is_checkpoint_li
 from airflow_grid_resume.agent.restore import Restorer
 from airflow_grid_resume.agent.scan import PathFilter
 from airflow_grid_resume.agent.sync import Syncer
+from airflow_grid_resume.ledger.checkpoints import EXITED, MARKED, manifest_extra, restore_defers
 from airflow_grid_resume.ledger.store import RunLedger
 from tests.conftest import SCRIPTS, pids_in_group
 

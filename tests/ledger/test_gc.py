@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from airflow_grid_resume.agent.restore import Restorer
+from airflow_grid_resume.ledger.checkpoints import MARKED, manifest_extra
 from airflow_grid_resume.ledger.gc import collect_garbage
 from airflow_grid_resume.ledger.gc import main as gc_main
 from airflow_grid_resume.ledger.store import RunLedger
@@ -243,3 +244,42 @@ def test_a_sync_slower_than_its_commit_window_redates_its_uploads_and_replaces_l
     s = syncer(RunLedger(GcDeletesOldUploads(), ledger.location), src, commit_window=0)
     assert s.sync("periodic").committed and deleted == [first]
     assert _newest_is_whole_and_restores_bit_exact(ledger, src, tmp_path / "dst") == "000001-000001.json"
+
+
+def _marker_run(ledger: RunLedger, src: Path, **kw) -> dict[str, bytes]:
+    """A marker run's session: one complete checkpoint (a capture), then three torn ones (unclean final syncs).
+    Returns the complete one's files."""
+    s = syncer(ledger, src, **kw)
+    src.mkdir(parents=True)
+    complete: dict[str, bytes] = {}
+    for v in range(4):
+        (src / "a.json").write_text(f'{{"step": {v}}}')
+        (src / "b.json").write_text(f'{{"step": {v if v == 0 else v - 1}}}')  # torn after the first
+        if v == 0:
+            complete = {name: (src / name).read_bytes() for name in ("a.json", "b.json")}
+        assert s.sync("periodic", extra=manifest_extra(True, MARKED if v == 0 else None)).committed
+    return complete
+
+
+def test_a_marker_runs_newest_complete_checkpoint_survives_gc_and_the_agents_pruning(
+    ledger: RunLedger, tmp_path: Path
+) -> None:
+    """Keeping only the newest N would leave nothing but torn checkpoints to resume from: gc and the agent's
+    own pruning keep the newest complete one too, and restore picks it."""
+    complete = _marker_run(ledger, tmp_path / "src", keep_manifests=2)
+    names = [m.name for m in ledger.list_manifests()]
+    assert names == ["000001-000004.json", "000001-000003.json", "000001-000001.json"]  # the agent kept #1
+    plan = collect_garbage(ledger, keep=2, grace=0, apply=True)
+    assert plan.kept == names and plan.manifests == []
+    dst = tmp_path / "dst"
+    assert Restorer(ledger, str(dst)).restore().manifest.name == "000001-000001.json"
+    assert {name: (dst / name).read_bytes() for name in ("a.json", "b.json")} == complete
+
+
+def test_without_markers_gc_keeps_the_newest_only(ledger: RunLedger, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _versions(ledger, src, 3)
+    assert [m.name for m in collect_garbage(ledger, keep=1, grace=0, apply=True).manifests] == [
+        "000001-000002.json",
+        "000001-000001.json",
+    ]
