@@ -40,7 +40,7 @@ from airflow_grid_resume.hooks.spot import SpotLaunchHook, launch_error
 from airflow_grid_resume.ledger import layout
 from airflow_grid_resume.ledger.errors import UsageError
 from airflow_grid_resume.ledger.gc import DEFAULT_GRACE_SECONDS, collect_garbage
-from airflow_grid_resume.ledger.records import Closed, Final, Launch, LaunchAttempt, Outcome, Spec, Watch
+from airflow_grid_resume.ledger.records import Closed, Launch, Outcome, Spec, Watch
 from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
@@ -48,12 +48,19 @@ from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_
 from airflow_grid_resume.logtext import log_lines, log_records
 from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
-from airflow_grid_resume.run.budgets import Budgets, budget_use, first_try_of_cycle
+from airflow_grid_resume.run.budgets import Budgets, first_try_of_cycle
 from airflow_grid_resume.run.ending import ended_status
+from airflow_grid_resume.run.ledgerio import (
+    budget_history,
+    end_run,
+    generation_uri,
+    newest_generation,
+    plan_session,
+    run_view,
+)
 from airflow_grid_resume.run.nextstep import (
     Reattach,
     ReportSucceeded,
-    RunView,
     StartFresh,
     choose_generation,
     next_step,
@@ -75,11 +82,6 @@ def run_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
     raw = f"{dag_id}/{task_id}/{run_id}" + (f"/{map_index}" if map_index >= 0 else "")
     safe = "/".join(_UNSAFE.sub("_", part) for part in raw.split("/"))
     return safe if safe == raw else f"{safe}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
-
-
-def generation_uri(base_uri: str, generation: int) -> str:
-    """Where generation ``generation`` of a run lives: a fresh re-run nests under the first one."""
-    return base_uri if generation <= 1 else f"{base_uri}/{layout.rerun(generation)}"
 
 
 class GridRunOperator(BaseOperator):
@@ -293,18 +295,6 @@ class GridRunOperator(BaseOperator):
             client = self.s3_hook.get_conn()
         return RunLedger(client, location)
 
-    def _current_run(self, base_uri: str) -> tuple[int, RunLedger, Final | None]:
-        """The newest generation of this task instance's run, and how it ended (None: not yet)."""
-        generation, ledger = 1, self._ledger(base_uri)
-        final = ledger.read_final()
-        while final is not None:
-            newer = self._ledger(generation_uri(base_uri, generation + 1), ledger.client)
-            if newer.get(newer.key(layout.SPEC)) is None:
-                break
-            generation, ledger = generation + 1, newer
-            final = ledger.read_final()
-        return generation, ledger, final
-
     def _run_ledger(self, context: Any, event: dict) -> tuple[str, RunLedger]:
         run_uri = event.get("run_uri") or self._base_uri(context)
         return run_uri, self._ledger(run_uri)
@@ -340,25 +330,6 @@ class GridRunOperator(BaseOperator):
         """The limits the run view shows its budgets against."""
         return {"max_interruptions": self.max_interruptions, "failure_retries": self.failure_retries}
 
-    @staticmethod
-    def _history(ledger: RunLedger, before: int) -> tuple[int, int]:
-        """(interruptions, failures) since the run last ended (a clear gives fresh budgets), from the
-        ledger's records of the sessions before ``before``."""
-        final = ledger.read_final()
-        statuses = []
-        for session in ledger.list_sessions():
-            if session >= before:
-                continue
-            outcome = ledger.read_record(Outcome, session)  # the Airflow side's verdict only matters without one
-            closed = None if outcome else ledger.read_closed(session)
-            statuses.append((session, ended_status(outcome, closed).value))
-        return budget_use(
-            statuses,
-            final_status=final.status if final else None,
-            final_session=final.session if final else None,
-            before=before,
-        )
-
     def _budget_rules(self) -> Budgets:
         return Budgets(self.auto_resume, self.max_interruptions, self.failure_retries)
 
@@ -370,7 +341,7 @@ class GridRunOperator(BaseOperator):
         outcome = ledger.read_record(Outcome, session)
         closed = None if outcome else ledger.read_closed(session)
         status = ended_status(outcome, closed)
-        interruptions, failures = self._history(ledger, session + 1)
+        interruptions, failures = budget_history(ledger, session + 1)
         reason = (outcome.reason if outcome else None) or (closed.reason if closed else None)
         exhausted = self._budget_rules().exhausted(
             status,
@@ -386,7 +357,7 @@ class GridRunOperator(BaseOperator):
         ti = context.get("ti")
         if not first_try_of_cycle(getattr(ti, "try_number", None), getattr(ti, "max_tries", None), self.retries or 0):
             raise self._fail(ledger, session, exhausted)
-        self._end_run(ledger, session, SessionStatus.FAILED, exhausted.splitlines()[0])
+        end_run(ledger, session, SessionStatus.FAILED, exhausted.splitlines()[0])
         self.log.info(
             "the run ended after session %d (%s); this try starts it again with fresh budgets", session, exhausted
         )
@@ -417,10 +388,6 @@ class GridRunOperator(BaseOperator):
                 "could not delete the live-output queue %s (grid-resume reap will): %s", spec.live_queue, exc
             )
 
-    def _end_run(self, ledger: RunLedger, session: int, status: SessionStatus, reason: str) -> None:
-        """Record that the run ended (a later clear of the task starts from here)."""
-        ledger.write_record(Final(status=status.value, session=session, reason=reason, at=time.time()))
-
     def _retain(self, ledger: RunLedger) -> None:
         """Keep the newest ``keep_checkpoints`` of a run that succeeded (grid-resume gc --apply);
         a failure costs only storage, never the task."""
@@ -435,7 +402,7 @@ class GridRunOperator(BaseOperator):
             self.log.info("retention: %s", line)
 
     def _fail(self, ledger: RunLedger, session: int, message: str) -> AirflowFailException:
-        self._end_run(ledger, session, SessionStatus.FAILED, message.splitlines()[0])
+        end_run(ledger, session, SessionStatus.FAILED, message.splitlines()[0])
         self._delete_live_queue(ledger)
         self._summary(ledger, {"status": SessionStatus.FAILED.value})  # the last try's log ends with the run's story
         return AirflowFailException(message)
@@ -443,7 +410,7 @@ class GridRunOperator(BaseOperator):
     # -- the lifecycle -------------------------------------------------------------------------------
     def execute(self, context: Any) -> Any:
         base_uri = self._base_uri(context)
-        generation, ledger, final = self._current_run(base_uri)
+        generation, ledger, final = newest_generation(self._ledger(base_uri), base_uri)
         choice = choose_generation(
             final.status if final else None,
             final.session if final else None,
@@ -473,11 +440,11 @@ class GridRunOperator(BaseOperator):
         state = (store.get(STATE_KEY) if store else None) or {}
         if state.get("run_uri") != run_uri:
             state = {}
-        step = next_step(self._run_view(ledger, state))
+        step = next_step(run_view(ledger, state))
         if isinstance(step, ReportSucceeded):
             self.log.info("%s", step.note)
             assert step.session is not None
-            self._end_run(ledger, step.session, SessionStatus.SUCCEEDED, "succeeded")
+            end_run(ledger, step.session, SessionStatus.SUCCEEDED, "succeeded")
             outcome = ledger.read_record(Outcome, step.session)
             return self._summary(
                 ledger, {"status": SessionStatus.SUCCEEDED.value, "outcome": outcome.to_dict() if outcome else None}
@@ -500,13 +467,13 @@ class GridRunOperator(BaseOperator):
             self._close_if_unwatched(ledger, run_uri, step.close_unwatched)
         if step.judge and self._judge_last_session(context, ledger, step.judge) and self.rerun == "fresh":
             return self.execute(context)  # the run has ended now: start over as a new run
-        interruptions, _failures = self._history(ledger, session)
+        interruptions, _failures = budget_history(ledger, session)
         first_started = float(state.get("first_started_at") or time.time())
         left = first_started + self.max_run - time.time() if self.max_run else None
         if left is not None and left <= 0:
             raise self._fail(ledger, session - 1, f"max_run ({self.max_run:.0f} s) reached before session {session}")
         spec = self._resolved_spec()
-        expires_at = self._plan_session(ledger, session, spec)
+        expires_at = plan_session(ledger, session, spec.expiry_hours)
         state = {"session": session, "run_uri": run_uri, "first_started_at": first_started}
         if store:
             store.set(STATE_KEY, state)
@@ -567,46 +534,6 @@ class GridRunOperator(BaseOperator):
             status=outcome.status, reason=outcome.reason, instance_id=instance_id, at=time.time(), unwatched=True
         )
         ledger.write_record(closed, session)
-
-    @staticmethod
-    def _run_view(ledger: RunLedger, state: dict) -> RunView:
-        """What the ledger and the task state store say of this generation's sessions, for ``next_step``."""
-        sessions = ledger.list_sessions()
-        newest = sessions[-1] if sessions else None
-        newest_outcome = ledger.read_record(Outcome, newest) if newest else None
-        latest = max([0, *sessions, int(state.get("session", 0))])
-        if not latest:
-            return RunView(newest, False, 0, False, False)
-        launch = ledger.read_launch(latest)
-        remembered = state.get("session") == latest and state.get("instance_id")
-        return RunView(
-            newest_in_ledger=newest,
-            newest_succeeded=newest_outcome is not None and newest_outcome.status == SessionStatus.SUCCEEDED,
-            latest=latest,
-            has_outcome=ledger.get(ledger.key(layout.outcome(latest))) is not None,
-            has_closed=ledger.get(ledger.key(layout.closed(latest))) is not None,
-            launched_instance=launch.instance_id if launch else None,
-            launched_at=launch.launched_at if launch else None,
-            remembered_instance=state["instance_id"] if remembered else None,
-            remembered_launched_at=state.get("launched_at") if remembered else None,
-        )
-
-    def _plan_session(self, ledger: RunLedger, session: int, spec: LaunchSpec) -> str:
-        """Fix session ``session`` in the ledger before anything is launched for it, with the expiry tag
-        every launch attempt of the session carries (a retried RunInstances must repeat its parameters
-        exactly, or EC2 rejects its ClientToken). Returns that expiry."""
-        record = ledger.read_record(LaunchAttempt, session)
-        if record is not None and record.expires_at:
-            return record.expires_at
-        planned = LaunchAttempt(
-            session=session, expires_at=expiry_tag(time.time(), spec.expiry_hours), attempt=None, at=time.time()
-        )
-        try:  # created once here (the capacity trigger then overwrites it before each attempt, keeping the expiry)
-            ledger.write_record(planned, session, create=True)
-        except ConditionalWriteLost:
-            record = ledger.read_record(LaunchAttempt, session)  # another try planned it first: use its expiry
-            return record.expires_at if record is not None and record.expires_at else planned.expires_at
-        return planned.expires_at
 
     def _resolved_spec(self) -> LaunchSpec:
         """The launch spec with what only AWS knows filled in (no I/O at parse time)."""
@@ -739,7 +666,7 @@ class GridRunOperator(BaseOperator):
         _, ledger = self._run_ledger(context, event)
         closed = Closed(status=status, reason=event.get("reason"), instance_id=event.get("instance_id"), at=time.time())
         ledger.write_record(closed, session)
-        interruptions, failures = self._history(ledger, session + 1)
+        interruptions, failures = budget_history(ledger, session + 1)
         outcome = event.get("outcome")
         verdict = session_verdict(
             status,
@@ -752,7 +679,7 @@ class GridRunOperator(BaseOperator):
             max_run=self.max_run,
         )
         if verdict.action == REPORT:
-            self._end_run(ledger, session, SessionStatus.SUCCEEDED, "succeeded")
+            end_run(ledger, session, SessionStatus.SUCCEEDED, "succeeded")
             self._delete_live_queue(ledger)
             self._retain(ledger)
             return self._summary(ledger, event)

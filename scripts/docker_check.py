@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     assert hashlib.sha256(uploaded).digest() == hashlib.sha256(built).digest(), "the agent uploaded is not the image's"
     log = task_log(api, run_id, int(ti["try_number"]))
     for expected in (
-        "spot interruption: session 1 ended by a spot notice",
+        "spot interruption: session 1 ended: spot interruption notice",
         "resumed from checkpoint at step",
         "done: test accuracy",
         "run summary: 2 sessions, 1 interruptions, 0 failures; succeeded",

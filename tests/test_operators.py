@@ -372,21 +372,32 @@ def test_a_worker_crash_between_launch_and_defer_reattaches(spot_cloud, training
     assert result_of(ledger, tmp_path) == reference_result(tmp_path)
 
 
-def test_a_worker_dying_after_its_verdict_still_spends_the_budget_once(spot_cloud, training_dir, capfd) -> None:
+def test_a_worker_dying_after_its_verdict_still_spends_the_budget_once(
+    spot_cloud, training_dir, capfd, monkeypatch
+) -> None:
     """The try that sees the interruption exhaust the budget records its verdict (closed.json) and dies before
     failing the run: the retry Airflow gives the dead worker must fail the run too, not launch session 2."""
+    from airflow_grid_resume import operators
     from airflow_grid_resume.operators import GridRunOperator
 
+    dying = {"now": False}
+
     class DiesAfterItsVerdict(GridRunOperator):
+        def execute(self, context: Any) -> Any:
+            dying["now"] = False  # a new try: a new worker
+            return super().execute(context)
+
         def on_session_end(self, context: Any, event: dict | None = None) -> Any:
-            self._dying = context["ti"].try_number == 1
+            dying["now"] = context["ti"].try_number == 1
             return super().on_session_end(context, event)
 
-        def _history(self, ledger: RunLedger, before: int) -> tuple[int, int]:  # called right after closed.json
-            if getattr(self, "_dying", False):
-                raise RuntimeError("worker died after recording its verdict")
-            return GridRunOperator._history(ledger, before)
+    def budget_history(ledger: RunLedger, before: int) -> tuple[int, int]:  # read right after closed.json
+        if dying["now"]:
+            raise RuntimeError("worker died after recording its verdict")
+        return real_history(ledger, before)
 
+    real_history = operators.budget_history
+    monkeypatch.setattr(operators, "budget_history", budget_history)
     bucket = new_bucket()
     before = {i["instance_id"] for i in spot_cloud.instances()}
     _, stop = chaos(spot_cloud, times=1, notice=True)

@@ -1,0 +1,104 @@
+"""The ledger reads and writes the operator's decisions stand on: which generation of the run is current, what
+its sessions say (``RunView`` for ``next_step``), the budgets spent, a session planned, the run ended.
+
+Thin functions over ``RunLedger`` (the decisions themselves are pure, in ``nextstep``, ``verdict`` and
+``budgets``), tested through the operator against the local spot cloud.
+"""
+
+from __future__ import annotations
+
+import time
+
+from airflow_grid_resume.ec2.tags import expiry_tag
+from airflow_grid_resume.ledger import layout
+from airflow_grid_resume.ledger.records import Final, LaunchAttempt, Outcome
+from airflow_grid_resume.ledger.status import SessionStatus
+from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
+from airflow_grid_resume.ledger.uri import parse_s3_uri
+from airflow_grid_resume.run.budgets import budget_use
+from airflow_grid_resume.run.ending import ended_status
+from airflow_grid_resume.run.nextstep import RunView
+
+
+def generation_uri(base_uri: str, generation: int) -> str:
+    """Where generation ``generation`` of a run lives: a fresh re-run nests under the first one."""
+    return base_uri if generation <= 1 else f"{base_uri}/{layout.rerun(generation)}"
+
+
+def newest_generation(ledger: RunLedger, base_uri: str) -> tuple[int, RunLedger, Final | None]:
+    """The newest generation of this task instance's run (``ledger`` is the first's), and how it ended (None:
+    not yet)."""
+    generation = 1
+    final = ledger.read_final()
+    while final is not None:
+        newer = RunLedger(ledger.client, parse_s3_uri(generation_uri(base_uri, generation + 1)))
+        if newer.get(newer.key(layout.SPEC)) is None:
+            break
+        generation, ledger = generation + 1, newer
+        final = ledger.read_final()
+    return generation, ledger, final
+
+
+def run_view(ledger: RunLedger, state: dict) -> RunView:
+    """What the ledger and the task state store say of this generation's sessions, for ``next_step``."""
+    sessions = ledger.list_sessions()
+    newest = sessions[-1] if sessions else None
+    newest_outcome = ledger.read_record(Outcome, newest) if newest else None
+    latest = max([0, *sessions, int(state.get("session", 0))])
+    if not latest:
+        return RunView(newest, False, 0, False, False)
+    launch = ledger.read_launch(latest)
+    remembered = state.get("session") == latest and state.get("instance_id")
+    return RunView(
+        newest_in_ledger=newest,
+        newest_succeeded=newest_outcome is not None and newest_outcome.status == SessionStatus.SUCCEEDED,
+        latest=latest,
+        has_outcome=ledger.get(ledger.key(layout.outcome(latest))) is not None,
+        has_closed=ledger.get(ledger.key(layout.closed(latest))) is not None,
+        launched_instance=launch.instance_id if launch else None,
+        launched_at=launch.launched_at if launch else None,
+        remembered_instance=state["instance_id"] if remembered else None,
+        remembered_launched_at=state.get("launched_at") if remembered else None,
+    )
+
+
+def budget_history(ledger: RunLedger, before: int) -> tuple[int, int]:
+    """(interruptions, failures) since the run last ended (a clear gives fresh budgets), from the ledger's
+    records of the sessions before ``before``."""
+    final = ledger.read_final()
+    statuses = []
+    for session in ledger.list_sessions():
+        if session >= before:
+            continue
+        outcome = ledger.read_record(Outcome, session)  # the Airflow side's verdict only matters without one
+        closed = None if outcome else ledger.read_closed(session)
+        statuses.append((session, ended_status(outcome, closed).value))
+    return budget_use(
+        statuses,
+        final_status=final.status if final else None,
+        final_session=final.session if final else None,
+        before=before,
+    )
+
+
+def plan_session(ledger: RunLedger, session: int, expiry_hours: float) -> str:
+    """Fix session ``session`` in the ledger before anything is launched for it, with the expiry tag every launch
+    attempt of the session carries (a retried RunInstances must repeat its parameters exactly, or EC2 rejects its
+    ClientToken). Returns that expiry."""
+    record = ledger.read_record(LaunchAttempt, session)
+    if record is not None and record.expires_at:
+        return record.expires_at
+    planned = LaunchAttempt(
+        session=session, expires_at=expiry_tag(time.time(), expiry_hours), attempt=None, at=time.time()
+    )
+    try:  # created once here (the capacity trigger then overwrites it before each attempt, keeping the expiry)
+        ledger.write_record(planned, session, create=True)
+    except ConditionalWriteLost:
+        record = ledger.read_record(LaunchAttempt, session)  # another try planned it first: use its expiry
+        return record.expires_at if record is not None and record.expires_at else planned.expires_at
+    return planned.expires_at
+
+
+def end_run(ledger: RunLedger, session: int, status: SessionStatus, reason: str) -> None:
+    """Record that the run ended (a later clear of the task starts from here)."""
+    ledger.write_record(Final(status=status.value, session=session, reason=reason, at=time.time()))
