@@ -157,6 +157,29 @@ def _describe(hint: Any) -> str:
 # -- the agent's documents ------------------------------------------------------------------------
 
 
+# Boot.problem: no python3 >= 3.9 on the image (an image problem: no retry on the same image can help).
+BOOT_NO_PYTHON = "no_usable_python"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Boot(Record):
+    """``sessions/SSSSSS/boot.json``: written by the instance's bootstrap (spot/bootstrap.py) before the agent
+    starts: the python3 it chose (``python``, ``python_version``) or, when none fits, ``problem`` and
+    ``message`` (what to fix). ``candidates``: every python3 it looked at, with its version."""
+
+    NAME = "boot"
+    KEY = "sessions/SSSSSS/boot.json"
+    OMIT_NONE = ("python", "python_version", "problem", "message")
+
+    session: int
+    python: str | None = None
+    python_version: str | None = None
+    problem: str | None = None
+    message: str | None = None
+    candidates: list[str] = field(default_factory=list)
+    at: str = ""
+
+
 @dataclass(frozen=True, kw_only=True)
 class SessionStart(Record):
     """``sessions/SSSSSS/session.json``: creating it (once) claims the session number."""
@@ -379,6 +402,7 @@ class Closed(Record):
 # -- where each record lives ----------------------------------------------------------------------
 
 SESSION_RECORDS: dict[type[Record], typing.Callable[[int], str]] = {
+    Boot: layout.boot,
     SessionStart: layout.session_record,
     Heartbeat: layout.heartbeat,
     Outcome: layout.outcome,
