@@ -221,6 +221,8 @@ class Heartbeat(Record):
 
 # Outcome.cause: the checkpoint did not fit on the instance's disk while restoring (no retry can help).
 CAUSE_DISK_FULL = "disk_full"
+# Outcome.cause (set by the Airflow side from boot.json): the image has no usable python3 (no retry can help).
+CAUSE_IMAGE = "image"
 
 
 @dataclass(frozen=True, kw_only=True)

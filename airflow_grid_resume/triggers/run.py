@@ -57,8 +57,8 @@ log = logging.getLogger(__name__)
 
 SELF_SHUTDOWN = "Client.InstanceInitiatedShutdown"
 BOOT_FAILURE = (
-    "the instance powered itself off before the agent started: the image needs bash and python3 >= 3.10 with "
-    "boto3, and the instance profile needs s3:GetObject on the run's prefix (the instance's console output, "
+    "the instance powered itself off before the agent started: the image needs bash and python3 >= 3.9, and the "
+    "instance profile needs s3:GetObject and s3:PutObject on the run's prefix (the instance's console output, "
     "`aws ec2 get-console-output`, says which)"
 )
 
@@ -283,10 +283,16 @@ class RunWatchTrigger(BaseTrigger):
                         lost = f"{LEASE_HELD} session {holder or '(unknown)'}: this session's agent ran nothing"
                     elif boot_ended:
                         # Powered itself off and never claimed its session: the bootstrap failed on this image
-                        # (no python3 >= 3.10 with boto3, no S3 access). Not spot weather: a failure.
+                        # (no S3 access; no python3 >= 3.9 is told apart by boot.json). Not spot weather: a failure.
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
-                        self.log.error("session %d: %s", self.session, BOOT_FAILURE)
+                        boot = await ledger.get_record(records.Boot)
                         await self._end_instance(ec2_hook, ec2, batcher)
+                        if boot is not None and boot.problem:  # the bootstrap said why: the image, not the script
+                            self.log.error("session %d: %s", self.session, boot.message)
+                            image = {"reason": boot.message or boot.problem, "cause": records.CAUSE_IMAGE}
+                            yield TriggerEvent(self._event(SessionStatus.FAILED, offset, outcome=image))
+                            return
+                        self.log.error("session %d: %s", self.session, BOOT_FAILURE)
                         yield TriggerEvent(self._event(SessionStatus.FAILED, offset, reason=BOOT_FAILURE))
                         return
                     if lost:
