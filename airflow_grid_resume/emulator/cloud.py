@@ -341,6 +341,8 @@ class SpotCloud:
             # Its own wall clock, when the control route set one: libfaketime in every process it starts.
             **skewed_clock_env(self.faults.clock_offset_seconds, self.faults.skew_library),
         }
+        if os.environ.get("GRID_RESUME_PYTHONS"):  # the emulated image's interpreters (tests/test_stock_images.py)
+            env["GRID_RESUME_PYTHONS"] = os.environ["GRID_RESUME_PYTHONS"]
         os.makedirs(env["TMPDIR"])
         # python3 on the instance: this interpreter's directory comes first, as an AMI's python3 would, with the
         # packages this one has (boto3): installed with pip --user (the official Airflow image) they are found

@@ -108,6 +108,8 @@ def s3(method, bucket, key, body=None, attempts=8):
             req = urllib.request.Request(
                 url, data=body, method=method, headers=signed_headers(method, url, where, creds, body, now)
             )
+            if body is not None:  # else urllib sends a form's content type, which S3 servers may parse as one
+                req.add_header("Content-Type", "application/octet-stream")
             with urllib.request.urlopen(req, timeout=60) as resp:
                 return resp.read()
         except urllib.error.HTTPError as exc:
