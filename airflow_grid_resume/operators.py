@@ -31,7 +31,7 @@ from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.asyncaws.ledgerreader import AsyncLedgerReader
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
-from airflow_grid_resume.ec2.launch import LaunchSpec, explain_fatal
+from airflow_grid_resume.ec2.launch import LaunchSpec, explain_fatal, ssm_parameter
 from airflow_grid_resume.ec2.prices import on_demand_price
 from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.hooks.base import hook_client
@@ -610,15 +610,20 @@ class GridRunOperator(BaseOperator):
 
     def _resolved_spec(self) -> LaunchSpec:
         """The launch spec with what only AWS knows filled in (no I/O at parse time)."""
-        if not self.spec.root_volume_gb or self.spec.root_device_name:
-            return self.spec
-        hook = self.spot_hook
+        spec, hook = self.spec, self.spot_hook
+        parameter = ssm_parameter(spec.image_id)
         try:
-            device = hook.root_device_name(self.spec.image_id)
+            if parameter:  # resolved once per try: DescribeImages cannot take the parameter, RunInstances could
+                image_id = hook.resolve_image(parameter)
+                self.log.info("image_id %s is %s", spec.image_id, image_id)
+                spec = dataclasses.replace(spec, image_id=image_id)
+            if not spec.root_volume_gb or spec.root_device_name:
+                return spec
+            device = hook.root_device_name(spec.image_id)
         except ClientError as exc:
             err = launch_error(exc)
             raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
-        return dataclasses.replace(self.spec, root_device_name=device)
+        return dataclasses.replace(spec, root_device_name=device)
 
     def _launch_now(
         self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str

@@ -6,29 +6,37 @@ with none gets the image problem recorded, and the run fails with the fix instea
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import glob
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import time
+import types
 import uuid
 from pathlib import Path
 
 import boto3
 import pytest
+from airflow.exceptions import AirflowFailException
 
 from airflow_grid_resume.agent.bundle import build_zipapp
 from airflow_grid_resume.budgets import Budgets
 from airflow_grid_resume.emulator.client import LocalSpotCloud
+from airflow_grid_resume.hooks.spot import SpotLaunchHook
 from airflow_grid_resume.ledger import records
 from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
-from airflow_grid_resume.spot.launch import LaunchSpec
+from airflow_grid_resume.spot.launch import LaunchSpec, ssm_parameter
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
+from airflow_grid_resume.triggers.run import RunWatchTrigger
 
 AMI = "ami-03cf127a"  # one of the AMIs moto ships with
 SAVE_ON_TERM = "trap 'echo step-7 > ckpt; echo saved; exit 0' TERM; echo started; while true; do sleep 0.1; done"
@@ -113,6 +121,16 @@ def test_zipapp_on_a_too_old_python_says_what_it_needs(agent_pyz: str, tmp_path:
     assert "needs python3 >= 3.9" in proc.stderr and "3.8" in proc.stderr
 
 
+def first_event(trigger) -> dict:
+    async def first() -> dict:
+        async with contextlib.aclosing(trigger.run()) as events:
+            async for event in events:
+                return event.payload
+        raise AssertionError("the trigger ended without an event")
+
+    return asyncio.run(first())
+
+
 def launch(cloud: LocalSpotCloud, agent_pyz: str, command: list[str]) -> tuple[str, str]:
     """A run prepared in the cloud's S3 as the operator does, and its session 1 launched by the capacity
     trigger: (run URI, instance id)."""
@@ -141,16 +159,7 @@ def launch(cloud: LocalSpotCloud, agent_pyz: str, command: list[str]) -> tuple[s
         backoff_max=1.0,
     )
 
-    import asyncio
-    import contextlib
-
-    async def first() -> dict:
-        async with contextlib.aclosing(trigger.run()) as events:
-            async for event in events:
-                return event.payload
-        raise AssertionError("no event")
-
-    event = asyncio.run(first())
+    event = first_event(trigger)
     assert event["status"] == "launched", event
     return run_uri, event["instance_id"]
 
@@ -200,7 +209,22 @@ def test_an_image_without_a_usable_python_records_the_image_problem(image_cloud,
     cloud = image_cloud(old)
     run_uri, instance_id = launch(cloud, agent_pyz, ["sh", "-c", "echo never > ran"])
     ledger = RunLedger(make_s3_client(), parse_s3_uri(run_uri))
-    wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance powering off")
+    watch = RunWatchTrigger(
+        run_uri=run_uri,
+        session=1,
+        instance_id=instance_id,
+        launched_at=time.time(),
+        aws_conn_id=None,
+        region_name="us-east-1",
+        poll_interval=0.3,
+        instance_check_interval=1.0,
+        heartbeat_timeout=30,
+        boot_timeout=60,
+    )
+    event = first_event(watch)  # what the operator's on_session_end gets
+    assert event["status"] == "failed" and event["outcome"]["cause"] == records.CAUSE_IMAGE, event
+    assert "no usable Python on this image" in event["reason"]
+    assert cloud.instance(instance_id)["state"] == "terminated"
     boot = ledger.read_record(records.Boot, 1)
     assert boot is not None and boot.problem == records.BOOT_NO_PYTHON, boot
     assert "python3 >= 3.9" in boot.message and f"{old} (3.8." in boot.message, boot.message
@@ -209,3 +233,32 @@ def test_an_image_without_a_usable_python_records_the_image_problem(image_cloud,
         "failed", 1, 0, 1, reason=boot.message, cause=records.CAUSE_IMAGE
     )
     assert verdict is not None and "could not start on this image" in verdict and "python3 >= 3.9" in verdict
+
+
+AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+
+def test_image_id_names_an_ssm_parameter() -> None:
+    spec = LaunchSpec(image_id=f"resolve:ssm:{AL2023}", instance_types=("g5.xlarge",), subnet_ids=("subnet-1",))
+    assert ssm_parameter(spec.image_id) == AL2023 and ssm_parameter("ami-0123") is None
+    with pytest.raises(ValueError, match="or an SSM parameter like 'resolve:ssm:/aws/service/"):
+        LaunchSpec(image_id="al2023", instance_types=("g5.xlarge",), subnet_ids=("subnet-1",))
+
+
+def test_an_ssm_image_id_resolves_to_an_ami_with_its_root_device(aws_env) -> None:
+    """What the operator does before launching (operators._resolved_spec): GetParameter, then DescribeImages for
+    the root device, since DescribeImages cannot take the parameter; an unknown parameter says what to fix."""
+    from airflow_grid_resume.operators import GridRunOperator
+
+    spec = LaunchSpec(
+        image_id=f"resolve:ssm:{AL2023}", instance_types=("g5.xlarge",), subnet_ids=("subnet-1",), root_volume_gb=200
+    )
+    hook = SpotLaunchHook(aws_conn_id=None, region_name="us-east-1")
+    op = types.SimpleNamespace(spec=spec, spot_hook=hook, log=logging.getLogger("test"))  # what it reads
+    resolved = GridRunOperator._resolved_spec(op)
+    expected = boto3.client("ssm").get_parameter(Name=AL2023)["Parameter"]["Value"]
+    assert resolved.image_id == expected and expected.startswith("ami-")
+    assert resolved.root_device_name == "/dev/xvda"
+    op.spec = dataclasses.replace(spec, image_id="resolve:ssm:/aws/service/no/such/parameter")
+    with pytest.raises(AirflowFailException, match="ParameterNotFound: the SSM parameter does not exist"):
+        GridRunOperator._resolved_spec(op)
