@@ -262,3 +262,14 @@ def test_an_ssm_image_id_resolves_to_an_ami_with_its_root_device(aws_env) -> Non
     op.spec = dataclasses.replace(spec, image_id="resolve:ssm:/aws/service/no/such/parameter")
     with pytest.raises(AirflowFailException, match="ParameterNotFound: the SSM parameter does not exist"):
         GridRunOperator._resolved_spec(op)
+
+
+def test_the_launchers_boot_record_is_the_ledgers() -> None:
+    """spot/bootpy.py writes boot.json without the project's code: what it writes must read as ``records.Boot``."""
+    from airflow_grid_resume.spot import bootpy
+
+    seen = ["/usr/bin/python3 (3.8.10)"]
+    ok = records.Boot.from_json(bootpy.boot_record(4, "/usr/bin/python3.11", seen))
+    assert (ok.session, ok.python, ok.problem, ok.candidates) == (4, "/usr/bin/python3.11", None, seen)
+    bad = records.Boot.from_json(bootpy.boot_record(4, None, seen, records.BOOT_NO_PYTHON, "fix the image"))
+    assert (bad.problem, bad.message, bad.python) == (records.BOOT_NO_PYTHON, "fix the image", None)
