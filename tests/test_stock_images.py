@@ -131,25 +131,29 @@ def first_event(trigger) -> dict:
     return asyncio.run(first())
 
 
-def launch(cloud: LocalSpotCloud, agent_pyz: str, command: list[str]) -> tuple[str, str]:
-    """A run prepared in the cloud's S3 as the operator does, and its session 1 launched by the capacity
-    trigger: (run URI, instance id)."""
+def launch(
+    cloud: LocalSpotCloud, agent_pyz: str, command: list[str], *, run_uri: str | None = None, session: int = 1
+) -> tuple[str, str]:
+    """A run prepared in the cloud's S3 as the operator does (or ``run_uri``'s, its command replaced), and its
+    ``session`` launched by the capacity trigger: (run URI, instance id)."""
     ec2 = boto3.client("ec2")
     subnets = sorted(ec2.describe_subnets()["Subnets"], key=lambda s: s["AvailabilityZone"])[:1]
-    bucket = f"stock-{uuid.uuid4().hex[:10]}"
     s3 = boto3.client("s3")
-    s3.create_bucket(Bucket=bucket)
-    run_id = f"run-{uuid.uuid4().hex[:6]}"
-    s3.upload_file(agent_pyz, bucket, f"{run_id}/{AGENT_KEY}")
+    if run_uri is None:
+        bucket = f"stock-{uuid.uuid4().hex[:10]}"
+        s3.create_bucket(Bucket=bucket)
+        run_id = f"run-{uuid.uuid4().hex[:6]}"
+        s3.upload_file(agent_pyz, bucket, f"{run_id}/{AGENT_KEY}")
+        run_uri = f"s3://{bucket}/{run_id}"
+    bucket, _, run_id = run_uri[len("s3://") :].partition("/")
     agent_args = ["--heartbeat-interval", "1", "--log-interval", "0.5", "--imds-poll", "0.2"]
     spec = {"command": command, "agent_args": agent_args}
     s3.put_object(Bucket=bucket, Key=f"{run_id}/{SPEC_KEY}", Body=json.dumps(spec).encode())
-    run_uri = f"s3://{bucket}/{run_id}"
     launch_spec = LaunchSpec(image_id=AMI, instance_types=("m5.large",), subnet_ids=(subnets[0]["SubnetId"],))
     trigger = SpotCapacityTrigger(
         run_id=run_id,
         run_uri=run_uri,
-        session=1,
+        session=session,
         spec=launch_spec.as_dict(),
         started_at=time.time(),
         max_wait=60,

@@ -107,6 +107,23 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
 
 
 INSTANCE_MARKER = "GRID_RESUME_EMULATED_INSTANCE"
+# A Docker image whose root file system the instances boot (tests/test_stock_containers.py, make docker-test): the
+# user data runs in a container of it as root, on the host's network (S3, SQS and the metadata service on loopback).
+INSTANCE_IMAGE_ENV = "GRID_RESUME_INSTANCE_IMAGE"
+# What the image's own environment decides, not this process's.
+_HOST_ONLY = ("PATH", "PYTHONUSERBASE", "LD_PRELOAD", "FAKETIME", "FAKETIME_NO_CACHE", "DONT_FAKE_MONOTONIC")
+
+
+def container_argv(image: str, instance_id: str, directory: str, env: dict[str, str], argv: list[str]) -> list[str]:
+    """``docker run`` of ``argv`` in a container of ``image`` named after the instance, with ``env`` (the marker
+    included: its processes are found and killed from here like local ones) and the instance's directory."""
+    docker = os.environ.get("DOCKER", "docker")
+    cmd = [docker, "run", "--rm", "--name", f"grid-resume-{instance_id}", "--network", "host"]
+    cmd += ["-v", f"{directory}:{directory}", "-w", directory]
+    for key, value in sorted(env.items()):
+        if key not in _HOST_ONLY:
+            cmd += ["-e", f"{key}={value}"]
+    return [*cmd, image, *argv]
 
 
 def marked_processes(instance_id: str) -> list[int]:
@@ -349,9 +366,13 @@ class SpotCloud:
         # through PYTHONUSERBASE, since the instance has its own HOME.
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
         env["PYTHONUSERBASE"] = site.getuserbase()
+        argv = ["bash", os.path.join(directory, "user-data.sh")]
+        image = os.environ.get(INSTANCE_IMAGE_ENV)
+        if image:  # the instance's root file system from a Docker image: its python3 (or none), not this one's
+            argv, env = container_argv(image, instance_id, directory, env, argv), dict(os.environ)
         console = open(os.path.join(directory, "console.log"), "wb")  # noqa: SIM115 (closed by the waiter)
         instance.proc = subprocess.Popen(
-            ["bash", os.path.join(directory, "user-data.sh")],
+            argv,
             cwd=directory,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -380,6 +401,12 @@ class SpotCloud:
             instance.reason = reason
         root = instance.proc.pid if kill and instance.proc and instance.proc.poll() is None else None
         kill_instance(instance.instance_id, root)  # also what the powered-off bootstrap left behind
+        if os.environ.get(INSTANCE_IMAGE_ENV):  # its container, if the engine still has it
+            subprocess.run(
+                [os.environ.get("DOCKER", "docker"), "rm", "-f", f"grid-resume-{instance.instance_id}"],
+                capture_output=True,
+                check=False,
+            )
         instance.imds.stop()
         try:
             ec2 = self.backend(instance.region).get_instance(instance.instance_id)
