@@ -86,8 +86,8 @@ def test_a_run_completes_on_a_stock_debian_image(image_cloud, agent_pyz: str, na
 
 
 def test_an_image_without_python3_says_so(image_cloud, agent_pyz: str) -> None:
-    """Debian's minimal root file system has no python3: the console says what the image lacks, and the session is
-    a boot failure with the message that says what the image needs."""
+    """Debian's minimal root file system has no python3: the console says what the image lacks, and the run trigger,
+    reading it there (no python3 can write boot.json), fails the session as the image's problem, not the script's."""
     cloud = image_cloud(NO_PYTHON)
     run_uri, instance_id = launch(cloud, agent_pyz, ["true"])
     watch = RunWatchTrigger(
@@ -103,6 +103,8 @@ def test_an_image_without_python3_says_so(image_cloud, agent_pyz: str) -> None:
         boot_timeout=120,
     )
     event = first_event(watch)
-    assert event["status"] == "failed" and "python3 >= 3.9" in event["reason"], event
+    assert event["status"] == "failed" and event["outcome"]["cause"] == records.CAUSE_IMAGE, event
+    assert event["reason"].startswith("grid-resume: no usable Python on this image"), event
+    assert "found: none" in event["reason"]
     text = console(cloud, instance_id)
     assert "no usable Python on this image" in text and "found: none" in text, text

@@ -277,3 +277,29 @@ def test_the_launchers_boot_record_is_the_ledgers() -> None:
     assert (ok.session, ok.python, ok.problem, ok.candidates) == (4, "/usr/bin/python3.11", None, seen)
     bad = records.Boot.from_json(bootpy.boot_record(4, None, seen, records.BOOT_NO_PYTHON, "fix the image"))
     assert (bad.problem, bad.message, bad.python) == (records.BOOT_NO_PYTHON, "fix the image", None)
+
+
+def test_an_image_without_any_python3_is_told_from_the_console(image_cloud, agent_pyz: str) -> None:
+    """No python3 at all: nothing can write boot.json, so the run trigger reads the bootstrap's line from the
+    instance's console output (GetConsoleOutput) and fails the session as the image's problem."""
+    cloud = image_cloud("/nonexistent/python3")
+    run_uri, instance_id = launch(cloud, agent_pyz, ["sh", "-c", "echo never > ran"])
+    event = first_event(
+        RunWatchTrigger(
+            run_uri=run_uri,
+            session=1,
+            instance_id=instance_id,
+            launched_at=time.time(),
+            aws_conn_id=None,
+            region_name="us-east-1",
+            poll_interval=0.3,
+            instance_check_interval=1.0,
+            heartbeat_timeout=30,
+            boot_timeout=60,
+        )
+    )
+    assert event["status"] == "failed" and event["outcome"]["cause"] == records.CAUSE_IMAGE, event
+    assert event["reason"].startswith("grid-resume: no usable Python on this image: the agent needs python3 >= 3.9")
+    assert "found: none" in event["reason"]
+    ledger = RunLedger(make_s3_client(), parse_s3_uri(run_uri))
+    assert ledger.read_record(records.Boot, 1) is None and ledger.read_record(records.SessionStart, 1) is None

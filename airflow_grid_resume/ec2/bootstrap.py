@@ -32,8 +32,10 @@ CANDIDATES = (
     "/usr/local/bin/python3.[0-9][0-9]",
     "/opt/conda/bin/python3",
 )
+# The console line that says the image has no python3 3.9+ (the run trigger looks for it when no boot.json says so).
+NO_PYTHON_MARKER = "grid-resume: no usable Python on this image"
 NO_PYTHON = (
-    "grid-resume: no usable Python on this image: the agent needs python3 >= 3.9 (found: ${SEEN:-none}). "
+    NO_PYTHON_MARKER + ": the agent needs python3 >= 3.9 (found: ${SEEN:-none}). "
     "This is a problem of the image, not of the script: use an image with python3 3.9+ (Amazon Linux 2023, "
     "Ubuntu 22.04+, Debian 11+, the Deep Learning AMIs), or install python3 in it"
 )

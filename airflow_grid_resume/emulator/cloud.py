@@ -559,6 +559,8 @@ class SpotCloudApp:
             return self._run_instances(environ, params, region)
         if action == "DescribeInstances":
             return self._describe_instances(environ, params)
+        if action == "GetConsoleOutput":
+            return self._console_output(environ, params.get("InstanceId", ""))
         if action == "DescribeSpotPriceHistory":
             return self._spot_price_history(environ, params.get("AvailabilityZone"))
         if action == "TerminateInstances":
@@ -633,6 +635,20 @@ class SpotCloudApp:
 
         if status.startswith("200"):
             body = _PRICE_ITEM.sub(reprice, body)
+        return status, _with_length(headers, body), body
+
+    def _console_output(self, environ: dict, instance_id: str) -> Reply:
+        """moto's answer with the instance's real console (what its user data printed; EC2 keeps the last 64 KiB)."""
+        status, headers, body = self._call_inner(environ)
+        instance = self.cloud.instances.get(instance_id)
+        if status.startswith("200") and instance is not None:
+            try:
+                with open(os.path.join(instance.directory, "console.log"), "rb") as fh:
+                    data = fh.read()[-65536:]
+            except OSError:
+                data = b""
+            output = b"<output>" + base64.b64encode(data) + b"</output>"
+            body = re.sub(rb"<output>.*?</output>|<output/>", lambda _: output, body, count=1, flags=re.DOTALL)
         return status, _with_length(headers, body), body
 
     def _run_instances(self, environ: dict, params: dict[str, str], region: str) -> Reply:
