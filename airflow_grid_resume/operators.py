@@ -96,7 +96,8 @@ class GridRunOperator(BaseOperator):
     :param artifacts_uri: ``s3://bucket/prefix/`` under which each task instance's run ledger lives
         (``<prefix>/<dag_id>/<task_id>/<run_id>[/<map_index>]``). (templated)
     :param instance_types: instance types to try, in order of preference, each in every subnet.
-    :param image_id: the AMI (``ami-...``) the instances boot; it needs python3 and boto3 for the agent.
+    :param image_id: the AMI (``ami-...``, or ``resolve:ssm:NAME`` for an SSM parameter holding one) the instances
+        boot; it needs a python3 >= 3.9 for the agent (docs/user-guide.md, "The AMI").
     :param subnet_ids: subnets to launch in, one per availability zone accepted.
     :param workdir: a directory on the Airflow worker, uploaded at the run's first try as the execution
         directory's first content; None: the command starts in an empty directory. (templated)

@@ -5,7 +5,7 @@
   root and the agent's own modules.
 
 So neither ever imports Airflow, aiobotocore or the Airflow side of this package, directly or through
-another module: the agent ships as a zipapp that runs with python3 and boto3 alone. The rules are
+another module: the agent ships as a zipapp that carries boto3 and runs on python3 alone. The rules are
 folder allowlists, so a new module is covered without being named. ``make lint`` and ``make test`` run this;
 it prints each offending import and exits 1.
 """
