@@ -26,15 +26,15 @@ import pytest
 from airflow.exceptions import AirflowFailException
 
 from airflow_grid_resume.agent.bundle import build_zipapp
-from airflow_grid_resume.budgets import Budgets
+from airflow_grid_resume.ec2.bootstrap import AGENT_KEY, SPEC_KEY
+from airflow_grid_resume.ec2.launch import LaunchSpec, ssm_parameter
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.hooks.spot import SpotLaunchHook
 from airflow_grid_resume.ledger import records
 from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
-from airflow_grid_resume.spot.bootstrap import AGENT_KEY, SPEC_KEY
-from airflow_grid_resume.spot.launch import LaunchSpec, ssm_parameter
+from airflow_grid_resume.run.budgets import Budgets
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import RunWatchTrigger
 
@@ -269,8 +269,8 @@ def test_an_ssm_image_id_resolves_to_an_ami_with_its_root_device(aws_env) -> Non
 
 
 def test_the_launchers_boot_record_is_the_ledgers() -> None:
-    """spot/bootpy.py writes boot.json without the project's code: what it writes must read as ``records.Boot``."""
-    from airflow_grid_resume.spot import bootpy
+    """ec2/bootpy.py writes boot.json without the project's code: what it writes must read as ``records.Boot``."""
+    from airflow_grid_resume.ec2 import bootpy
 
     seen = ["/usr/bin/python3 (3.8.10)"]
     ok = records.Boot.from_json(bootpy.boot_record(4, "/usr/bin/python3.11", seen))

@@ -42,7 +42,7 @@ NO_PYTHON = (
 
 
 def launcher_source() -> str:
-    """The Python half of the user data (spot/bootpy.py): standard library only, Python 3.6+ syntax."""
+    """The Python half of the user data (ec2/bootpy.py): standard library only, Python 3.6+ syntax."""
     return (Path(__file__).parent / "bootpy.py").read_text()
 
 

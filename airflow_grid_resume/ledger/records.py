@@ -163,7 +163,7 @@ BOOT_NO_PYTHON = "no_usable_python"
 
 @dataclass(frozen=True, kw_only=True)
 class Boot(Record):
-    """``sessions/SSSSSS/boot.json``: written by the instance's bootstrap (spot/bootstrap.py) before the agent
+    """``sessions/SSSSSS/boot.json``: written by the instance's bootstrap (ec2/bootstrap.py) before the agent
     starts: the python3 it chose (``python``, ``python_version``) or, when none fits, ``problem`` and
     ``message`` (what to fix). ``candidates``: every python3 it looked at, with its version."""
 

@@ -1,4 +1,4 @@
-# The Python half of the instance's user data (spot/bootstrap.py embeds this file's text): it fetches the agent
+# The Python half of the instance's user data (ec2/bootstrap.py embeds this file's text): it fetches the agent
 # zipapp and the run spec from the ledger and execs the agent, or records why the image cannot run it. It runs on
 # the image's own python3 before the agent's libraries exist there, so it uses the standard library only (S3 GET
 # and PUT signed with SigV4; credentials from the environment or the instance profile through IMDSv2) and keeps
