@@ -6,7 +6,7 @@
 #    a tarball in ~/.cache/grid-resume) imported as a base image, then Airflow installed on it the way the official
 #    image installs it (scripts/docker-standin/), and PostgreSQL 15; before that, the agent and the user data in
 #    containers of stock Debian 11 and 12 images and of the base image, which has no python3
-#    (scripts/stock-images.sh, tests/test_stock_containers.py);
+#    (scripts/stock-images.sh, tests/system/test_stock_containers.py);
 # 3. docker/Dockerfile built on the Airflow stand-in through AIRFLOW_IMAGE, as a user builds it on the official one;
 # 4. docker/compose.yaml up (compose v1, as Debian ships it), the demo DAG triggered through the REST API and
 #    interrupted once (scripts/docker_check.py); then everything the stack made is removed (containers, networks,
@@ -79,9 +79,9 @@ fi
 
 # -- 2b. the agent on stock images: Debian 11 and 12 with python3 and nothing else, and one without python3 ---------
 scripts/stock-images.sh
-say "the agent and the user data in stock Debian containers (tests/test_stock_containers.py)"
+say "the agent and the user data in stock Debian containers (tests/system/test_stock_containers.py)"
 GRID_RESUME_STOCK_IMAGES=1 DOCKER=$docker "${PYTHON:-.venv/bin/python}" -m pytest -q -p no:cacheprovider \
-  tests/test_stock_containers.py
+  tests/system/test_stock_containers.py
 
 # pip inside the builds verifies PyPI's certificate against the host's CA bundle (TLS-inspecting proxies), handed
 # to the throw-away build stages only.

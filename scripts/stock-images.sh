@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stock Debian images for tests/test_stock_containers.py: the root file systems debootstrap makes (minbase plus
+# Stock Debian images for tests/system/test_stock_containers.py: the root file systems debootstrap makes (minbase plus
 # python3, no pip packages at all), imported into Docker. Debian 11 has python3 3.9 (Amazon Linux 2023's version),
 # Debian 12 has 3.11; the debootstrap output is cached as a tarball in ~/.cache/grid-resume. The image without
 # python3 is docker-test.sh's bookworm minbase.

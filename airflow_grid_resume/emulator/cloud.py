@@ -107,7 +107,7 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
 
 
 INSTANCE_MARKER = "GRID_RESUME_EMULATED_INSTANCE"
-# A Docker image whose root file system the instances boot (tests/test_stock_containers.py, make docker-test): the
+# A Docker image whose root file system the instances boot (tests/system/test_stock_containers.py): the
 # user data runs in a container of it as root, on the host's network (S3, SQS and the metadata service on loopback).
 INSTANCE_IMAGE_ENV = "GRID_RESUME_INSTANCE_IMAGE"
 # What the image's own environment decides, not this process's.
@@ -358,7 +358,7 @@ class SpotCloud:
             # Its own wall clock, when the control route set one: libfaketime in every process it starts.
             **skewed_clock_env(self.faults.clock_offset_seconds, self.faults.skew_library),
         }
-        if os.environ.get("GRID_RESUME_PYTHONS"):  # the emulated image's interpreters (tests/test_stock_images.py)
+        if os.environ.get("GRID_RESUME_PYTHONS"):  # the emulated image's interpreters (docs/emulator.md)
             env["GRID_RESUME_PYTHONS"] = os.environ["GRID_RESUME_PYTHONS"]
         os.makedirs(env["TMPDIR"])
         # python3 on the instance: this interpreter's directory comes first, as an AMI's python3 would, with the

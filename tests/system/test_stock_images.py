@@ -37,6 +37,7 @@ from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.run.budgets import Budgets
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import RunWatchTrigger
+from tests.conftest import heartbeat_of, outcome_of
 
 AMI = "ami-03cf127a"  # one of the AMIs moto ships with
 SAVE_ON_TERM = "trap 'echo step-7 > ckpt; echo saved; exit 0' TERM; echo started; while true; do sleep 0.1; done"
@@ -91,14 +92,14 @@ def test_zipapp_runs_on_python39_without_boto3(agent_pyz: str, aws_env, run_uri:
         text=True,
     )
     try:
-        wait_until(lambda: (ledger.read_heartbeat(1) or {}).get("state") == "running", what="the agent running")
+        wait_until(lambda: (heartbeat_of(ledger, 1) or {}).get("state") == "running", what="the agent running")
         first.send_signal(signal.SIGTERM)
         out, err = first.communicate(timeout=60)
     finally:
         first.kill()
     assert first.returncode == 0, err
     assert "saved" in out
-    outcome = ledger.read_outcome(1)
+    outcome = outcome_of(ledger, 1)
     assert outcome["status"] == "interrupted" and outcome["notice"]["source"] == "signal", outcome
     manifest = ledger.read_manifest(ledger.list_manifests()[0])
     assert [f.path for f in manifest.files] == ["ckpt"]
@@ -111,7 +112,7 @@ def test_zipapp_runs_on_python39_without_boto3(agent_pyz: str, aws_env, run_uri:
     )
     assert second.returncode == 0, second.stderr
     assert "step-7" in second.stdout  # restored from session 1's checkpoint
-    assert ledger.read_outcome(2)["status"] == "succeeded"
+    assert outcome_of(ledger, 2)["status"] == "succeeded"
 
 
 def test_zipapp_on_a_too_old_python_says_what_it_needs(agent_pyz: str, tmp_path: Path) -> None:
@@ -194,13 +195,13 @@ def test_the_bootstrap_starts_the_agent_with_the_first_python39_and_says_which(i
     cloud = image_cloud(f"/nonexistent/python3 {interpreter('3.8')} {python}")
     run_uri, instance_id = launch(cloud, agent_pyz, ["sh", "-c", SAVE_ON_TERM])
     ledger = RunLedger(make_s3_client(), parse_s3_uri(run_uri))
-    wait_until(lambda: (ledger.read_heartbeat(1) or {}).get("state") == "running", what="the agent running")
+    wait_until(lambda: (heartbeat_of(ledger, 1) or {}).get("state") == "running", what="the agent running")
     boot = ledger.read_record(records.Boot, 1)
     assert boot is not None and boot.python == python and boot.python_version.startswith("3.9."), boot
     assert boot.problem is None and any("3.8" in c for c in boot.candidates), boot
     cloud.interrupt(instance_id, notice=True)
     wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
-    outcome = ledger.read_outcome(1)
+    outcome = outcome_of(ledger, 1)
     assert outcome["status"] == "interrupted" and outcome["notice"]["source"] == "imds", outcome
     assert [f.path for f in ledger.read_manifest(ledger.list_manifests()[0]).files] == ["ckpt"]
     assert b"started" in ledger.read_log(1, 0)[0]

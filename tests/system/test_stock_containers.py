@@ -19,7 +19,8 @@ from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.triggers.run import RunWatchTrigger
-from tests.test_stock_images import SHELL_SAVE, agent_pyz, first_event, launch, wait_until
+from tests.conftest import heartbeat_of, outcome_of
+from tests.system.test_stock_images import SHELL_SAVE, agent_pyz, first_event, launch, wait_until
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("GRID_RESUME_STOCK_IMAGES") != "1",
@@ -67,20 +68,20 @@ def test_a_run_completes_on_a_stock_debian_image(image_cloud, agent_pyz: str, na
     cloud = image_cloud(image)
     run_uri, instance_id = launch(cloud, agent_pyz, SHELL_SAVE)
     ledger = RunLedger(make_s3_client(), parse_s3_uri(run_uri))
-    wait_until(lambda: (ledger.read_heartbeat(1) or {}).get("state") == "running", what="the agent running")
+    wait_until(lambda: (heartbeat_of(ledger, 1) or {}).get("state") == "running", what="the agent running")
     boot = ledger.read_record(records.Boot, 1)
     assert boot is not None and boot.python_version.startswith(version), boot
     assert f"starting the agent with {boot.python}" in console(cloud, instance_id)
     assert b"started" in wait_until(lambda: ledger.read_log(1, 0)[0], what="output in the ledger")
     cloud.interrupt(instance_id, notice=True)
     wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
-    outcome = ledger.read_outcome(1)
+    outcome = outcome_of(ledger, 1)
     assert outcome["status"] == "interrupted" and outcome["notice"]["source"] == "imds", outcome
     assert [f.path for f in ledger.read_manifest(ledger.list_manifests()[0]).files] == ["ckpt"]
 
     _, second = launch(cloud, agent_pyz, ["cat", "ckpt"], run_uri=run_uri, session=2)
-    wait_until(lambda: ledger.read_outcome(2), what="session 2's outcome", timeout=120)
-    assert ledger.read_outcome(2)["status"] == "succeeded"
+    wait_until(lambda: outcome_of(ledger, 2), what="session 2's outcome", timeout=120)
+    assert outcome_of(ledger, 2)["status"] == "succeeded"
     assert b"step-7" in ledger.read_log(2, 0)[0]  # restored from session 1's checkpoint
     wait_until(lambda: cloud.instance(second)["state"] == "terminated", what="the instance powering off")
 
