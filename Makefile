@@ -20,10 +20,15 @@ system-deps:
 # workers, one whole file per worker at a time: module fixtures such as the spot cloud stay within their file, and
 # every server a test starts takes a free port. make test WORKERS=0 runs it in this process.
 WORKERS ?= 2
+# What runs on the instance's own python3 (3.9+, docs/agent.md): vermin fails on any newer construct.
+PY39_CODE := airflow_grid_resume/__init__.py airflow_grid_resume/agent airflow_grid_resume/ledger airflow_grid_resume/ec2/bootpy.py
+VERMIN = $(VENV)/bin/vermin -q -t=3.9- --no-tips --eval-annotations --violations $(PY39_CODE)
+
 test: $(STAMP) system-deps
 	$(PY) -m ruff check .
 	$(PY) scripts/check_imports.py
 	$(PY) -m mypy
+	$(VERMIN)
 	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile
 
 # The seeded simulation of the whole lifecycle under every fault (tests/system/test_chaos.py): make test runs a fixed
@@ -41,6 +46,7 @@ chaos-real: $(STAMP) system-deps
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) scripts/check_imports.py
+	$(VERMIN)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 

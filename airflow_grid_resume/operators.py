@@ -31,7 +31,7 @@ from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.asyncaws.ledgerreader import AsyncLedgerReader
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
-from airflow_grid_resume.ec2.launch import LaunchSpec, explain_fatal
+from airflow_grid_resume.ec2.launch import LaunchSpec, explain_fatal, ssm_parameter
 from airflow_grid_resume.ec2.prices import on_demand_price
 from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.hooks.base import hook_client
@@ -98,7 +98,8 @@ class GridRunOperator(BaseOperator):
     :param artifacts_uri: ``s3://bucket/prefix/`` under which each task instance's run ledger lives
         (``<prefix>/<dag_id>/<task_id>/<run_id>[/<map_index>]``). (templated)
     :param instance_types: instance types to try, in order of preference, each in every subnet.
-    :param image_id: the AMI (``ami-...``) the instances boot; it needs python3 and boto3 for the agent.
+    :param image_id: the AMI (``ami-...``, or ``resolve:ssm:NAME`` for an SSM parameter holding one) the instances
+        boot; it needs a python3 >= 3.9 for the agent (docs/user-guide.md, "The AMI").
     :param subnet_ids: subnets to launch in, one per availability zone accepted.
     :param workdir: a directory on the Airflow worker, uploaded at the run's first try as the execution
         directory's first content; None: the command starts in an empty directory. (templated)
@@ -537,15 +538,20 @@ class GridRunOperator(BaseOperator):
 
     def _resolved_spec(self) -> LaunchSpec:
         """The launch spec with what only AWS knows filled in (no I/O at parse time)."""
-        if not self.spec.root_volume_gb or self.spec.root_device_name:
-            return self.spec
-        hook = self.spot_hook
+        spec, hook = self.spec, self.spot_hook
+        parameter = ssm_parameter(spec.image_id)
         try:
-            device = hook.root_device_name(self.spec.image_id)
+            if parameter:  # resolved once per try: DescribeImages cannot take the parameter, RunInstances could
+                image_id = hook.resolve_image(parameter)
+                self.log.info("image_id %s is %s", spec.image_id, image_id)
+                spec = dataclasses.replace(spec, image_id=image_id)
+            if not spec.root_volume_gb or spec.root_device_name:
+                return spec
+            device = hook.root_device_name(spec.image_id)
         except ClientError as exc:
             err = launch_error(exc)
             raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
-        return dataclasses.replace(self.spec, root_device_name=device)
+        return dataclasses.replace(spec, root_device_name=device)
 
     def _launch_now(
         self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str

@@ -5,7 +5,7 @@
   root and the agent's own modules.
 
 So neither ever imports Airflow, aiobotocore or the Airflow side of this package, directly or through
-another module: the agent ships as a zipapp that runs with python3 and boto3 alone. The rules are
+another module: the agent ships as a zipapp that carries boto3 and runs on python3 alone. The rules are
 folder allowlists, so a new module is covered without being named. ``make lint`` and ``make test`` run this;
 it prints each offending import and exits 1.
 """
@@ -30,7 +30,17 @@ def module_name(path: Path, root: Path) -> str:
 def imported(tree: ast.AST, module: str, is_package: bool, root: Path) -> list[tuple[int, str]]:
     """(line, module) of every import in ``tree``; ``from P import m`` counts as ``P.m`` when m is a module."""
     found = []
+    # Imports under ``if TYPE_CHECKING:`` never run: only the type checker reads them.
+    checking_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
+        if id(node) in checking_only:
+            continue
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

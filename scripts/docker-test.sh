@@ -4,7 +4,9 @@
 # 1. a Docker engine: the running one, else dockerd started here (and stopped at the end);
 # 2. stand-ins for the official images from Debian packages: a bookworm root file system (debootstrap, cached as
 #    a tarball in ~/.cache/grid-resume) imported as a base image, then Airflow installed on it the way the official
-#    image installs it (scripts/docker-standin/), and PostgreSQL 15;
+#    image installs it (scripts/docker-standin/), and PostgreSQL 15; before that, the agent and the user data in
+#    containers of stock Debian 11 and 12 images and of the base image, which has no python3
+#    (scripts/stock-images.sh, tests/system/test_stock_containers.py);
 # 3. docker/Dockerfile built on the Airflow stand-in through AIRFLOW_IMAGE, as a user builds it on the official one;
 # 4. docker/compose.yaml up (compose v1, as Debian ships it), the demo DAG triggered through the REST API and
 #    interrupted once (scripts/docker_check.py); then everything the stack made is removed (containers, networks,
@@ -74,6 +76,12 @@ if ! "$docker" image inspect "$base" >/dev/null 2>&1; then
   say "importing $base"
   zcat "$cache/bookworm-minbase.tar.gz" | "$docker" import - "$base" >/dev/null
 fi
+
+# -- 2b. the agent on stock images: Debian 11 and 12 with python3 and nothing else, and one without python3 ---------
+scripts/stock-images.sh
+say "the agent and the user data in stock Debian containers (tests/system/test_stock_containers.py)"
+GRID_RESUME_STOCK_IMAGES=1 DOCKER=$docker "${PYTHON:-.venv/bin/python}" -m pytest -q -p no:cacheprovider \
+  tests/system/test_stock_containers.py
 
 # pip inside the builds verifies PyPI's certificate against the host's CA bundle (TLS-inspecting proxies), handed
 # to the throw-away build stages only.

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 from airflow_grid_resume.agent.scan import KEPT_DIR, Digest, HashCache, sha256_file
 from airflow_grid_resume.ledger.checkpoints import restore_defers
+from airflow_grid_resume.ledger.compat import zip_strict
 from airflow_grid_resume.ledger.errors import (
     CorruptObjectError,
     DiskFullError,
@@ -324,7 +325,7 @@ class Restorer:
             present = [(f, t) for f, t in targets if os.path.lexists(t)]
             size = manifest.chunk_size
             kept = _run_all(pool, [(self._already_there, f, t, size) for f, t in present])
-            kept_paths = {f.path for (f, _), ok in zip(present, kept, strict=True) if ok}
+            kept_paths = {f.path for (f, _), ok in zip_strict(present, kept) if ok}
             todo = [f for f in manifest.files if f.path not in kept_paths]
             result.files_kept += len(manifest.files) - len(todo)
             tasks: list[tuple] = []

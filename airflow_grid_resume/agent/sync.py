@@ -31,6 +31,7 @@ from typing import Any
 from airflow_grid_resume.agent.markers import changed_in_capture, unstable_action
 from airflow_grid_resume.agent.scan import Digest, HashCache, PathFilter, StatKey, now_ns, walk
 from airflow_grid_resume.ledger.checkpoints import MARKED, is_complete, newest_complete_kept
+from airflow_grid_resume.ledger.compat import zip_strict
 from airflow_grid_resume.ledger.errors import UnstorablePathError
 from airflow_grid_resume.ledger.gc import SYNC_COMMIT_WINDOW
 from airflow_grid_resume.ledger.manifest import (
@@ -332,7 +333,7 @@ class Syncer:
         if not old:
             return
         with ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="grid-redate") as pool:
-            gone = {k for k, ok in zip(old, pool.map(self._refresh, old), strict=True) if not ok}
+            gone = {k for k, ok in zip_strict(old, pool.map(self._refresh, old)) if not ok}
         log.info("the sync took longer than %.0f s: re-dated %d uploads", self.commit_window, len(old) - len(gone))
         if gone:
             self._forget(manifest, gone)
@@ -347,7 +348,7 @@ class Syncer:
         keys = sorted(self._rewritten)
         try:
             with ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="grid-check") as pool:
-                gone = {k for k, at in zip(keys, pool.map(self.ledger.modified, keys), strict=True) if at is None}
+                gone = {k for k, at in zip_strict(keys, pool.map(self.ledger.modified, keys)) if at is None}
         except Exception as exc:  # the manifest is committed: never fail the sync now, never reuse unchecked keys
             log.warning("could not check %d re-written key(s), the next sync writes them again: %s", len(keys), exc)
             self._forget(manifest, set(keys))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 
 from airflow_grid_resume.ledger import layout
 
@@ -18,31 +19,39 @@ USER_DATA_LIMIT = 16 * 1024
 AGENT_KEY = layout.AGENT_ZIPAPP
 SPEC_KEY = layout.SPEC
 
-_LAUNCHER = r"""
-import json, os, sys
-import boto3
-run_uri, session = sys.argv[1], sys.argv[2]
-bucket, _, prefix = run_uri[len("s3://"):].partition("/")
-key = lambda name: f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
-home = os.environ["GRID_RESUME_HOME"]
-s3 = boto3.client("s3")
-s3.download_file(bucket, key("%(agent_key)s"), os.path.join(home, "agent.pyz"))
-spec = json.loads(s3.get_object(Bucket=bucket, Key=key("%(spec_key)s"))["Body"].read())
-argv = [sys.executable, "-X", "utf8", os.path.join(home, "agent.pyz"), "--run-uri", run_uri,
-        "--workdir", os.path.join(home, "work"), "--session", session,
-        *(["--live-queue", spec["live_queue"]] if spec.get("live_queue") else []),
-        *spec.get("agent_args", []), "--", *spec["command"]]
-sys.stdout.flush()
-os.execv(sys.executable, argv)
-"""
+# The first python3 of version 3.9+ among the usual places, in this order; GRID_RESUME_PYTHONS (a space-separated
+# list of interpreters) replaces them, for tests that emulate an image.
+CANDIDATES = (
+    "$(command -v python3 2>/dev/null)",
+    *(f"$(command -v python3.{minor} 2>/dev/null)" for minor in range(14, 8, -1)),
+    "/usr/bin/python3",
+    "/usr/bin/python3.[0-9]",
+    "/usr/bin/python3.[0-9][0-9]",
+    "/usr/local/bin/python3",
+    "/usr/local/bin/python3.[0-9]",
+    "/usr/local/bin/python3.[0-9][0-9]",
+    "/opt/conda/bin/python3",
+)
+# The console line that says the image has no python3 3.9+ (the run trigger looks for it when no boot.json says so).
+NO_PYTHON_MARKER = "grid-resume: no usable Python on this image"
+NO_PYTHON = (
+    NO_PYTHON_MARKER + ": the agent needs python3 >= 3.9 (found: ${SEEN:-none}). "
+    "This is a problem of the image, not of the script: use an image with python3 3.9+ (Amazon Linux 2023, "
+    "Ubuntu 22.04+, Debian 11+, the Deep Learning AMIs), or install python3 in it"
+)
+
+
+def launcher_source() -> str:
+    """The Python half of the user data (ec2/bootpy.py): standard library only, Python 3.6+ syntax."""
+    return (Path(__file__).parent / "bootpy.py").read_text()
 
 
 def render_user_data(run_uri: str, session: int, region: str | None) -> str:
     """The bootstrap script. ``GRID_RESUME_HOME`` and ``GRID_RESUME_NO_SHUTDOWN`` let the local
     spot cloud run the very same script as an unprivileged local process."""
     header = json.dumps({"run_uri": run_uri, "session": session, "region": region}, sort_keys=True)
-    launcher = _LAUNCHER % {"agent_key": AGENT_KEY, "spec_key": SPEC_KEY}
     region_line = f'export AWS_DEFAULT_REGION="${{AWS_DEFAULT_REGION:-{region}}}"\n' if region else ""
+    run_args = f"{shlex.quote(run_uri)} {int(session)}"
     script = (
         "#!/bin/bash\n"
         f"{MARKER}{header}\n"
@@ -50,19 +59,26 @@ def render_user_data(run_uri: str, session: int, region: str | None) -> str:
         'export GRID_RESUME_HOME="${GRID_RESUME_HOME:-/var/lib/grid-resume}"\n'
         f"{region_line}"
         'mkdir -p "$GRID_RESUME_HOME/work" && cd "$GRID_RESUME_HOME"\n'
-        "# The agent needs Python 3.10+ with boto3: the first interpreter on the image that has both.\n"
-        "PY=\n"
-        "for c in python3 python3.13 python3.12 python3.11 python3.10; do\n"
-        '  if command -v "$c" >/dev/null && "$c" -c "import sys, boto3; sys.exit(sys.version_info < (3, 10))"'
-        " 2>/dev/null; then PY=$c; break; fi\n"
+        f"cat > launcher.py <<'GRID_RESUME_PY'\n{launcher_source().strip()}\nGRID_RESUME_PY\n"
+        "# The agent needs python3 >= 3.9 and nothing else (its libraries travel in its zipapp).\n"
+        "PY= OLD= SEEN=\n"
+        f"for c in ${{GRID_RESUME_PYTHONS:-{' '.join(CANDIDATES)}}}; do\n"
+        '  [ -n "$c" ] && [ -x "$c" ] && [ -f "$c" ] || continue\n'
+        '  v=$("$c" -c \'import sys; print("%d.%d.%d" % sys.version_info[:3])\' 2>/dev/null) || continue\n'
+        '  case ", $SEEN, " in *", $c ("*) continue;; esac\n'
+        '  SEEN="${SEEN:+$SEEN, }$c ($v)"\n'
+        "  if \"$c\" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null; then PY=$c; break; fi\n"
+        '  [ -n "$OLD" ] || ! "$c" -c \'import sys; sys.exit(sys.version_info < (3, 6))\' 2>/dev/null || OLD=$c\n'
         "done\n"
-        'if [ -z "$PY" ]; then\n'
-        '  echo "grid-resume: no python3 >= 3.10 with boto3 on this image: the agent cannot start" >&2; status=78\n'
+        'if [ -n "$PY" ]; then\n'
+        '  echo "grid-resume: starting the agent with $PY (python3 candidates: $SEEN)"\n'
+        f'  "$PY" launcher.py run {run_args} {AGENT_KEY} {SPEC_KEY} "$SEEN"\n'
+        "  status=$?\n"
         "else\n"
-        f"\"$PY\" - {shlex.quote(run_uri)} {int(session)} <<'GRID_RESUME_PY'\n"
-        f"{launcher.strip()}\n"
-        "GRID_RESUME_PY\n"
-        "status=$?\n"
+        f'  msg="{NO_PYTHON}"\n'
+        '  echo "$msg" >&2; status=78\n'
+        "  # An older python3 can still write the problem to the ledger, where the Airflow side reads it.\n"
+        f'  if [ -n "$OLD" ]; then "$OLD" launcher.py report {run_args} "$SEEN" "$msg"; fi\n'
         "fi\n"
         "# The session is over: power off, which terminates the instance (shutdown behaviour terminate).\n"
         'if [ "${GRID_RESUME_NO_SHUTDOWN:-0}" != 1 ]; then shutdown -h now; fi\n'

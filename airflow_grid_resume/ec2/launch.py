@@ -15,6 +15,9 @@ from airflow_grid_resume.ec2.tags import RESERVED_PREFIXES
 SPOT = "spot"
 ON_DEMAND = "on-demand"
 
+# image_id as an SSM parameter (the current Deep Learning AMI, say), resolved to an AMI id before each launch.
+SSM_IMAGE_PREFIX = "resolve:ssm:"
+
 CAPACITY = "capacity"
 THROTTLE = "throttle"
 TRANSIENT = "transient"  # 5xx or no answer: the request may or may not have been carried out
@@ -49,6 +52,18 @@ TRANSIENT_CODES = frozenset(
 # What to fix for the errors waiting cannot fix: (code prefix, parameter, advice).
 _FATAL_HINTS: tuple[tuple[str, str, str], ...] = (
     ("InvalidAMIID", "image_id", "the AMI does not exist in this region or is not shared with the account"),
+    (
+        "ParameterNotFound",
+        "image_id",
+        "the SSM parameter does not exist in this region (AWS's public AMI parameters "
+        "are under /aws/service/...: `aws ssm get-parameters-by-path --path /aws/service/...` lists them)",
+    ),
+    ("ParameterVersionNotFound", "image_id", "the SSM parameter has no such version or label"),
+    (
+        "AccessDeniedException",
+        "aws_conn_id",
+        "the credentials lack ssm:GetParameter, which resolving the image_id's SSM parameter needs",
+    ),
     ("InvalidSubnetID", "subnet_ids", "the subnet does not exist in this region"),
     ("InvalidSubnet", "subnet_ids", "the subnet does not exist in this region"),
     ("InvalidGroup", "security_group_ids", "a security group does not exist or is in another VPC"),
@@ -172,8 +187,12 @@ class LaunchSpec:
 
 def validate_spec(spec: LaunchSpec) -> list[str]:
     problems = []
-    if not spec.image_id or not spec.image_id.startswith("ami-"):
-        problems.append(f"image_id must be an AMI id like 'ami-0123...', got {spec.image_id!r}")
+    if not spec.image_id or not (spec.image_id.startswith("ami-") or ssm_parameter(spec.image_id)):
+        problems.append(
+            "image_id must be an AMI id like 'ami-0123...' or an SSM parameter like "
+            f"'{SSM_IMAGE_PREFIX}/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64', "
+            f"got {spec.image_id!r}"
+        )
     if not spec.instance_types:
         problems.append("instance_types must name at least one instance type")
     if not spec.subnet_ids:
@@ -184,6 +203,14 @@ def validate_spec(spec: LaunchSpec) -> list[str]:
         if key.startswith(RESERVED_PREFIXES):
             problems.append(f"tag {key!r} uses a reserved prefix ({' or '.join(RESERVED_PREFIXES)})")
     return problems
+
+
+def ssm_parameter(image_id: str) -> str | None:
+    """The SSM parameter (with any ``:version`` or ``:label``) an ``image_id`` of ``resolve:ssm:NAME`` names,
+    as RunInstances reads it; None for an AMI id."""
+    if not image_id.startswith(SSM_IMAGE_PREFIX):
+        return None
+    return image_id[len(SSM_IMAGE_PREFIX) :] or None
 
 
 def make_pairs(instance_types: Sequence[str], subnet_zones: dict[str, str]) -> list[Pair]:

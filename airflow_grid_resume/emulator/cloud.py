@@ -107,6 +107,23 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
 
 
 INSTANCE_MARKER = "GRID_RESUME_EMULATED_INSTANCE"
+# A Docker image whose root file system the instances boot (tests/system/test_stock_containers.py): the
+# user data runs in a container of it as root, on the host's network (S3, SQS and the metadata service on loopback).
+INSTANCE_IMAGE_ENV = "GRID_RESUME_INSTANCE_IMAGE"
+# What the image's own environment decides, not this process's.
+_HOST_ONLY = ("PATH", "PYTHONUSERBASE", "LD_PRELOAD", "FAKETIME", "FAKETIME_NO_CACHE", "DONT_FAKE_MONOTONIC")
+
+
+def container_argv(image: str, instance_id: str, directory: str, env: dict[str, str], argv: list[str]) -> list[str]:
+    """``docker run`` of ``argv`` in a container of ``image`` named after the instance, with ``env`` (the marker
+    included: its processes are found and killed from here like local ones) and the instance's directory."""
+    docker = os.environ.get("DOCKER", "docker")
+    cmd = [docker, "run", "--rm", "--name", f"grid-resume-{instance_id}", "--network", "host"]
+    cmd += ["-v", f"{directory}:{directory}", "-w", directory]
+    for key, value in sorted(env.items()):
+        if key not in _HOST_ONLY:
+            cmd += ["-e", f"{key}={value}"]
+    return [*cmd, image, *argv]
 
 
 def marked_processes(instance_id: str) -> list[int]:
@@ -341,15 +358,21 @@ class SpotCloud:
             # Its own wall clock, when the control route set one: libfaketime in every process it starts.
             **skewed_clock_env(self.faults.clock_offset_seconds, self.faults.skew_library),
         }
+        if os.environ.get("GRID_RESUME_PYTHONS"):  # the emulated image's interpreters (docs/emulator.md)
+            env["GRID_RESUME_PYTHONS"] = os.environ["GRID_RESUME_PYTHONS"]
         os.makedirs(env["TMPDIR"])
         # python3 on the instance: this interpreter's directory comes first, as an AMI's python3 would, with the
         # packages this one has (boto3): installed with pip --user (the official Airflow image) they are found
         # through PYTHONUSERBASE, since the instance has its own HOME.
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
         env["PYTHONUSERBASE"] = site.getuserbase()
+        argv = ["bash", os.path.join(directory, "user-data.sh")]
+        image = os.environ.get(INSTANCE_IMAGE_ENV)
+        if image:  # the instance's root file system from a Docker image: its python3 (or none), not this one's
+            argv, env = container_argv(image, instance_id, directory, env, argv), dict(os.environ)
         console = open(os.path.join(directory, "console.log"), "wb")  # noqa: SIM115 (closed by the waiter)
         instance.proc = subprocess.Popen(
-            ["bash", os.path.join(directory, "user-data.sh")],
+            argv,
             cwd=directory,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -378,6 +401,12 @@ class SpotCloud:
             instance.reason = reason
         root = instance.proc.pid if kill and instance.proc and instance.proc.poll() is None else None
         kill_instance(instance.instance_id, root)  # also what the powered-off bootstrap left behind
+        if os.environ.get(INSTANCE_IMAGE_ENV):  # its container, if the engine still has it
+            subprocess.run(
+                [os.environ.get("DOCKER", "docker"), "rm", "-f", f"grid-resume-{instance.instance_id}"],
+                capture_output=True,
+                check=False,
+            )
         instance.imds.stop()
         try:
             ec2 = self.backend(instance.region).get_instance(instance.instance_id)
@@ -530,6 +559,8 @@ class SpotCloudApp:
             return self._run_instances(environ, params, region)
         if action == "DescribeInstances":
             return self._describe_instances(environ, params)
+        if action == "GetConsoleOutput":
+            return self._console_output(environ, params.get("InstanceId", ""))
         if action == "DescribeSpotPriceHistory":
             return self._spot_price_history(environ, params.get("AvailabilityZone"))
         if action == "TerminateInstances":
@@ -604,6 +635,20 @@ class SpotCloudApp:
 
         if status.startswith("200"):
             body = _PRICE_ITEM.sub(reprice, body)
+        return status, _with_length(headers, body), body
+
+    def _console_output(self, environ: dict, instance_id: str) -> Reply:
+        """moto's answer with the instance's real console (what its user data printed; EC2 keeps the last 64 KiB)."""
+        status, headers, body = self._call_inner(environ)
+        instance = self.cloud.instances.get(instance_id)
+        if status.startswith("200") and instance is not None:
+            try:
+                with open(os.path.join(instance.directory, "console.log"), "rb") as fh:
+                    data = fh.read()[-65536:]
+            except OSError:
+                data = b""
+            output = b"<output>" + base64.b64encode(data) + b"</output>"
+            body = re.sub(rb"<output>.*?</output>|<output/>", lambda _: output, body, count=1, flags=re.DOTALL)
         return status, _with_length(headers, body), body
 
     def _run_instances(self, environ: dict, params: dict[str, str], region: str) -> Reply:

@@ -175,6 +175,23 @@ class SpotLaunchHook(AwsBaseHook):
         return run_instances_params(spec, pair, market=market, token=token, tags=tags, user_data=user_data)
 
     # -- images ----------------------------------------------------------------------------
+    def resolve_image(self, parameter: str) -> str:
+        """The AMI id an SSM parameter holds now (``resolve:ssm:`` in ``image_id``): one GetParameter, as
+        RunInstances would do, so DescribeImages and every launch of the try use the same AMI."""
+        ssm = self.get_session(region_name=self.region_name).client(
+            "ssm",
+            endpoint_url=self.conn_config.get_service_endpoint_url(service_name="ssm"),
+            config=self._get_config(None),
+            verify=self.verify,
+        )
+        value = str(ssm.get_parameter(Name=parameter)["Parameter"].get("Value") or "")
+        if not value.startswith("ami-"):
+            raise ClientError(
+                {"Error": {"Code": "InvalidAMIID.Malformed", "Message": f"{parameter} holds {value!r}, not an AMI"}},
+                "GetParameter",
+            )
+        return value
+
     def root_device_name(self, image_id: str) -> str:
         """The AMI's root device, so ``root_volume_gb`` resizes the root volume instead of adding one.
         An unknown AMI raises the ClientError EC2 sends (InvalidAMIID.*)."""

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from airflow_grid_resume.ledger import layout, records
 from airflow_grid_resume.ledger.checkpoints import newest_complete_kept
+from airflow_grid_resume.ledger.compat import zip_strict
 from airflow_grid_resume.ledger.errors import AgentError, ManifestError, UsageError
 from airflow_grid_resume.ledger.manifest import Manifest
 from airflow_grid_resume.ledger.store import RunLedger, StoredManifest
@@ -215,7 +216,7 @@ def _delete_blobs(ledger: RunLedger, plan: GcPlan, grace: float) -> None:
     candidates, plan.blobs = plan.blobs, []
     with ThreadPoolExecutor(max_workers=DELETE_PARALLELISM, thread_name_prefix="grid-gc") as pool:
         verdicts = list(pool.map(lambda b: ledger.delete_if_older(b.key, time.time() - grace), candidates))
-    for blob, deleted in zip(candidates, verdicts, strict=True):
+    for blob, deleted in zip_strict(candidates, verdicts):
         if deleted:
             plan.blobs.append(blob)
         elif deleted is False:

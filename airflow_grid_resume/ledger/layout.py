@@ -6,7 +6,7 @@ Layout under the run prefix::
 
     spec.json  agent/grid-resume-agent.pyz  final.json  lease.json  latest.json
     manifests/SSSSSS-NNNNNN.json  packs/<sha256>  objects/sha256/<sha256>  rerun-N/ (a whole run)
-    sessions/SSSSSS/{session,heartbeat,outcome,launch-attempt,launch,watch,closed}.json
+    sessions/SSSSSS/{boot,session,heartbeat,outcome,launch-attempt,launch,watch,closed}.json
     sessions/SSSSSS/logs/<offset>.log
 """
 
@@ -49,6 +49,11 @@ def session_dir(session: int) -> str:
 
 def session_record(session: int) -> str:
     return f"{session_dir(session)}/session.json"
+
+
+def boot(session: int) -> str:
+    """What the instance's bootstrap found: the python3 it started the agent with, or why none fits."""
+    return f"{session_dir(session)}/boot.json"
 
 
 def heartbeat(session: int) -> str:
@@ -107,6 +112,7 @@ RULES = (
     Rule("manifests/SSSSSS-NNNNNN.json", ("agent", "airflow"), "once"),
     Rule("packs/<64 hex>", ("agent", "airflow"), "overwrite"),
     Rule("objects/sha256/<64 hex>", ("agent", "airflow"), "overwrite"),
+    Rule("sessions/SSSSSS/boot.json", ("agent",), "overwrite"),
     Rule("sessions/SSSSSS/session.json", ("agent",), "once"),
     Rule("sessions/SSSSSS/heartbeat.json", ("agent",), "overwrite"),
     Rule("sessions/SSSSSS/logs/<16-digit offset>.log", ("agent",), "append"),

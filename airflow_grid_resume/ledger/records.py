@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from airflow_grid_resume.ledger import layout
+from airflow_grid_resume.ledger.compat import REQUIRED, record_dataclass, type_hints
 from airflow_grid_resume.ledger.errors import ManifestError
 from airflow_grid_resume.ledger.manifest import format_version
 
@@ -30,7 +31,7 @@ class RecordError(ManifestError):
     """A ledger document is not what its format says (not an object, or a field of the wrong type)."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@record_dataclass
 class Record:
     """Base of every ledger record: the format, the JSON form, the unknown fields kept."""
 
@@ -131,17 +132,19 @@ def _fields(cls: type) -> tuple[dict[str, _FieldType], tuple[str, ...]]:
     """A record class's known fields with their types, and the required ones (computed once)."""
     found = _FIELDS.get(cls)
     if found is None:
-        hints = typing.get_type_hints(cls)
+        hints = type_hints(cls)
         fields = [f for f in dataclasses.fields(cls) if f.name != "extra"]
         required = tuple(
-            f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            f.name
+            for f in fields
+            if f.default in (dataclasses.MISSING, REQUIRED) and f.default_factory is dataclasses.MISSING
         )
         found = _FIELDS[cls] = ({f.name: _FieldType.of(hints[f.name]) for f in fields}, required)
     return found
 
 
 try:  # X | Y at runtime (3.10+)
-    from types import UnionType as _UnionType
+    from types import UnionType as _UnionType  # novm (3.10+ only)
 except ImportError:  # pragma: no cover
     # Python 3.9 has no types.UnionType (X | Y at runtime): typing.Union stands in; the checker runs on 3.10+.
     _UnionType = typing.Union  # type: ignore[assignment,misc]
@@ -157,7 +160,30 @@ def _describe(hint: Any) -> str:
 # -- the agent's documents ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
+# Boot.problem: no python3 >= 3.9 on the image (an image problem: no retry on the same image can help).
+BOOT_NO_PYTHON = "no_usable_python"
+
+
+@record_dataclass
+class Boot(Record):
+    """``sessions/SSSSSS/boot.json``: written by the instance's bootstrap (ec2/bootstrap.py) before the agent
+    starts: the python3 it chose (``python``, ``python_version``) or, when none fits, ``problem`` and
+    ``message`` (what to fix). ``candidates``: every python3 it looked at, with its version."""
+
+    NAME = "boot"
+    KEY = "sessions/SSSSSS/boot.json"
+    OMIT_NONE = ("python", "python_version", "problem", "message")
+
+    session: int
+    python: str | None = None
+    python_version: str | None = None
+    problem: str | None = None
+    message: str | None = None
+    candidates: list[str] = field(default_factory=list)
+    at: str = ""
+
+
+@record_dataclass
 class SessionStart(Record):
     """``sessions/SSSSSS/session.json``: creating it (once) claims the session number."""
 
@@ -174,7 +200,7 @@ class SessionStart(Record):
     agent_version: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
+@record_dataclass
 class Heartbeat(Record):
     """``sessions/SSSSSS/heartbeat.json``: overwritten on every beat and state change.
     ``progress``: ``{"done": N, "total": T}`` (the progress protocol), absent before any line."""
@@ -198,9 +224,11 @@ class Heartbeat(Record):
 
 # Outcome.cause: the checkpoint did not fit on the instance's disk while restoring (no retry can help).
 CAUSE_DISK_FULL = "disk_full"
+# Outcome.cause (set by the Airflow side from boot.json): the image has no usable python3 (no retry can help).
+CAUSE_IMAGE = "image"
 
 
-@dataclass(frozen=True, kw_only=True)
+@record_dataclass
 class Outcome(Record):
     """``sessions/SSSSSS/outcome.json``: how the session ended, written once by its agent.
     ``progress``: ``{"first": N1, "last": N2, "total": T}``, absent if the session printed none.
@@ -247,7 +275,7 @@ class Outcome(Record):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@record_dataclass
 class Lease(Record):
     """``lease.json``: which agent holds the run, until ``expires_at`` (epoch seconds) unless released."""
 
@@ -282,7 +310,7 @@ class Lease(Record):
 # -- the Airflow side's documents -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
+@record_dataclass
 class Spec(Record):
     """``spec.json``: what the bootstrap runs (``agent_args``, ``command``, ``--live-queue``) and the run's budgets."""
 
@@ -297,7 +325,7 @@ class Spec(Record):
     live_queue: str | None = None  # the run's live-output queue URL (ledger/live.py), None: output via S3 only
 
 
-@dataclass(frozen=True, kw_only=True)
+@record_dataclass
 class Final(Record):
     """``final.json``: how the run ended for good, in which session."""
 
@@ -310,7 +338,7 @@ class Final(Record):
     at: float | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@record_dataclass
 class LaunchAttempt(Record):
     """``sessions/SSSSSS/launch-attempt.json``: the session's expiry tag, fixed before its first launch
     attempt, and the last RunInstances attempted (replayed, with its token, by a later launcher)."""
@@ -330,7 +358,7 @@ class LaunchAttempt(Record):
     lifecycle: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@record_dataclass
 class Launch(Record):
     """``sessions/SSSSSS/launch.json``: the instance the session runs on and what it costs an hour."""
 
@@ -348,7 +376,7 @@ class Launch(Record):
     waited_seconds: float | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@record_dataclass
 class Watch(Record):
     """``sessions/SSSSSS/watch.json``: how far the task log has the output (``log_offset``), and, by
     being rewritten, proof that a trigger watches (the agent compares its ETag, never ``at``)."""
@@ -360,7 +388,7 @@ class Watch(Record):
     at: float | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@record_dataclass
 class Closed(Record):
     """``sessions/SSSSSS/closed.json``: how the Airflow side saw the session end (the only record of a
     lost one). ``unwatched``: closed by a later try, from the outcome, because no try watched it."""
@@ -379,6 +407,7 @@ class Closed(Record):
 # -- where each record lives ----------------------------------------------------------------------
 
 SESSION_RECORDS: dict[type[Record], typing.Callable[[int], str]] = {
+    Boot: layout.boot,
     SessionStart: layout.session_record,
     Heartbeat: layout.heartbeat,
     Outcome: layout.outcome,

@@ -24,6 +24,7 @@ from airflow_grid_resume.asyncaws.clients import SharedS3Hook, SharedSqsHook, sh
 from airflow_grid_resume.asyncaws.describe import Unknown, describe_batcher
 from airflow_grid_resume.asyncaws.ledgerreader import AsyncLedgerReader
 from airflow_grid_resume.asyncaws.queuereader import LiveQueueReader
+from airflow_grid_resume.ec2.bootstrap import NO_PYTHON_MARKER
 from airflow_grid_resume.hooks.spot import ENDED_STATES, SpotLaunchHook
 from airflow_grid_resume.ledger import records
 from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatError
@@ -57,8 +58,8 @@ log = logging.getLogger(__name__)
 
 SELF_SHUTDOWN = "Client.InstanceInitiatedShutdown"
 BOOT_FAILURE = (
-    "the instance powered itself off before the agent started: the image needs bash and python3 >= 3.10 with "
-    "boto3, and the instance profile needs s3:GetObject on the run's prefix (the instance's console output, "
+    "the instance powered itself off before the agent started: the image needs bash and python3 >= 3.9, and the "
+    "instance profile needs s3:GetObject and s3:PutObject on the run's prefix (the instance's console output, "
     "`aws ec2 get-console-output`, says which)"
 )
 
@@ -283,10 +284,18 @@ class RunWatchTrigger(BaseTrigger):
                         lost = f"{LEASE_HELD} session {holder or '(unknown)'}: this session's agent ran nothing"
                     elif boot_ended:
                         # Powered itself off and never claimed its session: the bootstrap failed on this image
-                        # (no python3 >= 3.10 with boto3, no S3 access). Not spot weather: a failure.
+                        # (no S3 access; no python3 >= 3.9 is told apart by boot.json). Not spot weather: a failure.
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
-                        self.log.error("session %d: %s", self.session, BOOT_FAILURE)
+                        boot = await ledger.get_record(records.Boot)
+                        problem = (boot.message or boot.problem) if boot is not None and boot.problem else None
+                        problem = problem or await self._image_problem_on_console(ec2)  # an image with no python3
                         await self._end_instance(ec2_hook, ec2, batcher)
+                        if problem:  # the bootstrap said why: the image, not the script
+                            self.log.error("session %d: %s", self.session, problem)
+                            image = {"reason": problem, "cause": records.CAUSE_IMAGE}
+                            yield TriggerEvent(self._event(SessionStatus.FAILED, offset, outcome=image))
+                            return
+                        self.log.error("session %d: %s", self.session, BOOT_FAILURE)
                         yield TriggerEvent(self._event(SessionStatus.FAILED, offset, reason=BOOT_FAILURE))
                         return
                     if lost:
@@ -461,6 +470,19 @@ class RunWatchTrigger(BaseTrigger):
         """``watch.json``: how far the task log has the output, and proof that a trigger watches."""
         self._watch_written = time.time()
         await ledger.put_record(records.Watch(log_offset=offset, at=self._watch_written))
+
+    async def _image_problem_on_console(self, ec2: Any) -> str | None:
+        """The bootstrap's "no usable Python" line from the instance's console output (ec2:GetConsoleOutput), for
+        an image with no python3 at all, which cannot write boot.json; None when absent or unreadable."""
+        try:
+            answer = await ec2.get_console_output(InstanceId=self.instance_id)
+        except (ClientError, BotoCoreError) as exc:
+            self.log.info("could not read the console output of %s: %s", self.instance_id, exc)
+            return None
+        for line in str(answer.get("Output") or "").splitlines():
+            if NO_PYTHON_MARKER in line:
+                return line[line.index(NO_PYTHON_MARKER) :].strip()
+        return None
 
     def _event(self, status: str, offset: int, *, outcome: dict | None = None, reason: str | None = None) -> dict:
         return {

@@ -90,6 +90,13 @@ TODAY = {
     },
     records.Watch: {"log_offset": 8192, "at": 1767225700.0},
     records.Closed: {"status": "lost", "reason": "no heartbeat for 300 s", "instance_id": "i-0123", "at": 1767225800},
+    records.Boot: {
+        "session": 2,
+        "python": "/usr/bin/python3.9",
+        "python_version": "3.9.18",
+        "candidates": ["/usr/bin/python3 (3.9.18)"],
+        "at": "2026-01-01T00:00:00Z",
+    },
 }
 
 

@@ -517,7 +517,7 @@ def test_an_instance_whose_bootstrap_fails_is_a_failure_not_an_interruption(clou
     event = first_event(watch_for(run_uri, instance_id, boot_timeout=60))
     assert event["status"] == "failed", event
     assert "powered itself off before the agent started" in event["reason"]
-    assert "python3 >= 3.10 with boto3" in event["reason"]
+    assert "python3 >= 3.9" in event["reason"]
 
 
 def test_watch_enforces_max_run_and_terminates(cloud, subnets, agent_pyz) -> None:
