@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     assert state == "success", f"the demo run ended {state}: {ti}"
     assert interrupted and killed, "the run ended before the interruption and the triggerer kill could happen"
     assert view.ledger is not None
-    statuses = [session_status(r) for r in read_records(view.ledger)]
+    statuses = [session_status(r).value for r in read_records(view.ledger)]
     assert statuses[0] == "interrupted" and statuses[-1] == "succeeded" and len(statuses) == 2, statuses
     instances = control(args.cloud, "GET", "instances")["instances"]
     assert len(instances) == len(statuses), f"{len(instances)} instances for {len(statuses)} sessions: {instances}"
