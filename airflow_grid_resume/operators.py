@@ -67,7 +67,7 @@ from airflow_grid_resume.run.nextstep import (
 )
 from airflow_grid_resume.run.options import RunOptions, seconds
 from airflow_grid_resume.run.summary import read_records, summarize, summary_lines
-from airflow_grid_resume.run.verdict import FAIL_RUN, REPORT, RETRY_INTERRUPTED, session_verdict
+from airflow_grid_resume.run.verdict import FAIL_RUN, REPORT, RETRY_INTERRUPTED, session_verdict, spends_budget
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import RunWatchTrigger
@@ -672,7 +672,8 @@ class GridRunOperator(BaseOperator):
         _, ledger = self._run_ledger(context, event)
         closed = Closed(status=status, reason=event.get("reason"), instance_id=event.get("instance_id"), at=time.time())
         ledger.write_record(closed, session)
-        interruptions, failures = budget_history(ledger, session + 1)
+        # The budgets are read only when this ending can spend one (a success or max_run reads nothing more).
+        interruptions, failures = budget_history(ledger, session + 1) if spends_budget(status) else (0, 0)
         outcome = event.get("outcome")
         verdict = session_verdict(
             status,

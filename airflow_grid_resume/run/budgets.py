@@ -65,6 +65,11 @@ class Budgets:
         return None
 
 
+def counted_after(final_status: str | None, final_session: int | None) -> int:
+    """The session after which budgets count: where a run that failed ended (a clear gives fresh budgets), else 0."""
+    return (final_session or 0) if final_status not in (None, SessionStatus.SUCCEEDED.value) else 0
+
+
 def budget_use(
     statuses: Iterable[tuple[int, str]],
     *,
@@ -75,7 +80,7 @@ def budget_use(
     """(interruptions, failures) among ``(session, status)`` since the run last ended (a clear after a failed run
     gives fresh budgets; ``final.json`` says where it ended) and before session ``before``: what the operator
     spends and what the run view shows as used."""
-    after = (final_session or 0) if final_status not in (None, SessionStatus.SUCCEEDED.value) else 0
+    after = counted_after(final_status, final_session)
     counted = [status for session, status in statuses if after < session and (before is None or session < before)]
     interruptions = sum(1 for status in counted if counts_as_interruption(status))
     return interruptions, counted.count(SessionStatus.FAILED.value)

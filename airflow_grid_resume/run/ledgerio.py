@@ -15,7 +15,7 @@ from airflow_grid_resume.ledger.records import Final, LaunchAttempt, Outcome
 from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
-from airflow_grid_resume.run.budgets import budget_use
+from airflow_grid_resume.run.budgets import budget_use, counted_after
 from airflow_grid_resume.run.ending import ended_status
 from airflow_grid_resume.run.nextstep import RunView
 
@@ -66,9 +66,10 @@ def budget_history(ledger: RunLedger, before: int) -> tuple[int, int]:
     """(interruptions, failures) since the run last ended (a clear gives fresh budgets), from the ledger's
     records of the sessions before ``before``."""
     final = ledger.read_final()
+    after = counted_after(final.status if final else None, final.session if final else None)
     statuses = []
     for session in ledger.list_sessions():
-        if session >= before:
+        if not after < session < before:  # not counted: no records to read
             continue
         outcome = ledger.read_record(Outcome, session)  # the Airflow side's verdict only matters without one
         closed = None if outcome else ledger.read_closed(session)

@@ -21,6 +21,11 @@ RETRY_INTERRUPTED = "retry-interrupted"  # this try ends for a prompt retry that
 RETRY_FAILED = "retry-failed"  # this try ends for a retry after the user's retry_delay
 
 
+def spends_budget(status: str | None) -> bool:
+    """Whether a session that ended with ``status`` spends a budget, so its verdict needs the counts."""
+    return ended_status(status, None) not in (SessionStatus.SUCCEEDED, SessionStatus.TIMEOUT)
+
+
 @dataclass(frozen=True)
 class Verdict:
     action: str

@@ -50,3 +50,15 @@ def test_a_spent_budget_fails_the_run_and_a_failure_keeps_the_scripts_last_lines
     spent = verdict("failed", failed.to_dict(), failures=2)
     assert spent.action == FAIL_RUN and spent.message.endswith("Traceback\nKeyError")
     assert "script failure budget exhausted: 2 failures > retries=1" in spent.message
+
+
+def test_only_endings_that_spend_a_budget_need_the_counts() -> None:
+    from airflow_grid_resume.run.verdict import spends_budget
+
+    assert [spends_budget(s) for s in ("succeeded", "timeout", "interrupted", "lost", "failed")] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]

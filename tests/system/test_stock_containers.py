@@ -9,7 +9,6 @@ with GRID_RESUME_STOCK_IMAGES=1. The local spot cloud starts each instance's use
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,9 @@ from airflow_grid_resume.ledger import records
 from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
-from airflow_grid_resume.triggers.run import RunWatchTrigger
 from tests.conftest import heartbeat_of, outcome_of
 from tests.system.test_stock_images import SHELL_SAVE, agent_pyz, first_event, launch, wait_until
+from tests.triggers.test_spot_cloud import watch_for
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("GRID_RESUME_STOCK_IMAGES") != "1",
@@ -91,18 +90,7 @@ def test_an_image_without_python3_says_so(image_cloud, agent_pyz: str) -> None:
     reading it there (no python3 can write boot.json), fails the session as the image's problem, not the script's."""
     cloud = image_cloud(NO_PYTHON)
     run_uri, instance_id = launch(cloud, agent_pyz, ["true"])
-    watch = RunWatchTrigger(
-        run_uri=run_uri,
-        session=1,
-        instance_id=instance_id,
-        launched_at=time.time(),
-        aws_conn_id=None,
-        region_name="us-east-1",
-        poll_interval=0.3,
-        instance_check_interval=1.0,
-        heartbeat_timeout=30,
-        boot_timeout=120,
-    )
+    watch = watch_for(run_uri, instance_id, boot_timeout=120)
     event = first_event(watch)
     assert event["status"] == "failed" and event["outcome"]["cause"] == records.CAUSE_IMAGE, event
     assert event["reason"].startswith("grid-resume: no usable Python on this image"), event

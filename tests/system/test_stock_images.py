@@ -36,8 +36,8 @@ from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.run.budgets import Budgets
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
-from airflow_grid_resume.triggers.run import RunWatchTrigger
 from tests.conftest import heartbeat_of, outcome_of
+from tests.triggers.test_spot_cloud import watch_for
 
 AMI = "ami-03cf127a"  # one of the AMIs moto ships with
 SAVE_ON_TERM = "trap 'echo step-7 > ckpt; echo saved; exit 0' TERM; echo started; while true; do sleep 0.1; done"
@@ -214,18 +214,7 @@ def test_an_image_without_a_usable_python_records_the_image_problem(image_cloud,
     cloud = image_cloud(old)
     run_uri, instance_id = launch(cloud, agent_pyz, ["sh", "-c", "echo never > ran"])
     ledger = RunLedger(make_s3_client(), parse_s3_uri(run_uri))
-    watch = RunWatchTrigger(
-        run_uri=run_uri,
-        session=1,
-        instance_id=instance_id,
-        launched_at=time.time(),
-        aws_conn_id=None,
-        region_name="us-east-1",
-        poll_interval=0.3,
-        instance_check_interval=1.0,
-        heartbeat_timeout=30,
-        boot_timeout=60,
-    )
+    watch = watch_for(run_uri, instance_id, boot_timeout=60)
     event = first_event(watch)  # what the operator's on_session_end gets
     assert event["status"] == "failed" and event["outcome"]["cause"] == records.CAUSE_IMAGE, event
     assert "no usable Python on this image" in event["reason"]
@@ -285,20 +274,7 @@ def test_an_image_without_any_python3_is_told_from_the_console(image_cloud, agen
     instance's console output (GetConsoleOutput) and fails the session as the image's problem."""
     cloud = image_cloud("/nonexistent/python3")
     run_uri, instance_id = launch(cloud, agent_pyz, ["sh", "-c", "echo never > ran"])
-    event = first_event(
-        RunWatchTrigger(
-            run_uri=run_uri,
-            session=1,
-            instance_id=instance_id,
-            launched_at=time.time(),
-            aws_conn_id=None,
-            region_name="us-east-1",
-            poll_interval=0.3,
-            instance_check_interval=1.0,
-            heartbeat_timeout=30,
-            boot_timeout=60,
-        )
-    )
+    event = first_event(watch_for(run_uri, instance_id, boot_timeout=60))
     assert event["status"] == "failed" and event["outcome"]["cause"] == records.CAUSE_IMAGE, event
     assert event["reason"].startswith("grid-resume: no usable Python on this image: the agent needs python3 >= 3.9")
     assert "found: none" in event["reason"]
