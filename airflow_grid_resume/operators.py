@@ -31,6 +31,7 @@ from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.asyncaws.ledgerreader import AsyncLedgerReader
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
+from airflow_grid_resume.ec2.identity import why_not
 from airflow_grid_resume.ec2.launch import LaunchSpec, explain_fatal, ssm_parameter
 from airflow_grid_resume.ec2.prices import on_demand_price
 from airflow_grid_resume.ec2.tags import expiry_tag
@@ -58,6 +59,7 @@ from airflow_grid_resume.run.ledgerio import (
     plan_session,
     run_view,
 )
+from airflow_grid_resume.run.nextstep import Launch as LaunchStep
 from airflow_grid_resume.run.nextstep import (
     Reattach,
     ReportSucceeded,
@@ -442,6 +444,13 @@ class GridRunOperator(BaseOperator):
         if state.get("run_uri") != run_uri:
             state = {}
         step = next_step(run_view(ledger, state))
+        if isinstance(step, Reattach) and step.instance_id != state.get("instance_id"):
+            # Named by launch.json only, which an instance could have written: adopt it only if EC2 says it is
+            # this session's; else the launcher finds the session's own instance by its tags and ClientToken.
+            refused = self._refused_instance(run_uri, step.session, step.instance_id)
+            if refused:
+                self.log.warning("launch.json of session %d names %s; %s", step.session, step.instance_id, refused)
+                step = LaunchStep(step.session)
         if isinstance(step, ReportSucceeded):
             self.log.info("%s", step.note)
             assert step.session is not None
@@ -515,9 +524,12 @@ class GridRunOperator(BaseOperator):
             return
         hook = self.spot_hook
         launch = ledger.read_launch(session)
-        instance_id = (launch.instance_id if launch else None) or (
-            hook.find_session_instance(run_uri, session) or {}
-        ).get("InstanceId")
+        named = launch.instance_id if launch else None
+        refused = self._refused_instance(run_uri, session, named) if named else None
+        if refused:
+            self.log.info("launch.json of session %d names %s; %s: not terminated", session, named, refused)
+        instance_id = named if named and not refused else None
+        instance_id = instance_id or (hook.find_session_instance(run_uri, session) or {}).get("InstanceId")
         self.log.info("session %d ended (%s) while no try watched it; its output:", session, outcome.status)
         watched = ledger.read_record(Watch, session)
         offset = watched.log_offset if watched else 0
@@ -532,9 +544,20 @@ class GridRunOperator(BaseOperator):
         if instance_id and not hook.ensure_terminated(instance_id, timeout=120.0):
             self.log.error("could not confirm that %s is terminated; `grid-resume reap` finds it", instance_id)
         closed = Closed(
-            status=outcome.status, reason=outcome.reason, instance_id=instance_id, at=time.time(), unwatched=True
+            status=outcome.status,
+            reason=outcome.reason,
+            instance_id=instance_id or named,
+            at=time.time(),
+            unwatched=True,
         )
         ledger.write_record(closed, session)
+
+    def _refused_instance(self, run_uri: str, session: int, instance_id: str) -> str | None:
+        """Why ``instance_id`` is not this session's instance (its ClientToken and tags, ec2/identity.py), None
+        when it is: never adopt or terminate an instance a ledger document named without this check."""
+        found = self.spot_hook.describe_instances([instance_id]).get(instance_id)
+        problem = why_not(found, run_uri, session)
+        return f"refused: {problem}" if problem else None
 
     def _resolved_spec(self) -> LaunchSpec:
         """The launch spec with what only AWS knows filled in (no I/O at parse time)."""

@@ -5,10 +5,13 @@ The last line of defence behind the run trigger's own terminations (which a trig
 deleted trigger or an account-wide EC2 outage can defeat): every instance this project launches
 carries ``grid-resume:run-id``, ``grid-resume:session`` and ``grid-resume:expires-at`` tags. An
 instance is reaped when its expiry has passed, or when its run's ledger says the run ended in or
-after its session. Instances without the project's tags are never touched: the describe itself is
-filtered by the tag, and the selection checks it again. A live-output queue (ledger/live.py) is
-deleted once its ``grid-resume:expires-at`` tag has passed; only queues named with the project's
-prefix and carrying that tag are considered.
+after its session and the Airflow side closed that session (``closed.json``, which the instance role
+may not write: a ``final.json`` forged from an instance is not enough). A run's ledger is read only when
+the instance's tags name the whole run URI (``grid-resume:run-sha256`` is the digest of ``run-id``): a
+URI cut at 256 characters could be another run's. Instances without the project's tags are never
+touched: the describe itself is filtered by the tag, and the selection checks it again. A live-output
+queue (ledger/live.py) is deleted once its ``grid-resume:expires-at`` tag has passed; only queues named
+with the project's prefix and carrying that tag are considered.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_grid_resume.ec2.tags import EXPIRES_TAG, RUN_TAG, SESSION_TAG
+from airflow_grid_resume.ec2.tags import (
+    EXPIRES_TAG,
+    RUN_DIGEST_TAG,
+    RUN_TAG,
+    SESSION_TAG,
+    run_digest,
+    run_tag_is_whole,
+)
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
@@ -46,11 +56,21 @@ def parse_expiry(value: str) -> datetime | None:
         return None
 
 
+def names_whole_run(tags: dict[str, str]) -> bool:
+    """Whether the readable run tag is the whole run URI, so the run's ledger can be read from it: its digest is
+    the digest tag, or (an instance launched before that tag) it is shorter than the 256 characters EC2 cuts at."""
+    value = tags.get(RUN_TAG, "")
+    if RUN_DIGEST_TAG in tags:
+        return run_digest(value) == tags[RUN_DIGEST_TAG]
+    return run_tag_is_whole(value)
+
+
 def select_reapable(
-    instances: Iterable[dict], now: datetime, run_ended_at_session: Callable[[str], int | None]
+    instances: Iterable[dict], now: datetime, run_ended_at_session: Callable[[str, int], int | None]
 ) -> tuple[list[Reapable], list[str]]:
-    """(instances to terminate, notes on tagged instances kept). ``run_ended_at_session(run_uri)`` is the
-    session a run ended in, None while it has not ended (or cannot be read)."""
+    """(instances to terminate, notes on tagged instances kept). ``run_ended_at_session(run_uri, session)`` is
+    the session a run ended in when its ledger also shows ``session`` closed, None while it has not ended (or
+    cannot be read, or its records do not agree)."""
     reap, notes = [], []
     for instance in instances:
         tags = tags_of(instance)
@@ -67,7 +87,8 @@ def select_reapable(
         if expiry is not None and expiry <= now:
             reap.append(Reapable(instance_id, run_uri, session, f"expired at {tags[EXPIRES_TAG]}"))
             continue
-        ended = run_ended_at_session(run_uri)
+        # A cut run tag could name another run's ledger: then only the expiry decides.
+        ended = run_ended_at_session(run_uri, session) if names_whole_run(tags) and session is not None else None
         if ended is not None and session is not None and session <= ended:
             reap.append(Reapable(instance_id, run_uri, session, f"its run ended in session {ended}"))
             continue
@@ -88,23 +109,25 @@ def select_expired_queues(queues: Iterable[tuple[str, dict[str, str]]], now: dat
     return out
 
 
-def run_ended_reader(s3_client: Any) -> Callable[[str], int | None]:
-    """``run_uri -> session the run ended in`` from the run's ``final.json`` (the run id is its URI)."""
+def run_ended_reader(s3_client: Any) -> Callable[[str, int], int | None]:
+    """``(run_uri, session) -> session the run ended in`` from the run's ``final.json`` (the run id is its URI),
+    when the Airflow side also closed ``session`` (``sessions/N/closed.json``); else None."""
     from airflow_grid_resume.ledger.errors import UsageError
     from airflow_grid_resume.ledger.store import RunLedger
     from airflow_grid_resume.ledger.uri import parse_s3_uri
 
-    cache: dict[str, int | None] = {}
+    cache: dict[tuple[str, int], int | None] = {}
 
-    def ended(run_uri: str) -> int | None:
-        if run_uri not in cache:
+    def ended(run_uri: str, session: int) -> int | None:
+        if (run_uri, session) not in cache:
             try:
                 ledger = RunLedger(s3_client, parse_s3_uri(run_uri))
                 final = ledger.read_final()
-                cache[run_uri] = final.session if final is not None else None
+                closed = ledger.read_closed(session) if final is not None else None
+                cache[(run_uri, session)] = final.session if final is not None and closed is not None else None
             except (UsageError, Exception):
-                cache[run_uri] = None  # unreadable: only the expiry decides
-        return cache[run_uri]
+                cache[(run_uri, session)] = None  # unreadable: only the expiry decides
+        return cache[(run_uri, session)]
 
     return ended
 
@@ -134,7 +157,7 @@ def reap(
         for queue in queues:
             if delete_queue(sqs_client, queue["queue_url"]):
                 deleted.append(queue["queue_url"])
-    ended = run_ended_reader(s3_client) if s3_client is not None else (lambda _run: None)
+    ended = run_ended_reader(s3_client) if s3_client is not None else (lambda _run, _session: None)
     selected, notes = select_reapable(tagged_instances(ec2_client), now, ended)
     terminated = []
     if apply:

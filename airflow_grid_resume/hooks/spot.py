@@ -15,6 +15,7 @@ from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from airflow_grid_resume.ec2.identity import belongs_to_session
 from airflow_grid_resume.ec2.launch import (
     SPOT,
     LaunchSpec,
@@ -51,6 +52,8 @@ def launch_error(exc: Exception) -> LaunchError:
 
 
 def _session_filters(run_uri: str, session: int) -> list[dict]:
+    """By the readable run tag, which instances launched before the digest tag carry too: it can match another
+    run's instances (a long URI is cut), so what it finds is checked by ``belongs_to_session``."""
     return [
         {"Name": f"tag:{RUN_TAG}", "Values": [run_tag_value(run_uri)]},
         {"Name": f"tag:{SESSION_TAG}", "Values": [str(session)]},
@@ -62,6 +65,15 @@ def _first_instance(response: dict) -> dict | None:
     for reservation in response.get("Reservations", []):
         for instance in reservation.get("Instances", []):
             return instance
+    return None
+
+
+def _session_instance(response: dict, run_uri: str, session: int) -> dict | None:
+    """The first instance listed that really is the session's (its ClientToken or its full tags say so)."""
+    for reservation in response.get("Reservations", []):
+        for instance in reservation.get("Instances", []):
+            if belongs_to_session(instance, run_uri, session):
+                return instance
     return None
 
 
@@ -98,15 +110,18 @@ class SpotLaunchHook(AwsBaseHook):
 
     # -- idempotency: the session's instance, if one exists -----------------------------------
     def find_session_instance(self, run_uri: str, session: int) -> dict | None:
-        """The session's live instance by its tags. EC2 may not list an instance launched seconds ago
-        (eventual consistency): a miss is not proof, which is why launches replay their last token."""
+        """The session's live instance by its tags, each checked against the whole run URI (ec2/identity.py).
+        EC2 may not list an instance launched seconds ago (eventual consistency): a miss is not proof, which
+        is why launches replay their last token."""
         filters = _session_filters(run_uri, session)
-        return _first_instance(call_with_retries(lambda: self.conn.describe_instances(Filters=filters)))
+        response = call_with_retries(lambda: self.conn.describe_instances(Filters=filters))
+        return _session_instance(response, run_uri, session)
 
     async def a_find_session_instance(self, run_uri: str, session: int, client: Any = None) -> dict | None:
         filters = _session_filters(run_uri, session)
         async with hook_client(self, client) as ec2:
-            return _first_instance(await a_call_with_retries(lambda: ec2.describe_instances(Filters=filters)))
+            response = await a_call_with_retries(lambda: ec2.describe_instances(Filters=filters))
+        return _session_instance(response, run_uri, session)
 
     async def a_find_by_client_tokens(self, tokens: list[str], client: Any = None) -> dict | None:
         """The live instance RunInstances launched under any of ``tokens``. EC2 lists it under its token as

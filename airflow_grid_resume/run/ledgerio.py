@@ -7,17 +7,20 @@ Thin functions over ``RunLedger`` (the decisions themselves are pure, in ``nexts
 
 from __future__ import annotations
 
+import logging
 import time
 
 from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.ledger import layout
-from airflow_grid_resume.ledger.records import Final, LaunchAttempt, Outcome
+from airflow_grid_resume.ledger.records import Closed, Final, LaunchAttempt, Outcome
 from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.run.budgets import budget_use, counted_after
 from airflow_grid_resume.run.ending import ended_status
-from airflow_grid_resume.run.nextstep import RunView
+from airflow_grid_resume.run.nextstep import RunView, final_contradiction
+
+log = logging.getLogger(__name__)
 
 
 def generation_uri(base_uri: str, generation: int) -> str:
@@ -29,14 +32,31 @@ def newest_generation(ledger: RunLedger, base_uri: str) -> tuple[int, RunLedger,
     """The newest generation of this task instance's run (``ledger`` is the first's), and how it ended (None:
     not yet)."""
     generation = 1
-    final = ledger.read_final()
+    final = believed_final(ledger)
     while final is not None:
         newer = RunLedger(ledger.client, parse_s3_uri(generation_uri(base_uri, generation + 1)))
         if newer.get(newer.key(layout.SPEC)) is None:
             break
         generation, ledger = generation + 1, newer
-        final = ledger.read_final()
+        final = believed_final(ledger)
     return generation, ledger, final
+
+
+def believed_final(ledger: RunLedger) -> Final | None:
+    """The run's ``final.json``, unless it says the run succeeded and the session it names does not agree
+    (``final_contradiction``): then the run is taken as not ended, and the log says why."""
+    final = ledger.read_final()
+    if final is None or final.status != SessionStatus.SUCCEEDED:
+        return final
+    outcome = ledger.read_record(Outcome, final.session) if final.session is not None else None
+    closed = None if outcome is not None or final.session is None else ledger.read_record(Closed, final.session)
+    problem = final_contradiction(
+        final.status, final.session, outcome.status if outcome else None, closed.status if closed else None
+    )
+    if problem is None:
+        return final
+    log.warning("%s", problem)
+    return None
 
 
 def run_view(ledger: RunLedger, state: dict) -> RunView:

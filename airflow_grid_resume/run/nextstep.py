@@ -53,6 +53,22 @@ def choose_generation(
     )
 
 
+def final_contradiction(
+    final_status: str | None, final_session: int | None, outcome_status: str | None, closed_status: str | None
+) -> str | None:
+    """Why a ``final.json`` saying the run succeeded is not believed, None when it is: the bucket is written by the
+    instances too, so a forged one must not make a try report success without training. The session it names must
+    have ended succeeded by the agent's outcome or by the Airflow side's verdict (``closed.json``)."""
+    if final_status != SessionStatus.SUCCEEDED:
+        return None
+    if SessionStatus.SUCCEEDED in (outcome_status, closed_status):
+        return None
+    return (
+        f"final.json says the run succeeded in session {final_session}, but that session's records say "
+        f"{outcome_status or closed_status or 'nothing'}: not believed (written by someone else than this task?)"
+    )
+
+
 @dataclass(frozen=True)
 class RunView:
     """What the ledger and the state store say about the sessions of one generation.

@@ -213,7 +213,8 @@ def test_the_airflow_sides_readers_take_typed_records(ledger: RunLedger) -> None
     assert [r["status"] for r in view["sessions"]] == ["interrupted", "succeeded"]
     assert view["state"]["phase"] == "succeeded" and view["budgets"]
 
-    assert run_ended_reader(ledger.client)(str(ledger.location)) == 2
+    assert run_ended_reader(ledger.client)(str(ledger.location), 2) == 2
+    assert run_ended_reader(ledger.client)(str(ledger.location), 3) is None  # session 3 was never closed
 
     ledger.put_json(ledger.key(layout.outcome(4)), {"format": "grid-resume-outcome/2", "session": 4, "status": "x"})
     with pytest.raises(UnsupportedFormatError, match="upgrade airflow-grid-resume"):

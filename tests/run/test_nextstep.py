@@ -62,3 +62,14 @@ def test_an_ended_session_is_closed_if_unwatched_judged_then_followed(has_outcom
 def test_a_succeeded_session_is_reported_even_when_airflow_lost_its_result() -> None:
     step = next_step(RunView(5, True, 5, True, False))
     assert isinstance(step, ReportSucceeded) and step.session == 5
+
+
+def test_a_final_json_saying_succeeded_is_believed_only_when_its_session_agrees() -> None:
+    from airflow_grid_resume.run.nextstep import final_contradiction
+
+    assert final_contradiction("succeeded", 3, "succeeded", None) is None
+    assert final_contradiction("succeeded", 3, None, "succeeded") is None  # the Airflow side's verdict
+    assert final_contradiction("failed", 3, None, None) is None  # only a success skips training
+    forged = final_contradiction("succeeded", 7, None, None)
+    assert forged is not None and "session 7" in forged and "not believed" in forged
+    assert "interrupted" in (final_contradiction("succeeded", 2, "interrupted", None) or "")
