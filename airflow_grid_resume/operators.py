@@ -54,6 +54,8 @@ from airflow_grid_resume.run.ending import ended_status
 from airflow_grid_resume.run.ledgerio import (
     budget_history,
     end_run,
+    ensure_agent,
+    ensure_spec,
     generation_uri,
     newest_generation,
     plan_session,
@@ -111,6 +113,10 @@ class GridRunOperator(BaseOperator):
     :param key_name: an EC2 key pair, for SSH while debugging.
     :param instance_tags: extra tags on the instances and their volumes (``aws:`` and ``grid-resume:`` are
         reserved).
+    :param metadata_hop_limit: IMDSv2's hop limit (``HttpPutResponseHopLimit``, 1 to 64). 2 (default, AWS's advice
+        for containers) lets a training script in a Docker container on the instance get the instance profile's
+        credentials and the spot notice; 1 keeps the metadata service to the instance's own processes
+        (docs/security.md).
     :param use_spot: False runs every session on-demand.
     :param auto_resume: False fails the task on an interruption instead of resuming.
     :param max_interruptions: how many sessions may end by an interruption or a lost instance before the task
@@ -171,6 +177,7 @@ class GridRunOperator(BaseOperator):
         root_volume_gb: int | None = None,
         key_name: str | None = None,
         instance_tags: dict[str, str] | None = None,
+        metadata_hop_limit: int = 2,
         use_spot: bool = True,
         auto_resume: bool = True,
         max_interruptions: int = 20,
@@ -221,6 +228,7 @@ class GridRunOperator(BaseOperator):
             root_volume_gb=root_volume_gb,
             key_name=key_name,
             tags=dict(instance_tags or {}),
+            metadata_hop_limit=metadata_hop_limit,
         )
         self.use_spot = use_spot
         self.auto_resume = auto_resume
@@ -305,9 +313,12 @@ class GridRunOperator(BaseOperator):
     def _argv(self) -> list[str]:
         return ["bash", "-c", self.command] if isinstance(self.command, str) else list(self.command)
 
-    def _prepare(self, ledger: RunLedger, run_uri: str, live_queue: str | None) -> None:
-        """Agent and workdir snapshot once per run (a retry finds them); the spec whenever it changed,
-        so a failed run cleared after fixing its command resumes with the fixed one."""
+    def _prepare(
+        self, ledger: RunLedger, run_uri: str, live_queue: str | None, agent_sha256: str | None
+    ) -> dict[str, str]:
+        """Workdir snapshot once per run; the agent unless S3 still holds the one this task uploaded (its
+        ``agent_sha256``, remembered in the state store); the spec whenever it changed, so a failed run cleared
+        after fixing its command resumes with the fixed one. Returns the digests the user data carries."""
         spec = Spec(
             command=self._argv(),
             agent_args=self.agent_args,
@@ -315,19 +326,17 @@ class GridRunOperator(BaseOperator):
             budgets=self._budgets(),
             live_queue=live_queue,
         )
-        stored = ledger.read_spec()
-        if stored is not None:
-            if dataclasses.replace(stored, extra={}) != spec:
-                self.log.info("the command changed since the last session: now %s", spec.command)
-                ledger.write_record(dataclasses.replace(spec, extra=stored.extra))
-            return
-        if self.workdir and not os.path.isdir(self.workdir):
+        first = ledger.get(ledger.key(layout.SPEC)) is None
+        if first and self.workdir and not os.path.isdir(self.workdir):
             raise AirflowFailException(f"workdir {self.workdir!r} does not exist or is not a directory")
-        ledger.put(ledger.key(layout.AGENT_ZIPAPP), agent_zipapp())
-        if self.workdir and not ledger.list_manifests():
+        agent = ensure_agent(ledger, agent_sha256, agent_zipapp)
+        if first and self.workdir and not ledger.list_manifests():
             result = Syncer(ledger, self.workdir, session=0).sync("snapshot")
             self.log.info("uploaded the workdir snapshot %s: %s", self.workdir, result.summary())
-        ledger.write_record(spec)
+        spec_sha256, changed = ensure_spec(ledger, spec)
+        if changed:
+            self.log.info("the command changed since the last session: now %s", spec.command)
+        return {"agent_sha256": agent, "spec_sha256": spec_sha256}
 
     def _budgets(self) -> dict[str, int]:
         """The limits the run view shows its budgets against."""
@@ -430,7 +439,11 @@ class GridRunOperator(BaseOperator):
         elif choice.note:
             self.log.info("%s", choice.note)
         run_uri = generation_uri(base_uri, generation)
-        self._prepare(ledger, run_uri, self._live_queue(run_uri))
+        store = context.get("task_state_store")
+        state = (store.get(STATE_KEY) if store else None) or {}
+        if state.get("run_uri") != run_uri:
+            state = {}
+        digests = self._prepare(ledger, run_uri, self._live_queue(run_uri), state.get("agent_sha256"))
         loc = ledger.location
         GridArtifactsLink.persist(
             context=context, operator=self, **self._link_target(), bucket=loc.bucket, prefix=loc.prefix
@@ -439,10 +452,9 @@ class GridRunOperator(BaseOperator):
         context["ti"].xcom_push(
             key=RUN_XCOM, value={"run_uri": run_uri, "aws_conn_id": self.aws_conn_id, "region_name": self.region_name}
         )
-        store = context.get("task_state_store")
-        state = (store.get(STATE_KEY) if store else None) or {}
-        if state.get("run_uri") != run_uri:
-            state = {}
+        state = {**state, "run_uri": run_uri, "agent_sha256": digests["agent_sha256"]}
+        if store:
+            store.set(STATE_KEY, state)
         step = next_step(run_view(ledger, state))
         if isinstance(step, Reattach) and step.instance_id != state.get("instance_id"):
             # Named by launch.json only, which an instance could have written: adopt it only if EC2 says it is
@@ -482,9 +494,16 @@ class GridRunOperator(BaseOperator):
         left = first_started + self.max_run - time.time() if self.max_run else None
         if left is not None and left <= 0:
             raise self._fail(ledger, session - 1, f"max_run ({self.max_run:.0f} s) reached before session {session}")
-        spec = self._resolved_spec()
+        spec = dataclasses.replace(
+            self._resolved_spec(), agent_sha256=digests["agent_sha256"], spec_sha256=digests["spec_sha256"]
+        )
         expires_at = plan_session(ledger, session, spec.expiry_hours)
-        state = {"session": session, "run_uri": run_uri, "first_started_at": first_started}
+        state = {
+            "session": session,
+            "run_uri": run_uri,
+            "first_started_at": first_started,
+            "agent_sha256": digests["agent_sha256"],
+        }
         if store:
             store.set(STATE_KEY, state)
         launched = self._launch_now(spec, run_uri, session, interruptions, expires_at)

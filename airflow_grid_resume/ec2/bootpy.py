@@ -139,9 +139,31 @@ def boot_record(session, python, candidates, problem=None, message=None):
     return json.dumps(doc, sort_keys=True).encode()
 
 
+REFUSED = "grid-resume: refused to start"  # ec2/bootstrap.py REFUSED_MARKER: the Airflow side looks for it
+REFUSED_EXIT = 79
+
+
+def refusal(what, key, found, expected):
+    """The console line and boot.json message of a download whose SHA-256 is not the one launched with."""
+    return (
+        REFUSED + ": " + what + " in S3 (" + key + ", sha256 " + found + ") does not match the sha256 this session "
+        "was launched with (" + expected + "): it was changed after upload, by something with write access to "
+        "the bucket (another instance?). Nothing was run (docs/security.md)"
+    )
+
+
+def checked(what, key, body, expected):
+    """None when ``body`` is what the user data says (or it says nothing: an older launcher), else the refusal."""
+    found = hashlib.sha256(body).hexdigest()
+    if expected in (None, "", "-") or hmac.compare_digest(found, expected):
+        return None
+    return refusal(what, key, found, expected)
+
+
 def main(argv):
-    """``run RUN_URI SESSION AGENT_KEY SPEC_KEY CANDIDATES`` (this python fits: start the agent) or
-    ``report RUN_URI SESSION CANDIDATES MESSAGE`` (none fits: record the image problem)."""
+    """``run RUN_URI SESSION AGENT_KEY SPEC_KEY CANDIDATES [AGENT_SHA256 SPEC_SHA256]`` (this python fits: start
+    the agent, if the downloads have those digests) or ``report RUN_URI SESSION CANDIDATES MESSAGE`` (none fits:
+    record the image problem)."""
     mode, run_uri, session = argv[1], argv[2], int(argv[3])
     bucket, _, prefix = run_uri[len("s3://") :].partition("/")
     boot_key = ledger_key(prefix, f"sessions/{session:06d}/boot.json")
@@ -150,12 +172,24 @@ def main(argv):
         s3("PUT", bucket, boot_key, boot_record(session, None, candidates, "no_usable_python", message))
         return 78
     agent_key, spec_key, candidates = argv[4], argv[5], argv[6].split(", ") if argv[6] else []
+    agent_sha256, spec_sha256 = (argv[7], argv[8]) if len(argv) > 8 else (None, None)
     home = os.environ["GRID_RESUME_HOME"]
     pyz = os.path.join(home, "agent.pyz")
+    agent = s3("GET", bucket, ledger_key(prefix, agent_key))
+    spec_body = s3("GET", bucket, ledger_key(prefix, spec_key))
+    refused = checked("agent zipapp", agent_key, agent, agent_sha256) or checked(
+        "spec.json", spec_key, spec_body, spec_sha256
+    )
+    if refused:
+        print(refused, file=sys.stderr)
+        sys.stderr.flush()
+        problem = "tampered_agent" if refused.startswith(REFUSED + ": agent") else "tampered_spec"
+        s3("PUT", bucket, boot_key, boot_record(session, None, candidates, problem, refused))
+        return REFUSED_EXIT
     with open(pyz + ".part", "wb") as fh:
-        fh.write(s3("GET", bucket, ledger_key(prefix, agent_key)))
+        fh.write(agent)
     os.replace(pyz + ".part", pyz)
-    spec = json.loads(s3("GET", bucket, ledger_key(prefix, spec_key)))
+    spec = json.loads(spec_body)
     s3("PUT", bucket, boot_key, boot_record(session, sys.executable, candidates))
     cmd = [
         sys.executable,

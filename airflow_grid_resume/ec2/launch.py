@@ -164,6 +164,13 @@ class LaunchSpec:
     # The AMI's root device (DescribeImages RootDeviceName), resolved before launching when
     # root_volume_gb is set: /dev/xvda on Amazon Linux, /dev/sda1 on Ubuntu and most Deep Learning AMIs.
     root_device_name: str | None = None
+    # IMDSv2's hop limit (HttpPutResponseHopLimit): 2 lets a container on the instance (one hop more) reach the
+    # metadata service, as AWS recommends for containers; 1 keeps it to the instance's own processes.
+    metadata_hop_limit: int = 2
+    # The SHA-256 of the agent zipapp and of spec.json as the Airflow side wrote them: the user data carries them
+    # and the bootstrap runs nothing else (None: not known, as in a trigger serialized before they existed).
+    agent_sha256: str | None = None
+    spec_sha256: str | None = None
 
     def __post_init__(self) -> None:
         problems = validate_spec(self)
@@ -199,6 +206,8 @@ def validate_spec(spec: LaunchSpec) -> list[str]:
         problems.append("subnet_ids must name at least one subnet (one per zone to try)")
     if spec.root_volume_gb is not None and spec.root_volume_gb < 1:
         problems.append(f"root_volume_gb must be positive, got {spec.root_volume_gb}")
+    if not 1 <= spec.metadata_hop_limit <= 64:
+        problems.append(f"metadata_hop_limit must be 1 to 64 (EC2's range), got {spec.metadata_hop_limit}")
     for key in spec.tags:
         if key.startswith(RESERVED_PREFIXES):
             problems.append(f"tag {key!r} uses a reserved prefix ({' or '.join(RESERVED_PREFIXES)})")
@@ -269,7 +278,11 @@ def run_instances_params(
         "ClientToken": token,
         "UserData": user_data,
         "InstanceInitiatedShutdownBehavior": "terminate",
-        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
+        "MetadataOptions": {
+            "HttpTokens": "required",
+            "HttpEndpoint": "enabled",
+            "HttpPutResponseHopLimit": spec.metadata_hop_limit,
+        },
         "TagSpecifications": [
             {"ResourceType": kind, "Tags": [{"Key": k, "Value": v} for k, v in sorted(tags.items())]}
             for kind in ("instance", "volume")

@@ -162,6 +162,8 @@ def _describe(hint: Any) -> str:
 
 # Boot.problem: no python3 >= 3.9 on the image (an image problem: no retry on the same image can help).
 BOOT_NO_PYTHON = "no_usable_python"
+# Boot.problem: the agent zipapp or spec.json in S3 is not the one the session was launched with (ec2/bootpy.py).
+BOOT_TAMPERED = ("tampered_agent", "tampered_spec")
 
 
 @record_dataclass
@@ -226,6 +228,8 @@ class Heartbeat(Record):
 CAUSE_DISK_FULL = "disk_full"
 # Outcome.cause (set by the Airflow side from boot.json): the image has no usable python3 (no retry can help).
 CAUSE_IMAGE = "image"
+# Outcome.cause (set by the Airflow side): the bootstrap refused an agent or spec changed after upload (no retry).
+CAUSE_TAMPERED = "tampered"
 
 
 @record_dataclass

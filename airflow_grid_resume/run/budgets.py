@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from airflow_grid_resume.ledger.records import CAUSE_DISK_FULL, CAUSE_IMAGE
+from airflow_grid_resume.ledger.records import CAUSE_DISK_FULL, CAUSE_IMAGE, CAUSE_TAMPERED
 from airflow_grid_resume.ledger.status import SessionStatus, counts_as_interruption
 from airflow_grid_resume.run.ending import LEASE_HELD
 
@@ -43,6 +43,8 @@ class Budgets:
             return f"session {session} could not restore: {reason}. {hint or ''}".rstrip()
         if status == SessionStatus.FAILED and cause == CAUSE_IMAGE:  # the image cannot run the agent, ever
             return f"session {session} could not start on this image: {reason}"
+        if status == SessionStatus.FAILED and cause == CAUSE_TAMPERED:  # a security matter: a person must look
+            return f"session {session} refused to start: {reason}"
         what = "interrupted" if status == SessionStatus.INTERRUPTED else f"lost ({reason})"
         if status == SessionStatus.INTERRUPTED and str(reason or "").startswith(
             LEASE_HELD

@@ -7,12 +7,15 @@ Thin functions over ``RunLedger`` (the decisions themselves are pure, in ``nexts
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import time
+from collections.abc import Callable
 
 from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.ledger import layout
-from airflow_grid_resume.ledger.records import Closed, Final, LaunchAttempt, Outcome
+from airflow_grid_resume.ledger.records import Closed, Final, LaunchAttempt, Outcome, Spec
 from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
@@ -123,3 +126,35 @@ def plan_session(ledger: RunLedger, session: int, expiry_hours: float) -> str:
 def end_run(ledger: RunLedger, session: int, status: SessionStatus, reason: str) -> None:
     """Record that the run ended (a later clear of the task starts from here)."""
     ledger.write_record(Final(status=status.value, session=session, reason=reason, at=time.time()))
+
+
+def sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def ensure_agent(ledger: RunLedger, remembered: str | None, build: Callable[[], bytes]) -> str:
+    """The SHA-256 of the run's agent zipapp as this task wrote it, for the user data: ``remembered`` (what an
+    earlier try uploaded, from the task's state store) while S3 still holds those very bytes, else a fresh
+    ``build()`` uploaded now. Never a digest of bytes read from S3 alone: any instance may have written them."""
+    key = ledger.key(layout.AGENT_ZIPAPP)
+    if remembered:
+        stored = ledger.get(key)
+        if stored is not None and sha256(stored) == remembered:
+            return remembered
+        if stored is not None:
+            log.warning("the agent zipapp in S3 is not the one this task uploaded (changed after upload?): replaced")
+    body = build()
+    ledger.put(key, body)
+    return sha256(body)
+
+
+def ensure_spec(ledger: RunLedger, spec: Spec) -> tuple[str, bool]:
+    """Write ``spec`` unless S3 holds exactly its bytes (fields a newer writer added are kept); (the SHA-256 of
+    the bytes written, for the user data; whether the command changed)."""
+    raw = ledger.get(ledger.key(layout.SPEC))
+    stored = ledger.read_spec() if raw is not None else None
+    wanted = dataclasses.replace(spec, extra=stored.extra) if stored is not None else spec
+    body = wanted.to_json()
+    if raw != body:
+        ledger.write_record(wanted)
+    return sha256(body), stored is not None and stored.command != spec.command

@@ -108,7 +108,9 @@ class SessionLauncher:
         self.hook, self.client, self.ledger = hook, client, ledger
         self.spec = spec
         self.run_uri, self.session = run_uri, session
-        self.user_data = render_user_data(run_uri, session, region)
+        self.user_data = render_user_data(
+            run_uri, session, region, agent_sha256=spec.agent_sha256, spec_sha256=spec.spec_sha256
+        )
         self.expires_at = expires_at
         self.bucket = bucket
         self.log = log

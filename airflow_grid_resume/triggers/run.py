@@ -24,7 +24,7 @@ from airflow_grid_resume.asyncaws.clients import SharedS3Hook, SharedSqsHook, sh
 from airflow_grid_resume.asyncaws.describe import Unknown, describe_batcher
 from airflow_grid_resume.asyncaws.ledgerreader import AsyncLedgerReader
 from airflow_grid_resume.asyncaws.queuereader import LiveQueueReader
-from airflow_grid_resume.ec2.bootstrap import NO_PYTHON_MARKER
+from airflow_grid_resume.ec2.bootstrap import NO_PYTHON_MARKER, REFUSED_MARKER
 from airflow_grid_resume.hooks.spot import ENDED_STATES, SpotLaunchHook
 from airflow_grid_resume.ledger import records
 from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatError
@@ -286,14 +286,19 @@ class RunWatchTrigger(BaseTrigger):
                         # Powered itself off and never claimed its session: the bootstrap failed on this image
                         # (no S3 access; no python3 >= 3.9 is told apart by boot.json). Not spot weather: a failure.
                         offset, pending = await self._stream(ledger, offset, pending, final=True)
-                        boot = await ledger.get_record(records.Boot)
-                        problem = (boot.message or boot.problem) if boot is not None and boot.problem else None
-                        problem = problem or await self._image_problem_on_console(ec2)  # an image with no python3
+                        # The console is the instance's own (no other instance writes it): read it first.
+                        problem = await self._boot_problem_on_console(ec2)
+                        if problem is None:
+                            boot = await ledger.get_record(records.Boot)
+                            problem = (boot.message or boot.problem) if boot is not None and boot.problem else None
                         await self._end_instance(ec2_hook, ec2, batcher)
-                        if problem:  # the bootstrap said why: the image, not the script
+                        if problem:  # the bootstrap said why: the image, or a download it refused; not the script
                             self.log.error("session %d: %s", self.session, problem)
-                            image = {"reason": problem, "cause": records.CAUSE_IMAGE}
-                            yield TriggerEvent(self._event(SessionStatus.FAILED, offset, outcome=image))
+                            refused = problem.startswith(REFUSED_MARKER)
+                            cause = records.CAUSE_TAMPERED if refused else records.CAUSE_IMAGE
+                            yield TriggerEvent(
+                                self._event(SessionStatus.FAILED, offset, outcome={"reason": problem, "cause": cause})
+                            )
                             return
                         self.log.error("session %d: %s", self.session, BOOT_FAILURE)
                         yield TriggerEvent(self._event(SessionStatus.FAILED, offset, reason=BOOT_FAILURE))
@@ -471,8 +476,9 @@ class RunWatchTrigger(BaseTrigger):
         self._watch_written = time.time()
         await ledger.put_record(records.Watch(log_offset=offset, at=self._watch_written))
 
-    async def _image_problem_on_console(self, ec2: Any) -> str | None:
-        """The bootstrap's "no usable Python" line from the instance's console output (ec2:GetConsoleOutput), for
+    async def _boot_problem_on_console(self, ec2: Any) -> str | None:
+        """The bootstrap's "refused to start" or "no usable Python" line from the instance's console output
+        (ec2:GetConsoleOutput): the one record of a boot problem no other instance can forge, and the only one of
         an image with no python3 at all, which cannot write boot.json; None when absent or unreadable."""
         try:
             answer = await ec2.get_console_output(InstanceId=self.instance_id)
@@ -480,8 +486,9 @@ class RunWatchTrigger(BaseTrigger):
             self.log.info("could not read the console output of %s: %s", self.instance_id, exc)
             return None
         for line in str(answer.get("Output") or "").splitlines():
-            if NO_PYTHON_MARKER in line:
-                return line[line.index(NO_PYTHON_MARKER) :].strip()
+            for marker in (REFUSED_MARKER, NO_PYTHON_MARKER):
+                if marker in line:
+                    return line[line.index(marker) :].strip()
         return None
 
     def _event(self, status: str, offset: int, *, outcome: dict | None = None, reason: str | None = None) -> dict:

@@ -203,3 +203,53 @@ def test_user_data_has_no_secrets_and_fits(monkeypatch) -> None:
     assert parse_marker("#!/bin/bash\necho other\n") is None
     hostile = render_user_data("s3://bucket/x'; rm -rf / #", 1, None)
     assert "'s3://bucket/x'\"'\"'; rm -rf / #'" in hostile  # shell-quoted
+
+
+def test_user_data_carries_the_digests_and_fits_the_longest_run_uri() -> None:
+    """The digests of the agent and spec the Airflow side wrote ride in the user data (which only RunInstances
+    writes); with S3's longest key in the run URI it still fits EC2's 16 KB after base64, with room to spare."""
+    import ast
+
+    from airflow_grid_resume.ec2 import bootpy
+    from airflow_grid_resume.ec2.bootstrap import REFUSED_EXIT, REFUSED_MARKER, launcher_source
+
+    agent, spec = "a" * 64, "b" * 64
+    longest = "s3://" + "b" * 63 + "/" + "k" * 1024
+    user_data = render_user_data(longest, 12, "us-east-1", agent_sha256=agent, spec_sha256=spec)
+    assert len(base64.b64encode(user_data.encode())) <= USER_DATA_LIMIT
+    assert parse_marker(user_data) == {
+        "run_uri": longest, "session": 12, "region": "us-east-1", "agent_sha256": agent, "spec_sha256": spec,
+    }  # fmt: skip
+    assert f'"$SEEN" {agent} {spec}\n' in user_data  # handed to the launcher
+    ast.parse(launcher_source())  # the embedded launcher is still Python, without its docstrings
+    assert '"""' not in launcher_source()
+    assert (bootpy.REFUSED, bootpy.REFUSED_EXIT) == (REFUSED_MARKER, REFUSED_EXIT)
+    with pytest.raises(ValueError, match="agent_sha256 must be 64 lowercase hex"):
+        render_user_data("s3://b/r", 1, None, agent_sha256="$(reboot)", spec_sha256=spec)
+
+
+def test_the_launcher_refuses_bytes_of_another_digest() -> None:
+    import hashlib
+
+    from airflow_grid_resume.ec2 import bootpy
+
+    body = b"the agent the Airflow side uploaded"
+    good = hashlib.sha256(body).hexdigest()
+    assert bootpy.checked("agent zipapp", "agent/a.pyz", body, good) is None
+    assert bootpy.checked("agent zipapp", "agent/a.pyz", body, "-") is None  # launched by an older trigger
+    refused = bootpy.checked("agent zipapp", "agent/a.pyz", body + b"!", good)
+    assert refused is not None and refused.startswith("grid-resume: refused to start: agent zipapp in S3")
+    assert f"launched with ({good})" in refused
+
+
+def test_the_hop_limit_is_the_specs() -> None:
+    pair = Pair("g5.xlarge", "subnet-1", "us-east-1a")
+    for limit in (1, 2, 3):
+        spec = LaunchSpec(
+            image_id="ami-1", instance_types=("g5.xlarge",), subnet_ids=("subnet-1",), metadata_hop_limit=limit
+        )
+        params = run_instances_params(spec, pair, market="spot", token="t", tags={}, user_data="")
+        assert params["MetadataOptions"]["HttpPutResponseHopLimit"] == limit
+    assert LaunchSpec(image_id="ami-1", instance_types=("t",), subnet_ids=("s",)).metadata_hop_limit == 2
+    with pytest.raises(ValueError, match="metadata_hop_limit must be 1 to 64"):
+        LaunchSpec(image_id="ami-1", instance_types=("t",), subnet_ids=("s",), metadata_hop_limit=0)
