@@ -67,3 +67,75 @@ def test_the_user_guides_delete_permissions_cover_exactly_what_is_deleted() -> N
         for key in records:
             assert not allowed("PruneOwnSessionsCheckpoints", f"{prefix}/{key}"), key
             assert not allowed("GarbageCollectCheckpoints", f"{prefix}/{key}"), key
+
+
+def _policies() -> dict[str, list[dict]]:
+    """The guide's permission policies by role: the instance's (it prunes its checkpoints) and the Airflow side's
+    (it passes the instance role). Sids repeat between them, so each is read as a whole."""
+    import json
+
+    text = (ROOT / "docs" / "user-guide.md").read_text()
+    found = {}
+    for block in re.findall(r"```json\n(.*?)```", text, re.S):
+        statements = json.loads(block).get("Statement", [])
+        sids = {s.get("Sid") for s in statements}
+        if "PruneOwnSessionsCheckpoints" in sids:
+            found["instance"] = statements
+        if "PassTheInstanceRoleOnly" in sids:
+            found["airflow"] = statements
+    return found
+
+
+def _allows(statements: list[dict], action: str, arn: str) -> bool:
+    """IAM's verdict on one request without conditions: an explicit Deny wins, else an Allow, else denied. ``*``
+    in a resource spans ``/`` as in IAM (fnmatch's does too)."""
+    from fnmatch import fnmatchcase
+
+    def listed(value: str | list[str]) -> list[str]:
+        return value if isinstance(value, list) else [value]
+
+    def matches(statement: dict) -> bool:
+        actions = listed(statement["Action"])
+        return any(fnmatchcase(action, a) for a in actions) and any(
+            fnmatchcase(arn, r) for r in listed(statement["Resource"])
+        )
+
+    if any(s["Effect"] == "Deny" and matches(s) for s in statements):
+        return False
+    return any(s["Effect"] == "Allow" and matches(s) for s in statements)
+
+
+def test_the_instance_role_cannot_write_what_only_the_airflow_side_writes() -> None:
+    """Every key of the ledger's rules (ledger/layout.py RULES), in a run and in a fresh re-run under it: the
+    instance policy lets the instance write exactly the keys the agent writes, the Airflow policy every key."""
+    from airflow_grid_resume.ledger import layout
+
+    sha = "ab" * 32
+    concrete = {
+        "SSSSSS": "000003",
+        "NNNNNN": "000002",
+        "<64 hex>": sha,
+        "<16-digit offset>": "0" * 16,
+    }
+    policies = _policies()
+    assert set(policies) == {"instance", "airflow"}
+    run = "grid-runs/dag/task/run"
+    checked = []
+    for rule in layout.RULES:
+        key = rule.key
+        for placeholder, value in concrete.items():
+            key = key.replace(placeholder, value)
+        for prefix in (run, f"{run}/{layout.rerun(2)}", f"grid-runs/dag/task/{'x' * 300}/7"):
+            arn = f"arn:aws:s3:::BUCKET/{prefix}/{key}"
+            instance_may = _allows(policies["instance"], "s3:PutObject", arn)
+            assert instance_may == ("agent" in rule.writers), (rule.key, prefix, instance_may)
+            assert _allows(policies["airflow"], "s3:PutObject", arn), (rule.key, prefix)
+            checked.append(rule.key)
+    control = {r.key for r in layout.RULES if "agent" not in r.writers}
+    assert control == {
+        "spec.json", "agent/grid-resume-agent.pyz", "final.json", "sessions/SSSSSS/launch-attempt.json",
+        "sessions/SSSSSS/launch.json", "sessions/SSSSSS/watch.json", "sessions/SSSSSS/closed.json",
+    }  # fmt: skip
+    for key in control:  # nor delete them (a deleted spec would start the run over)
+        arn = f"arn:aws:s3:::BUCKET/{run}/{key.replace('SSSSSS', '000001')}"
+        assert not _allows(policies["instance"], "s3:DeleteObject", arn), key
