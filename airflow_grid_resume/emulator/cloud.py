@@ -176,6 +176,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def hop_limit(params: dict[str, str]) -> int:
+    """RunInstances' ``MetadataOptions.HttpPutResponseHopLimit`` (EC2's default 1 when absent or unreadable)."""
+    try:
+        return min(64, max(1, int(params.get("MetadataOptions.HttpPutResponseHopLimit", "1"))))
+    except ValueError:
+        return 1
+
+
 @dataclass
 class FabricInstance:
     instance_id: str
@@ -203,6 +211,7 @@ class FabricInstance:
             "pid": self.proc.pid if self.proc else None,
             "exit_code": self.proc.returncode if self.proc else None,
             "imds_endpoint": self.imds.url,
+            "imds_hop_limit": self.imds.hop_limit,
             "directory": self.directory,
             "launched_at": self.launched_at,
             "ended_at": self.ended_at,
@@ -332,7 +341,11 @@ class SpotCloud:
         zone = self.zone_of(region, params)
         directory = tempfile.mkdtemp(prefix=f"{instance_id}-", dir=os.path.join(self.state_dir, "instances"))
         imds = MetadataService(
-            instance_id=instance_id, instance_type=params.get("InstanceType", "?"), zone=zone, market=market
+            instance_id=instance_id,
+            instance_type=params.get("InstanceType", "?"),
+            zone=zone,
+            market=market,
+            hop_limit=hop_limit(params),
         ).start()
         instance = FabricInstance(instance_id, params.get("InstanceType", "?"), zone, market, region, directory, imds)
         with self.lock:

@@ -3,7 +3,10 @@ EC2 scheduled events.
 
 It speaks IMDSv2 with real status codes: ``PUT /latest/api/token`` (400 without a valid TTL
 header), 401 for a missing, unknown or expired token, 404 on ``spot/instance-action`` until a
-notice is scheduled, 403 for every request once disabled. Faults (401/403/500/503 or a stalled
+notice is scheduled, 403 for every request once disabled. The token's response leaves with the IP
+TTL set to the hop limit (``HttpPutResponseHopLimit``), as EC2 sends it: a client behind one more
+router (a container's network namespace) than the limit allows never gets it; on loopback, where
+nothing routes, every process gets it. Faults (401/403/500/503 or a stalled
 response) can be injected for the next N requests. Control routes under ``/_emulator/`` drive it
 over HTTP; see docs/emulator.md. Standard library only.
 """
@@ -15,6 +18,7 @@ import contextlib
 import json
 import secrets
 import signal
+import socket
 import sys
 import threading
 import time
@@ -58,7 +62,11 @@ class MetadataService:
         instance_type: str = "g5.xlarge",
         zone: str = "us-east-1a",
         market: str = "spot",
+        hop_limit: int = 1,
     ) -> None:
+        if not 1 <= hop_limit <= 64:
+            raise ValueError(f"hop_limit must be 1 to 64, got {hop_limit}")
+        self.hop_limit = hop_limit
         self.meta = {
             "instance-id": instance_id,
             "instance-type": instance_type,
@@ -196,6 +204,7 @@ class MetadataService:
                 "scheduled_events": [dict(e) for e in self._events],
                 "faults": [f.__dict__ for f in self._faults],
                 "tokens": len(self._tokens),
+                "hop_limit": self.hop_limit,
                 "requests": dict(self.requests),
                 **{k.replace("/", "_"): v for k, v in self.meta.items()},
             }
@@ -336,15 +345,23 @@ class MetadataService:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-            def _send(self, status: int, content_type: str, body: str) -> None:
+            def _send(self, status: int, content_type: str, body: str, *, ttl: int | None = None) -> None:
                 data = body.encode()
+                if ttl is not None:
+                    # Every packet of this response, retransmissions included, carries it: the connection ends
+                    # with it (restoring the TTL while TCP still holds unsent data would let it through).
+                    self.connection.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+                    self.close_connection = True
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
+                if ttl is not None:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 # The client may have given up (a stalled-response fault), as with a real IMDS.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(data)
+                    self.wfile.flush()
 
             def _handle(self, method: str) -> None:
                 path = self.path.split("?", 1)[0]
@@ -366,7 +383,9 @@ class MetadataService:
                     self._send(fault.status, "text/plain", "injected fault")
                     return
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                self._send(*service._answer(method, path, headers))
+                status, content_type, body = service._answer(method, path, headers)
+                token = method == "PUT" and path == "/latest/api/token" and status == 200
+                self._send(status, content_type, body, ttl=service.hop_limit if token else None)
 
             def do_GET(self) -> None:
                 self._handle("GET")
