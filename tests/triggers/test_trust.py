@@ -190,7 +190,7 @@ def test_a_launch_json_naming_another_runs_instance_is_not_adopted_or_terminated
 
 
 @pytest.mark.parametrize("limit", [1, 2])
-def test_the_hop_limit_reaches_run_instances(cloud_env, subnets, limit: int) -> None:
+def test_the_hop_limit_reaches_run_instances(cloud, cloud_env, subnets, limit: int) -> None:
     from airflow_grid_resume.ec2.launch import Pair
 
     spec = LaunchSpec.from_dict({**spec_for(subnets), "metadata_hop_limit": limit})
@@ -203,4 +203,5 @@ def test_the_hop_limit_reaches_run_instances(cloud_env, subnets, limit: int) -> 
     found = boto3.client("ec2").describe_instances(InstanceIds=[launched["InstanceId"]])
     options = found["Reservations"][0]["Instances"][0]["MetadataOptions"]
     assert options["HttpPutResponseHopLimit"] == limit and options["HttpTokens"] == "required"
+    assert cloud.instance(launched["InstanceId"])["imds_hop_limit"] == limit  # the emulated metadata service's
     hook.terminate([launched["InstanceId"]])
