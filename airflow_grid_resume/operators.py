@@ -565,7 +565,7 @@ class GridRunOperator(BaseOperator):
         closed = Closed(
             status=outcome.status,
             reason=outcome.reason,
-            instance_id=instance_id or named,
+            instance_id=instance_id,
             at=time.time(),
             unwatched=True,
         )

@@ -184,7 +184,20 @@ def test_a_launch_json_naming_another_runs_instance_is_not_adopted_or_terminated
     assert hook.find_session_instance(run_a, 1) is None
     assert asyncio.run(hook.a_find_session_instance(run_a, 1)) is None
     assert hook.find_session_instance(run_b, 1)["InstanceId"] == b_instance
-    time.sleep(1.0)
+    # The operator's own check, and the close of an "unwatched" session whose launch.json was forged.
+    from airflow_grid_resume.operators import GridRunOperator
+    from tests.conftest import OPERATOR_ARGS
+
+    op = GridRunOperator(**{**OPERATOR_ARGS, "aws_conn_id": None, "region_name": "us-east-1"})
+    assert op._refused_instance(run_b, 1, b_instance) is None
+    assert (op._refused_instance(run_a, 1, b_instance) or "").startswith("refused: its ClientToken and tags")
+    ledger_a = RunLedger(make_s3_client(), parse_s3_uri(run_a))
+    ledger_a.write_record(records.Launch(instance_id=b_instance), 1)  # what a compromised instance could write
+    ledger_a.write_record(records.Outcome(session=1, status="failed"), 1)
+    op._close_if_unwatched(ledger_a, run_a, 1)
+    closed = ledger_a.read_closed(1)
+    assert closed is not None and closed.unwatched and closed.instance_id is None
+    time.sleep(3.0)  # a termination takes the local spot cloud 2 s
     assert cloud.instance(b_instance)["state"] == "running"
     hook.terminate([b_instance])
 
