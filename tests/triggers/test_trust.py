@@ -218,3 +218,26 @@ def test_the_hop_limit_reaches_run_instances(cloud, cloud_env, subnets, limit: i
     assert options["HttpPutResponseHopLimit"] == limit and options["HttpTokens"] == "required"
     assert cloud.instance(launched["InstanceId"])["imds_hop_limit"] == limit  # the emulated metadata service's
     hook.terminate([launched["InstanceId"]])
+
+
+def test_the_reaper_does_not_take_a_forged_final_json_at_face_value(cloud, subnets, agent_pyz) -> None:
+    """A live instance whose run's final.json says the run ended (as an instance could write it under a looser
+    bucket policy): the reaper terminates it only once the Airflow side closed its session."""
+    from airflow_grid_resume.reaper import reap
+
+    bucket = f"reap-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    run_uri = f"s3://{bucket}/grid-runs/dag/task/run-{uuid.uuid4().hex[:6]}"
+    sleeping(run_uri, agent_pyz)
+    instance_id = first_event(trigger_for(spec_for(subnets), run_uri=run_uri))["instance_id"]
+    ledger = RunLedger(make_s3_client(), parse_s3_uri(run_uri))
+    ledger.write_record(records.Final(status="succeeded", session=1, reason="forged", at=time.time()))
+    ec2, s3 = boto3.client("ec2"), boto3.client("s3")
+    report = reap(ec2, s3, apply=True)
+    assert instance_id not in [item["instance_id"] for item in report["reapable"]]
+    time.sleep(3.0)
+    assert cloud.instance(instance_id)["state"] == "running"
+    ledger.write_record(records.Closed(status="succeeded", instance_id=instance_id, at=time.time()), 1)
+    report = reap(ec2, s3, apply=True)  # the Airflow side closed the session: now the run really ended
+    assert instance_id in report["terminated"], report
+    wait_until(lambda: cloud.instance(instance_id)["state"] == "terminated", what="the instance terminated")
