@@ -457,8 +457,8 @@ class GridRunOperator(BaseOperator):
             store.set(STATE_KEY, state)
         step = next_step(run_view(ledger, state))
         if isinstance(step, Reattach) and step.instance_id != state.get("instance_id"):
-            # Named by launch.json only, which an instance could have written: adopt it only if EC2 says it is
-            # this session's; else the launcher finds the session's own instance by its tags and ClientToken.
+            # Named by launch.json only, which an instance could have written: adopt it only if EC2 does not say it
+            # is another's; else the launcher finds the session's own instance by its tags and ClientToken.
             refused = self._refused_instance(run_uri, step.session, step.instance_id)
             if refused:
                 self.log.warning("launch.json of session %d names %s; %s", step.session, step.instance_id, refused)
@@ -573,9 +573,10 @@ class GridRunOperator(BaseOperator):
 
     def _refused_instance(self, run_uri: str, session: int, instance_id: str) -> str | None:
         """Why ``instance_id`` is not this session's instance (its ClientToken and tags, ec2/identity.py), None
-        when it is: never adopt or terminate an instance a ledger document named without this check."""
+        when it is, or when EC2 does not list it (long gone, or too new: the run trigger checks it again before it
+        watches or terminates it). Never adopt or terminate an instance a ledger document named without this."""
         found = self.spot_hook.describe_instances([instance_id]).get(instance_id)
-        problem = why_not(found, run_uri, session)
+        problem = why_not(found, run_uri, session) if found is not None else None
         return f"refused: {problem}" if problem else None
 
     def _resolved_spec(self) -> LaunchSpec:

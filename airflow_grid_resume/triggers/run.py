@@ -25,6 +25,7 @@ from airflow_grid_resume.asyncaws.describe import Unknown, describe_batcher
 from airflow_grid_resume.asyncaws.ledgerreader import AsyncLedgerReader
 from airflow_grid_resume.asyncaws.queuereader import LiveQueueReader
 from airflow_grid_resume.ec2.bootstrap import NO_PYTHON_MARKER, REFUSED_MARKER
+from airflow_grid_resume.ec2.identity import why_not
 from airflow_grid_resume.hooks.spot import ENDED_STATES, SpotLaunchHook
 from airflow_grid_resume.ledger import records
 from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatError
@@ -264,6 +265,12 @@ class RunWatchTrigger(BaseTrigger):
                         view = await batcher.state(ec2, self.instance_id)
                         if isinstance(view, Unknown):
                             self.log.warning("could not describe %s this time: %s", self.instance_id, view.error)
+                        elif isinstance(view, dict) and (foreign := self._foreign(view)):
+                            # Named by a forged launch.json, or adopted by an older release's tag lookup: never
+                            # watch it into a boot timeout, never terminate it. The session is lost.
+                            self.log.error("session %d: %s", self.session, foreign)
+                            yield TriggerEvent(self._event(SessionStatus.LOST, offset, reason=foreign))
+                            return
                         else:
                             liveness.instance(view, now)
                         verdict = liveness.verdict(now)
@@ -403,6 +410,10 @@ class RunWatchTrigger(BaseTrigger):
         The grace is watched through the triggerer's batched DescribeInstances, every few seconds:
         a fleet's runs often end together, and one describe per run per second would hit EC2's
         throttling."""
+        view = await batcher.state(client, self.instance_id)
+        if isinstance(view, dict) and (foreign := self._foreign(view)):
+            self.log.error("not terminating %s: %s", self.instance_id, foreign)
+            return
         deadline = time.monotonic() + self_shutdown_grace
         # A watch that checks its instance more often than SELF_SHUTDOWN_POLL polls the grace that often too.
         poll = min(SELF_SHUTDOWN_POLL, self.instance_check_interval)
@@ -418,6 +429,11 @@ class RunWatchTrigger(BaseTrigger):
                 self.instance_id,
                 TERMINATE_TIMEOUT,
             )
+
+    def _foreign(self, instance: dict) -> str | None:
+        """Why a listed instance is not this session's (its ClientToken and tags, ec2/identity.py), else None."""
+        problem = why_not(instance, self.run_uri, self.session)
+        return f"instance {self.instance_id} is not this session's: {problem}" if problem else None
 
     async def _stream(
         self, ledger: AsyncLedgerReader, offset: int, pending: bytes, *, final: bool = False, read_s3: bool = True
@@ -518,7 +534,13 @@ class RunWatchTrigger(BaseTrigger):
         await asyncio.shield(task)
 
     async def _terminate_for_user(self) -> None:
-        if not await self._ec2_hook().a_ensure_terminated(self.instance_id, timeout=20.0):
+        hook = self._ec2_hook()
+        with contextlib.suppress(ClientError, BotoCoreError):  # no answer: terminate, as before the check
+            found = (await hook.a_describe_instances([self.instance_id])).get(self.instance_id)
+            if found is not None and (foreign := self._foreign(found)):
+                self.log.error("not terminating %s: %s", self.instance_id, foreign)
+                return
+        if not await hook.a_ensure_terminated(self.instance_id, timeout=20.0):
             self.log.error("could not confirm that %s is terminated; `grid-resume reap` finds it", self.instance_id)
 
 

@@ -197,6 +197,12 @@ def test_a_launch_json_naming_another_runs_instance_is_not_adopted_or_terminated
     op._close_if_unwatched(ledger_a, run_a, 1)
     closed = ledger_a.read_closed(1)
     assert closed is not None and closed.unwatched and closed.instance_id is None
+    # A watch of run A handed B's instance (by a forged launch.json the operator could not check: EC2 did not list
+    # the instance yet, or by an older release's lookup) ends A's session as lost before A's boot_timeout would
+    # call it dead, and terminates nothing; nor does a user's kill of that watch.
+    event = first_event(watch_for(run_a, b_instance, boot_timeout=2, instance_check_interval=0.5))
+    assert event["status"] == "lost" and "is not this session's" in event["reason"], event
+    asyncio.run(watch_for(run_a, b_instance).on_kill())
     time.sleep(3.0)  # a termination takes the local spot cloud 2 s
     assert cloud.instance(b_instance)["state"] == "running"
     hook.terminate([b_instance])
