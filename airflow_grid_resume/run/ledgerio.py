@@ -52,6 +52,8 @@ def believed_final(ledger: RunLedger) -> Final | None:
     if final is None or final.status != SessionStatus.SUCCEEDED:
         return final
     outcome = ledger.read_record(Outcome, final.session) if final.session is not None else None
+    if outcome is not None and final.session is not None and not planned(ledger, final.session):
+        outcome = None  # an outcome of a session the Airflow side never planned proves nothing
     closed = None if outcome is not None or final.session is None else ledger.read_record(Closed, final.session)
     problem = final_contradiction(
         final.status, final.session, outcome.status if outcome else None, closed.status if closed else None
@@ -74,7 +76,10 @@ def run_view(ledger: RunLedger, state: dict) -> RunView:
     remembered = state.get("session") == latest and state.get("instance_id")
     return RunView(
         newest_in_ledger=newest,
-        newest_succeeded=newest_outcome is not None and newest_outcome.status == SessionStatus.SUCCEEDED,
+        newest_succeeded=newest is not None
+        and newest_outcome is not None
+        and newest_outcome.status == SessionStatus.SUCCEEDED
+        and planned(ledger, newest),
         latest=latest,
         has_outcome=ledger.get(ledger.key(layout.outcome(latest))) is not None,
         has_closed=ledger.get(ledger.key(layout.closed(latest))) is not None,
@@ -83,6 +88,12 @@ def run_view(ledger: RunLedger, state: dict) -> RunView:
         remembered_instance=state["instance_id"] if remembered else None,
         remembered_launched_at=state.get("launched_at") if remembered else None,
     )
+
+
+def planned(ledger: RunLedger, session: int) -> bool:
+    """Whether the Airflow side planned ``session`` (``launch-attempt.json``, written before any launch): an outcome
+    of a session it never planned was not written by an agent it launched, and proves nothing."""
+    return ledger.get(ledger.key(layout.launch_attempt(session))) is not None
 
 
 def budget_history(ledger: RunLedger, before: int) -> tuple[int, int]:
