@@ -31,7 +31,7 @@ def newest_generation(ledger: RunLedger, base_uri: str) -> tuple[int, RunLedger,
     generation = 1
     final = ledger.read_final()
     while final is not None:
-        newer = RunLedger(ledger.client, parse_s3_uri(generation_uri(base_uri, generation + 1)))
+        newer = RunLedger(ledger.client, parse_s3_uri(generation_uri(base_uri, generation + 1)), ledger.write_options)
         if newer.get(newer.key(layout.SPEC)) is None:
             break
         generation, ledger = generation + 1, newer
