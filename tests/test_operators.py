@@ -199,13 +199,14 @@ def test_a_run_on_a_strict_bucket_resumes_after_an_interruption(spot_cloud, trai
 def test_a_strict_bucket_without_the_option_fails_at_the_first_write_naming_it(spot_cloud, training_dir, capfd) -> None:
     bucket = new_bucket()
     spot_cloud.set_bucket_rules(bucket, require_encryption="aws:kms")
-    before = len(spot_cloud.instances())
+    before, refused = len(spot_cloud.instances()), spot_cloud.state()["bucket_rules"]["refused"]
     dag = make_dag(f"grid_unencrypted_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=2)
     assert dag.test().state == "failed"
     out = capfd.readouterr().out
     assert "was refused (AccessDenied" in out and "set s3_encryption='aws:kms'" in out
     assert len(spot_cloud.instances()) == before  # nothing launched: the run stopped at its first write
-    assert out.count("set s3_encryption='aws:kms'") < 6  # not retried (retries=2 cannot help)
+    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=bucket)  # and nothing was written
+    assert spot_cloud.state()["bucket_rules"]["refused"] == refused + 1  # one try: retries=2 cannot help
 
 
 def new_bucket() -> str:
