@@ -149,3 +149,21 @@ def test_the_fast_path_signs_the_options_and_stays_fast_on_a_strict_bucket(stric
     assert asyncio.run(go()) == []  # every request went the fast way, none was refused
     head = boto3.client("s3").head_object(Bucket=strict, Key="run/watch.json")
     assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"].endswith("alias/training")
+
+
+def test_the_control_route_checks_its_input_and_all_off_removes_the_rules(cloud: LocalSpotCloud) -> None:
+    with pytest.raises(RuntimeError, match=r"HTTP 400.*cannot turn versioning on for bucket 'no-such-bucket'"):
+        cloud.set_bucket_rules("no-such-bucket", versioning=True)
+    with pytest.raises(RuntimeError, match=r"HTTP 400.*require_encryption must be one of"):
+        cloud.set_bucket_rules("any-bucket", require_encryption="kms")
+    bucket = f"plain-{uuid.uuid4().hex[:10]}"
+    s3 = make_s3_client(max_attempts=1)
+    s3.create_bucket(Bucket=bucket)
+    cloud.set_bucket_rules(bucket, require_encryption="AES256")
+    assert cloud.state()["bucket_rules"]["buckets"][bucket]["require_encryption"] == "AES256"
+    with pytest.raises(ClientError):
+        s3.put_object(Bucket=bucket, Key="a", Body=b"x")
+    cloud.set_bucket_rules(bucket)
+    assert bucket not in cloud.state()["bucket_rules"]["buckets"]
+    etag = s3.put_object(Bucket=bucket, Key="a", Body=b"x")["ETag"]
+    assert etag == f'"{hashlib.md5(b"x").hexdigest()}"'  # moto's own ETag again: the rules are gone
