@@ -149,12 +149,10 @@ class BucketRuleBook:
         if rules.require_encryption != "aws:kms":
             return
         for name in ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_X_AMZ_COPY_SOURCE_IF_MATCH"):
-            value = environ.get(name)
-            if value and value != "*":
-                match = _ETAG_HEADER.match(value.strip())
-                real = self._real_etag.get(match.group(1)) if match else None
-                if real is not None:
-                    environ[name] = f'"{real}{match.group(2) or ""}"' if match else value
+            match = _ETAG_HEADER.match(environ.get(name, "").strip())
+            real = self._real_etag.get(match.group(1)) if match else None
+            if match and real is not None:
+                environ[name] = f'"{real}{match.group(2) or ""}"'
 
     # -- after moto ------------------------------------------------------------------------
     def answered(self, environ: dict, reply: Reply, rules: BucketRules) -> Reply:
