@@ -4,7 +4,6 @@ permissions it says once which lifecycle rule to add."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import boto3
@@ -80,6 +79,7 @@ def test_without_the_permissions_gc_says_once_which_lifecycle_rule_to_add(
     from airflow_grid_resume.emulator.moto_server import MotoServer
 
     monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setattr(versions, "_told", set())
     with MotoServer() as server:
         for name, value in {
@@ -114,8 +114,3 @@ def test_without_the_permissions_gc_says_once_which_lifecycle_rule_to_add(
         assert again.note is None  # said once
         assert [r.getMessage() for r in caplog.records] == [note]
         assert any("put-bucket-lifecycle-configuration" in line for line in plan.lines("s3://x", 0, True))
-
-
-@pytest.fixture(autouse=True)
-def _quiet_env() -> None:
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
