@@ -39,12 +39,13 @@ from airflow_grid_resume.hooks.base import hook_client
 from airflow_grid_resume.hooks.livequeue import LiveQueueHook, QueueRefused
 from airflow_grid_resume.hooks.spot import SpotLaunchHook, launch_error
 from airflow_grid_resume.ledger import layout
-from airflow_grid_resume.ledger.errors import UsageError
+from airflow_grid_resume.ledger.errors import BucketRulesError, UsageError
 from airflow_grid_resume.ledger.gc import DEFAULT_GRACE_SECONDS, collect_garbage
 from airflow_grid_resume.ledger.records import Closed, Launch, Outcome, Spec, Watch
 from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
+from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
 from airflow_grid_resume.logtext import log_lines, log_records
 from airflow_grid_resume.quiet import quiet_credential_logs
@@ -155,6 +156,14 @@ class GridRunOperator(BaseOperator):
         try ended by an interruption or a lost instance.
     :param on_demand_prices: USD per hour by instance type (``{"g5.xlarge": 1.006}``), overriding the built-in
         us-east-1 Linux table used for the on-demand side of the cost estimate.
+    :param s3_encryption: server-side encryption every write to the bucket asks for, by the agent and the Airflow
+        side: ``"aws:kms"``, ``"AES256"`` or None (the bucket's default). Needed when the bucket's policy denies
+        uploads without ``x-amz-server-side-encryption`` (docs/user-guide.md, "Buckets with security rules").
+    :param s3_kms_key_id: the KMS key (id, alias or ARN) for ``s3_encryption="aws:kms"``; None: the account's
+        ``aws/s3`` key. The instance role and the Airflow connection need kms:GenerateDataKey and kms:Decrypt on it.
+    :param s3_checksum: a flexible checksum (``"CRC32"`` or ``"SHA256"``) sent with every upload; needed on a bucket
+        with Object Lock default retention, which refuses uploads without one. None: none sent (every object
+        already carries the ledger's own sha256).
     :param failure_retries: set by ``partial()`` for mapped tasks (the failure budget it split from ``retries``);
         do not pass it yourself.
     """
@@ -201,9 +210,13 @@ class GridRunOperator(BaseOperator):
         failure_retries: int | None = None,
         keep_checkpoints: int | None = 3,
         live_output: str = "sqs",
+        s3_encryption: str | None = None,
+        s3_kms_key_id: str | None = None,
+        s3_checksum: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.s3_write = S3WriteOptions(s3_encryption, s3_kms_key_id, s3_checksum)  # validates the three
         options = RunOptions(  # validates every parameter below, naming each one that is wrong
             command=command if isinstance(command, str) else tuple(command or ()),
             artifacts_uri=artifacts_uri,
@@ -304,7 +317,7 @@ class GridRunOperator(BaseOperator):
         if client is None:
             quiet_credential_logs()
             client = self.s3_hook.get_conn()
-        return RunLedger(client, location)
+        return RunLedger(client, location, self.s3_write)
 
     def _run_ledger(self, context: Any, event: dict) -> tuple[str, RunLedger]:
         run_uri = event.get("run_uri") or self._base_uri(context)
@@ -325,11 +338,15 @@ class GridRunOperator(BaseOperator):
             run_uri=run_uri,
             budgets=self._budgets(),
             live_queue=live_queue,
+            s3_write=self.s3_write.to_json(),
         )
         first = ledger.get(ledger.key(layout.SPEC)) is None
         if first and self.workdir and not os.path.isdir(self.workdir):
             raise AirflowFailException(f"workdir {self.workdir!r} does not exist or is not a directory")
-        agent = ensure_agent(ledger, agent_sha256, agent_zipapp)
+        try:  # the run's first write: a bucket's rules refuse it here, named
+            agent = ensure_agent(ledger, agent_sha256, agent_zipapp)
+        except BucketRulesError as exc:
+            raise AirflowFailException(str(exc)) from exc
         if first and self.workdir and not ledger.list_manifests():
             result = Syncer(ledger, self.workdir, session=0).sync("snapshot")
             self.log.info("uploaded the workdir snapshot %s: %s", self.workdir, result.summary())
@@ -531,6 +548,7 @@ class GridRunOperator(BaseOperator):
                 backoff_max=self.capacity_backoff[1],
                 deferred_at=time.time(),
                 expires_at=expires_at,
+                s3_write=self.s3_write.to_json(),
             ),
             method_name="on_capacity",
         )
@@ -613,7 +631,7 @@ class GridRunOperator(BaseOperator):
             launcher = SessionLauncher(
                 hook,
                 ec2,
-                AsyncLedgerReader(s3, run_uri, session),
+                AsyncLedgerReader(s3, run_uri, session, write_options=self.s3_write),
                 spec=spec,
                 run_uri=run_uri,
                 session=session,
@@ -704,6 +722,7 @@ class GridRunOperator(BaseOperator):
                 boot_timeout=self.boot_timeout,
                 deferred_at=time.time(),
                 live_queue=spec.live_queue if spec is not None else None,
+                s3_write=self.s3_write.to_json(),
             ),
             method_name="on_session_end",
         )

@@ -139,3 +139,48 @@ def test_the_instance_role_cannot_write_what_only_the_airflow_side_writes() -> N
     for key in control:  # nor delete them (a deleted spec would start the run over)
         arn = f"arn:aws:s3:::BUCKET/{run}/{key.replace('SSSSSS', '000001')}"
         assert not _allows(policies["instance"], "s3:DeleteObject", arn), key
+
+
+def test_the_user_guides_version_permissions_cover_what_gc_deletes_and_its_rule_is_the_one_gc_prints() -> None:
+    """On a versioned bucket gc removes versions of the manifests, packs and objects it deleted (and nothing
+    else); the lifecycle rule the guide gives is the one gc prints when it may not."""
+    import json
+    from fnmatch import fnmatchcase
+
+    from airflow_grid_resume.ledger import layout
+    from airflow_grid_resume.ledger.versions import LIFECYCLE_RULE
+
+    statement = _policy_statements()["GarbageCollectCheckpointVersions"]
+    assert statement["Action"] == "s3:DeleteObjectVersion" and statement["Effect"] == "Allow"
+    run, sha = "grid-runs/dag/task/run", "ab" * 32
+
+    def allowed(key: str) -> bool:
+        return any(fnmatchcase(f"arn:aws:s3:::BUCKET/{run}/{key}", r) for r in statement["Resource"])
+
+    assert all(allowed(k) for k in (layout.manifest(1, 2), layout.pack(sha), layout.blob(sha)))
+    assert not any(allowed(k) for k in (layout.SPEC, layout.FINAL, layout.LEASE, layout.outcome(1)))
+    assert _policy_statements()["ListRunLedgerVersions"]["Action"] == "s3:ListBucketVersions"
+    text = (ROOT / "docs" / "user-guide.md").read_text()
+    rules = [
+        rule
+        for block in re.findall(r"```json\n(.*?)```", text, re.S)
+        for rule in json.loads(block).get("Rules", [])
+        if "NoncurrentVersionExpiration" in rule
+    ]
+    assert rules == [LIFECYCLE_RULE]
+
+
+def test_the_user_guides_bucket_policy_denies_what_the_local_spot_cloud_refuses() -> None:
+    from airflow_grid_resume.emulator.bucketrules import BucketRuleBook, BucketRules
+    from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
+
+    deny = _policy_statements()["DenyUnencryptedUploads"]
+    required = deny["Condition"]["StringNotEquals"]["s3:x-amz-server-side-encryption"]
+    assert deny["Effect"] == "Deny" and deny["Action"] == "s3:PutObject"
+    book, rules = BucketRuleBook(), BucketRules(require_encryption=required)
+    for options, refused in ((S3WriteOptions(), True), (S3WriteOptions(required), False)):
+        environ = {"REQUEST_METHOD": "PUT", "PATH_INFO": "/BUCKET/grid-runs/r/spec.json"}
+        environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in options.headers(b"{}").items()})
+        assert (book.refuse(environ, rules) is not None) is refused
+    kms = _policy_statements()["UseTheRunLedgersKey"]
+    assert set(kms["Action"]) == {"kms:GenerateDataKey", "kms:Decrypt"}

@@ -166,6 +166,49 @@ def test_two_interruptions_resume_to_the_same_result(spot_cloud, training_dir: P
     assert len({d["instance_id"] for d in summary["session_details"]}) == 3
 
 
+STRICT_OPTIONS = {"s3_encryption": "aws:kms", "s3_kms_key_id": "alias/training", "s3_checksum": "CRC32"}
+
+
+def test_a_run_on_a_strict_bucket_resumes_after_an_interruption(spot_cloud, training_dir, tmp_path) -> None:
+    """A bucket whose policy denies uploads without SSE-KMS, with Object Lock (a checksum on every upload)
+    and versioning: the agent, the bootstrap, the operator and both triggers write only as it allows."""
+    bucket = new_bucket()
+    spot_cloud.make_strict(bucket)
+    interrupted, stop = chaos(spot_cloud, times=1, notice=True, after=1.0)
+    try:
+        dag = make_dag(f"grid_strict_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=0, **STRICT_OPTIONS)
+        dagrun = dag.test()
+    finally:
+        stop.set()
+    assert len(interrupted) == 1 and dagrun.state == "success"
+    ledger = run_ledger(bucket)
+    assert [outcome_of(ledger, s)["status"] for s in ledger.list_sessions()] == ["interrupted", "succeeded"]
+    assert result_of(ledger, tmp_path) == reference_result(tmp_path)
+    s3 = boto3.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    names = {key.rsplit("/", 1)[-1] for key in keys}
+    # the operator's, the bootstrap's, the agent's and the triggers' (fast path) writes are all there
+    assert {"spec.json", "grid-resume-agent.pyz", "boot.json", "heartbeat.json", "launch-attempt.json"} <= names
+    for key in keys:
+        head = s3.head_object(Bucket=bucket, Key=key)
+        assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"].endswith("alias/training"), key
+    assert spot_cloud.state()["bucket_rules"]["refused"] == 0  # no write was ever refused, then retried
+    assert len(s3.list_object_versions(Bucket=bucket)["Versions"]) > len(keys)  # versioning kept overwrites
+
+
+def test_a_strict_bucket_without_the_option_fails_at_the_first_write_naming_it(spot_cloud, training_dir, capfd) -> None:
+    bucket = new_bucket()
+    spot_cloud.set_bucket_rules(bucket, require_encryption="aws:kms")
+    before, refused = len(spot_cloud.instances()), spot_cloud.state()["bucket_rules"]["refused"]
+    dag = make_dag(f"grid_unencrypted_{uuid.uuid4().hex[:6]}", training_dir, bucket, retries=2)
+    assert dag.test().state == "failed"
+    out = capfd.readouterr().out
+    assert "was refused (AccessDenied" in out and "set s3_encryption='aws:kms'" in out
+    assert len(spot_cloud.instances()) == before  # nothing launched: the run stopped at its first write
+    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=bucket)  # and nothing was written
+    assert spot_cloud.state()["bucket_rules"]["refused"] == refused + 1  # one try: retries=2 cannot help
+
+
 def new_bucket() -> str:
     bucket = f"op-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
@@ -334,6 +377,9 @@ def test_parameters_are_validated_with_their_names() -> None:
         ({"max_run": -5}, "max_run"),
         ({"capacity_wait": timedelta(0)}, "capacity_wait"),
         ({"image_id": "ubuntu-22"}, "image_id"),
+        ({"s3_encryption": "kms"}, "s3_encryption must be one of AES256, aws:kms"),
+        ({"s3_kms_key_id": "alias/k"}, "s3_kms_key_id is only used with s3_encryption='aws:kms'"),
+        ({"s3_checksum": "MD5"}, "s3_checksum must be one of CRC32, SHA256"),
     ]
     for change, name in cases:
         with pytest.raises(ValueError, match=name):

@@ -9,6 +9,7 @@ from airflow_grid_resume.agent.logship import DEFAULT_DURABLE_INTERVAL, DEFAULT_
 from airflow_grid_resume.agent.supervisor import AgentOptions, configure_logging, run_agent
 from airflow_grid_resume.agent.sync import MANIFESTS_PER_SESSION
 from airflow_grid_resume.ledger.errors import EXIT_USAGE
+from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
 
 
 def _positive(value: str) -> float:
@@ -26,6 +27,13 @@ def _at_least_zero(value: str) -> int:
     if number < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return number
+
+
+def _write_options(value: str) -> S3WriteOptions:
+    try:
+        return S3WriteOptions.from_json(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +106,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep the newest N of this session's checkpoints, deleting older ones (needs s3:DeleteObject); 0: all",
     )
     parser.add_argument("--region", help="AWS region of the bucket (default: the boto3 chain)")
+    parser.add_argument(
+        "--s3-write",
+        type=_write_options,
+        default=S3WriteOptions(),
+        metavar="JSON",
+        help="what every write carries for the bucket's rules, e.g. "
+        '{"encryption": "aws:kms", "kms_key_id": "alias/k", "checksum": "CRC32"} '
+        "(spec.json's s3_write; the bootstrap passes it on)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not copy the command's output to the agent's")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
@@ -135,6 +152,7 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         keep_manifests=args.keep_manifests,
         region=args.region,
         passthrough=not args.quiet,
+        s3_write=args.s3_write,
     )
 
 

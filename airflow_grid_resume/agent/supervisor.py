@@ -76,6 +76,7 @@ from airflow_grid_resume.ledger.errors import (
 from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
+from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
 
 log = logging.getLogger("airflow_grid_resume.agent")
 
@@ -118,6 +119,7 @@ class AgentOptions:
     keep_manifests: int = MANIFESTS_PER_SESSION  # of this session's own checkpoints; 0 keeps every one
     region: str | None = None
     passthrough: bool = True
+    s3_write: S3WriteOptions = field(default_factory=S3WriteOptions)  # what every write carries (spec's s3_write)
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,9 @@ class Supervisor:
             raise UsageError("no command given: put the training command after '--'")
         location = parse_s3_uri(self.o.run_uri)
         workdir = prepare_workdir(self.o.workdir)
-        ledger = RunLedger(make_s3_client(parallelism=self.o.parallelism, region=self.o.region), location)
+        ledger = RunLedger(
+            make_s3_client(parallelism=self.o.parallelism, region=self.o.region), location, self.o.s3_write
+        )
         ledger.check_access()
         imds = self._probe_imds()
         holder = records.Lease(

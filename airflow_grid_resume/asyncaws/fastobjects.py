@@ -34,6 +34,7 @@ from botocore.exceptions import ClientError
 from airflow_grid_resume.asyncaws.clients import fast_timestamp
 from airflow_grid_resume.asyncaws.sigv4 import EMPTY_SHA256, SigV4Signer, host_of
 from airflow_grid_resume.ledger.awserror import error_code
+from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
 
 _PROBE = "grid-resume-probe"
 _WRONG_WAY = (301, 307, 400, 403)  # the bucket's region or addressing is not what the client assumed
@@ -102,10 +103,12 @@ class SignedSender:
 
 class FastObjects:
     """``get(bucket, key, byte_range)``: the object, or None when it does not exist (yet);
-    ``put(bucket, key, body)``: overwrite an object."""
+    ``put(bucket, key, body)``: overwrite an object, with the encryption and checksum headers of
+    ``write_options`` (signed with the rest)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, write_options: S3WriteOptions | None = None) -> None:
         self.client = client
+        self.write_options = write_options or S3WriteOptions()
         self._bases: dict[str, tuple[str, str]] = {}  # bucket -> (its URL, the Host header for it)
         self._slow: set[str] = set()
         self._sender = SignedSender(client, "s3")
@@ -133,7 +136,7 @@ class FastObjects:
                 return
             if status in _WRONG_WAY:
                 self._slow.add(bucket)
-        await self.client.put_object(Bucket=bucket, Key=key, Body=body)
+        await self.client.put_object(Bucket=bucket, Key=key, Body=body, **self.write_options.put_kwargs())
 
     async def _generic(self, bucket: str, key: str, byte_range: str | None) -> ObjectRead | None:
         kwargs = {"Bucket": bucket, "Key": key, **({"Range": byte_range} if byte_range else {})}
@@ -177,5 +180,6 @@ class FastObjects:
 
     async def _fast_put(self, bucket: str, key: str, body: bytes) -> int:
         """The status, 0 when the answer is not one this path handles."""
-        status, _, _ = await self._send("PUT", bucket, key, {"Content-Length": str(len(body))}, body)
+        headers = {"Content-Length": str(len(body)), **self.write_options.headers(body)}
+        status, _, _ = await self._send("PUT", bucket, key, headers, body)
         return status if status == 200 or status in _WRONG_WAY else 0

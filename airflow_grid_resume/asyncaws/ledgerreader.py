@@ -15,6 +15,7 @@ from airflow_grid_resume.ledger import layout, records
 from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatError
 from airflow_grid_resume.ledger.store import MAX_LOG_CHUNK, RunLedger, plan_log_reads
 from airflow_grid_resume.ledger.uri import parse_s3_uri
+from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
 from airflow_grid_resume.watch.cadence import ChunkSchedule
 
 R = TypeVar("R", bound=records.Record)
@@ -24,10 +25,17 @@ log = logging.getLogger(__name__)
 class AsyncLedgerReader:
     """The few ledger reads (and the one write) a run trigger needs, on aiobotocore."""
 
-    def __init__(self, client: Any, run_uri: str, session: int, schedule: ChunkSchedule | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        run_uri: str,
+        session: int,
+        schedule: ChunkSchedule | None = None,
+        write_options: S3WriteOptions | None = None,
+    ) -> None:
         self.client = client
-        self.objects = FastObjects(client)
-        self.keys = RunLedger(None, parse_s3_uri(run_uri))
+        self.objects = FastObjects(client, write_options)
+        self.keys = RunLedger(None, parse_s3_uri(run_uri), write_options)
         self.bucket = self.keys.location.bucket
         self.session = session
         self.outcome_listed = False  # did the last read_log's LIST show outcome.json?
@@ -109,7 +117,13 @@ class AsyncLedgerReader:
         if released is None:
             return False
         try:
-            await self.client.put_object(Bucket=self.bucket, Key=key, Body=released.to_json(), IfMatch=found.etag)
+            await self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=released.to_json(),
+                IfMatch=found.etag,
+                **self.keys.write_options.put_kwargs(),
+            )
         except ClientError:
             return False
         return True

@@ -3,6 +3,7 @@
 # the image's own python3 before the agent's libraries exist there, so it uses the standard library only (S3 GET
 # and PUT signed with SigV4; credentials from the environment or the instance profile through IMDSv2) and keeps
 # to Python 3.6 syntax: an image whose python3 is too old still gets its problem written to the ledger.
+import base64
 import datetime
 import hashlib
 import hmac
@@ -13,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 
 MIN = (3, 9)
 
@@ -57,13 +59,30 @@ def object_url(bucket, key, where):
     return "https://" + bucket + ".s3." + where + suffix + "/" + quoted
 
 
-def signed_headers(method, url, where, creds, body, now):
-    """SigV4 headers for one S3 request (docs: "Signature Version 4 signing process")."""
+def write_headers(options, body):
+    """The headers the bucket's rules ask of a PUT: spec.json's ``s3_write`` (ledger/writeoptions.py's
+    ``S3WriteOptions.headers``, which this file cannot import)."""
+    headers = {}
+    if options.get("encryption"):
+        headers["x-amz-server-side-encryption"] = options["encryption"]
+    if options.get("kms_key_id"):
+        headers["x-amz-server-side-encryption-aws-kms-key-id"] = options["kms_key_id"]
+    if options.get("checksum") == "CRC32":
+        headers["x-amz-checksum-crc32"] = base64.b64encode((zlib.crc32(body) & 0xFFFFFFFF).to_bytes(4, "big")).decode()
+    elif options.get("checksum") == "SHA256":
+        headers["x-amz-checksum-sha256"] = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    return headers
+
+
+def signed_headers(method, url, where, creds, body, now, extra=None):
+    """SigV4 headers for one S3 request (docs: "Signature Version 4 signing process"); ``extra`` headers
+    are signed with the rest."""
     parts = urllib.parse.urlsplit(url)
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     day = stamp[:8]
     payload = hashlib.sha256(body or b"").hexdigest()
     headers = {"host": parts.netloc, "x-amz-content-sha256": payload, "x-amz-date": stamp}
+    headers.update(extra or {})
     if creds[2]:
         headers["x-amz-security-token"] = creds[2]
     names = sorted(headers)
@@ -97,8 +116,10 @@ def signed_headers(method, url, where, creds, body, now):
     return headers
 
 
-def s3(method, bucket, key, body=None, attempts=8):
-    """One S3 request with retries on throttling, 5xx and no answer (credentials refreshed each attempt)."""
+def s3(method, bucket, key, body=None, attempts=8, options=None):
+    """One S3 request with retries on throttling, 5xx and no answer (credentials refreshed each attempt);
+    a PUT carries the headers ``options`` (spec.json's ``s3_write``) asks for."""
+    extra = write_headers(options or {}, body or b"") if method == "PUT" else {}
     where = region()
     for attempt in range(attempts):
         try:
@@ -106,7 +127,7 @@ def s3(method, bucket, key, body=None, attempts=8):
             url = object_url(bucket, key, where)
             now = datetime.datetime.now(datetime.timezone.utc)
             req = urllib.request.Request(
-                url, data=body, method=method, headers=signed_headers(method, url, where, creds, body, now)
+                url, data=body, method=method, headers=signed_headers(method, url, where, creds, body, now, extra)
             )
             if body is not None:  # else urllib sends a form's content type, which S3 servers may parse as one
                 req.add_header("Content-Type", "application/octet-stream")
@@ -169,7 +190,12 @@ def main(argv):
     boot_key = ledger_key(prefix, f"sessions/{session:06d}/boot.json")
     if mode == "report":
         candidates, message = argv[4].split(", ") if argv[4] else [], argv[5]
-        s3("PUT", bucket, boot_key, boot_record(session, None, candidates, "no_usable_python", message))
+        try:  # the bucket's rules for the record's PUT; without the spec, try the PUT anyway
+            options = json.loads(s3("GET", bucket, ledger_key(prefix, "spec.json"), attempts=3)).get("s3_write")
+        except (RuntimeError, ValueError, AttributeError):
+            options = None
+        record = boot_record(session, None, candidates, "no_usable_python", message)
+        s3("PUT", bucket, boot_key, record, options=options)
         return 78
     agent_key, spec_key, candidates = argv[4], argv[5], argv[6].split(", ") if argv[6] else []
     agent_sha256, spec_sha256 = (argv[7], argv[8]) if len(argv) > 8 else (None, None)
@@ -184,13 +210,17 @@ def main(argv):
         print(refused, file=sys.stderr)
         sys.stderr.flush()
         problem = "tampered_agent" if refused.startswith(REFUSED + ": agent") else "tampered_spec"
-        s3("PUT", bucket, boot_key, boot_record(session, None, candidates, problem, refused))
+        try:  # the bucket's rules for the record's PUT, as far as the (refused) spec says them
+            options = json.loads(spec_body).get("s3_write")
+        except (ValueError, AttributeError):
+            options = None
+        s3("PUT", bucket, boot_key, boot_record(session, None, candidates, problem, refused), options=options)
         return REFUSED_EXIT
     with open(pyz + ".part", "wb") as fh:
         fh.write(agent)
     os.replace(pyz + ".part", pyz)
     spec = json.loads(spec_body)
-    s3("PUT", bucket, boot_key, boot_record(session, sys.executable, candidates))
+    s3("PUT", bucket, boot_key, boot_record(session, sys.executable, candidates), options=spec.get("s3_write"))
     cmd = [
         sys.executable,
         "-X",
@@ -205,6 +235,8 @@ def main(argv):
     ]
     if spec.get("live_queue"):
         cmd += ["--live-queue", spec["live_queue"]]
+    if spec.get("s3_write"):
+        cmd += ["--s3-write", json.dumps(spec["s3_write"])]
     cmd += [*spec.get("agent_args", []), "--", *spec["command"]]
     sys.stdout.flush()
     os.execv(sys.executable, cmd)

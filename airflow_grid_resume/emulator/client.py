@@ -201,6 +201,29 @@ class LocalSpotCloud:
         body = {"describe_not_found_seconds": describe_not_found_seconds, "tags_late_seconds": tags_late_seconds}
         return dict(self._call("POST", "consistency", body))
 
+    def set_bucket_rules(
+        self,
+        bucket: str,
+        *,
+        require_encryption: str | None = None,
+        object_lock: bool = False,
+        versioning: bool = False,
+    ) -> dict:
+        """A bucket with an organisation's security rules (``POST /_emulator/bucket-rules``): a policy
+        that denies uploads without ``x-amz-server-side-encryption: require_encryption`` (and SSE-KMS
+        ETags for ``aws:kms``), Object Lock default retention (uploads need a checksum), versioning."""
+        body = {
+            "bucket": bucket,
+            "require_encryption": require_encryption,
+            "object_lock": object_lock,
+            "versioning": versioning,
+        }
+        return dict(self._call("POST", "bucket-rules", body))
+
+    def make_strict(self, bucket: str) -> dict:
+        """Every rule at once: SSE-KMS required, Object Lock, versioning."""
+        return self.set_bucket_rules(bucket, require_encryption="aws:kms", object_lock=True, versioning=True)
+
     def reset_faults(self) -> dict:
         """Every fault off again: throttling back to the RunInstances bucket alone, no pending faults or drops,
         strong consistency, true clocks."""

@@ -45,6 +45,7 @@ from airflow_grid_resume.agent.child import become_subreaper, reap_orphans
 from airflow_grid_resume.ec2.bootstrap import parse_marker
 from airflow_grid_resume.ec2.prices import on_demand_price
 from airflow_grid_resume.emulator import pages
+from airflow_grid_resume.emulator.bucketrules import BucketRuleBook, BucketRules
 from airflow_grid_resume.emulator.faults import (
     FAULT_MESSAGE,
     FAULT_STATUS,
@@ -234,6 +235,7 @@ class SpotCloud:
         self.instances: dict[str, FabricInstance] = {}
         self.timers: list[threading.Timer] = []
         self.fabric_enabled = True
+        self.buckets = BucketRuleBook()  # buckets with security rules (emulator/bucketrules.py)
         self.counters = {"run_instances": 0, "capacity_errors": 0, "idempotent_replays": 0}
 
     # -- moto's backend (in this process) ------------------------------------------------------
@@ -541,9 +543,18 @@ class SpotCloudApp:
             if faults.take_drop(action):
                 return self._drop(environ)
             return _send(start_response, reply)
+        book = self.cloud.buckets
+        rules = book.of(environ)  # S3 from here on: the bucket's security rules, when it has some
+        if rules is not None:
+            refused = book.refuse(environ, rules)
+            if refused is not None:
+                return _send(start_response, refused)
+            book.map_conditions(environ, rules)
         if environ.get("REQUEST_METHOD") == "PUT" and faults.take_drop("PutObject"):
             self._call_inner(environ)  # applied, then the answer is lost
             return self._drop(environ)
+        if rules is not None:
+            return _send(start_response, book.answered(environ, self._call_inner(environ), rules))
         return self.inner(environ, start_response)
 
     def _sqs(self, environ: dict, op: str, body: bytes, start_response: Callable) -> Iterable[bytes]:
@@ -729,6 +740,7 @@ class SpotCloudApp:
                     "notice_seconds": cloud.notice_seconds,
                     "faults": faults.state(),
                     "sqs": cloud.sqs.state(),
+                    "bucket_rules": cloud.buckets.state(),
                 }
             elif method == "POST" and name == "interrupt":
                 result = cloud.interrupt(
@@ -769,6 +781,8 @@ class SpotCloudApp:
                 result = faults.add_fault(str(doc.get("api", "*")), str(doc["code"]), int(doc.get("count", 1)))
             elif method == "POST" and name == "sqs":
                 result = {"sqs": cloud.sqs.configure(doc)}
+            elif method == "POST" and name == "bucket-rules":
+                result = cloud.buckets.set(str(doc["bucket"]), BucketRules.from_doc(doc))
             elif method == "POST" and name == "drop":
                 result = faults.add_drop(str(doc.get("action", "*")), int(doc.get("count", 1)))
             elif method == "POST" and name == "reset-faults":

@@ -30,6 +30,11 @@ class LedgerUnavailableError(AgentError):
     exit_code = EXIT_LEDGER_UNAVAILABLE
 
 
+class BucketRulesError(LedgerUnavailableError):
+    """The bucket refused a write for want of an option it requires (server-side encryption, a
+    checksum for Object Lock): the message names the operator parameter to set."""
+
+
 class LeaseHeldError(AgentError):
     """Another live agent already holds this run (``holder_session``: its session, when known)."""
 

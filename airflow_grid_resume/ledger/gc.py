@@ -18,6 +18,9 @@ whole protocol; docs/ledger.md, "Garbage collection"):
    key (a sync re-wrote it between gc's HEAD and its DELETE) is reported (``GcPlan.damaged``); the
    sync that committed it finds the key missing when it checks its re-written keys after the commit
    and uploads them again in a new manifest.
+5. On a versioned bucket a deleted key's bytes stay as a noncurrent version: gc then removes the
+   versions of the keys it deleted, never of any other key (``ledger/versions.py``), or says once
+   which lifecycle rule does it.
 
 A pack with some live bytes is kept whole: manifests are immutable and map files straight to pack
 ranges, so repacking would mean rewriting committed checkpoints. Its dead bytes are reported.
@@ -39,6 +42,7 @@ from airflow_grid_resume.ledger.compat import zip_strict
 from airflow_grid_resume.ledger.errors import AgentError, ManifestError, UsageError
 from airflow_grid_resume.ledger.manifest import Manifest
 from airflow_grid_resume.ledger.store import RunLedger, StoredManifest
+from airflow_grid_resume.ledger.versions import purge_noncurrent
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,8 @@ class GcPlan:
     live_pack_bytes: int = 0  # size of kept packs
     dead_pack_bytes: int = 0  # bytes inside kept packs no kept manifest references
     damaged: list[str] = field(default_factory=list)  # manifests committed during the gc that lost a key to it
+    versions_removed: int = 0  # noncurrent versions and delete markers of deleted keys (versioned buckets)
+    versions_note: str | None = None  # the lifecycle rule to add, when gc could not remove them itself
 
     def lines(self, uri: str, grace: float, applied: bool) -> list[str]:
         packs = [b for b in self.blobs if _is_pack(b.key)]
@@ -95,6 +101,10 @@ class GcPlan:
                 f"error: manifest {name}, committed while gc ran, references bytes gc deleted: its session "
                 "uploads them again in its next checkpoint; restore falls back past it meanwhile"
             )
+        if self.versions_removed:
+            out.append(f"removed {self.versions_removed} noncurrent version(s) and delete marker(s) of deleted keys")
+        if self.versions_note:
+            out.append(self.versions_note)
         if not applied:
             out.append("dry run: nothing was deleted (add --apply to delete)")
         return out
@@ -207,6 +217,13 @@ def collect_garbage(
         ledger.delete_keys([m.key for m in plan.manifests])  # before the bytes: see 3. above
         _delete_blobs(ledger, plan, grace)
         plan.damaged = _damaged(ledger, {s.key for s in stored}, {b.key for b in plan.blobs})
+        # On a versioned bucket the deleted keys' bytes are still stored: remove those versions too.
+        purge = purge_noncurrent(
+            ledger,
+            [m.key for m in plan.manifests] + [b.key for b in plan.blobs],
+            [ledger.key(p) + "/" for p in (layout.MANIFESTS, layout.PACKS, layout.OBJECTS)],
+        )
+        plan.versions_removed, plan.versions_note = purge.removed, purge.note
     return plan
 
 

@@ -320,13 +320,14 @@ class Spec(Record):
 
     NAME = "spec"
     KEY = layout.SPEC
-    OMIT_NONE = ("live_queue",)
+    OMIT_NONE = ("live_queue", "s3_write")
 
     command: list[str]
     agent_args: list[str] = field(default_factory=list)
     run_uri: str = ""
     budgets: dict[str, Any] = field(default_factory=dict)
     live_queue: str | None = None  # the run's live-output queue URL (ledger/live.py), None: output via S3 only
+    s3_write: dict[str, str] | None = None  # what every write carries (ledger/writeoptions.py), None: nothing
 
 
 @record_dataclass

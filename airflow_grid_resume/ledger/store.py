@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume.ledger import layout, records
-from airflow_grid_resume.ledger.errors import CorruptObjectError, ManifestError
+from airflow_grid_resume.ledger.awserror import error_code, error_message
+from airflow_grid_resume.ledger.errors import BucketRulesError, CorruptObjectError, ManifestError
 from airflow_grid_resume.ledger.manifest import (
     FileEntry,
     Manifest,
@@ -30,6 +31,7 @@ from airflow_grid_resume.ledger.s3client import (
     is_precondition_failed,
 )
 from airflow_grid_resume.ledger.uri import S3Location
+from airflow_grid_resume.ledger.writeoptions import S3WriteOptions, explain_write_refusal
 
 MAX_LOG_CHUNK = 8 * 1024 * 1024
 R = TypeVar("R", bound=records.Record)
@@ -59,11 +61,13 @@ class StoredManifest:
 
 
 class RunLedger:
-    """Typed access to one run's prefix. Every call goes through a retrying boto3 client."""
+    """Typed access to one run's prefix. Every call goes through a retrying boto3 client; every
+    write carries ``write_options`` (encryption, checksum: ledger/writeoptions.py)."""
 
-    def __init__(self, client: Any, location: S3Location) -> None:
+    def __init__(self, client: Any, location: S3Location, write_options: S3WriteOptions | None = None) -> None:
         self.client = client
         self.location = location
+        self.write_options = write_options or S3WriteOptions()
 
     # -- keys -------------------------------------------------------------------------------
     def key(self, *parts: str) -> str:
@@ -100,7 +104,12 @@ class RunLedger:
 
     def put(self, key: str, body: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
         """Write ``body``; conditional writes raise :class:`ConditionalWriteLost` on 412/409."""
-        kwargs: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key, "Body": body}
+        kwargs: dict[str, Any] = {
+            "Bucket": self.location.bucket,
+            "Key": key,
+            "Body": body,
+            **self.write_options.put_kwargs(),
+        }
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         if if_match:
@@ -110,7 +119,18 @@ class RunLedger:
         except ClientError as exc:
             if (if_none_match or if_match) and is_precondition_failed(exc):
                 raise ConditionalWriteLost(key) from exc
+            self.raise_refusal(exc, key)
             raise
+
+    def raise_refusal(self, exc: ClientError, key: str) -> None:
+        """Raise BucketRulesError, naming the option to set, when the bucket refused a write for want
+        of an option it requires (server-side encryption, a checksum for Object Lock)."""
+        message = error_message(exc)
+        hint = explain_write_refusal(error_code(exc), message, self.write_options)
+        if hint is not None:
+            raise BucketRulesError(
+                f"writing s3://{self.location.bucket}/{key} was refused ({error_code(exc)}: {message}): {hint}"
+            ) from exc
 
     def put_once(self, key: str, body: bytes) -> bool:
         """Create ``key`` if absent. True if written now or already holding exactly ``body``."""
@@ -235,10 +255,12 @@ class RunLedger:
                 Key=key,
                 CopySource={"Bucket": self.location.bucket, "Key": key},
                 MetadataDirective="REPLACE",
+                **self.write_options.encryption_kwargs(),
             )
         except ClientError as exc:
             if is_not_found(exc):
                 return False
+            self.raise_refusal(exc, key)
             raise
         return True
 

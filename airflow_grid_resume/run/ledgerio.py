@@ -37,7 +37,7 @@ def newest_generation(ledger: RunLedger, base_uri: str) -> tuple[int, RunLedger,
     generation = 1
     final = believed_final(ledger)
     while final is not None:
-        newer = RunLedger(ledger.client, parse_s3_uri(generation_uri(base_uri, generation + 1)))
+        newer = RunLedger(ledger.client, parse_s3_uri(generation_uri(base_uri, generation + 1)), ledger.write_options)
         if newer.get(newer.key(layout.SPEC)) is None:
             break
         generation, ledger = generation + 1, newer

@@ -16,6 +16,7 @@ from airflow_grid_resume.asyncaws.ratelimit import launch_bucket
 from airflow_grid_resume.ec2.launch import SPOT, LaunchSpec
 from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.hooks.spot import SpotLaunchHook
+from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
 from airflow_grid_resume.watch.settle import settled
 
@@ -58,8 +59,10 @@ class SpotCapacityTrigger(BaseTrigger):
         deferred_at: float | None = None,
         expires_at: str | None = None,
         run_id: str | None = None,  # the run URI again, from triggers serialized before run_uri said it alone
+        s3_write: dict | None = None,  # S3WriteOptions.to_json(): what the trigger's writes carry
     ) -> None:
         super().__init__()
+        self.s3_write = s3_write
         self.expires_at = expires_at
         self.deferred_at = deferred_at
         self.run_uri = run_uri
@@ -81,6 +84,7 @@ class SpotCapacityTrigger(BaseTrigger):
             {
                 "run_uri": self.run_uri,
                 "session": self.session,
+                "s3_write": self.s3_write,
                 "spec": self.spec,
                 "started_at": self.started_at,
                 "max_wait": self.max_wait,
@@ -117,7 +121,9 @@ class SpotCapacityTrigger(BaseTrigger):
             launcher = SessionLauncher(
                 hook,
                 client,
-                AsyncLedgerReader(s3, self.run_uri, self.session),
+                AsyncLedgerReader(
+                    s3, self.run_uri, self.session, write_options=S3WriteOptions.from_json(self.s3_write)
+                ),
                 spec=spec,
                 run_uri=self.run_uri,
                 session=self.session,

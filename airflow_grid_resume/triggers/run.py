@@ -30,6 +30,7 @@ from airflow_grid_resume.hooks.spot import ENDED_STATES, SpotLaunchHook
 from airflow_grid_resume.ledger import records
 from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatError
 from airflow_grid_resume.ledger.status import SessionStatus
+from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
 from airflow_grid_resume.logtext import complete_cut, log_lines, log_records
 from airflow_grid_resume.run.ending import LEASE_HELD, lease_holder_elsewhere
 from airflow_grid_resume.watch.cadence import ChunkSchedule
@@ -94,8 +95,10 @@ class RunWatchTrigger(BaseTrigger):
         not_found_grace: float = 120.0,
         offset_save_interval: float = OFFSET_SAVE_INTERVAL,
         live_queue: str | None = None,
+        s3_write: dict | None = None,  # S3WriteOptions.to_json(): what the trigger's writes carry
     ) -> None:
         super().__init__()
+        self.s3_write = s3_write
         self.live_queue = live_queue
         self.offset_save_interval = offset_save_interval
         self.not_found_grace = not_found_grace
@@ -136,6 +139,7 @@ class RunWatchTrigger(BaseTrigger):
                 "not_found_grace": self.not_found_grace,
                 "offset_save_interval": self.offset_save_interval,
                 "live_queue": self.live_queue,
+                "s3_write": self.s3_write,
             },
         )
 
@@ -174,7 +178,8 @@ class RunWatchTrigger(BaseTrigger):
             period = DEFAULT_LOG_INTERVAL if live is None else DEFAULT_DURABLE_INTERVAL
             reads = ChunkSchedule(period=period, poll=self.poll_interval, started=time.monotonic())
             self._pace_s3(reads, period)
-            ledger = self._ledger = AsyncLedgerReader(s3, self.run_uri, self.session, reads)
+            writes = S3WriteOptions.from_json(self.s3_write)
+            ledger = self._ledger = AsyncLedgerReader(s3, self.run_uri, self.session, reads, writes)
             offset, pending = self.log_offset, b""
             started = False
             next_instance_check = 0.0

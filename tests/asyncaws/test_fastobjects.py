@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from airflow_grid_resume.asyncaws.fastobjects import FastObjects
 from airflow_grid_resume.emulator.faultproxy import FaultProxy, FaultRule
+from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
 
 
 def with_getter(scenario: Callable[[FastObjects, Any], Any]) -> Any:
@@ -155,6 +156,8 @@ def test_a_server_that_checks_signatures_accepts_the_fast_path(monkeypatch: pyte
                 (await getter._fast_put("signed", "runs/r/sessions/1/watch.json", b'{"log_offset":7}'), None)
             )
             answers.append(await getter._fast("signed", "runs/r/sessions/1/watch.json", None))
+            getter.write_options = S3WriteOptions("aws:kms", "alias/k", "CRC32")  # its headers are signed too
+            answers.append((await getter._fast_put("signed", "runs/r/sessions/1/watch.json", b"{}"), None))
             getter._sender.credentials = type(getter._sender.credentials)(key["AccessKeyId"], "not-the-secret")
             answers.append(await getter._fast("signed", "odd key/+&=é~.json", None))
             return answers
@@ -167,6 +170,7 @@ def test_a_server_that_checks_signatures_accepts_the_fast_path(monkeypatch: pyte
         (404, None),
         (200, None),  # the PUT
         (200, b'{"log_offset":7}'),
+        (200, None),  # the PUT with encryption and checksum headers
         (403, None),  # the same request signed with a wrong secret: the server does check
     ]
 

@@ -34,6 +34,7 @@ from airflow_grid_resume.ledger import records
 from airflow_grid_resume.ledger.s3client import make_s3_client
 from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
+from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
 from airflow_grid_resume.run.budgets import Budgets
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from tests.conftest import heartbeat_of, outcome_of
@@ -133,23 +134,35 @@ def first_event(trigger) -> dict:
 
 
 def launch(
-    cloud: LocalSpotCloud, agent_pyz: str, command: list[str], *, run_uri: str | None = None, session: int = 1
+    cloud: LocalSpotCloud,
+    agent_pyz: str,
+    command: list[str],
+    *,
+    run_uri: str | None = None,
+    session: int = 1,
+    write: S3WriteOptions | None = None,
 ) -> tuple[str, str]:
     """A run prepared in the cloud's S3 as the operator does (or ``run_uri``'s, its command replaced), and its
-    ``session`` launched by the capacity trigger: (run URI, instance id)."""
+    ``session`` launched by the capacity trigger: (run URI, instance id). With ``write``, on a strict bucket
+    (SSE-KMS required, Object Lock, versioning) and every write carrying those options."""
+    write = write or S3WriteOptions()
     ec2 = boto3.client("ec2")
     subnets = sorted(ec2.describe_subnets()["Subnets"], key=lambda s: s["AvailabilityZone"])[:1]
     s3 = boto3.client("s3")
     if run_uri is None:
         bucket = f"stock-{uuid.uuid4().hex[:10]}"
         s3.create_bucket(Bucket=bucket)
+        if not write.empty:
+            cloud.make_strict(bucket)
         run_id = f"run-{uuid.uuid4().hex[:6]}"
-        s3.upload_file(agent_pyz, bucket, f"{run_id}/{AGENT_KEY}")
+        s3.put_object(
+            Bucket=bucket, Key=f"{run_id}/{AGENT_KEY}", Body=Path(agent_pyz).read_bytes(), **write.put_kwargs()
+        )
         run_uri = f"s3://{bucket}/{run_id}"
     bucket, _, run_id = run_uri[len("s3://") :].partition("/")
     agent_args = ["--heartbeat-interval", "1", "--log-interval", "0.5", "--imds-poll", "0.2"]
-    spec = {"command": command, "agent_args": agent_args}
-    s3.put_object(Bucket=bucket, Key=f"{run_id}/{SPEC_KEY}", Body=json.dumps(spec).encode())
+    spec = {"command": command, "agent_args": agent_args, **({"s3_write": write.to_json()} if not write.empty else {})}
+    s3.put_object(Bucket=bucket, Key=f"{run_id}/{SPEC_KEY}", Body=json.dumps(spec).encode(), **write.put_kwargs())
     launch_spec = LaunchSpec(image_id=AMI, instance_types=("m5.large",), subnet_ids=(subnets[0]["SubnetId"],))
     trigger = SpotCapacityTrigger(
         run_id=run_id,
@@ -162,6 +175,7 @@ def launch(
         region_name="us-east-1",
         backoff_base=0.3,
         backoff_max=1.0,
+        s3_write=write.to_json(),
     )
 
     event = first_event(trigger)
@@ -227,6 +241,20 @@ def test_an_image_without_a_usable_python_records_the_image_problem(image_cloud,
         "failed", 1, 0, 1, reason=boot.message, cause=records.CAUSE_IMAGE
     )
     assert verdict is not None and "could not start on this image" in verdict and "python3 >= 3.9" in verdict
+
+
+def test_the_bootstrap_writes_its_record_as_a_strict_bucket_requires(image_cloud, agent_pyz: str) -> None:
+    """On a bucket that denies uploads without SSE-KMS and has Object Lock, the bootstrap's own PUT of boot.json
+    (signed by ec2/bootpy.py, not botocore) carries the spec's s3_write: the image problem is recorded."""
+    cloud = image_cloud(interpreter("3.8"))
+    write = S3WriteOptions("aws:kms", "alias/training", "SHA256")
+    run_uri, _ = launch(cloud, agent_pyz, ["sh", "-c", "echo never > ran"], write=write)
+    ledger = RunLedger(make_s3_client(), parse_s3_uri(run_uri))
+    boot = wait_until(lambda: ledger.read_record(records.Boot, 1), what="boot.json")
+    assert boot.problem == records.BOOT_NO_PYTHON, boot
+    head = boto3.client("s3").head_object(Bucket=ledger.location.bucket, Key=ledger.session_key(1, "boot.json"))
+    assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"].endswith("alias/training")
+    assert cloud.state()["bucket_rules"]["refused"] == 0
 
 
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"

@@ -356,7 +356,13 @@ def test_every_trigger_survives_serialization() -> None:
     """The triggerer rebuilds each trigger from its classpath and kwargs: both must round-trip."""
     samples = {
         "RunWatchTrigger": dict(
-            run_uri="s3://b/r", session=3, instance_id="i-0123", launched_at=1.0, deadline=9.0, log_offset=42
+            run_uri="s3://b/r",
+            session=3,
+            instance_id="i-0123",
+            launched_at=1.0,
+            deadline=9.0,
+            log_offset=42,
+            s3_write={"encryption": "aws:kms", "checksum": "CRC32"},
         ),
         "SpotCapacityTrigger": dict(
             run_uri="s3://b/r",
@@ -365,6 +371,7 @@ def test_every_trigger_survives_serialization() -> None:
             started_at=1.0,
             max_wait=60.0,
             fallback={"after_interruptions": 3},
+            s3_write={"encryption": "aws:kms", "kms_key_id": "alias/k"},
         ),
     }
     found = []
@@ -404,7 +411,13 @@ def test_triggers_serialized_by_an_earlier_release_still_load() -> None:
             expires_at="2030-01-01T00:00:00Z",
         ),
         "airflow_grid_resume.triggers.run.RunWatchTrigger": dict(
-            run_uri="s3://b/r", session=3, instance_id="i-0123", launched_at=1.0, deadline=9.0, log_offset=42
+            run_uri="s3://b/r",
+            session=3,
+            instance_id="i-0123",
+            launched_at=1.0,
+            deadline=9.0,
+            log_offset=42,
+            s3_write={"encryption": "aws:kms", "checksum": "CRC32"},
         ),
     }
     for classpath, kwargs in earlier.items():
