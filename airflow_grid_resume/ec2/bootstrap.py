@@ -21,6 +21,8 @@ from pathlib import Path
 from airflow_grid_resume.ledger import layout
 
 MARKER = "# grid-resume bootstrap v1 "
+# "User data is limited to 16 KB, in raw form, before it is base64-encoded" (EC2 User Guide, "Work with instance
+# user data"); RunInstances refuses a longer UserData with a ValidationError on its base64 length.
 USER_DATA_LIMIT = 16 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 AGENT_KEY = layout.AGENT_ZIPAPP
@@ -120,8 +122,8 @@ def render_user_data(
         'if [ "${GRID_RESUME_NO_SHUTDOWN:-0}" != 1 ]; then shutdown -h now; fi\n'
         "exit $status\n"
     )
-    if len(script.encode()) > USER_DATA_LIMIT * 3 // 4:  # base64 grows it by a third
-        raise ValueError(f"user data is {len(script)} bytes; EC2 allows 16 KB after base64 encoding")
+    if len(script.encode()) > USER_DATA_LIMIT:
+        raise ValueError(f"user data is {len(script.encode())} bytes; EC2 allows 16 KB before base64 encoding")
     return script
 
 

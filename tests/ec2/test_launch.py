@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import random
 
@@ -194,7 +193,7 @@ def test_user_data_has_no_secrets_and_fits(monkeypatch) -> None:
     for word in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"):
         assert f"{word}=" not in user_data and f"export {word}" not in user_data
     assert "password" not in user_data.lower()
-    assert len(base64.b64encode(user_data.encode())) <= USER_DATA_LIMIT
+    assert len(user_data.encode()) <= USER_DATA_LIMIT
     assert parse_marker(user_data) == {
         "run_uri": "s3://bucket/grid-runs/dag.task.run",
         "session": 7,
@@ -207,7 +206,7 @@ def test_user_data_has_no_secrets_and_fits(monkeypatch) -> None:
 
 def test_user_data_carries_the_digests_and_fits_the_longest_run_uri() -> None:
     """The digests of the agent and spec the Airflow side wrote ride in the user data (which only RunInstances
-    writes); with S3's longest key in the run URI it still fits EC2's 16 KB after base64, with room to spare."""
+    writes); with S3's longest key in the run URI it still fits EC2's 16 KB (raw, before base64)."""
     import ast
 
     from airflow_grid_resume.ec2 import bootpy
@@ -216,7 +215,7 @@ def test_user_data_carries_the_digests_and_fits_the_longest_run_uri() -> None:
     agent, spec = "a" * 64, "b" * 64
     longest = "s3://" + "b" * 63 + "/" + "k" * 1024
     user_data = render_user_data(longest, 12, "us-east-1", agent_sha256=agent, spec_sha256=spec)
-    assert len(base64.b64encode(user_data.encode())) <= USER_DATA_LIMIT
+    assert len(user_data.encode()) <= USER_DATA_LIMIT
     assert parse_marker(user_data) == {
         "run_uri": longest, "session": 12, "region": "us-east-1", "agent_sha256": agent, "spec_sha256": spec,
     }  # fmt: skip
