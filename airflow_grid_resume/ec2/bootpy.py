@@ -183,15 +183,15 @@ def checked(what, key, body, expected):
 
 def main(argv):
     """``run RUN_URI SESSION AGENT_KEY SPEC_KEY CANDIDATES [AGENT_SHA256 SPEC_SHA256]`` (this python fits: start
-    the agent, if the downloads have those digests) or ``report RUN_URI SESSION CANDIDATES MESSAGE`` (none fits:
-    record the image problem)."""
+    the agent, if the downloads have those digests) or ``report RUN_URI SESSION SPEC_KEY CANDIDATES MESSAGE``
+    (none fits: record the image problem)."""
     mode, run_uri, session = argv[1], argv[2], int(argv[3])
     bucket, _, prefix = run_uri[len("s3://") :].partition("/")
     boot_key = ledger_key(prefix, f"sessions/{session:06d}/boot.json")
     if mode == "report":
-        candidates, message = argv[4].split(", ") if argv[4] else [], argv[5]
+        spec_key, candidates, message = argv[4], argv[5].split(", ") if argv[5] else [], argv[6]
         try:  # the bucket's rules for the record's PUT; without the spec, try the PUT anyway
-            options = json.loads(s3("GET", bucket, ledger_key(prefix, "spec.json"), attempts=3)).get("s3_write")
+            options = json.loads(s3("GET", bucket, ledger_key(prefix, spec_key), attempts=3)).get("s3_write")
         except (RuntimeError, ValueError, AttributeError):
             options = None
         record = boot_record(session, None, candidates, "no_usable_python", message)
@@ -204,7 +204,7 @@ def main(argv):
     agent = s3("GET", bucket, ledger_key(prefix, agent_key))
     spec_body = s3("GET", bucket, ledger_key(prefix, spec_key))
     refused = checked("agent zipapp", agent_key, agent, agent_sha256) or checked(
-        "spec.json", spec_key, spec_body, spec_sha256
+        "run spec", spec_key, spec_body, spec_sha256
     )
     if refused:
         print(refused, file=sys.stderr)

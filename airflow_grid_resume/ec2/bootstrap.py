@@ -116,7 +116,7 @@ def render_user_data(
         f'  msg="{NO_PYTHON}"\n'
         '  echo "$msg" >&2; status=78\n'
         "  # An older python3 can still write the problem to the ledger, where the Airflow side reads it.\n"
-        f'  if [ -n "$OLD" ]; then "$OLD" launcher.py report {run_args} "$SEEN" "$msg"; fi\n'
+        f'  if [ -n "$OLD" ]; then "$OLD" launcher.py report {run_args} {SPEC_KEY} "$SEEN" "$msg"; fi\n'
         "fi\n"
         "# The session is over: power off, which terminates the instance (shutdown behaviour terminate).\n"
         'if [ "${GRID_RESUME_NO_SHUTDOWN:-0}" != 1 ]; then shutdown -h now; fi\n'

@@ -102,7 +102,7 @@ def test_a_forged_spec_is_refused(cloud, subnets, agent_pyz, tmp_path) -> None:
     ledger.write_record(forged)
     event, _instance_id = refused_session(cloud, subnets, run_uri, digests)
     assert event["status"] == "failed" and event["outcome"]["cause"] == records.CAUSE_TAMPERED, event
-    assert event["reason"].startswith(f"{REFUSED_MARKER}: spec.json in S3 (spec.json, sha256 "), event
+    assert event["reason"].startswith(f"{REFUSED_MARKER}: run spec in S3 (spec.json, sha256 "), event
     assert not marker.exists()
     boot = ledger.read_record(records.Boot, 1)
     assert boot is not None and boot.problem == "tampered_spec"
