@@ -135,3 +135,20 @@ def model_from_event(extra: Mapping[str, Any]) -> TrainedModel:
         estimated_cost_usd=extra.get("estimated_cost_usd"),
         on_demand_cost_usd=extra.get("on_demand_cost_usd"),
     )
+
+
+def restore_model(model: TrainedModel, directory: str, *, client: Any = None) -> str:
+    """Download the model's final checkpoint (every file of its execution directory, hashes verified) into
+    ``directory``; returns the manifest restored. ``client``: a boto3 S3 client (in a task,
+    ``S3Hook(aws_conn_id).get_conn()``); None uses boto3's default credential chain. A run's final checkpoint is
+    its newest, so anything else restored means the run went on after the event: refused by name."""
+    from airflow_grid_resume.agent.restore import Restorer
+    from airflow_grid_resume.ledger.s3client import make_s3_client
+    from airflow_grid_resume.ledger.store import RunLedger
+
+    ledger = RunLedger(client or make_s3_client(), parse_s3_uri(model.run_uri, what="the event's run_uri"))
+    restored = Restorer(ledger, directory).restore().manifest
+    name = restored.name if restored is not None else None
+    if model.manifest and name != model.manifest:
+        raise ValueError(f"{model.run_uri} restored checkpoint {name}, not the event's {model.manifest}")
+    return name or ""

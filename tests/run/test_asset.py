@@ -15,6 +15,7 @@ from airflow_grid_resume.run.asset import (
     model_event_extra,
     model_from_event,
     read_final_checkpoint,
+    restore_model,
 )
 
 SUMMARY = {
@@ -84,3 +85,19 @@ def test_a_downstream_dag_reads_the_model_back_and_refuses_a_foreign_event() -> 
     assert (model.run_uri, model.sessions, model.interruptions, model.manifest) == (SUMMARY["run_uri"], 3, 2, None)
     with pytest.raises(ValueError, match="not written by GridRunOperator"):
         model_from_event({"from_rest_api": True})
+
+
+def test_restore_model_downloads_the_events_checkpoint_and_nothing_else(ledger, tmp_path: Path) -> None:
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "model.pt").write_bytes(b"weights" * 500)
+    Syncer(ledger, str(workdir), session=1).sync("final")
+    final = read_final_checkpoint(ledger, ledger.list_manifests()[0].name)
+    extra = model_event_extra({**SUMMARY, "run_uri": str(ledger.location)}, final, bucket=ledger.location.bucket)
+    model = model_from_event(extra)
+    assert restore_model(model, str(tmp_path / "out")) == final.name
+    assert (tmp_path / "out" / "model.pt").read_bytes() == b"weights" * 500
+    (workdir / "model.pt").write_bytes(b"later" * 500)  # the run went on after the event: a newer checkpoint
+    Syncer(ledger, str(workdir), session=2).sync("later")
+    with pytest.raises(ValueError, match=f"not the event's {final.name}"):
+        restore_model(model, str(tmp_path / "out2"))

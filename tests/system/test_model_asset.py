@@ -38,7 +38,7 @@ from datetime import datetime, timedelta, timezone
 from airflow.sdk import DAG, Asset, task
 
 from airflow_grid_resume.operators import GridRunOperator
-from airflow_grid_resume.run.asset import model_from_event
+from airflow_grid_resume.run.asset import model_from_event, restore_model
 
 MODEL = Asset("{MODEL_URI}")
 
@@ -68,20 +68,15 @@ with DAG("evaluate_model", schedule=[MODEL], start_date=datetime(2026, 1, 1, tzi
 
     @task
     def evaluate(*, triggering_asset_events=None) -> dict:
-        from airflow_grid_resume.agent.restore import Restorer
-        from airflow_grid_resume.ledger.s3client import make_s3_client
-        from airflow_grid_resume.ledger.store import RunLedger
-        from airflow_grid_resume.ledger.uri import parse_s3_uri
         import tempfile
 
         event = triggering_asset_events[MODEL][-1]
         model = model_from_event(event.extra)
-        ledger = RunLedger(make_s3_client(), parse_s3_uri(model.run_uri))
         out = tempfile.mkdtemp()
-        Restorer(ledger, out).restore()
+        restored = restore_model(model, out)
         with open(os.path.join(out, "result.txt")) as fh:
             result = fh.read()
-        return {{"extra": dict(event.extra), "source": event.source_dag_id, "result": result}}
+        return {{"extra": dict(event.extra), "source": event.source_dag_id, "result": result, "restored": restored}}
 
     evaluate()
 """
@@ -184,6 +179,7 @@ def test_a_succeeded_run_announces_its_model_and_lineage_and_the_evaluation_dag_
         assert len(evaluations) == 1 and evaluations[0]["state"] == "success", evaluations
         assert evaluation["source"] == "grid_model" and evaluation["extra"] == extra
         assert evaluation["result"] == (reference / "result.txt").read_text()
+        assert evaluation["restored"] == newest.name
         # Lineage: the COMPLETE event of the task that succeeded, with the workdir's upload in, the run out.
     events_ol = [json.loads(line) for line in lineage_file.read_text().splitlines() if line.strip()]
     complete = [e for e in events_ol if e["eventType"] == "COMPLETE" and e["job"]["name"] == "grid_model.train"]
