@@ -74,7 +74,7 @@ def runs_against_deadlines_svg(rows: Sequence[Mapping[str, Any]], *, now: float,
         note = deadline_note(r, now)
         body.append(f'<text x="8" y="{y + 15}" class="label">{escape(r["label"])}</text>')
         body.append(
-            f'<rect class="bar s-{escape(r["status"])}{" late" if late else ""}" x="{x(start):.1f}" y="{y + 4}" '
+            f'<rect class="mark s-{escape(r["status"])}{" late" if late else ""}" x="{x(start):.1f}" y="{y + 4}" '
             f'width="{max(x(end) - x(start), 2):.1f}" height="14" rx="3" data-run="{escape(r["label"])}" '
             f'data-status="{escape(r["status"])}" data-start="{start:.0f}" data-end="{end:.0f}" '
             f'data-deadline="{"" if deadline is None else f"{float(deadline):.0f}"}" data-late="{str(late).lower()}">'
@@ -121,7 +121,7 @@ def cost_per_day_svg(days: Sequence[Mapping[str, Any]], *, width: int = 900, hei
         for offset, series, value in ((-bar_w, "spot", d["spot_usd"]), (0.0, "on-demand", d["on_demand_usd"])):
             h = plot_h * float(value) / top_value
             body.append(
-                f'<rect class="bar c-{series}" x="{cx + offset:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w:.1f}" '
+                f'<rect class="mark c-{series}" x="{cx + offset:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w:.1f}" '
                 f'height="{h:.1f}" data-day="{escape(d["day"])}" data-series="{series}" '
                 f'data-value="{float(value):.4f}">'
                 f"<title>{escape(d['day'])}: {series} {float(value):.4f} USD</title></rect>"
@@ -165,14 +165,14 @@ def per_pool_svg(pools: Sequence[Mapping[str, Any]], *, width: int = 900) -> str
         ww = (half - 70) * waited / most_w
         body.append(f'<text x="8" y="{y + 14}" class="label">{escape(p["pool"])}</text>')
         body.append(
-            f'<rect class="bar c-interruptions" x="{left}" y="{y + 3}" width="{wi:.1f}" height="14" '
+            f'<rect class="mark c-interruptions" x="{left}" y="{y + 3}" width="{wi:.1f}" height="14" '
             f'data-pool="{escape(p["pool"])}" data-series="interruptions" data-value="{n}">'
             f"<title>{escape(p['pool'])}: {n} interruptions in {int(p.get('sessions') or 0)} sessions</title></rect>"
         )
         body.append(f'<text x="{left + wi + 4:.1f}" y="{y + 14}" class="note">{n}</text>')
         wx = left + half + 20
         body.append(
-            f'<rect class="bar c-wait" x="{wx}" y="{y + 3}" width="{ww:.1f}" height="14" '
+            f'<rect class="mark c-wait" x="{wx}" y="{y + 3}" width="{ww:.1f}" height="14" '
             f'data-pool="{escape(p["pool"])}" data-series="waited_seconds" data-value="{waited:.0f}">'
             f"<title>{escape(p['pool'])}: waited {_duration(waited)} for capacity</title></rect>"
         )
@@ -195,7 +195,7 @@ def budgets_svg(rows: Sequence[Mapping[str, Any]], *, width: int = 900) -> str:
         body.append(f'<text x="8" y="{y + 14}" class="label">{escape(text)}</text>')
         body.append(f'<rect class="track" x="{left}" y="{y + 3}" width="{track}" height="14" rx="3"/>')
         body.append(
-            f'<rect class="bar {"c-close" if r["close"] else "c-budget"}" x="{left}" y="{y + 3}" '
+            f'<rect class="mark {"c-close" if r["close"] else "c-budget"}" x="{left}" y="{y + 3}" '
             f'width="{track * fraction:.1f}" height="14" rx="3" data-run="{escape(r["label"])}" '
             f'data-budget="{escape(r["budget"])}" data-used="{used}" data-limit="{limit}" '
             f'data-close="{str(bool(r["close"])).lower()}"><title>{escape(text)}: {used} of {limit} used</title></rect>'
