@@ -3,7 +3,7 @@
 pools interrupted or kept runs waiting, which runs are close to a budget. ``ui/charts.py`` draws the answers.
 
 A run here is ``{"dag_id", "task_id", "run_id", "map_index", "view", "deadline"}``; ``deadline`` is the run's
-deadline in epoch seconds, or None (:func:`run_deadline` reads it from the run's spec).
+deadline in epoch seconds, or None (:func:`run_deadline` reads it from the run's ``deadline.json``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ NIGHT_SECONDS = 24 * 3600  # "last night": the runs that ran in the day before n
 
 
 def run_deadline(docs: Mapping[str, Any]) -> float | None:
-    """The run's deadline from its spec (``deadline``: epoch seconds or ISO-8601), if the run has one."""
-    spec = docs.get("spec") or {}
-    return epoch_seconds(spec.get("deadline") or (spec.get("budgets") or {}).get("deadline"))
+    """The run's deadline in epoch seconds, if it has one: ``deadline.json``'s ``deadline_at`` (a ``deadline=``
+    run's record, in the documents as ``deadline``)."""
+    return epoch_seconds((docs.get("deadline") or {}).get("deadline_at"))
 
 
 def _label(run: Mapping[str, Any]) -> str:

@@ -51,16 +51,15 @@ def run(
     deadline: float | str | None = None,
     limits: tuple[int, int] = (5, 1),
 ) -> dict[str, Any]:
-    """A run as the dashboard gets it: the view model of its documents, its deadline read from its spec."""
+    """A run as the dashboard gets it: the view model of its documents, its deadline from its deadline.json."""
     last = sessions[-1]
     final_status = (last.get("outcome") or {}).get("status")
     finished = final_status in ("succeeded", "failed")
     docs = {
         "run_uri": f"s3://bucket/grid-runs/{dag_id}/train/r1",
-        "spec": {
-            "budgets": {"max_interruptions": limits[0], "failure_retries": limits[1]},
-            **({"deadline": deadline} if deadline is not None else {}),
-        },
+        "spec": {"budgets": {"max_interruptions": limits[0], "failure_retries": limits[1]}},
+        # deadline.json of a deadline= run, as ui/source.py reads it
+        "deadline": None if deadline is None else {"deadline_at": deadline, "expected_hours": 5.0},
         "final": {"status": final_status, "session": last["session"]} if finished else None,
         "sessions": sessions,
         "manifests": [],

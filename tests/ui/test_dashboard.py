@@ -16,7 +16,7 @@ def test_last_night_against_deadlines_or_finish_times() -> None:
     assert sorted(rows) == ["forecaster.train", "image_classifier.train", "ranker.train", "text_encoder.train"]
     t = NOW - 7 * HOUR
     assert (rows["ranker.train"]["start"], rows["ranker.train"]["end"]) == (t, t + 3 * HOUR)  # its wait included
-    assert rows["text_encoder.train"]["deadline"] == NOW - HOUR  # an ISO deadline in the spec
+    assert rows["text_encoder.train"]["deadline"] == NOW - HOUR  # read from an ISO-8601 deadline_at as well
     notes = {label: charts.deadline_note(r, NOW) for label, r in rows.items()}
     assert notes == {
         "ranker.train": "finished 04:00 UTC, 3.0 h before its deadline",
