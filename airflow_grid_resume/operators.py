@@ -22,7 +22,7 @@ from functools import cached_property
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.bases.operator import partial as sdk_partial
 from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import BotoCoreError, ClientError
@@ -46,10 +46,12 @@ from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
+from airflow_grid_resume.lineage import operator_lineage
 from airflow_grid_resume.links import GridArtifactsLink, GridInstanceLink, link_target
 from airflow_grid_resume.logtext import log_lines, log_records
 from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
+from airflow_grid_resume.run.asset import model_asset_uri, model_event_extra, read_final_checkpoint
 from airflow_grid_resume.run.budgets import Budgets, first_try_of_cycle
 from airflow_grid_resume.run.ending import ended_status
 from airflow_grid_resume.run.ledgerio import (
@@ -164,6 +166,9 @@ class GridRunOperator(BaseOperator):
     :param s3_checksum: a flexible checksum (``"CRC32"`` or ``"SHA256"``) sent with every upload; needed on a bucket
         with Object Lock default retention, which refuses uploads without one. None: none sent (every object
         already carries the ledger's own sha256).
+    :param model_asset: the trained model as an Airflow Asset (an ``Asset`` or its ``s3://bucket/key`` URI), added
+        to the task's ``outlets``: a run that succeeds emits an asset event whose extra says where the final
+        checkpoint is and what the run took (docs/user-guide.md, "The model as an Asset").
     :param failure_retries: set by ``partial()`` for mapped tasks (the failure budget it split from ``retries``);
         do not pass it yourself.
     """
@@ -213,10 +218,15 @@ class GridRunOperator(BaseOperator):
         s3_encryption: str | None = None,
         s3_kms_key_id: str | None = None,
         s3_checksum: str | None = None,
+        model_asset: Asset | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.s3_write = S3WriteOptions(s3_encryption, s3_kms_key_id, s3_checksum)  # validates the three
+        uri = model_asset_uri(model_asset)  # an s3://bucket/key, or a ValueError saying what to fix
+        self.model_asset = None if uri is None else model_asset if isinstance(model_asset, Asset) else Asset(uri)
+        if self.model_asset is not None and self.model_asset not in self.outlets:
+            self.outlets.append(self.model_asset)
         options = RunOptions(  # validates every parameter below, naming each one that is wrong
             command=command if isinstance(command, str) else tuple(command or ()),
             artifacts_uri=artifacts_uri,
@@ -448,7 +458,7 @@ class GridRunOperator(BaseOperator):
         )
         if isinstance(choice, ReportSucceeded):
             self.log.info("%s", choice.note)
-            return self._summary(ledger, {"status": SessionStatus.SUCCEEDED.value})
+            return self._succeeded(context, ledger, {"status": SessionStatus.SUCCEEDED.value})
         if isinstance(choice, StartFresh):
             generation += 1
             ledger = self._ledger(generation_uri(base_uri, generation), ledger.client)
@@ -485,8 +495,10 @@ class GridRunOperator(BaseOperator):
             assert step.session is not None
             end_run(ledger, step.session, SessionStatus.SUCCEEDED, "succeeded")
             outcome = ledger.read_record(Outcome, step.session)
-            return self._summary(
-                ledger, {"status": SessionStatus.SUCCEEDED.value, "outcome": outcome.to_dict() if outcome else None}
+            return self._succeeded(
+                context,
+                ledger,
+                {"status": SessionStatus.SUCCEEDED.value, "outcome": outcome.to_dict() if outcome else None},
             )
         if isinstance(step, Reattach):
             self.log.info("reattaching to session %d on instance %s", step.session, step.instance_id)
@@ -751,7 +763,7 @@ class GridRunOperator(BaseOperator):
             end_run(ledger, session, SessionStatus.SUCCEEDED, "succeeded")
             self._delete_live_queue(ledger)
             self._retain(ledger)
-            return self._summary(ledger, event)
+            return self._succeeded(context, ledger, event)
         if verdict.action == FAIL_RUN:
             raise self._fail(ledger, session, verdict.message)
         if verdict.action == RETRY_INTERRUPTED:
@@ -789,6 +801,25 @@ class GridRunOperator(BaseOperator):
         for line in summary_lines(summary, run_uri=str(ledger.location)):
             self.log.info("%s", line)
         return summary
+
+    def _succeeded(self, context: Any, ledger: RunLedger, event: dict) -> dict:
+        """The run succeeded: its summary (the XCom), the model's asset event, the lineage's facts."""
+        summary = self._summary(ledger, event)
+        self._completed_summary = summary
+        if self.model_asset is not None:
+            checkpoint = read_final_checkpoint(ledger, summary.get("last_manifest"))
+            extra = model_event_extra(summary, checkpoint, bucket=ledger.location.bucket)
+            context["outlet_events"][self.model_asset].extra.update(extra)
+            self.log.info("model asset %s: %s", self.model_asset.uri, extra["checkpoint"] or "no checkpoint")
+        return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The workdir's upload in, the run's ledger (and the model asset) out, the run's story as a facet."""
+        return operator_lineage(
+            getattr(self, "_completed_summary", None),
+            has_workdir=bool(self.workdir),
+            model_asset_uri=self.model_asset.uri if self.model_asset is not None else None,
+        )
 
     def on_kill(self) -> None:
         """Killed while on a worker (between launch and defer): never leave the instance running.

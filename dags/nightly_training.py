@@ -25,12 +25,14 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import DAG, Param, TriggerRule, task
+from airflow.sdk import DAG, Asset, AssetAny, Param, TriggerRule, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_grid_resume.operators import GridRunOperator
+from airflow_grid_resume.run.asset import model_from_event
 
 DAG_ID = "nightly_training"
+EVALUATE_DAG_ID = "evaluate"
 
 
 def _setting(name: str, default: str) -> str:
@@ -43,6 +45,9 @@ def _setting_list(name: str, default: str) -> list[str]:
 
 # -- deployment settings (replace the placeholders through the environment of every Airflow component) -----------
 ARTIFACTS_URI = _setting("ARTIFACTS_URI", "s3://my-ml-artifacts/grid-runs/")  # run ledgers live under it
+# Each model is an Airflow Asset under this URI; every successful night's run emits an event on it (the evaluate DAG
+# below is scheduled on them).
+MODELS_URI = _setting("MODELS_URI", "s3://my-ml-artifacts/models/")
 IMAGE_ID = _setting("AMI", "ami-0123456789abcdef0")  # python3 + boto3 + the training stack, see docs/user-guide.md
 SUBNET_IDS = _setting_list("SUBNETS", "subnet-0aaaaaaaaaaaaaaaa,subnet-0bbbbbbbbbbbbbbbb")  # one per zone to try
 SECURITY_GROUP_IDS = _setting_list("SECURITY_GROUPS", "")  # empty: the VPC's default group
@@ -90,6 +95,14 @@ FALLBACK = {"after_wait_seconds": 3 * 3600, "after_interruptions": 6}
 
 def training_task_id(model: dict) -> str:
     return f"train_{model['name']}"
+
+
+def model_asset(model: dict) -> Asset:
+    """The model's Asset: the same URI every night, so a DAG can be scheduled on "a new model exists"."""
+    return Asset(f"{MODELS_URI.rstrip('/')}/{model['name']}")
+
+
+MODEL_ASSETS = {model["name"]: model_asset(model) for model in MODELS}
 
 
 def _usd(value: float | None) -> str:
@@ -167,6 +180,7 @@ with DAG(
                 fallback=FALLBACK,
                 aws_conn_id=AWS_CONN_ID,
                 region_name=REGION,
+                model_asset=MODEL_ASSETS[model["name"]],
                 **budgets,
             )
         )
@@ -184,3 +198,57 @@ with DAG(
         return {k: v for k, v in report.items() if k != "lines"}
 
     training >> cost_report()
+
+
+def evaluation_plan(events: dict[str, list[dict]]) -> list[dict]:
+    """What the evaluate DAG does with the asset events that triggered it (``{model name: [event extra, ...]}``):
+    one entry per model, its newest event, with where its checkpoint is and what training it took."""
+    plan = []
+    for name, extras in sorted(events.items()):
+        if not extras:
+            continue
+        model = model_from_event(extras[-1])
+        plan.append(
+            {
+                "model": name,
+                "run_uri": model.run_uri,
+                "checkpoint": model.manifest_uri,
+                "bytes": model.bytes,
+                "sessions": model.sessions,
+                "interruptions": model.interruptions,
+                "cost_usd": model.estimated_cost_usd,
+            }
+        )
+    return plan
+
+
+with DAG(
+    dag_id=EVALUATE_DAG_ID,
+    description="Evaluate each model the nightly training produced, as soon as it is there",
+    # Runs whenever any model has a new version (an asset event of a run that succeeded), not at a fixed time.
+    schedule=AssetAny(*MODEL_ASSETS.values()),
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    default_args={"owner": "ml-platform"},
+    tags=["ml", "grid-resume"],
+) as evaluate_dag:
+
+    @task
+    def evaluate(*, triggering_asset_events=None) -> list[dict]:
+        """Each new model's checkpoint, from its asset event; replace the print with your evaluation (e.g.
+        ``restore_model(model, directory, client=S3Hook(AWS_CONN_ID).get_conn())`` and score it)."""
+        by_uri = {asset.uri: name for name, asset in MODEL_ASSETS.items()}
+        events: dict[str, list[dict]] = {}
+        for asset, asset_events in (triggering_asset_events or {}).items():
+            name = by_uri.get(getattr(asset, "uri", asset))
+            if name is not None:
+                events[name] = [dict(e.extra) for e in asset_events]
+        plan = evaluation_plan(events)
+        for entry in plan:
+            print(
+                f"{entry['model']}: {entry['checkpoint']} ({entry['bytes']} bytes) after {entry['sessions']} sessions,"
+                f" {entry['interruptions']} interruptions, {entry['cost_usd']} USD"
+            )
+        return plan
+
+    evaluate()

@@ -140,3 +140,30 @@ def test_every_dag_serializes_as_the_dag_processor_stores_it(dagbag) -> None:
         assert set(restored.task_ids) == set(dag.task_ids), dag_id
     nightly = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags["nightly_training"]))
     assert nightly.get_task("train_text_encoder").retries == 1 + 20
+
+
+def test_each_nightly_model_is_an_asset_and_the_evaluate_dag_is_scheduled_on_them(dagbag) -> None:
+    from airflow.sdk import Asset
+
+    nightly, evaluate = dagbag.dags["nightly_training"], dagbag.dags["evaluate"]
+    uris = set()
+    for task_id in ("train_image_classifier", "train_text_encoder", "train_ranker"):
+        task = nightly.get_task(task_id)
+        assert task.outlets == [task.model_asset] and task.model_asset.uri.startswith("s3://")
+        uris.add(task.model_asset.uri)
+    assert uris == {f"s3://my-ml-artifacts/models/{m}" for m in ("image_classifier", "text_encoder", "ranker")}
+    condition = evaluate.timetable.asset_condition
+    assert type(condition).__name__ == "AssetAny"  # any new model, not all of them
+    assert {a.uri for a in condition.objects if isinstance(a, Asset)} == uris
+    assert evaluate.task_ids == ["evaluate"]
+
+
+def test_the_evaluation_plan_takes_each_models_newest_event() -> None:
+    from airflow_grid_resume.run.asset import model_event_extra
+
+    def extra(run: str) -> dict:
+        summary = {"run_uri": f"s3://ml-b/grid-runs/{run}", "sessions": 2, "interruptions": 1}
+        return model_event_extra(summary, None, bucket="ml-b")
+
+    plan = _load_nightly().evaluation_plan({"ranker": [extra("r1"), extra("r2")], "text_encoder": []})
+    assert [(p["model"], p["run_uri"], p["sessions"]) for p in plan] == [("ranker", "s3://ml-b/grid-runs/r2", 2)]

@@ -83,7 +83,7 @@ def create_app() -> FastAPI:
         from airflow.api_fastapi.app import get_auth_manager
         from airflow.utils.session import create_session
 
-        from airflow_grid_resume.ui import model, render, source
+        from airflow_grid_resume.ui import dashboard, model, render, source
 
         now = time.time()
         since = datetime.now(timezone.utc) - timedelta(days=days)
@@ -116,10 +116,15 @@ def create_app() -> FastAPI:
                 doc, run["tries"], now=now, ti_state=run["ti_state"], waiting=run["waiting"], retry_at=run["retry_at"]
             )
             shown.append(
-                {**{k: run[k] for k in ("dag_id", "task_id", "run_id", "map_index", "ti_state")}, "view": view}
+                {
+                    **{k: run[k] for k in ("dag_id", "task_id", "run_id", "map_index", "ti_state")},
+                    "view": view,
+                    "deadline": dashboard.run_deadline(doc),
+                }
             )
         board = model.fleet(shown, now=now, since=since.timestamp())
-        return HTMLResponse(render.fleet_page(board, days=days, run_link=airflow_run_link))
+        pictures = dashboard.pictures(shown, now=now, since=since.timestamp())
+        return HTMLResponse(render.fleet_page(board, days=days, run_link=airflow_run_link, pictures=pictures))
 
     return app
 

@@ -9,19 +9,29 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from airflow_grid_resume.ui.timeline import timeline_svg
+from airflow_grid_resume.ui import charts
+from airflow_grid_resume.ui.theme import MODE_SCRIPT, theme_css
+from airflow_grid_resume.ui.timeline import TIMELINE_CSS, timeline_svg
 
 REFRESH_SECONDS = 5
-STYLE = """
-body{font-family:system-ui,sans-serif;font-size:14px;margin:12px;color:#1d2733}
-h1{font-size:18px;margin:0 0 6px}h2{font-size:15px;margin:18px 0 6px}
-table{border-collapse:collapse;margin:4px 0}td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left}
-th{background:#f3f5f7}.interruption{background:#fdf1dc}.failure{background:#f8dde1}.success{background:#e3f4e6}
-.running{background:#e5effa}.state{font-size:15px;padding:8px;border-radius:4px;background:#eef2f6;margin:6px 0}
-.marker{font-weight:bold;color:#b5651d}.muted{color:#667}.bar{height:10px;background:#d0d7de;width:320px}
-.bar>div{height:10px;background:#2e7bd6}code{font-size:12px;word-break:break-all}
-.id{white-space:nowrap}
+# Airflow's fonts and colours (ui/theme.py), light or dark as Airflow's UI or the system chose.
+STYLE = (
+    theme_css()
+    + """
+body{font-size:14px;margin:12px}
+h1{font-size:18px;margin:0 0 6px}h2{font-size:15px;margin:18px 0 6px}a{color:var(--link)}
+table{border-collapse:collapse;margin:4px 0}td,th{border:1px solid var(--border);padding:3px 8px;text-align:left}
+th{background:var(--bg-muted)}.interruption{background:var(--warning-subtle)}.failure{background:var(--failed-subtle)}
+.success{background:var(--success-subtle)}.running{background:var(--running-subtle)}
+.state{font-size:15px;padding:8px;border-radius:4px;background:var(--bg-muted);margin:6px 0}
+.marker{font-weight:bold;color:var(--warning-fg)}.muted{color:var(--fg-muted)}
+.bar{height:10px;background:var(--border);width:320px}.bar>div{height:10px;background:var(--accent)}
+code{font-size:12px;word-break:break-all}.id{white-space:nowrap}
+input,button{font:inherit;color:var(--fg);background:var(--bg-subtle);border:1px solid var(--border-emphasized)}
 """
+    + charts.CHART_CSS
+    + TIMELINE_CSS
+)
 LIVE_SCRIPT = """<script>
 setInterval(async () => {
   const r = await fetch(location.href, {credentials: "same-origin"});
@@ -93,7 +103,7 @@ def page(title: str, content: str, *, live: bool) -> str:
     script = LIVE_SCRIPT % (REFRESH_SECONDS * 1000) if live else ""
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-        f"<style>{STYLE}</style></head><body><div id='content'>{content}"
+        f"{MODE_SCRIPT}<style>{STYLE}</style></head><body><div id='content'>{content}"
         + ("<span id='live' hidden></span>" if live else "")
         + f"</div>{script}</body></html>"
     )
@@ -299,8 +309,48 @@ def message_page(title: str, text: str) -> str:
     return page(title, f"<h1>{escape(title)}</h1><p data-testid='message'>{escape(text)}</p>", live=False)
 
 
-def fleet_page(board: Mapping[str, Any], *, days: float, run_link: Any) -> str:
-    """``run_link(row) -> str``: the address of a run's view."""
+def _pictures(pictures: Mapping[str, Any]) -> list[str]:
+    """The dashboard's charts (``ui/dashboard.py``'s ``pictures``), each with the question it answers."""
+    now = float(pictures["now"])
+    night, days, pools, budgets = (
+        pictures["last_night"],
+        pictures["cost_per_day"],
+        pictures["per_pool"],
+        pictures["budgets"],
+    )
+    parts = ["<h2>Last night: runs against their deadlines</h2>"]
+    parts.append(
+        f"<div data-testid='chart-deadlines'>{charts.runs_against_deadlines_svg(night, now=now)}</div>"
+        if night
+        else "<p class='muted' data-testid='chart-deadlines'>no run in the last 24 hours</p>"
+    )
+    spot = sum(d["spot_usd"] for d in days)
+    on_demand = sum(d["on_demand_usd"] for d in days)
+    parts.append(
+        f"<h2>Cost and savings per day</h2><p class='muted'>{spot:.2f} USD on spot against {on_demand:.2f} USD "
+        f"for the same hours on demand: {on_demand - spot:.2f} USD saved</p>"
+    )
+    parts.append(f"<div data-testid='chart-cost'>{charts.cost_per_day_svg(days)}</div>")
+    parts.append("<h2>Interruptions and capacity waits per pool</h2>")
+    parts.append(
+        f"<div data-testid='chart-pools'>{charts.per_pool_svg(pools)}</div>"
+        if pools
+        else "<p class='muted' data-testid='chart-pools'>no session launched in the period</p>"
+    )
+    parts.append("<h2>Budgets of the runs still going</h2>")
+    parts.append(
+        f"<div data-testid='chart-budgets'>{charts.budgets_svg(budgets)}</div>"
+        if budgets
+        else "<p class='muted' data-testid='chart-budgets'>no run going with a budget</p>"
+    )
+    return parts
+
+
+def fleet_page(
+    board: Mapping[str, Any], *, days: float, run_link: Any, pictures: Mapping[str, Any] | None = None
+) -> str:
+    """``run_link(row) -> str``: the address of a run's view; ``pictures``: the charts' data, drawn above
+    the tables."""
     t = board["totals"]
     parts = [
         "<h1>Spot training runs</h1>",
@@ -311,6 +361,8 @@ def fleet_page(board: Mapping[str, Any], *, days: float, run_link: Any) -> str:
         f"spot cost {t['spot_usd']:.4f} USD against {t['on_demand_usd']:.4f} USD on demand "
         f"(saved {t['saved_usd']:.4f} USD)</p>",
     ]
+    if pictures is not None:
+        parts += _pictures(pictures)
     if board["close_to_budget"]:
         parts.append(
             "<h2>Close to a budget</h2><ul data-testid='near-budget'>"

@@ -259,6 +259,24 @@ def test_run_view_and_dashboard_tell_an_interruption_from_a_failure(browser: Any
             assert run_id in row and "succeeded in session 2" in row, row
             assert "1 interruptions" in frame.get_by_test_id("fleet-totals").inner_text()
             assert "g5.xlarge" in frame.get_by_test_id("by-pair").inner_text()
+            # the pictures above the tables: this run last night (no deadline: its finish time), its pool's
+            # interruption, its cost on today's bar
+            night = frame.get_by_test_id("chart-deadlines")
+            assert night.locator('rect[data-run="grid_ui.train"]').get_attribute("data-status") == "succeeded"
+            assert "grid_ui.train" in night.inner_text() and "finished" in night.inner_text()
+            pool = frame.get_by_test_id("chart-pools").locator(f'rect[data-pool="g5.xlarge {zone}"]')
+            assert (
+                pool.first.get_attribute("data-series") == "interruptions"
+                and pool.first.get_attribute("data-value") == "1"
+            )
+            assert (
+                float(
+                    frame.get_by_test_id("chart-cost")
+                    .locator("rect[data-series=spot]")
+                    .last.get_attribute("data-value")
+                )
+                > 0
+            )
 
             # The api-server's auth protects the plugin: no token, no data; the user's token, the page.
             run_view = f"{url}/grid-resume/run?dag_id=grid_ui&run_id={quote(run_id, safe='')}&task_id=train"
