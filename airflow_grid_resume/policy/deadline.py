@@ -35,7 +35,7 @@ class Tuning:
     """Slack kept for the end, in changeovers: enough for a few returns to spot near the deadline."""
     min_spell_changeovers: float = 1.0
     """Skip pools whose mean spell is shorter than this many changeovers (spot there only pays changeovers)."""
-    pace_power: float = 3.0
+    pace_power: float = 6.0
     """Shape of the line: 1 spends the slack evenly (as Uniform Progress), larger spends it sooner (greedier)."""
     switch_changeovers: float = 2.0
     """Leave on-demand for spot when the mean spell's saving pays this many on-demand changeovers."""
@@ -106,8 +106,8 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
     on_demand_finish = t + remaining_work + (view.changeover_left_hours if on_demand_now else d)
 
     if current is not None and not on_demand_now:
-        for pool in view.pools:
-            if pool.name == current and pool.available_now:
+        for here in view.pools:
+            if here.name == current and here.available_now:
                 return Decision(SPOT, current, f"stay on spot in {current}: {slack:.1f} h of slack")
     if view.committed_on_demand:
         return Decision(ON_DEMAND, None, "on-demand to the end: committed", True, on_demand_finish)
