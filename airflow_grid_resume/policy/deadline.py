@@ -35,10 +35,15 @@ class Tuning:
     """Slack kept for the end, in changeovers: enough for a few returns to spot near the deadline."""
     min_spell_changeovers: float = 1.0
     """Skip pools whose mean spell is shorter than this many changeovers (spot there only pays changeovers)."""
+    reserve_share: float = 1.0
+    """At most this share of the initial slack (beyond the net's 2 changeovers) is kept as the reserve."""
     pace_power: float = 6.0
     """Shape of the line: 1 spends the slack evenly (as Uniform Progress), larger spends it sooner (greedier)."""
     switch_changeovers: float = 2.0
     """Leave on-demand for spot when the mean spell's saving pays this many on-demand changeovers."""
+    switch_above_line: float | None = None
+    """Leave on-demand for spot only if, after the changeover, the slack stays this many changeovers above
+    the line (capped at the reserve); None: whenever the safety net allows."""
     cycles_reserve: float | None = None
     """When set, keep instead a reserve of this share of the changeovers the expected spot/on-demand cycles of
     the remaining work will cost (greedy until then)."""
@@ -119,20 +124,23 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
             True,
             on_demand_finish,
         )
-    pool = _best_pool(view, tuning, on_demand_now)
-    if pool is not None:
-        return Decision(
-            SPOT, pool.name, f"{'back to ' if on_demand_now else ''}spot in {pool.name}: {slack:.1f} h of slack"
-        )
-
     initial = view.deadline_hours - view.work_hours
-    reserve = min(initial, (2 + tuning.reserve_changeovers) * d)
+    reserve = 2 * d + min(tuning.reserve_changeovers * d, tuning.reserve_share * max(0.0, initial - 2 * d))
 
     def line(x: float) -> float:
         if tuning.cycles_reserve is not None:
             return _cycle_reserve(view, tuning.cycles_reserve)
         share = max(0.0, view.deadline_hours - x) / view.deadline_hours
         return reserve + (initial - reserve) * share**tuning.pace_power
+
+    pool = _best_pool(view, tuning, on_demand_now)
+    if pool is not None and on_demand_now and tuning.switch_above_line is not None:
+        if slack - d < line(t) + tuning.switch_above_line * d:
+            pool = None
+    if pool is not None:
+        return Decision(
+            SPOT, pool.name, f"{'back to ' if on_demand_now else ''}spot in {pool.name}: {slack:.1f} h of slack"
+        )
 
     if on_demand_now:
         ahead = tuning.leave_on_demand_ahead_hours
