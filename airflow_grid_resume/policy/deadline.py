@@ -40,6 +40,8 @@ class Tuning:
     """At most this share of the initial slack (beyond the net's 2 changeovers) is kept as the reserve."""
     pace_power: float = 6.0
     """Shape of the line: 1 spends the slack evenly (as Uniform Progress), larger spends it sooner (greedier)."""
+    tight_fraction: float = 2.0
+    """From this job fraction (work / deadline) on, the line is straight (Uniform Progress's pacing)."""
     switch_changeovers: float = 2.0
     """Leave on-demand for spot when the mean spell's saving pays this many on-demand changeovers."""
 
@@ -108,7 +110,8 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
 
     def line(x: float) -> float:
         share = max(0.0, view.deadline_hours - x) / view.deadline_hours
-        return reserve + (initial - reserve) * share**tuning.pace_power
+        power = 1.0 if view.work_hours >= tuning.tight_fraction * view.deadline_hours else tuning.pace_power
+        return reserve + (initial - reserve) * share**power
 
     pool = _best_pool(view, tuning, on_demand_now)
     if pool is not None:
