@@ -10,8 +10,8 @@ the changeover of the on-demand instance that must follow if spot goes away). So
 2. S too small to ever pay a return to spot: on-demand to the end (committed), the safety net;
 3. spot in a pool worth starting (its spells last longer than a changeover; from on-demand, long enough
    that the switch pays its two changeovers back): the pool with the longest spells;
-4. otherwise wait only while the slack stays above a line falling steeply from the initial slack to a reserve
-   of a few changeovers at the deadline; below it, on-demand, kept until spot worth a switch returns (stopping
+4. otherwise wait only while the slack stays above a line falling steeply (straight for tight deadlines) from
+   the initial slack to a reserve of a few changeovers at the deadline; below it, on-demand, kept until spot worth a switch returns (stopping
    it to idle would buy an on-demand changeover at each restart). Greedy spends the slack at once and then
    finishes on on-demand with spot around; Uniform Progress paces it to zero, restarting on-demand each time
    it falls behind, and ends committed too.
@@ -40,7 +40,7 @@ class Tuning:
     """At most this share of the initial slack (beyond the net's 2 changeovers) is kept as the reserve."""
     pace_power: float = 6.0
     """Shape of the line: 1 spends the slack evenly (as Uniform Progress), larger spends it sooner (greedier)."""
-    tight_fraction: float = 2.0
+    tight_fraction: float = 0.85
     """From this job fraction (work / deadline) on, the line is straight (Uniform Progress's pacing)."""
     switch_changeovers: float = 2.0
     """Leave on-demand for spot when the mean spell's saving pays this many on-demand changeovers."""
