@@ -11,10 +11,10 @@ the changeover of the on-demand instance that must follow if spot goes away). So
 3. spot in a pool worth starting (its spells last longer than a changeover; from on-demand, long enough
    that the switch pays its two changeovers back): the pool with the longest spells;
 4. otherwise wait only while the slack stays above a line falling steeply (straight for tight deadlines) from
-   the initial slack to a reserve of a few changeovers at the deadline; below it, on-demand, kept until spot worth a switch returns (stopping
-   it to idle would buy an on-demand changeover at each restart). Greedy spends the slack at once and then
-   finishes on on-demand with spot around; Uniform Progress paces it to zero, restarting on-demand each time
-   it falls behind, and ends committed too.
+   the initial slack to a reserve of a few changeovers at the deadline; below it, on-demand, kept until spot
+   worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). Greedy
+   spends the slack at once and then finishes on on-demand with spot around; Uniform Progress paces it to
+   zero, restarting on-demand each time it falls behind, and ends committed too.
 """
 
 from __future__ import annotations
