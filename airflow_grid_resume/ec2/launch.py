@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from airflow_grid_resume.ec2.tags import RESERVED_PREFIXES
@@ -22,6 +22,7 @@ CAPACITY = "capacity"
 THROTTLE = "throttle"
 TRANSIENT = "transient"  # 5xx or no answer: the request may or may not have been carried out
 FATAL = "fatal"
+UNSUPPORTED = "unsupported"  # this (type, zone) pair is not offered: skip the pair, never retry it in this session
 
 CAPACITY_CODES = frozenset(
     {
@@ -91,13 +92,15 @@ _FATAL_HINTS: tuple[tuple[str, str, str], ...] = (
 
 def classify_error(code: str) -> str:
     """capacity (try the next pair, then wait), throttle (back off), transient (retry the same request
-    after a backoff: it may have been carried out), or fatal (fail now)."""
+    after a backoff: it may have been carried out), unsupported (skip this pair for good), or fatal (fail now)."""
     if code in CAPACITY_CODES:
         return CAPACITY
     if code in THROTTLE_CODES:
         return THROTTLE
     if code in TRANSIENT_CODES:
         return TRANSIENT
+    if code == "Unsupported":  # "Your requested instance type (X) is not supported in ... Zone (Y)": that pair only
+        return UNSUPPORTED
     return FATAL
 
 
@@ -111,15 +114,31 @@ def explain_fatal(code: str, message: str) -> str:
 
 @dataclass(frozen=True)
 class Pair:
-    """One place to try: an instance type in one zone (through that zone's subnet)."""
+    """One place to try: an instance type in one zone (through that zone's subnet) of one region ("" where the
+    run has one region only, named elsewhere)."""
 
     instance_type: str
     subnet_id: str
     zone: str
+    region: str = ""
 
     @property
     def key(self) -> str:
+        # Subnet ids are unique across regions, so the key (and the ClientToken made from it) needs no region.
         return f"{self.instance_type}|{self.subnet_id}"
+
+    def pool(self, market: str) -> str:
+        """The capacity pool this pair draws from in ``market``: what the fleet record counts by."""
+        return pool_key(self.region or region_of_zone(self.zone), self.zone, self.instance_type, market)
+
+
+def region_of_zone(zone: str) -> str:
+    """us-east-1a -> us-east-1 (zone names are the region's name and a letter; local zones aside)."""
+    return zone[:-1] if zone and zone[-1].isalpha() else zone
+
+
+def pool_key(region: str, zone: str, instance_type: str, market: str) -> str:
+    return f"{region}|{zone}|{instance_type}|{market}"
 
 
 @dataclass(frozen=True)
@@ -213,18 +232,9 @@ def ssm_parameter(image_id: str) -> str | None:
     return image_id[len(SSM_IMAGE_PREFIX) :] or None
 
 
-def make_pairs(instance_types: Sequence[str], subnet_zones: dict[str, str]) -> list[Pair]:
+def make_pairs(instance_types: Sequence[str], subnet_zones: dict[str, str], region: str = "") -> list[Pair]:
     """Every (type, subnet) pair, in the user's order of types, then of subnets."""
-    return [Pair(t, s, z) for t in instance_types for s, z in subnet_zones.items()]
-
-
-def order_pairs(pairs: Iterable[Pair], failed_at: dict[str, float], now: float, cool_down: float) -> list[Pair]:
-    """Pairs that have not failed within ``cool_down`` seconds first, in the user's order; then
-    the recently failed ones, the longest-ago failure first."""
-    pairs = list(pairs)
-    fresh = [p for p in pairs if now - failed_at.get(p.key, -1e18) >= cool_down]
-    recent = sorted((p for p in pairs if p not in fresh), key=lambda p: failed_at[p.key])
-    return fresh + recent
+    return [Pair(t, s, z, region) for t in instance_types for s, z in subnet_zones.items()]
 
 
 def client_token(run_uri: str, session: int, pair: Pair, market: str) -> str:
