@@ -501,6 +501,9 @@ class SpotCloudApp:
     def __init__(self, inner: Callable, cloud: SpotCloud) -> None:
         self.inner = inner
         self.cloud = cloud
+        # S3 carries out a conditional write atomically; moto checks If-Match/If-None-Match, then stores, with
+        # nothing in between, so two racing writers could both win. One at a time here, as S3 behaves.
+        self._conditional_puts = threading.Lock()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -528,9 +531,20 @@ class SpotCloudApp:
             if faults.take_drop(action):
                 return self._drop(environ)
             return _send(start_response, reply)
+        conditional = environ.get("REQUEST_METHOD") == "PUT" and (
+            "HTTP_IF_MATCH" in environ or "HTTP_IF_NONE_MATCH" in environ
+        )
         if environ.get("REQUEST_METHOD") == "PUT" and faults.take_drop("PutObject"):
-            self._call_inner(environ)  # applied, then the answer is lost
+            if conditional:
+                with self._conditional_puts:
+                    self._call_inner(environ)
+            else:
+                self._call_inner(environ)  # applied, then the answer is lost
             return self._drop(environ)
+        if conditional:
+            with self._conditional_puts:
+                reply = self._call_inner(environ)
+            return _send(start_response, reply)
         return self.inner(environ, start_response)
 
     def _sqs(self, environ: dict, op: str, body: bytes, start_response: Callable) -> Iterable[bytes]:
