@@ -45,6 +45,14 @@ from airflow_grid_resume.agent.child import become_subreaper, reap_orphans
 from airflow_grid_resume.ec2.bootstrap import parse_marker
 from airflow_grid_resume.ec2.prices import on_demand_price
 from airflow_grid_resume.emulator import pages
+from airflow_grid_resume.emulator.catalog import (
+    Offerings,
+    RequirementsError,
+    describe_offerings_xml,
+    matching_types,
+    requirements_xml,
+    unsupported_message,
+)
 from airflow_grid_resume.emulator.faults import (
     FAULT_MESSAGE,
     FAULT_STATUS,
@@ -225,7 +233,8 @@ class SpotCloud:
         self.instances: dict[str, FabricInstance] = {}
         self.timers: list[threading.Timer] = []
         self.fabric_enabled = True
-        self.counters = {"run_instances": 0, "capacity_errors": 0, "idempotent_replays": 0}
+        self.counters = {"run_instances": 0, "capacity_errors": 0, "idempotent_replays": 0, "unsupported": 0}
+        self.offerings = Offerings()
 
     # -- moto's backend (in this process) ------------------------------------------------------
     @staticmethod
@@ -575,6 +584,11 @@ class SpotCloudApp:
             return self._describe_instances(environ, params)
         if action == "GetConsoleOutput":
             return self._console_output(environ, params.get("InstanceId", ""))
+        if action == "DescribeInstanceTypeOfferings" and params.get("LocationType") == "availability-zone":
+            body = describe_offerings_xml(self.cloud.offerings.pairs(region), params, os.urandom(8).hex())
+            return "200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))], body
+        if action == "GetInstanceTypesFromInstanceRequirements":
+            return self._types_from_requirements(params, region)
         if action == "DescribeSpotPriceHistory":
             return self._spot_price_history(environ, params.get("AvailabilityZone"))
         if action == "TerminateInstances":
@@ -584,6 +598,16 @@ class SpotCloudApp:
                 self.cloud.on_terminate_api(ids)
             return reply
         return self._call_inner(environ)
+
+    def _types_from_requirements(self, params: dict[str, str], region: str) -> Reply:
+        """GetInstanceTypesFromInstanceRequirements (moto has none), over moto's instance type data."""
+        offered = {t for t, _ in self.cloud.offerings.pairs(region)}
+        try:
+            types = matching_types(params, offered)
+        except RequirementsError as exc:
+            return _error("400 Bad Request", exc.code, str(exc))
+        body = requirements_xml(types, os.urandom(8).hex())
+        return "200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))], body
 
     @staticmethod
     def _drop(environ: dict) -> list[bytes]:
@@ -691,6 +715,11 @@ class SpotCloudApp:
             market = "spot" if params.get("InstanceMarketOptions.MarketType") == "spot" else "on-demand"
             instance_type = params.get("InstanceType", "m1.small")
             zone = cloud.zone_of(region, params)
+            if not cloud.offerings.offered(region, instance_type, zone):  # a pair EC2 does not offer
+                with cloud.lock:
+                    cloud.counters["unsupported"] += 1
+                zones = cloud.offerings.zones_offering(region, instance_type)
+                return _error("400 Bad Request", "Unsupported", unsupported_message(instance_type, zone, zones))
             if not cloud.has_capacity(instance_type, zone, market):
                 with cloud.lock:
                     cloud.counters["capacity_errors"] += 1
@@ -726,6 +755,7 @@ class SpotCloudApp:
                 result = {
                     "endpoint_url": cloud.endpoint_url,
                     "capacity": cloud.capacity_state(),
+                    "offerings": cloud.offerings.state(),
                     "counters": {**cloud.counters, **faults.counters},
                     "notice_seconds": cloud.notice_seconds,
                     "faults": faults.state(),
@@ -753,6 +783,14 @@ class SpotCloudApp:
                         str(doc.get("market", "spot")),
                     )
                 }
+            elif method == "POST" and name == "offerings":
+                if doc.get("reset"):
+                    cloud.offerings.reset()
+                else:
+                    cloud.offerings.set_offered(
+                        str(doc["instance_type"]), str(doc["zone"]), bool(doc.get("offered", False))
+                    )
+                result = {"offerings": cloud.offerings.state()}
             elif method == "POST" and name == "fabric":
                 cloud.fabric_enabled = bool(doc.get("enabled", True))
                 result = {"fabric": cloud.fabric_enabled}
