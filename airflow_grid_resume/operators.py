@@ -68,7 +68,10 @@ from airflow_grid_resume.run.nextstep import (
 from airflow_grid_resume.run.options import RunOptions, seconds
 from airflow_grid_resume.run.summary import read_records, summarize, summary_lines
 from airflow_grid_resume.run.verdict import FAIL_RUN, REPORT, RETRY_INTERRUPTED, session_verdict, spends_budget
+from airflow_grid_resume.spot import fleetstore
+from airflow_grid_resume.spot.fleetstore import fleet_uri
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
+from airflow_grid_resume.spot.runhistory import read_run_state, record_launch, record_session_end
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import RunWatchTrigger
 
@@ -478,7 +481,8 @@ class GridRunOperator(BaseOperator):
         state = {"session": session, "run_uri": run_uri, "first_started_at": first_started}
         if store:
             store.set(STATE_KEY, state)
-        launched = self._launch_now(spec, run_uri, session, interruptions, expires_at)
+        run_state = read_run_state(ledger, session)
+        launched = self._launch_now(spec, run_uri, session, interruptions, expires_at, run_state)
         if launched is not None:
             return self.on_capacity(context, launched)
         self.log.info(
@@ -503,6 +507,8 @@ class GridRunOperator(BaseOperator):
                 backoff_max=self.capacity_backoff[1],
                 deferred_at=time.time(),
                 expires_at=expires_at,
+                fleet_uri=fleet_uri(self.artifacts_uri),
+                run_state=run_state,
             ),
             method_name="on_capacity",
         )
@@ -554,15 +560,15 @@ class GridRunOperator(BaseOperator):
         return dataclasses.replace(spec, root_device_name=device)
 
     def _launch_now(
-        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str
+        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str, run_state: dict
     ) -> dict | None:
         """One round over the pairs from the worker, with the capacity trigger's own launcher: with
         capacity at hand, no capacity deferral is needed (and no trigger fires seconds after
         deferring). None means: wait in the trigger."""
-        return asyncio.run(self._a_launch_now(spec, run_uri, session, interruptions, expires_at))
+        return asyncio.run(self._a_launch_now(spec, run_uri, session, interruptions, expires_at, run_state))
 
     async def _a_launch_now(
-        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str
+        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str, run_state: dict
     ) -> dict | None:
         hook, s3_hook = self.spot_hook, self.s3_hook
         started_at = time.time()
@@ -580,7 +586,12 @@ class GridRunOperator(BaseOperator):
                 log=self.log,
             )
             try:
-                start = await launcher.start(fallback=self.fallback, interruptions=interruptions)
+                start = await launcher.start(
+                    fallback=self.fallback,
+                    interruptions=interruptions,
+                    record=await fleetstore.a_read(s3, fleet_uri(self.artifacts_uri)),
+                    run_state=run_state,
+                )
             except PairsUnknown as exc:
                 raise AirflowFailException(exc.message) from exc
             if start.existing is not None:
@@ -592,15 +603,18 @@ class GridRunOperator(BaseOperator):
             for miss in result.misses:
                 self.log.info("no capacity at once: %s", miss)
             if result.instance is None:
+                fleet, answers = fleet_uri(self.artifacts_uri), {"answers": launcher.observed}
+                record_launch(self.s3_hook.get_conn(), fleet, answers, run_uri, session)
                 return None
             return await launcher.launched(result, started_at=started_at, rounds=1)
 
     def on_capacity(self, context: Any, event: dict | None = None) -> Any:
         event = event or {}
         session = int(event.get("session") or 0)
+        run_uri, ledger = self._run_ledger(context, event)
+        record_launch(ledger.client, fleet_uri(self.artifacts_uri), event, run_uri, session)
         if event.get("status") != "launched":
             raise AirflowFailException(f"session {session}: {event.get('message') or event}")
-        run_uri, ledger = self._run_ledger(context, event)
         store = context.get("task_state_store")
         state = (store.get(STATE_KEY) if store else None) or {"session": session, "first_started_at": time.time()}
         state.update(run_uri=run_uri, instance_id=event["instance_id"], launched_at=time.time(), launch=event)
@@ -672,6 +686,7 @@ class GridRunOperator(BaseOperator):
         _, ledger = self._run_ledger(context, event)
         closed = Closed(status=status, reason=event.get("reason"), instance_id=event.get("instance_id"), at=time.time())
         ledger.write_record(closed, session)
+        record_session_end(fleet_uri(self.artifacts_uri), ledger, session, status)
         # The budgets are read only when this ending can spend one (a success or max_run reads nothing more).
         interruptions, failures = budget_history(ledger, session + 1) if spends_budget(status) else (0, 0)
         outcome = event.get("outcome")

@@ -166,6 +166,86 @@ class FallbackPolicy:
         return f"{waited_seconds:.0f} s waiting for spot capacity"
 
 
+# instance_requirements: EC2's own names (GetInstanceTypesFromInstanceRequirements' InstanceRequirements fields,
+# plus its two top-level lists ArchitectureTypes and VirtualizationTypes).
+REQUIREMENT_FIELDS = frozenset(
+    {
+        "VCpuCount",
+        "MemoryMiB",
+        "CpuManufacturers",
+        "MemoryGiBPerVCpu",
+        "ExcludedInstanceTypes",
+        "InstanceGenerations",
+        "SpotMaxPricePercentageOverLowestPrice",
+        "OnDemandMaxPricePercentageOverLowestPrice",
+        "BareMetal",
+        "BurstablePerformance",
+        "RequireHibernateSupport",
+        "NetworkInterfaceCount",
+        "LocalStorage",
+        "LocalStorageTypes",
+        "TotalLocalStorageGB",
+        "BaselineEbsBandwidthMbps",
+        "AcceleratorTypes",
+        "AcceleratorCount",
+        "AcceleratorManufacturers",
+        "AcceleratorNames",
+        "AcceleratorTotalMemoryMiB",
+        "NetworkBandwidthGbps",
+        "AllowedInstanceTypes",
+        "MaxSpotPriceAsPercentageOfOptimalOnDemandPrice",
+        "BaselinePerformanceFactors",
+        "RequireEncryptionInTransit",
+    }
+)
+REQUEST_LISTS = ("ArchitectureTypes", "VirtualizationTypes")
+# The resolved types a session tries at most (each is tried in every subnet, each try one RunInstances).
+MAX_RESOLVED_TYPES = 6
+
+
+def requirements_request(requirements: dict) -> dict:
+    """The GetInstanceTypesFromInstanceRequirements request for ``instance_requirements``: x86_64 and hvm unless
+    said otherwise; VCpuCount and MemoryMiB (which EC2 requires) at least 0 unless given."""
+    inner = {k: v for k, v in requirements.items() if k not in REQUEST_LISTS}
+    inner.setdefault("VCpuCount", {"Min": 0})
+    inner.setdefault("MemoryMiB", {"Min": 0})
+    return {
+        "ArchitectureTypes": list(requirements.get("ArchitectureTypes") or ["x86_64"]),
+        "VirtualizationTypes": list(requirements.get("VirtualizationTypes") or ["hvm"]),
+        "InstanceRequirements": inner,
+    }
+
+
+def requirement_problems(requirements: dict) -> list[str]:
+    problems = []
+    for key in requirements:
+        if key not in REQUIREMENT_FIELDS and key not in REQUEST_LISTS:
+            problems.append(
+                f"instance_requirements has {key!r}, which is not one of EC2's InstanceRequirements fields "
+                f"({', '.join(sorted({'VCpuCount', 'MemoryMiB', 'AcceleratorCount', 'AcceleratorManufacturers'}))}, "
+                "... as in GetInstanceTypesFromInstanceRequirements) nor ArchitectureTypes/VirtualizationTypes"
+            )
+    for key in ("VCpuCount", "MemoryMiB", "AcceleratorCount", "AcceleratorTotalMemoryMiB"):
+        value = requirements.get(key)
+        if value is not None and (not isinstance(value, dict) or not set(value) <= {"Min", "Max"}):
+            problems.append(f"instance_requirements[{key!r}] must be like {{'Min': 1, 'Max': 4}}, got {value!r}")
+    for key in (*REQUEST_LISTS, "AcceleratorManufacturers", "AcceleratorTypes", "AcceleratorNames"):
+        value = requirements.get(key)
+        if value is not None and (isinstance(value, str) or not isinstance(value, (list, tuple))):
+            problems.append(f"instance_requirements[{key!r}] must be a list, got {value!r}")
+    return problems
+
+
+def pick_resolved_types(
+    resolved: Sequence[str], listed: Sequence[str], prices: dict[str, float], cap: int = MAX_RESOLVED_TYPES
+) -> list[str]:
+    """The types a session tries: the listed ones in the author's order, then up to ``cap`` of those EC2
+    resolved from the requirements, cheapest known on-demand price first (then EC2's order)."""
+    extra = [t for t in resolved if t not in listed]
+    ranked = sorted(extra, key=lambda t: (prices.get(t, float("inf")), extra.index(t)))
+    return [*listed, *ranked[:cap]]
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     """Everything needed to launch one session's instance. Plain JSON via ``as_dict``/``from_dict``."""
@@ -183,6 +263,8 @@ class LaunchSpec:
     # The AMI's root device (DescribeImages RootDeviceName), resolved before launching when
     # root_volume_gb is set: /dev/xvda on Amazon Linux, /dev/sda1 on Ubuntu and most Deep Learning AMIs.
     root_device_name: str | None = None
+    # Attribute-based selection: EC2's InstanceRequirements, resolved per region before the first round.
+    instance_requirements: dict | None = None
 
     def __post_init__(self) -> None:
         problems = validate_spec(self)
@@ -212,8 +294,13 @@ def validate_spec(spec: LaunchSpec) -> list[str]:
             f"'{SSM_IMAGE_PREFIX}/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64', "
             f"got {spec.image_id!r}"
         )
-    if not spec.instance_types:
-        problems.append("instance_types must name at least one instance type")
+    if not spec.instance_types and not spec.instance_requirements:
+        problems.append("instance_types must name at least one instance type (or give instance_requirements)")
+    if spec.instance_requirements is not None:
+        if not isinstance(spec.instance_requirements, dict) or not spec.instance_requirements:
+            problems.append(f"instance_requirements must be a non-empty dict, got {spec.instance_requirements!r}")
+        else:
+            problems.extend(requirement_problems(spec.instance_requirements))
     if not spec.subnet_ids:
         problems.append("subnet_ids must name at least one subnet (one per zone to try)")
     if spec.root_volume_gb is not None and spec.root_volume_gb < 1:

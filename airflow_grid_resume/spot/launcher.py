@@ -26,12 +26,18 @@ from airflow_grid_resume.ec2.launch import (
     Pair,
     explain_fatal,
     make_pairs,
+    pick_resolved_types,
+    requirements_request,
     session_tokens,
 )
+from airflow_grid_resume.ec2.prices import ON_DEMAND_USD_PER_HOUR
 from airflow_grid_resume.ec2.tags import MARKET_TAG
 from airflow_grid_resume.hooks.base import NO_ANSWER
 from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, launch_error
 from airflow_grid_resume.ledger import records
+from airflow_grid_resume.spot import catalog
+from airflow_grid_resume.spot.observe import MAX_ANSWERS, capacity_answers
+from airflow_grid_resume.spot.placement import RunState
 from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, RETRY_SAME, Attempt, LaunchPlanner
 
 # How much of EC2's error message the wait record keeps (the code says what happened; the message, where).
@@ -112,9 +118,13 @@ class SessionLauncher:
         self.expires_at = expires_at
         self.bucket = bucket
         self.log = log
+        self.region = region
         self._recorded: dict | None = None
         self._answers: list[dict] = []  # of the last round that ended
         self._rounds = 0
+        self.observed: list[list] = []  # capacity answers for the fleet record: [pool, kind, at]
+        self.offered: set[tuple[str, str]] | None = None  # None: not known (no permission, no answer)
+        self.resolved: list[str] = []  # the types instance_requirements resolved to in this region
 
     async def start(
         self,
@@ -124,14 +134,26 @@ class SessionLauncher:
         cool_down: float = 300.0,
         backoff_base: float = 15.0,
         backoff_max: float = 300.0,
+        record: dict | None = None,
+        run_state: dict | None = None,
     ) -> Start:
         """The pairs, then the session's instance if it has one, else the planner of its rounds (the last
-        recorded attempt replayed first). Raises PairsUnknown when the subnets cannot be read."""
+        recorded attempt replayed first; the order from the fleet ``record`` and the run's state). Raises
+        PairsUnknown when the subnets cannot be read or no pair is offered."""
         try:
             pairs = await self.pairs()
         except (ClientError, *NO_ANSWER) as exc:
             err = launch_error(exc)
             raise PairsUnknown(err.code, explain_fatal(err.code, err.message)) from exc
+        if self.offered is not None and not any((p.instance_type, p.zone) in self.offered for p in pairs):
+            types = sorted({p.instance_type for p in pairs})
+            zones = sorted({p.zone for p in pairs})
+            message = (
+                f"none of the instance types {', '.join(types)} is offered in the zones of the subnets "
+                f"({', '.join(zones)}) (DescribeInstanceTypeOfferings). Fix the operator's 'instance_types' "
+                "(or 'instance_requirements') or 'subnet_ids'."
+            )
+            raise PairsUnknown("Unsupported", message)
         existing = await self.existing(pairs)
         if existing is not None:
             return Start(pairs, existing=existing)
@@ -145,6 +167,9 @@ class SessionLauncher:
             cool_down=cool_down,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            record=record,
+            run_state=RunState.from_dict(run_state),
+            offered=self.offered,
         )
         return Start(pairs, planner=planner)
 
@@ -168,7 +193,13 @@ class SessionLauncher:
             market=market,
             pair=pair,
         )
-        return {**event, "run_uri": self.run_uri}
+        return {**event, "run_uri": self.run_uri, "answers": self.observed, **self._where()}
+
+    def _where(self) -> dict:
+        where: dict = {"region": self.region} if self.region else {}
+        if self.resolved:
+            where["resolved_types"] = self.resolved
+        return where
 
     def reattached(self, instance: dict, *, started_at: float) -> dict:
         """The ``launched`` event of the instance the session already had."""
@@ -199,8 +230,51 @@ class SessionLauncher:
         return found
 
     async def pairs(self) -> list[Pair]:
+        """Every (type, subnet) pair of the region: the listed types, then those ``instance_requirements``
+        resolve to; and what EC2 offers of them (``self.offered``; unknown when it cannot be asked)."""
         zones = await self.hook.a_subnet_zones(list(self.spec.subnet_ids), client=self.client)
-        return make_pairs(self.spec.instance_types, zones)
+        types = list(self.spec.instance_types)
+        region = self.region or ""
+        if self.spec.instance_requirements:
+            request = requirements_request(self.spec.instance_requirements)
+            key = (self._endpoint(), region, repr(sorted(request.items())))
+            self.resolved = await catalog.REQUIREMENTS.get_or_load(
+                key, lambda: self.hook.a_types_for_requirements(request, client=self.client)
+            )
+            types = pick_resolved_types(self.resolved, types, dict(ON_DEMAND_USD_PER_HOUR))
+            self.log.info(
+                "instance_requirements resolved in %s to %d types: %s; trying %s",
+                region or "the region",
+                len(self.resolved),
+                ", ".join(self.resolved) or "none",
+                ", ".join(types) or "none",
+            )
+            if not types:
+                raise ClientError(
+                    {
+                        "Error": {
+                            "Code": "InvalidParameterValue",
+                            "Message": "no instance type of the region meets instance_requirements",
+                        }
+                    },
+                    "GetInstanceTypesFromInstanceRequirements",
+                )
+        try:
+            self.offered = await catalog.OFFERINGS.get_or_load(
+                (self._endpoint(), region, tuple(sorted(types))),
+                lambda: self.hook.a_offerings(types, client=self.client),
+            )
+        except (ClientError, *NO_ANSWER) as exc:  # e.g. no ec2:DescribeInstanceTypeOfferings: try every pair
+            self.log.warning("could not read the instance type offerings (every pair is tried): %s", exc)
+            self.offered = None
+        pairs = make_pairs(types, zones, region)
+        skipped = [p for p in pairs if self.offered is not None and (p.instance_type, p.zone) not in self.offered]
+        if skipped:
+            self.log.info("not offered, skipped: %s", ", ".join(f"{p.instance_type} in {p.zone}" for p in skipped))
+        return pairs
+
+    def _endpoint(self) -> str:
+        return str(getattr(getattr(self.client, "meta", None), "endpoint_url", "") or "")
 
     async def last_attempt(self) -> Attempt | None:
         """The attempt the previous launcher of this session made last: replayed first, with its token."""
@@ -245,7 +319,7 @@ class SessionLauncher:
 
     @staticmethod
     def _answer(attempt: Attempt, exc: LaunchError) -> dict:
-        return {
+        answer = {
             "instance_type": attempt.pair.instance_type,
             "zone": attempt.pair.zone,
             "lifecycle": attempt.market,
@@ -253,11 +327,15 @@ class SessionLauncher:
             "kind": exc.kind,
             "message": str(exc.message or "")[:ANSWER_MESSAGE_CHARS],
         }
+        if attempt.pair.region:
+            answer["region"] = attempt.pair.region
+        return answer
 
     async def round(self, planner: LaunchPlanner, waited: float) -> RoundResult:
         result = await self._round(planner, waited)
         if result.instance is None and result.error is None and result.answers:
             self._answers = result.answers  # what the run view shows until the next round ends
+        self.observed = [*self.observed, *capacity_answers(result.answers, time.time())][-MAX_ANSWERS:]
         return result
 
     async def _round(self, planner: LaunchPlanner, waited: float) -> RoundResult:

@@ -16,6 +16,7 @@ from airflow_grid_resume.asyncaws.ratelimit import launch_bucket
 from airflow_grid_resume.ec2.launch import SPOT, LaunchSpec
 from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.hooks.spot import SpotLaunchHook
+from airflow_grid_resume.spot import fleetstore
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
 from airflow_grid_resume.watch.settle import settled
 
@@ -58,8 +59,12 @@ class SpotCapacityTrigger(BaseTrigger):
         deferred_at: float | None = None,
         expires_at: str | None = None,
         run_id: str | None = None,  # the run URI again, from triggers serialized before run_uri said it alone
+        fleet_uri: str | None = None,
+        run_state: dict | None = None,
     ) -> None:
         super().__init__()
+        self.fleet_uri = fleet_uri  # the fleet record the launch order reads (spot/fleetstore.py)
+        self.run_state = run_state  # the run's own story: the pool that just reclaimed it... (spot/placement.py)
         self.expires_at = expires_at
         self.deferred_at = deferred_at
         self.run_uri = run_uri
@@ -93,6 +98,8 @@ class SpotCapacityTrigger(BaseTrigger):
                 "interruptions": self.interruptions,
                 "deferred_at": self.deferred_at,
                 "expires_at": self.expires_at,
+                "fleet_uri": self.fleet_uri,
+                "run_state": self.run_state,
             },
         )
 
@@ -133,6 +140,8 @@ class SpotCapacityTrigger(BaseTrigger):
                     cool_down=self.cool_down,
                     backoff_base=self.backoff_base,
                     backoff_max=self.backoff_max,
+                    record=await fleetstore.a_read(s3, self.fleet_uri),
+                    run_state=self.run_state,
                 )
             except PairsUnknown as exc:
                 self.log.error("%s", exc.message)
@@ -177,6 +186,7 @@ class SpotCapacityTrigger(BaseTrigger):
                             "message": message,
                             "rounds": planner.rounds,
                             "waited_seconds": time.time() - self.started_at,
+                            "answers": launcher.observed,
                         }
                     )
                     return
