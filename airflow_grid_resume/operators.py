@@ -31,7 +31,7 @@ from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.asyncaws.ledgerreader import AsyncLedgerReader
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
-from airflow_grid_resume.ec2.launch import LaunchSpec, explain_fatal, ssm_parameter
+from airflow_grid_resume.ec2.launch import LaunchSpec, explain_fatal, launch_spec, ssm_parameter
 from airflow_grid_resume.ec2.prices import on_demand_price
 from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.hooks.base import hook_client
@@ -71,6 +71,7 @@ from airflow_grid_resume.run.verdict import FAIL_RUN, REPORT, RETRY_INTERRUPTED,
 from airflow_grid_resume.spot import fleetstore
 from airflow_grid_resume.spot.fleetstore import fleet_uri
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
+from airflow_grid_resume.spot.regions import region_links, resolve_placements
 from airflow_grid_resume.spot.runhistory import read_run_state, record_launch, record_session_end
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import RunWatchTrigger
@@ -100,7 +101,18 @@ class GridRunOperator(BaseOperator):
         list run as argv. (templated)
     :param artifacts_uri: ``s3://bucket/prefix/`` under which each task instance's run ledger lives
         (``<prefix>/<dag_id>/<task_id>/<run_id>[/<map_index>]``). (templated)
-    :param instance_types: instance types to try, in order of preference, each in every subnet.
+    :param instance_types: instance types to try, in order of preference, each in every subnet (may be empty
+        with ``instance_requirements``).
+    :param instance_requirements: what the job needs, in EC2's own field names (``{"VCpuCount": {"Min": 8},
+        "MemoryMiB": {"Min": 32768}, "AcceleratorCount": {"Min": 1, "Max": 1}, "AcceleratorManufacturers":
+        ["nvidia"], "AcceleratorTotalMemoryMiB": {"Min": 24576}, "ArchitectureTypes": ["x86_64"]}``), resolved
+        per region by GetInstanceTypesFromInstanceRequirements; the types found are tried after
+        ``instance_types`` (docs/user-guide.md, "Instance types by what the job needs").
+    :param placements: several regions: ``[{"region": "us-west-2", "subnet_ids": [...], "image_id": "ami-..."
+        or "resolve:ssm:/aws/service/...", "security_group_ids": [...], "iam_instance_profile": ...}, ...]``, in
+        order of preference; instead of ``image_id``, ``subnet_ids``, ``security_group_ids`` and
+        ``iam_instance_profile``. The ledger stays in ``artifacts_uri``'s bucket (docs/user-guide.md, "Several
+        regions").
     :param image_id: the AMI (``ami-...``, or ``resolve:ssm:NAME`` for an SSM parameter holding one) the instances
         boot; it needs a python3 >= 3.9 for the agent (docs/user-guide.md, "The AMI").
     :param subnet_ids: subnets to launch in, one per availability zone accepted.
@@ -163,9 +175,11 @@ class GridRunOperator(BaseOperator):
         *,
         command: str | Sequence[str],
         artifacts_uri: str,
-        instance_types: Sequence[str],
-        image_id: str,
-        subnet_ids: Sequence[str],
+        instance_types: Sequence[str] = (),
+        image_id: str | None = None,
+        subnet_ids: Sequence[str] = (),
+        instance_requirements: dict | None = None,
+        placements: Sequence[dict] | None = None,
         workdir: str | None = None,
         security_group_ids: Sequence[str] = (),
         iam_instance_profile: str | None = None,
@@ -213,7 +227,7 @@ class GridRunOperator(BaseOperator):
         self.command = command
         self.artifacts_uri = artifacts_uri
         self.workdir = workdir
-        self.spec = LaunchSpec(  # validates image_id, instance_types, subnet_ids, tags, root volume
+        self.spec = launch_spec(  # validates image_id, types, requirements, subnets, placements, tags, root volume
             image_id=image_id,
             instance_types=tuple(instance_types or ()),
             subnet_ids=tuple(subnet_ids or ()),
@@ -222,6 +236,8 @@ class GridRunOperator(BaseOperator):
             root_volume_gb=root_volume_gb,
             key_name=key_name,
             tags=dict(instance_tags or {}),
+            instance_requirements=instance_requirements,
+            placements=placements,
         )
         self.use_spot = use_spot
         self.auto_resume = auto_resume
@@ -274,6 +290,12 @@ class GridRunOperator(BaseOperator):
     @cached_property
     def spot_hook(self) -> SpotLaunchHook:
         return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+
+    def _hook_in(self, region: str | None) -> SpotLaunchHook:
+        """The EC2 hook of a session's region (placements), else the connection's."""
+        if not region or region == self.region_name:
+            return self.spot_hook
+        return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=region)
 
     @cached_property
     def s3_hook(self) -> S3Hook:
@@ -438,7 +460,13 @@ class GridRunOperator(BaseOperator):
         )
         # Where the UI plugin reads this run's ledger, and through which connection (never credentials).
         context["ti"].xcom_push(
-            key=RUN_XCOM, value={"run_uri": run_uri, "aws_conn_id": self.aws_conn_id, "region_name": self.region_name}
+            key=RUN_XCOM,
+            value={
+                "run_uri": run_uri,
+                "aws_conn_id": self.aws_conn_id,
+                "region_name": self.region_name,
+                "fleet_uri": fleet_uri(self.artifacts_uri),
+            },
         )
         store = context.get("task_state_store")
         state = (store.get(STATE_KEY) if store else None) or {}
@@ -519,8 +547,8 @@ class GridRunOperator(BaseOperator):
         outcome = ledger.read_record(Outcome, session)
         if outcome is None or ledger.read_closed(session) is not None:
             return
-        hook = self.spot_hook
         launch = ledger.read_launch(session)
+        hook = self._hook_in(launch.region if launch else None)
         instance_id = (launch.instance_id if launch else None) or (
             hook.find_session_instance(run_uri, session) or {}
         ).get("InstanceId")
@@ -543,8 +571,13 @@ class GridRunOperator(BaseOperator):
         ledger.write_record(closed, session)
 
     def _resolved_spec(self) -> LaunchSpec:
-        """The launch spec with what only AWS knows filled in (no I/O at parse time)."""
-        spec, hook = self.spec, self.spot_hook
+        """The launch spec with what only AWS knows filled in (no I/O at parse time), in every region."""
+        if self.spec.placements:
+            return resolve_placements(self.spec, self._resolved_in, self.aws_conn_id)
+        return self._resolved_in(self.spec, self.spot_hook)
+
+    def _resolved_in(self, spec: LaunchSpec, hook: SpotLaunchHook) -> LaunchSpec:
+        """One region's spec: its SSM image parameter resolved, its AMI's root device when a size is asked."""
         parameter = ssm_parameter(spec.image_id)
         try:
             if parameter:  # resolved once per try: DescribeImages cannot take the parameter, RunInstances could
@@ -572,7 +605,12 @@ class GridRunOperator(BaseOperator):
     ) -> dict | None:
         hook, s3_hook = self.spot_hook, self.s3_hook
         started_at = time.time()
-        async with hook_client(hook) as ec2, hook_client(s3_hook) as s3:
+        bucket = AsyncTokenBucket()
+        async with (
+            hook_client(hook) as ec2,
+            hook_client(s3_hook) as s3,
+            region_links(spec, self.aws_conn_id, self.region_name, (hook, ec2, bucket), shared=False) as links,
+        ):
             launcher = SessionLauncher(
                 hook,
                 ec2,
@@ -582,8 +620,9 @@ class GridRunOperator(BaseOperator):
                 session=session,
                 region=self.region_name,
                 expires_at=expires_at,
-                bucket=AsyncTokenBucket(),
+                bucket=bucket,
                 log=self.log,
+                links=links,
             )
             try:
                 start = await launcher.start(
@@ -641,6 +680,8 @@ class GridRunOperator(BaseOperator):
             on_demand_price=on_demand_price(event.get("instance_type"), self.on_demand_prices),
             launched_at=float(event.get("launched_at") or time.time()),
             waited_seconds=float(event["waited_seconds"]) if event.get("waited_seconds") is not None else None,
+            region=event.get("region"),
+            resolved_types=event.get("resolved_types"),
         )
         try:
             ledger.write_record(launch, session)
@@ -650,6 +691,11 @@ class GridRunOperator(BaseOperator):
 
     def _watch(self, context: Any, run_uri: str, session: int, instance_id: str, state: dict) -> None:
         self._instance_id = instance_id
+        region = (state.get("launch") or {}).get("region")
+        if region is None and self.spec.placements:  # reattached: where the session's launch record says
+            launch = self._ledger(run_uri).read_launch(session)
+            region = launch.region if launch else None
+        self._instance_region = region
         GridInstanceLink.persist(
             context=context,
             operator=self,
@@ -667,6 +713,7 @@ class GridRunOperator(BaseOperator):
                 deadline=deadline,
                 aws_conn_id=self.aws_conn_id,
                 region_name=self.region_name,
+                instance_region=region if region != self.region_name else None,
                 poll_interval=self.poll_interval,
                 offset_save_interval=self.log_offset_save_interval,
                 instance_check_interval=self.instance_check_interval,
@@ -749,7 +796,7 @@ class GridRunOperator(BaseOperator):
         instance_id = getattr(self, "_instance_id", None)
         if instance_id:
             self.log.warning("task killed: terminating instance %s", instance_id)
-            hook = self.spot_hook
+            hook = self._hook_in(getattr(self, "_instance_region", None))
             if not hook.ensure_terminated(instance_id, timeout=60.0):
                 self.log.error("could not confirm that %s is terminated; `grid-resume reap` finds it", instance_id)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from airflow_grid_resume.ec2.tags import RESERVED_PREFIXES
 
@@ -265,6 +266,10 @@ class LaunchSpec:
     root_device_name: str | None = None
     # Attribute-based selection: EC2's InstanceRequirements, resolved per region before the first round.
     instance_requirements: dict | None = None
+    # Several regions: each {"region", "subnet_ids", "image_id", "security_group_ids", "iam_instance_profile"};
+    # empty for the one-region form (the fields above, in the connection's region). With placements, the fields
+    # above are the first placement's.
+    placements: tuple[dict, ...] = ()
 
     def __post_init__(self) -> None:
         problems = validate_spec(self)
@@ -276,6 +281,7 @@ class LaunchSpec:
         doc["instance_types"] = list(self.instance_types)
         doc["subnet_ids"] = list(self.subnet_ids)
         doc["security_group_ids"] = list(self.security_group_ids)
+        doc["placements"] = [dict(p) for p in self.placements]
         return doc
 
     @classmethod
@@ -283,7 +289,115 @@ class LaunchSpec:
         doc = dict(doc)
         for key in ("instance_types", "subnet_ids", "security_group_ids"):
             doc[key] = tuple(doc.get(key) or ())
+        doc["placements"] = tuple(dict(p) for p in doc.get("placements") or ())
         return cls(**doc)
+
+    def by_region(self, default_region: str | None) -> dict[str, LaunchSpec]:
+        """region -> the spec of that placement (its image, subnets, groups and profile), in the author's order;
+        the one-region form is the connection's region (``default_region``, "" when the connection decides)."""
+        if not self.placements:
+            return {default_region or "": self}
+        return {str(p["region"]): self.in_placement(p) for p in self.placements}
+
+    def in_placement(self, placement: dict) -> LaunchSpec:
+        return replace(
+            self,
+            image_id=str(placement["image_id"]),
+            subnet_ids=tuple(placement["subnet_ids"]),
+            security_group_ids=tuple(placement.get("security_group_ids") or ()),
+            iam_instance_profile=placement.get("iam_instance_profile"),
+            root_device_name=placement.get("root_device_name"),
+            placements=(),
+        )
+
+
+def launch_spec(
+    *,
+    image_id: str | None,
+    subnet_ids: tuple[str, ...],
+    security_group_ids: tuple[str, ...],
+    iam_instance_profile: str | None,
+    placements: Sequence[dict] | None,
+    **rest: Any,
+) -> LaunchSpec:
+    """The spec of the operator's arguments: the one-region form as it always was, or ``placements`` (the first
+    placement's image and subnets also filling the one-region fields). Raises ValueError saying what to fix."""
+    if not placements:
+        return LaunchSpec(
+            image_id=image_id or "",
+            subnet_ids=subnet_ids,
+            security_group_ids=security_group_ids,
+            iam_instance_profile=iam_instance_profile,
+            **rest,
+        )
+    if image_id or subnet_ids or security_group_ids or iam_instance_profile:
+        raise ValueError(
+            "give either placements (each with its region, subnet_ids, image_id...) or image_id/subnet_ids/"
+            "security_group_ids/iam_instance_profile for one region, not both"
+        )
+    if isinstance(placements, dict) or not isinstance(placements, (list, tuple)):
+        raise ValueError(f"placements must be a list of dicts, one per region, got {placements!r}")
+    problems = placement_problems(placements)
+    if problems:
+        raise ValueError("; ".join(problems))
+    normalized = tuple(
+        {
+            "region": p["region"],
+            "subnet_ids": list(p["subnet_ids"]),
+            "image_id": p["image_id"],
+            "security_group_ids": list(p.get("security_group_ids") or ()),
+            "iam_instance_profile": p.get("iam_instance_profile"),
+        }
+        for p in placements
+    )
+    first = normalized[0]
+    return LaunchSpec(
+        image_id=str(first["image_id"]),
+        subnet_ids=tuple(first["subnet_ids"]),
+        security_group_ids=tuple(first["security_group_ids"]),
+        iam_instance_profile=first["iam_instance_profile"],
+        placements=normalized,
+        **rest,
+    )
+
+
+PLACEMENT_KEYS = frozenset({"region", "subnet_ids", "image_id", "security_group_ids", "iam_instance_profile"})
+
+
+def placement_problems(placements: Sequence[dict]) -> list[str]:
+    """What is wrong with ``placements`` (the operator's several-region form), each naming what to fix."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for n, placement in enumerate(placements):
+        where = f"placements[{n}]"
+        if not isinstance(placement, dict):
+            problems.append(f"{where} must be a dict with region, subnet_ids and image_id, got {placement!r}")
+            continue
+        unknown = set(placement) - PLACEMENT_KEYS - {"root_device_name"}
+        if unknown:
+            problems.append(
+                f"{where} has unknown keys {sorted(unknown)}; a placement takes {', '.join(sorted(PLACEMENT_KEYS))}"
+            )
+        region = placement.get("region")
+        if not isinstance(region, str) or not region:
+            problems.append(f"{where} must name its region, like 'us-west-2'")
+        elif region in seen:
+            problems.append(f"{where}: region {region!r} is given twice; put all its subnets in one placement")
+        else:
+            seen.add(region)
+        subnets = placement.get("subnet_ids")
+        if not subnets or isinstance(subnets, str) or not all(isinstance(s, str) and s for s in subnets):
+            problems.append(f"{where} must list its subnet_ids (one per zone to try), got {subnets!r}")
+        image_id = placement.get("image_id")
+        if not isinstance(image_id, str) or not (image_id.startswith("ami-") or ssm_parameter(image_id)):
+            problems.append(
+                f"{where} needs its own image_id (AMI ids differ per region): 'ami-...' or "
+                f"'{SSM_IMAGE_PREFIX}/aws/service/...', got {image_id!r}"
+            )
+        groups = placement.get("security_group_ids") or []
+        if isinstance(groups, str):
+            problems.append(f"{where}: security_group_ids must be a list, got {groups!r}")
+    return problems
 
 
 def validate_spec(spec: LaunchSpec) -> list[str]:
@@ -303,6 +417,7 @@ def validate_spec(spec: LaunchSpec) -> list[str]:
             problems.extend(requirement_problems(spec.instance_requirements))
     if not spec.subnet_ids:
         problems.append("subnet_ids must name at least one subnet (one per zone to try)")
+    problems.extend(placement_problems(spec.placements))
     if spec.root_volume_gb is not None and spec.root_volume_gb < 1:
         problems.append(f"root_volume_gb must be positive, got {spec.root_volume_gb}")
     for key in spec.tags:

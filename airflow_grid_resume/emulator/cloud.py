@@ -259,6 +259,19 @@ class SpotCloud:
                 return str(self.backend(region).get_subnet(params["SubnetId"]).availability_zone)
         return f"{region}a"
 
+    @staticmethod
+    def ssm_image(region: str, name: str) -> str | None:
+        """The AMI id an SSM parameter of ``region`` holds (``resolve:ssm:NAME``), None when there is none."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ssm.models import ssm_backends
+
+        try:
+            parameter = ssm_backends[DEFAULT_ACCOUNT_ID][region].get_parameter(name.split(":")[0])
+        except Exception:
+            return None
+        value = str(getattr(parameter, "value", "") or "") if parameter is not None else ""
+        return value if value.startswith("ami-") else None
+
     def image_exists(self, region: str, image_id: str) -> bool:
         try:
             return bool(self.backend(region).describe_images(ami_ids=[image_id]))
@@ -346,7 +359,8 @@ class SpotCloud:
         instance = FabricInstance(instance_id, params.get("InstanceType", "?"), zone, market, region, directory, imds)
         with self.lock:
             self.instances[instance_id] = instance
-        if parse_marker(script) is None or not self.fabric_enabled:
+        marker = parse_marker(script)
+        if marker is None or not self.fabric_enabled:
             return  # not ours (or the fabric is off): an instance without a process, as moto has it
         with open(os.path.join(directory, "user-data.sh"), "w") as fh:
             fh.write(script)
@@ -358,7 +372,9 @@ class SpotCloud:
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_ACCESS_KEY_ID": "emulated-instance-role",
             "AWS_SECRET_ACCESS_KEY": "emulated-instance-role",
-            "AWS_DEFAULT_REGION": region,
+            # EC2 sets no AWS_DEFAULT_REGION: the user data names the ledger's region (an instance in another
+            # region still reaches its run's bucket and queue there); the instance's own region otherwise.
+            "AWS_DEFAULT_REGION": str(marker.get("region") or region),
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url,
             INSTANCE_MARKER: instance_id,  # how every process of the instance is found when it ends
             "PYTHONUNBUFFERED": "1",
@@ -710,6 +726,13 @@ class SpotCloudApp:
                     cloud.counters["idempotent_replays"] += 1
                 return "200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(response)))], response
             image_id = params.get("ImageId", "")
+            if image_id.startswith("resolve:ssm:"):  # EC2 reads the parameter in the launch's region; moto cannot
+                resolved = cloud.ssm_image(region, image_id[len("resolve:ssm:") :])
+                if resolved is None:
+                    return _error("400 Bad Request", "InvalidParameterValue", f"Invalid value '{image_id}' for ImageId")
+                params = {**params, "ImageId": resolved}
+                image_id = resolved
+                environ = _with_param(environ, "ImageId", resolved)
             if not cloud.image_exists(region, image_id):  # EC2 checks this; moto does not
                 return _error("400 Bad Request", "InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
             market = "spot" if params.get("InstanceMarketOptions.MarketType") == "spot" else "on-demand"
@@ -838,6 +861,15 @@ class SpotCloudApp:
         except (TypeError, ValueError) as exc:
             return _json(start_response, "400 Bad Request", {"error": str(exc)})
         return _json(start_response, "200 OK", result)
+
+
+def _with_param(environ: dict, name: str, value: str) -> dict:
+    """The request with one query parameter replaced (moto reads the body again)."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    environ["wsgi.input"].seek(0)
+    params = parse_qsl(environ["wsgi.input"].read(length).decode(), keep_blank_values=True)
+    body = urlencode([(k, value if k == name else v) for k, v in params]).encode()
+    return {**environ, "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
 
 
 def _region_of(environ: dict, service: str) -> str:

@@ -18,6 +18,7 @@ from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.hooks.spot import SpotLaunchHook
 from airflow_grid_resume.spot import fleetstore
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
+from airflow_grid_resume.spot.regions import region_links
 from airflow_grid_resume.watch.settle import settled
 
 
@@ -120,6 +121,7 @@ class SpotCapacityTrigger(BaseTrigger):
         async with (
             shared_client(hook, ("ec2", self.aws_conn_id, self.region_name)) as client,
             shared_client(s3_hook, ("s3", self.aws_conn_id, self.region_name)) as s3,
+            region_links(spec, self.aws_conn_id, self.region_name, (hook, client, bucket)) as links,
         ):
             launcher = SessionLauncher(
                 hook,
@@ -132,6 +134,7 @@ class SpotCapacityTrigger(BaseTrigger):
                 expires_at=self.expires_at or expiry_tag(self.started_at, spec.expiry_hours),
                 bucket=bucket,
                 log=self.log,
+                links=links,
             )
             try:
                 start = await launcher.start(
@@ -175,9 +178,10 @@ class SpotCapacityTrigger(BaseTrigger):
                 remaining = self.started_at + self.max_wait - time.time()
                 if remaining <= 0:
                     zones = sorted({p.zone for p in pairs})
+                    types = sorted({p.instance_type for p in pairs})
                     message = (
                         f"no {market} capacity within {_duration(self.max_wait)} for any of "
-                        f"{', '.join(spec.instance_types)} in {', '.join(zones)}"
+                        f"{', '.join(types)} in {', '.join(zones)}"
                     )
                     self.log.error("%s", message)
                     yield TriggerEvent(

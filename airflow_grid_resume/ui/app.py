@@ -119,6 +119,7 @@ def create_app() -> FastAPI:
                 {**{k: run[k] for k in ("dag_id", "task_id", "run_id", "map_index", "ti_state")}, "view": view}
             )
         board = model.fleet(shown, now=now, since=since.timestamp())
+        board["pools"] = model.pools(source.read_fleet_records([r["pointer"] for r in runs]))
         return HTMLResponse(render.fleet_page(board, days=days, run_link=airflow_run_link))
 
     return app

@@ -92,3 +92,25 @@ def test_instance_requirements_resolve_to_types_that_meet_them(env: LocalSpotClo
         ArchitectureTypes=["arm64"], VirtualizationTypes=["hvm"], InstanceRequirements=ONE_GPU_24G
     )["InstanceTypes"]
     assert not {t["InstanceType"] for t in arm} & set(names)
+
+
+def test_resolve_ssm_image_ids_are_read_in_the_launchs_region(env: LocalSpotCloud) -> None:
+    name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    launched = {}
+    for region in ("us-east-1", "us-west-2"):
+        ec2 = boto3.client("ec2", region_name=region)
+        expected = boto3.client("ssm", region_name=region).get_parameter(Name=name)["Parameter"]["Value"]
+        subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+        answer = ec2.run_instances(
+            ImageId=f"resolve:ssm:{name}", InstanceType="t3.micro", MinCount=1, MaxCount=1, SubnetId=subnet
+        )
+        instance = answer["Instances"][0]
+        assert instance["ImageId"] == expected
+        launched[region] = expected
+        ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
+    assert launched["us-east-1"] != launched["us-west-2"]  # one parameter, an AMI id per region
+    with pytest.raises(ClientError) as raised:
+        boto3.client("ec2", region_name="us-east-1").run_instances(
+            ImageId="resolve:ssm:/no/such/parameter", InstanceType="t3.micro", MinCount=1, MaxCount=1
+        )
+    assert raised.value.response["Error"]["Code"] == "InvalidParameterValue"
