@@ -117,7 +117,7 @@ def test_placements_are_validated_with_what_to_fix() -> None:
     for placements, message in cases:
         with pytest.raises(ValueError, match=message):
             GridRunOperator(**base, placements=placements)
-    with pytest.raises(ValueError, match="either placements .* or image_id"):
+    with pytest.raises(ValueError, match=r"either placements .* or image_id"):
         GridRunOperator(**OPERATOR_ARGS, placements=[good])
     with pytest.raises(ValueError, match="instance_requirements has 'Gpus'"):
         GridRunOperator(**{**OPERATOR_ARGS, "instance_types": [], "instance_requirements": {"Gpus": 1}})
