@@ -160,6 +160,16 @@ class SessionLauncher:
         except (ClientError, *NO_ANSWER) as exc:
             err = launch_error(exc)
             raise PairsUnknown(err.code, explain_fatal(err.code, err.message)) from exc
+        existing = await self.existing(pairs)
+        if existing is not None:
+            return Start(pairs, existing=existing)
+        if not pairs:
+            message = (
+                "no instance type of any placement's region meets instance_requirements "
+                "(GetInstanceTypesFromInstanceRequirements found none). Fix the operator's 'instance_requirements' "
+                "or name 'instance_types'."
+            )
+            raise PairsUnknown("InvalidParameterValue", message)
         if self.offered is not None and not any((p.instance_type, p.zone) in self.offered for p in pairs):
             types = sorted({p.instance_type for p in pairs})
             zones = sorted({p.zone for p in pairs})
@@ -169,9 +179,6 @@ class SessionLauncher:
                 "(or 'instance_requirements') or 'subnet_ids'."
             )
             raise PairsUnknown("Unsupported", message)
-        existing = await self.existing(pairs)
-        if existing is not None:
-            return Start(pairs, existing=existing)
         planner = LaunchPlanner(
             pairs,
             run_uri=self.run_uri,

@@ -185,3 +185,10 @@ def test_the_runs_state_comes_from_its_earlier_sessions(env: LocalSpotCloud, buc
     ledger.write_record(Launch(instance_id="i-2", instance_type="g5.xlarge", zone="us-west-2b", lifecycle="spot"), 2)
     ledger.write_record(Closed(status="failed", at=2.0), 2)
     assert read_run_state(ledger, 3)["reclaimed_in"] is None
+
+
+def test_requirements_no_type_meets_fail_with_what_to_fix(env: LocalSpotCloud, subnets: list[dict]) -> None:
+    impossible = {**ONE_GPU_24G, "AcceleratorCount": {"Min": 64}}
+    event = first_event(trigger_for(subnets, types=(), instance_requirements=impossible))
+    assert event["status"] == "error" and event["code"] == "InvalidParameterValue"
+    assert "'instance_requirements'" in event["message"]
