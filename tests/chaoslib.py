@@ -291,7 +291,8 @@ def lifecycle_problems(
         closed = ledger.get_json(ledger.session_key(session, "closed.json")) or {}
         reclaimed = emulated[instance_id]["reason"] in (SPOT_TERMINATION, SCHEDULED_STOP)
         ended = (outcome or {}).get("status") or closed.get("status")
-        print(f"chaos: session {session}: {ended} ({((outcome or {}).get('notice') or {}).get('source')})")
+        source = ((outcome or {}).get("notice") or {}).get("source")
+        print(f"chaos: session {session}: {ended} ({source}) in {emulated[instance_id].get('zone')}")
         if outcome is not None:
             check(closed.get("status") == outcome["status"], f"session {session}: {closed} but the agent {outcome}")
             if outcome["status"] == "interrupted":  # a scheduled stop: the agent powers off before NotBefore

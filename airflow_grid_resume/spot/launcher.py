@@ -37,7 +37,7 @@ from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, launch_e
 from airflow_grid_resume.ledger import records
 from airflow_grid_resume.spot import catalog
 from airflow_grid_resume.spot.observe import MAX_ANSWERS, capacity_answers
-from airflow_grid_resume.spot.placement import RunState
+from airflow_grid_resume.spot.placement import MarketChoice, RunState
 from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, RETRY_SAME, Attempt, LaunchPlanner
 
 # How much of EC2's error message the wait record keeps (the code says what happened; the message, where).
@@ -151,6 +151,7 @@ class SessionLauncher:
         backoff_max: float = 300.0,
         record: dict | None = None,
         run_state: dict | None = None,
+        choice: MarketChoice | None = None,
     ) -> Start:
         """The pairs, then the session's instance if it has one, else the planner of its rounds (the last
         recorded attempt replayed first; the order from the fleet ``record`` and the run's state). Raises
@@ -192,6 +193,7 @@ class SessionLauncher:
             record=record,
             run_state=RunState.from_dict(run_state),
             offered=self.offered,
+            choice=choice,
         )
         return Start(pairs, planner=planner)
 

@@ -71,12 +71,16 @@ class MarketDecision:
 
 @dataclass(frozen=True)
 class MarketView:
-    """What a market choice sees: the pairs the placement would try (best first) and the session's counters."""
+    """What a market choice sees: the pairs the placement would try (best first), the session's counters, and
+    the fleet record (``fleetrecord.pool_stats(view.record, pair.pool(SPOT))`` gives a pool's availability and
+    mean session life) and the run's state."""
 
     pairs: Sequence[Pair]
     capacity_failures_in_a_row: int
     interruptions: int
     waited_seconds: float
+    record: Mapping[str, Any] | None = None
+    run: RunState | None = None
 
 
 MarketChoice = Callable[[MarketView], MarketDecision]

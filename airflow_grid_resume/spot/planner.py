@@ -134,7 +134,9 @@ class LaunchPlanner:
             now=now,
             cool_down=self.cool_down,
         )
-        view = MarketView(ordered, self.failures_in_a_row, self.interruptions, waited_seconds)
+        view = MarketView(
+            ordered, self.failures_in_a_row, self.interruptions, waited_seconds, self.record, self.run_state
+        )
         return self.choice(view)
 
     def market(self, waited_seconds: float) -> str:

@@ -83,10 +83,14 @@ def test_the_market_choice_sees_the_pairs_in_spot_order_and_the_counters() -> No
         return fallback_choice(FallbackPolicy(after_interruptions=2))(view)
 
     run = RunState(reclaimed_in=EAST_A.pool(SPOT))
-    p = LaunchPlanner(PAIRS, run_uri="s3://b/r", session=1, interruptions=2, run_state=run, choice=choice)
+    record = observed((WEST_A, fleetrecord.ENDED, 20 * 3600.0))
+    p = LaunchPlanner(
+        PAIRS, run_uri="s3://b/r", session=1, interruptions=2, run_state=run, choice=choice, record=record
+    )
     attempts = p.round(now=0.0, waited_seconds=5)
     assert {a.market for a in attempts} == {ON_DEMAND}
-    assert list(seen[0].pairs) == [EAST_B, WEST_A, EAST_A] and seen[0].interruptions == 2
+    assert list(seen[0].pairs) == [WEST_A, EAST_B, EAST_A] and seen[0].interruptions == 2
+    assert pool_stats(seen[0].record, WEST_A.pool(SPOT)).mean_up_hours == 20.0 and seen[0].run == run
     assert p.fallback_reason(5) == "2 interruptions"
 
 
