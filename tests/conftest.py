@@ -234,7 +234,7 @@ def make_dag(dag_id: str, workdir: Path, bucket: str, operator_class: type | Non
             command=op_kwargs.pop("command", "python3 train.py 80 0.05"),
             workdir=str(workdir),
             artifacts_uri=f"s3://{bucket}/grid-runs/",
-            instance_types=["g5.xlarge", "g4dn.xlarge"],
+            instance_types=op_kwargs.pop("instance_types", ["g5.xlarge", "g4dn.xlarge"]),
             image_id=op_kwargs.pop("image_id", AMI),
             subnet_ids=op_kwargs.pop("subnet_ids", [s["SubnetId"] for s in subnets]),
             aws_conn_id=None,

@@ -127,3 +127,36 @@ def test_placements_are_validated_with_what_to_fix() -> None:
     one = GridRunOperator(**OPERATOR_ARGS)  # the one-region form, unchanged
     assert one.spec.by_region("us-east-1") == {"us-east-1": one.spec}
     _ = records  # the Launch record's region is read above through the ledger
+
+
+def test_after_an_interruption_the_next_session_goes_to_another_pool(
+    spot_cloud, training_dir: Path, tmp_path: Path
+) -> None:
+    """One type in two zones, capacity in both: without the run's memory the author's order sends every session
+    to the first zone, the one that just reclaimed it."""
+    from tests.test_operators import chaos
+
+    bucket = f"op-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    interrupted, stop = chaos(spot_cloud, times=1, notice=True, after=1.0)
+    try:
+        dag = make_dag(
+            f"grid_pools_{uuid.uuid4().hex[:6]}",
+            training_dir,
+            bucket,
+            retries=0,  # the default 80 steps: still training when the interruption comes
+            instance_types=["g5.xlarge"],
+            subnet_ids=subnets_of("us-east-1", ("us-east-1a", "us-east-1b")),
+        )
+        dagrun = dag.test()
+    finally:
+        stop.set()
+    assert len(interrupted) == 1 and dagrun.state == "success"
+    ledger = run_ledger(bucket)
+    first, second = ledger.read_launch(1), ledger.read_launch(2)
+    assert first is not None and second is not None
+    assert first.zone == "us-east-1a"  # the author's first pair
+    assert second.zone == "us-east-1b"  # not straight back into the pool that reclaimed the run
+    assert result_of(ledger, tmp_path) == reference_result(tmp_path)
+    record, _ = fleetstore.read(boto3.client("s3"), fleetstore.fleet_uri(f"s3://{bucket}/grid-runs/"))
+    assert record is not None and record["pools"]["us-east-1|us-east-1a|g5.xlarge|spot"]["interruptions"] == 1
