@@ -133,7 +133,10 @@ def test_after_an_interruption_the_next_session_goes_to_another_pool(
     spot_cloud, training_dir: Path, tmp_path: Path
 ) -> None:
     """One type in two zones, capacity in both: without the run's memory the author's order sends every session
-    to the first zone, the one that just reclaimed it."""
+    to the first zone, the one that just reclaimed it (seen: this test fails with order_pairs' ranking reduced to
+    the author's order). Three rules agree here: the pool that reclaimed the run goes last, the run's own
+    interruption there halves its worth, and the fleet record's short lifetime there lowers it; each alone is
+    tested in tests/spot/test_placement.py."""
     from tests.test_operators import chaos
 
     bucket = f"op-{uuid.uuid4().hex[:10]}"
