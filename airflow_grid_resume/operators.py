@@ -32,7 +32,7 @@ from airflow_grid_resume.agent.sync import Syncer
 from airflow_grid_resume.asyncaws.ledgerreader import AsyncLedgerReader
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
 from airflow_grid_resume.ec2.identity import why_not
-from airflow_grid_resume.ec2.launch import LaunchSpec, explain_fatal, ssm_parameter
+from airflow_grid_resume.ec2.launch import LaunchSpec, explain_fatal, launch_spec, ssm_parameter
 from airflow_grid_resume.ec2.prices import on_demand_price
 from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.hooks.base import hook_client
@@ -75,7 +75,11 @@ from airflow_grid_resume.run.nextstep import (
 from airflow_grid_resume.run.options import RunOptions, seconds
 from airflow_grid_resume.run.summary import read_records, summarize, summary_lines
 from airflow_grid_resume.run.verdict import FAIL_RUN, REPORT, RETRY_INTERRUPTED, session_verdict, spends_budget
+from airflow_grid_resume.spot import fleetstore
+from airflow_grid_resume.spot.fleetstore import fleet_uri
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
+from airflow_grid_resume.spot.regions import region_links, resolve_placements
+from airflow_grid_resume.spot.runhistory import read_run_state, record_launch, record_session_end
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import RunWatchTrigger
 
@@ -104,7 +108,18 @@ class GridRunOperator(BaseOperator):
         list run as argv. (templated)
     :param artifacts_uri: ``s3://bucket/prefix/`` under which each task instance's run ledger lives
         (``<prefix>/<dag_id>/<task_id>/<run_id>[/<map_index>]``). (templated)
-    :param instance_types: instance types to try, in order of preference, each in every subnet.
+    :param instance_types: instance types to try, in order of preference, each in every subnet (may be empty
+        with ``instance_requirements``).
+    :param instance_requirements: what the job needs, in EC2's own field names (``{"VCpuCount": {"Min": 8},
+        "MemoryMiB": {"Min": 32768}, "AcceleratorCount": {"Min": 1, "Max": 1}, "AcceleratorManufacturers":
+        ["nvidia"], "AcceleratorTotalMemoryMiB": {"Min": 24576}, "ArchitectureTypes": ["x86_64"]}``), resolved
+        per region by GetInstanceTypesFromInstanceRequirements; the types found are tried after
+        ``instance_types`` (docs/user-guide.md, "Instance types by what the job needs").
+    :param placements: several regions: ``[{"region": "us-west-2", "subnet_ids": [...], "image_id": "ami-..."
+        or "resolve:ssm:/aws/service/...", "security_group_ids": [...], "iam_instance_profile": ...}, ...]``, in
+        order of preference; instead of ``image_id``, ``subnet_ids``, ``security_group_ids`` and
+        ``iam_instance_profile``. The ledger stays in ``artifacts_uri``'s bucket (docs/user-guide.md, "Several
+        regions").
     :param image_id: the AMI (``ami-...``, or ``resolve:ssm:NAME`` for an SSM parameter holding one) the instances
         boot; it needs a python3 >= 3.9 for the agent (docs/user-guide.md, "The AMI").
     :param subnet_ids: subnets to launch in, one per availability zone accepted.
@@ -182,9 +197,11 @@ class GridRunOperator(BaseOperator):
         *,
         command: str | Sequence[str],
         artifacts_uri: str,
-        instance_types: Sequence[str],
-        image_id: str,
-        subnet_ids: Sequence[str],
+        instance_types: Sequence[str] = (),
+        image_id: str | None = None,
+        subnet_ids: Sequence[str] = (),
+        instance_requirements: dict | None = None,
+        placements: Sequence[dict] | None = None,
         workdir: str | None = None,
         security_group_ids: Sequence[str] = (),
         iam_instance_profile: str | None = None,
@@ -242,7 +259,7 @@ class GridRunOperator(BaseOperator):
         self.command = command
         self.artifacts_uri = artifacts_uri
         self.workdir = workdir
-        self.spec = LaunchSpec(  # validates image_id, instance_types, subnet_ids, tags, root volume
+        self.spec = launch_spec(  # validates image_id, types, requirements, subnets, placements, tags, root volume
             image_id=image_id,
             instance_types=tuple(instance_types or ()),
             subnet_ids=tuple(subnet_ids or ()),
@@ -252,6 +269,8 @@ class GridRunOperator(BaseOperator):
             key_name=key_name,
             tags=dict(instance_tags or {}),
             metadata_hop_limit=metadata_hop_limit,
+            instance_requirements=instance_requirements,
+            placements=placements,
         )
         self.use_spot = use_spot
         self.auto_resume = auto_resume
@@ -304,6 +323,12 @@ class GridRunOperator(BaseOperator):
     @cached_property
     def spot_hook(self) -> SpotLaunchHook:
         return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+
+    def _hook_in(self, region: str | None) -> SpotLaunchHook:
+        """The EC2 hook of a session's region (placements), else the connection's."""
+        if not region or region == self.region_name:
+            return self.spot_hook
+        return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=region)
 
     @cached_property
     def s3_hook(self) -> S3Hook:
@@ -477,7 +502,13 @@ class GridRunOperator(BaseOperator):
         )
         # Where the UI plugin reads this run's ledger, and through which connection (never credentials).
         context["ti"].xcom_push(
-            key=RUN_XCOM, value={"run_uri": run_uri, "aws_conn_id": self.aws_conn_id, "region_name": self.region_name}
+            key=RUN_XCOM,
+            value={
+                "run_uri": run_uri,
+                "aws_conn_id": self.aws_conn_id,
+                "region_name": self.region_name,
+                "fleet_uri": fleet_uri(self.artifacts_uri),
+            },
         )
         state = {**state, "run_uri": run_uri, "agent_sha256": digests["agent_sha256"]}
         if store:
@@ -486,7 +517,9 @@ class GridRunOperator(BaseOperator):
         if isinstance(step, Reattach) and step.instance_id != state.get("instance_id"):
             # Named by launch.json only, which an instance could have written: adopt it only if EC2 does not say it
             # is another's; else the launcher finds the session's own instance by its tags and ClientToken.
-            refused = self._refused_instance(run_uri, step.session, step.instance_id)
+            named = ledger.read_launch(step.session)
+            hook = self._hook_in(named.region if named else None)
+            refused = self._refused_instance(run_uri, step.session, step.instance_id, hook)
             if refused:
                 self.log.warning("launch.json of session %d names %s; %s", step.session, step.instance_id, refused)
                 step = LaunchStep(step.session)
@@ -535,7 +568,8 @@ class GridRunOperator(BaseOperator):
         }
         if store:
             store.set(STATE_KEY, state)
-        launched = self._launch_now(spec, run_uri, session, interruptions, expires_at)
+        run_state = read_run_state(ledger, session)
+        launched = self._launch_now(spec, run_uri, session, interruptions, expires_at, run_state)
         if launched is not None:
             return self.on_capacity(context, launched)
         self.log.info(
@@ -561,6 +595,8 @@ class GridRunOperator(BaseOperator):
                 deferred_at=time.time(),
                 expires_at=expires_at,
                 s3_write=self.s3_write.to_json(),
+                fleet_uri=fleet_uri(self.artifacts_uri),
+                run_state=run_state,
             ),
             method_name="on_capacity",
         )
@@ -571,10 +607,10 @@ class GridRunOperator(BaseOperator):
         outcome = ledger.read_record(Outcome, session)
         if outcome is None or ledger.read_closed(session) is not None:
             return
-        hook = self.spot_hook
         launch = ledger.read_launch(session)
+        hook = self._hook_in(launch.region if launch else None)
         named = launch.instance_id if launch else None
-        refused = self._refused_instance(run_uri, session, named) if named else None
+        refused = self._refused_instance(run_uri, session, named, hook) if named else None
         if refused:
             self.log.info("launch.json of session %d names %s; %s: not terminated", session, named, refused)
         instance_id = named if named and not refused else None
@@ -601,17 +637,24 @@ class GridRunOperator(BaseOperator):
         )
         ledger.write_record(closed, session)
 
-    def _refused_instance(self, run_uri: str, session: int, instance_id: str) -> str | None:
+    def _refused_instance(
+        self, run_uri: str, session: int, instance_id: str, hook: SpotLaunchHook | None = None
+    ) -> str | None:
         """Why ``instance_id`` is not this session's instance (its ClientToken and tags, ec2/identity.py), None
         when it is, or when EC2 does not list it (long gone, or too new: the run trigger checks it again before it
         watches or terminates it). Never adopt or terminate an instance a ledger document named without this."""
-        found = self.spot_hook.describe_instances([instance_id]).get(instance_id)
+        found = (hook or self.spot_hook).describe_instances([instance_id]).get(instance_id)
         problem = why_not(found, run_uri, session) if found is not None else None
         return f"refused: {problem}" if problem else None
 
     def _resolved_spec(self) -> LaunchSpec:
-        """The launch spec with what only AWS knows filled in (no I/O at parse time)."""
-        spec, hook = self.spec, self.spot_hook
+        """The launch spec with what only AWS knows filled in (no I/O at parse time), in every region."""
+        if self.spec.placements:
+            return resolve_placements(self.spec, self._resolved_in, self.aws_conn_id)
+        return self._resolved_in(self.spec, self.spot_hook)
+
+    def _resolved_in(self, spec: LaunchSpec, hook: SpotLaunchHook) -> LaunchSpec:
+        """One region's spec: its SSM image parameter resolved, its AMI's root device when a size is asked."""
         parameter = ssm_parameter(spec.image_id)
         try:
             if parameter:  # resolved once per try: DescribeImages cannot take the parameter, RunInstances could
@@ -627,19 +670,24 @@ class GridRunOperator(BaseOperator):
         return dataclasses.replace(spec, root_device_name=device)
 
     def _launch_now(
-        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str
+        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str, run_state: dict
     ) -> dict | None:
         """One round over the pairs from the worker, with the capacity trigger's own launcher: with
         capacity at hand, no capacity deferral is needed (and no trigger fires seconds after
         deferring). None means: wait in the trigger."""
-        return asyncio.run(self._a_launch_now(spec, run_uri, session, interruptions, expires_at))
+        return asyncio.run(self._a_launch_now(spec, run_uri, session, interruptions, expires_at, run_state))
 
     async def _a_launch_now(
-        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str
+        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str, run_state: dict
     ) -> dict | None:
         hook, s3_hook = self.spot_hook, self.s3_hook
         started_at = time.time()
-        async with hook_client(hook) as ec2, hook_client(s3_hook) as s3:
+        bucket = AsyncTokenBucket()
+        async with (
+            hook_client(hook) as ec2,
+            hook_client(s3_hook) as s3,
+            region_links(spec, self.aws_conn_id, self.region_name, (hook, ec2, bucket), shared=False) as links,
+        ):
             launcher = SessionLauncher(
                 hook,
                 ec2,
@@ -649,11 +697,17 @@ class GridRunOperator(BaseOperator):
                 session=session,
                 region=self.region_name,
                 expires_at=expires_at,
-                bucket=AsyncTokenBucket(),
+                bucket=bucket,
                 log=self.log,
+                links=links,
             )
             try:
-                start = await launcher.start(fallback=self.fallback, interruptions=interruptions)
+                start = await launcher.start(
+                    fallback=self.fallback,
+                    interruptions=interruptions,
+                    record=await fleetstore.a_read(s3, fleet_uri(self.artifacts_uri)),
+                    run_state=run_state,
+                )
             except PairsUnknown as exc:
                 raise AirflowFailException(exc.message) from exc
             if start.existing is not None:
@@ -665,15 +719,18 @@ class GridRunOperator(BaseOperator):
             for miss in result.misses:
                 self.log.info("no capacity at once: %s", miss)
             if result.instance is None:
+                fleet, answers = fleet_uri(self.artifacts_uri), {"answers": launcher.observed}
+                record_launch(self.s3_hook.get_conn(), fleet, answers, run_uri, session)
                 return None
             return await launcher.launched(result, started_at=started_at, rounds=1)
 
     def on_capacity(self, context: Any, event: dict | None = None) -> Any:
         event = event or {}
         session = int(event.get("session") or 0)
+        run_uri, ledger = self._run_ledger(context, event)
+        record_launch(ledger.client, fleet_uri(self.artifacts_uri), event, run_uri, session)
         if event.get("status") != "launched":
             raise AirflowFailException(f"session {session}: {event.get('message') or event}")
-        run_uri, ledger = self._run_ledger(context, event)
         store = context.get("task_state_store")
         state = (store.get(STATE_KEY) if store else None) or {"session": session, "first_started_at": time.time()}
         state.update(run_uri=run_uri, instance_id=event["instance_id"], launched_at=time.time(), launch=event)
@@ -700,6 +757,8 @@ class GridRunOperator(BaseOperator):
             on_demand_price=on_demand_price(event.get("instance_type"), self.on_demand_prices),
             launched_at=float(event.get("launched_at") or time.time()),
             waited_seconds=float(event["waited_seconds"]) if event.get("waited_seconds") is not None else None,
+            region=event.get("region"),
+            resolved_types=event.get("resolved_types"),
         )
         try:
             ledger.write_record(launch, session)
@@ -709,6 +768,11 @@ class GridRunOperator(BaseOperator):
 
     def _watch(self, context: Any, run_uri: str, session: int, instance_id: str, state: dict) -> None:
         self._instance_id = instance_id
+        region = (state.get("launch") or {}).get("region")
+        if region is None and self.spec.placements:  # reattached: where the session's launch record says
+            launch = self._ledger(run_uri).read_launch(session)
+            region = launch.region if launch else None
+        self._instance_region = region
         GridInstanceLink.persist(
             context=context,
             operator=self,
@@ -726,6 +790,7 @@ class GridRunOperator(BaseOperator):
                 deadline=deadline,
                 aws_conn_id=self.aws_conn_id,
                 region_name=self.region_name,
+                instance_region=region if region != self.region_name else None,
                 poll_interval=self.poll_interval,
                 offset_save_interval=self.log_offset_save_interval,
                 instance_check_interval=self.instance_check_interval,
@@ -746,6 +811,7 @@ class GridRunOperator(BaseOperator):
         _, ledger = self._run_ledger(context, event)
         closed = Closed(status=status, reason=event.get("reason"), instance_id=event.get("instance_id"), at=time.time())
         ledger.write_record(closed, session)
+        record_session_end(fleet_uri(self.artifacts_uri), ledger, session, status)
         # The budgets are read only when this ending can spend one (a success or max_run reads nothing more).
         interruptions, failures = budget_history(ledger, session + 1) if spends_budget(status) else (0, 0)
         outcome = event.get("outcome")
@@ -827,7 +893,7 @@ class GridRunOperator(BaseOperator):
         instance_id = getattr(self, "_instance_id", None)
         if instance_id:
             self.log.warning("task killed: terminating instance %s", instance_id)
-            hook = self.spot_hook
+            hook = self._hook_in(getattr(self, "_instance_region", None))
             if not hook.ensure_terminated(instance_id, timeout=60.0):
                 self.log.error("could not confirm that %s is terminated; `grid-resume reap` finds it", instance_id)
 

@@ -180,7 +180,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="List (and with --apply, terminate) instances tagged by grid-resume whose expiry passed or whose "
         "run ended. Instances without the grid-resume:run-id tag are never touched.",
     )
-    parser.add_argument("--region", help="AWS region (default: the environment's)")
+    parser.add_argument("--region", help="AWS region (default: the environment's): the bucket's, and its instances")
+    parser.add_argument(
+        "--instance-region",
+        action="append",
+        default=[],
+        metavar="REGION",
+        help="also reap instances in REGION (runs with placements in several regions), their runs read from the "
+        "bucket through --region; repeatable",
+    )
     parser.add_argument("--apply", action="store_true", help="terminate them (default: only report)")
     parser.add_argument("--no-read-runs", action="store_true", help="decide by the expiry tag alone")
     parser.add_argument("--no-queues", action="store_true", help="leave live-output queues alone")
@@ -192,6 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     s3 = None if args.no_read_runs else boto3.client("s3", region_name=args.region)
     sqs = None if args.no_queues else boto3.client("sqs", region_name=args.region)
     report = reap(ec2, s3, apply=args.apply, sqs_client=sqs)
+    for region in args.instance_region:
+        if region == args.region:
+            continue
+        elsewhere = reap(boto3.client("ec2", region_name=region), s3, apply=args.apply, sqs_client=None)
+        for key in ("reapable", "terminated", "notes"):
+            report[key] = [*report[key], *elsewhere[key]]
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -34,6 +34,9 @@ MAX_KILL_CALL = 45
 # The triggerer's AWS calls: a kill at one of the first MAX_TRIGGERER_CALL lands in the capacity wait (its
 # rounds of RunInstances, the attempt records) or in the run watch (describes, ledger reads, watch.json).
 MAX_TRIGGERER_CALL = 40
+# The zones of the first region's subnets (tests/conftest.py make_dag: the first two us-east-1 subnets by zone).
+FIRST_REGION_ZONES = ("us-east-1a", "us-east-1b")
+SECOND_REGION_ZONES = ("us-west-2a", "us-west-2b")
 LINE = re.compile(r"CHAOS-LINE s=\d+ step=\d+;")
 
 
@@ -56,6 +59,9 @@ class Schedule:
     faults: list[tuple[float, str, dict]] = field(default_factory=list)  # (at second, route, body)
     scheduled_code: str = "instance-stop"  # the code of a "scheduled" interruption
     tags_late_seconds: float = 0.0  # a new instance's tags missing from describes for that long
+    # The regions the run may launch in (placements), and how long the first one has no capacity at the start.
+    regions: tuple[str, ...] = ("us-east-1",)
+    region_drought_seconds: float = 0.0
     # The real components only (test_real_airflow.py): the triggerer SIGKILLed (then a new one started) at its
     # k-th AWS call ("call", k) or once n lines of output reached the task log ("lines", n); the scheduler
     # SIGKILLed and restarted (with the workers it runs) once n lines reached the task log.
@@ -72,7 +78,8 @@ class Schedule:
             f"{self.drought_seconds:.0f} s, worker kills {self.kills}, interruptions {self.interruptions} "
             f"(scheduled: {self.scheduled_code}), faults {self.faults}; real components only: triggerer kill "
             f"{self.triggerer_kill}, scheduler restart at line {self.scheduler_restart_lines}; multi-file "
-            f"checkpoint {self.multi_file}"
+            f"checkpoint {self.multi_file}; regions {', '.join(self.regions)} (the first without capacity for "
+            f"{self.region_drought_seconds:.0f} s)"
         )
 
 
@@ -120,6 +127,10 @@ def schedule_for(seed: int) -> Schedule:
             [*schedule.faults, (at, "drop", {"action": "TerminateInstances", "count": 1})], key=at_second
         )
     schedule.multi_file = rng.random() >= 0.5
+    if rng.random() < 0.5:  # several regions: the run may go to the second when the first has no capacity
+        schedule.regions = ("us-east-1", "us-west-2")
+        # (dag.test can take a minute to start: a shorter drought could end before the first launch)
+        schedule.region_drought_seconds = rng.choice([0.0, 90.0, 3600.0])
     return schedule
 
 
@@ -137,9 +148,16 @@ class Chaos:
     (on instances of ``instance_types`` only, if given)."""
 
     def __init__(
-        self, cloud: LocalSpotCloud, schedule: Schedule, instance_types: tuple[str, ...] | None = None
+        self,
+        cloud: LocalSpotCloud,
+        schedule: Schedule,
+        instance_types: tuple[str, ...] | None = None,
+        *,
+        several_regions: bool = False,
     ) -> None:
+        """``several_regions``: the run has the schedule's regions (placements), so the first one's drought applies."""
         self.cloud, self.schedule = cloud, schedule
+        self.several_regions = several_regions and len(schedule.regions) > 1
         self.instance_types = instance_types
         self.interrupted: dict[str, str] = {}  # instance id -> "notice", "hard" or "scheduled"
         self.stop = threading.Event()
@@ -156,6 +174,8 @@ class Chaos:
         cloud.set_clock(offset_seconds=s.clock_offset)
         if s.drought_seconds:
             cloud.set_capacity("*", "*", available=False, for_seconds=s.drought_seconds)
+        for zone in FIRST_REGION_ZONES if s.region_drought_seconds and self.several_regions else ():
+            cloud.set_capacity("*", zone, available=False, for_seconds=s.region_drought_seconds)
         self.thread.start()
         return self
 
@@ -163,6 +183,8 @@ class Chaos:
         self.stop.set()
         self.thread.join(10)
         self.cloud.reset_faults()
+        if self.several_regions:  # the first region's drought may outlast the run
+            self.cloud.set_capacity("*", "*", available=True, market="all")
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -217,8 +239,12 @@ def find_run(client, bucket: str, prefix: str) -> RunLedger:
 
 
 def run_instances(ec2, run_uri: str) -> list[dict]:
-    found = ec2.describe_instances(Filters=[{"Name": "tag:grid-resume:run-id", "Values": [run_uri]}])
-    return [i for r in found["Reservations"] for i in r["Instances"]]
+    """The run's instances, in every region whose EC2 client is given (one client, or a list of them)."""
+    found = []
+    for client in ec2 if isinstance(ec2, (list, tuple)) else [ec2]:
+        answer = client.describe_instances(Filters=[{"Name": "tag:grid-resume:run-id", "Values": [run_uri]}])
+        found += [i for r in answer["Reservations"] for i in r["Instances"]]
+    return found
 
 
 def session_of(instance: dict) -> int:
@@ -268,7 +294,8 @@ def lifecycle_problems(
         closed = ledger.get_json(ledger.session_key(session, "closed.json")) or {}
         reclaimed = emulated[instance_id]["reason"] in (SPOT_TERMINATION, SCHEDULED_STOP)
         ended = (outcome or {}).get("status") or closed.get("status")
-        print(f"chaos: session {session}: {ended} ({((outcome or {}).get('notice') or {}).get('source')})")
+        source = ((outcome or {}).get("notice") or {}).get("source")
+        print(f"chaos: session {session}: {ended} ({source}) in {emulated[instance_id].get('zone')}")
         if outcome is not None:
             check(closed.get("status") == outcome["status"], f"session {session}: {closed} but the agent {outcome}")
             if outcome["status"] == "interrupted":  # a scheduled stop: the agent powers off before NotBefore

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from airflow_grid_resume.ec2.tags import RESERVED_PREFIXES
 
@@ -22,6 +23,7 @@ CAPACITY = "capacity"
 THROTTLE = "throttle"
 TRANSIENT = "transient"  # 5xx or no answer: the request may or may not have been carried out
 FATAL = "fatal"
+UNSUPPORTED = "unsupported"  # this (type, zone) pair is not offered: skip the pair, never retry it in this session
 
 CAPACITY_CODES = frozenset(
     {
@@ -91,13 +93,15 @@ _FATAL_HINTS: tuple[tuple[str, str, str], ...] = (
 
 def classify_error(code: str) -> str:
     """capacity (try the next pair, then wait), throttle (back off), transient (retry the same request
-    after a backoff: it may have been carried out), or fatal (fail now)."""
+    after a backoff: it may have been carried out), unsupported (skip this pair for good), or fatal (fail now)."""
     if code in CAPACITY_CODES:
         return CAPACITY
     if code in THROTTLE_CODES:
         return THROTTLE
     if code in TRANSIENT_CODES:
         return TRANSIENT
+    if code == "Unsupported":  # "Your requested instance type (X) is not supported in ... Zone (Y)": that pair only
+        return UNSUPPORTED
     return FATAL
 
 
@@ -111,15 +115,31 @@ def explain_fatal(code: str, message: str) -> str:
 
 @dataclass(frozen=True)
 class Pair:
-    """One place to try: an instance type in one zone (through that zone's subnet)."""
+    """One place to try: an instance type in one zone (through that zone's subnet) of one region ("" where the
+    run has one region only, named elsewhere)."""
 
     instance_type: str
     subnet_id: str
     zone: str
+    region: str = ""
 
     @property
     def key(self) -> str:
+        # Subnet ids are unique across regions, so the key (and the ClientToken made from it) needs no region.
         return f"{self.instance_type}|{self.subnet_id}"
+
+    def pool(self, market: str) -> str:
+        """The capacity pool this pair draws from in ``market``: what the fleet record counts by."""
+        return pool_key(self.region or region_of_zone(self.zone), self.zone, self.instance_type, market)
+
+
+def region_of_zone(zone: str) -> str:
+    """us-east-1a -> us-east-1 (zone names are the region's name and a letter; local zones aside)."""
+    return zone[:-1] if zone and zone[-1].isalpha() else zone
+
+
+def pool_key(region: str, zone: str, instance_type: str, market: str) -> str:
+    return f"{region}|{zone}|{instance_type}|{market}"
 
 
 @dataclass(frozen=True)
@@ -147,6 +167,86 @@ class FallbackPolicy:
         return f"{waited_seconds:.0f} s waiting for spot capacity"
 
 
+# instance_requirements: EC2's own names (GetInstanceTypesFromInstanceRequirements' InstanceRequirements fields,
+# plus its two top-level lists ArchitectureTypes and VirtualizationTypes).
+REQUIREMENT_FIELDS = frozenset(
+    {
+        "VCpuCount",
+        "MemoryMiB",
+        "CpuManufacturers",
+        "MemoryGiBPerVCpu",
+        "ExcludedInstanceTypes",
+        "InstanceGenerations",
+        "SpotMaxPricePercentageOverLowestPrice",
+        "OnDemandMaxPricePercentageOverLowestPrice",
+        "BareMetal",
+        "BurstablePerformance",
+        "RequireHibernateSupport",
+        "NetworkInterfaceCount",
+        "LocalStorage",
+        "LocalStorageTypes",
+        "TotalLocalStorageGB",
+        "BaselineEbsBandwidthMbps",
+        "AcceleratorTypes",
+        "AcceleratorCount",
+        "AcceleratorManufacturers",
+        "AcceleratorNames",
+        "AcceleratorTotalMemoryMiB",
+        "NetworkBandwidthGbps",
+        "AllowedInstanceTypes",
+        "MaxSpotPriceAsPercentageOfOptimalOnDemandPrice",
+        "BaselinePerformanceFactors",
+        "RequireEncryptionInTransit",
+    }
+)
+REQUEST_LISTS = ("ArchitectureTypes", "VirtualizationTypes")
+# The resolved types a session tries at most (each is tried in every subnet, each try one RunInstances).
+MAX_RESOLVED_TYPES = 6
+
+
+def requirements_request(requirements: dict) -> dict:
+    """The GetInstanceTypesFromInstanceRequirements request for ``instance_requirements``: x86_64 and hvm unless
+    said otherwise; VCpuCount and MemoryMiB (which EC2 requires) at least 0 unless given."""
+    inner = {k: v for k, v in requirements.items() if k not in REQUEST_LISTS}
+    inner.setdefault("VCpuCount", {"Min": 0})
+    inner.setdefault("MemoryMiB", {"Min": 0})
+    return {
+        "ArchitectureTypes": list(requirements.get("ArchitectureTypes") or ["x86_64"]),
+        "VirtualizationTypes": list(requirements.get("VirtualizationTypes") or ["hvm"]),
+        "InstanceRequirements": inner,
+    }
+
+
+def requirement_problems(requirements: dict) -> list[str]:
+    problems = []
+    for key in requirements:
+        if key not in REQUIREMENT_FIELDS and key not in REQUEST_LISTS:
+            problems.append(
+                f"instance_requirements has {key!r}, which is not one of EC2's InstanceRequirements fields "
+                f"({', '.join(sorted({'VCpuCount', 'MemoryMiB', 'AcceleratorCount', 'AcceleratorManufacturers'}))}, "
+                "... as in GetInstanceTypesFromInstanceRequirements) nor ArchitectureTypes/VirtualizationTypes"
+            )
+    for key in ("VCpuCount", "MemoryMiB", "AcceleratorCount", "AcceleratorTotalMemoryMiB"):
+        value = requirements.get(key)
+        if value is not None and (not isinstance(value, dict) or not set(value) <= {"Min", "Max"}):
+            problems.append(f"instance_requirements[{key!r}] must be like {{'Min': 1, 'Max': 4}}, got {value!r}")
+    for key in (*REQUEST_LISTS, "AcceleratorManufacturers", "AcceleratorTypes", "AcceleratorNames"):
+        value = requirements.get(key)
+        if value is not None and (isinstance(value, str) or not isinstance(value, (list, tuple))):
+            problems.append(f"instance_requirements[{key!r}] must be a list, got {value!r}")
+    return problems
+
+
+def pick_resolved_types(
+    resolved: Sequence[str], listed: Sequence[str], prices: dict[str, float], cap: int = MAX_RESOLVED_TYPES
+) -> list[str]:
+    """The types a session tries: the listed ones in the author's order, then up to ``cap`` of those EC2
+    resolved from the requirements, cheapest known on-demand price first (then EC2's order)."""
+    extra = [t for t in resolved if t not in listed]
+    ranked = sorted(extra, key=lambda t: (prices.get(t, float("inf")), extra.index(t)))
+    return [*listed, *ranked[:cap]]
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     """Everything needed to launch one session's instance. Plain JSON via ``as_dict``/``from_dict``."""
@@ -171,6 +271,12 @@ class LaunchSpec:
     # and the bootstrap runs nothing else (None: not known, as in a trigger serialized before they existed).
     agent_sha256: str | None = None
     spec_sha256: str | None = None
+    # Attribute-based selection: EC2's InstanceRequirements, resolved per region before the first round.
+    instance_requirements: dict | None = None
+    # Several regions: each {"region", "subnet_ids", "image_id", "security_group_ids", "iam_instance_profile"};
+    # empty for the one-region form (the fields above, in the connection's region). With placements, the fields
+    # above are the first placement's.
+    placements: tuple[dict, ...] = ()
 
     def __post_init__(self) -> None:
         problems = validate_spec(self)
@@ -182,6 +288,7 @@ class LaunchSpec:
         doc["instance_types"] = list(self.instance_types)
         doc["subnet_ids"] = list(self.subnet_ids)
         doc["security_group_ids"] = list(self.security_group_ids)
+        doc["placements"] = [dict(p) for p in self.placements]
         return doc
 
     @classmethod
@@ -189,7 +296,115 @@ class LaunchSpec:
         doc = dict(doc)
         for key in ("instance_types", "subnet_ids", "security_group_ids"):
             doc[key] = tuple(doc.get(key) or ())
+        doc["placements"] = tuple(dict(p) for p in doc.get("placements") or ())
         return cls(**doc)
+
+    def by_region(self, default_region: str | None) -> dict[str, LaunchSpec]:
+        """region -> the spec of that placement (its image, subnets, groups and profile), in the author's order;
+        the one-region form is the connection's region (``default_region``, "" when the connection decides)."""
+        if not self.placements:
+            return {default_region or "": self}
+        return {str(p["region"]): self.in_placement(p) for p in self.placements}
+
+    def in_placement(self, placement: dict) -> LaunchSpec:
+        return replace(
+            self,
+            image_id=str(placement["image_id"]),
+            subnet_ids=tuple(placement["subnet_ids"]),
+            security_group_ids=tuple(placement.get("security_group_ids") or ()),
+            iam_instance_profile=placement.get("iam_instance_profile"),
+            root_device_name=placement.get("root_device_name"),
+            placements=(),
+        )
+
+
+def launch_spec(
+    *,
+    image_id: str | None,
+    subnet_ids: tuple[str, ...],
+    security_group_ids: tuple[str, ...],
+    iam_instance_profile: str | None,
+    placements: Sequence[dict] | None,
+    **rest: Any,
+) -> LaunchSpec:
+    """The spec of the operator's arguments: the one-region form as it always was, or ``placements`` (the first
+    placement's image and subnets also filling the one-region fields). Raises ValueError saying what to fix."""
+    if not placements:
+        return LaunchSpec(
+            image_id=image_id or "",
+            subnet_ids=subnet_ids,
+            security_group_ids=security_group_ids,
+            iam_instance_profile=iam_instance_profile,
+            **rest,
+        )
+    if image_id or subnet_ids or security_group_ids or iam_instance_profile:
+        raise ValueError(
+            "give either placements (each with its region, subnet_ids, image_id...) or image_id/subnet_ids/"
+            "security_group_ids/iam_instance_profile for one region, not both"
+        )
+    if isinstance(placements, dict) or not isinstance(placements, (list, tuple)):
+        raise ValueError(f"placements must be a list of dicts, one per region, got {placements!r}")
+    problems = placement_problems(placements)
+    if problems:
+        raise ValueError("; ".join(problems))
+    normalized = tuple(
+        {
+            "region": p["region"],
+            "subnet_ids": list(p["subnet_ids"]),
+            "image_id": p["image_id"],
+            "security_group_ids": list(p.get("security_group_ids") or ()),
+            "iam_instance_profile": p.get("iam_instance_profile"),
+        }
+        for p in placements
+    )
+    first = normalized[0]
+    return LaunchSpec(
+        image_id=str(first["image_id"]),
+        subnet_ids=tuple(first["subnet_ids"]),
+        security_group_ids=tuple(first["security_group_ids"]),
+        iam_instance_profile=first["iam_instance_profile"],
+        placements=normalized,
+        **rest,
+    )
+
+
+PLACEMENT_KEYS = frozenset({"region", "subnet_ids", "image_id", "security_group_ids", "iam_instance_profile"})
+
+
+def placement_problems(placements: Sequence[dict]) -> list[str]:
+    """What is wrong with ``placements`` (the operator's several-region form), each naming what to fix."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for n, placement in enumerate(placements):
+        where = f"placements[{n}]"
+        if not isinstance(placement, dict):
+            problems.append(f"{where} must be a dict with region, subnet_ids and image_id, got {placement!r}")
+            continue
+        unknown = set(placement) - PLACEMENT_KEYS - {"root_device_name"}
+        if unknown:
+            problems.append(
+                f"{where} has unknown keys {sorted(unknown)}; a placement takes {', '.join(sorted(PLACEMENT_KEYS))}"
+            )
+        region = placement.get("region")
+        if not isinstance(region, str) or not region:
+            problems.append(f"{where} must name its region, like 'us-west-2'")
+        elif region in seen:
+            problems.append(f"{where}: region {region!r} is given twice; put all its subnets in one placement")
+        else:
+            seen.add(region)
+        subnets = placement.get("subnet_ids")
+        if not subnets or isinstance(subnets, str) or not all(isinstance(s, str) and s for s in subnets):
+            problems.append(f"{where} must list its subnet_ids (one per zone to try), got {subnets!r}")
+        image_id = placement.get("image_id")
+        if not isinstance(image_id, str) or not (image_id.startswith("ami-") or ssm_parameter(image_id)):
+            problems.append(
+                f"{where} needs its own image_id (AMI ids differ per region): 'ami-...' or "
+                f"'{SSM_IMAGE_PREFIX}/aws/service/...', got {image_id!r}"
+            )
+        groups = placement.get("security_group_ids") or []
+        if isinstance(groups, str):
+            problems.append(f"{where}: security_group_ids must be a list, got {groups!r}")
+    return problems
 
 
 def validate_spec(spec: LaunchSpec) -> list[str]:
@@ -200,10 +415,16 @@ def validate_spec(spec: LaunchSpec) -> list[str]:
             f"'{SSM_IMAGE_PREFIX}/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64', "
             f"got {spec.image_id!r}"
         )
-    if not spec.instance_types:
-        problems.append("instance_types must name at least one instance type")
+    if not spec.instance_types and not spec.instance_requirements:
+        problems.append("instance_types must name at least one instance type (or give instance_requirements)")
+    if spec.instance_requirements is not None:
+        if not isinstance(spec.instance_requirements, dict) or not spec.instance_requirements:
+            problems.append(f"instance_requirements must be a non-empty dict, got {spec.instance_requirements!r}")
+        else:
+            problems.extend(requirement_problems(spec.instance_requirements))
     if not spec.subnet_ids:
         problems.append("subnet_ids must name at least one subnet (one per zone to try)")
+    problems.extend(placement_problems(spec.placements))
     if spec.root_volume_gb is not None and spec.root_volume_gb < 1:
         problems.append(f"root_volume_gb must be positive, got {spec.root_volume_gb}")
     if not 1 <= spec.metadata_hop_limit <= 64:
@@ -222,18 +443,9 @@ def ssm_parameter(image_id: str) -> str | None:
     return image_id[len(SSM_IMAGE_PREFIX) :] or None
 
 
-def make_pairs(instance_types: Sequence[str], subnet_zones: dict[str, str]) -> list[Pair]:
+def make_pairs(instance_types: Sequence[str], subnet_zones: dict[str, str], region: str = "") -> list[Pair]:
     """Every (type, subnet) pair, in the user's order of types, then of subnets."""
-    return [Pair(t, s, z) for t in instance_types for s, z in subnet_zones.items()]
-
-
-def order_pairs(pairs: Iterable[Pair], failed_at: dict[str, float], now: float, cool_down: float) -> list[Pair]:
-    """Pairs that have not failed within ``cool_down`` seconds first, in the user's order; then
-    the recently failed ones, the longest-ago failure first."""
-    pairs = list(pairs)
-    fresh = [p for p in pairs if now - failed_at.get(p.key, -1e18) >= cool_down]
-    recent = sorted((p for p in pairs if p not in fresh), key=lambda p: failed_at[p.key])
-    return fresh + recent
+    return [Pair(t, s, z, region) for t in instance_types for s, z in subnet_zones.items()]
 
 
 def client_token(run_uri: str, session: int, pair: Pair, market: str) -> str:

@@ -160,6 +160,15 @@ class LocalSpotCloud:
             )
         )
 
+    def set_offered(self, instance_type: str, zone: str, *, offered: bool) -> dict:
+        """Withdraw (or add) the offering of ``instance_type`` in ``zone``: DescribeInstanceTypeOfferings leaves it
+        out and RunInstances answers 400 Unsupported there, as EC2 does for a pair it does not offer."""
+        return dict(self._call("POST", "offerings", {"instance_type": instance_type, "zone": zone, "offered": offered}))
+
+    def reset_offerings(self) -> dict:
+        """Every region's offerings back to moto's data."""
+        return dict(self._call("POST", "offerings", {"reset": True}))
+
     def set_fabric(self, *, enabled: bool) -> dict:
         """Off: launched instances get no process (load tests with hundreds of instances)."""
         return dict(self._call("POST", "fabric", {"enabled": enabled}))

@@ -46,6 +46,14 @@ from airflow_grid_resume.ec2.bootstrap import parse_marker
 from airflow_grid_resume.ec2.prices import on_demand_price
 from airflow_grid_resume.emulator import pages
 from airflow_grid_resume.emulator.bucketrules import BucketRuleBook, BucketRules
+from airflow_grid_resume.emulator.catalog import (
+    Offerings,
+    RequirementsError,
+    describe_offerings_xml,
+    matching_types,
+    requirements_xml,
+    unsupported_message,
+)
 from airflow_grid_resume.emulator.faults import (
     FAULT_MESSAGE,
     FAULT_STATUS,
@@ -236,7 +244,8 @@ class SpotCloud:
         self.timers: list[threading.Timer] = []
         self.fabric_enabled = True
         self.buckets = BucketRuleBook()  # buckets with security rules (emulator/bucketrules.py)
-        self.counters = {"run_instances": 0, "capacity_errors": 0, "idempotent_replays": 0}
+        self.counters = {"run_instances": 0, "capacity_errors": 0, "idempotent_replays": 0, "unsupported": 0}
+        self.offerings = Offerings()
 
     # -- moto's backend (in this process) ------------------------------------------------------
     @staticmethod
@@ -260,6 +269,19 @@ class SpotCloud:
             with contextlib.suppress(Exception):
                 return str(self.backend(region).get_subnet(params["SubnetId"]).availability_zone)
         return f"{region}a"
+
+    @staticmethod
+    def ssm_image(region: str, name: str) -> str | None:
+        """The AMI id an SSM parameter of ``region`` holds (``resolve:ssm:NAME``), None when there is none."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ssm.models import ssm_backends
+
+        try:
+            parameter = ssm_backends[DEFAULT_ACCOUNT_ID][region].get_parameter(name.split(":")[0])
+        except Exception:
+            return None
+        value = str(getattr(parameter, "value", "") or "") if parameter is not None else ""
+        return value if value.startswith("ami-") else None
 
     def image_exists(self, region: str, image_id: str) -> bool:
         try:
@@ -352,7 +374,8 @@ class SpotCloud:
         instance = FabricInstance(instance_id, params.get("InstanceType", "?"), zone, market, region, directory, imds)
         with self.lock:
             self.instances[instance_id] = instance
-        if parse_marker(script) is None or not self.fabric_enabled:
+        marker = parse_marker(script)
+        if marker is None or not self.fabric_enabled:
             return  # not ours (or the fabric is off): an instance without a process, as moto has it
         with open(os.path.join(directory, "user-data.sh"), "w") as fh:
             fh.write(script)
@@ -364,7 +387,9 @@ class SpotCloud:
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_ACCESS_KEY_ID": "emulated-instance-role",
             "AWS_SECRET_ACCESS_KEY": "emulated-instance-role",
-            "AWS_DEFAULT_REGION": region,
+            # EC2 sets no AWS_DEFAULT_REGION: the user data names the ledger's region (an instance in another
+            # region still reaches its run's bucket and queue there); the instance's own region otherwise.
+            "AWS_DEFAULT_REGION": str(marker.get("region") or region),
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url,
             INSTANCE_MARKER: instance_id,  # how every process of the instance is found when it ends
             "PYTHONUNBUFFERED": "1",
@@ -516,6 +541,9 @@ class SpotCloudApp:
     def __init__(self, inner: Callable, cloud: SpotCloud) -> None:
         self.inner = inner
         self.cloud = cloud
+        # S3 carries out a conditional write atomically; moto checks If-Match/If-None-Match, then stores, with
+        # nothing in between, so two racing writers could both win. One at a time here, as S3 behaves.
+        self._conditional_puts = threading.Lock()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -550,9 +578,20 @@ class SpotCloudApp:
             if refused is not None:
                 return _send(start_response, refused)
             book.map_conditions(environ, rules)
+        conditional = environ.get("REQUEST_METHOD") == "PUT" and (
+            "HTTP_IF_MATCH" in environ or "HTTP_IF_NONE_MATCH" in environ
+        )
         if environ.get("REQUEST_METHOD") == "PUT" and faults.take_drop("PutObject"):
-            self._call_inner(environ)  # applied, then the answer is lost
+            if conditional:
+                with self._conditional_puts:
+                    self._call_inner(environ)
+            else:
+                self._call_inner(environ)  # applied, then the answer is lost
             return self._drop(environ)
+        if conditional:
+            with self._conditional_puts:
+                reply = self._call_inner(environ)
+            return _send(start_response, reply if rules is None else book.answered(environ, reply, rules))
         if rules is not None:
             return _send(start_response, book.answered(environ, self._call_inner(environ), rules))
         return self.inner(environ, start_response)
@@ -585,6 +624,11 @@ class SpotCloudApp:
             return self._describe_instances(environ, params)
         if action == "GetConsoleOutput":
             return self._console_output(environ, params.get("InstanceId", ""))
+        if action == "DescribeInstanceTypeOfferings" and params.get("LocationType") == "availability-zone":
+            body = describe_offerings_xml(self.cloud.offerings.pairs(region), params, os.urandom(8).hex())
+            return "200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))], body
+        if action == "GetInstanceTypesFromInstanceRequirements":
+            return self._types_from_requirements(params, region)
         if action == "DescribeSpotPriceHistory":
             return self._spot_price_history(environ, params.get("AvailabilityZone"))
         if action == "TerminateInstances":
@@ -594,6 +638,16 @@ class SpotCloudApp:
                 self.cloud.on_terminate_api(ids)
             return reply
         return self._call_inner(environ)
+
+    def _types_from_requirements(self, params: dict[str, str], region: str) -> Reply:
+        """GetInstanceTypesFromInstanceRequirements (moto has none), over moto's instance type data."""
+        offered = {t for t, _ in self.cloud.offerings.pairs(region)}
+        try:
+            types = matching_types(params, offered)
+        except RequirementsError as exc:
+            return _error("400 Bad Request", exc.code, str(exc))
+        body = requirements_xml(types, os.urandom(8).hex())
+        return "200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))], body
 
     @staticmethod
     def _drop(environ: dict) -> list[bytes]:
@@ -696,11 +750,23 @@ class SpotCloudApp:
                     cloud.counters["idempotent_replays"] += 1
                 return "200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(response)))], response
             image_id = params.get("ImageId", "")
+            if image_id.startswith("resolve:ssm:"):  # EC2 reads the parameter in the launch's region; moto cannot
+                resolved = cloud.ssm_image(region, image_id[len("resolve:ssm:") :])
+                if resolved is None:
+                    return _error("400 Bad Request", "InvalidParameterValue", f"Invalid value '{image_id}' for ImageId")
+                params = {**params, "ImageId": resolved}
+                image_id = resolved
+                environ = _with_param(environ, "ImageId", resolved)
             if not cloud.image_exists(region, image_id):  # EC2 checks this; moto does not
                 return _error("400 Bad Request", "InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
             market = "spot" if params.get("InstanceMarketOptions.MarketType") == "spot" else "on-demand"
             instance_type = params.get("InstanceType", "m1.small")
             zone = cloud.zone_of(region, params)
+            if not cloud.offerings.offered(region, instance_type, zone):  # a pair EC2 does not offer
+                with cloud.lock:
+                    cloud.counters["unsupported"] += 1
+                zones = cloud.offerings.zones_offering(region, instance_type)
+                return _error("400 Bad Request", "Unsupported", unsupported_message(instance_type, zone, zones))
             if not cloud.has_capacity(instance_type, zone, market):
                 with cloud.lock:
                     cloud.counters["capacity_errors"] += 1
@@ -736,6 +802,7 @@ class SpotCloudApp:
                 result = {
                     "endpoint_url": cloud.endpoint_url,
                     "capacity": cloud.capacity_state(),
+                    "offerings": cloud.offerings.state(),
                     "counters": {**cloud.counters, **faults.counters},
                     "notice_seconds": cloud.notice_seconds,
                     "faults": faults.state(),
@@ -764,6 +831,14 @@ class SpotCloudApp:
                         str(doc.get("market", "spot")),
                     )
                 }
+            elif method == "POST" and name == "offerings":
+                if doc.get("reset"):
+                    cloud.offerings.reset()
+                else:
+                    cloud.offerings.set_offered(
+                        str(doc["instance_type"]), str(doc["zone"]), bool(doc.get("offered", False))
+                    )
+                result = {"offerings": cloud.offerings.state()}
             elif method == "POST" and name == "fabric":
                 cloud.fabric_enabled = bool(doc.get("enabled", True))
                 result = {"fabric": cloud.fabric_enabled}
@@ -813,6 +888,15 @@ class SpotCloudApp:
         except (TypeError, ValueError) as exc:
             return _json(start_response, "400 Bad Request", {"error": str(exc)})
         return _json(start_response, "200 OK", result)
+
+
+def _with_param(environ: dict, name: str, value: str) -> dict:
+    """The request with one query parameter replaced (moto reads the body again)."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    environ["wsgi.input"].seek(0)
+    params = parse_qsl(environ["wsgi.input"].read(length).decode(), keep_blank_values=True)
+    body = urlencode([(k, value if k == name else v) for k, v in params]).encode()
+    return {**environ, "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
 
 
 def _region_of(environ: dict, service: str) -> str:

@@ -108,6 +108,40 @@ class SpotLaunchHook(AwsBaseHook):
         found = {s["SubnetId"]: s["AvailabilityZone"] for s in response["Subnets"]}
         return {s: found[s] for s in subnet_ids}
 
+    # -- what EC2 offers -------------------------------------------------------------------------
+    async def a_offerings(self, instance_types: list[str], client: Any = None) -> set[tuple[str, str]]:
+        """The (type, zone) pairs the region offers among ``instance_types`` (DescribeInstanceTypeOfferings)."""
+        found: set[tuple[str, str]] = set()
+        async with hook_client(self, client) as ec2:
+            token: str | None = None
+            while True:
+                kwargs: dict = {
+                    "LocationType": "availability-zone",
+                    "Filters": [{"Name": "instance-type", "Values": instance_types}],
+                }
+                if token:
+                    kwargs["NextToken"] = token
+                page = await a_call_with_retries(functools.partial(ec2.describe_instance_type_offerings, **kwargs))
+                found |= {(o["InstanceType"], o["Location"]) for o in page.get("InstanceTypeOfferings", [])}
+                token = page.get("NextToken")
+                if not token:
+                    return found
+
+    async def a_types_for_requirements(self, request: dict, client: Any = None) -> list[str]:
+        """The instance types of the region that meet ``request`` (GetInstanceTypesFromInstanceRequirements)."""
+        found: list[str] = []
+        async with hook_client(self, client) as ec2:
+            token: str | None = None
+            while True:
+                kwargs = {**request, **({"NextToken": token} if token else {})}
+                page = await a_call_with_retries(
+                    functools.partial(ec2.get_instance_types_from_instance_requirements, **kwargs)
+                )
+                found += [t["InstanceType"] for t in page.get("InstanceTypes", []) if t["InstanceType"] not in found]
+                token = page.get("NextToken")
+                if not token:
+                    return found
+
     # -- idempotency: the session's instance, if one exists -----------------------------------
     def find_session_instance(self, run_uri: str, session: int) -> dict | None:
         """The session's live instance by its tags, each checked against the whole run URI (ec2/identity.py).

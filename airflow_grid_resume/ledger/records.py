@@ -379,6 +379,8 @@ class Launch(Record):
     on_demand_price: float | None = None
     launched_at: float | None = None
     waited_seconds: float | None = None
+    region: str | None = None  # the instance's region, when the run has several (placements)
+    resolved_types: list[str] | None = None  # what instance_requirements resolved to
 
 
 @record_dataclass

@@ -26,12 +26,18 @@ from airflow_grid_resume.ec2.launch import (
     Pair,
     explain_fatal,
     make_pairs,
+    pick_resolved_types,
+    requirements_request,
     session_tokens,
 )
+from airflow_grid_resume.ec2.prices import ON_DEMAND_USD_PER_HOUR
 from airflow_grid_resume.ec2.tags import MARKET_TAG
 from airflow_grid_resume.hooks.base import NO_ANSWER
 from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, launch_error
 from airflow_grid_resume.ledger import records
+from airflow_grid_resume.spot import catalog
+from airflow_grid_resume.spot.observe import MAX_ANSWERS, capacity_answers
+from airflow_grid_resume.spot.placement import MarketChoice, RunState
 from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, RETRY_SAME, Attempt, LaunchPlanner
 
 # How much of EC2's error message the wait record keeps (the code says what happened; the message, where).
@@ -77,6 +83,17 @@ class RoundResult:
     answers: list[dict] = field(default_factory=list)  # EC2's answer per pair tried (see SessionLauncher.waiting)
 
 
+@dataclass
+class RegionLink:
+    """One region a session may launch in: its EC2 hook and client, its RunInstances token bucket, and the
+    spec of its placement (its own image, subnets, security groups and instance profile)."""
+
+    hook: SpotLaunchHook
+    client: Any
+    bucket: AsyncTokenBucket
+    spec: LaunchSpec
+
+
 class SessionLauncher:
     """The I/O of launching one session's instance, shared by the worker's first round and the capacity
     trigger: the tag lookup, the durable record of the last attempt, and a round of RunInstances as
@@ -104,9 +121,13 @@ class SessionLauncher:
         expires_at: str,
         bucket: AsyncTokenBucket,
         log: Any,
+        links: dict[str, RegionLink] | None = None,
     ) -> None:
         self.hook, self.client, self.ledger = hook, client, ledger
         self.spec = spec
+        # Every region the session may launch in; the one-region form is one link, keyed by its region ("" when
+        # the connection decides). The ledger, the user data's region and the live queue stay in ``region``.
+        self.links = links or {region or "": RegionLink(hook, client, bucket, spec)}
         self.run_uri, self.session = run_uri, session
         self.user_data = render_user_data(
             run_uri, session, region, agent_sha256=spec.agent_sha256, spec_sha256=spec.spec_sha256
@@ -114,9 +135,13 @@ class SessionLauncher:
         self.expires_at = expires_at
         self.bucket = bucket
         self.log = log
+        self.region = region
         self._recorded: dict | None = None
         self._answers: list[dict] = []  # of the last round that ended
         self._rounds = 0
+        self.observed: list[list] = []  # capacity answers for the fleet record: [pool, kind, at]
+        self.offered: set[tuple[str, str]] | None = None  # None: not known (no permission, no answer)
+        self.resolved: list[str] = []  # the types instance_requirements resolved to (in any region)
 
     async def start(
         self,
@@ -126,9 +151,13 @@ class SessionLauncher:
         cool_down: float = 300.0,
         backoff_base: float = 15.0,
         backoff_max: float = 300.0,
+        record: dict | None = None,
+        run_state: dict | None = None,
+        choice: MarketChoice | None = None,
     ) -> Start:
         """The pairs, then the session's instance if it has one, else the planner of its rounds (the last
-        recorded attempt replayed first). Raises PairsUnknown when the subnets cannot be read."""
+        recorded attempt replayed first; the order from the fleet ``record`` and the run's state). Raises
+        PairsUnknown when the subnets cannot be read or no pair is offered."""
         try:
             pairs = await self.pairs()
         except (ClientError, *NO_ANSWER) as exc:
@@ -137,6 +166,22 @@ class SessionLauncher:
         existing = await self.existing(pairs)
         if existing is not None:
             return Start(pairs, existing=existing)
+        if not pairs:
+            message = (
+                "no instance type of any placement's region meets instance_requirements "
+                "(GetInstanceTypesFromInstanceRequirements found none). Fix the operator's 'instance_requirements' "
+                "or name 'instance_types'."
+            )
+            raise PairsUnknown("InvalidParameterValue", message)
+        if self.offered is not None and not any((p.instance_type, p.zone) in self.offered for p in pairs):
+            types = sorted({p.instance_type for p in pairs})
+            zones = sorted({p.zone for p in pairs})
+            message = (
+                f"none of the instance types {', '.join(types)} is offered in the zones of the subnets "
+                f"({', '.join(zones)}) (DescribeInstanceTypeOfferings). Fix the operator's 'instance_types' "
+                "(or 'instance_requirements') or 'subnet_ids'."
+            )
+            raise PairsUnknown("Unsupported", message)
         planner = LaunchPlanner(
             pairs,
             run_uri=self.run_uri,
@@ -147,6 +192,10 @@ class SessionLauncher:
             cool_down=cool_down,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            record=record,
+            run_state=RunState.from_dict(run_state),
+            offered=self.offered,
+            choice=choice,
         )
         return Start(pairs, planner=planner)
 
@@ -156,8 +205,9 @@ class SessionLauncher:
         pair, market = result.attempt.pair, result.attempt.market
         price = None
         if market == SPOT:
+            link = self.link(pair)
             try:
-                price = await self.hook.a_spot_price(pair.instance_type, pair.zone, client=self.client)
+                price = await link.hook.a_spot_price(pair.instance_type, pair.zone, client=link.client)
             except Exception as exc:  # the price is for the cost ledger; never fail a launch over it
                 self.log.warning("could not read the spot price of %s in %s: %s", pair.instance_type, pair.zone, exc)
         event = launched_event(
@@ -170,12 +220,24 @@ class SessionLauncher:
             market=market,
             pair=pair,
         )
-        return {**event, "run_uri": self.run_uri}
+        return {**event, "run_uri": self.run_uri, "answers": self.observed, **self._where(pair)}
+
+    def _where(self, pair: Pair | None = None) -> dict:
+        region = (pair.region if pair else "") or self.region
+        where: dict = {"region": region} if region else {}
+        if self.resolved:
+            where["resolved_types"] = self.resolved
+        return where
 
     def reattached(self, instance: dict, *, started_at: float) -> dict:
-        """The ``launched`` event of the instance the session already had."""
+        """The ``launched`` event of the instance the session already had (``_region``: where it was found)."""
         event = launched_event(instance, None, session=self.session, started_at=started_at, reused=True, rounds=0)
-        return {**event, "run_uri": self.run_uri}
+        region = instance.get("_region") or self.region
+        return {**event, "run_uri": self.run_uri, **({"region": region} if region else {})}
+
+    def link(self, pair: Pair) -> RegionLink:
+        """The region a pair launches in (a pair recorded by an earlier release has no region: the first)."""
+        return self.links.get(pair.region) or next(iter(self.links.values()))
 
     def _doc(self, attempt: dict | None, phase: str, **extra: Any) -> records.LaunchAttempt:
         return records.LaunchAttempt(
@@ -194,15 +256,64 @@ class SessionLauncher:
         the session could have made on ``pairs`` (a launcher that died before its attempt was recorded,
         while EC2 did not show the instance's tags yet). A miss is no proof: EC2 may not list an instance
         launched seconds ago, which is why the recorded attempt is replayed first."""
-        found = await self.hook.a_find_session_instance(self.run_uri, self.session, client=self.client)
-        if found is None:
-            tokens = session_tokens(self.run_uri, self.session, pairs)
-            found = await self.hook.a_find_by_client_tokens(tokens, client=self.client)
-        return found
+        for region, link in self.links.items():
+            found = await link.hook.a_find_session_instance(self.run_uri, self.session, client=link.client)
+            if found is None:
+                tokens = session_tokens(self.run_uri, self.session, [p for p in pairs if self.link(p) is link])
+                found = await link.hook.a_find_by_client_tokens(tokens, client=link.client)
+            if found is not None:
+                return {**found, "_region": region} if len(self.links) > 1 else found
+        return None
 
     async def pairs(self) -> list[Pair]:
-        zones = await self.hook.a_subnet_zones(list(self.spec.subnet_ids), client=self.client)
-        return make_pairs(self.spec.instance_types, zones)
+        """Every (type, subnet) pair of every region, regions in the author's order: the listed types, then those
+        ``instance_requirements`` resolve to in that region; and what EC2 offers of them (``self.offered``;
+        unknown when a region cannot be asked)."""
+        pairs: list[Pair] = []
+        offered: set[tuple[str, str]] | None = set()
+        for region, link in self.links.items():
+            found, region_offered = await self._region_pairs(region, link)
+            pairs += found
+            offered = None if offered is None or region_offered is None else offered | region_offered
+        self.offered = offered
+        skipped = [p for p in pairs if offered is not None and (p.instance_type, p.zone) not in offered]
+        if skipped:
+            self.log.info("not offered, skipped: %s", ", ".join(f"{p.instance_type} in {p.zone}" for p in skipped))
+        return pairs
+
+    async def _region_pairs(self, region: str, link: RegionLink) -> tuple[list[Pair], set[tuple[str, str]] | None]:
+        zones = await link.hook.a_subnet_zones(list(link.spec.subnet_ids), client=link.client)
+        types = list(link.spec.instance_types)
+        if link.spec.instance_requirements:
+            request = requirements_request(link.spec.instance_requirements)
+            key = (self._endpoint(link), region, repr(sorted(request.items())))
+            resolved = await catalog.REQUIREMENTS.get_or_load(
+                key, lambda: link.hook.a_types_for_requirements(request, client=link.client)
+            )
+            self.resolved += [t for t in resolved if t not in self.resolved]
+            types = pick_resolved_types(resolved, types, dict(ON_DEMAND_USD_PER_HOUR))
+            self.log.info(
+                "instance_requirements resolved in %s to %d types: %s; trying %s",
+                region or "the region",
+                len(resolved),
+                ", ".join(resolved) or "none",
+                ", ".join(types) or "none",
+            )
+            if not types:
+                return [], set()
+        try:
+            offered = await catalog.OFFERINGS.get_or_load(
+                (self._endpoint(link), region, tuple(sorted(types))),
+                lambda: link.hook.a_offerings(types, client=link.client),
+            )
+        except (ClientError, *NO_ANSWER) as exc:  # e.g. no ec2:DescribeInstanceTypeOfferings: try every pair
+            self.log.warning("could not read the instance type offerings of %s (every pair is tried): %s", region, exc)
+            offered = None
+        return make_pairs(types, zones, region), offered
+
+    @staticmethod
+    def _endpoint(link: RegionLink) -> str:
+        return str(getattr(getattr(link.client, "meta", None), "endpoint_url", "") or "")
 
     async def last_attempt(self) -> Attempt | None:
         """The attempt the previous launcher of this session made last: replayed first, with its token."""
@@ -247,7 +358,7 @@ class SessionLauncher:
 
     @staticmethod
     def _answer(attempt: Attempt, exc: LaunchError) -> dict:
-        return {
+        answer = {
             "instance_type": attempt.pair.instance_type,
             "zone": attempt.pair.zone,
             "lifecycle": attempt.market,
@@ -255,30 +366,35 @@ class SessionLauncher:
             "kind": exc.kind,
             "message": str(exc.message or "")[:ANSWER_MESSAGE_CHARS],
         }
+        if attempt.pair.region:
+            answer["region"] = attempt.pair.region
+        return answer
 
     async def round(self, planner: LaunchPlanner, waited: float) -> RoundResult:
         result = await self._round(planner, waited)
         if result.instance is None and result.error is None and result.answers:
             self._answers = result.answers  # what the run view shows until the next round ends
+        self.observed = [*self.observed, *capacity_answers(result.answers, time.time())][-MAX_ANSWERS:]
         return result
 
     async def _round(self, planner: LaunchPlanner, waited: float) -> RoundResult:
         result = RoundResult()
         for attempt in planner.round(time.monotonic(), waited):
+            link = self.link(attempt.pair)
             while True:
                 await self._record(attempt)
                 planner.before(attempt)
-                await self.bucket.acquire()
+                await link.bucket.acquire()
                 try:
-                    instance = await self.hook.a_launch(
-                        self.spec,
+                    instance = await link.hook.a_launch(
+                        link.spec,
                         attempt.pair,
                         market=attempt.market,
                         run_uri=self.run_uri,
                         session=self.session,
                         user_data=self.user_data,
                         expires_at=self.expires_at,
-                        client=self.client,
+                        client=link.client,
                     )
                 except LaunchError as exc:
                     action = planner.failed(attempt, exc.kind, time.monotonic())

@@ -20,10 +20,19 @@ from airflow_grid_resume.ec2.launch import (
     SPOT,
     THROTTLE,
     TRANSIENT,
+    UNSUPPORTED,
     FallbackPolicy,
     Pair,
     backoff_delay,
     client_token,
+)
+from airflow_grid_resume.spot.placement import (
+    WAIT,
+    MarketChoice,
+    MarketDecision,
+    MarketView,
+    RunState,
+    fallback_choice,
     order_pairs,
 )
 
@@ -41,17 +50,20 @@ class Attempt:
     token: str
 
     def as_dict(self) -> dict:
-        return {
+        doc = {
             "instance_type": self.pair.instance_type,
             "subnet_id": self.pair.subnet_id,
             "zone": self.pair.zone,
             "lifecycle": self.market,
             "token": self.token,
         }
+        if self.pair.region:
+            doc["region"] = self.pair.region
+        return doc
 
     @classmethod
     def from_dict(cls, doc: dict) -> Attempt:
-        pair = Pair(str(doc["instance_type"]), str(doc["subnet_id"]), str(doc["zone"]))
+        pair = Pair(str(doc["instance_type"]), str(doc["subnet_id"]), str(doc["zone"]), str(doc.get("region") or ""))
         return cls(pair, str(doc["lifecycle"]), str(doc["token"]))
 
 
@@ -63,7 +75,8 @@ GIVE_UP = "give-up"  # an error waiting cannot fix
 
 
 class LaunchPlanner:
-    """Rounds of attempts over every allowed pair, with backoff, cool-down and on-demand fallback."""
+    """Rounds of attempts over every allowed pair, with backoff, cool-down and on-demand fallback; the order
+    within a round is ``spot.placement.order_pairs`` (offerings, the fleet record, the run's state)."""
 
     def __init__(
         self,
@@ -78,11 +91,20 @@ class LaunchPlanner:
         backoff_max: float = 300.0,
         replay: Attempt | None = None,
         rng: random.Random | None = None,
+        record: dict | None = None,
+        run_state: RunState | None = None,
+        offered: set[tuple[str, str]] | None = None,
+        choice: MarketChoice | None = None,
     ) -> None:
         self.pairs = list(pairs)
+        self.record = record
+        self.run_state = run_state or RunState()
+        self.offered = offered
+        self.unsupported: dict[str, str] = {}  # pair key -> EC2's code, for pairs answered Unsupported
         self.run_uri = run_uri
         self.session = session
         self.policy = policy or FallbackPolicy()
+        self.choice = choice or fallback_choice(self.policy)
         self.interruptions = interruptions
         self.cool_down = cool_down
         self.backoff_base = backoff_base
@@ -95,19 +117,33 @@ class LaunchPlanner:
         self._tries = 0  # retries of the pending attempt in this round
         self._throttled = False
 
-    def market(self, waited_seconds: float) -> str:
-        return self.policy.market(
-            capacity_failures_in_a_row=self.failures_in_a_row,
-            interruptions=self.interruptions,
-            waited_seconds=waited_seconds,
+    def usable(self) -> list[Pair]:
+        """The pairs still worth a try in this session: offered, and not answered Unsupported."""
+        return order_pairs(self.pairs, market=SPOT, offered=self.offered, unsupported=self.unsupported, cool_down=0)
+
+    def decide(self, waited_seconds: float, now: float = 0.0) -> MarketDecision:
+        """The market of the next round (the market choice's seam), over the pairs in spot order."""
+        ordered = order_pairs(
+            self.pairs,
+            market=SPOT,
+            record=self.record,
+            run=self.run_state,
+            offered=self.offered,
+            unsupported=self.unsupported,
+            failed_at=self.failed_at,
+            now=now,
+            cool_down=self.cool_down,
         )
+        view = MarketView(
+            ordered, self.failures_in_a_row, self.interruptions, waited_seconds, self.record, self.run_state
+        )
+        return self.choice(view)
+
+    def market(self, waited_seconds: float) -> str:
+        return self.decide(waited_seconds).market
 
     def fallback_reason(self, waited_seconds: float) -> str:
-        return self.policy.reason(
-            capacity_failures_in_a_row=self.failures_in_a_row,
-            interruptions=self.interruptions,
-            waited_seconds=waited_seconds,
-        )
+        return self.decide(waited_seconds).reason
 
     def attempt(self, pair: Pair, market: str) -> Attempt:
         return Attempt(pair, market, client_token(self.run_uri, self.session, pair, market))
@@ -119,8 +155,22 @@ class LaunchPlanner:
         self._throttled = False
         if self.pending is not None:
             return [self.pending]
-        market = self.market(waited_seconds)
-        return [self.attempt(p, market) for p in order_pairs(self.pairs, self.failed_at, now, self.cool_down)]
+        decision = self.decide(waited_seconds, now)
+        if decision.market == WAIT:
+            return []
+        ordered = order_pairs(
+            self.pairs,
+            market=decision.market,
+            record=self.record,
+            run=self.run_state,
+            offered=self.offered,
+            unsupported=self.unsupported,
+            failed_at=self.failed_at,
+            now=now,
+            cool_down=self.cool_down,
+            first=decision.pool,
+        )
+        return [self.attempt(p, decision.market) for p in ordered]
 
     def before(self, attempt: Attempt) -> None:
         """Called before the request is sent: until an answer says otherwise, its result is unknown."""
@@ -138,6 +188,9 @@ class LaunchPlanner:
         if kind == CAPACITY:
             self.failed_at[attempt.pair.key] = now
             return NEXT_PAIR
+        if kind == UNSUPPORTED:  # not offered in that zone: never again in this session; the run goes on
+            self.unsupported[attempt.pair.key] = attempt.pair.zone
+            return NEXT_PAIR if self.usable() else GIVE_UP
         if kind == THROTTLE:
             self._throttled = True
             return END_ROUND
@@ -155,4 +208,4 @@ class LaunchPlanner:
         return backoff_delay(self.rounds, base=self.backoff_base, cap=self.backoff_max, rng=self.rng)
 
 
-__all__ = ["END_ROUND", "GIVE_UP", "NEXT_PAIR", "RETRY_SAME", "SPOT", "Attempt", "LaunchPlanner"]
+__all__ = ["END_ROUND", "GIVE_UP", "NEXT_PAIR", "RETRY_SAME", "SPOT", "WAIT", "Attempt", "LaunchPlanner"]

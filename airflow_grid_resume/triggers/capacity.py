@@ -17,7 +17,9 @@ from airflow_grid_resume.ec2.launch import SPOT, LaunchSpec
 from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.hooks.spot import SpotLaunchHook
 from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
+from airflow_grid_resume.spot import fleetstore
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
+from airflow_grid_resume.spot.regions import region_links
 from airflow_grid_resume.watch.settle import settled
 
 
@@ -60,9 +62,13 @@ class SpotCapacityTrigger(BaseTrigger):
         expires_at: str | None = None,
         run_id: str | None = None,  # the run URI again, from triggers serialized before run_uri said it alone
         s3_write: dict | None = None,  # S3WriteOptions.to_json(): what the trigger's writes carry
+        fleet_uri: str | None = None,
+        run_state: dict | None = None,
     ) -> None:
         super().__init__()
         self.s3_write = s3_write
+        self.fleet_uri = fleet_uri  # the fleet record the launch order reads (spot/fleetstore.py)
+        self.run_state = run_state  # the run's own story: the pool that just reclaimed it... (spot/placement.py)
         self.expires_at = expires_at
         self.deferred_at = deferred_at
         self.run_uri = run_uri
@@ -97,6 +103,8 @@ class SpotCapacityTrigger(BaseTrigger):
                 "interruptions": self.interruptions,
                 "deferred_at": self.deferred_at,
                 "expires_at": self.expires_at,
+                "fleet_uri": self.fleet_uri,
+                "run_state": self.run_state,
             },
         )
 
@@ -117,6 +125,7 @@ class SpotCapacityTrigger(BaseTrigger):
         async with (
             shared_client(hook, ("ec2", self.aws_conn_id, self.region_name)) as client,
             shared_client(s3_hook, ("s3", self.aws_conn_id, self.region_name)) as s3,
+            region_links(spec, self.aws_conn_id, self.region_name, (hook, client, bucket)) as links,
         ):
             launcher = SessionLauncher(
                 hook,
@@ -131,6 +140,7 @@ class SpotCapacityTrigger(BaseTrigger):
                 expires_at=self.expires_at or expiry_tag(self.started_at, spec.expiry_hours),
                 bucket=bucket,
                 log=self.log,
+                links=links,
             )
             try:
                 start = await launcher.start(
@@ -139,6 +149,8 @@ class SpotCapacityTrigger(BaseTrigger):
                     cool_down=self.cool_down,
                     backoff_base=self.backoff_base,
                     backoff_max=self.backoff_max,
+                    record=await fleetstore.a_read(s3, self.fleet_uri),
+                    run_state=self.run_state,
                 )
             except PairsUnknown as exc:
                 self.log.error("%s", exc.message)
@@ -172,9 +184,10 @@ class SpotCapacityTrigger(BaseTrigger):
                 remaining = self.started_at + self.max_wait - time.time()
                 if remaining <= 0:
                     zones = sorted({p.zone for p in pairs})
+                    types = sorted({p.instance_type for p in pairs})
                     message = (
                         f"no {market} capacity within {_duration(self.max_wait)} for any of "
-                        f"{', '.join(spec.instance_types)} in {', '.join(zones)}"
+                        f"{', '.join(types)} in {', '.join(zones)}"
                     )
                     self.log.error("%s", message)
                     yield TriggerEvent(
@@ -183,6 +196,7 @@ class SpotCapacityTrigger(BaseTrigger):
                             "message": message,
                             "rounds": planner.rounds,
                             "waited_seconds": time.time() - self.started_at,
+                            "answers": launcher.observed,
                         }
                     )
                     return

@@ -96,9 +96,11 @@ class RunWatchTrigger(BaseTrigger):
         offset_save_interval: float = OFFSET_SAVE_INTERVAL,
         live_queue: str | None = None,
         s3_write: dict | None = None,  # S3WriteOptions.to_json(): what the trigger's writes carry
+        instance_region: str | None = None,
     ) -> None:
         super().__init__()
         self.s3_write = s3_write
+        self.instance_region = instance_region  # where the instance runs, when not in region_name (placements)
         self.live_queue = live_queue
         self.offset_save_interval = offset_save_interval
         self.not_found_grace = not_found_grace
@@ -140,11 +142,16 @@ class RunWatchTrigger(BaseTrigger):
                 "offset_save_interval": self.offset_save_interval,
                 "live_queue": self.live_queue,
                 "s3_write": self.s3_write,
+                "instance_region": self.instance_region,
             },
         )
 
+    @property
+    def _ec2_region(self) -> str | None:
+        return self.instance_region or self.region_name
+
     def _ec2_hook(self) -> SpotLaunchHook:
-        return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        return SpotLaunchHook(aws_conn_id=self.aws_conn_id, region_name=self._ec2_region)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         async for event in settled(self._events(), self.deferred_at):
@@ -153,7 +160,7 @@ class RunWatchTrigger(BaseTrigger):
     async def _events(self) -> AsyncIterator[TriggerEvent]:
         s3_hook = SharedS3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
         ec2_hook = self._ec2_hook()
-        batcher = describe_batcher(self.aws_conn_id, self.region_name)
+        batcher = describe_batcher(self.aws_conn_id, self._ec2_region)
         self._ledger: AsyncLedgerReader | None = None
         self._merge = OutputMerge(self.log_offset)  # restarted where watch.json says, once it is read
         self._s3_at = self.log_offset  # where the next S3 read of the output starts
@@ -171,7 +178,7 @@ class RunWatchTrigger(BaseTrigger):
         )
         async with (
             shared_client(s3_hook, ("s3", self.aws_conn_id, self.region_name)) as s3,
-            shared_client(ec2_hook, ("ec2", self.aws_conn_id, self.region_name)) as ec2,
+            shared_client(ec2_hook, ("ec2", self.aws_conn_id, self._ec2_region)) as ec2,
             self._live_reader() as live,
             self._log_offset_kept_on_cancel(),
         ):

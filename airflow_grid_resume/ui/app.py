@@ -123,6 +123,7 @@ def create_app() -> FastAPI:
                 }
             )
         board = model.fleet(shown, now=now, since=since.timestamp())
+        board["pools"] = model.pools(source.read_fleet_records([r["pointer"] for r in runs]))
         pictures = dashboard.pictures(shown, now=now, since=since.timestamp())
         return HTMLResponse(render.fleet_page(board, days=days, run_link=airflow_run_link, pictures=pictures))
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from airflow_grid_resume.ec2.launch import region_of_zone
 from airflow_grid_resume.ledger.status import counts_as_interruption
 from airflow_grid_resume.run.budgets import budget_use
 from airflow_grid_resume.run.ending import ended_by, session_status
@@ -27,6 +28,7 @@ from airflow_grid_resume.run.summary import (
     reported_progress,
     session_span,
 )
+from airflow_grid_resume.spot.fleetrecord import expected_hours, fleet_stats
 
 # How close to a budget a run must be to be flagged on the dashboard: at most this many left.
 CLOSE_TO_BUDGET = 1
@@ -50,6 +52,8 @@ def session_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
         "instance_id": launch.get("instance_id") or (record.get("start") or {}).get("instance_id"),
         "instance_type": launch.get("instance_type"),
         "zone": launch.get("zone"),
+        "region": launch.get("region") or (region_of_zone(str(launch["zone"])) if launch.get("zone") else None),
+        "resolved_types": list(launch.get("resolved_types") or []),
         "lifecycle": launch.get("lifecycle") or "spot",
         "price_per_hour": paid,
         "on_demand_per_hour": od,
@@ -545,3 +549,23 @@ def with_instance_links(view: dict[str, Any], conf: Mapping[str, Any]) -> dict[s
     for row in [*view["tries"], *view["sessions"]]:
         row["instance_url"] = instance_url(conf, row.get("instance_id"))
     return view
+
+
+def pools(records: Sequence[Mapping[str, Any] | None]) -> list[dict]:
+    """The fleet records' pools, one row each (the fleet dashboard's "Pools" table): what each (region, zone,
+    type, market) did for this deployment's runs, the pools worth most first."""
+    rows = []
+    for record in records:
+        for key, stats in fleet_stats(record).items():
+            region, zone, instance_type, market = (key.split("|") + ["?"] * 4)[:4]
+            rows.append(
+                {
+                    "region": region,
+                    "zone": zone,
+                    "instance_type": instance_type,
+                    "market": market,
+                    **stats.as_dict(),
+                    "expected_hours": round(expected_hours(stats), 2),
+                }
+            )
+    return sorted(rows, key=lambda r: (-r["expected_hours"], r["pool"]))

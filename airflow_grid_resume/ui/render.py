@@ -247,6 +247,7 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
                     str(s["session"]),
                     _instance(s),
                     escape(str(s["instance_type"])),
+                    f"<span class='id'>{escape(str(s.get('region') or '-'))}</span>",
                     f"<span class='id'>{escape(str(s['zone']))}</span>",
                     escape(s["lifecycle"]),
                     escape(price),
@@ -265,6 +266,7 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
                 "session",
                 "instance",
                 "type",
+                "region",
                 "zone",
                 "market",
                 "price",
@@ -279,6 +281,12 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
             "sessions",
         )
     )
+    resolved = next((s["resolved_types"] for s in reversed(view["sessions"]) if s.get("resolved_types")), None)
+    if resolved:
+        parts.append(
+            "<p data-testid='resolved-types'>instance_requirements resolved to "
+            f"<span class='id'>{escape(', '.join(resolved))}</span></p>"
+        )
     parts.append("<h2>Checkpoints</h2>")
     parts.append(
         _table(
@@ -410,5 +418,45 @@ def fleet_page(
             "by-pair",
         )
     )
+    if board.get("pools"):
+        parts.append("<h2>Pools (the fleet record)</h2>")
+        parts.append(
+            _table(
+                [
+                    "region",
+                    "zone",
+                    "instance type",
+                    "market",
+                    "capacity",
+                    "answers",
+                    "sessions",
+                    "mean life",
+                    "interruptions",
+                    "mean price",
+                    "worth (h)",
+                ],
+                [("", _pool_cells(p)) for p in board["pools"]],
+                "pools",
+            )
+        )
     live = any(r["group"] != "finished" for r in board["runs"])
     return page("Spot training runs", "\n".join(parts), live=live)
+
+
+def _pool_cells(p: Mapping[str, Any]) -> list[str]:
+    share = "-" if p["availability"] is None else f"{100 * p['availability']:.0f}%"
+    life = "-" if p["mean_up_hours"] is None else f"{p['mean_up_hours']:.1f} h"
+    price = "-" if p["mean_price"] is None else f"{p['mean_price']:.4f} USD/h"
+    return [
+        f"<span class='id'>{escape(p['region'])}</span>",
+        f"<span class='id'>{escape(p['zone'])}</span>",
+        escape(p["instance_type"]),
+        escape(p["market"]),
+        share,
+        str(p["capacity_answers"]),
+        str(p["sessions"]),
+        life,
+        str(p["interruptions"]),
+        price,
+        f"{p['expected_hours']:.2f}",
+    ]

@@ -248,3 +248,23 @@ def read_many(pointers: list[dict[str, Any]], *, max_manifests: int = 0, workers
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, pointers))
+
+
+def read_fleet_records(pointers: list[dict[str, Any]]) -> list[dict | None]:
+    """The fleet record of every deployment the runs name (``fleet_uri`` in their pointers), each read once."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    from airflow_grid_resume.spot import fleetstore
+
+    seen: dict[str, dict[str, Any]] = {}
+    for pointer in pointers:
+        if pointer.get("fleet_uri"):
+            seen.setdefault(str(pointer["fleet_uri"]), pointer)
+    found: list[dict | None] = []
+    for uri, pointer in seen.items():
+        try:
+            client = S3Hook(aws_conn_id=pointer.get("aws_conn_id"), region_name=pointer.get("region_name")).get_conn()
+            found.append(fleetstore.read(client, uri)[0])
+        except Exception:  # a dashboard shows what it can read
+            found.append(None)
+    return found

@@ -22,11 +22,11 @@ from airflow_grid_resume.ec2.launch import (
     client_token,
     explain_fatal,
     make_pairs,
-    order_pairs,
     run_instances_params,
     session_tokens,
 )
 from airflow_grid_resume.ec2.tags import run_tags
+from airflow_grid_resume.spot.placement import order_pairs
 
 CAPACITY_CODES = [
     "InsufficientInstanceCapacity",
@@ -74,14 +74,16 @@ def test_pairs_prefer_those_not_just_failed() -> None:
         "g4dn.xlarge|subnet-b",
     ]
     failed = {"g5.xlarge|subnet-a": 100.0, "g5.xlarge|subnet-b": 80.0}
-    ordered = order_pairs(pairs, failed, now=120.0, cool_down=60.0)
+    ordered = order_pairs(pairs, market=SPOT, failed_at=failed, now=120.0, cool_down=60.0)
     assert [p.key for p in ordered] == [
         "g4dn.xlarge|subnet-a",
         "g4dn.xlarge|subnet-b",
         "g5.xlarge|subnet-b",
         "g5.xlarge|subnet-a",
     ]
-    assert order_pairs(pairs, failed, now=1000.0, cool_down=60.0) == pairs  # cooled down: user order again
+    assert (
+        order_pairs(pairs, market=SPOT, failed_at=failed, now=1000.0, cool_down=60.0) == pairs
+    )  # cooled down: user order again
 
 
 def test_client_token_is_stable_short_and_per_pair() -> None:

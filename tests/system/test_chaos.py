@@ -32,11 +32,20 @@ import pytest
 
 from airflow_grid_resume.ledger.s3client import make_s3_client
 from tests.chaos_kills import worker_killed_at
-from tests.chaoslib import Chaos, find_run, lifecycle_problems, reference, schedule_for
+from tests.chaoslib import (
+    FIRST_REGION_ZONES,
+    SECOND_REGION_ZONES,
+    Chaos,
+    find_run,
+    lifecycle_problems,
+    reference,
+    schedule_for,
+)
 from tests.chaoslib import seeds as seeds_from
 from tests.conftest import SCRIPTS, make_dag
 
 STEPS, STEP_SECONDS, SAVE_EVERY = 36, 0.12, 4
+AMI = "ami-03cf127a"  # moto's, in every region
 DEFAULT_SEEDS = "1 2"  # make test; make chaos SEEDS=N for more
 
 
@@ -49,7 +58,22 @@ def test_schedules_are_seeded() -> None:
     assert len({schedule_for(s).describe() for s in range(1, 10)}) > 5
 
 
-def chaos_dag(dag_id: str, workdir: Path, bucket: str, multi_file: bool = False):
+def placements(regions: tuple[str, ...]) -> dict:
+    """The operator's placement arguments for ``regions`` (none for the one-region form)."""
+    if len(regions) < 2:
+        return {}
+    zones = {"us-east-1": FIRST_REGION_ZONES, "us-west-2": SECOND_REGION_ZONES}
+    found = []
+    for region in regions:
+        by_zone = {
+            s["AvailabilityZone"]: s["SubnetId"]
+            for s in boto3.client("ec2", region_name=region).describe_subnets()["Subnets"]
+        }
+        found.append({"region": region, "subnet_ids": [by_zone[z] for z in zones[region]], "image_id": AMI})
+    return {"image_id": None, "subnet_ids": (), "placements": found}
+
+
+def chaos_dag(dag_id: str, workdir: Path, bucket: str, multi_file: bool = False, regions: tuple[str, ...] = ()):
     agent_args = ["--heartbeat-interval", "1", "--imds-poll", "0.2", "--sync-reserve", "1", "--min-grace", "1"]
     if multi_file:  # periodic syncs often enough to land inside a save
         agent_args += ["--sync-interval", "0.3"]
@@ -63,6 +87,7 @@ def chaos_dag(dag_id: str, workdir: Path, bucket: str, multi_file: bool = False)
         agent_args=[*agent_args, "--notice-window", "3"],
         retries=3,  # the worker kills
         max_interruptions=4,
+        **placements(regions),
     )
 
 
@@ -78,8 +103,8 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
     bucket = f"chaos-{seed}-{uuid.uuid4().hex[:6]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     expected = reference(tmp_path, STEPS, SAVE_EVERY)
-    dag = chaos_dag(f"chaos_{seed}_{uuid.uuid4().hex[:6]}", workdir, bucket, schedule.multi_file)
-    with worker_killed_at(schedule.kills) as kills, Chaos(spot_cloud, schedule) as chaos:
+    dag = chaos_dag(f"chaos_{seed}_{uuid.uuid4().hex[:6]}", workdir, bucket, schedule.multi_file, schedule.regions)
+    with worker_killed_at(schedule.kills) as kills, Chaos(spot_cloud, schedule, several_regions=True) as chaos:
         dagrun = dag.test()
     output = capfd.readouterr().out
     killed, calls = kills.read()["done"], kills.read()["trace"]
@@ -91,7 +116,7 @@ def test_the_lifecycle_holds_under_a_seeded_schedule_of_faults(spot_cloud, tmp_p
         problems.append(f"the worker kills {schedule.kills} happened: {killed}")
     problems += lifecycle_problems(
         spot_cloud,
-        boto3.client("ec2"),
+        [boto3.client("ec2", region_name=region) for region in schedule.regions],
         find_run(make_s3_client(), bucket, "grid-runs/"),
         interrupted=chaos.interrupted,
         expected=expected,

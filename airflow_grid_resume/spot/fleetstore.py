@@ -1,0 +1,100 @@
+"""The fleet record in S3 (``<artifacts prefix>/fleet/pools.json``): read it, and add observations to it with
+conditional writes, so that any number of workers and triggerers writing at once lose nothing.
+
+A write reads the record and its ETag, merges the observations (``fleetrecord.apply``, pure) and puts it back
+with ``If-Match: <ETag>`` (``If-None-Match: *`` when there is none yet). S3 answers 412 (409 when two conditional
+writes race) to the loser, which reads again and merges again, up to ``MAX_TRIES`` times with a jittered wait.
+The record is a convenience for the launch order: a failure to read or write it is logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from airflow_grid_resume.ledger.s3client import is_not_found, is_precondition_failed
+from airflow_grid_resume.ledger.uri import parse_s3_uri
+from airflow_grid_resume.spot import fleetrecord
+from airflow_grid_resume.spot.fleetrecord import Observation
+
+FLEET_KEY = "fleet/pools.json"
+MAX_TRIES = 12
+
+log = logging.getLogger(__name__)
+
+
+def fleet_uri(artifacts_uri: str) -> str:
+    """Where the fleet record of a deployment lives: next to its runs."""
+    return f"{artifacts_uri.rstrip('/')}/{FLEET_KEY}"
+
+
+def _where(uri: str) -> tuple[str, str]:
+    location = parse_s3_uri(uri, what="the fleet record")
+    return location.bucket, location.prefix.rstrip("/")
+
+
+def read(client: Any, uri: str) -> tuple[dict | None, str | None]:
+    """The record and its ETag; (None, None) when there is none yet."""
+    bucket, key = _where(uri)
+    try:
+        response = client.get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if is_not_found(exc):
+            return None, None
+        raise
+    return json.loads(response["Body"].read()), str(response["ETag"])
+
+
+def add(client: Any, uri: str, observations: Sequence[Observation], *, rng: random.Random | None = None) -> dict | None:
+    """Merge ``observations`` into the record at ``uri`` with conditional writes; the record written, or None
+    if it could not be (logged)."""
+    if not observations:
+        return None
+    bucket, key = _where(uri)
+    rng = rng or random.Random()
+    for attempt in range(MAX_TRIES):
+        try:
+            current, etag = read(client, uri)
+            merged = fleetrecord.apply(current, observations)
+            merged["updated_at"] = round(time.time(), 3)
+            condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+            body = json.dumps(merged, separators=(",", ":"), sort_keys=True).encode()
+            client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition)
+            return merged
+        except ClientError as exc:
+            if not is_precondition_failed(exc):
+                log.warning("could not update the fleet record %s: %s", uri, exc)
+                return None
+        except (BotoCoreError, ValueError) as exc:
+            log.warning("could not update the fleet record %s: %s", uri, exc)
+            return None
+        time.sleep(rng.uniform(0, min(2.0, 0.05 * 2**attempt)))
+    log.warning("gave up updating the fleet record %s after %d conflicting writes", uri, MAX_TRIES)
+    return None
+
+
+async def a_read(client: Any, uri: str | None) -> dict | None:
+    """The record on aiobotocore, for the triggers; None when absent or unreadable (logged)."""
+    if not uri:
+        return None
+    bucket, key = _where(uri)
+    try:
+        response = await client.get_object(Bucket=bucket, Key=key)
+        async with response["Body"] as body:
+            data = await body.read()
+        return dict(json.loads(data))
+    except ClientError as exc:
+        if not is_not_found(exc):
+            log.warning("could not read the fleet record %s: %s", uri, exc)
+    except (BotoCoreError, ValueError, OSError) as exc:
+        log.warning("could not read the fleet record %s: %s", uri, exc)
+    return None
+
+
+__all__ = ["FLEET_KEY", "a_read", "add", "fleet_uri", "read"]
