@@ -229,6 +229,7 @@ def arm_worker_hold_from_env() -> None:
     spec = os.environ.get(WORKER_HOLD_ENV)
     if not spec or _armed:
         return
+    import aiobotocore.client
     import botocore.client
 
     operation, marker = spec.split(":", 1)
@@ -245,7 +246,13 @@ def arm_worker_hold_from_env() -> None:
         while True:  # until the test kills the worker
             time.sleep(60)
 
-    _wrap_calls(boundary, [(botocore.client.BaseClient, "_make_api_call", False, _first_arg)])
+    _wrap_calls(
+        boundary,
+        [
+            (botocore.client.BaseClient, "_make_api_call", False, _first_arg),
+            (aiobotocore.client.AioBaseClient, "_make_api_call", True, _first_arg),  # execute launches async
+        ],
+    )
     _armed.append(contextlib.nullcontext())
 
 

@@ -35,9 +35,11 @@ from airflow_grid_resume.run.ending import session_status
 from airflow_grid_resume.run.summary import read_records
 from tests import chaos_kills
 from tests.conftest import TRAIN
+from tests.system.test_real_airflow_ha import steps_in
 from tests.test_operators import reference_result
 
-STEPS, STEP_SECONDS, POLL, OFFSET_SAVE = 240, 0.1, 0.5, 3.0
+# Long enough (60 s) that session 1 still trains once the retry of the killed try watches it.
+STEPS, STEP_SECONDS, POLL, OFFSET_SAVE = 600, 0.1, 0.5, 3.0
 BUCKET, LOGS_BUCKET, DAG_ID = "celery-runs", "celery-logs", "grid_celery"
 KILLS_DIR = str(Path(chaos_kills.__file__).parent)
 DAG_FILE = f"""
@@ -75,11 +77,6 @@ with DAG("{DAG_ID}", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timez
 """
 # Triggerer liveness lowered from 5 s / 30 s, and a try whose worker died is failed after 10 s instead of 300 s.
 HEARTBEAT, HEALTH_THRESHOLD, TI_HEARTBEAT_TIMEOUT = 1, 6, 10
-
-
-def steps_in(text: str) -> list[int]:
-    """Every ``step N`` line of the training output in a task log (JSON lines: the event ends at the quote)."""
-    return [int(n) for n in re.findall(r'"step (\d+)"', text)]
 
 
 def find_ledger(s3: object) -> RunLedger | None:
@@ -216,6 +213,14 @@ def test_celery_worker_killed_mid_execute_and_remote_logs_survive_a_triggerer_ki
             )
             mark("run ended")
             final = ti()
+            # The worker uploads the try's log once its process has exited, just after the run's state is set.
+            last_log = f"airflow-logs/dag_id={DAG_ID}/run_id={run_id}/task_id=train/attempt={final['try_number']}.log"
+            wait_for(
+                "the worker to upload the last try's log",
+                lambda: b"run summary" in remote_object(s3, last_log),
+                60,
+                1,
+            )
             # The pods are gone: only the remote log is left for the UI to show.
             shutil.rmtree(home / "logs")
             shown = {n: api_log(api, run_id, n) for n in range(1, int(final["try_number"]) + 1)}
@@ -249,7 +254,7 @@ def test_celery_worker_killed_mid_execute_and_remote_logs_survive_a_triggerer_ki
             "resumed at step",
             "run summary: 2 sessions, 1 interruptions, 0 failures; succeeded",
         ):
-            assert expected in story, f"{expected!r} is not in the task log"
+            assert expected in story, f"{expected!r} is not in the task log:\n{story[-6000:]}"
         assert f"s3://{LOGS_BUCKET}/airflow-logs/" in story, "the log did not come from the remote log"
         # What the killed triggerer wrote is in the remote log (it uploaded nothing itself), and shown.
         killed_steps = set(steps_in(written_by_killed))
@@ -263,6 +268,14 @@ def test_celery_worker_killed_mid_execute_and_remote_logs_survive_a_triggerer_ki
             f"{len(never_shown)} lines of the output are not in the task log: {sorted(never_shown)[:20]}"
         )
     assert not [p for p in stack.procs if p.poll() is None]
+
+
+def remote_object(s3: object, key: str) -> bytes:
+    """An object of the remote log, or b"" while there is none."""
+    try:
+        return s3.get_object(Bucket=LOGS_BUCKET, Key=key)["Body"].read()  # type: ignore[attr-defined]
+    except s3.exceptions.NoSuchKey:  # type: ignore[attr-defined]
+        return b""
 
 
 def local_task_log(home: Path) -> str:
