@@ -114,6 +114,7 @@ class RunWatchTrigger(BaseTrigger):
         self.instance_check_interval = instance_check_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.boot_timeout = boot_timeout
+        self._remote_copy: RemoteLogCopy | None = None  # made when the watch starts (_events)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -488,10 +489,9 @@ class RunWatchTrigger(BaseTrigger):
     async def cleanup(self) -> None:
         """The watch ends in its triggerer (its event, or cancelled): the triggerer uploads the whole trigger
         log now, so this watch's copy of it goes."""
-        copy = getattr(self, "_remote_copy", None)
-        if copy is not None:
+        if self._remote_copy is not None:
             try:
-                await asyncio.wait_for(copy.discard(), 10.0)
+                await asyncio.wait_for(self._remote_copy.discard(), 10.0)
             except Exception as exc:
                 self.log.warning("could not delete the copy of the output in the remote log: %s", exc)
 

@@ -97,7 +97,7 @@ def kill_tree(stack: AirflowStack, name: str) -> int:
     return len(tree)
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_celery_worker_killed_mid_execute_and_remote_logs_survive_a_triggerer_kill(tmp_path: Path) -> None:
     home = tmp_path / "airflow"
     (home / "dags").mkdir(parents=True)
