@@ -4,13 +4,13 @@
 # 1. a Docker engine: the running one, else dockerd started here (and stopped at the end);
 # 2. stand-ins for the official images from Debian packages: a bookworm root file system (debootstrap, cached as
 #    a tarball in ~/.cache/grid-resume) imported as a base image, then Airflow installed on it the way the official
-#    image installs it (scripts/docker-standin/), and PostgreSQL 15; before that, the agent and the user data in
-#    containers of stock Debian 11 and 12 images and of the base image, which has no python3
-#    (scripts/stock-images.sh, tests/system/test_stock_containers.py);
+#    image installs it (scripts/docker-standin/), PostgreSQL 15 and Redis 7 (the CeleryExecutor's broker); before
+#    that, the agent and the user data in containers of stock Debian 11 and 12 images and of the base image, which
+#    has no python3 (scripts/stock-images.sh, tests/system/test_stock_containers.py);
 # 3. docker/Dockerfile built on the Airflow stand-in through AIRFLOW_IMAGE, as a user builds it on the official one;
-# 4. docker/compose.yaml up (compose v1, as Debian ships it), the demo DAG triggered through the REST API and
-#    interrupted once (scripts/docker_check.py); then everything the stack made is removed (containers, networks,
-#    volumes). The images stay, tagged grid-resume-test/*, so that the next run reuses their layers.
+# 4. docker/compose.yaml up (compose v1, as Debian ships it) with the CeleryExecutor, the demo DAG triggered through
+#    the REST API and interrupted once, its task run by the Celery worker (scripts/docker_check.py); then everything
+#    the stack made is removed (containers, networks, volumes). The images stay, tagged grid-resume-test/*, so that the next run reuses their layers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -20,6 +20,7 @@ cache=${XDG_CACHE_HOME:-$HOME/.cache}/grid-resume
 base=grid-resume-test/bookworm-minbase:latest
 airflow_standin=grid-resume-test/airflow:3.3.2-python3.11
 postgres_standin=grid-resume-test/postgres:15
+redis_standin=grid-resume-test/redis:7
 image=grid-resume-test/airflow-grid-resume:latest
 project=grid-resume-test-$$
 work=$(mktemp -d -t grid-resume-docker-test.XXXXXX)
@@ -104,6 +105,7 @@ build() { # build TAG LOG ARGS...: quiet unless it fails
 }
 build "$postgres_standin" postgres.log -f "$work/standin/postgres.Dockerfile" --build-arg "BASE_IMAGE=$base" \
   "$work/standin"
+build "$redis_standin" redis.log -f "$work/standin/redis.Dockerfile" --build-arg "BASE_IMAGE=$base" "$work/standin"
 build "$airflow_standin" airflow-standin.log -f "$work/standin/airflow.Dockerfile" --build-arg "BASE_IMAGE=$base" \
   "$work/standin"
 
@@ -117,7 +119,8 @@ checks=$("$docker" run --rm "$image" bash -c \
 
 # -- 4. the compose stack -------------------------------------------------------------------------------------------
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-export GRID_RESUME_IMAGE=$image POSTGRES_IMAGE=$postgres_standin AIRFLOW_IMAGE=$airflow_standin
+export GRID_RESUME_IMAGE=$image POSTGRES_IMAGE=$postgres_standin REDIS_IMAGE=$redis_standin \
+  AIRFLOW_IMAGE=$airflow_standin
 export GRID_RESUME_UI_PORT=$(free_port) GRID_RESUME_CLOUD_PORT=$(free_port)
 export GRID_DEMO_STEPS=${GRID_DEMO_STEPS:-200} GRID_DEMO_STEP_SECONDS=${GRID_DEMO_STEP_SECONDS:-0.1}
 say "docker-compose up ($("$compose" version --short), project $project)"
@@ -135,4 +138,5 @@ fi
 DOCKER=$docker "${PYTHON:-.venv/bin/python}" scripts/docker_check.py \
   --api "http://127.0.0.1:$GRID_RESUME_UI_PORT" --cloud "http://127.0.0.1:$GRID_RESUME_CLOUD_PORT" \
   --steps "$GRID_DEMO_STEPS" --compose "$compose -p $project -f docker/compose.yaml"
-say "docker-test passed in ${SECONDS} s (images kept for the next run: $image $airflow_standin $postgres_standin $base)"
+say "docker-test passed in ${SECONDS} s (images kept for the next run: $image $airflow_standin $postgres_standin" \
+  "$redis_standin $base)"

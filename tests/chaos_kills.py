@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 WORKER_METHODS = ("execute", "on_capacity", "on_session_end")
@@ -27,6 +28,8 @@ WORKER_KILLS_ENV, TRIGGERER_KILL_ENV, STATE_ENV, DAG_ENV = (
     "GRID_CHAOS_DAG",
 )
 GO_SUFFIX = ".go"  # <state file>.go: the triggerer's calls count from when it exists
+# "<AWS operation>:<marker file>": the worker hangs after that call, once per run, for the test to kill it
+WORKER_HOLD_ENV = "GRID_CHAOS_WORKER_HOLD"
 
 
 class WorkerDeath(BaseException):
@@ -216,6 +219,41 @@ def arm_worker_from_env() -> None:
     )
     manager.__enter__()
     _armed.append(manager)
+
+
+def arm_worker_hold_from_env() -> None:
+    """In a real task runner (called by the DAG file): the first time any try of the run has made the AWS call
+    named in the environment and received its answer, create the marker file (holding this process's pid) and
+    hang there, so that the test kills the whole worker (a Celery worker with its pool and the task's processes)
+    at a known point of ``execute``, as a lost node would. Once per run: the marker file says it happened."""
+    spec = os.environ.get(WORKER_HOLD_ENV)
+    if not spec or _armed:
+        return
+    import aiobotocore.client
+    import botocore.client
+
+    operation, marker = spec.split(":", 1)
+
+    def boundary(name: str, when: str, _: int) -> int:
+        if name != operation or when != "after":
+            return 0
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:  # held once already: later tries go on
+            return 0
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        while True:  # until the test kills the worker
+            time.sleep(60)
+
+    _wrap_calls(
+        boundary,
+        [
+            (botocore.client.BaseClient, "_make_api_call", False, _first_arg),
+            (aiobotocore.client.AioBaseClient, "_make_api_call", True, _first_arg),  # execute launches async
+        ],
+    )
+    _armed.append(contextlib.nullcontext())
 
 
 def arm_triggerer_from_env() -> None:

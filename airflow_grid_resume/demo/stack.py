@@ -1,5 +1,6 @@
-"""A real Airflow (scheduler, triggerer, dag-processor, api-server; LocalExecutor) in a throwaway home, on
-SQLite or on a throwaway PostgreSQL, and its REST API: what the demo and the end-to-end tests run against."""
+"""A real Airflow (scheduler, triggerer, dag-processor, api-server; LocalExecutor, or the CeleryExecutor with a
+Celery worker) in a throwaway home, on SQLite or on a throwaway PostgreSQL (and Redis, the Celery broker), and its
+REST API: what the demo and the end-to-end tests run against."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,7 @@ from typing import Any
 from airflow_grid_resume.emulator.moto_server import free_port
 
 LOG_SERVER = "log-server"
+CELERY_WORKER = "celery-worker"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", LOG_SERVER)
 COMMANDS = {
     LOG_SERVER: [
@@ -36,9 +39,10 @@ COMMANDS = {
         "--no-access-log",
         "--log-level",
         "warning",
-    ]
+    ],
+    CELERY_WORKER: [sys.executable, "-m", "airflow", "celery", "worker"],
 }
-# Where Debian puts the server binaries when they are not on PATH.
+# Where Debian puts the PostgreSQL server binaries when they are not on PATH.
 POSTGRES_BIN_DIRS = ("/usr/local/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin")
 
 
@@ -173,6 +177,67 @@ class PostgresServer:
         self.stop()
 
 
+class RedisServer:
+    """A throwaway Redis (Debian's ``redis-server``) on 127.0.0.1, nothing saved to disk: the CeleryExecutor's
+    broker for one test."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")  # Debian's redis-server package: /usr/bin
+        if binary is None:
+            raise FileNotFoundError("no redis-server: make system-deps installs Debian's redis-server")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+        def answers() -> bool:
+            with contextlib.closing(socket.create_connection(("127.0.0.1", self.port), timeout=2)) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+
+        try:
+            wait_for("redis-server", answers, 30, 0.1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            end_group(self.proc, signal.SIGTERM, grace=10)
+            self.proc = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def end_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 30.0) -> None:
     """Signal the process group ``proc`` leads, reap ``proc``, then SIGKILL what is left of the group.
 
@@ -189,12 +254,27 @@ def end_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 
     proc.wait()
 
 
+def celery_env(broker: str, database_url: str | None) -> dict[str, str]:
+    """The CeleryExecutor's settings, as Airflow's official compose file has them: the broker, and the metadata
+    database as the result backend (SQLAlchemy's ``db+`` form). Two processes per worker: enough for a grid task's
+    short ``execute`` and resume methods, which hold no slot while the run trains."""
+    if not database_url or not database_url.startswith("postgresql"):
+        raise ValueError("the CeleryExecutor needs a database that every process shares: pass database_url")
+    return {
+        "AIRFLOW__CELERY__BROKER_URL": broker,
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+postgresql://" + database_url.split("://", 1)[1],
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+    }
+
+
 class AirflowStack:
     """Start the components with their own home and stop every process they started.
 
     ``components`` names the processes: an Airflow command, with ``-N`` to run more than one
     (``("triggerer-1", "triggerer-2")``), or ``log-server``; ``database_url`` puts the metadata database
-    elsewhere than SQLite in the home (``PostgresServer.url``).
+    elsewhere than SQLite in the home (``PostgresServer.url``). ``celery_broker`` (``RedisServer.url``) runs the
+    CeleryExecutor instead of the LocalExecutor, with the metadata database as its result backend: start a
+    ``celery-worker`` component to run the tasks.
 
     Everything listens on 127.0.0.1 only: the api-server (``[api] host``) and one log server for the
     worker's and the triggerers' logs (Airflow's own binds every interface and has no host option, so
@@ -211,6 +291,7 @@ class AirflowStack:
         components: tuple[str, ...] = COMPONENTS,
         database_url: str | None = None,
         login: tuple[str, str] | None = None,
+        celery_broker: str | None = None,
     ) -> None:
         self.home = home
         self.components = components
@@ -223,7 +304,7 @@ class AirflowStack:
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if celery_broker else "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
@@ -240,6 +321,7 @@ class AirflowStack:
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_port),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.log_port),
             **({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url} if database_url else {}),
+            **(celery_env(celery_broker, database_url) if celery_broker else {}),
         }
         self.procs: list[subprocess.Popen] = []  # every process ever started, restarts included
         self.running: dict[str, subprocess.Popen] = {}
@@ -253,7 +335,7 @@ class AirflowStack:
         """Start component ``name`` (again: its log file is appended to), with ``env`` added to its environment."""
         command = re.sub(r"-\d+$", "", name)
         argv = COMMANDS.get(command, [sys.executable, "-m", "airflow", command])
-        argv = argv + (["--skip-serve-logs"] if command in ("scheduler", "triggerer") else [])
+        argv = argv + (["--skip-serve-logs"] if command in ("scheduler", "triggerer", CELERY_WORKER) else [])
         argv = argv + (["--port", str(self.log_port)] if command == LOG_SERVER else [])
         with open(self.home / f"{name}.log", "ab") as log_file:  # the child keeps its own descriptor
             proc = subprocess.Popen(

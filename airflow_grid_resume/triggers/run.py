@@ -37,6 +37,7 @@ from airflow_grid_resume.watch.cadence import ChunkSchedule
 from airflow_grid_resume.watch.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
 from airflow_grid_resume.watch.liveness import GONE as GONE_VERDICT
 from airflow_grid_resume.watch.merge import OutputMerge
+from airflow_grid_resume.watch.remotecopy import RemoteLogCopy, s3_remote_log_io, try_log_path
 from airflow_grid_resume.watch.settle import settled
 
 # How long, after an outcome, the bootstrap gets to power the instance off by itself before it is terminated.
@@ -119,6 +120,7 @@ class RunWatchTrigger(BaseTrigger):
         self.instance_check_interval = instance_check_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.boot_timeout = boot_timeout
+        self._remote_copy: RemoteLogCopy | None = None  # made when the watch starts (_events)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -169,6 +171,7 @@ class RunWatchTrigger(BaseTrigger):
         self._live_final = False  # the final live message came
         self._offset_logged = self._offset_saved = -1
         self._offset_saved_at = 0.0
+        self._remote_copy = self._make_remote_copy()
         liveness = Liveness(
             now=time.monotonic(),
             launched_ago=time.time() - self.launched_at,  # both Airflow-side clocks
@@ -473,6 +476,8 @@ class RunWatchTrigger(BaseTrigger):
             return offset, buffered
         for record in log_records(log_lines(buffered[:cut].decode(errors="replace"))):
             self.log.info("%s", record)
+            if self._remote_copy is not None:
+                self._remote_copy.add(record)
         offset += cut
         self._offset_logged = offset
         if final or time.time() - self._offset_saved_at >= self.offset_save_interval:
@@ -483,6 +488,11 @@ class RunWatchTrigger(BaseTrigger):
         """Record in ``watch.json`` how far the task log has the session's output. The offset counts as
         saved once the PUT answered: a watch stopped during the PUT saves it again on its way out."""
         self._offset_saved_at = time.time()
+        if self._remote_copy is not None:  # first: what a killed triggerer wrote up to the offset is then remote
+            try:
+                await self._remote_copy.save()
+            except Exception as exc:  # the remote log is a copy: never a reason to stop watching
+                self.log.warning("could not copy the output to the remote log: %s", exc)
         await self._mark_watched(ledger, offset)
         self._offset_saved = offset
 
@@ -498,6 +508,25 @@ class RunWatchTrigger(BaseTrigger):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._save_offset(self._ledger, self._offset_logged), 5.0)
             raise
+
+    def _make_remote_copy(self) -> RemoteLogCopy | None:
+        """With S3 remote logging, a copy of the output this watch logs, kept beside the try's log
+        (watch/remotecopy.py: a SIGKILLed triggerer uploads nothing)."""
+        try:
+            io, path = s3_remote_log_io(), try_log_path(getattr(self, "task_instance", None))
+        except Exception as exc:
+            self.log.warning("no copy of the output in the remote log: %s", exc)
+            return None
+        return RemoteLogCopy(io, path, self.session) if io is not None and path else None
+
+    async def cleanup(self) -> None:
+        """The watch ends in its triggerer (its event, or cancelled): the triggerer uploads the whole trigger
+        log now, so this watch's copy of it goes."""
+        if self._remote_copy is not None:
+            try:
+                await asyncio.wait_for(self._remote_copy.discard(), 10.0)
+            except Exception as exc:
+                self.log.warning("could not delete the copy of the output in the remote log: %s", exc)
 
     async def _mark_watched(self, ledger: AsyncLedgerReader, offset: int) -> None:
         """``watch.json``: how far the task log has the output, and proof that a trigger watches."""

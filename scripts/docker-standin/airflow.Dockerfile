@@ -1,6 +1,7 @@
 # A stand-in for apache/airflow:3.3.2-python3.11, built from Debian packages, for make docker-test on machines
 # that reach no image registry. It copies what docker/Dockerfile relies on in the official image: the airflow user
-# (uid 50000, group 0, home /home/airflow), Airflow installed with pip --user into /home/airflow/.local with the
+# (uid 50000, group 0, home /home/airflow), Airflow installed with pip --user into /home/airflow/.local (with the
+# providers of the official image this project uses: amazon, postgres, celery) with the
 # constraints kept in /home/airflow/constraints.txt, AIRFLOW_HOME=/opt/airflow, AIRFLOW_VERSION, and an
 # entrypoint run by dumb-init that passes `bash ...`, `python ...` and `airflow ...` through and runs anything else
 # as an airflow subcommand. Not for production: the official image is.
@@ -27,7 +28,7 @@ COPY build-ca/ /tmp/build-ca/
 USER airflow
 RUN if [ -f /tmp/build-ca/ca.crt ]; then export PIP_CERT=/tmp/build-ca/ca.crt; fi \
     && pip install --user --no-warn-script-location -c /home/airflow/constraints.txt \
-       "apache-airflow[postgres,amazon]==${AIRFLOW_VERSION}"
+       "apache-airflow[postgres,amazon,celery]==${AIRFLOW_VERSION}"
 
 FROM system
 COPY --from=install --chown=airflow:0 /home/airflow /home/airflow
