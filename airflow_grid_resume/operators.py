@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -49,9 +49,11 @@ from airflow_grid_resume.logtext import log_lines, log_records
 from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.run.budgets import Budgets, first_try_of_cycle
+from airflow_grid_resume.run.deadline import DeadlineContext, LaunchChooser, watch_interval
 from airflow_grid_resume.run.ending import ended_status
 from airflow_grid_resume.run.ledgerio import (
     budget_history,
+    deadline_context,
     end_run,
     generation_uri,
     newest_generation,
@@ -67,7 +69,14 @@ from airflow_grid_resume.run.nextstep import (
 )
 from airflow_grid_resume.run.options import RunOptions, seconds
 from airflow_grid_resume.run.summary import read_records, summarize, summary_lines
-from airflow_grid_resume.run.verdict import FAIL_RUN, REPORT, RETRY_INTERRUPTED, session_verdict, spends_budget
+from airflow_grid_resume.run.verdict import (
+    FAIL_RUN,
+    NEXT_SESSION,
+    REPORT,
+    RETRY_INTERRUPTED,
+    session_verdict,
+    spends_budget,
+)
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
 from airflow_grid_resume.triggers.capacity import SpotCapacityTrigger
 from airflow_grid_resume.triggers.run import RunWatchTrigger
@@ -147,11 +156,18 @@ class GridRunOperator(BaseOperator):
         try ended by an interruption or a lost instance.
     :param on_demand_prices: USD per hour by instance type (``{"g5.xlarge": 1.006}``), overriding the built-in
         us-east-1 Linux table used for the on-demand side of the cost estimate.
+    :param deadline: when the run must be done: a timezone-aware ``datetime``, a ``timedelta`` from the run's first
+        try, or a template rendering to an ISO datetime (``"{{ data_interval_end + macros.timedelta(hours=7) }}"``).
+        A deadline policy then chooses spot (in which zone), on-demand or waiting at every launch and capacity
+        round, and stops an on-demand session to go back to spot when that is safe; the fallback counters are not
+        used (docs/user-guide.md, "Deadlines"). (templated)
+    :param expected_runtime: with ``deadline``: how long the training takes on the chosen hardware without
+        interruptions (timedelta or seconds); refined from the run's progress lines as it runs.
     :param failure_retries: set by ``partial()`` for mapped tasks (the failure budget it split from ``retries``);
         do not pass it yourself.
     """
 
-    template_fields: Sequence[str] = ("command", "workdir", "artifacts_uri")
+    template_fields: Sequence[str] = ("command", "workdir", "artifacts_uri", "deadline")
     operator_extra_links = (GridInstanceLink(), GridArtifactsLink())
     ui_color = "#ffd27f"
 
@@ -192,6 +208,8 @@ class GridRunOperator(BaseOperator):
         failure_retries: int | None = None,
         keep_checkpoints: int | None = 3,
         live_output: str = "sqs",
+        deadline: datetime | timedelta | str | None = None,
+        expected_runtime: timedelta | float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -206,6 +224,8 @@ class GridRunOperator(BaseOperator):
             live_output=live_output,
             keep_checkpoints=keep_checkpoints,
             on_demand_prices=dict(on_demand_prices or {}),
+            deadline=deadline,
+            expected_runtime=seconds(expected_runtime),
         )
         self.command = command
         self.artifacts_uri = artifacts_uri
@@ -240,6 +260,8 @@ class GridRunOperator(BaseOperator):
         self.live_output = options.live_output
         self.on_demand_prices = dict(options.on_demand_prices)
         self.keep_checkpoints = options.keep_checkpoints
+        self.deadline = deadline
+        self.expected_runtime = options.expected_runtime
         self.interruption_retry_delay = timedelta(seconds=options.interruption_retry_delay)
         if callable(on_interruption_callback):
             on_interruption_callback = [on_interruption_callback]
@@ -478,7 +500,8 @@ class GridRunOperator(BaseOperator):
         state = {"session": session, "run_uri": run_uri, "first_started_at": first_started}
         if store:
             store.set(STATE_KEY, state)
-        launched = self._launch_now(spec, run_uri, session, interruptions, expires_at)
+        ctx = self._deadline_context(ledger, first_started)  # None without deadline=
+        launched = self._launch_now(spec, run_uri, session, interruptions, expires_at, ctx)
         if launched is not None:
             return self.on_capacity(context, launched)
         self.log.info(
@@ -503,6 +526,7 @@ class GridRunOperator(BaseOperator):
                 backoff_max=self.capacity_backoff[1],
                 deferred_at=time.time(),
                 expires_at=expires_at,
+                deadline=ctx.as_dict() if ctx else None,
             ),
             method_name="on_capacity",
         )
@@ -553,16 +577,46 @@ class GridRunOperator(BaseOperator):
             raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
         return dataclasses.replace(spec, root_device_name=device)
 
+    def _deadline_context(self, ledger: RunLedger, first_started: float) -> DeadlineContext | None:
+        """A deadline= run: the deadline (resolved at the first try), the pace measured so far, the price."""
+        if self.deadline is None or not self.expected_runtime:
+            return None
+        price = on_demand_price(self.spec.instance_types[0], self.on_demand_prices) or 1.0
+        try:
+            return deadline_context(
+                ledger,
+                given=self.deadline,
+                expected_hours=self.expected_runtime / 3600.0,
+                first_started_at=first_started,
+                now=time.time(),
+                on_demand_price=price,
+                records=read_records(ledger),
+            )
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
+
     def _launch_now(
-        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str
+        self,
+        spec: LaunchSpec,
+        run_uri: str,
+        session: int,
+        interruptions: int,
+        expires_at: str,
+        ctx: DeadlineContext | None = None,
     ) -> dict | None:
         """One round over the pairs from the worker, with the capacity trigger's own launcher: with
         capacity at hand, no capacity deferral is needed (and no trigger fires seconds after
         deferring). None means: wait in the trigger."""
-        return asyncio.run(self._a_launch_now(spec, run_uri, session, interruptions, expires_at))
+        return asyncio.run(self._a_launch_now(spec, run_uri, session, interruptions, expires_at, ctx))
 
     async def _a_launch_now(
-        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str
+        self,
+        spec: LaunchSpec,
+        run_uri: str,
+        session: int,
+        interruptions: int,
+        expires_at: str,
+        ctx: DeadlineContext | None = None,
     ) -> dict | None:
         hook, s3_hook = self.spot_hook, self.s3_hook
         started_at = time.time()
@@ -580,7 +634,8 @@ class GridRunOperator(BaseOperator):
                 log=self.log,
             )
             try:
-                start = await launcher.start(fallback=self.fallback, interruptions=interruptions)
+                chooser = LaunchChooser(ctx, point="launch", tick_seconds=self.capacity_backoff[0]) if ctx else None
+                start = await launcher.start(fallback=self.fallback, interruptions=interruptions, chooser=chooser)
             except PairsUnknown as exc:
                 raise AirflowFailException(exc.message) from exc
             if start.existing is not None:
@@ -643,7 +698,8 @@ class GridRunOperator(BaseOperator):
             instance_id=instance_id,
         )
         deadline = float(state.get("first_started_at", time.time())) + self.max_run if self.max_run else None
-        spec = self._ledger(run_uri).read_spec()
+        ledger = self._ledger(run_uri)
+        spec = ledger.read_spec()
         self.defer(
             trigger=RunWatchTrigger(
                 run_uri=run_uri,
@@ -661,9 +717,18 @@ class GridRunOperator(BaseOperator):
                 boot_timeout=self.boot_timeout,
                 deferred_at=time.time(),
                 live_queue=spec.live_queue if spec is not None else None,
+                deadline_policy=self._watch_policy(ledger, session, state),
             ),
             method_name="on_session_end",
         )
+
+    def _watch_policy(self, ledger: RunLedger, session: int, state: dict) -> dict | None:
+        """A deadline= run's session on on-demand: what the run watch asks the policy with (back to spot?)."""
+        launch = ledger.read_launch(session) if self.deadline is not None else None
+        if launch is None or launch.lifecycle != "on-demand":
+            return None
+        ctx = self._deadline_context(ledger, float(state.get("first_started_at") or time.time()))
+        return {"context": ctx.as_dict(), "pools": [], "interval": watch_interval(ctx)} if ctx else None
 
     def on_session_end(self, context: Any, event: dict | None = None) -> Any:
         event = event or {}
@@ -692,6 +757,9 @@ class GridRunOperator(BaseOperator):
             return self._summary(ledger, event)
         if verdict.action == FAIL_RUN:
             raise self._fail(ledger, session, verdict.message)
+        if verdict.action == NEXT_SESSION:  # a planned stop spends no try: this one launches the next session
+            self.log.info("%s", verdict.message)
+            return self.execute(context)
         if verdict.action == RETRY_INTERRUPTED:
             self._alert_as_interruption()
             manifest = (outcome or {}).get("manifest") or next(iter(ledger.list_manifests()), None)

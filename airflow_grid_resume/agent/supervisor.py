@@ -47,12 +47,13 @@ from airflow_grid_resume.agent.monitors.events import (
     TIGHTEN,
     StopEvent,
     lease_lost_event,
+    planned_stop_event,
     react,
     signal_event,
     unwatched_event,
 )
 from airflow_grid_resume.agent.monitors.runner import MonitorRunner
-from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, Classification, classify
+from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, STOPPED, Classification, classify
 from airflow_grid_resume.agent.progress import ProgressTracker
 from airflow_grid_resume.agent.restore import Restorer, RestoreResult
 from airflow_grid_resume.agent.scan import HashCache, PathFilter
@@ -632,6 +633,8 @@ class Supervisor:
             manifest = self.syncer.last_manifest.name
         exit_code = result.agent_exit_code
         status, warnings = result.status, [*result.warnings, *self.notice_warnings]
+        if status == INTERRUPTED and self.notice is not None and self.notice.source == "planned":
+            status = STOPPED  # asked for: spends no budget, the Airflow side launches the next session at once
         fallback = restored.fallback_note()
         if fallback:
             warnings.insert(0, fallback)
@@ -757,6 +760,7 @@ class Supervisor:
         status_at: float | None = None  # monotonic time heartbeat.json was last written
         woken = True
         guard = UnwatchedGuard(self.o.unwatched_timeout, time.monotonic())
+        planned_asked = False
         while True:
             seq += 1
             if guard.due(time.monotonic()) and self.state in ("restoring", "running", "running+syncing"):
@@ -765,6 +769,10 @@ class Supervisor:
                 except Exception as exc:  # S3 trouble is not evidence that nobody watches
                     log.warning("could not read watch.json, will retry: %s", exc)
                 else:
+                    planned = planned_stop_event(found[0]) if found and not planned_asked else None
+                    if planned is not None:  # a deadline= run going back to spot (run/deadline.py)
+                        planned_asked = True
+                        self.events.put(planned)
                     if guard.observe(found[1] if found else None, time.monotonic()):
                         if self.state == "restoring":
                             self._abandon_restore(ledger, guard.silent_for(time.monotonic()))

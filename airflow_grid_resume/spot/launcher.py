@@ -32,7 +32,7 @@ from airflow_grid_resume.ec2.tags import MARKET_TAG
 from airflow_grid_resume.hooks.base import NO_ANSWER
 from airflow_grid_resume.hooks.spot import LaunchError, SpotLaunchHook, launch_error
 from airflow_grid_resume.ledger import records
-from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, RETRY_SAME, Attempt, LaunchPlanner
+from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, RETRY_SAME, Attempt, Chooser, LaunchPlanner
 
 # How much of EC2's error message the wait record keeps (the code says what happened; the message, where).
 ANSWER_MESSAGE_CHARS = 200
@@ -124,6 +124,7 @@ class SessionLauncher:
         cool_down: float = 300.0,
         backoff_base: float = 15.0,
         backoff_max: float = 300.0,
+        chooser: Chooser | None = None,
     ) -> Start:
         """The pairs, then the session's instance if it has one, else the planner of its rounds (the last
         recorded attempt replayed first). Raises PairsUnknown when the subnets cannot be read."""
@@ -145,6 +146,7 @@ class SessionLauncher:
             cool_down=cool_down,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            chooser=chooser,
         )
         return Start(pairs, planner=planner)
 
@@ -260,9 +262,31 @@ class SessionLauncher:
             self._answers = result.answers  # what the run view shows until the next round ends
         return result
 
+    async def _record_decisions(self, planner: LaunchPlanner) -> None:
+        """A deadline= run: the policy's decisions that changed, for the run view (one PUT each)."""
+        while planner.decisions:
+            record = planner.decisions.pop(0)
+            self.log.info("deadline policy: %s", getattr(record, "reason", record))
+            try:
+                await self.ledger.put_record(record)
+            except (ClientError, *NO_ANSWER) as exc:  # only the run view misses it
+                self.log.warning("could not record the policy's decision for session %d: %s", self.session, exc)
+
     async def _round(self, planner: LaunchPlanner, waited: float) -> RoundResult:
         result = RoundResult()
-        for attempt in planner.round(time.monotonic(), waited):
+        attempts = planner.round(time.monotonic(), waited)
+        await self._record_decisions(planner)
+        while attempts:
+            done = await self._attempts(planner, attempts, result)
+            if done:
+                return result
+            attempts = planner.follow_up(time.monotonic(), waited)
+            await self._record_decisions(planner)
+        return result
+
+    async def _attempts(self, planner: LaunchPlanner, attempts: list[Attempt], result: RoundResult) -> bool:
+        """The attempts of one phase of a round; True when the round is over (launched, an error, end-round)."""
+        for attempt in attempts:
             while True:
                 await self._record(attempt)
                 planner.before(attempt)
@@ -290,7 +314,7 @@ class SessionLauncher:
                             "instance_type": attempt.pair.instance_type,
                             "zone": attempt.pair.zone,
                         }
-                        return result
+                        return True
                     if action == RETRY_SAME:
                         delay = planner.transient_delay()
                         self.log.warning(
@@ -306,12 +330,12 @@ class SessionLauncher:
                         f"{where} ({exc.code})" if exc.kind == CAPACITY else f"{where} ({exc.kind}: {exc.code})"
                     )
                     if action == END_ROUND:
-                        return result
+                        return True
                     break
                 planner.launched(attempt)
                 result.instance, result.attempt = instance, attempt
-                return result
-        return result
+                return True
+        return False
 
 
 def launched_event(

@@ -11,12 +11,13 @@ after a crash replays it first: EC2 answers a replayed token with the instance i
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from airflow_grid_resume.ec2.launch import (
     CAPACITY,
     FATAL,
+    ON_DEMAND,
     SPOT,
     THROTTLE,
     TRANSIENT,
@@ -26,10 +27,17 @@ from airflow_grid_resume.ec2.launch import (
     client_token,
     order_pairs,
 )
+from airflow_grid_resume.ledger.records import Record
 
 # Retries of an attempt with an unknown answer within one round (1, 2, 4, 8 s), before the round ends;
 # the next round starts with the same attempt again.
 TRANSIENT_RETRIES = 4
+
+# A ``deadline=`` run's policy (run/deadline.py ``LaunchChooser``): (pairs, this round's spot answers by pair key,
+# seconds waited) -> (market: "spot", "on-demand" or WAIT, pair keys to try first, the decision's record when
+# it changed). It replaces the fallback counters.
+Chooser = Callable[[Sequence[Pair], Mapping[str, bool | None], float], tuple[str, tuple[str, ...], Record | None]]
+WAIT = "wait"
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class LaunchPlanner:
         backoff_max: float = 300.0,
         replay: Attempt | None = None,
         rng: random.Random | None = None,
+        chooser: Chooser | None = None,
     ) -> None:
         self.pairs = list(pairs)
         self.run_uri = run_uri
@@ -94,8 +103,14 @@ class LaunchPlanner:
         self.rounds = 0
         self._tries = 0  # retries of the pending attempt in this round
         self._throttled = False
+        self.chooser = chooser
+        self.answers: dict[str, bool | None] = {}  # this round's spot answers (the chooser's knowledge)
+        self.chosen: str | None = None  # the chooser's market for this round
+        self.decisions: list[Record] = []  # decisions to record, in order (the launcher writes them)
 
     def market(self, waited_seconds: float) -> str:
+        if self.chooser is not None and self.chosen is not None:
+            return self.chosen
         return self.policy.market(
             capacity_failures_in_a_row=self.failures_in_a_row,
             interruptions=self.interruptions,
@@ -103,6 +118,8 @@ class LaunchPlanner:
         )
 
     def fallback_reason(self, waited_seconds: float) -> str:
+        if self.chooser is not None:
+            return "the deadline policy's decision"
         return self.policy.reason(
             capacity_failures_in_a_row=self.failures_in_a_row,
             interruptions=self.interruptions,
@@ -119,8 +136,33 @@ class LaunchPlanner:
         self._throttled = False
         if self.pending is not None:
             return [self.pending]
+        if self.chooser is not None:
+            self.answers = {}
+            return self._chosen(now, waited_seconds)
         market = self.market(waited_seconds)
         return [self.attempt(p, market) for p in order_pairs(self.pairs, self.failed_at, now, self.cool_down)]
+
+    def _chosen(self, now: float, waited_seconds: float) -> list[Attempt]:
+        assert self.chooser is not None
+        market, first, record = self.chooser(self.pairs, dict(self.answers), waited_seconds)
+        self.chosen = market
+        if record is not None:
+            self.decisions.append(record)
+        if market == WAIT:
+            return []
+        ordered = order_pairs(self.pairs, self.failed_at, now, self.cool_down)
+        if market == SPOT:
+            ordered = [p for p in ordered if p.key not in self.answers]
+            ordered = [p for p in ordered if p.key in first] + [p for p in ordered if p.key not in first]
+        return [self.attempt(p, market) for p in ordered]
+
+    def follow_up(self, now: float, waited_seconds: float) -> list[Attempt]:
+        """A deadline= round whose spot attempts found no capacity: the policy again, knowing that; on-demand
+        in this same round when it says so (nothing more otherwise)."""
+        if self.chooser is None or self.chosen != SPOT or self.pending is not None:
+            return []
+        attempts = self._chosen(now, waited_seconds)
+        return attempts if self.chosen == ON_DEMAND else []
 
     def before(self, attempt: Attempt) -> None:
         """Called before the request is sent: until an answer says otherwise, its result is unknown."""
@@ -136,6 +178,8 @@ class LaunchPlanner:
             return RETRY_SAME if self._tries <= TRANSIENT_RETRIES else END_ROUND
         self.pending = None  # a definitive answer: EC2 launched nothing for this token
         if kind == CAPACITY:
+            if attempt.market == SPOT:
+                self.answers[attempt.pair.key] = False
             self.failed_at[attempt.pair.key] = now
             return NEXT_PAIR
         if kind == THROTTLE:
@@ -155,4 +199,4 @@ class LaunchPlanner:
         return backoff_delay(self.rounds, base=self.backoff_base, cap=self.backoff_max, rng=self.rng)
 
 
-__all__ = ["END_ROUND", "GIVE_UP", "NEXT_PAIR", "RETRY_SAME", "SPOT", "Attempt", "LaunchPlanner"]
+__all__ = ["END_ROUND", "GIVE_UP", "NEXT_PAIR", "RETRY_SAME", "SPOT", "WAIT", "Attempt", "Chooser", "LaunchPlanner"]

@@ -16,6 +16,7 @@ from airflow_grid_resume.asyncaws.ratelimit import launch_bucket
 from airflow_grid_resume.ec2.launch import SPOT, LaunchSpec
 from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.hooks.spot import SpotLaunchHook
+from airflow_grid_resume.run.deadline import DeadlineContext, LaunchChooser
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
 from airflow_grid_resume.watch.settle import settled
 
@@ -58,6 +59,7 @@ class SpotCapacityTrigger(BaseTrigger):
         deferred_at: float | None = None,
         expires_at: str | None = None,
         run_id: str | None = None,  # the run URI again, from triggers serialized before run_uri said it alone
+        deadline: dict | None = None,  # a deadline= run: its DeadlineContext (run/deadline.py) as plain JSON
     ) -> None:
         super().__init__()
         self.expires_at = expires_at
@@ -74,6 +76,7 @@ class SpotCapacityTrigger(BaseTrigger):
         self.cool_down = cool_down
         self.fallback = fallback
         self.interruptions = interruptions
+        self.deadline = deadline
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -93,6 +96,7 @@ class SpotCapacityTrigger(BaseTrigger):
                 "interruptions": self.interruptions,
                 "deferred_at": self.deferred_at,
                 "expires_at": self.expires_at,
+                "deadline": self.deadline,
             },
         )
 
@@ -133,6 +137,7 @@ class SpotCapacityTrigger(BaseTrigger):
                     cool_down=self.cool_down,
                     backoff_base=self.backoff_base,
                     backoff_max=self.backoff_max,
+                    chooser=self._chooser(),
                 )
             except PairsUnknown as exc:
                 self.log.error("%s", exc.message)
@@ -149,7 +154,7 @@ class SpotCapacityTrigger(BaseTrigger):
             while True:
                 waited = time.time() - self.started_at
                 market = planner.market(waited)
-                if market != SPOT and not announced:
+                if market != SPOT and not announced and planner.chooser is None:
                     announced = True
                     reason = planner.fallback_reason(waited)
                     self.log.warning("falling back to on-demand for session %d: %s", self.session, reason)
@@ -181,15 +186,27 @@ class SpotCapacityTrigger(BaseTrigger):
                     )
                     return
                 delay = min(remaining, backoff)
+                market = planner.market(waited)
                 await launcher.waiting(next_try_in=delay, rounds=planner.rounds, market=market)
                 what = "spot" if market == SPOT else "on-demand"
+                found = (
+                    f"no {what} capacity for {', '.join(result.misses)}"
+                    if result.misses
+                    else "the deadline policy waits for spot"
+                )
                 line = (
-                    f"no {what} capacity for {', '.join(result.misses)}; next try in {_duration(delay)} "
+                    f"{found}; next try in {_duration(delay)} "
                     f"(waited {_duration(time.time() - self.started_at)} of {_duration(self.max_wait)})"
                 )
                 self.log.info("%s", line)
                 wait_log.append(line)
                 await asyncio.sleep(delay)
+
+    def _chooser(self) -> LaunchChooser | None:
+        """A deadline= run: the policy decides each round's market instead of the fallback counters."""
+        if not self.deadline:
+            return None
+        return LaunchChooser(DeadlineContext.from_dict(self.deadline), point="capacity", tick_seconds=self.backoff_base)
 
     def _announce(self, event: dict) -> dict:
         self.log.info("%s", describe_launch(event))

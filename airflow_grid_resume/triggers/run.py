@@ -30,6 +30,14 @@ from airflow_grid_resume.ledger import records
 from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatError
 from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.logtext import complete_cut, log_lines, log_records
+from airflow_grid_resume.run.deadline import (
+    STOP,
+    DeadlineContext,
+    decision_line,
+    running_progress,
+    same_decision,
+    watch_choice,
+)
 from airflow_grid_resume.run.ending import LEASE_HELD, lease_holder_elsewhere
 from airflow_grid_resume.watch.cadence import ChunkSchedule
 from airflow_grid_resume.watch.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
@@ -93,8 +101,16 @@ class RunWatchTrigger(BaseTrigger):
         not_found_grace: float = 120.0,
         offset_save_interval: float = OFFSET_SAVE_INTERVAL,
         live_queue: str | None = None,
+        deadline_policy: dict | None = None,
     ) -> None:
         super().__init__()
+        # A deadline= run's session on on-demand: {"context": DeadlineContext as JSON, "pools": [...],
+        # "interval": s}; the policy is asked every interval whether to stop it and go back to spot.
+        self.deadline_policy = deadline_policy
+        self._stop_asked: dict | None = None
+        self._next_policy_check = 0.0
+        self._last_decision: records.Decision | None = None
+        self._progress: dict | None = None
         self.live_queue = live_queue
         self.offset_save_interval = offset_save_interval
         self.not_found_grace = not_found_grace
@@ -135,6 +151,7 @@ class RunWatchTrigger(BaseTrigger):
                 "not_found_grace": self.not_found_grace,
                 "offset_save_interval": self.offset_save_interval,
                 "live_queue": self.live_queue,
+                "deadline_policy": self.deadline_policy,
             },
         )
 
@@ -189,6 +206,7 @@ class RunWatchTrigger(BaseTrigger):
                             self.log.warning("a newer watch.json, kept offset not used: %s", exc)
                             watched = None
                         offset = max(self.log_offset, watched.log_offset if watched else 0)
+                        self._stop_asked = watched.stop if watched else None  # a restarted watch keeps asking
                         self._merge.advance(offset)
                         self._s3_at = offset
                         started = True
@@ -255,9 +273,12 @@ class RunWatchTrigger(BaseTrigger):
                     if liveness.heartbeat_due(now):
                         beat = await ledger.get_record(records.Heartbeat)
                         liveness.heartbeat(beat, now)
+                        self._progress = beat.progress if beat is not None else self._progress
                         if beat is not None and beat.log_interval is not None:
                             reads.set_period(beat.log_interval)
                             self._pace_s3(reads, beat.log_interval)
+                    if self.deadline_policy and self._stop_asked is None and time.time() >= self._next_policy_check:
+                        await self._ask_policy(ledger, offset)
                     verdict = liveness.verdict(now)
                     if now >= next_instance_check or verdict.kind not in (ALIVE, BOOTING) or gone_seen:
                         next_instance_check = now + self.instance_check_interval
@@ -467,9 +488,35 @@ class RunWatchTrigger(BaseTrigger):
             raise
 
     async def _mark_watched(self, ledger: AsyncLedgerReader, offset: int) -> None:
-        """``watch.json``: how far the task log has the output, and proof that a trigger watches."""
+        """``watch.json``: how far the task log has the output, proof that a trigger watches, and the planned
+        stop asked for, if any."""
         self._watch_written = time.time()
-        await ledger.put_record(records.Watch(log_offset=offset, at=self._watch_written))
+        await ledger.put_record(records.Watch(log_offset=offset, at=self._watch_written, stop=self._stop_asked))
+
+    async def _ask_policy(self, ledger: AsyncLedgerReader, offset: int) -> None:
+        """A deadline= run's session on on-demand: ask the policy whether to stay or go back to spot, record a
+        changed decision, and ask the agent for a planned stop (through ``watch.json``) when it says go."""
+        assert self.deadline_policy is not None
+        ctx = DeadlineContext.from_dict(self.deadline_policy["context"])
+        interval = float(self.deadline_policy.get("interval") or 60.0)
+        now = time.time()
+        self._next_policy_check = now + interval
+        record = watch_choice(
+            ctx,
+            list(self.deadline_policy.get("pools") or []),
+            now=now,
+            launched_at=self.launched_at,
+            progress_hours=running_progress(ctx, self._progress, now=now, launched_at=self.launched_at),
+            tick_seconds=interval,
+        )
+        if not same_decision(self._last_decision, record):
+            self.log.info("deadline policy: %s", decision_line(record.to_dict()))
+            await ledger.put_record(record)
+        self._last_decision = record
+        if record.action == STOP:
+            self._stop_asked = {"reason": record.reason, "at": now}
+            self.log.info("session %d: asking the agent for a planned stop (back to spot)", self.session)
+            await self._mark_watched(ledger, max(offset, self._offset_logged))
 
     async def _image_problem_on_console(self, ec2: Any) -> str | None:
         """The bootstrap's "no usable Python" line from the instance's console output (ec2:GetConsoleOutput), for
