@@ -54,6 +54,7 @@ from airflow_grid_resume.emulator.faults import (
 )
 from airflow_grid_resume.emulator.imds import MetadataService
 from airflow_grid_resume.emulator.sqsweather import NEW_QUEUE_SECONDS, SqsWeather, fault_reply, throttled_reply
+from airflow_grid_resume.emulator.tracereplay import TraceReplay, replays_allow
 
 DEFAULT_NOTICE_SECONDS = 120.0
 SPOT_TERMINATION = "Server.SpotInstanceTermination"
@@ -226,6 +227,8 @@ class SpotCloud:
         self.timers: list[threading.Timer] = []
         self.fabric_enabled = True
         self.counters = {"run_instances": 0, "capacity_errors": 0, "idempotent_replays": 0}
+        self.replays: dict[tuple[str, str], TraceReplay] = {}  # spot traces replayed (emulator/tracereplay.py)
+        self.replay_timers: dict[tuple[str, str], list[threading.Timer]] = {}
 
     # -- moto's backend (in this process) ------------------------------------------------------
     @staticmethod
@@ -296,6 +299,8 @@ class SpotCloud:
 
     def has_capacity(self, instance_type: str, zone: str, market: str) -> bool:
         with self.lock:
+            if market == "spot" and not replays_allow(list(self.replays.values()), instance_type, zone, time.time()):
+                return False
             for key in (
                 (instance_type, zone, market),
                 ("*", zone, market),
@@ -306,6 +311,50 @@ class SpotCloud:
                 if until is not None and until > time.time():
                     return False
         return True
+
+    def replay_trace(self, doc: dict) -> list[dict]:
+        """Replay a spot trace as the capacity and interruptions of (type, zone) from now (``data`` null or
+        absent: stop replaying it). Answers every trace replayed."""
+        key = (str(doc.get("instance_type") or "*"), str(doc.get("zone") or "*"))
+        replay = TraceReplay.from_doc(doc, time.time()) if doc.get("data") is not None else None
+        with self.lock:
+            for timer in self.replay_timers.pop(key, []):
+                timer.cancel()
+            self.replays.pop(key, None)
+            if replay is not None:
+                self.replays[key] = replay
+                timers = []
+                for delay in replay.zero_ticks():
+                    timer = threading.Timer(delay, functools.partial(self._reclaim_pool, replay))
+                    timer.daemon = True
+                    timers.append(timer)
+                self.replay_timers[key] = timers
+                self.timers.extend(timers)
+                for timer in timers:
+                    timer.start()
+        return self.replay_state()
+
+    def _reclaim_pool(self, replay: TraceReplay) -> None:
+        """The start of a 0 tick: every spot instance running in the trace's pool gets its notice."""
+        with self.lock:
+            if self.replays.get((replay.instance_type, replay.zone)) is not replay:
+                return  # replaced or stopped since
+            doomed = [
+                i.instance_id
+                for i in self.instances.values()
+                if i.market == "spot"
+                and i.state == "running"
+                and not i.interruption_pending
+                and replay.matches(i.instance_type, i.zone)
+            ]
+        for instance_id in doomed:
+            with contextlib.suppress(KeyError, ValueError):  # ended meanwhile
+                self.interrupt(instance_id, 0.0, True)
+
+    def replay_state(self) -> list[dict]:
+        now = time.time()
+        with self.lock:
+            return [r.describe(now) for r in self.replays.values()]
 
     def capacity_state(self) -> list[dict]:
         now = time.time()
@@ -712,6 +761,7 @@ class SpotCloudApp:
                 result = {
                     "endpoint_url": cloud.endpoint_url,
                     "capacity": cloud.capacity_state(),
+                    "traces": cloud.replay_state(),
                     "counters": {**cloud.counters, **faults.counters},
                     "notice_seconds": cloud.notice_seconds,
                     "faults": faults.state(),
@@ -739,6 +789,8 @@ class SpotCloudApp:
                         str(doc.get("market", "spot")),
                     )
                 }
+            elif method == "POST" and name == "trace":
+                result = {"traces": cloud.replay_trace(doc)}
             elif method == "POST" and name == "fabric":
                 cloud.fabric_enabled = bool(doc.get("enabled", True))
                 result = {"fabric": cloud.fabric_enabled}
