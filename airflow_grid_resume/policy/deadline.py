@@ -1,0 +1,163 @@
+"""Our deadline-aware policy, and ``decide``: the one entry point the operator, the triggers and
+``grid-resume simulate`` call.
+
+The quantity that matters is the slack S = (deadline - now) - (work left): it never grows (idle time spends
+it hour for hour, each start of an instance spends the changeover d, running on spot or on-demand keeps
+it). Finishing on on-demand from here needs S >= d; a start on spot needs S >= 2d (its changeover, then
+the changeover of the on-demand instance that must follow if spot goes away). So:
+
+1. on spot and the pool still has it: stay (the slack was checked when the spell began);
+2. S too small to ever pay a return to spot: on-demand to the end (committed), the safety net;
+3. spot in a pool worth starting (its spells last longer than a changeover; from on-demand, long enough
+   that the switch pays its two changeovers back): the pool with the longest spells;
+4. otherwise spend slack by waiting only while it stays above a line falling from the initial slack to a
+   reserve of a few changeovers at the deadline; below it, run on-demand (with hysteresis) so the slack
+   is still there when spot returns. Greedy spends the slack at once and then finishes on on-demand with
+   spot around; Uniform Progress paces it to zero and so ends committed too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from airflow_grid_resume.policy import baselines
+from airflow_grid_resume.policy.view import ON_DEMAND, SPOT, WAIT, Decision, PolicyView, PoolView
+
+EPSILON = 1e-6
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The default policy's knobs (the values are the ones docs/benchmarks.md measured best)."""
+
+    reserve_changeovers: float = 4.0
+    """Slack kept for the end, in changeovers: enough for a few returns to spot near the deadline."""
+    min_spell_changeovers: float = 1.0
+    """Skip pools whose mean spell is shorter than this many changeovers (spot there only pays changeovers)."""
+    pace_power: float = 3.0
+    """Shape of the line: 1 spends the slack evenly (as Uniform Progress), larger spends it sooner (greedier)."""
+    switch_changeovers: float = 2.0
+    """Leave on-demand for spot when the mean spell's saving pays this many on-demand changeovers."""
+    cycles_reserve: float | None = None
+    """When set, keep instead a reserve of this share of the changeovers the expected spot/on-demand cycles of
+    the remaining work will cost (greedy until then)."""
+    leave_on_demand_ahead_hours: float | None = None
+    """Stop an on-demand instance with no spot around only this far ahead of the line (None: only for spot)."""
+
+
+DEFAULT_TUNING = Tuning()
+
+
+def _pool_worth(pool: PoolView, view: PolicyView, tuning: Tuning, from_on_demand: bool) -> bool:
+    if not pool.available_now:
+        return False
+    d = view.changeover_hours
+    spell = pool.mean_up_hours
+    if spell is None:
+        return True
+    if spell < tuning.min_spell_changeovers * d:
+        return False
+    if from_on_demand:
+        # Staying on on-demand for a spell L costs L * od; switching costs L * spot for L - d of progress,
+        # then d more on on-demand and a changeover back: worth it when L > 2d * od / (od - spot).
+        price = pool.spot_price if pool.spot_price is not None else 0.0
+        gain = view.on_demand_price - price
+        return gain > 0 and spell * gain > tuning.switch_changeovers * d * view.on_demand_price
+    return True
+
+
+def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolView | None:
+    usable = [p for p in view.pools if _pool_worth(p, view, tuning, from_on_demand)]
+    if not usable:
+        return None
+
+    def rank(pool: PoolView) -> tuple[float, float]:
+        price = pool.spot_price if pool.spot_price is not None else 0.0
+        return (price, -(pool.mean_up_hours or 0.0))
+
+    return min(usable, key=rank)
+
+
+def _cycle_reserve(view: PolicyView, share: float) -> float:
+    """Slack to keep so that, finishing with on-demand in every spot gap, each return to spot can be paid."""
+    d = view.changeover_hours
+    remaining = view.work_hours - view.progress_hours
+    cycles = []
+    for pool in view.pools:
+        if pool.availability and pool.mean_up_hours:
+            down = pool.mean_up_hours * (1 - pool.availability) / pool.availability
+            cycles.append(pool.mean_up_hours + down)
+    if not cycles:
+        return 2 * d
+    return 2 * d + share * 2 * d * remaining / max(cycles)
+
+
+def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decision:
+    """Our policy (the module docstring says why each rule is there)."""
+    d = view.changeover_hours
+    g = view.tick_hours
+    t = view.hours_elapsed
+    remaining_work = view.work_hours - view.progress_hours
+    remaining_time = view.deadline_hours - t
+    slack = remaining_time - remaining_work
+    current = view.current
+    on_demand_now = current == ON_DEMAND
+    on_demand_finish = t + remaining_work + (view.changeover_left_hours if on_demand_now else d)
+
+    if current is not None and not on_demand_now:
+        for pool in view.pools:
+            if pool.name == current and pool.available_now:
+                return Decision(SPOT, current, f"stay on spot in {current}: {slack:.1f} h of slack")
+    if view.committed_on_demand:
+        return Decision(ON_DEMAND, None, "on-demand to the end: committed", True, on_demand_finish)
+    if slack < 2 * d + EPSILON:
+        return Decision(
+            ON_DEMAND,
+            None,
+            f"on-demand to the end: {slack:.1f} h of slack cannot pay a return to spot",
+            True,
+            on_demand_finish,
+        )
+    pool = _best_pool(view, tuning, on_demand_now)
+    if pool is not None:
+        return Decision(
+            SPOT, pool.name, f"{'back to ' if on_demand_now else ''}spot in {pool.name}: {slack:.1f} h of slack"
+        )
+
+    initial = view.deadline_hours - view.work_hours
+    reserve = min(initial, (2 + tuning.reserve_changeovers) * d)
+
+    def line(x: float) -> float:
+        if tuning.cycles_reserve is not None:
+            return _cycle_reserve(view, tuning.cycles_reserve)
+        share = max(0.0, view.deadline_hours - x) / view.deadline_hours
+        return reserve + (initial - reserve) * share**tuning.pace_power
+
+    if on_demand_now:
+        ahead = tuning.leave_on_demand_ahead_hours
+        if ahead is None or slack < line(t) + ahead:
+            return Decision(
+                ON_DEMAND, None, f"stay on on-demand: {line(t) - slack:.1f} h behind the line", False, on_demand_finish
+            )
+        return Decision(WAIT, None, f"wait for spot: {slack - line(t):.1f} h ahead of the line")
+    if slack - g < max(line(t + g), 2 * d + EPSILON):
+        return Decision(ON_DEMAND, None, f"on-demand: {line(t) - slack:.1f} h behind the line", False, on_demand_finish)
+    return Decision(WAIT, None, f"wait for spot: {slack - line(t):.1f} h ahead of the line")
+
+
+POLICIES: dict[str, Callable[[PolicyView], Decision]] = {
+    "default": deadline_aware,
+    "uniform-progress": baselines.uniform_progress,
+    "greedy": baselines.greedy,
+    "on-demand": baselines.on_demand,
+}
+
+
+def decide(view: PolicyView, policy: str = "default") -> Decision:
+    """What to do now under ``policy`` (one of ``POLICIES``)."""
+    try:
+        rule = POLICIES[policy]
+    except KeyError:
+        raise ValueError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}") from None
+    return rule(view)

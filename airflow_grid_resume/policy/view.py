@@ -1,0 +1,56 @@
+"""What a deadline policy sees at a decision point, and what it answers: plain frozen records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ON_DEMAND = "on-demand"
+SPOT = "spot"
+WAIT = "wait"
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """One spot pool as its history shows it up to now (``None``: not known)."""
+
+    name: str
+    available_now: bool | None
+    availability: float | None = None
+    """Share of the recent time spot was available in this pool."""
+    mean_up_hours: float | None = None
+    """Mean length of a spell of availability."""
+    spot_price: float | None = None
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    """The run at a decision point: hours since its start, progress, the deadline and the pools.
+
+    ``current`` is ``None`` when no instance runs, ``"on-demand"``, or the spot pool's name.
+    """
+
+    hours_elapsed: float
+    progress_hours: float
+    work_hours: float
+    deadline_hours: float
+    changeover_hours: float
+    on_demand_price: float
+    current: str | None
+    committed_on_demand: bool
+    pools: tuple[PoolView, ...]
+    changeover_left_hours: float = 0.0
+    """Changeover the current instance still has to pay before it makes progress."""
+    tick_hours: float = 0.0
+    """Time until the next decision point (waiting one interval spends this much slack)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``action`` is ``"spot"`` (in ``pool``), ``"on-demand"`` or ``"wait"``; ``reason`` is for people."""
+
+    action: str
+    pool: str | None
+    reason: str
+    commit: bool = False
+    """Committed to on-demand to the end (set once the slack can no longer pay for a return to spot)."""
+    predicted_finish_hours: float | None = None
