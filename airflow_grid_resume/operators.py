@@ -40,7 +40,7 @@ from airflow_grid_resume.hooks.spot import SpotLaunchHook, launch_error
 from airflow_grid_resume.ledger import layout
 from airflow_grid_resume.ledger.errors import UsageError
 from airflow_grid_resume.ledger.gc import DEFAULT_GRACE_SECONDS, collect_garbage
-from airflow_grid_resume.ledger.records import Closed, Launch, Outcome, Spec, Watch
+from airflow_grid_resume.ledger.records import Closed, Deadline, Launch, Outcome, Spec, Watch, as_dict
 from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
@@ -785,8 +785,9 @@ class GridRunOperator(BaseOperator):
         self.email_on_retry = False
 
     def _summary(self, ledger: RunLedger, event: dict) -> dict:
-        records = read_records(ledger)
-        summary = summarize(records, final_outcome=event.get("status"))
+        deadline = as_dict(ledger.read_record(Deadline)) if self.deadline is not None else None
+        records = read_records(ledger, decisions=deadline is not None)
+        summary = summarize(records, final_outcome=event.get("status"), deadline=deadline)
         last = (event.get("outcome") or {}).get("manifest")
         if last is None:  # reported without this session's outcome: the newest committed checkpoint
             newest_first = ledger.list_manifests()

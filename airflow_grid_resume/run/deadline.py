@@ -193,14 +193,15 @@ def same_decision(a: DecisionRecord | None, b: DecisionRecord) -> bool:
 
 def decision_line(doc: Mapping[str, Any]) -> str:
     """A decision as the run view and the task log say it: what, why, the predicted finish and the deadline."""
-    action, pool = doc.get("action"), doc.get("pool")
-    what = {
+    action, pool, reason = doc.get("action"), doc.get("pool"), str(doc.get("reason") or "")
+    words = {
         SPOT: f"spot in {pool}" if pool else "spot",
         ON_DEMAND: "on-demand" + (" to the end" if doc.get("commit") else ""),
         WAIT: "wait for spot",
-        STOP: "planned stop: back to spot",
+        STOP: "planned stop, back to spot",
     }.get(str(action), str(action))
-    parts = [f"{what}: {doc.get('reason') or ''}".rstrip(": ")]
+    # The policy's reason starts with what it decided ("on-demand: 1.3 h behind the line"); a stop says it first.
+    parts = [f"{words}: {reason}" if action == STOP or not reason else reason]
     ahead = doc.get("ahead_hours")
     deadline_at = doc.get("deadline_at")
     if isinstance(ahead, (int, float)) and isinstance(deadline_at, (int, float)):
@@ -253,7 +254,7 @@ class LaunchChooser:
 
 def watch_choice(
     ctx: DeadlineContext,
-    pool_names: Sequence[str],
+    pools: Mapping[str, bool | None],
     *,
     now: float,
     launched_at: float,
@@ -261,12 +262,12 @@ def watch_choice(
     tick_seconds: float,
 ) -> DecisionRecord:
     """The decision about a session running on on-demand (the run watch, periodically): stay, or a planned
-    stop to go back to spot (``stop``) when the policy would rather wait for spot or start it. Spot capacity
-    is not known without asking, so every pool counts as unknown."""
+    stop to go back to spot (``stop``) when the policy would rather wait for spot or start it. ``pools`` says
+    which pools have spot now, as far as known (None: not known; the policy then stays on on-demand)."""
     changeover_left = max(0.0, ctx.changeover_hours - (now - launched_at) / 3600.0)
     view = ctx.view(
         now,
-        pools=dict.fromkeys(pool_names),
+        pools=pools,
         current=ON_DEMAND,
         progress_hours=progress_hours,
         changeover_left_hours=changeover_left,

@@ -503,7 +503,7 @@ class RunWatchTrigger(BaseTrigger):
         self._next_policy_check = now + interval
         record = watch_choice(
             ctx,
-            list(self.deadline_policy.get("pools") or []),
+            dict.fromkeys(self.deadline_policy.get("pools") or []),
             now=now,
             launched_at=self.launched_at,
             progress_hours=running_progress(ctx, self._progress, now=now, launched_at=self.launched_at),

@@ -123,13 +123,17 @@ def test_with_slack_a_round_without_spot_waits_and_tries_nothing_more() -> None:
     assert planner.market(0.0) == WAIT
 
 
-def test_an_on_demand_session_ahead_of_the_line_is_stopped_to_go_back_to_spot() -> None:
-    ahead = watch_choice(ctx(), [], now=T0 + 3600, launched_at=T0, progress_hours=2.5, tick_seconds=60)
-    assert ahead.action == STOP and ahead.ahead_hours == pytest.approx(2.5 - 0.6)
-    behind = watch_choice(
-        ctx(deadline_at=T0 + 7 * 3600), [], now=T0 + 3 * 3600, launched_at=T0, progress_hours=1.0, tick_seconds=60
+def test_an_on_demand_session_is_stopped_to_go_back_to_spot_when_spot_is_there_and_there_is_slack() -> None:
+    spot_back = {"us-east-1a": True}
+    ahead = watch_choice(ctx(), spot_back, now=T0 + 3600, launched_at=T0, progress_hours=2.5, tick_seconds=60)
+    assert ahead.action == STOP and ahead.pool == "us-east-1a" and ahead.ahead_hours == pytest.approx(2.5 - 0.6)
+    unknown = watch_choice(
+        ctx(), {"us-east-1a": None}, now=T0 + 3600, launched_at=T0, progress_hours=2.5, tick_seconds=60
     )
-    assert behind.action == ON_DEMAND and behind.ahead_hours is not None and behind.ahead_hours < 0
+    assert unknown.action == ON_DEMAND  # spot not known to be there: stay
+    late = ctx(deadline_at=T0 + 3.2 * 3600)  # 0.2 h of slack left: no return to spot can be paid
+    behind = watch_choice(late, spot_back, now=T0 + 3600, launched_at=T0, progress_hours=1.0, tick_seconds=60)
+    assert behind.action == ON_DEMAND and behind.commit
 
 
 def test_a_decision_reads_as_what_why_and_the_predicted_finish() -> None:
