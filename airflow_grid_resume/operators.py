@@ -163,6 +163,8 @@ class GridRunOperator(BaseOperator):
         used (docs/user-guide.md, "Deadlines"). (templated)
     :param expected_runtime: with ``deadline``: how long the training takes on the chosen hardware without
         interruptions (timedelta or seconds); refined from the run's progress lines as it runs.
+    :param expected_changeover: with ``deadline``: what starting a session costs (launch, boot, restore, steps
+        redone; timedelta or seconds) until the run has measured its own; default 12 minutes.
     :param failure_retries: set by ``partial()`` for mapped tasks (the failure budget it split from ``retries``);
         do not pass it yourself.
     """
@@ -210,6 +212,7 @@ class GridRunOperator(BaseOperator):
         live_output: str = "sqs",
         deadline: datetime | timedelta | str | None = None,
         expected_runtime: timedelta | float | None = None,
+        expected_changeover: timedelta | float = timedelta(minutes=12),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -226,6 +229,7 @@ class GridRunOperator(BaseOperator):
             on_demand_prices=dict(on_demand_prices or {}),
             deadline=deadline,
             expected_runtime=seconds(expected_runtime),
+            expected_changeover=seconds(expected_changeover) or 0.0,
         )
         self.command = command
         self.artifacts_uri = artifacts_uri
@@ -262,6 +266,7 @@ class GridRunOperator(BaseOperator):
         self.keep_checkpoints = options.keep_checkpoints
         self.deadline = deadline
         self.expected_runtime = options.expected_runtime
+        self.expected_changeover = options.expected_changeover
         self.interruption_retry_delay = timedelta(seconds=options.interruption_retry_delay)
         if callable(on_interruption_callback):
             on_interruption_callback = [on_interruption_callback]
@@ -591,6 +596,7 @@ class GridRunOperator(BaseOperator):
                 now=time.time(),
                 on_demand_price=price,
                 records=read_records(ledger),
+                expected_changeover_hours=self.expected_changeover / 3600.0,
             )
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc

@@ -20,7 +20,7 @@ from airflow_grid_resume.run.budgets import budget_use, counted_after
 from airflow_grid_resume.run.deadline import DeadlineContext, first_try_problem, parse_deadline
 from airflow_grid_resume.run.ending import ended_status
 from airflow_grid_resume.run.nextstep import RunView
-from airflow_grid_resume.run.pace import measure
+from airflow_grid_resume.run.pace import DEFAULT_CHANGEOVER_HOURS, measure
 
 
 def generation_uri(base_uri: str, generation: int) -> str:
@@ -117,6 +117,7 @@ def deadline_context(
     now: float,
     on_demand_price: float,
     records: list[dict[str, Any]],
+    expected_changeover_hours: float = DEFAULT_CHANGEOVER_HOURS,
 ) -> DeadlineContext:
     """A deadline= run's context for the policy: the deadline as the run's first try resolved it (written to
     ``deadline.json`` then, read back by every later try), the pace measured from ``records`` (``read_records``),
@@ -136,7 +137,9 @@ def deadline_context(
         except ConditionalWriteLost:  # another try wrote it first: theirs stands
             stored = ledger.read_record(Deadline)
         stored = stored or record
-    pace = measure(records, expected_hours=stored.expected_hours, now=now)
+    pace = measure(
+        records, expected_hours=stored.expected_hours, now=now, default_changeover_hours=expected_changeover_hours
+    )
     committed = any(d.get("commit") and d.get("action") == "on-demand" for d in session_decisions(ledger).values())
     return DeadlineContext(
         deadline_at=stored.deadline_at,

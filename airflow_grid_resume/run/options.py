@@ -38,6 +38,7 @@ class RunOptions:
     on_demand_prices: Mapping[str, float] = field(default_factory=dict)
     deadline: Any = None  # a datetime, a timedelta from the run's first try, or a (templated) ISO string
     expected_runtime: float | None = None
+    expected_changeover: float = 720.0  # seconds a session start costs until the run has measured one
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -69,6 +70,8 @@ class RunOptions:
             if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
                 found.append(f"on_demand_prices[{type_!r}] must be a USD-per-hour number, got {price!r}")
         found += deadline_problems(self.deadline, self.expected_runtime)
+        if self.expected_changeover <= 0:
+            found.append(f"expected_changeover must be positive, got {self.expected_changeover:g} s")
         return found
 
 

@@ -135,14 +135,19 @@ def changeover_hours(sessions: Sequence[SessionPace], rate: float | None) -> flo
 
 
 def measure(
-    records: Sequence[Mapping[str, Any]], *, expected_hours: float, now: float, running_since: float | None = None
+    records: Sequence[Mapping[str, Any]],
+    *,
+    expected_hours: float,
+    now: float,
+    running_since: float | None = None,
+    default_changeover_hours: float = DEFAULT_CHANGEOVER_HOURS,
 ) -> Pace:
     """The run's pace from its session records (in session order). Without progress lines the progress is
     the hours its sessions ran past their changeover (an estimate; a printed total makes it exact)."""
     sessions = [session_pace(r) for r in records]
     rate = steps_per_hour(sessions)
     measured = changeover_hours(sessions, rate)
-    change = measured if measured is not None else DEFAULT_CHANGEOVER_HOURS
+    change = measured if measured is not None else default_changeover_hours
     total = next((s.total for s in reversed(sessions) if s.total), None)
     done = max((s.last for s in sessions if s.last is not None), default=None)
     work = total / rate if total and rate else expected_hours
