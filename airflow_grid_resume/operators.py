@@ -49,7 +49,7 @@ from airflow_grid_resume.logtext import log_lines, log_records
 from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.run.budgets import Budgets, first_try_of_cycle
-from airflow_grid_resume.run.deadline import DeadlineContext, LaunchChooser, watch_interval
+from airflow_grid_resume.run.deadline import DeadlineContext, LaunchChooser, pool_zones, watch_interval
 from airflow_grid_resume.run.ending import ended_status
 from airflow_grid_resume.run.ledgerio import (
     budget_history,
@@ -734,7 +734,16 @@ class GridRunOperator(BaseOperator):
         if launch is None or launch.lifecycle != "on-demand":
             return None
         ctx = self._deadline_context(ledger, float(state.get("first_started_at") or time.time()))
-        return {"context": ctx.as_dict(), "pools": [], "interval": watch_interval(ctx)} if ctx else None
+        if ctx is None:
+            return None
+        zones = self.spot_hook.subnet_zones(list(self.spec.subnet_ids))
+        pools = pool_zones(self.spec.instance_types, zones.values())
+        return {
+            "context": ctx.as_dict(),
+            "pools": pools,
+            "instance_types": list(self.spec.instance_types),
+            "interval": watch_interval(ctx),
+        }
 
     def on_session_end(self, context: Any, event: dict | None = None) -> Any:
         event = event or {}

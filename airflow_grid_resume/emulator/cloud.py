@@ -612,6 +612,8 @@ class SpotCloudApp:
             return self._console_output(environ, params.get("InstanceId", ""))
         if action == "DescribeSpotPriceHistory":
             return self._spot_price_history(environ, params.get("AvailabilityZone"))
+        if action == "GetSpotPlacementScores":
+            return self._placement_scores(params, region)
         if action == "TerminateInstances":
             ids = [v for k, v in params.items() if k.startswith("InstanceId.")]
             reply = self._call_inner(environ)
@@ -685,6 +687,27 @@ class SpotCloudApp:
         if status.startswith("200"):
             body = _PRICE_ITEM.sub(reprice, body)
         return status, _with_length(headers, body), body
+
+    def _placement_scores(self, params: dict[str, str], region: str) -> Reply:
+        """GetSpotPlacementScores (moto lacks it), per zone of the region as EC2 answers with
+        ``SingleAvailabilityZone``: 9 when spot has capacity now for one of the types, 1 when for none."""
+        types = [v for k, v in sorted(params.items()) if k.startswith("InstanceType.")]
+        if not types:
+            return _error("400 Bad Request", "MissingParameter", "The request must contain the parameter InstanceType")
+        items = []
+        for zone in self.cloud.backend(region).describe_availability_zones():
+            score = 9 if any(self.cloud.has_capacity(t, zone.name, "spot") for t in types) else 1
+            items.append(
+                f"<item><region>{region}</region><availabilityZoneId>{zone.zone_id}</availabilityZoneId>"
+                f"<score>{score}</score></item>"
+            )
+        body = (
+            '<GetSpotPlacementScoresResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            f"<requestId>{os.urandom(8).hex()}</requestId>"
+            f"<spotPlacementScoreSet>{''.join(items)}</spotPlacementScoreSet>"
+            "</GetSpotPlacementScoresResponse>"
+        ).encode()
+        return "200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))], body
 
     def _console_output(self, environ: dict, instance_id: str) -> Reply:
         """moto's answer with the instance's real console (what its user data printed; EC2 keeps the last 64 KiB)."""

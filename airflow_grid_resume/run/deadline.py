@@ -10,7 +10,7 @@ context the triggers carry (:class:`DeadlineContext`) is plain JSON, measured by
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -69,6 +69,12 @@ def pool_name(pair: Pair, pairs: Sequence[Pair]) -> str:
     """A pool is an instance type in a zone; named by the zone alone when the run has one type."""
     one_type = len({p.instance_type for p in pairs}) == 1
     return pair.zone if one_type else f"{pair.zone}:{pair.instance_type}"
+
+
+def pool_zones(instance_types: Sequence[str], zones: Iterable[str]) -> dict[str, str]:
+    """Each pool's name and its zone, as the run watch asks EC2 about them (names as :func:`pool_name`)."""
+    pairs = [Pair(t, z, z) for z in dict.fromkeys(zones) for t in instance_types]
+    return {pool_name(p, pairs): p.zone for p in pairs}
 
 
 @dataclass(frozen=True)
@@ -292,6 +298,20 @@ def running_progress(
             return ctx.work_hours * min(1.0, done / total)
     ran = max(0.0, (now - launched_at) / 3600.0 - ctx.changeover_hours)
     return min(ctx.work_hours, ctx.progress_hours + ran)
+
+
+# A spot placement score (1 to 10) from which spot counts as there now: EC2 documents 10 as "highly likely" to
+# succeed and 1 as "not likely"; a return to spot costs a changeover, so only a high score is taken.
+PLACEMENT_SCORE_AVAILABLE = 7
+
+
+def pools_from_scores(pools: Mapping[str, str], scores: Mapping[str, int] | None) -> dict[str, bool | None]:
+    """Whether each pool (name -> zone) has spot now, from EC2's placement scores by zone (None: not known)."""
+    if scores is None:
+        return dict.fromkeys(pools)
+    return {
+        name: (scores[zone] >= PLACEMENT_SCORE_AVAILABLE if zone in scores else None) for name, zone in pools.items()
+    }
 
 
 def watch_interval(ctx: DeadlineContext) -> float:

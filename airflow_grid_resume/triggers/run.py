@@ -34,6 +34,7 @@ from airflow_grid_resume.run.deadline import (
     STOP,
     DeadlineContext,
     decision_line,
+    pools_from_scores,
     running_progress,
     same_decision,
     watch_choice,
@@ -111,6 +112,7 @@ class RunWatchTrigger(BaseTrigger):
         self._next_policy_check = 0.0
         self._last_decision: records.Decision | None = None
         self._progress: dict | None = None
+        self._scores_warned = False
         self.live_queue = live_queue
         self.offset_save_interval = offset_save_interval
         self.not_found_grace = not_found_grace
@@ -278,7 +280,7 @@ class RunWatchTrigger(BaseTrigger):
                             reads.set_period(beat.log_interval)
                             self._pace_s3(reads, beat.log_interval)
                     if self.deadline_policy and self._stop_asked is None and time.time() >= self._next_policy_check:
-                        await self._ask_policy(ledger, offset)
+                        await self._ask_policy(ledger, offset, ec2_hook, ec2)
                     verdict = liveness.verdict(now)
                     if now >= next_instance_check or verdict.kind not in (ALIVE, BOOTING) or gone_seen:
                         next_instance_check = now + self.instance_check_interval
@@ -493,17 +495,28 @@ class RunWatchTrigger(BaseTrigger):
         self._watch_written = time.time()
         await ledger.put_record(records.Watch(log_offset=offset, at=self._watch_written, stop=self._stop_asked))
 
-    async def _ask_policy(self, ledger: AsyncLedgerReader, offset: int) -> None:
-        """A deadline= run's session on on-demand: ask the policy whether to stay or go back to spot, record a
-        changed decision, and ask the agent for a planned stop (through ``watch.json``) when it says go."""
+    async def _ask_policy(self, ledger: AsyncLedgerReader, offset: int, ec2_hook: SpotLaunchHook, ec2: Any) -> None:
+        """A deadline= run's session on on-demand: ask EC2 whether spot is there (placement scores), ask the
+        policy whether to stay or go back to spot, record a changed decision, and ask the agent for a planned
+        stop (through ``watch.json``) when it says go."""
         assert self.deadline_policy is not None
         ctx = DeadlineContext.from_dict(self.deadline_policy["context"])
         interval = float(self.deadline_policy.get("interval") or 60.0)
+        self._next_policy_check = time.time() + interval
+        pools: dict[str, str] = dict(self.deadline_policy.get("pools") or {})  # pool name -> zone
+        scores = None
+        try:
+            scores = await ec2_hook.a_spot_placement_scores(
+                list(self.deadline_policy.get("instance_types") or []), str(self.region_name or ""), client=ec2
+            )
+        except (ClientError, BotoCoreError) as exc:  # without it, spot counts as unknown: stay on on-demand
+            if not self._scores_warned:
+                self._scores_warned = True
+                self.log.warning("could not read spot placement scores (ec2:GetSpotPlacementScores): %s", exc)
         now = time.time()
-        self._next_policy_check = now + interval
         record = watch_choice(
             ctx,
-            dict.fromkeys(self.deadline_policy.get("pools") or []),
+            pools_from_scores(pools, scores),
             now=now,
             launched_at=self.launched_at,
             progress_hours=running_progress(ctx, self._progress, now=now, launched_at=self.launched_at),

@@ -89,3 +89,22 @@ def test_the_trace_withholds_spot_capacity_and_interrupts_running_spot_instances
     launch("spot")  # the fifth tick has spot again
     cloud.replay_trace("g5.xlarge", zone, None, tick_seconds=1.0)
     assert cloud.state()["traces"] == []
+
+
+def test_spot_placement_scores_follow_the_capacity(cloud: LocalSpotCloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run watch's question (GetSpotPlacementScores, which moto lacks) answered from the same capacity."""
+    import asyncio
+
+    from airflow_grid_resume.hooks.spot import SpotLaunchHook
+
+    for key, value in cloud.aws_env().items():
+        monkeypatch.setenv(key, value)
+    zone = sorted(z["ZoneName"] for z in boto3.client("ec2").describe_availability_zones()["AvailabilityZones"])[0]
+    hook = SpotLaunchHook(aws_conn_id=None, region_name="us-east-1")
+    cloud.set_capacity("g5.xlarge", zone, available=False, market="spot")
+    try:
+        scores = asyncio.run(hook.a_spot_placement_scores(["g5.xlarge"], "us-east-1"))
+    finally:
+        cloud.set_capacity("*", "*", available=True, market="all")
+    assert scores[zone] == 1 and all(score == 9 for name, score in scores.items() if name != zone)
+    assert asyncio.run(hook.a_spot_placement_scores(["g5.xlarge"], "us-east-1"))[zone] == 9

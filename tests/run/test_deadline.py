@@ -16,6 +16,8 @@ from airflow_grid_resume.run.deadline import (
     first_try_problem,
     parse_deadline,
     pool_name,
+    pool_zones,
+    pools_from_scores,
     watch_choice,
 )
 from airflow_grid_resume.run.options import RunOptions
@@ -145,3 +147,13 @@ def test_a_decision_reads_as_what_why_and_the_predicted_finish() -> None:
     assert "0.60 h behind the line to 10:00" in line  # an hour in, no progress: behind 6 h / 10 h
     assert "predicted finish 07:12 UTC" in line  # 1 h + a changeover + 6 h of work
     assert chooser(PAIRS, {}, 0.0)[2] is None  # the same decision again: nothing new to record
+
+
+def test_placement_scores_say_which_pools_have_spot_now() -> None:
+    pools = pool_zones(["g5.xlarge"], ["us-east-1a", "us-east-1b", "us-east-1a"])
+    assert pools == {"us-east-1a": "us-east-1a", "us-east-1b": "us-east-1b"}  # one type: named by the zone
+    assert pools_from_scores(pools, {"us-east-1a": 9, "us-east-1b": 3}) == {"us-east-1a": True, "us-east-1b": False}
+    assert pools_from_scores(pools, {"us-east-1a": 7}) == {"us-east-1a": True, "us-east-1b": None}
+    assert pools_from_scores(pools, None) == {"us-east-1a": None, "us-east-1b": None}  # no permission: unknown
+    two = pool_zones(["g5.xlarge", "g4dn.xlarge"], ["us-east-1a"])
+    assert two == {"us-east-1a:g5.xlarge": "us-east-1a", "us-east-1a:g4dn.xlarge": "us-east-1a"}

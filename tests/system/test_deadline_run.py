@@ -35,7 +35,17 @@ DEADLINE = 200.0
 TRACE = [1] * 8 + [0] * 8 + [1] * 60
 
 
-def deadline_dag(dag_id: str, workdir: Path, bucket: str, subnet: dict):
+def deadline_dag(
+    dag_id: str,
+    workdir: Path,
+    bucket: str,
+    subnet: dict,
+    *,
+    steps: int = STEPS,
+    deadline: float = DEADLINE,
+    changeover: float = 4.0,
+    agent_args: tuple[str, ...] = (),
+):
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
     from airflow.sdk import DAG
@@ -45,7 +55,7 @@ def deadline_dag(dag_id: str, workdir: Path, bucket: str, subnet: dict):
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)) as dag:
         GridRunOperator(
             task_id="train",
-            command=f"python3 train.py {STEPS} {STEP_SECONDS} --save-every 1 --progress 1",
+            command=f"python3 train.py {steps} {STEP_SECONDS} --save-every 1 --progress 1",
             workdir=str(workdir),
             artifacts_uri=f"s3://{bucket}/grid-runs/",
             instance_types=["g5.xlarge"],
@@ -59,13 +69,14 @@ def deadline_dag(dag_id: str, workdir: Path, bucket: str, subnet: dict):
             agent_args=[
                 *("--heartbeat-interval", "1", "--log-interval", "0.5", "--imds-poll", "0.2"),
                 *("--sync-reserve", "1", "--min-grace", "1"),
+                *agent_args,
             ],
             retries=0,
             max_interruptions=3,
             retry_delay=timedelta(hours=1),  # an interruption must not wait it
-            deadline=timedelta(seconds=DEADLINE),
-            expected_runtime=timedelta(seconds=STEPS * STEP_SECONDS),
-            expected_changeover=timedelta(seconds=4),
+            deadline=timedelta(seconds=deadline),
+            expected_runtime=timedelta(seconds=steps * STEP_SECONDS),
+            expected_changeover=timedelta(seconds=changeover),
         )
     DagBundlesManager().sync_bundles_to_db()
     bag = DagBag(collect_dags=False)
@@ -159,3 +170,66 @@ def test_a_deadline_run_meets_its_deadline_on_spot_through_a_replayed_trace_at_t
     live = summary["estimated_cost_usd"] * COMPRESSION
     assert abs(live - sim.cost) <= bound, (live, sim.cost, bound, overhead)
     assert bound < 0.5 * sim.cost  # the bound is no blank cheque
+
+
+def test_an_on_demand_session_makes_a_planned_stop_and_the_run_goes_back_to_spot(
+    spot_cloud: LocalSpotCloud, tmp_path: Path
+) -> None:
+    """No spot at the start and little slack to wait: the policy runs on-demand. Once EC2's placement scores say
+    spot is back, the run watch asks the agent for a planned stop (its checkpoint saved), the session ends
+    ``stopped``, and the same Airflow try launches the next session, on spot, which finishes the run."""
+    from tests.conftest import command_started
+
+    workdir = tmp_path / "training"
+    workdir.mkdir()
+    shutil.copy(TRAIN, workdir / "train.py")
+    bucket = f"dl-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    subnet = sorted(boto3.client("ec2").describe_subnets()["Subnets"], key=lambda s: s["AvailabilityZone"])[0]
+    zone = subnet["AvailabilityZone"]
+    # 24 s of work, 120 s to do it, 10 s per session start: waiting for spot would eat the reserve the policy keeps.
+    dag = deadline_dag(
+        f"grid_back_{uuid.uuid4().hex[:6]}",
+        workdir,
+        bucket,
+        subnet,
+        steps=48,
+        deadline=120.0,
+        changeover=10.0,
+        agent_args=("--unwatched-timeout", "8"),  # watch.json read every 2 s
+    )
+    spot_cloud.set_capacity("g5.xlarge", zone, available=False, market="spot")
+    done = threading.Event()
+
+    def spot_back_once_on_demand_trains() -> None:
+        while not done.is_set():
+            running = [i for i in spot_cloud.instances() if i["lifecycle"] == "on-demand" and command_started(i)]
+            if running:
+                time.sleep(2.0)
+                spot_cloud.set_capacity("g5.xlarge", zone, available=True, market="spot")
+                return
+            time.sleep(0.2)
+
+    releaser = threading.Thread(target=spot_back_once_on_demand_trains, daemon=True)
+    releaser.start()
+    try:
+        dagrun = dag.test()
+    finally:
+        done.set()
+        releaser.join(timeout=5)
+        spot_cloud.set_capacity("*", "*", available=True, market="all")
+    assert dagrun.state == "success"
+    ledger = run_ledger(bucket)
+    summary = summary_of(dagrun)
+    details = summary["session_details"]
+    assert [(d["lifecycle"], d["status"]) for d in details] == [("on-demand", "stopped"), ("spot", "succeeded")]
+    assert summary["interruptions"] == 0 and summary["failures"] == 0  # a planned stop spends nothing
+    stop = ledger.read_record(records.Decision, 1)
+    assert stop is not None and stop.action == "stop" and stop.point == "watch", stop
+    assert stop.pool == zone and "back to spot" in stop.reason
+    outcome = ledger.read_record(records.Outcome, 1)
+    assert outcome is not None and outcome.clean and (outcome.notice or {}).get("source") == "planned"
+    resumed = ledger.read_record(records.Outcome, 2)
+    assert resumed is not None and resumed.progress and resumed.progress["first"] > 1  # from the saved checkpoint
+    assert [ti.try_number for ti in dagrun.get_task_instances()] == [1]  # one try: the stop spent no retry
+    assert summary["deadline"]["met"] is True
