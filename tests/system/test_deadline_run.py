@@ -45,6 +45,7 @@ def deadline_dag(
     deadline: float = DEADLINE,
     changeover: float = 4.0,
     agent_args: tuple[str, ...] = (),
+    **extra: object,
 ):
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
@@ -77,6 +78,7 @@ def deadline_dag(
             deadline=timedelta(seconds=deadline),
             expected_runtime=timedelta(seconds=steps * STEP_SECONDS),
             expected_changeover=timedelta(seconds=changeover),
+            **extra,
         )
     DagBundlesManager().sync_bundles_to_db()
     bag = DagBag(collect_dags=False)
@@ -196,7 +198,9 @@ def test_an_on_demand_session_makes_a_planned_stop_and_the_run_goes_back_to_spot
         steps=48,
         deadline=120.0,
         changeover=10.0,
-        agent_args=("--unwatched-timeout", "8"),  # watch.json read every 2 s
+        # The agent reads watch.json every 2 s; the watch rewrites it with every 2 s of output.
+        agent_args=("--unwatched-timeout", "8"),
+        log_offset_save_interval=2.0,
     )
     spot_cloud.set_capacity("g5.xlarge", zone, available=False, market="spot")
     done = threading.Event()
