@@ -78,6 +78,7 @@ bench: $(STAMP) $(AWSCLI_VENV)/bin/aws
 	$(PY) benchmarks/cost_bench.py
 	$(PY) benchmarks/capacity_bench.py
 	$(PY) benchmarks/watch_bench.py --runs 500 --minutes 2
+	$(PY) benchmarks/deadline_bench.py --starts 200
 
 clean:
 	rm -rf $(VENV) $(AWSCLI_VENV) dist build .pytest_cache .ruff_cache

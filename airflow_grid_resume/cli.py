@@ -15,6 +15,7 @@ commands:
   build-agent write the agent zipapp to a file
   gc          keep a run's newest checkpoints and delete what none of them references (dry run by default)
   reap        list (--apply: terminate) instances tagged by grid-resume whose expiry passed or whose run ended
+  simulate    replay spot availability traces through a deadline policy: cost and finish per start
   verify      run a training command through seeded spot interruptions locally and say if it resumes
 """
 
@@ -45,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from airflow_grid_resume.verify.cli import main as verify_main
 
         return verify_main(rest)
+    if command == "simulate":
+        from airflow_grid_resume.policy.cli import main as simulate_main
+
+        return simulate_main(rest)
     if command == "gc":
         from airflow_grid_resume.ledger.gc import main as gc_main
 

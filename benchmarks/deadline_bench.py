@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from airflow_grid_resume.policy.simulate import simulate  # noqa: E402
-from airflow_grid_resume.policy.traces import Trace, load_trace  # noqa: E402
 from airflow_grid_resume.policy.tracegen import POOL_SETS, generate_set  # noqa: E402
+from airflow_grid_resume.policy.traces import Trace, load_trace  # noqa: E402
 
 POLICIES = ("default", "uniform-progress", "greedy", "on-demand")
 SHARED_TRACES = Path("/work/shared/data/spot-traces")
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     rows = []
     print(
-        "| pool set | work h | fraction | met | ours/on-demand | ours/UP | ours/greedy | UP/on-demand | UP met | greedy met |"
+        "| pool set | work h | fraction | met | ours/on-demand | ours/UP | ours/greedy"
+        " | UP/on-demand | UP met | greedy met |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, traces in sets.items():
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     for work in works:
         mine = [r for r in rows if r["work"] == work]
         print(
-            f"work {work:g} h: {len(mine)} rows, mean ours/on-demand {sum(r['vs_on_demand'] for r in mine) / len(mine):.3f}, "
+            f"work {work:g} h: {len(mine)} rows, "
+            f"mean ours/on-demand {sum(r['vs_on_demand'] for r in mine) / len(mine):.3f}, "
             f"ours/UP {sum(r['vs_uniform_progress'] for r in mine) / len(mine):.3f}, "
             f"ours/greedy {sum(r['vs_greedy'] for r in mine) / len(mine):.3f}"
         )

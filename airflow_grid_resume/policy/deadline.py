@@ -10,10 +10,11 @@ the changeover of the on-demand instance that must follow if spot goes away). So
 2. S too small to ever pay a return to spot: on-demand to the end (committed), the safety net;
 3. spot in a pool worth starting (its spells last longer than a changeover; from on-demand, long enough
    that the switch pays its two changeovers back): the pool with the longest spells;
-4. otherwise spend slack by waiting only while it stays above a line falling from the initial slack to a
-   reserve of a few changeovers at the deadline; below it, run on-demand (with hysteresis) so the slack
-   is still there when spot returns. Greedy spends the slack at once and then finishes on on-demand with
-   spot around; Uniform Progress paces it to zero and so ends committed too.
+4. otherwise wait only while the slack stays above a line falling steeply from the initial slack to a reserve
+   of a few changeovers at the deadline; below it, on-demand, kept until spot worth a switch returns (stopping
+   it to idle would buy an on-demand changeover at each restart). Greedy spends the slack at once and then
+   finishes on on-demand with spot around; Uniform Progress paces it to zero, restarting on-demand each time
+   it falls behind, and ends committed too.
 """
 
 from __future__ import annotations
@@ -35,15 +36,12 @@ class Tuning:
     """Slack kept for the end, in changeovers: enough for a few returns to spot near the deadline."""
     min_spell_changeovers: float = 1.0
     """Skip pools whose mean spell is shorter than this many changeovers (spot there only pays changeovers)."""
-    pace_power: float = 3.0
+    reserve_share: float = 0.1
+    """At most this share of the initial slack (beyond the net's 2 changeovers) is kept as the reserve."""
+    pace_power: float = 6.0
     """Shape of the line: 1 spends the slack evenly (as Uniform Progress), larger spends it sooner (greedier)."""
     switch_changeovers: float = 2.0
     """Leave on-demand for spot when the mean spell's saving pays this many on-demand changeovers."""
-    cycles_reserve: float | None = None
-    """When set, keep instead a reserve of this share of the changeovers the expected spot/on-demand cycles of
-    the remaining work will cost (greedy until then)."""
-    leave_on_demand_ahead_hours: float | None = None
-    """Stop an on-demand instance with no spot around only this far ahead of the line (None: only for spot)."""
 
 
 DEFAULT_TUNING = Tuning()
@@ -79,20 +77,6 @@ def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolVi
     return min(usable, key=rank)
 
 
-def _cycle_reserve(view: PolicyView, share: float) -> float:
-    """Slack to keep so that, finishing with on-demand in every spot gap, each return to spot can be paid."""
-    d = view.changeover_hours
-    remaining = view.work_hours - view.progress_hours
-    cycles = []
-    for pool in view.pools:
-        if pool.availability and pool.mean_up_hours:
-            down = pool.mean_up_hours * (1 - pool.availability) / pool.availability
-            cycles.append(pool.mean_up_hours + down)
-    if not cycles:
-        return 2 * d
-    return 2 * d + share * 2 * d * remaining / max(cycles)
-
-
 def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decision:
     """Our policy (the module docstring says why each rule is there)."""
     d = view.changeover_hours
@@ -106,8 +90,8 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
     on_demand_finish = t + remaining_work + (view.changeover_left_hours if on_demand_now else d)
 
     if current is not None and not on_demand_now:
-        for pool in view.pools:
-            if pool.name == current and pool.available_now:
+        for here in view.pools:
+            if here.name == current and here.available_now:
                 return Decision(SPOT, current, f"stay on spot in {current}: {slack:.1f} h of slack")
     if view.committed_on_demand:
         return Decision(ON_DEMAND, None, "on-demand to the end: committed", True, on_demand_finish)
@@ -119,28 +103,24 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
             True,
             on_demand_finish,
         )
+    initial = view.deadline_hours - view.work_hours
+    reserve = 2 * d + min(tuning.reserve_changeovers * d, tuning.reserve_share * max(0.0, initial - 2 * d))
+
+    def line(x: float) -> float:
+        share = max(0.0, view.deadline_hours - x) / view.deadline_hours
+        return reserve + (initial - reserve) * share**tuning.pace_power
+
     pool = _best_pool(view, tuning, on_demand_now)
     if pool is not None:
         return Decision(
             SPOT, pool.name, f"{'back to ' if on_demand_now else ''}spot in {pool.name}: {slack:.1f} h of slack"
         )
 
-    initial = view.deadline_hours - view.work_hours
-    reserve = min(initial, (2 + tuning.reserve_changeovers) * d)
-
-    def line(x: float) -> float:
-        if tuning.cycles_reserve is not None:
-            return _cycle_reserve(view, tuning.cycles_reserve)
-        share = max(0.0, view.deadline_hours - x) / view.deadline_hours
-        return reserve + (initial - reserve) * share**tuning.pace_power
-
     if on_demand_now:
-        ahead = tuning.leave_on_demand_ahead_hours
-        if ahead is None or slack < line(t) + ahead:
-            return Decision(
-                ON_DEMAND, None, f"stay on on-demand: {line(t) - slack:.1f} h behind the line", False, on_demand_finish
-            )
-        return Decision(WAIT, None, f"wait for spot: {slack - line(t):.1f} h ahead of the line")
+        # Stopping it to idle would only buy a changeover at the on-demand price when it restarts.
+        return Decision(
+            ON_DEMAND, None, f"stay on on-demand until spot: {slack:.1f} h of slack", False, on_demand_finish
+        )
     if slack - g < max(line(t + g), 2 * d + EPSILON):
         return Decision(ON_DEMAND, None, f"on-demand: {line(t) - slack:.1f} h behind the line", False, on_demand_finish)
     return Decision(WAIT, None, f"wait for spot: {slack - line(t):.1f} h ahead of the line")

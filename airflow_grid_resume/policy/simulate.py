@@ -10,12 +10,12 @@ no finish, and misses its deadline.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from airflow_grid_resume.policy.deadline import decide
 from airflow_grid_resume.policy.traces import HISTORY_HOURS, Trace, TraceError, check_aligned
-from airflow_grid_resume.policy.view import ON_DEMAND, SPOT, WAIT, PolicyView
+from airflow_grid_resume.policy.view import ON_DEMAND, SPOT, WAIT, Decision, PolicyView
 
 # Float sums of ticks (1/6 h...) drift by ~1e-15 per step; a finish this close to the deadline meets it.
 TOLERANCE = 1e-9
@@ -42,8 +42,10 @@ def simulate(
     on_demand_price: float,
     start: int,
     policy: str = "default",
+    on_decision: Callable[[int, PolicyView, Decision], None] | None = None,
 ) -> SimResult:
-    """One run from tick ``start`` (an index into the traces) under ``policy``."""
+    """One run from tick ``start`` (an index into the traces) under ``policy``; ``on_decision`` sees each
+    tick's view and decision (for the explanations and for tests that play an adversary)."""
     check_aligned(traces)
     length = min(len(t.data) for t in traces)
     if not 0 <= start < length:
@@ -83,6 +85,8 @@ def simulate(
             tick_hours=g,
         )
         decision = decide(view, policy)
+        if on_decision is not None:
+            on_decision(tick, view, decision)
         if decision.action == WAIT:
             target: str | None = None
         elif decision.action == ON_DEMAND:

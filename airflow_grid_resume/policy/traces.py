@@ -14,8 +14,9 @@ from pathlib import Path
 
 from airflow_grid_resume.policy.view import PoolView
 
-# What the policy is told about a pool's history: the last week (a week of ticks at the trace's gap).
-HISTORY_HOURS = 168.0
+# What the policy is told about a pool's history: its last 12 hours (recent enough to see a flickering spell of
+# capacity; a week hid it: docs/benchmarks.md).
+HISTORY_HOURS = 12.0
 
 
 class TraceError(ValueError):
