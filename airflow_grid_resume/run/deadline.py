@@ -227,8 +227,8 @@ class LaunchChooser:
     ``answers`` holds, by pair key, what EC2 answered this round (False: no spot capacity); a pool not asked
     yet counts as available, since asking is how it is known (a spot request without capacity costs nothing):
     so each round asks the policy first as if spot were there, and again once the pools it named said no.
-    ``record`` is the decision for the ledger when it changed since the last one, else None. Once a decision
-    commits to on-demand, every later one keeps it."""
+    ``record`` is the decision for the ledger (the launcher records a round's last one when it changed). Once a
+    decision commits to on-demand, every later one keeps it."""
 
     def __init__(self, ctx: DeadlineContext, *, point: str, tick_seconds: float, clock_now: Any = None) -> None:
         self.ctx = ctx
@@ -251,11 +251,10 @@ class LaunchChooser:
         if decision.commit and not self.ctx.committed:
             self.ctx = replace(self.ctx, committed=True)
         record = decision_record(decision, view, self.ctx, point=self.point, now=now)
-        changed = not same_decision(self.last, record)
         self.last = record
         first = tuple(p.key for p in pairs if decision.pool and pool_name(p, pairs) == decision.pool)
         market = {SPOT: SPOT, ON_DEMAND: ON_DEMAND}.get(decision.action, WAIT)
-        return market, first, record if changed else None
+        return market, first, record
 
 
 def watch_choice(

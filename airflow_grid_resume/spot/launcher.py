@@ -115,6 +115,7 @@ class SessionLauncher:
         self._recorded: dict | None = None
         self._answers: list[dict] = []  # of the last round that ended
         self._rounds = 0
+        self._decided: tuple | None = None  # the last policy decision recorded (deadline= runs)
 
     async def start(
         self,
@@ -262,26 +263,31 @@ class SessionLauncher:
             self._answers = result.answers  # what the run view shows until the next round ends
         return result
 
-    async def _record_decisions(self, planner: LaunchPlanner) -> None:
-        """A deadline= run: the policy's decisions that changed, for the run view (one PUT each)."""
-        while planner.decisions:
-            record = planner.decisions.pop(0)
-            self.log.info("deadline policy: %s", getattr(record, "reason", record))
-            try:
-                await self.ledger.put_record(record)
-            except (ClientError, *NO_ANSWER) as exc:  # only the run view misses it
-                self.log.warning("could not record the policy's decision for session %d: %s", self.session, exc)
+    async def _record_decision(self, planner: LaunchPlanner) -> None:
+        """A deadline= run: the policy's last decision of the round, for the run view, when it differs from the
+        last one recorded (one PUT per change, never per round: a round asks as if spot were there first)."""
+        if not planner.decisions:
+            return
+        record = planner.decisions[-1]
+        planner.decisions.clear()
+        key = tuple(getattr(record, name, None) for name in ("action", "pool", "point", "commit"))
+        if key == self._decided:
+            return
+        self._decided = key
+        self.log.info("deadline policy: %s", getattr(record, "reason", record))
+        try:
+            await self.ledger.put_record(record)
+        except (ClientError, *NO_ANSWER) as exc:  # only the run view misses it
+            self.log.warning("could not record the policy's decision for session %d: %s", self.session, exc)
 
     async def _round(self, planner: LaunchPlanner, waited: float) -> RoundResult:
         result = RoundResult()
         attempts = planner.round(time.monotonic(), waited)
-        await self._record_decisions(planner)
         while attempts:
-            done = await self._attempts(planner, attempts, result)
-            if done:
-                return result
+            if await self._attempts(planner, attempts, result):
+                break
             attempts = planner.follow_up(time.monotonic(), waited)
-            await self._record_decisions(planner)
+        await self._record_decision(planner)
         return result
 
     async def _attempts(self, planner: LaunchPlanner, attempts: list[Attempt], result: RoundResult) -> bool:

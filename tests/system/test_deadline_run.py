@@ -189,15 +189,16 @@ def test_an_on_demand_session_makes_a_planned_stop_and_the_run_goes_back_to_spot
     boto3.client("s3").create_bucket(Bucket=bucket)
     subnet = sorted(boto3.client("ec2").describe_subnets()["Subnets"], key=lambda s: s["AvailabilityZone"])[0]
     zone = subnet["AvailabilityZone"]
-    # 24 s of work, 120 s to do it, 10 s per session start: waiting for spot would eat the reserve the policy keeps.
+    # 40 s of work, 100 s to do it, 15 s per session start: waiting for spot would eat the reserve the policy keeps
+    # (less than a third of the deadline is slack beyond the reserve), yet there is slack for a return to spot.
     dag = deadline_dag(
         f"grid_back_{uuid.uuid4().hex[:6]}",
         workdir,
         bucket,
         subnet,
-        steps=48,
-        deadline=120.0,
-        changeover=10.0,
+        steps=80,
+        deadline=100.0,
+        changeover=15.0,
         # The agent reads watch.json every 2 s; the watch rewrites it with every 2 s of output.
         agent_args=("--unwatched-timeout", "8"),
         log_offset_save_interval=2.0,
