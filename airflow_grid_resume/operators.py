@@ -583,8 +583,9 @@ class GridRunOperator(BaseOperator):
         return dataclasses.replace(spec, root_device_name=device)
 
     def _deadline_context(self, ledger: RunLedger, first_started: float) -> DeadlineContext | None:
-        """A deadline= run: the deadline (resolved at the first try), the pace measured so far, the price."""
-        if self.deadline is None or not self.expected_runtime:
+        """A deadline= run: the deadline (resolved at the first try), the pace measured so far, the price
+        (None without deadline=, or with use_spot=False: every session is on-demand then anyway)."""
+        if self.deadline is None or not self.expected_runtime or not self.use_spot:
             return None
         price = on_demand_price(self.spec.instance_types[0], self.on_demand_prices) or 1.0
         try:
