@@ -10,11 +10,11 @@ the changeover of the on-demand instance that must follow if spot goes away). So
 2. S too small to ever pay a return to spot: on-demand to the end (committed), the safety net;
 3. spot in a pool worth starting (its spells last longer than a changeover; from on-demand, long enough
    that the switch pays its two changeovers back): the pool with the longest spells;
-4. otherwise wait only while the slack stays above a line falling steeply from the initial slack to a reserve
-   of a few changeovers at the deadline; below it, on-demand, kept until spot worth a switch returns (stopping
-   it to idle would buy an on-demand changeover at each restart). Greedy spends the slack at once and then
-   finishes on on-demand with spot around; Uniform Progress paces it to zero, restarting on-demand each time
-   it falls behind, and ends committed too.
+4. otherwise wait only while the slack stays above a line falling steeply (straight for tight deadlines) from
+   the initial slack to a reserve of a few changeovers at the deadline; below it, on-demand, kept until spot
+   worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). Greedy
+   spends the slack at once and then finishes on on-demand with spot around; Uniform Progress paces it to
+   zero, restarting on-demand each time it falls behind, and ends committed too.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class Tuning:
     """At most this share of the initial slack (beyond the net's 2 changeovers) is kept as the reserve."""
     pace_power: float = 6.0
     """Shape of the line: 1 spends the slack evenly (as Uniform Progress), larger spends it sooner (greedier)."""
+    tight_fraction: float = 0.85
+    """From this job fraction (work / deadline) on, the line is straight (Uniform Progress's pacing)."""
     switch_changeovers: float = 2.0
     """Leave on-demand for spot when the mean spell's saving pays this many on-demand changeovers."""
 
@@ -108,7 +110,8 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
 
     def line(x: float) -> float:
         share = max(0.0, view.deadline_hours - x) / view.deadline_hours
-        return reserve + (initial - reserve) * share**tuning.pace_power
+        power = 1.0 if view.work_hours >= tuning.tight_fraction * view.deadline_hours else tuning.pace_power
+        return reserve + (initial - reserve) * share**power
 
     pool = _best_pool(view, tuning, on_demand_now)
     if pool is not None:
