@@ -165,6 +165,8 @@ class GridRunOperator(BaseOperator):
         interruptions (timedelta or seconds); refined from the run's progress lines as it runs.
     :param expected_changeover: with ``deadline``: what starting a session costs (launch, boot, restore, steps
         redone; timedelta or seconds) until the run has measured its own; default 12 minutes.
+    :param deadline_policy: with ``deadline``: ``"default"`` (the project's policy) or one of the baselines
+        ``grid-resume simulate`` compares it with (``"uniform-progress"``, ``"greedy"``, ``"on-demand"``).
     :param failure_retries: set by ``partial()`` for mapped tasks (the failure budget it split from ``retries``);
         do not pass it yourself.
     """
@@ -213,6 +215,7 @@ class GridRunOperator(BaseOperator):
         deadline: datetime | timedelta | str | None = None,
         expected_runtime: timedelta | float | None = None,
         expected_changeover: timedelta | float = timedelta(minutes=12),
+        deadline_policy: str = "default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -230,6 +233,7 @@ class GridRunOperator(BaseOperator):
             deadline=deadline,
             expected_runtime=seconds(expected_runtime),
             expected_changeover=seconds(expected_changeover) or 0.0,
+            deadline_policy=deadline_policy,
         )
         self.command = command
         self.artifacts_uri = artifacts_uri
@@ -267,6 +271,7 @@ class GridRunOperator(BaseOperator):
         self.deadline = deadline
         self.expected_runtime = options.expected_runtime
         self.expected_changeover = options.expected_changeover
+        self.deadline_policy = options.deadline_policy
         self.interruption_retry_delay = timedelta(seconds=options.interruption_retry_delay)
         if callable(on_interruption_callback):
             on_interruption_callback = [on_interruption_callback]
@@ -598,6 +603,7 @@ class GridRunOperator(BaseOperator):
                 on_demand_price=price,
                 records=read_records(ledger),
                 expected_changeover_hours=self.expected_changeover / 3600.0,
+                policy=self.deadline_policy,
             )
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc

@@ -118,6 +118,7 @@ def deadline_context(
     on_demand_price: float,
     records: list[dict[str, Any]],
     expected_changeover_hours: float = DEFAULT_CHANGEOVER_HOURS,
+    policy: str = "default",
 ) -> DeadlineContext:
     """A deadline= run's context for the policy: the deadline as the run's first try resolved it (written to
     ``deadline.json`` then, read back by every later try), the pace measured from ``records`` (``read_records``),
@@ -149,6 +150,7 @@ def deadline_context(
         changeover_hours=pace.changeover_hours,
         on_demand_price=on_demand_price,
         committed=committed,
+        policy=policy,
     )
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from airflow_grid_resume.policy import POLICIES
+
 RERUN_CHOICES = ("resume", "fresh")
 LIVE_OUTPUT_CHOICES = ("sqs", "s3")
 
@@ -39,6 +41,7 @@ class RunOptions:
     deadline: Any = None  # a datetime, a timedelta from the run's first try, or a (templated) ISO string
     expected_runtime: float | None = None
     expected_changeover: float = 720.0  # seconds a session start costs until the run has measured one
+    deadline_policy: str = "default"
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -70,6 +73,10 @@ class RunOptions:
             if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
                 found.append(f"on_demand_prices[{type_!r}] must be a USD-per-hour number, got {price!r}")
         found += deadline_problems(self.deadline, self.expected_runtime)
+        if self.deadline_policy not in POLICIES:
+            found.append(
+                f"deadline_policy must be one of {', '.join(map(repr, POLICIES))}, got {self.deadline_policy!r}"
+            )
         if self.expected_changeover <= 0:
             found.append(f"expected_changeover must be positive, got {self.expected_changeover:g} s")
         return found

@@ -79,6 +79,8 @@ def test_the_operator_parameters_are_checked_when_the_dag_is_parsed() -> None:
         options(deadline=timedelta(0), expected_runtime=3600.0)
     with pytest.raises(ValueError, match="expected_runtime must be positive"):
         options(deadline=timedelta(hours=1), expected_runtime=0.0)
+    with pytest.raises(ValueError, match="deadline_policy must be one of 'default', 'uniform-progress'"):
+        options(deadline=timedelta(hours=1), expected_runtime=60.0, deadline_policy="cheapest")
     with pytest.raises(ValueError, match="got int 7"):
         options(deadline=7, expected_runtime=60.0)
     assert options(deadline="{{ data_interval_end + macros.timedelta(hours=7) }}", expected_runtime=60.0)
