@@ -763,17 +763,21 @@ class Supervisor:
         planned_asked = False
         while True:
             seq += 1
-            if guard.due(time.monotonic()) and self.state in ("restoring", "running", "running+syncing"):
+            watching = self.state in ("restoring", "running", "running+syncing")
+            guard_due = watching and guard.due(time.monotonic())
+            # watch.json is read when the guard is due and, until a planned stop was asked, on every beat: a
+            # deadline= run's stop back to spot (run/deadline.py) waits one heartbeat, not the guard's minute.
+            if guard_due or (watching and not planned_asked):
                 try:
                     found = ledger.get_with_etag(ledger.key(layout.watch(self.session)))
                 except Exception as exc:  # S3 trouble is not evidence that nobody watches
                     log.warning("could not read watch.json, will retry: %s", exc)
                 else:
                     planned = planned_stop_event(found[0]) if found and not planned_asked else None
-                    if planned is not None:  # a deadline= run going back to spot (run/deadline.py)
+                    if planned is not None:
                         planned_asked = True
                         self.events.put(planned)
-                    if guard.observe(found[1] if found else None, time.monotonic()):
+                    if guard_due and guard.observe(found[1] if found else None, time.monotonic()):
                         if self.state == "restoring":
                             self._abandon_restore(ledger, guard.silent_for(time.monotonic()))
                         self.events.put(unwatched_event(guard.silent_for(time.monotonic())))

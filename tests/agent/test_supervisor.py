@@ -360,13 +360,14 @@ def test_a_planned_stop_asked_in_watch_json_saves_and_ends_the_session_as_stoppe
 ) -> None:
     """A deadline= run leaving on-demand for spot: the trigger writes ``stop`` into watch.json; the agent stops the
     command as on a notice (SIGTERM, its save, the final sync) and records ``stopped``, which spends no budget."""
-    options = [*FAST, "--unwatched-timeout", "2", "--session", "1"]
+    options = [*FAST, "--heartbeat-interval", "0.5", "--session", "1"]  # read on every beat
     proc = agent(run_uri, tmp_path / "w", *train(400, 0.05), options=options)
     watch_key = ledger.session_key(1, "watch.json")
     stop = {"reason": "back to spot in us-east-1a: 2.0 h of slack", "at": time.time()}
     beats = 0
     while proc.proc.poll() is None:
-        doc = {"log_offset": 0, "at": time.time(), "beat": beats, **({"stop": stop} if beats >= 4 else {})}
+        training = (tmp_path / "w" / "pid").exists() and beats >= 4  # the command runs and has saved a step
+        doc = {"log_offset": 0, "at": time.time(), "beat": beats, **({"stop": stop} if training else {})}
         ledger.put_json(watch_key, doc)
         beats += 1
         time.sleep(0.5)

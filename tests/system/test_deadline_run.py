@@ -201,10 +201,6 @@ def test_an_on_demand_session_makes_a_planned_stop_and_the_run_goes_back_to_spot
         deadline=100.0,
         changeover=5.0,
         deadline_policy="uniform-progress",
-        # The agent reads watch.json every 5 s (a quarter of the timeout), the watch rewrites it with every 2 s of
-        # output; 20 s is longer than a boot here, during which there is no output.
-        agent_args=("--unwatched-timeout", "20"),
-        log_offset_save_interval=2.0,
     )
     spot_cloud.set_capacity("g5.xlarge", zone, available=False, market="spot")
     done = threading.Event()
