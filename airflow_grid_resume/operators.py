@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -41,7 +41,7 @@ from airflow_grid_resume.hooks.spot import SpotLaunchHook, launch_error
 from airflow_grid_resume.ledger import layout
 from airflow_grid_resume.ledger.errors import BucketRulesError, UsageError
 from airflow_grid_resume.ledger.gc import DEFAULT_GRACE_SECONDS, collect_garbage
-from airflow_grid_resume.ledger.records import Closed, Launch, Outcome, Spec, Watch
+from airflow_grid_resume.ledger.records import Closed, Deadline, Launch, Outcome, Spec, Watch, as_dict
 from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
@@ -53,9 +53,11 @@ from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.run.asset import model_asset_uri, model_event_extra, read_final_checkpoint
 from airflow_grid_resume.run.budgets import Budgets, first_try_of_cycle
+from airflow_grid_resume.run.deadline import DeadlineContext, LaunchChooser, pool_zones, watch_interval
 from airflow_grid_resume.run.ending import ended_status
 from airflow_grid_resume.run.ledgerio import (
     budget_history,
+    deadline_context,
     end_run,
     ensure_agent,
     ensure_spec,
@@ -74,7 +76,14 @@ from airflow_grid_resume.run.nextstep import (
 )
 from airflow_grid_resume.run.options import RunOptions, seconds
 from airflow_grid_resume.run.summary import read_records, summarize, summary_lines
-from airflow_grid_resume.run.verdict import FAIL_RUN, REPORT, RETRY_INTERRUPTED, session_verdict, spends_budget
+from airflow_grid_resume.run.verdict import (
+    FAIL_RUN,
+    NEXT_SESSION,
+    REPORT,
+    RETRY_INTERRUPTED,
+    session_verdict,
+    spends_budget,
+)
 from airflow_grid_resume.spot import fleetstore
 from airflow_grid_resume.spot.fleetstore import fleet_uri
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
@@ -184,11 +193,22 @@ class GridRunOperator(BaseOperator):
     :param model_asset: the trained model as an Airflow Asset (an ``Asset`` or its ``s3://bucket/key`` URI), added
         to the task's ``outlets``: a run that succeeds emits an asset event whose extra says where the final
         checkpoint is and what the run took (docs/user-guide.md, "The model as an Asset").
+    :param deadline: when the run must be done: a timezone-aware ``datetime``, a ``timedelta`` from the run's first
+        try, or a template rendering to an ISO datetime (``"{{ data_interval_end + macros.timedelta(hours=7) }}"``).
+        A deadline policy then chooses spot (in which zone), on-demand or waiting at every launch and capacity
+        round, and stops an on-demand session to go back to spot when that is safe; the fallback counters are not
+        used (docs/user-guide.md, "Deadlines"). (templated)
+    :param expected_runtime: with ``deadline``: how long the training takes on the chosen hardware without
+        interruptions (timedelta or seconds); refined from the run's progress lines as it runs.
+    :param expected_changeover: with ``deadline``: what starting a session costs (launch, boot, restore, steps
+        redone; timedelta or seconds) until the run has measured its own; default 12 minutes.
+    :param deadline_policy: with ``deadline``: ``"default"`` (the project's policy) or one of the baselines
+        ``grid-resume simulate`` compares it with (``"uniform-progress"``, ``"greedy"``, ``"on-demand"``).
     :param failure_retries: set by ``partial()`` for mapped tasks (the failure budget it split from ``retries``);
         do not pass it yourself.
     """
 
-    template_fields: Sequence[str] = ("command", "workdir", "artifacts_uri")
+    template_fields: Sequence[str] = ("command", "workdir", "artifacts_uri", "deadline")
     operator_extra_links = (GridInstanceLink(), GridArtifactsLink())
     ui_color = "#ffd27f"
 
@@ -236,6 +256,10 @@ class GridRunOperator(BaseOperator):
         s3_kms_key_id: str | None = None,
         s3_checksum: str | None = None,
         model_asset: Asset | str | None = None,
+        deadline: datetime | timedelta | str | None = None,
+        expected_runtime: timedelta | float | None = None,
+        expected_changeover: timedelta | float = timedelta(minutes=12),
+        deadline_policy: str = "default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -255,6 +279,10 @@ class GridRunOperator(BaseOperator):
             live_output=live_output,
             keep_checkpoints=keep_checkpoints,
             on_demand_prices=dict(on_demand_prices or {}),
+            deadline=deadline,
+            expected_runtime=seconds(expected_runtime),
+            expected_changeover=seconds(expected_changeover) or 0.0,
+            deadline_policy=deadline_policy,
         )
         self.command = command
         self.artifacts_uri = artifacts_uri
@@ -292,6 +320,10 @@ class GridRunOperator(BaseOperator):
         self.live_output = options.live_output
         self.on_demand_prices = dict(options.on_demand_prices)
         self.keep_checkpoints = options.keep_checkpoints
+        self.deadline = deadline
+        self.expected_runtime = options.expected_runtime
+        self.expected_changeover = options.expected_changeover
+        self.deadline_policy = options.deadline_policy
         self.interruption_retry_delay = timedelta(seconds=options.interruption_retry_delay)
         if callable(on_interruption_callback):
             on_interruption_callback = [on_interruption_callback]
@@ -569,7 +601,8 @@ class GridRunOperator(BaseOperator):
         if store:
             store.set(STATE_KEY, state)
         run_state = read_run_state(ledger, session)
-        launched = self._launch_now(spec, run_uri, session, interruptions, expires_at, run_state)
+        ctx = self._deadline_context(ledger, first_started)  # None without deadline=
+        launched = self._launch_now(spec, run_uri, session, interruptions, expires_at, run_state, ctx)
         if launched is not None:
             return self.on_capacity(context, launched)
         self.log.info(
@@ -597,6 +630,7 @@ class GridRunOperator(BaseOperator):
                 s3_write=self.s3_write.to_json(),
                 fleet_uri=fleet_uri(self.artifacts_uri),
                 run_state=run_state,
+                deadline=ctx.as_dict() if ctx else None,
             ),
             method_name="on_capacity",
         )
@@ -669,16 +703,51 @@ class GridRunOperator(BaseOperator):
             raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
         return dataclasses.replace(spec, root_device_name=device)
 
+    def _deadline_context(self, ledger: RunLedger, first_started: float) -> DeadlineContext | None:
+        """A deadline= run: the deadline (resolved at the first try), the pace measured so far, the price
+        (None without deadline=, or with use_spot=False: every session is on-demand then anyway)."""
+        if self.deadline is None or not self.expected_runtime or not self.use_spot:
+            return None
+        price = on_demand_price(self.spec.instance_types[0], self.on_demand_prices) or 1.0
+        try:
+            return deadline_context(
+                ledger,
+                given=self.deadline,
+                expected_hours=self.expected_runtime / 3600.0,
+                first_started_at=first_started,
+                now=time.time(),
+                on_demand_price=price,
+                records=read_records(ledger),
+                expected_changeover_hours=self.expected_changeover / 3600.0,
+                policy=self.deadline_policy,
+            )
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
+
     def _launch_now(
-        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str, run_state: dict
+        self,
+        spec: LaunchSpec,
+        run_uri: str,
+        session: int,
+        interruptions: int,
+        expires_at: str,
+        run_state: dict,
+        ctx: DeadlineContext | None = None,
     ) -> dict | None:
         """One round over the pairs from the worker, with the capacity trigger's own launcher: with
         capacity at hand, no capacity deferral is needed (and no trigger fires seconds after
         deferring). None means: wait in the trigger."""
-        return asyncio.run(self._a_launch_now(spec, run_uri, session, interruptions, expires_at, run_state))
+        return asyncio.run(self._a_launch_now(spec, run_uri, session, interruptions, expires_at, run_state, ctx))
 
     async def _a_launch_now(
-        self, spec: LaunchSpec, run_uri: str, session: int, interruptions: int, expires_at: str, run_state: dict
+        self,
+        spec: LaunchSpec,
+        run_uri: str,
+        session: int,
+        interruptions: int,
+        expires_at: str,
+        run_state: dict,
+        ctx: DeadlineContext | None = None,
     ) -> dict | None:
         hook, s3_hook = self.spot_hook, self.s3_hook
         started_at = time.time()
@@ -702,11 +771,13 @@ class GridRunOperator(BaseOperator):
                 links=links,
             )
             try:
+                chooser = LaunchChooser(ctx, point="launch", tick_seconds=self.capacity_backoff[0]) if ctx else None
                 start = await launcher.start(
                     fallback=self.fallback,
                     interruptions=interruptions,
                     record=await fleetstore.a_read(s3, fleet_uri(self.artifacts_uri)),
                     run_state=run_state,
+                    chooser=chooser,
                 )
             except PairsUnknown as exc:
                 raise AirflowFailException(exc.message) from exc
@@ -780,7 +851,8 @@ class GridRunOperator(BaseOperator):
             instance_id=instance_id,
         )
         deadline = float(state.get("first_started_at", time.time())) + self.max_run if self.max_run else None
-        spec = self._ledger(run_uri).read_spec()
+        ledger = self._ledger(run_uri)
+        spec = ledger.read_spec()
         self.defer(
             trigger=RunWatchTrigger(
                 run_uri=run_uri,
@@ -800,9 +872,27 @@ class GridRunOperator(BaseOperator):
                 deferred_at=time.time(),
                 live_queue=spec.live_queue if spec is not None else None,
                 s3_write=self.s3_write.to_json(),
+                deadline_policy=self._watch_policy(ledger, session, state),
             ),
             method_name="on_session_end",
         )
+
+    def _watch_policy(self, ledger: RunLedger, session: int, state: dict) -> dict | None:
+        """A deadline= run's session on on-demand: what the run watch asks the policy with (back to spot?)."""
+        launch = ledger.read_launch(session) if self.deadline is not None else None
+        if launch is None or launch.lifecycle != "on-demand":
+            return None
+        ctx = self._deadline_context(ledger, float(state.get("first_started_at") or time.time()))
+        if ctx is None:
+            return None
+        zones = self.spot_hook.subnet_zones(list(self.spec.subnet_ids))
+        pools = pool_zones(self.spec.instance_types, zones.values())
+        return {
+            "context": ctx.as_dict(),
+            "pools": pools,
+            "instance_types": list(self.spec.instance_types),
+            "interval": watch_interval(ctx),
+        }
 
     def on_session_end(self, context: Any, event: dict | None = None) -> Any:
         event = event or {}
@@ -832,6 +922,9 @@ class GridRunOperator(BaseOperator):
             return self._succeeded(context, ledger, event)
         if verdict.action == FAIL_RUN:
             raise self._fail(ledger, session, verdict.message)
+        if verdict.action == NEXT_SESSION:  # a planned stop spends no try: this one launches the next session
+            self.log.info("%s", verdict.message)
+            return self.execute(context)
         if verdict.action == RETRY_INTERRUPTED:
             self._alert_as_interruption()
             manifest = (outcome or {}).get("manifest") or next(iter(ledger.list_manifests()), None)
@@ -857,8 +950,9 @@ class GridRunOperator(BaseOperator):
         self.email_on_retry = False
 
     def _summary(self, ledger: RunLedger, event: dict) -> dict:
-        records = read_records(ledger)
-        summary = summarize(records, final_outcome=event.get("status"))
+        deadline = as_dict(ledger.read_record(Deadline)) if self.deadline is not None else None
+        records = read_records(ledger, decisions=deadline is not None)
+        summary = summarize(records, final_outcome=event.get("status"), deadline=deadline)
         last = (event.get("outcome") or {}).get("manifest")
         if last is None:  # reported without this session's outcome: the newest committed checkpoint
             newest_first = ledger.list_manifests()

@@ -9,6 +9,7 @@ from airflow_grid_resume.ledger.status import SessionStatus
 
 SUCCEEDED = SessionStatus.SUCCEEDED.value
 INTERRUPTED = SessionStatus.INTERRUPTED.value
+STOPPED = SessionStatus.STOPPED.value  # an interruption the Airflow side asked for (a planned stop)
 FAILED = SessionStatus.FAILED.value
 
 EXIT_COMMAND_NOT_FOUND = 127

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,6 +79,8 @@ class ProgressTracker:
         self.first: Progress | None = None
         self.latest: Progress | None = None
         self.total: int | None = None
+        self.first_at: float | None = None  # epoch seconds the first and the latest progress line were read
+        self.latest_at: float | None = None
 
     def feed(self, data: bytes, stream: object = 0, written_by_ns: int | None = None) -> None:
         if not data:
@@ -112,27 +115,43 @@ class ProgressTracker:
         found = parse_progress(raw[-MAX_PENDING:].decode("utf-8", errors="replace"))
         if found is None:
             return False
+        now = time.time()
         if self.first is None:
-            self.first = found
-        self.latest = found
+            self.first, self.first_at = found, now
+        self.latest, self.latest_at = found, now
         if found.total is not None:
             self.total = found.total
         return False
 
     def heartbeat(self) -> dict | None:
-        """``{"done": N, "total": T, "first": N1}`` for heartbeat.json (``first``: the session's first
-        DONE, so steps lost are known even when the next session is lost too), or None before any."""
+        """``{"done": N, "total": T, "first": N1, "first_at": E1, "done_at": E2}`` for heartbeat.json
+        (``first``: the session's first DONE, so steps lost are known even when the next session is lost
+        too; ``first_at``/``done_at``: when they were read, epoch seconds, for the pace of a deadline= run),
+        or None before any."""
         with self._lock:
             if self.latest is None or self.first is None:
                 return None
-            return {"done": self.latest.done, "total": self.total, "first": self.first.done}
+            return {
+                "done": self.latest.done,
+                "total": self.total,
+                "first": self.first.done,
+                "first_at": self.first_at,
+                "done_at": self.latest_at,
+            }
 
     def outcome(self) -> dict | None:
-        """``{"first": N1, "last": N2, "total": T}`` for outcome.json, or None if none was seen."""
+        """``{"first": N1, "last": N2, "total": T, "first_at": E1, "last_at": E2}`` for outcome.json, or None
+        if none was seen."""
         with self._lock:
             if self.first is None or self.latest is None:
                 return None
-            return {"first": self.first.done, "last": self.latest.done, "total": self.total}
+            return {
+                "first": self.first.done,
+                "last": self.latest.done,
+                "total": self.total,
+                "first_at": self.first_at,
+                "last_at": self.latest_at,
+            }
 
 
 def steps_lost(last_before: int | None, first_after: int | None) -> int | None:

@@ -47,12 +47,13 @@ from airflow_grid_resume.agent.monitors.events import (
     TIGHTEN,
     StopEvent,
     lease_lost_event,
+    planned_stop_event,
     react,
     signal_event,
     unwatched_event,
 )
 from airflow_grid_resume.agent.monitors.runner import MonitorRunner
-from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, Classification, classify
+from airflow_grid_resume.agent.outcome import FAILED, INTERRUPTED, STOPPED, Classification, classify
 from airflow_grid_resume.agent.progress import ProgressTracker
 from airflow_grid_resume.agent.restore import Restorer, RestoreResult
 from airflow_grid_resume.agent.scan import HashCache, PathFilter
@@ -636,6 +637,8 @@ class Supervisor:
             manifest = self.syncer.last_manifest.name
         exit_code = result.agent_exit_code
         status, warnings = result.status, [*result.warnings, *self.notice_warnings]
+        if status == INTERRUPTED and self.notice is not None and self.notice.source == "planned":
+            status = STOPPED  # asked for: spends no budget, the Airflow side launches the next session at once
         fallback = restored.fallback_note()
         if fallback:
             warnings.insert(0, fallback)
@@ -761,15 +764,24 @@ class Supervisor:
         status_at: float | None = None  # monotonic time heartbeat.json was last written
         woken = True
         guard = UnwatchedGuard(self.o.unwatched_timeout, time.monotonic())
+        planned_asked = False
         while True:
             seq += 1
-            if guard.due(time.monotonic()) and self.state in ("restoring", "running", "running+syncing"):
+            watching = self.state in ("restoring", "running", "running+syncing")
+            guard_due = watching and guard.due(time.monotonic())
+            # watch.json is read when the guard is due and, until a planned stop was asked, on every beat: a
+            # deadline= run's stop back to spot (run/deadline.py) waits one heartbeat, not the guard's minute.
+            if guard_due or (watching and not planned_asked):
                 try:
                     found = ledger.get_with_etag(ledger.key(layout.watch(self.session)))
                 except Exception as exc:  # S3 trouble is not evidence that nobody watches
                     log.warning("could not read watch.json, will retry: %s", exc)
                 else:
-                    if guard.observe(found[1] if found else None, time.monotonic()):
+                    planned = planned_stop_event(found[0]) if found and not planned_asked else None
+                    if planned is not None:
+                        planned_asked = True
+                        self.events.put(planned)
+                    if guard_due and guard.observe(found[1] if found else None, time.monotonic()):
                         if self.state == "restoring":
                             self._abandon_restore(ledger, guard.silent_for(time.monotonic()))
                         self.events.put(unwatched_event(guard.silent_for(time.monotonic())))

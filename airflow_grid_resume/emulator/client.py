@@ -169,6 +169,20 @@ class LocalSpotCloud:
         """Every region's offerings back to moto's data."""
         return dict(self._call("POST", "offerings", {"reset": True}))
 
+    def replay_trace(
+        self,
+        instance_type: str,
+        zone: str,
+        data: list[float] | None,
+        *,
+        tick_seconds: float,
+        start: int = 0,
+    ) -> dict:
+        """Replay a spot trace (one value per tick, above 0: spot available) as the (type, zone)'s spot capacity and
+        interruptions from now, a tick every ``tick_seconds``; ``data=None`` stops replaying it."""
+        body = {"instance_type": instance_type, "zone": zone, "data": data, "tick_seconds": tick_seconds}
+        return dict(self._call("POST", "trace", {**body, "start": start}))
+
     def set_fabric(self, *, enabled: bool) -> dict:
         """Off: launched instances get no process (load tests with hundreds of instances)."""
         return dict(self._call("POST", "fabric", {"enabled": enabled}))

@@ -63,6 +63,7 @@ from airflow_grid_resume.emulator.faults import (
 )
 from airflow_grid_resume.emulator.imds import MetadataService
 from airflow_grid_resume.emulator.sqsweather import NEW_QUEUE_SECONDS, SqsWeather, fault_reply, throttled_reply
+from airflow_grid_resume.emulator.tracereplay import TraceReplay, replays_allow
 
 DEFAULT_NOTICE_SECONDS = 120.0
 SPOT_TERMINATION = "Server.SpotInstanceTermination"
@@ -246,6 +247,8 @@ class SpotCloud:
         self.buckets = BucketRuleBook()  # buckets with security rules (emulator/bucketrules.py)
         self.counters = {"run_instances": 0, "capacity_errors": 0, "idempotent_replays": 0, "unsupported": 0}
         self.offerings = Offerings()
+        self.replays: dict[tuple[str, str], TraceReplay] = {}  # spot traces replayed (emulator/tracereplay.py)
+        self.replay_timers: dict[tuple[str, str], list[threading.Timer]] = {}
 
     # -- moto's backend (in this process) ------------------------------------------------------
     @staticmethod
@@ -329,6 +332,8 @@ class SpotCloud:
 
     def has_capacity(self, instance_type: str, zone: str, market: str) -> bool:
         with self.lock:
+            if market == "spot" and not replays_allow(list(self.replays.values()), instance_type, zone, time.time()):
+                return False
             for key in (
                 (instance_type, zone, market),
                 ("*", zone, market),
@@ -339,6 +344,50 @@ class SpotCloud:
                 if until is not None and until > time.time():
                     return False
         return True
+
+    def replay_trace(self, doc: dict) -> list[dict]:
+        """Replay a spot trace as the capacity and interruptions of (type, zone) from now (``data`` null or
+        absent: stop replaying it). Answers every trace replayed."""
+        key = (str(doc.get("instance_type") or "*"), str(doc.get("zone") or "*"))
+        replay = TraceReplay.from_doc(doc, time.time()) if doc.get("data") is not None else None
+        with self.lock:
+            for timer in self.replay_timers.pop(key, []):
+                timer.cancel()
+            self.replays.pop(key, None)
+            if replay is not None:
+                self.replays[key] = replay
+                timers = []
+                for delay in replay.zero_ticks():
+                    timer = threading.Timer(delay, functools.partial(self._reclaim_pool, replay))
+                    timer.daemon = True
+                    timers.append(timer)
+                self.replay_timers[key] = timers
+                self.timers.extend(timers)
+                for timer in timers:
+                    timer.start()
+        return self.replay_state()
+
+    def _reclaim_pool(self, replay: TraceReplay) -> None:
+        """The start of a 0 tick: every spot instance running in the trace's pool gets its notice."""
+        with self.lock:
+            if self.replays.get((replay.instance_type, replay.zone)) is not replay:
+                return  # replaced or stopped since
+            doomed = [
+                i.instance_id
+                for i in self.instances.values()
+                if i.market == "spot"
+                and i.state == "running"
+                and not i.interruption_pending
+                and replay.matches(i.instance_type, i.zone)
+            ]
+        for instance_id in doomed:
+            with contextlib.suppress(KeyError, ValueError):  # ended meanwhile
+                self.interrupt(instance_id, 0.0, True)
+
+    def replay_state(self) -> list[dict]:
+        now = time.time()
+        with self.lock:
+            return [r.describe(now) for r in self.replays.values()]
 
     def capacity_state(self) -> list[dict]:
         now = time.time()
@@ -631,6 +680,8 @@ class SpotCloudApp:
             return self._types_from_requirements(params, region)
         if action == "DescribeSpotPriceHistory":
             return self._spot_price_history(environ, params.get("AvailabilityZone"))
+        if action == "GetSpotPlacementScores":
+            return self._placement_scores(params, region)
         if action == "TerminateInstances":
             ids = [v for k, v in params.items() if k.startswith("InstanceId.")]
             reply = self._call_inner(environ)
@@ -714,6 +765,27 @@ class SpotCloudApp:
         if status.startswith("200"):
             body = _PRICE_ITEM.sub(reprice, body)
         return status, _with_length(headers, body), body
+
+    def _placement_scores(self, params: dict[str, str], region: str) -> Reply:
+        """GetSpotPlacementScores (moto lacks it), per zone of the region as EC2 answers with
+        ``SingleAvailabilityZone``: 9 when spot has capacity now for one of the types, 1 when for none."""
+        types = [v for k, v in sorted(params.items()) if k.startswith("InstanceType.")]
+        if not types:
+            return _error("400 Bad Request", "MissingParameter", "The request must contain the parameter InstanceType")
+        items = []
+        for zone in self.cloud.backend(region).describe_availability_zones():
+            score = 9 if any(self.cloud.has_capacity(t, zone.name, "spot") for t in types) else 1
+            items.append(
+                f"<item><region>{region}</region><availabilityZoneId>{zone.zone_id}</availabilityZoneId>"
+                f"<score>{score}</score></item>"
+            )
+        body = (
+            '<GetSpotPlacementScoresResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            f"<requestId>{os.urandom(8).hex()}</requestId>"
+            f"<spotPlacementScoreSet>{''.join(items)}</spotPlacementScoreSet>"
+            "</GetSpotPlacementScoresResponse>"
+        ).encode()
+        return "200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))], body
 
     def _console_output(self, environ: dict, instance_id: str) -> Reply:
         """moto's answer with the instance's real console (what its user data printed; EC2 keeps the last 64 KiB)."""
@@ -803,6 +875,7 @@ class SpotCloudApp:
                     "endpoint_url": cloud.endpoint_url,
                     "capacity": cloud.capacity_state(),
                     "offerings": cloud.offerings.state(),
+                    "traces": cloud.replay_state(),
                     "counters": {**cloud.counters, **faults.counters},
                     "notice_seconds": cloud.notice_seconds,
                     "faults": faults.state(),
@@ -839,6 +912,8 @@ class SpotCloudApp:
                         str(doc["instance_type"]), str(doc["zone"]), bool(doc.get("offered", False))
                     )
                 result = {"offerings": cloud.offerings.state()}
+            elif method == "POST" and name == "trace":
+                result = {"traces": cloud.replay_trace(doc)}
             elif method == "POST" and name == "fabric":
                 cloud.fabric_enabled = bool(doc.get("enabled", True))
                 result = {"fabric": cloud.fabric_enabled}

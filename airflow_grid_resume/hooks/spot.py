@@ -266,6 +266,28 @@ class SpotLaunchHook(AwsBaseHook):
             )
         return _latest_price(response)
 
+    async def a_spot_placement_scores(
+        self, instance_types: list[str], region: str, client: Any = None
+    ) -> dict[str, int]:
+        """zone name -> EC2's spot placement score (1 to 10: how likely a spot request of one instance of these
+        types would succeed there now), from GetSpotPlacementScores per zone, the zone ids named by
+        DescribeAvailabilityZones. The only question about spot capacity EC2 answers without launching."""
+        async with hook_client(self, client) as ec2:
+            response = await ec2.get_spot_placement_scores(
+                InstanceTypes=instance_types, TargetCapacity=1, SingleAvailabilityZone=True, RegionNames=[region]
+            )
+            scores = {
+                str(item["AvailabilityZoneId"]): int(item["Score"])
+                for item in response.get("SpotPlacementScores") or []
+                if item.get("AvailabilityZoneId") and item.get("Score") is not None
+            }
+            if not scores:
+                return {}
+            zones = await ec2.describe_availability_zones(ZoneIds=sorted(scores))
+        return {
+            z["ZoneName"]: scores[z["ZoneId"]] for z in zones.get("AvailabilityZones") or [] if z["ZoneId"] in scores
+        }
+
     # -- describing and terminating ----------------------------------------------------------
     def describe_instances(self, instance_ids: list[str]) -> dict[str, dict]:
         """instance id -> instance, for many instances in one call. A filter by instance-id, not

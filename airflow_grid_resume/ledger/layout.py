@@ -24,6 +24,7 @@ SPEC = "spec.json"
 AGENT_ZIPAPP = "agent/grid-resume-agent.pyz"
 FINAL = "final.json"
 LEASE = "lease.json"
+DEADLINE = "deadline.json"
 POINTER = "latest.json"
 MANIFESTS = "manifests"
 PACKS = "packs"
@@ -81,6 +82,11 @@ def closed(session: int) -> str:
     return f"{session_dir(session)}/closed.json"
 
 
+def decision(session: int) -> str:
+    """The deadline policy's latest decision about the session (``deadline=`` runs only)."""
+    return f"{session_dir(session)}/decision.json"
+
+
 def logs(session: int) -> str:
     return f"{session_dir(session)}/logs"
 
@@ -107,6 +113,7 @@ RULES = (
     Rule("spec.json", ("airflow",), "overwrite"),
     Rule("agent/grid-resume-agent.pyz", ("airflow",), "overwrite"),
     Rule("final.json", ("airflow",), "overwrite"),
+    Rule("deadline.json", ("airflow",), "once"),
     Rule("lease.json", ("agent", "airflow"), "cas"),
     Rule("latest.json", ("agent", "airflow"), "cas"),
     Rule("manifests/SSSSSS-NNNNNN.json", ("agent", "airflow"), "once"),
@@ -121,6 +128,7 @@ RULES = (
     Rule("sessions/SSSSSS/launch.json", ("airflow",), "once"),
     Rule("sessions/SSSSSS/watch.json", ("airflow",), "overwrite"),
     Rule("sessions/SSSSSS/closed.json", ("airflow",), "overwrite"),
+    Rule("sessions/SSSSSS/decision.json", ("airflow",), "overwrite"),
 )
 
 

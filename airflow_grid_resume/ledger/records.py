@@ -344,6 +344,20 @@ class Final(Record):
 
 
 @record_dataclass
+class Deadline(Record):
+    """``deadline.json``: the run's deadline as its first try resolved it (epoch seconds), so every later try and
+    triggerer measures against the same instant, and the hours of training the DAG author expected."""
+
+    NAME = "deadline"
+    KEY = layout.DEADLINE
+
+    deadline_at: float
+    expected_hours: float
+    first_started_at: float
+    given: str = ""  # what the DAG author gave, as text (a datetime, a timedelta, a rendered template)
+
+
+@record_dataclass
 class LaunchAttempt(Record):
     """``sessions/SSSSSS/launch-attempt.json``: the session's expiry tag, fixed before its first launch
     attempt, and the last RunInstances attempted (replayed, with its token, by a later launcher)."""
@@ -390,9 +404,35 @@ class Watch(Record):
 
     NAME = "watch"
     KEY = "sessions/SSSSSS/watch.json"
+    OMIT_NONE = ("stop",)
 
     log_offset: int = 0
     at: float | None = None
+    # A planned stop the Airflow side asks for (a deadline= run going back to spot): ``{"reason", "at"}``. The agent
+    # reads it where it reads the ETag and stops the session as on a notice (agent/monitors/events.py).
+    stop: dict[str, Any] | None = None
+
+
+@record_dataclass
+class Decision(Record):
+    """``sessions/SSSSSS/decision.json``: the deadline policy's latest decision about session SSSSSS (where it was
+    taken, the action, the pool, why) and what it predicted, for the run view and the summary."""
+
+    NAME = "decision"
+    KEY = "sessions/SSSSSS/decision.json"
+
+    action: str  # "spot", "on-demand", "wait", or "stop" (a planned stop of an on-demand session, back to spot)
+    at: float
+    point: str = ""  # "launch", "capacity", "watch", "notice"
+    pool: str | None = None
+    reason: str = ""
+    commit: bool = False  # on-demand to the end: later decisions keep it
+    deadline_at: float | None = None
+    predicted_finish: float | None = None
+    ahead_hours: float | None = None  # progress against the straight line to the deadline (negative: behind)
+    work_hours: float | None = None
+    progress_hours: float | None = None
+    changeover_hours: float | None = None
 
 
 @record_dataclass
@@ -422,8 +462,14 @@ SESSION_RECORDS: dict[type[Record], typing.Callable[[int], str]] = {
     Launch: layout.launch,
     Watch: layout.watch,
     Closed: layout.closed,
+    Decision: layout.decision,
 }
-RUN_RECORDS: dict[type[Record], str] = {Spec: layout.SPEC, Final: layout.FINAL, Lease: layout.LEASE}
+RUN_RECORDS: dict[type[Record], str] = {
+    Spec: layout.SPEC,
+    Final: layout.FINAL,
+    Lease: layout.LEASE,
+    Deadline: layout.DEADLINE,
+}
 ALL = (*RUN_RECORDS, *SESSION_RECORDS)
 
 

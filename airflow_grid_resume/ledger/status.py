@@ -1,6 +1,7 @@
 """How a session ended: one name per ending, and the rule that says which endings are interruptions.
 
-The agent writes ``succeeded``, ``interrupted`` or ``failed`` in its outcome; the Airflow side writes its own
+The agent writes ``succeeded``, ``interrupted``, ``stopped`` (a planned stop the Airflow side asked for: it spends
+no budget) or ``failed`` in its outcome; the Airflow side writes its own
 verdict in ``closed.json`` when there is no outcome to read (``lost``: the instance went away without one;
 ``timeout``: ``max_run`` was reached and the instance terminated). An interruption and a lost instance spend the
 interruption budget, a failure the failure budget.
@@ -19,6 +20,7 @@ class SessionStatus(str, Enum):
     FAILED = "failed"  # the command (or the agent) failed
     LOST = "lost"  # ended without an outcome: the instance went away without one
     TIMEOUT = "timeout"  # max_run reached: the Airflow side terminated the instance
+    STOPPED = "stopped"  # a planned stop the Airflow side asked for (deadline=: back to spot), saved and synced
 
     def __str__(self) -> str:
         return self.value

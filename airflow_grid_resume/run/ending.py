@@ -80,4 +80,6 @@ def ended_by(record: Mapping[str, Any]) -> str:
         return f"script failed with exit code {code}" if code is not None else f"failed: {reason}"
     if status == SessionStatus.TIMEOUT:
         return "max_run reached: instance terminated"
+    if status == SessionStatus.STOPPED:
+        return "planned stop: the deadline policy went back to spot (checkpoint saved)"
     return str(status)

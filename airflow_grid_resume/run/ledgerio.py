@@ -12,16 +12,19 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.ledger import layout
-from airflow_grid_resume.ledger.records import Closed, Final, LaunchAttempt, Outcome, Spec
+from airflow_grid_resume.ledger.records import Closed, Deadline, Decision, Final, LaunchAttempt, Outcome, Spec
 from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.ledger.store import ConditionalWriteLost, RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.run.budgets import budget_use, counted_after
+from airflow_grid_resume.run.deadline import DeadlineContext, first_try_problem, parse_deadline
 from airflow_grid_resume.run.ending import ended_status
 from airflow_grid_resume.run.nextstep import RunView, final_contradiction
+from airflow_grid_resume.run.pace import DEFAULT_CHANGEOVER_HOURS, measure
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +172,59 @@ def ensure_spec(ledger: RunLedger, spec: Spec) -> tuple[str, bool]:
     if raw != body:
         ledger.write_record(wanted)
     return sha256(body), stored is not None and stored.command != spec.command
+
+
+def deadline_context(
+    ledger: RunLedger,
+    *,
+    given: Any,
+    expected_hours: float,
+    first_started_at: float,
+    now: float,
+    on_demand_price: float,
+    records: list[dict[str, Any]],
+    expected_changeover_hours: float = DEFAULT_CHANGEOVER_HOURS,
+    policy: str = "default",
+) -> DeadlineContext:
+    """A deadline= run's context for the policy: the deadline as the run's first try resolved it (written to
+    ``deadline.json`` then, read back by every later try), the pace measured from ``records`` (``read_records``),
+    and whether an earlier decision committed the run to on-demand. Raises ValueError for a deadline that is
+    not one, or one already past at the first try."""
+    stored = ledger.read_record(Deadline)
+    if stored is None:
+        deadline_at = parse_deadline(given, first_started_at=first_started_at)
+        problem = first_try_problem(deadline_at, now, expected_hours)
+        if problem:
+            raise ValueError(problem)
+        record = Deadline(
+            deadline_at=deadline_at, expected_hours=expected_hours, first_started_at=first_started_at, given=str(given)
+        )
+        try:
+            ledger.write_record(record)
+        except ConditionalWriteLost:  # another try wrote it first: theirs stands
+            stored = ledger.read_record(Deadline)
+        stored = stored or record
+    pace = measure(
+        records, expected_hours=stored.expected_hours, now=now, default_changeover_hours=expected_changeover_hours
+    )
+    committed = any(d.get("commit") and d.get("action") == "on-demand" for d in session_decisions(ledger).values())
+    return DeadlineContext(
+        deadline_at=stored.deadline_at,
+        first_started_at=stored.first_started_at,
+        work_hours=pace.work_hours,
+        progress_hours=pace.progress_hours,
+        changeover_hours=pace.changeover_hours,
+        on_demand_price=on_demand_price,
+        committed=committed,
+        policy=policy,
+    )
+
+
+def session_decisions(ledger: RunLedger) -> dict[int, dict[str, Any]]:
+    """Each session's latest policy decision (``decision.json``), by session (a run without deadline= has none)."""
+    found = {}
+    for session in ledger.list_sessions():
+        record = ledger.read_record(Decision, session)
+        if record is not None:
+            found[session] = record.to_dict()
+    return found

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow_grid_resume.policy import POLICIES
 
 RERUN_CHOICES = ("resume", "fresh")
 LIVE_OUTPUT_CHOICES = ("sqs", "s3")
@@ -35,6 +38,10 @@ class RunOptions:
     live_output: str = "sqs"
     keep_checkpoints: int | None = 3
     on_demand_prices: Mapping[str, float] = field(default_factory=dict)
+    deadline: Any = None  # a datetime, a timedelta from the run's first try, or a (templated) ISO string
+    expected_runtime: float | None = None
+    expected_changeover: float = 720.0  # seconds a session start costs until the run has measured one
+    deadline_policy: str = "default"
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -65,4 +72,41 @@ class RunOptions:
         for type_, price in self.on_demand_prices.items():
             if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
                 found.append(f"on_demand_prices[{type_!r}] must be a USD-per-hour number, got {price!r}")
+        found += deadline_problems(self.deadline, self.expected_runtime)
+        if self.deadline_policy not in POLICIES:
+            found.append(
+                f"deadline_policy must be one of {', '.join(map(repr, POLICIES))}, got {self.deadline_policy!r}"
+            )
+        if self.expected_changeover <= 0:
+            found.append(f"expected_changeover must be positive, got {self.expected_changeover:g} s")
         return found
+
+
+def deadline_problems(deadline: Any, expected_runtime: float | None) -> list[str]:
+    """What is wrong with ``deadline=`` and ``expected_runtime=`` as given (a template is checked once rendered:
+    ``run/deadline.py``)."""
+    found = []
+    if expected_runtime is not None and expected_runtime <= 0:
+        found.append(f"expected_runtime must be positive, got {expected_runtime:g} s")
+    if deadline is None:
+        return found
+    if expected_runtime is None:
+        found.append(
+            "deadline= needs expected_runtime=: the hours of training the command needs on the chosen hardware "
+            "without interruptions, e.g. expected_runtime=timedelta(hours=5)"
+        )
+    if isinstance(deadline, datetime):
+        if deadline.tzinfo is None or deadline.utcoffset() is None:
+            found.append(f"deadline must be timezone-aware (e.g. datetime(..., tzinfo=timezone.utc)), got {deadline}")
+    elif isinstance(deadline, timedelta):
+        if deadline.total_seconds() <= 0:
+            found.append(f"deadline as a timedelta from the run's first try must be positive, got {deadline}")
+    elif isinstance(deadline, str):
+        if not deadline.strip():
+            found.append("deadline must not be an empty string")
+    else:
+        found.append(
+            "deadline must be a timezone-aware datetime, a timedelta from the run's first try, or a template "
+            f"rendering to an ISO datetime, got {type(deadline).__name__} {deadline!r}"
+        )
+    return found

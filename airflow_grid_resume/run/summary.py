@@ -22,8 +22,9 @@ from datetime import datetime
 from typing import Any
 
 from airflow_grid_resume.agent.progress import steps_lost
-from airflow_grid_resume.ledger.records import Heartbeat, Outcome, as_dict
+from airflow_grid_resume.ledger.records import Decision, Heartbeat, Outcome, as_dict
 from airflow_grid_resume.ledger.status import SessionStatus
+from airflow_grid_resume.run.deadline import clock, decision_line
 from airflow_grid_resume.run.ending import ended_by, session_status
 
 
@@ -101,8 +102,40 @@ def session_seconds(record: Mapping[str, Any]) -> float:
     return 0.0 if start is None or end is None else max(0.0, end - start)
 
 
-def summarize(records: Sequence[Mapping[str, Any]], *, final_outcome: str | None = None) -> dict[str, Any]:
-    """Aggregate per-session records (in session order) into the run summary."""
+def deadline_summary(
+    records: Sequence[Mapping[str, Any]], deadline: Mapping[str, Any] | None, final_outcome: str | None
+) -> dict[str, Any] | None:
+    """A deadline= run: the deadline, when the run finished (the last session's end, once it succeeded) and
+    whether that met it, the latest prediction, and each session's decision in words."""
+    if not deadline:
+        return None
+    deadline_at = epoch_seconds(deadline.get("deadline_at"))
+    decisions = [
+        {"session": r.get("session"), **dict(r["decision"]), "line": decision_line(r["decision"])}
+        for r in records
+        if r.get("decision")
+    ]
+    finished = session_span(records[-1])[1] if records and final_outcome == SessionStatus.SUCCEEDED.value else None
+    return {
+        "deadline_at": deadline_at,
+        "expected_hours": deadline.get("expected_hours"),
+        "finished_at": finished,
+        "met": None if finished is None or deadline_at is None else finished <= deadline_at,
+        "predicted_finish": next(
+            (d.get("predicted_finish") for d in reversed(decisions) if d.get("predicted_finish")), None
+        ),
+        "decisions": [{"session": d["session"], "action": d.get("action"), "line": d["line"]} for d in decisions],
+    }
+
+
+def summarize(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    final_outcome: str | None = None,
+    deadline: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Aggregate per-session records (in session order) into the run summary (``deadline``: a deadline= run's
+    ``deadline.json``, with each record's ``decision``)."""
     sessions = []
     totals = {"spot": 0.0, "on-demand": 0.0}
     cost = on_demand_cost = 0.0
@@ -155,13 +188,23 @@ def summarize(records: Sequence[Mapping[str, Any]], *, final_outcome: str | None
         "on_demand_cost_usd": round(on_demand_cost, 4) if cost_known else None,
         "final_outcome": final_outcome or (statuses[-1] if statuses else None),
         "session_details": sessions,
+        **(
+            {
+                "deadline": deadline_summary(
+                    records, deadline, final_outcome or (str(statuses[-1]) if statuses else None)
+                )
+            }
+            if deadline
+            else {}
+        ),
     }
 
 
-def read_records(ledger: Any) -> list[dict[str, Any]]:
+def read_records(ledger: Any, *, decisions: bool = False) -> list[dict[str, Any]]:
     """Each session's launch, outcome and closing records, read from a ``RunLedger`` as typed records
     (a newer format than this code knows is refused) and given to :func:`summarize` in their JSON form;
-    a session without an outcome also its last heartbeat (how far a lost session got)."""
+    a session without an outcome also its last heartbeat (how far a lost session got); with ``decisions``
+    (a deadline= run) the policy's latest decision about it."""
     records = []
     for session in ledger.list_sessions():
         record = {
@@ -173,6 +216,8 @@ def read_records(ledger: Any) -> list[dict[str, Any]]:
         if record["launch"] or record["outcome"] or record["closed"]:  # planned but never launched: no session
             if record["outcome"] is None:
                 record["heartbeat"] = as_dict(ledger.read_record(Heartbeat, session))
+            if decisions:
+                record["decision"] = as_dict(ledger.read_record(Decision, session))
             records.append(record)
     return records
 
@@ -202,6 +247,21 @@ def summary_lines(summary: Mapping[str, Any], *, run_uri: str) -> list[str]:
             f"  cost (estimate): {cost:.4f} USD against {on_demand:.4f} USD on demand "
             f"({100 * (1 - cost / on_demand):.0f} % saved)"
         )
+    deadline = summary.get("deadline")
+    if deadline and deadline.get("deadline_at"):
+        finished = deadline.get("finished_at")
+        verdict = (
+            f"{'met' if deadline.get('met') else 'MISSED'}: finished {clock(finished)} UTC"
+            if finished
+            else (
+                f"predicted finish {clock(deadline['predicted_finish'])} UTC"
+                if deadline.get("predicted_finish")
+                else ""
+            )
+        )
+        lines.append(f"  deadline {clock(deadline['deadline_at'])} UTC" + (f", {verdict}" if verdict else ""))
+        for d in deadline.get("decisions") or []:
+            lines.append(f"    session {d['session']}, policy: {d['line']}")
     last = summary.get("last_manifest")
     lines.append(
         f"  newest checkpoint: {run_uri.rstrip('/')}/manifests/{last}" if last else "  no checkpoint was committed"

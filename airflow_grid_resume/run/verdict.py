@@ -19,11 +19,12 @@ REPORT = "report"  # the run succeeded: report it
 FAIL_RUN = "fail-run"  # the run ends as failed, without retry
 RETRY_INTERRUPTED = "retry-interrupted"  # this try ends for a prompt retry that resumes
 RETRY_FAILED = "retry-failed"  # this try ends for a retry after the user's retry_delay
+NEXT_SESSION = "next-session"  # a planned stop (deadline=: back to spot): this try launches the next session
 
 
 def spends_budget(status: str | None) -> bool:
     """Whether a session that ended with ``status`` spends a budget, so its verdict needs the counts."""
-    return ended_status(status, None) not in (SessionStatus.SUCCEEDED, SessionStatus.TIMEOUT)
+    return ended_status(status, None) not in (SessionStatus.SUCCEEDED, SessionStatus.TIMEOUT, SessionStatus.STOPPED)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ def session_verdict(
     ended = ended_status(status, None)
     if ended == SessionStatus.SUCCEEDED:
         return Verdict(REPORT)
+    if ended == SessionStatus.STOPPED:
+        return Verdict(NEXT_SESSION, f"session {session} ended by a planned stop (checkpoint saved): back to spot")
     if ended == SessionStatus.TIMEOUT:
         limit = f"{max_run:.0f} s" if max_run else "the limit"
         return Verdict(FAIL_RUN, f"max_run ({limit}) reached in session {session}: the instance was terminated")

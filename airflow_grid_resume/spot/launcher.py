@@ -38,7 +38,7 @@ from airflow_grid_resume.ledger import records
 from airflow_grid_resume.spot import catalog
 from airflow_grid_resume.spot.observe import MAX_ANSWERS, capacity_answers
 from airflow_grid_resume.spot.placement import MarketChoice, RunState
-from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, RETRY_SAME, Attempt, LaunchPlanner
+from airflow_grid_resume.spot.planner import END_ROUND, GIVE_UP, RETRY_SAME, Attempt, Chooser, LaunchPlanner
 
 # How much of EC2's error message the wait record keeps (the code says what happened; the message, where).
 ANSWER_MESSAGE_CHARS = 200
@@ -142,6 +142,7 @@ class SessionLauncher:
         self.observed: list[list] = []  # capacity answers for the fleet record: [pool, kind, at]
         self.offered: set[tuple[str, str]] | None = None  # None: not known (no permission, no answer)
         self.resolved: list[str] = []  # the types instance_requirements resolved to (in any region)
+        self._decided: tuple | None = None  # the last policy decision recorded (deadline= runs)
 
     async def start(
         self,
@@ -154,6 +155,7 @@ class SessionLauncher:
         record: dict | None = None,
         run_state: dict | None = None,
         choice: MarketChoice | None = None,
+        chooser: Chooser | None = None,
     ) -> Start:
         """The pairs, then the session's instance if it has one, else the planner of its rounds (the last
         recorded attempt replayed first; the order from the fleet ``record`` and the run's state). Raises
@@ -196,6 +198,7 @@ class SessionLauncher:
             run_state=RunState.from_dict(run_state),
             offered=self.offered,
             choice=choice,
+            chooser=chooser,
         )
         return Start(pairs, planner=planner)
 
@@ -377,9 +380,36 @@ class SessionLauncher:
         self.observed = [*self.observed, *capacity_answers(result.answers, time.time())][-MAX_ANSWERS:]
         return result
 
+    async def _record_decision(self, planner: LaunchPlanner) -> None:
+        """A deadline= run: the policy's last decision of the round, for the run view, when it differs from the
+        last one recorded (one PUT per change, never per round: a round asks as if spot were there first)."""
+        if not planner.decisions:
+            return
+        record = planner.decisions[-1]
+        planner.decisions.clear()
+        key = tuple(getattr(record, name, None) for name in ("action", "pool", "point", "commit"))
+        if key == self._decided:
+            return
+        self._decided = key
+        self.log.info("deadline policy: %s", getattr(record, "reason", record))
+        try:
+            await self.ledger.put_record(record)
+        except (ClientError, *NO_ANSWER) as exc:  # only the run view misses it
+            self.log.warning("could not record the policy's decision for session %d: %s", self.session, exc)
+
     async def _round(self, planner: LaunchPlanner, waited: float) -> RoundResult:
         result = RoundResult()
-        for attempt in planner.round(time.monotonic(), waited):
+        attempts = planner.round(time.monotonic(), waited)
+        while attempts:
+            if await self._attempts(planner, attempts, result):
+                break
+            attempts = planner.follow_up(time.monotonic(), waited)
+        await self._record_decision(planner)
+        return result
+
+    async def _attempts(self, planner: LaunchPlanner, attempts: list[Attempt], result: RoundResult) -> bool:
+        """The attempts of one phase of a round; True when the round is over (launched, an error, end-round)."""
+        for attempt in attempts:
             link = self.link(attempt.pair)
             while True:
                 await self._record(attempt)
@@ -408,7 +438,7 @@ class SessionLauncher:
                             "instance_type": attempt.pair.instance_type,
                             "zone": attempt.pair.zone,
                         }
-                        return result
+                        return True
                     if action == RETRY_SAME:
                         delay = planner.transient_delay()
                         self.log.warning(
@@ -424,12 +454,12 @@ class SessionLauncher:
                         f"{where} ({exc.code})" if exc.kind == CAPACITY else f"{where} ({exc.kind}: {exc.code})"
                     )
                     if action == END_ROUND:
-                        return result
+                        return True
                     break
                 planner.launched(attempt)
                 result.instance, result.attempt = instance, attempt
-                return result
-        return result
+                return True
+        return False
 
 
 def launched_event(

@@ -11,12 +11,13 @@ after a crash replays it first: EC2 answers a replayed token with the instance i
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from airflow_grid_resume.ec2.launch import (
     CAPACITY,
     FATAL,
+    ON_DEMAND,
     SPOT,
     THROTTLE,
     TRANSIENT,
@@ -26,6 +27,7 @@ from airflow_grid_resume.ec2.launch import (
     backoff_delay,
     client_token,
 )
+from airflow_grid_resume.ledger.records import Record
 from airflow_grid_resume.spot.placement import (
     WAIT,
     MarketChoice,
@@ -39,6 +41,11 @@ from airflow_grid_resume.spot.placement import (
 # Retries of an attempt with an unknown answer within one round (1, 2, 4, 8 s), before the round ends;
 # the next round starts with the same attempt again.
 TRANSIENT_RETRIES = 4
+
+# A ``deadline=`` run's policy (run/deadline.py ``LaunchChooser``): (the usable pairs, this round's spot answers by
+# pair key, seconds waited) -> (market: "spot", "on-demand" or WAIT, pair keys to try first, the decision's record
+# when it changed). It replaces the market choice (``choice``); the order within a market stays ``order_pairs``.
+Chooser = Callable[[Sequence[Pair], Mapping[str, bool | None], float], tuple[str, tuple[str, ...], Record | None]]
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,7 @@ class LaunchPlanner:
         run_state: RunState | None = None,
         offered: set[tuple[str, str]] | None = None,
         choice: MarketChoice | None = None,
+        chooser: Chooser | None = None,
     ) -> None:
         self.pairs = list(pairs)
         self.record = record
@@ -116,6 +124,10 @@ class LaunchPlanner:
         self.rounds = 0
         self._tries = 0  # retries of the pending attempt in this round
         self._throttled = False
+        self.chooser = chooser
+        self.answers: dict[str, bool | None] = {}  # this round's spot answers (the chooser's knowledge)
+        self.chosen: str | None = None  # the chooser's market for this round
+        self.decisions: list[Record] = []  # decisions to record, in order (the launcher writes them)
 
     def usable(self) -> list[Pair]:
         """The pairs still worth a try in this session: offered, and not answered Unsupported."""
@@ -140,9 +152,13 @@ class LaunchPlanner:
         return self.choice(view)
 
     def market(self, waited_seconds: float) -> str:
+        if self.chooser is not None and self.chosen is not None:
+            return self.chosen
         return self.decide(waited_seconds).market
 
     def fallback_reason(self, waited_seconds: float) -> str:
+        if self.chooser is not None:
+            return "the deadline policy's decision"
         return self.decide(waited_seconds).reason
 
     def attempt(self, pair: Pair, market: str) -> Attempt:
@@ -155,6 +171,9 @@ class LaunchPlanner:
         self._throttled = False
         if self.pending is not None:
             return [self.pending]
+        if self.chooser is not None:
+            self.answers = {}
+            return self._chosen(now, waited_seconds)
         decision = self.decide(waited_seconds, now)
         if decision.market == WAIT:
             return []
@@ -172,6 +191,38 @@ class LaunchPlanner:
         )
         return [self.attempt(p, decision.market) for p in ordered]
 
+    def _chosen(self, now: float, waited_seconds: float) -> list[Attempt]:
+        assert self.chooser is not None
+        market, first, record = self.chooser(self.usable(), dict(self.answers), waited_seconds)
+        self.chosen = market
+        if record is not None:
+            self.decisions.append(record)
+        if market == WAIT:
+            return []
+        ordered = order_pairs(
+            self.pairs,
+            market=market,
+            record=self.record,
+            run=self.run_state,
+            offered=self.offered,
+            unsupported=self.unsupported,
+            failed_at=self.failed_at,
+            now=now,
+            cool_down=self.cool_down,
+        )
+        if market == SPOT:
+            ordered = [p for p in ordered if p.key not in self.answers]
+            ordered = [p for p in ordered if p.key in first] + [p for p in ordered if p.key not in first]
+        return [self.attempt(p, market) for p in ordered]
+
+    def follow_up(self, now: float, waited_seconds: float) -> list[Attempt]:
+        """A deadline= round whose spot attempts found no capacity: the policy again, knowing that; on-demand
+        in this same round when it says so (nothing more otherwise)."""
+        if self.chooser is None or self.chosen != SPOT or self.pending is not None:
+            return []
+        attempts = self._chosen(now, waited_seconds)
+        return attempts if self.chosen == ON_DEMAND else []
+
     def before(self, attempt: Attempt) -> None:
         """Called before the request is sent: until an answer says otherwise, its result is unknown."""
         self.pending = attempt
@@ -186,6 +237,8 @@ class LaunchPlanner:
             return RETRY_SAME if self._tries <= TRANSIENT_RETRIES else END_ROUND
         self.pending = None  # a definitive answer: EC2 launched nothing for this token
         if kind == CAPACITY:
+            if attempt.market == SPOT:
+                self.answers[attempt.pair.key] = False
             self.failed_at[attempt.pair.key] = now
             return NEXT_PAIR
         if kind == UNSUPPORTED:  # not offered in that zone: never again in this session; the run goes on
@@ -208,4 +261,4 @@ class LaunchPlanner:
         return backoff_delay(self.rounds, base=self.backoff_base, cap=self.backoff_max, rng=self.rng)
 
 
-__all__ = ["END_ROUND", "GIVE_UP", "NEXT_PAIR", "RETRY_SAME", "SPOT", "WAIT", "Attempt", "LaunchPlanner"]
+__all__ = ["END_ROUND", "GIVE_UP", "NEXT_PAIR", "RETRY_SAME", "SPOT", "WAIT", "Attempt", "Chooser", "LaunchPlanner"]

@@ -17,6 +17,7 @@ from airflow_grid_resume.ec2.launch import SPOT, LaunchSpec
 from airflow_grid_resume.ec2.tags import expiry_tag
 from airflow_grid_resume.hooks.spot import SpotLaunchHook
 from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
+from airflow_grid_resume.run.deadline import DeadlineContext, LaunchChooser
 from airflow_grid_resume.spot import fleetstore
 from airflow_grid_resume.spot.launcher import PairsUnknown, SessionLauncher, describe_launch
 from airflow_grid_resume.spot.regions import region_links
@@ -64,6 +65,7 @@ class SpotCapacityTrigger(BaseTrigger):
         s3_write: dict | None = None,  # S3WriteOptions.to_json(): what the trigger's writes carry
         fleet_uri: str | None = None,
         run_state: dict | None = None,
+        deadline: dict | None = None,  # a deadline= run: its DeadlineContext (run/deadline.py) as plain JSON
     ) -> None:
         super().__init__()
         self.s3_write = s3_write
@@ -83,6 +85,7 @@ class SpotCapacityTrigger(BaseTrigger):
         self.cool_down = cool_down
         self.fallback = fallback
         self.interruptions = interruptions
+        self.deadline = deadline
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -105,6 +108,7 @@ class SpotCapacityTrigger(BaseTrigger):
                 "expires_at": self.expires_at,
                 "fleet_uri": self.fleet_uri,
                 "run_state": self.run_state,
+                "deadline": self.deadline,
             },
         )
 
@@ -151,6 +155,7 @@ class SpotCapacityTrigger(BaseTrigger):
                     backoff_max=self.backoff_max,
                     record=await fleetstore.a_read(s3, self.fleet_uri),
                     run_state=self.run_state,
+                    chooser=self._chooser(),
                 )
             except PairsUnknown as exc:
                 self.log.error("%s", exc.message)
@@ -167,7 +172,7 @@ class SpotCapacityTrigger(BaseTrigger):
             while True:
                 waited = time.time() - self.started_at
                 market = planner.market(waited)
-                if market != SPOT and not announced:
+                if market != SPOT and not announced and planner.chooser is None:
                     announced = True
                     reason = planner.fallback_reason(waited)
                     self.log.warning("falling back to on-demand for session %d: %s", self.session, reason)
@@ -201,15 +206,27 @@ class SpotCapacityTrigger(BaseTrigger):
                     )
                     return
                 delay = min(remaining, backoff)
+                market = planner.market(waited)
                 await launcher.waiting(next_try_in=delay, rounds=planner.rounds, market=market)
                 what = "spot" if market == SPOT else "on-demand"
+                found = (
+                    f"no {what} capacity for {', '.join(result.misses)}"
+                    if result.misses
+                    else "the deadline policy waits for spot"
+                )
                 line = (
-                    f"no {what} capacity for {', '.join(result.misses)}; next try in {_duration(delay)} "
+                    f"{found}; next try in {_duration(delay)} "
                     f"(waited {_duration(time.time() - self.started_at)} of {_duration(self.max_wait)})"
                 )
                 self.log.info("%s", line)
                 wait_log.append(line)
                 await asyncio.sleep(delay)
+
+    def _chooser(self) -> LaunchChooser | None:
+        """A deadline= run: the policy decides each round's market instead of the fallback counters."""
+        if not self.deadline:
+            return None
+        return LaunchChooser(DeadlineContext.from_dict(self.deadline), point="capacity", tick_seconds=self.backoff_base)
 
     def _announce(self, event: dict) -> dict:
         self.log.info("%s", describe_launch(event))

@@ -32,6 +32,15 @@ from airflow_grid_resume.ledger.errors import ManifestError, UnsupportedFormatEr
 from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
 from airflow_grid_resume.logtext import complete_cut, log_lines, log_records
+from airflow_grid_resume.run.deadline import (
+    STOP,
+    DeadlineContext,
+    decision_line,
+    pools_from_scores,
+    running_progress,
+    same_decision,
+    watch_choice,
+)
 from airflow_grid_resume.run.ending import LEASE_HELD, lease_holder_elsewhere
 from airflow_grid_resume.watch.cadence import ChunkSchedule
 from airflow_grid_resume.watch.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
@@ -98,10 +107,19 @@ class RunWatchTrigger(BaseTrigger):
         live_queue: str | None = None,
         s3_write: dict | None = None,  # S3WriteOptions.to_json(): what the trigger's writes carry
         instance_region: str | None = None,
+        deadline_policy: dict | None = None,
     ) -> None:
         super().__init__()
         self.s3_write = s3_write
         self.instance_region = instance_region  # where the instance runs, when not in region_name (placements)
+        # A deadline= run's session on on-demand: {"context": DeadlineContext as JSON, "pools": [...],
+        # "interval": s}; the policy is asked every interval whether to stop it and go back to spot.
+        self.deadline_policy = deadline_policy
+        self._stop_asked: dict | None = None
+        self._next_policy_check = 0.0
+        self._last_decision: records.Decision | None = None
+        self._progress: dict | None = None
+        self._scores_warned = False
         self.live_queue = live_queue
         self.offset_save_interval = offset_save_interval
         self.not_found_grace = not_found_grace
@@ -145,6 +163,7 @@ class RunWatchTrigger(BaseTrigger):
                 "live_queue": self.live_queue,
                 "s3_write": self.s3_write,
                 "instance_region": self.instance_region,
+                "deadline_policy": self.deadline_policy,
             },
         )
 
@@ -205,6 +224,7 @@ class RunWatchTrigger(BaseTrigger):
                             self.log.warning("a newer watch.json, kept offset not used: %s", exc)
                             watched = None
                         offset = max(self.log_offset, watched.log_offset if watched else 0)
+                        self._stop_asked = watched.stop if watched else None  # a restarted watch keeps asking
                         self._merge.advance(offset)
                         self._s3_at = offset
                         started = True
@@ -271,9 +291,12 @@ class RunWatchTrigger(BaseTrigger):
                     if liveness.heartbeat_due(now):
                         beat = await ledger.get_record(records.Heartbeat)
                         liveness.heartbeat(beat, now)
+                        self._progress = beat.progress if beat is not None else self._progress
                         if beat is not None and beat.log_interval is not None:
                             reads.set_period(beat.log_interval)
                             self._pace_s3(reads, beat.log_interval)
+                    if self.deadline_policy and self._stop_asked is None and time.time() >= self._next_policy_check:
+                        await self._ask_policy(ledger, offset, ec2_hook, ec2)
                     verdict = liveness.verdict(now)
                     if now >= next_instance_check or verdict.kind not in (ALIVE, BOOTING) or gone_seen:
                         next_instance_check = now + self.instance_check_interval
@@ -529,9 +552,48 @@ class RunWatchTrigger(BaseTrigger):
                 self.log.warning("could not delete the copy of the output in the remote log: %s", exc)
 
     async def _mark_watched(self, ledger: AsyncLedgerReader, offset: int) -> None:
-        """``watch.json``: how far the task log has the output, and proof that a trigger watches."""
+        """``watch.json``: how far the task log has the output, proof that a trigger watches, and the planned
+        stop asked for, if any."""
         self._watch_written = time.time()
-        await ledger.put_record(records.Watch(log_offset=offset, at=self._watch_written))
+        await ledger.put_record(records.Watch(log_offset=offset, at=self._watch_written, stop=self._stop_asked))
+
+    async def _ask_policy(self, ledger: AsyncLedgerReader, offset: int, ec2_hook: SpotLaunchHook, ec2: Any) -> None:
+        """A deadline= run's session on on-demand: ask EC2 whether spot is there (placement scores), ask the
+        policy whether to stay or go back to spot, record a changed decision, and ask the agent for a planned
+        stop (through ``watch.json``) when it says go."""
+        assert self.deadline_policy is not None
+        ctx = DeadlineContext.from_dict(self.deadline_policy["context"])
+        interval = float(self.deadline_policy.get("interval") or 60.0)
+        self._next_policy_check = time.time() + interval
+        pools: dict[str, str] = dict(self.deadline_policy.get("pools") or {})  # pool name -> zone
+        scores = None
+        try:
+            scores = await ec2_hook.a_spot_placement_scores(
+                list(self.deadline_policy.get("instance_types") or []),
+                str(self.instance_region or self.region_name or ""),
+                client=ec2,
+            )
+        except (ClientError, BotoCoreError) as exc:  # without it, spot counts as unknown: stay on on-demand
+            if not self._scores_warned:
+                self._scores_warned = True
+                self.log.warning("could not read spot placement scores (ec2:GetSpotPlacementScores): %s", exc)
+        now = time.time()
+        record = watch_choice(
+            ctx,
+            pools_from_scores(pools, scores),
+            now=now,
+            launched_at=self.launched_at,
+            progress_hours=running_progress(ctx, self._progress, now=now, launched_at=self.launched_at),
+            tick_seconds=interval,
+        )
+        if not same_decision(self._last_decision, record):
+            self.log.info("deadline policy: %s", decision_line(record.to_dict()))
+            await ledger.put_record(record)
+        self._last_decision = record
+        if record.action == STOP:
+            self._stop_asked = {"reason": record.reason, "at": now}
+            self.log.info("session %d: asking the agent for a planned stop (back to spot)", self.session)
+            await self._mark_watched(ledger, max(offset, self._offset_logged))
 
     async def _boot_problem_on_console(self, ec2: Any) -> str | None:
         """The bootstrap's "refused to start" or "no usable Python" line from the instance's console output

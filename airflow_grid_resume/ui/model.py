@@ -20,6 +20,7 @@ from typing import Any
 from airflow_grid_resume.ec2.launch import region_of_zone
 from airflow_grid_resume.ledger.status import counts_as_interruption
 from airflow_grid_resume.run.budgets import budget_use
+from airflow_grid_resume.run.deadline import decision_line
 from airflow_grid_resume.run.ending import ended_by, session_status
 from airflow_grid_resume.run.summary import (
     epoch_seconds,
@@ -71,6 +72,7 @@ def session_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
         # a lost session's last step is its last heartbeat's: it may have got further
         "progress_last_at_least": progress["last_is_lower_bound"] and not live,
         "tail": list(outcome.get("tail") or [])[-10:],
+        "policy": decision_line(record["decision"]) if record.get("decision") else None,
     }
 
 
@@ -390,6 +392,23 @@ def run_view(
         else None,
         "steps_lost_at_least": any(r["steps_lost_at_least"] for r in rows),
         "timeline": timeline(rows, docs, now),
+        "deadline": deadline_view(docs),
+    }
+
+
+def deadline_view(docs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A deadline= run: the deadline, and the policy's latest decision (what, why, the predicted finish), which
+    may be about a session still waiting for capacity."""
+    deadline = docs.get("deadline")
+    if not deadline:
+        return None
+    latest = next((r["decision"] for r in reversed(docs.get("sessions") or []) if r.get("decision")), None)
+    return {
+        "deadline_at": deadline.get("deadline_at"),
+        "expected_hours": deadline.get("expected_hours"),
+        "decision": decision_line(latest) if latest else None,
+        "predicted_finish": (latest or {}).get("predicted_finish"),
+        "decided_at": (latest or {}).get("at"),
     }
 
 

@@ -141,6 +141,17 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
         f"<div class='muted'>ledger: <code>{escape(str(view['run_uri']))}</code></div>",
     ]
     parts.append(f'<div class="state" data-testid="state">{_state_text(state)}</div>')
+    deadline = view.get("deadline")
+    if deadline and deadline.get("deadline_at"):
+        decided = (
+            f" <span class='muted'>(decided {_t(deadline['decided_at'])})</span>" if deadline.get("decided_at") else ""
+        )
+        parts.append(
+            f"<div data-testid='deadline'>deadline {_t(deadline['deadline_at'])}; "
+            f"expected runtime {float(deadline.get('expected_hours') or 0):.2f} h"
+            + (f"<br>policy: {escape(deadline['decision'])}{decided}" if deadline.get("decision") else "")
+            + "</div>"
+        )
     answers = (state.get("wait") or {}).get("answers") or []
     if answers:
         parts.append("<h2>Capacity wait: EC2's last answers</h2>")
@@ -256,7 +267,8 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
                     f"<span class='id'>{escape(steps)}</span>",
                     lost,
                     escape(_usd(s["cost_usd"])),
-                    escape(s["ended_by"]),
+                    escape(s["ended_by"])
+                    + (f"<br><span class='muted'>policy: {escape(s['policy'])}</span>" if s.get("policy") else ""),
                 ],
             )
         )

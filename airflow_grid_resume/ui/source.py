@@ -37,11 +37,14 @@ def read_ledger_docs(ledger: RunLedger, *, max_manifests: int = 10) -> dict[str,
     """A run's ledger documents as ``ui/model.py`` takes them (each typed record's JSON form): spec,
     final, every session's records and the newest ``max_manifests`` checkpoints with their size (one
     GET each). A document in a newer format than this code knows makes the run unreadable here."""
+    deadline = records.as_dict(ledger.read_record(records.Deadline))  # a deadline= run (one GET for any run)
     sessions = []
     for number in ledger.list_sessions():
         record: dict[str, Any] = {"session": number}
         for name, cls in SESSION_FILES.items():
             record[name] = records.as_dict(ledger.read_record(cls, number))
+        if deadline is not None:  # the policy's latest decision about the session
+            record["decision"] = records.as_dict(ledger.read_record(records.Decision, number))
         sessions.append(record)
     if sessions:  # the newest session's launch-attempt record: what a capacity wait tried, and when it tries next
         key = ledger.key(layout.launch_attempt(sessions[-1]["session"]))
@@ -68,6 +71,7 @@ def read_ledger_docs(ledger: RunLedger, *, max_manifests: int = 10) -> dict[str,
         "run_uri": str(ledger.location),
         "spec": records.as_dict(ledger.read_spec()),
         "final": records.as_dict(ledger.read_final()),
+        "deadline": deadline,
         "sessions": sessions,
         "manifests": manifests,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -13,6 +14,11 @@ from airflow_grid_resume.agent.progress import (
     parse_progress,
     steps_lost,
 )
+
+
+def steps(doc: dict | None) -> dict | None:
+    """The steps of a progress report, without when they were read (epoch seconds, tested on their own)."""
+    return None if doc is None else {k: v for k, v in doc.items() if not k.endswith("_at")}
 
 
 @pytest.mark.parametrize(
@@ -67,8 +73,8 @@ def test_tracker_keeps_first_and_latest_of_the_session() -> None:
     tracker = ProgressTracker()
     tracker.feed(b"resumed\ngrid-resume: progress 41/100\nloss 1\ngrid-resume: progress 42/100\n")
     tracker.feed(b"grid-resume: progress 43/100\n")
-    assert tracker.heartbeat() == {"done": 43, "total": 100, "first": 41}
-    assert tracker.outcome() == {"first": 41, "last": 43, "total": 100}
+    assert steps(tracker.heartbeat()) == {"done": 43, "total": 100, "first": 41}
+    assert steps(tracker.outcome()) == {"first": 41, "last": 43, "total": 100}
 
 
 def test_lines_split_across_reads_and_streams() -> None:
@@ -79,25 +85,25 @@ def test_lines_split_across_reads_and_streams() -> None:
     tracker.feed(b"me: progress 1", stream=0)
     assert tracker.heartbeat() is None  # unfinished: "1" may still become "17"
     tracker.feed(b"7/20\n", stream=0)
-    assert tracker.heartbeat() == {"done": 17, "total": 20, "first": 17}
+    assert steps(tracker.heartbeat()) == {"done": 17, "total": 20, "first": 17}
     tracker.feed(b"grid-resume: progress 18/20\n", stream=1)
-    assert tracker.heartbeat() == {"done": 18, "total": 20, "first": 17}
+    assert steps(tracker.heartbeat()) == {"done": 18, "total": 20, "first": 17}
 
 
 def test_carriage_return_updates_count_each() -> None:
     tracker = ProgressTracker()
     # tqdm-style: one terminal line rewritten with \r, never a \n
     tracker.feed(b"".join(b"\rgrid-resume: progress %d/50" % i for i in range(1, 31)))
-    assert tracker.heartbeat() == {"done": 29, "total": 50, "first": 1}  # the 30th is still unfinished
+    assert steps(tracker.heartbeat()) == {"done": 29, "total": 50, "first": 1}  # the 30th is still unfinished
     tracker.feed(b"\r")
-    assert tracker.heartbeat() == {"done": 30, "total": 50, "first": 1}
+    assert steps(tracker.heartbeat()) == {"done": 30, "total": 50, "first": 1}
 
 
 def test_an_unfinished_last_line_counts_when_output_ends() -> None:
     tracker = ProgressTracker()
     tracker.feed(b"grid-resume: progress 9/9")
     tracker.close()
-    assert tracker.outcome() == {"first": 9, "last": 9, "total": 9}
+    assert steps(tracker.outcome()) == {"first": 9, "last": 9, "total": 9}
 
 
 def test_a_huge_line_does_not_grow_memory_and_its_end_still_counts() -> None:
@@ -105,14 +111,14 @@ def test_a_huge_line_does_not_grow_memory_and_its_end_still_counts() -> None:
     for _ in range(100):
         tracker.feed(b"x" * 100_000)
     tracker.feed(b" grid-resume: progress 5/6\n")
-    assert tracker.heartbeat() == {"done": 5, "total": 6, "first": 5}
+    assert steps(tracker.heartbeat()) == {"done": 5, "total": 6, "first": 5}
     assert all(len(v) <= 4096 for v in tracker._pending.values())
 
 
 def test_total_is_kept_from_an_earlier_line() -> None:
     tracker = ProgressTracker()
     tracker.feed(b"grid-resume: progress 1/10\ngrid-resume: progress 2\n")
-    assert tracker.heartbeat() == {"done": 2, "total": 10, "first": 1}
+    assert steps(tracker.heartbeat()) == {"done": 2, "total": 10, "first": 1}
 
 
 def test_feeding_from_another_thread_while_reading() -> None:
@@ -131,7 +137,7 @@ def test_feeding_from_another_thread_while_reading() -> None:
             seen.append(beat["done"])
     thread.join()
     assert seen == sorted(seen)
-    assert tracker.outcome() == {"first": 1, "last": 2000, "total": 2000}
+    assert steps(tracker.outcome()) == {"first": 1, "last": 2000, "total": 2000}
 
 
 @pytest.mark.parametrize(
@@ -140,3 +146,15 @@ def test_feeding_from_another_thread_while_reading() -> None:
 )
 def test_steps_lost_by_an_interruption(last, first_next, lost) -> None:
     assert steps_lost(last, first_next) == lost
+
+
+def test_progress_reports_say_when_the_first_and_latest_lines_were_read() -> None:
+    """A deadline= run measures its pace from them (run/pace.py)."""
+    before = time.time()
+    tracker = ProgressTracker()
+    tracker.feed(b"grid-resume: progress 4/10\n")
+    tracker.feed(b"grid-resume: progress 6/10\n")
+    beat, out = tracker.heartbeat(), tracker.outcome()
+    assert beat is not None and out is not None
+    assert before <= beat["first_at"] <= beat["done_at"] <= time.time()
+    assert (out["first_at"], out["last_at"]) == (beat["first_at"], beat["done_at"])

@@ -355,6 +355,30 @@ def test_a_watched_session_is_not_stopped(agent, run_uri, ledger, tmp_path: Path
     assert outcome_of(ledger, 1)["status"] == "succeeded"
 
 
+def test_a_planned_stop_asked_in_watch_json_saves_and_ends_the_session_as_stopped(
+    agent, run_uri, ledger, tmp_path: Path
+) -> None:
+    """A deadline= run leaving on-demand for spot: the trigger writes ``stop`` into watch.json; the agent stops the
+    command as on a notice (SIGTERM, its save, the final sync) and records ``stopped``, which spends no budget."""
+    options = [*FAST, "--heartbeat-interval", "0.5", "--session", "1"]  # read on every beat
+    proc = agent(run_uri, tmp_path / "w", *train(400, 0.05), options=options)
+    watch_key = ledger.session_key(1, "watch.json")
+    stop = {"reason": "back to spot in us-east-1a: 2.0 h of slack", "at": time.time()}
+    beats = 0
+    while proc.proc.poll() is None:
+        training = (tmp_path / "w" / "pid").exists() and beats >= 4  # the command runs and has saved a step
+        doc = {"log_offset": 0, "at": time.time(), "beat": beats, **({"stop": stop} if training else {})}
+        ledger.put_json(watch_key, doc)
+        beats += 1
+        time.sleep(0.5)
+    assert proc.wait() == 0
+    outcome = outcome_of(ledger, 1)
+    assert outcome["status"] == "stopped" and outcome["clean"] and outcome["notice"]["source"] == "planned"
+    assert "planned stop asked by the Airflow side: back to spot in us-east-1a" in proc.stderr
+    saved = ledger.read_manifest(ledger.list_manifests()[-1])
+    assert "ckpt.json" in [f.path for f in saved.files]  # the command's save, synced
+
+
 def test_lost_answers_to_its_conditional_writes_are_adopted(agent, moto, bucket: str, tmp_path: Path) -> None:
     """A lease or session write applied by S3 whose answer was lost is retried by botocore and sees 412:
     the agent reads its own bytes back and carries on, instead of stopping as if its lease were stolen."""

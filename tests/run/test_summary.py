@@ -205,3 +205,23 @@ def test_steps_lost_by_sessions_lost_without_an_outcome_come_from_their_heartbea
     # an old agent's heartbeat has no first: the loss before a lost session stays unknown, never guessed
     old = summarize([lost1, {**lost2, "heartbeat": {"progress": {"done": 55}}}, third])
     assert [d["steps_lost"] for d in old["session_details"]] == [None, 5, None]
+
+
+def test_a_deadline_run_summary_says_whether_it_met_the_deadline_and_what_the_policy_decided() -> None:
+    t0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+    decision = {"action": "spot", "pool": "us-east-1a", "reason": "spot in us-east-1a: 1.0 h of slack", "at": t0}
+    records = [
+        {
+            "session": 1,
+            "launch": {"launched_at": t0, "lifecycle": "spot", "spot_price": 0.3, "on_demand_price": 1.0},
+            "outcome": {"status": "succeeded", "ended_at": t0 + 3 * 3600},
+            "decision": {**decision, "deadline_at": t0 + 4 * 3600, "ahead_hours": 0.0},
+        }
+    ]
+    deadline = {"deadline_at": t0 + 4 * 3600, "expected_hours": 3.0, "first_started_at": t0}
+    summary = summarize(records, final_outcome="succeeded", deadline=deadline)
+    assert summary["deadline"]["met"] is True and summary["deadline"]["finished_at"] == t0 + 3 * 3600
+    lines = summary_lines({**summary, "last_manifest": None}, run_uri="s3://b/r")
+    assert "  deadline 04:00 UTC, met: finished 03:00 UTC" in lines
+    assert "    session 1, policy: spot in us-east-1a: 1.0 h of slack; 0.00 h ahead of the line to 04:00" in lines
+    assert "deadline" not in summarize(records, final_outcome="succeeded")  # without deadline= nothing changes

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from airflow_grid_resume.ledger.records import Outcome
 from airflow_grid_resume.run.budgets import Budgets
-from airflow_grid_resume.run.verdict import FAIL_RUN, REPORT, RETRY_FAILED, RETRY_INTERRUPTED, session_verdict
+from airflow_grid_resume.run.ending import ended_by
+from airflow_grid_resume.run.verdict import (
+    FAIL_RUN,
+    NEXT_SESSION,
+    REPORT,
+    RETRY_FAILED,
+    RETRY_INTERRUPTED,
+    session_verdict,
+    spends_budget,
+)
 
 BUDGETS = Budgets(auto_resume=True, max_interruptions=2, failure_retries=1)
 
@@ -62,3 +71,20 @@ def test_only_endings_that_spend_a_budget_need_the_counts() -> None:
         True,
         True,
     ]
+
+
+def test_a_planned_stop_launches_the_next_session_and_spends_no_budget() -> None:
+    outcome = {"status": "stopped", "notice": {"source": "planned"}, "reason": "stopped"}
+    verdict = session_verdict(
+        "stopped",
+        4,
+        outcome,
+        closed_reason=None,
+        interruptions=0,
+        failures=0,
+        budgets=Budgets(auto_resume=False, max_interruptions=0, failure_retries=0),  # no budget at all
+        max_run=None,
+    )
+    assert verdict.action == NEXT_SESSION and "planned stop" in verdict.message
+    assert not spends_budget("stopped")
+    assert ended_by({"outcome": outcome}).startswith("planned stop: the deadline policy went back to spot")

@@ -1,6 +1,7 @@
 """A small resumable "training" script for the tests: deterministic, checkpointed, SIGTERM-aware.
 
-Usage: train.py TOTAL_STEPS STEP_SECONDS [--save-every N] [--on-sigterm save|ignore|default|fail]
+Usage: train.py TOTAL_STEPS STEP_SECONDS [--save-every N] [--on-sigterm save|ignore|default|fail] [--progress 1]
+(``--progress 1``: also print the progress protocol's line, ``grid-resume: progress STEP/TOTAL``, after each step)
 State is a running sha256 over the steps, so the final result is the same however often the run
 is interrupted, provided no step is lost or repeated wrongly.
 """
@@ -64,6 +65,8 @@ while state["step"] < total:
     state["acc"] = hashlib.sha256(f"{state['acc']}:{state['step']}".encode()).hexdigest()
     state["step"] += 1
     print(f"step {state['step']}", flush=True)
+    if opts.get("--progress") == "1":
+        print(f"grid-resume: progress {state['step']}/{total}", flush=True)
     if state["step"] % save_every == 0:
         save(state)
 save(state)

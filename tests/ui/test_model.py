@@ -298,3 +298,27 @@ def test_a_session_planned_but_not_launched_is_no_session() -> None:
     view = model.run_view(docs, TRIES, now=T0 + 303, ti_state="deferred")
     assert [s["session"] for s in view["sessions"]] == [1, 2, 3]
     assert view["state"]["phase"] == "running"
+
+
+def test_a_deadline_run_shows_the_deadline_and_what_the_policy_decided_and_why() -> None:
+    docs = _docs(running=True)
+    docs["deadline"] = {"deadline_at": T0 + 7200, "expected_hours": 0.1, "first_started_at": T0}
+    docs["sessions"][2]["decision"] = {
+        "action": "on-demand",
+        "point": "capacity",
+        "reason": "on-demand: 0.3 h behind the line",
+        "at": T0 + 215,
+        "deadline_at": T0 + 7200,
+        "ahead_hours": -0.3,
+        "predicted_finish": T0 + 3600,
+    }
+    view = model.run_view(docs, TRIES, now=T0 + 310)
+    assert view["deadline"]["decision"] == (
+        "on-demand: 0.3 h behind the line; 0.30 h behind the line to 10:00; predicted finish 09:00 UTC"
+    )
+    assert view["sessions"][2]["policy"] == view["deadline"]["decision"] and view["sessions"][0]["policy"] is None
+    page = render.run_page(view, title="t", now=T0 + 310)
+    assert (
+        "data-testid='deadline'>deadline 2027-01-15 10:00:00 UTC" in page and "policy: on-demand: 0.3 h behind" in page
+    )
+    assert model.run_view(_docs(), TRIES, now=T0 + 500)["deadline"] is None  # without deadline= nothing changes

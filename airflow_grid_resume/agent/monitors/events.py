@@ -8,6 +8,7 @@ decides what one more event means given the stop already under way, if any.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Protocol
@@ -29,7 +30,7 @@ class StopEvent:
     clock), None when the source does not say (a signal); ``key`` tells a monitor's repeats apart."""
 
     kind: str  # STOP or ADVISORY
-    source: str  # "imds" (spot notice), "scheduled", "rebalance", "signal", "unwatched", "lease"
+    source: str  # "imds" (spot notice), "scheduled", "rebalance", "signal", "unwatched", "lease", "planned"
     action: str = "terminate"  # what happens to the instance: terminate, stop, hibernate, reboot
     reclaim_at: float | None = None
     detail: str = ""
@@ -79,6 +80,20 @@ def signal_event(name: str) -> StopEvent:
 
 def unwatched_event(silent_for: float) -> StopEvent:
     return StopEvent(STOP, "unwatched", detail=f"no Airflow trigger has watched this session for {silent_for:.0f} s")
+
+
+def planned_stop_event(watch_body: bytes) -> StopEvent | None:
+    """The planned stop the Airflow side asks for in ``watch.json`` (``"stop": {"reason": ...}``): a deadline=
+    run leaving on-demand to go back to spot. Saved and synced like a notice; None when none is asked."""
+    try:
+        doc = json.loads(watch_body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    stop = doc.get("stop") if isinstance(doc, dict) else None
+    if not isinstance(stop, dict):
+        return None
+    reason = str(stop.get("reason") or "the deadline policy goes back to spot")
+    return StopEvent(STOP, "planned", detail=f"planned stop asked by the Airflow side: {reason}", key="planned")
 
 
 def lease_lost_event() -> StopEvent:

@@ -1,0 +1,160 @@
+"""A deadline= run's glue to the policy (run/deadline.py), its parameters (run/options.py) and the launch
+planner asking it (spot/planner.py), without servers."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from airflow_grid_resume.ec2.launch import CAPACITY, ON_DEMAND, SPOT, Pair
+from airflow_grid_resume.run.deadline import (
+    STOP,
+    DeadlineContext,
+    LaunchChooser,
+    decision_line,
+    first_try_problem,
+    parse_deadline,
+    pool_name,
+    pool_zones,
+    pools_from_scores,
+    watch_choice,
+)
+from airflow_grid_resume.run.options import RunOptions
+from airflow_grid_resume.spot.planner import WAIT, LaunchPlanner
+
+T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+PAIRS = [Pair("g5.xlarge", "subnet-a", "us-east-1a"), Pair("g5.xlarge", "subnet-b", "us-east-1b")]
+
+
+def ctx(**kw: object) -> DeadlineContext:
+    doc: dict = {
+        "deadline_at": T0 + 10 * 3600,
+        "first_started_at": T0,
+        "work_hours": 6.0,
+        "progress_hours": 0.0,
+        "changeover_hours": 0.2,
+        "on_demand_price": 1.0,
+    }
+    doc.update(kw)
+    return DeadlineContext.from_dict(doc)
+
+
+# -- the deadline as given ------------------------------------------------------------------------
+
+
+def test_each_form_of_deadline_resolves_to_one_instant() -> None:
+    aware = datetime(2026, 1, 1, 7, 0, tzinfo=timezone.utc)
+    assert parse_deadline(aware, first_started_at=T0) == T0 + 7 * 3600
+    assert parse_deadline(timedelta(hours=7), first_started_at=T0) == T0 + 7 * 3600  # from the first try
+    assert parse_deadline("2026-01-01T07:00:00+00:00", first_started_at=0) == T0 + 7 * 3600  # a rendered template
+    assert parse_deadline("2026-01-01T07:00:00Z", first_started_at=0) == T0 + 7 * 3600
+
+
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [("tomorrow at 7", "not an ISO datetime"), ("2026-01-01T07:00:00", "no time zone"), (7, "must be a datetime")],
+)
+def test_a_deadline_that_is_not_one_says_what_to_write(given: object, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_deadline(given, first_started_at=T0)
+
+
+def test_a_deadline_past_at_the_first_try_is_refused() -> None:
+    problem = first_try_problem(T0 - 60, T0, 5.0)
+    assert problem is not None and "already past" in problem and "2025-12-31 23:59 UTC" in problem
+    assert first_try_problem(T0 + 3600, T0, 5.0) is None  # tight is the policy's business: on-demand, late
+
+
+def options(**kw: object) -> RunOptions:
+    return RunOptions(command="python train.py", artifacts_uri="s3://b/p", **kw)  # type: ignore[arg-type]
+
+
+def test_the_operator_parameters_are_checked_when_the_dag_is_parsed() -> None:
+    with pytest.raises(ValueError, match="deadline= needs expected_runtime="):
+        options(deadline=timedelta(hours=7))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        options(deadline=datetime(2026, 1, 1, 7), expected_runtime=3600.0)
+    with pytest.raises(ValueError, match="timedelta from the run's first try must be positive"):
+        options(deadline=timedelta(0), expected_runtime=3600.0)
+    with pytest.raises(ValueError, match="expected_runtime must be positive"):
+        options(deadline=timedelta(hours=1), expected_runtime=0.0)
+    with pytest.raises(ValueError, match="deadline_policy must be one of 'default', 'uniform-progress'"):
+        options(deadline=timedelta(hours=1), expected_runtime=60.0, deadline_policy="cheapest")
+    with pytest.raises(ValueError, match="got int 7"):
+        options(deadline=7, expected_runtime=60.0)
+    assert options(deadline="{{ data_interval_end + macros.timedelta(hours=7) }}", expected_runtime=60.0)
+    assert options().deadline is None  # without deadline= nothing changes
+
+
+# -- decisions ------------------------------------------------------------------------------------
+
+
+def test_a_launch_tries_spot_first_and_on_demand_in_the_same_round_when_the_policy_says_so() -> None:
+    tight = ctx(deadline_at=T0 + 6.5 * 3600)  # 0.5 h of slack: a spot start is affordable, waiting is not
+    chooser = LaunchChooser(tight, point="launch", tick_seconds=15, clock_now=lambda: T0 + 60)
+    planner = LaunchPlanner(PAIRS, run_uri="s3://b/r", session=1, chooser=chooser)
+    spot = planner.round(0.0, 0.0)
+    assert [a.market for a in spot] == [SPOT, SPOT]
+    for attempt in spot:
+        planner.failed(attempt, CAPACITY, 1.0)
+    follow = planner.follow_up(2.0, 0.0)
+    assert [a.market for a in follow] == [ON_DEMAND, ON_DEMAND]
+    assert [getattr(d, "action", None) for d in planner.decisions] == [SPOT, ON_DEMAND]
+
+
+def test_once_committed_to_on_demand_every_later_round_keeps_it() -> None:
+    tight = ctx(deadline_at=T0 + 6.3 * 3600)  # 0.3 h of slack: no room for a return to spot
+    chooser = LaunchChooser(tight, point="launch", tick_seconds=15, clock_now=lambda: T0 + 60)
+    planner = LaunchPlanner(PAIRS, run_uri="s3://b/r", session=1, chooser=chooser)
+    assert [a.market for a in planner.round(0.0, 0.0)] == [ON_DEMAND, ON_DEMAND]
+    assert getattr(planner.decisions[-1], "commit", None) is True and chooser.ctx.committed
+    planner.decisions.clear()
+    chooser.ctx = DeadlineContext.from_dict({**chooser.ctx.as_dict(), "deadline_at": T0 + 20 * 3600})
+    assert [a.market for a in planner.round(3.0, 20.0)] == [ON_DEMAND, ON_DEMAND]  # slack again, still committed
+    assert [getattr(d, "commit", None) for d in planner.decisions] == [True]
+
+
+def test_with_slack_a_round_without_spot_waits_and_tries_nothing_more() -> None:
+    ahead = ctx(progress_hours=3.0)  # 7 h of slack at the start: well above the line
+    chooser = LaunchChooser(ahead, point="capacity", tick_seconds=15, clock_now=lambda: T0 + 60)
+    planner = LaunchPlanner(PAIRS, run_uri="s3://b/r", session=1, chooser=chooser)
+    spot = planner.round(0.0, 0.0)
+    assert spot[0].pair.zone == getattr(planner.decisions[0], "pool", None)  # the pool it named comes first
+    for attempt in spot:
+        planner.failed(attempt, CAPACITY, 1.0)
+    assert planner.follow_up(2.0, 0.0) == []
+    assert planner.market(0.0) == WAIT
+
+
+def test_an_on_demand_session_is_stopped_to_go_back_to_spot_when_spot_is_there_and_there_is_slack() -> None:
+    spot_back = {"us-east-1a": True}
+    ahead = watch_choice(ctx(), spot_back, now=T0 + 3600, launched_at=T0, progress_hours=2.5, tick_seconds=60)
+    assert ahead.action == STOP and ahead.pool == "us-east-1a" and ahead.ahead_hours == pytest.approx(2.5 - 0.6)
+    unknown = watch_choice(
+        ctx(), {"us-east-1a": None}, now=T0 + 3600, launched_at=T0, progress_hours=2.5, tick_seconds=60
+    )
+    assert unknown.action == ON_DEMAND  # spot not known to be there: stay
+    late = ctx(deadline_at=T0 + 3.2 * 3600)  # 0.2 h of slack left: no return to spot can be paid
+    behind = watch_choice(late, spot_back, now=T0 + 3600, launched_at=T0, progress_hours=1.0, tick_seconds=60)
+    assert behind.action == ON_DEMAND and behind.commit
+
+
+def test_a_decision_reads_as_what_why_and_the_predicted_finish() -> None:
+    chooser = LaunchChooser(ctx(), point="launch", tick_seconds=15, clock_now=lambda: T0 + 3600)
+    _, _, record = chooser(PAIRS, {}, 0.0)
+    assert record is not None
+    line = decision_line(record.to_dict())
+    assert line.startswith(f"spot in {pool_name(PAIRS[0], PAIRS)}")
+    assert "0.60 h behind the line to 10:00" in line  # an hour in, no progress: behind 6 h / 10 h
+    assert "predicted finish 07:12 UTC" in line  # 1 h + a changeover + 6 h of work
+
+
+def test_placement_scores_say_which_pools_have_spot_now() -> None:
+    pools = pool_zones(["g5.xlarge"], ["us-east-1a", "us-east-1b", "us-east-1a"])
+    assert pools == {"us-east-1a": "us-east-1a", "us-east-1b": "us-east-1b"}  # one type: named by the zone
+    assert pools_from_scores(pools, {"us-east-1a": 9, "us-east-1b": 3}) == {"us-east-1a": True, "us-east-1b": False}
+    assert pools_from_scores(pools, {"us-east-1a": 7}) == {"us-east-1a": True, "us-east-1b": None}
+    assert pools_from_scores(pools, None) == {"us-east-1a": None, "us-east-1b": None}  # no permission: unknown
+    two = pool_zones(["g5.xlarge", "g4dn.xlarge"], ["us-east-1a"])
+    assert two == {"us-east-1a:g5.xlarge": "us-east-1a", "us-east-1a:g4dn.xlarge": "us-east-1a"}
