@@ -135,6 +135,7 @@ def test_the_instance_role_cannot_write_what_only_the_airflow_side_writes() -> N
     assert control == {
         "spec.json", "agent/grid-resume-agent.pyz", "final.json", "sessions/SSSSSS/launch-attempt.json",
         "sessions/SSSSSS/launch.json", "sessions/SSSSSS/watch.json", "sessions/SSSSSS/closed.json",
+        "deadline.json", "sessions/SSSSSS/decision.json",
     }  # fmt: skip
     for key in control:  # nor delete them (a deleted spec would start the run over)
         arn = f"arn:aws:s3:::BUCKET/{run}/{key.replace('SSSSSS', '000001')}"

@@ -383,6 +383,7 @@ class Launch(Record):
 
     NAME = "launch"
     KEY = "sessions/SSSSSS/launch.json"
+    OMIT_NONE = ("region", "resolved_types")
 
     instance_id: str
     instance_type: str | None = None
