@@ -771,11 +771,16 @@ class GridRunOperator(BaseOperator):
                 links=links,
             )
             try:
-                chooser = LaunchChooser(ctx, point="launch", tick_seconds=self.capacity_backoff[0]) if ctx else None
+                record = await fleetstore.a_read(s3, fleet_uri(self.artifacts_uri))
+                chooser = (
+                    LaunchChooser(ctx, point="launch", tick_seconds=self.capacity_backoff[0], record=record)
+                    if ctx
+                    else None
+                )
                 start = await launcher.start(
                     fallback=self.fallback,
                     interruptions=interruptions,
-                    record=await fleetstore.a_read(s3, fleet_uri(self.artifacts_uri)),
+                    record=record,
                     run_state=run_state,
                     chooser=chooser,
                 )

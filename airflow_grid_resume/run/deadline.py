@@ -18,6 +18,7 @@ from typing import Any
 from airflow_grid_resume.ec2.launch import ON_DEMAND, SPOT, Pair
 from airflow_grid_resume.ledger.records import Decision as DecisionRecord
 from airflow_grid_resume.policy import Decision, PolicyView, PoolView, decide
+from airflow_grid_resume.spot.fleetrecord import PoolStats, pool_stats
 
 WAIT = "wait"
 STOP = "stop"  # the decision record's action for a planned stop of an on-demand session (back to spot)
@@ -127,9 +128,12 @@ class DeadlineContext:
         progress_hours: float | None = None,
         changeover_left_hours: float = 0.0,
         tick_seconds: float = 0.0,
+        history: Mapping[str, PoolStats] | None = None,
     ) -> PolicyView:
         """The policy's view at ``now``: ``pools`` maps each pool's name to whether spot is there now (None:
-        not known), ``current`` is None (no instance), ``"on-demand"`` or the spot pool's name."""
+        not known), ``current`` is None (no instance), ``"on-demand"`` or the spot pool's name; ``history`` what
+        the fleet record says of each pool (the share of capacity answers that had capacity, session lifetimes)."""
+        history = history or {}
         return PolicyView(
             hours_elapsed=max(0.0, (now - self.first_started_at) / 3600.0),
             progress_hours=self.progress_hours if progress_hours is None else progress_hours,
@@ -140,7 +144,13 @@ class DeadlineContext:
             current=current,
             committed_on_demand=self.committed,
             pools=tuple(
-                PoolView(name=name, available_now=up, spot_price=self.spot_prices.get(name))
+                PoolView(
+                    name=name,
+                    available_now=up,
+                    availability=history[name].availability if name in history else None,
+                    mean_up_hours=history[name].mean_up_hours if name in history else None,
+                    spot_price=self.spot_prices.get(name),
+                )
                 for name, up in pools.items()
             ),
             changeover_left_hours=changeover_left_hours,
@@ -230,8 +240,17 @@ class LaunchChooser:
     ``record`` is the decision for the ledger (the launcher records a round's last one when it changed). Once a
     decision commits to on-demand, every later one keeps it."""
 
-    def __init__(self, ctx: DeadlineContext, *, point: str, tick_seconds: float, clock_now: Any = None) -> None:
+    def __init__(
+        self,
+        ctx: DeadlineContext,
+        *,
+        point: str,
+        tick_seconds: float,
+        clock_now: Any = None,
+        record: Mapping[str, Any] | None = None,
+    ) -> None:
         self.ctx = ctx
+        self.record = record  # the fleet record (spot/fleetrecord.py): each pool's availability and lifetimes
         self.point = point
         self.tick_seconds = tick_seconds
         self.last: DecisionRecord | None = None
@@ -246,7 +265,8 @@ class LaunchChooser:
             name = pool_name(pair, pairs)
             answer = answers.get(pair.key)
             pools[name] = bool(pools.get(name)) or (True if answer is None else bool(answer))
-        view = self.ctx.view(now, pools=pools, tick_seconds=self.tick_seconds)
+        history = {pool_name(p, pairs): pool_stats(self.record, p.pool(SPOT)) for p in pairs} if self.record else {}
+        view = self.ctx.view(now, pools=pools, tick_seconds=self.tick_seconds, history=history)
         decision = self.ctx.decide(view)
         if decision.commit and not self.ctx.committed:
             self.ctx = replace(self.ctx, committed=True)

@@ -153,9 +153,9 @@ class SpotCapacityTrigger(BaseTrigger):
                     cool_down=self.cool_down,
                     backoff_base=self.backoff_base,
                     backoff_max=self.backoff_max,
-                    record=await fleetstore.a_read(s3, self.fleet_uri),
+                    record=(record := await fleetstore.a_read(s3, self.fleet_uri)),
                     run_state=self.run_state,
-                    chooser=self._chooser(),
+                    chooser=self._chooser(record),
                 )
             except PairsUnknown as exc:
                 self.log.error("%s", exc.message)
@@ -222,11 +222,13 @@ class SpotCapacityTrigger(BaseTrigger):
                 wait_log.append(line)
                 await asyncio.sleep(delay)
 
-    def _chooser(self) -> LaunchChooser | None:
-        """A deadline= run: the policy decides each round's market instead of the fallback counters."""
+    def _chooser(self, record: dict | None) -> LaunchChooser | None:
+        """A deadline= run: the policy decides each round's market instead of the fallback counters, seeing what
+        the fleet ``record`` says of each pool."""
         if not self.deadline:
             return None
-        return LaunchChooser(DeadlineContext.from_dict(self.deadline), point="capacity", tick_seconds=self.backoff_base)
+        ctx = DeadlineContext.from_dict(self.deadline)
+        return LaunchChooser(ctx, point="capacity", tick_seconds=self.backoff_base, record=record)
 
     def _announce(self, event: dict) -> dict:
         self.log.info("%s", describe_launch(event))

@@ -158,3 +158,30 @@ def test_placement_scores_say_which_pools_have_spot_now() -> None:
     assert pools_from_scores(pools, None) == {"us-east-1a": None, "us-east-1b": None}  # no permission: unknown
     two = pool_zones(["g5.xlarge", "g4dn.xlarge"], ["us-east-1a"])
     assert two == {"us-east-1a:g5.xlarge": "us-east-1a", "us-east-1a:g4dn.xlarge": "us-east-1a"}
+
+
+def test_the_fleet_record_steers_the_policy_away_from_a_pool_whose_sessions_die_young() -> None:
+    """Both zones answer spot; the fleet record says sessions in us-east-1a lasted 3 minutes (less than a
+    changeover) and in us-east-1b 5 hours: the policy names 1b and its attempt goes first. Without the record
+    it has no reason to prefer 1b over the author's order."""
+    from airflow_grid_resume.spot import fleetrecord
+    from airflow_grid_resume.spot.fleetrecord import Observation
+
+    short, long = PAIRS[0].pool(SPOT), PAIRS[1].pool(SPOT)
+    record = fleetrecord.apply(
+        None,
+        [
+            *(Observation(short, fleetrecord.INTERRUPTED, T0 - 3600 + i, 180.0, f"a{i}") for i in range(3)),
+            *(Observation(long, fleetrecord.ENDED, T0 - 3600 + i, 5 * 3600.0, f"b{i}") for i in range(3)),
+            *(Observation(p, fleetrecord.CAPACITY, T0 - 60, None, f"c{p}") for p in (short, long)),
+        ],
+    )
+    roomy = ctx(progress_hours=3.0)
+    with_record = LaunchChooser(roomy, point="launch", tick_seconds=15, clock_now=lambda: T0 + 60, record=record)
+    market, first, decision = with_record(PAIRS, {}, 0.0)
+    assert (market, first) == (SPOT, (PAIRS[1].key,))
+    assert getattr(decision, "pool", None) == "us-east-1b"
+    planner = LaunchPlanner(PAIRS, run_uri="s3://b/r", session=1, chooser=with_record)
+    assert planner.round(0.0, 0.0)[0].pair.zone == "us-east-1b"
+    blind = LaunchChooser(roomy, point="launch", tick_seconds=15, clock_now=lambda: T0 + 60)
+    assert blind(PAIRS, {}, 0.0)[1] == (PAIRS[0].key,)
