@@ -796,7 +796,7 @@ class GridRunOperator(BaseOperator):
                 self.log.info("no capacity at once: %s", miss)
             if result.instance is None:
                 fleet, answers = fleet_uri(self.artifacts_uri), {"answers": launcher.observed}
-                record_launch(self.s3_hook.get_conn(), fleet, answers, run_uri, session)
+                record_launch(self.s3_hook.get_conn(), fleet, answers, run_uri, session, self.s3_write)
                 return None
             return await launcher.launched(result, started_at=started_at, rounds=1)
 
@@ -804,7 +804,7 @@ class GridRunOperator(BaseOperator):
         event = event or {}
         session = int(event.get("session") or 0)
         run_uri, ledger = self._run_ledger(context, event)
-        record_launch(ledger.client, fleet_uri(self.artifacts_uri), event, run_uri, session)
+        record_launch(ledger.client, fleet_uri(self.artifacts_uri), event, run_uri, session, self.s3_write)
         if event.get("status") != "launched":
             raise AirflowFailException(f"session {session}: {event.get('message') or event}")
         store = context.get("task_state_store")

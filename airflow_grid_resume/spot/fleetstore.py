@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume.ledger.s3client import is_not_found, is_precondition_failed
 from airflow_grid_resume.ledger.uri import parse_s3_uri
+from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
 from airflow_grid_resume.spot import fleetrecord
 from airflow_grid_resume.spot.fleetrecord import Observation
 
@@ -51,9 +52,16 @@ def read(client: Any, uri: str) -> tuple[dict | None, str | None]:
     return json.loads(response["Body"].read()), str(response["ETag"])
 
 
-def add(client: Any, uri: str, observations: Sequence[Observation], *, rng: random.Random | None = None) -> dict | None:
-    """Merge ``observations`` into the record at ``uri`` with conditional writes; the record written, or None
-    if it could not be (logged)."""
+def add(
+    client: Any,
+    uri: str,
+    observations: Sequence[Observation],
+    *,
+    rng: random.Random | None = None,
+    write: S3WriteOptions | None = None,
+) -> dict | None:
+    """Merge ``observations`` into the record at ``uri`` with conditional writes carrying the bucket's ``write``
+    options (encryption, checksum); the record written, or None if it could not be (logged)."""
     if not observations:
         return None
     bucket, key = _where(uri)
@@ -65,7 +73,8 @@ def add(client: Any, uri: str, observations: Sequence[Observation], *, rng: rand
             merged["updated_at"] = round(time.time(), 3)
             condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
             body = json.dumps(merged, separators=(",", ":"), sort_keys=True).encode()
-            client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition)
+            extra = (write or S3WriteOptions()).put_kwargs()
+            client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition, **extra)
             return merged
         except ClientError as exc:
             if not is_precondition_failed(exc):

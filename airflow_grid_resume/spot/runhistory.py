@@ -13,6 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from airflow_grid_resume.ledger.errors import AgentError
 from airflow_grid_resume.ledger.records import Closed, Outcome
 from airflow_grid_resume.ledger.store import RunLedger
+from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
 from airflow_grid_resume.spot import fleetstore
 from airflow_grid_resume.spot.observe import answers_of_launch, end_of_session, run_state
 
@@ -42,10 +43,12 @@ def read_run_state(ledger: RunLedger, session: int) -> dict:
     return run_state(sessions).as_dict()
 
 
-def record_launch(client: Any, uri: str, event: dict, run_uri: str, session: int) -> None:
+def record_launch(
+    client: Any, uri: str, event: dict, run_uri: str, session: int, write: S3WriteOptions | None = None
+) -> None:
     """A launcher event (launched or timed out): its capacity answers, the capacity found, the price paid."""
     try:
-        fleetstore.add(client, uri, answers_of_launch(event, run_uri, session))
+        fleetstore.add(client, uri, answers_of_launch(event, run_uri, session), write=write)
     except Exception as exc:  # the fleet record must never fail a launch
         log.warning("could not add the launch to the fleet record: %s", exc)
 
@@ -56,7 +59,7 @@ def record_session_end(uri: str, ledger: RunLedger, session: int, status: str | 
         launch = ledger.read_launch(session)
         at, run_uri = time.time(), str(ledger.location)
         observations = end_of_session(launch.to_dict() if launch else None, status, at, run_uri, session)
-        fleetstore.add(ledger.client, uri, observations)
+        fleetstore.add(ledger.client, uri, observations, write=ledger.write_options)
     except Exception as exc:
         log.warning("could not add the end of session %d to the fleet record: %s", session, exc)
 

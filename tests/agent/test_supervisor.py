@@ -437,15 +437,20 @@ def test_progress_lines_reach_heartbeat_and_outcome(agent, run_uri: str, ledger:
         timeout=10,
         what="the latest progress in a beat",
     )
-    assert beat["progress"] == {"done": 6, "total": 10, "first": 4} and beat["state"] == "running"
+    started = time.time() - 15
+    seen = beat["progress"]
+    assert {k: seen[k] for k in ("done", "total", "first")} == {"done": 6, "total": 10, "first": 4}
+    assert started < seen["first_at"] <= seen["done_at"] and beat["state"] == "running"  # the run's pace (deadline=)
     assert proc.wait() == 0
-    assert outcome_of(ledger, 1)["progress"] == {"first": 4, "last": 7, "total": 10}
+    ended = outcome_of(ledger, 1)["progress"]
+    assert {k: ended[k] for k in ("first", "last", "total")} == {"first": 4, "last": 7, "total": 10}
+    assert ended["last_at"] - ended["first_at"] >= 2.5  # the sleep 3 between the 4th and the 7th step
     # Every document the agent writes is its typed record, with its format and no field the record does not know.
     for cls in (records.SessionStart, records.Heartbeat, records.Outcome, records.Lease):
         record = ledger.read_record(cls, 1)
         assert record is not None and record.extra == {}, (cls.__name__, record)
         assert ledger.get_json(ledger.key(records.record_key(cls, 1))).get("format") == cls.format(), cls
-    assert ledger.read_record(records.Outcome, 1).progress == {"first": 4, "last": 7, "total": 10}
+    assert ledger.read_record(records.Outcome, 1).progress == ended
 
 
 def test_no_progress_lines_no_progress_field(agent, run_uri: str, ledger: RunLedger, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import glob
 import json
 import logging
@@ -277,6 +278,7 @@ def test_an_ssm_image_id_resolves_to_an_ami_with_its_root_device(aws_env) -> Non
     )
     hook = SpotLaunchHook(aws_conn_id=None, region_name="us-east-1")
     op = types.SimpleNamespace(spec=spec, spot_hook=hook, log=logging.getLogger("test"))  # what it reads
+    op._resolved_in = functools.partial(GridRunOperator._resolved_in, op)
     resolved = GridRunOperator._resolved_spec(op)
     expected = boto3.client("ssm").get_parameter(Name=AL2023)["Parameter"]["Value"]
     assert resolved.image_id == expected and expected.startswith("ami-")
