@@ -34,7 +34,7 @@ class Tuning:
 
     reserve_changeovers: float = 4.0
     """Slack kept for the end, in changeovers: enough for a few returns to spot near the deadline."""
-    min_spell_changeovers: float = 1.0
+    min_spell_changeovers: float = 0.0
     """Skip pools whose mean spell is shorter than this many changeovers (spot there only pays changeovers)."""
     reserve_share: float = 0.1
     """At most this share of the initial slack (beyond the net's 2 changeovers) is kept as the reserve."""
@@ -44,6 +44,20 @@ class Tuning:
     """From this job fraction (work / deadline) on, the line is straight (Uniform Progress's pacing)."""
     switch_changeovers: float = 2.0
     """Leave on-demand for spot when the mean spell's saving pays this many on-demand changeovers."""
+    greedy_when_no_return: bool = False
+    """No pool's spells would pay a return from on-demand: keep no reserve, wait down to the net (greedy)."""
+    leave_on_demand: bool = False
+    leave_everywhere: bool = False
+    greedy_below_changeovers: float = 8.0
+    no_return_greedy_hours: float = 12.0
+    model: bool = False
+    pace_scale: float = 1.0
+    switch_keeps_line: int = 0
+    switch_margin_changeovers: float = 0.0
+    """Initial slack under this many changeovers: no line, wait down to the net (greedy)."""
+    switch_slack_changeovers: float = 2.0
+    """Leave on-demand for spot only with at least this many changeovers of slack."""
+    """Straight line: leave on-demand to idle once ahead of the line 2d on (Uniform Progress's hysteresis)."""
 
 
 DEFAULT_TUNING = Tuning()
@@ -59,12 +73,16 @@ def _pool_worth(pool: PoolView, view: PolicyView, tuning: Tuning, from_on_demand
     if spell < tuning.min_spell_changeovers * d:
         return False
     if from_on_demand:
-        # Staying on on-demand for a spell L costs L * od; switching costs L * spot for L - d of progress,
-        # then d more on on-demand and a changeover back: worth it when L > 2d * od / (od - spot).
-        price = pool.spot_price if pool.spot_price is not None else 0.0
-        gain = view.on_demand_price - price
-        return gain > 0 and spell * gain > tuning.switch_changeovers * d * view.on_demand_price
+        return _spell_pays_switch(spell, pool.spot_price, view, tuning)
     return True
+
+
+def _spell_pays_switch(spell: float, spot_price: float | None, view: PolicyView, tuning: Tuning) -> bool:
+    # Staying on on-demand for a spell L costs L * od; switching costs L * spot for L - d of progress,
+    # then d more on on-demand and a changeover back: worth it when L > 2d * od / (od - spot).
+    price = spot_price if spot_price is not None else 0.0
+    gain = view.on_demand_price - price
+    return gain > 0 and spell * gain > tuning.switch_changeovers * view.changeover_hours * view.on_demand_price
 
 
 def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolView | None:
@@ -77,6 +95,31 @@ def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolVi
         return (price, -(pool.mean_up_hours or 0.0))
 
     return min(usable, key=rank)
+
+
+def _spot_cycle(view: PolicyView, tuning: Tuning) -> float | None:
+    """Mean length of a spot cycle (a spell and the gap after it) across the pools, when following every spell
+    from on-demand pays more per hour of slack than waiting for spot; ``None`` when waiting pays more."""
+    d = view.changeover_hours
+    od = view.on_demand_price
+    rates = []
+    for pool in view.pools:
+        a, up = pool.availability, pool.mean_up_hours
+        if a is None or up is None or a <= 0:
+            continue
+        down = up * (1 - a) / a
+        rates.append((1 / max(down, 1e-3), up, pool.spot_price if pool.spot_price is not None else 0.0))
+    if not rates:
+        return None
+    total = sum(r for r, _, _ in rates)
+    down = 1 / total
+    up = sum(r * u for r, u, _ in rates) / total
+    price = sum(r * p for r, _, p in rates) / total
+    wait_value = ((up - d) * od - up * price) / (down + d)
+    pace_value = (up * (od - price) - d * od) / (2 * d)
+    if not _spell_pays_switch(up, price, view, tuning) or pace_value <= max(wait_value, 0.0):
+        return None
+    return up + down
 
 
 def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decision:
@@ -106,25 +149,60 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
             on_demand_finish,
         )
     initial = view.deadline_hours - view.work_hours
+    returnable = any(
+        _spell_pays_switch(p.mean_up_hours, p.spot_price, view, tuning)
+        for p in view.pools
+        if p.mean_up_hours is not None
+    )
     reserve = 2 * d + min(tuning.reserve_changeovers * d, tuning.reserve_share * max(0.0, initial - 2 * d))
 
+    greedy_mode = (
+        (tuning.greedy_when_no_return or remaining_time <= tuning.no_return_greedy_hours) and not returnable
+    ) or initial < tuning.greedy_below_changeovers * d
+
+    cycle = _spot_cycle(view, tuning) if tuning.model else None
+
     def line(x: float) -> float:
+        if greedy_mode:
+            return 0.0
+        if tuning.model:
+            if cycle is None:
+                return 0.0
+            return 2 * d + tuning.pace_scale * 2 * d * max(0.0, view.deadline_hours - x) / cycle
         share = max(0.0, view.deadline_hours - x) / view.deadline_hours
         power = 1.0 if view.work_hours >= tuning.tight_fraction * view.deadline_hours else tuning.pace_power
         return reserve + (initial - reserve) * share**power
 
     pool = _best_pool(view, tuning, on_demand_now)
+    if pool is not None and on_demand_now and slack < tuning.switch_slack_changeovers * d:
+        pool = None
+    straight_line = view.work_hours >= tuning.tight_fraction * view.deadline_hours
+    if (
+        pool is not None
+        and on_demand_now
+        and (tuning.switch_keeps_line == 2 or (tuning.switch_keeps_line == 1 and straight_line))
+        and slack - d < line(t + d) + tuning.switch_margin_changeovers * d
+    ):
+        pool = None
     if pool is not None:
         return Decision(
             SPOT, pool.name, f"{'back to ' if on_demand_now else ''}spot in {pool.name}: {slack:.1f} h of slack"
         )
 
+    straight = view.work_hours >= tuning.tight_fraction * view.deadline_hours
+    if on_demand_now and tuning.leave_on_demand and (straight or tuning.leave_everywhere):
+        lead = 2 * d * view.work_hours / view.deadline_hours
+        if slack - g >= max(line(t + g), max(d, 2 * d - g) + EPSILON) + lead:
+            return Decision(WAIT, None, f"leave on-demand, wait for spot: {slack - line(t):.1f} h ahead of the line")
     if on_demand_now:
         # Stopping it to idle would only buy a changeover at the on-demand price when it restarts.
         return Decision(
             ON_DEMAND, None, f"stay on on-demand until spot: {slack:.1f} h of slack", False, on_demand_finish
         )
-    if slack - g < max(line(t + g), 2 * d + EPSILON):
+    # Waiting one interval must leave the on-demand finish (S >= d) possible; with intervals no longer than
+    # a changeover this is greedy's net (S >= 2d now), with longer ones it is stricter.
+    floor = max(d, 2 * d - g) + EPSILON
+    if slack - g < max(line(t + g), floor):
         return Decision(ON_DEMAND, None, f"on-demand: {line(t) - slack:.1f} h behind the line", False, on_demand_finish)
     return Decision(WAIT, None, f"wait for spot: {slack - line(t):.1f} h ahead of the line")
 
