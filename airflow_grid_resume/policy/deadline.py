@@ -26,6 +26,7 @@ from airflow_grid_resume.policy import baselines
 from airflow_grid_resume.policy.view import ON_DEMAND, SPOT, WAIT, Decision, PolicyView, PoolView
 
 EPSILON = 1e-6
+HISTORY_SPAN_HOURS = 12.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class Tuning:
     leave_everywhere: bool = False
     greedy_below_changeovers: float = 8.0
     no_return_greedy_hours: float = 12.0
+    need_evidence: bool = True
+    flat_when_no_return: bool = False
+    cycle_reserve: float = 0.0
+    greedy_min_spells: float = 20.0
     model: bool = False
     pace_scale: float = 1.0
     switch_keeps_line: int = 0
@@ -95,6 +100,26 @@ def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolVi
         return (price, -(pool.mean_up_hours or 0.0))
 
     return min(usable, key=rank)
+
+
+def _spells_seen(view: PolicyView) -> float:
+    """How many spells of spot the pools' history windows held (their evidence), from share and mean spell."""
+    seen = 0.0
+    for pool in view.pools:
+        if pool.availability is not None and pool.mean_up_hours:
+            seen += HISTORY_SPAN_HOURS * pool.availability / pool.mean_up_hours
+    return seen
+
+
+def _cycle_hours(view: PolicyView, tuning: Tuning) -> float | None:
+    """Mean hours from one spell worth a return from on-demand to the next, across pools (rates add)."""
+    rate = 0.0
+    for pool in view.pools:
+        a, up = pool.availability, pool.mean_up_hours
+        if a is None or up is None or a <= 0 or not _spell_pays_switch(up, pool.spot_price, view, tuning):
+            continue
+        rate += 1 / (up / a)
+    return 1 / rate if rate > 0 else None
 
 
 def _spot_cycle(view: PolicyView, tuning: Tuning) -> float | None:
@@ -156,22 +181,36 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
     )
     reserve = 2 * d + min(tuning.reserve_changeovers * d, tuning.reserve_share * max(0.0, initial - 2 * d))
 
+    observed = any(p.mean_up_hours is not None for p in view.pools)
     greedy_mode = (
-        (tuning.greedy_when_no_return or remaining_time <= tuning.no_return_greedy_hours) and not returnable
+        (
+            tuning.greedy_when_no_return
+            or remaining_time <= tuning.no_return_greedy_hours
+            or _spells_seen(view) >= tuning.greedy_min_spells
+        )
+        and not returnable
+        and (observed or not tuning.need_evidence)
     ) or initial < tuning.greedy_below_changeovers * d
 
     cycle = _spot_cycle(view, tuning) if tuning.model else None
+    cycle_len = _cycle_hours(view, tuning) if tuning.cycle_reserve > 0 else None
 
     def line(x: float) -> float:
         if greedy_mode:
             return 0.0
+        if tuning.flat_when_no_return and not returnable and observed:
+            return reserve
         if tuning.model:
             if cycle is None:
                 return 0.0
             return 2 * d + tuning.pace_scale * 2 * d * max(0.0, view.deadline_hours - x) / cycle
         share = max(0.0, view.deadline_hours - x) / view.deadline_hours
         power = 1.0 if view.work_hours >= tuning.tight_fraction * view.deadline_hours else tuning.pace_power
-        return reserve + (initial - reserve) * share**power
+        steep = reserve + (initial - reserve) * share**power
+        if tuning.cycle_reserve > 0 and cycle_len is not None:
+            follow = 2 * d + tuning.cycle_reserve * d * max(0.0, view.deadline_hours - x) / cycle_len
+            return max(steep, min(follow, reserve + (initial - reserve) * share))
+        return steep
 
     pool = _best_pool(view, tuning, on_demand_now)
     if pool is not None and on_demand_now and slack < tuning.switch_slack_changeovers * d:
