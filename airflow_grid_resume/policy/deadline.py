@@ -26,6 +26,8 @@ from airflow_grid_resume.policy import baselines
 from airflow_grid_resume.policy.view import ON_DEMAND, SPOT, WAIT, Decision, PolicyView, PoolView
 
 EPSILON = 1e-6
+NET_TOLERANCE = 1e-10
+"""Float drift (sums of 1/6 h ticks) allowed at the net; as greedy, a slack of exactly 2d may still start spot."""
 HISTORY_SPAN_HOURS = 12.0
 
 
@@ -54,6 +56,7 @@ class Tuning:
     need_evidence: bool = True
     flat_when_no_return: bool = False
     cycle_reserve: float = 0.0
+    exact_net: int = 1
     greedy_min_spells: float = 20.0
     model: bool = False
     pace_scale: float = 1.0
@@ -165,7 +168,7 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
                 return Decision(SPOT, current, f"stay on spot in {current}: {slack:.1f} h of slack")
     if view.committed_on_demand:
         return Decision(ON_DEMAND, None, "on-demand to the end: committed", True, on_demand_finish)
-    if slack < 2 * d + EPSILON:
+    if slack < 2 * d - NET_TOLERANCE * tuning.exact_net + EPSILON * (1 - tuning.exact_net):
         return Decision(
             ON_DEMAND,
             None,
@@ -240,7 +243,7 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
         )
     # Waiting one interval must leave the on-demand finish (S >= d) possible; with intervals no longer than
     # a changeover this is greedy's net (S >= 2d now), with longer ones it is stricter.
-    floor = max(d, 2 * d - g) + EPSILON
+    floor = max(d, 2 * d - g) - NET_TOLERANCE * tuning.exact_net + EPSILON * (1 - tuning.exact_net)
     if slack - g < max(line(t + g), floor):
         return Decision(ON_DEMAND, None, f"on-demand: {line(t) - slack:.1f} h behind the line", False, on_demand_finish)
     return Decision(WAIT, None, f"wait for spot: {slack - line(t):.1f} h ahead of the line")
