@@ -7,14 +7,15 @@ it). Finishing on on-demand from here needs S >= d; a start on spot needs S >= 2
 the changeover of the on-demand instance that must follow if spot goes away). So:
 
 1. on spot and the pool still has it: stay (the slack was checked when the spell began);
-2. S too small to ever pay a return to spot: on-demand to the end (committed), the safety net;
-3. spot in a pool worth starting (its spells last longer than a changeover; from on-demand, long enough
-   that the switch pays its two changeovers back): the pool with the longest spells;
+2. S below 2d, no return to spot can ever be paid: on-demand to the end (committed), the safety net;
+3. spot in a pool worth starting (from on-demand, only when its mean spell pays the switch's changeovers
+   three times over): the cheapest pool, then the one with the longest spells;
 4. otherwise wait only while the slack stays above a line falling steeply (straight for tight deadlines) from
    the initial slack to a reserve of a few changeovers at the deadline; below it, on-demand, kept until spot
-   worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). Greedy
-   spends the slack at once and then finishes on on-demand with spot around; Uniform Progress paces it to
-   zero, restarting on-demand each time it falls behind, and ends committed too.
+   worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). The line
+   only pays when spot later comes back in spells worth leaving on-demand for: where the history says it
+   will not (no pool's spells pay a return, with a window's worth of time left or with 20 spells seen), or
+   the initial slack is under 8 changeovers, there is no line: wait down to the net, as greedy does.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from dataclasses import dataclass
 from airflow_grid_resume.policy import baselines
 from airflow_grid_resume.policy.view import ON_DEMAND, SPOT, WAIT, Decision, PolicyView, PoolView
 
-EPSILON = 1e-6
+NET_TOLERANCE = 1e-10
+"""Float drift (sums of 1/6 h ticks) allowed at the net: as greedy's, a slack of exactly 2d still starts spot."""
+HISTORY_SPAN_HOURS = 12.0
+"""The span of ``PoolView``'s history (``traces.HISTORY_HOURS``; the operator's pool history keeps the same)."""
 
 
 @dataclass(frozen=True)
@@ -34,37 +38,44 @@ class Tuning:
 
     reserve_changeovers: float = 4.0
     """Slack kept for the end, in changeovers: enough for a few returns to spot near the deadline."""
-    min_spell_changeovers: float = 1.0
-    """Skip pools whose mean spell is shorter than this many changeovers (spot there only pays changeovers)."""
+    min_spell_changeovers: float = 0.0
+    """Skip pools whose mean spell is shorter than this many changeovers (0: take any spell from idle)."""
     reserve_share: float = 0.1
     """At most this share of the initial slack (beyond the net's 2 changeovers) is kept as the reserve."""
     pace_power: float = 6.0
     """Shape of the line: 1 spends the slack evenly (as Uniform Progress), larger spends it sooner (greedier)."""
     tight_fraction: float = 0.85
     """From this job fraction (work / deadline) on, the line is straight (Uniform Progress's pacing)."""
-    switch_changeovers: float = 2.0
+    switch_changeovers: float = 3.0
     """Leave on-demand for spot when the mean spell's saving pays this many on-demand changeovers."""
+    greedy_below_changeovers: float = 8.0
+    """Initial slack under this many changeovers: no line, wait down to the net (greedy)."""
+    no_return_hours: float = HISTORY_SPAN_HOURS
+    """With this little time left, trust the history: no pool worth a return from on-demand means no line."""
+    no_return_spells: float = 20.0
+    """With this many spells in the history, trust it for longer runs too."""
 
 
 DEFAULT_TUNING = Tuning()
 
 
+def _spell_pays_switch(spell: float, spot_price: float | None, view: PolicyView, tuning: Tuning) -> bool:
+    # Staying on on-demand for a spell L costs L * od; switching costs L * spot for L - d of progress,
+    # then d more on on-demand and a changeover back: worth it when L * (od - spot) > k * d * od.
+    price = spot_price if spot_price is not None else 0.0
+    gain = view.on_demand_price - price
+    return gain > 0 and spell * gain > tuning.switch_changeovers * view.changeover_hours * view.on_demand_price
+
+
 def _pool_worth(pool: PoolView, view: PolicyView, tuning: Tuning, from_on_demand: bool) -> bool:
     if not pool.available_now:
         return False
-    d = view.changeover_hours
     spell = pool.mean_up_hours
     if spell is None:
         return True
-    if spell < tuning.min_spell_changeovers * d:
+    if spell < tuning.min_spell_changeovers * view.changeover_hours:
         return False
-    if from_on_demand:
-        # Staying on on-demand for a spell L costs L * od; switching costs L * spot for L - d of progress,
-        # then d more on on-demand and a changeover back: worth it when L > 2d * od / (od - spot).
-        price = pool.spot_price if pool.spot_price is not None else 0.0
-        gain = view.on_demand_price - price
-        return gain > 0 and spell * gain > tuning.switch_changeovers * d * view.on_demand_price
-    return True
+    return not from_on_demand or _spell_pays_switch(spell, pool.spot_price, view, tuning)
 
 
 def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolView | None:
@@ -77,6 +88,24 @@ def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolVi
         return (price, -(pool.mean_up_hours or 0.0))
 
     return min(usable, key=rank)
+
+
+def _spells_seen(view: PolicyView) -> float:
+    """How many spells of spot the pools' history windows held (the evidence), from share and mean spell."""
+    seen = 0.0
+    for pool in view.pools:
+        if pool.availability is not None and pool.mean_up_hours:
+            seen += HISTORY_SPAN_HOURS * pool.availability / pool.mean_up_hours
+    return seen
+
+
+def _no_return_expected(view: PolicyView, tuning: Tuning, remaining_time: float) -> bool:
+    """The history shows spells in some pool, none long enough to pay a return from on-demand, and it is
+    recent enough (little time left) or rich enough (many spells) to be believed for the rest of the run."""
+    spells = [(p.mean_up_hours, p.spot_price) for p in view.pools if p.mean_up_hours is not None]
+    if not spells or any(_spell_pays_switch(spell, price, view, tuning) for spell, price in spells):
+        return False
+    return remaining_time <= tuning.no_return_hours or _spells_seen(view) >= tuning.no_return_spells
 
 
 def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decision:
@@ -97,7 +126,7 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
                 return Decision(SPOT, current, f"stay on spot in {current}: {slack:.1f} h of slack")
     if view.committed_on_demand:
         return Decision(ON_DEMAND, None, "on-demand to the end: committed", True, on_demand_finish)
-    if slack < 2 * d + EPSILON:
+    if slack < 2 * d - NET_TOLERANCE:
         return Decision(
             ON_DEMAND,
             None,
@@ -105,27 +134,37 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
             True,
             on_demand_finish,
         )
-    initial = view.deadline_hours - view.work_hours
-    reserve = 2 * d + min(tuning.reserve_changeovers * d, tuning.reserve_share * max(0.0, initial - 2 * d))
-
-    def line(x: float) -> float:
-        share = max(0.0, view.deadline_hours - x) / view.deadline_hours
-        power = 1.0 if view.work_hours >= tuning.tight_fraction * view.deadline_hours else tuning.pace_power
-        return reserve + (initial - reserve) * share**power
 
     pool = _best_pool(view, tuning, on_demand_now)
     if pool is not None:
         return Decision(
             SPOT, pool.name, f"{'back to ' if on_demand_now else ''}spot in {pool.name}: {slack:.1f} h of slack"
         )
-
     if on_demand_now:
         # Stopping it to idle would only buy a changeover at the on-demand price when it restarts.
         return Decision(
             ON_DEMAND, None, f"stay on on-demand until spot: {slack:.1f} h of slack", False, on_demand_finish
         )
-    if slack - g < max(line(t + g), 2 * d + EPSILON):
-        return Decision(ON_DEMAND, None, f"on-demand: {line(t) - slack:.1f} h behind the line", False, on_demand_finish)
+
+    initial = view.deadline_hours - view.work_hours
+    reserve = 2 * d + min(tuning.reserve_changeovers * d, tuning.reserve_share * max(0.0, initial - 2 * d))
+    no_line = initial < tuning.greedy_below_changeovers * d or _no_return_expected(view, tuning, remaining_time)
+
+    def line(x: float) -> float:
+        if no_line:
+            return 0.0
+        share = max(0.0, view.deadline_hours - x) / view.deadline_hours
+        power = 1.0 if view.work_hours >= tuning.tight_fraction * view.deadline_hours else tuning.pace_power
+        return reserve + (initial - reserve) * share**power
+
+    # Waiting one interval must leave the on-demand finish (S >= d) possible; with intervals no longer than
+    # a changeover this is greedy's net (S >= 2d now), with longer ones it is stricter.
+    floor = max(d, 2 * d - g) - NET_TOLERANCE
+    if slack - g < max(line(t + g), floor):
+        reason = "on the net" if no_line else f"{line(t) - slack:.1f} h behind the line"
+        return Decision(ON_DEMAND, None, f"on-demand: {reason}", False, on_demand_finish)
+    if no_line:
+        return Decision(WAIT, None, f"wait for spot: {slack:.1f} h of slack, no reserve pays here")
     return Decision(WAIT, None, f"wait for spot: {slack - line(t):.1f} h ahead of the line")
 
 

@@ -82,7 +82,7 @@ def _mean_cost(traces: list[Trace], work: float, fraction: float, policy: str, s
     return sum(c for c in costs if c is not None) / len(costs)
 
 
-@pytest.mark.parametrize("pool_set", ["gen-rare", "gen-bursty", "gen-regions"])
+@pytest.mark.parametrize("pool_set", ["gen-rare", "gen-flicker", "gen-bursty", "gen-regions"])
 def test_ours_costs_no_more_than_the_better_baseline_on_generated_sets(pool_set: str) -> None:
     traces = generate_set(POOL_SETS[pool_set], 900, seed=3)
     rng = random.Random(pool_set)
@@ -136,6 +136,27 @@ def test_it_goes_back_to_spot_from_on_demand_when_the_spell_pays_the_changeovers
     assert decision.reason.startswith("back to spot in us-west-2b")
     short = (PoolView("us-west-2a", True, 0.3, 0.3, 1.0),)
     assert decide(view(current="on-demand", hours_elapsed=1.0, progress_hours=1.0, pools=short)).action == "on-demand"
+
+
+def test_at_exactly_two_changeovers_of_slack_it_still_takes_spot_as_greedy_does() -> None:
+    # 2.5 h left for 2.1 h of work: 0.4 h = 2d, which pays a spot start and the on-demand return after it.
+    at_net = view(hours_elapsed=5.5, progress_hours=3.9)
+    assert (decide(at_net).action, decide(at_net).pool) == ("spot", "us-west-2b")
+    assert decide(at_net, "greedy").action == "spot"
+    below = decide(view(hours_elapsed=5.5, progress_hours=3.89))
+    assert (below.action, below.commit) == ("on-demand", True)
+
+
+def test_where_history_shows_only_spells_too_short_to_leave_on_demand_for_it_waits_like_greedy() -> None:
+    # 24 spells of 0.3 h in the last 12 h (share 0.6): a reserve could only buy on-demand hours that spot
+    # never relieves, so it waits for spot down to the net; with one long spell in some pool it keeps its line.
+    flicker = (PoolView("us-west-2a", False, 0.6, 0.3, 1.0),)
+    # 48 h run, 40 h of work, 30 h in with 1 h of slack: under the line (1.24 h: 1.2 h reserve) and above the net.
+    tight = {"hours_elapsed": 30.0, "progress_hours": 21.0, "work_hours": 40.0, "deadline_hours": 50.0}
+    assert decide(view(pools=flicker, **tight)).action == "wait"
+    assert "no reserve" in decide(view(pools=flicker, **tight)).reason
+    steady = (PoolView("us-west-2a", False, 0.6, 0.3, 1.0), PoolView("us-west-2b", False, 0.2, 3.0, 1.0))
+    assert decide(view(pools=steady, **tight)).action == "on-demand"
 
 
 def test_unknown_policy_is_refused_with_the_choices() -> None:
