@@ -91,8 +91,10 @@ def test_the_operator_parameters_are_checked_when_the_dag_is_parsed() -> None:
 
 
 def test_a_launch_tries_spot_first_and_on_demand_in_the_same_round_when_the_policy_says_so() -> None:
-    tight = ctx(deadline_at=T0 + 6.5 * 3600)  # 0.5 h of slack: a spot start is affordable, waiting is not
-    chooser = LaunchChooser(tight, point="launch", tick_seconds=15, clock_now=lambda: T0 + 60)
+    # 4 h of slack at the start, none of it spent on progress after 3.3 h: 0.7 h left, below the line to the
+    # deadline. A spot start is affordable, waiting longer is not.
+    behind = ctx()
+    chooser = LaunchChooser(behind, point="launch", tick_seconds=15, clock_now=lambda: T0 + 3.3 * 3600)
     planner = LaunchPlanner(PAIRS, run_uri="s3://b/r", session=1, chooser=chooser)
     spot = planner.round(0.0, 0.0)
     assert [a.market for a in spot] == [SPOT, SPOT]
