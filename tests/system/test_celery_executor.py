@@ -224,12 +224,13 @@ def test_celery_worker_killed_mid_execute_and_remote_logs_survive_a_triggerer_ki
             # The pods are gone: only the remote log is left for the UI to show.
             shutil.rmtree(home / "logs")
             shown = {n: api_log(api, run_id, n) for n in range(1, int(final["try_number"]) + 1)}
+            remote_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=LOGS_BUCKET).get("Contents", [])]
         except BaseException:
             print(f"{stack.log_tails()}\nphases: {phases}")
             raise
         finally:
             stack.stop()
-        print(f"phases: {', '.join(phases)}")
+        print(f"phases: {', '.join(phases)}\nremote log objects: {remote_keys}")
         assert state == "success", stack.log_tails()
 
         # One instance per session, whatever the worker's death: the retry found session 1's instance.
