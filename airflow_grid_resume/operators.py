@@ -24,11 +24,13 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.bases.operator import partial as sdk_partial
+from airflow.sdk.definitions.callback import AsyncCallback, SyncCallback
 from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_grid_resume.agent.bundle import agent_zipapp
 from airflow_grid_resume.agent.sync import Syncer
+from airflow_grid_resume.alerts import register_deadline_alert
 from airflow_grid_resume.asyncaws.ledgerreader import AsyncLedgerReader
 from airflow_grid_resume.asyncaws.ratelimit import AsyncTokenBucket
 from airflow_grid_resume.ec2.identity import why_not
@@ -202,6 +204,10 @@ class GridRunOperator(BaseOperator):
         interruptions (timedelta or seconds); refined from the run's progress lines as it runs.
     :param expected_changeover: with ``deadline``: what starting a session costs (launch, boot, restore, steps
         redone; timedelta or seconds) until the run has measured its own; default 12 minutes.
+    :param deadline_alert: with ``deadline`` (a datetime or a timedelta): an Airflow callback
+        (``AsyncCallback`` or ``SyncCallback``, the team's usual alert) that Airflow calls if the DAG run is not
+        done by the deadline, registered on the task's DAG as a ``DeadlineAlert``. A timedelta deadline counts, for
+        the alert, from when the DAG run was queued. None: no alert.
     :param deadline_policy: with ``deadline``: ``"default"`` (the project's policy) or one of the baselines
         ``grid-resume simulate`` compares it with (``"uniform-progress"``, ``"greedy"``, ``"on-demand"``).
     :param failure_retries: set by ``partial()`` for mapped tasks (the failure budget it split from ``retries``);
@@ -260,6 +266,7 @@ class GridRunOperator(BaseOperator):
         expected_runtime: timedelta | float | None = None,
         expected_changeover: timedelta | float = timedelta(minutes=12),
         deadline_policy: str = "default",
+        deadline_alert: AsyncCallback | SyncCallback | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -324,6 +331,8 @@ class GridRunOperator(BaseOperator):
         self.expected_runtime = options.expected_runtime
         self.expected_changeover = options.expected_changeover
         self.deadline_policy = options.deadline_policy
+        if deadline_alert is not None:
+            register_deadline_alert(self.dag if self.has_dag() else None, self.task_id, deadline, deadline_alert)
         self.interruption_retry_delay = timedelta(seconds=options.interruption_retry_delay)
         if callable(on_interruption_callback):
             on_interruption_callback = [on_interruption_callback]
@@ -344,6 +353,9 @@ class GridRunOperator(BaseOperator):
         before any ``__init__`` runs, so the interruption budget is added here as well."""
         op_partial = sdk_partial(cls, **kwargs)
         given = op_partial.kwargs
+        alert = given.pop("deadline_alert", None)
+        if alert is not None:  # one alert for the DAG run, registered once: not by each mapped instance
+            register_deadline_alert(given.get("dag"), str(given.get("task_id")), given.get("deadline"), alert)
         if given.get("failure_retries") is None:
             failure = int(given.get("retries") or 0)
             resume = given.get("auto_resume", True)

@@ -1,7 +1,9 @@
 """The trained model as an Asset, and the run's lineage, on a real Airflow (scheduler, dag-processor, triggerer,
 api-server; LocalExecutor): a GridRunOperator with ``model_asset`` trains through a spot interruption; its
 success emits an asset event; a second DAG, scheduled on that asset, runs on its own and restores the model from
-the event's metadata; the OpenLineage provider (file transport, no server) writes the run's lineage.
+the event's metadata; the OpenLineage provider (file transport, no server) writes the run's lineage. And a
+late DAG run fires the deadline alert a GridRunOperator registered (``deadline_alert=``): the scheduler sees the
+deadline missed, the triggerer runs the team's callback.
 
 dag.test() would not do: it runs no scheduler, so no DAG is ever scheduled on an asset event.
 """
@@ -31,11 +33,12 @@ pytest.importorskip("airflow.providers.openlineage", reason="the lineage extra i
 BUCKET = "model-asset"
 MODEL_URI = f"s3://{BUCKET}/models/digits"
 STEPS = 40
+LATE_ALERT_MODULE = "grid_late_alert"
 DAG_FILE = f"""
 import os
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import DAG, Asset, task
+from airflow.sdk import DAG, Asset, AsyncCallback, task
 
 from airflow_grid_resume.operators import GridRunOperator
 from airflow_grid_resume.run.asset import model_from_event, restore_model
@@ -79,6 +82,44 @@ with DAG("evaluate_model", schedule=[MODEL], start_date=datetime(2026, 1, 1, tzi
         return {{"extra": dict(event.extra), "source": event.source_dag_id, "result": result, "restored": restored}}
 
     evaluate()
+
+with DAG("grid_late", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc), catchup=False):
+
+    @task(retries=0)
+    def upstream_data() -> None:
+        import time
+
+        # Late data: past the training's deadline, until the alert fired; then nothing to train on.
+        until = time.monotonic() + 150
+        while not os.path.exists(os.environ["GRID_LATE_ALERT_FILE"]) and time.monotonic() < until:
+            time.sleep(1)
+        raise RuntimeError("the upstream data did not come")
+
+    upstream_data() >> GridRunOperator(
+        task_id="train",
+        command="python3 train.py {STEPS} 0.1",
+        workdir=os.environ["GRID_E2E_WORKDIR"],
+        artifacts_uri="s3://{BUCKET}/grid-runs/",
+        image_id="ami-03cf127a",
+        instance_types=["g5.xlarge"],
+        subnet_ids=os.environ["GRID_E2E_SUBNETS"].split(","),
+        aws_conn_id=None,
+        region_name="us-east-1",
+        deadline=timedelta(seconds=5),
+        expected_runtime=timedelta(seconds=4),
+        deadline_alert=AsyncCallback("{LATE_ALERT_MODULE}.page_the_team"),
+    )
+"""
+# The team's alert, importable by the triggerer (the plugins folder is on its sys.path).
+LATE_ALERT = """
+import json
+import os
+
+
+async def page_the_team(context=None, **kwargs):
+    with open(os.environ["GRID_LATE_ALERT_FILE"], "a") as fh:
+        run = context["dag_run"]
+        fh.write(json.dumps({"dag_id": run["dag_id"], "run_id": run["dag_run_id"]}) + "\\n")
 """
 
 
@@ -93,6 +134,9 @@ def test_a_succeeded_run_announces_its_model_and_lineage_and_the_evaluation_dag_
     home = tmp_path / "airflow"
     (home / "dags").mkdir(parents=True)
     (home / "dags" / "grid_model.py").write_text(DAG_FILE)
+    (home / "plugins").mkdir()
+    (home / "plugins" / f"{LATE_ALERT_MODULE}.py").write_text(LATE_ALERT)
+    late_alerts = tmp_path / "late-alerts.jsonl"
     workdir = tmp_path / "training"
     workdir.mkdir()
     shutil.copy(TRAIN, workdir / "train.py")
@@ -116,6 +160,7 @@ def test_a_succeeded_run_announces_its_model_and_lineage_and_the_evaluation_dag_
                     {"type": "file", "log_file_path": str(lineage_file), "append": True}
                 ),
                 "AIRFLOW__OPENLINEAGE__NAMESPACE": "grid-test",
+                "GRID_LATE_ALERT_FILE": str(late_alerts),
             },
         )
         try:
@@ -123,6 +168,7 @@ def test_a_succeeded_run_announces_its_model_and_lineage_and_the_evaluation_dag_
             api = stack.api
             api.call("PATCH", "/dags/evaluate_model", {"is_paused": False})
             run_id = api.trigger("grid_model")
+            late_run_id = api.trigger("grid_late")
             # One interruption with a notice, once the command runs: the event must count it.
             first = wait_for(
                 "the first session's command to run",
@@ -151,6 +197,16 @@ def test_a_succeeded_run_announces_its_model_and_lineage_and_the_evaluation_dag_
                 2,
             )
             events = api.call("GET", "/assets/events?source_dag_id=grid_model")["asset_events"]
+            late_state = wait_for(
+                "grid_late to end",
+                lambda: (
+                    (s := api.call("GET", f"/dags/grid_late/dagRuns/{late_run_id}")["state"]) in ("success", "failed")
+                    and s
+                ),
+                180,
+                2,
+            )
+            late_train = api.task_instance("grid_late", late_run_id, "train")
             evaluation = xcom(api, "evaluate_model", evaluations[0]["dag_run_id"], "evaluate")
         except BaseException:
             print(stack.log_tails())
@@ -180,6 +236,12 @@ def test_a_succeeded_run_announces_its_model_and_lineage_and_the_evaluation_dag_
         assert evaluation["source"] == "grid_model" and evaluation["extra"] == extra
         assert evaluation["result"] == (reference / "result.txt").read_text()
         assert evaluation["restored"] == newest.name
+        # The late run: its deadline passed while its upstream data was late; Airflow called the team's alert once,
+        # with that run; the training never started (no instance for it).
+        alerts = [json.loads(line) for line in late_alerts.read_text().splitlines()] if late_alerts.exists() else []
+        assert alerts == [{"dag_id": "grid_late", "run_id": late_run_id}], alerts
+        assert late_state == "failed" and late_train["state"] == "upstream_failed", late_train
+        assert len(cloud.instances()) == 2, "only grid_model's two sessions ran"
         # Lineage: the COMPLETE event of the task that succeeded, with the workdir's upload in, the run out.
     events_ol = [json.loads(line) for line in lineage_file.read_text().splitlines() if line.strip()]
     complete = [e for e in events_ol if e["eventType"] == "COMPLETE" and e["job"]["name"] == "grid_model.train"]
