@@ -4,6 +4,7 @@ for an hour, a run that finishes in the next one with one instance per session, 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from airflow_grid_resume.ec2.prices import GB, US_REGION_USD_PER_GB
 from airflow_grid_resume.ledger import records
 from airflow_grid_resume.spot import fleetstore
 from tests.conftest import OPERATOR_ARGS, TRAIN, make_dag
@@ -21,6 +23,7 @@ WEST_IMAGE = "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel
 QUICK_STEPS = 20
 QUICK = f"python3 train.py {QUICK_STEPS} 0.05"
 AN_HOUR = 3600.0
+DATA_BYTES = 16 << 20  # a data file in the workdir: what the west's restore downloads across regions
 
 
 @pytest.fixture
@@ -51,6 +54,9 @@ def all_instances(run_tag: str) -> list[tuple[str, str]]:
 def test_a_region_without_capacity_for_an_hour_hands_the_run_to_the_next(
     spot_cloud, training_dir: Path, tmp_path: Path, capfd
 ) -> None:
+    """Also the cost of reaching the bucket (us-east-1) from the west: the session's agent restores the workdir's
+    16 MiB of data across regions, and the run's cost counts the bytes it moved at $0.02 per GB."""
+    (training_dir / "data.bin").write_bytes(os.urandom(DATA_BYTES))
     bucket = f"op-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     placements = [
@@ -99,6 +105,17 @@ def test_a_region_without_capacity_for_an_hour_hands_the_run_to_the_next(
     west_pool = f"us-west-2|{launch.zone}|{launch.instance_type}|spot"
     assert pools[west_pool]["capacity"] == 1 and pools[west_pool]["sessions"] == 1
     assert json.dumps(record)  # plain JSON, readable by people
+    # the data transfer between the west and the bucket's region, proportional to the bytes the agent moved
+    assert launch.bucket_region == "us-east-1"
+    outcome = ledger.read_record(records.Outcome, 1)
+    assert outcome is not None and outcome.transfer is not None
+    moved = outcome.transfer["uploaded_bytes"] + outcome.transfer["downloaded_bytes"]
+    assert outcome.transfer["downloaded_bytes"] >= DATA_BYTES
+    expected = round(moved * US_REGION_USD_PER_GB / GB, 6)
+    session = summary["session_details"][0]
+    assert session["transfer_bytes"] == moved and session["transfer_cost_usd"] == expected > 0
+    assert summary["transfer_cost_usd"] == expected
+    assert f"of which {expected:.6f} USD data transfer: {moved / 1048576:.1f} MiB to and from the bucket" in out
 
 
 def test_placements_are_validated_with_what_to_fix() -> None:
