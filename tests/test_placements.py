@@ -180,3 +180,38 @@ def test_after_an_interruption_the_next_session_goes_to_another_pool(
     assert result_of(ledger, tmp_path) == reference_result(tmp_path)
     record, _ = fleetstore.read(boto3.client("s3"), fleetstore.fleet_uri(f"s3://{bucket}/grid-runs/"))
     assert record is not None and record["pools"]["us-east-1|us-east-1a|g5.xlarge|spot"]["interruptions"] == 1
+
+
+def test_a_run_told_one_gpu_of_24_gib_launches_a_type_the_cloud_resolves_and_logs_which(
+    spot_cloud, training_dir: Path, tmp_path: Path, capfd
+) -> None:
+    """The whole run (the operator's first round, the agent, success) with instance_requirements= and no type named:
+    the local spot cloud resolves the requirements, the session runs on one of the types it named, and the task log
+    says which types they resolved to and which one was launched."""
+    from tests.triggers.test_capacity_anywhere import ONE_GPU_24G
+
+    bucket = f"op-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    dag = make_dag(
+        f"grid_requirements_{uuid.uuid4().hex[:6]}",
+        training_dir,
+        bucket,
+        retries=0,
+        command=QUICK,
+        instance_types=[],
+        instance_requirements=ONE_GPU_24G,
+    )
+    dagrun = dag.test()
+    assert dagrun.state == "success"
+    ledger = run_ledger(bucket)
+    launch = ledger.read_launch(1)
+    assert launch is not None and launch.resolved_types and launch.instance_type in launch.resolved_types
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    gpus = ec2.describe_instance_types(InstanceTypes=[str(launch.instance_type)])["InstanceTypes"][0]["GpuInfo"]
+    assert gpus["TotalGpuMemoryInMiB"] >= 24 * 1024 and sum(g["Count"] for g in gpus["Gpus"]) == 1
+    assert result_of(ledger, tmp_path) == reference_result(tmp_path, QUICK_STEPS)
+    out = capfd.readouterr().out
+    resolved_lines = [line for line in out.splitlines() if "instance_requirements resolved in us-east-1" in line]
+    assert resolved_lines and ", ".join(launch.resolved_types) in resolved_lines[0]
+    assert f"session 1: launched spot instance {launch.instance_id} ({launch.instance_type} in" in out
+    assert summary_of(dagrun)["session_details"][0]["instance_type"] == launch.instance_type
