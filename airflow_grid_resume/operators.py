@@ -847,6 +847,7 @@ class GridRunOperator(BaseOperator):
             waited_seconds=float(event["waited_seconds"]) if event.get("waited_seconds") is not None else None,
             region=event.get("region"),
             resolved_types=event.get("resolved_types"),
+            bucket_region=self._bucket_region() if self.spec.placements else None,
         )
         try:
             ledger.write_record(launch, session)
@@ -952,6 +953,11 @@ class GridRunOperator(BaseOperator):
                 f"({interruptions} of {self.max_interruptions} interruptions used)"
             )
         raise ScriptFailed(verdict.message)
+
+    def _bucket_region(self) -> str | None:
+        """The region of the run's bucket (the ledger's clients and the user data's): the operator's, else the
+        connection's; what a session in another region pays data transfer to and from."""
+        return self.region_name or self.spot_hook.conn_region_name
 
     def _link_target(self) -> dict:
         """Region, partition and (for an endpoint the AWS console cannot show) its console, for the extra links."""

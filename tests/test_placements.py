@@ -4,6 +4,7 @@ for an hour, a run that finishes in the next one with one instance per session, 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from airflow_grid_resume.ec2.prices import GB, US_REGION_USD_PER_GB
 from airflow_grid_resume.ledger import records
 from airflow_grid_resume.spot import fleetstore
 from tests.conftest import OPERATOR_ARGS, TRAIN, make_dag
@@ -21,6 +23,7 @@ WEST_IMAGE = "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel
 QUICK_STEPS = 20
 QUICK = f"python3 train.py {QUICK_STEPS} 0.05"
 AN_HOUR = 3600.0
+DATA_BYTES = 16 << 20  # a data file in the workdir: what the west's restore downloads across regions
 
 
 @pytest.fixture
@@ -51,6 +54,9 @@ def all_instances(run_tag: str) -> list[tuple[str, str]]:
 def test_a_region_without_capacity_for_an_hour_hands_the_run_to_the_next(
     spot_cloud, training_dir: Path, tmp_path: Path, capfd
 ) -> None:
+    """Also the cost of reaching the bucket (us-east-1) from the west: the session's agent restores the workdir's
+    16 MiB of data across regions, and the run's cost counts the bytes it moved at $0.02 per GB."""
+    (training_dir / "data.bin").write_bytes(os.urandom(DATA_BYTES))
     bucket = f"op-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     placements = [
@@ -99,6 +105,17 @@ def test_a_region_without_capacity_for_an_hour_hands_the_run_to_the_next(
     west_pool = f"us-west-2|{launch.zone}|{launch.instance_type}|spot"
     assert pools[west_pool]["capacity"] == 1 and pools[west_pool]["sessions"] == 1
     assert json.dumps(record)  # plain JSON, readable by people
+    # the data transfer between the west and the bucket's region, proportional to the bytes the agent moved
+    assert launch.bucket_region == "us-east-1"
+    outcome = ledger.read_record(records.Outcome, 1)
+    assert outcome is not None and outcome.transfer is not None
+    moved = outcome.transfer["uploaded_bytes"] + outcome.transfer["downloaded_bytes"]
+    assert outcome.transfer["downloaded_bytes"] >= DATA_BYTES
+    expected = round(moved * US_REGION_USD_PER_GB / GB, 6)
+    session = summary["session_details"][0]
+    assert session["transfer_bytes"] == moved and session["transfer_cost_usd"] == expected > 0
+    assert summary["transfer_cost_usd"] == expected
+    assert f"of which {expected:.6f} USD data transfer: {moved / 1048576:.1f} MiB to and from the bucket" in out
 
 
 def test_placements_are_validated_with_what_to_fix() -> None:
@@ -163,3 +180,38 @@ def test_after_an_interruption_the_next_session_goes_to_another_pool(
     assert result_of(ledger, tmp_path) == reference_result(tmp_path)
     record, _ = fleetstore.read(boto3.client("s3"), fleetstore.fleet_uri(f"s3://{bucket}/grid-runs/"))
     assert record is not None and record["pools"]["us-east-1|us-east-1a|g5.xlarge|spot"]["interruptions"] == 1
+
+
+def test_a_run_told_one_gpu_of_24_gib_launches_a_type_the_cloud_resolves_and_logs_which(
+    spot_cloud, training_dir: Path, tmp_path: Path, capfd
+) -> None:
+    """The whole run (the operator's first round, the agent, success) with instance_requirements= and no type named:
+    the local spot cloud resolves the requirements, the session runs on one of the types it named, and the task log
+    says which types they resolved to and which one was launched."""
+    from tests.triggers.test_capacity_anywhere import ONE_GPU_24G
+
+    bucket = f"op-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    dag = make_dag(
+        f"grid_requirements_{uuid.uuid4().hex[:6]}",
+        training_dir,
+        bucket,
+        retries=0,
+        command=QUICK,
+        instance_types=[],
+        instance_requirements=ONE_GPU_24G,
+    )
+    dagrun = dag.test()
+    assert dagrun.state == "success"
+    ledger = run_ledger(bucket)
+    launch = ledger.read_launch(1)
+    assert launch is not None and launch.resolved_types and launch.instance_type in launch.resolved_types
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    gpus = ec2.describe_instance_types(InstanceTypes=[str(launch.instance_type)])["InstanceTypes"][0]["GpuInfo"]
+    assert gpus["TotalGpuMemoryInMiB"] >= 24 * 1024 and sum(g["Count"] for g in gpus["Gpus"]) == 1
+    assert result_of(ledger, tmp_path) == reference_result(tmp_path, QUICK_STEPS)
+    out = capfd.readouterr().out
+    resolved_lines = [line for line in out.splitlines() if "instance_requirements resolved in us-east-1" in line]
+    assert resolved_lines and ", ".join(launch.resolved_types) in resolved_lines[0]
+    assert f"session 1: launched spot instance {launch.instance_id} ({launch.instance_type} in" in out
+    assert summary_of(dagrun)["session_details"][0]["instance_type"] == launch.instance_type

@@ -179,6 +179,7 @@ class Supervisor:
         self.uses_markers = False  # the run's checkpoints are the marked ones (agent/markers.py)
         self._sync_start = threading.Lock()
         self._said_periodic_off = False
+        self.downloaded_bytes = 0  # what the restore fetched from the ledger (the checkpoint it restored)
 
     # -- entry point -----------------------------------------------------------------------
     def run(self) -> int:
@@ -326,6 +327,7 @@ class Supervisor:
                 cause=records.CAUSE_DISK_FULL,
                 hint=crash_hint(exc.__cause__ or exc),
             )
+        self.downloaded_bytes = restored.bytes_downloaded
         log.info(restored.summary())
         if restored.fallback_note():
             log.error("%s", restored.fallback_note())
@@ -671,6 +673,7 @@ class Supervisor:
             tail=spool.tail_lines(40) if status == FAILED else [],
             agent_exit_code=exit_code,
             progress=self.progress.outcome(),
+            transfer=self._transfer(),
         )
         try:
             shipper.flush()
@@ -736,6 +739,7 @@ class Supervisor:
             tail=spool.tail_lines(40),
             agent_exit_code=EXIT_AGENT_CRASHED,
             progress=self.progress.outcome(),
+            transfer=self._transfer(),
         )
         log.error("session %d ended: failed (%s). %s", self.session, outcome.reason, outcome.hint)
         try:
@@ -747,6 +751,12 @@ class Supervisor:
             shipper.ended()
         self._set_state("ended")
         return EXIT_AGENT_CRASHED
+
+    def _transfer(self) -> dict:
+        """The checkpoint bytes this session moved to and from the ledger so far: what a session in another
+        region than the bucket pays data transfer for (run/summary.py prices it)."""
+        sent = self.syncer.bytes_sent if self.syncer is not None else 0
+        return {"uploaded_bytes": sent, "downloaded_bytes": self.downloaded_bytes}
 
     # -- heartbeat, lease, signals, metadata ---------------------------------------------------
     def _set_state(self, state: str) -> None:
@@ -822,6 +832,7 @@ class Supervisor:
                         interval=self.o.heartbeat_interval * (LIVE_STATUS_BEATS if shipper.live_up() else 1),
                         log_interval=shipper.log_interval,
                         progress=self.progress.heartbeat(),
+                        transfer=self._transfer(),
                     )
                     ledger.write_record(beat, self.session)
             except Exception as exc:

@@ -175,6 +175,8 @@ class Syncer:
         self.upload_bytes_per_s: float | None = None
         self.largest_upload = 0
         self.last_upload = 0  # bytes the last sync uploaded: about one checkpoint
+        # Every byte this syncer sent, committed or not: what a session in another region pays transfer for.
+        self.bytes_sent = 0
 
     def pending_bytes(self) -> int:
         """Bytes of files changed since they were last hashed (a stat walk, no reads): what a sync now
@@ -601,6 +603,7 @@ class Syncer:
         started = time.monotonic()  # S3 dates the object no earlier than this
         new = self.ledger.put_content(key, data)
         with self._lock_where:
+            self.bytes_sent += len(data)
             self._uploaded.setdefault(key, started)
             if not new:
                 self._rewritten.add(key)

@@ -49,3 +49,26 @@ def on_demand_price(instance_type: str | None, overrides: Mapping[str, float] | 
     if overrides and instance_type in overrides:
         return float(overrides[instance_type])
     return ON_DEMAND_USD_PER_HOUR.get(instance_type)
+
+
+# Data transfer between two AWS regions, USD per GB (AWS bills a GB as 2**30 bytes), at the list prices EC2 and S3
+# charge the sending region: $0.02 between US regions, $0.01 between us-east-1 and us-east-2, nothing within one
+# region. Other pairs are left unknown rather than guessed (their prices vary by region, up to several times more).
+GB = 1 << 30
+US_REGION_USD_PER_GB = 0.02
+NEIGHBOUR_USD_PER_GB: Mapping[frozenset[str], float] = {frozenset({"us-east-1", "us-east-2"}): 0.01}
+_US_COMMERCIAL = ("us-east-", "us-west-")  # not us-gov-*: another partition, which no transfer reaches
+
+
+def transfer_usd_per_gb(source: str | None, destination: str | None) -> float | None:
+    """USD per GB sent from ``source`` to ``destination`` region: 0 within a region, None when unknown."""
+    if not source or not destination:
+        return None
+    if source == destination:
+        return 0.0
+    neighbours = NEIGHBOUR_USD_PER_GB.get(frozenset({source, destination}))
+    if neighbours is not None:
+        return neighbours
+    if source.startswith(_US_COMMERCIAL) and destination.startswith(_US_COMMERCIAL):
+        return US_REGION_USD_PER_GB
+    return None

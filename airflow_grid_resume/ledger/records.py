@@ -205,11 +205,12 @@ class SessionStart(Record):
 @record_dataclass
 class Heartbeat(Record):
     """``sessions/SSSSSS/heartbeat.json``: overwritten on every beat and state change.
-    ``progress``: ``{"done": N, "total": T}`` (the progress protocol), absent before any line."""
+    ``progress``: ``{"done": N, "total": T}`` (the progress protocol), absent before any line.
+    ``transfer``: ``{"uploaded_bytes", "downloaded_bytes"}`` so far, as in the outcome (a lost session's only count)."""
 
     NAME = "heartbeat"
     KEY = "sessions/SSSSSS/heartbeat.json"
-    OMIT_NONE = ("progress", "log_interval")
+    OMIT_NONE = ("progress", "log_interval", "transfer")
 
     session: int
     seq: int = 0
@@ -222,6 +223,7 @@ class Heartbeat(Record):
     interval: float | None = None
     log_interval: float | None = None
     progress: dict[str, Any] | None = None
+    transfer: dict[str, Any] | None = None
 
 
 # Outcome.cause: the checkpoint did not fit on the instance's disk while restoring (no retry can help).
@@ -241,11 +243,13 @@ class Outcome(Record):
     ``cause``: set when the failure is not the script's (``disk_full``: the restore filled the disk).
     ``restore_fallback``: when the newest checkpoint did not verify and an older one was restored,
     ``{"newest", "restored", "newest_step", "restored_step", "steps_lost"}`` (steps null when the
-    manifests record none); absent otherwise."""
+    manifests record none); absent otherwise.
+    ``transfer``: ``{"uploaded_bytes": N, "downloaded_bytes": N}``, the checkpoint bytes the session moved to and
+    from the ledger (what a session in another region than the bucket pays transfer for); absent from older agents."""
 
     NAME = "outcome"
     KEY = "sessions/SSSSSS/outcome.json"
-    OMIT_NONE = ("progress", "hint", "set_aside", "restore_fallback", "cause", "lease_held_by")
+    OMIT_NONE = ("progress", "hint", "set_aside", "restore_fallback", "cause", "lease_held_by", "transfer")
 
     session: int
     status: str
@@ -267,6 +271,7 @@ class Outcome(Record):
     progress: dict[str, Any] | None = None
     set_aside: dict[str, Any] | None = None
     lease_held_by: int | None = None  # the live session whose lease refused this one (agent exit 3)
+    transfer: dict[str, Any] | None = None
 
     def set_aside_note(self) -> str | None:
         """One line for the task log when restore kept local files that differed from the checkpoint."""
@@ -383,7 +388,7 @@ class Launch(Record):
 
     NAME = "launch"
     KEY = "sessions/SSSSSS/launch.json"
-    OMIT_NONE = ("region", "resolved_types")
+    OMIT_NONE = ("region", "resolved_types", "bucket_region")
 
     instance_id: str
     instance_type: str | None = None
@@ -396,6 +401,7 @@ class Launch(Record):
     waited_seconds: float | None = None
     region: str | None = None  # the instance's region, when the run has several (placements)
     resolved_types: list[str] | None = None  # what instance_requirements resolved to
+    bucket_region: str | None = None  # the run's bucket's region, when the run has several (placements)
 
 
 @record_dataclass

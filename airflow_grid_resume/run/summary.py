@@ -8,7 +8,11 @@ function of the records each session left there:
 - ``outcome.json`` (written by the agent): status and ``ended_at``;
 - ``closed.json`` (written by the Airflow side when it saw the session end): its verdict, which is
   the only record of a *lost* session, and ``at``;
-- ``heartbeat.json`` of a session without an outcome: how far its command got (``progress``).
+- ``heartbeat.json`` of a session without an outcome: how far its command got (``progress``), and the bytes it
+  had moved (``transfer``).
+
+A session in another region than the run's bucket (``launch.json``'s ``region`` and ``bucket_region``) also pays
+data transfer for the checkpoint bytes it moved (the outcome's ``transfer``), at ``ec2/prices.py``'s rates.
 
 Seconds are counted from launch to the end the ledger knows of: an estimate of EC2's per-second
 billing (which also counts boot and shutdown), good to a few seconds per session.
@@ -22,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow_grid_resume.agent.progress import steps_lost
+from airflow_grid_resume.ec2.prices import GB, transfer_usd_per_gb
 from airflow_grid_resume.ledger.records import Decision, Heartbeat, Outcome, as_dict
 from airflow_grid_resume.ledger.status import SessionStatus
 from airflow_grid_resume.run.deadline import clock, decision_line
@@ -96,6 +101,48 @@ def hourly_prices(launch: Mapping[str, Any]) -> tuple[float | None, float | None
         return None, None
 
 
+def moved_bytes(record: Mapping[str, Any]) -> tuple[dict[str, int] | None, bool]:
+    """(``{"uploaded_bytes", "downloaded_bytes"}`` the session moved, whether that is only "at least"): from its
+    outcome; a session without one from its last heartbeat (up to a beat old: a lower bound); none of either: its
+    agent never ran, so nothing moved. None: an agent older than the count."""
+    outcome, beat = record.get("outcome"), record.get("heartbeat")
+    doc, at_least = (outcome, False) if outcome else (beat, True) if beat else (None, False)
+    if doc is None:
+        return {"uploaded_bytes": 0, "downloaded_bytes": 0}, False
+    moved = doc.get("transfer")
+    if not isinstance(moved, Mapping):
+        return None, False
+    return {k: int(moved.get(k) or 0) for k in ("uploaded_bytes", "downloaded_bytes")}, at_least
+
+
+def session_transfer(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What a session paid for data transfer between its region and the bucket's: ``usd`` (0 in the bucket's
+    region, and for a launch that names no ``bucket_region``: the one-region form; None when the bytes or the rate
+    are unknown), ``bytes`` (both directions), ``at_least`` (a lost session's count, from its last heartbeat)."""
+    launch = record.get("launch") or {}
+    region, bucket_region = launch.get("region"), launch.get("bucket_region")
+    moved, at_least = moved_bytes(record)
+    total = None if moved is None else moved["uploaded_bytes"] + moved["downloaded_bytes"]
+    if not region or not bucket_region or region == bucket_region:
+        return {"usd": 0.0, "bytes": total, "at_least": at_least}
+    up, down = transfer_usd_per_gb(region, bucket_region), transfer_usd_per_gb(bucket_region, region)
+    if moved is None or up is None or down is None:
+        return {"usd": None, "bytes": total, "at_least": at_least}
+    usd = (moved["uploaded_bytes"] * up + moved["downloaded_bytes"] * down) / GB
+    return {"usd": round(usd, 6), "bytes": total, "at_least": at_least}
+
+
+def session_costs(record: Mapping[str, Any], seconds: float) -> tuple[float | None, float | None, dict[str, Any]]:
+    """(what the session cost, the same on demand, its transfer): the instance's hours at the price paid (and at
+    the on-demand price) plus the transfer, which the same bytes would cost on either market. None: unknown."""
+    paid, on_demand = hourly_prices(record.get("launch") or {})
+    transfer = session_transfer(record)
+    moved = transfer["usd"]
+    cost = None if paid is None or moved is None else paid * seconds / 3600 + moved
+    reference = None if on_demand is None or moved is None else on_demand * seconds / 3600 + moved
+    return cost, reference, transfer
+
+
 def session_seconds(record: Mapping[str, Any]) -> float:
     """Seconds the session's instance ran."""
     start, end = session_span(record)
@@ -138,16 +185,18 @@ def summarize(
     ``deadline.json``, with each record's ``decision``)."""
     sessions = []
     totals = {"spot": 0.0, "on-demand": 0.0}
-    cost = on_demand_cost = 0.0
-    cost_known = True
+    cost = on_demand_cost = transfer_cost = 0.0
+    cost_known = transfer_known = True
     for record in records:
         launch = record.get("launch") or {}
         market = "on-demand" if launch.get("lifecycle") == "on-demand" else "spot"
         seconds = session_seconds(record)
         totals[market] += seconds
-        paid_price, od_price = hourly_prices(launch)
-        session_cost = paid_price * seconds / 3600 if paid_price is not None else None
-        session_od = od_price * seconds / 3600 if od_price is not None else None
+        session_cost, session_od, transfer = session_costs(record, seconds)
+        if transfer["usd"] is None:
+            transfer_known = False
+        else:
+            transfer_cost += transfer["usd"]
         if session_cost is None or session_od is None:
             cost_known = False
         else:
@@ -164,6 +213,9 @@ def summarize(
                 "lifecycle": market,
                 "seconds": round(seconds, 1),
                 "estimated_cost_usd": None if session_cost is None else round(session_cost, 4),
+                "transfer_cost_usd": transfer["usd"],
+                "transfer_bytes": transfer["bytes"],
+                "transfer_at_least": transfer["at_least"],
             }
         )
     # Steps an interruption lost, from the progress protocol: done at the end of one session minus what the
@@ -186,6 +238,7 @@ def summarize(
         "on_demand_seconds": round(totals["on-demand"], 1),
         "estimated_cost_usd": round(cost, 4) if cost_known else None,
         "on_demand_cost_usd": round(on_demand_cost, 4) if cost_known else None,
+        "transfer_cost_usd": round(transfer_cost, 6) if transfer_known else None,
         "final_outcome": final_outcome or (statuses[-1] if statuses else None),
         "session_details": sessions,
         **(
@@ -222,6 +275,15 @@ def read_records(ledger: Any, *, decisions: bool = False) -> list[dict[str, Any]
     return records
 
 
+def transfer_note(session: Mapping[str, Any]) -> str:
+    """What a session's line says of its data transfer between regions: nothing when there was none."""
+    usd, moved = session.get("transfer_cost_usd"), session.get("transfer_bytes")
+    if not usd:
+        return ""
+    at_least = "at least " if session.get("transfer_at_least") else ""
+    return f" (of which {at_least}{usd:.6f} USD data transfer: {(moved or 0) / 1048576:.1f} MiB to and from the bucket)"
+
+
 def summary_lines(summary: Mapping[str, Any], *, run_uri: str) -> list[str]:
     """The run summary as the last try's log ends with it: every session and what ended it, the
     cost against on-demand, where the newest checkpoint is."""
@@ -235,6 +297,7 @@ def summary_lines(summary: Mapping[str, Any], *, run_uri: str) -> list[str]:
             f"  session {d['session']}: {d.get('ended_by') or d['status']} on {d['instance_type']} {d['lifecycle']} in "
             f"{d['zone']} ({d['instance_id']}), {d['seconds']:.0f} s"
             + (f", {cost:.4f} USD" if cost is not None else "")
+            + transfer_note(d)
             + (
                 f", {'at least ' if d.get('steps_lost_at_least') else ''}{d['steps_lost']} steps redone after it"
                 if d.get("steps_lost") is not None
@@ -246,6 +309,11 @@ def summary_lines(summary: Mapping[str, Any], *, run_uri: str) -> list[str]:
         lines.append(
             f"  cost (estimate): {cost:.4f} USD against {on_demand:.4f} USD on demand "
             f"({100 * (1 - cost / on_demand):.0f} % saved)"
+            + (
+                f", including {summary['transfer_cost_usd']:.6f} USD of data transfer between regions"
+                if summary.get("transfer_cost_usd")
+                else ""
+            )
         )
     deadline = summary.get("deadline")
     if deadline and deadline.get("deadline_at"):

@@ -27,6 +27,7 @@ from airflow_grid_resume.run.summary import (
     hourly_prices,
     interruption_losses,
     reported_progress,
+    session_costs,
     session_span,
 )
 from airflow_grid_resume.spot.fleetrecord import expected_hours, fleet_stats
@@ -45,6 +46,7 @@ def session_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
         end = now
     seconds = max(0.0, end - start) if start is not None and end is not None else 0.0
     paid, od = hourly_prices(launch)
+    cost, od_cost, transfer = session_costs(record, seconds)
     progress = reported_progress(record)
     return {
         "session": int(record.get("session") or 0),
@@ -62,8 +64,11 @@ def session_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
         "start": start,
         "end": end,
         "seconds": round(seconds, 1),
-        "cost_usd": None if paid is None else round(paid * seconds / 3600, 4),
-        "on_demand_cost_usd": None if od is None else round(od * seconds / 3600, 4),
+        "cost_usd": None if cost is None else round(cost, 4),  # with its data transfer between regions
+        "on_demand_cost_usd": None if od_cost is None else round(od_cost, 4),
+        "transfer_cost_usd": transfer["usd"],
+        "transfer_bytes": transfer["bytes"],
+        "transfer_at_least": transfer["at_least"] and not live,
         "notice_at": epoch_seconds((outcome.get("notice") or {}).get("time")),
         "exit_code": outcome.get("exit_code"),
         "progress_first": progress.get("first"),
@@ -373,6 +378,7 @@ def run_view(
     known = bool(rows) and None not in cost and None not in od
     total_cost = round(sum(c for c in cost if c is not None), 4) if known else None
     total_od = round(sum(c for c in od if c is not None), 4) if known else None
+    transfer = [r["transfer_cost_usd"] for r in rows]
     return {
         "run_uri": docs.get("run_uri"),
         "state": current_state(docs, rows, ti_state, now, waiting, retry_at),
@@ -384,6 +390,7 @@ def run_view(
             "spot_usd": total_cost,
             "on_demand_usd": total_od,
             "saved_percent": round(100 * (1 - total_cost / total_od)) if known and total_od else None,
+            "transfer_usd": None if None in transfer else round(sum(t for t in transfer if t is not None), 6),
         },
         "capacity_waited_seconds": round(sum(r["waited_seconds"] for r in rows) + _waiting_now(docs, waiting, now), 1),
         "interruptions": sum(1 for r in rows if counts_as_interruption(r["status"])),

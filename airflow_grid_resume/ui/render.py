@@ -204,7 +204,13 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
         + "<br>"
         + (
             f"<span data-testid='cost'>cost {_usd(cost['spot_usd'])} against {_usd(cost['on_demand_usd'])} on demand"
-            f"{saved}</span>"
+            f"{saved}"
+            + (
+                f", including {cost['transfer_usd']:.6f} USD of data transfer between regions"
+                if cost.get("transfer_usd")
+                else ""
+            )
+            + "</span>"
             if view["sessions"]
             else "<span data-testid='cost'>no cost yet: no instance launched</span>"
         )
@@ -266,7 +272,7 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
                     f"{s['seconds']:.0f} s",
                     f"<span class='id'>{escape(steps)}</span>",
                     lost,
-                    escape(_usd(s["cost_usd"])),
+                    escape(_usd(s["cost_usd"])) + _transfer_cell(s),
                     escape(s["ended_by"])
                     + (f"<br><span class='muted'>policy: {escape(s['policy'])}</span>" if s.get("policy") else ""),
                 ],
@@ -323,6 +329,17 @@ def run_page(view: Mapping[str, Any], *, title: str, now: float) -> str:
         if s["status"] == "failed" and s["tail"]:
             parts.append(f"<h2>Session {s['session']}: last output</h2><pre>{escape(chr(10).join(s['tail']))}</pre>")
     return page(title, "\n".join(parts), live=live)
+
+
+def _transfer_cell(s: Mapping[str, Any]) -> str:
+    """A session's data transfer between regions under its cost, when it paid any."""
+    if not s.get("transfer_cost_usd"):
+        return ""
+    at_least = "at least " if s.get("transfer_at_least") else ""
+    return (
+        f"<br><span class='muted' data-testid='transfer'>incl. {at_least}{s['transfer_cost_usd']:.6f} USD transfer "
+        f"({escape(_bytes(s.get('transfer_bytes')))})</span>"
+    )
 
 
 def message_page(title: str, text: str) -> str:

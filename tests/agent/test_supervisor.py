@@ -71,6 +71,12 @@ def test_interrupt_and_resume_matches_uninterrupted(agent, bucket: str, ledger: 
         f"session 3: steps {saved_steps[1]}-30 done",
     ]
     assert "resumed at step" in final.stdout and "GRID" not in final.stderr
+    # The checkpoint bytes each session moved, for the transfer cost of a session in another region.
+    first, third = outcome_of(ledger, 1)["transfer"], outcome_of(ledger, 3)["transfer"]
+    assert first["downloaded_bytes"] == 0 and first["uploaded_bytes"] > 0  # nothing to restore yet
+    assert third["downloaded_bytes"] > 0 and third["uploaded_bytes"] > 0
+    beat = heartbeat_of(ledger, 3)["transfer"]  # what a lost session is counted from: a lower bound
+    assert beat["downloaded_bytes"] == third["downloaded_bytes"] and beat["uploaded_bytes"] <= third["uploaded_bytes"]
 
 
 def test_scheduled_event_checkpoints_and_ends_interrupted_with_nothing_lost(

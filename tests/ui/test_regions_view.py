@@ -49,3 +49,26 @@ def test_the_fleet_dashboard_shows_each_pools_record() -> None:
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
     assert "us-west-2a" in rows[-2] and "100%" in rows[-2] and "10.0 h" in rows[-2] and "0.4500 USD/h" in rows[-2]
     assert "us-east-1a" in rows[-1] and "0%" in rows[-1]
+
+
+def test_a_session_in_another_region_than_the_bucket_shows_its_data_transfer() -> None:
+    docs = _docs()
+    docs["sessions"][2]["launch"] = {
+        **docs["sessions"][2]["launch"],
+        "zone": "us-west-2b",
+        "region": "us-west-2",
+        "bucket_region": "us-east-1",
+    }
+    docs["sessions"][2]["outcome"] = {
+        **docs["sessions"][2]["outcome"],
+        "transfer": {"uploaded_bytes": 1 << 30, "downloaded_bytes": 1 << 30},
+    }
+    view = model.run_view(docs, TRIES, now=T0 + 500, ti_state="success")
+    assert view["sessions"][2]["transfer_cost_usd"] == 0.04
+    assert view["cost"]["transfer_usd"] == 0.04
+    html = render.run_page(view, title="t", now=T0 + 500)
+    assert "incl. 0.040000 USD transfer (2.0 GiB)" in html.split("data-testid='transfer'")[1]
+    assert "including 0.040000 USD of data transfer between regions" in html.split("data-testid='cost'")[1]
+    same = model.run_view(_docs(), TRIES, now=T0 + 500, ti_state="success")
+    assert same["cost"]["transfer_usd"] == 0.0
+    assert "data-testid='transfer'" not in render.run_page(same, title="t", now=T0 + 500)
