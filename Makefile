@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo agent bench clean system-deps chaos chaos-real docker-test
+.PHONY: test test-stack lint demo agent bench clean system-deps chaos chaos-real docker-test
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ test: $(STAMP) system-deps
 	$(PY) scripts/check_imports.py
 	$(PY) -m mypy
 	$(VERMIN)
-	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile -m "not airflow_stack"
+
+# The tests that start a whole Airflow as subprocesses (marker airflow_stack): the CeleryExecutor with Redis and remote
+# logging, HA triggerers on PostgreSQL, the seeded kills, Assets and deadline alerts, the browser on the UI plugin.
+# About 6 minutes on two workers; .ci/run runs them after make test.
+test-stack: $(STAMP) system-deps
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile -m airflow_stack
 
 # The seeded simulation of the whole lifecycle under every fault (tests/system/test_chaos.py): make test runs a fixed
 # set of seeds; make chaos SEEDS=N runs seeds 1..N (about a minute each).
@@ -38,7 +44,7 @@ chaos: $(STAMP) system-deps
 	GRID_CHAOS_SEEDS="$$(seq -s ' ' 1 $(SEEDS))" $(PY) -m pytest -q tests/system/test_chaos.py -k seed
 
 # The same seeded schedules on the real scheduler, triggerer and metadata DB (tests/system/test_real_airflow.py), with
-# the seeds' kills of the worker, the triggerer and the scheduler: make test runs one seed; make chaos-real SEEDS=N
+# the seeds' kills of the worker, the triggerer and the scheduler: make test-stack runs one seed; make chaos-real SEEDS=N
 # runs seeds 1..N (about 3 minutes each).
 chaos-real: $(STAMP) system-deps
 	GRID_CHAOS_REAL_SEEDS="$$(seq -s ' ' 1 $(SEEDS))" $(PY) -m pytest -q tests/system/test_real_airflow.py -k seed

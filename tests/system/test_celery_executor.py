@@ -38,6 +38,9 @@ from tests.conftest import TRAIN
 from tests.system.test_real_airflow_ha import steps_in
 from tests.test_operators import reference_result
 
+# A whole Airflow as subprocesses: make test-stack runs these (.ci/run calls it), make test does not.
+pytestmark = pytest.mark.airflow_stack
+
 # Long enough (60 s) that session 1 still trains once the retry of the killed try watches it.
 STEPS, STEP_SECONDS, POLL, OFFSET_SAVE = 600, 0.1, 0.5, 3.0
 BUCKET, LOGS_BUCKET, DAG_ID = "celery-runs", "celery-logs", "grid_celery"

@@ -28,6 +28,9 @@ from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.operators import run_key
 from tests.conftest import TRAIN, command_started
 
+# A whole Airflow as subprocesses: make test-stack runs these (.ci/run calls it), make test does not.
+pytestmark = pytest.mark.airflow_stack
+
 pytest.importorskip("airflow.providers.openlineage", reason="the lineage extra is not installed")
 
 BUCKET = "model-asset"

@@ -33,6 +33,9 @@ from tests import chaos_kills
 from tests.chaoslib import LINE, Chaos, Schedule, find_run, lifecycle_problems, reference, schedule_for, seeds
 from tests.conftest import SCRIPTS
 
+# A whole Airflow as subprocesses: make test-stack runs these (.ci/run calls it), make test does not.
+pytestmark = pytest.mark.airflow_stack
+
 STEPS, STEP_SECONDS, SAVE_EVERY, POLL, OFFSET_SAVE = 80, 0.1, 4, 0.5, 5.0
 # make test: most of the faults, a worker kill, the triggerer at its 12th AWS call, a scheduler restart
 DEFAULT_SEEDS = "273"

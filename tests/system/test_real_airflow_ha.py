@@ -31,6 +31,9 @@ from airflow_grid_resume.watch.settle import SETTLE_SECONDS
 from tests.conftest import TRAIN, outcome_of
 from tests.test_operators import reference_result
 
+# A whole Airflow as subprocesses: make test-stack runs these (.ci/run calls it), make test does not.
+pytestmark = pytest.mark.airflow_stack
+
 STEPS, STEP_SECONDS, POLL, OFFSET_SAVE = 300, 0.1, 0.5, 5.0
 DAG_FILE = f"""
 import os

@@ -25,6 +25,9 @@ from airflow_grid_resume.ledger.store import RunLedger
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from tests.conftest import heartbeat_of
 
+# A whole Airflow as subprocesses: make test-stack runs these (.ci/run calls it), make test does not.
+pytestmark = pytest.mark.airflow_stack
+
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (scripts/system-packages.txt); Playwright downloads nothing
 HEADLESS_FLAGS = [
     "--headless",
