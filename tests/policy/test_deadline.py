@@ -138,6 +138,18 @@ def test_it_goes_back_to_spot_from_on_demand_when_the_spell_pays_the_changeovers
     assert decide(view(current="on-demand", hours_elapsed=1.0, progress_hours=1.0, pools=short)).action == "on-demand"
 
 
+def test_it_leaves_on_demand_only_for_spot_that_has_lasted_half_an_hour() -> None:
+    # After one long spell the 12-hour mean promises long spells while the pool flickers a tick at a time:
+    # each return would burn two changeovers of slack. Spot that just came back is not worth leaving for.
+    on_demand = {"current": "on-demand", "hours_elapsed": 1.0, "progress_hours": 1.0}
+    just_back = (PoolView("us-west-2b", True, 0.8, 4.0, 1.0, up_hours=1 / 6),)
+    assert decide(view(pools=just_back, **on_demand)).action == "on-demand"
+    lasted = (PoolView("us-west-2b", True, 0.8, 4.0, 1.0, up_hours=0.5),)
+    assert decide(view(pools=lasted, **on_demand)).pool == "us-west-2b"
+    # From idle a spot start costs no more than waiting: any spell is taken.
+    assert decide(view(pools=just_back)).pool == "us-west-2b"
+
+
 def test_at_exactly_two_changeovers_of_slack_it_still_takes_spot_as_greedy_does() -> None:
     # 2.5 h left for 2.1 h of work: 0.4 h = 2d, which pays a spot start and the on-demand return after it.
     at_net = view(hours_elapsed=5.5, progress_hours=3.9)
