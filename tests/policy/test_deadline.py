@@ -122,6 +122,15 @@ def test_it_picks_the_pool_with_the_longest_spells_not_the_first_listed() -> Non
     assert "us-west-2b" in decision.reason
 
 
+def test_among_pools_at_one_price_spot_that_has_lasted_counts_with_the_mean_spell() -> None:
+    # us-west-2b's mean spell is longer, but us-west-2a's spot has held for 3 h now and 2b's just came back.
+    pools = (
+        PoolView("us-west-2a", True, 0.6, 2.0, 1.0, up_hours=3.0),
+        PoolView("us-west-2b", True, 0.6, 4.0, 1.0, up_hours=0.0),
+    )
+    assert decide(view(pools=pools)).pool == "us-west-2a"
+
+
 def test_it_commits_to_on_demand_when_the_slack_cannot_pay_a_return_to_spot() -> None:
     # 7.7 h left for 7.4 h of work: 0.3 h of slack < 2 changeovers.
     decision = decide(view(hours_elapsed=0.3, work_hours=7.4, progress_hours=0.0))
