@@ -9,7 +9,8 @@ the changeover of the on-demand instance that must follow if spot goes away). So
 1. on spot and the pool still has it: stay (the slack was checked when the spell began);
 2. S below 2d, no return to spot can ever be paid: on-demand to the end (committed), the safety net;
 3. spot in a pool worth starting (from on-demand, only when its mean spell pays the switch's changeovers
-   three times over): the cheapest pool, then the one with the longest spells;
+   three times over and spot has been there half an hour already, so a flicker after a long spell is sat
+   out): the cheapest pool, then the one with the longest mean spell plus its spot's age now;
 4. otherwise wait only while the slack stays above a line falling steeply (straight for tight deadlines) from
    the initial slack to a reserve of a few changeovers at the deadline; below it, on-demand, kept until spot
    worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). The line
@@ -54,6 +55,10 @@ class Tuning:
     """With this little time left, trust the history: no pool worth a return from on-demand means no line."""
     no_return_spells: float = 20.0
     """With this many spells in the history, trust it for longer runs too."""
+    age_weight: float = 1.0
+    """Among equal prices, rank pools by mean spell plus this times how long spot has lasted there now."""
+    return_seen_hours: float = 0.5
+    """Leave on-demand only for spot seen there this long already (``PoolView.up_hours``; unknown: no filter)."""
 
 
 DEFAULT_TUNING = Tuning()
@@ -70,6 +75,8 @@ def _spell_pays_switch(spell: float, spot_price: float | None, view: PolicyView,
 def _pool_worth(pool: PoolView, view: PolicyView, tuning: Tuning, from_on_demand: bool) -> bool:
     if not pool.available_now:
         return False
+    if from_on_demand and pool.up_hours is not None and pool.up_hours < tuning.return_seen_hours - NET_TOLERANCE:
+        return False
     spell = pool.mean_up_hours
     if spell is None:
         return True
@@ -85,7 +92,7 @@ def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolVi
 
     def rank(pool: PoolView) -> tuple[float, float]:
         price = pool.spot_price if pool.spot_price is not None else 0.0
-        return (price, -(pool.mean_up_hours or 0.0))
+        return (price, -((pool.mean_up_hours or 0.0) + tuning.age_weight * (pool.up_hours or 0.0)))
 
     return min(usable, key=rank)
 

@@ -54,9 +54,13 @@ class Trace:
         key = (spot_price, window_ticks)
         if key not in cache:
             views = []
+            run = 0
             for tick, now in enumerate(self.up):
+                run = run + 1 if now else 0
                 availability, mean_up = self.history(tick, window_ticks)
-                views.append(PoolView(self.name, now, availability, mean_up, spot_price))
+                views.append(
+                    PoolView(self.name, now, availability, mean_up, spot_price, max(0, run - 1) * self.tick_hours)
+                )
             cache[key] = views
         return cache[key]
 

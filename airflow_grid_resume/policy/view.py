@@ -20,6 +20,9 @@ class PoolView:
     mean_up_hours: float | None = None
     """Mean length of a spell of availability."""
     spot_price: float | None = None
+    up_hours: float | None = None
+    """How long spot has been there without a break: since it was first seen there (0 when it just came back or
+    is not there now)."""
 
 
 @dataclass(frozen=True)

@@ -129,11 +129,14 @@ class DeadlineContext:
         changeover_left_hours: float = 0.0,
         tick_seconds: float = 0.0,
         history: Mapping[str, PoolStats] | None = None,
+        spot_since: Mapping[str, float] | None = None,
     ) -> PolicyView:
         """The policy's view at ``now``: ``pools`` maps each pool's name to whether spot is there now (None:
         not known), ``current`` is None (no instance), ``"on-demand"`` or the spot pool's name; ``history`` what
-        the fleet record says of each pool (the share of capacity answers that had capacity, session lifetimes)."""
+        the fleet record says of each pool (the share of capacity answers that had capacity, session lifetimes);
+        ``spot_since`` when the caller first saw spot in a pool in an unbroken run of answers (epoch seconds)."""
         history = history or {}
+        since = spot_since or {}
         return PolicyView(
             hours_elapsed=max(0.0, (now - self.first_started_at) / 3600.0),
             progress_hours=self.progress_hours if progress_hours is None else progress_hours,
@@ -150,6 +153,7 @@ class DeadlineContext:
                     availability=history[name].availability if name in history else None,
                     mean_up_hours=history[name].mean_up_hours if name in history else None,
                     spot_price=self.spot_prices.get(name),
+                    up_hours=up_hours(history.get(name), up, now, since.get(name)),
                 )
                 for name, up in pools.items()
             ),
@@ -159,6 +163,19 @@ class DeadlineContext:
 
     def decide(self, view: PolicyView) -> Decision:
         return decide(view, self.policy)
+
+
+def up_hours(stats: PoolStats | None, up: bool | None, now: float, since: float | None = None) -> float | None:
+    """How long a pool with spot now has had it: since the caller first saw it there (``since``), else as far as
+    the fleet record knows, since its last answer without capacity or its last interruption (None: not known,
+    or never seen without spot; 0 when spot is not there)."""
+    if up is None:
+        return None
+    if not up:
+        return 0.0
+    seen = (since,) if stats is None else (since, stats.last_no_capacity_at, stats.last_interrupted_at)
+    known = [at for at in seen if at is not None]
+    return max(0.0, (now - max(known)) / 3600.0) if known else None
 
 
 def ahead_hours(view: PolicyView) -> float:
@@ -285,10 +302,13 @@ def watch_choice(
     launched_at: float,
     progress_hours: float,
     tick_seconds: float,
+    spot_since: Mapping[str, float] | None = None,
 ) -> DecisionRecord:
     """The decision about a session running on on-demand (the run watch, periodically): stay, or a planned
     stop to go back to spot (``stop``) when the policy would rather wait for spot or start it. ``pools`` says
-    which pools have spot now, as far as known (None: not known; the policy then stays on on-demand)."""
+    which pools have spot now, as far as known (None: not known; the policy then stays on on-demand);
+    ``spot_since`` when the watch first saw spot in each, in an unbroken run of checks (the policy leaves
+    on-demand only for spot that has lasted a while)."""
     changeover_left = max(0.0, ctx.changeover_hours - (now - launched_at) / 3600.0)
     view = ctx.view(
         now,
@@ -297,6 +317,7 @@ def watch_choice(
         progress_hours=progress_hours,
         changeover_left_hours=changeover_left,
         tick_seconds=tick_seconds,
+        spot_since=spot_since,
     )
     decision = ctx.decide(view)
     stop = decision.action in (SPOT, WAIT) and not decision.commit

@@ -120,6 +120,7 @@ class RunWatchTrigger(BaseTrigger):
         self._last_decision: records.Decision | None = None
         self._progress: dict | None = None
         self._scores_warned = False
+        self._spot_since: dict[str, float] = {}  # pool name -> when its spot was first seen, in an unbroken run
         self.live_queue = live_queue
         self.offset_save_interval = offset_save_interval
         self.not_found_grace = not_found_grace
@@ -578,10 +579,17 @@ class RunWatchTrigger(BaseTrigger):
                 self._scores_warned = True
                 self.log.warning("could not read spot placement scores (ec2:GetSpotPlacementScores): %s", exc)
         now = time.time()
+        spot_now = pools_from_scores(pools, scores)
+        for name, up in spot_now.items():
+            if up:
+                self._spot_since.setdefault(name, now)
+            else:
+                self._spot_since.pop(name, None)
         record = watch_choice(
             ctx,
-            pools_from_scores(pools, scores),
+            spot_now,
             now=now,
+            spot_since=self._spot_since,
             launched_at=self.launched_at,
             progress_hours=running_progress(ctx, self._progress, now=now, launched_at=self.launched_at),
             tick_seconds=interval,

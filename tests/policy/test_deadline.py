@@ -122,6 +122,15 @@ def test_it_picks_the_pool_with_the_longest_spells_not_the_first_listed() -> Non
     assert "us-west-2b" in decision.reason
 
 
+def test_among_pools_at_one_price_spot_that_has_lasted_counts_with_the_mean_spell() -> None:
+    # us-west-2b's mean spell is longer, but us-west-2a's spot has held for 3 h now and 2b's just came back.
+    pools = (
+        PoolView("us-west-2a", True, 0.6, 2.0, 1.0, up_hours=3.0),
+        PoolView("us-west-2b", True, 0.6, 4.0, 1.0, up_hours=0.0),
+    )
+    assert decide(view(pools=pools)).pool == "us-west-2a"
+
+
 def test_it_commits_to_on_demand_when_the_slack_cannot_pay_a_return_to_spot() -> None:
     # 7.7 h left for 7.4 h of work: 0.3 h of slack < 2 changeovers.
     decision = decide(view(hours_elapsed=0.3, work_hours=7.4, progress_hours=0.0))
@@ -136,6 +145,18 @@ def test_it_goes_back_to_spot_from_on_demand_when_the_spell_pays_the_changeovers
     assert decision.reason.startswith("back to spot in us-west-2b")
     short = (PoolView("us-west-2a", True, 0.3, 0.3, 1.0),)
     assert decide(view(current="on-demand", hours_elapsed=1.0, progress_hours=1.0, pools=short)).action == "on-demand"
+
+
+def test_it_leaves_on_demand_only_for_spot_that_has_lasted_half_an_hour() -> None:
+    # After one long spell the 12-hour mean promises long spells while the pool flickers a tick at a time:
+    # each return would burn two changeovers of slack. Spot that just came back is not worth leaving for.
+    on_demand = {"current": "on-demand", "hours_elapsed": 1.0, "progress_hours": 1.0}
+    just_back = (PoolView("us-west-2b", True, 0.8, 4.0, 1.0, up_hours=1 / 6),)
+    assert decide(view(pools=just_back, **on_demand)).action == "on-demand"
+    lasted = (PoolView("us-west-2b", True, 0.8, 4.0, 1.0, up_hours=0.5),)
+    assert decide(view(pools=lasted, **on_demand)).pool == "us-west-2b"
+    # From idle a spot start costs no more than waiting: any spell is taken.
+    assert decide(view(pools=just_back)).pool == "us-west-2b"
 
 
 def test_at_exactly_two_changeovers_of_slack_it_still_takes_spot_as_greedy_does() -> None:

@@ -142,6 +142,16 @@ def test_an_on_demand_session_is_stopped_to_go_back_to_spot_when_spot_is_there_a
     assert behind.action == ON_DEMAND and behind.commit
 
 
+def test_the_watch_leaves_on_demand_only_for_spot_seen_there_for_half_an_hour() -> None:
+    spot_back = {"us-east-1a": True}
+    now = T0 + 3600
+    kw = {"now": now, "launched_at": T0, "progress_hours": 2.5, "tick_seconds": 60}
+    just_seen = watch_choice(ctx(), spot_back, spot_since={"us-east-1a": now - 120}, **kw)
+    assert just_seen.action == ON_DEMAND  # a flicker would burn two changeovers of slack
+    lasted = watch_choice(ctx(), spot_back, spot_since={"us-east-1a": now - 1800}, **kw)
+    assert lasted.action == STOP and lasted.pool == "us-east-1a"
+
+
 def test_a_decision_reads_as_what_why_and_the_predicted_finish() -> None:
     chooser = LaunchChooser(ctx(), point="launch", tick_seconds=15, clock_now=lambda: T0 + 3600)
     _, _, record = chooser(PAIRS, {}, 0.0)
