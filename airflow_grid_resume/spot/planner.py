@@ -129,15 +129,12 @@ class LaunchPlanner:
         self.chosen: str | None = None  # the chooser's market for this round
         self.decisions: list[Record] = []  # decisions to record, in order (the launcher writes them)
 
-    def usable(self) -> list[Pair]:
-        """The pairs still worth a try in this session: offered, and not answered Unsupported."""
-        return order_pairs(self.pairs, market=SPOT, offered=self.offered, unsupported=self.unsupported, cool_down=0)
-
-    def decide(self, waited_seconds: float, now: float = 0.0) -> MarketDecision:
-        """The market of the next round (the market choice's seam), over the pairs in spot order."""
-        ordered = order_pairs(
+    def ordered(self, market: str, now: float, first: Pair | None = None) -> list[Pair]:
+        """The pairs in the order to try them on ``market`` now: the record, the run's state, offerings and
+        cool-downs (``order_pairs``)."""
+        return order_pairs(
             self.pairs,
-            market=SPOT,
+            market=market,
             record=self.record,
             run=self.run_state,
             offered=self.offered,
@@ -145,7 +142,16 @@ class LaunchPlanner:
             failed_at=self.failed_at,
             now=now,
             cool_down=self.cool_down,
+            first=first,
         )
+
+    def usable(self) -> list[Pair]:
+        """The pairs still worth a try in this session: offered, and not answered Unsupported."""
+        return order_pairs(self.pairs, market=SPOT, offered=self.offered, unsupported=self.unsupported, cool_down=0)
+
+    def decide(self, waited_seconds: float, now: float = 0.0) -> MarketDecision:
+        """The market of the next round (the market choice's seam), over the pairs in spot order."""
+        ordered = self.ordered(SPOT, now)
         view = MarketView(
             ordered, self.failures_in_a_row, self.interruptions, waited_seconds, self.record, self.run_state
         )
@@ -177,18 +183,7 @@ class LaunchPlanner:
         decision = self.decide(waited_seconds, now)
         if decision.market == WAIT:
             return []
-        ordered = order_pairs(
-            self.pairs,
-            market=decision.market,
-            record=self.record,
-            run=self.run_state,
-            offered=self.offered,
-            unsupported=self.unsupported,
-            failed_at=self.failed_at,
-            now=now,
-            cool_down=self.cool_down,
-            first=decision.pool,
-        )
+        ordered = self.ordered(decision.market, now, first=decision.pool)
         return [self.attempt(p, decision.market) for p in ordered]
 
     def _chosen(self, now: float, waited_seconds: float) -> list[Attempt]:
@@ -199,17 +194,7 @@ class LaunchPlanner:
             self.decisions.append(record)
         if market == WAIT:
             return []
-        ordered = order_pairs(
-            self.pairs,
-            market=market,
-            record=self.record,
-            run=self.run_state,
-            offered=self.offered,
-            unsupported=self.unsupported,
-            failed_at=self.failed_at,
-            now=now,
-            cool_down=self.cool_down,
-        )
+        ordered = self.ordered(market, now)
         if market == SPOT:
             ordered = [p for p in ordered if p.key not in self.answers]
             ordered = [p for p in ordered if p.key in first] + [p for p in ordered if p.key not in first]
