@@ -15,8 +15,11 @@ the changeover of the on-demand instance that must follow if spot goes away). So
    the initial slack to a reserve of a few changeovers at the deadline; below it, on-demand, kept until spot
    worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). The line
    only pays when spot later comes back in spells worth leaving on-demand for: where the history says it
-   will not (no pool's spells pay a return, with a window's worth of time left or with 20 spells seen), or
-   the initial slack is under 8 changeovers, there is no line: wait down to the net, as greedy does.
+   will not (no pool's spells pay a return, with a window's worth of time left or with 20 spells seen; or the
+   pools' whole known history, 25 spells that lasted half an hour and more, shows them going on too briefly
+   after that to pay one, with a margin), or the initial slack is under 8 changeovers, there is no line: wait
+   down to the net, as greedy does. Where the whole history says so, the pools are ranked by its mean spell,
+   not the 12-hour window's (noise between pools that flicker alike).
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ class Tuning:
     """Among equal prices, rank pools by mean spell plus this times how long spot has lasted there now."""
     return_seen_hours: float = 0.5
     """Leave on-demand only for spot seen there this long already (``PoolView.up_hours``; unknown: no filter)."""
+    lasting_spells: float = 25.0
+    """Trust the pools' whole known history (``PoolView.lasting_hours``) once it holds this many spells."""
+    lasting_margin: float = 1.4
+    """The whole history rules out a return from on-demand when spells that lasted half an hour went on for less
+    than 1 / this of what a return needs (``lasting_hours`` is a mean: stay clear of the bar)."""
 
 
 DEFAULT_TUNING = Tuning()
@@ -89,10 +97,14 @@ def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolVi
     usable = [p for p in view.pools if _pool_worth(p, view, tuning, from_on_demand)]
     if not usable:
         return None
+    settled = _settled_no_return(view, tuning)
 
     def rank(pool: PoolView) -> tuple[float, float]:
         price = pool.spot_price if pool.spot_price is not None else 0.0
-        return (price, -((pool.mean_up_hours or 0.0) + tuning.age_weight * (pool.up_hours or 0.0)))
+        spell = pool.mean_up_hours or 0.0
+        if settled and pool.long_mean_up_hours is not None:
+            spell = pool.long_mean_up_hours  # short spells for good: the window's mean is noise
+        return (price, -(spell + tuning.age_weight * (pool.up_hours or 0.0)))
 
     return min(usable, key=rank)
 
@@ -106,9 +118,26 @@ def _spells_seen(view: PolicyView) -> float:
     return seen
 
 
+def _settled_no_return(view: PolicyView, tuning: Tuning) -> bool:
+    """Every pool's whole known history is given, holds enough spells that lasted half an hour, and in none of
+    them did such a spell go on long enough (with the margin) to pay a return from on-demand: the pools' spells
+    are short for good, whatever a 12-hour window with a handful of spells in it says."""
+    if any(p.lasting_spells is None for p in view.pools):
+        return False
+    if sum(p.lasting_spells or 0 for p in view.pools) < tuning.lasting_spells:
+        return False
+    return not any(
+        _spell_pays_switch(tuning.lasting_margin * p.lasting_hours, p.spot_price, view, tuning)
+        for p in view.pools
+        if p.lasting_hours
+    )
+
+
 def _no_return_expected(view: PolicyView, tuning: Tuning, remaining_time: float) -> bool:
     """The history shows spells in some pool, none long enough to pay a return from on-demand, and it is
     recent enough (little time left) or rich enough (many spells) to be believed for the rest of the run."""
+    if _settled_no_return(view, tuning):
+        return True
     spells = [(p.mean_up_hours, p.spot_price) for p in view.pools if p.mean_up_hours is not None]
     if not spells or any(_spell_pays_switch(spell, price, view, tuning) for spell, price in spells):
         return False

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from airflow_grid_resume.policy.view import PoolView
+from airflow_grid_resume.policy.view import LASTED_HOURS, PoolView
 
 # What the policy is told about a pool's history: its last 12 hours (recent enough to see a flickering spell of
 # capacity; a week hid it: docs/benchmarks.md).
@@ -48,6 +48,23 @@ class Trace:
             previous = now
         return ups, spells
 
+    @cached_property
+    def _lasting(self) -> tuple[list[float], list[int]]:
+        """Running (hours past ``LASTED_HOURS``, count) over the spells that lasted that long and ended by tick i
+        (a spell ends at the first tick without spot: known at that tick)."""
+        lasted = round(LASTED_HOURS / self.tick_hours)
+        hours, count = [0.0], [0]
+        run = 0
+        for now in self.up:
+            past, ended = hours[-1], count[-1]
+            if not now and run >= lasted:
+                past += (run - lasted) * self.tick_hours
+                ended += 1
+            run = run + 1 if now else 0
+            hours.append(past)
+            count.append(ended)
+        return hours, count
+
     def pool_views(self, spot_price: float, window_ticks: int) -> list[PoolView]:
         """The view of this pool at every tick (cached: replays of many starts share them)."""
         cache = self.__dict__.setdefault("_views", {})
@@ -58,8 +75,20 @@ class Trace:
             for tick, now in enumerate(self.up):
                 run = run + 1 if now else 0
                 availability, mean_up = self.history(tick, window_ticks)
+                up_ticks, begun = self._counts[0][tick + 1], self._counts[1][tick + 1]
+                past, ended = self._lasting[0][tick + 1], self._lasting[1][tick + 1]
                 views.append(
-                    PoolView(self.name, now, availability, mean_up, spot_price, max(0, run - 1) * self.tick_hours)
+                    PoolView(
+                        self.name,
+                        now,
+                        availability,
+                        mean_up,
+                        spot_price,
+                        max(0, run - 1) * self.tick_hours,
+                        up_ticks * self.tick_hours / begun if begun else None,
+                        past / ended if ended else None,
+                        ended,
+                    )
                 )
             cache[key] = views
         return cache[key]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 ON_DEMAND = "on-demand"
 SPOT = "spot"
 WAIT = "wait"
+LASTED_HOURS = 0.5
+"""``PoolView.lasting_hours`` is about spells that lasted this long (the policy's return rule waits as long)."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,14 @@ class PoolView:
     up_hours: float | None = None
     """How long spot has been there without a break: since it was first seen there (0 when it just came back or
     is not there now)."""
+    long_mean_up_hours: float | None = None
+    """Mean length of a spell of availability over all the pool's known history."""
+    lasting_hours: float | None = None
+    """Over all the pool's known history (far longer than ``availability``'s and ``mean_up_hours``'s window), how
+    long a spell that had lasted ``LASTED_HOURS`` went on after that, on average: what a return to spot there can
+    expect, told apart from a run of luck or a temporary drought."""
+    lasting_spells: int | None = None
+    """How many spells that lasted ``LASTED_HOURS`` and ended ``lasting_hours`` is the mean over (its evidence)."""
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,9 @@ class DeadlineContext:
                     mean_up_hours=history[name].mean_up_hours if name in history else None,
                     spot_price=self.spot_prices.get(name),
                     up_hours=up_hours(history.get(name), up, now, since.get(name)),
+                    # The record's session lifetimes are its whole history already; it keeps no spell lengths,
+                    # so lasting_hours stays None (the policy then trusts only what mean_up_hours says).
+                    long_mean_up_hours=history[name].mean_up_hours if name in history else None,
                 )
                 for name, up in pools.items()
             ),

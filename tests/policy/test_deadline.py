@@ -183,3 +183,17 @@ def test_where_history_shows_only_spells_too_short_to_leave_on_demand_for_it_wai
 def test_unknown_policy_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="uniform-progress"):
         decide(view(), "fastest")
+
+
+def test_where_the_whole_history_shows_spells_that_never_pay_a_return_it_waits_like_greedy() -> None:
+    # Rare spot: three spells in the 12-hour window are too few to trust, 30 spells that lasted half an hour in
+    # the pool's whole history, going on 0.4 h after that on average, are not: a return (0.9 h) never pays.
+    tight = {"hours_elapsed": 30.0, "progress_hours": 21.0, "work_hours": 40.0, "deadline_hours": 50.0}
+    rare = PoolView("rare-a", False, 0.12, 0.5, 1.0, up_hours=0.0)
+    assert decide(view(pools=(rare,), **tight)).action == "on-demand"  # the window alone: keep the line
+    settled = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.4, 30)
+    assert "no reserve" in decide(view(pools=(settled,), **tight)).reason
+    few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.4, 10)
+    assert decide(view(pools=(few,), **tight)).action == "on-demand"
+    lasting = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 2.0, 30)
+    assert decide(view(pools=(lasting,), **tight)).action == "on-demand"

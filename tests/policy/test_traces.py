@@ -36,3 +36,14 @@ def test_the_generator_is_seeded_and_shapes_availability() -> None:
     availability, mean_up = rare.history(19999, 20000)
     assert availability is not None and availability < 0.2
     assert mean_up is not None and mean_up < 1.0
+
+
+def test_lasting_counts_the_spells_that_lasted_half_an_hour_once_they_ended() -> None:
+    # Ten-minute ticks: a spell of 2 ticks (too short), one of 5 (0.33 h past half an hour), one still going.
+    trace = Trace("p", 600.0, (1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1))
+    views = trace.pool_views(1.0, 72)
+    assert (views[7].lasting_hours, views[7].lasting_spells) == (None, 0)
+    assert views[8].lasting_spells == 1
+    assert views[8].lasting_hours == pytest.approx(2 / 6)
+    assert views[12].lasting_spells == 1
+    assert views[12].long_mean_up_hours == pytest.approx(11 / 6 / 3)
