@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from airflow_grid_resume.policy import baselines
+from airflow_grid_resume.policy.baselines import greedy, on_demand, uniform_progress
 from airflow_grid_resume.policy.view import ON_DEMAND, SPOT, WAIT, Decision, PolicyView, PoolView
 
 NET_TOLERANCE = 1e-10
@@ -206,9 +206,9 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
 
 POLICIES: dict[str, Callable[[PolicyView], Decision]] = {
     "default": deadline_aware,
-    "uniform-progress": baselines.uniform_progress,
-    "greedy": baselines.greedy,
-    "on-demand": baselines.on_demand,
+    "uniform-progress": uniform_progress,
+    "greedy": greedy,
+    "on-demand": on_demand,
 }
 
 

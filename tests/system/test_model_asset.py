@@ -47,18 +47,22 @@ from airflow_grid_resume.operators import GridRunOperator
 from airflow_grid_resume.run.asset import model_from_event, restore_model
 
 MODEL = Asset("{MODEL_URI}")
+# What both training tasks run, and where (the local spot cloud).
+TRAINING = dict(
+    command="python3 train.py {STEPS} 0.1",
+    workdir=os.environ["GRID_E2E_WORKDIR"],
+    artifacts_uri="s3://{BUCKET}/grid-runs/",
+    image_id="ami-03cf127a",
+    instance_types=["g5.xlarge"],
+    subnet_ids=os.environ["GRID_E2E_SUBNETS"].split(","),
+    aws_conn_id=None,
+    region_name="us-east-1",
+)
 
 with DAG("grid_model", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc), catchup=False):
     GridRunOperator(
         task_id="train",
-        command="python3 train.py {STEPS} 0.1",
-        workdir=os.environ["GRID_E2E_WORKDIR"],
-        artifacts_uri="s3://{BUCKET}/grid-runs/",
-        image_id="ami-03cf127a",
-        instance_types=["g5.xlarge"],
-        subnet_ids=os.environ["GRID_E2E_SUBNETS"].split(","),
-        aws_conn_id=None,
-        region_name="us-east-1",
+        **TRAINING,
         poll_interval=0.5,
         instance_check_interval=1.0,
         capacity_backoff=(0.5, 1.0),
@@ -100,14 +104,7 @@ with DAG("grid_late", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=time
 
     upstream_data() >> GridRunOperator(
         task_id="train",
-        command="python3 train.py {STEPS} 0.1",
-        workdir=os.environ["GRID_E2E_WORKDIR"],
-        artifacts_uri="s3://{BUCKET}/grid-runs/",
-        image_id="ami-03cf127a",
-        instance_types=["g5.xlarge"],
-        subnet_ids=os.environ["GRID_E2E_SUBNETS"].split(","),
-        aws_conn_id=None,
-        region_name="us-east-1",
+        **TRAINING,
         deadline=timedelta(seconds=5),
         expected_runtime=timedelta(seconds=4),
         deadline_alert=AsyncCallback("{LATE_ALERT_MODULE}.page_the_team"),
