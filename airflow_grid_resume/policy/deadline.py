@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from airflow_grid_resume.policy.baselines import greedy, on_demand, uniform_progress
-from airflow_grid_resume.policy.view import ON_DEMAND, SPOT, WAIT, Decision, PolicyView, PoolView
+from airflow_grid_resume.policy.view import LASTED_HOURS, ON_DEMAND, SPOT, WAIT, Decision, PolicyView, PoolView
 
 NET_TOLERANCE = 1e-10
 """Float drift (sums of 1/6 h ticks) allowed at the net: as greedy's, a slack of exactly 2d still starts spot."""
@@ -60,7 +60,7 @@ class Tuning:
     """With this many spells in the history, trust it for longer runs too."""
     age_weight: float = 1.0
     """Among equal prices, rank pools by mean spell plus this times how long spot has lasted there now."""
-    return_seen_hours: float = 0.5
+    return_seen_hours: float = LASTED_HOURS
     """Leave on-demand only for spot seen there this long already (``PoolView.up_hours``; unknown: no filter)."""
     lasting_spells: float = 25.0
     """Trust the pools' whole known history (``PoolView.lasting_hours``) once it holds this many spells."""
