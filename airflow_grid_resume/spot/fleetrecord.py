@@ -9,6 +9,12 @@ counters since the first observation and a bounded window of the latest observat
 - a session that ended otherwise (``ended``: finished, failed, stopped), with how long it had run;
 - the spot price paid at launch (``price``).
 
+A spot session's lifetime stands for a spell of capacity in its pool (it launched because capacity was there): an
+interruption ends the spell, any other end leaves it lasting at least that long. Per pool, the record also sums
+what the deadline policy asks of the pool's whole history (``PoolStats.lasting_hours``): over the sessions that
+ran at least ``lasted_hours`` (``policy.view.LASTED_HOURS``, passed in by the writer since ``spot/`` does not
+import ``policy/``), the seconds they ran past it and how many of them were interrupted.
+
 Applying observations is a pure merge, so a writer that lost a conditional write re-reads and re-applies its
 observations to the newer record: two writers at once lose nothing. Observations carry an id; one already in the
 window is not counted twice (a retried write whose answer was lost).
@@ -33,7 +39,17 @@ ENDED = "ended"
 PRICE = "price"
 KINDS = (CAPACITY, NO_CAPACITY, INTERRUPTED, ENDED, PRICE)
 
-_COUNTERS = ("capacity", "no_capacity", "interruptions", "sessions", "up_seconds", "price_sum", "prices")
+_COUNTERS = (
+    "capacity",
+    "no_capacity",
+    "interruptions",
+    "sessions",
+    "up_seconds",
+    "price_sum",
+    "prices",
+    "lasting_seconds",
+    "lasting_interruptions",
+)
 
 
 @dataclass(frozen=True)
@@ -59,8 +75,14 @@ def _pool_doc() -> dict:
     return {**{name: 0 for name in _COUNTERS}, "recent": [], "last_at": 0.0}
 
 
-def apply(record: Mapping[str, Any] | None, observations: Iterable[Observation]) -> dict:
-    """The record with ``observations`` added: counters, the bounded window, at most ``MAX_POOLS`` pools."""
+def apply(
+    record: Mapping[str, Any] | None, observations: Iterable[Observation], *, lasted_hours: float | None = None
+) -> dict:
+    """The record with ``observations`` added: counters, the bounded window, at most ``MAX_POOLS`` pools.
+
+    ``lasted_hours``: a session that ran this long counts toward the lasting counters (``lasting_seconds``,
+    ``lasting_interruptions``); None leaves them as they are (the writer of session ends passes
+    ``policy.view.LASTED_HOURS``; capacity answers and prices have nothing to add to them)."""
     doc: dict = {"version": VERSION, "pools": {k: _copy(v) for k, v in ((record or {}).get("pools") or {}).items()}}
     for obs in observations:
         if obs.kind not in KINDS:
@@ -68,7 +90,7 @@ def apply(record: Mapping[str, Any] | None, observations: Iterable[Observation])
         pool = doc["pools"].setdefault(obs.pool, _pool_doc())
         if obs.oid and any(len(item) > 3 and item[3] == obs.oid for item in pool["recent"]):
             continue
-        _count(pool, obs)
+        _count(pool, obs, lasted_hours)
         pool["recent"].append(obs.as_list())
         pool["recent"].sort(key=lambda item: item[0])
         del pool["recent"][:-RECENT]
@@ -88,16 +110,21 @@ def _copy(pool: Mapping[str, Any]) -> dict:
     return doc
 
 
-def _count(pool: dict, obs: Observation) -> None:
+def _count(pool: dict, obs: Observation, lasted_hours: float | None) -> None:
     if obs.kind == CAPACITY:
         pool["capacity"] += 1
     elif obs.kind == NO_CAPACITY:
         pool["no_capacity"] += 1
     elif obs.kind in (INTERRUPTED, ENDED):
         pool["sessions"] += 1
-        pool["up_seconds"] = round(pool["up_seconds"] + max(0.0, obs.value or 0.0), 3)
+        up = max(0.0, obs.value or 0.0)
+        pool["up_seconds"] = round(pool["up_seconds"] + up, 3)
         if obs.kind == INTERRUPTED:
             pool["interruptions"] += 1
+        if lasted_hours is not None and up >= lasted_hours * 3600:
+            pool["lasting_seconds"] = round(pool["lasting_seconds"] + up - lasted_hours * 3600, 3)
+            if obs.kind == INTERRUPTED:
+                pool["lasting_interruptions"] += 1
     elif obs.kind == PRICE and obs.value is not None:
         pool["price_sum"] = round(pool["price_sum"] + obs.value, 6)
         pool["prices"] += 1
@@ -109,7 +136,13 @@ class PoolStats:
 
     ``availability``: the share of the latest capacity answers (up to ``AVAILABILITY_WINDOW``) that had capacity,
     None without any; ``mean_up_hours``: the mean lifetime of the pool's sessions that ended, None without any;
-    ``interruption_rate``: interruptions per session hour, None without any session.
+    ``interruption_rate``: interruptions per session hour, None without any session; ``lasting_hours``: over the
+    sessions that ran at least ``lasted_hours`` (``apply``), the hours they ran past it per interruption among
+    them: how long a spell that lasted that long goes on after it, counting the time of the sessions that ended
+    otherwise (censored: the spell lasted at least as long) without counting them as ends; with such time and no
+    interruption yet, that time as if one were ending now (spells not seen to end are long, not unknown), None
+    without either;
+    ``lasting_spells``: those interruptions (its evidence).
     """
 
     pool: str
@@ -123,6 +156,8 @@ class PoolStats:
     last_price: float | None
     last_interrupted_at: float | None
     last_no_capacity_at: float | None
+    lasting_hours: float | None
+    lasting_spells: int
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -143,6 +178,8 @@ def pool_stats(record: Mapping[str, Any] | None, pool: str) -> PoolStats:
     interruptions = int(doc.get("interruptions", 0))
     prices = int(doc.get("prices", 0))
     price_items = [item for item in recent if item[1] == PRICE and item[2] is not None]
+    lasting_hours = float(doc.get("lasting_seconds", 0.0) or 0.0) / 3600
+    lasting_spells = int(doc.get("lasting_interruptions", 0) or 0)
     return PoolStats(
         pool=pool,
         availability=availability,
@@ -155,6 +192,8 @@ def pool_stats(record: Mapping[str, Any] | None, pool: str) -> PoolStats:
         last_price=float(price_items[-1][2]) if price_items else None,
         last_interrupted_at=_last(recent, INTERRUPTED),
         last_no_capacity_at=_last(recent, NO_CAPACITY),
+        lasting_hours=lasting_hours / max(1, lasting_spells) if lasting_hours > 0 or lasting_spells else None,
+        lasting_spells=lasting_spells,
     )
 
 
