@@ -55,7 +55,7 @@ from airflow_grid_resume.quiet import quiet_credential_logs
 from airflow_grid_resume.retry import InterruptionRetryPolicy, ScriptFailed, SessionInterrupted
 from airflow_grid_resume.run.asset import model_asset_uri, model_event_extra, read_final_checkpoint
 from airflow_grid_resume.run.budgets import Budgets, first_try_of_cycle
-from airflow_grid_resume.run.deadline import DeadlineContext, LaunchChooser, pool_zones, watch_interval
+from airflow_grid_resume.run.deadline import LASTED_HOURS, DeadlineContext, LaunchChooser, pool_zones, watch_interval
 from airflow_grid_resume.run.ending import ended_status
 from airflow_grid_resume.run.ledgerio import (
     budget_history,
@@ -919,7 +919,7 @@ class GridRunOperator(BaseOperator):
         _, ledger = self._run_ledger(context, event)
         closed = Closed(status=status, reason=event.get("reason"), instance_id=event.get("instance_id"), at=time.time())
         ledger.write_record(closed, session)
-        record_session_end(fleet_uri(self.artifacts_uri), ledger, session, status)
+        record_session_end(fleet_uri(self.artifacts_uri), ledger, session, status, lasted_hours=LASTED_HOURS)
         # The budgets are read only when this ending can spend one (a success or max_run reads nothing more).
         interruptions, failures = budget_history(ledger, session + 1) if spends_budget(status) else (0, 0)
         outcome = event.get("outcome")

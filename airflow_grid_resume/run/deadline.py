@@ -18,6 +18,10 @@ from typing import Any
 from airflow_grid_resume.ec2.launch import ON_DEMAND, SPOT, Pair
 from airflow_grid_resume.ledger.records import Decision as DecisionRecord
 from airflow_grid_resume.policy import Decision, PolicyView, PoolView, decide
+
+# What the fleet record counts as a spell that lasted (its lasting counters, which ``PoolView.lasting_hours`` is
+# read from): the operator passes it on with a session's end, since spot/ does not import policy/.
+from airflow_grid_resume.policy.view import LASTED_HOURS as LASTED_HOURS
 from airflow_grid_resume.spot.fleetrecord import PoolStats, pool_stats
 
 WAIT = "wait"

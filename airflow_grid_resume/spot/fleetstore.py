@@ -59,9 +59,11 @@ def add(
     *,
     rng: random.Random | None = None,
     write: S3WriteOptions | None = None,
+    lasted_hours: float | None = None,
 ) -> dict | None:
     """Merge ``observations`` into the record at ``uri`` with conditional writes carrying the bucket's ``write``
-    options (encryption, checksum); the record written, or None if it could not be (logged)."""
+    options (encryption, checksum); the record written, or None if it could not be (logged). ``lasted_hours``:
+    as ``fleetrecord.apply``'s (given with session ends)."""
     if not observations:
         return None
     bucket, key = _where(uri)
@@ -69,7 +71,7 @@ def add(
     for attempt in range(MAX_TRIES):
         try:
             current, etag = read(client, uri)
-            merged = fleetrecord.apply(current, observations)
+            merged = fleetrecord.apply(current, observations, lasted_hours=lasted_hours)
             merged["updated_at"] = round(time.time(), 3)
             condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
             body = json.dumps(merged, separators=(",", ":"), sort_keys=True).encode()

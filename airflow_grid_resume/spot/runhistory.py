@@ -53,13 +53,14 @@ def record_launch(
         log.warning("could not add the launch to the fleet record: %s", exc)
 
 
-def record_session_end(uri: str, ledger: RunLedger, session: int, status: str | None) -> None:
-    """A session ended (now): how long it ran in its pool, and whether the pool reclaimed it."""
+def record_session_end(uri: str, ledger: RunLedger, session: int, status: str | None, *, lasted_hours: float) -> None:
+    """A session ended (now): how long it ran in its pool, and whether the pool reclaimed it; ``lasted_hours``
+    what the deadline policy counts as a spell that lasted (``policy.view.LASTED_HOURS``: ``fleetrecord.apply``)."""
     try:
         launch = ledger.read_launch(session)
         at, run_uri = time.time(), str(ledger.location)
         observations = end_of_session(launch.to_dict() if launch else None, status, at, run_uri, session)
-        fleetstore.add(ledger.client, uri, observations, write=ledger.write_options)
+        fleetstore.add(ledger.client, uri, observations, write=ledger.write_options, lasted_hours=lasted_hours)
     except Exception as exc:
         log.warning("could not add the end of session %d to the fleet record: %s", session, exc)
 
