@@ -137,7 +137,8 @@ class DeadlineContext:
     ) -> PolicyView:
         """The policy's view at ``now``: ``pools`` maps each pool's name to whether spot is there now (None:
         not known), ``current`` is None (no instance), ``"on-demand"`` or the spot pool's name; ``history`` what
-        the fleet record says of each pool (the share of capacity answers that had capacity, session lifetimes);
+        the fleet record says of each pool (the share of capacity answers that had capacity, session lifetimes, how
+        long sessions that lasted ``LASTED_HOURS`` went on);
         ``spot_since`` when the caller first saw spot in a pool in an unbroken run of answers (epoch seconds)."""
         history = history or {}
         since = spot_since or {}
@@ -158,9 +159,10 @@ class DeadlineContext:
                     mean_up_hours=history[name].mean_up_hours if name in history else None,
                     spot_price=self.spot_prices.get(name),
                     up_hours=up_hours(history.get(name), up, now, since.get(name)),
-                    # The record's session lifetimes are its whole history already; it keeps no spell lengths,
-                    # so lasting_hours stays None (the policy then trusts only what mean_up_hours says).
+                    # The record's session lifetimes are its whole history already.
                     long_mean_up_hours=history[name].mean_up_hours if name in history else None,
+                    lasting_hours=history[name].lasting_hours if name in history else None,
+                    lasting_spells=history[name].lasting_spells if name in history else None,
                 )
                 for name, up in pools.items()
             ),

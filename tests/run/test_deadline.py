@@ -9,6 +9,7 @@ import pytest
 
 from airflow_grid_resume.ec2.launch import CAPACITY, ON_DEMAND, SPOT, Pair
 from airflow_grid_resume.run.deadline import (
+    LASTED_HOURS,
     STOP,
     DeadlineContext,
     LaunchChooser,
@@ -21,6 +22,7 @@ from airflow_grid_resume.run.deadline import (
     watch_choice,
 )
 from airflow_grid_resume.run.options import RunOptions
+from airflow_grid_resume.spot.fleetrecord import pool_stats
 from airflow_grid_resume.spot.planner import WAIT, LaunchPlanner
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
@@ -197,3 +199,56 @@ def test_the_fleet_record_steers_the_policy_away_from_a_pool_whose_sessions_die_
     assert planner.round(0.0, 0.0)[0].pair.zone == "us-east-1b"
     blind = LaunchChooser(roomy, point="launch", tick_seconds=15, clock_now=lambda: T0 + 60)
     assert blind(PAIRS, {}, 0.0)[1] == (PAIRS[0].key,)
+
+
+def test_the_fleet_records_lasting_spells_reach_the_policy_as_in_the_replay() -> None:
+    """30 spot sessions in the two zones, each reclaimed 0.1 h after lasting half an hour: the record's whole
+    history says a return from on-demand (0.9 h at these prices) never pays, so with no spot now and 1 h of slack,
+    under the line, the policy has no line and waits down to the net. The same record written before it kept
+    lasting spells (no counters: an older record) leaves the rule off, and the policy keeps its line."""
+    from airflow_grid_resume.spot import fleetrecord
+    from airflow_grid_resume.spot.fleetrecord import Observation
+
+    def record(lasted: float | None) -> dict:
+        observations = [
+            Observation(p.pool(SPOT), kind, T0 + i, None, f"{p.zone}-{kind}-{i}")
+            for p in PAIRS
+            for i, kind in enumerate([fleetrecord.CAPACITY] + [fleetrecord.NO_CAPACITY] * 3)
+        ] + [
+            Observation(p.pool(SPOT), fleetrecord.INTERRUPTED, T0 + 10 + i, 0.6 * 3600, f"{p.zone}-s{i}")
+            for p in PAIRS
+            for i in range(15)
+        ]
+        return fleetrecord.apply(None, observations, lasted_hours=lasted)
+
+    # A 50 h run of 40 h of work, 30 h in with 21 h done: 1 h of slack, under the line (1.24 h), above the net.
+    late = ctx(
+        deadline_at=T0 + 50 * 3600,
+        work_hours=40.0,
+        progress_hours=21.0,
+        on_demand_price=3.0,
+        spot_prices={"us-east-1a": 1.0, "us-east-1b": 1.0},
+    )
+    now, no_spot = T0 + 30 * 3600, {p.key: False for p in PAIRS}
+
+    def choose(record: dict | None) -> tuple[str, str]:
+        chooser = LaunchChooser(late, point="capacity", tick_seconds=600, clock_now=lambda: now, record=record)
+        market, _, decision = chooser(PAIRS, no_spot, 3600.0)
+        return market, str(getattr(decision, "reason", ""))
+
+    history = {pool_name(p, PAIRS): pool_stats(record(LASTED_HOURS), p.pool(SPOT)) for p in PAIRS}
+    view = late.view(now, pools={"us-east-1a": False, "us-east-1b": False}, history=history)
+    assert [(p.lasting_hours, p.lasting_spells) for p in view.pools] == [(pytest.approx(0.1), 15)] * 2
+    assert [(p.availability, p.mean_up_hours) for p in view.pools] == [(0.25, pytest.approx(0.6))] * 2
+    market, reason = choose(record(LASTED_HOURS))
+    assert market == WAIT and "no reserve pays here" in reason and "line" not in reason
+
+    older = late.view(
+        now, pools={"us-east-1a": False}, history={"us-east-1a": pool_stats(record(None), PAIRS[0].pool(SPOT))}
+    )
+    assert (older.pools[0].lasting_hours, older.pools[0].lasting_spells) == (None, 0)
+    for without in (record(None), None):
+        market, reason = choose(without)
+        assert market == ON_DEMAND and "behind the line" in reason
+    unknown = late.view(now, pools={"us-east-1c": False}, history=history)
+    assert (unknown.pools[0].lasting_hours, unknown.pools[0].lasting_spells) == (None, None)
