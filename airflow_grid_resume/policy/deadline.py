@@ -10,20 +10,23 @@ the changeover of the on-demand instance that must follow if spot goes away). So
 2. S below 2d, no return to spot can ever be paid: on-demand to the end (committed), the safety net;
 3. spot in a pool worth starting (from on-demand, only when its mean spell pays the switch's changeovers
    three times over and spot has been there half an hour already, so a flicker after a long spell is sat
-   out): the cheapest pool, then the one with the longest mean spell plus its spot's age now;
+   out): the cheapest pool, the first given unless another one's mean spell plus its spot's age now is
+   clearly (1.5 times) longer;
 4. otherwise wait only while the slack stays above a line falling steeply (straight for tight deadlines) from
    the initial slack to a reserve of a few changeovers at the deadline; below it, on-demand, kept until spot
    worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). The line
    only pays when spot later comes back in spells worth leaving on-demand for: where the history says it
    will not (no pool's spells pay a return, with a window's worth of time left or with 20 spells seen; or the
-   pools' whole known history, 25 spells that lasted half an hour and more, shows them going on too briefly
-   after that to pay one, with a margin), or the initial slack is under 8 changeovers, there is no line: wait
+   pools' whole known history, 10 spells or more that lasted half an hour, shows them going on too briefly
+   after that to pay one, with a margin that shrinks as the spells add up), or the initial slack is under 8
+   changeovers, there is no line: wait
    down to the net, as greedy does. Where the whole history says so, the pools are ranked by its mean spell,
    not the 12-hour window's (noise between pools that flicker alike).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,13 +63,20 @@ class Tuning:
     """With this many spells in the history, trust it for longer runs too."""
     age_weight: float = 1.0
     """Among equal prices, rank pools by mean spell plus this times how long spot has lasted there now."""
+    rank_lead: float = 1.5
+    """Among equal prices, take a pool other than the first given only when its mean spell plus spot's age there
+    is this many times the first's."""
     return_seen_hours: float = LASTED_HOURS
     """Leave on-demand only for spot seen there this long already (``PoolView.up_hours``; unknown: no filter)."""
-    lasting_spells: float = 25.0
+    lasting_spells: float = 10.0
     """Trust the pools' whole known history (``PoolView.lasting_hours``) once it holds this many spells."""
     lasting_margin: float = 1.4
     """The whole history rules out a return from on-demand when spells that lasted half an hour went on for less
-    than 1 / this of what a return needs (``lasting_hours`` is a mean: stay clear of the bar)."""
+    than 1 / margin of what a return needs (``lasting_hours`` is a mean: stay clear of the bar); the margin is
+    this, or more with few spells (``lasting_z``)."""
+    lasting_z: float = 2.5
+    """With n spells the margin is at least 1 + this / sqrt(n): the mean of n spells of a memoryless length is off
+    by about 1 / sqrt(n) of itself, so few spells must clear the bar by more (10 spells: 1.79, 40 and more: 1.4)."""
 
 
 DEFAULT_TUNING = Tuning()
@@ -99,14 +109,21 @@ def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolVi
         return None
     settled = _settled_no_return(view, tuning)
 
-    def rank(pool: PoolView) -> tuple[float, float]:
-        price = pool.spot_price if pool.spot_price is not None else 0.0
+    def price(pool: PoolView) -> float:
+        return pool.spot_price if pool.spot_price is not None else 0.0
+
+    def lasting(pool: PoolView) -> float:
         spell = pool.mean_up_hours or 0.0
         if settled and pool.long_mean_up_hours is not None:
             spell = pool.long_mean_up_hours  # short spells for good: the window's mean is noise
-        return (price, -(spell + tuning.age_weight * (pool.up_hours or 0.0)))
+        return spell + tuning.age_weight * (pool.up_hours or 0.0)
 
-    return min(usable, key=rank)
+    cheapest = min(price(p) for p in usable)
+    usable = [p for p in usable if price(p) == cheapest]
+    longest = max(usable, key=lasting)
+    # The pools in the order given (the user's preference, greedy's order), unless another one's spot promises
+    # clearly longer: a window's mean of a few spells is noisy, and a small lead is mostly noise.
+    return longest if lasting(longest) > tuning.rank_lead * lasting(usable[0]) else usable[0]
 
 
 def _spells_seen(view: PolicyView) -> float:
@@ -120,16 +137,16 @@ def _spells_seen(view: PolicyView) -> float:
 
 def _settled_no_return(view: PolicyView, tuning: Tuning) -> bool:
     """Every pool's whole known history is given, holds enough spells that lasted half an hour, and in none of
-    them did such a spell go on long enough (with the margin) to pay a return from on-demand: the pools' spells
-    are short for good, whatever a 12-hour window with a handful of spells in it says."""
+    them did such a spell go on long enough (with a margin, wider for fewer spells) to pay a return from on-demand:
+    the pools' spells are short for good, whatever a 12-hour window with a handful of spells in it says."""
     if any(p.lasting_spells is None for p in view.pools):
         return False
-    if sum(p.lasting_spells or 0 for p in view.pools) < tuning.lasting_spells:
+    spells = sum(p.lasting_spells or 0 for p in view.pools)
+    if spells < tuning.lasting_spells:
         return False
+    margin = max(tuning.lasting_margin, 1.0 + tuning.lasting_z / math.sqrt(spells))
     return not any(
-        _spell_pays_switch(tuning.lasting_margin * p.lasting_hours, p.spot_price, view, tuning)
-        for p in view.pools
-        if p.lasting_hours
+        _spell_pays_switch(margin * p.lasting_hours, p.spot_price, view, tuning) for p in view.pools if p.lasting_hours
     )
 
 

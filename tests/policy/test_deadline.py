@@ -122,6 +122,16 @@ def test_it_picks_the_pool_with_the_longest_spells_not_the_first_listed() -> Non
     assert "us-west-2b" in decision.reason
 
 
+def test_a_small_lead_in_spell_does_not_pass_over_the_first_pool_given() -> None:
+    # A window's mean of a few spells is noisy: 2b's 1.4 h against 2a's 1.0 h is no reason to leave the order
+    # given (the user's, greedy's); 1.6 h is (the lead is 1.5 times).
+    for spell, chosen in ((1.4, "us-west-2a"), (1.6, "us-west-2b")):
+        pools = (PoolView("us-west-2a", True, 0.6, 1.0, 1.0), PoolView("us-west-2b", True, 0.6, spell, 1.0))
+        assert decide(view(pools=pools)).pool == chosen
+    cheaper = (PoolView("us-west-2a", True, 0.6, 4.0, 1.0), PoolView("us-west-2b", True, 0.6, 0.5, 0.8))
+    assert decide(view(pools=cheaper)).pool == "us-west-2b"  # the price comes first
+
+
 def test_among_pools_at_one_price_spot_that_has_lasted_counts_with_the_mean_spell() -> None:
     # us-west-2b's mean spell is longer, but us-west-2a's spot has held for 3 h now and 2b's just came back.
     pools = (
@@ -188,12 +198,18 @@ def test_unknown_policy_is_refused_with_the_choices() -> None:
 def test_where_the_whole_history_shows_spells_that_never_pay_a_return_it_waits_like_greedy() -> None:
     # Rare spot: three spells in the 12-hour window are too few to trust, 30 spells that lasted half an hour in
     # the pool's whole history, going on 0.4 h after that on average, are not: a return (0.9 h) never pays.
+    # Fewer spells must clear the bar by a wider margin (their mean is noisier).
     tight = {"hours_elapsed": 30.0, "progress_hours": 21.0, "work_hours": 40.0, "deadline_hours": 50.0}
     rare = PoolView("rare-a", False, 0.12, 0.5, 1.0, up_hours=0.0)
     assert decide(view(pools=(rare,), **tight)).action == "on-demand"  # the window alone: keep the line
     settled = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.4, 30)
     assert "no reserve" in decide(view(pools=(settled,), **tight)).reason
-    few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.4, 10)
+    too_few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.1, 9)
+    assert decide(view(pools=(too_few,), **tight)).action == "on-demand"
+    # 0.6 h after the half hour, times the margin: 10 spells (1.79) reach the bar, 40 (1.4) stay under it.
+    few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.6, 10)
     assert decide(view(pools=(few,), **tight)).action == "on-demand"
+    many = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.6, 40)
+    assert "no reserve" in decide(view(pools=(many,), **tight)).reason
     lasting = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 2.0, 30)
     assert decide(view(pools=(lasting,), **tight)).action == "on-demand"
