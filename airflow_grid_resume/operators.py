@@ -910,6 +910,7 @@ class GridRunOperator(BaseOperator):
             "pools": pools,
             "instance_types": list(self.spec.instance_types),
             "interval": watch_interval(ctx),
+            "fleet": fleet_uri(self.artifacts_uri),
         }
 
     def on_session_end(self, context: Any, event: dict | None = None) -> Any:

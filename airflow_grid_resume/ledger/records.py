@@ -428,7 +428,8 @@ class Decision(Record):
     NAME = "decision"
     KEY = "sessions/SSSSSS/decision.json"
 
-    action: str  # "spot", "on-demand", "wait", or "stop" (a planned stop of an on-demand session, back to spot)
+    action: str  # "spot", "on-demand", "wait", or "stop" (a planned stop of an on-demand session: back to spot in
+    # ``pool``, or to wait for spot without one)
     at: float
     point: str = ""  # "launch", "capacity", "watch", "notice"
     pool: str | None = None

@@ -19,9 +19,10 @@ the changeover of the on-demand instance that must follow if spot goes away). So
    will not (no pool's spells pay a return, with a window's worth of time left or with 20 spells seen; or the
    pools' whole known history, 10 spells or more that lasted half an hour, shows them going on too briefly
    after that to pay one, with a margin that shrinks as the spells add up), or the initial slack is under 8
-   changeovers, there is no line: wait
-   down to the net, as greedy does. Where the whole history says so, the pools are ranked by its mean spell,
-   not the 12-hour window's (noise between pools that flicker alike).
+   changeovers, there is no line: wait down to the net, as greedy does. Where the whole history says so, the
+   pools are ranked by its mean spell, not the 12-hour window's (noise between pools that flicker alike), and a
+   run that went on-demand on its line before the history said so leaves on-demand to wait as greedy would,
+   when the spot that waiting can catch saves more than the changeover of the restart.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class Tuning:
     is this many times the first's."""
     return_seen_hours: float = LASTED_HOURS
     """Leave on-demand only for spot seen there this long already (``PoolView.up_hours``; unknown: no filter)."""
+    restart_changeovers: float = 1.0
+    """Leave on-demand to wait for spot (where no return pays) when waiting saves this many on-demand changeovers."""
     lasting_spells: float = 10.0
     """Trust the pools' whole known history (``PoolView.lasting_hours``) once it holds this many spells."""
     lasting_margin: float = 1.4
@@ -161,6 +164,21 @@ def _no_return_expected(view: PolicyView, tuning: Tuning, remaining_time: float)
     return remaining_time <= tuning.no_return_hours or _spells_seen(view) >= tuning.no_return_spells
 
 
+def _waiting_pays(view: PolicyView, tuning: Tuning, slack: float) -> bool:
+    """Waiting for spot from idle with the slack above the net saves more than the on-demand changeover the
+    restart costs. Per hour of waiting in a pool with spot a share ``a`` of the time in spells of ``m`` hours:
+    a * (od - spot) saved, less a / m spot starts that each cost a changeover at the on-demand price."""
+    d, od = view.changeover_hours, view.on_demand_price
+    best = 0.0
+    for pool in view.pools:
+        share, spell = pool.availability, pool.long_mean_up_hours or pool.mean_up_hours
+        if share is None or not spell:
+            continue
+        price = pool.spot_price if pool.spot_price is not None else 0.0
+        best = max(best, share * (od - price) - share / spell * d * od)
+    return best * (slack - 2 * d) > tuning.restart_changeovers * d * od
+
+
 def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decision:
     """Our policy (the module docstring says why each rule is there)."""
     d = view.changeover_hours
@@ -194,7 +212,9 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
             SPOT, pool.name, f"{'back to ' if on_demand_now else ''}spot in {pool.name}: {slack:.1f} h of slack"
         )
     if on_demand_now:
-        # Stopping it to idle would only buy a changeover at the on-demand price when it restarts.
+        if _settled_no_return(view, tuning) and _waiting_pays(view, tuning, slack):
+            return Decision(WAIT, None, f"leave on-demand to wait for spot: {slack:.1f} h of slack, no return pays")
+        # Otherwise stopping it to idle would only buy a changeover at the on-demand price when it restarts.
         return Decision(
             ON_DEMAND, None, f"stay on on-demand until spot: {slack:.1f} h of slack", False, on_demand_finish
         )

@@ -25,7 +25,7 @@ from airflow_grid_resume.policy.view import LASTED_HOURS as LASTED_HOURS
 from airflow_grid_resume.spot.fleetrecord import PoolStats, pool_stats
 
 WAIT = "wait"
-STOP = "stop"  # the decision record's action for a planned stop of an on-demand session (back to spot)
+STOP = "stop"  # the decision record's action for a planned stop of an on-demand session (back to spot, or to wait)
 
 
 def parse_deadline(given: Any, *, first_started_at: float) -> float:
@@ -78,8 +78,22 @@ def pool_name(pair: Pair, pairs: Sequence[Pair]) -> str:
 
 def pool_zones(instance_types: Sequence[str], zones: Iterable[str]) -> dict[str, str]:
     """Each pool's name and its zone, as the run watch asks EC2 about them (names as :func:`pool_name`)."""
-    pairs = [Pair(t, z, z) for z in dict.fromkeys(zones) for t in instance_types]
+    pairs = _watch_pairs(instance_types, zones)
     return {pool_name(p, pairs): p.zone for p in pairs}
+
+
+def pool_history(
+    record: Mapping[str, Any] | None, instance_types: Sequence[str], zones: Iterable[str]
+) -> dict[str, PoolStats]:
+    """What the fleet record says of each spot pool the run watch asks about, by the names of :func:`pool_zones`."""
+    if not record:
+        return {}
+    pairs = _watch_pairs(instance_types, zones)
+    return {pool_name(p, pairs): pool_stats(record, p.pool(SPOT)) for p in pairs}
+
+
+def _watch_pairs(instance_types: Sequence[str], zones: Iterable[str]) -> list[Pair]:
+    return [Pair(t, z, z) for z in dict.fromkeys(zones) for t in instance_types]
 
 
 @dataclass(frozen=True)
@@ -240,7 +254,7 @@ def decision_line(doc: Mapping[str, Any]) -> str:
         SPOT: f"spot in {pool}" if pool else "spot",
         ON_DEMAND: "on-demand" + (" to the end" if doc.get("commit") else ""),
         WAIT: "wait for spot",
-        STOP: "planned stop, back to spot",
+        STOP: f"planned stop, back to spot in {pool}" if pool else "planned stop, to wait for spot",
     }.get(str(action), str(action))
     # The policy's reason starts with what it decided ("on-demand: 1.3 h behind the line"); a stop says it first.
     parts = [f"{words}: {reason}" if action == STOP or not reason else reason]
@@ -312,12 +326,14 @@ def watch_choice(
     progress_hours: float,
     tick_seconds: float,
     spot_since: Mapping[str, float] | None = None,
+    history: Mapping[str, PoolStats] | None = None,
 ) -> DecisionRecord:
     """The decision about a session running on on-demand (the run watch, periodically): stay, or a planned
     stop to go back to spot (``stop``) when the policy would rather wait for spot or start it. ``pools`` says
     which pools have spot now, as far as known (None: not known; the policy then stays on on-demand);
     ``spot_since`` when the watch first saw spot in each, in an unbroken run of checks (the policy leaves
-    on-demand only for spot that has lasted a while)."""
+    on-demand only for spot that has lasted a while); ``history`` what the fleet record says of each pool
+    (:func:`pool_history`: with it, the policy can also stop on-demand to wait where no return to spot pays)."""
     changeover_left = max(0.0, ctx.changeover_hours - (now - launched_at) / 3600.0)
     view = ctx.view(
         now,
@@ -327,6 +343,7 @@ def watch_choice(
         changeover_left_hours=changeover_left,
         tick_seconds=tick_seconds,
         spot_since=spot_since,
+        history=history,
     )
     decision = ctx.decide(view)
     stop = decision.action in (SPOT, WAIT) and not decision.commit

@@ -36,12 +36,14 @@ from airflow_grid_resume.run.deadline import (
     STOP,
     DeadlineContext,
     decision_line,
+    pool_history,
     pools_from_scores,
     running_progress,
     same_decision,
     watch_choice,
 )
 from airflow_grid_resume.run.ending import LEASE_HELD, lease_holder_elsewhere
+from airflow_grid_resume.spot import fleetstore
 from airflow_grid_resume.watch.cadence import ChunkSchedule
 from airflow_grid_resume.watch.liveness import ALIVE, BOOTING, NO_AGENT, SILENT, Liveness
 from airflow_grid_resume.watch.liveness import GONE as GONE_VERDICT
@@ -578,6 +580,9 @@ class RunWatchTrigger(BaseTrigger):
             if not self._scores_warned:
                 self._scores_warned = True
                 self.log.warning("could not read spot placement scores (ec2:GetSpotPlacementScores): %s", exc)
+        # The fleet record (read at each question: other runs' sessions add to it): the pools' whole history.
+        fleet = await fleetstore.a_read(ledger.client, self.deadline_policy.get("fleet"))
+        history = pool_history(fleet, list(self.deadline_policy.get("instance_types") or []), pools.values())
         now = time.time()
         spot_now = pools_from_scores(pools, scores)
         for name, up in spot_now.items():
@@ -590,6 +595,7 @@ class RunWatchTrigger(BaseTrigger):
             spot_now,
             now=now,
             spot_since=self._spot_since,
+            history=history,
             launched_at=self.launched_at,
             progress_hours=running_progress(ctx, self._progress, now=now, launched_at=self.launched_at),
             tick_seconds=interval,
@@ -600,7 +606,8 @@ class RunWatchTrigger(BaseTrigger):
         self._last_decision = record
         if record.action == STOP:
             self._stop_asked = {"reason": record.reason, "at": now}
-            self.log.info("session %d: asking the agent for a planned stop (back to spot)", self.session)
+            goal = f"back to spot in {record.pool}" if record.pool else "to wait for spot"
+            self.log.info("session %d: asking the agent for a planned stop (%s)", self.session, goal)
             await self._mark_watched(ledger, max(offset, self._offset_logged))
 
     async def _boot_problem_on_console(self, ec2: Any) -> str | None:

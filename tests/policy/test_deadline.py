@@ -213,3 +213,17 @@ def test_where_the_whole_history_shows_spells_that_never_pay_a_return_it_waits_l
     assert "no reserve" in decide(view(pools=(many,), **tight)).reason
     lasting = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 2.0, 30)
     assert decide(view(pools=(lasting,), **tight)).action == "on-demand"
+
+
+def test_on_demand_it_leaves_for_spot_waiting_where_the_history_rules_out_a_return_and_waiting_pays() -> None:
+    # On on-demand (its line sent it there) in a rare pool whose whole history now rules out a return: waiting
+    # saves 0.12 * 2 - 0.12 / 0.5 * 0.6 = 0.096 per hour, so 10 h of slack pay the restart's on-demand
+    # changeover (0.6) and 5 h do not; without the whole history it keeps on-demand.
+    settled = (PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.4, 30),)
+    run = {"work_hours": 48.0, "deadline_hours": 60.0, "hours_elapsed": 10.0, "current": "on-demand"}
+    roomy = decide(view(pools=settled, progress_hours=8.0, **run))
+    assert (roomy.action, roomy.commit) == ("wait", False)
+    assert "leave on-demand" in roomy.reason
+    assert decide(view(pools=settled, progress_hours=3.0, **run)).action == "on-demand"
+    unknown = (PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.4, 5),)
+    assert decide(view(pools=unknown, progress_hours=8.0, **run)).action == "on-demand"

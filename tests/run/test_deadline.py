@@ -16,6 +16,7 @@ from airflow_grid_resume.run.deadline import (
     decision_line,
     first_try_problem,
     parse_deadline,
+    pool_history,
     pool_name,
     pool_zones,
     pools_from_scores,
@@ -201,25 +202,29 @@ def test_the_fleet_record_steers_the_policy_away_from_a_pool_whose_sessions_die_
     assert blind(PAIRS, {}, 0.0)[1] == (PAIRS[0].key,)
 
 
+def short_spells_record(lasted: float | None) -> dict:
+    """A fleet record of the two zones: a quarter of the capacity answers had spot, and 15 spot sessions each
+    were reclaimed 0.1 h after lasting half an hour (counted as lasting spells when ``lasted`` is given)."""
+    from airflow_grid_resume.spot import fleetrecord
+    from airflow_grid_resume.spot.fleetrecord import Observation
+
+    observations = [
+        Observation(p.pool(SPOT), kind, T0 + i, None, f"{p.zone}-{kind}-{i}")
+        for p in PAIRS
+        for i, kind in enumerate([fleetrecord.CAPACITY] + [fleetrecord.NO_CAPACITY] * 3)
+    ] + [
+        Observation(p.pool(SPOT), fleetrecord.INTERRUPTED, T0 + 10 + i, 0.6 * 3600, f"{p.zone}-s{i}")
+        for p in PAIRS
+        for i in range(15)
+    ]
+    return fleetrecord.apply(None, observations, lasted_hours=lasted)
+
+
 def test_the_fleet_records_lasting_spells_reach_the_policy_as_in_the_replay() -> None:
     """30 spot sessions in the two zones, each reclaimed 0.1 h after lasting half an hour: the record's whole
     history says a return from on-demand (0.9 h at these prices) never pays, so with no spot now and 1 h of slack,
     under the line, the policy has no line and waits down to the net. The same record written before it kept
     lasting spells (no counters: an older record) leaves the rule off, and the policy keeps its line."""
-    from airflow_grid_resume.spot import fleetrecord
-    from airflow_grid_resume.spot.fleetrecord import Observation
-
-    def record(lasted: float | None) -> dict:
-        observations = [
-            Observation(p.pool(SPOT), kind, T0 + i, None, f"{p.zone}-{kind}-{i}")
-            for p in PAIRS
-            for i, kind in enumerate([fleetrecord.CAPACITY] + [fleetrecord.NO_CAPACITY] * 3)
-        ] + [
-            Observation(p.pool(SPOT), fleetrecord.INTERRUPTED, T0 + 10 + i, 0.6 * 3600, f"{p.zone}-s{i}")
-            for p in PAIRS
-            for i in range(15)
-        ]
-        return fleetrecord.apply(None, observations, lasted_hours=lasted)
 
     # A 50 h run of 40 h of work, 30 h in with 21 h done: 1 h of slack, under the line (1.24 h), above the net.
     late = ctx(
@@ -236,19 +241,42 @@ def test_the_fleet_records_lasting_spells_reach_the_policy_as_in_the_replay() ->
         market, _, decision = chooser(PAIRS, no_spot, 3600.0)
         return market, str(getattr(decision, "reason", ""))
 
-    history = {pool_name(p, PAIRS): pool_stats(record(LASTED_HOURS), p.pool(SPOT)) for p in PAIRS}
+    history = {pool_name(p, PAIRS): pool_stats(short_spells_record(LASTED_HOURS), p.pool(SPOT)) for p in PAIRS}
     view = late.view(now, pools={"us-east-1a": False, "us-east-1b": False}, history=history)
     assert [(p.lasting_hours, p.lasting_spells) for p in view.pools] == [(pytest.approx(0.1), 15)] * 2
     assert [(p.availability, p.mean_up_hours) for p in view.pools] == [(0.25, pytest.approx(0.6))] * 2
-    market, reason = choose(record(LASTED_HOURS))
+    market, reason = choose(short_spells_record(LASTED_HOURS))
     assert market == WAIT and "no reserve pays here" in reason and "line" not in reason
 
-    older = late.view(
-        now, pools={"us-east-1a": False}, history={"us-east-1a": pool_stats(record(None), PAIRS[0].pool(SPOT))}
-    )
+    older_stats = pool_stats(short_spells_record(None), PAIRS[0].pool(SPOT))
+    older = late.view(now, pools={"us-east-1a": False}, history={"us-east-1a": older_stats})
     assert (older.pools[0].lasting_hours, older.pools[0].lasting_spells) == (None, 0)
-    for without in (record(None), None):
+    for without in (short_spells_record(None), None):
         market, reason = choose(without)
         assert market == ON_DEMAND and "behind the line" in reason
     unknown = late.view(now, pools={"us-east-1c": False}, history=history)
     assert (unknown.pools[0].lasting_hours, unknown.pools[0].lasting_spells) == (None, None)
+
+
+def test_the_watch_stops_on_demand_to_wait_where_the_fleet_record_rules_out_a_return() -> None:
+    """On on-demand with 4 h of slack and no spot now, in pools whose whole history (the fleet record) says a
+    return from on-demand never pays: waiting for spot from idle saves 0.25 * 2 - 0.25 / 0.6 * 0.6 = 0.25 per
+    hour, more than the restart's on-demand changeover, so the watch asks for a planned stop to wait. With 1 h of
+    slack, or without the record, it stays on on-demand."""
+    run = ctx(
+        deadline_at=T0 + 50 * 3600,
+        work_hours=40.0,
+        on_demand_price=3.0,
+        spot_prices={"us-east-1a": 1.0, "us-east-1b": 1.0},
+    )
+    pools = pool_zones(["g5.xlarge"], ["us-east-1a", "us-east-1b"])
+    history = pool_history(short_spells_record(LASTED_HOURS), ["g5.xlarge"], pools.values())
+    assert set(history) == set(pools) and history["us-east-1a"].lasting_spells == 15
+    no_spot = {name: False for name in pools}
+    kw = {"now": T0 + 30 * 3600, "launched_at": T0 + 20 * 3600, "tick_seconds": 60}
+    stop = watch_choice(run, no_spot, progress_hours=24.0, history=history, **kw)
+    assert (stop.action, stop.pool) == (STOP, None)
+    assert decision_line(stop.to_dict()).startswith("planned stop, to wait for spot: leave on-demand")
+    assert watch_choice(run, no_spot, progress_hours=21.0, history=history, **kw).action == ON_DEMAND
+    assert watch_choice(run, no_spot, progress_hours=24.0, **kw).action == ON_DEMAND
+    assert pool_history(None, ["g5.xlarge"], pools.values()) == {}
