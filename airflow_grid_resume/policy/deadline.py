@@ -106,14 +106,15 @@ def _pool_worth(pool: PoolView, view: PolicyView, tuning: Tuning, from_on_demand
     return not from_on_demand or _spell_pays_switch(spell, pool.spot_price, view, tuning)
 
 
+def _spot_price(pool: PoolView) -> float:
+    return pool.spot_price if pool.spot_price is not None else 0.0  # not known: as free (the ranking's tie)
+
+
 def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolView | None:
     usable = [p for p in view.pools if _pool_worth(p, view, tuning, from_on_demand)]
     if not usable:
         return None
     settled = _settled_no_return(view, tuning)
-
-    def price(pool: PoolView) -> float:
-        return pool.spot_price if pool.spot_price is not None else 0.0
 
     def lasting(pool: PoolView) -> float:
         spell = pool.mean_up_hours or 0.0
@@ -121,8 +122,8 @@ def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolVi
             spell = pool.long_mean_up_hours  # short spells for good: the window's mean is noise
         return spell + tuning.age_weight * (pool.up_hours or 0.0)
 
-    cheapest = min(price(p) for p in usable)
-    usable = [p for p in usable if price(p) == cheapest]
+    cheapest = min(_spot_price(p) for p in usable)
+    usable = [p for p in usable if _spot_price(p) == cheapest]
     longest = max(usable, key=lasting)
     # The pools in the order given (the user's preference, greedy's order), unless another one's spot promises
     # clearly longer: a window's mean of a few spells is noisy, and a small lead is mostly noise.
@@ -174,8 +175,7 @@ def _waiting_pays(view: PolicyView, tuning: Tuning, slack: float) -> bool:
         share, spell = pool.availability, pool.long_mean_up_hours or pool.mean_up_hours
         if share is None or not spell:
             continue
-        price = pool.spot_price if pool.spot_price is not None else 0.0
-        best = max(best, share * (od - price) - share / spell * d * od)
+        best = max(best, share * (od - _spot_price(pool)) - share / spell * d * od)
     return best * (slack - 2 * d) > tuning.restart_changeovers * d * od
 
 
