@@ -48,7 +48,7 @@ class Tuning:
     """Slack kept for the end, in changeovers: enough for a few returns to spot near the deadline."""
     min_spell_changeovers: float = 0.0
     """Skip pools whose mean spell is shorter than this many changeovers (0: take any spell from idle)."""
-    reserve_share: float = 0.1
+    reserve_share: float = 0.07
     """At most this share of the initial slack (beyond the net's 2 changeovers) is kept as the reserve."""
     pace_power: float = 6.0
     """Shape of the line: 1 spends the slack evenly (as Uniform Progress), larger spends it sooner (greedier)."""

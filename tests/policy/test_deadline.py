@@ -182,7 +182,7 @@ def test_where_history_shows_only_spells_too_short_to_leave_on_demand_for_it_wai
     # 24 spells of 0.3 h in the last 12 h (share 0.6): a reserve could only buy on-demand hours that spot
     # never relieves, so it waits for spot down to the net; with one long spell in some pool it keeps its line.
     flicker = (PoolView("us-west-2a", False, 0.6, 0.3, 1.0),)
-    # 48 h run, 40 h of work, 30 h in with 1 h of slack: under the line (1.24 h: 1.2 h reserve) and above the net.
+    # 48 h run, 40 h of work, 30 h in with 1 h of slack: under the line (1.11 h: 1.07 h reserve) and above the net.
     tight = {"hours_elapsed": 30.0, "progress_hours": 21.0, "work_hours": 40.0, "deadline_hours": 50.0}
     assert decide(view(pools=flicker, **tight)).action == "wait"
     assert "no reserve" in decide(view(pools=flicker, **tight)).reason

@@ -226,7 +226,7 @@ def test_the_fleet_records_lasting_spells_reach_the_policy_as_in_the_replay() ->
     under the line, the policy has no line and waits down to the net. The same record written before it kept
     lasting spells (no counters: an older record) leaves the rule off, and the policy keeps its line."""
 
-    # A 50 h run of 40 h of work, 30 h in with 21 h done: 1 h of slack, under the line (1.24 h), above the net.
+    # A 50 h run of 40 h of work, 30 h in with 21 h done: 1 h of slack, under the line (1.11 h), above the net.
     late = ctx(
         deadline_at=T0 + 50 * 3600,
         work_hours=40.0,
