@@ -110,11 +110,11 @@ def _spot_price(pool: PoolView) -> float:
     return pool.spot_price if pool.spot_price is not None else 0.0  # not known: as free (the ranking's tie)
 
 
-def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolView | None:
+def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool, settled: bool) -> PoolView | None:
+    """``settled``: ``_settled_no_return`` (then pools are compared by their whole history's mean spell)."""
     usable = [p for p in view.pools if _pool_worth(p, view, tuning, from_on_demand)]
     if not usable:
         return None
-    settled = _settled_no_return(view, tuning)
 
     def lasting(pool: PoolView) -> float:
         spell = pool.mean_up_hours or 0.0
@@ -154,10 +154,11 @@ def _settled_no_return(view: PolicyView, tuning: Tuning) -> bool:
     )
 
 
-def _no_return_expected(view: PolicyView, tuning: Tuning, remaining_time: float) -> bool:
-    """The history shows spells in some pool, none long enough to pay a return from on-demand, and it is
-    recent enough (little time left) or rich enough (many spells) to be believed for the rest of the run."""
-    if _settled_no_return(view, tuning):
+def _no_return_expected(view: PolicyView, tuning: Tuning, remaining_time: float, settled: bool) -> bool:
+    """The whole history rules a return out (``settled``: ``_settled_no_return``), or the window shows spells in
+    some pool, none long enough to pay a return from on-demand, and it is recent enough (little time left) or rich
+    enough (many spells) to be believed for the rest of the run."""
+    if settled:
         return True
     spells = [(p.mean_up_hours, p.spot_price) for p in view.pools if p.mean_up_hours is not None]
     if not spells or any(_spell_pays_switch(spell, price, view, tuning) for spell, price in spells):
@@ -206,13 +207,14 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
             on_demand_finish,
         )
 
-    pool = _best_pool(view, tuning, on_demand_now)
+    settled = _settled_no_return(view, tuning)  # asked by three rules below: once per decision
+    pool = _best_pool(view, tuning, on_demand_now, settled)
     if pool is not None:
         return Decision(
             SPOT, pool.name, f"{'back to ' if on_demand_now else ''}spot in {pool.name}: {slack:.1f} h of slack"
         )
     if on_demand_now:
-        if _settled_no_return(view, tuning) and _waiting_pays(view, tuning, slack):
+        if settled and _waiting_pays(view, tuning, slack):
             return Decision(WAIT, None, f"leave on-demand to wait for spot: {slack:.1f} h of slack, no return pays")
         # Otherwise stopping it to idle would only buy a changeover at the on-demand price when it restarts.
         return Decision(
@@ -221,7 +223,9 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
 
     initial = view.deadline_hours - view.work_hours
     reserve = 2 * d + min(tuning.reserve_changeovers * d, tuning.reserve_share * max(0.0, initial - 2 * d))
-    no_line = initial < tuning.greedy_below_changeovers * d or _no_return_expected(view, tuning, remaining_time)
+    no_line = initial < tuning.greedy_below_changeovers * d or _no_return_expected(
+        view, tuning, remaining_time, settled
+    )
 
     def line(x: float) -> float:
         if no_line:

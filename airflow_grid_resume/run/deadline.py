@@ -166,22 +166,27 @@ class DeadlineContext:
             current=current,
             committed_on_demand=self.committed,
             pools=tuple(
-                PoolView(
-                    name=name,
-                    available_now=up,
-                    availability=history[name].availability if name in history else None,
-                    mean_up_hours=history[name].mean_up_hours if name in history else None,
-                    spot_price=self.spot_prices.get(name),
-                    up_hours=up_hours(history.get(name), up, now, since.get(name)),
-                    # The record's session lifetimes are its whole history already.
-                    long_mean_up_hours=history[name].mean_up_hours if name in history else None,
-                    lasting_hours=history[name].lasting_hours if name in history else None,
-                    lasting_spells=history[name].lasting_spells if name in history else None,
-                )
-                for name, up in pools.items()
+                self._pool_view(name, up, history.get(name), now, since.get(name)) for name, up in pools.items()
             ),
             changeover_left_hours=changeover_left_hours,
             tick_hours=tick_seconds / 3600.0,
+        )
+
+    def _pool_view(
+        self, name: str, up: bool | None, stats: PoolStats | None, now: float, since: float | None
+    ) -> PoolView:
+        """One pool as the policy sees it: spot now, and what the fleet record says of it (``stats``, None when
+        it has nothing on the pool)."""
+        return PoolView(
+            name=name,
+            available_now=up,
+            availability=stats.availability if stats else None,
+            mean_up_hours=stats.mean_up_hours if stats else None,
+            spot_price=self.spot_prices.get(name),
+            up_hours=up_hours(stats, up, now, since),
+            long_mean_up_hours=stats.mean_up_hours if stats else None,  # the record's lifetimes are its whole history
+            lasting_hours=stats.lasting_hours if stats else None,
+            lasting_spells=stats.lasting_spells if stats else None,
         )
 
     def decide(self, view: PolicyView) -> Decision:
