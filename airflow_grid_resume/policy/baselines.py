@@ -8,11 +8,14 @@ ep(x) = x * work / deadline and d the changeover, the rules are tried in order:
   some pool: the first such pool, in the order given; (5) cp < ep(t): on-demand; (6) idle.
 - ``greedy``: (1) as above; (2) as above; (3) spot available: the first such pool; (4) idle.
 - ``on-demand``: on-demand from the first decision to the end.
+
+The comparisons are those of exact arithmetic (``HOURS_TOLERANCE``): in floats, a slack of exactly 2d after a
+few ticks of 1/6 h lands on either side of the net by rounding alone.
 """
 
 from __future__ import annotations
 
-from airflow_grid_resume.policy.view import ON_DEMAND, SPOT, WAIT, Decision, PolicyView
+from airflow_grid_resume.policy.view import HOURS_TOLERANCE, ON_DEMAND, SPOT, WAIT, Decision, PolicyView
 
 
 def _on_spot(view: PolicyView) -> str | None:
@@ -38,7 +41,7 @@ def _safety_net(view: PolicyView) -> Decision | None:
     remaining_time = view.deadline_hours - view.hours_elapsed
     if view.committed_on_demand:
         return Decision(ON_DEMAND, None, "on-demand to the end: committed", commit=True)
-    if remaining_time < remaining_work + 2 * view.changeover_hours:
+    if remaining_time < remaining_work + 2 * view.changeover_hours - HOURS_TOLERANCE:
         return Decision(
             ON_DEMAND,
             None,
@@ -61,12 +64,12 @@ def uniform_progress(view: PolicyView) -> Decision:
     def expected(x: float) -> float:
         return x * view.work_hours / view.deadline_hours
 
-    if view.current == ON_DEMAND and cp < expected(t + 2 * d):
+    if view.current == ON_DEMAND and cp < expected(t + 2 * d) - HOURS_TOLERANCE:
         return Decision(ON_DEMAND, None, f"stay on on-demand: {expected(t + 2 * d) - cp:.1f} h behind the line")
     pool = _first_available(view)
     if pool is not None:
         return Decision(SPOT, pool, f"spot in {pool}")
-    if cp < expected(t):
+    if cp < expected(t) - HOURS_TOLERANCE:
         return Decision(ON_DEMAND, None, f"on-demand: {expected(t) - cp:.1f} h behind the line")
     return Decision(WAIT, None, f"wait: {cp - expected(t):.1f} h ahead of the line")
 

@@ -32,10 +32,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from airflow_grid_resume.policy.baselines import greedy, on_demand, uniform_progress
-from airflow_grid_resume.policy.view import LASTED_HOURS, ON_DEMAND, SPOT, WAIT, Decision, PolicyView, PoolView
+from airflow_grid_resume.policy.view import (
+    HOURS_TOLERANCE,
+    LASTED_HOURS,
+    ON_DEMAND,
+    SPOT,
+    WAIT,
+    Decision,
+    PolicyView,
+    PoolView,
+)
 
-NET_TOLERANCE = 1e-10
-"""Float drift (sums of 1/6 h ticks) allowed at the net: as greedy's, a slack of exactly 2d still starts spot."""
 HISTORY_SPAN_HOURS = 12.0
 """The span of ``PoolView``'s history (``traces.HISTORY_HOURS``; the operator's pool history keeps the same)."""
 
@@ -96,7 +103,7 @@ def _spell_pays_switch(spell: float, spot_price: float | None, view: PolicyView,
 def _pool_worth(pool: PoolView, view: PolicyView, tuning: Tuning, from_on_demand: bool) -> bool:
     if not pool.available_now:
         return False
-    if from_on_demand and pool.up_hours is not None and pool.up_hours < tuning.return_seen_hours - NET_TOLERANCE:
+    if from_on_demand and pool.up_hours is not None and pool.up_hours < tuning.return_seen_hours - HOURS_TOLERANCE:
         return False
     spell = pool.mean_up_hours
     if spell is None:
@@ -198,7 +205,7 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
                 return Decision(SPOT, current, f"stay on spot in {current}: {slack:.1f} h of slack")
     if view.committed_on_demand:
         return Decision(ON_DEMAND, None, "on-demand to the end: committed", True, on_demand_finish)
-    if slack < 2 * d - NET_TOLERANCE:
+    if slack < 2 * d - HOURS_TOLERANCE:
         return Decision(
             ON_DEMAND,
             None,
@@ -236,7 +243,7 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
 
     # Waiting one interval must leave the on-demand finish (S >= d) possible; with intervals no longer than
     # a changeover this is greedy's net (S >= 2d now), with longer ones it is stricter.
-    floor = max(d, 2 * d - g) - NET_TOLERANCE
+    floor = max(d, 2 * d - g) - HOURS_TOLERANCE
     if slack - g < max(line(t + g), floor):
         reason = "on the net" if no_line else f"{line(t) - slack:.1f} h behind the line"
         return Decision(ON_DEMAND, None, f"on-demand: {reason}", False, on_demand_finish)

@@ -15,10 +15,7 @@ from dataclasses import dataclass
 
 from airflow_grid_resume.policy.deadline import decide
 from airflow_grid_resume.policy.traces import HISTORY_HOURS, Trace, TraceError, check_aligned
-from airflow_grid_resume.policy.view import ON_DEMAND, SPOT, WAIT, Decision, PolicyView
-
-# Float sums of ticks (1/6 h...) drift by ~1e-15 per step; a finish this close to the deadline meets it.
-TOLERANCE = 1e-9
+from airflow_grid_resume.policy.view import HOURS_TOLERANCE, ON_DEMAND, SPOT, WAIT, Decision, PolicyView
 
 
 @dataclass(frozen=True)
@@ -107,7 +104,7 @@ def simulate(
         left -= paid
         price = on_demand_price if current == ON_DEMAND else spot_prices[current]
         billed = g
-        done = progress + (g - paid) >= work - TOLERANCE
+        done = progress + (g - paid) >= work - HOURS_TOLERANCE
         if done:
             billed = paid + (work - progress)
         progress += g - paid
@@ -119,6 +116,13 @@ def simulate(
         if done:
             finish = k * g + billed
             return SimResult(
-                start, policy, cost, finish, finish <= deadline + TOLERANCE, spot_hours, on_demand_hours, changeovers
+                start,
+                policy,
+                cost,
+                finish,
+                finish <= deadline + HOURS_TOLERANCE,
+                spot_hours,
+                on_demand_hours,
+                changeovers,
             )
     return SimResult(start, policy, None, None, False, spot_hours, on_demand_hours, changeovers)

@@ -9,6 +9,9 @@ SPOT = "spot"
 WAIT = "wait"
 LASTED_HOURS = 0.5
 """``PoolView.lasting_hours`` is about spells that lasted this long (the policy's return rule waits as long)."""
+HOURS_TOLERANCE = 1e-9
+"""Hours closer than this compare as equal: sums of 1/6 h ticks drift by about 1e-15 a step, and the contract's
+rules (issue 25) are exact arithmetic, so a slack of exactly 2d must not fall on either side of the net by chance."""
 
 
 @dataclass(frozen=True)

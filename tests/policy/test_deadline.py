@@ -178,6 +178,14 @@ def test_at_exactly_two_changeovers_of_slack_it_still_takes_spot_as_greedy_does(
     assert (below.action, below.commit) == ("on-demand", True)
 
 
+def test_a_slack_of_two_changeovers_up_to_float_drift_is_two_changeovers_for_every_policy() -> None:
+    # Sums of 1/6 h ticks drift by ~1e-15 a step; the contract's rules are exact arithmetic, so a slack of 2d
+    # less such drift still takes spot, under every policy alike (else the net falls either way by chance).
+    drifted = view(hours_elapsed=5.5, progress_hours=3.9 - 1e-12)
+    for policy in ("default", "greedy", "uniform-progress"):
+        assert decide(drifted, policy).action == "spot", policy
+
+
 def test_where_history_shows_only_spells_too_short_to_leave_on_demand_for_it_waits_like_greedy() -> None:
     # 24 spells of 0.3 h in the last 12 h (share 0.6): a reserve could only buy on-demand hours that spot
     # never relieves, so it waits for spot down to the net; with one long spell in some pool it keeps its line.
