@@ -10,8 +10,9 @@ the changeover of the on-demand instance that must follow if spot goes away). So
 2. S below 2d, no return to spot can ever be paid: on-demand to the end (committed), the safety net;
 3. spot in a pool worth starting (from on-demand, only when its mean spell pays the switch's changeovers
    three times over and spot has been there half an hour already, so a flicker after a long spell is sat
-   out): the cheapest pool, the first given unless another one's mean spell plus its spot's age now is
-   clearly (1.5 times) longer;
+   out): the cheapest pool, the first given unless the whole known history's mean spell of another one,
+   counted up to the work left, is clearly (2 times) longer (the window's mean and spot's age now only move
+   cost around between pools that differ less);
 4. otherwise wait only while the slack stays above a line falling steeply (straight for tight deadlines) from
    the initial slack to a reserve of a few changeovers at the deadline; below it, on-demand, kept until spot
    worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). The line
@@ -19,10 +20,9 @@ the changeover of the on-demand instance that must follow if spot goes away). So
    will not (no pool's spells pay a return, with a window's worth of time left or with 20 spells seen; or the
    pools' whole known history, 10 spells or more that lasted half an hour, shows them going on too briefly
    after that to pay one, with a margin that shrinks as the spells add up), or the initial slack is under 8
-   changeovers, there is no line: wait down to the net, as greedy does. Where the whole history says so, the
-   pools are ranked by its mean spell, not the 12-hour window's (noise between pools that flicker alike), and a
-   run that went on-demand on its line before the history said so leaves on-demand to wait as greedy would,
-   when the spot that waiting can catch saves more than the changeover of the restart.
+   changeovers, there is no line: wait down to the net, as greedy does. A run that went on-demand on its line
+   before the history said so leaves on-demand to wait as greedy would, when the spot that waiting can catch
+   saves more than the changeover of the restart.
 """
 
 from __future__ import annotations
@@ -69,11 +69,9 @@ class Tuning:
     """With this little time left, trust the history: no pool worth a return from on-demand means no line."""
     no_return_spells: float = 20.0
     """With this many spells in the history, trust it for longer runs too."""
-    age_weight: float = 1.0
-    """Among equal prices, rank pools by mean spell plus this times how long spot has lasted there now."""
-    rank_lead: float = 1.5
-    """Among equal prices, take a pool other than the first given only when its mean spell plus spot's age there
-    is this many times the first's."""
+    rank_lead: float = 2.0
+    """Among equal prices, take a pool other than the first given only when its whole history's mean spell (up to
+    the work left) is this many times the first's."""
     return_seen_hours: float = LASTED_HOURS
     """Leave on-demand only for spot seen there this long already (``PoolView.up_hours``; unknown: no filter)."""
     restart_changeovers: float = 1.0
@@ -117,23 +115,24 @@ def _spot_price(pool: PoolView) -> float:
     return pool.spot_price if pool.spot_price is not None else 0.0  # not known: as free (the ranking's tie)
 
 
-def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool, settled: bool) -> PoolView | None:
-    """``settled``: ``_settled_no_return`` (then pools are compared by their whole history's mean spell)."""
+def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolView | None:
     usable = [p for p in view.pools if _pool_worth(p, view, tuning, from_on_demand)]
     if not usable:
         return None
+    # A spell is worth at most the work left (and the start's changeover): beyond, pools are alike.
+    needed = view.work_hours - view.progress_hours + view.changeover_hours
 
     def lasting(pool: PoolView) -> float:
-        spell = pool.mean_up_hours or 0.0
-        if settled and pool.long_mean_up_hours is not None:
-            spell = pool.long_mean_up_hours  # short spells for good: the window's mean is noise
-        return spell + tuning.age_weight * (pool.up_hours or 0.0)
+        # The whole history's mean spell, not the 12-hour window's or spot's age there now: between pools that
+        # differ less than that, those are noise, and picking by noise only moves cost around.
+        spell = pool.long_mean_up_hours if pool.long_mean_up_hours is not None else pool.mean_up_hours
+        return min(spell or 0.0, needed)
 
     cheapest = min(_spot_price(p) for p in usable)
     usable = [p for p in usable if _spot_price(p) == cheapest]
     longest = max(usable, key=lasting)
-    # The pools in the order given (the user's preference, greedy's order), unless another one's spot promises
-    # clearly longer: a window's mean of a few spells is noisy, and a small lead is mostly noise.
+    # The pools in the order given (the user's preference, greedy's order), unless another one's spells are
+    # clearly longer.
     return longest if lasting(longest) > tuning.rank_lead * lasting(usable[0]) else usable[0]
 
 
@@ -215,7 +214,7 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
         )
 
     settled = _settled_no_return(view, tuning)  # asked by three rules below: once per decision
-    pool = _best_pool(view, tuning, on_demand_now, settled)
+    pool = _best_pool(view, tuning, on_demand_now)
     if pool is not None:
         return Decision(
             SPOT, pool.name, f"{'back to ' if on_demand_now else ''}spot in {pool.name}: {slack:.1f} h of slack"

@@ -123,22 +123,38 @@ def test_it_picks_the_pool_with_the_longest_spells_not_the_first_listed() -> Non
 
 
 def test_a_small_lead_in_spell_does_not_pass_over_the_first_pool_given() -> None:
-    # A window's mean of a few spells is noisy: 2b's 1.4 h against 2a's 1.0 h is no reason to leave the order
-    # given (the user's, greedy's); 1.6 h is (the lead is 1.5 times).
-    for spell, chosen in ((1.4, "us-west-2a"), (1.6, "us-west-2b")):
+    # Between pools whose spells differ by less than twice, picking the longer one only moves cost around
+    # (benchmarked): the order given (the user's, greedy's) stands; 2.1 times is a lead.
+    for spell, chosen in ((1.9, "us-west-2a"), (2.1, "us-west-2b")):
         pools = (PoolView("us-west-2a", True, 0.6, 1.0, 1.0), PoolView("us-west-2b", True, 0.6, spell, 1.0))
         assert decide(view(pools=pools)).pool == chosen
     cheaper = (PoolView("us-west-2a", True, 0.6, 4.0, 1.0), PoolView("us-west-2b", True, 0.6, 0.5, 0.8))
     assert decide(view(pools=cheaper)).pool == "us-west-2b"  # the price comes first
 
 
-def test_among_pools_at_one_price_spot_that_has_lasted_counts_with_the_mean_spell() -> None:
-    # us-west-2b's mean spell is longer, but us-west-2a's spot has held for 3 h now and 2b's just came back.
-    pools = (
-        PoolView("us-west-2a", True, 0.6, 2.0, 1.0, up_hours=3.0),
-        PoolView("us-west-2b", True, 0.6, 4.0, 1.0, up_hours=0.0),
+def test_pools_are_ranked_by_their_whole_history_not_the_window_or_spots_age() -> None:
+    # us-west-2b's last 12 hours (4 h spells) and its spot's 3 h now look far better, but over its whole history
+    # its spells are as long as 2a's: noise, the order given stands. A whole history 3 times longer is a lead.
+    alike = (
+        PoolView("us-west-2a", True, 0.6, 1.0, 1.0, up_hours=0.0, long_mean_up_hours=1.2),
+        PoolView("us-west-2b", True, 0.6, 4.0, 1.0, up_hours=3.0, long_mean_up_hours=1.5),
     )
-    assert decide(view(pools=pools)).pool == "us-west-2a"
+    assert decide(view(pools=alike)).pool == "us-west-2a"
+    longer = (
+        PoolView("us-west-2a", True, 0.6, 1.0, 1.0, up_hours=0.0, long_mean_up_hours=1.2),
+        PoolView("us-west-2b", True, 0.6, 1.0, 1.0, up_hours=0.0, long_mean_up_hours=3.6),
+    )
+    assert decide(view(pools=longer)).pool == "us-west-2b"
+
+
+def test_spells_longer_than_the_work_left_do_not_reorder_the_pools() -> None:
+    # 1 h of work left: 2b's 10 h spells are worth no more than 2a's 3 h ones (both outlast the work).
+    pools = (
+        PoolView("us-west-2a", True, 0.6, 3.0, 1.0, long_mean_up_hours=3.0),
+        PoolView("us-west-2b", True, 0.6, 10.0, 1.0, long_mean_up_hours=10.0),
+    )
+    assert decide(view(pools=pools, hours_elapsed=5.0, progress_hours=5.0)).pool == "us-west-2a"
+    assert decide(view(pools=pools)).pool == "us-west-2b"  # 6 h of work left: the longer spells count
 
 
 def test_it_commits_to_on_demand_when_the_slack_cannot_pay_a_return_to_spot() -> None:
