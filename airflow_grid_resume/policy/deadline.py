@@ -20,9 +20,10 @@ the changeover of the on-demand instance that must follow if spot goes away). So
    will not (no pool's spells pay a return, with a window's worth of time left or with 20 spells seen; or the
    pools' whole known history, 10 spells or more that lasted half an hour, shows them going on too briefly
    after that to pay one, with a margin that shrinks as the spells add up), or the initial slack is under 8
-   changeovers, there is no line: wait down to the net, as greedy does. A run that went on-demand on its line
-   before the history said so leaves on-demand to wait as greedy would, when the spot that waiting can catch
-   saves more than the changeover of the restart.
+   changeovers, there is no line: wait down to the net, as greedy does. Nor under 3 changeovers of slack:
+   on-demand started there could never be left for spot, so it costs the same started at the net. A run that
+   went on-demand on its line before the history said so leaves on-demand to wait as greedy would, when the
+   spot that waiting can catch saves more than the changeover of the restart.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class Tuning:
     the work left) is this many times the first's."""
     return_seen_hours: float = LASTED_HOURS
     """Leave on-demand only for spot seen there this long already (``PoolView.up_hours``; unknown: no filter)."""
+    line_floor_changeovers: float = 3.0
+    """Below this slack in changeovers, no line: wait to the net (3: on-demand could never be left for spot)."""
     restart_changeovers: float = 1.0
     """Leave on-demand to wait for spot (where no return pays) when waiting saves this many on-demand changeovers."""
     lasting_spells: float = 10.0
@@ -229,8 +232,12 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
 
     initial = view.deadline_hours - view.work_hours
     reserve = 2 * d + min(tuning.reserve_changeovers * d, tuning.reserve_share * max(0.0, initial - 2 * d))
-    no_line = initial < tuning.greedy_below_changeovers * d or _no_return_expected(
-        view, tuning, remaining_time, settled
+    # Under line_floor changeovers of slack, on-demand started now could never be left for spot (after its
+    # changeover the slack is under the net): it costs the same started now or at the net, so wait there.
+    no_line = (
+        initial < tuning.greedy_below_changeovers * d
+        or slack < tuning.line_floor_changeovers * d - HOURS_TOLERANCE
+        or _no_return_expected(view, tuning, remaining_time, settled)
     )
 
     def line(x: float) -> float:

@@ -251,3 +251,15 @@ def test_on_demand_it_leaves_for_spot_waiting_where_the_history_rules_out_a_retu
     assert decide(view(pools=settled, progress_hours=3.0, **run)).action == "on-demand"
     unknown = (PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.4, 5),)
     assert decide(view(pools=unknown, progress_hours=8.0, **run)).action == "on-demand"
+
+
+def test_under_three_changeovers_of_slack_it_waits_to_the_net_rather_than_follow_its_line() -> None:
+    # 1 h left for 0.5 h of work, no spot now, a pool whose spells pay a return: the line (0.65 h near the
+    # deadline) is above the slack. With 0.5 h of slack, on-demand would keep 0.3 h after its changeover, under
+    # the net, so it could never be left for spot: it costs the same started at the net, and waiting may
+    # catch spot. With 0.7 h it could, and the line sends it there.
+    away = (PoolView("us-west-2b", False, 0.8, 4.0, 1.0),)
+    run = {"work_hours": 6.0, "deadline_hours": 10.0, "hours_elapsed": 9.0, "pools": away}
+    assert decide(view(progress_hours=5.5, **run)).action == "wait"
+    behind = decide(view(progress_hours=5.7, **run))
+    assert behind.action == "on-demand" and "behind the line" in behind.reason
