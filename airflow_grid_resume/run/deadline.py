@@ -151,8 +151,8 @@ class DeadlineContext:
     ) -> PolicyView:
         """The policy's view at ``now``: ``pools`` maps each pool's name to whether spot is there now (None:
         not known), ``current`` is None (no instance), ``"on-demand"`` or the spot pool's name; ``history`` what
-        the fleet record says of each pool (the share of capacity answers that had capacity, session lifetimes, how
-        long sessions that lasted ``LASTED_HOURS`` went on);
+        the fleet record says of each pool (the share of capacity answers that had capacity, hours of spot per
+        interruption, how long sessions that lasted ``LASTED_HOURS`` went on);
         ``spot_since`` when the caller first saw spot in a pool in an unbroken run of answers (epoch seconds)."""
         history = history or {}
         since = spot_since or {}
@@ -181,10 +181,10 @@ class DeadlineContext:
             name=name,
             available_now=up,
             availability=stats.availability if stats else None,
-            mean_up_hours=stats.mean_up_hours if stats else None,
+            mean_up_hours=stats.mean_spell_hours if stats else None,
             spot_price=self.spot_prices.get(name),
             up_hours=up_hours(stats, up, now, since),
-            long_mean_up_hours=stats.mean_up_hours if stats else None,  # the record's lifetimes are its whole history
+            long_mean_up_hours=stats.mean_spell_hours if stats else None,  # the record is its whole history
             lasting_hours=stats.lasting_hours if stats else None,
             lasting_spells=stats.lasting_spells if stats else None,
         )

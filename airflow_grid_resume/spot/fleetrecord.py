@@ -142,7 +142,10 @@ class PoolStats:
     otherwise (censored: the spell lasted at least as long) without counting them as ends; with such time and no
     interruption yet, that time as if one were ending now (spells not seen to end are long, not unknown), None
     without either;
-    ``lasting_spells``: those interruptions (its evidence).
+    ``lasting_spells``: those interruptions (its evidence); ``mean_spell_hours``: the sessions' hours per
+    interruption, the mean spell of spot the way ``lasting_hours`` counts (a session that finished or was stopped
+    lasted at least that long, no end; with none reclaimed yet, the time as if one were ending now), None without
+    any session: a pool whose runs finish quickly is not a pool of short spells, as ``mean_up_hours`` would say.
     """
 
     pool: str
@@ -158,6 +161,7 @@ class PoolStats:
     last_no_capacity_at: float | None
     lasting_hours: float | None
     lasting_spells: int
+    mean_spell_hours: float | None
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -194,6 +198,7 @@ def pool_stats(record: Mapping[str, Any] | None, pool: str) -> PoolStats:
         last_no_capacity_at=_last(recent, NO_CAPACITY),
         lasting_hours=lasting_hours / max(1, lasting_spells) if lasting_hours > 0 or lasting_spells else None,
         lasting_spells=lasting_spells,
+        mean_spell_hours=up_hours / max(1, interruptions) if sessions else None,
     )
 
 

@@ -202,6 +202,30 @@ def test_the_fleet_record_steers_the_policy_away_from_a_pool_whose_sessions_die_
     assert blind(PAIRS, {}, 0.0)[1] == (PAIRS[0].key,)
 
 
+def test_sessions_that_finished_quickly_are_not_short_spells_to_the_policy() -> None:
+    """us-east-1a's three sessions finished after half an hour (runs that were done, never reclaimed) and
+    us-east-1b's were reclaimed after 2 h: 1a has seen 1.5 h of spot and no end, 1b one end per 2 h, so the
+    author's order stands. Sessions' mean lifetime (0.5 h against 2 h) would have called 1a's spot short-lived."""
+    from airflow_grid_resume.spot import fleetrecord
+    from airflow_grid_resume.spot.fleetrecord import Observation
+
+    quick, reclaimed = PAIRS[0].pool(SPOT), PAIRS[1].pool(SPOT)
+    record = fleetrecord.apply(
+        None,
+        [
+            *(Observation(quick, fleetrecord.ENDED, T0 - 3600 + i, 1800.0, f"a{i}") for i in range(3)),
+            *(Observation(reclaimed, fleetrecord.INTERRUPTED, T0 - 3600 + i, 2 * 3600.0, f"b{i}") for i in range(3)),
+        ],
+    )
+    stats = pool_stats(record, quick)
+    assert (stats.mean_up_hours, stats.mean_spell_hours) == (pytest.approx(0.5), pytest.approx(1.5))
+    roomy = ctx(progress_hours=3.0)
+    chooser = LaunchChooser(roomy, point="launch", tick_seconds=15, clock_now=lambda: T0 + 60, record=record)
+    market, first, decision = chooser(PAIRS, {}, 0.0)
+    assert (market, first) == (SPOT, (PAIRS[0].key,))
+    assert getattr(decision, "pool", None) == "us-east-1a"
+
+
 def short_spells_record(lasted: float | None) -> dict:
     """A fleet record of the two zones: a quarter of the capacity answers had spot, and 15 spot sessions each
     were reclaimed 0.1 h after lasting half an hour (counted as lasting spells when ``lasted`` is given)."""

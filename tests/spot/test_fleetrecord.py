@@ -48,6 +48,18 @@ def test_time_past_half_an_hour_without_any_interruption_is_long_not_unknown() -
     assert short.lasting_spells == 0 and short.lasting_hours is None  # nothing lasted half an hour: not known
 
 
+def test_the_mean_spell_counts_sessions_that_ended_otherwise_as_spells_that_went_on() -> None:
+    # Hours of spot per interruption: 1 h + 2 h reclaimed once is 3 h per end (the session that finished is no
+    # end); three finished sessions of 1 h, none reclaimed: 3 h as if one were ending now; no session: unknown.
+    mixed = pool_stats(apply(None, sessions((INTERRUPTED, 2.0), (ENDED, 1.0))), POOL)
+    assert (mixed.mean_up_hours, mixed.mean_spell_hours) == (pytest.approx(1.5), pytest.approx(3.0))
+    finished = pool_stats(apply(None, sessions((ENDED, 1.0), (ENDED, 1.0), (ENDED, 1.0))), POOL)
+    assert finished.mean_spell_hours == pytest.approx(3.0)
+    reclaimed = pool_stats(apply(None, sessions((INTERRUPTED, 1.0), (INTERRUPTED, 3.0))), POOL)
+    assert reclaimed.mean_spell_hours == pytest.approx(2.0) == reclaimed.mean_up_hours
+    assert pool_stats(None, POOL).mean_spell_hours is None
+
+
 def test_an_older_record_without_the_counters_loads_and_counts_on_from_zero() -> None:
     older = {
         "version": 1,
