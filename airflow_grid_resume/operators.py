@@ -77,6 +77,8 @@ from airflow_grid_resume.run.nextstep import (
     next_step,
 )
 from airflow_grid_resume.run.options import RunOptions, seconds
+from airflow_grid_resume.run.pace import measure
+from airflow_grid_resume.run.pacestore import pace_uri, read_prior, record_run
 from airflow_grid_resume.run.summary import read_records, summarize, summary_lines
 from airflow_grid_resume.run.verdict import (
     FAIL_RUN,
@@ -609,11 +611,12 @@ class GridRunOperator(BaseOperator):
             "run_uri": run_uri,
             "first_started_at": first_started,
             "agent_sha256": digests["agent_sha256"],
+            "pace_uri": self._pace_uri(context),
         }
         if store:
             store.set(STATE_KEY, state)
         run_state = read_run_state(ledger, session)
-        ctx = self._deadline_context(ledger, first_started)  # None without deadline=
+        ctx = self._deadline_context(ledger, first_started, state["pace_uri"])  # None without deadline=
         launched = self._launch_now(spec, run_uri, session, interruptions, expires_at, run_state, ctx)
         if launched is not None:
             return self.on_capacity(context, launched)
@@ -715,9 +718,16 @@ class GridRunOperator(BaseOperator):
             raise AirflowFailException(explain_fatal(err.code, err.message)) from exc
         return dataclasses.replace(spec, root_device_name=device)
 
-    def _deadline_context(self, ledger: RunLedger, first_started: float) -> DeadlineContext | None:
-        """A deadline= run: the deadline (resolved at the first try), the pace measured so far, the price
-        (None without deadline=, or with use_spot=False: every session is on-demand then anyway)."""
+    def _pace_uri(self, context: Any) -> str:
+        ti = context["ti"]
+        return pace_uri(self.artifacts_uri, ti.dag_id, ti.task_id, getattr(ti, "map_index", -1))
+
+    def _deadline_context(
+        self, ledger: RunLedger, first_started: float, pace: str | None = None
+    ) -> DeadlineContext | None:
+        """A deadline= run: the deadline (resolved at the first try), the pace measured so far (before it has
+        measured its own, what earlier runs of the task did: the pace record at ``pace``), the price (None
+        without deadline=, or with use_spot=False: every session is on-demand then anyway)."""
         if self.deadline is None or not self.expected_runtime or not self.use_spot:
             return None
         price = on_demand_price(self.spec.instance_types[0], self.on_demand_prices) or 1.0
@@ -732,6 +742,7 @@ class GridRunOperator(BaseOperator):
                 records=read_records(ledger),
                 expected_changeover_hours=self.expected_changeover / 3600.0,
                 policy=self.deadline_policy,
+                prior=read_prior(ledger.client, pace),
             )
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
@@ -900,7 +911,7 @@ class GridRunOperator(BaseOperator):
         launch = ledger.read_launch(session) if self.deadline is not None else None
         if launch is None or launch.lifecycle != "on-demand":
             return None
-        ctx = self._deadline_context(ledger, float(state.get("first_started_at") or time.time()))
+        ctx = self._deadline_context(ledger, float(state.get("first_started_at") or time.time()), state.get("pace_uri"))
         if ctx is None:
             return None
         zones = self.spot_hook.subnet_zones(list(self.spec.subnet_ids))
@@ -990,6 +1001,9 @@ class GridRunOperator(BaseOperator):
         """The run succeeded: its summary (the XCom), the model's asset event, the lineage's facts."""
         summary = self._summary(ledger, event)
         self._completed_summary = summary
+        # What this run measured of its pace, for the task's next runs (a deadline= run's prior).
+        pace = measure(read_records(ledger), expected_hours=(self.expected_runtime or 0.0) / 3600.0, now=time.time())
+        record_run(ledger.client, self._pace_uri(context), str(ledger.location), pace, time.time(), self.s3_write)
         if self.model_asset is not None:
             checkpoint = read_final_checkpoint(ledger, summary.get("last_manifest"))
             extra = model_event_extra(summary, checkpoint, bucket=ledger.location.bucket)

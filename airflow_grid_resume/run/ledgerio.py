@@ -24,7 +24,7 @@ from airflow_grid_resume.run.budgets import budget_use, counted_after
 from airflow_grid_resume.run.deadline import DeadlineContext, first_try_problem, parse_deadline
 from airflow_grid_resume.run.ending import ended_status
 from airflow_grid_resume.run.nextstep import RunView, final_contradiction
-from airflow_grid_resume.run.pace import DEFAULT_CHANGEOVER_HOURS, measure
+from airflow_grid_resume.run.pace import DEFAULT_CHANGEOVER_HOURS, PriorPace, measure
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +185,12 @@ def deadline_context(
     records: list[dict[str, Any]],
     expected_changeover_hours: float = DEFAULT_CHANGEOVER_HOURS,
     policy: str = "default",
+    prior: PriorPace | None = None,
 ) -> DeadlineContext:
     """A deadline= run's context for the policy: the deadline as the run's first try resolved it (written to
-    ``deadline.json`` then, read back by every later try), the pace measured from ``records`` (``read_records``),
-    and whether an earlier decision committed the run to on-demand. Raises ValueError for a deadline that is
+    ``deadline.json`` then, read back by every later try), the pace measured from ``records`` (``read_records``;
+    what it has not measured yet, from ``prior``: earlier runs of the task), and whether an earlier decision
+    committed the run to on-demand. Raises ValueError for a deadline that is
     not one, or one already past at the first try."""
     stored = ledger.read_record(Deadline)
     if stored is None:
@@ -205,7 +207,11 @@ def deadline_context(
             stored = ledger.read_record(Deadline)
         stored = stored or record
     pace = measure(
-        records, expected_hours=stored.expected_hours, now=now, default_changeover_hours=expected_changeover_hours
+        records,
+        expected_hours=stored.expected_hours,
+        now=now,
+        default_changeover_hours=expected_changeover_hours,
+        prior=prior,
     )
     committed = any(d.get("commit") and d.get("action") == "on-demand" for d in session_decisions(ledger).values())
     return DeadlineContext(

@@ -5,6 +5,8 @@ A ``deadline=`` run starts from the DAG author's ``expected_runtime``; once the 
 (``grid-resume: progress DONE/TOTAL``, agent/progress.py) the agent records when it read the first and the latest
 of each session (``first_at``, ``done_at``/``last_at``), and the run's own rate replaces the guess. Every number is
 from the session records :func:`~airflow_grid_resume.run.summary.read_records` gives (launch, outcome, heartbeat).
+Until the run has measured its own, what earlier runs of the same task measured stands in (``PriorPace``, from the
+task's pace record: ``with_run`` adds a finished run to it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from airflow_grid_resume.run.summary import epoch_seconds
 DEFAULT_CHANGEOVER_HOURS = 0.2
 # A rate is trusted once a session advanced this many steps over a measured span.
 MIN_STEPS_FOR_RATE = 2
+# The task's pace record keeps this many of its latest runs (a new model or new data moves the pace: recent counts).
+PRIOR_RUNS = 5
+PACE_FORMAT = "grid-resume-task-pace/1"
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,9 @@ class SessionPace:
 
 @dataclass(frozen=True)
 class Pace:
-    """The run's pace as measured so far. ``steps_per_hour`` and ``changeover_hours`` say whether they were
-    measured (``*_measured``); ``work_hours`` is ``total / rate`` once both are known, else the author's guess."""
+    """The run's pace as measured so far. ``steps_per_hour``, ``total_steps`` and ``changeover_measured`` are this
+    run's own (None / False until measured); ``work_hours`` and ``changeover_hours`` are what the policy uses: the
+    run's own, else earlier runs' (``PriorPace``), else the author's guess and the default."""
 
     work_hours: float
     progress_hours: float
@@ -70,6 +76,63 @@ class Pace:
             total_steps=None if doc.get("total_steps") is None else int(doc["total_steps"]),
             changeover_measured=bool(doc.get("changeover_measured")),
         )
+
+
+@dataclass(frozen=True)
+class PriorPace:
+    """What earlier runs of the same task measured (means over ``runs`` of them; each None when none did)."""
+
+    runs: int
+    steps_per_hour: float | None = None
+    total_steps: int | None = None
+    """The latest run's total (the same script prints the same total until its config changes)."""
+    changeover_hours: float | None = None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def prior_pace(record: Mapping[str, Any] | None) -> PriorPace | None:
+    """The task's pace record (``with_run``'s documents) as a prior; None without a run in it."""
+    runs = [r for r in (record or {}).get("runs") or [] if isinstance(r, Mapping)]
+    if not runs:
+        return None
+
+    def floats(name: str) -> list[float]:
+        out = []
+        for r in runs:
+            try:
+                value = float(r[name])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if value > 0:
+                out.append(value)
+        return out
+
+    totals = [t for t in (_int(r.get("total_steps")) for r in runs) if t]
+    return PriorPace(
+        runs=len(runs),
+        steps_per_hour=_mean(floats("steps_per_hour")),
+        total_steps=totals[-1] if totals else None,
+        changeover_hours=_mean(floats("changeover_hours")),
+    )
+
+
+def with_run(record: Mapping[str, Any] | None, run: str, pace: Pace, at: float) -> dict[str, Any] | None:
+    """The task's pace record with ``run``'s measurements (replacing an earlier entry of the same run), keeping
+    the latest ``PRIOR_RUNS``; None when the run measured nothing worth keeping (no rate, no changeover)."""
+    if pace.steps_per_hour is None and not pace.changeover_measured:
+        return None
+    entry = {
+        "run": run,
+        "at": round(at, 3),
+        "steps_per_hour": pace.steps_per_hour,
+        "total_steps": pace.total_steps,
+        "changeover_hours": pace.changeover_hours if pace.changeover_measured else None,
+    }
+    runs = [r for r in (record or {}).get("runs") or [] if isinstance(r, Mapping) and r.get("run") != run]
+    return {"format": PACE_FORMAT, "runs": [*runs, entry][-PRIOR_RUNS:]}
 
 
 def _int(value: Any) -> int | None:
@@ -141,14 +204,20 @@ def measure(
     now: float,
     running_since: float | None = None,
     default_changeover_hours: float = DEFAULT_CHANGEOVER_HOURS,
+    prior: PriorPace | None = None,
 ) -> Pace:
     """The run's pace from its session records (in session order). Without progress lines the progress is
-    the hours its sessions ran past their changeover (an estimate; a printed total makes it exact)."""
+    the hours its sessions ran past their changeover (an estimate; a printed total makes it exact). What the
+    run has not measured yet, earlier runs of the task (``prior``) did: their rate, their total (until this run
+    prints its own) and their changeover, before ``expected_hours`` and ``default_changeover_hours``."""
     sessions = [session_pace(r) for r in records]
-    rate = steps_per_hour(sessions)
+    own_rate = steps_per_hour(sessions)
+    rate = own_rate if own_rate is not None else (prior.steps_per_hour if prior else None)
     measured = changeover_hours(sessions, rate)
-    change = measured if measured is not None else default_changeover_hours
-    total = next((s.total for s in reversed(sessions) if s.total), None)
+    prior_change = prior.changeover_hours if prior else None
+    change = next((c for c in (measured, prior_change) if c is not None), default_changeover_hours)
+    own_total = next((s.total for s in reversed(sessions) if s.total), None)
+    total = own_total if own_total is not None else (prior.total_steps if prior else None)
     done = max((s.last for s in sessions if s.last is not None), default=None)
     work = total / rate if total and rate else expected_hours
     if done is not None and total:
@@ -167,9 +236,9 @@ def measure(
         work_hours=work,
         progress_hours=progress,
         changeover_hours=change,
-        steps_per_hour=rate,
+        steps_per_hour=own_rate,
         done_steps=done,
-        total_steps=total,
+        total_steps=own_total,
         changeover_measured=measured is not None,
     )
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airflow_grid_resume.ledger.s3client import is_not_found, is_precondition_failed
+from airflow_grid_resume.ledger.s3client import is_not_found
+from airflow_grid_resume.ledger.shareddoc import read_json, update_json
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
 from airflow_grid_resume.spot import fleetrecord
@@ -42,14 +43,7 @@ def _where(uri: str) -> tuple[str, str]:
 
 def read(client: Any, uri: str) -> tuple[dict | None, str | None]:
     """The record and its ETag; (None, None) when there is none yet."""
-    bucket, key = _where(uri)
-    try:
-        response = client.get_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if is_not_found(exc):
-            return None, None
-        raise
-    return json.loads(response["Body"].read()), str(response["ETag"])
+    return read_json(client, *_where(uri))
 
 
 def add(
@@ -66,28 +60,14 @@ def add(
     as ``fleetrecord.apply``'s (given with session ends)."""
     if not observations:
         return None
-    bucket, key = _where(uri)
-    rng = rng or random.Random()
-    for attempt in range(MAX_TRIES):
-        try:
-            current, etag = read(client, uri)
-            merged = fleetrecord.apply(current, observations, lasted_hours=lasted_hours)
-            merged["updated_at"] = round(time.time(), 3)
-            condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
-            body = json.dumps(merged, separators=(",", ":"), sort_keys=True).encode()
-            extra = (write or S3WriteOptions()).put_kwargs()
-            client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition, **extra)
-            return merged
-        except ClientError as exc:
-            if not is_precondition_failed(exc):
-                log.warning("could not update the fleet record %s: %s", uri, exc)
-                return None
-        except (BotoCoreError, ValueError) as exc:
-            log.warning("could not update the fleet record %s: %s", uri, exc)
-            return None
-        time.sleep(rng.uniform(0, min(2.0, 0.05 * 2**attempt)))
-    log.warning("gave up updating the fleet record %s after %d conflicting writes", uri, MAX_TRIES)
-    return None
+
+    def merge(current: dict | None) -> dict:
+        merged = fleetrecord.apply(current, observations, lasted_hours=lasted_hours)
+        merged["updated_at"] = round(time.time(), 3)
+        return merged
+
+    put = (write or S3WriteOptions()).put_kwargs()
+    return update_json(client, *_where(uri), merge, what="the fleet record", put_kwargs=put, tries=MAX_TRIES, rng=rng)
 
 
 async def a_read(client: Any, uri: str | None) -> dict | None:

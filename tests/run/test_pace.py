@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_grid_resume.run.pace import DEFAULT_CHANGEOVER_HOURS, measure, session_pace, steps_per_hour
+from airflow_grid_resume.run.pace import (
+    DEFAULT_CHANGEOVER_HOURS,
+    PRIOR_RUNS,
+    Pace,
+    PriorPace,
+    measure,
+    prior_pace,
+    session_pace,
+    steps_per_hour,
+    with_run,
+)
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
 
@@ -54,3 +64,40 @@ def test_a_running_session_is_read_from_its_heartbeat() -> None:
 
 def test_one_step_is_not_a_rate() -> None:
     assert steps_per_hour([session_pace(record(1, T0, 5, T0 + 10, 6, T0 + 20))]) is None
+
+
+# -- earlier runs of the same task --------------------------------------------------------------------
+
+
+def test_before_the_run_measures_its_own_earlier_runs_pace_stands_in() -> None:
+    # Two earlier runs went 500 and 700 steps an hour over 1200 steps, and took 0.1 h to start. A new run with
+    # no progress line yet: 1200 steps at 600 an hour (2 h), not the author's 10 h guess; its changeover 0.1 h.
+    doc = with_run(None, "r1", Pace(1.0, 1.0, 0.1, 500.0, 1200, 1200, True), T0)
+    doc = with_run(doc, "r2", Pace(1.0, 1.0, 0.1, 700.0, 1200, 1200, True), T0 + 86400)
+    prior = prior_pace(doc)
+    assert prior == PriorPace(runs=2, steps_per_hour=600.0, total_steps=1200, changeover_hours=pytest.approx(0.1))
+    started = [{"session": 1, "launch": {"launched_at": T0}}]
+    pace = measure(started, expected_hours=10.0, now=T0 + 60, prior=prior)
+    assert pace.work_hours == pytest.approx(2.0) and pace.changeover_hours == pytest.approx(0.1)
+    assert pace.steps_per_hour is None and not pace.changeover_measured  # nothing of its own yet
+    # Its first progress lines say 2400 steps this time (a bigger config): the earlier rate prices them at once.
+    one = [record(1, T0, 1, T0 + 600, 2, T0 + 601, total=2400)]
+    assert measure(one, expected_hours=10.0, now=T0 + 700, prior=prior).work_hours == pytest.approx(4.0)
+    # Once it has its own rate (400 steps an hour), that is what counts.
+    own = [record(1, T0, 1, T0 + 600, 401, T0 + 600 + 3600, total=2400)]
+    assert measure(own, expected_hours=10.0, now=T0 + 5000, prior=prior).work_hours == pytest.approx(6.0)
+
+
+def test_the_task_pace_record_keeps_the_latest_runs_once_each() -> None:
+    pace = Pace(1.0, 1.0, 0.2, 100.0, 50, 50, False)
+    doc = None
+    for i in range(PRIOR_RUNS + 2):
+        doc = with_run(doc, f"run{i}", pace, T0 + i)
+    doc = with_run(doc, f"run{PRIOR_RUNS + 1}", Pace(1.0, 1.0, 0.2, 300.0, 60, 60, False), T0 + 99)
+    assert doc is not None
+    assert [r["run"] for r in doc["runs"]] == [f"run{i}" for i in range(2, PRIOR_RUNS + 1)] + [f"run{PRIOR_RUNS + 1}"]
+    assert doc["runs"][-1]["steps_per_hour"] == 300.0 and doc["runs"][-1]["changeover_hours"] is None
+    assert prior_pace(doc) == PriorPace(runs=PRIOR_RUNS, steps_per_hour=140.0, total_steps=60, changeover_hours=None)
+    # A run without progress lines measured nothing: the record is left as it is.
+    assert with_run(doc, "blind", Pace(5.0, 5.0, 0.2), T0) is None
+    assert prior_pace(None) is None and prior_pace({"runs": []}) is None

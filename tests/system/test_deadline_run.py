@@ -20,6 +20,7 @@ from airflow_grid_resume.ledger import records
 from airflow_grid_resume.policy.simulate import simulate
 from airflow_grid_resume.policy.traces import Trace
 from airflow_grid_resume.run.pace import measure
+from airflow_grid_resume.run.pacestore import pace_uri, read_prior
 from airflow_grid_resume.run.summary import read_records, session_span
 from tests.conftest import AMI, TRAIN
 from tests.test_operators import run_ledger, summary_of
@@ -148,6 +149,11 @@ def test_a_deadline_run_meets_its_deadline_on_spot_through_a_replayed_trace_at_t
     run = read_records(ledger)
     pace = measure(run, expected_hours=STEPS * STEP_SECONDS / 3600, now=time.time())
     assert pace.changeover_measured and pace.steps_per_hour
+    # The task's next runs start from what this one measured (the pace record beside its runs).
+    prior = read_prior(boto3.client("s3"), pace_uri(f"s3://{bucket}/grid-runs/", dag.dag_id, "train"))
+    assert prior is not None and prior.runs == 1 and prior.total_steps == STEPS
+    assert prior.steps_per_hour == pytest.approx(pace.steps_per_hour)
+    assert prior.changeover_hours == pytest.approx(pace.changeover_hours)
     price = float(details[0]["estimated_cost_usd"]) / (details[0]["seconds"] / 3600)
     sim = simulate(
         [Trace(zone, GAP, tuple(TRACE))],
