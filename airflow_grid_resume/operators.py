@@ -41,7 +41,7 @@ from airflow_grid_resume.hooks.base import hook_client
 from airflow_grid_resume.hooks.livequeue import LiveQueueHook, QueueRefused
 from airflow_grid_resume.hooks.spot import SpotLaunchHook, launch_error
 from airflow_grid_resume.ledger import layout
-from airflow_grid_resume.ledger.errors import BucketRulesError, UsageError
+from airflow_grid_resume.ledger.errors import AgentError, BucketRulesError, UsageError
 from airflow_grid_resume.ledger.gc import DEFAULT_GRACE_SECONDS, collect_garbage
 from airflow_grid_resume.ledger.records import Closed, Deadline, Launch, Outcome, Spec, Watch, as_dict
 from airflow_grid_resume.ledger.status import SessionStatus
@@ -1001,15 +1001,24 @@ class GridRunOperator(BaseOperator):
         """The run succeeded: its summary (the XCom), the model's asset event, the lineage's facts."""
         summary = self._summary(ledger, event)
         self._completed_summary = summary
-        # What this run measured of its pace, for the task's next runs (a deadline= run's prior).
-        pace = measure(read_records(ledger), expected_hours=(self.expected_runtime or 0.0) / 3600.0, now=time.time())
-        record_run(ledger.client, self._pace_uri(context), str(ledger.location), pace, time.time(), self.s3_write)
+        self._record_pace(context, ledger)
         if self.model_asset is not None:
             checkpoint = read_final_checkpoint(ledger, summary.get("last_manifest"))
             extra = model_event_extra(summary, checkpoint, bucket=ledger.location.bucket)
             context["outlet_events"][self.model_asset].extra.update(extra)
             self.log.info("model asset %s: %s", self.model_asset.uri, extra["checkpoint"] or "no checkpoint")
         return summary
+
+    def _record_pace(self, context: Any, ledger: RunLedger) -> None:
+        """What this run measured of its pace, for the task's next runs (a deadline= run's prior); a run that
+        succeeded never fails over it."""
+        try:
+            records = read_records(ledger)
+            pace = measure(records, expected_hours=(self.expected_runtime or 0.0) / 3600.0, now=time.time())
+        except (ClientError, BotoCoreError, AgentError, ValueError) as exc:
+            self.log.warning("could not measure the run's pace for the task's pace record: %s", exc)
+            return
+        record_run(ledger.client, self._pace_uri(context), str(ledger.location), pace, time.time(), self.s3_write)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """The workdir's upload in, the run's ledger (and the model asset) out, the run's story as a facet."""
