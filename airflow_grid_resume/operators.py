@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -41,7 +39,7 @@ from airflow_grid_resume.hooks.base import hook_client
 from airflow_grid_resume.hooks.livequeue import LiveQueueHook, QueueRefused
 from airflow_grid_resume.hooks.spot import SpotLaunchHook, launch_error
 from airflow_grid_resume.ledger import layout
-from airflow_grid_resume.ledger.errors import AgentError, BucketRulesError, UsageError
+from airflow_grid_resume.ledger.errors import BucketRulesError, UsageError
 from airflow_grid_resume.ledger.gc import DEFAULT_GRACE_SECONDS, collect_garbage
 from airflow_grid_resume.ledger.records import Closed, Deadline, Launch, Outcome, Spec, Watch, as_dict
 from airflow_grid_resume.ledger.status import SessionStatus
@@ -57,6 +55,7 @@ from airflow_grid_resume.run.asset import model_asset_uri, model_event_extra, re
 from airflow_grid_resume.run.budgets import Budgets, first_try_of_cycle
 from airflow_grid_resume.run.deadline import LASTED_HOURS, DeadlineContext, LaunchChooser, pool_zones, watch_interval
 from airflow_grid_resume.run.ending import ended_status
+from airflow_grid_resume.run.keys import run_key
 from airflow_grid_resume.run.ledgerio import (
     budget_history,
     deadline_context,
@@ -98,14 +97,6 @@ from airflow_grid_resume.triggers.run import RunWatchTrigger
 
 STATE_KEY = "grid_resume"
 RUN_XCOM = "_grid_resume_run"  # read by the UI plugin (ui/source.py)
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
-
-
-def run_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
-    """A stable, S3-safe name for the run of one task instance: retries find the same run."""
-    raw = f"{dag_id}/{task_id}/{run_id}" + (f"/{map_index}" if map_index >= 0 else "")
-    safe = "/".join(_UNSAFE.sub("_", part) for part in raw.split("/"))
-    return safe if safe == raw else f"{safe}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
 
 
 class GridRunOperator(BaseOperator):
@@ -514,7 +505,8 @@ class GridRunOperator(BaseOperator):
     def _fail(self, ledger: RunLedger, session: int, message: str) -> AirflowFailException:
         end_run(ledger, session, SessionStatus.FAILED, message.splitlines()[0])
         self._delete_live_queue(ledger)
-        self._summary(ledger, {"status": SessionStatus.FAILED.value})  # the last try's log ends with the run's story
+        # the last try's log ends with the run's story
+        self._summary(ledger, {"status": SessionStatus.FAILED.value}, self._records(ledger))
         return AirflowFailException(message)
 
     # -- the lifecycle -------------------------------------------------------------------------------
@@ -611,12 +603,11 @@ class GridRunOperator(BaseOperator):
             "run_uri": run_uri,
             "first_started_at": first_started,
             "agent_sha256": digests["agent_sha256"],
-            "pace_uri": self._pace_uri(context),
         }
         if store:
             store.set(STATE_KEY, state)
         run_state = read_run_state(ledger, session)
-        ctx = self._deadline_context(ledger, first_started, state["pace_uri"])  # None without deadline=
+        ctx = self._deadline_context(ledger, first_started, self._pace_uri(context))  # None without deadline=
         launched = self._launch_now(spec, run_uri, session, interruptions, expires_at, run_state, ctx)
         if launched is not None:
             return self.on_capacity(context, launched)
@@ -901,17 +892,19 @@ class GridRunOperator(BaseOperator):
                 deferred_at=time.time(),
                 live_queue=spec.live_queue if spec is not None else None,
                 s3_write=self.s3_write.to_json(),
-                deadline_policy=self._watch_policy(ledger, session, state),
+                deadline_policy=self._watch_policy(context, ledger, session, state),
             ),
             method_name="on_session_end",
         )
 
-    def _watch_policy(self, ledger: RunLedger, session: int, state: dict) -> dict | None:
+    def _watch_policy(self, context: Any, ledger: RunLedger, session: int, state: dict) -> dict | None:
         """A deadline= run's session on on-demand: what the run watch asks the policy with (back to spot?)."""
         launch = ledger.read_launch(session) if self.deadline is not None else None
         if launch is None or launch.lifecycle != "on-demand":
             return None
-        ctx = self._deadline_context(ledger, float(state.get("first_started_at") or time.time()), state.get("pace_uri"))
+        ctx = self._deadline_context(
+            ledger, float(state.get("first_started_at") or time.time()), self._pace_uri(context)
+        )
         if ctx is None:
             return None
         zones = self.spot_hook.subnet_zones(list(self.spec.subnet_ids))
@@ -984,9 +977,12 @@ class GridRunOperator(BaseOperator):
         self.on_retry_callback = list(self.on_interruption_callback)
         self.email_on_retry = False
 
-    def _summary(self, ledger: RunLedger, event: dict) -> dict:
+    def _records(self, ledger: RunLedger) -> list[dict[str, Any]]:
+        """The run's session records (with the policy's decisions for a deadline= run), read once per ending."""
+        return read_records(ledger, decisions=self.deadline is not None)
+
+    def _summary(self, ledger: RunLedger, event: dict, records: list[dict[str, Any]]) -> dict:
         deadline = as_dict(ledger.read_record(Deadline)) if self.deadline is not None else None
-        records = read_records(ledger, decisions=deadline is not None)
         summary = summarize(records, final_outcome=event.get("status"), deadline=deadline)
         last = (event.get("outcome") or {}).get("manifest")
         if last is None:  # reported without this session's outcome: the newest committed checkpoint
@@ -999,9 +995,10 @@ class GridRunOperator(BaseOperator):
 
     def _succeeded(self, context: Any, ledger: RunLedger, event: dict) -> dict:
         """The run succeeded: its summary (the XCom), the model's asset event, the lineage's facts."""
-        summary = self._summary(ledger, event)
+        records = self._records(ledger)
+        summary = self._summary(ledger, event, records)
         self._completed_summary = summary
-        self._record_pace(context, ledger)
+        self._record_pace(context, ledger, records)
         if self.model_asset is not None:
             checkpoint = read_final_checkpoint(ledger, summary.get("last_manifest"))
             extra = model_event_extra(summary, checkpoint, bucket=ledger.location.bucket)
@@ -1009,15 +1006,10 @@ class GridRunOperator(BaseOperator):
             self.log.info("model asset %s: %s", self.model_asset.uri, extra["checkpoint"] or "no checkpoint")
         return summary
 
-    def _record_pace(self, context: Any, ledger: RunLedger) -> None:
-        """What this run measured of its pace, for the task's next runs (a deadline= run's prior); a run that
-        succeeded never fails over it."""
-        try:
-            records = read_records(ledger)
-            pace = measure(records, expected_hours=(self.expected_runtime or 0.0) / 3600.0, now=time.time())
-        except (ClientError, BotoCoreError, AgentError, ValueError) as exc:
-            self.log.warning("could not measure the run's pace for the task's pace record: %s", exc)
-            return
+    def _record_pace(self, context: Any, ledger: RunLedger, records: list[dict[str, Any]]) -> None:
+        """What this run measured of its pace (from the records its summary read), for the task's next runs (a
+        deadline= run's prior); ``record_run`` logs, never raises, a failure to write it."""
+        pace = measure(records, expected_hours=(self.expected_runtime or 0.0) / 3600.0, now=time.time())
         record_run(ledger.client, self._pace_uri(context), str(ledger.location), pace, time.time(), self.s3_write)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:

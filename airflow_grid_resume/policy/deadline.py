@@ -114,6 +114,11 @@ def _pool_worth(pool: PoolView, view: PolicyView, tuning: Tuning, from_on_demand
     return not from_on_demand or _spell_pays_switch(spell, pool.spot_price, view, tuning)
 
 
+def _history_spell(pool: PoolView) -> float | None:
+    """The pool's mean spell over its whole known history, else over its 12-hour window."""
+    return pool.long_mean_up_hours if pool.long_mean_up_hours is not None else pool.mean_up_hours
+
+
 def _spot_price(pool: PoolView) -> float:
     return pool.spot_price if pool.spot_price is not None else 0.0  # not known: as free (the ranking's tie)
 
@@ -126,10 +131,9 @@ def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolVi
     needed = view.work_hours - view.progress_hours + view.changeover_hours
 
     def lasting(pool: PoolView) -> float:
-        # The whole history's mean spell, not the 12-hour window's or spot's age there now: between pools that
-        # differ less than that, those are noise, and picking by noise only moves cost around.
-        spell = pool.long_mean_up_hours if pool.long_mean_up_hours is not None else pool.mean_up_hours
-        return min(spell or 0.0, needed)
+        # The whole history's mean spell, not spot's age there now: between pools that differ less than that,
+        # it is noise, and picking by noise only moves cost around.
+        return min(_history_spell(pool) or 0.0, needed)
 
     cheapest = min(_spot_price(p) for p in usable)
     usable = [p for p in usable if _spot_price(p) == cheapest]
@@ -182,7 +186,7 @@ def _waiting_pays(view: PolicyView, tuning: Tuning, slack: float) -> bool:
     d, od = view.changeover_hours, view.on_demand_price
     best = 0.0
     for pool in view.pools:
-        share, spell = pool.availability, pool.long_mean_up_hours or pool.mean_up_hours
+        share, spell = pool.availability, _history_spell(pool)
         if share is None or not spell:
             continue
         best = max(best, share * (od - _spot_price(pool)) - share / spell * d * od)
@@ -216,7 +220,7 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
             on_demand_finish,
         )
 
-    settled = _settled_no_return(view, tuning)  # asked by three rules below: once per decision
+    settled = _settled_no_return(view, tuning)  # asked by two rules below: once per decision
     pool = _best_pool(view, tuning, on_demand_now)
     if pool is not None:
         return Decision(

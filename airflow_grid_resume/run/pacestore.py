@@ -5,7 +5,6 @@ for a mapped task's instance): what its earlier runs measured, the prior of a ``
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -13,20 +12,19 @@ from botocore.exceptions import BotoCoreError, ClientError
 from airflow_grid_resume.ledger.shareddoc import read_json, update_json
 from airflow_grid_resume.ledger.uri import parse_s3_uri
 from airflow_grid_resume.ledger.writeoptions import S3WriteOptions
+from airflow_grid_resume.run.keys import task_key
 from airflow_grid_resume.run.pace import Pace, PriorPace, prior_pace, with_run
 
 # Conditional writes lost to another run of the same task finishing at the same moment, before giving up.
 MAX_TRIES = 6
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 
 log = logging.getLogger(__name__)
 
 
 def pace_uri(artifacts_uri: str, dag_id: str, task_id: str, map_index: int = -1) -> str:
     """Where the pace record of one task (one mapped instance of it) lives: beside its runs."""
-    dag, task = (_UNSAFE.sub("_", part) for part in (dag_id, task_id))
     name = "pace.json" if map_index < 0 else f"pace-{map_index}.json"
-    return f"{artifacts_uri.rstrip('/')}/{dag}/{task}/{name}"
+    return f"{artifacts_uri.rstrip('/')}/{task_key(dag_id, task_id)}/{name}"
 
 
 def read_prior(client: Any, uri: str | None) -> PriorPace | None:
