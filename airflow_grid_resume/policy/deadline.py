@@ -8,22 +8,24 @@ the changeover of the on-demand instance that must follow if spot goes away). So
 
 1. on spot and the pool still has it: stay (the slack was checked when the spell began);
 2. S below 2d, no return to spot can ever be paid: on-demand to the end (committed), the safety net;
-3. spot in a pool worth starting (from on-demand, only when its mean spell pays the switch's changeovers
-   three times over and spot has been there half an hour already, so a flicker after a long spell is sat
-   out): the cheapest pool, the first given unless the whole known history's mean spell of another one,
-   counted up to the work left, is clearly (2 times) longer (the window's mean and spot's age now only move
-   cost around between pools that differ less);
+3. spot in a pool worth starting (from on-demand, only when spot has been there half an hour already, so a
+   flicker after a long spell is sat out, and what such a spell can expect pays the switch's changeovers three
+   times over: the window's mean spell, or how long the whole history's spells went on after half an hour,
+   whichever is longer): the cheapest pool, the first given unless the whole known history's mean spell of
+   another one, counted up to the work left, is clearly (2 times) longer (the window's mean and spot's age now
+   only move cost around between pools that differ less);
 4. otherwise wait only while the slack stays above a line falling steeply (straight for tight deadlines) from
    the initial slack to a reserve of a few changeovers at the deadline; below it, on-demand, kept until spot
    worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). The line
    only pays when spot later comes back in spells worth leaving on-demand for: where the history says it
-   will not (no pool's spells pay a return, with a window's worth of time left or with 20 spells seen; or the
-   pools' whole known history, 10 spells or more that lasted half an hour, shows them going on too briefly
-   after that to pay one, with a margin that shrinks as the spells add up), or the initial slack is under 8
-   changeovers, there is no line: wait down to the net, as greedy does. Nor under 3 changeovers of slack:
-   on-demand started there could never be left for spot, so it costs the same started at the net. A run that
-   went on-demand on its line before the history said so leaves on-demand to wait as greedy would, when the
-   spot that waiting can catch saves more than the changeover of the restart.
+   will not (no pool's spells pay a return, with a window's worth of time left, with 20 spells seen, or with
+   the whole history agreeing; or the pools' whole known history, 10 spells or more that lasted half an hour
+   (3 where the window agrees), shows them going on too briefly after that to pay one, with a margin that
+   shrinks as the spells add up), or the initial slack is under 8 changeovers, there is no line: wait down to
+   the net, as greedy does. Nor under 3 changeovers of slack: on-demand started there could never be left for
+   spot, so it costs the same started at the net. A run that went on-demand on its line before the history
+   said so leaves on-demand to wait as greedy would, when the spot that waiting can catch saves more than the
+   changeover of the restart.
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ class Tuning:
     lasting_z: float = 2.5
     """With n spells the margin is at least 1 + this / sqrt(n): the mean of n spells of a memoryless length is off
     by about 1 / sqrt(n) of itself, so few spells must clear the bar by more (10 spells: 1.79, 40 and more: 1.4)."""
+    agreeing_spells: float = 3.0
+    """Where the window's spells pay no return either, the whole history rules a return out from this many
+    spells (with the margin ``lasting_z`` sets for so few)."""
 
 
 DEFAULT_TUNING = Tuning()
@@ -111,7 +116,19 @@ def _pool_worth(pool: PoolView, view: PolicyView, tuning: Tuning, from_on_demand
         return True
     if spell < tuning.min_spell_changeovers * view.changeover_hours:
         return False
-    return not from_on_demand or _spell_pays_switch(spell, pool.spot_price, view, tuning)
+    return not from_on_demand or _spell_pays_switch(_return_spell(pool, tuning), pool.spot_price, view, tuning)
+
+
+def _return_spell(pool: PoolView, tuning: Tuning) -> float:
+    """What a return from on-demand to this pool can expect of the spell: the window's mean spell, or, where the
+    whole known history holds enough spells, how long its spells went on after lasting half an hour (a return
+    waits that long), whichever is longer: either says the pool has spells worth leaving on-demand for (the
+    window sees a recent change that the whole history's mean hides, the history sees the heavy tail that a
+    window of short spells misses)."""
+    spell = pool.mean_up_hours or 0.0
+    if pool.lasting_hours is not None and (pool.lasting_spells or 0) >= tuning.lasting_spells:
+        return max(spell, pool.lasting_hours)
+    return spell
 
 
 def _history_spell(pool: PoolView) -> float | None:
@@ -152,14 +169,15 @@ def _spells_seen(view: PolicyView) -> float:
     return seen
 
 
-def _settled_no_return(view: PolicyView, tuning: Tuning) -> bool:
-    """Every pool's whole known history is given, holds enough spells that lasted half an hour, and in none of
-    them did such a spell go on long enough (with a margin, wider for fewer spells) to pay a return from on-demand:
-    the pools' spells are short for good, whatever a 12-hour window with a handful of spells in it says."""
+def _history_rules_out_return(view: PolicyView, tuning: Tuning, min_spells: float) -> bool:
+    """Every pool's whole known history is given, holds ``min_spells`` spells that lasted half an hour or more,
+    and in none of them did such a spell go on long enough (with a margin, wider for fewer spells) to pay a return
+    from on-demand: the pools' spells are short for good, whatever a 12-hour window with a handful of spells in it
+    says."""
     if any(p.lasting_spells is None for p in view.pools):
         return False
     spells = sum(p.lasting_spells or 0 for p in view.pools)
-    if spells < tuning.lasting_spells:
+    if spells < min_spells:
         return False
     margin = max(tuning.lasting_margin, 1.0 + tuning.lasting_z / math.sqrt(spells))
     return not any(
@@ -168,15 +186,20 @@ def _settled_no_return(view: PolicyView, tuning: Tuning) -> bool:
 
 
 def _no_return_expected(view: PolicyView, tuning: Tuning, remaining_time: float, settled: bool) -> bool:
-    """The whole history rules a return out (``settled``: ``_settled_no_return``), or the window shows spells in
-    some pool, none long enough to pay a return from on-demand, and it is recent enough (little time left) or rich
-    enough (many spells) to be believed for the rest of the run."""
+    """The whole history rules a return out (``settled``: with ``lasting_spells`` spells), or the window shows
+    spells in some pool, none long enough to pay a return from on-demand, and it is recent enough (little time
+    left), rich enough (many spells) or borne out by the whole history (with as few as ``agreeing_spells``) to be
+    believed for the rest of the run."""
     if settled:
         return True
     spells = [(p.mean_up_hours, p.spot_price) for p in view.pools if p.mean_up_hours is not None]
     if not spells or any(_spell_pays_switch(spell, price, view, tuning) for spell, price in spells):
         return False
-    return remaining_time <= tuning.no_return_hours or _spells_seen(view) >= tuning.no_return_spells
+    return (
+        remaining_time <= tuning.no_return_hours
+        or _spells_seen(view) >= tuning.no_return_spells
+        or _history_rules_out_return(view, tuning, tuning.agreeing_spells)
+    )
 
 
 def _waiting_pays(view: PolicyView, tuning: Tuning, slack: float) -> bool:
@@ -220,7 +243,7 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
             on_demand_finish,
         )
 
-    settled = _settled_no_return(view, tuning)  # asked by two rules below: once per decision
+    settled = _history_rules_out_return(view, tuning, tuning.lasting_spells)  # two rules ask: once
     pool = _best_pool(view, tuning, on_demand_now)
     if pool is not None:
         return Decision(

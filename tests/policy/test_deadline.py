@@ -185,6 +185,20 @@ def test_it_leaves_on_demand_only_for_spot_that_has_lasted_half_an_hour() -> Non
     assert decide(view(pools=just_back)).pool == "us-west-2b"
 
 
+def test_it_goes_back_to_spot_where_the_whole_history_says_spells_that_lasted_go_on() -> None:
+    # A window of short spells (0.3 h: no return pays) in a pool whose whole history has spells that lasted
+    # half an hour going on 2 h more (a heavy tail): a return waits out that half hour, so it can expect the 2 h.
+    on_demand = {"current": "on-demand", "hours_elapsed": 1.0, "progress_hours": 1.0}
+    heavy_tail = PoolView("us-west-2b", True, 0.5, 0.3, 1.0, 0.5, 0.3, 2.0, 10)
+    assert decide(view(pools=(heavy_tail,), **on_demand)).pool == "us-west-2b"
+    # With 9 such spells the history is too thin to overrule the window.
+    thin = PoolView("us-west-2b", True, 0.5, 0.3, 1.0, 0.5, 0.3, 2.0, 9)
+    assert decide(view(pools=(thin,), **on_demand)).action == "on-demand"
+    # A window of long spells (4 h) is a recent change the whole history's short ones do not hide.
+    recent = PoolView("us-west-2b", True, 0.8, 4.0, 1.0, 0.5, 0.3, 0.2, 40)
+    assert decide(view(pools=(recent,), **on_demand)).pool == "us-west-2b"
+
+
 def test_at_exactly_two_changeovers_of_slack_it_still_takes_spot_as_greedy_does() -> None:
     # 2.5 h left for 2.1 h of work: 0.4 h = 2d, which pays a spot start and the on-demand return after it.
     at_net = view(hours_elapsed=5.5, progress_hours=3.9)
@@ -222,13 +236,19 @@ def test_unknown_policy_is_refused_with_the_choices() -> None:
 def test_where_the_whole_history_shows_spells_that_never_pay_a_return_it_waits_like_greedy() -> None:
     # Rare spot: three spells in the 12-hour window are too few to trust, 30 spells that lasted half an hour in
     # the pool's whole history, going on 0.4 h after that on average, are not: a return (0.9 h) never pays.
-    # Fewer spells must clear the bar by a wider margin (their mean is noisier).
+    # Fewer spells must clear the bar by a wider margin (their mean is noisier), and need the window to agree.
     tight = {"hours_elapsed": 30.0, "progress_hours": 21.0, "work_hours": 40.0, "deadline_hours": 50.0}
     rare = PoolView("rare-a", False, 0.12, 0.5, 1.0, up_hours=0.0)
     assert decide(view(pools=(rare,), **tight)).action == "on-demand"  # the window alone: keep the line
     settled = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.4, 30)
     assert "no reserve" in decide(view(pools=(settled,), **tight)).reason
-    too_few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.1, 9)
+    # Where the window's spells (1 h) pay a return, 9 spells are too few for the history alone to overrule it.
+    window_pays = PoolView("rare-a", False, 0.12, 1.0, 1.0, 0.0, 1.0, 0.1, 9)
+    assert decide(view(pools=(window_pays,), **tight)).action == "on-demand"
+    # Where it agrees (0.5 h pays none), 3 spells settle it (margin 2.44: 0.24 h), 2 do not.
+    agreeing = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.1, 3)
+    assert "no reserve" in decide(view(pools=(agreeing,), **tight)).reason
+    too_few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.1, 2)
     assert decide(view(pools=(too_few,), **tight)).action == "on-demand"
     # 0.6 h after the half hour, times the margin: 10 spells (1.79) reach the bar, 40 (1.4) stay under it.
     few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.6, 10)
