@@ -186,20 +186,18 @@ def _history_rules_out_return(view: PolicyView, tuning: Tuning, min_spells: floa
 
 
 def _no_return_expected(view: PolicyView, tuning: Tuning, remaining_time: float, settled: bool) -> bool:
-    """The whole history rules a return out (``settled``: with ``lasting_spells`` spells), or the window shows
-    spells in some pool, none long enough to pay a return from on-demand, and it is recent enough (little time
-    left), rich enough (many spells) or borne out by the whole history (with as few as ``agreeing_spells``) to be
-    believed for the rest of the run."""
+    """The whole history rules a return out (``settled``: with ``lasting_spells`` spells), or the window shows no
+    spell long enough to pay a return from on-demand and either the whole history agrees (from as few as
+    ``agreeing_spells``: a window with no spell at all agrees too) or the window shows spells and is recent enough
+    (little time left) or rich enough (many spells) to be believed for the rest of the run."""
     if settled:
         return True
     spells = [(p.mean_up_hours, p.spot_price) for p in view.pools if p.mean_up_hours is not None]
-    if not spells or any(_spell_pays_switch(spell, price, view, tuning) for spell, price in spells):
+    if any(_spell_pays_switch(spell, price, view, tuning) for spell, price in spells):
         return False
-    return (
-        remaining_time <= tuning.no_return_hours
-        or _spells_seen(view) >= tuning.no_return_spells
-        or _history_rules_out_return(view, tuning, tuning.agreeing_spells)
-    )
+    if _history_rules_out_return(view, tuning, tuning.agreeing_spells):
+        return True
+    return bool(spells) and (remaining_time <= tuning.no_return_hours or _spells_seen(view) >= tuning.no_return_spells)
 
 
 def _waiting_pays(view: PolicyView, tuning: Tuning, slack: float) -> bool:

@@ -250,6 +250,10 @@ def test_where_the_whole_history_shows_spells_that_never_pay_a_return_it_waits_l
     assert "no reserve" in decide(view(pools=(agreeing,), **tight)).reason
     too_few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.1, 2)
     assert decide(view(pools=(too_few,), **tight)).action == "on-demand"
+    # A window without a single spell (a drought) shows none that pays either: the whole history decides.
+    drought = PoolView("rare-a", False, 0.0, None, 1.0, 0.0, 0.5, 0.1, 3)
+    assert "no reserve" in decide(view(pools=(drought,), **tight)).reason
+    assert decide(view(pools=(PoolView("rare-a", False, 0.0),), **tight)).action == "on-demand"
     # 0.6 h after the half hour, times the margin: 10 spells (1.79) reach the bar, 40 (1.4) stay under it.
     few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.6, 10)
     assert decide(view(pools=(few,), **tight)).action == "on-demand"
