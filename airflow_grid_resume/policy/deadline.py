@@ -18,14 +18,14 @@ the changeover of the on-demand instance that must follow if spot goes away). So
    the initial slack to a reserve of a few changeovers at the deadline; below it, on-demand, kept until spot
    worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). The line
    only pays when spot later comes back in spells worth leaving on-demand for: where the history says it
-   will not (no pool's spells pay a return, with a window's worth of time left, with 20 spells seen, or with
-   the whole history agreeing; or the pools' whole known history, 10 spells or more that lasted half an hour
-   (3 where the window agrees), shows them going on too briefly after that to pay one, with a margin that
-   shrinks as the spells add up), or the initial slack is under 8 changeovers, there is no line: wait down to
-   the net, as greedy does. Nor under 3 changeovers of slack: on-demand started there could never be left for
-   spot, so it costs the same started at the net. A run that went on-demand on its line before the history
-   said so leaves on-demand to wait as greedy would, when the spot that waiting can catch saves more than the
-   changeover of the restart.
+   will not (no pool's spells pay a return by rule 3's measure, with a window's worth of time left, with 20
+   spells seen, or with the whole history agreeing; or the pools' whole known history, 10 spells or more that
+   lasted half an hour (3 where the window agrees), shows them going on too briefly after that to pay one, with
+   a margin that shrinks as the spells add up), or the initial slack is under 8 changeovers, there is no line:
+   wait down to the net, as greedy does. Nor under 3 changeovers of slack: on-demand started there could never
+   be left for spot, so it costs the same started at the net. A run that went on-demand on its line before the
+   history said so leaves on-demand to wait as greedy would, when the spot that waiting can catch saves more
+   than the changeover of the restart.
 """
 
 from __future__ import annotations
@@ -186,18 +186,19 @@ def _history_rules_out_return(view: PolicyView, tuning: Tuning, min_spells: floa
 
 
 def _no_return_expected(view: PolicyView, tuning: Tuning, remaining_time: float, settled: bool) -> bool:
-    """The whole history rules a return out (``settled``: with ``lasting_spells`` spells), or the window shows no
-    spell long enough to pay a return from on-demand and either the whole history agrees (from as few as
-    ``agreeing_spells``: a window with no spell at all agrees too) or the window shows spells and is recent enough
-    (little time left) or rich enough (many spells) to be believed for the rest of the run."""
+    """The whole history rules a return out (``settled``: with ``lasting_spells`` spells), or no pool has spells
+    that pay a return from on-demand by rule 3's own measure (``_return_spell``) and either the whole history
+    agrees (from as few as ``agreeing_spells``; a window with no spell at all agrees too) or the window shows
+    spells and is recent enough (little time left) or rich enough (many spells) to be believed for the rest of
+    the run."""
     if settled:
         return True
-    spells = [(p.mean_up_hours, p.spot_price) for p in view.pools if p.mean_up_hours is not None]
-    if any(_spell_pays_switch(spell, price, view, tuning) for spell, price in spells):
+    if any(_spell_pays_switch(_return_spell(p, tuning), p.spot_price, view, tuning) for p in view.pools):
         return False
     if _history_rules_out_return(view, tuning, tuning.agreeing_spells):
         return True
-    return bool(spells) and (remaining_time <= tuning.no_return_hours or _spells_seen(view) >= tuning.no_return_spells)
+    shown = any(p.mean_up_hours is not None for p in view.pools)
+    return shown and (remaining_time <= tuning.no_return_hours or _spells_seen(view) >= tuning.no_return_spells)
 
 
 def _waiting_pays(view: PolicyView, tuning: Tuning, slack: float) -> bool:

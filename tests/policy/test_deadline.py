@@ -228,6 +228,18 @@ def test_where_history_shows_only_spells_too_short_to_leave_on_demand_for_it_wai
     assert decide(view(pools=steady, **tight)).action == "on-demand"
 
 
+def test_a_window_of_short_spells_drops_the_line_only_where_the_whole_history_promises_no_return() -> None:
+    # 10 h left, a window of 0.3 h spells: alone, no return pays and the line is dropped; a whole history whose
+    # spells went on 2 h after their first half hour (10 of them) promises returns (rule 3 takes them), so the
+    # line, which keeps slack for them, stays.
+    # 0.8 h of slack, behind the straight line (0.81 h at the next tick) and above the net.
+    run = {"hours_elapsed": 40.0, "progress_hours": 38.8, "work_hours": 48.0, "deadline_hours": 50.0}
+    short = PoolView("us-west-2a", False, 0.6, 0.3, 1.0)
+    assert "no reserve" in decide(view(pools=(short,), **run)).reason
+    heavy_tail = PoolView("us-west-2a", False, 0.6, 0.3, 1.0, 0.0, 0.3, 2.0, 10)
+    assert decide(view(pools=(heavy_tail,), **run)).action == "on-demand"
+
+
 def test_unknown_policy_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="uniform-progress"):
         decide(view(), "fastest")
