@@ -304,3 +304,35 @@ def test_the_watch_stops_on_demand_to_wait_where_the_fleet_record_rules_out_a_re
     assert watch_choice(run, no_spot, progress_hours=21.0, history=history, **kw).action == ON_DEMAND
     assert watch_choice(run, no_spot, progress_hours=24.0, **kw).action == ON_DEMAND
     assert pool_history(None, ["g5.xlarge"], pools.values()) == {}
+
+
+def test_the_watch_returns_to_spot_on_the_fleet_records_lasting_sessions() -> None:
+    """Spot sessions in us-east-1a: 40 reclaimed after 0.1 h and 10 after 3 h, so 0.68 h per interruption (too
+    short to pay a return from on-demand at these prices: 0.9 h), but the 10 that lasted half an hour went on
+    2.5 h past it. Spot there for half an hour now: the watch stops on-demand to go back to spot. The same
+    sessions in a record without the lasting counters (an older record) keep the session on on-demand."""
+    from airflow_grid_resume.spot import fleetrecord
+    from airflow_grid_resume.spot.fleetrecord import Observation
+
+    pool = PAIRS[0].pool(SPOT)
+    sessions = [0.1] * 40 + [3.0] * 10
+    observations = [
+        Observation(pool, fleetrecord.INTERRUPTED, T0 + i, hours * 3600, f"s{i}") for i, hours in enumerate(sessions)
+    ]
+    run = ctx(deadline_at=T0 + 50 * 3600, work_hours=40.0, on_demand_price=3.0, spot_prices={"us-east-1a": 1.0})
+    now = T0 + 30 * 3600
+    kw = {"now": now, "launched_at": T0 + 20 * 3600, "progress_hours": 24.0, "tick_seconds": 60}
+    spot_back, since = {"us-east-1a": True}, {"us-east-1a": now - 1800}
+
+    def choose(lasted: float | None) -> str:
+        history = pool_history(
+            fleetrecord.apply(None, observations, lasted_hours=lasted), ["g5.xlarge"], ["us-east-1a"]
+        )
+        stats = history["us-east-1a"]
+        assert stats.mean_spell_hours == pytest.approx(0.68)
+        if lasted is not None:
+            assert (stats.lasting_hours, stats.lasting_spells) == (pytest.approx(2.5), 10)
+        return watch_choice(run, spot_back, spot_since=since, history=history, **kw).action
+
+    assert choose(LASTED_HOURS) == STOP
+    assert choose(None) == ON_DEMAND
