@@ -713,9 +713,7 @@ class GridRunOperator(BaseOperator):
         ti = context["ti"]
         return pace_uri(self.artifacts_uri, ti.dag_id, ti.task_id, getattr(ti, "map_index", -1))
 
-    def _deadline_context(
-        self, ledger: RunLedger, first_started: float, pace: str | None = None
-    ) -> DeadlineContext | None:
+    def _deadline_context(self, ledger: RunLedger, first_started: float, pace: str) -> DeadlineContext | None:
         """A deadline= run: the deadline (resolved at the first try), the pace measured so far (before it has
         measured its own, what earlier runs of the task did: the pace record at ``pace``), the price (None
         without deadline=, or with use_spot=False: every session is on-demand then anyway)."""

@@ -206,6 +206,24 @@ AMI = "ami-03cf127a"  # one of the AMIs moto ships with
 
 
 @pytest.fixture(scope="module")
+def cloud() -> Iterator[LocalSpotCloud]:
+    """The local spot cloud (1 s notices), one per test module (a module that needs another defines its own)."""
+    with LocalSpotCloud(notice_seconds=1) as c:
+        yield c
+
+
+def cloud_bucket(cloud: LocalSpotCloud, monkeypatch: pytest.MonkeyPatch, prefix: str) -> str:
+    """Point boto3 in this process at ``cloud`` for one test (its S3 carries out conditional writes atomically, as
+    S3 does, which moto's server alone does not) and make a fresh bucket there: its name."""
+    for key, value in cloud.aws_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
 def spot_cloud(airflow_db):
     """The local spot cloud (3 s notices) for a test module, with boto3 pointed at it."""
     with LocalSpotCloud(notice_seconds=3) as cloud:

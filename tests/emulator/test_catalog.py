@@ -20,12 +20,6 @@ ONE_GPU_24G = {
 }
 
 
-@pytest.fixture(scope="module")
-def cloud():
-    with LocalSpotCloud(notice_seconds=1) as c:
-        yield c
-
-
 @pytest.fixture
 def env(cloud: LocalSpotCloud, monkeypatch: pytest.MonkeyPatch) -> LocalSpotCloud:
     for key, value in cloud.aws_env().items():

@@ -48,12 +48,6 @@ def test_a_bad_trace_says_what_is_wrong(doc: dict, words: str) -> None:
         TraceReplay.from_doc(doc, 0.0)
 
 
-@pytest.fixture(scope="module")
-def cloud():
-    with LocalSpotCloud(notice_seconds=1) as c:
-        yield c
-
-
 def test_the_trace_withholds_spot_capacity_and_interrupts_running_spot_instances(
     cloud: LocalSpotCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:

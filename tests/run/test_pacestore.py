@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 
 import boto3
 import pytest
@@ -11,22 +10,12 @@ import pytest
 from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.run.pace import Pace
 from airflow_grid_resume.run.pacestore import pace_uri, read_prior, record_run
-
-
-@pytest.fixture(scope="module")
-def cloud():
-    with LocalSpotCloud(notice_seconds=1) as c:
-        yield c
+from tests.conftest import cloud_bucket
 
 
 @pytest.fixture
 def artifacts(cloud: LocalSpotCloud, monkeypatch: pytest.MonkeyPatch) -> str:
-    for key, value in cloud.aws_env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    bucket = f"pace-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    return f"s3://{bucket}/grid-runs/"
+    return f"s3://{cloud_bucket(cloud, monkeypatch, 'pace')}/grid-runs/"
 
 
 def test_runs_of_a_task_ending_at_once_all_reach_its_pace_record(artifacts: str) -> None:

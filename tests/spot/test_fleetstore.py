@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 
 import boto3
 import pytest
@@ -14,25 +13,15 @@ from airflow_grid_resume.emulator.client import LocalSpotCloud
 from airflow_grid_resume.ledger.s3client import is_precondition_failed
 from airflow_grid_resume.spot import fleetrecord, fleetstore
 from airflow_grid_resume.spot.fleetrecord import Observation
+from tests.conftest import cloud_bucket
 
 WRITERS = 4
 ADDS = 12
 
 
-@pytest.fixture(scope="module")
-def cloud():
-    with LocalSpotCloud(notice_seconds=1) as c:
-        yield c
-
-
 @pytest.fixture
 def fleet(cloud: LocalSpotCloud, monkeypatch: pytest.MonkeyPatch) -> str:
-    for key, value in cloud.aws_env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    bucket = f"fleet-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    return fleetstore.fleet_uri(f"s3://{bucket}/grid-runs/")
+    return fleetstore.fleet_uri(f"s3://{cloud_bucket(cloud, monkeypatch, 'fleet')}/grid-runs/")
 
 
 class CountingClient:
