@@ -18,9 +18,10 @@ the changeover of the on-demand instance that must follow if spot goes away). So
    the initial slack to a reserve of a few changeovers at the deadline; below it, on-demand, kept until spot
    worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). The line
    only pays when spot later comes back in spells worth leaving on-demand for: where the history says it
-   will not (no pool's spells pay a return by rule 3's measure, with a window's worth of time left, with 20
-   spells seen, or with the whole history agreeing; or the pools' whole known history, 10 spells or more that
-   lasted half an hour (3 where the window agrees), shows them going on too briefly after that to pay one, with
+   will not (no pool's spells pay a return by rule 3's measure, each mean discounted by the same margin for
+   few spells as below, with a window's worth of time left, with 20 spells seen, or with the whole history
+   agreeing; or the pools' whole known history, 10 spells or more that
+   lasted half an hour (2 where the window agrees), shows them going on too briefly after that to pay one, with
    a margin that shrinks as the spells add up), or the initial slack is under 8 changeovers, there is no line:
    wait down to the net, as greedy does. Nor under 3 changeovers of slack: on-demand started there could never
    be left for spot, so it costs the same started at the net. A run that went on-demand on its line before the
@@ -90,8 +91,9 @@ class Tuning:
     this, or more with few spells (``lasting_z``)."""
     lasting_z: float = 2.5
     """With n spells the margin is at least 1 + this / sqrt(n): the mean of n spells of a memoryless length is off
-    by about 1 / sqrt(n) of itself, so few spells must clear the bar by more (10 spells: 1.79, 40 and more: 1.4)."""
-    agreeing_spells: float = 3.0
+    by about 1 / sqrt(n) of itself, so few spells must clear the bar by more (10 spells: 1.79, 40 and more: 1.4).
+    The same margin (without the floor) discounts the spells that show a return paying, before a line bets on it."""
+    agreeing_spells: float = 2.0
     """Where the window's spells pay no return either, the whole history rules a return out from this many
     spells (with the margin ``lasting_z`` sets for so few)."""
 
@@ -161,13 +163,31 @@ def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolVi
     return longest if lasting(longest) > tuning.rank_lead * lasting(usable[0]) else usable[0]
 
 
+def _window_spells(pool: PoolView) -> float:
+    """How many spells of spot the pool's history window held (the evidence), from share and mean spell."""
+    if pool.availability is None or not pool.mean_up_hours:
+        return 0.0
+    return HISTORY_SPAN_HOURS * pool.availability / pool.mean_up_hours
+
+
 def _spells_seen(view: PolicyView) -> float:
-    """How many spells of spot the pools' history windows held (the evidence), from share and mean spell."""
-    seen = 0.0
-    for pool in view.pools:
-        if pool.availability is not None and pool.mean_up_hours:
-            seen += HISTORY_SPAN_HOURS * pool.availability / pool.mean_up_hours
-    return seen
+    return sum(_window_spells(pool) for pool in view.pools)
+
+
+def _evidence_margin(spells: float, tuning: Tuning) -> float:
+    """How far a mean over ``spells`` spells must clear a bar to be believed: the mean of n spells of a
+    memoryless length is off by about 1 / sqrt(n) of itself."""
+    return 1.0 + tuning.lasting_z / math.sqrt(spells) if spells > 0 else math.inf
+
+
+def _return_shown(pool: PoolView, view: PolicyView, tuning: Tuning) -> bool:
+    """The pool's spells pay a return from on-demand by rule 3's measure (``_return_spell``) with a margin for
+    the few spells behind it: the window's mean spell over its spells, the whole history's lasting spells over
+    theirs. A line is a bet on such returns; one spell of an hour in a window of rare spot is no ground for it."""
+    shown = [pool.mean_up_hours / _evidence_margin(_window_spells(pool), tuning)] if pool.mean_up_hours else []
+    if pool.lasting_hours is not None and (pool.lasting_spells or 0) >= tuning.lasting_spells:
+        shown.append(pool.lasting_hours / _evidence_margin(pool.lasting_spells or 0, tuning))
+    return bool(shown) and _spell_pays_switch(max(shown), pool.spot_price, view, tuning)
 
 
 def _history_rules_out_return(view: PolicyView, tuning: Tuning, min_spells: float) -> bool:
@@ -180,21 +200,21 @@ def _history_rules_out_return(view: PolicyView, tuning: Tuning, min_spells: floa
     spells = sum(p.lasting_spells or 0 for p in view.pools)
     if spells < min_spells:
         return False
-    margin = max(tuning.lasting_margin, 1.0 + tuning.lasting_z / math.sqrt(spells))
+    margin = max(tuning.lasting_margin, _evidence_margin(spells, tuning))
     return not any(
         _spell_pays_switch(margin * p.lasting_hours, p.spot_price, view, tuning) for p in view.pools if p.lasting_hours
     )
 
 
 def _no_return_expected(view: PolicyView, tuning: Tuning, remaining_time: float, settled: bool) -> bool:
-    """The whole history rules a return out (``settled``: with ``lasting_spells`` spells), or no pool has spells
-    that pay a return from on-demand by rule 3's own measure (``_return_spell``) and either the whole history
-    agrees (from as few as ``agreeing_spells``; a window with no spell at all agrees too) or the window shows
-    spells and is recent enough (little time left) or rich enough (many spells) to be believed for the rest of
-    the run."""
+    """The whole history rules a return out (``settled``: with ``lasting_spells`` spells), or no pool shows
+    spells that pay a return from on-demand (``_return_shown``: rule 3's measure, believed only as far as the
+    spells behind it go) and either the whole history agrees (from as few as ``agreeing_spells``; a window with
+    no spell at all agrees too) or the window shows spells and is recent enough (little time left) or rich
+    enough (many spells) to be believed for the rest of the run."""
     if settled:
         return True
-    if any(_spell_pays_switch(_return_spell(p, tuning), p.spot_price, view, tuning) for p in view.pools):
+    if any(_return_shown(p, view, tuning) for p in view.pools):
         return False
     if _history_rules_out_return(view, tuning, tuning.agreeing_spells):
         return True

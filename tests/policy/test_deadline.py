@@ -218,13 +218,13 @@ def test_a_slack_of_two_changeovers_up_to_float_drift_is_two_changeovers_for_eve
 
 def test_where_history_shows_only_spells_too_short_to_leave_on_demand_for_it_waits_like_greedy() -> None:
     # 24 spells of 0.3 h in the last 12 h (share 0.6): a reserve could only buy on-demand hours that spot
-    # never relieves, so it waits for spot down to the net; with one long spell in some pool it keeps its line.
+    # never relieves, so it waits for spot down to the net; with long spells in some pool it keeps its line.
     flicker = (PoolView("us-west-2a", False, 0.6, 0.3, 1.0),)
     # 48 h run, 40 h of work, 30 h in with 1 h of slack: under the line (1.11 h: 1.07 h reserve) and above the net.
     tight = {"hours_elapsed": 30.0, "progress_hours": 21.0, "work_hours": 40.0, "deadline_hours": 50.0}
     assert decide(view(pools=flicker, **tight)).action == "wait"
     assert "no reserve" in decide(view(pools=flicker, **tight)).reason
-    steady = (PoolView("us-west-2a", False, 0.6, 0.3, 1.0), PoolView("us-west-2b", False, 0.2, 3.0, 1.0))
+    steady = (PoolView("us-west-2a", False, 0.6, 0.3, 1.0), PoolView("us-west-2b", False, 0.5, 3.0, 1.0))
     assert decide(view(pools=steady, **tight)).action == "on-demand"
 
 
@@ -238,6 +238,21 @@ def test_a_window_of_short_spells_drops_the_line_only_where_the_whole_history_pr
     assert "no reserve" in decide(view(pools=(short,), **run)).reason
     heavy_tail = PoolView("us-west-2a", False, 0.6, 0.3, 1.0, 0.0, 0.3, 2.0, 10)
     assert decide(view(pools=(heavy_tail,), **run)).action == "on-demand"
+
+
+def test_one_spell_in_a_window_of_rare_spot_is_no_ground_for_a_line() -> None:
+    # A night run (6 h of work by 8.57 h) 1.2 h in, 1.4 h of slack, behind its line (1.49 h at the next tick).
+    # The window holds one spell of spot, of 1 h: by itself that pays a return (1 h * 2 saved > 3 * 0.6), but
+    # the mean of one spell is no evidence (discounted by 1 + 2.5 / sqrt(1): 0.29 h), so there is no line and it
+    # waits for spot as greedy does (one such start on the generated rare pool went on-demand, saw spot come
+    # back at the next tick and never took it). Three spells of 3 h (discounted to 1.77 h) keep the line.
+    run = {"hours_elapsed": 7 / 6, "progress_hours": 0.0, "work_hours": 6.0, "deadline_hours": 6 / 0.7}
+    one_spell = PoolView("rare-a", False, 1 / 12, 1.0, 1.0, 0.0, 1.0, 0.5, 1)
+    waits = decide(view(pools=(one_spell,), **run))
+    assert (waits.action, waits.reason) == ("wait", "wait for spot: 1.4 h of slack, no reserve pays here")
+    three_spells = PoolView("rare-a", False, 0.75, 3.0, 1.0, 0.0, 3.0, 0.5, 1)
+    behind = decide(view(pools=(three_spells,), **run))
+    assert behind.action == "on-demand" and "behind the line" in behind.reason
 
 
 def test_unknown_policy_is_refused_with_the_choices() -> None:
@@ -254,16 +269,17 @@ def test_where_the_whole_history_shows_spells_that_never_pay_a_return_it_waits_l
     assert decide(view(pools=(rare,), **tight)).action == "on-demand"  # the window alone: keep the line
     settled = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.4, 30)
     assert "no reserve" in decide(view(pools=(settled,), **tight)).reason
-    # Where the window's spells (1 h) pay a return, 9 spells are too few for the history alone to overrule it.
-    window_pays = PoolView("rare-a", False, 0.12, 1.0, 1.0, 0.0, 1.0, 0.1, 9)
+    # Where the window's spells (3 h, two of them) pay a return, 9 spells are too few for the history alone to
+    # overrule it.
+    window_pays = PoolView("rare-a", False, 0.5, 3.0, 1.0, 0.0, 1.0, 0.1, 9)
     assert decide(view(pools=(window_pays,), **tight)).action == "on-demand"
-    # Where it agrees (0.5 h pays none), 3 spells settle it (margin 2.44: 0.24 h), 2 do not.
-    agreeing = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.1, 3)
+    # Where it agrees (0.5 h pays none), 2 spells settle it (margin 2.77: 0.28 h), 1 does not.
+    agreeing = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.1, 2)
     assert "no reserve" in decide(view(pools=(agreeing,), **tight)).reason
-    too_few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.1, 2)
+    too_few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.1, 1)
     assert decide(view(pools=(too_few,), **tight)).action == "on-demand"
     # A window without a single spell (a drought) shows none that pays either: the whole history decides.
-    drought = PoolView("rare-a", False, 0.0, None, 1.0, 0.0, 0.5, 0.1, 3)
+    drought = PoolView("rare-a", False, 0.0, None, 1.0, 0.0, 0.5, 0.1, 2)
     assert "no reserve" in decide(view(pools=(drought,), **tight)).reason
     assert decide(view(pools=(PoolView("rare-a", False, 0.0),), **tight)).action == "on-demand"
     # 0.6 h after the half hour, times the margin: 10 spells (1.79) reach the bar, 40 (1.4) stay under it.
