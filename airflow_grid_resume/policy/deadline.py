@@ -19,8 +19,8 @@ the changeover of the on-demand instance that must follow if spot goes away). So
    worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). The line
    only pays when spot later comes back in spells worth leaving on-demand for: where the history says it
    will not (no pool's spells pay a return by rule 3's measure, each mean discounted by the same margin for
-   few spells as below, with a window's worth of time left, with 20 spells seen, or with the whole history
-   agreeing; or the pools' whole known history, 10 spells or more that
+   few spells as below, with a window's worth of time left, with 20 spells seen where the whole history is
+   thin, or with the whole history agreeing; or the pools' whole known history, 10 spells or more that
    lasted half an hour (2 where the window agrees), shows them going on too briefly after that to pay one, with
    a margin that shrinks as the spells add up), or the initial slack is under 8 changeovers, there is no line:
    wait down to the net, as greedy does. Nor under 3 changeovers of slack: on-demand started there could never
@@ -73,7 +73,8 @@ class Tuning:
     no_return_hours: float = HISTORY_SPAN_HOURS
     """With this little time left, trust the history: no pool worth a return from on-demand means no line."""
     no_return_spells: float = 20.0
-    """With this many spells in the history, trust it for longer runs too."""
+    """With this many spells in the window, trust it for longer runs too, where the whole history is too thin to
+    say (fewer than ``lasting_spells``): with it, the window's word only cost returns the history promised."""
     rank_lead: float = 2.0
     """Among equal prices, take a pool other than the first given only when its whole history's mean spell (up to
     the work left) is this many times the first's."""
@@ -210,8 +211,8 @@ def _no_return_expected(view: PolicyView, tuning: Tuning, remaining_time: float,
     """The whole history rules a return out (``settled``: with ``lasting_spells`` spells), or no pool shows
     spells that pay a return from on-demand (``_return_shown``: rule 3's measure, believed only as far as the
     spells behind it go) and either the whole history agrees (from as few as ``agreeing_spells``; a window with
-    no spell at all agrees too) or the window shows spells and is recent enough (little time left) or rich
-    enough (many spells) to be believed for the rest of the run."""
+    no spell at all agrees too) or the window shows spells and is recent enough (little time left) or, where the
+    whole history is thin, rich enough (many spells) to be believed for the rest of the run."""
     if settled:
         return True
     if any(_return_shown(p, view, tuning) for p in view.pools):
@@ -219,7 +220,9 @@ def _no_return_expected(view: PolicyView, tuning: Tuning, remaining_time: float,
     if _history_rules_out_return(view, tuning, tuning.agreeing_spells):
         return True
     shown = any(p.mean_up_hours is not None for p in view.pools)
-    return shown and (remaining_time <= tuning.no_return_hours or _spells_seen(view) >= tuning.no_return_spells)
+    thin = sum(p.lasting_spells or 0 for p in view.pools) < tuning.lasting_spells
+    rich = thin and _spells_seen(view) >= tuning.no_return_spells
+    return shown and (remaining_time <= tuning.no_return_hours or rich)
 
 
 def _waiting_pays(view: PolicyView, tuning: Tuning, slack: float) -> bool:

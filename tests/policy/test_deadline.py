@@ -226,6 +226,10 @@ def test_where_history_shows_only_spells_too_short_to_leave_on_demand_for_it_wai
     assert "no reserve" in decide(view(pools=flicker, **tight)).reason
     steady = (PoolView("us-west-2a", False, 0.6, 0.3, 1.0), PoolView("us-west-2b", False, 0.5, 3.0, 1.0))
     assert decide(view(pools=steady, **tight)).action == "on-demand"
+    # The window's 24 spells decide only where the whole history is thin: 10 spells that went on 1.2 h after
+    # their first half hour neither show a return (1.2 / 1.79) nor rule one out (1.2 * 1.79), and keep the line.
+    undecided = (PoolView("us-west-2a", False, 0.6, 0.3, 1.0, 0.0, 0.3, 1.2, 10),)
+    assert decide(view(pools=undecided, **tight)).action == "on-demand"
 
 
 def test_a_window_of_short_spells_drops_the_line_only_where_the_whole_history_promises_no_return() -> None:
