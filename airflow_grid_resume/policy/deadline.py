@@ -21,8 +21,9 @@ the changeover of the on-demand instance that must follow if spot goes away). So
    will not (no pool's spells pay a return by rule 3's measure, each mean discounted by the same margin for
    few spells as below, with a window's worth of time left, with 20 spells seen where the whole history is
    thin, or with the whole history agreeing; or the pools' whole known history, 10 spells or more that
-   lasted half an hour (2 where the window agrees), shows them going on too briefly after that to pay one, with
-   a margin that shrinks as the spells add up), or the initial slack is under 8 changeovers, there is no line:
+   lasted half an hour (2 where the window agrees, its spells counted in the margin), shows them going on too
+   briefly after that to pay one, with a margin that shrinks as the spells add up), or the initial slack is
+   under 8 changeovers, there is no line:
    wait down to the net, as greedy does. Nor under 3 changeovers of slack: on-demand started there could never
    be left for spot, so it costs the same started at the net. A run that went on-demand on its line before the
    history said so leaves on-demand to wait as greedy would, when the spot that waiting can catch saves more
@@ -96,7 +97,7 @@ class Tuning:
     The same margin (without the floor) discounts the spells that show a return paying, before a line bets on it."""
     agreeing_spells: float = 2.0
     """Where the window's spells pay no return either, the whole history rules a return out from this many
-    spells (with the margin ``lasting_z`` sets for so few)."""
+    spells (with the margin ``lasting_z`` sets for them and the window's spells together)."""
 
 
 DEFAULT_TUNING = Tuning()
@@ -191,17 +192,19 @@ def _return_shown(pool: PoolView, view: PolicyView, tuning: Tuning) -> bool:
     return bool(shown) and _spell_pays_switch(max(shown), pool.spot_price, view, tuning)
 
 
-def _history_rules_out_return(view: PolicyView, tuning: Tuning, min_spells: float) -> bool:
+def _history_rules_out_return(
+    view: PolicyView, tuning: Tuning, min_spells: float, agreeing_spells: float = 0.0
+) -> bool:
     """Every pool's whole known history is given, holds ``min_spells`` spells that lasted half an hour or more,
     and in none of them did such a spell go on long enough (with a margin, wider for fewer spells) to pay a return
     from on-demand: the pools' spells are short for good, whatever a 12-hour window with a handful of spells in it
-    says."""
+    says. ``agreeing_spells``: spells of a window that says the same, counted in the margin's evidence."""
     if any(p.lasting_spells is None for p in view.pools):
         return False
     spells = sum(p.lasting_spells or 0 for p in view.pools)
     if spells < min_spells:
         return False
-    margin = max(tuning.lasting_margin, _evidence_margin(spells, tuning))
+    margin = max(tuning.lasting_margin, _evidence_margin(spells + agreeing_spells, tuning))
     return not any(
         _spell_pays_switch(margin * p.lasting_hours, p.spot_price, view, tuning) for p in view.pools if p.lasting_hours
     )
@@ -217,7 +220,7 @@ def _no_return_expected(view: PolicyView, tuning: Tuning, remaining_time: float,
         return True
     if any(_return_shown(p, view, tuning) for p in view.pools):
         return False
-    if _history_rules_out_return(view, tuning, tuning.agreeing_spells):
+    if _history_rules_out_return(view, tuning, tuning.agreeing_spells, _spells_seen(view)):
         return True
     shown = any(p.mean_up_hours is not None for p in view.pools)
     thin = sum(p.lasting_spells or 0 for p in view.pools) < tuning.lasting_spells

@@ -286,6 +286,13 @@ def test_where_the_whole_history_shows_spells_that_never_pay_a_return_it_waits_l
     drought = PoolView("rare-a", False, 0.0, None, 1.0, 0.0, 0.5, 0.1, 2)
     assert "no reserve" in decide(view(pools=(drought,), **tight)).reason
     assert decide(view(pools=(PoolView("rare-a", False, 0.0),), **tight)).action == "on-demand"
+    # The window's spells that agree count as evidence too: 2 lasting spells that went on 0.33 h are just short
+    # of ruling a return out alone (margin 2.77: 0.91 h, the bar 0.9 h), with the window's 2 spells they do
+    # (margin 2.25: 0.74 h); after a drought the line stays.
+    two_and_two = PoolView("rare-a", False, 0.07, 0.42, 1.0, 0.0, 0.42, 0.33, 2)
+    assert "no reserve" in decide(view(pools=(two_and_two,), **tight)).reason
+    two_alone = PoolView("rare-a", False, 0.0, None, 1.0, 0.0, 0.42, 0.33, 2)
+    assert decide(view(pools=(two_alone,), **tight)).action == "on-demand"
     # 0.6 h after the half hour, times the margin: 10 spells (1.79) reach the bar, 40 (1.4) stay under it.
     few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.6, 10)
     assert decide(view(pools=(few,), **tight)).action == "on-demand"
