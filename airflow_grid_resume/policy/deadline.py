@@ -18,9 +18,10 @@ the changeover of the on-demand instance that must follow if spot goes away). So
    the initial slack to a reserve of a few changeovers at the deadline; below it, on-demand, kept until spot
    worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). The line
    only pays when spot later comes back in spells worth leaving on-demand for: where the history says it
-   will not (no pool's spells pay a return by rule 3's measure, each mean discounted by the same margin for
-   few spells as below, with a window's worth of time left, with 20 spells seen where the whole history is
-   thin, or with the whole history agreeing; or the pools' whole known history, 10 spells or more that
+   will not (no pool's spells pay a return by rule 3's measure, each mean divided by 1 + 2.5 / sqrt(n) for the
+   n spells behind it, with a window's worth of time left, with 20 spells seen where the whole history is thin
+   (under 10 lasting spells, or not known), or with the whole history agreeing; or the pools' whole known
+   history, 10 spells or more that
    lasted half an hour (2 where the window agrees, its spells counted in the margin), shows them going on too
    briefly after that to pay one, with a margin that shrinks as the spells add up), or the initial slack is
    under 8 changeovers, there is no line:
@@ -74,8 +75,8 @@ class Tuning:
     no_return_hours: float = HISTORY_SPAN_HOURS
     """With this little time left, trust the history: no pool worth a return from on-demand means no line."""
     no_return_spells: float = 20.0
-    """With this many spells in the window, trust it for longer runs too, where the whole history is too thin to
-    say (fewer than ``lasting_spells``): with it, the window's word only cost returns the history promised."""
+    """With this many spells in the window, trust it for longer runs too, but only where the whole history is thin
+    (fewer than ``lasting_spells`` lasting spells, or not known): a history that rich is the better judge."""
     rank_lead: float = 2.0
     """Among equal prices, take a pool other than the first given only when its whole history's mean spell (up to
     the work left) is this many times the first's."""
@@ -124,16 +125,21 @@ def _pool_worth(pool: PoolView, view: PolicyView, tuning: Tuning, from_on_demand
     return not from_on_demand or _spell_pays_switch(_return_spell(pool, tuning), pool.spot_price, view, tuning)
 
 
-def _return_spell(pool: PoolView, tuning: Tuning) -> float:
-    """What a return from on-demand to this pool can expect of the spell: the window's mean spell, or, where the
-    whole known history holds enough spells, how long its spells went on after lasting half an hour (a return
-    waits that long), whichever is longer: either says the pool has spells worth leaving on-demand for (the
-    window sees a recent change that the whole history's mean hides, the history sees the heavy tail that a
+def _return_measures(pool: PoolView, tuning: Tuning) -> list[tuple[float, float]]:
+    """What a return from on-demand to this pool can expect of the spell, as (hours, spells behind them): the
+    window's mean spell, and, where the whole known history holds enough spells, how long its spells went on after
+    lasting half an hour (a return waits that long). Either says the pool has spells worth leaving on-demand for
+    (the window sees a recent change that the whole history's mean hides, the history sees the heavy tail that a
     window of short spells misses)."""
-    spell = pool.mean_up_hours or 0.0
+    measures = [(pool.mean_up_hours, _window_spells(pool))] if pool.mean_up_hours else []
     if pool.lasting_hours is not None and (pool.lasting_spells or 0) >= tuning.lasting_spells:
-        return max(spell, pool.lasting_hours)
-    return spell
+        measures.append((pool.lasting_hours, float(pool.lasting_spells or 0)))
+    return measures
+
+
+def _return_spell(pool: PoolView, tuning: Tuning) -> float:
+    """The longer of ``_return_measures``: what rule 3 takes a return for."""
+    return max((hours for hours, _ in _return_measures(pool, tuning)), default=0.0)
 
 
 def _history_spell(pool: PoolView) -> float | None:
@@ -166,7 +172,10 @@ def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolVi
 
 
 def _window_spells(pool: PoolView) -> float:
-    """How many spells of spot the pool's history window held (the evidence), from share and mean spell."""
+    """How many spells ``mean_up_hours`` is the mean over (the evidence): as the view says, else from the share
+    of spot and the mean spell over the 12-hour window (0 when neither is known)."""
+    if pool.mean_up_spells is not None:
+        return float(pool.mean_up_spells) if pool.mean_up_hours else 0.0
     if pool.availability is None or not pool.mean_up_hours:
         return 0.0
     return HISTORY_SPAN_HOURS * pool.availability / pool.mean_up_hours
@@ -176,35 +185,38 @@ def _spells_seen(view: PolicyView) -> float:
     return sum(_window_spells(pool) for pool in view.pools)
 
 
+def _lasting_seen(view: PolicyView) -> int | None:
+    """The lasting spells of all pools' whole known history (None: some pool's history is not known)."""
+    if any(p.lasting_spells is None for p in view.pools):
+        return None
+    return sum(p.lasting_spells or 0 for p in view.pools)
+
+
 def _evidence_margin(spells: float, tuning: Tuning) -> float:
     """How far a mean over ``spells`` spells must clear a bar to be believed: the mean of n spells of a
-    memoryless length is off by about 1 / sqrt(n) of itself."""
+    memoryless length is off by about 1 / sqrt(n) of itself (no spells: infinitely far)."""
     return 1.0 + tuning.lasting_z / math.sqrt(spells) if spells > 0 else math.inf
 
 
 def _return_shown(pool: PoolView, view: PolicyView, tuning: Tuning) -> bool:
-    """The pool's spells pay a return from on-demand by rule 3's measure (``_return_spell``) with a margin for
-    the few spells behind it: the window's mean spell over its spells, the whole history's lasting spells over
-    theirs. A line is a bet on such returns; one spell of an hour in a window of rare spot is no ground for it."""
-    shown = [pool.mean_up_hours / _evidence_margin(_window_spells(pool), tuning)] if pool.mean_up_hours else []
-    if pool.lasting_hours is not None and (pool.lasting_spells or 0) >= tuning.lasting_spells:
-        shown.append(pool.lasting_hours / _evidence_margin(pool.lasting_spells or 0, tuning))
+    """The pool's spells pay a return from on-demand by rule 3's measures, each believed only as far as the spells
+    behind it go (divided by ``_evidence_margin``). A line is a bet on such returns; one spell of an hour in a
+    window of rare spot is no ground for it."""
+    shown = [hours / _evidence_margin(spells, tuning) for hours, spells in _return_measures(pool, tuning)]
     return bool(shown) and _spell_pays_switch(max(shown), pool.spot_price, view, tuning)
 
 
 def _history_rules_out_return(
-    view: PolicyView, tuning: Tuning, min_spells: float, agreeing_spells: float = 0.0
+    view: PolicyView, tuning: Tuning, min_spells: float, *, window_spells: float = 0.0
 ) -> bool:
     """Every pool's whole known history is given, holds ``min_spells`` spells that lasted half an hour or more,
     and in none of them did such a spell go on long enough (with a margin, wider for fewer spells) to pay a return
     from on-demand: the pools' spells are short for good, whatever a 12-hour window with a handful of spells in it
-    says. ``agreeing_spells``: spells of a window that says the same, counted in the margin's evidence."""
-    if any(p.lasting_spells is None for p in view.pools):
+    says. ``window_spells``: spells of a window that says the same, counted in the margin's evidence."""
+    spells = _lasting_seen(view)
+    if spells is None or spells < min_spells:
         return False
-    spells = sum(p.lasting_spells or 0 for p in view.pools)
-    if spells < min_spells:
-        return False
-    margin = max(tuning.lasting_margin, _evidence_margin(spells + agreeing_spells, tuning))
+    margin = max(tuning.lasting_margin, _evidence_margin(spells + window_spells, tuning))
     return not any(
         _spell_pays_switch(margin * p.lasting_hours, p.spot_price, view, tuning) for p in view.pools if p.lasting_hours
     )
@@ -220,12 +232,14 @@ def _no_return_expected(view: PolicyView, tuning: Tuning, remaining_time: float,
         return True
     if any(_return_shown(p, view, tuning) for p in view.pools):
         return False
-    if _history_rules_out_return(view, tuning, tuning.agreeing_spells, _spells_seen(view)):
+    window_spells = _spells_seen(view)
+    if _history_rules_out_return(view, tuning, tuning.agreeing_spells, window_spells=window_spells):
         return True
-    shown = any(p.mean_up_hours is not None for p in view.pools)
-    thin = sum(p.lasting_spells or 0 for p in view.pools) < tuning.lasting_spells
-    rich = thin and _spells_seen(view) >= tuning.no_return_spells
-    return shown and (remaining_time <= tuning.no_return_hours or rich)
+    window_seen = any(p.mean_up_hours is not None for p in view.pools)
+    lasting = _lasting_seen(view)
+    thin = lasting is None or lasting < tuning.lasting_spells
+    rich = thin and window_spells >= tuning.no_return_spells
+    return window_seen and (remaining_time <= tuning.no_return_hours or rich)
 
 
 def _waiting_pays(view: PolicyView, tuning: Tuning, slack: float) -> bool:

@@ -36,6 +36,9 @@ class PoolView:
     expect, told apart from a run of luck or a temporary drought."""
     lasting_spells: int | None = None
     """How many spells that lasted ``LASTED_HOURS`` and ended ``lasting_hours`` is the mean over (its evidence)."""
+    mean_up_spells: int | None = None
+    """How many spells ``mean_up_hours`` is the mean over (its evidence; None: as many as ``availability`` and the
+    mean spell make in the 12-hour window a trace replay shows)."""
 
 
 @dataclass(frozen=True)

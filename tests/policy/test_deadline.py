@@ -227,7 +227,8 @@ def test_where_history_shows_only_spells_too_short_to_leave_on_demand_for_it_wai
     steady = (PoolView("us-west-2a", False, 0.6, 0.3, 1.0), PoolView("us-west-2b", False, 0.5, 3.0, 1.0))
     assert decide(view(pools=steady, **tight)).action == "on-demand"
     # The window's 24 spells decide only where the whole history is thin: 10 spells that went on 1.2 h after
-    # their first half hour neither show a return (1.2 / 1.79) nor rule one out (1.2 * 1.79), and keep the line.
+    # their first half hour neither show a return (1.2 / 1.79: 0.67 h) nor rule one out (1.2 * 1.43 with the
+    # window's spells: 1.71 h; the bar is 0.9 h), and keep the line.
     undecided = (PoolView("us-west-2a", False, 0.6, 0.3, 1.0, 0.0, 0.3, 1.2, 10),)
     assert decide(view(pools=undecided, **tight)).action == "on-demand"
 
@@ -245,11 +246,11 @@ def test_a_window_of_short_spells_drops_the_line_only_where_the_whole_history_pr
 
 
 def test_one_spell_in_a_window_of_rare_spot_is_no_ground_for_a_line() -> None:
-    # A night run (6 h of work by 8.57 h) 1.2 h in, 1.4 h of slack, behind its line (1.49 h at the next tick).
+    # A night run (6 h of work by 8.57 h) 1.2 h in, 1.4 h of slack, behind its line (1.28 h at the next tick).
     # The window holds one spell of spot, of 1 h: by itself that pays a return (1 h * 2 saved > 3 * 0.6), but
     # the mean of one spell is no evidence (discounted by 1 + 2.5 / sqrt(1): 0.29 h), so there is no line and it
     # waits for spot as greedy does (one such start on the generated rare pool went on-demand, saw spot come
-    # back at the next tick and never took it). Three spells of 3 h (discounted to 1.77 h) keep the line.
+    # back at the next tick and never took it). Three spells of 3 h (discounted to 1.23 h) keep the line.
     run = {"hours_elapsed": 7 / 6, "progress_hours": 0.0, "work_hours": 6.0, "deadline_hours": 6 / 0.7}
     one_spell = PoolView("rare-a", False, 1 / 12, 1.0, 1.0, 0.0, 1.0, 0.5, 1)
     waits = decide(view(pools=(one_spell,), **run))
@@ -257,6 +258,11 @@ def test_one_spell_in_a_window_of_rare_spot_is_no_ground_for_a_line() -> None:
     three_spells = PoolView("rare-a", False, 0.75, 3.0, 1.0, 0.0, 3.0, 0.5, 1)
     behind = decide(view(pools=(three_spells,), **run))
     assert behind.action == "on-demand" and "behind the line" in behind.reason
+    # A real run's view says how many spells the mean is over (the fleet record's interruptions), share or not.
+    counted = PoolView("rare-a", False, None, 3.0, 1.0, 0.0, 3.0, 0.5, 1, mean_up_spells=3)
+    assert decide(view(pools=(counted,), **run)).action == "on-demand"
+    once = PoolView("rare-a", False, None, 3.0, 1.0, 0.0, 3.0, 0.5, 1, mean_up_spells=1)  # 3 / 3.5: 0.86 h
+    assert decide(view(pools=(once,), **run)).action == "wait"
 
 
 def test_unknown_policy_is_refused_with_the_choices() -> None:
@@ -277,7 +283,8 @@ def test_where_the_whole_history_shows_spells_that_never_pay_a_return_it_waits_l
     # overrule it.
     window_pays = PoolView("rare-a", False, 0.5, 3.0, 1.0, 0.0, 1.0, 0.1, 9)
     assert decide(view(pools=(window_pays,), **tight)).action == "on-demand"
-    # Where it agrees (0.5 h pays none), 2 spells settle it (margin 2.77: 0.28 h), 1 does not.
+    # Where it agrees (0.5 h pays none), 2 spells settle it (with the window's 2.9 spells, margin 2.13: 0.21 h),
+    # 1 does not.
     agreeing = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.1, 2)
     assert "no reserve" in decide(view(pools=(agreeing,), **tight)).reason
     too_few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.1, 1)
@@ -293,7 +300,8 @@ def test_where_the_whole_history_shows_spells_that_never_pay_a_return_it_waits_l
     assert "no reserve" in decide(view(pools=(two_and_two,), **tight)).reason
     two_alone = PoolView("rare-a", False, 0.0, None, 1.0, 0.0, 0.42, 0.33, 2)
     assert decide(view(pools=(two_alone,), **tight)).action == "on-demand"
-    # 0.6 h after the half hour, times the margin: 10 spells (1.79) reach the bar, 40 (1.4) stay under it.
+    # 0.6 h after the half hour, times the margin: 10 spells (1.79 alone, 1.70 with the window's) reach the bar,
+    # 40 (1.4) stay under it.
     few = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.6, 10)
     assert decide(view(pools=(few,), **tight)).action == "on-demand"
     many = PoolView("rare-a", False, 0.12, 0.5, 1.0, 0.0, 0.5, 0.6, 40)

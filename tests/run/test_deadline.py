@@ -226,9 +226,9 @@ def test_sessions_that_finished_quickly_are_not_short_spells_to_the_policy() -> 
     assert getattr(decision, "pool", None) == "us-east-1a"
 
 
-def short_spells_record(lasted: float | None) -> dict:
-    """A fleet record of the two zones: a quarter of the capacity answers had spot, and 15 spot sessions each
-    were reclaimed 0.1 h after lasting half an hour (counted as lasting spells when ``lasted`` is given)."""
+def short_spells_record(lasted: float | None, sessions: int = 15) -> dict:
+    """A fleet record of the two zones: a quarter of the capacity answers had spot, and ``sessions`` spot sessions
+    each were reclaimed 0.1 h after lasting half an hour (counted as lasting spells when ``lasted`` is given)."""
     from airflow_grid_resume.spot import fleetrecord
     from airflow_grid_resume.spot.fleetrecord import Observation
 
@@ -239,7 +239,7 @@ def short_spells_record(lasted: float | None) -> dict:
     ] + [
         Observation(p.pool(SPOT), fleetrecord.INTERRUPTED, T0 + 10 + i, 0.6 * 3600, f"{p.zone}-s{i}")
         for p in PAIRS
-        for i in range(15)
+        for i in range(sessions)
     ]
     return fleetrecord.apply(None, observations, lasted_hours=lasted)
 
@@ -248,7 +248,9 @@ def test_the_fleet_records_lasting_spells_reach_the_policy_as_in_the_replay() ->
     """30 spot sessions in the two zones, each reclaimed 0.1 h after lasting half an hour: the record's whole
     history says a return from on-demand (0.9 h at these prices) never pays, so with no spot now and 1 h of slack,
     under the line, the policy has no line and waits down to the net. The same record written before it kept
-    lasting spells (no counters: an older record) leaves the rule off, and the policy keeps its line."""
+    lasting spells (no counters: an older record) leaves the rule off: with 5 sessions a zone the policy keeps
+    its line; with 15, the 30 reclaimed sessions of 0.6 h are spells enough for the window's own rule, which
+    speaks where the whole history is thin."""
 
     # A 50 h run of 40 h of work, 30 h in with 21 h done: 1 h of slack, under the line (1.11 h), above the net.
     late = ctx(
@@ -269,17 +271,21 @@ def test_the_fleet_records_lasting_spells_reach_the_policy_as_in_the_replay() ->
     view = late.view(now, pools={"us-east-1a": False, "us-east-1b": False}, history=history)
     assert [(p.lasting_hours, p.lasting_spells) for p in view.pools] == [(pytest.approx(0.1), 15)] * 2
     assert [(p.availability, p.mean_up_hours) for p in view.pools] == [(0.25, pytest.approx(0.6))] * 2
+    assert [p.mean_up_spells for p in view.pools] == [15, 15]  # the mean is over each zone's 15 reclaimed sessions
     market, reason = choose(short_spells_record(LASTED_HOURS))
     assert market == WAIT and "no reserve pays here" in reason and "line" not in reason
 
     older_stats = pool_stats(short_spells_record(None), PAIRS[0].pool(SPOT))
     older = late.view(now, pools={"us-east-1a": False}, history={"us-east-1a": older_stats})
     assert (older.pools[0].lasting_hours, older.pools[0].lasting_spells) == (None, 0)
-    for without in (short_spells_record(None), None):
+    for without in (short_spells_record(None, sessions=5), None):
         market, reason = choose(without)
         assert market == ON_DEMAND and "behind the line" in reason
+    market, reason = choose(short_spells_record(None))
+    assert market == WAIT and "no reserve pays here" in reason
     unknown = late.view(now, pools={"us-east-1c": False}, history=history)
     assert (unknown.pools[0].lasting_hours, unknown.pools[0].lasting_spells) == (None, None)
+    assert unknown.pools[0].mean_up_spells is None
 
 
 def test_the_watch_stops_on_demand_to_wait_where_the_fleet_record_rules_out_a_return() -> None:
