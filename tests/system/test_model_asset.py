@@ -82,10 +82,10 @@ with DAG("evaluate_model", schedule=[MODEL], start_date=datetime(2026, 1, 1, tzi
 
         event = triggering_asset_events[MODEL][-1]
         model = model_from_event(event.extra)
-        out = tempfile.mkdtemp()
-        restored = restore_model(model, out)
-        with open(os.path.join(out, "result.txt")) as fh:
-            result = fh.read()
+        with tempfile.TemporaryDirectory() as out:  # the restore is read here and left nowhere
+            restored = restore_model(model, out)
+            with open(os.path.join(out, "result.txt")) as fh:
+                result = fh.read()
         return {{"extra": dict(event.extra), "source": event.source_dag_id, "result": result, "restored": restored}}
 
     evaluate()
