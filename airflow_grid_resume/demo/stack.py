@@ -298,9 +298,13 @@ class AirflowStack:
         self.port = free_port()
         self.log_port = free_port()
         self.login = login
+        # The components' temporary files (multiprocessing's pymp-* directories among them, which a Celery worker
+        # stopped or killed leaves behind) go to a short directory of the stack's own, removed by stop().
+        self.tmp = tempfile.mkdtemp(prefix="grid-resume-airflow-")
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
             **extra_env,
+            "TMPDIR": self.tmp,
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -333,6 +337,7 @@ class AirflowStack:
 
     def launch(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         """Start component ``name`` (again: its log file is appended to), with ``env`` added to its environment."""
+        os.makedirs(self.tmp, exist_ok=True)  # started again after stop()
         command = re.sub(r"-\d+$", "", name)
         argv = COMMANDS.get(command, [sys.executable, "-m", "airflow", command])
         argv = argv + (["--skip-serve-logs"] if command in ("scheduler", "triggerer", CELERY_WORKER) else [])
@@ -375,6 +380,7 @@ class AirflowStack:
         for proc in self.procs:
             end_group(proc, signal.SIGTERM)
         self.running.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def log_tails(self, chars: int = 3000) -> str:
         logs = [(c, self.home / f"{c}.log") for c in self.components]
