@@ -21,14 +21,13 @@ the changeover of the on-demand instance that must follow if spot goes away). So
    will not (no pool's spells pay a return by rule 3's measure, each mean divided by 1 + 2.5 / sqrt(n) for the
    n spells behind it, with a window's worth of time left, with 20 spells seen where the whole history is thin
    (under 10 lasting spells, or not known), or with the whole history agreeing; or the pools' whole known
-   history, 10 spells or more that
-   lasted half an hour (2 where the window agrees, its spells counted in the margin), shows them going on too
-   briefly after that to pay one, with a margin that shrinks as the spells add up), or the initial slack is
-   under 8 changeovers, there is no line:
-   wait down to the net, as greedy does. Nor under 3 changeovers of slack: on-demand started there could never
-   be left for spot, so it costs the same started at the net. A run that went on-demand on its line before the
-   history said so leaves on-demand to wait as greedy would, when the spot that waiting can catch saves more
-   than the changeover of the restart.
+   history, 10 spells or more that lasted half an hour (2 where the window agrees, its spells counted in the
+   margin), shows them going on too briefly after that to pay one, with a margin that shrinks as the spells
+   add up), or the initial slack is under 8 changeovers, there is no line: wait down to the net, as greedy
+   does. Nor under 3 changeovers of slack: on-demand started there could never be left for spot, so it costs
+   the same started at the net. A run that went on-demand on its line before the history said so leaves
+   on-demand to wait as greedy would, when the spot that waiting can catch saves more than the changeover of
+   the restart.
 """
 
 from __future__ import annotations
@@ -182,6 +181,7 @@ def _window_spells(pool: PoolView) -> float:
 
 
 def _spells_seen(view: PolicyView) -> float:
+    """The spells behind all pools' mean spells (the window's evidence)."""
     return sum(_window_spells(pool) for pool in view.pools)
 
 

@@ -187,8 +187,7 @@ class DeadlineContext:
             long_mean_up_hours=stats.mean_spell_hours if stats else None,  # the record is its whole history
             lasting_hours=stats.lasting_hours if stats else None,
             lasting_spells=stats.lasting_spells if stats else None,
-            # mean_spell_hours is the sessions' hours per interruption (at least one): so many spells behind it.
-            mean_up_spells=max(1, stats.interruptions) if stats and stats.mean_spell_hours is not None else None,
+            mean_up_spells=stats.mean_spell_count if stats else None,
         )
 
     def decide(self, view: PolicyView) -> Decision:

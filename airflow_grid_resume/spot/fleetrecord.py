@@ -163,6 +163,11 @@ class PoolStats:
     lasting_spells: int
     mean_spell_hours: float | None
 
+    @property
+    def mean_spell_count(self) -> int | None:
+        """How many spells ``mean_spell_hours`` is the mean over (its evidence): the interruptions, at least one."""
+        return max(1, self.interruptions) if self.mean_spell_hours is not None else None
+
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
