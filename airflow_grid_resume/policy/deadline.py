@@ -19,8 +19,9 @@ the changeover of the on-demand instance that must follow if spot goes away). So
    worth a switch returns (stopping it to idle would buy an on-demand changeover at each restart). The line
    only pays when spot later comes back in spells worth leaving on-demand for: where the history says it
    will not (no pool's spells pay a return by rule 3's measure, each mean divided by 1 + 2.5 / sqrt(n) for the
-   n spells behind it, with a window's worth of time left, with 20 spells seen where the whole history is thin
-   (under 10 lasting spells, or not known), or with the whole history agreeing; or the pools' whole known
+   n spells behind it and counted only up to the work a return could still do, with a window's worth of time
+   left, with 20 spells seen where the whole history is thin (under 10 lasting spells, or not known), or with
+   the whole history agreeing; or the pools' whole known
    history, 10 spells or more that lasted half an hour (2 where the window agrees, its spells counted in the
    margin), shows them going on too briefly after that to pay one, with a margin that shrinks as the spells
    add up), or the initial slack is under 8 changeovers, there is no line: wait down to the net, as greedy
@@ -198,12 +199,23 @@ def _evidence_margin(spells: float, tuning: Tuning) -> float:
     return 1.0 + tuning.lasting_z / math.sqrt(spells) if spells > 0 else math.inf
 
 
+def _spell_within(mean: float, hours: float) -> float:
+    """What a spell of memoryless length with this mean gives up to ``hours``: E[min(L, hours)]."""
+    return mean * -math.expm1(-hours / mean) if mean > 0 and hours > 0 else 0.0
+
+
 def _return_shown(pool: PoolView, view: PolicyView, tuning: Tuning) -> bool:
     """The pool's spells pay a return from on-demand by rule 3's measures, each believed only as far as the spells
-    behind it go (divided by ``_evidence_margin``). A line is a bet on such returns; one spell of an hour in a
-    window of rare spot is no ground for it."""
+    behind it go (divided by ``_evidence_margin``), and counted only up to the work a return could still do. A
+    line is a bet on such returns; one spell of an hour in a window of rare spot is no ground for it, nor are long
+    spells when little work is left: on-demand started now runs until spot has been seen for
+    ``return_seen_hours``, and a spell beyond the rest of the work (and its changeover) saves nothing more."""
     shown = [hours / _evidence_margin(spells, tuning) for hours, spells in _return_measures(pool, tuning)]
-    return bool(shown) and _spell_pays_switch(max(shown), pool.spot_price, view, tuning)
+    if not shown:
+        return False
+    d = view.changeover_hours
+    usable = view.work_hours - view.progress_hours + d - max(0.0, tuning.return_seen_hours - d)
+    return _spell_pays_switch(_spell_within(max(shown), usable), pool.spot_price, view, tuning)
 
 
 def _history_rules_out_return(
