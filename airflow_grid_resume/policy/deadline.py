@@ -99,6 +99,10 @@ class Tuning:
     agreeing_spells: float = 2.0
     """Where the window's spells pay no return either, the whole history rules a return out from this many
     spells (with the margin ``lasting_z`` sets for them and the window's spells together)."""
+    return_wait_hours: float = 0.7
+    """What a line's bet on a return allows for spot, gone when the line sends the run to on-demand, to come back:
+    the return's spell counts only up to the work left after this and ``return_seen_hours`` (0.2 and 0.5 h:
+    more of the line's late bets that greedy beat; 1 h: a few more nights above greedy)."""
 
 
 DEFAULT_TUNING = Tuning()
@@ -208,13 +212,15 @@ def _return_shown(pool: PoolView, view: PolicyView, tuning: Tuning) -> bool:
     """The pool's spells pay a return from on-demand by rule 3's measures, each believed only as far as the spells
     behind it go (divided by ``_evidence_margin``), and counted only up to the work a return could still do. A
     line is a bet on such returns; one spell of an hour in a window of rare spot is no ground for it, nor are long
-    spells when little work is left: on-demand started now runs until spot has been seen for
-    ``return_seen_hours``, and a spell beyond the rest of the work (and its changeover) saves nothing more."""
+    spells when little work is left: on-demand started now runs while spot comes back (``return_wait_hours``) and
+    shows itself (``return_seen_hours``), and a spell beyond the rest of the work (and its changeover) saves
+    nothing more."""
     shown = [hours / _evidence_margin(spells, tuning) for hours, spells in _return_measures(pool, tuning)]
     if not shown:
         return False
     d = view.changeover_hours
-    usable = view.work_hours - view.progress_hours + d - max(0.0, tuning.return_seen_hours - d)
+    before_return = max(0.0, tuning.return_wait_hours + tuning.return_seen_hours - d)
+    usable = view.work_hours - view.progress_hours + d - before_return
     return _spell_pays_switch(_spell_within(max(shown), usable), pool.spot_price, view, tuning)
 
 

@@ -325,26 +325,27 @@ def test_on_demand_it_leaves_for_spot_waiting_where_the_history_rules_out_a_retu
 
 
 def test_under_three_changeovers_of_slack_it_waits_to_the_net_rather_than_follow_its_line() -> None:
-    # 2.2 h left for 1.7 h of work, no spot now, a pool whose spells pay a return: the line (0.65 h near the
+    # 3.2 h left for 2.7 h of work, no spot now, a pool whose spells pay a return: the line (0.65 h near the
     # deadline) is above the slack. With 0.5 h of slack, on-demand would keep 0.3 h after its changeover, under
     # the net, so it could never be left for spot: it costs the same started at the net, and waiting may
     # catch spot. With 0.7 h it could, and the line sends it there.
     away = (PoolView("us-west-2b", False, 0.8, 4.0, 1.0, 0.0, 4.0, 4.0, 40),)
-    run = {"work_hours": 6.0, "deadline_hours": 10.0, "hours_elapsed": 7.8, "pools": away}
-    assert decide(view(progress_hours=4.3, **run)).action == "wait"
-    behind = decide(view(progress_hours=4.5, **run))
+    run = {"work_hours": 6.0, "deadline_hours": 10.0, "hours_elapsed": 6.8, "pools": away}
+    assert decide(view(progress_hours=3.3, **run)).action == "wait"
+    behind = decide(view(progress_hours=3.5, **run))
     assert behind.action == "on-demand" and "behind the line" in behind.reason
 
 
 def test_a_line_is_no_bet_on_spells_longer_than_the_work_a_return_could_do() -> None:
     # The same night and pool (spells that lasted half an hour went on 4 h, 40 of them: 2.86 h believed), 0.7 h
-    # of slack, behind the line. With 1.5 h of work left, on-demand runs 0.3 h while spot shows itself for half
-    # an hour, and a spell (mean 2.86 h, memoryless) gives 1.1 h of the 1.4 h left to it (with its changeover):
-    # that pays a return (0.9 h), so the line holds. With 0.6 h left it gives under 0.5 h: no return can pay,
-    # there is no line, and it waits for spot as greedy does (on-demand now would be on-demand to the end).
+    # of slack, behind the line. With 2.5 h of work left, on-demand runs 1 h while spot comes back (0.7 h) and
+    # shows itself for half an hour (less its own changeover), and a spell (mean 2.86 h, memoryless) gives 1.28 h
+    # of the 1.7 h left to it (with its changeover): that pays a return (0.9 h), so the line holds. With 1.5 h
+    # left it gives under 0.7 h: no return can pay, there is no line, and it waits for spot as greedy does
+    # (a night's run went on-demand there, saw spot back the next tick and paid for a return greedy never needed).
     away = (PoolView("us-west-2b", False, 0.8, 4.0, 1.0, 0.0, 4.0, 4.0, 40),)
     run = {"work_hours": 6.0, "deadline_hours": 10.0, "pools": away}
-    behind = decide(view(hours_elapsed=7.8, progress_hours=4.5, **run))
+    behind = decide(view(hours_elapsed=6.8, progress_hours=3.5, **run))
     assert behind.action == "on-demand" and "behind the line" in behind.reason
-    little_left = decide(view(hours_elapsed=8.7, progress_hours=5.4, **run))
+    little_left = decide(view(hours_elapsed=7.8, progress_hours=4.5, **run))
     assert (little_left.action, little_left.reason) == ("wait", "wait for spot: 0.7 h of slack, no reserve pays here")
