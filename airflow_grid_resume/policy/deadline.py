@@ -21,14 +21,13 @@ the changeover of the on-demand instance that must follow if spot goes away). So
    will not (no pool's spells pay a return by rule 3's measure, each mean divided by 1 + 2.5 / sqrt(n) for the
    n spells behind it and counted only up to the work a return could still do, with a window's worth of time
    left, with 20 spells seen where the whole history is thin (under 10 lasting spells, or not known), or with
-   the whole history agreeing; or the pools' whole known
-   history, 10 spells or more that lasted half an hour (2 where the window agrees, its spells counted in the
-   margin), shows them going on too briefly after that to pay one, with a margin that shrinks as the spells
-   add up), or the initial slack is under 8 changeovers, there is no line: wait down to the net, as greedy
-   does. Nor under 3 changeovers of slack: on-demand started there could never be left for spot, so it costs
-   the same started at the net. A run that went on-demand on its line before the history said so leaves
-   on-demand to wait as greedy would, when the spot that waiting can catch saves more than the changeover of
-   the restart.
+   the whole history agreeing; or the pools' whole known history, 10 spells or more that lasted half an hour
+   (2 where the window agrees, its spells counted in the margin), shows them going on too briefly after that to
+   pay one, with a margin that shrinks as the spells add up), or the initial slack is under 8 changeovers,
+   there is no line: wait down to the net, as greedy does. Nor under 3 changeovers of slack: on-demand started
+   there could never be left for spot, so it costs the same started at the net. A run that went on-demand on
+   its line before the history said so leaves on-demand to wait as greedy would, when the spot that waiting can
+   catch saves more than the changeover of the restart.
 """
 
 from __future__ import annotations
@@ -101,8 +100,9 @@ class Tuning:
     spells (with the margin ``lasting_z`` sets for them and the window's spells together)."""
     return_wait_hours: float = 0.7
     """What a line's bet on a return allows for spot, gone when the line sends the run to on-demand, to come back:
-    the return's spell counts only up to the work left after this and ``return_seen_hours`` (0.2 and 0.5 h:
-    more of the line's late bets that greedy beat; 1 h: a few more nights above greedy)."""
+    the return's spell counts only up to the work left (plus its own changeover) once on-demand has run this and
+    ``return_seen_hours`` after its changeover (0.5 h dropped fewer of the late bets that greedy beat, 1 h more of
+    those that won; docs/benchmarks.md)."""
 
 
 DEFAULT_TUNING = Tuning()
@@ -204,8 +204,11 @@ def _evidence_margin(spells: float, tuning: Tuning) -> float:
 
 
 def _spell_within(mean: float, hours: float) -> float:
-    """What a spell of memoryless length with this mean gives up to ``hours``: E[min(L, hours)]."""
-    return mean * -math.expm1(-hours / mean) if mean > 0 and hours > 0 else 0.0
+    """What a spell of memoryless length with this mean gives up to ``hours``: E[min(L, hours)] (a spell that
+    never ends gives them all)."""
+    if not (mean > 0 and hours > 0):
+        return 0.0
+    return hours if math.isinf(mean) else mean * -math.expm1(-hours / mean)
 
 
 def _return_shown(pool: PoolView, view: PolicyView, tuning: Tuning) -> bool:

@@ -337,12 +337,13 @@ def test_under_three_changeovers_of_slack_it_waits_to_the_net_rather_than_follow
 
 
 def test_a_line_is_no_bet_on_spells_longer_than_the_work_a_return_could_do() -> None:
-    # The same night and pool (spells that lasted half an hour went on 4 h, 40 of them: 2.86 h believed), 0.7 h
-    # of slack, behind the line. With 2.5 h of work left, on-demand runs 1 h while spot comes back (0.7 h) and
-    # shows itself for half an hour (less its own changeover), and a spell (mean 2.86 h, memoryless) gives 1.28 h
-    # of the 1.7 h left to it (with its changeover): that pays a return (0.9 h), so the line holds. With 1.5 h
-    # left it gives under 0.7 h: no return can pay, there is no line, and it waits for spot as greedy does
-    # (a night's run went on-demand there, saw spot back the next tick and paid for a return greedy never needed).
+    # The same night and pool (spells that lasted half an hour went on 4 h, 40 of them: 2.87 h believed), 0.7 h
+    # of slack, behind the line. With 2.5 h of work left, on-demand does 1 h of it (0.7 h for spot to come back
+    # and 0.5 h for it to show itself, less on-demand's changeover), and a spell (mean 2.87 h, memoryless) gives
+    # 1.28 h of the 1.7 h then left to it (with its changeover): that pays a return (0.9 h), so the line holds.
+    # With 1.5 h of work left it gives 0.62 h of 0.7 h (even an endless spell, under the 0.9 h a return needs):
+    # there is no line, and it waits for spot as greedy does (a night's run went on-demand there, saw spot back
+    # the next tick and paid for a return greedy never needed).
     away = (PoolView("us-west-2b", False, 0.8, 4.0, 1.0, 0.0, 4.0, 4.0, 40),)
     run = {"work_hours": 6.0, "deadline_hours": 10.0, "pools": away}
     behind = decide(view(hours_elapsed=6.8, progress_hours=3.5, **run))
