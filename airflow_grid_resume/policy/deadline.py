@@ -339,7 +339,9 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
     # a changeover this is greedy's net (S >= 2d now), with longer ones it is stricter.
     floor = max(d, 2 * d - g) - HOURS_TOLERANCE
     if slack - g < max(line(t + g), floor):
-        reason = "on the net" if no_line else f"{line(t) - slack:.1f} h behind the line"
+        # Behind by the next decision (now the slack may still be a little above the line).
+        behind = line(t + g) - (slack - g)
+        reason = "on the net" if no_line else f"{behind:.2f} h behind the line by the next decision"
         return Decision(ON_DEMAND, None, f"on-demand: {reason}", False, on_demand_finish)
     if no_line:
         return Decision(WAIT, None, f"wait for spot: {slack:.1f} h of slack, no reserve pays here")
