@@ -37,7 +37,7 @@ def _first_available(view: PolicyView) -> str | None:
 
 def _safety_net(view: PolicyView) -> Decision | None:
     """Rule 2 of both baselines: on-demand to the end once the remaining time is short."""
-    remaining_work = view.work_hours - view.progress_hours
+    remaining_work = view.work_left_hours
     remaining_time = view.deadline_hours - view.hours_elapsed
     if view.committed_on_demand:
         return Decision(ON_DEMAND, None, "on-demand to the end: committed", commit=True)

@@ -159,8 +159,8 @@ def _best_pool(view: PolicyView, tuning: Tuning, from_on_demand: bool) -> PoolVi
     usable = [p for p in view.pools if _pool_worth(p, view, tuning, from_on_demand)]
     if not usable:
         return None
-    # A spell is worth at most the work left (and the start's changeover): beyond, pools are alike.
-    needed = view.work_hours - view.progress_hours + view.changeover_hours
+    # A spell is worth at most what the work left can use: beyond, pools are alike.
+    needed = _spell_room(view)
 
     def lasting(pool: PoolView) -> float:
         # The whole history's mean spell, not spot's age there now: between pools that differ less than that,
@@ -203,6 +203,12 @@ def _evidence_margin(spells: float, tuning: Tuning) -> float:
     return 1.0 + tuning.lasting_z / math.sqrt(spells) if spells > 0 else math.inf
 
 
+def _spell_room(view: PolicyView, progress_first: float = 0.0) -> float:
+    """The most hours of a spot spell that help: the work left once ``progress_first`` more hours are done (on
+    on-demand, before the spell begins), plus the spell's own changeover."""
+    return view.work_left_hours + view.changeover_hours - progress_first
+
+
 def _spell_within(mean: float, hours: float) -> float:
     """What a spell of memoryless length with this mean gives up to ``hours``: E[min(L, hours)] (a spell that
     never ends gives them all)."""
@@ -221,10 +227,9 @@ def _return_shown(pool: PoolView, view: PolicyView, tuning: Tuning) -> bool:
     shown = [hours / _evidence_margin(spells, tuning) for hours, spells in _return_measures(pool, tuning)]
     if not shown:
         return False
-    d = view.changeover_hours
-    before_return = max(0.0, tuning.return_wait_hours + tuning.return_seen_hours - d)
-    usable = view.work_hours - view.progress_hours + d - before_return
-    return _spell_pays_switch(_spell_within(max(shown), usable), pool.spot_price, view, tuning)
+    before_return = max(0.0, tuning.return_wait_hours + tuning.return_seen_hours - view.changeover_hours)
+    spell = _spell_within(max(shown), _spell_room(view, before_return))
+    return _spell_pays_switch(spell, pool.spot_price, view, tuning)
 
 
 def _history_rules_out_return(
@@ -282,7 +287,7 @@ def deadline_aware(view: PolicyView, tuning: Tuning = DEFAULT_TUNING) -> Decisio
     d = view.changeover_hours
     g = view.tick_hours
     t = view.hours_elapsed
-    remaining_work = view.work_hours - view.progress_hours
+    remaining_work = view.work_left_hours
     remaining_time = view.deadline_hours - t
     slack = remaining_time - remaining_work
     current = view.current

@@ -62,6 +62,11 @@ class PolicyView:
     tick_hours: float = 0.0
     """Time until the next decision point (waiting one interval spends this much slack)."""
 
+    @property
+    def work_left_hours(self) -> float:
+        """Hours of work still to do (derived: one expression for every policy)."""
+        return self.work_hours - self.progress_hours
+
 
 @dataclass(frozen=True)
 class Decision:

@@ -222,7 +222,7 @@ def predicted_finish(view: PolicyView, decision: Decision, ctx: DeadlineContext)
         return ctx.first_started_at + decision.predicted_finish_hours * 3600.0
     if decision.action == WAIT:
         return None
-    left = max(0.0, view.work_hours - view.progress_hours)
+    left = max(0.0, view.work_left_hours)
     starting = view.current is None or (decision.action == SPOT and decision.pool != view.current)
     start = view.changeover_hours if starting else view.changeover_left_hours
     return ctx.first_started_at + (view.hours_elapsed + start + left) * 3600.0
